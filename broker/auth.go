@@ -1,0 +1,54 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// Authenticator decides who may connect and which topics they may use.
+// Its methods are called on connection goroutines, concurrently; they must
+// be safe for concurrent use and should return quickly, because a slow call
+// delays that client (Allow is called for every PUBLISH the client sends and
+// for every message delivered to it).
+type Authenticator interface {
+	// Authenticate checks a connecting client's credentials and returns
+	// who it is. A non-nil error refuses the connection with CONNACK
+	// "bad username or password"; the error is logged, never sent. ctx is
+	// cancelled when the broker closes.
+	Authenticate(ctx context.Context, c Credentials) (Identity, error)
+	// Allow reports whether id may publish to topic (write true) or
+	// subscribe to the filter topic and receive messages on topic (write
+	// false: called with the SUBSCRIBE filter, which may hold wildcards,
+	// and again with each delivered message's topic).
+	//
+	// A denied SUBSCRIBE filter gets a failure code in SUBACK. A denied
+	// PUBLISH is dropped: silently for QoS 0 (MQTT has no negative ack),
+	// with PUBACK "not authorized" for an MQTT 5 client, and by
+	// disconnecting an MQTT 3.1.1 client for QoS 1. Every denied PUBLISH is
+	// counted in Stats.PublishesDenied and logged once per client and topic.
+	Allow(id Identity, topic string, write bool) bool
+}
+
+// Credentials are what a client presented when connecting.
+type Credentials struct {
+	ClientID   string               // MQTT client ID, already a valid device.ID
+	Username   string               // CONNECT user name; "" if absent
+	Password   []byte               // CONNECT password; nil if absent
+	RemoteAddr string               // peer address, "ip:port"
+	TLS        *tls.ConnectionState // nil unless the connection uses TLS
+}
+
+// Identity is who a connection authenticated as. The broker keeps it for
+// the life of the client's session and passes it to Authenticator.Allow.
+type Identity struct {
+	// ClientID is the connection's MQTT client ID; the broker sets it.
+	ClientID string
+	// Name is the authenticated principal, for example a device ID or an
+	// operator's user name.
+	Name string
+	// Device is the device this identity acts for; "" for identities that
+	// are not a device (operators, services).
+	Device device.ID
+}

@@ -1,0 +1,449 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Defaults applied by Open to zero Config fields.
+const (
+	DefaultMaxPacketSize       uint32 = 128 << 10
+	DefaultSessionExpiry              = time.Hour
+	DefaultConnectTimeout             = 10 * time.Second
+	DefaultClientWritesPending int32  = 64
+	DefaultReadBufferSize             = 256
+	DefaultWriteBufferSize            = 2048
+	DefaultMaxInflight         uint16 = 256
+
+	// receiveMaximum is the number of unacknowledged QoS 1 PUBLISHes a client
+	// may have in flight towards the broker.
+	receiveMaximum uint16 = 64
+	// sysTopicInterval is how often mochi refreshes its $SYS topics. Stats is
+	// the supported way to read counters, so this is kept infrequent: every
+	// refresh stops the world in runtime.ReadMemStats.
+	sysTopicInterval int64 = 60
+	// maxTopicLen is the longest topic an MQTT packet can carry.
+	maxTopicLen = math.MaxUint16
+	// logKeyComponent is the slog attribute naming the component.
+	logKeyComponent = "component"
+)
+
+// Errors returned by Server methods and reported to Config callbacks.
+var (
+	// ErrClosed is returned by Publish and Subscribe after Close, and is the
+	// cause reported to OnDisconnect for clients disconnected by Close.
+	ErrClosed = errors.New("broker: closed")
+	// ErrInvalidConfig is wrapped by Open when Config is invalid.
+	ErrInvalidConfig = errors.New("broker: invalid config")
+	// ErrInvalidTopic is wrapped by Publish and Subscribe for an empty,
+	// malformed or over-long topic or filter, and by Publish for a topic
+	// with wildcards or under $SYS.
+	ErrInvalidTopic = errors.New("broker: invalid topic")
+	// ErrInvalidQoS is wrapped by Publish for a QoS above 2.
+	ErrInvalidQoS = errors.New("broker: invalid qos")
+	// ErrTooLarge is wrapped by Publish when the payload alone exceeds
+	// MaxPacketSize, and reported to OnDisconnect for a client that sent a
+	// packet larger than MaxPacketSize.
+	ErrTooLarge = errors.New("broker: packet too large")
+	// ErrNilHandler is returned by Subscribe for a nil handler.
+	ErrNilHandler = errors.New("broker: nil handler")
+	// ErrTakenOver is reported to OnDisconnect when a new connection with
+	// the same client ID replaced the connection.
+	ErrTakenOver = errors.New("broker: session taken over")
+	// ErrNotAuthorized is reported to OnDisconnect for an MQTT 3.1.1
+	// client disconnected for a QoS 1 PUBLISH that Authenticator.Allow
+	// denied.
+	ErrNotAuthorized = errors.New("broker: not authorized")
+	// ErrProtocol is wrapped in the cause reported to OnDisconnect when the
+	// broker disconnected a client for an MQTT protocol violation.
+	ErrProtocol = errors.New("broker: protocol violation")
+	// ErrConnectionLost is wrapped in the cause reported to OnDisconnect when
+	// the network connection failed or was closed without DISCONNECT.
+	ErrConnectionLost = errors.New("broker: connection lost")
+	// ErrInvalidClientID is the reason a CONNECT is refused when its client
+	// ID is not a valid device.ID or is reserved.
+	ErrInvalidClientID = errors.New("broker: invalid client id")
+)
+
+// HandlerFunc receives messages for an in-process subscription made with
+// Server.Subscribe. clientID is the MQTT client ID of the publisher, or ""
+// for messages published in-process with Server.Publish (and for the
+// broker's own $SYS messages). payload is shared with other subscribers:
+// the handler must not modify it, but may keep it.
+type HandlerFunc func(clientID, topic string, payload []byte)
+
+// Config configures a Server. The zero value of every field is valid and
+// selects the default documented on the field.
+type Config struct {
+	// TCPAddr is the address of the MQTT-over-TCP listener, for example
+	// ":1883" or "127.0.0.1:0". Empty means no TCP listener.
+	TCPAddr string
+	// WSAddr is the address of the MQTT-over-WebSocket listener, which
+	// serves the paths "/mqtt" and "/". Empty means no WebSocket listener.
+	WSAddr string
+
+	// MaxPacketSize is the largest MQTT packet, in bytes, the broker
+	// accepts; a client that sends a larger one is disconnected. As in
+	// mochi, the size counts the packet without its 1 to 4 remaining-length
+	// bytes. Default DefaultMaxPacketSize (128 KiB). There is no
+	// "unlimited".
+	MaxPacketSize uint32
+	// SessionExpiry is the longest time a persistent session (MQTT 3.1.1
+	// clean session off, or MQTT 5 session expiry) is kept after its client
+	// disconnects. QoS 1 messages for the session are queued meanwhile.
+	// Default DefaultSessionExpiry (1h).
+	SessionExpiry time.Duration
+	// ConnectTimeout is how long a new connection may take to send its
+	// CONNECT packet before it is closed. Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+
+	// Logger receives the broker's logs (including mochi's). Nil discards.
+	Logger *slog.Logger
+
+	// Auth authenticates connecting clients and authorizes their topics.
+	// Nil allows every client to connect and to publish and subscribe to
+	// every topic.
+	Auth Authenticator
+
+	// OnConnect is called when a client has connected: after CONNACK, with
+	// its session (if any) restored. remoteAddr is the peer's address.
+	OnConnect func(clientID, remoteAddr string)
+	// OnDisconnect is called when a connected client's connection ends. err
+	// is nil after a clean DISCONNECT; otherwise it matches (errors.Is) one
+	// of ErrClosed, ErrTakenOver, ErrTooLarge, ErrNotAuthorized, ErrProtocol
+	// or ErrConnectionLost.
+	OnDisconnect func(clientID string, err error)
+	// OnSubscribe is called when a client's SUBSCRIBE was processed, with
+	// the filters that were granted (denied filters are left out), after
+	// the subscriptions are in the index and before SUBACK and retained
+	// messages are sent, on the client's goroutine. It is not called when
+	// no filter was granted. Messages published from OnSubscribe to the
+	// subscribing client may reach it before its SUBACK.
+	OnSubscribe func(clientID string, filters []string)
+
+	// ClientWritesPending is the capacity of each client's queue of
+	// outbound packets; when it is full, further messages to that client
+	// are dropped and counted in Stats.MessagesDropped. Default
+	// DefaultClientWritesPending.
+	ClientWritesPending int32
+	// ReadBufferSize is the size of each client's read buffer. Packets
+	// larger than the buffer are read directly. Default
+	// DefaultReadBufferSize.
+	ReadBufferSize int
+	// WriteBufferSize is the threshold at which queued outbound packets are
+	// flushed to a client. Default DefaultWriteBufferSize.
+	WriteBufferSize int
+	// MaxInflight is the number of unacknowledged QoS 1 messages kept per
+	// session, including messages queued for an offline persistent session;
+	// further QoS 1 messages are dropped and counted in
+	// Stats.InflightDropped. Default DefaultMaxInflight.
+	MaxInflight uint16
+}
+
+// setDefaults fills zero fields with their defaults.
+func (c *Config) setDefaults() {
+	if c.MaxPacketSize == 0 {
+		c.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if c.SessionExpiry == 0 {
+		c.SessionExpiry = DefaultSessionExpiry
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ClientWritesPending == 0 {
+		c.ClientWritesPending = DefaultClientWritesPending
+	}
+	if c.ReadBufferSize == 0 {
+		c.ReadBufferSize = DefaultReadBufferSize
+	}
+	if c.WriteBufferSize == 0 {
+		c.WriteBufferSize = DefaultWriteBufferSize
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+}
+
+// validate reports the first invalid field of a defaulted Config.
+func (c *Config) validate() error {
+	if c.MaxPacketSize < 64 {
+		return fmt.Errorf("%w: MaxPacketSize %d is below 64 bytes", ErrInvalidConfig, c.MaxPacketSize)
+	}
+	if c.SessionExpiry < time.Second || c.SessionExpiry > math.MaxUint32*time.Second {
+		return fmt.Errorf("%w: SessionExpiry %v outside [1s, %v]", ErrInvalidConfig, c.SessionExpiry, math.MaxUint32*time.Second)
+	}
+	if c.ConnectTimeout < 0 {
+		return fmt.Errorf("%w: negative ConnectTimeout %v", ErrInvalidConfig, c.ConnectTimeout)
+	}
+	if c.ClientWritesPending < 0 {
+		return fmt.Errorf("%w: negative ClientWritesPending %d", ErrInvalidConfig, c.ClientWritesPending)
+	}
+	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
+		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)
+	}
+	return nil
+}
+
+// options translates a defaulted Config into mochi options.
+func (c *Config) options(log *slog.Logger) *mqtt.Options {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = c.MaxPacketSize
+	caps.MaximumSessionExpiryInterval = uint32(c.SessionExpiry / time.Second)
+	caps.MaximumClientWritesPending = c.ClientWritesPending
+	caps.MaximumInflight = c.MaxInflight
+	caps.ReceiveMaximum = receiveMaximum
+	caps.MaximumQos = 1
+	// mochi's default (24h) forcibly deletes retained messages and queued
+	// messages a day after they were published; retained device state must
+	// live until replaced, and queued messages go with their session.
+	caps.MaximumMessageExpiryInterval = 0
+	// CONNACK does not advertise topic aliases, so clients must not use
+	// them (MQTT 5 §3.2.2.3.8); 0 also keeps alias maps from growing.
+	caps.TopicAliasMaximum = 0
+	return &mqtt.Options{
+		Capabilities:             caps,
+		ClientNetReadBufferSize:  c.ReadBufferSize,
+		ClientNetWriteBufferSize: c.WriteBufferSize,
+		Logger:                   log,
+		SysTopicResendInterval:   sysTopicInterval,
+		InlineClient:             true,
+	}
+}
+
+// Server is an MQTT broker. It is safe for concurrent use.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	mq     *mqtt.Server
+	hook   *hook
+	tcp    *listener // nil without a TCP listener
+	ws     *listener // nil without a WebSocket listener
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	sysRetained int          // retained $SYS messages mochi keeps, left out of Stats.Retained
+	subID       atomic.Int64 // last inline subscription identifier handed out
+	closed      atomic.Bool  // set at the start of Close
+
+	closeOnce sync.Once
+	closeErr  error // set once by closeOnce
+}
+
+// Open binds the configured listeners and starts serving. The listeners'
+// real addresses are available from Addr and WSAddr when Open returns.
+// Open fails with an error wrapping ErrInvalidConfig for an invalid Config,
+// or with the listen error (for example, address in use).
+func Open(ctx context.Context, cfg Config) (*Server, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("broker: open: %w", err)
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With(logKeyComponent, "broker")
+	s := &Server{cfg: cfg, log: log}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.mq = mqtt.New(cfg.options(log))
+	s.hook = newHook(s)
+	if err := s.mq.AddHook(s.hook, nil); err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("broker: add hook: %w", err)
+	}
+	if err := s.listen(); err != nil {
+		s.closeListeners()
+		s.cancel()
+		return nil, err
+	}
+	if err := s.mq.Serve(); err != nil {
+		_ = s.Close(ctx)
+		return nil, fmt.Errorf("broker: serve: %w", err)
+	}
+	// Serve published mochi's $SYS topics; only mochi can publish there.
+	s.sysRetained = len(s.mq.Topics.Messages("$SYS/#"))
+	return s, nil
+}
+
+// listen binds the configured listeners and attaches them to mochi.
+func (s *Server) listen() (err error) {
+	if s.tcp, err = s.addListener("tcp", s.cfg.TCPAddr, newTCPListener); err != nil {
+		return err
+	}
+	s.ws, err = s.addListener("ws", s.cfg.WSAddr, newWSListener)
+	return err
+}
+
+// addListener binds addr ("" for none) and attaches the listener that
+// newListener makes of it to mochi.
+func (s *Server) addListener(id, addr string, newListener func(string, net.Listener, time.Duration) *listener) (*listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen %s %s: %w", id, addr, err)
+	}
+	l := newListener(id, ln, s.cfg.ConnectTimeout)
+	if err := s.mq.AddListener(l); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("broker: add %s listener: %w", id, err)
+	}
+	return l, nil
+}
+
+// closeListeners closes listeners of an Open that failed before Serve.
+func (s *Server) closeListeners() {
+	for _, l := range []*listener{s.tcp, s.ws} {
+		if l != nil {
+			l.Close(func(string) {})
+		}
+	}
+}
+
+// Addr returns the TCP listener's address, or nil without a TCP listener.
+func (s *Server) Addr() net.Addr {
+	if s.tcp == nil {
+		return nil
+	}
+	return s.tcp.ln.Addr()
+}
+
+// WSAddr returns the WebSocket listener's address, or nil without one.
+func (s *Server) WSAddr() net.Addr {
+	if s.ws == nil {
+		return nil
+	}
+	return s.ws.ln.Addr()
+}
+
+// Publish publishes a message from the broker itself. Subscribers receive
+// it with QoS min(qos, their subscription's QoS, 1); retain stores it as the
+// topic's retained message (an empty payload clears it). Publish copies
+// payload. In-process subscribers (Subscribe) run before Publish returns.
+//
+// Publish returns ErrClosed after Close, and errors wrapping ErrInvalidTopic
+// (empty, wildcard, $SYS or over-long topic), ErrInvalidQoS (qos > 2) or
+// ErrTooLarge (payload over MaxPacketSize).
+func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := validTopic(topic, true); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	if qos > 2 {
+		return fmt.Errorf("publish %s: qos %d: %w", topic, qos, ErrInvalidQoS)
+	}
+	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
+		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
+	}
+	if err := s.mq.Publish(topic, bytes.Clone(payload), retain, min(qos, 1)); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Subscribe registers h for messages on topics matching filter, published
+// by clients or by Publish. Retained messages matching filter are passed to
+// h before Subscribe returns.
+//
+// h runs synchronously on the publishing client's goroutine (or in Publish):
+// messages from one client reach h in order, and a slow h slows only that
+// client. For QoS 1, the broker acknowledges the PUBLISH before h runs.
+// A panic in h is recovered and logged.
+//
+// Subscribe returns ErrClosed after Close, ErrNilHandler for a nil h, and an
+// error wrapping ErrInvalidTopic for an invalid filter.
+func (s *Server) Subscribe(filter string, h HandlerFunc) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if h == nil {
+		return ErrNilHandler
+	}
+	if err := validTopic(filter, false); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	id := int(s.subID.Add(1))
+	err := s.mq.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		s.runHandler(h, pk)
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	return nil
+}
+
+// runHandler calls h for pk, recovering a panic so that one bad message
+// cannot stop the broker.
+func (s *Server) runHandler(h HandlerFunc, pk packets.Packet) {
+	origin := pk.Origin
+	if origin == mqtt.InlineClientId {
+		origin = ""
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.hook.handlerPanics.Add(1)
+			s.log.Error("subscription handler panicked", "client", origin, "topic", pk.TopicName,
+				"panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	h(origin, pk.TopicName, pk.Payload)
+}
+
+// HasSubscribers reports whether any subscription, of a client (connected
+// or with a persistent session) or in-process, matches topic. It is false
+// for an invalid topic.
+func (s *Server) HasSubscribers(topic string) bool {
+	if validTopic(topic, true) != nil {
+		return false
+	}
+	subs := s.mq.Topics.Subscribers(topic)
+	return len(subs.Subscriptions) > 0 || len(subs.InlineSubscriptions) > 0 || len(subs.Shared) > 0
+}
+
+// Close disconnects every client, closes the listeners and waits for the
+// connections' goroutines, including running subscription handlers, to
+// finish. It is idempotent: later calls return the first call's result.
+// Connections are closed forcibly, so Close waits only for running
+// subscription handlers and does not consult ctx: cleanup always completes.
+func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.cancel()
+		s.closeErr = s.mq.Close()
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("broker: close: %w", s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+// validTopic checks a topic name (forPublish) or filter.
+func validTopic(topic string, forPublish bool) error {
+	switch {
+	case topic == "":
+		return fmt.Errorf("%w: empty", ErrInvalidTopic)
+	case len(topic) > maxTopicLen:
+		return fmt.Errorf("%w: %d bytes, at most %d allowed", ErrInvalidTopic, len(topic), maxTopicLen)
+	case !mqtt.IsValidFilter(topic, forPublish):
+		return fmt.Errorf("%w: %q", ErrInvalidTopic, topic)
+	}
+	return nil
+}

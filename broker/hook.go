@@ -1,0 +1,280 @@
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// maxLoggedDenials bounds how many distinct denied topics are remembered
+// (and logged) per session.
+const maxLoggedDenials = 16
+
+// hook connects mochi's events to Config: client ID validation,
+// authentication, ACL, callbacks and counters.
+type hook struct {
+	mqtt.HookBase
+	s *Server
+
+	mu       sync.RWMutex        // guards sessions
+	sessions map[string]*session // by client ID; only used with Config.Auth
+
+	publishesDenied  atomic.Int64
+	connectsRejected atomic.Int64
+	handlerPanics    atomic.Int64
+}
+
+// session is what the broker remembers about an authenticated client.
+type session struct {
+	cl *mqtt.Client // the mochi client the identity belongs to
+	id Identity
+
+	mu     sync.Mutex          // guards denied
+	denied map[string]struct{} // topics whose publish denial was logged
+}
+
+func newHook(s *Server) *hook {
+	return &hook{s: s, sessions: make(map[string]*session)}
+}
+
+// ID implements mqtt.Hook.
+func (h *hook) ID() string { return "umbra" }
+
+// Provides implements mqtt.Hook.
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnClientExpired:
+		return true
+	}
+	return false
+}
+
+// OnConnect validates the client ID. mochi assigns an ID to a client that
+// sent none before calling it.
+func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	err := validClientID(cl.ID)
+	if err == nil {
+		return nil
+	}
+	h.connectsRejected.Add(1)
+	h.s.log.Info("connection refused", "client", clip(cl.ID), "remote", cl.Net.Remote, "error", err)
+	if ackErr := h.s.mq.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); ackErr != nil {
+		return fmt.Errorf("refuse connect: %w (send connack: %w)", err, ackErr)
+	}
+	return err
+}
+
+// validClientID reports whether id may be used as an MQTT client ID.
+func validClientID(id string) error {
+	if id == mqtt.InlineClientId {
+		return fmt.Errorf("%w: %q is reserved", ErrInvalidClientID, id)
+	}
+	if _, err := device.ParseID(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidClientID, err)
+	}
+	return nil
+}
+
+// OnConnectAuthenticate runs Config.Auth and remembers the identity.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	auth := h.s.cfg.Auth
+	if auth == nil {
+		return true
+	}
+	id, err := auth.Authenticate(h.s.ctx, Credentials{
+		ClientID:   cl.ID,
+		Username:   string(pk.Connect.Username),
+		Password:   pk.Connect.Password,
+		RemoteAddr: cl.Net.Remote,
+		TLS:        tlsState(cl.Net.Conn),
+	})
+	if err == nil && pk.Connect.WillFlag && !auth.Allow(withClientID(id, cl.ID), pk.Connect.WillTopic, true) {
+		// mochi publishes wills without an ACL check.
+		err = fmt.Errorf("will topic %q not allowed", pk.Connect.WillTopic)
+	}
+	if err != nil {
+		h.connectsRejected.Add(1)
+		h.s.log.Info("authentication failed", "client", cl.ID, "remote", cl.Net.Remote, "error", err)
+		return false
+	}
+	h.mu.Lock()
+	h.sessions[cl.ID] = &session{cl: cl, id: withClientID(id, cl.ID)}
+	h.mu.Unlock()
+	return true
+}
+
+func withClientID(id Identity, clientID string) Identity {
+	id.ClientID = clientID
+	return id
+}
+
+// tlsState returns the TLS state of c, or nil for a plain connection.
+func tlsState(c net.Conn) *tls.ConnectionState {
+	if w, ok := c.(*wsConn); ok {
+		c = w.Conn
+	}
+	if t, ok := c.(*tls.Conn); ok {
+		st := t.ConnectionState()
+		return &st
+	}
+	return nil
+}
+
+// OnACLCheck runs Config.Auth's Allow for the client's identity.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	auth := h.s.cfg.Auth
+	if auth == nil || cl.Net.Inline {
+		return true
+	}
+	h.mu.RLock()
+	sess := h.sessions[cl.ID]
+	h.mu.RUnlock()
+	allowed := sess != nil && sess.cl == cl && auth.Allow(sess.id, topic, write)
+	if !allowed && write {
+		h.publishDenied(cl, sess, topic)
+	}
+	return allowed
+}
+
+// publishDenied counts a denied PUBLISH and logs the first denial per
+// session and topic; mochi drops denied QoS 0 publishes silently.
+func (h *hook) publishDenied(cl *mqtt.Client, sess *session, topic string) {
+	h.publishesDenied.Add(1)
+	if sess == nil {
+		h.s.log.Warn("publish denied: no identity", "client", cl.ID, "topic", clip(topic))
+		return
+	}
+	sess.mu.Lock()
+	_, seen := sess.denied[topic]
+	first := !seen && len(sess.denied) < maxLoggedDenials
+	if first {
+		if sess.denied == nil {
+			sess.denied = make(map[string]struct{})
+		}
+		sess.denied[topic] = struct{}{}
+	}
+	sess.mu.Unlock()
+	if first {
+		h.s.log.Warn("publish denied; not logged again for this client and topic", "client", cl.ID, "topic", clip(topic))
+	}
+}
+
+// forget drops the identity of cl's session if it still belongs to cl.
+func (h *hook) forget(cl *mqtt.Client) {
+	if h.s.cfg.Auth == nil {
+		return
+	}
+	h.mu.Lock()
+	if sess := h.sessions[cl.ID]; sess != nil && sess.cl == cl {
+		delete(h.sessions, cl.ID)
+	}
+	h.mu.Unlock()
+}
+
+// OnSessionEstablished calls Config.OnConnect.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if cb := h.s.cfg.OnConnect; cb != nil {
+		cb(cl.ID, cl.Net.Remote)
+	}
+}
+
+// OnDisconnect forgets an expired session and calls Config.OnDisconnect.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if cl.Net.Inline {
+		return
+	}
+	if expire {
+		h.forget(cl)
+	}
+	if cb := h.s.cfg.OnDisconnect; cb != nil {
+		cb(cl.ID, disconnectCause(cl.StopCause(), err))
+	}
+}
+
+// disconnectCause maps mochi's reasons for a disconnect to the errors
+// documented on Config.OnDisconnect. stop (the reason the client was
+// stopped first) wins over err (what ended its read loop).
+func disconnectCause(stop, err error) error {
+	var code packets.Code
+	switch {
+	case errors.As(stop, &code), errors.As(err, &code):
+		switch {
+		case code.Code < packets.ErrUnspecifiedError.Code:
+			return nil // DISCONNECT, with or without will
+		case code.Code == packets.ErrSessionTakenOver.Code:
+			return ErrTakenOver
+		case code.Code == packets.ErrServerShuttingDown.Code:
+			return ErrClosed
+		case code.Code == packets.ErrPacketTooLarge.Code:
+			return ErrTooLarge
+		case code.Code == packets.ErrNotAuthorized.Code:
+			return ErrNotAuthorized
+		default:
+			return fmt.Errorf("%w: %s", ErrProtocol, code.Reason)
+		}
+	case err != nil:
+		return readFailure(err)
+	case stop != nil:
+		return readFailure(stop)
+	}
+	return nil
+}
+
+// readFailure classifies an error that ended a client's read loop: a
+// failing or closed connection, or bytes that are not MQTT.
+func readFailure(err error) error {
+	var netErr net.Error
+	var closeErr *websocket.CloseError
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.As(err, &netErr) || errors.As(err, &closeErr) {
+		return fmt.Errorf("%w: %w", ErrConnectionLost, err)
+	}
+	return fmt.Errorf("%w: %w", ErrProtocol, err)
+}
+
+// OnClientExpired releases an expired persistent session. mochi only
+// deletes the client: without this its subscriptions would stay in the
+// topic index (and match in HasSubscribers) and its queued messages in the
+// inflight count forever.
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.forget(cl)
+	h.s.mq.UnsubscribeClient(cl)
+	cl.ClearInflights()
+}
+
+// OnSubscribed calls Config.OnSubscribe with the granted filters.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	cb := h.s.cfg.OnSubscribe
+	if cb == nil || cl.Net.Inline {
+		return
+	}
+	granted := make([]string, 0, len(pk.Filters))
+	for i, f := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code {
+			granted = append(granted, f.Filter)
+		}
+	}
+	if len(granted) > 0 {
+		cb(cl.ID, granted)
+	}
+}
+
+// clip shortens client-controlled strings for logging.
+func clip(s string) string {
+	const n = 256
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,272 @@
+package broker
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// listener is a mochi listeners.Listener for TCP or WebSocket that, unlike
+// mochi's own listeners, is bound before it is handed to mochi (so Open
+// fails fast and Addr knows the port), gives a new connection
+// ConnectTimeout to send CONNECT, and owns its goroutines: Close returns
+// only when the accept loop and every connection have finished.
+type listener struct {
+	id             string
+	protocol       string
+	ln             net.Listener
+	connectTimeout time.Duration
+	httpSrv        *http.Server        // WebSocket only
+	upgrader       *websocket.Upgrader // WebSocket only
+	log            *slog.Logger        // set by Init
+	establish      listeners.EstablishFn
+	done           chan struct{} // closed by Close
+
+	mu     sync.Mutex            // guards conns and closed
+	conns  map[net.Conn]struct{} // open connections
+	closed bool
+
+	wg sync.WaitGroup // Serve and every connection; Add only under mu while !closed
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+func newListener(id, protocol string, ln net.Listener, connectTimeout time.Duration) *listener {
+	return &listener{
+		id:             id,
+		protocol:       protocol,
+		ln:             ln,
+		connectTimeout: connectTimeout,
+		log:            slog.New(slog.DiscardHandler),
+		done:           make(chan struct{}),
+		conns:          make(map[net.Conn]struct{}),
+	}
+}
+
+// newTCPListener serves MQTT over TCP on ln.
+func newTCPListener(id string, ln net.Listener, connectTimeout time.Duration) *listener {
+	return newListener(id, "tcp", ln, connectTimeout)
+}
+
+// newWSListener serves MQTT over WebSocket on ln, at the paths "/mqtt"
+// and "/".
+func newWSListener(id string, ln net.Listener, connectTimeout time.Duration) *listener {
+	l := newListener(id, "ws", ln, connectTimeout)
+	l.upgrader = &websocket.Upgrader{
+		HandshakeTimeout: connectTimeout,
+		ReadBufferSize:   1024,
+		WriteBufferSize:  1024,
+		WriteBufferPool:  &sync.Pool{}, // no write buffer held by idle connections
+		Subprotocols:     []string{"mqtt"},
+		// MQTT clients are not browsers sharing cookies: access control
+		// happens in CONNECT, so any origin may connect.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/mqtt", l.serveWS)
+	mux.HandleFunc("/{$}", l.serveWS)
+	l.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: connectTimeout,
+		MaxHeaderBytes:    8 << 10,
+	}
+	return l
+}
+
+// ID implements listeners.Listener.
+func (l *listener) ID() string { return l.id }
+
+// Address implements listeners.Listener.
+func (l *listener) Address() string { return l.ln.Addr().String() }
+
+// Protocol implements listeners.Listener.
+func (l *listener) Protocol() string { return l.protocol }
+
+// Init implements listeners.Listener. The socket is already bound.
+func (l *listener) Init(log *slog.Logger) error {
+	l.log = log
+	if l.httpSrv != nil {
+		l.httpSrv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	}
+	return nil
+}
+
+// add registers c (nil for the Serve loop itself) as running; it returns
+// false once the listener is closed.
+func (l *listener) add(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.wg.Add(1)
+	if c != nil {
+		l.conns[c] = struct{}{}
+	}
+	return true
+}
+
+// remove closes c and marks it finished.
+func (l *listener) remove(c net.Conn) {
+	_ = c.Close()
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+	l.wg.Done()
+}
+
+// Serve implements listeners.Listener. mochi runs it on its own goroutine;
+// Close waits for it.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	if !l.add(nil) {
+		return
+	}
+	defer l.wg.Done()
+	l.establish = establish
+	if l.httpSrv != nil {
+		if err := l.httpSrv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.isClosed() {
+			l.log.Error("websocket listener failed", "error", err)
+		}
+		return
+	}
+	var backoff time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.isClosed() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or similar: back off as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("accept failed", "error", err, "retry_in", backoff)
+			select {
+			case <-l.done:
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		if !l.add(c) {
+			_ = c.Close()
+			return
+		}
+		go func() {
+			defer l.remove(c)
+			l.serveConn(c)
+		}()
+	}
+}
+
+// serveWS upgrades an HTTP request to a WebSocket carrying MQTT.
+func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
+	ws, err := l.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has replied with an HTTP error
+	}
+	c := &wsConn{Conn: ws.NetConn(), ws: ws}
+	if !l.add(c) {
+		_ = c.Close()
+		return
+	}
+	defer l.remove(c)
+	l.serveConn(c)
+}
+
+// serveConn hands c to mochi, which reads CONNECT and then serves the
+// client until the connection ends.
+func (l *listener) serveConn(c net.Conn) {
+	if l.connectTimeout > 0 {
+		// mochi replaces the deadline with the keepalive one after CONNECT.
+		_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
+	}
+	if err := l.establish(l.id, c); err != nil {
+		l.log.Debug("connection ended", "remote", c.RemoteAddr().String(), "error", err)
+	}
+}
+
+func (l *listener) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+// Close implements listeners.Listener: it stops accepting, lets mochi send
+// DISCONNECT to connected clients (closeClients), closes every remaining
+// connection, including those that have not sent CONNECT, and waits for
+// all of the listener's goroutines. It is idempotent.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	close(l.done)
+	l.mu.Unlock()
+
+	if l.httpSrv != nil {
+		_ = l.httpSrv.Close() // closes the listener and connections not yet upgraded
+	}
+	_ = l.ln.Close()
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// wsConn presents a WebSocket as the byte stream mochi reads MQTT from.
+// Deadlines and addresses are those of the underlying connection.
+type wsConn struct {
+	net.Conn                 // the underlying connection
+	ws       *websocket.Conn // framing on top of Conn
+	r        io.Reader       // current message; nil between messages
+}
+
+// errTextFrame is returned for a text frame: MQTT over WebSocket must use
+// binary frames.
+var errTextFrame = errors.New("broker: websocket text frame")
+
+// Read reads from the current binary message, moving to the next one at
+// the end of each.
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			op, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				return 0, errTextFrame
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			err = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+}
+
+// Write sends p as one binary message. mochi writes one or more whole
+// packets per call.
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

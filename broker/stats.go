@@ -1,0 +1,54 @@
+package broker
+
+import "sync/atomic"
+
+// Stats is a snapshot of the broker's counters. Counters marked "since
+// Open" only grow; the others are current values.
+type Stats struct {
+	ClientsConnected int64 // clients connected now
+	Sessions         int64 // sessions known now: connected clients plus offline persistent sessions
+	Subscriptions    int64 // client subscriptions now
+	Retained         int64 // retained messages now, not counting the broker's $SYS topics
+	Inflight         int64 // unacknowledged or queued QoS 1 messages now
+
+	MessagesReceived int64 // PUBLISHes received from clients or Publish, since Open
+	MessagesSent     int64 // PUBLISHes written to clients, since Open
+	PacketsReceived  int64 // packets of any type received, since Open
+	PacketsSent      int64 // packets of any type written, since Open
+	BytesReceived    int64 // bytes received, since Open
+	BytesSent        int64 // bytes written, since Open
+
+	// PacketsDropped is MessagesDropped + InflightDropped + PublishesDenied.
+	PacketsDropped   int64
+	MessagesDropped  int64 // messages dropped because a client's outbound queue was full, since Open
+	InflightDropped  int64 // QoS 1 messages dropped because a session's inflight store was full, since Open
+	PublishesDenied  int64 // PUBLISHes refused by Authenticator.Allow, since Open
+	ConnectsRejected int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
+	HandlerPanics    int64 // panics recovered from Subscribe handlers, since Open
+}
+
+// Stats returns a snapshot of the broker's counters. It is cheap enough to
+// call from a metrics scrape.
+func (s *Server) Stats() Stats {
+	info := s.mq.Info
+	st := Stats{
+		ClientsConnected: atomic.LoadInt64(&info.ClientsConnected),
+		Sessions:         int64(s.mq.Clients.Len()) - 1, // minus the inline client
+		Subscriptions:    atomic.LoadInt64(&info.Subscriptions),
+		Retained:         int64(s.mq.Topics.Retained.Len() - s.sysRetained),
+		Inflight:         atomic.LoadInt64(&info.Inflight),
+		MessagesReceived: atomic.LoadInt64(&info.MessagesReceived),
+		MessagesSent:     atomic.LoadInt64(&info.MessagesSent),
+		PacketsReceived:  atomic.LoadInt64(&info.PacketsReceived),
+		PacketsSent:      atomic.LoadInt64(&info.PacketsSent),
+		BytesReceived:    atomic.LoadInt64(&info.BytesReceived),
+		BytesSent:        atomic.LoadInt64(&info.BytesSent),
+		MessagesDropped:  atomic.LoadInt64(&info.MessagesDropped),
+		InflightDropped:  atomic.LoadInt64(&info.InflightDropped),
+		PublishesDenied:  s.hook.publishesDenied.Load(),
+		ConnectsRejected: s.hook.connectsRejected.Load(),
+		HandlerPanics:    s.hook.handlerPanics.Load(),
+	}
+	st.PacketsDropped = st.MessagesDropped + st.InflightDropped + st.PublishesDenied
+	return st
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// serveOptions are the flags of `umbra serve`.
+type serveOptions struct {
+	dataDir   string
+	mqttAddr  string
+	wsAddr    string
+	httpAddr  string
+	logFormat string
+	logLevel  string
+
+	maxDocSize    int
+	maxPacketSize uint32
+	deviceRate    float64
+	shutdownGrace time.Duration
+}
+
+func newServeCmd() *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the MQTT broker, the shadow engine and the HTTP API",
+		Long: `Run Umbra: an MQTT broker (TCP and WebSocket) with the device shadow engine
+on state/<id>/… topics, and the HTTP API. Data is kept in --data-dir.
+Stop with SIGINT or SIGTERM: listeners close, requests in progress finish,
+the database is closed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
+			if err != nil {
+				return err
+			}
+			cfg, err := o.config(log)
+			if err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), cfg)
+		},
+	}
+	o.addFlags(cmd)
+	return cmd
+}
+
+func (o *serveOptions) addFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", "./umbra-data", "directory for Umbra's databases and keys")
+	f.StringVar(&o.mqttAddr, "mqtt-addr", "127.0.0.1:1883", "MQTT over TCP listen address (\"\" disables)")
+	f.StringVar(&o.wsAddr, "ws-addr", "127.0.0.1:8083", "MQTT over WebSocket listen address (\"\" disables)")
+	f.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8080", "HTTP API listen address (\"\" disables)")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.IntVar(&o.maxDocSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
+	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
+	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
+	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
+}
+
+// serveConfig is everything runServe needs, built from flags.
+type serveConfig struct {
+	dataDir       string
+	mqttAddr      string
+	wsAddr        string
+	httpAddr      string
+	maxDocSize    int
+	maxPacketSize uint32
+	deviceRate    float64
+	shutdownGrace time.Duration
+	log           *slog.Logger
+	// ready, if set, receives the running server once every listener is
+	// bound (tests use it to learn the ports).
+	ready func(*server)
+}
+
+func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
+	if o.dataDir == "" {
+		return serveConfig{}, errors.New("--data-dir must not be empty")
+	}
+	for name, addr := range map[string]string{"--mqtt-addr": o.mqttAddr, "--ws-addr": o.wsAddr, "--http-addr": o.httpAddr} {
+		if addr == "" {
+			continue
+		}
+		if err := checkLoopback(addr); err != nil {
+			return serveConfig{}, fmt.Errorf("%s %s: %w", name, addr, err)
+		}
+	}
+	if o.mqttAddr == "" && o.wsAddr == "" {
+		return serveConfig{}, errors.New("at least one of --mqtt-addr and --ws-addr is needed")
+	}
+	if o.maxDocSize < 256 || o.maxDocSize > 1<<20 {
+		return serveConfig{}, fmt.Errorf("--max-shadow-size %d: must be between 256 and 1048576", o.maxDocSize)
+	}
+	if o.maxPacketSize < 1024 {
+		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", o.maxPacketSize)
+	}
+	if o.deviceRate == 0 {
+		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
+	}
+	return serveConfig{
+		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
+		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
+		shutdownGrace: o.shutdownGrace, log: log,
+	}, nil
+}
+
+// checkLoopback refuses listen addresses beyond loopback: until device
+// authentication exists, Umbra must not be reachable from the network.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return errors.New("only loopback addresses (127.0.0.0/8, ::1, localhost) may be used until authentication is enabled")
+	}
+	return nil
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// server is a running Umbra: every component, opened in dependency order.
+type server struct {
+	eng *shadow.Engine
+	brk *broker.Server
+}
+
+// lazyPublisher lets the shadow engine be opened (and its database lock
+// taken) before the broker binds its ports: a second `umbra serve` on the
+// same data dir then fails on the lock with a clear message, not on a port.
+type lazyPublisher struct{ b atomic.Pointer[broker.Server] }
+
+func (p *lazyPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if b := p.b.Load(); b != nil {
+		return b.Publish(topic, payload, retain, qos)
+	}
+	return broker.ErrClosed
+}
+
+func (p *lazyPublisher) HasSubscribers(topic string) bool {
+	if b := p.b.Load(); b != nil {
+		return b.HasSubscribers(topic)
+	}
+	return false
+}
+
+var _ shadow.Publisher = (*broker.Server)(nil)
+
+// runServe runs Umbra until ctx is cancelled, then shuts down in reverse
+// order: device traffic stops first, then the engine finishes what is in
+// progress and closes its database.
+func runServe(ctx context.Context, cfg serveConfig) (err error) {
+	log := cfg.log
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	closeCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
+	}
+	closeInto := func(name string, c interface{ Close(context.Context) error }) {
+		cctx, cancel := closeCtx()
+		defer cancel()
+		if cerr := c.Close(cctx); cerr != nil {
+			log.Error("close", "component", name, "err", cerr)
+			if err == nil {
+				err = fmt.Errorf("close %s: %w", name, cerr)
+			}
+		}
+	}
+
+	pub := &lazyPublisher{}
+	eng, err := shadow.Open(ctx, shadow.Config{
+		Path:            filepath.Join(cfg.dataDir, "shadow.db"),
+		Publisher:       pub,
+		MaxDocumentSize: cfg.maxDocSize,
+		DeviceRate:      cfg.deviceRate,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeInto("shadow", eng)
+
+	brk, err := broker.Open(ctx, broker.Config{
+		TCPAddr:       cfg.mqttAddr,
+		WSAddr:        cfg.wsAddr,
+		MaxPacketSize: cfg.maxPacketSize,
+		Logger:        log,
+		OnSubscribe:   eng.HandleSubscribe,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeInto("broker", brk) // runs before the engine closes
+	pub.b.Store(brk)
+	for _, f := range shadow.RequestFilters {
+		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
+			return fmt.Errorf("subscribe engine to %s: %w", f, err)
+		}
+	}
+
+	srv := &server{eng: eng, brk: brk}
+	attrs := []any{"data_dir", cfg.dataDir}
+	if a := brk.Addr(); a != nil {
+		attrs = append(attrs, "mqtt", a.String())
+	}
+	if a := brk.WSAddr(); a != nil {
+		attrs = append(attrs, "ws", a.String())
+	}
+	log.Info("umbra serving", attrs...)
+	if cfg.ready != nil {
+		cfg.ready(srv)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return nil
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/shadowclient"
+)
+
+// maxUpdateFile caps the size of an update read with --file; the server's
+// own limit is far lower, this only stops a mistaken multi-gigabyte read.
+const maxUpdateFile = 1 << 20
+
+// clientOptions are the flags shared by the operator commands that talk to
+// a server over MQTT.
+type clientOptions struct {
+	server  string
+	timeout time.Duration
+	output  string
+}
+
+func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.server, "server", shadowclient.DefaultServer, "MQTT server URL: tcp://host:port or ws://host:port/mqtt")
+	fs.DurationVar(&o.timeout, "timeout", shadowclient.DefaultTimeout, "how long to wait to connect and for each answer")
+	fs.StringVarP(&o.output, "output", "o", "json", "output format: json (the server's JSON) or text (a short summary)")
+}
+
+// dial validates the options and connects; the client's warnings go to
+// stderr.
+func (o *clientOptions) dial(ctx context.Context, stderr io.Writer) (*shadowclient.Client, error) {
+	if o.output != "json" && o.output != "text" {
+		return nil, fmt.Errorf("--output %q: want json or text", o.output)
+	}
+	if o.timeout <= 0 {
+		return nil, fmt.Errorf("--timeout %s: must be positive", o.timeout)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return shadowclient.Dial(ctx, shadowclient.Config{Server: o.server, Timeout: o.timeout, Logger: log})
+}
+
+// parseID validates a device ID argument.
+func parseID(s string) (device.ID, error) {
+	id, err := device.ParseID(s)
+	if err != nil {
+		return "", fmt.Errorf("device ID %q: %w", s, err)
+	}
+	return id, nil
+}
+
+func newShadowCmd() *cobra.Command {
+	o := &clientOptions{}
+	cmd := &cobra.Command{
+		Use:   "shadow",
+		Short: "Read, update and delete device shadows over MQTT",
+		Long: `Read, update and delete device shadows through a running Umbra server, over
+the same MQTT topics devices use. A rejected request exits non-zero with the
+server's code and message on stderr.`,
+		Args: cobra.NoArgs, // an unknown subcommand is an error, not help
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
+	o.addFlags(cmd.PersistentFlags())
+	cmd.AddCommand(newShadowGetCmd(o), newShadowUpdateCmd(o), newShadowDeleteCmd(o))
+	return cmd
+}
+
+// runRequest validates the ID, connects, runs one request and prints its
+// answer.
+func (o *clientOptions) runRequest(cmd *cobra.Command, arg, verb string, req func(context.Context, *shadowclient.Client, device.ID) ([]byte, error)) error {
+	id, err := parseID(arg)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	c, err := o.dial(ctx, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	b, err := req(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	return printAnswer(cmd.OutOrStdout(), o.output, verb, id, b)
+}
+
+func newShadowGetCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get <id>",
+		Short: "Print a device's shadow",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.runRequest(cmd, args[0], "get", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
+				return c.Get(ctx, id)
+			})
+		},
+	}
+}
+
+func newShadowDeleteCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete <id>",
+		Short: "Delete a device's shadow",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.runRequest(cmd, args[0], "delete", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
+				return c.Delete(ctx, id)
+			})
+		},
+	}
+}
+
+// updateOptions are the flags of `umbra shadow update`.
+type updateOptions struct {
+	desired, reported string
+	file              string
+	version           uint64
+}
+
+func (u *updateOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&u.desired, "desired", "", "JSON object merged into the desired state (null removes it)")
+	fs.StringVar(&u.reported, "reported", "", "JSON object merged into the reported state (null removes it)")
+	fs.StringVar(&u.file, "file", "", "file holding a whole update request {\"state\":{…}} (- for stdin)")
+	fs.Uint64Var(&u.version, "version", 0, "apply only if the shadow is at this version (optimistic lock)")
+}
+
+func newShadowUpdateCmd(o *clientOptions) *cobra.Command {
+	u := &updateOptions{}
+	cmd := &cobra.Command{
+		Use:   "update <id> --desired JSON | --reported JSON | --file F",
+		Short: "Update a device's shadow",
+		Long: `Update a device's shadow. --desired and --reported take JSON objects that are
+merged into the shadow (objects key by key; null deletes a key); they may be
+given together. --file sends a whole update request instead. With --version
+the update applies only if the shadow is still at that version.`,
+		Example: `  umbra shadow update lamp-1 --desired '{"color":"red"}'
+  umbra shadow update lamp-1 --reported '{"color":"red"}' --version 4
+  umbra shadow update lamp-1 --file update.json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			body, err := u.body(cmd.Flags(), cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			return o.runRequest(cmd, string(id), "update", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
+				return c.Update(ctx, id, body)
+			})
+		},
+	}
+	u.addFlags(cmd.Flags())
+	return cmd
+}
+
+// body builds the update request from the flags, validating every piece of
+// JSON before anything is sent.
+func (u *updateOptions) body(fs *pflag.FlagSet, stdin io.Reader) ([]byte, error) {
+	hasDesired, hasReported, hasFile := fs.Changed("desired"), fs.Changed("reported"), fs.Changed("file")
+	var req map[string]json.RawMessage
+	switch {
+	case hasFile && (hasDesired || hasReported):
+		return nil, errors.New("--file cannot be combined with --desired or --reported")
+	case hasFile:
+		var err error
+		if req, err = readRequestFile(u.file, stdin); err != nil {
+			return nil, err
+		}
+	case hasDesired || hasReported:
+		state := map[string]json.RawMessage{}
+		for _, s := range []struct {
+			name, value string
+			set         bool
+		}{{"desired", u.desired, hasDesired}, {"reported", u.reported, hasReported}} {
+			if !s.set {
+				continue
+			}
+			raw, err := section(s.value)
+			if err != nil {
+				return nil, fmt.Errorf("--%s: %w", s.name, err)
+			}
+			state[s.name] = raw
+		}
+		st, _ := json.Marshal(state)
+		req = map[string]json.RawMessage{"state": st}
+	default:
+		return nil, errors.New("nothing to update: give --desired, --reported or --file")
+	}
+	if fs.Changed("version") {
+		if _, ok := req["version"]; ok {
+			return nil, errors.New("--version conflicts with the version in --file")
+		}
+		req["version"], _ = json.Marshal(u.version)
+	}
+	return json.Marshal(req)
+}
+
+// section validates a --desired or --reported value: a JSON object or null.
+func section(s string) (json.RawMessage, error) {
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return nil, fmt.Errorf("invalid JSON: %w", err)
+	}
+	if _, ok := v.(map[string]any); !ok && v != nil {
+		return nil, errors.New("must be a JSON object or null")
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, []byte(s)); err != nil {
+		return nil, fmt.Errorf("invalid JSON: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// readRequestFile reads a whole update request: a JSON object.
+func readRequestFile(name string, stdin io.Reader) (map[string]json.RawMessage, error) {
+	r := stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("--file: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxUpdateFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("--file %s: %w", name, err)
+	}
+	if len(b) > maxUpdateFile {
+		return nil, fmt.Errorf("--file %s: larger than %d bytes", name, maxUpdateFile)
+	}
+	var req map[string]json.RawMessage
+	if err := json.Unmarshal(b, &req); err != nil {
+		return nil, fmt.Errorf("--file %s: invalid JSON: %w", name, err)
+	}
+	if req == nil {
+		return nil, fmt.Errorf("--file %s: must hold a JSON object", name)
+	}
+	if _, ok := req["state"]; !ok {
+		return nil, fmt.Errorf("--file %s: no \"state\" in the update request", name)
+	}
+	return req, nil
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startServer runs runServe on 127.0.0.1:0 ports with a t.TempDir() data
+// dir, waits until every listener is bound, and on cleanup cancels it and
+// checks that it returned without error.
+func startServer(t *testing.T) *server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *server, 1)
+	done := make(chan error, 1)
+	cfg := serveConfig{
+		dataDir:  t.TempDir(),
+		mqttAddr: "127.0.0.1:0",
+		// A different string from mqttAddr: the broker refuses two equal
+		// addresses, even port 0.
+		wsAddr:        "localhost:0",
+		httpAddr:      "127.0.0.1:0",
+		shutdownGrace: 5 * time.Second,
+		log:           slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		ready:         func(s *server) { ready <- s },
+	}
+	go func() { done <- runServe(ctx, cfg) }()
+	var srv *server
+	select {
+	case srv = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("runServe returned before it was ready: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("runServe not ready within 10s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("runServe: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("runServe did not return within 15s of cancel")
+		}
+	})
+	return srv
+}
+
+// mqttURL is the server's MQTT-over-TCP URL.
+func (s *server) mqttURL() string { return "tcp://" + s.brk.Addr().String() }
+
+// wsURL is the server's MQTT-over-WebSocket URL.
+func (s *server) wsURL() string { return "ws://" + s.brk.WSAddr().String() + "/mqtt" }
+
+// waitSubscribed waits until some subscription matches topic. Another
+// client's SUBACK is not an event this process sees, so it polls.
+func (s *server) waitSubscribed(t *testing.T, topic string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !s.brk.HasSubscribers(topic); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no subscriber for %s after 10s", topic)
+		}
+	}
+}
+
+// cliResult is what one run of the CLI produced.
+type cliResult struct {
+	stdout, stderr string
+	err            error
+}
+
+// runCLI runs the umbra command line in-process, as main does minus the
+// exit.
+func runCLI(ctx context.Context, stdin string, args ...string) cliResult {
+	var out, errOut bytes.Buffer
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	err := root.ExecuteContext(ctx)
+	return cliResult{stdout: out.String(), stderr: errOut.String(), err: err}
+}

@@ -1,0 +1,78 @@
+// Package firmware is Umbra's firmware artifact store: it keeps uploaded
+// images content-addressed on disk, signs a manifest for each with the
+// fleet's ed25519 key, and serves images to devices through short-lived
+// download URLs that only the device they were minted for can use.
+//
+// # Storage
+//
+// Everything lives under Config.Dir: firmware.db (bbolt; one record per
+// version: version, hw, size, sha256, notes, created, signature), blobs/<sha256>
+// (the image bytes, shared by versions with identical bytes) and tmp/
+// (uploads in progress). Upload streams into tmp/, hashing as it writes,
+// fsyncs, renames into blobs/, fsyncs the directory and only then commits
+// the metadata, so a crash never leaves a partial image visible. Open removes
+// whatever a crash left in tmp/ and blobs no version references.
+//
+// Versions are semantic versions in canonical form without "v" (see
+// ParseVersion); List orders by semver precedence.
+//
+// # Signing
+//
+// The signing key is PEM PKCS#8 ed25519, created 0600 as <Dir>/signing.key
+// on first Open unless Config.SigningKeyPath names one. Each image's Manifest
+// {version, hw, size, sha256} is signed; Manifest.Bytes documents the exact
+// signed bytes. Devices pin PublicKey (MarshalPublicKey gives the PEM that
+// `umbra firmware pubkey` prints). If the key changes, Open re-signs every
+// manifest with the new key.
+//
+// # Download URLs
+//
+// URL mints BaseURL/fw/<sha256>?d=<device>&e=<unix expiry>&s=<HMAC>, the
+// HMAC binding blob, device and expiry under a server secret (<Dir>/url.key
+// unless Config.URLSecret is set). DownloadHandler checks it in constant
+// time and serves the blob with http.ServeContent (Range/If-Range resume,
+// strong ETag "<sha256>"); every refusal is a bare 403. Config.DeviceAuth is
+// the hook for additionally requiring device credentials.
+//
+// # The firmware command (device protocol)
+//
+// To update a device, the rollout planner (or `umbra firmware assign`) writes
+// Command.Desired() into the device's desired state, so the device receives
+// in its delta:
+//
+//	"firmware": {"version": "1.2.0", "hw": "m1",
+//	             "url": "http://host:8080/fw/<sha256>?d=dev-1&e=1767225600&s=…",
+//	             "sha256": "<64 lowercase hex>", "size": 1048576,
+//	             "signature": "<base64 ed25519 signature of the manifest>",
+//	             "job": "<rollout id, optional>"}
+//
+// The device then:
+//
+//  1. checks hw against its own model and verifies the signature with the
+//     pinned public key over the manifest rebuilt from the command,
+//     {"version":…,"hw":…,"size":…,"sha256":…} exactly as Manifest.Bytes
+//     writes it (Command.Verify does this in Go);
+//  2. downloads url, resuming with Range and If-Range: "<sha256>" after an
+//     interruption;
+//  3. checks that the bytes are size long and hash to sha256;
+//  4. installs, reboots and runs the new version.
+//
+// Throughout it reports reported.firmware (type Report):
+//
+//	"firmware": {"version": "<running version>",
+//	             "state": "downloading|verifying|installing|rebooting|updated|failed",
+//	             "error": "<why, when failed>", "retryable": true|false,
+//	             "job": "<echo of command.job>"}
+//
+// "updated" means the new version is running (reported version == command
+// version). A download that gets 403 because its URL expired is reported as
+// failed with retryable true; the server then issues a fresh Command (new URL,
+// same image) without starting a new rollout.
+//
+// # Concurrency and errors
+//
+// A Store is safe for concurrent use. Uploads stream concurrently; only the
+// final link-and-commit step of Upload and the removal step of Delete are
+// serialised. Close aborts uploads in progress. Errors wrap the sentinels
+// listed with ErrInvalid (mapped to HTTP codes there) and *InUseError.
+package firmware

@@ -1,0 +1,205 @@
+package firmware_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/umbra-iot/umbra/firmware"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata/")
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// env is a store served by a real HTTP server on 127.0.0.1.
+type env struct {
+	st    *firmware.Store
+	srv   *httptest.Server
+	clock *clock
+	dir   string
+	cfg   firmware.Config
+}
+
+// mustOpen opens a store in a temp dir with BaseURL pointing at a loopback
+// httptest server that serves its DownloadHandler. Both are closed on
+// cleanup.
+func mustOpen(tb testing.TB, mutate func(*firmware.Config)) *env {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	e := &env{srv: srv, clock: newClock(), dir: tb.TempDir()}
+	e.cfg = firmware.Config{
+		Dir:     e.dir,
+		BaseURL: "http://" + srv.Listener.Addr().String(),
+		Now:     e.clock.Now,
+		Logger:  testLogger(tb),
+	}
+	if mutate != nil {
+		mutate(&e.cfg)
+	}
+	st, err := firmware.Open(context.Background(), e.cfg)
+	if err != nil {
+		srv.Close()
+		tb.Fatalf("Open: %v", err)
+	}
+	e.st = st
+	srv.Config.Handler = st.DownloadHandler()
+	srv.Start()
+	tb.Cleanup(func() {
+		srv.Close()
+		if err := e.st.Close(context.Background()); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+		checkNoTemp(tb, e.dir)
+	})
+	return e
+}
+
+// reopen closes the store and opens it again on the same directory.
+func (e *env) reopen(tb testing.TB) {
+	tb.Helper()
+	if err := e.st.Close(context.Background()); err != nil {
+		tb.Fatalf("Close: %v", err)
+	}
+	st, err := firmware.Open(context.Background(), e.cfg)
+	if err != nil {
+		tb.Fatalf("reopen: %v", err)
+	}
+	e.st = st
+	e.srv.Config.Handler = st.DownloadHandler()
+}
+
+func testLogger(tb testing.TB) *slog.Logger {
+	if tl, ok := tb.(interface{ Output() io.Writer }); ok && testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tl.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// image returns n deterministic pseudo-random bytes.
+func image(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
+	r.Read(b)
+	return b
+}
+
+func sum(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+func mustUpload(tb testing.TB, st *firmware.Store, version string, data []byte) firmware.Image {
+	tb.Helper()
+	img, err := st.Upload(context.Background(), firmware.UploadRequest{Version: version, HW: "m1"}, bytes.NewReader(data))
+	if err != nil {
+		tb.Fatalf("Upload(%s): %v", version, err)
+	}
+	return img
+}
+
+func versions(tb testing.TB, st *firmware.Store) []firmware.Version {
+	tb.Helper()
+	imgs, err := st.List(context.Background())
+	if err != nil {
+		tb.Fatalf("List: %v", err)
+	}
+	var vs []firmware.Version
+	for _, img := range imgs {
+		vs = append(vs, img.Version)
+	}
+	return vs
+}
+
+// dirNames lists the names in dir, sorted.
+func dirNames(tb testing.TB, dir string) []string {
+	tb.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatalf("ReadDir: %v", err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	slices.Sort(names)
+	return names
+}
+
+func checkNoTemp(tb testing.TB, dir string) {
+	tb.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		tb.Errorf("ReadDir tmp: %v", err)
+	}
+	if len(ents) != 0 {
+		tb.Errorf("tmp/ has %d entries, want 0", len(ents))
+	}
+}
+
+// get downloads u and returns the response and its body.
+func get(tb testing.TB, method, u string, hdr map[string]string) (*http.Response, []byte) {
+	tb.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		tb.Fatalf("NewRequest: %v", err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("read body: %v", err)
+	}
+	return resp, body
+}
+
+// waitFor polls cond until it holds, failing after 5 s. Only for conditions
+// that have no event to wait on.
+func waitFor(tb testing.TB, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

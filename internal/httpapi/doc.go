@@ -1,0 +1,38 @@
+// Package httpapi serves Umbra's HTTP/JSON API over the device shadow engine.
+//
+// # Routes
+//
+//	GET    /v1/devices/{id}/shadow   the shadow (the MQTT get/accepted JSON)
+//	POST   /v1/devices/{id}/shadow   update: the body is exactly the MQTT update request
+//	DELETE /v1/devices/{id}/shadow   delete (the MQTT delete/accepted JSON)
+//	GET    /v1/devices?limit=&cursor= {"devices":[{"id","version","updated"}],"next":"…"}
+//	GET    /healthz                  {"status":"ok"}
+//
+// The shadow routes have the same semantics and error codes as the MQTT
+// protocol (docs/protocol.md): the HTTP status is the code, and the body is
+// the same JSON the engine publishes on the accepted or rejected topic. A
+// clientToken may be given as a query parameter or in the JSON body; it is
+// echoed on the response. An update made over HTTP is also published over
+// MQTT (accepted, delta, documents) by the engine.
+//
+// # Errors
+//
+// Every error response is JSON, {"code":N,"message":"…"} (rejections from the
+// engine also carry clientToken and timestamp), with the HTTP status equal to
+// code. Errors are translated to statuses in one table at this edge: an
+// invalid device ID or query parameter is 400, a body over
+// Config.MaxBodyBytes is 413, an unknown path 404, a wrong method 405, and any
+// error the table does not know is a 500 with a generic message, its detail
+// logged once.
+//
+// # Lifecycle and concurrency
+//
+// Open binds the listener synchronously (so Addr reports the real port) and
+// serves in one goroutine owned by the Server; Close shuts down gracefully,
+// waits for that goroutine and is idempotent. NewHandler returns the same
+// routes as a plain http.Handler for use with httptest. Handlers are safe for
+// concurrent use; the engine serialises requests per device.
+//
+// Authentication is not implemented yet: Config.Middleware is the seam where
+// it will be plugged in, around the /v1 routes.
+package httpapi

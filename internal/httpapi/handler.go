@@ -1,0 +1,373 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// Limits of GET /v1/devices.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)
+
+// Errors the handlers build at this edge. Each is wrapped in a clientError
+// whose text is safe to send; statusTable gives its status.
+var (
+	errInvalid  = errors.New("httpapi: invalid request")
+	errTooLarge = errors.New("httpapi: request body too large")
+	errNoRoute  = errors.New("httpapi: no such route")
+	errMethod   = errors.New("httpapi: method not allowed")
+)
+
+// statusTable is the one table from this edge's errors to HTTP statuses.
+// Rejections from the engine (*shadow.RequestError) carry their own code;
+// anything else is a 500.
+var statusTable = []struct {
+	err    error
+	status int
+}{
+	{errInvalid, http.StatusBadRequest},
+	{device.ErrInvalidID, http.StatusBadRequest},
+	{errNoRoute, http.StatusNotFound},
+	{errMethod, http.StatusMethodNotAllowed},
+	{errTooLarge, http.StatusRequestEntityTooLarge},
+}
+
+// clientError is an error whose message may be shown to the client.
+type clientError struct {
+	err error // the sentinel, a key of statusTable
+	msg string
+}
+
+func (e *clientError) Error() string { return e.msg }
+func (e *clientError) Unwrap() error { return e.err }
+
+func clientErr(sentinel error, format string, args ...any) error {
+	return &clientError{err: sentinel, msg: fmt.Sprintf(format, args...)}
+}
+
+// errorBody is the JSON of every error this edge writes itself.
+type errorBody struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+// api holds what the handlers need.
+type api struct {
+	eng     *shadow.Engine
+	log     *slog.Logger
+	maxBody int64
+}
+
+// NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
+// for use with httptest or an http.Server of the caller's. cfg.Addr is
+// ignored. Errors wrap ErrInvalidConfig.
+func NewHandler(cfg Config) (http.Handler, error) {
+	cfg.setDefaults()
+	return newHandler(cfg)
+}
+
+func newHandler(cfg Config) (h http.Handler, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := &api{eng: cfg.Shadow, log: cfg.Logger.With(logKeyComponent, "httpapi"), maxBody: cfg.MaxBodyBytes}
+	v1 := func(h http.HandlerFunc) http.Handler {
+		if cfg.Middleware != nil {
+			return cfg.Middleware(h)
+		}
+		return h
+	}
+	routes := map[string]http.Handler{
+		"GET /healthz":                   http.HandlerFunc(a.health),
+		"GET /v1/devices":                v1(a.list),
+		"GET /v1/devices/{id}/shadow":    v1(a.getShadow),
+		"POST /v1/devices/{id}/shadow":   v1(a.updateShadow),
+		"DELETE /v1/devices/{id}/shadow": v1(a.deleteShadow),
+		"/":                              http.HandlerFunc(a.notFound),
+	}
+	for pattern, h := range cfg.Mounts {
+		if h == nil {
+			return nil, fmt.Errorf("%w: mount %q has a nil handler", ErrInvalidConfig, pattern)
+		}
+		if _, dup := routes[pattern]; dup {
+			return nil, fmt.Errorf("%w: mount %q is an API route", ErrInvalidConfig, pattern)
+		}
+		routes[pattern] = h
+	}
+	// Every path that some method serves answers other methods with a JSON
+	// 405 (the mux's own 405 is plain text).
+	allowed := map[string][]string{}
+	for pattern := range routes {
+		if method, path, ok := strings.Cut(pattern, " "); ok {
+			allowed[strings.TrimSpace(path)] = append(allowed[strings.TrimSpace(path)], method)
+		}
+	}
+	for path, methods := range allowed {
+		if _, taken := routes[path]; !taken {
+			routes[path] = a.methodNotAllowed(methods)
+		}
+	}
+
+	mux := http.NewServeMux()
+	defer func() {
+		// ServeMux panics on malformed or conflicting patterns; only Mounts
+		// can bring those.
+		if r := recover(); r != nil {
+			h, err = nil, fmt.Errorf("%w: %v", ErrInvalidConfig, r)
+		}
+	}()
+	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
+		mux.Handle(pattern, routes[pattern])
+	}
+	return a.logRequests(a.recoverPanics(mux)), nil
+}
+
+func (a *api) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, []byte(`{"status":"ok"}`))
+}
+
+func (a *api) notFound(w http.ResponseWriter, r *http.Request) {
+	a.writeError(w, r, clientErr(errNoRoute, "No route for %s", r.URL.Path), "")
+}
+
+func (a *api) methodNotAllowed(methods []string) http.Handler {
+	if slices.Contains(methods, http.MethodGet) && !slices.Contains(methods, http.MethodHead) {
+		methods = append(methods, http.MethodHead)
+	}
+	slices.Sort(methods)
+	allow := strings.Join(methods, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		a.writeError(w, r, clientErr(errMethod, "Method %s not allowed; allowed: %s", r.Method, allow), "")
+	})
+}
+
+// listResponse is the body of GET /v1/devices.
+type listResponse struct {
+	Devices []shadow.Summary `json:"devices"`
+	Next    string           `json:"next"`
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := DefaultListLimit
+	if s := q.Get("limit"); q.Has("limit") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxListLimit {
+			a.writeError(w, r, clientErr(errInvalid, "Invalid limit %q: must be an integer from 1 to %d", s, MaxListLimit), "")
+			return
+		}
+		limit = n
+	}
+	sums, next, err := a.eng.List(r.Context(), q.Get("cursor"), limit)
+	if err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	if sums == nil {
+		sums = []shadow.Summary{}
+	}
+	b, err := json.Marshal(listResponse{Devices: sums, Next: next})
+	if err != nil {
+		a.writeError(w, r, fmt.Errorf("encode list: %w", err), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// shadowOp is one of the engine's request methods.
+type shadowOp func(e *shadow.Engine, r *http.Request, id device.ID, payload []byte) ([]byte, error)
+
+func (a *api) getShadow(w http.ResponseWriter, r *http.Request) {
+	a.serveShadow(w, r, false, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
+		return e.Get(r.Context(), id, p)
+	})
+}
+
+func (a *api) updateShadow(w http.ResponseWriter, r *http.Request) {
+	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
+		return e.Update(r.Context(), id, p)
+	})
+}
+
+func (a *api) deleteShadow(w http.ResponseWriter, r *http.Request) {
+	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
+		return e.Delete(r.Context(), id, p)
+	})
+}
+
+// serveShadow validates the device ID, reads the body (if readBody) and the
+// clientToken query parameter into the engine's payload, and writes the
+// engine's answer.
+func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool, op shadowOp) {
+	q := r.URL.Query()
+	qtok, hasQtok := q.Get("clientToken"), q.Has("clientToken")
+	id, err := device.ParseID(r.PathValue("id"))
+	if err != nil {
+		a.writeError(w, r, clientErr(errInvalid, "Invalid device ID: %v", err), qtok)
+		return
+	}
+	var body []byte
+	if readBody {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxBody))
+		if err != nil {
+			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				err = clientErr(errTooLarge, "Request body larger than %d bytes", mbe.Limit)
+			} else {
+				err = clientErr(errInvalid, "Reading request body: %v", err)
+			}
+			a.writeError(w, r, err, qtok)
+			return
+		}
+	}
+	payload := body
+	if hasQtok {
+		if payload, err = withClientToken(body, qtok); err != nil {
+			a.writeError(w, r, err, qtok)
+			return
+		}
+	}
+	b, err := op(a.eng, r, id, payload)
+	if err != nil {
+		a.writeError(w, r, err, qtok)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// withClientToken returns the request payload body with "clientToken": tok
+// added. An empty body becomes {"clientToken":tok}; a body that already
+// names the same token is returned as is, one that names another is an
+// error. A body that is not a JSON object is returned unchanged, for the
+// engine to reject as it would over MQTT.
+func withClientToken(body []byte, tok string) ([]byte, error) {
+	rawTok, err := json.Marshal(tok)
+	if err != nil {
+		return nil, clientErr(errInvalid, "Invalid clientToken")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return []byte(`{"clientToken":` + string(rawTok) + `}`), nil
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return body, nil
+	}
+	if have, ok := top["clientToken"]; ok {
+		var s string
+		if json.Unmarshal(have, &s) != nil || s != tok {
+			return nil, clientErr(errInvalid, "clientToken in the query and in the body differ")
+		}
+		return body, nil
+	}
+	top["clientToken"] = rawTok
+	return json.Marshal(top)
+}
+
+// writeError writes err as a JSON error with the status from statusTable
+// (or the engine's code); token, if the error does not carry one, is echoed.
+// Errors this edge does not know are logged and sent as a generic 500.
+func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, token string) {
+	if re, ok := errors.AsType[*shadow.RequestError](err); ok {
+		if re.ClientToken == "" && token != "" && len(token) <= shadow.MaxClientTokenLen {
+			c := *re
+			c.ClientToken = token
+			re = &c
+		}
+		writeJSON(w, re.Code, re.Payload(time.Now()))
+		return
+	}
+	status, msg := http.StatusInternalServerError, "Internal server error"
+	for _, row := range statusTable {
+		if errors.Is(err, row.err) {
+			status, msg = row.status, err.Error()
+			break
+		}
+	}
+	if status == http.StatusInternalServerError {
+		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	b, _ := json.Marshal(errorBody{Code: status, Message: msg})
+	writeJSON(w, status, b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	_, _ = w.Write([]byte("\n"))
+}
+
+// statusRecorder remembers the status and size of a response for the log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// logRequests logs every request at debug level.
+func (a *api) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.log.Enabled(r.Context(), slog.LevelDebug) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		a.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			"bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr)
+	})
+}
+
+// recoverPanics turns a handler's panic into a logged 500 JSON error instead
+// of a dropped connection.
+func (a *api) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				a.writeError(w, r, fmt.Errorf("panic: %v", v), "")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,155 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// Defaults applied to zero Config fields.
+const (
+	DefaultAddr         = "127.0.0.1:8080"
+	DefaultMaxBodyBytes = 64 << 10
+
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+
+	logKeyComponent = "component"
+)
+
+// ErrInvalidConfig is wrapped by NewHandler and Open when Config is invalid:
+// no Shadow engine, a negative MaxBodyBytes, or a mount that is malformed or
+// conflicts with the API's routes.
+var ErrInvalidConfig = errors.New("httpapi: invalid config")
+
+// Config configures the API. The zero value of every field except Shadow
+// selects the documented default.
+type Config struct {
+	// Addr is the listen address, e.g. "127.0.0.1:8080" or "127.0.0.1:0".
+	// Default DefaultAddr. Only Open uses it.
+	Addr string
+	// Shadow is the engine the shadow routes call. Required.
+	Shadow *shadow.Engine
+	// Logger receives request logs (debug level) and errors; nil discards.
+	Logger *slog.Logger
+	// Mounts are extra routes served beside the API, keyed by a ServeMux
+	// pattern such as "GET /fw/{sha}" or "GET /metrics". They are served as
+	// given, without Middleware: they carry their own checks (signed
+	// firmware URLs) or none (metrics on a loopback listener).
+	Mounts map[string]http.Handler
+	// MaxBodyBytes caps a request body; larger bodies get 413. Default
+	// DefaultMaxBodyBytes (64 KiB).
+	MaxBodyBytes int64
+	// Middleware, if set, wraps every /v1 route. It is the seam for
+	// authentication and authorization, which Umbra does not implement yet.
+	Middleware func(http.Handler) http.Handler
+}
+
+func (c *Config) setDefaults() {
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Shadow == nil {
+		return fmt.Errorf("%w: Shadow is required", ErrInvalidConfig)
+	}
+	if c.MaxBodyBytes < 0 {
+		return fmt.Errorf("%w: MaxBodyBytes %d is negative", ErrInvalidConfig, c.MaxBodyBytes)
+	}
+	return nil
+}
+
+// Server is a running HTTP API: a listener and the goroutine serving it.
+type Server struct {
+	log     *slog.Logger
+	ln      net.Listener
+	srv     *http.Server
+	handler http.Handler
+	cancel  context.CancelFunc // cancels the requests' base context
+	wg      sync.WaitGroup     // the Serve goroutine
+
+	closeOnce sync.Once
+	closeErr  error // set by the first Close
+	serveErr  error // set by the Serve goroutine before wg.Done
+}
+
+// Open validates cfg, binds cfg.Addr and serves the API in the background
+// until Close. Errors wrap ErrInvalidConfig, or are the listen error.
+func Open(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	h, err := newHandler(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("httpapi: listen: %w", err)
+	}
+	log := cfg.Logger.With(logKeyComponent, "httpapi")
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Server{log: log, ln: ln, handler: h, cancel: cancel}
+	s.srv = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
+	s.wg.Go(func() {
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			s.serveErr = fmt.Errorf("httpapi: serve: %w", err)
+		}
+	})
+	log.Info("http api listening", "addr", ln.Addr().String())
+	return s, nil
+}
+
+// Addr returns the address the API listens on, with the real port when
+// Config.Addr asked for port 0.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Handler returns the server's routes, the same as NewHandler would.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close stops accepting connections and waits, until ctx is done, for
+// requests in progress to finish; then it closes the remaining connections
+// and waits for the serving goroutine. It is idempotent: later calls return
+// the first call's result.
+func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		err := s.srv.Shutdown(ctx)
+		if err != nil {
+			// ctx ended first: cut the remaining connections.
+			err = errors.Join(fmt.Errorf("httpapi: shutdown: %w", err), s.srv.Close())
+		}
+		s.cancel()
+		s.wg.Wait()
+		if s.serveErr != nil {
+			err = errors.Join(s.serveErr, err)
+		}
+		s.closeErr = err
+	})
+	return s.closeErr
+}

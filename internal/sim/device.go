@@ -1,0 +1,305 @@
+package sim
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// connState is where a simulated device's connection stands.
+type connState uint8
+
+const (
+	connQueued  connState = iota // a connect is queued or running
+	connUp                       // connected (paho may be auto-reconnecting)
+	connLeaving                  // a reboot, power-off or reconnect is queued
+	connAway                     // disconnected; a timer reconnects it
+)
+
+// simDevice is one simulated device: a paho client, the firmware machine
+// and its timers. It owns no goroutine: paho callbacks, timers and the
+// fleet's worker pools drive it, always through do.
+type simDevice struct {
+	f      *Fleet
+	id     device.ID
+	prefix string // "state/<id>/"
+	flaky  bool   // goes offline now and then
+	client paho.Client
+
+	mu        sync.Mutex // guards every field below, and m
+	stopping  bool       // set by Close: no new timers
+	m         machine
+	rng       *rand.Rand
+	conn      connState
+	online    bool        // an MQTT connection is open
+	timer     *time.Timer // the machine's timer
+	cycle     *time.Timer // reconnect, reboot delay or offline cycle
+	retry     *time.Timer // resend of a rejected report
+	sync      *time.Timer // reconnects if the connect-time get goes unanswered
+	syncing   bool        // the connect-time get is unanswered
+	retries   int         // consecutive rejected reports
+	connFails int         // consecutive failed connects
+	seq       uint32      // last clientToken sequence number used
+	reportSeq uint32      // sequence number of the last report
+	getSeq    uint32      // sequence number of the pending get
+	lastPub   paho.Token  // token of the last report publish
+	sum       summary     // what Stats last counted for this device
+}
+
+// do runs fn with the device locked, unless the fleet is closing, and then
+// brings the fleet's counters up to date.
+func (d *simDevice) do(fn func()) {
+	f := d.f
+	f.gate.RLock()
+	defer f.gate.RUnlock()
+	if f.closed {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fn()
+	f.account(d)
+}
+
+// afterFunc replaces *t with a timer that runs fn through do after dur.
+func (d *simDevice) afterFunc(t **time.Timer, dur time.Duration, fn func()) {
+	if *t != nil {
+		(*t).Stop()
+	}
+	if d.stopping {
+		return
+	}
+	*t = time.AfterFunc(dur, func() { d.do(fn) })
+}
+
+// jitter returns dur scaled by a factor uniform in [1-frac, 1+frac].
+func (d *simDevice) jitter(dur time.Duration, frac float64) time.Duration {
+	return time.Duration(float64(dur) * (1 - frac + 2*frac*d.rng.Float64()))
+}
+
+// token returns the next sequence number and its clientToken,
+// "<run>-<kind><seq>". The run prefix keeps tokens unique across simulator
+// runs, since the shadow service deduplicates retried requests by token.
+func (d *simDevice) token(kind string) (uint32, string) {
+	d.seq++
+	return d.seq, d.tokenFor(kind, d.seq)
+}
+
+func (d *simDevice) tokenFor(kind string, seq uint32) string {
+	return d.f.run + "-" + kind + strconv.FormatUint(uint64(seq), 10)
+}
+
+// reportMessage is the update request a device publishes.
+type reportMessage struct {
+	State struct {
+		Reported struct {
+			Firmware report `json:"firmware"`
+		} `json:"reported"`
+	} `json:"state"`
+	ClientToken string `json:"clientToken"`
+}
+
+// report implements env.
+func (d *simDevice) report(r report) {
+	var msg reportMessage
+	msg.State.Reported.Firmware = r
+	d.reportSeq, msg.ClientToken = d.token("r")
+	payload, _ := json.Marshal(msg) // cannot fail: strings and a bool
+	d.lastPub = d.client.Publish(d.prefix+"update", d.f.cfg.QoS, false, payload)
+	d.f.stats.reports.Add(1)
+	if fn := d.f.cfg.OnEvent; fn != nil {
+		fn(Event{Time: time.Now(), Device: d.id, State: r.State, Version: r.Version, Error: r.Error, Job: r.Job})
+	}
+}
+
+// download implements env.
+func (d *simDevice) download(url string, limit int64, done func(int64, [32]byte, error)) {
+	d.f.download(dlJob{d: d, url: url, limit: limit, done: done})
+}
+
+// after implements env.
+func (d *simDevice) after(dur time.Duration, fn func()) { d.afterFunc(&d.timer, dur, fn) }
+
+// get implements env.
+func (d *simDevice) get() {
+	var tok string
+	d.getSeq, tok = d.token("g")
+	d.client.Publish(d.prefix+"get", d.f.cfg.QoS, false, `{"clientToken":"`+tok+`"}`)
+}
+
+// reboot implements env.
+func (d *simDevice) reboot() { d.leave(opReboot) }
+
+// leave queues a disconnect for a reboot or a power-off.
+func (d *simDevice) leave(kind opKind) {
+	if d.cycle != nil {
+		d.cycle.Stop()
+	}
+	d.conn = connLeaving
+	d.f.enqueue(op{d: d, kind: kind})
+}
+
+// connectLater queues a connect after dur.
+func (d *simDevice) connectLater(dur time.Duration) {
+	d.conn = connAway
+	d.afterFunc(&d.cycle, dur, func() {
+		if d.conn == connAway {
+			d.conn = connQueued
+			d.f.enqueue(op{d: d, kind: opConnect})
+		}
+	})
+}
+
+// scheduleOffline arms the next power-off of a flaky device.
+func (d *simDevice) scheduleOffline() {
+	if !d.flaky {
+		return
+	}
+	d.afterFunc(&d.cycle, d.jitter(d.f.cfg.OfflineAfter, 0.5), func() {
+		if d.conn == connUp {
+			d.leave(opPowerOff)
+		}
+	})
+}
+
+// onConnect runs (in a paho goroutine) after every successful connection,
+// including paho's automatic reconnects. Like real firmware it waits for
+// the SUBACK before reporting, so the delta its report causes cannot
+// overtake its subscription.
+func (d *simDevice) onConnect() {
+	tok := d.client.SubscribeMultiple(d.filters(), nil)
+	if !tok.WaitTimeout(d.f.cfg.ConnectTimeout) || tok.Error() != nil {
+		d.f.log.Warn("subscribe failed", "device", d.id, "err", tok.Error())
+	}
+	d.do(func() {
+		d.online = true
+		d.retries = 0
+		d.m.connected()
+		d.syncing = true
+		d.syncGet()
+	})
+}
+
+// syncGet asks for the whole document after connecting. The answer's delta
+// catches the device up without relying on the service's on-subscribe
+// delta, and a missing answer reveals a connection that receives nothing:
+// mochi's session takeover can unregister a quickly reconnecting client
+// (the old connection's cleanup deletes the client ID from the registry
+// after the new connection registered it). The device then reconnects.
+func (d *simDevice) syncGet() {
+	d.get()
+	d.afterFunc(&d.sync, d.jitter(d.f.cfg.SyncTimeout, 0.2), func() {
+		if d.syncing && d.online && d.conn == connUp {
+			d.f.log.Warn("no answer to get after connecting, reconnecting", "device", d.id)
+			d.f.stats.resyncs.Add(1)
+			d.leave(opReconnect)
+		}
+	})
+}
+
+// filters returns the device's subscriptions.
+func (d *simDevice) filters() map[string]byte {
+	qos := d.f.cfg.QoS
+	return map[string]byte{
+		d.prefix + "update/delta":    qos,
+		d.prefix + "update/rejected": qos,
+		d.prefix + "get/accepted":    qos,
+		d.prefix + "get/rejected":    qos,
+	}
+}
+
+func (d *simDevice) onLost(err error) {
+	d.do(func() {
+		d.online = false
+		d.syncing = false
+		d.f.log.Debug("connection lost", "device", d.id, "err", err)
+	})
+}
+
+// responseMessage is the part of a response the device reads first.
+type responseMessage struct {
+	ClientToken string `json:"clientToken"`
+	Code        int    `json:"code"`
+	Message     string `json:"message"`
+}
+
+// onMessage receives every message on the device's subscriptions.
+func (d *simDevice) onMessage(_ paho.Client, msg paho.Message) {
+	suffix, ok := strings.CutPrefix(msg.Topic(), d.prefix)
+	if !ok {
+		return
+	}
+	payload := msg.Payload()
+	d.do(func() {
+		var err error
+		switch suffix {
+		case "update/delta":
+			d.f.stats.deltas.Add(1)
+			err = d.m.delta(payload)
+		case "update/rejected":
+			d.rejected(payload)
+		case "get/accepted", "get/rejected":
+			var r responseMessage
+			if json.Unmarshal(payload, &r) != nil || r.ClientToken != d.tokenFor("g", d.getSeq) {
+				return // not the answer to the pending get
+			}
+			wasSyncing := d.syncing
+			if d.syncing && d.sync != nil {
+				d.sync.Stop()
+			}
+			d.syncing = false
+			if suffix == "get/rejected" {
+				d.m.documentMissing()
+				return
+			}
+			if err = d.m.document(payload); err == nil && wasSyncing {
+				err = d.m.synced(payload)
+			}
+		}
+		if err != nil {
+			d.f.log.Warn("bad message", "device", d.id, "topic", msg.Topic(), "err", err)
+		}
+	})
+}
+
+// rejected handles update/rejected: transient rejections of the latest
+// report are retried with backoff, since the report is the device's state.
+func (d *simDevice) rejected(payload []byte) {
+	d.f.stats.rejected.Add(1)
+	var r responseMessage
+	if err := json.Unmarshal(payload, &r); err != nil {
+		d.f.log.Warn("bad rejection", "device", d.id, "err", err)
+		return
+	}
+	if r.ClientToken != d.tokenFor("r", d.reportSeq) {
+		return // an older report; a newer one supersedes it
+	}
+	switch r.Code {
+	case 429, 500, 503:
+	default:
+		d.f.log.Warn("report rejected", "device", d.id, "code", r.Code, "message", r.Message)
+		return
+	}
+	d.retries++
+	backoff := min(30*time.Second, 250*time.Millisecond<<min(d.retries, 7))
+	d.afterFunc(&d.retry, d.jitter(backoff, 0.5), func() { d.m.publish(d.m.last, true) })
+}
+
+// stop stops the device's timers; Close calls it with the gate held.
+func (d *simDevice) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopping = true
+	for _, t := range []*time.Timer{d.timer, d.cycle, d.retry, d.sync} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}

@@ -1,0 +1,75 @@
+// Package sim simulates a fleet of devices that speak Umbra's shadow and
+// firmware protocol over MQTT, for `umbra sim`, the demo, end-to-end tests
+// and benchmarks.
+//
+// # Model
+//
+// Each device is a paho MQTT client whose client ID is its device ID
+// ("<prefix><n>", zero-padded). On every connection it subscribes to
+// state/<id>/update/delta, …/update/rejected, …/get/accepted and
+// …/get/rejected, waits for the SUBACK, reports its running firmware on
+// state/<id>/update as {"firmware":{"version":…,"state":"updated",…}} (so
+// its shadow exists before any rollout), then publishes state/<id>/get and
+// applies the "delta" of the document it gets back, so it catches up even
+// without the service's on-subscribe delta. If that get goes unanswered for
+// SyncTimeout (30s) the device reconnects: mochi's session takeover can leave a
+// client that reconnects quickly with the same ID unregistered, receiving
+// nothing (Stats.Resyncs counts these).
+//
+// A firmware command arrives as delta.state.firmware. Because deltas carry
+// only the desired leaves that differ from reported, a missing "version" or
+// "job" means "equal to what I reported". The device then behaves like real
+// firmware:
+//
+//	downloading → verifying → installing → rebooting → (reconnect) → updated
+//
+// It downloads the image from the signed URL through a bounded worker pool,
+// hashing as it reads (the image is never held in memory); checks the size
+// and SHA-256 against the command; checks the ed25519 signature over the
+// manifest {"version","hw","size","sha256"} with the pinned fleet key
+// (without importing Umbra's firmware package); "installs" for InstallTime
+// (±20%); asks the shadow (get) whether the command still stands; reports
+// rebooting, disconnects for RebootTime, reconnects and reports the new
+// version as state "updated" with the command's job echoed. While updating,
+// "version" stays the old running version. Every report carries every field
+// (version, state, error, retryable, job), and a report identical to the
+// previous one is not sent again, so a device never loops on the deltas its
+// own reports cause.
+//
+// Special cases: a command for the running version is answered with
+// {"version":v,"state":"updated"}; a repeat of a command in progress or of
+// one that already failed is ignored (a retry needs a new job or URL); a
+// delta whose "firmware" vanished, or a get showing no firmware command,
+// aborts the update and reports the running version; deltas older than the
+// last one applied are ignored.
+//
+// # Failures
+//
+// Reasons reported in "error", with "retryable": url_rejected (HTTP 403,
+// retryable), download_failed (retryable), size_mismatch and sha256_mismatch
+// (retryable: a corrupted transfer), bad_signature (not retryable), untrusted
+// (no key pinned), hw_mismatch and bad_command (not retryable),
+// install_failed (retryable). FailRate picks exactly round(FailRate*N)
+// devices from Seed that fail every update in FailMode (download, verify,
+// install, or silent: never report after receiving a command). OfflineRate
+// picks devices that power off now and then and lose any update in progress.
+//
+// Rejected reports (429, 500, 503 on …/update/rejected) are resent with
+// exponential backoff.
+//
+// # Efficiency and concurrency
+//
+// No goroutine belongs to a device: paho callbacks, time.AfterFunc timers
+// and two bounded worker pools (connects/disconnects, rate-limited by
+// ConnectRate; downloads, DownloadWorkers) drive a per-device state machine
+// under a per-device mutex. paho itself runs a handful of goroutines per
+// connected client; that, not the simulator, dominates memory per device.
+// Fleet methods are safe for concurrent use; Fleet.Wait blocks until a
+// condition on Stats holds, woken by every change.
+//
+// # Errors
+//
+// Open and Run return errors wrapping ErrInvalidConfig for a bad Config, and
+// an error naming the server when it cannot be reached. Fleet.Wait returns
+// ErrClosed once the fleet is closed.
+package sim

@@ -1,0 +1,541 @@
+package sim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// Fleet is a running simulated fleet. Its methods are safe for concurrent
+// use.
+//
+// Lock order: gate (read) → simDevice.mu → statsMu. Nothing blocks on the
+// network while holding them except paho's Publish, which paho bounds by
+// its write timeout.
+type Fleet struct {
+	cfg     Config
+	log     *slog.Logger
+	run     string // unique per Open: prefixes every clientToken
+	key     ed25519.PublicKey
+	devices []*simDevice
+	limiter *limiter
+
+	ctx    context.Context // cancelled by Close; stops the workers
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the connect and download workers
+	ops    chan op
+	dlq    chan dlJob
+	done   chan struct{} // closed when Close has finished
+
+	// gate is held for reading by every callback that touches a device
+	// and for writing by Close, so that no callback runs after Close.
+	gate   sync.RWMutex
+	closed bool // guarded by gate
+
+	statsMu sync.Mutex    // guards counts and changed
+	counts  counts        // aggregated device summaries
+	changed chan struct{} // closed and replaced whenever counts change
+
+	stats struct { // message counters, updated atomically
+		reports, rejected, deltas, downloads, downloadBytes, resyncs atomic.Uint64
+	}
+	closeOnce sync.Once
+}
+
+// Stats is a snapshot of the fleet.
+type Stats struct {
+	Devices   int // fleet size
+	Connected int // devices with an open MQTT connection
+	Updating  int // devices with an update in progress
+	Updated   int // devices that completed at least one update during this run
+	Failed    int // devices whose latest report is state "failed"
+	Silent    int // faulty silent devices that swallowed a command
+	// Versions counts devices by running firmware version.
+	Versions map[string]int
+	// Message counters since Open.
+	Reports, Rejected, Deltas, Downloads, DownloadBytes uint64
+	// Resyncs counts reconnects after a connect-time get went unanswered.
+	Resyncs uint64
+}
+
+type counts struct {
+	connected, updating, updated, failed, silent int
+	versions                                     map[string]int
+}
+
+// summary is what one device contributes to counts.
+type summary struct {
+	counted, online, updating, updated, failed, silent bool
+	version                                            string
+}
+
+type opKind uint8
+
+const (
+	opConnect opKind = iota
+	opReboot
+	opPowerOff
+	opReconnect
+)
+
+type op struct {
+	d    *simDevice
+	kind opKind
+}
+
+type dlJob struct {
+	d     *simDevice
+	url   string
+	limit int64
+	done  func(int64, [32]byte, error)
+}
+
+// Open validates cfg, builds the fleet and starts connecting it in the
+// background (at ConnectRate). It fails at once if the server cannot be
+// reached. The fleet runs until Close; ctx only bounds Open itself.
+func Open(ctx context.Context, cfg Config) (*Fleet, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	key, err := cfg.publicKey()
+	if err != nil {
+		return nil, err
+	}
+	if err := probe(ctx, cfg.Server, cfg.ConnectTimeout); err != nil {
+		return nil, err
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Int64()
+	}
+	log := cfg.Logger.With("component", "sim")
+	if key == nil {
+		log.Warn("no public key pinned: every firmware command will fail as untrusted")
+	}
+	log.Info("opening fleet", "devices", cfg.Devices, "server", cfg.Server, "seed", seed)
+
+	f := &Fleet{
+		cfg:     cfg,
+		log:     log,
+		run:     strconv.FormatInt(time.Now().UnixNano(), 36),
+		key:     key,
+		limiter: newLimiter(cfg.ConnectRate),
+		ops:     make(chan op, cfg.Devices),
+		dlq:     make(chan dlJob, 2*cfg.Devices),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		counts:  counts{versions: map[string]int{}},
+	}
+	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
+
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	faulty := pick(rng, cfg.Devices, cfg.FailRate)
+	flaky := pick(rng, cfg.Devices, cfg.OfflineRate)
+	f.devices = make([]*simDevice, cfg.Devices)
+	for i := range f.devices {
+		id := deviceID(cfg.IDPrefix, i+1, cfg.Devices)
+		d := &simDevice{f: f, id: id, prefix: "state/" + string(id) + "/", flaky: flaky[i]}
+		d.rng = rand.New(rand.NewPCG(uint64(seed), uint64(i)+1))
+		d.m = machine{
+			env: d, key: key, hw: cfg.HW, maxSize: cfg.MaxImageSize, running: cfg.FirmwareVersion,
+			last: report{Version: cfg.FirmwareVersion, State: StateUpdated},
+		}
+		if faulty[i] {
+			d.m.faulty = cfg.FailMode
+		}
+		if cfg.InstallTime > 0 {
+			d.m.installTime = func() time.Duration { return d.jitter(cfg.InstallTime, 0.2) }
+		}
+		d.client = paho.NewClient(f.clientOptions(d))
+		f.devices[i] = d
+		f.account(d)
+	}
+
+	workers := min(DefaultConnectWorkers, cfg.Devices)
+	for range workers {
+		f.wg.Go(f.opWorker)
+	}
+	for range min(cfg.DownloadWorkers, cfg.Devices) {
+		f.wg.Go(f.downloadWorker)
+	}
+	for _, d := range f.devices {
+		f.ops <- op{d: d, kind: opConnect} // capacity is Devices: never blocks
+	}
+	return f, nil
+}
+
+// probe dials the broker once so that a wrong address fails Open with a
+// clear error instead of endless reconnects.
+func probe(ctx context.Context, server string, timeout time.Duration) error {
+	u, err := url.Parse(server)
+	if err != nil {
+		return fmt.Errorf("%w: server %q: %v", ErrInvalidConfig, server, err)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := map[string]string{"tcp": "1883", "mqtt": "1883", "ssl": "8883", "tls": "8883", "mqtts": "8883", "ws": "80", "wss": "443"}[u.Scheme]
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	dialer := net.Dialer{Timeout: timeout}
+	conn, err := dialer.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return fmt.Errorf("sim: server %s unreachable: %w", server, err)
+	}
+	return conn.Close()
+}
+
+// pick marks exactly round(rate*n) of n indices, chosen by rng.
+func pick(rng *rand.Rand, n int, rate float64) []bool {
+	marked := make([]bool, n)
+	k := int(math.Round(rate * float64(n)))
+	for _, i := range rng.Perm(n)[:k] {
+		marked[i] = true
+	}
+	return marked
+}
+
+func (f *Fleet) clientOptions(d *simDevice) *paho.ClientOptions {
+	cfg := &f.cfg
+	o := paho.NewClientOptions().
+		AddBroker(cfg.Server).
+		SetClientID(string(d.id)).
+		SetCleanSession(true).
+		SetResumeSubs(false).
+		SetOrderMatters(false).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(30 * time.Second).
+		SetKeepAlive(cfg.KeepAlive).
+		SetConnectTimeout(cfg.ConnectTimeout).
+		SetWriteTimeout(5 * time.Second).
+		SetDefaultPublishHandler(d.onMessage).
+		SetOnConnectHandler(func(paho.Client) { d.onConnect() }).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { d.onLost(err) })
+	user, pass := cfg.Username, cfg.Password
+	if cfg.Credentials != nil {
+		user, pass = cfg.Credentials(d.id)
+	}
+	if user != "" || pass != "" {
+		o.SetUsername(user).SetPassword(pass)
+	}
+	return o
+}
+
+// enqueue hands an operation to the connect workers. Each device has at
+// most one operation queued, and the queue holds one per device, so this
+// never blocks.
+func (f *Fleet) enqueue(o op) {
+	select {
+	case f.ops <- o:
+	default:
+		f.log.Error("operation queue full", "device", o.d.id)
+	}
+}
+
+func (f *Fleet) opWorker() {
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case o := <-f.ops:
+			switch o.kind {
+			case opConnect:
+				f.connect(o.d)
+			default:
+				f.disconnect(o.d, o.kind)
+			}
+		}
+	}
+}
+
+func (f *Fleet) connect(d *simDevice) {
+	if f.limiter.wait(f.ctx) != nil {
+		return
+	}
+	// Wait for the attempt even when closing, so that no connection is
+	// still being set up after Close; paho bounds it by ConnectTimeout.
+	tok := d.client.Connect()
+	err := errors.New("sim: connect did not finish")
+	if tok.WaitTimeout(f.cfg.ConnectTimeout + 5*time.Second) {
+		err = tok.Error()
+	}
+	d.do(func() {
+		if err == nil {
+			d.conn, d.connFails = connUp, 0
+			d.scheduleOffline()
+			return
+		}
+		d.connFails++
+		f.log.Debug("connect failed", "device", d.id, "attempt", d.connFails, "err", err)
+		d.connectLater(d.jitter(min(30*time.Second, 500*time.Millisecond<<min(d.connFails, 6)), 0.5))
+	})
+}
+
+// disconnect powers a device off for a reboot or an offline spell, and
+// schedules its return.
+func (f *Fleet) disconnect(d *simDevice, kind opKind) {
+	d.mu.Lock()
+	last := d.lastPub
+	d.mu.Unlock()
+	if last != nil { // let the last report (e.g. "rebooting") reach the broker
+		select {
+		case <-last.Done():
+		case <-time.After(2 * time.Second):
+		case <-f.ctx.Done():
+			return
+		}
+	}
+	d.client.Disconnect(100)
+	d.do(func() {
+		d.online, d.syncing = false, false
+		switch kind {
+		case opPowerOff:
+			d.m.powerOff()
+			d.connectLater(d.jitter(f.cfg.OfflineFor, 0.5))
+		default: // a reboot, or a reconnect the machine does not notice
+			d.connectLater(f.cfg.RebootTime)
+		}
+	})
+}
+
+// download queues a download; called with d locked.
+func (f *Fleet) download(j dlJob) {
+	select {
+	case f.dlq <- j:
+	default:
+		time.AfterFunc(0, func() {
+			j.d.do(func() { j.done(0, [32]byte{}, fmt.Errorf("sim: download queue full")) })
+		})
+	}
+}
+
+func (f *Fleet) downloadWorker() {
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case j := <-f.dlq:
+			n, sum, err := f.fetch(j.url, j.limit)
+			if err != nil {
+				f.log.Debug("download failed", "device", j.d.id, "err", err)
+			}
+			j.d.do(func() { j.done(n, sum, err) })
+		}
+	}
+}
+
+// fetch downloads url, hashing as it reads; it never holds the image in
+// memory. It reads at most limit+1 bytes so that an oversized body shows
+// as a size mismatch.
+func (f *Fleet) fetch(rawURL string, limit int64) (int64, [32]byte, error) {
+	var sum [32]byte
+	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return 0, sum, err
+	}
+	resp, err := f.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return 0, sum, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusForbidden:
+		return 0, sum, errURLRejected
+	case resp.StatusCode != http.StatusOK:
+		return 0, sum, fmt.Errorf("sim: download: http status %d", resp.StatusCode)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(resp.Body, limit+1))
+	f.stats.downloads.Add(1)
+	f.stats.downloadBytes.Add(uint64(n))
+	if err != nil {
+		return n, sum, fmt.Errorf("sim: download: %w", err)
+	}
+	h.Sum(sum[:0])
+	return n, sum, nil
+}
+
+// account brings the fleet counts up to date with d; d is locked.
+func (f *Fleet) account(d *simDevice) {
+	m := &d.m
+	s := summary{
+		counted:  true,
+		online:   d.online,
+		updating: m.busy(),
+		updated:  m.installs > 0,
+		failed:   m.last.State == StateFailed,
+		silent:   m.phase == phaseSilent,
+		version:  m.running,
+	}
+	if s == d.sum {
+		return
+	}
+	f.statsMu.Lock()
+	defer f.statsMu.Unlock()
+	f.counts.add(d.sum, -1)
+	f.counts.add(s, 1)
+	d.sum = s
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (c *counts) add(s summary, delta int) {
+	if !s.counted {
+		return
+	}
+	b := func(v bool) int {
+		if v {
+			return delta
+		}
+		return 0
+	}
+	c.connected += b(s.online)
+	c.updating += b(s.updating)
+	c.updated += b(s.updated)
+	c.failed += b(s.failed)
+	c.silent += b(s.silent)
+	c.versions[s.version] += delta
+	if c.versions[s.version] == 0 {
+		delete(c.versions, s.version)
+	}
+}
+
+// Stats returns a snapshot of the fleet.
+func (f *Fleet) Stats() Stats {
+	st, _ := f.snapshot()
+	return st
+}
+
+func (f *Fleet) snapshot() (Stats, <-chan struct{}) {
+	f.statsMu.Lock()
+	defer f.statsMu.Unlock()
+	c := f.counts
+	return Stats{
+		Devices:       len(f.devices),
+		Connected:     c.connected,
+		Updating:      c.updating,
+		Updated:       c.updated,
+		Failed:        c.failed,
+		Silent:        c.silent,
+		Versions:      maps.Clone(c.versions),
+		Reports:       f.stats.reports.Load(),
+		Rejected:      f.stats.rejected.Load(),
+		Deltas:        f.stats.deltas.Load(),
+		Downloads:     f.stats.downloads.Load(),
+		DownloadBytes: f.stats.downloadBytes.Load(),
+		Resyncs:       f.stats.resyncs.Load(),
+	}, f.changed
+}
+
+// Wait blocks until cond holds for the fleet's Stats (checked on every
+// change) and returns those Stats. It returns early with ctx's error, or
+// ErrClosed when the fleet closes.
+func (f *Fleet) Wait(ctx context.Context, cond func(Stats) bool) (Stats, error) {
+	for {
+		st, changed := f.snapshot()
+		if cond(st) {
+			return st, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-f.done:
+			return st, ErrClosed
+		}
+	}
+}
+
+// IDs returns the device IDs in order.
+func (f *Fleet) IDs() []device.ID {
+	ids := make([]device.ID, len(f.devices))
+	for i, d := range f.devices {
+		ids[i] = d.id
+	}
+	return ids
+}
+
+// Close disconnects every device and stops every worker and timer. It is
+// idempotent; ctx bounds the disconnects.
+func (f *Fleet) Close(ctx context.Context) error {
+	f.closeOnce.Do(func() {
+		f.gate.Lock() // waits for running callbacks; later ones see closed
+		f.closed = true
+		f.gate.Unlock()
+		f.cancel()
+		f.wg.Wait()
+		for _, d := range f.devices {
+			d.stop()
+		}
+		sem := make(chan struct{}, 64)
+		var wg sync.WaitGroup
+		for _, d := range f.devices {
+			if ctx.Err() != nil {
+				break
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				d.client.Disconnect(100)
+			})
+		}
+		wg.Wait()
+		close(f.done)
+		f.log.Info("fleet closed")
+	})
+	return nil
+}
+
+// limiter spaces events at most rate per second (a token bucket of depth 1).
+type limiter struct {
+	interval time.Duration
+	mu       sync.Mutex // guards next
+	next     time.Time
+}
+
+func newLimiter(rate int) *limiter {
+	if rate <= 0 {
+		return &limiter{}
+	}
+	return &limiter{interval: time.Second / time.Duration(rate)}
+}
+
+func (l *limiter) wait(ctx context.Context) error {
+	if l.interval == 0 {
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	now := time.Now()
+	at := l.next
+	if at.Before(now) {
+		at = now
+	}
+	l.next = at.Add(l.interval)
+	l.mu.Unlock()
+	t := time.NewTimer(time.Until(at))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,48 @@
+// Package shadow is Umbra's device shadow engine: for every device one JSON
+// document with a desired and a reported section, versioned and persisted in
+// bbolt, driven over MQTT topics compatible with AWS IoT Device Shadow.
+//
+// # Protocol
+//
+// Devices and operators publish requests on state/<id>/update, state/<id>/get
+// and state/<id>/delete. The engine answers on …/accepted or …/rejected and,
+// after an update, publishes state/<id>/update/delta (desired minus reported)
+// and state/<id>/update/documents (previous and current document). The wire
+// format is documented in docs/protocol.md; in short:
+//
+//   - an update merges key by key (objects merge, arrays and scalars replace,
+//     null deletes a key, "desired": null removes the section, "state": null
+//     clears both);
+//   - every accepted update increments the version by exactly one, and every
+//     message of that update carries that version and the request's
+//     clientToken;
+//   - an optional "version" in the request is an optimistic lock (409);
+//   - rejections carry {"code","message","clientToken","timestamp"} with
+//     HTTP-style codes: 400, 404, 409, 413, 429, 500, 503.
+//
+// Beyond AWS: a device that subscribes to its delta topic is sent its current
+// delta at once (HandleSubscribe), so deltas are never lost while offline; a
+// retried update with the same clientToken and body within DedupeWindow is
+// answered with the original result instead of being applied twice; and a
+// desired-side change that withdraws keys from a pending delta publishes the
+// new (possibly empty) delta, so devices learn of cancelled commands.
+//
+// # Durability and concurrency
+//
+// An update is committed to bbolt (fsync) before any of its messages is
+// published. Commits from concurrent requests are grouped into one
+// transaction by a single committer goroutine, so throughput scales with the
+// number of devices instead of collapsing to one fsync per update. Requests
+// for one device are serialised and applied in arrival order; different
+// devices proceed in parallel. Over MQTT, arrival order per device is the
+// order the broker reads them from the device's connection.
+//
+// Deleting a shadow keeps a tombstone with its version: a re-created shadow
+// continues the numbering, so a stale optimistic lock never succeeds.
+//
+// # Errors
+//
+// Engine methods return *RequestError, which wraps one of ErrInvalid,
+// ErrNotFound, ErrVersionConflict, ErrTooLarge, ErrRateLimited, ErrClosed or
+// ErrInternal; match with errors.Is and read Code and Message with errors.As.
+package shadow

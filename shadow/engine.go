@@ -1,0 +1,740 @@
+package shadow
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// Publisher sends a message to MQTT subscribers. *broker.Server satisfies it.
+type Publisher interface {
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+}
+
+// subscriberChecker is optionally implemented by a Publisher; the engine
+// then skips building messages nobody is subscribed to (the documents
+// message carries two full documents and is the most expensive one).
+type subscriberChecker interface {
+	HasSubscribers(topic string) bool
+}
+
+// Defaults for Config's zero values.
+const (
+	DefaultMaxDocumentSize = 8 << 10
+	DefaultMaxDepth        = 8
+	DefaultMaxPayload      = 64 << 10
+	DefaultDeviceRate      = 20
+	DefaultDeviceBurst     = 40
+	DefaultMaxInFlight     = 10
+	DefaultDedupeWindow    = time.Minute
+	DefaultOpenTimeout     = time.Second
+)
+
+// Config configures an Engine. Zero values mean the documented defaults.
+type Config struct {
+	// Path is the bbolt file holding the shadows. Required.
+	Path string
+	// OpenTimeout bounds the wait for the file lock held by another process.
+	OpenTimeout time.Duration
+	// Publisher receives every response, delta and documents message. Nil
+	// means responses are only returned to in-process callers.
+	Publisher Publisher
+	// MaxDocumentSize caps the compact JSON size of desired plus reported
+	// after a merge (413 beyond it).
+	MaxDocumentSize int
+	// MaxDepth caps nesting inside desired and reported (400 beyond it).
+	MaxDepth int
+	// MaxPayload caps a request body (413 beyond it).
+	MaxPayload int
+	// DeviceRate and DeviceBurst configure a per-device token bucket over all
+	// requests (429 beyond it). A negative DeviceRate disables the limit.
+	DeviceRate  float64
+	DeviceBurst int
+	// MaxInFlight caps the requests one device may have in progress at once
+	// (429 beyond it). Negative disables the limit.
+	MaxInFlight int
+	// DedupeWindow is how long the result of an update is remembered by
+	// (device, clientToken, payload): a retry within the window gets the
+	// original answer instead of being applied twice. Negative disables.
+	DedupeWindow time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives the engine's logs; nil discards them.
+	Logger *slog.Logger
+	// Observe, when set, is called with the outcome of every request (code
+	// 200 for accepted) and its latency, and CommitObserved with every
+	// commit's duration and batch size. Used for metrics.
+	Observe        func(op Op, code int, d time.Duration)
+	CommitObserved func(d time.Duration, batch int)
+}
+
+func (c *Config) setDefaults() {
+	if c.OpenTimeout == 0 {
+		c.OpenTimeout = DefaultOpenTimeout
+	}
+	if c.MaxDocumentSize == 0 {
+		c.MaxDocumentSize = DefaultMaxDocumentSize
+	}
+	if c.MaxDepth == 0 {
+		c.MaxDepth = DefaultMaxDepth
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = DefaultMaxPayload
+	}
+	if c.DeviceRate == 0 {
+		c.DeviceRate = DefaultDeviceRate
+	}
+	if c.DeviceBurst == 0 {
+		c.DeviceBurst = DefaultDeviceBurst
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.DedupeWindow == 0 {
+		c.DedupeWindow = DefaultDedupeWindow
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Engine is the device shadow engine. It is safe for concurrent use.
+type Engine struct {
+	cfg   Config
+	log   *slog.Logger
+	store *store
+	pub   Publisher
+	subs  subscriberChecker // nil if pub cannot tell
+
+	mu      sync.Mutex // guards devices and closed
+	devices map[device.ID]*deviceState
+	closed  bool
+	active  sync.WaitGroup // requests in progress
+
+	dedupe *dedupeCache
+
+	quit chan struct{}
+	wg   sync.WaitGroup
+
+	stats struct {
+		accepted, rejected, published, publishErrors atomic.Uint64
+	}
+}
+
+// deviceState serialises one device's requests and carries its limits.
+type deviceState struct {
+	mu sync.Mutex // serialises read-modify-write of this device's document
+
+	// Fields below are guarded by Engine.mu.
+	inFlight int
+	tokens   float64
+	last     time.Time
+}
+
+// Open opens (creating if needed) the shadow database at cfg.Path and starts
+// the engine. It fails fast with an error naming the lock if another process
+// holds the file.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("shadow: Config.Path is required")
+	}
+	cfg.setDefaults()
+	st, err := openStore(cfg.Path, cfg.OpenTimeout, cfg.CommitObserved)
+	if err != nil {
+		return nil, fmt.Errorf("shadow: %w", err)
+	}
+	e := &Engine{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "shadow"),
+		store:   st,
+		pub:     cfg.Publisher,
+		devices: make(map[device.ID]*deviceState),
+		dedupe:  newDedupeCache(cfg.DedupeWindow),
+		quit:    make(chan struct{}),
+	}
+	if sc, ok := cfg.Publisher.(subscriberChecker); ok {
+		e.subs = sc
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.housekeeping()
+	}()
+	return e, nil
+}
+
+// Close stops accepting requests, waits for the ones in progress to commit
+// and publish, and closes the database. It is idempotent.
+func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.active.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		e.log.Warn("closing with requests still in progress", "err", ctx.Err())
+	}
+	close(e.quit)
+	e.wg.Wait()
+	return e.store.close()
+}
+
+// housekeeping prunes idle per-device state and expired dedupe entries.
+func (e *Engine) housekeeping() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.quit:
+			return
+		case <-t.C:
+			now := e.cfg.Now()
+			e.mu.Lock()
+			for id, ds := range e.devices {
+				if ds.inFlight == 0 && now.Sub(ds.last) > time.Minute {
+					delete(e.devices, id)
+				}
+			}
+			e.mu.Unlock()
+			e.dedupe.prune(now)
+		}
+	}
+}
+
+// acquire admits one request for id: it applies the in-flight and rate
+// limits and registers the request so Close can wait for it. The caller must
+// call release.
+func (e *Engine) acquire(id device.ID, token string) (*deviceState, *RequestError) {
+	now := e.cfg.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, &RequestError{Code: 503, Message: "Service unavailable", ClientToken: token, Err: ErrClosed}
+	}
+	ds := e.devices[id]
+	if ds == nil {
+		ds = &deviceState{tokens: float64(e.cfg.DeviceBurst), last: now}
+		e.devices[id] = ds
+	}
+	if e.cfg.MaxInFlight > 0 && ds.inFlight >= e.cfg.MaxInFlight {
+		return nil, reject(ErrRateLimited, token, "Too many requests: more than %d in flight for this device", e.cfg.MaxInFlight)
+	}
+	if e.cfg.DeviceRate > 0 {
+		ds.tokens += now.Sub(ds.last).Seconds() * e.cfg.DeviceRate
+		if ds.tokens > float64(e.cfg.DeviceBurst) {
+			ds.tokens = float64(e.cfg.DeviceBurst)
+		}
+		if ds.tokens < 1 {
+			ds.last = now
+			return nil, reject(ErrRateLimited, token, "Too many requests: more than %g per second for this device", e.cfg.DeviceRate)
+		}
+		ds.tokens--
+	}
+	ds.last = now
+	ds.inFlight++
+	e.active.Add(1)
+	return ds, nil
+}
+
+func (e *Engine) release(ds *deviceState) {
+	e.mu.Lock()
+	ds.inFlight--
+	e.mu.Unlock()
+	e.active.Done()
+}
+
+// load reads id's document. A missing document is returned as a zero
+// Document with Deleted set (never existed), so callers treat both alike.
+func (e *Engine) load(id device.ID) (doc Document, raw []byte, err error) {
+	raw, err = e.store.get(id)
+	if err != nil {
+		return Document{}, nil, fmt.Errorf("read %s: %w", id, err)
+	}
+	if raw == nil {
+		return Document{Deleted: true}, nil, nil
+	}
+	if err := decodeJSON(raw, &doc); err != nil {
+		return Document{}, nil, fmt.Errorf("decode %s: %w", id, err)
+	}
+	return doc, raw, nil
+}
+
+// source tells how a request arrived: over MQTT the engine publishes the
+// rejection on the rejected topic; over HTTP the caller returns it.
+type source int
+
+const (
+	fromMQTT source = iota
+	fromAPI
+)
+
+// HandleRequest is the MQTT entry point: wire it to the broker's in-process
+// subscription for each of RequestFilters. clientID is the publisher; topic is
+// "state/<id>/update|get|delete". It answers on the matching accepted or
+// rejected topic and never returns an error: every failure becomes a
+// rejected message (or, for a topic that is not a request, is ignored).
+func (e *Engine) HandleRequest(clientID, topic string, payload []byte) {
+	id, op, ok, err := ParseRequestTopic(topic)
+	if !ok {
+		return
+	}
+	if err != nil {
+		// The topic is a valid MQTT topic, so its rejected topic is too: tell
+		// the client why, and store nothing.
+		re := reject(ErrInvalid, "", "Invalid device ID in topic: %v", err)
+		e.publish(topic+"/rejected", re.Payload(e.cfg.Now()))
+		e.stats.rejected.Add(1)
+		e.observe(op, re.Code, 0)
+		return
+	}
+	start := time.Now()
+	var rerr *RequestError
+	switch op {
+	case OpUpdate:
+		_, rerr = e.update(id, payload, fromMQTT)
+	case OpGet:
+		_, rerr = e.get(id, payload, fromMQTT)
+	case OpDelete:
+		_, rerr = e.del(id, payload, fromMQTT)
+	}
+	code := 200
+	if rerr != nil {
+		code = rerr.Code
+		e.publish(Topic(id, string(op)+"/rejected"), rerr.Payload(e.cfg.Now()))
+	}
+	e.observe(op, code, time.Since(start))
+}
+
+func (e *Engine) observe(op Op, code int, d time.Duration) {
+	if code == 200 {
+		e.stats.accepted.Add(1)
+	} else {
+		e.stats.rejected.Add(1)
+	}
+	if e.cfg.Observe != nil {
+		e.cfg.Observe(op, code, d)
+	}
+}
+
+// Update applies an update request (the same JSON as on
+// state/<id>/update) and returns the accepted message. Errors are
+// *RequestError wrapping ErrInvalid, ErrVersionConflict, ErrTooLarge,
+// ErrRateLimited, ErrClosed or ErrInternal. Accepted, delta and documents
+// messages are also published over MQTT.
+func (e *Engine) Update(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	start := time.Now()
+	b, rerr := e.update(id, payload, fromAPI)
+	return e.apiResult(OpUpdate, start, b, rerr)
+}
+
+// Get returns the get-accepted document for id, or a *RequestError wrapping
+// ErrNotFound. payload may be empty or {"clientToken":"…"}.
+func (e *Engine) Get(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	start := time.Now()
+	b, rerr := e.get(id, payload, fromAPI)
+	return e.apiResult(OpGet, start, b, rerr)
+}
+
+// Delete deletes id's shadow and returns the delete-accepted message, or a
+// *RequestError wrapping ErrNotFound. The version is kept: a re-created
+// shadow continues from it.
+func (e *Engine) Delete(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	start := time.Now()
+	b, rerr := e.del(id, payload, fromAPI)
+	return e.apiResult(OpDelete, start, b, rerr)
+}
+
+func (e *Engine) apiResult(op Op, start time.Time, b []byte, rerr *RequestError) ([]byte, error) {
+	if rerr != nil {
+		e.observe(op, rerr.Code, time.Since(start))
+		return nil, rerr
+	}
+	e.observe(op, 200, time.Since(start))
+	return b, nil
+}
+
+// List returns up to limit shadows (1..1000, default 100) with IDs after the
+// cursor, and the cursor of the next page ("" when there is none).
+func (e *Engine) List(ctx context.Context, cursor string, limit int) ([]Summary, string, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	if limit > 1000 {
+		limit = 1000
+	}
+	if cursor != "" {
+		if _, err := device.ParseID(cursor); err != nil {
+			return nil, "", reject(ErrInvalid, "", "Invalid cursor")
+		}
+	}
+	return e.store.list(cursor, limit)
+}
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	Accepted, Rejected        uint64
+	Published, PublishErrors  uint64
+	Commits, DocumentsWritten uint64
+	CommitTime                time.Duration
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		Accepted:         e.stats.accepted.Load(),
+		Rejected:         e.stats.rejected.Load(),
+		Published:        e.stats.published.Load(),
+		PublishErrors:    e.stats.publishErrors.Load(),
+		Commits:          e.store.commits.Load(),
+		DocumentsWritten: e.store.committed.Load(),
+		CommitTime:       time.Duration(e.store.commitNano.Load()),
+	}
+}
+
+func (e *Engine) publish(topic string, payload []byte) {
+	if e.pub == nil {
+		return
+	}
+	if err := e.pub.Publish(topic, payload, false, 1); err != nil {
+		e.stats.publishErrors.Add(1)
+		e.log.Warn("publish failed", "topic", topic, "err", err)
+		return
+	}
+	e.stats.published.Add(1)
+}
+
+func (e *Engine) wanted(topic string) bool {
+	if e.pub == nil {
+		return false
+	}
+	return e.subs == nil || e.subs.HasSubscribers(topic)
+}
+
+// acceptedMessage is published on update/accepted.
+type acceptedMessage struct {
+	State       json.RawMessage `json:"state"`
+	Metadata    json.RawMessage `json:"metadata,omitempty"`
+	Version     Version         `json:"version"`
+	Timestamp   int64           `json:"timestamp"`
+	ClientToken string          `json:"clientToken,omitempty"`
+}
+
+// deltaMessage is published on update/delta.
+type deltaMessage struct {
+	State       map[string]any `json:"state"`
+	Metadata    map[string]any `json:"metadata"`
+	Version     Version        `json:"version"`
+	Timestamp   int64          `json:"timestamp"`
+	ClientToken string         `json:"clientToken,omitempty"`
+}
+
+type docSnapshot struct {
+	State    State   `json:"state"`
+	Metadata State   `json:"metadata"`
+	Version  Version `json:"version"`
+}
+
+type documentsMessage struct {
+	Previous    *docSnapshot `json:"previous"`
+	Current     docSnapshot  `json:"current"`
+	Timestamp   int64        `json:"timestamp"`
+	ClientToken string       `json:"clientToken,omitempty"`
+}
+
+func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+	if len(payload) > e.cfg.MaxPayload {
+		return nil, reject(ErrTooLarge, "", "The payload exceeds the maximum size allowed (%d bytes)", e.cfg.MaxPayload)
+	}
+	req, rerr := parseUpdate(payload, e.cfg.MaxDepth)
+	if rerr != nil {
+		return nil, rerr
+	}
+	tok := req.clientToken
+	ds, rerr := e.acquire(id, tok)
+	if rerr != nil {
+		return nil, rerr
+	}
+	defer e.release(ds)
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+
+	var key string
+	if tok != "" && e.cfg.DedupeWindow > 0 {
+		sum := sha256.Sum256(payload)
+		key = string(id) + "\x00" + tok + "\x00" + string(sum[:])
+		if prev, ok := e.dedupe.get(key, e.cfg.Now()); ok {
+			// A retry of an update already applied: answer as before.
+			if src == fromMQTT {
+				e.publish(AcceptedTopic(id), prev)
+			}
+			return prev, nil
+		}
+	}
+
+	doc, _, err := e.load(id)
+	if err != nil {
+		e.log.Error("load shadow", "device", id, "err", err)
+		return nil, AsRequestError(err, tok)
+	}
+	current := doc.Version
+	if req.hasVersion && req.version != current {
+		return nil, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
+	}
+	var prev *docSnapshot
+	if !doc.Deleted {
+		prev = &docSnapshot{State: cloneState(doc.State), Metadata: cloneState(doc.Metadata), Version: doc.Version}
+	}
+	var prevDelta map[string]any
+	if req.hasDesired || req.clearState {
+		prevDelta = doc.Delta()
+	}
+
+	now := e.cfg.Now()
+	ts := now.Unix()
+	if doc.Deleted {
+		doc.State, doc.Metadata = State{}, State{}
+	}
+	if req.clearState {
+		doc.State, doc.Metadata = State{}, State{}
+	} else {
+		doc.State.Desired, doc.Metadata.Desired = applySection(doc.State.Desired, doc.Metadata.Desired, req.desired, req.hasDesired, ts)
+		doc.State.Reported, doc.Metadata.Reported = applySection(doc.State.Reported, doc.Metadata.Reported, req.reported, req.hasReported, ts)
+	}
+	size, err := sectionSize(doc.State)
+	if err != nil {
+		return nil, AsRequestError(fmt.Errorf("size %s: %w", id, err), tok)
+	}
+	if size > e.cfg.MaxDocumentSize {
+		return nil, reject(ErrTooLarge, tok, "The payload exceeds the maximum size allowed: the merged state would be %d bytes, the limit is %d", size, e.cfg.MaxDocumentSize)
+	}
+	doc.Version = current + 1
+	doc.Updated = now.UnixMilli()
+	doc.Deleted = false
+	raw, err := json.Marshal(&doc)
+	if err != nil {
+		return nil, AsRequestError(fmt.Errorf("encode %s: %w", id, err), tok)
+	}
+	if err := e.store.put(id, raw); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return nil, AsRequestError(err, tok)
+		}
+		e.log.Error("commit shadow", "device", id, "err", err)
+		return nil, AsRequestError(fmt.Errorf("commit %s: %w", id, err), tok)
+	}
+
+	// Committed: from here on the update is durable; publish its messages.
+	accepted := e.acceptedPayload(req, doc.Version, ts)
+	if tok != "" && e.cfg.DedupeWindow > 0 {
+		e.dedupe.put(key, accepted, now)
+	}
+	e.publish(AcceptedTopic(id), accepted)
+	newDelta := doc.Delta()
+	// Beyond AWS: a desired-side change that withdraws keys from a
+	// non-empty delta is announced too (AWS stays silent, so a device never
+	// learns that a command was cancelled).
+	if newDelta != nil || (prevDelta != nil && !equal(prevDelta, newDelta)) {
+		e.publishDelta(id, newDelta, doc.Metadata.Desired, doc.Version, ts, tok)
+	}
+	if topic := DocumentsTopic(id); e.wanted(topic) {
+		b, _ := json.Marshal(documentsMessage{
+			Previous:    prev,
+			Current:     docSnapshot{State: doc.State, Metadata: doc.Metadata, Version: doc.Version},
+			Timestamp:   ts,
+			ClientToken: tok,
+		})
+		e.publish(topic, b)
+	}
+	return accepted, nil
+}
+
+func (e *Engine) publishDelta(id device.ID, d, desiredMeta map[string]any, v Version, ts int64, tok string) {
+	if d == nil {
+		d = map[string]any{}
+	}
+	b, _ := json.Marshal(deltaMessage{State: d, Metadata: project(d, desiredMeta), Version: v, Timestamp: ts, ClientToken: tok})
+	e.publish(DeltaTopic(id), b)
+}
+
+func (e *Engine) acceptedPayload(req updateRequest, v Version, ts int64) []byte {
+	var state, meta []byte
+	if req.clearState {
+		state = []byte("null")
+	} else {
+		s := make(map[string]any, 2)
+		m := make(map[string]any, 2)
+		if req.hasDesired {
+			s["desired"] = req.desired
+			m["desired"] = metaOrLeaf(req.desired, ts)
+		}
+		if req.hasReported {
+			s["reported"] = req.reported
+			m["reported"] = metaOrLeaf(req.reported, ts)
+		}
+		state, _ = json.Marshal(s)
+		meta, _ = json.Marshal(m)
+	}
+	if meta == nil {
+		meta, _ = json.Marshal(map[string]any{"timestamp": ts})
+	}
+	b, _ := json.Marshal(acceptedMessage{State: state, Metadata: meta, Version: v, Timestamp: ts, ClientToken: req.clientToken})
+	return b
+}
+
+// metaOrLeaf gives a request section its metadata; a removed section (nil)
+// gets a single timestamp.
+func metaOrLeaf(sec map[string]any, ts int64) any {
+	if sec == nil {
+		return leafMeta(ts)
+	}
+	return metaFor(sec, ts)
+}
+
+// getMessage is published on get/accepted.
+type getMessage struct {
+	State struct {
+		Desired  map[string]any `json:"desired,omitempty"`
+		Reported map[string]any `json:"reported,omitempty"`
+		Delta    map[string]any `json:"delta,omitempty"`
+	} `json:"state"`
+	Metadata    State   `json:"metadata"`
+	Version     Version `json:"version"`
+	Timestamp   int64   `json:"timestamp"`
+	ClientToken string  `json:"clientToken,omitempty"`
+}
+
+func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+	tok, rerr := parseTokenOnly(payload)
+	if rerr != nil {
+		return nil, rerr
+	}
+	ds, rerr := e.acquire(id, tok)
+	if rerr != nil {
+		return nil, rerr
+	}
+	defer e.release(ds)
+	doc, _, err := e.load(id)
+	if err != nil {
+		e.log.Error("load shadow", "device", id, "err", err)
+		return nil, AsRequestError(err, tok)
+	}
+	if doc.Deleted {
+		return nil, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+	}
+	var m getMessage
+	m.State.Desired, m.State.Reported, m.State.Delta = doc.State.Desired, doc.State.Reported, doc.Delta()
+	m.Metadata, m.Version, m.Timestamp, m.ClientToken = doc.Metadata, doc.Version, e.cfg.Now().Unix(), tok
+	b, _ := json.Marshal(&m)
+	if src == fromMQTT {
+		e.publish(Topic(id, "get/accepted"), b)
+	}
+	return b, nil
+}
+
+type deleteMessage struct {
+	Version     Version `json:"version"`
+	Timestamp   int64   `json:"timestamp"`
+	ClientToken string  `json:"clientToken,omitempty"`
+}
+
+func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+	tok, rerr := parseTokenOnly(payload)
+	if rerr != nil {
+		return nil, rerr
+	}
+	ds, rerr := e.acquire(id, tok)
+	if rerr != nil {
+		return nil, rerr
+	}
+	defer e.release(ds)
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	doc, _, err := e.load(id)
+	if err != nil {
+		e.log.Error("load shadow", "device", id, "err", err)
+		return nil, AsRequestError(err, tok)
+	}
+	if doc.Deleted {
+		return nil, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+	}
+	now := e.cfg.Now()
+	tomb := Document{Version: doc.Version, Updated: now.UnixMilli(), Deleted: true}
+	raw, _ := json.Marshal(&tomb)
+	if err := e.store.put(id, raw); err != nil {
+		e.log.Error("commit shadow delete", "device", id, "err", err)
+		return nil, AsRequestError(fmt.Errorf("commit %s: %w", id, err), tok)
+	}
+	b, _ := json.Marshal(deleteMessage{Version: doc.Version, Timestamp: now.Unix(), ClientToken: tok})
+	e.publish(Topic(id, "delete/accepted"), b)
+	return b, nil
+}
+
+// HandleSubscribe is called by the broker when a client's subscriptions are
+// granted. For every filter that would deliver one device's delta (the exact
+// delta topic, or state/<id>/update/#, state/<id>/#), the engine publishes
+// that device's current delta if it is not empty, so a device that was
+// offline while its desired state changed catches up without a get.
+func (e *Engine) HandleSubscribe(clientID string, filters []string) {
+	for _, f := range filters {
+		id, ok := deviceOfDeltaFilter(f)
+		if !ok {
+			continue
+		}
+		doc, _, err := e.load(id)
+		if err != nil {
+			e.log.Warn("load shadow for catch-up delta", "device", id, "err", err)
+			continue
+		}
+		if doc.Deleted {
+			continue
+		}
+		if d := doc.Delta(); d != nil {
+			e.publishDelta(id, d, doc.Metadata.Desired, doc.Version, e.cfg.Now().Unix(), "")
+		}
+	}
+}
+
+func cloneState(s State) State {
+	return State{Desired: cloneMap(s.Desired), Reported: cloneMap(s.Reported)}
+}
+
+func cloneMap(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = cloneValue(v)
+	}
+	return out
+}
+
+func cloneValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		return cloneMap(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, c := range x {
+			out[i] = cloneValue(c)
+		}
+		return out
+	}
+	return v
+}

@@ -1,0 +1,200 @@
+package shadow
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+var bucketShadows = []byte("shadows")
+
+// maxCommitBatch bounds how many writes one bbolt transaction carries.
+const maxCommitBatch = 2048
+
+// store persists documents in one bbolt file. Writes from many goroutines
+// are grouped into one transaction (one fsync) by a single committer
+// goroutine: while one commit is being synced to disk the next batch fills
+// up, so throughput grows with concurrency instead of collapsing to one fsync
+// per update.
+type store struct {
+	db     *bolt.DB
+	writes chan *write
+	quit   chan struct{}
+	wg     sync.WaitGroup
+
+	commits    atomic.Uint64 // transactions committed
+	committed  atomic.Uint64 // documents written
+	commitNano atomic.Uint64 // total time spent in commits
+	observe    func(d time.Duration, n int)
+}
+
+type write struct {
+	key  []byte
+	val  []byte
+	done chan error
+}
+
+func openStore(path string, timeout time.Duration, observe func(time.Duration, int)) (*store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: database is locked by another process (is another umbra serve using this data dir?): %w", path, err)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketShadows)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	s := &store{
+		db:      db,
+		writes:  make(chan *write, maxCommitBatch),
+		quit:    make(chan struct{}),
+		observe: observe,
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.commitLoop()
+	}()
+	return s, nil
+}
+
+// get returns the stored bytes for id, or nil if there are none. The bytes
+// are a copy, valid after the transaction.
+func (s *store) get(id device.ID) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketShadows).Get([]byte(id)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// put durably stores val under id: it returns once the transaction holding
+// the write has been committed and synced.
+func (s *store) put(id device.ID, val []byte) error {
+	w := &write{key: []byte(id), val: val, done: make(chan error, 1)}
+	select {
+	case s.writes <- w:
+	case <-s.quit:
+		return ErrClosed
+	}
+	return <-w.done
+}
+
+func (s *store) commitLoop() {
+	batch := make([]*write, 0, maxCommitBatch)
+	for {
+		select {
+		case w := <-s.writes:
+			batch = append(batch[:0], w)
+		case <-s.quit:
+			// Writers that got into the queue before quit still get committed.
+			for {
+				select {
+				case w := <-s.writes:
+					s.commit([]*write{w})
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxCommitBatch {
+			select {
+			case w := <-s.writes:
+				batch = append(batch, w)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *store) commit(batch []*write) {
+	start := time.Now()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketShadows)
+		for _, w := range batch {
+			if err := b.Put(w.key, w.val); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	d := time.Since(start)
+	s.commits.Add(1)
+	s.commitNano.Add(uint64(d))
+	if err == nil {
+		s.committed.Add(uint64(len(batch)))
+	}
+	if s.observe != nil {
+		s.observe(d, len(batch))
+	}
+	for _, w := range batch {
+		w.done <- err
+	}
+}
+
+// close stops the committer after it has committed every queued write, then
+// closes the file.
+func (s *store) close() error {
+	close(s.quit)
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+// Summary is one line of a shadow listing.
+type Summary struct {
+	ID      device.ID `json:"id"`
+	Version Version   `json:"version"`
+	Updated time.Time `json:"updated"`
+}
+
+// list returns up to limit live documents with IDs greater than after, in ID
+// order, and the cursor for the next page ("" at the end).
+func (s *store) list(after string, limit int) ([]Summary, string, error) {
+	var out []Summary
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketShadows).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil; k, v = c.Next() {
+			var hdr struct {
+				Version Version `json:"version"`
+				Updated int64   `json:"updated"`
+				Deleted bool    `json:"deleted"`
+			}
+			if err := json.Unmarshal(v, &hdr); err != nil {
+				return fmt.Errorf("decode %q: %w", k, err)
+			}
+			if hdr.Deleted {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].ID.String()
+				return nil
+			}
+			out = append(out, Summary{ID: device.ID(k), Version: hdr.Version, Updated: time.UnixMilli(hdr.Updated).UTC()})
+		}
+		return nil
+	})
+	return out, next, err
+}
