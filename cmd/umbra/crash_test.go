@@ -46,16 +46,22 @@ func startProcess(t *testing.T, bin, dataDir string) (*exec.Cmd, string) {
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		var log strings.Builder
 		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
 			if m := mqttAddrRe.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "umbra serving") {
 				found <- "tcp://" + m[1]
-				break
+				io.Copy(io.Discard, stderr)
+				return
 			}
 		}
-		io.Copy(io.Discard, stderr)
+		found <- "exited before serving:\n" + log.String()
 	}()
 	select {
 	case url := <-found:
+		if !strings.HasPrefix(url, "tcp://") {
+			t.Fatalf("umbra serve %s", url)
+		}
 		return cmd, url
 	case <-time.After(20 * time.Second):
 		t.Fatal("umbra serve did not report it was serving within 20s")

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -31,6 +35,11 @@ type serveOptions struct {
 	maxPacketSize uint32
 	deviceRate    float64
 	shutdownGrace time.Duration
+
+	publicURL    string
+	signingKey   string
+	urlTTL       time.Duration
+	maxImageSize int64
 }
 
 func newServeCmd() *cobra.Command {
@@ -71,6 +80,10 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
 	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
+	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
+	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
+	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
+	f.Int64Var(&o.maxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
 }
 
 // serveConfig is everything runServe needs, built from flags.
@@ -83,6 +96,10 @@ type serveConfig struct {
 	maxPacketSize uint32
 	deviceRate    float64
 	shutdownGrace time.Duration
+	publicURL     string
+	signingKey    string
+	urlTTL        time.Duration
+	maxImageSize  int64
 	log           *slog.Logger
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
@@ -110,6 +127,18 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.maxPacketSize < 1024 {
 		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", o.maxPacketSize)
 	}
+	if o.publicURL != "" {
+		u, err := url.Parse(o.publicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+			return serveConfig{}, fmt.Errorf("--public-url %q: want http(s)://host[:port][/path]", o.publicURL)
+		}
+	}
+	if o.urlTTL <= 0 || o.urlTTL > firmware.MaxURLTTL {
+		return serveConfig{}, fmt.Errorf("--url-ttl %v: must be between 1s and %v", o.urlTTL, firmware.MaxURLTTL)
+	}
+	if o.maxImageSize < 1 {
+		return serveConfig{}, fmt.Errorf("--max-image-size %d: must be positive", o.maxImageSize)
+	}
 	if o.deviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
@@ -117,6 +146,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
 		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
 		shutdownGrace: o.shutdownGrace, log: log,
+		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 	}, nil
 }
 
@@ -156,6 +186,20 @@ func newLogger(w interface{ Write([]byte) (int, error) }, format, level string) 
 type server struct {
 	eng *shadow.Engine
 	brk *broker.Server
+	api *httpapi.Server // nil when --http-addr is ""
+	fw  *firmware.Store
+}
+
+// lazyHandler serves through a handler installed after the HTTP listener is
+// bound: the firmware store needs the listener's real address for its URLs.
+type lazyHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := l.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	http.Error(w, "starting", http.StatusServiceUnavailable)
 }
 
 // lazyPublisher lets the shadow engine be opened (and its database lock
@@ -233,12 +277,49 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 
 	srv := &server{eng: eng, brk: brk}
+	fwHandler := &lazyHandler{}
+	baseURL := cfg.publicURL
+	if cfg.httpAddr != "" {
+		api, err := httpapi.Open(ctx, httpapi.Config{
+			Addr:   cfg.httpAddr,
+			Shadow: eng,
+			Logger: log,
+			Mounts: map[string]http.Handler{"GET /fw/{sha256}": fwHandler},
+		})
+		if err != nil {
+			return err
+		}
+		defer closeInto("http", api) // deferred last: closes first
+		srv.api = api
+		if baseURL == "" {
+			baseURL = "http://" + api.Addr().String()
+		}
+	}
+	fw, err := firmware.Open(ctx, firmware.Config{
+		Dir:            filepath.Join(cfg.dataDir, "firmware"),
+		SigningKeyPath: cfg.signingKey,
+		URLTTL:         cfg.urlTTL,
+		MaxImageSize:   cfg.maxImageSize,
+		BaseURL:        baseURL,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeInto("firmware", fw)
+	srv.fw = fw
+	var dl http.Handler = fw.DownloadHandler()
+	fwHandler.h.Store(&dl)
+
 	attrs := []any{"data_dir", cfg.dataDir}
 	if a := brk.Addr(); a != nil {
 		attrs = append(attrs, "mqtt", a.String())
 	}
 	if a := brk.WSAddr(); a != nil {
 		attrs = append(attrs, "ws", a.String())
+	}
+	if srv.api != nil {
+		attrs = append(attrs, "http", srv.api.Addr().String())
 	}
 	log.Info("umbra serving", attrs...)
 	if cfg.ready != nil {
