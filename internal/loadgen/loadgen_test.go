@@ -199,7 +199,9 @@ func TestRunEndsWhenBrokerGoes(t *testing.T) {
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("run took %v after the broker went away, want it to end promptly", took)
 	}
-	if r.Requests < 100 || r.Requests > 200+4 {
-		t.Errorf("got %d requests, want those answered before the broker closed (100..204)", r.Requests)
+	// The broker closes asynchronously after the 200th request, so a few
+	// more may be answered; never more than the broker handled.
+	if handled := n.Load(); r.Requests < 100 || int64(r.Requests) > handled {
+		t.Errorf("got %d requests, want at least 100 and at most the %d the broker handled", r.Requests, handled)
 	}
 }
