@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestServeFlagValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"non-loopback mqtt", []string{"--mqtt-addr", "0.0.0.0:1883"}, "only loopback addresses"},
+		{"non-loopback http", []string{"--http-addr", "10.1.2.3:80"}, "only loopback addresses"},
+		{"bad address", []string{"--ws-addr", "nonsense"}, "--ws-addr nonsense"},
+		{"no mqtt at all", []string{"--mqtt-addr", "", "--ws-addr", ""}, "at least one of --mqtt-addr and --ws-addr"},
+		{"log format", []string{"--log-format", "xml"}, `--log-format "xml"`},
+		{"log level", []string{"--log-level", "loud"}, `--log-level "loud"`},
+		{"shadow size", []string{"--max-shadow-size", "10"}, "--max-shadow-size 10"},
+		{"device rate zero", []string{"--device-rate", "0"}, "--device-rate 0"},
+		{"public url", []string{"--public-url", "ftp://x"}, "--public-url"},
+		{"url ttl", []string{"--url-ttl", "0s"}, "--url-ttl"},
+		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
+		{"stray argument", []string{"extra"}, "unknown command"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := newRootCmd()
+			var out bytes.Buffer
+			root.SetOut(&out)
+			root.SetErr(&out)
+			root.SetArgs(append([]string{"serve", "--data-dir", t.TempDir()}, tc.args...))
+			if tc.name == "empty data dir" {
+				root.SetArgs(append([]string{"serve"}, tc.args...))
+			}
+			err := root.ExecuteContext(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("serve %v = %v, want an error containing %q", tc.args, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestServeEnvironment(t *testing.T) {
+	t.Setenv("UMBRA_MQTT_ADDR", "192.0.2.1:1883")
+	root := newRootCmd()
+	root.SetArgs([]string{"serve", "--data-dir", t.TempDir()})
+	var out bytes.Buffer
+	root.SetErr(&out)
+	err := root.ExecuteContext(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "--mqtt-addr 192.0.2.1:1883") {
+		t.Fatalf("serve with UMBRA_MQTT_ADDR = %v, want the env value to be used (and refused)", err)
+	}
+	t.Setenv("UMBRA_DEVICE_RATE", "fast")
+	root = newRootCmd()
+	root.SetArgs([]string{"serve", "--data-dir", t.TempDir()})
+	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "UMBRA_DEVICE_RATE") {
+		t.Fatalf("serve with UMBRA_DEVICE_RATE=fast = %v, want an error naming the variable", err)
+	}
+}
+
+// TestGracefulShutdown: SIGTERM makes serve close its listeners and
+// database and exit 0; the data dir is then free for a new server.
+func TestGracefulShutdown(t *testing.T) {
+	bin := buildUmbra(t)
+	dataDir := t.TempDir()
+	proc, _ := startProcess(t, bin, dataDir)
+	if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- proc.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve after SIGTERM exited with %v, want status 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not exit within 15s of SIGTERM")
+	}
+	startProcess(t, bin, dataDir) // the lock was released
+}
