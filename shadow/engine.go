@@ -561,6 +561,9 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 		})
 		e.publish(topic, b)
 	}
+	if e.cfg.OnChange != nil {
+		e.cfg.OnChange(id, doc.Version)
+	}
 	return accepted, nil
 }
 
@@ -682,6 +685,9 @@ func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *Request
 	}
 	b, _ := json.Marshal(deleteMessage{Version: doc.Version, Timestamp: now.Unix(), ClientToken: tok})
 	e.publish(Topic(id, "delete/accepted"), b)
+	if e.cfg.OnChange != nil {
+		e.cfg.OnChange(id, doc.Version)
+	}
 	return b, nil
 }
 

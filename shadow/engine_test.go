@@ -382,3 +382,30 @@ func TestList(t *testing.T) {
 		t.Errorf("bad cursor = %v, want ErrInvalid", err)
 	}
 }
+
+func TestOnChange(t *testing.T) {
+	type change struct {
+		id device.ID
+		v  shadow.Version
+	}
+	ch := make(chan change, 8)
+	h := mustOpen(t, func(c *shadow.Config) {
+		c.OnChange = func(id device.ID, v shadow.Version) { ch <- change{id, v} }
+	})
+	h.eng.Update(t.Context(), "d1", []byte(`{"state":{"reported":{"a":1}}}`))
+	h.eng.Update(t.Context(), "d1", []byte(`{"state":{"reported":{"a":[1,null]}}}`)) // rejected: no change
+	h.eng.Delete(t.Context(), "d1", nil)
+	for _, want := range []change{{"d1", 1}, {"d1", 1}} {
+		select {
+		case got := <-ch:
+			if got != want {
+				t.Errorf("OnChange(%v), want %v", got, want)
+			}
+		default:
+			t.Fatalf("OnChange not called, want %v", want)
+		}
+	}
+	if len(ch) != 0 {
+		t.Errorf("%d extra OnChange calls", len(ch))
+	}
+}
