@@ -74,6 +74,12 @@ type Config struct {
 	// commit's duration and batch size. Used for metrics.
 	Observe        func(op Op, code int, d time.Duration)
 	CommitObserved func(d time.Duration, batch int)
+	// OnChange, when set, is called after every committed change of a
+	// document (update or delete), after its messages were published, with
+	// the device and the new version. It runs on the request's goroutine and
+	// must not block: consumers such as the rollout planner treat it as a
+	// hint and re-read the document.
+	OnChange func(id device.ID, v Version)
 }
 
 func (c *Config) setDefaults() {
