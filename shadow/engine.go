@@ -628,6 +628,20 @@ type getMessage struct {
 	ClientToken string  `json:"clientToken,omitempty"`
 }
 
+// loadExisting reads id's document and turns a missing or deleted one into
+// a 404 for the request with clientToken tok.
+func (e *Engine) loadExisting(id device.ID, tok string) (Document, *RequestError) {
+	doc, _, err := e.load(id)
+	if err != nil {
+		e.log.Error("load shadow", "device", id, "err", err)
+		return Document{}, AsRequestError(err, tok)
+	}
+	if doc.Deleted {
+		return Document{}, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+	}
+	return doc, nil
+}
+
 func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
 	tok, rerr := parseTokenOnly(payload)
 	if rerr != nil {
@@ -638,13 +652,9 @@ func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *Request
 		return nil, rerr
 	}
 	defer e.release(ds)
-	doc, _, err := e.load(id)
-	if err != nil {
-		e.log.Error("load shadow", "device", id, "err", err)
-		return nil, AsRequestError(err, tok)
-	}
-	if doc.Deleted {
-		return nil, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+	doc, rerr := e.loadExisting(id, tok)
+	if rerr != nil {
+		return nil, rerr
 	}
 	var m getMessage
 	m.State.Desired, m.State.Reported, m.State.Delta = doc.State.Desired, doc.State.Reported, doc.Delta()
@@ -674,13 +684,9 @@ func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *Request
 	defer e.release(ds)
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
-	doc, _, err := e.load(id)
-	if err != nil {
-		e.log.Error("load shadow", "device", id, "err", err)
-		return nil, AsRequestError(err, tok)
-	}
-	if doc.Deleted {
-		return nil, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+	doc, rerr := e.loadExisting(id, tok)
+	if rerr != nil {
+		return nil, rerr
 	}
 	now := e.cfg.Now()
 	tomb := Document{Version: doc.Version, Updated: now.UnixMilli(), Deleted: true}
