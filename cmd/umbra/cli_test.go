@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -347,4 +349,57 @@ func TestWatchCommand(t *testing.T) {
 		}
 		oneLine(t, "watch when the server stops", waitResult(t, res).err, "connection lost")
 	})
+}
+
+// TestHTTPUpdateReachesMQTT: an update through the HTTP API of a running
+// server is published over MQTT, where `umbra watch` sees it, and the CLI
+// reads the same document the API returns.
+func TestHTTPUpdateReachesMQTT(t *testing.T) {
+	srv := startServer(t)
+	if srv.api == nil {
+		t.Fatal("startServer: no HTTP API")
+	}
+	base := "http://" + srv.api.Addr().String()
+	res := startWatch(t, t.Context(), "h1", "--kind", "delta", "--count", "1", "--server", srv.mqttURL())
+	srv.waitSubscribed(t, "state/h1/update/delta")
+
+	resp, err := http.Post(base+"/v1/devices/h1/shadow?clientToken=http-1", "application/json",
+		strings.NewReader(`{"state":{"desired":{"color":"red"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST: %d %s, want 200", resp.StatusCode, body)
+	}
+	r := waitResult(t, res)
+	if r.err != nil {
+		t.Fatalf("watch: %v", r.err)
+	}
+	ev := decodeJSON(t, r.stdout)
+	p, _ := ev["payload"].(map[string]any)
+	if ev["kind"] != "delta" || p["clientToken"] != "http-1" || p["version"] != 1.0 {
+		t.Errorf("watch saw %s, want the version 1 delta with clientToken http-1", r.stdout)
+	}
+
+	// The same document over HTTP and over MQTT (timestamps aside).
+	resp, err = http.Get(base + "/v1/devices/h1/shadow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpDoc, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	cli := runCLI(t.Context(), "", "shadow", "get", "h1", "--server", srv.mqttURL())
+	if cli.err != nil {
+		t.Fatal(cli.err)
+	}
+	for _, k := range []string{"state", "metadata", "version"} {
+		h, _ := json.Marshal(decodeJSON(t, string(httpDoc))[k])
+		m, _ := json.Marshal(decodeJSON(t, cli.stdout)[k])
+		if string(h) != string(m) {
+			t.Errorf("%s: HTTP %s, MQTT %s, want the same", k, h, m)
+		}
+	}
+	http.DefaultClient.CloseIdleConnections()
 }

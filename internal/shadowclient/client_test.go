@@ -208,7 +208,11 @@ func collect(t *testing.T, c *shadowclient.Client, ids []device.ID, kinds []stri
 	}()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Watch did not return within 10s of cancel")
+		}
 	})
 	return cancel, events, done
 }

@@ -96,7 +96,9 @@ func startServer(t testing.TB, withEngine bool) *testServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := s.eng.Close(context.Background()); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.eng.Close(ctx); err != nil {
 			t.Errorf("close engine: %v", err)
 		}
 	})
