@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,6 +85,29 @@ var (
 // the handler must not modify it, but may keep it.
 type HandlerFunc func(clientID, topic string, payload []byte)
 
+// ConnInfo describes one client connection to Config.OnConnect and
+// Config.OnDisconnect.
+type ConnInfo struct {
+	// ClientID is the MQTT client ID, a valid device.ID.
+	ClientID string
+	// RemoteAddr is the peer's address, "ip:port".
+	RemoteAddr string
+	// Identity is what Config.Auth authenticated the connection as; without
+	// Auth it holds only ClientID.
+	Identity Identity
+	// Seq numbers the connection: it is unique and increases with every
+	// connection the Server accepts, so of two connections with the same
+	// client ID the one with the higher Seq registered later. A consumer
+	// keeping presence ignores an OnDisconnect whose Seq is lower than
+	// the last OnConnect's for that client ID.
+	Seq uint64
+	// At is when the event being reported (connect or disconnect)
+	// happened.
+	At time.Time
+	// TLS reports whether the connection came through the TLS listener.
+	TLS bool
+}
+
 // Config configures a Server. The zero value of every field is valid and
 // selects the default documented on the field.
 type Config struct {
@@ -93,6 +117,16 @@ type Config struct {
 	// WSAddr is the address of the MQTT-over-WebSocket listener, which
 	// serves the paths "/mqtt" and "/". Empty means no WebSocket listener.
 	WSAddr string
+	// TLSAddr is the address of the MQTT-over-TLS listener, for example
+	// ":8883". Empty means no TLS listener. It requires TLSConfig.
+	TLSAddr string
+	// TLSConfig configures the TLS listener and is required with TLSAddr
+	// (and invalid without it). It must provide a server certificate
+	// (Certificates, GetCertificate or GetConfigForClient). For mutual
+	// TLS, set ClientAuth to tls.RequireAndVerifyClientCert and ClientCAs;
+	// the verified chain then reaches Auth in Credentials.TLS. Open keeps
+	// a clone, so later changes to TLSConfig have no effect.
+	TLSConfig *tls.Config
 
 	// MaxPacketSize is the largest MQTT packet, in bytes, the broker
 	// accepts; a client that sends a larger one is disconnected. As in
@@ -118,13 +152,21 @@ type Config struct {
 	Auth Authenticator
 
 	// OnConnect is called when a client has connected: after CONNACK, with
-	// its session (if any) restored. remoteAddr is the peer's address.
-	OnConnect func(clientID, remoteAddr string)
-	// OnDisconnect is called when a connected client's connection ends. err
-	// is nil after a clean DISCONNECT; otherwise it matches (errors.Is) one
-	// of ErrClosed, ErrTakenOver, ErrTooLarge, ErrNotAuthorized, ErrProtocol
-	// or ErrConnectionLost.
-	OnDisconnect func(clientID string, err error)
+	// its session (if any) restored, on the client's goroutine.
+	//
+	// OnConnect and OnDisconnect calls for one client ID never overlap, but
+	// they can arrive out of connection order: when a new connection takes
+	// over an open one, the new connection's OnConnect comes before the
+	// old one's OnDisconnect. Use ConnInfo.Seq to tell them apart. While a
+	// callback runs, a new connection with the same client ID waits, so
+	// callbacks must return quickly.
+	OnConnect func(ConnInfo)
+	// OnDisconnect is called when a connected client's connection ends,
+	// with the ConnInfo (and Seq) its OnConnect received, except for At.
+	// err is nil after a clean DISCONNECT; otherwise it matches (errors.Is)
+	// one of ErrClosed, ErrTakenOver, ErrTooLarge, ErrNotAuthorized,
+	// ErrProtocol or ErrConnectionLost.
+	OnDisconnect func(info ConnInfo, err error)
 	// OnSubscribe is called when a client's SUBSCRIBE was processed, with
 	// the filters that were granted (denied filters are left out), after
 	// the subscriptions are in the index and before SUBACK and retained
@@ -194,6 +236,17 @@ func (c *Config) validate() error {
 	if c.ClientWritesPending < 0 {
 		return fmt.Errorf("%w: negative ClientWritesPending %d", ErrInvalidConfig, c.ClientWritesPending)
 	}
+	if c.TLSAddr != "" && c.TLSConfig == nil {
+		return fmt.Errorf("%w: TLSAddr %q without TLSConfig", ErrInvalidConfig, c.TLSAddr)
+	}
+	if c.TLSConfig != nil {
+		if c.TLSAddr == "" {
+			return fmt.Errorf("%w: TLSConfig without TLSAddr", ErrInvalidConfig)
+		}
+		if len(c.TLSConfig.Certificates) == 0 && c.TLSConfig.GetCertificate == nil && c.TLSConfig.GetConfigForClient == nil {
+			return fmt.Errorf("%w: TLSConfig has no server certificate", ErrInvalidConfig)
+		}
+	}
 	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
 		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)
 	}
@@ -234,6 +287,7 @@ type Server struct {
 	hook   *hook
 	tcp    *listener // nil without a TCP listener
 	ws     *listener // nil without a WebSocket listener
+	tls    *listener // nil without a TLS listener
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -246,7 +300,8 @@ type Server struct {
 }
 
 // Open binds the configured listeners and starts serving. The listeners'
-// real addresses are available from Addr and WSAddr when Open returns.
+// real addresses are available from Addr, WSAddr and TLSAddr when Open
+// returns.
 // Open fails with an error wrapping ErrInvalidConfig for an invalid Config,
 // or with the listen error (for example, address in use).
 func Open(ctx context.Context, cfg Config) (*Server, error) {
@@ -256,6 +311,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if cfg.TLSConfig != nil {
+		cfg.TLSConfig = cfg.TLSConfig.Clone()
 	}
 	log := cfg.Logger.With(logKeyComponent, "broker")
 	s := &Server{cfg: cfg, log: log}
@@ -285,7 +343,12 @@ func (s *Server) listen() (err error) {
 	if s.tcp, err = s.addListener("tcp", s.cfg.TCPAddr, newTCPListener); err != nil {
 		return err
 	}
-	s.ws, err = s.addListener("ws", s.cfg.WSAddr, newWSListener)
+	if s.ws, err = s.addListener("ws", s.cfg.WSAddr, newWSListener); err != nil {
+		return err
+	}
+	s.tls, err = s.addListener("tls", s.cfg.TLSAddr, func(id string, ln net.Listener, timeout time.Duration) *listener {
+		return newTLSListener(id, ln, timeout, s.cfg.TLSConfig)
+	})
 	return err
 }
 
@@ -309,7 +372,7 @@ func (s *Server) addListener(id, addr string, newListener func(string, net.Liste
 
 // closeListeners closes listeners of an Open that failed before Serve.
 func (s *Server) closeListeners() {
-	for _, l := range []*listener{s.tcp, s.ws} {
+	for _, l := range []*listener{s.tcp, s.ws, s.tls} {
 		if l != nil {
 			l.Close(func(string) {})
 		}
@@ -330,6 +393,14 @@ func (s *Server) WSAddr() net.Addr {
 		return nil
 	}
 	return s.ws.ln.Addr()
+}
+
+// TLSAddr returns the TLS listener's address, or nil without one.
+func (s *Server) TLSAddr() net.Addr {
+	if s.tls == nil {
+		return nil
+	}
+	return s.tls.ln.Addr()
 }
 
 // Publish publishes a message from the broker itself. Subscribers receive

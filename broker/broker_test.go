@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -31,7 +32,7 @@ func TestMain(m *testing.M) {
 
 // events records Config callbacks on buffered channels.
 type events struct {
-	connects    chan string // clientID
+	connects    chan broker.ConnInfo
 	disconnects chan disconnect
 	subscribes  chan subscribe
 }
@@ -39,6 +40,7 @@ type events struct {
 type disconnect struct {
 	clientID string
 	err      error
+	info     broker.ConnInfo
 }
 
 type subscribe struct {
@@ -49,17 +51,17 @@ type subscribe struct {
 // withEvents sets cfg's callbacks to record into a new events.
 func withEvents(cfg *broker.Config) *events {
 	ev := &events{
-		connects:    make(chan string, 64),
+		connects:    make(chan broker.ConnInfo, 64),
 		disconnects: make(chan disconnect, 64),
 		subscribes:  make(chan subscribe, 64),
 	}
-	cfg.OnConnect = func(id, remote string) {
-		if !strings.HasPrefix(remote, "127.0.0.1:") {
-			id += " from unexpected " + remote
+	cfg.OnConnect = func(ci broker.ConnInfo) {
+		if !strings.HasPrefix(ci.RemoteAddr, "127.0.0.1:") {
+			ci.ClientID += " from unexpected " + ci.RemoteAddr
 		}
-		ev.connects <- id
+		ev.connects <- ci
 	}
-	cfg.OnDisconnect = func(id string, err error) { ev.disconnects <- disconnect{id, err} }
+	cfg.OnDisconnect = func(ci broker.ConnInfo, err error) { ev.disconnects <- disconnect{ci.ClientID, err, ci} }
 	cfg.OnSubscribe = func(id string, f []string) { ev.subscribes <- subscribe{id, f} }
 	return ev
 }
@@ -188,7 +190,7 @@ func TestMQTT5Client(t *testing.T) {
 	if code := rc.connect(v5, "v5-client", true); code != 0 {
 		t.Fatalf("CONNACK reason: got %#x, want 0", code)
 	}
-	if id := recv(t, ev.connects, "connect"); id != "v5-client" {
+	if id := recv(t, ev.connects, "connect").ClientID; id != "v5-client" {
 		t.Errorf("OnConnect: got %q, want v5-client", id)
 	}
 
@@ -493,7 +495,7 @@ func TestClientID(t *testing.T) {
 				}
 				return
 			}
-			id := recv(t, ev.connects, "connect")
+			id := recv(t, ev.connects, "connect").ClientID
 			if tc.clientID != "" && id != tc.clientID {
 				t.Errorf("OnConnect client ID: got %q, want %q", id, tc.clientID)
 			}
@@ -592,7 +594,7 @@ func TestCallbacks(t *testing.T) {
 	url := brokertest.URL(b)
 
 	c := brokertest.Connect(t, url, "cb-1")
-	if id := recv(t, ev.connects, "OnConnect"); id != "cb-1" {
+	if id := recv(t, ev.connects, "OnConnect").ClientID; id != "cb-1" {
 		t.Errorf("OnConnect: got %q, want cb-1", id)
 	}
 
@@ -791,6 +793,7 @@ func TestOpenErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	inUse := busy.Addr().String()
+	serverTLS := brokertest.NewCA(t, "open errors CA").ServerConfig(t, false)
 	tests := []struct {
 		name    string
 		cfg     broker.Config
@@ -804,6 +807,10 @@ func TestOpenErrors(t *testing.T) {
 		{"negative connect timeout", broker.Config{ConnectTimeout: -time.Second}, broker.ErrInvalidConfig},
 		{"negative writes pending", broker.Config{ClientWritesPending: -1}, broker.ErrInvalidConfig},
 		{"tiny read buffer", broker.Config{ReadBufferSize: 1}, broker.ErrInvalidConfig},
+		{"tls address without config", broker.Config{TLSAddr: "127.0.0.1:0"}, broker.ErrInvalidConfig},
+		{"tls config without address", broker.Config{TLSConfig: serverTLS}, broker.ErrInvalidConfig},
+		{"tls config without certificate", broker.Config{TLSAddr: "127.0.0.1:0", TLSConfig: &tls.Config{}}, broker.ErrInvalidConfig},
+		{"tls address in use", broker.Config{TCPAddr: "127.0.0.1:0", TLSAddr: inUse, TLSConfig: serverTLS}, syscall.EADDRINUSE},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,7 +1,7 @@
 // Package broker is Umbra's embedded MQTT broker, built on mochi-mqtt v2.
 //
-// A Server speaks MQTT 3.1.1 and MQTT 5 over TCP and over WebSocket
-// (paths "/mqtt" and "/"), with QoS 0 and 1 (QoS 2 requests are granted as
+// A Server speaks MQTT 3.1.1 and MQTT 5 over TCP, over TLS (optionally
+// mutual TLS) and over WebSocket (paths "/mqtt" and "/"), with QoS 0 and 1 (QoS 2 requests are granted as
 // QoS 1), retained messages and persistent sessions: a client that connects
 // with clean session off (or an MQTT 5 session expiry) keeps its
 // subscriptions and receives the QoS 1 messages published while it was
@@ -12,10 +12,36 @@
 //
 // # Lifecycle
 //
-// Open binds the listeners synchronously (Addr and WSAddr report the real
-// ports) and starts serving. Close disconnects every client, closes the
+// Open binds the listeners synchronously (Addr, WSAddr and TLSAddr report
+// the real ports) and starts serving. Close disconnects every client, closes the
 // listeners and waits for all connection goroutines; it is idempotent, and
 // Publish and Subscribe return ErrClosed afterwards.
+//
+// # Connections, reconnects and presence
+//
+// Config.OnConnect and Config.OnDisconnect receive a ConnInfo whose Seq
+// numbers connections in the order they registered. A client that
+// reconnects with the same client ID takes over its old connection, so the
+// new connection's OnConnect can arrive before the old one's OnDisconnect;
+// a consumer tracking presence keeps the highest Seq per client ID and
+// ignores older disconnects. Callbacks for one client ID never run
+// concurrently.
+//
+// mochi tears down a clean session's old connection by client ID (it
+// unsubscribes the ID's filters and deletes the ID from its registry) after
+// OnDisconnect. The broker serialises, per client ID, that teardown with
+// the registration of a new connection, so a quick reconnect never leaves
+// the new connection open but receiving nothing.
+//
+// # TLS
+//
+// Config.TLSAddr with Config.TLSConfig adds an MQTT-over-TLS listener. The
+// handshake must complete within ConnectTimeout (it counts towards the
+// CONNECT deadline); failures are counted in Stats.TLSHandshakesFailed and
+// logged at debug level. For mutual TLS, the caller's tls.Config requires
+// and verifies client certificates; an Authenticator reads the verified
+// chain from Credentials.TLS, for example to match the certificate's
+// common name to the client ID.
 //
 // # In-process subscribers
 //
@@ -62,7 +88,8 @@
 //
 // # Errors
 //
-// Open wraps ErrInvalidConfig or the listen error. Publish and Subscribe
+// Open wraps ErrInvalidConfig (including TLSAddr without TLSConfig, or a
+// TLSConfig without a certificate) or the listen error. Publish and Subscribe
 // return ErrClosed, or wrap ErrInvalidTopic, ErrInvalidQoS, ErrTooLarge or
 // ErrNilHandler. Config.OnDisconnect receives nil for a clean DISCONNECT,
 // or an error matching ErrClosed, ErrTakenOver, ErrTooLarge,

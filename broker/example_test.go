@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/umbra-iot/umbra/broker"
 )
@@ -33,4 +34,45 @@ func ExampleServer_Subscribe() {
 	// Output:
 	// true
 	// from "" on state/dev-1/update: {"state":{}}
+}
+
+// ExampleConfig_presence keeps per-device presence from OnConnect and
+// OnDisconnect, using ConnInfo.Seq so that the late disconnect of a
+// connection replaced by a reconnect never marks the device offline.
+func ExampleConfig_presence() {
+	type state struct {
+		seq    uint64
+		online bool
+	}
+	var (
+		mu       sync.Mutex
+		presence = map[string]state{}
+	)
+	cfg := broker.Config{
+		TCPAddr: "127.0.0.1:0",
+		OnConnect: func(ci broker.ConnInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			if ci.Seq > presence[ci.ClientID].seq {
+				presence[ci.ClientID] = state{ci.Seq, true}
+			}
+		},
+		OnDisconnect: func(ci broker.ConnInfo, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if ci.Seq >= presence[ci.ClientID].seq { // not replaced by a newer connection
+				presence[ci.ClientID] = state{ci.Seq, false}
+			}
+		},
+	}
+	b, err := broker.Open(context.Background(), cfg)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer b.Close(context.Background())
+	mu.Lock()
+	fmt.Println(len(presence))
+	mu.Unlock()
+	// Output: 0
 }

@@ -1,33 +1,41 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// listener is a mochi listeners.Listener for TCP or WebSocket that, unlike
-// mochi's own listeners, is bound before it is handed to mochi (so Open
-// fails fast and Addr knows the port), gives a new connection
-// ConnectTimeout to send CONNECT, and owns its goroutines: Close returns
-// only when the accept loop and every connection have finished.
+// listener is a mochi listeners.Listener for TCP, TLS or WebSocket that,
+// unlike mochi's own listeners, is bound before it is handed to mochi (so
+// Open fails fast and Addr knows the port), gives a new connection
+// ConnectTimeout to complete its TLS handshake and send CONNECT, and owns
+// its goroutines: Close returns only when the accept loop and every
+// connection have finished, so mochi's ClientsWg.Add (made on connection
+// goroutines) never races the ClientsWg.Wait that follows; done is closed
+// under mu, and the accept loop only receives from it.
 type listener struct {
 	id             string
 	protocol       string
 	ln             net.Listener
 	connectTimeout time.Duration
+	tlsConfig      *tls.Config         // TLS only
 	httpSrv        *http.Server        // WebSocket only
 	upgrader       *websocket.Upgrader // WebSocket only
 	log            *slog.Logger        // set by Init
 	establish      listeners.EstablishFn
 	done           chan struct{} // closed by Close
+
+	tlsFailures atomic.Int64 // failed TLS handshakes, since Open
 
 	mu     sync.Mutex            // guards conns and closed
 	conns  map[net.Conn]struct{} // open connections
@@ -53,6 +61,14 @@ func newListener(id, protocol string, ln net.Listener, connectTimeout time.Durat
 // newTCPListener serves MQTT over TCP on ln.
 func newTCPListener(id string, ln net.Listener, connectTimeout time.Duration) *listener {
 	return newListener(id, "tcp", ln, connectTimeout)
+}
+
+// newTLSListener serves MQTT over TLS on ln with config, which the caller
+// must not modify afterwards.
+func newTLSListener(id string, ln net.Listener, connectTimeout time.Duration, config *tls.Config) *listener {
+	l := newListener(id, "tls", ln, connectTimeout)
+	l.tlsConfig = config
+	return l
 }
 
 // newWSListener serves MQTT over WebSocket on ln, at the paths "/mqtt"
@@ -180,14 +196,27 @@ func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
 	l.serveConn(c)
 }
 
-// serveConn hands c to mochi, which reads CONNECT and then serves the
-// client until the connection ends.
+// serveConn completes the TLS handshake, if any, and hands c to mochi,
+// which reads CONNECT and then serves the client until the connection
+// ends.
 func (l *listener) serveConn(c net.Conn) {
-	if l.connectTimeout > 0 {
-		// mochi replaces the deadline with the keepalive one after CONNECT.
-		_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
+	// The deadline covers the TLS handshake and CONNECT; mochi replaces it
+	// with the keepalive one after CONNECT.
+	_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
+	mc := &conn{Conn: c}
+	if l.tlsConfig != nil {
+		tc := tls.Server(c, l.tlsConfig)
+		if err := tc.Handshake(); err != nil {
+			l.tlsFailures.Add(1)
+			l.log.Debug("tls handshake failed", "remote", c.RemoteAddr().String(), "error", err)
+			return
+		}
+		st := tc.ConnectionState()
+		mc.Conn, mc.tls = tc, &st
 	}
-	if err := l.establish(l.id, c); err != nil {
+	err := l.establish(l.id, mc)
+	mc.release() // mochi has finished tearing the client down
+	if err != nil {
 		l.log.Debug("connection ended", "remote", c.RemoteAddr().String(), "error", err)
 	}
 }
@@ -223,6 +252,18 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	}
 	l.mu.Unlock()
 	l.wg.Wait()
+}
+
+// conn is a connection as handed to mochi (mochi's Client.Net.Conn): the
+// transport plus what the broker learns about the connection. Fields other
+// than Conn are set and read only on the connection's goroutine (mochi runs
+// the connect and disconnect hooks there).
+type conn struct {
+	net.Conn                      // TCP, TLS or WebSocket
+	tls      *tls.ConnectionState // state after the TLS handshake; nil without TLS
+	identity Identity             // set by the authentication hook
+	seq      uint64               // connection sequence; set when the session is established
+	unlock   func()               // releases the client ID's gate; nil while not held
 }
 
 // wsConn presents a WebSocket as the byte stream mochi reads MQTT from.

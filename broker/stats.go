@@ -19,12 +19,13 @@ type Stats struct {
 	BytesSent        int64 // bytes written, since Open
 
 	// PacketsDropped is MessagesDropped + InflightDropped + PublishesDenied.
-	PacketsDropped   int64
-	MessagesDropped  int64 // messages dropped because a client's outbound queue was full, since Open
-	InflightDropped  int64 // QoS 1 messages dropped because a session's inflight store was full, since Open
-	PublishesDenied  int64 // PUBLISHes refused by Authenticator.Allow, since Open
-	ConnectsRejected int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
-	HandlerPanics    int64 // panics recovered from Subscribe handlers, since Open
+	PacketsDropped      int64
+	MessagesDropped     int64 // messages dropped because a client's outbound queue was full, since Open
+	InflightDropped     int64 // QoS 1 messages dropped because a session's inflight store was full, since Open
+	PublishesDenied     int64 // PUBLISHes refused by Authenticator.Allow, since Open
+	ConnectsRejected    int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
+	TLSHandshakesFailed int64 // TLS connections closed because the handshake failed or timed out, since Open
+	HandlerPanics       int64 // panics recovered from Subscribe handlers, since Open
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -48,6 +49,9 @@ func (s *Server) Stats() Stats {
 		PublishesDenied:  s.hook.publishesDenied.Load(),
 		ConnectsRejected: s.hook.connectsRejected.Load(),
 		HandlerPanics:    s.hook.handlerPanics.Load(),
+	}
+	if s.tls != nil {
+		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()
 	}
 	st.PacketsDropped = st.MessagesDropped + st.InflightDropped + st.PublishesDenied
 	return st

@@ -2,6 +2,7 @@ package brokertest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -23,7 +24,8 @@ const Timeout = 5 * time.Second
 const bufferSize = 1024
 
 // New opens a broker for the test and closes it in tb.Cleanup. Empty
-// TCPAddr and WSAddr default to "127.0.0.1:0", and a nil Logger logs to
+// TCPAddr and WSAddr default to "127.0.0.1:0", as does an empty TLSAddr
+// when TLSConfig is set (see CA.ServerConfig), and a nil Logger logs to
 // the test's output.
 func New(tb testing.TB, cfg broker.Config) *broker.Server {
 	tb.Helper()
@@ -32,6 +34,9 @@ func New(tb testing.TB, cfg broker.Config) *broker.Server {
 	}
 	if cfg.WSAddr == "" {
 		cfg.WSAddr = "127.0.0.1:0"
+	}
+	if cfg.TLSConfig != nil && cfg.TLSAddr == "" {
+		cfg.TLSAddr = "127.0.0.1:0"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(tb.Output(), nil))
@@ -60,11 +65,34 @@ func WSURL(s *broker.Server) string {
 	return "ws://" + s.WSAddr().String() + "/mqtt"
 }
 
+// TLSURL returns the broker's TLS URL, "tls://127.0.0.1:port".
+func TLSURL(s *broker.Server) string {
+	return "tls://" + s.TLSAddr().String()
+}
+
+// WithTLS is a Connect option that sets the client's TLS configuration
+// (see CA.ClientConfig).
+func WithTLS(cfg *tls.Config) func(*mqtt.ClientOptions) {
+	return func(o *mqtt.ClientOptions) { o.SetTLSConfig(cfg) }
+}
+
 // Connect connects a paho client (MQTT 3.1.1, clean session, no automatic
 // reconnect, SetOrderMatters(false)) to url as clientID, after applying
 // opts, and disconnects it in tb.Cleanup. It fails the test if the
 // connection is not established within Timeout.
 func Connect(tb testing.TB, url, clientID string, opts ...func(*mqtt.ClientOptions)) mqtt.Client {
+	tb.Helper()
+	c, err := TryConnect(tb, url, clientID, opts...)
+	if err != nil {
+		tb.Fatalf("brokertest: %v", err)
+	}
+	return c
+}
+
+// TryConnect is Connect for connections that may be refused: it returns
+// the error (including a missing CONNACK after Timeout) instead of
+// failing the test.
+func TryConnect(tb testing.TB, url, clientID string, opts ...func(*mqtt.ClientOptions)) (mqtt.Client, error) {
 	tb.Helper()
 	o := mqtt.NewClientOptions().
 		AddBroker(url).
@@ -80,13 +108,13 @@ func Connect(tb testing.TB, url, clientID string, opts ...func(*mqtt.ClientOptio
 	c := mqtt.NewClient(o)
 	tok := c.Connect()
 	if !tok.WaitTimeout(Timeout) {
-		tb.Fatalf("brokertest: connect %s to %s: no CONNACK within %v", clientID, url, Timeout)
+		return nil, fmt.Errorf("connect %s to %s: no CONNACK within %v", clientID, url, Timeout)
 	}
 	if err := tok.Error(); err != nil {
-		tb.Fatalf("brokertest: connect %s to %s: %v", clientID, url, err)
+		return nil, fmt.Errorf("connect %s to %s: %w", clientID, url, err)
 	}
 	tb.Cleanup(func() { c.Disconnect(100) })
-	return c
+	return c, nil
 }
 
 // Message is a message received by a client.

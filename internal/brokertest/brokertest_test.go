@@ -19,19 +19,23 @@ import (
 func TestMain(m *testing.M) { brokertest.Main(m) }
 
 func TestRoundTrip(t *testing.T) {
-	b := brokertest.New(t, broker.Config{})
+	ca := brokertest.NewCA(t, "round trip CA")
+	client := ca.Issue(t, brokertest.CertOptions{CommonName: "rt-tls"})
+	b := brokertest.New(t, broker.Config{TLSConfig: ca.ServerConfig(t, true)})
 	tests := []struct {
 		name, url, prefix string
+		opts              []func(*mqtt.ClientOptions)
 	}{
-		{"tcp", brokertest.URL(b), "tcp://127.0.0.1:"},
-		{"ws", brokertest.WSURL(b), "ws://127.0.0.1:"},
+		{"tcp", brokertest.URL(b), "tcp://127.0.0.1:", nil},
+		{"ws", brokertest.WSURL(b), "ws://127.0.0.1:", nil},
+		{"tls", brokertest.TLSURL(b), "tls://127.0.0.1:", []func(*mqtt.ClientOptions){brokertest.WithTLS(ca.ClientConfig(client))}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if !strings.HasPrefix(tc.url, tc.prefix) {
 				t.Errorf("URL: got %q, want prefix %q", tc.url, tc.prefix)
 			}
-			c := brokertest.Connect(t, tc.url, "rt-"+tc.name)
+			c := brokertest.Connect(t, tc.url, "rt-"+tc.name, tc.opts...)
 			msgs := brokertest.Subscribe(t, c, "rt/"+tc.name+"/#", 1)
 			brokertest.Publish(t, c, "rt/"+tc.name+"/a", 1, []byte("one"))
 			brokertest.PublishRetained(t, c, "rt/"+tc.name+"/b", 0, []byte("two"))
@@ -47,8 +51,33 @@ func TestRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	if got := b.Stats().Retained; got != 2 {
-		t.Errorf("Stats.Retained: got %d, want 2", got)
+	if got := b.Stats().Retained; got != 3 {
+		t.Errorf("Stats.Retained: got %d, want 3", got)
+	}
+}
+
+// TestTryConnect: a refused connection is an error, not a test failure.
+func TestTryConnect(t *testing.T) {
+	ca := brokertest.NewCA(t, "try CA")
+	b := brokertest.New(t, broker.Config{TLSConfig: ca.ServerConfig(t, true)})
+	tests := []struct {
+		name    string
+		opts    []func(*mqtt.ClientOptions)
+		wantErr bool
+	}{
+		{"valid certificate", []func(*mqtt.ClientOptions){brokertest.WithTLS(ca.ClientConfig(ca.Issue(t, brokertest.CertOptions{CommonName: "try"})))}, false},
+		{"no certificate", []func(*mqtt.ClientOptions){brokertest.WithTLS(ca.ClientConfig())}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := brokertest.TryConnect(t, brokertest.TLSURL(b), "try", tc.opts...)
+			if gotErr := err != nil; gotErr != tc.wantErr {
+				t.Fatalf("TryConnect: got error %v, want error %t", err, tc.wantErr)
+			}
+			if err == nil && !c.IsConnected() {
+				t.Errorf("TryConnect: got a client not connected, want connected")
+			}
+		})
 	}
 }
 

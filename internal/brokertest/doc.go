@@ -4,6 +4,9 @@
 //
 // New starts a broker on 127.0.0.1 with random ports and closes it when the
 // test ends; Connect, Subscribe, Next and Publish drive paho clients against
-// it and fail the test on timeouts or errors. Main adds a goroutine-leak
+// it and fail the test on timeouts or errors (TryConnect returns the error
+// instead). NewCA creates a throwaway certificate authority that issues
+// server and client certificates, in memory and as PEM files, for TLS and
+// mutual-TLS tests (TLSURL, WithTLS). Main adds a goroutine-leak
 // check to a package's TestMain. Use it only from tests.
 package brokertest
