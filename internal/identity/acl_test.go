@@ -1,0 +1,149 @@
+package identity_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
+)
+
+func TestAllow(t *testing.T) {
+	devA := identity.Principal{Role: identity.RoleDevice, Name: "A", Device: "A"}
+	op := identity.Principal{Role: identity.RoleOperator, Name: "admin"}
+	integ := identity.Principal{Role: identity.RoleIntegrator, Name: "dash"}
+	const pub, sub = true, false
+	tests := []struct {
+		name  string
+		p     identity.Principal
+		topic string
+		write bool
+		want  bool
+	}{
+		// Device: publish only its own requests.
+		{"device publishes own update", devA, "state/A/update", pub, true},
+		{"device publishes own get", devA, "state/A/get", pub, true},
+		{"device publishes own delete", devA, "state/A/delete", pub, true},
+		{"device publishes B's update", devA, "state/B/update", pub, false},
+		{"device publishes own accepted", devA, "state/A/update/accepted", pub, false},
+		{"device publishes own rejected", devA, "state/A/update/rejected", pub, false},
+		{"device publishes own delta", devA, "state/A/update/delta", pub, false},
+		{"device publishes own documents", devA, "state/A/update/documents", pub, false},
+		{"device publishes own presence", devA, "state/A/presence", pub, false},
+		{"device publishes rollouts", devA, "rollouts/r1", pub, false},
+		{"device publishes firmware", devA, "firmware/A/x", pub, false},
+		{"device publishes other topic", devA, "telemetry/A", pub, false},
+		{"device publishes wildcard", devA, "state/A/+", pub, false},
+		{"device publishes with prefix ID", devA, "state/AB/update", pub, false},
+		// Device: subscribe only under its own subtrees.
+		{"device subscribes own subtree", devA, "state/A/#", sub, true},
+		{"device subscribes own delta", devA, "state/A/update/delta", sub, true},
+		{"device subscribes own +", devA, "state/A/update/+", sub, true},
+		{"device subscribes own get responses", devA, "state/A/get/+", sub, true},
+		{"device subscribes own firmware", devA, "firmware/A/#", sub, true},
+		{"device subscribes B's subtree", devA, "state/B/#", sub, false},
+		{"device subscribes B's delta", devA, "state/B/update/delta", sub, false},
+		{"device subscribes all devices", devA, "state/+/update/delta", sub, false},
+		{"device subscribes state/#", devA, "state/#", sub, false},
+		{"device subscribes #", devA, "#", sub, false},
+		{"device subscribes own parent", devA, "state/A", sub, false},
+		{"device subscribes B's firmware", devA, "firmware/B/#", sub, false},
+		{"device subscribes rollouts", devA, "rollouts/#", sub, false},
+		{"device subscribes $SYS", devA, "$SYS/#", sub, false},
+		{"device shared subscription", devA, "$share/g/state/A/#", sub, false},
+		{"device malformed wildcard", devA, "state/A/upd#", sub, false},
+		{"device # not last", devA, "state/A/#/x", sub, false},
+		{"device without ID", identity.Principal{Role: identity.RoleDevice, Name: "A"}, "state/A/update", pub, false},
+		// Operator: requests for any device, read everything.
+		{"operator publishes any update", op, "state/B/update", pub, true},
+		{"operator publishes any get", op, "state/C/get", pub, true},
+		{"operator publishes accepted", op, "state/B/update/accepted", pub, false},
+		{"operator publishes delta", op, "state/B/update/delta", pub, false},
+		{"operator publishes presence", op, "state/B/presence", pub, false},
+		{"operator publishes rollouts", op, "rollouts/r1", pub, false},
+		{"operator publishes invalid ID", op, "state/a b/update", pub, false},
+		{"operator publishes wildcard", op, "state/+/update", pub, false},
+		{"operator subscribes #", op, "#", sub, true},
+		{"operator subscribes all deltas", op, "state/+/update/delta", sub, true},
+		{"operator subscribes $SYS", op, "$SYS/#", sub, true},
+		{"operator malformed filter", op, "state/+x", sub, false},
+		// Integrator: read-only, a fixed set of feeds.
+		{"integrator subscribes accepted", integ, "state/+/update/accepted", sub, true},
+		{"integrator subscribes documents", integ, "state/+/update/documents", sub, true},
+		{"integrator subscribes delta", integ, "state/+/update/delta", sub, true},
+		{"integrator subscribes presence", integ, "state/+/presence", sub, true},
+		{"integrator subscribes rollouts", integ, "rollouts/#", sub, true},
+		{"integrator subscribes one rollout", integ, "rollouts/r1/status", sub, true},
+		{"integrator receives accepted", integ, "state/dev-1/update/accepted", sub, true},
+		{"integrator subscribes rejected", integ, "state/+/update/rejected", sub, false},
+		{"integrator subscribes update/+", integ, "state/+/update/+", sub, false},
+		{"integrator subscribes update/#", integ, "state/+/update/#", sub, false},
+		{"integrator subscribes #", integ, "#", sub, false},
+		{"integrator subscribes requests", integ, "state/+/update", sub, false},
+		{"integrator subscribes firmware", integ, "firmware/#", sub, false},
+		{"integrator publishes update", integ, "state/A/update", pub, false},
+		{"integrator publishes rollouts", integ, "rollouts/r1", pub, false},
+		// Edge cases.
+		{"unknown role", identity.Principal{Role: "root"}, "#", sub, false},
+		{"empty topic", op, "", sub, false},
+		{"over-long topic", op, "state/" + strings.Repeat("x", 70000), sub, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := identity.Allow(tc.p, tc.topic, tc.write); got != tc.want {
+				t.Errorf("Allow(%s %q, %q, write=%t) = %t, want %t", tc.p.Role, tc.p.Name, clipTopic(tc.topic), tc.write, got, tc.want)
+			}
+		})
+	}
+}
+
+func clipTopic(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+func TestPrincipalCan(t *testing.T) {
+	devA := identity.Principal{Role: identity.RoleDevice, Name: "A", Device: "A"}
+	op := identity.Principal{Role: identity.RoleOperator, Name: "admin"}
+	integ := identity.Principal{Role: identity.RoleIntegrator, Name: "dash"}
+	tests := []struct {
+		p                   identity.Principal
+		id                  device.ID
+		wantRead, wantWrite bool
+	}{
+		{devA, "A", true, true},
+		{devA, "B", false, false},
+		{op, "B", true, true},
+		{integ, "B", true, false},
+		{identity.Principal{Role: "root"}, "B", false, false},
+	}
+	for _, tc := range tests {
+		if got := tc.p.CanReadDevice(tc.id); got != tc.wantRead {
+			t.Errorf("%s.CanReadDevice(%s) = %t, want %t", tc.p.Role, tc.id, got, tc.wantRead)
+		}
+		if got := tc.p.CanWriteDevice(tc.id); got != tc.wantWrite {
+			t.Errorf("%s.CanWriteDevice(%s) = %t, want %t", tc.p.Role, tc.id, got, tc.wantWrite)
+		}
+	}
+}
+
+func TestParseRole(t *testing.T) {
+	tests := []struct {
+		in      string
+		wantErr bool
+	}{
+		{"operator", false},
+		{"integrator", false},
+		{"device", true},
+		{"", true},
+		{"Operator", true},
+	}
+	for _, tc := range tests {
+		r, err := identity.ParseRole(tc.in)
+		if (err != nil) != tc.wantErr || err == nil && string(r) != tc.in {
+			t.Errorf("ParseRole(%q) = %q, %v; want error %t", tc.in, r, err, tc.wantErr)
+		}
+	}
+}

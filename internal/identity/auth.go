@@ -1,0 +1,196 @@
+package identity
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// anonymousName is the broker.Identity name of every client in anonymous
+// mode. It holds a character token names cannot, so it names no token.
+const anonymousName = "*anonymous*"
+
+// Authenticate implements broker.Authenticator.
+//
+// With a password, the user name (or, if empty, the client ID) names a
+// device or a token and the password must be its secret. A device must
+// connect with its device ID as client ID; a token must not use an enrolled
+// device's ID as client ID (it would take over the device's session).
+//
+// Without a password, the connection must carry a client certificate that
+// the TLS listener verified (Credentials.TLS with VerifiedChains) whose
+// subject common name is an enrolled device ID equal to the client ID; an
+// unverified certificate is refused.
+//
+// In anonymous mode every client is accepted as an operator. Errors wrap
+// ErrUnauthenticated (or ErrClosed) and say why, for the broker's log.
+func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
+	if s.closed.Load() {
+		return broker.Identity{}, ErrClosed
+	}
+	if s.cfg.Anonymous {
+		return broker.Identity{ClientID: c.ClientID, Name: anonymousName}, nil
+	}
+	if len(c.Password) == 0 {
+		return s.authenticateCert(ctx, c)
+	}
+	user := c.Username
+	if user == "" {
+		user = c.ClientID
+	}
+	var p Principal
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var err error
+		p, err = s.verifyTx(tx, user, c.Password)
+		if err != nil {
+			return err
+		}
+		if p.Role == RoleDevice {
+			if c.ClientID != string(p.Device) {
+				return fmt.Errorf("%w: device %s connected with client id %q", ErrUnauthenticated, p.Device, clip(c.ClientID))
+			}
+		} else if tx.Bucket(bucketDevices).Get([]byte(c.ClientID)) != nil {
+			return fmt.Errorf("%w: token %s uses client id %q of an enrolled device", ErrUnauthenticated, p.Name, c.ClientID)
+		}
+		return nil
+	})
+	if err != nil {
+		return broker.Identity{}, err
+	}
+	return identityOf(p, c.ClientID), nil
+}
+
+// authenticateCert authenticates a device by its verified client
+// certificate.
+func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
+	if c.TLS == nil || len(c.TLS.PeerCertificates) == 0 {
+		return broker.Identity{}, fmt.Errorf("%w: no password and no client certificate", ErrUnauthenticated)
+	}
+	if len(c.TLS.VerifiedChains) == 0 || len(c.TLS.VerifiedChains[0]) == 0 {
+		return broker.Identity{}, fmt.Errorf("%w: client certificate not verified", ErrUnauthenticated)
+	}
+	cn := c.TLS.VerifiedChains[0][0].Subject.CommonName
+	id, err := device.ParseID(cn)
+	if err != nil {
+		return broker.Identity{}, fmt.Errorf("%w: client certificate common name: %w", ErrUnauthenticated, err)
+	}
+	if c.ClientID != cn || c.Username != "" && c.Username != cn {
+		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with client id %q", ErrUnauthenticated, id, clip(c.ClientID))
+	}
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketDevices).Get([]byte(id)) == nil {
+			return fmt.Errorf("%w: certificate for unknown device %s", ErrUnauthenticated, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return broker.Identity{}, err
+	}
+	return identityOf(Principal{Role: RoleDevice, Name: cn, Device: id}, c.ClientID), nil
+}
+
+// identityOf encodes p as a broker.Identity: a device by its Device field,
+// a token by the name "<role>:<name>".
+func identityOf(p Principal, clientID string) broker.Identity {
+	if p.Role == RoleDevice {
+		return broker.Identity{ClientID: clientID, Name: p.Name, Device: p.Device}
+	}
+	return broker.Identity{ClientID: clientID, Name: string(p.Role) + ":" + p.Name}
+}
+
+// PrincipalOf decodes an identity returned by Authenticate. ok is false for
+// an identity Authenticate cannot have returned. In anonymous mode every
+// identity is an operator.
+func (s *Store) PrincipalOf(id broker.Identity) (p Principal, ok bool) {
+	if s.cfg.Anonymous {
+		return Principal{Role: RoleOperator, Name: id.Name}, true
+	}
+	if id.Device != "" {
+		return Principal{Role: RoleDevice, Name: string(id.Device), Device: id.Device}, true
+	}
+	role, name, found := strings.Cut(id.Name, ":")
+	if !found {
+		return Principal{}, false
+	}
+	if _, err := ParseRole(role); err != nil {
+		return Principal{}, false
+	}
+	return Principal{Role: Role(role), Name: name}, true
+}
+
+// Allow implements broker.Authenticator: it applies the package-level Allow
+// to id's principal, and refuses everything to a principal removed or
+// revoked since the store was opened. Every refusal is counted in Denied.
+func (s *Store) Allow(id broker.Identity, topic string, write bool) bool {
+	p, ok := s.PrincipalOf(id)
+	ok = ok && !s.isRevoked(revokeKey(p.Role, p.Name)) && Allow(p, topic, write)
+	if !ok {
+		s.denied.Add(1)
+	}
+	return ok
+}
+
+// Denied returns the number of publishes and subscriptions Allow refused
+// since Open.
+func (s *Store) Denied() uint64 { return s.denied.Load() }
+
+// Verify checks that secret is the secret of the device or token name and
+// returns who that is. It fails with an error wrapping ErrUnauthenticated
+// for an unknown name or a wrong secret, and ErrClosed after Close.
+func (s *Store) Verify(ctx context.Context, name string, secret []byte) (Principal, error) {
+	var p Principal
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var err error
+		p, err = s.verifyTx(tx, name, secret)
+		return err
+	})
+	return p, err
+}
+
+// VerifyBearer is Verify for an HTTP bearer token "name:secret" (the
+// content of admin.token). Secrets hold no ':', so the name may.
+func (s *Store) VerifyBearer(ctx context.Context, token string) (Principal, error) {
+	i := strings.LastIndexByte(token, ':')
+	if i < 0 {
+		return Principal{}, fmt.Errorf("%w: token is not name:secret", ErrUnauthenticated)
+	}
+	return s.Verify(ctx, token[:i], []byte(token[i+1:]))
+}
+
+// verifyTx is Verify inside a read transaction.
+func (s *Store) verifyTx(tx *bolt.Tx, name string, secret []byte) (Principal, error) {
+	if len(name) == 0 || len(name) > device.MaxIDLen || len(secret) > maxSecretLen {
+		return Principal{}, fmt.Errorf("%w: malformed user name or secret", ErrUnauthenticated)
+	}
+	if v := tx.Bucket(bucketDevices).Get([]byte(name)); v != nil {
+		var rec deviceRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return Principal{}, fmt.Errorf("identity: decode device %q: %w", name, err)
+		}
+		if !checkSecret(s.key, RoleDevice, name, secret, rec.MAC) {
+			return Principal{}, fmt.Errorf("%w: wrong secret for device %s", ErrUnauthenticated, name)
+		}
+		return Principal{Role: RoleDevice, Name: name, Device: device.ID(name)}, nil
+	}
+	if v := tx.Bucket(bucketTokens).Get([]byte(name)); v != nil {
+		var rec tokenRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return Principal{}, fmt.Errorf("identity: decode token %q: %w", name, err)
+		}
+		if !checkSecret(s.key, rec.Role, name, secret, rec.MAC) {
+			return Principal{}, fmt.Errorf("%w: wrong secret for token %s", ErrUnauthenticated, name)
+		}
+		return Principal{Role: rec.Role, Name: name}, nil
+	}
+	// Spend the same work as for a known name.
+	secretMAC(s.key, RoleDevice, name, secret)
+	return Principal{}, fmt.Errorf("%w: unknown device or token %q", ErrUnauthenticated, clip(name))
+}
+
+var _ broker.Authenticator = (*Store)(nil)

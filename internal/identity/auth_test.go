@@ -1,0 +1,184 @@
+package identity_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
+)
+
+// tlsState returns the server's view of a handshake in which the client
+// presented a certificate for id; verified selects a server that checks
+// the chain against the fleet CA or one that accepts any certificate.
+func tlsState(t *testing.T, p *pki, id device.ID, verified bool) *tls.ConnectionState {
+	t.Helper()
+	caFile := filepath.Join(p.dir, identity.CACertFile)
+	srv, err := identity.ServerTLSConfig(p.serverCert, p.srvKey, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !verified {
+		srv.ClientAuth = tls.RequireAnyClientCert
+	}
+	certFile, keyFile := p.deviceFiles(t, id, time.Hour)
+	cli, err := identity.ClientTLSConfig(caFile, certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := handshake(t, srv, cli)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	return st
+}
+
+func TestAuthenticate(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	sec1 := mustAddDevice(t, s, "dev-1")
+	sec2 := mustAddDevice(t, s, "dev-2")
+	gone := mustAddDevice(t, s, "gone")
+	if err := s.RemoveDevice(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
+	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
+	oldSec := mustCreateToken(t, s, identity.RoleOperator, "old")
+	if err := s.RevokeToken(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	p := newPKI(t)
+	verified := tlsState(t, p, "dev-1", true)
+	unverified := tlsState(t, p, "dev-1", false)
+	unknownCert := tlsState(t, p, "ghost", true)
+
+	tests := []struct {
+		name string
+		c    broker.Credentials
+		want broker.Identity // zero: refused
+	}{
+		{"device secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec1)},
+			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
+		{"device secret without user name", broker.Credentials{ClientID: "dev-2", Password: []byte(sec2)},
+			broker.Identity{ClientID: "dev-2", Name: "dev-2", Device: "dev-2"}},
+		{"wrong secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec2)}, broker.Identity{}},
+		{"unknown device", broker.Credentials{ClientID: "dev-9", Username: "dev-9", Password: []byte(sec1)}, broker.Identity{}},
+		{"removed device", broker.Credentials{ClientID: "gone", Username: "gone", Password: []byte(gone)}, broker.Identity{}},
+		{"client id mismatch", broker.Credentials{ClientID: "dev-2", Username: "dev-1", Password: []byte(sec1)}, broker.Identity{}},
+		{"over-long password", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: make([]byte, 1000)}, broker.Identity{}},
+		{"operator token", broker.Credentials{ClientID: "cli-1", Username: "ops", Password: []byte(opSec)},
+			broker.Identity{ClientID: "cli-1", Name: "operator:ops"}},
+		{"integrator token", broker.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(intSec)},
+			broker.Identity{ClientID: "dash-1", Name: "integrator:dash"}},
+		{"token taking a device's client id", broker.Credentials{ClientID: "dev-1", Username: "ops", Password: []byte(opSec)}, broker.Identity{}},
+		{"revoked token", broker.Credentials{ClientID: "cli-1", Username: "old", Password: []byte(oldSec)}, broker.Identity{}},
+		{"no credentials", broker.Credentials{ClientID: "dev-1"}, broker.Identity{}},
+		{"verified certificate", broker.Credentials{ClientID: "dev-1", TLS: verified},
+			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
+		{"verified certificate, other client id", broker.Credentials{ClientID: "dev-2", TLS: verified}, broker.Identity{}},
+		{"verified certificate, other user name", broker.Credentials{ClientID: "dev-1", Username: "dev-2", TLS: verified}, broker.Identity{}},
+		{"unverified certificate", broker.Credentials{ClientID: "dev-1", TLS: unverified}, broker.Identity{}},
+		{"certificate of unknown device", broker.Credentials{ClientID: "ghost", TLS: unknownCert}, broker.Identity{}},
+		{"TLS without certificate", broker.Credentials{ClientID: "dev-1", TLS: &tls.ConnectionState{}}, broker.Identity{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := s.Authenticate(ctx, tc.c)
+			if tc.want == (broker.Identity{}) {
+				if !errors.Is(err, identity.ErrUnauthenticated) {
+					t.Errorf("Authenticate: got %+v, %v; want ErrUnauthenticated", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("Authenticate: got %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestStoreAllow(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	sec := mustAddDevice(t, s, "dev-1")
+	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
+	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := s.Authenticate(ctx, broker.Credentials{ClientID: "cli", Username: "ops", Password: []byte(opSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := broker.Identity{ClientID: "x", Name: "root:x"}
+
+	steps := []struct {
+		name   string
+		id     broker.Identity
+		topic  string
+		write  bool
+		want   bool
+		action func() error
+	}{
+		{name: "device own update", id: dev, topic: "state/dev-1/update", write: true, want: true},
+		{name: "device foreign update", id: dev, topic: "state/dev-2/update", write: true},
+		{name: "operator reads all", id: op, topic: "state/+/update/accepted", want: true},
+		{name: "forged identity", id: forged, topic: "#"},
+		{name: "no role", id: broker.Identity{Name: "ops"}, topic: "#"},
+		{name: "removed device loses rights", id: dev, topic: "state/dev-1/update", write: true,
+			action: func() error { return s.RemoveDevice(ctx, "dev-1") }},
+		{name: "revoked token loses rights", id: op, topic: "#",
+			action: func() error { return s.RevokeToken(ctx, "ops") }},
+		{name: "re-added device regains rights", id: dev, topic: "state/dev-1/get", write: true, want: true,
+			action: func() error { _, err := s.AddDevice(ctx, "dev-1", nil); return err }},
+	}
+	var wantDenied uint64
+	for _, st := range steps {
+		if st.action != nil {
+			if err := st.action(); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+		}
+		if got := s.Allow(st.id, st.topic, st.write); got != st.want {
+			t.Errorf("%s: Allow(%+v, %q, %t) = %t, want %t", st.name, st.id, st.topic, st.write, got, st.want)
+		}
+		if !st.want {
+			wantDenied++
+		}
+		if got := s.Denied(); got != wantDenied {
+			t.Errorf("%s: Denied() = %d, want %d", st.name, got, wantDenied)
+		}
+	}
+}
+
+func TestAnonymous(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{Anonymous: true})
+	id, err := s.Authenticate(ctx, broker.Credentials{ClientID: "anyone"})
+	if err != nil {
+		t.Fatalf("Authenticate(anonymous): %v", err)
+	}
+	p, ok := s.PrincipalOf(id)
+	if !ok || p.Role != identity.RoleOperator {
+		t.Errorf("PrincipalOf(anonymous) = %+v, %t; want an operator", p, ok)
+	}
+	tests := []struct {
+		topic string
+		write bool
+		want  bool
+	}{
+		{"state/dev-1/update", true, true},
+		{"#", false, true},
+		{"state/dev-1/update/accepted", true, false},
+	}
+	for _, tc := range tests {
+		if got := s.Allow(id, tc.topic, tc.write); got != tc.want {
+			t.Errorf("Allow(anonymous, %q, %t) = %t, want %t", tc.topic, tc.write, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package identity
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// deviceRecord is a device as stored in the devices bucket.
+type deviceRecord struct {
+	MAC       []byte            `json:"mac"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"createdAt"`
+	RotatedAt time.Time         `json:"rotatedAt,omitzero"`
+}
+
+// tokenRecord is a token as stored in the tokens bucket.
+type tokenRecord struct {
+	Role      Role      `json:"role"`
+	MAC       []byte    `json:"mac"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Device describes an enrolled device. It never holds the secret. The JSON
+// form is the one umbra device list --json and GET /v1/devices may use.
+type Device struct {
+	ID        device.ID         `json:"id"`
+	Labels    map[string]string `json:"labels,omitempty"` // nil when there are none
+	CreatedAt time.Time         `json:"createdAt"`
+	RotatedAt time.Time         `json:"rotatedAt,omitzero"` // zero if the secret was never rotated
+	// Presence is the device's last known connection state; the zero
+	// value if it never connected.
+	Presence Presence `json:"presence"`
+}
+
+// AddDevice enrolls id with labels and returns its secret, which is not
+// stored and cannot be shown again. It fails with ErrInvalidLabel for bad
+// labels, ErrExists when id is already a device or a token name, and
+// ErrClosed after Close.
+func (s *Store) AddDevice(ctx context.Context, id device.ID, labels map[string]string) (string, error) {
+	if _, err := device.ParseID(string(id)); err != nil {
+		return "", fmt.Errorf("add device: %w: %w", ErrInvalidName, err)
+	}
+	if err := ValidateLabels(labels); err != nil {
+		return "", fmt.Errorf("add device %s: %w", id, err)
+	}
+	secret := newSecret()
+	rec := deviceRecord{
+		MAC:       secretMAC(s.key, RoleDevice, string(id), []byte(secret)),
+		Labels:    cloneLabels(labels),
+		CreatedAt: s.cfg.Now().UTC(),
+	}
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		if err := nameFree(tx, string(id)); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bucketDevices), string(id), rec)
+	})
+	if err != nil {
+		return "", fmt.Errorf("add device %s: %w", id, err)
+	}
+	s.setRevoked(revokeKey(RoleDevice, string(id)), false)
+	s.log.Info("device added", "device", id)
+	return secret, nil
+}
+
+// RotateDevice replaces id's secret with a fresh one and returns it. The
+// old secret stops working for new connections at once. It fails with
+// ErrNotFound for an unknown device.
+func (s *Store) RotateDevice(ctx context.Context, id device.ID) (string, error) {
+	secret := newSecret()
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		var rec deviceRecord
+		if err := getJSON(b, string(id), &rec); err != nil {
+			return err
+		}
+		rec.MAC = secretMAC(s.key, RoleDevice, string(id), []byte(secret))
+		rec.RotatedAt = s.cfg.Now().UTC()
+		return putJSON(b, string(id), rec)
+	})
+	if err != nil {
+		return "", fmt.Errorf("rotate device %s: %w", id, err)
+	}
+	s.log.Info("device secret rotated", "device", id)
+	return secret, nil
+}
+
+// RemoveDevice deletes id and its presence. Its connected sessions lose all
+// rights at once (Allow refuses them); new connections are refused. It
+// fails with ErrNotFound for an unknown device.
+func (s *Store) RemoveDevice(ctx context.Context, id device.ID) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		if b.Get([]byte(id)) == nil {
+			return ErrNotFound
+		}
+		if err := b.Delete([]byte(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPresence).Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("remove device %s: %w", id, err)
+	}
+	s.setRevoked(revokeKey(RoleDevice, string(id)), true)
+	s.presenceMu.Lock()
+	delete(s.presence, string(id))
+	delete(s.dirty, string(id))
+	s.presenceMu.Unlock()
+	s.log.Info("device removed", "device", id)
+	return nil
+}
+
+// GetDevice returns id with its labels and presence. It fails with
+// ErrNotFound for an unknown device.
+func (s *Store) GetDevice(ctx context.Context, id device.ID) (Device, error) {
+	var rec deviceRecord
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketDevices), string(id), &rec)
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("get device %s: %w", id, err)
+	}
+	d := rec.device(id)
+	d.Presence, _ = s.Presence(id)
+	return d, nil
+}
+
+// ListDevices returns every enrolled device in ID order, with labels and
+// presence.
+func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
+	var list []Device
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var rec deviceRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode device %q: %w", k, err)
+			}
+			list = append(list, rec.device(device.ID(k)))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	s.presenceMu.Lock()
+	for i := range list {
+		if e := s.presence[string(list[i].ID)]; e != nil {
+			list[i].Presence = e.Presence
+		}
+	}
+	s.presenceMu.Unlock()
+	return list, nil
+}
+
+func (r deviceRecord) device(id device.ID) Device {
+	return Device{ID: id, Labels: cloneLabels(r.Labels), CreatedAt: r.CreatedAt, RotatedAt: r.RotatedAt}
+}
+
+// nameFree fails with ErrExists if name is a device or a token.
+func nameFree(tx *bolt.Tx, name string) error {
+	if tx.Bucket(bucketDevices).Get([]byte(name)) != nil {
+		return fmt.Errorf("%w: %q is a device", ErrExists, name)
+	}
+	if tx.Bucket(bucketTokens).Get([]byte(name)) != nil {
+		return fmt.Errorf("%w: %q is a token", ErrExists, name)
+	}
+	return nil
+}
+
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), data)
+}
+
+// getJSON decodes key's value into v; ErrNotFound if absent.
+func getJSON(b *bolt.Bucket, key string, v any) error {
+	data := b.Get([]byte(key))
+	if data == nil {
+		return ErrNotFound
+	}
+	return json.Unmarshal(data, v)
+}
