@@ -1,0 +1,42 @@
+// Package metrics exposes Umbra's Prometheus metrics on /metrics.
+//
+// # Model
+//
+// A Metrics owns its own prometheus.Registry (never the global default
+// registry, so tests and several servers in one process do not collide).
+// Event-driven figures are pushed by the components through plain methods
+// with no Prometheus types in their signatures, so the shadow engine and
+// rollout never import client_golang:
+//
+//   - ObserveShadow(op, code, d): one shadow request and its latency (the
+//     shape of shadow.Config.Observe);
+//   - ObserveCommit(d, n): one bbolt commit of n documents (the shape of
+//     shadow.Config.CommitObserved);
+//   - SetRolloutDevices(rollout, state, n): devices of a rollout per state.
+//
+// Counters that components already keep are read at scrape time through
+// small interfaces declared here: RegisterBroker takes a func returning
+// BrokerStats, RegisterFirmware anything with BytesServed() int64.
+//
+// # Exposed series
+//
+//	umbra_devices_connected                     gauge   MQTT clients connected now
+//	umbra_broker_messages_received_total        counter PUBLISHes received
+//	umbra_broker_messages_sent_total            counter PUBLISHes written to clients
+//	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, denied
+//	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted)
+//	umbra_shadow_request_duration_seconds{op}   histogram request latency
+//	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency
+//	umbra_shadow_commit_batch_documents         histogram documents per commit
+//	umbra_firmware_bytes_served_total           counter image bytes written to downloaders
+//	umbra_rollout_devices{rollout,state}        gauge   devices per rollout state
+//
+// plus the standard go_* and process_* collectors.
+//
+// # Concurrency
+//
+// Every method is safe for concurrent use. Observe methods are cheap (a
+// few atomic operations) and may be called on hot paths. Register methods
+// panic if called twice for the same source, like prometheus.MustRegister:
+// wiring mistakes surface at start-up.
+package metrics

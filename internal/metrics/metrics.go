@@ -1,0 +1,177 @@
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// namespace prefixes every Umbra series.
+const namespace = "umbra"
+
+// Histogram buckets. Latencies run from 0.5 ms to about 2 s; batch sizes
+// from 1 to 4096 documents.
+var (
+	latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 13)
+	batchBuckets   = prometheus.ExponentialBuckets(1, 2, 13)
+)
+
+// BrokerStats is what the metrics read from the MQTT broker at scrape
+// time. Counters only grow; ClientsConnected is a current value.
+type BrokerStats struct {
+	ClientsConnected int64 // clients connected now
+	MessagesReceived int64 // PUBLISHes received
+	MessagesSent     int64 // PUBLISHes written to clients
+	MessagesDropped  int64 // dropped because a client's outbound queue was full
+	InflightDropped  int64 // QoS 1 messages dropped because a session's inflight store was full
+	PublishesDenied  int64 // PUBLISHes refused by authorisation
+}
+
+// FirmwareSource is what the metrics read from the firmware store at
+// scrape time. *firmware.Store satisfies it.
+type FirmwareSource interface {
+	BytesServed() int64
+}
+
+// Metrics is Umbra's Prometheus registry and the metrics pushed into it.
+// Create it with New.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	shadowRequests *prometheus.CounterVec   // op, code
+	shadowLatency  *prometheus.HistogramVec // op
+	commitLatency  prometheus.Histogram
+	commitBatch    prometheus.Histogram
+	rollout        *prometheus.GaugeVec // rollout, state
+}
+
+// New returns a Metrics with its own registry holding the shadow, commit
+// and rollout metrics and the Go runtime and process collectors. Broker
+// and firmware figures appear once RegisterBroker and RegisterFirmware are
+// called.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		shadowRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "shadow", Name: "requests_total",
+			Help: "Shadow requests by operation and result code (200 = accepted).",
+		}, []string{"op", "code"}),
+		shadowLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "shadow", Name: "request_duration_seconds",
+			Help:    "Shadow request latency, from receipt to the response being published.",
+			Buckets: latencyBuckets,
+		}, []string{"op"}),
+		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "shadow", Name: "commit_duration_seconds",
+			Help:    "Duration of one bbolt commit (including fsync) of the shadow database.",
+			Buckets: latencyBuckets,
+		}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "shadow", Name: "commit_batch_documents",
+			Help:    "Documents written by one bbolt commit of the shadow database.",
+			Buckets: batchBuckets,
+		}),
+		rollout: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "rollout", Name: "devices",
+			Help: "Devices of a rollout by state.",
+		}, []string{"rollout", "state"}),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout,
+	)
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format; mount
+// it on GET /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry returns the underlying registry, for tests and for components
+// that bring their own collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// ObserveShadow records one shadow request: its operation ("update",
+// "get", "delete"), result code (200 for accepted, otherwise the rejection
+// code) and latency. Its shape matches shadow.Config.Observe once op is
+// converted to a string.
+func (m *Metrics) ObserveShadow(op string, code int, d time.Duration) {
+	m.shadowRequests.WithLabelValues(op, strconv.Itoa(code)).Inc()
+	m.shadowLatency.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// ObserveCommit records one bbolt commit of n documents that took d. Its
+// signature is that of shadow.Config.CommitObserved.
+func (m *Metrics) ObserveCommit(d time.Duration, n int) {
+	m.commitLatency.Observe(d.Seconds())
+	m.commitBatch.Observe(float64(n))
+}
+
+// SetRolloutDevices sets how many devices of rollout are in state.
+func (m *Metrics) SetRolloutDevices(rollout, state string, n int) {
+	m.rollout.WithLabelValues(rollout, state).Set(float64(n))
+}
+
+// DeleteRollout removes every series of rollout (when it is deleted or
+// finished and no longer worth reporting).
+func (m *Metrics) DeleteRollout(rollout string) {
+	m.rollout.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
+}
+
+// RegisterBroker exposes the broker's counters, read by calling stats at
+// every scrape; stats must be cheap and safe for concurrent use. It
+// panics if called twice.
+func (m *Metrics) RegisterBroker(stats func() BrokerStats) {
+	m.reg.MustRegister(&brokerCollector{stats: stats})
+}
+
+// RegisterFirmware exposes the bytes of firmware images served, read from
+// src at every scrape. It panics if called twice.
+func (m *Metrics) RegisterFirmware(src FirmwareSource) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "firmware", Name: "bytes_served_total",
+		Help: "Firmware image bytes written to downloading devices.",
+	}, func() float64 { return float64(src.BytesServed()) }))
+}
+
+// brokerCollector reads one BrokerStats snapshot per scrape, so the
+// series of one scrape are consistent with each other.
+type brokerCollector struct {
+	stats func() BrokerStats
+}
+
+var (
+	descConnected = prometheus.NewDesc(namespace+"_devices_connected",
+		"MQTT clients (devices and operators) connected now.", nil, nil)
+	descReceived = prometheus.NewDesc(namespace+"_broker_messages_received_total",
+		"PUBLISH packets received by the broker.", nil, nil)
+	descSent = prometheus.NewDesc(namespace+"_broker_messages_sent_total",
+		"PUBLISH packets written to clients by the broker.", nil, nil)
+	descDropped = prometheus.NewDesc(namespace+"_broker_messages_dropped_total",
+		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's QoS 1 inflight store), denied (refused by authorisation).",
+		[]string{"reason"}, nil)
+)
+
+func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descConnected
+	ch <- descReceived
+	ch <- descSent
+	ch <- descDropped
+}
+
+func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(s.ClientsConnected))
+	ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(s.MessagesReceived))
+	ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(s.MessagesSent))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.MessagesDropped), "queue_full")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.InflightDropped), "inflight_full")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.PublishesDenied), "denied")
+}
