@@ -1,0 +1,85 @@
+// Package rollout is Umbra's firmware rollout planner: it writes a firmware
+// command into the desired state of one batch of devices at a time, watches
+// what the devices report, advances when a batch has succeeded, halts by
+// itself when failures pass a threshold, times out silent devices, retries
+// transient failures, and survives restarts and crashes.
+//
+// # Model
+//
+// A Rollout installs one firmware version on a frozen, ordered list of
+// targets (Spec.Devices, de-duplicated; the order is recorded and is the
+// notification order). The targets are split into Batches when the rollout
+// is created (planBatches): an optional canary (FirstBatch), then batches of
+// BatchSize or BatchPercent of the targets, growing by Ramp after each
+// batch up to MaxBatchSize (at most MaxBatches batches). MaxInFlight caps
+// the devices notified and not finished at once. A Dynamic rollout takes
+// more targets while active (AddDevices, e.g. devices enrolled later that
+// match its selector), appended as further batches.
+//
+// A rollout moves created → running ⇄ paused → succeeded | failed | aborted.
+// Every transition is idempotent and appended to the rollout's event log
+// with its time and reason (Events). The next batch starts when the
+// current one reaches SuccessThreshold percent of succeeded devices (≥,
+// leaving out already-installed and canceled ones; default 100); the next
+// batch may start while stragglers of the current one still run. When the
+// failed and timed-out devices exceed FailurePercent of the finished ones
+// (>), or reach FailureCount, and at least MinSample devices finished, the
+// rollout applies OnFailure: pause (default), abort, or abort with rollback.
+// A batch that finished below the success threshold does the same (the last
+// batch makes the rollout failed). Resume overrides both once. Pause stops
+// new notifications only: notified devices continue and still time out.
+//
+// Each target moves pending → notified → downloading → installing →
+// succeeded | failed | timed_out | canceled | already-installed (and
+// rolled_back after a rollback), driven by its reported firmware
+// (firmware.Report). Succeeded means the device reports state updated with
+// the target version running — not merely downloaded or installed. A device
+// is notified with job "<rollout>/<attempt>" (Job) and reports of another
+// job are ignored. A device silent for DeviceTimeout (default 30m; every
+// progress report restarts it) times out. Failed (retryable) and timed-out
+// devices are notified again up to Retries times after RetryBackoff
+// (doubling per attempt); a failure reported with retryable false is final.
+// A device already reporting the target version when its turn comes is
+// already-installed and skipped. Abort cancels pending devices and clears
+// the desired firmware of in-flight ones; a rollback writes each moved
+// device's previous version (recorded when it was notified) back as
+// desired. Retry starts a new rollout over the failed and timed-out
+// devices of a finished one. A device is in at most one active rollout:
+// Create refuses a conflict with a *ConflictError naming the other rollout.
+//
+// # Decisions
+//
+// The decisions are pure functions of the rollout, its device records and
+// the time: Observe applies one report to one device record, Step returns
+// the rollout's next Actions and Apply does their bookkeeping. They are
+// tested with tables and an injected clock.
+//
+// # Runner and persistence
+//
+// Open starts one goroutine that runs a pass every Config.Tick and sooner
+// when Notify reports a changed shadow (wire shadow.Config.OnChange to it).
+// There is no goroutine or timer per device: Notify adds the ID to a
+// bounded set (overflow triggers a rescan of every in-flight device) and
+// the pass re-reads only in-flight devices (all of them every
+// Config.Rescan, so a lost hint costs latency, not correctness). A pass
+// observes reports, steps every rollout, commits all record changes in one
+// bbolt transaction, and only then writes shadows. Config.OnEvent receives
+// every committed event (the seam for MQTT progress topics).
+//
+// State lives in its own bbolt file (Config.Path, rollout.db): rollout
+// metadata, the target list, one 12-byte record per device that left
+// pending, the event log, the errors of failed devices, and intents. Crash
+// safety: the intent "notify device X, attempt k, with this exact command
+// (job J)" is committed before the shadow is written and removed after; on
+// Open undelivered intents are re-issued with the same command and token,
+// so a crash at any point neither skips nor repeats an attempt, and the
+// attempt number only moves forward. In memory the planner keeps, per
+// target of an unsettled rollout, its ID and a 16-byte record.
+//
+// # Concurrency and errors
+//
+// A Planner is safe for concurrent use. Its pass holds the planner's lock,
+// so API calls wait at most one pass (bounded by Config.NotifyPerPass
+// shadow writes). Errors wrap ErrInvalid, ErrNotFound, ErrConflict
+// (*ConflictError), ErrState and ErrClosed.
+package rollout

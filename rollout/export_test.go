@@ -1,0 +1,4 @@
+package rollout
+
+// PlanBatches exposes planBatches to the black-box tests.
+var PlanBatches = planBatches

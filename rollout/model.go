@@ -1,0 +1,366 @@
+package rollout
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// Defaults and limits of a Policy.
+const (
+	DefaultSuccessThreshold = 100.0
+	DefaultDeviceTimeout    = 30 * time.Minute
+	DefaultRetryBackoff     = 30 * time.Second
+	DefaultURLTTL           = time.Hour
+	MaxRetries              = 10
+	MaxRetryBackoff         = time.Hour
+	MaxTargets              = 1_000_000
+	MaxBatches              = 1000
+	MinDeviceTimeout        = time.Second
+	MaxDeviceTimeout        = 7 * 24 * time.Hour
+)
+
+// State is a rollout's state:
+//
+//	created → running ⇄ paused → succeeded | failed | aborted
+type State string
+
+// The rollout states.
+const (
+	StateCreated   State = "created"
+	StateRunning   State = "running"
+	StatePaused    State = "paused"
+	StateSucceeded State = "succeeded"
+	StateFailed    State = "failed"
+	StateAborted   State = "aborted"
+)
+
+// Active reports whether s holds its devices (created, running or paused):
+// a device is in at most one active rollout.
+func (s State) Active() bool {
+	return s == StateCreated || s == StateRunning || s == StatePaused
+}
+
+// FailureAction is what a rollout does when its failure threshold trips or
+// a finished batch misses the success threshold.
+type FailureAction string
+
+// The failure actions.
+const (
+	OnFailurePause    FailureAction = "pause"
+	OnFailureAbort    FailureAction = "abort"
+	OnFailureRollback FailureAction = "rollback"
+)
+
+// DeviceState is one target device's state in a rollout:
+//
+//	pending → notified → downloading → installing →
+//	    succeeded | failed | timed_out | canceled | already-installed
+//
+// plus rolled_back for a succeeded device whose previous version was
+// written back by a rollback. A pending device with Attempt > 0 is waiting
+// for its retry backoff to pass.
+type DeviceState uint8
+
+// The device states. The numeric values are persisted: never reorder.
+const (
+	DevicePending DeviceState = iota
+	DeviceNotified
+	DeviceDownloading
+	DeviceInstalling
+	DeviceSucceeded
+	DeviceFailed
+	DeviceTimedOut
+	DeviceCanceled
+	DeviceAlreadyInstalled
+	DeviceRolledBack
+	numDeviceStates
+)
+
+var deviceStateNames = [numDeviceStates]string{
+	"pending", "notified", "downloading", "installing", "succeeded",
+	"failed", "timed_out", "canceled", "already-installed", "rolled_back",
+}
+
+// String returns the state's name, e.g. "timed_out".
+func (s DeviceState) String() string {
+	if s < numDeviceStates {
+		return deviceStateNames[s]
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText encodes s as its name.
+func (s DeviceState) MarshalText() ([]byte, error) {
+	if s >= numDeviceStates {
+		return nil, fmt.Errorf("%w: device state %d", ErrInvalid, s)
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText decodes a name produced by MarshalText.
+func (s *DeviceState) UnmarshalText(b []byte) error {
+	v, err := ParseDeviceState(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// ParseDeviceState returns the state named name. The error wraps
+// ErrInvalid.
+func ParseDeviceState(name string) (DeviceState, error) {
+	for i, n := range deviceStateNames {
+		if n == name {
+			return DeviceState(i), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unknown device state %q", ErrInvalid, name)
+}
+
+// InFlight reports whether the device has been notified and not finished.
+func (s DeviceState) InFlight() bool {
+	return s == DeviceNotified || s == DeviceDownloading || s == DeviceInstalling
+}
+
+// Terminal reports whether the device is done with this rollout.
+func (s DeviceState) Terminal() bool { return s >= DeviceSucceeded && s < numDeviceStates }
+
+// Failure reports whether s counts against the failure threshold.
+func (s DeviceState) Failure() bool { return s == DeviceFailed || s == DeviceTimedOut }
+
+// skipped reports whether s is left out of success ratios.
+func (s DeviceState) skipped() bool { return s == DeviceAlreadyInstalled || s == DeviceCanceled }
+
+// Device is the compact per-device record of a rollout (12 bytes on disk).
+type Device struct {
+	State   DeviceState
+	Attempt uint8  // attempts notified so far; the job of attempt k is Job(id, k)
+	From    uint16 // 1 + index into Rollout.Versions of the version it ran before; 0 unknown
+	// At is a unix-nanosecond time: for an in-flight device its last
+	// progress (the timeout counts from it), for a pending device with
+	// Attempt > 0 the earliest time of its retry, otherwise when it reached
+	// its state.
+	At int64
+}
+
+// Batch is one batch of a rollout: targets [Start, Start+Size).
+type Batch struct {
+	Start int `json:"start"`
+	Size  int `json:"size"`
+}
+
+// Policy is how a rollout proceeds. Zero values mean the documented
+// defaults.
+type Policy struct {
+	// BatchSize or BatchPercent (of the targets, rounded up) sizes the
+	// batches; neither means one batch of every target.
+	BatchSize    int     `json:"batch_size,omitempty"`
+	BatchPercent float64 `json:"batch_percent,omitempty"`
+	// FirstBatch, when set, is the size of a canary batch before the others.
+	FirstBatch int `json:"first_batch,omitempty"`
+	// Ramp, when > 1, multiplies the batch size after each batch (2 doubles
+	// it), up to MaxBatchSize when set.
+	Ramp         float64 `json:"ramp,omitempty"`
+	MaxBatchSize int     `json:"max_batch_size,omitempty"`
+	// MaxInFlight caps the devices notified and not yet finished at once; 0
+	// means the whole batch.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+	// SuccessThreshold is the percentage of a batch's devices (leaving out
+	// already-installed and canceled ones) that must succeed before the
+	// next batch starts (≥). Default 100.
+	SuccessThreshold float64 `json:"success_threshold,omitempty"`
+	// FailurePercent trips the failure action when failed and timed-out
+	// devices exceed this percentage of the finished ones (>); FailureCount
+	// when at least this many failed. Zero disables either. Neither is
+	// evaluated before MinSample devices finished.
+	FailurePercent float64 `json:"failure_percent,omitempty"`
+	FailureCount   int     `json:"failure_count,omitempty"`
+	MinSample      int     `json:"min_sample,omitempty"`
+	// OnFailure is pause (default), abort or rollback.
+	OnFailure FailureAction `json:"on_failure,omitempty"`
+	// DeviceTimeout is how long a notified device may stay silent (no
+	// progress) before it times out. Default 30m.
+	DeviceTimeout time.Duration `json:"device_timeout,omitempty"`
+	// Retries is how many times a failed (retryable) or timed-out device is
+	// notified again, after RetryBackoff doubled per attempt (capped at
+	// MaxRetryBackoff). Default 0 retries, 30s backoff.
+	Retries      int           `json:"retries,omitempty"`
+	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+	// URLTTL is the lifetime of the download URLs in the commands. Default 1h.
+	URLTTL time.Duration `json:"url_ttl,omitempty"`
+	// Dynamic records that devices enrolled later may be added.
+	Dynamic bool `json:"dynamic,omitempty"`
+}
+
+func (p *Policy) setDefaults() {
+	if p.SuccessThreshold == 0 {
+		p.SuccessThreshold = DefaultSuccessThreshold
+	}
+	if p.OnFailure == "" {
+		p.OnFailure = OnFailurePause
+	}
+	if p.DeviceTimeout == 0 {
+		p.DeviceTimeout = DefaultDeviceTimeout
+	}
+	if p.RetryBackoff == 0 {
+		p.RetryBackoff = DefaultRetryBackoff
+	}
+	if p.URLTTL == 0 {
+		p.URLTTL = DefaultURLTTL
+	}
+}
+
+// Validate checks p after defaults; the error wraps ErrInvalid.
+func (p Policy) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...)
+	}
+	pct := func(v float64) bool { return v >= 0 && v <= 100 && !math.IsNaN(v) }
+	switch {
+	case p.BatchSize < 0 || p.FirstBatch < 0 || p.MaxBatchSize < 0 || p.MaxInFlight < 0 || p.MinSample < 0 || p.FailureCount < 0:
+		return bad("batch size, first batch, max batch size, max in flight, min sample and failure count must not be negative")
+	case p.BatchSize > 0 && p.BatchPercent > 0:
+		return bad("give batch size or batch percent, not both")
+	case !pct(p.BatchPercent):
+		return bad("batch percent %v not in [0, 100]", p.BatchPercent)
+	case p.Ramp != 0 && (p.Ramp < 1 || p.Ramp > 10 || math.IsNaN(p.Ramp)):
+		return bad("ramp %v not in [1, 10]", p.Ramp)
+	case !pct(p.SuccessThreshold) || p.SuccessThreshold == 0:
+		return bad("success threshold %v not in (0, 100]", p.SuccessThreshold)
+	case !pct(p.FailurePercent):
+		return bad("failure percent %v not in [0, 100]", p.FailurePercent)
+	case p.OnFailure != OnFailurePause && p.OnFailure != OnFailureAbort && p.OnFailure != OnFailureRollback:
+		return bad("on failure %q: want pause, abort or rollback", p.OnFailure)
+	case p.DeviceTimeout < MinDeviceTimeout || p.DeviceTimeout > MaxDeviceTimeout:
+		return bad("device timeout %s not in [%s, %s]", p.DeviceTimeout, MinDeviceTimeout, MaxDeviceTimeout)
+	case p.Retries < 0 || p.Retries > MaxRetries:
+		return bad("retries %d not in [0, %d]", p.Retries, MaxRetries)
+	case p.RetryBackoff < 0 || p.RetryBackoff > MaxRetryBackoff:
+		return bad("retry backoff %s not in [0, %s]", p.RetryBackoff, MaxRetryBackoff)
+	case p.URLTTL < time.Second:
+		return bad("url ttl %s below 1s", p.URLTTL)
+	}
+	return nil
+}
+
+// Spec is a request to create a rollout.
+type Spec struct {
+	Firmware firmware.Version `json:"firmware"`
+	// Devices are the targets in rollout order (the caller resolves label
+	// selectors and --all into IDs, sorted for a deterministic order).
+	// Duplicates are dropped; the list is frozen at creation.
+	Devices []device.ID `json:"devices"`
+	Policy
+}
+
+// Validate checks s (after defaults are applied to its Policy); the error
+// wraps ErrInvalid.
+func (s Spec) Validate() error {
+	if _, err := firmware.ParseVersion(string(s.Firmware)); err != nil {
+		return fmt.Errorf("%w: firmware: %w", ErrInvalid, err)
+	}
+	if len(s.Devices) == 0 {
+		return fmt.Errorf("%w: no target devices", ErrInvalid)
+	}
+	if len(s.Devices) > MaxTargets {
+		return fmt.Errorf("%w: %d targets, at most %d", ErrInvalid, len(s.Devices), MaxTargets)
+	}
+	for _, id := range s.Devices {
+		if _, err := device.ParseID(string(id)); err != nil {
+			return fmt.Errorf("%w: target: %w", ErrInvalid, err)
+		}
+	}
+	p := s.Policy
+	p.setDefaults()
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if n := len(planBatches(len(s.Devices), p)); n > MaxBatches {
+		return fmt.Errorf("%w: %d batches, at most %d: use larger batches", ErrInvalid, n, MaxBatches)
+	}
+	return nil
+}
+
+// Rollout is a rollout's persisted description and progress (without its
+// target list; see Planner.Devices).
+type Rollout struct {
+	ID       string           `json:"id"`
+	Firmware firmware.Version `json:"firmware"`
+	State    State            `json:"state"`
+	Reason   string           `json:"reason,omitempty"` // why it reached State
+	Policy   Policy           `json:"policy"`
+	Targets  int              `json:"targets"`
+	Batches  []Batch          `json:"batches"`
+	Started  int              `json:"batches_started"` // batches started so far
+	Created  time.Time        `json:"created"`
+	Updated  time.Time        `json:"updated"`
+	RetryOf  string           `json:"retry_of,omitempty"` // the rollout this one retries
+	// Versions interns the versions devices ran before this rollout
+	// (Device.From indexes it from 1).
+	Versions []string `json:"versions,omitempty"`
+	// Forced is set by Resume to the number of batches started then: that
+	// batch may advance although it missed the success threshold.
+	Forced int `json:"forced,omitempty"`
+	// FailBase is the failure count at the last Resume: the failure
+	// threshold trips again only on a new failure.
+	FailBase int `json:"fail_base,omitempty"`
+	// Rollback asks for the previous version to be written back to the
+	// devices that moved.
+	Rollback bool `json:"rollback,omitempty"`
+	// Settled is set once a finished rollout has no work left.
+	Settled bool `json:"settled,omitempty"`
+}
+
+// Job returns the job string of attempt k of rollout id, echoed back by
+// devices in reported.firmware.job.
+func Job(id string, attempt int) string { return id + "/" + strconv.Itoa(attempt) }
+
+// planBatches splits n targets into batches as p says.
+func planBatches(n int, p Policy) []Batch {
+	base := n
+	switch {
+	case p.BatchSize > 0:
+		base = p.BatchSize
+	case p.BatchPercent > 0:
+		base = int(math.Ceil(float64(n) * p.BatchPercent / 100))
+	}
+	base = max(base, 1)
+	var out []Batch
+	start := 0
+	take := func(size int) {
+		size = min(size, n-start)
+		out = append(out, Batch{Start: start, Size: size})
+		start += size
+	}
+	if p.FirstBatch > 0 {
+		take(p.FirstBatch)
+	}
+	size := base
+	for start < n {
+		take(size)
+		if p.Ramp > 1 {
+			next := int(math.Ceil(float64(size) * p.Ramp))
+			if p.MaxBatchSize > 0 {
+				next = min(next, p.MaxBatchSize)
+			}
+			size = max(next, size)
+			size = min(size, n) // no overflow on long ramps
+		}
+	}
+	return out
+}
+
+// backoff returns the wait before attempt+1 after attempt failed.
+func backoff(p Policy, attempt int) time.Duration {
+	d := p.RetryBackoff
+	for i := 1; i < attempt && d < MaxRetryBackoff; i++ {
+		d *= 2
+	}
+	return min(d, MaxRetryBackoff)
+}

@@ -1,0 +1,433 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/umbra-iot/umbra/firmware"
+)
+
+// writes collects one pass's changes for a single bbolt transaction.
+type writes struct {
+	metas   []*run
+	devs    []devWrite
+	errs    []errWrite
+	events  []evWrite
+	intents []devIntent
+	deleted []devIntent // intents delivered
+}
+
+type devWrite struct {
+	ru *run
+	i  int
+}
+
+type errWrite struct {
+	ru  *run
+	i   int
+	msg string
+}
+
+type evWrite struct {
+	ru *run
+	ev Event
+}
+
+type devIntent struct {
+	ru  *run
+	i   int
+	raw []byte
+}
+
+func (w *writes) empty() bool {
+	return len(w.metas)+len(w.devs)+len(w.errs)+len(w.events)+len(w.intents)+len(w.deleted) == 0
+}
+
+func (w *writes) meta(ru *run) {
+	if !slices.Contains(w.metas, ru) {
+		w.metas = append(w.metas, ru)
+	}
+}
+
+func (p *Planner) commit(w *writes) error {
+	if w.empty() {
+		return nil
+	}
+	var evs []evWrite
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		evs = evs[:0]
+		bucket := func(ru *run) *bolt.Bucket { return tx.Bucket(bucketRollouts).Bucket([]byte(ru.r.ID)) }
+		for _, ru := range w.metas {
+			if err := putMeta(bucket(ru), &ru.r); err != nil {
+				return err
+			}
+		}
+		for _, d := range w.devs {
+			if err := bucket(d.ru).Bucket(bucketDev).Put(indexKey(d.i), encodeDevice(d.ru.devs[d.i])); err != nil {
+				return err
+			}
+		}
+		for _, e := range w.errs {
+			if err := bucket(e.ru).Bucket(bucketErr).Put(indexKey(e.i), []byte(e.msg)); err != nil {
+				return err
+			}
+		}
+		for _, e := range w.events {
+			ev, err := appendEvent(bucket(e.ru), e.ev)
+			if err != nil {
+				return err
+			}
+			evs = append(evs, evWrite{e.ru, ev})
+		}
+		for _, in := range w.intents {
+			if err := bucket(in.ru).Bucket(bucketIntent).Put(indexKey(in.i), in.raw); err != nil {
+				return err
+			}
+		}
+		for _, in := range w.deleted {
+			if err := bucket(in.ru).Bucket(bucketIntent).Delete(indexKey(in.i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range evs {
+		p.emit(e.ru.r.ID, e.ev)
+	}
+	return nil
+}
+
+// emit hands a committed event to Config.OnEvent.
+func (p *Planner) emit(id string, ev Event) {
+	if p.cfg.OnEvent != nil {
+		p.cfg.OnEvent(id, ev)
+	}
+}
+
+// setDevice records d for target i of ru, keeping the in-flight index and
+// the event log in step.
+func (p *Planner) setDevice(w *writes, ru *run, i int, d Device, reason string) {
+	old := ru.devs[i]
+	ru.devs[i] = d
+	w.devs = append(w.devs, devWrite{ru, i})
+	id := ru.targets[i]
+	if d.State.InFlight() {
+		p.inflight[id] = ref{ru, i}
+	} else if old.State.InFlight() {
+		delete(p.inflight, id)
+	}
+	if _, ok := ru.undelivered[i]; ok && !d.State.InFlight() {
+		// Never delivered (the shadow kept failing) and now moot.
+		delete(ru.undelivered, i)
+		w.deleted = append(w.deleted, devIntent{ru: ru, i: i})
+	}
+	switch {
+	case d.State.Failure():
+		w.events = append(w.events, evWrite{ru, Event{Time: p.cfg.Now(), Kind: EventDeviceFailed, Device: id, State: "", Reason: d.State.String() + ": " + reason}})
+	case d.State == DevicePending && d.Attempt > 0 && old.State != DevicePending:
+		w.events = append(w.events, evWrite{ru, Event{Time: p.cfg.Now(), Kind: EventRetry, Device: id, Reason: reason}})
+	}
+}
+
+// pass is one round of the planner: observe dirty devices, step every run,
+// persist, then write shadows. It reports whether another pass should
+// follow at once.
+func (p *Planner) pass(ctx context.Context) (more bool) {
+	ids, overflow := p.takeDirty()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	now := p.cfg.Now()
+	var w writes
+
+	// 1. Device reports.
+	var refs []ref
+	if overflow {
+		for _, rf := range p.inflight {
+			refs = append(refs, rf)
+		}
+	} else {
+		for _, id := range ids {
+			if rf, ok := p.inflight[id]; ok {
+				refs = append(refs, rf)
+			}
+		}
+	}
+	for _, rf := range refs {
+		id := rf.run.targets[rf.i]
+		rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id)
+		if err != nil {
+			p.log.Warn("read reported firmware", logKeyDevice, id, logKeyErr, err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		nd, msg := Observe(now, &rf.run.r, rf.run.devs[rf.i], rep)
+		if nd == rf.run.devs[rf.i] {
+			continue
+		}
+		p.setDevice(&w, rf.run, rf.i, nd, msg)
+		if msg != "" {
+			w.errs = append(w.errs, errWrite{rf.run, rf.i, truncate(msg, 512)})
+		}
+	}
+
+	// 2. Decisions.
+	runs := p.sortedRuns()
+	type io struct {
+		ru *run
+		a  Action
+	}
+	var later []io
+	notified := 0
+	for _, ru := range runs {
+		acts := Step(now, &ru.r, ru.devs)
+		if len(acts) == 0 && !ru.r.State.Active() && len(ru.undelivered) == 0 {
+			ru.r.Settled = true
+			w.meta(ru)
+			p.dropRun(ru)
+			continue
+		}
+		for _, a := range acts {
+			switch a.Kind {
+			case ActTransition:
+				before := ru.r.State
+				Apply(now, &ru.r, ru.devs, a)
+				if ru.r.State != before || a.Rollback {
+					w.meta(ru)
+					w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventState, State: ru.r.State, Reason: a.Reason}})
+					p.log.Info("rollout state", logKeyRollout, ru.r.ID, logKeyState, ru.r.State, logKeyReason, a.Reason)
+					more = true
+				}
+			case ActStartBatch:
+				Apply(now, &ru.r, ru.devs, a)
+				w.meta(ru)
+				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchStarted, Batch: a.Batch, Reason: a.Reason}})
+				more = true
+			case ActSetDevice:
+				p.setDevice(&w, ru, a.Index, a.Device, a.Reason)
+				if a.Device.State.Failure() || a.Device.State == DevicePending && a.Device.Attempt > 0 {
+					w.errs = append(w.errs, errWrite{ru, a.Index, a.Reason})
+				}
+			case ActNotify:
+				if notified >= p.cfg.NotifyPerPass || ru.r.State != StateRunning {
+					more = more || notified >= p.cfg.NotifyPerPass
+					continue
+				}
+				notified++
+				p.prepareNotify(ctx, &w, ru, a)
+			case ActCancel, ActRollback:
+				later = append(later, io{ru, a})
+			}
+		}
+	}
+	if err := p.commit(&w); err != nil {
+		// Memory is ahead of disk now; writing shadows without the recorded
+		// intents would break crash safety, so no shadow is written.
+		p.log.Error("persist rollout state", logKeyErr, err)
+		return false
+	}
+
+	// 3. Shadow writes, after the intents are durable.
+	w = writes{}
+	for _, ru := range runs {
+		if ru.r.State == StateAborted {
+			continue // the cancel below clears what was recorded
+		}
+		for _, i := range sortedKeys(ru.undelivered) {
+			raw := ru.undelivered[i]
+			var cmd map[string]any
+			if err := json.Unmarshal(raw, &cmd); err != nil {
+				p.log.Error("corrupt intent", logKeyRollout, ru.r.ID, logKeyErr, err)
+				delete(ru.undelivered, i)
+				continue
+			}
+			id := ru.targets[i]
+			job := Job(ru.r.ID, int(ru.devs[i].Attempt))
+			if ru.recovered[i] {
+				// Recorded before a crash: if the device already echoes the
+				// job, the write happened and is not repeated.
+				delete(ru.recovered, i)
+				if rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id); err == nil && ok && rep.Job == job {
+					delete(ru.undelivered, i)
+					w.deleted = append(w.deleted, devIntent{ru: ru, i: i})
+					continue
+				}
+			}
+			if err := p.cfg.Shadows.SetDesiredFirmware(ctx, id, cmd, job); err != nil {
+				p.log.Warn("write desired firmware", logKeyRollout, ru.r.ID, logKeyDevice, id, logKeyErr, err)
+				continue
+			}
+			delete(ru.undelivered, i)
+			w.deleted = append(w.deleted, devIntent{ru: ru, i: i})
+			// Re-read the device next pass even if its change hint is lost
+			// (say, a device that answered before Notify was wired).
+			p.Notify(id)
+		}
+	}
+	for _, l := range later {
+		p.runIO(ctx, &w, l.ru, l.a)
+	}
+	if err := p.commit(&w); err != nil {
+		p.log.Error("persist rollout state", logKeyErr, err)
+	}
+	return more
+}
+
+// prepareNotify turns a notify decision into a recorded intent, or into
+// already-installed when the device already runs the target version.
+func (p *Planner) prepareNotify(ctx context.Context, w *writes, ru *run, a Action) {
+	id := ru.targets[a.Index]
+	rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id)
+	if err != nil {
+		p.log.Warn("read reported firmware", logKeyDevice, id, logKeyErr, err)
+		return
+	}
+	d := a.Device
+	if ok && rep.Version == string(ru.r.Firmware) && (rep.State == "" || rep.State == firmware.StateUpdated) {
+		d.State = DeviceAlreadyInstalled
+		if a.Device.Attempt > 1 {
+			d.State = DeviceSucceeded // an earlier attempt got there late
+			d.Attempt--
+		}
+		p.setDevice(w, ru, a.Index, d, "")
+		return
+	}
+	if ok && rep.Version != "" && d.From == 0 {
+		d.From = ru.intern(rep.Version, w)
+	}
+	img, err := ru.image(ctx, p.cfg.Firmware)
+	if err != nil {
+		p.log.Error("firmware image", logKeyRollout, ru.r.ID, logKeyErr, err)
+		return
+	}
+	cmd := p.cfg.Firmware.Command(img, id, ru.r.Policy.URLTTL, a.Job).Desired()["firmware"]
+	raw, err := json.Marshal(cmd)
+	if err != nil {
+		p.log.Error("encode command", logKeyErr, err)
+		return
+	}
+	p.setDevice(w, ru, a.Index, d, "")
+	w.intents = append(w.intents, devIntent{ru, a.Index, raw})
+	ru.undelivered[a.Index] = raw
+}
+
+// runIO performs a cancel or rollback, then records it.
+func (p *Planner) runIO(ctx context.Context, w *writes, ru *run, a Action) {
+	id := ru.targets[a.Index]
+	var cmd map[string]any
+	token := ru.r.ID + "/cancel"
+	if a.Kind == ActRollback {
+		token = ru.r.ID + "/rollback"
+		v := firmware.Version(ru.r.Versions[a.Device.From-1])
+		img, err := p.cfg.Firmware.Get(ctx, v)
+		if err != nil {
+			if !errors.Is(err, firmware.ErrNotFound) {
+				p.log.Warn("rollback image", logKeyRollout, ru.r.ID, logKeyErr, err)
+				return
+			}
+			w.errs = append(w.errs, errWrite{ru, a.Index, fmt.Sprintf("rollback skipped: version %s not in the store", v)})
+		} else {
+			raw, err := json.Marshal(p.cfg.Firmware.Command(img, id, ru.r.Policy.URLTTL, token).Desired()["firmware"])
+			if err == nil {
+				err = json.Unmarshal(raw, &cmd)
+			}
+			if err != nil {
+				p.log.Error("encode command", logKeyErr, err)
+				return
+			}
+		}
+	}
+	if a.Kind == ActCancel || cmd != nil {
+		if err := p.cfg.Shadows.SetDesiredFirmware(ctx, id, cmd, token); err != nil {
+			p.log.Warn("write desired firmware", logKeyRollout, ru.r.ID, logKeyDevice, id, logKeyErr, err)
+			return
+		}
+	}
+	delete(ru.undelivered, a.Index)
+	w.deleted = append(w.deleted, devIntent{ru: ru, i: a.Index})
+	p.setDevice(w, ru, a.Index, a.Device, a.Reason)
+	if a.Kind == ActRollback {
+		w.events = append(w.events, evWrite{ru, Event{Time: p.cfg.Now(), Kind: EventRollback, Device: id, Reason: a.Reason}})
+	}
+}
+
+// intern returns the Device.From index of version v, adding it to the
+// rollout's version table.
+func (ru *run) intern(v string, w *writes) uint16 {
+	if i := slices.Index(ru.r.Versions, v); i >= 0 {
+		return uint16(i + 1)
+	}
+	if len(ru.r.Versions) >= 1<<16-1 {
+		return 0
+	}
+	ru.r.Versions = append(ru.r.Versions, v)
+	w.meta(ru)
+	return uint16(len(ru.r.Versions))
+}
+
+func (ru *run) image(ctx context.Context, fw Firmware) (firmware.Image, error) {
+	if ru.img != nil {
+		return *ru.img, nil
+	}
+	img, err := fw.Get(ctx, ru.r.Firmware)
+	if err != nil {
+		return firmware.Image{}, err
+	}
+	ru.img = &img
+	return img, nil
+}
+
+func (p *Planner) dropRun(ru *run) {
+	delete(p.runs, ru.r.ID)
+	for i, d := range ru.devs {
+		if d.State.InFlight() {
+			delete(p.inflight, ru.targets[i])
+		}
+	}
+}
+
+func (p *Planner) sortedRuns() []*run {
+	runs := make([]*run, 0, len(p.runs))
+	for _, ru := range p.runs {
+		runs = append(runs, ru)
+	}
+	slices.SortFunc(runs, func(a, b *run) int { return compareIDs(a.r.ID, b.r.ID) })
+	return runs
+}
+
+// compareIDs orders "r2" before "r10".
+func compareIDs(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	return strings.Compare(a, b)
+}
+
+func sortedKeys[V any](m map[int]V) []int {
+	keys := make([]int, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

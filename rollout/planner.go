@@ -1,0 +1,316 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+)
+
+// Shadows is the planner's access to device shadows (the lead adapts
+// *shadow.Engine to it).
+type Shadows interface {
+	// SetDesiredFirmware sets desired.firmware of id to cmd, the JSON
+	// object of a firmware.Command (firmware.Command.Desired()["firmware"]);
+	// nil clears it. token is a stable idempotency token (the job, or
+	// "<rollout>/cancel", "<rollout>/rollback"): the same (id, cmd, token)
+	// written twice has the effect of one write.
+	SetDesiredFirmware(ctx context.Context, id device.ID, cmd map[string]any, token string) error
+	// ReportedFirmware returns reported.firmware of id; false when the
+	// device has none (or no shadow).
+	ReportedFirmware(ctx context.Context, id device.ID) (firmware.Report, bool, error)
+}
+
+// Firmware is the planner's access to the firmware store (*firmware.Store
+// satisfies it).
+type Firmware interface {
+	Get(ctx context.Context, v firmware.Version) (firmware.Image, error)
+	Command(img firmware.Image, id device.ID, ttl time.Duration, job string) firmware.Command
+}
+
+// Defaults of Config.
+const (
+	DefaultTick          = time.Second
+	DefaultOpenTimeout   = time.Second
+	DefaultMaxDirty      = 1 << 16
+	DefaultNotifyPerPass = 1024
+	DefaultRescan        = time.Minute
+	MaxFailingListed     = 100
+)
+
+// Config configures a Planner. Zero values mean the documented defaults.
+type Config struct {
+	// Path is the bbolt file (rollout.db). Required.
+	Path string
+	// OpenTimeout bounds the wait for the file lock. Default 1s.
+	OpenTimeout time.Duration
+	// Shadows and Firmware are required.
+	Shadows  Shadows
+	Firmware Firmware
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives the planner's logs; nil discards them.
+	Logger *slog.Logger
+	// Tick is the period of the planner's pass (timeouts, retries, gates).
+	// Default 1s. Notify triggers a pass sooner.
+	Tick time.Duration
+	// MaxDirty bounds the set of devices Notify remembers between passes;
+	// beyond it the next pass rescans every in-flight device. Default 65536.
+	MaxDirty int
+	// NotifyPerPass bounds the shadow writes of one pass. Default 1024.
+	NotifyPerPass int
+	// OnEvent, when set, receives every event after it is committed (the
+	// feed for rollouts/<id>/events and status topics). It is called with
+	// the planner's lock held: it must not block or call the Planner.
+	OnEvent func(rolloutID string, ev Event)
+	// Rescan is how often every in-flight device's report is re-read,
+	// whatever Notify said, so that a lost hint costs latency only.
+	// Default 1m.
+	Rescan time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	switch {
+	case c.Path == "":
+		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
+	case c.Shadows == nil || c.Firmware == nil:
+		return fmt.Errorf("%w: Config.Shadows and Config.Firmware are required", ErrInvalid)
+	case c.Tick < 0 || c.MaxDirty < 0 || c.NotifyPerPass < 0 || c.OpenTimeout < 0 || c.Rescan < 0:
+		return fmt.Errorf("%w: negative Config value", ErrInvalid)
+	}
+	if c.OpenTimeout == 0 {
+		c.OpenTimeout = DefaultOpenTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Tick == 0 {
+		c.Tick = DefaultTick
+	}
+	if c.MaxDirty == 0 {
+		c.MaxDirty = DefaultMaxDirty
+	}
+	if c.NotifyPerPass == 0 {
+		c.NotifyPerPass = DefaultNotifyPerPass
+	}
+	if c.Rescan == 0 {
+		c.Rescan = DefaultRescan
+	}
+	return nil
+}
+
+const (
+	logKeyRollout = "rollout"
+	logKeyDevice  = "device"
+	logKeyErr     = "err"
+	logKeyState   = "state"
+	logKeyReason  = "reason"
+)
+
+// run is an unsettled rollout held in memory.
+type run struct {
+	r       Rollout
+	targets []device.ID
+	devs    []Device
+	// undelivered holds the commands recorded as intents and not yet
+	// written to the shadow, by target index.
+	undelivered map[int]json.RawMessage
+	recovered   map[int]bool    // undelivered intents loaded by Open
+	img         *firmware.Image // cached target image
+}
+
+type ref struct {
+	run *run
+	i   int
+}
+
+// Planner runs rollouts. It is safe for concurrent use.
+type Planner struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *bolt.DB
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{}
+	once   sync.Once
+
+	dirtyMu  sync.Mutex // guards dirty and overflow; never held with mu
+	dirty    map[device.ID]struct{}
+	overflow bool
+
+	// mu guards runs, inflight and closed. The loop holds it for a whole
+	// pass, shadow I/O included, so API calls wait at most one pass.
+	mu       sync.Mutex
+	runs     map[string]*run
+	inflight map[device.ID]ref
+	closed   bool
+}
+
+// Open opens (creating if needed) the rollout database at cfg.Path, reloads
+// every unsettled rollout and starts the planner's goroutine, which resumes
+// them: undelivered notifications are re-issued with their recorded command
+// and job, and every in-flight device's report is re-read.
+func Open(ctx context.Context, cfg Config) (*Planner, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg.Path, err)
+	}
+	p := &Planner{
+		cfg: cfg, log: cfg.Logger.With("component", "rollout"), db: db,
+		wake: make(chan struct{}, 1), dirty: map[device.ID]struct{}{}, overflow: true,
+		runs: map[string]*run{}, inflight: map[device.ID]ref{},
+	}
+	if err := initDB(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init %s: %w", cfg.Path, err)
+	}
+	if err := p.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("load %s: %w", cfg.Path, err)
+	}
+	p.ctx, p.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	p.wg.Go(p.loop)
+	return p, nil
+}
+
+func (p *Planner) load() error {
+	return p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRollouts).ForEachBucket(func(k []byte) error {
+			b := tx.Bucket(bucketRollouts).Bucket(k)
+			r, err := getMeta(b)
+			if err != nil || r.Settled {
+				return err
+			}
+			targets, devs, err := loadTargets(b, r.Targets)
+			if err != nil {
+				return fmt.Errorf("rollout %s: %w", r.ID, err)
+			}
+			ru := &run{r: r, targets: targets, devs: devs, undelivered: map[int]json.RawMessage{}, recovered: map[int]bool{}}
+			err = b.Bucket(bucketIntent).ForEach(func(k, v []byte) error {
+				i := int(beUint32(k))
+				if i >= len(targets) {
+					return fmt.Errorf("rollout %s: intent index %d out of range", r.ID, i)
+				}
+				ru.undelivered[i] = json.RawMessage(slices.Clone(v))
+				ru.recovered[i] = true
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			p.adopt(ru)
+			return nil
+		})
+	})
+}
+
+func beUint32(k []byte) uint32 {
+	if len(k) != 4 {
+		return 1<<32 - 1
+	}
+	return uint32(k[0])<<24 | uint32(k[1])<<16 | uint32(k[2])<<8 | uint32(k[3])
+}
+
+// adopt makes ru a live run. Caller holds mu (or is Open).
+func (p *Planner) adopt(ru *run) {
+	p.runs[ru.r.ID] = ru
+	for i, d := range ru.devs {
+		if d.State.InFlight() {
+			p.inflight[ru.targets[i]] = ref{ru, i}
+		}
+	}
+}
+
+// Close stops the planner's goroutine, waits for the pass in progress and
+// closes the database. It is idempotent; later calls of other methods
+// return ErrClosed.
+func (p *Planner) Close(ctx context.Context) error {
+	var err error
+	p.once.Do(func() {
+		p.cancel() // aborts the shadow I/O of a pass in progress
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.wg.Wait()
+		err = p.db.Close()
+	})
+	return err
+}
+
+// Notify tells the planner that device id's shadow changed. It never
+// blocks: ids are collected in a bounded set, and on overflow the next pass
+// rescans every in-flight device. Wire shadow.Config.OnChange to it.
+func (p *Planner) Notify(id device.ID) {
+	p.dirtyMu.Lock()
+	if len(p.dirty) < p.cfg.MaxDirty {
+		p.dirty[id] = struct{}{}
+	} else {
+		p.overflow = true
+	}
+	p.dirtyMu.Unlock()
+	p.poke()
+}
+
+func (p *Planner) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Planner) takeDirty() ([]device.ID, bool) {
+	p.dirtyMu.Lock()
+	defer p.dirtyMu.Unlock()
+	ids := make([]device.ID, 0, len(p.dirty))
+	for id := range p.dirty {
+		ids = append(ids, id)
+	}
+	clear(p.dirty)
+	o := p.overflow
+	p.overflow = false
+	return ids, o
+}
+
+func (p *Planner) loop() {
+	t := time.NewTicker(p.cfg.Tick)
+	defer t.Stop()
+	rescan := time.NewTicker(p.cfg.Rescan)
+	defer rescan.Stop()
+	for {
+		more := p.pass(p.ctx)
+		if p.ctx.Err() != nil {
+			return
+		}
+		if more {
+			continue
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		case <-p.wake:
+		case <-rescan.C:
+			p.dirtyMu.Lock()
+			p.overflow = true
+			p.dirtyMu.Unlock()
+		}
+	}
+}
