@@ -376,6 +376,23 @@ func (e *Engine) apiResult(op Op, start time.Time, b []byte, rerr *RequestError)
 	return b, nil
 }
 
+// Read returns id's current document for in-process consumers such as the
+// rollout planner: no rate limit, nothing published. It returns a
+// *RequestError wrapping ErrNotFound if the shadow does not exist.
+func (e *Engine) Read(ctx context.Context, id device.ID) (Document, error) {
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return Document{}, AsRequestError(ErrClosed, "")
+	}
+	doc, rerr := e.loadExisting(id, "")
+	if rerr != nil {
+		return Document{}, rerr
+	}
+	return doc, nil
+}
+
 // List returns up to limit shadows (1..1000, default 100) with IDs after the
 // cursor, and the cursor of the next page ("" when there is none).
 func (e *Engine) List(ctx context.Context, cursor string, limit int) ([]Summary, string, error) {
