@@ -57,7 +57,9 @@ func writeFile(t *testing.T, name, content string) string {
 }
 
 func TestShadowCommands(t *testing.T) {
-	srv := startServer(t)
+	// Real authentication: the CLI picks up the operator token from the
+	// server's data dir.
+	srv, _ := startSecureServer(t)
 	url := srv.mqttURL()
 	file := writeFile(t, "update.json", `{"state":{"desired":{"color":"blue"}}}`)
 	// Steps run in order on one shadow. want are fields of the JSON output;
@@ -98,6 +100,7 @@ func TestShadowCommands(t *testing.T) {
 		if !slices.Contains(args, "--server") {
 			args = append(args, "--server", url)
 		}
+		args = append(args, "--data-dir", srv.dataDir)
 		r := runCLI(t.Context(), s.stdin, args...)
 		if s.wantErr != nil {
 			oneLine(t, s.name, r.err, s.wantErr...)

@@ -28,13 +28,24 @@ func buildUmbra(t *testing.T) string {
 	return bin
 }
 
-var mqttAddrRe = regexp.MustCompile(`mqtt=(127\.0\.0\.1:\d+)`)
+var (
+	mqttAddrRe = regexp.MustCompile(`mqtt=(127\.0\.0\.1:\d+)`)
+	httpAddrRe = regexp.MustCompile(`http=(127\.0\.0\.1:\d+)`)
+)
 
 // startProcess runs `umbra serve` on dataDir with an ephemeral MQTT port and
 // returns the process and its MQTT URL once it logs that it is serving.
 func startProcess(t *testing.T, bin, dataDir string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", "")
+	cmd, mqttURL, _ := startServeProcess(t, bin, dataDir, "")
+	return cmd, mqttURL
+}
+
+// startServeProcess is startProcess with the HTTP API on httpAddr ("" to
+// disable it); it also returns the API's base URL ("" when disabled).
+func startServeProcess(t *testing.T, bin, dataDir, httpAddr string) (cmd *exec.Cmd, mqttURL, httpURL string) {
+	t.Helper()
+	cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", httpAddr, "--insecure-anonymous")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -43,30 +54,37 @@ func startProcess(t *testing.T, bin, dataDir string) (*exec.Cmd, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	found := make(chan string, 1)
+	found := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		var log strings.Builder
 		for sc.Scan() {
 			log.WriteString(sc.Text() + "\n")
 			if m := mqttAddrRe.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "umbra serving") {
-				found <- "tcp://" + m[1]
+				urls := [2]string{"tcp://" + m[1]}
+				if h := httpAddrRe.FindStringSubmatch(sc.Text()); h != nil {
+					urls[1] = "http://" + h[1]
+				}
+				found <- urls
 				io.Copy(io.Discard, stderr)
 				return
 			}
 		}
-		found <- "exited before serving:\n" + log.String()
+		found <- [2]string{"exited before serving:\n" + log.String()}
 	}()
 	select {
-	case url := <-found:
-		if !strings.HasPrefix(url, "tcp://") {
-			t.Fatalf("umbra serve %s", url)
+	case urls := <-found:
+		if !strings.HasPrefix(urls[0], "tcp://") {
+			t.Fatalf("umbra serve %s", urls[0])
 		}
-		return cmd, url
+		if httpAddr != "" && urls[1] == "" {
+			t.Fatal("umbra serve did not log its http address")
+		}
+		return cmd, urls[0], urls[1]
 	case <-time.After(20 * time.Second):
 		t.Fatal("umbra serve did not report it was serving within 20s")
 	}
-	return nil, ""
+	return nil, "", ""
 }
 
 // TestCrashDurability: an update that was answered with accepted survives a

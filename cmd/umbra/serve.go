@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,7 +19,9 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -40,6 +43,12 @@ type serveOptions struct {
 	signingKey   string
 	urlTTL       time.Duration
 	maxImageSize int64
+
+	insecureAnonymous bool
+	tlsAddr           string
+	tlsCert           string
+	tlsKey            string
+	clientCA          string
 }
 
 func newServeCmd() *cobra.Command {
@@ -50,7 +59,12 @@ func newServeCmd() *cobra.Command {
 		Long: `Run Umbra: an MQTT broker (TCP and WebSocket) with the device shadow engine
 on state/<id>/… topics, and the HTTP API. Data is kept in --data-dir.
 Stop with SIGINT or SIGTERM: listeners close, requests in progress finish,
-the database is closed.`,
+the database is closed.
+
+Every client must authenticate: on first start serve writes an operator token
+to <data-dir>/admin.token (mode 0600), which umbra commands on the same machine
+use automatically. Enroll devices with "umbra device add". Listeners may bind
+any address; --insecure-anonymous turns authentication off (loopback only).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
@@ -84,6 +98,11 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
 	f.Int64Var(&o.maxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
+	f.BoolVar(&o.insecureAnonymous, "insecure-anonymous", false, "accept every MQTT and HTTP client as an operator, without credentials (loopback listeners only; for tests and demos)")
+	f.StringVar(&o.tlsAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls-addr")
+	f.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM) for --tls-addr")
+	f.StringVar(&o.clientCA, "client-ca", "", "CA certificate(s) (PEM) that sign device client certificates: enables mTLS on --tls-addr (e.g. <data-dir>/ca/ca.crt from `umbra ca init`)")
 }
 
 // serveConfig is everything runServe needs, built from flags.
@@ -100,6 +119,9 @@ type serveConfig struct {
 	signingKey    string
 	urlTTL        time.Duration
 	maxImageSize  int64
+	anonymous     bool
+	tlsAddr       string
+	tlsConfig     *tls.Config // nil unless tlsAddr is set
 	log           *slog.Logger
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
@@ -110,13 +132,23 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.dataDir == "" {
 		return serveConfig{}, errors.New("--data-dir must not be empty")
 	}
-	for name, addr := range map[string]string{"--mqtt-addr": o.mqttAddr, "--ws-addr": o.wsAddr, "--http-addr": o.httpAddr} {
+	for name, addr := range map[string]string{"--mqtt-addr": o.mqttAddr, "--ws-addr": o.wsAddr, "--http-addr": o.httpAddr, "--tls-addr": o.tlsAddr} {
 		if addr == "" {
 			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return serveConfig{}, fmt.Errorf("%s %s: %w", name, addr, err)
+		}
+		if !o.insecureAnonymous {
+			continue // authentication is on: any interface may be used
 		}
 		if err := checkLoopback(addr); err != nil {
 			return serveConfig{}, fmt.Errorf("%s %s: %w", name, addr, err)
 		}
+	}
+	tlsConfig, err := o.tlsSettings()
+	if err != nil {
+		return serveConfig{}, err
 	}
 	if o.mqttAddr == "" && o.wsAddr == "" {
 		return serveConfig{}, errors.New("at least one of --mqtt-addr and --ws-addr is needed")
@@ -147,11 +179,34 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
 		shutdownGrace: o.shutdownGrace, log: log,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
+		anonymous: o.insecureAnonymous, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 	}, nil
 }
 
-// checkLoopback refuses listen addresses beyond loopback: until device
-// authentication exists, Umbra must not be reachable from the network.
+// tlsSettings validates the TLS flags and loads the listener's
+// configuration; nil when --tls-addr is not set.
+func (o *serveOptions) tlsSettings() (*tls.Config, error) {
+	if o.tlsAddr == "" {
+		if o.tlsCert != "" || o.tlsKey != "" || o.clientCA != "" {
+			return nil, errors.New("--tls-cert, --tls-key and --client-ca need --tls-addr")
+		}
+		return nil, nil
+	}
+	if o.tlsCert == "" || o.tlsKey == "" {
+		return nil, errors.New("--tls-addr needs --tls-cert and --tls-key")
+	}
+	if o.clientCA != "" && o.insecureAnonymous {
+		return nil, errors.New("--client-ca (mTLS) and --insecure-anonymous exclude each other")
+	}
+	c, err := identity.ServerTLSConfig(o.tlsCert, o.tlsKey, o.clientCA)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-addr: %w", err)
+	}
+	return c, nil
+}
+
+// checkLoopback refuses listen addresses beyond loopback: with
+// --insecure-anonymous, Umbra must not be reachable from the network.
 func checkLoopback(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -162,7 +217,7 @@ func checkLoopback(addr string) error {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return errors.New("only loopback addresses (127.0.0.0/8, ::1, localhost) may be used until authentication is enabled")
+		return errors.New("only loopback addresses (127.0.0.0/8, ::1, localhost) may be used with --insecure-anonymous")
 	}
 	return nil
 }
@@ -184,10 +239,12 @@ func newLogger(w interface{ Write([]byte) (int, error) }, format, level string) 
 
 // server is a running Umbra: every component, opened in dependency order.
 type server struct {
-	eng *shadow.Engine
-	brk *broker.Server
-	api *httpapi.Server // nil when --http-addr is ""
-	fw  *firmware.Store
+	dataDir string
+	eng     *shadow.Engine
+	ids     *identity.Store
+	brk     *broker.Server
+	api     *httpapi.Server // nil when --http-addr is ""
+	fw      *firmware.Store
 }
 
 // lazyHandler serves through a handler installed after the HTTP listener is
@@ -258,17 +315,60 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 	defer closeInto("shadow", eng)
 
-	brk, err := broker.Open(ctx, broker.Config{
-		TCPAddr:       cfg.mqttAddr,
-		WSAddr:        cfg.wsAddr,
-		MaxPacketSize: cfg.maxPacketSize,
-		Logger:        log,
-		OnSubscribe:   eng.HandleSubscribe,
+	ids, err := identity.Open(ctx, identity.Config{
+		Path:      filepath.Join(cfg.dataDir, "identity.db"),
+		Logger:    log,
+		Anonymous: cfg.anonymous,
 	})
 	if err != nil {
 		return err
 	}
-	defer closeInto("broker", brk) // runs before the engine closes
+	defer closeInto("identity", ids) // runs after the broker closed
+	adminToken := filepath.Join(cfg.dataDir, adminTokenFile)
+	created, err := ids.EnsureAdminToken(ctx, adminToken)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created the operator token; umbra commands on this machine use it automatically", "file", adminToken)
+	} else {
+		log.Info("operator token", "file", adminToken)
+	}
+	if cfg.anonymous {
+		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
+	}
+
+	// presence publishes a device's presence when the store applied the
+	// change (a replaced session's late disconnect is not applied).
+	presence := func(d device.ID) {
+		if err := pub.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
+			log.Warn("publish presence", "device", d, "err", err)
+		}
+	}
+	brk, err := broker.Open(ctx, broker.Config{
+		TCPAddr:       cfg.mqttAddr,
+		WSAddr:        cfg.wsAddr,
+		TLSAddr:       cfg.tlsAddr,
+		TLSConfig:     cfg.tlsConfig,
+		MaxPacketSize: cfg.maxPacketSize,
+		Logger:        log,
+		Auth:          ids,
+		OnSubscribe:   eng.HandleSubscribe,
+		OnConnect: func(ci broker.ConnInfo) {
+			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
+				presence(d)
+			}
+		},
+		OnDisconnect: func(ci broker.ConnInfo, err error) {
+			if d := ci.Identity.Device; d != "" && ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
+				presence(d)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer closeInto("broker", brk) // runs before the engine and the identity store close
 	pub.b.Store(brk)
 	for _, f := range shadow.RequestFilters {
 		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
@@ -276,15 +376,21 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 		}
 	}
 
-	srv := &server{eng: eng, brk: brk}
+	srv := &server{dataDir: cfg.dataDir, eng: eng, ids: ids, brk: brk}
 	fwHandler := &lazyHandler{}
 	baseURL := cfg.publicURL
 	if cfg.httpAddr != "" {
+		auth := httpapi.Authenticate(ids, cfg.anonymous)
+		mounts := httpapi.IdentityRoutes(ids, auth, log)
+		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
 		api, err := httpapi.Open(ctx, httpapi.Config{
-			Addr:   cfg.httpAddr,
-			Shadow: eng,
-			Logger: log,
-			Mounts: map[string]http.Handler{"GET /fw/{sha256}": fwHandler},
+			Addr:       cfg.httpAddr,
+			Shadow:     eng,
+			Logger:     log,
+			Mounts:     mounts,
+			Middleware: auth,
+			Presence:   ids.Presence,
+			// Firmware is installed below: the store needs the bound address.
 		})
 		if err != nil {
 			return err
@@ -310,6 +416,9 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	srv.fw = fw
 	var dl http.Handler = fw.DownloadHandler()
 	fwHandler.h.Store(&dl)
+	if srv.api != nil {
+		srv.api.SetFirmware(fw)
+	}
 
 	attrs := []any{"data_dir", cfg.dataDir}
 	if a := brk.Addr(); a != nil {
@@ -317,6 +426,9 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 	if a := brk.WSAddr(); a != nil {
 		attrs = append(attrs, "ws", a.String())
+	}
+	if a := brk.TLSAddr(); a != nil {
+		attrs = append(attrs, "tls", a.String())
 	}
 	if srv.api != nil {
 		attrs = append(attrs, "http", srv.api.Addr().String())
@@ -328,4 +440,29 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return nil
+}
+
+// adminTokenFile is the operator token's file in the data dir.
+const adminTokenFile = "admin.token"
+
+// disconnectReason is the presence reason for a broker disconnect error:
+// a short stable word, "" for a clean DISCONNECT.
+func disconnectReason(err error) string {
+	switch {
+	case err == nil:
+		return "" // clean DISCONNECT, as identity.Presence documents
+	case errors.Is(err, broker.ErrTakenOver):
+		return "taken_over"
+	case errors.Is(err, broker.ErrClosed):
+		return "server_shutdown"
+	case errors.Is(err, broker.ErrTooLarge):
+		return "packet_too_large"
+	case errors.Is(err, broker.ErrNotAuthorized):
+		return "not_authorized"
+	case errors.Is(err, broker.ErrProtocol):
+		return "protocol_error"
+	case errors.Is(err, broker.ErrConnectionLost):
+		return "connection_lost"
+	}
+	return "error"
 }

@@ -14,8 +14,16 @@ func TestServeFlagValidation(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"non-loopback mqtt", []string{"--mqtt-addr", "0.0.0.0:1883"}, "only loopback addresses"},
-		{"non-loopback http", []string{"--http-addr", "10.1.2.3:80"}, "only loopback addresses"},
+		{"non-loopback mqtt", []string{"--insecure-anonymous", "--mqtt-addr", "0.0.0.0:1883"}, "only loopback addresses"},
+		{"non-loopback http", []string{"--insecure-anonymous", "--http-addr", "10.1.2.3:80"}, "only loopback addresses"},
+		{"non-loopback tls", []string{"--insecure-anonymous", "--tls-addr", "0.0.0.0:8883", "--tls-cert", "c", "--tls-key", "k"}, "only loopback addresses"},
+		// With authentication on, any address may be used: this one passes
+		// validation and fails only to bind (TEST-NET-1 is not local).
+		{"non-loopback with auth", []string{"--mqtt-addr", "192.0.2.1:1883"}, "cannot assign requested address"},
+		{"tls without cert", []string{"--tls-addr", "127.0.0.1:0"}, "--tls-addr needs --tls-cert and --tls-key"},
+		{"cert without tls", []string{"--tls-cert", "c.pem"}, "need --tls-addr"},
+		{"tls cert missing", []string{"--tls-addr", "127.0.0.1:0", "--tls-cert", "nope.pem", "--tls-key", "nope.key"}, "--tls-addr:"},
+		{"mtls and anonymous", []string{"--insecure-anonymous", "--tls-addr", "127.0.0.1:0", "--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"}, "exclude each other"},
 		{"bad address", []string{"--ws-addr", "nonsense"}, "--ws-addr nonsense"},
 		{"no mqtt at all", []string{"--mqtt-addr", "", "--ws-addr", ""}, "at least one of --mqtt-addr and --ws-addr"},
 		{"log format", []string{"--log-format", "xml"}, `--log-format "xml"`},
@@ -47,6 +55,7 @@ func TestServeFlagValidation(t *testing.T) {
 
 func TestServeEnvironment(t *testing.T) {
 	t.Setenv("UMBRA_MQTT_ADDR", "192.0.2.1:1883")
+	t.Setenv("UMBRA_INSECURE_ANONYMOUS", "true") // beyond loopback is refused only without auth
 	root := newRootCmd()
 	root.SetArgs([]string{"serve", "--data-dir", t.TempDir()})
 	var out bytes.Buffer

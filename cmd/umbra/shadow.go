@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -28,12 +29,14 @@ type clientOptions struct {
 	server  string
 	timeout time.Duration
 	output  string
+	cred    credOptions
 }
 
 func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.server, "server", shadowclient.DefaultServer, "MQTT server URL: tcp://host:port or ws://host:port/mqtt")
 	fs.DurationVar(&o.timeout, "timeout", shadowclient.DefaultTimeout, "how long to wait to connect and for each answer")
 	fs.StringVarP(&o.output, "output", "o", "json", "output format: json (the server's JSON) or text (a short summary)")
+	o.cred.addFlags(fs)
 }
 
 // dial validates the options and connects; the client's warnings go to
@@ -45,8 +48,18 @@ func (o *clientOptions) dial(ctx context.Context, stderr io.Writer) (*shadowclie
 	if o.timeout <= 0 {
 		return nil, fmt.Errorf("--timeout %s: must be positive", o.timeout)
 	}
+	tok, err := o.cred.resolve()
+	if err != nil {
+		return nil, err
+	}
+	user, pass := splitToken(tok)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return shadowclient.Dial(ctx, shadowclient.Config{Server: o.server, Timeout: o.timeout, Logger: log})
+	c, err := shadowclient.Dial(ctx, shadowclient.Config{Server: o.server, Timeout: o.timeout, Logger: log, Username: user, Password: pass})
+	refused := errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword)
+	if refused && tok == "" {
+		err = fmt.Errorf("%w%s", err, noCredentialHint)
+	}
+	return c, err
 }
 
 // parseID validates a device ID argument.

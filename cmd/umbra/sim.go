@@ -1,11 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/sim"
 )
 
@@ -17,6 +22,8 @@ type simOptions struct {
 	installTime, offlineAfter, offlineFor                          time.Duration
 	failRate, offlineRate                                          float64
 	seed                                                           int64
+	enroll                                                         bool
+	enrollAPI                                                      apiOptions
 }
 
 func newSimCmd() *cobra.Command {
@@ -54,6 +61,11 @@ periodic fleet stats) until interrupted.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			creds, err := o.enrollment(cmd)
+			if err != nil {
+				return err
+			}
+			cfg.Credentials = creds
 			return sim.Run(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}
@@ -76,5 +88,52 @@ periodic fleet stats) until interrupted.`,
 	f.StringVar(&o.publicKey, "public-key", "", "fleet firmware signing public key: a file, or its base64/PEM value")
 	f.Int64Var(&o.seed, "seed", 1, "random seed (failures, jitter)")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	f.BoolVar(&o.enroll, "enroll", true, "enroll each device through the HTTP API (--api) and log in with its secret; on by default when an operator token is available (--token, UMBRA_TOKEN or <data-dir>/admin.token)")
+	o.enrollAPI.addFlags(f)
 	return cmd
+}
+
+// enrollment returns the sim.Config.Credentials hook that enrolls each
+// device on first use (POST /v1/devices, or a rotation if it is already
+// enrolled) and logs it in with its secret; nil when enrollment is off:
+// --enroll=false, --username given, or no operator token found and
+// --enroll not given explicitly.
+func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, string), error) {
+	explicit := cmd.Flags().Changed("enroll")
+	if !o.enroll || (o.username != "" && !explicit) {
+		return nil, nil
+	}
+	if o.username != "" {
+		return nil, errors.New("--enroll and --username exclude each other")
+	}
+	tok, err := o.enrollAPI.cred.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if tok == "" {
+		if explicit {
+			return nil, errors.New("--enroll needs an operator token: --token, UMBRA_TOKEN or --data-dir with admin.token")
+		}
+		return nil, nil
+	}
+	var mu sync.Mutex
+	secrets := map[device.ID]string{} // guarded by mu
+	return func(id device.ID) (string, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s, ok := secrets[id]; ok {
+			return string(id), s
+		}
+		var resp httpapi.SecretResponse
+		err := o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices", httpapi.EnrollRequest{ID: string(id)}, &resp)
+		if err != nil && errors.Is(err, errConflict) {
+			err = o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices/"+pathEscape(string(id))+"/rotate", nil, &resp)
+		}
+		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "enroll %s: %v\n", id, err)
+			return string(id), ""
+		}
+		secrets[id] = resp.Secret
+		return string(id), resp.Secret
+	}, nil
 }

@@ -10,9 +10,17 @@ import (
 )
 
 // startServer runs runServe on 127.0.0.1:0 ports with a t.TempDir() data
-// dir, waits until every listener is bound, and on cleanup cancels it and
-// checks that it returned without error.
+// dir and --insecure-anonymous (for tests that are not about
+// authentication), waits until every listener is bound, and on cleanup
+// cancels it and checks that it returned without error.
 func startServer(t *testing.T) *server {
+	t.Helper()
+	return startServerConfig(t, func(c *serveConfig) { c.anonymous = true })
+}
+
+// startServerConfig is startServer with authentication on, after edit
+// (if not nil) changed the configuration.
+func startServerConfig(t *testing.T, edit func(*serveConfig)) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan *server, 1)
@@ -27,6 +35,9 @@ func startServer(t *testing.T) *server {
 		shutdownGrace: 5 * time.Second,
 		log:           slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		ready:         func(s *server) { ready <- s },
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	go func() { done <- runServe(ctx, cfg) }()
 	var srv *server

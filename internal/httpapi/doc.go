@@ -33,6 +33,16 @@
 // routes as a plain http.Handler for use with httptest. Handlers are safe for
 // concurrent use; the engine serialises requests per device.
 //
-// Authentication is not implemented yet: Config.Middleware is the seam where
-// it will be plugged in, around the /v1 routes.
+// # Authentication
+//
+// Authenticate is the Config.Middleware that checks "Authorization: Bearer
+// <name>:<secret>" against the identity store and applies the role rules: a
+// device may use only its own /v1/devices/{id}/shadow, an integrator may only
+// read (GET), an operator may do everything. A missing or invalid token is
+// 401 with "WWW-Authenticate: Bearer", a valid token without the right 403.
+// IdentityRoutes adds device enrollment (POST /v1/devices, DELETE
+// /v1/devices/{id}, POST /v1/devices/{id}/rotate, GET /v1/identities/devices
+// with presence) and token routes (/v1/tokens), to be passed as
+// Config.Mounts behind the same middleware. /healthz and mounts such as the
+// URL-signed firmware downloads need no token.
 package httpapi

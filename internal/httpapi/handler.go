@@ -12,9 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -31,6 +34,7 @@ var (
 	errTooLarge = errors.New("httpapi: request body too large")
 	errNoRoute  = errors.New("httpapi: no such route")
 	errMethod   = errors.New("httpapi: method not allowed")
+	errNoStore  = errors.New("httpapi: firmware store not available")
 )
 
 // statusTable is the one table from this edge's errors to HTTP statuses.
@@ -45,6 +49,22 @@ var statusTable = []struct {
 	{errNoRoute, http.StatusNotFound},
 	{errMethod, http.StatusMethodNotAllowed},
 	{errTooLarge, http.StatusRequestEntityTooLarge},
+	{errNoStore, http.StatusServiceUnavailable},
+	{firmware.ErrInvalid, http.StatusBadRequest},
+	{firmware.ErrInvalidVersion, http.StatusBadRequest},
+	{firmware.ErrNotFound, http.StatusNotFound},
+	{firmware.ErrExists, http.StatusConflict},
+	{firmware.ErrInUse, http.StatusConflict},
+	{firmware.ErrTooLarge, http.StatusRequestEntityTooLarge},
+	{firmware.ErrChecksumMismatch, http.StatusUnprocessableEntity},
+	{firmware.ErrClosed, http.StatusServiceUnavailable},
+	{identity.ErrNotFound, http.StatusNotFound},
+	{identity.ErrExists, http.StatusConflict},
+	{identity.ErrInvalidName, http.StatusBadRequest},
+	{identity.ErrInvalidRole, http.StatusBadRequest},
+	{identity.ErrInvalidLabel, http.StatusBadRequest},
+	{device.ErrInvalidID, http.StatusBadRequest},
+	{identity.ErrClosed, http.StatusServiceUnavailable},
 }
 
 // clientError is an error whose message may be shown to the client.
@@ -64,13 +84,20 @@ func clientErr(sentinel error, format string, args ...any) error {
 type errorBody struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
+	// Rollout names the rollout that uses a firmware version (409 on
+	// DELETE /v1/firmware/{version}).
+	Rollout string `json:"rollout,omitempty"`
 }
 
 // api holds what the handlers need.
 type api struct {
 	eng     *shadow.Engine
+	fw      atomic.Pointer[firmware.Store] // nil until configured
 	log     *slog.Logger
 	maxBody int64
+	// presence reports a device's presence for GET /v1/devices; nil
+	// leaves it out.
+	presence func(device.ID) (identity.Presence, bool)
 }
 
 // NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
@@ -78,14 +105,19 @@ type api struct {
 // ignored. Errors wrap ErrInvalidConfig.
 func NewHandler(cfg Config) (http.Handler, error) {
 	cfg.setDefaults()
-	return newHandler(cfg)
+	h, _, err := newHandler(cfg)
+	return h, err
 }
 
-func newHandler(cfg Config) (h http.Handler, err error) {
+func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	a := &api{eng: cfg.Shadow, log: cfg.Logger.With(logKeyComponent, "httpapi"), maxBody: cfg.MaxBodyBytes}
+	a = &api{eng: cfg.Shadow, log: cfg.Logger.With(logKeyComponent, "httpapi"), maxBody: cfg.MaxBodyBytes}
+	if cfg.Firmware != nil {
+		a.fw.Store(cfg.Firmware)
+	}
+	a.presence = cfg.Presence
 	v1 := func(h http.HandlerFunc) http.Handler {
 		if cfg.Middleware != nil {
 			return cfg.Middleware(h)
@@ -100,12 +132,15 @@ func newHandler(cfg Config) (h http.Handler, err error) {
 		"DELETE /v1/devices/{id}/shadow": v1(a.deleteShadow),
 		"/":                              http.HandlerFunc(a.notFound),
 	}
+	for pattern, h := range a.firmwareRoutes() {
+		routes[pattern] = v1(h)
+	}
 	for pattern, h := range cfg.Mounts {
 		if h == nil {
-			return nil, fmt.Errorf("%w: mount %q has a nil handler", ErrInvalidConfig, pattern)
+			return nil, nil, fmt.Errorf("%w: mount %q has a nil handler", ErrInvalidConfig, pattern)
 		}
 		if _, dup := routes[pattern]; dup {
-			return nil, fmt.Errorf("%w: mount %q is an API route", ErrInvalidConfig, pattern)
+			return nil, nil, fmt.Errorf("%w: mount %q is an API route", ErrInvalidConfig, pattern)
 		}
 		routes[pattern] = h
 	}
@@ -128,13 +163,13 @@ func newHandler(cfg Config) (h http.Handler, err error) {
 		// ServeMux panics on malformed or conflicting patterns; only Mounts
 		// can bring those.
 		if r := recover(); r != nil {
-			h, err = nil, fmt.Errorf("%w: %v", ErrInvalidConfig, r)
+			h, a, err = nil, nil, fmt.Errorf("%w: %v", ErrInvalidConfig, r)
 		}
 	}()
 	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
 		mux.Handle(pattern, routes[pattern])
 	}
-	return a.logRequests(a.recoverPanics(mux)), nil
+	return a.logRequests(a.recoverPanics(mux)), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -159,8 +194,15 @@ func (a *api) methodNotAllowed(methods []string) http.Handler {
 
 // listResponse is the body of GET /v1/devices.
 type listResponse struct {
-	Devices []shadow.Summary `json:"devices"`
-	Next    string           `json:"next"`
+	Devices []listEntry `json:"devices"`
+	Next    string      `json:"next"`
+}
+
+// listEntry is one device of GET /v1/devices: its shadow summary and, when
+// Config.Presence is set, its presence.
+type listEntry struct {
+	shadow.Summary
+	Presence *identity.Presence `json:"presence,omitempty"`
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
@@ -179,10 +221,15 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	if sums == nil {
-		sums = []shadow.Summary{}
+	entries := make([]listEntry, len(sums))
+	for i, s := range sums {
+		entries[i].Summary = s
+		if a.presence != nil {
+			p, _ := a.presence(s.ID)
+			entries[i].Presence = &p
+		}
 	}
-	b, err := json.Marshal(listResponse{Devices: sums, Next: next})
+	b, err := json.Marshal(listResponse{Devices: entries, Next: next})
 	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode list: %w", err), "")
 		return
@@ -301,7 +348,11 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	if status == http.StatusInternalServerError {
 		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	b, _ := json.Marshal(errorBody{Code: status, Message: msg})
+	body := errorBody{Code: status, Message: msg}
+	if iu, ok := errors.AsType[*firmware.InUseError](err); ok {
+		body.Rollout = iu.Rollout
+	}
+	b, _ := json.Marshal(body)
 	writeJSON(w, status, b)
 }
 

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -40,6 +43,10 @@ type Config struct {
 	Addr string
 	// Shadow is the engine the shadow routes call. Required.
 	Shadow *shadow.Engine
+	// Firmware is the store the /v1/firmware routes call. Nil means those
+	// routes answer 503 until Server.SetFirmware installs a store (the store
+	// mints URLs with the API's address, so it may be opened after the API).
+	Firmware *firmware.Store
 	// Logger receives request logs (debug level) and errors; nil discards.
 	Logger *slog.Logger
 	// Mounts are extra routes served beside the API, keyed by a ServeMux
@@ -50,8 +57,12 @@ type Config struct {
 	// MaxBodyBytes caps a request body; larger bodies get 413. Default
 	// DefaultMaxBodyBytes (64 KiB).
 	MaxBodyBytes int64
-	// Middleware, if set, wraps every /v1 route. It is the seam for
-	// authentication and authorization, which Umbra does not implement yet.
+	// Presence, if set, reports a device's connection state (the identity
+	// store's Presence); GET /v1/devices then includes it as "presence" in
+	// every entry, the zero Presence for a device never seen.
+	Presence func(id device.ID) (identity.Presence, bool)
+	// Middleware, if set, wraps every /v1 route: Authenticate for bearer
+	// token authentication and the role rules.
 	Middleware func(http.Handler) http.Handler
 }
 
@@ -83,6 +94,7 @@ type Server struct {
 	ln      net.Listener
 	srv     *http.Server
 	handler http.Handler
+	api     *api
 	cancel  context.CancelFunc // cancels the requests' base context
 	wg      sync.WaitGroup     // the Serve goroutine
 
@@ -95,7 +107,7 @@ type Server struct {
 // until Close. Errors wrap ErrInvalidConfig, or are the listen error.
 func Open(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	h, err := newHandler(cfg)
+	h, a, err := newHandler(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	log := cfg.Logger.With(logKeyComponent, "httpapi")
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Server{log: log, ln: ln, handler: h, cancel: cancel}
+	s := &Server{log: log, ln: ln, handler: h, api: a, cancel: cancel}
 	s.srv = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -132,6 +144,10 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Handler returns the server's routes, the same as NewHandler would.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// SetFirmware installs the firmware store the /v1/firmware routes use,
+// replacing Config.Firmware. It is safe to call while serving.
+func (s *Server) SetFirmware(fw *firmware.Store) { s.api.fw.Store(fw) }
 
 // Close stops accepting connections and waits, until ctx is done, for
 // requests in progress to finish; then it closes the remaining connections

@@ -1,0 +1,303 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/identity"
+)
+
+// noCredentialHint ends the error of a client command that found no
+// credential.
+const noCredentialHint = " (no credential: pass --token, set UMBRA_TOKEN, or --data-dir of the server for its admin.token)"
+
+// timeLayout is how the identity commands print times.
+const timeLayout = time.RFC3339
+
+// apiOptions are the flags of the commands that administer a running
+// server through its HTTP API.
+type apiOptions struct {
+	api     string
+	timeout time.Duration
+	cred    credOptions
+}
+
+func (o *apiOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.api, "api", "http://127.0.0.1:8080", "Umbra HTTP API base URL")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for each answer")
+	o.cred.addFlags(fs)
+}
+
+// call sends one JSON request with the bearer token and decodes a 2xx
+// answer into out (if not nil); any other status is an error carrying the
+// server's message.
+func (o *apiOptions) call(cmd *cobra.Command, method, path string, in, out any) error {
+	base, err := url.Parse(o.api)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return fmt.Errorf("--api %q: want http(s)://host:port", o.api)
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("--timeout %s: must be positive", o.timeout)
+	}
+	tok, err := o.cred.resolve()
+	if err != nil {
+		return err
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(o.api, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Message string }
+		if json.Unmarshal(b, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		if resp.StatusCode == http.StatusUnauthorized && tok == "" {
+			e.Message += noCredentialHint
+		}
+		err := &apiError{status: resp.StatusCode, msg: fmt.Sprintf("%s %s: %d %s: %s", method, path, resp.StatusCode, http.StatusText(resp.StatusCode), e.Message)}
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// errConflict matches (errors.Is) an apiError with status 409.
+var errConflict = errors.New("conflict")
+
+// apiError is a non-2xx answer of the HTTP API.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+// Is makes errors.Is(err, errConflict) true for a 409.
+func (e *apiError) Is(target error) bool {
+	return target == errConflict && e.status == http.StatusConflict
+}
+
+// pathEscape escapes one path segment.
+func pathEscape(s string) string { return url.PathEscape(s) }
+
+func newDeviceCmd() *cobra.Command {
+	o := &apiOptions{}
+	cmd := &cobra.Command{
+		Use:   "device",
+		Short: "Enroll, list, remove and rotate devices; issue device certificates",
+		Long: `Manage device identities through the HTTP API of a running server (operator
+only). A device logs in over MQTT with its ID as client ID and user name and its
+secret as password, or with a client certificate from "umbra device cert".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
+	o.addFlags(cmd.PersistentFlags())
+
+	var labels []string
+	add := &cobra.Command{
+		Use:   "add <id> [--label k=v …]",
+		Short: "Enroll a device and print its secret (shown once)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			lbl, err := identity.ParseLabels(labels)
+			if err != nil {
+				return fmt.Errorf("--label: %w", err)
+			}
+			var resp httpapi.SecretResponse
+			if err := o.call(cmd, "POST", "/v1/devices", httpapi.EnrollRequest{ID: string(id), Labels: lbl}, &resp); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "device %s enrolled; its secret (MQTT password) is shown once:\n", resp.ID)
+			fmt.Fprintln(cmd.OutOrStdout(), resp.Secret)
+			return nil
+		},
+	}
+	add.Flags().StringArrayVar(&labels, "label", nil, "label k=v (repeatable)")
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List enrolled devices with their presence",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var resp httpapi.IdentityList
+			if err := o.call(cmd, "GET", "/v1/identities/devices", nil, &resp); err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(resp)
+			}
+			return printDevices(cmd.OutOrStdout(), resp.Devices)
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+
+	remove := &cobra.Command{
+		Use:   "remove <id>",
+		Short: "Remove a device: its new connections are refused and its live session loses all rights",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			return o.call(cmd, "DELETE", "/v1/devices/"+pathEscape(string(id)), nil, nil)
+		},
+	}
+	rotate := &cobra.Command{
+		Use:   "rotate <id>",
+		Short: "Give a device a new secret and print it (the old one stops working for new connections)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			var resp httpapi.SecretResponse
+			if err := o.call(cmd, "POST", "/v1/devices/"+pathEscape(string(id))+"/rotate", nil, &resp); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.Secret)
+			return nil
+		},
+	}
+	cmd.AddCommand(add, list, remove, rotate, newDeviceCertCmd())
+	return cmd
+}
+
+// printDevices prints the device table with an ONLINE column.
+func printDevices(w io.Writer, devs []identity.Device) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tONLINE\tCONNECTED_AT\tDISCONNECTED_AT\tREASON\tLABELS")
+	for _, d := range devs {
+		p := d.Presence
+		online := "no"
+		if p.Connected {
+			online = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, online, fmtTime(p.ConnectedAt), fmtTime(p.DisconnectedAt),
+			dash(p.DisconnectReason), dash(formatLabels(d.Labels)))
+	}
+	return tw.Flush()
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(timeLayout)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func formatLabels(l map[string]string) string {
+	kv := make([]string, 0, len(l))
+	for k, v := range l {
+		kv = append(kv, k+"="+v)
+	}
+	slices.Sort(kv)
+	return strings.Join(kv, ",")
+}
+
+// newDeviceCertCmd is `umbra device cert`: it works on the data dir's CA
+// files directly, so it needs no running server.
+func newDeviceCertCmd() *cobra.Command {
+	var dataDir, out string
+	var validity time.Duration
+	cmd := &cobra.Command{
+		Use:   "cert <id> [--out DIR]",
+		Short: "Issue a client certificate for a device from the fleet CA (umbra ca init)",
+		Long: `Issue a client certificate whose common name is the device ID, signed by the
+fleet CA in <data-dir>/ca. Writes <id>.crt, <id>.key (mode 0600) and ca.pem to
+--out. The device must also be enrolled (umbra device add) to connect.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := device.ParseID(args[0])
+			if err != nil {
+				return fmt.Errorf("device ID %q: %w", args[0], err)
+			}
+			if validity <= 0 || validity > identity.MaxCertValidity {
+				return fmt.Errorf("--validity %v: must be positive and at most %v", validity, identity.MaxCertValidity)
+			}
+			ca, err := identity.LoadCA(filepath.Join(dataDir, caDir))
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("%w (run umbra ca init --data-dir %s first)", err, dataDir)
+				}
+				return err
+			}
+			certPEM, keyPEM, err := ca.IssueDeviceCert(id, validity)
+			if err != nil {
+				return err
+			}
+			return writeOutFiles(cmd.OutOrStdout(), out, []outFile{
+				{string(id) + ".crt", certPEM, 0o644},
+				{string(id) + ".key", keyPEM, 0o600},
+				{identity.CACertFile, ca.CertPEM(), 0o644},
+			})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "./umbra-data", "server data dir holding the fleet CA")
+	cmd.Flags().StringVar(&out, "out", ".", "directory to write the certificate and key to")
+	cmd.Flags().DurationVar(&validity, "validity", 365*24*time.Hour, "certificate lifetime")
+	return cmd
+}

@@ -1,0 +1,321 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
+)
+
+// Verifier checks an HTTP bearer token "name:secret". *identity.Store
+// implements it.
+type Verifier interface {
+	VerifyBearer(ctx context.Context, token string) (identity.Principal, error)
+}
+
+// Identities is what the device and token administration routes need.
+// *identity.Store implements it.
+type Identities interface {
+	AddDevice(ctx context.Context, id device.ID, labels map[string]string) (string, error)
+	RotateDevice(ctx context.Context, id device.ID) (string, error)
+	RemoveDevice(ctx context.Context, id device.ID) error
+	ListDevices(ctx context.Context) ([]identity.Device, error)
+	CreateToken(ctx context.Context, role identity.Role, name string) (string, error)
+	ListTokens(ctx context.Context) ([]identity.Token, error)
+	RevokeToken(ctx context.Context, name string) error
+}
+
+// maxIdentityBody caps the body of the identity routes.
+const maxIdentityBody = 16 << 10
+
+// anonymousPrincipal is who every request is with anonymous access.
+var anonymousPrincipal = identity.Principal{Role: identity.RoleOperator, Name: "anonymous"}
+
+type principalKey struct{}
+
+// PrincipalFrom returns the principal Authenticate stored in ctx.
+func PrincipalFrom(ctx context.Context) (identity.Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(identity.Principal)
+	return p, ok
+}
+
+// Authenticate returns a Config.Middleware that requires the header
+// "Authorization: Bearer <name>:<secret>" and authorizes the request:
+//
+//   - a device may GET, POST and DELETE only its own shadow
+//     (/v1/devices/{id}/shadow) and nothing else;
+//   - an integrator may GET (and HEAD) every route except /v1/tokens;
+//   - an operator may do everything.
+//
+// A missing or invalid token gets 401 with "WWW-Authenticate: Bearer"; a
+// valid token without the right gets 403. Both have a JSON error body.
+// With anonymous, every request is an operator's and no header is needed.
+func Authenticate(v Verifier, anonymous bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p := anonymousPrincipal
+			if !anonymous {
+				var status int
+				var msg string
+				p, status, msg = verify(r, v)
+				if status != 0 {
+					if status == http.StatusUnauthorized {
+						w.Header().Set("WWW-Authenticate", `Bearer realm="umbra"`)
+					}
+					writeErrorBody(w, status, msg)
+					return
+				}
+			}
+			if !allowed(p, r) {
+				writeErrorBody(w, http.StatusForbidden, fmt.Sprintf("%s %q may not %s %s", p.Role, p.Name, r.Method, r.URL.Path))
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		})
+	}
+}
+
+// verify authenticates r's bearer token; status is 0 on success.
+func verify(r *http.Request, v Verifier) (p identity.Principal, status int, msg string) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return p, http.StatusUnauthorized, "Missing Authorization: Bearer <name>:<secret> header"
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return p, http.StatusUnauthorized, "Authorization header is not Bearer <name>:<secret>"
+	}
+	p, err := v.VerifyBearer(r.Context(), strings.TrimSpace(tok))
+	switch {
+	case err == nil:
+		return p, 0, ""
+	case errors.Is(err, identity.ErrUnauthenticated):
+		return p, http.StatusUnauthorized, "Invalid or revoked token"
+	case errors.Is(err, identity.ErrClosed):
+		return p, http.StatusServiceUnavailable, "Shutting down"
+	}
+	return p, http.StatusInternalServerError, "Internal server error"
+}
+
+// shadowPatterns are the routes on one device's shadow.
+var shadowPatterns = map[string]bool{
+	"GET /v1/devices/{id}/shadow":    false,
+	"POST /v1/devices/{id}/shadow":   true,
+	"DELETE /v1/devices/{id}/shadow": true,
+}
+
+// allowed is the HTTP access rule; see Authenticate.
+func allowed(p identity.Principal, r *http.Request) bool {
+	if write, ok := shadowPatterns[r.Pattern]; ok {
+		id := device.ID(r.PathValue("id")) // only compared; the handler validates it
+		if write {
+			return p.CanWriteDevice(id)
+		}
+		return p.CanReadDevice(id)
+	}
+	switch p.Role {
+	case identity.RoleOperator:
+		return true
+	case identity.RoleIntegrator:
+		read := r.Method == http.MethodGet || r.Method == http.MethodHead
+		return read && !strings.HasPrefix(r.URL.Path, "/v1/tokens")
+	}
+	return false
+}
+
+// writeErrorBody writes the API's JSON error.
+func writeErrorBody(w http.ResponseWriter, status int, msg string) {
+	b, _ := json.Marshal(errorBody{Code: status, Message: msg})
+	writeJSON(w, status, b)
+}
+
+// Identity administration bodies.
+type (
+	// EnrollRequest is the body of POST /v1/devices.
+	EnrollRequest struct {
+		ID     string            `json:"id"`
+		Labels map[string]string `json:"labels,omitempty"`
+	}
+	// SecretResponse answers POST /v1/devices and POST
+	// /v1/devices/{id}/rotate: the device's new secret, shown once.
+	SecretResponse struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	// TokenRequest is the body of POST /v1/tokens.
+	TokenRequest struct {
+		Name string `json:"name"`
+		Role string `json:"role"`
+	}
+	// TokenResponse answers POST /v1/tokens; Token is "name:secret", the
+	// bearer token and the value of UMBRA_TOKEN.
+	TokenResponse struct {
+		Name  string        `json:"name"`
+		Role  identity.Role `json:"role"`
+		Token string        `json:"token"`
+	}
+	// IdentityList answers GET /v1/identities/devices.
+	IdentityList struct {
+		Devices []identity.Device `json:"devices"`
+	}
+	// TokenList answers GET /v1/tokens.
+	TokenList struct {
+		Tokens []identity.Token `json:"tokens"`
+	}
+)
+
+// IdentityRoutes returns the device enrollment and token routes, each
+// wrapped in auth (Authenticate lets only operators write them), to be
+// passed as Config.Mounts:
+//
+//	POST   /v1/devices               {"id","labels"} → 201 SecretResponse
+//	GET    /v1/identities/devices    → IdentityList (with presence)
+//	DELETE /v1/devices/{id}          → 204
+//	POST   /v1/devices/{id}/rotate   → SecretResponse
+//	POST   /v1/tokens                {"name","role"} → 201 TokenResponse
+//	GET    /v1/tokens                → TokenList
+//	DELETE /v1/tokens/{name}         → 204
+//
+// log receives unexpected errors; nil discards.
+func IdentityRoutes(ids Identities, auth func(http.Handler) http.Handler, log *slog.Logger) map[string]http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &idHandler{ids: ids, api: &api{log: log.With(logKeyComponent, "httpapi"), maxBody: maxIdentityBody}}
+	routes := map[string]http.HandlerFunc{
+		"POST /v1/devices":             h.addDevice,
+		"GET /v1/identities/devices":   h.listDevices,
+		"DELETE /v1/devices/{id}":      h.removeDevice,
+		"POST /v1/devices/{id}/rotate": h.rotateDevice,
+		"POST /v1/tokens":              h.createToken,
+		"GET /v1/tokens":               h.listTokens,
+		"DELETE /v1/tokens/{name}":     h.revokeToken,
+	}
+	out := make(map[string]http.Handler, len(routes))
+	for pattern, fn := range routes {
+		out[pattern] = auth(fn)
+	}
+	return out
+}
+
+// idHandler serves IdentityRoutes; its api writes errors through the
+// package's one status table.
+type idHandler struct {
+	ids Identities
+	api *api
+}
+
+func (h *idHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	h.api.writeError(w, r, err, "")
+}
+
+func (h *idHandler) ok(w http.ResponseWriter, r *http.Request, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("encode: %w", err))
+		return
+	}
+	writeJSON(w, status, b)
+}
+
+func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
+	var req EnrollRequest
+	if err := h.api.decodeJSON(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	id, err := device.ParseID(req.ID)
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("id %q: %w", req.ID, err))
+		return
+	}
+	secret, err := h.ids.AddDevice(r.Context(), id, req.Labels)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.ok(w, r, http.StatusCreated, SecretResponse{ID: string(id), Secret: secret})
+}
+
+func (h *idHandler) rotateDevice(w http.ResponseWriter, r *http.Request) {
+	id, err := device.ParseID(r.PathValue("id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	secret, err := h.ids.RotateDevice(r.Context(), id)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.ok(w, r, http.StatusOK, SecretResponse{ID: string(id), Secret: secret})
+}
+
+func (h *idHandler) removeDevice(w http.ResponseWriter, r *http.Request) {
+	id, err := device.ParseID(r.PathValue("id"))
+	if err == nil {
+		err = h.ids.RemoveDevice(r.Context(), id)
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *idHandler) listDevices(w http.ResponseWriter, r *http.Request) {
+	devs, err := h.ids.ListDevices(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if devs == nil {
+		devs = []identity.Device{}
+	}
+	h.ok(w, r, http.StatusOK, IdentityList{Devices: devs})
+}
+
+func (h *idHandler) createToken(w http.ResponseWriter, r *http.Request) {
+	var req TokenRequest
+	if err := h.api.decodeJSON(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	role, err := identity.ParseRole(req.Role)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	secret, err := h.ids.CreateToken(r.Context(), role, req.Name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.ok(w, r, http.StatusCreated, TokenResponse{Name: req.Name, Role: role, Token: req.Name + ":" + secret})
+}
+
+func (h *idHandler) listTokens(w http.ResponseWriter, r *http.Request) {
+	toks, err := h.ids.ListTokens(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if toks == nil {
+		toks = []identity.Token{}
+	}
+	h.ok(w, r, http.StatusOK, TokenList{Tokens: toks})
+}
+
+func (h *idHandler) revokeToken(w http.ResponseWriter, r *http.Request) {
+	if err := h.ids.RevokeToken(r.Context(), r.PathValue("name")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
