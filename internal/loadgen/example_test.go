@@ -17,9 +17,9 @@ func ExampleRun() {
 		fmt.Println(err)
 		return
 	}
-	defer srv.Close()
+	defer srv.Close(context.Background())
 	echo := loadgen.Echo(srv, 1)
-	if err := srv.Subscribe("state/+/update", 1, loadgentest.InlineHandler(echo)); err != nil {
+	if err := srv.Subscribe("state/+/update", echo); err != nil {
 		fmt.Println(err)
 		return
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/umbra-iot/umbra/broker"
 
 	"github.com/umbra-iot/umbra/internal/loadgen"
 	"github.com/umbra-iot/umbra/internal/loadgen/loadgentest"
@@ -18,7 +18,7 @@ import (
 
 // echoBroker is the benchmark baseline: a bare broker whose inline
 // responder echoes every update to …/accepted.
-func echoBroker(tb testing.TB) (*mqtt.Server, string) {
+func echoBroker(tb testing.TB) (*broker.Server, string) {
 	srv, url := loadgentest.MustBroker(tb)
 	loadgentest.Handle(tb, srv, "state/+/update", loadgen.Echo(srv, 1))
 	return srv, url
@@ -185,7 +185,7 @@ func TestRunEndsWhenBrokerGoes(t *testing.T) {
 	echo := loadgen.Echo(srv, 1)
 	loadgentest.Handle(t, srv, "state/+/update", func(id, topic string, payload []byte) {
 		if n.Add(1) == 200 {
-			go func() { _ = srv.Close(); close(closed) }()
+			go func() { _ = srv.Close(context.Background()); close(closed) }()
 		}
 		echo(id, topic, payload)
 	})

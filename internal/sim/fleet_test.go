@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/umbra-iot/umbra/broker"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -21,9 +22,6 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
-
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/loadgen/loadgentest"
 	"github.com/umbra-iot/umbra/internal/sim"
@@ -33,7 +31,7 @@ import (
 // device's reported and desired firmware, answers updates with accepted
 // and a delta of the differing leaves, and answers get.
 type engine struct {
-	srv *mqtt.Server
+	srv *broker.Server
 
 	mu       sync.Mutex
 	version  map[string]int64
@@ -43,7 +41,7 @@ type engine struct {
 	changed  chan struct{}               // closed and replaced on every update
 }
 
-func newEngine(tb testing.TB, srv *mqtt.Server) *engine {
+func newEngine(tb testing.TB, srv *broker.Server) *engine {
 	tb.Helper()
 	e, err := startEngine(srv)
 	if err != nil {
@@ -52,12 +50,12 @@ func newEngine(tb testing.TB, srv *mqtt.Server) *engine {
 	return e
 }
 
-func startEngine(srv *mqtt.Server) (*engine, error) {
+func startEngine(srv *broker.Server) (*engine, error) {
 	e := &engine{srv: srv, version: map[string]int64{}, reported: map[string]map[string]any{},
 		desired: map[string]map[string]any{}, history: map[string][]map[string]any{},
 		changed: make(chan struct{})}
-	for filter, h := range map[string]mqtt.InlineSubFn{"state/+/update": e.update, "state/+/get": e.get} {
-		if err := srv.Subscribe(filter, 1, h); err != nil {
+	for filter, h := range map[string]broker.HandlerFunc{"state/+/update": e.update, "state/+/get": e.get} {
+		if err := srv.Subscribe(filter, h); err != nil {
 			return nil, err
 		}
 	}
@@ -66,8 +64,8 @@ func startEngine(srv *mqtt.Server) (*engine, error) {
 
 func deviceOf(topic string) string { return strings.Split(topic, "/")[1] }
 
-func (e *engine) update(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-	id := deviceOf(pk.TopicName)
+func (e *engine) update(_, topic string, payload []byte) {
+	id := deviceOf(topic)
 	var req struct {
 		State struct {
 			Reported struct {
@@ -76,7 +74,7 @@ func (e *engine) update(_ *mqtt.Client, _ packets.Subscription, pk packets.Packe
 		} `json:"state"`
 		ClientToken string `json:"clientToken"`
 	}
-	if err := json.Unmarshal(pk.Payload, &req); err != nil {
+	if err := json.Unmarshal(payload, &req); err != nil {
 		return
 	}
 	e.mu.Lock()
@@ -91,7 +89,7 @@ func (e *engine) update(_ *mqtt.Client, _ packets.Subscription, pk packets.Packe
 	e.history[id] = append(e.history[id], req.State.Reported.Firmware)
 	close(e.changed)
 	e.changed = make(chan struct{})
-	_ = e.srv.Publish(pk.TopicName+"/accepted", fmt.Appendf(nil, `{"version":%d,"clientToken":%q}`, e.version[id], req.ClientToken), false, 0)
+	_ = e.srv.Publish(topic+"/accepted", fmt.Appendf(nil, `{"version":%d,"clientToken":%q}`, e.version[id], req.ClientToken), false, 0)
 	e.publishDelta(id)
 }
 
@@ -120,12 +118,12 @@ func (e *engine) publishDelta(id string) {
 	_ = e.srv.Publish("state/"+id+"/update/delta", b, false, 1)
 }
 
-func (e *engine) get(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-	id := deviceOf(pk.TopicName)
+func (e *engine) get(_, topic string, payload []byte) {
+	id := deviceOf(topic)
 	var req struct {
 		ClientToken string `json:"clientToken"`
 	}
-	_ = json.Unmarshal(pk.Payload, &req)
+	_ = json.Unmarshal(payload, &req)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	desired := map[string]any{}
@@ -134,7 +132,7 @@ func (e *engine) get(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) 
 	}
 	state := map[string]any{"desired": desired, "delta": e.deltaOf(id)}
 	b, _ := json.Marshal(map[string]any{"state": state, "version": e.version[id], "clientToken": req.ClientToken})
-	_ = e.srv.Publish(pk.TopicName+"/accepted", b, false, 1)
+	_ = e.srv.Publish(topic+"/accepted", b, false, 1)
 }
 
 // setDesired writes desired.firmware (a JSON round trip of cmd, so values

@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -33,7 +34,7 @@ func serveBroker() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer srv.Close()
+	defer srv.Close(context.Background())
 	eng, err := startEngine(srv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -95,7 +95,7 @@ func ExampleOpen() {
 		fmt.Println(err)
 		return
 	}
-	defer srv.Close()
+	defer srv.Close(context.Background())
 	f, err := sim.Open(context.Background(), sim.Config{Server: url, Devices: 3, QoS: 1, FirmwareVersion: "1.4.0"})
 	if err != nil {
 		fmt.Println(err)

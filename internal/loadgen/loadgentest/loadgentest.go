@@ -1,136 +1,63 @@
-// Package loadgentest starts a bare mochi MQTT broker on 127.0.0.1:0 for
-// tests and benchmarks of the load generator and the fleet simulator: no
-// persistence, no authentication, an inline client for in-process
-// responders (such as loadgen.Echo). It is a test harness, like httptest:
-// only _test.go files import it.
-//
-// It wraps mochi's TCP listener so that shutdown is race-free: mochi adds
-// to its client WaitGroup inside each accepted connection's goroutine,
-// which the race detector reports against Server.Close's Wait. The wrapper
-// waits for its own connection goroutines before mochi waits for them.
+// Package loadgentest starts Umbra's MQTT broker (without the shadow engine
+// or authentication) on 127.0.0.1:0 for tests and benchmarks of the load
+// generator and the fleet simulator, with in-process responders such as
+// loadgen.Echo. It is a test harness, like httptest: only _test.go files
+// import it.
 package loadgentest
 
 import (
+	"context"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/umbra-iot/umbra/broker"
 )
 
-// MustBroker starts a broker with an inline client on 127.0.0.1:0 and
-// returns it with its URL ("tcp://127.0.0.1:<port>"). It closes on cleanup.
-func MustBroker(tb testing.TB) (*mqtt.Server, string) {
+// MustBroker starts a broker on 127.0.0.1:0 and returns it with its URL
+// ("tcp://127.0.0.1:<port>"). It closes on cleanup.
+func MustBroker(tb testing.TB) (*broker.Server, string) {
 	tb.Helper()
 	s, url, err := Start()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = s.Close() })
+	tb.Cleanup(func() { _ = s.Close(context.Background()) })
 	return s, url
 }
 
 // Start is MustBroker for code without a testing.TB, such as a broker
 // subprocess that keeps a benchmark's memory figures free of broker
 // allocations. The caller closes the server.
-func Start() (*mqtt.Server, string, error) {
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = 1 << 20
-	caps.MaximumQos = 1
-	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
-	if err := s.AddHook(new(allowAll), nil); err != nil {
+//
+// It is Umbra's own broker (no authentication, no engine), so tests of the
+// simulator and load generator run on the same connection handling as
+// production, including its per-client-ID serialisation of quick
+// reconnects, which a bare mochi server lacks. Client queues are generous
+// so that a test subscriber watching the whole fleet loses nothing.
+func Start() (*broker.Server, string, error) {
+	s, err := broker.Open(context.Background(), broker.Config{
+		TCPAddr:             "127.0.0.1:0",
+		MaxPacketSize:       1 << 20,
+		ClientWritesPending: 8192,
+		MaxInflight:         8192,
+	})
+	if err != nil {
 		return nil, "", err
 	}
-	l := &listener{id: "test"}
-	if err := s.AddListener(l); err != nil {
-		return nil, "", err
-	}
-	if err := s.Serve(); err != nil {
-		_ = s.Close()
-		return nil, "", err
-	}
-	return s, "tcp://" + l.Address(), nil
+	return s, "tcp://" + s.Addr().String(), nil
 }
 
-// allowAll lets every client connect, publish and subscribe (mochi's own
-// auth.AllowHook would pull in a YAML dependency).
-type allowAll struct{ mqtt.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-
-func (*allowAll) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-
-func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-
-func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
-
-// listener is a TCP listener on 127.0.0.1:0 that owns and waits for its
-// connection goroutines.
-type listener struct {
-	id    string
-	ln    net.Listener
-	conns sync.WaitGroup // one per accepted connection
-	done  sync.WaitGroup // the accept loop
-}
-
-func (l *listener) Init(*slog.Logger) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	l.ln = ln
-	return err
-}
-
-func (l *listener) Serve(establish listeners.EstablishFn) {
-	l.done.Add(1)
-	defer l.done.Done()
-	for {
-		conn, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		l.conns.Go(func() { _ = establish(l.id, conn) })
-	}
-}
-
-func (l *listener) ID() string       { return l.id }
-func (l *listener) Address() string  { return l.ln.Addr().String() }
-func (l *listener) Protocol() string { return "tcp" }
-
-// Close stops accepting, disconnects this listener's clients and waits for
-// their goroutines, so mochi's own wait that follows never blocks.
-func (l *listener) Close(closeClients listeners.CloseFn) {
-	_ = l.ln.Close()
-	l.done.Wait()
-	closeClients(l.id)
-	l.conns.Wait()
-}
-
-// Handle subscribes h to filter through the broker's inline client. h gets
-// the publishing client's ID (mochi's pk.Origin), the topic and the
-// payload, like broker.HandlerFunc, and runs on the publisher's goroutine.
-func Handle(tb testing.TB, s *mqtt.Server, filter string, h func(clientID, topic string, payload []byte)) {
+// Handle subscribes h to filter in process. h gets the publishing client's
+// ID, the topic and the payload, and runs on the publisher's goroutine.
+func Handle(tb testing.TB, s *broker.Server, filter string, h func(clientID, topic string, payload []byte)) {
 	tb.Helper()
-	if err := s.Subscribe(filter, int(subscriptionIDs.Add(1)), InlineHandler(h)); err != nil {
+	if err := s.Subscribe(filter, h); err != nil {
 		tb.Fatalf("subscribe %s: %v", filter, err)
-	}
-}
-
-// InlineHandler adapts a broker.HandlerFunc-shaped function (such as
-// loadgen.Echo) to a mochi inline subscription handler.
-func InlineHandler(h func(clientID, topic string, payload []byte)) mqtt.InlineSubFn {
-	return func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		h(pk.Origin, pk.TopicName, pk.Payload)
 	}
 }
 
@@ -142,10 +69,6 @@ func fuzzing() bool {
 	}
 	return false
 }
-
-// subscriptionIDs numbers inline subscriptions: mochi keys them by filter
-// and ID, so two handlers on one filter need distinct IDs.
-var subscriptionIDs atomic.Int32
 
 // RunChecked runs the tests and then fails the run (exit code 1, with a
 // goroutine dump) if goroutines started during it are still running 10s
