@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -303,12 +304,15 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 
 	pub := &lazyPublisher{}
+	m := metrics.New()
 	eng, err := shadow.Open(ctx, shadow.Config{
 		Path:            filepath.Join(cfg.dataDir, "shadow.db"),
 		Publisher:       pub,
 		MaxDocumentSize: cfg.maxDocSize,
 		DeviceRate:      cfg.deviceRate,
 		Logger:          log,
+		Observe:         func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
+		CommitObserved:  m.ObserveCommit,
 	})
 	if err != nil {
 		return err
@@ -370,6 +374,14 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 	defer closeInto("broker", brk) // runs before the engine and the identity store close
 	pub.b.Store(brk)
+	m.RegisterBroker(func() metrics.BrokerStats {
+		st := brk.Stats()
+		return metrics.BrokerStats{
+			ClientsConnected: st.ClientsConnected, MessagesReceived: st.MessagesReceived,
+			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
+			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
+		}
+	})
 	for _, f := range shadow.RequestFilters {
 		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
 			return fmt.Errorf("subscribe engine to %s: %w", f, err)
@@ -383,6 +395,7 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 		auth := httpapi.Authenticate(ids, cfg.anonymous)
 		mounts := httpapi.IdentityRoutes(ids, auth, log)
 		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
+		mounts["GET /metrics"] = m.Handler()   // for Prometheus scrapers, like /healthz: no bearer token
 		api, err := httpapi.Open(ctx, httpapi.Config{
 			Addr:       cfg.httpAddr,
 			Shadow:     eng,
@@ -414,6 +427,7 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	}
 	defer closeInto("firmware", fw)
 	srv.fw = fw
+	m.RegisterFirmware(fw)
 	var dl http.Handler = fw.DownloadHandler()
 	fwHandler.h.Store(&dl)
 	if srv.api != nil {
