@@ -23,6 +23,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -246,6 +247,7 @@ type server struct {
 	brk     *broker.Server
 	api     *httpapi.Server // nil when --http-addr is ""
 	fw      *firmware.Store
+	planner *rollout.Planner
 }
 
 // lazyHandler serves through a handler installed after the HTTP listener is
@@ -305,6 +307,10 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 
 	pub := &lazyPublisher{}
 	m := metrics.New()
+	// The rollout planner is opened after the engine and the firmware store
+	// it depends on; the engine's change feed and the store's delete guard
+	// reach it through this pointer.
+	var planner atomic.Pointer[rollout.Planner]
 	eng, err := shadow.Open(ctx, shadow.Config{
 		Path:            filepath.Join(cfg.dataDir, "shadow.db"),
 		Publisher:       pub,
@@ -313,6 +319,11 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 		Logger:          log,
 		Observe:         func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
 		CommitObserved:  m.ObserveCommit,
+		OnChange: func(id device.ID, _ shadow.Version) {
+			if p := planner.Load(); p != nil {
+				p.Notify(id)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -421,6 +432,12 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 		MaxImageSize:   cfg.maxImageSize,
 		BaseURL:        baseURL,
 		Logger:         log,
+		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) {
+			if p := planner.Load(); p != nil {
+				return p.InUse(ctx, v)
+			}
+			return "", false, nil
+		},
 	})
 	if err != nil {
 		return err
@@ -428,6 +445,18 @@ func runServe(ctx context.Context, cfg serveConfig) (err error) {
 	defer closeInto("firmware", fw)
 	srv.fw = fw
 	m.RegisterFirmware(fw)
+	pl, err := rollout.Open(ctx, rollout.Config{
+		Path:     filepath.Join(cfg.dataDir, "rollout.db"),
+		Shadows:  rollout.EngineShadows(eng),
+		Firmware: fw,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeInto("rollout", pl) // closes before firmware, broker and engine
+	planner.Store(pl)
+	srv.planner = pl
 	var dl http.Handler = fw.DownloadHandler()
 	fwHandler.h.Store(&dl)
 	if srv.api != nil {
