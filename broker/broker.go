@@ -27,6 +27,13 @@ const (
 	DefaultReadBufferSize             = 256
 	DefaultWriteBufferSize            = 2048
 	DefaultMaxInflight         uint16 = 256
+	// DefaultMaxConnsPerIdentity bounds simultaneous connections of one
+	// authenticated identity (a device normally has one; a takeover briefly
+	// has two).
+	DefaultMaxConnsPerIdentity = 16
+	// DefaultMaxTopicLength is the longest topic or filter accepted from a
+	// client (AWS IoT's limit); Umbra's own topics are far shorter.
+	DefaultMaxTopicLength = 256
 
 	// receiveMaximum is the number of unacknowledged QoS 1 PUBLISHes a client
 	// may have in flight towards the broker.
@@ -192,6 +199,15 @@ type Config struct {
 	// further QoS 1 messages are dropped and counted in
 	// Stats.InflightDropped. Default DefaultMaxInflight.
 	MaxInflight uint16
+	// MaxConnsPerIdentity caps the simultaneous connections of one
+	// authenticated identity (Identity.Name); further CONNECTs are refused
+	// and counted in Stats.ConnectsRejected. Only applies with Auth set.
+	// Default DefaultMaxConnsPerIdentity; negative means no cap.
+	MaxConnsPerIdentity int
+	// MaxTopicLength caps the topic of a PUBLISH and the filter of a
+	// SUBSCRIBE, in bytes: a longer publish is denied like an ACL denial, a
+	// longer filter gets a failure code. Default DefaultMaxTopicLength.
+	MaxTopicLength int
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -219,6 +235,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.MaxTopicLength == 0 {
+		c.MaxTopicLength = DefaultMaxTopicLength
+	}
+	if c.MaxConnsPerIdentity == 0 {
+		c.MaxConnsPerIdentity = DefaultMaxConnsPerIdentity
 	}
 }
 
@@ -363,6 +385,7 @@ func (s *Server) addListener(id, addr string, newListener func(string, net.Liste
 		return nil, fmt.Errorf("broker: listen %s %s: %w", id, addr, err)
 	}
 	l := newListener(id, ln, s.cfg.ConnectTimeout)
+	l.ended = s.hook.connEnded
 	if err := s.mq.AddListener(l); err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("broker: add %s listener: %w", id, err)

@@ -26,8 +26,9 @@ type hook struct {
 	mqtt.HookBase
 	s *Server
 
-	mu       sync.RWMutex        // guards sessions
+	mu       sync.RWMutex        // guards sessions and perName
 	sessions map[string]*session // by client ID; only used with Config.Auth
+	perName  map[string]int      // live connections by identity name; only used with Config.Auth
 
 	gates gates         // per client ID connect/disconnect serialisation
 	seq   atomic.Uint64 // last connection sequence handed out
@@ -47,7 +48,7 @@ type session struct {
 }
 
 func newHook(s *Server) *hook {
-	return &hook{s: s, sessions: make(map[string]*session)}
+	return &hook{s: s, sessions: make(map[string]*session), perName: make(map[string]int)}
 }
 
 // ID implements mqtt.Hook.
@@ -119,13 +120,33 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	id = withClientID(id, cl.ID)
+	h.mu.Lock()
+	if max := h.s.cfg.MaxConnsPerIdentity; max > 0 && c != nil && h.perName[id.Name] >= max {
+		h.mu.Unlock()
+		h.connectsRejected.Add(1)
+		h.s.log.Info("connection refused: too many connections for identity", "client", cl.ID, "identity", id.Name, "max", max)
+		return false
+	}
 	if c != nil {
+		h.perName[id.Name]++
+		c.counted = id.Name
 		c.identity = id
 	}
-	h.mu.Lock()
 	h.sessions[cl.ID] = &session{cl: cl, id: id}
 	h.mu.Unlock()
 	return true
+}
+
+// connEnded releases c's place in its identity's connection count.
+func (h *hook) connEnded(c *conn) {
+	if c.counted == "" {
+		return
+	}
+	h.mu.Lock()
+	if h.perName[c.counted]--; h.perName[c.counted] <= 0 {
+		delete(h.perName, c.counted)
+	}
+	h.mu.Unlock()
 }
 
 func withClientID(id Identity, clientID string) Identity {
@@ -142,8 +163,18 @@ func connOf(cl *mqtt.Client) *conn {
 
 // OnACLCheck runs Config.Auth's Allow for the client's identity.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	if len(topic) > h.s.cfg.MaxTopicLength {
+		if write {
+			h.publishesDenied.Add(1)
+		}
+		h.s.log.Debug("topic too long", "client", cl.ID, "bytes", len(topic), "max", h.s.cfg.MaxTopicLength)
+		return false
+	}
 	auth := h.s.cfg.Auth
-	if auth == nil || cl.Net.Inline {
+	if auth == nil {
 		return true
 	}
 	h.mu.RLock()
@@ -233,7 +264,13 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		h.forget(cl)
 	}
 	if cb := h.s.cfg.OnDisconnect; cb != nil {
-		cb(c.info(cl, time.Now()), disconnectCause(cl.StopCause(), err))
+		cause := disconnectCause(cl.StopCause(), err)
+		if cause != nil && h.s.closed.Load() && !errors.Is(cause, ErrTakenOver) {
+			// Close cuts connections itself (see listener.Close), so
+			// their read loops end with "use of closed connection".
+			cause = ErrClosed
+		}
+		cb(c.info(cl, time.Now()), cause)
 	}
 }
 

@@ -33,6 +33,7 @@ type listener struct {
 	upgrader       *websocket.Upgrader // WebSocket only
 	log            *slog.Logger        // set by Init
 	establish      listeners.EstablishFn
+	ended          func(*conn)   // called when a connection's client is gone; set before Serve
 	done           chan struct{} // closed by Close
 
 	tlsFailures atomic.Int64 // failed TLS handshakes, since Open
@@ -216,6 +217,9 @@ func (l *listener) serveConn(c net.Conn) {
 	}
 	err := l.establish(l.id, mc)
 	mc.release() // mochi has finished tearing the client down
+	if l.ended != nil {
+		l.ended(mc)
+	}
 	if err != nil {
 		l.log.Debug("connection ended", "remote", c.RemoteAddr().String(), "error", err)
 	}
@@ -245,7 +249,13 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		_ = l.httpSrv.Close() // closes the listener and connections not yet upgraded
 	}
 	_ = l.ln.Close()
-	closeClients(l.id)
+	// mochi's closeClients (closeListenerClients) is deliberately not
+	// called: its Clients.GetByListener takes the registry's read lock and
+	// then read-locks it again in Len; when a disconnecting client's
+	// Clients.Delete is waiting for the write lock in between, Go's RWMutex
+	// deadlocks (seen as a hung Close in the simulator tests). Closing the
+	// connections we track ends every client's read loop just as well; the
+	// only loss is MQTT 5's "server shutting down" DISCONNECT reason.
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
@@ -264,6 +274,7 @@ type conn struct {
 	identity Identity             // set by the authentication hook
 	seq      uint64               // connection sequence; set when the session is established
 	unlock   func()               // releases the client ID's gate; nil while not held
+	counted  string               // identity name counted against MaxConnsPerIdentity; "" if none
 }
 
 // wsConn presents a WebSocket as the byte stream mochi reads MQTT from.
