@@ -39,13 +39,7 @@ func (o *fwOptions) addFlags(fs *pflag.FlagSet) {
 
 // client validates the shared flags and returns the API client.
 func (o *fwOptions) client() (*fwclient.Client, error) {
-	if o.output != "json" && o.output != "text" {
-		return nil, fmt.Errorf("--output %q: want json or text", o.output)
-	}
-	if o.timeout <= 0 {
-		return nil, fmt.Errorf("--timeout %s: must be positive", o.timeout)
-	}
-	tok, err := o.cred.resolve()
+	tok, err := resolveClientFlags(o.output, o.timeout, &o.cred)
 	if err != nil {
 		return nil, err
 	}

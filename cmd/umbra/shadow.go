@@ -42,13 +42,7 @@ func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
 // dial validates the options and connects; the client's warnings go to
 // stderr.
 func (o *clientOptions) dial(ctx context.Context, stderr io.Writer) (*shadowclient.Client, error) {
-	if o.output != "json" && o.output != "text" {
-		return nil, fmt.Errorf("--output %q: want json or text", o.output)
-	}
-	if o.timeout <= 0 {
-		return nil, fmt.Errorf("--timeout %s: must be positive", o.timeout)
-	}
-	tok, err := o.cred.resolve()
+	tok, err := resolveClientFlags(o.output, o.timeout, &o.cred)
 	if err != nil {
 		return nil, err
 	}
@@ -265,4 +259,16 @@ func readRequestFile(name string, stdin io.Reader) (map[string]json.RawMessage, 
 		return nil, fmt.Errorf("--file %s: no \"state\" in the update request", name)
 	}
 	return req, nil
+}
+
+// resolveClientFlags checks the flags every client command shares and
+// returns the credential token ("" when none was found).
+func resolveClientFlags(output string, timeout time.Duration, cred *credOptions) (string, error) {
+	if output != "json" && output != "text" {
+		return "", fmt.Errorf("--output %q: want json or text", output)
+	}
+	if timeout <= 0 {
+		return "", fmt.Errorf("--timeout %s: must be positive", timeout)
+	}
+	return cred.resolve()
 }
