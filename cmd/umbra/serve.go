@@ -7,22 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
-	"github.com/umbra-iot/umbra/internal/metrics"
+	umbraserver "github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
 )
@@ -239,7 +234,7 @@ func newLogger(w interface{ Write([]byte) (int, error) }, format, level string) 
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-// server is a running Umbra: every component, opened in dependency order.
+// server is a running Umbra's components, as the tests reach them.
 type server struct {
 	dataDir string
 	eng     *shadow.Engine
@@ -250,262 +245,42 @@ type server struct {
 	planner *rollout.Planner
 }
 
-// lazyHandler serves through a handler installed after the HTTP listener is
-// bound: the firmware store needs the listener's real address for its URLs.
-type lazyHandler struct{ h atomic.Pointer[http.Handler] }
-
-func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h := l.h.Load(); h != nil {
-		(*h).ServeHTTP(w, r)
-		return
-	}
-	http.Error(w, "starting", http.StatusServiceUnavailable)
-}
-
-// lazyPublisher lets the shadow engine be opened (and its database lock
-// taken) before the broker binds its ports: a second `umbra serve` on the
-// same data dir then fails on the lock with a clear message, not on a port.
-type lazyPublisher struct{ b atomic.Pointer[broker.Server] }
-
-func (p *lazyPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
-	if b := p.b.Load(); b != nil {
-		return b.Publish(topic, payload, retain, qos)
-	}
-	return broker.ErrClosed
-}
-
-func (p *lazyPublisher) HasSubscribers(topic string) bool {
-	if b := p.b.Load(); b != nil {
-		return b.HasSubscribers(topic)
-	}
-	return false
-}
-
-var _ shadow.Publisher = (*broker.Server)(nil)
-
 // runServe runs Umbra until ctx is cancelled, then shuts down in reverse
 // order: device traffic stops first, then the engine finishes what is in
 // progress and closes its database.
-func runServe(ctx context.Context, cfg serveConfig) (err error) {
-	log := cfg.log
-	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	closeCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
-	}
-	closeInto := func(name string, c interface{ Close(context.Context) error }) {
-		cctx, cancel := closeCtx()
-		defer cancel()
-		if cerr := c.Close(cctx); cerr != nil {
-			log.Error("close", "component", name, "err", cerr)
-			if err == nil {
-				err = fmt.Errorf("close %s: %w", name, cerr)
-			}
-		}
-	}
-
-	pub := &lazyPublisher{}
-	m := metrics.New()
-	// The rollout planner is opened after the engine and the firmware store
-	// it depends on; the engine's change feed and the store's delete guard
-	// reach it through this pointer.
-	var planner atomic.Pointer[rollout.Planner]
-	eng, err := shadow.Open(ctx, shadow.Config{
-		Path:            filepath.Join(cfg.dataDir, "shadow.db"),
-		Publisher:       pub,
+func runServe(ctx context.Context, cfg serveConfig) error {
+	s, err := umbraserver.Open(ctx, umbraserver.Config{
+		DataDir:         cfg.dataDir,
+		MQTTAddr:        cfg.mqttAddr,
+		WSAddr:          cfg.wsAddr,
+		TLSAddr:         cfg.tlsAddr,
+		TLSConfig:       cfg.tlsConfig,
+		HTTPAddr:        cfg.httpAddr,
 		MaxDocumentSize: cfg.maxDocSize,
+		MaxPacketSize:   cfg.maxPacketSize,
 		DeviceRate:      cfg.deviceRate,
-		Logger:          log,
-		Observe:         func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		CommitObserved:  m.ObserveCommit,
-		OnChange: func(id device.ID, _ shadow.Version) {
-			if p := planner.Load(); p != nil {
-				p.Notify(id)
-			}
-		},
+		PublicURL:       cfg.publicURL,
+		SigningKey:      cfg.signingKey,
+		URLTTL:          cfg.urlTTL,
+		MaxImageSize:    cfg.maxImageSize,
+		Anonymous:       cfg.anonymous,
+		Logger:          cfg.log,
 	})
 	if err != nil {
 		return err
 	}
-	defer closeInto("shadow", eng)
-
-	ids, err := identity.Open(ctx, identity.Config{
-		Path:      filepath.Join(cfg.dataDir, "identity.db"),
-		Logger:    log,
-		Anonymous: cfg.anonymous,
-	})
-	if err != nil {
-		return err
-	}
-	defer closeInto("identity", ids) // runs after the broker closed
-	adminToken := filepath.Join(cfg.dataDir, adminTokenFile)
-	created, err := ids.EnsureAdminToken(ctx, adminToken)
-	if err != nil {
-		return err
-	}
-	if created {
-		log.Info("created the operator token; umbra commands on this machine use it automatically", "file", adminToken)
-	} else {
-		log.Info("operator token", "file", adminToken)
-	}
-	if cfg.anonymous {
-		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
-	}
-
-	// presence publishes a device's presence when the store applied the
-	// change (a replaced session's late disconnect is not applied).
-	presence := func(d device.ID) {
-		if err := pub.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
-			log.Warn("publish presence", "device", d, "err", err)
-		}
-	}
-	brk, err := broker.Open(ctx, broker.Config{
-		TCPAddr:       cfg.mqttAddr,
-		WSAddr:        cfg.wsAddr,
-		TLSAddr:       cfg.tlsAddr,
-		TLSConfig:     cfg.tlsConfig,
-		MaxPacketSize: cfg.maxPacketSize,
-		Logger:        log,
-		Auth:          ids,
-		OnSubscribe:   eng.HandleSubscribe,
-		OnConnect: func(ci broker.ConnInfo) {
-			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
-				presence(d)
-			}
-		},
-		OnDisconnect: func(ci broker.ConnInfo, err error) {
-			if d := ci.Identity.Device; d != "" && ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
-				presence(d)
-			}
-		},
-	})
-	if err != nil {
-		return err
-	}
-	defer closeInto("broker", brk) // runs before the engine and the identity store close
-	pub.b.Store(brk)
-	m.RegisterBroker(func() metrics.BrokerStats {
-		st := brk.Stats()
-		return metrics.BrokerStats{
-			ClientsConnected: st.ClientsConnected, MessagesReceived: st.MessagesReceived,
-			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
-			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
-		}
-	})
-	for _, f := range shadow.RequestFilters {
-		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
-			return fmt.Errorf("subscribe engine to %s: %w", f, err)
-		}
-	}
-
-	srv := &server{dataDir: cfg.dataDir, eng: eng, ids: ids, brk: brk}
-	fwHandler := &lazyHandler{}
-	baseURL := cfg.publicURL
-	if cfg.httpAddr != "" {
-		auth := httpapi.Authenticate(ids, cfg.anonymous)
-		mounts := httpapi.IdentityRoutes(ids, auth, log)
-		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
-		mounts["GET /metrics"] = m.Handler()   // for Prometheus scrapers, like /healthz: no bearer token
-		api, err := httpapi.Open(ctx, httpapi.Config{
-			Addr:       cfg.httpAddr,
-			Shadow:     eng,
-			Logger:     log,
-			Mounts:     mounts,
-			Middleware: auth,
-			Presence:   ids.Presence,
-			// Firmware is installed below: the store needs the bound address.
-		})
-		if err != nil {
-			return err
-		}
-		defer closeInto("http", api) // deferred last: closes first
-		srv.api = api
-		if baseURL == "" {
-			baseURL = "http://" + api.Addr().String()
-		}
-	}
-	fw, err := firmware.Open(ctx, firmware.Config{
-		Dir:            filepath.Join(cfg.dataDir, "firmware"),
-		SigningKeyPath: cfg.signingKey,
-		URLTTL:         cfg.urlTTL,
-		MaxImageSize:   cfg.maxImageSize,
-		BaseURL:        baseURL,
-		Logger:         log,
-		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) {
-			if p := planner.Load(); p != nil {
-				return p.InUse(ctx, v)
-			}
-			return "", false, nil
-		},
-	})
-	if err != nil {
-		return err
-	}
-	defer closeInto("firmware", fw)
-	srv.fw = fw
-	m.RegisterFirmware(fw)
-	pl, err := rollout.Open(ctx, rollout.Config{
-		Path:     filepath.Join(cfg.dataDir, "rollout.db"),
-		Shadows:  rollout.EngineShadows(eng),
-		Firmware: fw,
-		Logger:   log,
-	})
-	if err != nil {
-		return err
-	}
-	defer closeInto("rollout", pl) // closes before firmware, broker and engine
-	planner.Store(pl)
-	srv.planner = pl
-	var dl http.Handler = fw.DownloadHandler()
-	fwHandler.h.Store(&dl)
-	if srv.api != nil {
-		srv.api.SetFirmware(fw)
-	}
-
-	attrs := []any{"data_dir", cfg.dataDir}
-	if a := brk.Addr(); a != nil {
-		attrs = append(attrs, "mqtt", a.String())
-	}
-	if a := brk.WSAddr(); a != nil {
-		attrs = append(attrs, "ws", a.String())
-	}
-	if a := brk.TLSAddr(); a != nil {
-		attrs = append(attrs, "tls", a.String())
-	}
-	if srv.api != nil {
-		attrs = append(attrs, "http", srv.api.Addr().String())
-	}
-	log.Info("umbra serving", attrs...)
 	if cfg.ready != nil {
-		cfg.ready(srv)
+		cfg.ready(&server{
+			dataDir: s.DataDir(), eng: s.Engine(), ids: s.Identity(), brk: s.Broker(),
+			api: s.API(), fw: s.Firmware(), planner: s.Planner(),
+		})
 	}
 	<-ctx.Done()
-	log.Info("shutting down")
-	return nil
+	cfg.log.Info("shutting down")
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
+	defer cancel()
+	return s.Close(cctx)
 }
 
 // adminTokenFile is the operator token's file in the data dir.
-const adminTokenFile = "admin.token"
-
-// disconnectReason is the presence reason for a broker disconnect error:
-// a short stable word, "" for a clean DISCONNECT.
-func disconnectReason(err error) string {
-	switch {
-	case err == nil:
-		return "" // clean DISCONNECT, as identity.Presence documents
-	case errors.Is(err, broker.ErrTakenOver):
-		return "taken_over"
-	case errors.Is(err, broker.ErrClosed):
-		return "server_shutdown"
-	case errors.Is(err, broker.ErrTooLarge):
-		return "packet_too_large"
-	case errors.Is(err, broker.ErrNotAuthorized):
-		return "not_authorized"
-	case errors.Is(err, broker.ErrProtocol):
-		return "protocol_error"
-	case errors.Is(err, broker.ErrConnectionLost):
-		return "connection_lost"
-	}
-	return "error"
-}
+const adminTokenFile = umbraserver.AdminTokenFile

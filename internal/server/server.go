@@ -1,0 +1,401 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// AdminTokenFile is the operator token's file in the data dir, written on
+// first start (mode 0600) and read by umbra commands on the same machine.
+const AdminTokenFile = "admin.token"
+
+// ErrInvalidConfig is wrapped by Open for a Config it cannot use.
+var ErrInvalidConfig = errors.New("server: invalid config")
+
+// Config configures a Server. Addresses that are "" disable their
+// listener; zero values of the other fields take the components' defaults.
+type Config struct {
+	// DataDir holds the databases, keys and firmware blobs; created 0700.
+	DataDir string
+	// MQTTAddr, WSAddr and TLSAddr are the broker's listeners (at least one
+	// of MQTTAddr and WSAddr); TLSConfig is required with TLSAddr.
+	MQTTAddr, WSAddr, TLSAddr string
+	TLSConfig                 *tls.Config
+	// HTTPAddr is the HTTP API's listener.
+	HTTPAddr string
+
+	MaxDocumentSize int     // shadow.Config.MaxDocumentSize
+	MaxPacketSize   uint32  // broker.Config.MaxPacketSize
+	DeviceRate      float64 // shadow.Config.DeviceRate
+
+	// PublicURL is the base URL in firmware download URLs; default
+	// http://<the bound HTTP address>.
+	PublicURL    string
+	SigningKey   string        // firmware.Config.SigningKeyPath
+	URLTTL       time.Duration // firmware.Config.URLTTL
+	MaxImageSize int64         // firmware.Config.MaxImageSize
+
+	// Anonymous turns authentication off (every client is an operator).
+	Anonymous bool
+
+	// RolloutTick and RolloutRescan tune the planner (rollout.Config.Tick
+	// and Rescan); tests and benchmarks shorten them.
+	RolloutTick, RolloutRescan time.Duration
+
+	// Logger receives every component's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is a running Umbra.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	eng     *shadow.Engine
+	ids     *identity.Store
+	brk     *broker.Server
+	api     *httpapi.Server // nil without HTTPAddr
+	fw      *firmware.Store
+	planner *rollout.Planner
+	metrics *metrics.Metrics
+
+	// closers run in reverse order of opening.
+	closers []closer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type closer struct {
+	name string
+	c    interface{ Close(context.Context) error }
+}
+
+// Open opens every component in dependency order and binds every
+// listener. On error, whatever was opened is closed again.
+func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: DataDir is required", ErrInvalidConfig)
+	}
+	if cfg.MQTTAddr == "" && cfg.WSAddr == "" {
+		return nil, fmt.Errorf("%w: at least one of MQTTAddr and WSAddr is needed", ErrInvalidConfig)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: create data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			err = errors.Join(err, s.Close(cctx))
+		}
+	}()
+	if err := s.open(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) push(name string, c interface{ Close(context.Context) error }) {
+	s.closers = append(s.closers, closer{name, c})
+}
+
+func (s *Server) open(ctx context.Context) error {
+	cfg, log, m := s.cfg, s.log, s.metrics
+	pub := &lazyPublisher{}
+	// The rollout planner is opened after the engine and the firmware store
+	// it depends on; the engine's change feed and the store's delete guard
+	// reach it through this pointer.
+	var planner atomic.Pointer[rollout.Planner]
+	eng, err := shadow.Open(ctx, shadow.Config{
+		Path:            filepath.Join(cfg.DataDir, "shadow.db"),
+		Publisher:       pub,
+		MaxDocumentSize: cfg.MaxDocumentSize,
+		DeviceRate:      cfg.DeviceRate,
+		Logger:          log,
+		Observe:         func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
+		CommitObserved:  m.ObserveCommit,
+		OnChange: func(id device.ID, _ shadow.Version) {
+			if p := planner.Load(); p != nil {
+				p.Notify(id)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.push("shadow", eng)
+	s.eng = eng
+
+	ids, err := identity.Open(ctx, identity.Config{
+		Path:      filepath.Join(cfg.DataDir, "identity.db"),
+		Logger:    log,
+		Anonymous: cfg.Anonymous,
+	})
+	if err != nil {
+		return err
+	}
+	s.push("identity", ids) // closes after the broker
+	s.ids = ids
+	adminToken := filepath.Join(cfg.DataDir, AdminTokenFile)
+	created, err := ids.EnsureAdminToken(ctx, adminToken)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created the operator token; umbra commands on this machine use it automatically", "file", adminToken)
+	} else {
+		log.Info("operator token", "file", adminToken)
+	}
+	if cfg.Anonymous {
+		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
+	}
+
+	// presence publishes a device's presence when the store applied the
+	// change (a replaced session's late disconnect is not applied).
+	presence := func(d device.ID) {
+		if err := pub.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
+			log.Warn("publish presence", "device", d, "err", err)
+		}
+	}
+	brk, err := broker.Open(ctx, broker.Config{
+		TCPAddr:       cfg.MQTTAddr,
+		WSAddr:        cfg.WSAddr,
+		TLSAddr:       cfg.TLSAddr,
+		TLSConfig:     cfg.TLSConfig,
+		MaxPacketSize: cfg.MaxPacketSize,
+		Logger:        log,
+		Auth:          ids,
+		OnSubscribe:   eng.HandleSubscribe,
+		OnConnect: func(ci broker.ConnInfo) {
+			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
+				presence(d)
+			}
+		},
+		OnDisconnect: func(ci broker.ConnInfo, err error) {
+			if d := ci.Identity.Device; d != "" && ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
+				presence(d)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.push("broker", brk) // closes before the engine and the identity store
+	s.brk = brk
+	pub.b.Store(brk)
+	m.RegisterBroker(func() metrics.BrokerStats {
+		st := brk.Stats()
+		return metrics.BrokerStats{
+			ClientsConnected: st.ClientsConnected, MessagesReceived: st.MessagesReceived,
+			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
+			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
+		}
+	})
+	for _, f := range shadow.RequestFilters {
+		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
+			return fmt.Errorf("subscribe engine to %s: %w", f, err)
+		}
+	}
+
+	fwHandler := &lazyHandler{}
+	baseURL := cfg.PublicURL
+	if cfg.HTTPAddr != "" {
+		auth := httpapi.Authenticate(ids, cfg.Anonymous)
+		mounts := httpapi.IdentityRoutes(ids, auth, log)
+		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
+		mounts["GET /metrics"] = m.Handler()   // for Prometheus scrapers, like /healthz: no bearer token
+		api, err := httpapi.Open(ctx, httpapi.Config{
+			Addr:       cfg.HTTPAddr,
+			Shadow:     eng,
+			Logger:     log,
+			Mounts:     mounts,
+			Middleware: auth,
+			Presence:   ids.Presence,
+			// Firmware is installed below: the store needs the bound address.
+		})
+		if err != nil {
+			return err
+		}
+		s.push("http", api) // closes first
+		s.api = api
+		if baseURL == "" {
+			baseURL = "http://" + api.Addr().String()
+		}
+	}
+	fw, err := firmware.Open(ctx, firmware.Config{
+		Dir:            filepath.Join(cfg.DataDir, "firmware"),
+		SigningKeyPath: cfg.SigningKey,
+		URLTTL:         cfg.URLTTL,
+		MaxImageSize:   cfg.MaxImageSize,
+		BaseURL:        baseURL,
+		Logger:         log,
+		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) {
+			if p := planner.Load(); p != nil {
+				return p.InUse(ctx, v)
+			}
+			return "", false, nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.push("firmware", fw)
+	s.fw = fw
+	m.RegisterFirmware(fw)
+	pl, err := rollout.Open(ctx, rollout.Config{
+		Path:     filepath.Join(cfg.DataDir, "rollout.db"),
+		Shadows:  rollout.EngineShadows(eng),
+		Firmware: fw,
+		Logger:   log,
+		Tick:     cfg.RolloutTick,
+		Rescan:   cfg.RolloutRescan,
+	})
+	if err != nil {
+		return err
+	}
+	s.push("rollout", pl) // closes before firmware, broker and engine
+	planner.Store(pl)
+	s.planner = pl
+	var dl http.Handler = fw.DownloadHandler()
+	fwHandler.h.Store(&dl)
+	if s.api != nil {
+		s.api.SetFirmware(fw)
+	}
+
+	attrs := []any{"data_dir", cfg.DataDir}
+	for _, l := range []struct {
+		name string
+		addr net.Addr
+	}{{"mqtt", brk.Addr()}, {"ws", brk.WSAddr()}, {"tls", brk.TLSAddr()}, {"http", s.HTTPAddr()}} {
+		if l.addr != nil {
+			attrs = append(attrs, l.name, l.addr.String())
+		}
+	}
+	log.Info("umbra serving", attrs...)
+	return nil
+}
+
+// Close closes every component in reverse order of opening: the HTTP API
+// and the planner first, then device traffic, then the stores. ctx bounds
+// each component's wait for work in progress. It is idempotent.
+func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			c := s.closers[i]
+			if err := c.c.Close(ctx); err != nil {
+				s.log.Error("close", "component", c.name, "err", err)
+				errs = append(errs, fmt.Errorf("close %s: %w", c.name, err))
+			}
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// DataDir returns Config.DataDir.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
+// Engine returns the shadow engine.
+func (s *Server) Engine() *shadow.Engine { return s.eng }
+
+// Identity returns the identity store.
+func (s *Server) Identity() *identity.Store { return s.ids }
+
+// Broker returns the MQTT broker.
+func (s *Server) Broker() *broker.Server { return s.brk }
+
+// API returns the HTTP API, nil without Config.HTTPAddr.
+func (s *Server) API() *httpapi.Server { return s.api }
+
+// Firmware returns the firmware store.
+func (s *Server) Firmware() *firmware.Store { return s.fw }
+
+// Planner returns the rollout planner.
+func (s *Server) Planner() *rollout.Planner { return s.planner }
+
+// HTTPAddr returns the HTTP API's bound address, nil without one.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.api == nil {
+		return nil
+	}
+	return s.api.Addr()
+}
+
+// lazyHandler serves through a handler installed after the HTTP listener is
+// bound: the firmware store needs the listener's real address for its URLs.
+type lazyHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := l.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	http.Error(w, "starting", http.StatusServiceUnavailable)
+}
+
+// lazyPublisher lets the shadow engine be opened (and its database lock
+// taken) before the broker binds its ports: a second server on the same
+// data dir then fails on the lock with a clear message, not on a port.
+type lazyPublisher struct{ b atomic.Pointer[broker.Server] }
+
+func (p *lazyPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if b := p.b.Load(); b != nil {
+		return b.Publish(topic, payload, retain, qos)
+	}
+	return broker.ErrClosed
+}
+
+func (p *lazyPublisher) HasSubscribers(topic string) bool {
+	if b := p.b.Load(); b != nil {
+		return b.HasSubscribers(topic)
+	}
+	return false
+}
+
+var _ shadow.Publisher = (*broker.Server)(nil)
+
+// disconnectReason is the presence reason for a broker disconnect error:
+// a short stable word, "" for a clean DISCONNECT.
+func disconnectReason(err error) string {
+	switch {
+	case err == nil:
+		return "" // clean DISCONNECT, as identity.Presence documents
+	case errors.Is(err, broker.ErrTakenOver):
+		return "taken_over"
+	case errors.Is(err, broker.ErrClosed):
+		return "server_shutdown"
+	case errors.Is(err, broker.ErrTooLarge):
+		return "packet_too_large"
+	case errors.Is(err, broker.ErrNotAuthorized):
+		return "not_authorized"
+	case errors.Is(err, broker.ErrProtocol):
+		return "protocol_error"
+	case errors.Is(err, broker.ErrConnectionLost):
+		return "connection_lost"
+	}
+	return "error"
+}
