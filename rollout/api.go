@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -91,7 +92,8 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 	}
 	now := p.cfg.Now()
 	r := Rollout{Firmware: spec.Firmware, State: StateCreated, Policy: spec.Policy, Targets: len(targets),
-		Batches: planBatches(len(targets), spec.Policy), Created: now, Updated: now, RetryOf: retryOf}
+		Batches: planBatches(len(targets), spec.Policy), Created: now, Updated: now, RetryOf: retryOf,
+		Selector: maps.Clone(spec.Selector), All: spec.All}
 	var ev Event
 	err := p.db.Update(func(tx *bolt.Tx) error {
 		id, err := nextID(tx)
@@ -142,6 +144,7 @@ func (p *Planner) conflict(except string, set map[device.ID]struct{}) error {
 func cloneRollout(r Rollout) Rollout {
 	r.Batches = slices.Clone(r.Batches)
 	r.Versions = slices.Clone(r.Versions)
+	r.Selector = maps.Clone(r.Selector)
 	return r
 }
 

@@ -15,6 +15,10 @@
 // the devices notified and not finished at once. A Dynamic rollout takes
 // more targets while active (AddDevices, e.g. devices enrolled later that
 // match its selector), appended as further batches.
+// Spec.Selector and Spec.All record how the caller chose the targets (a
+// label selector, or every device); the planner stores and returns them
+// without interpreting them, so that the API can add matching devices
+// enrolled later to a dynamic rollout.
 //
 // A rollout moves created → running ⇄ paused → succeeded | failed | aborted.
 // Every transition is idempotent and appended to the rollout's event log
@@ -25,6 +29,9 @@
 // failed and timed-out devices exceed FailurePercent of the finished ones
 // (>), or reach FailureCount, and at least MinSample devices finished, the
 // rollout applies OnFailure: pause (default), abort, or abort with rollback.
+// When every device of a started batch is terminal, the batch is recorded
+// done (Batch.Done) with a batch_finished event summing it up ("48/50
+// succeeded, 2 failed"), exactly once: the flag is committed with the event.
 // A batch that finished below the success threshold does the same (the last
 // batch makes the rollout failed). Resume overrides both once. Pause stops
 // new notifications only: notified devices continue and still time out.
@@ -65,6 +72,9 @@
 // observes reports, steps every rollout, commits all record changes in one
 // bbolt transaction, and only then writes shadows. Config.OnEvent receives
 // every committed event (the seam for MQTT progress topics).
+//
+// In JSON a Policy's durations are Go duration strings ("30m0s"); integer
+// nanoseconds, the form of older records, are accepted when decoding.
 //
 // State lives in its own bbolt file (Config.Path, rollout.db): rollout
 // metadata, the target list, one 12-byte record per device that left

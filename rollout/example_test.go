@@ -31,8 +31,10 @@ func ExampleStep() {
 	// transition(running, rollback=false, "started")
 	// start_batch(0)
 	// notify(0, r1/1)
+	// batch_finished(0, "1/1 succeeded, 0 failed")
 	// start_batch(1)
 	// notify(1, r1/1)
 	// notify(2, r1/1)
+	// batch_finished(1, "2/2 succeeded, 0 failed")
 	// transition(succeeded, rollback=false, "3 succeeded, 0 already installed, 0 failed")
 }

@@ -17,6 +17,8 @@ func FuzzSpec(f *testing.F) {
 		`{"firmware":"v1.2.0","devices":["a","a"],"success_threshold":95,"failure_percent":10,"min_sample":5}`,
 		`{"firmware":"1.2","devices":[]}`,
 		`{"firmware":"1.2.0","devices":["x/y"],"retries":11,"on_failure":"explode"}`,
+		`{"firmware":"1.2.0","devices":["a"],"device_timeout":"90s","retry_backoff":30000000000,"selector":{"hw":"m2"}}`,
+		`{"firmware":"1.2.0","devices":["a"],"all":true,"url_ttl":"-1h","device_timeout":null}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -35,6 +37,18 @@ func FuzzSpec(f *testing.F) {
 		}
 		if next != n {
 			t.Fatalf("batches cover %d targets, want %d", next, n)
+		}
+		// A valid spec survives a JSON round trip.
+		raw, err := json.Marshal(s)
+		if err != nil {
+			t.Fatalf("Marshal(%+v): %v", s, err)
+		}
+		var back rollout.Spec
+		if err := json.Unmarshal(raw, &back); err != nil {
+			t.Fatalf("Unmarshal(%s): %v", raw, err)
+		}
+		if again, _ := json.Marshal(back); string(again) != string(raw) {
+			t.Fatalf("round trip %s, want %s", again, raw)
 		}
 	})
 }

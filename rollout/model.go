@@ -1,6 +1,8 @@
 package rollout
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -22,6 +24,9 @@ const (
 	MaxBatches              = 1000
 	MinDeviceTimeout        = time.Second
 	MaxDeviceTimeout        = 7 * 24 * time.Hour
+	// MaxSelectorLabels and MaxSelectorText bound Spec.Selector.
+	MaxSelectorLabels = 32
+	MaxSelectorText   = 256
 )
 
 // State is a rollout's state:
@@ -153,10 +158,18 @@ type Device struct {
 type Batch struct {
 	Start int `json:"start"`
 	Size  int `json:"size"`
+	// Done is set when every device of the started batch reached a
+	// terminal state (the batch_finished event was recorded).
+	Done bool `json:"done,omitempty"`
 }
 
 // Policy is how a rollout proceeds. Zero values mean the documented
 // defaults.
+//
+// In JSON the durations (device_timeout, retry_backoff, url_ttl) are Go
+// duration strings ("30m0s"); decoding also accepts an integer number of
+// nanoseconds (the form of older records). Unknown fields are ignored here;
+// the HTTP API refuses them.
 type Policy struct {
 	// BatchSize or BatchPercent (of the targets, rounded up) sizes the
 	// batches; neither means one batch of every target.
@@ -196,6 +209,77 @@ type Policy struct {
 	URLTTL time.Duration `json:"url_ttl,omitempty"`
 	// Dynamic records that devices enrolled later may be added.
 	Dynamic bool `json:"dynamic,omitempty"`
+}
+
+// policyAlias has Policy's fields without its JSON methods.
+type policyAlias Policy
+
+// MarshalJSON encodes p with its durations as Go duration strings.
+func (p Policy) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		policyAlias
+		DeviceTimeout jsonDuration `json:"device_timeout,omitempty"`
+		RetryBackoff  jsonDuration `json:"retry_backoff,omitempty"`
+		URLTTL        jsonDuration `json:"url_ttl,omitempty"`
+	}{policyAlias(p), jsonDuration(p.DeviceTimeout), jsonDuration(p.RetryBackoff), jsonDuration(p.URLTTL)})
+}
+
+// UnmarshalJSON decodes a Policy encoded by MarshalJSON, or with integer
+// nanosecond durations. A malformed duration is an error wrapping
+// ErrInvalid.
+func (p *Policy) UnmarshalJSON(b []byte) error {
+	w := struct {
+		*policyAlias
+		DeviceTimeout jsonDuration `json:"device_timeout"`
+		RetryBackoff  jsonDuration `json:"retry_backoff"`
+		URLTTL        jsonDuration `json:"url_ttl"`
+	}{(*policyAlias)(p), jsonDuration(p.DeviceTimeout), jsonDuration(p.RetryBackoff), jsonDuration(p.URLTTL)}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	p.DeviceTimeout, p.RetryBackoff, p.URLTTL = time.Duration(w.DeviceTimeout), time.Duration(w.RetryBackoff), time.Duration(w.URLTTL)
+	return nil
+}
+
+// jsonDuration is a time.Duration that encodes as a Go duration string
+// ("" for zero, so omitempty drops it) and decodes from a string or an
+// integer of nanoseconds.
+type jsonDuration time.Duration
+
+func (d jsonDuration) MarshalText() ([]byte, error) {
+	if d == 0 {
+		return []byte{}, nil
+	}
+	return []byte(time.Duration(d).String()), nil
+}
+
+func (d *jsonDuration) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case bytes.Equal(b, []byte("null")):
+		return nil
+	case len(b) > 0 && b[0] == '"':
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return fmt.Errorf("%w: duration %s: %w", ErrInvalid, b, err)
+		}
+		if s == "" {
+			*d = 0
+			return nil
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%w: duration %q: want e.g. \"90s\" or \"30m\"", ErrInvalid, s)
+		}
+		*d = jsonDuration(v)
+		return nil
+	}
+	v, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: duration %s: want a string such as \"30m\" or integer nanoseconds", ErrInvalid, b)
+	}
+	*d = jsonDuration(v)
+	return nil
 }
 
 func (p *Policy) setDefaults() {
@@ -256,7 +340,66 @@ type Spec struct {
 	// selectors and --all into IDs, sorted for a deterministic order).
 	// Duplicates are dropped; the list is frozen at creation.
 	Devices []device.ID `json:"devices"`
+	// Selector and All describe how the caller chose Devices (a label
+	// selector, or every device). They are stored and returned, not
+	// interpreted by the planner: they let a Dynamic rollout take matching
+	// devices enrolled later (AddDevices).
+	Selector map[string]string `json:"selector,omitempty"`
+	All      bool              `json:"all,omitempty"`
 	Policy
+}
+
+// specHead is Spec without its inline Policy.
+type specHead struct {
+	Firmware firmware.Version  `json:"firmware"`
+	Devices  []device.ID       `json:"devices"`
+	Selector map[string]string `json:"selector,omitempty"`
+	All      bool              `json:"all,omitempty"`
+}
+
+// MarshalJSON encodes s as one object: its fields and its Policy's. (The
+// embedded Policy's JSON methods would otherwise encode only the policy.)
+func (s Spec) MarshalJSON() ([]byte, error) {
+	return MarshalInline(specHead{s.Firmware, s.Devices, s.Selector, s.All}, s.Policy)
+}
+
+// UnmarshalJSON decodes an object encoded by MarshalJSON; unknown fields
+// are ignored.
+func (s *Spec) UnmarshalJSON(b []byte) error {
+	var h specHead
+	if err := json.Unmarshal(b, &h); err != nil {
+		return err
+	}
+	var p Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*s = Spec{Firmware: h.Firmware, Devices: h.Devices, Selector: h.Selector, All: h.All, Policy: p}
+	return nil
+}
+
+// MarshalInline encodes head, a struct, and p as one JSON object: head's
+// fields, then p's. It is how a type embedding Policy encodes itself.
+func MarshalInline(head any, p Policy) ([]byte, error) {
+	hb, err := json.Marshal(head)
+	if err != nil {
+		return nil, err
+	}
+	pb, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	if len(hb) < 2 || hb[0] != '{' || len(pb) < 2 || pb[0] != '{' {
+		return nil, fmt.Errorf("marshal inline: not JSON objects: %.20s, %.20s", hb, pb)
+	}
+	if len(pb) == 2 { // {}
+		return hb, nil
+	}
+	if len(hb) == 2 {
+		return pb, nil
+	}
+	out := append(hb[:len(hb)-1:len(hb)-1], ',')
+	return append(out, pb[1:]...), nil
 }
 
 // Validate checks s (after defaults are applied to its Policy); the error
@@ -274,6 +417,17 @@ func (s Spec) Validate() error {
 	for _, id := range s.Devices {
 		if _, err := device.ParseID(string(id)); err != nil {
 			return fmt.Errorf("%w: target: %w", ErrInvalid, err)
+		}
+	}
+	if s.All && len(s.Selector) > 0 {
+		return fmt.Errorf("%w: give a selector or all, not both", ErrInvalid)
+	}
+	if len(s.Selector) > MaxSelectorLabels {
+		return fmt.Errorf("%w: selector of %d labels, at most %d", ErrInvalid, len(s.Selector), MaxSelectorLabels)
+	}
+	for k, v := range s.Selector {
+		if k == "" || len(k) > MaxSelectorText || len(v) > MaxSelectorText {
+			return fmt.Errorf("%w: selector label %.40q=%.40q: key must be 1 to %d bytes, value at most %d", ErrInvalid, k, v, MaxSelectorText, MaxSelectorText)
 		}
 	}
 	p := s.Policy
@@ -301,6 +455,9 @@ type Rollout struct {
 	Created  time.Time        `json:"created"`
 	Updated  time.Time        `json:"updated"`
 	RetryOf  string           `json:"retry_of,omitempty"` // the rollout this one retries
+	// Selector and All are Spec's: how the targets were chosen.
+	Selector map[string]string `json:"selector,omitempty"`
+	All      bool              `json:"all,omitempty"`
 	// Versions interns the versions devices ran before this rollout
 	// (Device.From indexes it from 1).
 	Versions []string `json:"versions,omitempty"`

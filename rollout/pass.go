@@ -216,6 +216,10 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 				w.meta(ru)
 				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchStarted, Batch: a.Batch, Reason: a.Reason}})
 				more = true
+			case ActBatchFinished:
+				Apply(now, &ru.r, ru.devs, a)
+				w.meta(ru)
+				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchFinished, Batch: a.Batch, Reason: a.Reason}})
 			case ActSetDevice:
 				p.setDevice(&w, ru, a.Index, a.Device, a.Reason)
 				if a.Device.State.Failure() || a.Device.State == DevicePending && a.Device.Attempt > 0 {

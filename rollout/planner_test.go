@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -118,7 +119,8 @@ func TestRolloutCompletes(t *testing.T) {
 	for _, ev := range evs {
 		kinds = append(kinds, ev.Kind+":"+string(ev.State))
 	}
-	want := "created:created state:running batch_started: batch_started: batch_started: batch_started: state:succeeded"
+	want := "created:created state:running batch_started: batch_finished: batch_started: batch_finished: " +
+		"batch_started: batch_finished: batch_started: batch_finished: state:succeeded"
 	if got := strings.Join(kinds, " "); got != want {
 		t.Errorf("events = %s, want %s", got, want)
 	}
@@ -369,9 +371,82 @@ func TestAbortAndRollback(t *testing.T) {
 	if _, err := p.Resume(t.Context(), r.ID); !errors.Is(err, rollout.ErrState) {
 		t.Errorf("Resume after abort: %v, want ErrState", err)
 	}
-	evs, _ := p.Events(t.Context(), r.ID)
-	if last := evs[len(evs)-1]; last.Kind != rollout.EventRollback && last.Kind != rollout.EventState {
-		t.Errorf("last event %+v, want a rollback", last)
+	// Both started batches end up finished (after the cancels), once each.
+	var evs []rollout.Event
+	waitFor(t, func() bool {
+		evs, _ = p.Events(t.Context(), r.ID)
+		return len(eventsOf(evs, rollout.EventBatchFinished)) == 2
+	})
+	if got := len(eventsOf(evs, rollout.EventRollback)); got != 2 {
+		t.Errorf("%d rollback events, want 2", got)
+	}
+	fin := eventsOf(evs, rollout.EventBatchFinished)
+	if fin[0].Batch != 0 || fin[1].Batch != 1 || fin[1].Reason != "0/2 succeeded, 0 failed, 1 already installed, 1 canceled" {
+		t.Errorf("batch_finished events %+v, want batch 0 then batch 1 with 1 already installed, 1 canceled", fin)
+	}
+}
+
+func eventsOf(evs []rollout.Event, kind string) []rollout.Event {
+	var out []rollout.Event
+	for _, ev := range evs {
+		if ev.Kind == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestBatchFinishedOnceAcrossRestart finishes batch 0, restarts the
+// planner and finishes batch 1: each batch_finished event is recorded once.
+func TestBatchFinishedOnceAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rollout.db")
+	fw := newFakeFirmware("2.0.0")
+	fs := newFakeShadows(silent)
+	p1 := mustOpen(t, path, fs, fw, nil)
+	targets := ids("d", 4)
+	r, err := p1.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Devices: targets, Policy: rollout.Policy{BatchSize: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		ds, _ := p1.Devices(t.Context(), r.ID, rollout.DeviceNotified)
+		return len(ds) == 2
+	})
+	for _, id := range targets[:2] {
+		fs.report(id, firmware.Report{Version: "2.0.0", State: firmware.StateUpdated, Job: "r1/1"})
+	}
+	waitFor(t, func() bool {
+		evs, _ := p1.Events(t.Context(), r.ID)
+		ds, _ := p1.Devices(t.Context(), r.ID, rollout.DeviceNotified)
+		return len(eventsOf(evs, rollout.EventBatchFinished)) == 1 && len(ds) == 2 // batch 1 notified
+	})
+	if err := p1.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// While down, batch 1 installs.
+	fs.mu.Lock()
+	fs.notify = nil
+	for _, id := range targets[2:] {
+		fs.reports[id] = firmware.Report{Version: "2.0.0", State: firmware.StateUpdated, Job: "r1/1"}
+	}
+	fs.mu.Unlock()
+	p2 := mustOpen(t, path, fs, fw, nil)
+	st := waitState(t, p2, r.ID, rollout.StateSucceeded)
+	for _, b := range st.Rollout.Batches {
+		if !b.Done {
+			t.Errorf("batch %+v not done, want done", b)
+		}
+	}
+	evs, err := p2.Events(t.Context(), r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range eventsOf(evs, rollout.EventBatchFinished) {
+		got = append(got, fmt.Sprintf("%d:%s", ev.Batch, ev.Reason))
+	}
+	if want := "0:2/2 succeeded, 0 failed 1:2/2 succeeded, 0 failed"; strings.Join(got, " ") != want {
+		t.Errorf("batch_finished events %q, want %q", strings.Join(got, " "), want)
 	}
 }
 

@@ -29,11 +29,16 @@ const (
 	// ActRollback writes the device's previous version back as desired,
 	// then records it rolled back.
 	ActRollback
+	// ActBatchFinished records that every device of started batch
+	// Action.Batch is terminal (Batch.Done), with a summary in
+	// Action.Reason, e.g. "48/50 succeeded, 2 failed".
+	ActBatchFinished
 )
 
 var actionNames = map[ActionKind]string{
 	ActTransition: "transition", ActStartBatch: "start_batch", ActNotify: "notify",
 	ActSetDevice: "set_device", ActCancel: "cancel", ActRollback: "rollback",
+	ActBatchFinished: "batch_finished",
 }
 
 // String returns the kind's name.
@@ -58,6 +63,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("transition(%s, rollback=%t, %q)", a.To, a.Rollback, a.Reason)
 	case ActStartBatch:
 		return fmt.Sprintf("start_batch(%d)", a.Batch)
+	case ActBatchFinished:
+		return fmt.Sprintf("batch_finished(%d, %q)", a.Batch, a.Reason)
 	case ActNotify:
 		return fmt.Sprintf("notify(%d, %s)", a.Index, a.Job)
 	}
@@ -115,7 +122,16 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 	}
 	switch st {
 	case StateAborted:
-		return append(acts, converge(r, devs)...)
+		acts = append(acts, converge(r, devs)...)
+		for bi := range r.Started {
+			var c counts
+			b := r.Batches[bi]
+			for _, d := range devs[b.Start : b.Start+b.Size] {
+				c[d.State]++
+			}
+			acts = appendFinished(acts, r, bi, &c)
+		}
+		return acts
 	case StateSucceeded, StateFailed:
 		if r.Rollback {
 			return append(acts, converge(r, devs)...)
@@ -134,17 +150,23 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 	if r.Started > 0 {
 		curStart = r.Batches[r.Started-1].Start
 	}
-	for i := range end {
-		d := devs[i]
-		if d.State.InFlight() && nowNS-d.At >= int64(r.Policy.DeviceTimeout) {
-			d = retryOrFinal(r.Policy, d, now, DeviceTimedOut)
-			acts = append(acts, Action{Kind: ActSetDevice, Index: i, Device: d,
-				Reason: fmt.Sprintf("no progress for %s", r.Policy.DeviceTimeout)})
+	for bi := range r.Started { // the started batches cover [0, end) in order
+		b := r.Batches[bi]
+		var bc counts
+		for i := b.Start; i < b.Start+b.Size; i++ {
+			d := devs[i]
+			if d.State.InFlight() && nowNS-d.At >= int64(r.Policy.DeviceTimeout) {
+				d = retryOrFinal(r.Policy, d, now, DeviceTimedOut)
+				acts = append(acts, Action{Kind: ActSetDevice, Index: i, Device: d,
+					Reason: fmt.Sprintf("no progress for %s", r.Policy.DeviceTimeout)})
+			}
+			all[d.State]++
+			bc[d.State]++
+			if i >= curStart {
+				cur[d.State]++
+			}
 		}
-		all[d.State]++
-		if i >= curStart {
-			cur[d.State]++
-		}
+		acts = appendFinished(acts, r, bi, &bc)
 	}
 	if st == StatePaused {
 		return acts
@@ -196,6 +218,23 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 		return append(acts, Action{Kind: ActTransition, To: StateFailed, Rollback: r.Policy.OnFailure == OnFailureRollback,
 			Reason: fmt.Sprintf("%.1f%% succeeded, below %.1f%%", all.ratio(), r.Policy.SuccessThreshold)})
 	}
+}
+
+// appendFinished appends ActBatchFinished for started batch bi, whose
+// device states c tallies, if all of them are terminal and the batch is not
+// recorded done yet.
+func appendFinished(acts []Action, r *Rollout, bi int, c *counts) []Action {
+	if r.Batches[bi].Done || !c.done() {
+		return acts
+	}
+	reason := fmt.Sprintf("%d/%d succeeded, %d failed", c.succeeded(), c.total(), c.failures())
+	if n := c[DeviceAlreadyInstalled]; n > 0 {
+		reason += fmt.Sprintf(", %d already installed", n)
+	}
+	if n := c[DeviceCanceled]; n > 0 {
+		reason += fmt.Sprintf(", %d canceled", n)
+	}
+	return append(acts, Action{Kind: ActBatchFinished, Batch: bi, Reason: reason})
 }
 
 // failureTripped evaluates the failure threshold.
@@ -325,6 +364,10 @@ func Apply(now time.Time, r *Rollout, devs []Device, a Action) {
 		if a.Batch == r.Started && a.Batch < len(r.Batches) {
 			r.Started++
 			r.Updated = now
+		}
+	case ActBatchFinished:
+		if a.Batch >= 0 && a.Batch < r.Started {
+			r.Batches[a.Batch].Done = true
 		}
 	case ActNotify, ActSetDevice, ActCancel, ActRollback:
 		devs[a.Index] = a.Device

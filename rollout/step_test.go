@@ -142,7 +142,7 @@ func TestStep(t *testing.T) {
 			name: "healthy batch starts the next",
 			r:    func() *rollout.Rollout { r := testRollout(4, rollout.Policy{}, 2, 2); r.Started = 1; return r },
 			devs: devs(S, AI, P, P),
-			want: `start_batch(1)`,
+			want: `batch_finished(0, "1/2 succeeded, 0 failed, 1 already installed") start_batch(1)`,
 		},
 		{
 			name: "success threshold lets stragglers run on",
@@ -164,7 +164,7 @@ func TestStep(t *testing.T) {
 			name: "finished batch below threshold pauses",
 			r:    func() *rollout.Rollout { r := testRollout(4, rollout.Policy{}, 2, 2); r.Started = 1; return r },
 			devs: devs(S, F, P, P),
-			want: `transition(paused, rollback=false, "batch 0 finished at 50.0% success, below 100.0%")`,
+			want: `batch_finished(0, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 0 finished at 50.0% success, below 100.0%")`,
 		},
 		{
 			name: "resume forces past the gate",
@@ -174,7 +174,7 @@ func TestStep(t *testing.T) {
 				return r
 			},
 			devs: devs(S, F, P, P),
-			want: `start_batch(1)`,
+			want: `batch_finished(0, "1/2 succeeded, 1 failed") start_batch(1)`,
 		},
 		{
 			name: "resume of an earlier batch does not force this one",
@@ -184,7 +184,7 @@ func TestStep(t *testing.T) {
 				return r
 			},
 			devs: devs(S, S, S, F, P, P),
-			want: `transition(paused, rollback=false, "batch 1 finished at 50.0% success, below 100.0%")`,
+			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 1 finished at 50.0% success, below 100.0%")`,
 		},
 		{
 			name: "failure percent not evaluated below min sample",
@@ -282,7 +282,7 @@ func TestStep(t *testing.T) {
 			},
 			devs: devs(N, S),
 			now:  time.Hour,
-			want: `set_device(0, timed_out/1) transition(failed, rollback=false, "50.0% succeeded, below 100.0%")`,
+			want: `set_device(0, timed_out/1) batch_finished(0, "1/2 succeeded, 1 failed") transition(failed, rollback=false, "50.0% succeeded, below 100.0%")`,
 		},
 		{
 			name: "retry waits for its backoff",
@@ -353,7 +353,7 @@ func TestStep(t *testing.T) {
 			name: "last batch done succeeds",
 			r:    func() *rollout.Rollout { r := testRollout(4, rollout.Policy{}, 2, 2); r.Started = 2; return r },
 			devs: devs(S, S, AI, S),
-			want: `transition(succeeded, rollback=false, "3 succeeded, 1 already installed, 0 failed")`,
+			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 0 failed, 1 already installed") transition(succeeded, rollback=false, "3 succeeded, 1 already installed, 0 failed")`,
 		},
 		{
 			name: "last batch below threshold fails",
@@ -363,7 +363,7 @@ func TestStep(t *testing.T) {
 				return r
 			},
 			devs: devs(S, S, F, S),
-			want: `transition(failed, rollback=false, "75.0% succeeded, below 90.0%")`,
+			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 1 failed") transition(failed, rollback=false, "75.0% succeeded, below 90.0%")`,
 		},
 	}
 	for _, tc := range tests {
@@ -474,4 +474,133 @@ func TestStepScenario(t *testing.T) {
 	if ds[9].State != TO || ds[9].Attempt != 2 || ds[3].State != S || ds[3].Attempt != 2 {
 		t.Errorf("device 3 %v/%d, 9 %v/%d, want succeeded/2, timed_out/2", ds[3].State, ds[3].Attempt, ds[9].State, ds[9].Attempt)
 	}
+}
+
+// TestStepBatchFinished covers the batch_finished decision: once per
+// started batch, when every device of it is terminal.
+func TestStepBatchFinished(t *testing.T) {
+	tests := []struct {
+		name string
+		r    func() *rollout.Rollout
+		devs []rollout.Device
+		now  time.Duration
+		want string // the batch_finished actions only
+	}{
+		{
+			name: "in-flight device keeps the batch open",
+			r:    func() *rollout.Rollout { r := testRollout(3, rollout.Policy{}, 3); r.Started = 1; return r },
+			devs: devs(S, S, D),
+			want: ``,
+		},
+		{
+			name: "pending retry keeps the batch open",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{Retries: 1}, 2)
+				r.Started = 1
+				return r
+			},
+			devs: []rollout.Device{{State: S, Attempt: 1}, {State: P, Attempt: 1, At: at(time.Hour)}},
+			want: ``,
+		},
+		{
+			name: "all terminal finishes with a summary",
+			r:    func() *rollout.Rollout { r := testRollout(5, rollout.Policy{}, 5); r.Started = 1; return r },
+			devs: devs(S, S, F, TO, AI),
+			want: `batch_finished(0, "2/5 succeeded, 2 failed, 1 already installed")`,
+		},
+		{
+			name: "a batch recorded done is not finished again",
+			r: func() *rollout.Rollout {
+				r := testRollout(4, rollout.Policy{}, 2, 2)
+				r.Started, r.Batches[0].Done = 2, true
+				return r
+			},
+			devs: devs(S, S, S, D),
+			want: ``,
+		},
+		{
+			name: "later batch may finish before an earlier one",
+			r: func() *rollout.Rollout {
+				r := testRollout(4, rollout.Policy{SuccessThreshold: 50}, 2, 2)
+				r.Started = 2
+				return r
+			},
+			devs: devs(S, D, S, S),
+			want: `batch_finished(1, "2/2 succeeded, 0 failed")`,
+		},
+		{
+			name: "timeout in this step finishes the batch",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{DeviceTimeout: time.Minute}, 2, 2)
+				r.Started = 1
+				return r
+			},
+			devs: devs(S, N, P, P),
+			now:  time.Hour,
+			want: `batch_finished(0, "1/2 succeeded, 1 failed")`,
+		},
+		{
+			name: "paused rollout still records a finished batch",
+			r: func() *rollout.Rollout {
+				r := testRollout(4, rollout.Policy{}, 2, 2)
+				r.Started, r.State = 1, rollout.StatePaused
+				return r
+			},
+			devs: devs(S, F, P, P),
+			want: `batch_finished(0, "1/2 succeeded, 1 failed")`,
+		},
+		{
+			name: "aborted rollout finishes started batches once canceled",
+			r: func() *rollout.Rollout {
+				r := testRollout(4, rollout.Policy{}, 2, 2)
+				r.Started, r.State = 1, rollout.StateAborted
+				return r
+			},
+			devs: []rollout.Device{{State: S, Attempt: 1}, {State: rollout.DeviceCanceled, Attempt: 1},
+				{State: rollout.DeviceCanceled}, {State: rollout.DeviceCanceled}},
+			want: `batch_finished(0, "1/2 succeeded, 0 failed, 1 canceled")`,
+		},
+		{
+			name: "not-started batches never finish",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{}, 1, 1)
+				r.State = rollout.StateAborted
+				return r
+			},
+			devs: []rollout.Device{{State: rollout.DeviceCanceled}, {State: rollout.DeviceCanceled}},
+			want: ``,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.r()
+			var got []string
+			for _, a := range rollout.Step(t0.Add(tc.now), r, tc.devs) {
+				if a.Kind == rollout.ActBatchFinished {
+					got = append(got, a.String())
+				}
+			}
+			if g := strings.Join(got, " "); g != tc.want {
+				t.Errorf("batch_finished actions = %s, want %s", g, tc.want)
+			}
+		})
+	}
+	t.Run("Apply records the batch done, so the next Step is silent", func(t *testing.T) {
+		r := testRollout(2, rollout.Policy{}, 2)
+		r.Started = 1
+		ds := devs(S, S)
+		now := t0
+		for _, a := range rollout.Step(now, r, ds) {
+			rollout.Apply(now, r, ds, a)
+		}
+		if !r.Batches[0].Done {
+			t.Fatalf("batch 0 done = false after Apply, want true")
+		}
+		r.State = rollout.StateRunning // Apply moved it to succeeded; ask again as if running
+		for _, a := range rollout.Step(now, r, ds) {
+			if a.Kind == rollout.ActBatchFinished {
+				t.Errorf("second Step returned %s, want no batch_finished", a)
+			}
+		}
+	})
 }

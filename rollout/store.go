@@ -54,10 +54,13 @@ const (
 	EventCreated      = "created"
 	EventState        = "state"         // State is the new state
 	EventBatchStarted = "batch_started" // Batch is its index
-	EventDeviceFailed = "device_failed" // Device failed or timed out for good
-	EventRetry        = "device_retry"  // Device will be notified again
-	EventRollback     = "device_rollback"
-	EventDevicesAdded = "devices_added" // to a dynamic rollout
+	// EventBatchFinished is recorded once when every device of batch Batch
+	// is terminal; Reason sums it up, e.g. "48/50 succeeded, 2 failed".
+	EventBatchFinished = "batch_finished"
+	EventDeviceFailed  = "device_failed" // Device failed or timed out for good
+	EventRetry         = "device_retry"  // Device will be notified again
+	EventRollback      = "device_rollback"
+	EventDevicesAdded  = "devices_added" // to a dynamic rollout
 )
 
 func encodeDevice(d Device) []byte {

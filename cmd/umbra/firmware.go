@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/apiclient"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/fwclient"
 	"github.com/umbra-iot/umbra/internal/httpapi"
@@ -39,13 +40,20 @@ func (o *fwOptions) addFlags(fs *pflag.FlagSet) {
 
 // client validates the shared flags and returns the API client.
 func (o *fwOptions) client() (*fwclient.Client, error) {
+	return newAPIClient(o, func(c apiclient.Config) (*fwclient.Client, error) { return fwclient.New(fwclient.Config(c)) })
+}
+
+// newAPIClient validates the shared flags of o and builds a client of the
+// HTTP API with newClient.
+func newAPIClient[C any](o *fwOptions, newClient func(apiclient.Config) (C, error)) (C, error) {
+	var zero C
 	tok, err := resolveClientFlags(o.output, o.timeout, &o.cred)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	c, err := fwclient.New(fwclient.Config{API: o.api, Token: tok, Timeout: o.timeout})
+	c, err := newClient(apiclient.Config{API: o.api, Token: tok, Timeout: o.timeout})
 	if err != nil {
-		return nil, fmt.Errorf("--api: %w", err)
+		return zero, fmt.Errorf("--api: %w", err)
 	}
 	return c, nil
 }
@@ -53,21 +61,7 @@ func (o *fwOptions) client() (*fwclient.Client, error) {
 // query gets a client, makes one call and prints its answer: as one line
 // of JSON, or with text.
 func query[T any](cmd *cobra.Command, o *fwOptions, call func(context.Context, *fwclient.Client) (T, error), text func(io.Writer, T) error) error {
-	c, err := o.client()
-	if err != nil {
-		return err
-	}
-	v, err := call(cmd.Context(), c)
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	if o.output == "json" {
-		enc := json.NewEncoder(w) // one line; URLs keep their "&"
-		enc.SetEscapeHTML(false)
-		return enc.Encode(v)
-	}
-	return text(w, v)
+	return callAPI(cmd, o.output, o.client, call, text)
 }
 
 func newFirmwareCmd() *cobra.Command {

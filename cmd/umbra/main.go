@@ -69,7 +69,7 @@ func newRootCmd() *cobra.Command {
 // extraCommands is the list of operator subcommands; each lives in its own
 // file.
 func extraCommands() []*cobra.Command {
-	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newDeviceCmd(), newTokenCmd(), newCACmd()}
+	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newRolloutCmd(), newDeviceCmd(), newTokenCmd(), newCACmd()}
 }
 
 // applyEnv sets every flag not given on the command line from UMBRA_<NAME>

@@ -1,7 +1,6 @@
 package fwclient
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,24 +8,18 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/apiclient"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 )
 
 // Defaults for Config's zero values.
 const (
-	DefaultAPI     = "http://127.0.0.1:8080"
-	DefaultTimeout = 30 * time.Second
-
-	// maxResponse caps a response body read into memory.
-	maxResponse = 32 << 20
-	// maxErrorText caps the part of a non-JSON error body kept as message.
-	maxErrorText = 200
+	DefaultAPI     = apiclient.DefaultAPI
+	DefaultTimeout = apiclient.DefaultTimeout
 )
 
 // ErrInvalid is wrapped by New for a bad Config and by requests whose
@@ -49,36 +42,16 @@ type Config struct {
 
 // Client calls the firmware API of one server.
 type Client struct {
-	base    *url.URL
-	token   string
-	timeout time.Duration
-	hc      *http.Client
+	ac *apiclient.Client
 }
 
 // New validates cfg and returns a Client. Errors wrap ErrInvalid.
 func New(cfg Config) (*Client, error) {
-	if cfg.API == "" {
-		cfg.API = DefaultAPI
+	ac, err := apiclient.New(apiclient.Config(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("%w: timeout %s is negative", ErrInvalid, cfg.Timeout)
-	}
-	u, err := url.Parse(cfg.API)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("%w: API URL %q: want http(s)://host[:port][/path]", ErrInvalid, cfg.API)
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
-	if strings.ContainsAny(cfg.Token, "\r\n") {
-		return nil, fmt.Errorf("%w: token contains a line break", ErrInvalid)
-	}
-	hc := cfg.HTTPClient
-	if hc == nil {
-		hc = &http.Client{}
-	}
-	return &Client{base: u, token: cfg.Token, timeout: cfg.Timeout, hc: hc}, nil
+	return &Client{ac: ac}, nil
 }
 
 // APIError is an error answer from the server.
@@ -130,7 +103,7 @@ func (c *Client) Upload(ctx context.Context, req firmware.UploadRequest, body io
 			q.Set(name, v)
 		}
 	}
-	hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/firmware?"+q.Encode(), io.NopCloser(body))
+	hreq, err := c.ac.NewRequest(ctx, http.MethodPost, "/v1/firmware?"+q.Encode(), io.NopCloser(body))
 	if err != nil {
 		return firmware.Image{}, fmt.Errorf("fwclient: upload: %w", err)
 	}
@@ -140,7 +113,7 @@ func (c *Client) Upload(ctx context.Context, req firmware.UploadRequest, body io
 	// before reading the body; with 100-continue none of it is sent then.
 	hreq.Header.Set("Expect", "100-continue")
 	var img firmware.Image
-	if err := c.do(hreq, http.StatusCreated, &img); err != nil {
+	if err := apiErr(c.ac.Do(hreq, http.StatusCreated, &img)); err != nil {
 		return firmware.Image{}, fmt.Errorf("fwclient: upload %s: %w", req.Version, err)
 	}
 	return img, nil
@@ -235,83 +208,13 @@ func (c *Client) callVersion(ctx context.Context, method string, v firmware.Vers
 // call sends one bounded request with an optional JSON body and decodes a
 // 200 answer into out.
 func (c *Client) call(ctx context.Context, method, path string, body []byte, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	var r io.Reader
-	if body != nil {
-		r = bytes.NewReader(body)
-	}
-	req, err := c.newRequest(ctx, method, path, r)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	return c.do(req, http.StatusOK, out)
+	return apiErr(c.ac.Call(ctx, method, path, body, http.StatusOK, out))
 }
 
-func (c *Client) newRequest(ctx context.Context, method, pathAndQuery string, body io.Reader) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+pathAndQuery, body)
-	if err != nil {
-		return nil, err
+// apiErr turns an error answer into an *APIError.
+func apiErr(err error) error {
+	if e, ok := errors.AsType[*apiclient.Error](err); ok {
+		return &APIError{Status: e.Status, Message: e.Message, Rollout: e.Rollout}
 	}
-	req.Header.Set("Accept", "application/json")
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	return req, nil
-}
-
-// do sends req and decodes the answer: into out when the status is want,
-// as an *APIError otherwise.
-func (c *Client) do(req *http.Request, want int, out any) error {
-	res, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(res.Body, maxResponse+1))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	if len(b) > maxResponse {
-		return fmt.Errorf("answer larger than %d bytes", maxResponse)
-	}
-	if res.StatusCode != want {
-		return apiError(res.StatusCode, b)
-	}
-	if raw, ok := out.(*json.RawMessage); ok {
-		if !json.Valid(b) {
-			return errors.New("answer is not JSON")
-		}
-		*raw = bytes.TrimSpace(b)
-		return nil
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("decode answer: %w", err)
-	}
-	return nil
-}
-
-// apiError builds the *APIError for an error answer, JSON or not.
-func apiError(status int, body []byte) *APIError {
-	var eb struct {
-		Message string `json:"message"`
-		Rollout string `json:"rollout"`
-	}
-	if json.Unmarshal(body, &eb) == nil && eb.Message != "" {
-		return &APIError{Status: status, Message: eb.Message, Rollout: eb.Rollout}
-	}
-	msg := strings.TrimSpace(string(body))
-	if i := strings.IndexAny(msg, "\r\n"); i >= 0 {
-		msg = msg[:i]
-	}
-	if len(msg) > maxErrorText {
-		msg = msg[:maxErrorText] + "…"
-	}
-	if msg == "" {
-		msg = "(no message; status " + strconv.Itoa(status) + ")"
-	}
-	return &APIError{Status: status, Message: msg}
+	return err
 }

@@ -182,7 +182,9 @@ type (
 //	GET    /v1/tokens                → TokenList
 //	DELETE /v1/tokens/{name}         → 204
 //
-// log receives unexpected errors; nil discards.
+// Served by this package's handler, an enrolled device also joins the
+// matching active dynamic rollouts of Config.Rollouts. log receives
+// unexpected errors; nil discards.
 func IdentityRoutes(ids Identities, auth func(http.Handler) http.Handler, log *slog.Logger) map[string]http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -240,6 +242,7 @@ func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	notifyEnrolled(r, id, req.Labels) // joins matching dynamic rollouts
 	h.ok(w, r, http.StatusCreated, SecretResponse{ID: string(id), Secret: secret})
 }
 

@@ -8,6 +8,30 @@
 //	GET    /v1/devices?limit=&cursor= {"devices":[{"id","version","updated"}],"next":"…"}
 //	GET    /healthz                  {"status":"ok"}
 //
+// The rollout routes (see rollout.go) call Config.Rollouts, a
+// *rollout.Planner, which may be installed after Open with SetRollouts;
+// without one they answer 503:
+//
+//	POST /v1/rollouts                     CreateRollout → 201 rollout.Rollout
+//	GET  /v1/rollouts                     RolloutList, newest first
+//	GET  /v1/rollouts/{id}                rollout.Status
+//	GET  /v1/rollouts/{id}/devices?state=failed,timed_out&limit=&cursor=
+//	                                      RolloutDevices, a page in rollout order
+//	GET  /v1/rollouts/{id}/events?after=  RolloutEvents
+//	POST /v1/rollouts/{id}/pause|resume|abort|rollback   → rollout.Rollout
+//	POST /v1/rollouts/{id}/retry          → 201 the new rollout.Rollout
+//
+// CreateRollout takes exactly one of devices, select (labels) and all;
+// Config.Targets (IdentityTargets) resolves select and all into a sorted
+// device list, and a body naming no device is a 400. abort takes
+// ?rollback=true or {"rollback":true}. Planner errors map to statuses in the
+// same table: rollout.ErrInvalid 400, ErrNotFound 404, ErrConflict (with
+// "rollout" naming the rollout that holds the device) and ErrState 409,
+// ErrClosed 503. A device enrolled through IdentityRoutes joins every
+// active dynamic rollout whose selector matches its labels (or that
+// targets all devices); a failure to add it is logged, and the enrolment
+// succeeds regardless.
+//
 // The shadow routes have the same semantics and error codes as the MQTT
 // protocol (docs/protocol.md): the HTTP status is the code, and the body is
 // the same JSON the engine publishes on the accepted or rejected topic. A

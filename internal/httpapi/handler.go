@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -35,6 +36,8 @@ var (
 	errNoRoute  = errors.New("httpapi: no such route")
 	errMethod   = errors.New("httpapi: method not allowed")
 	errNoStore  = errors.New("httpapi: firmware store not available")
+	// errNoRollouts: no rollout planner (or target resolver) configured.
+	errNoRollouts = errors.New("httpapi: rollouts not available")
 )
 
 // statusTable is the one table from this edge's errors to HTTP statuses.
@@ -44,6 +47,14 @@ var statusTable = []struct {
 	err    error
 	status int
 }{
+	// Rollout errors come first: a missing firmware in a rollout request
+	// wraps both rollout.ErrInvalid and firmware.ErrNotFound, and is a 400.
+	{rollout.ErrInvalid, http.StatusBadRequest},
+	{rollout.ErrNotFound, http.StatusNotFound},
+	{rollout.ErrConflict, http.StatusConflict},
+	{rollout.ErrState, http.StatusConflict},
+	{rollout.ErrClosed, http.StatusServiceUnavailable},
+	{errNoRollouts, http.StatusServiceUnavailable},
 	{errInvalid, http.StatusBadRequest},
 	{device.ErrInvalidID, http.StatusBadRequest},
 	{errNoRoute, http.StatusNotFound},
@@ -85,7 +96,8 @@ type errorBody struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
 	// Rollout names the rollout that uses a firmware version (409 on
-	// DELETE /v1/firmware/{version}).
+	// DELETE /v1/firmware/{version}), or that holds a device (409 on
+	// rollout requests, a *rollout.ConflictError).
 	Rollout string `json:"rollout,omitempty"`
 }
 
@@ -98,6 +110,8 @@ type api struct {
 	// presence reports a device's presence for GET /v1/devices; nil
 	// leaves it out.
 	presence func(device.ID) (identity.Presence, bool)
+	ro       atomic.Pointer[rolloutsRef] // nil until configured
+	targets  TargetResolver              // nil: no select or all
 }
 
 // NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
@@ -118,6 +132,8 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		a.fw.Store(cfg.Firmware)
 	}
 	a.presence = cfg.Presence
+	a.setRollouts(cfg.Rollouts)
+	a.targets = cfg.Targets
 	v1 := func(h http.HandlerFunc) http.Handler {
 		if cfg.Middleware != nil {
 			return cfg.Middleware(h)
@@ -133,6 +149,9 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		"/":                              http.HandlerFunc(a.notFound),
 	}
 	for pattern, h := range a.firmwareRoutes() {
+		routes[pattern] = v1(h)
+	}
+	for pattern, h := range a.rolloutRoutes() {
 		routes[pattern] = v1(h)
 	}
 	for pattern, h := range cfg.Mounts {
@@ -169,7 +188,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
 		mux.Handle(pattern, routes[pattern])
 	}
-	return a.logRequests(a.recoverPanics(mux)), a, nil
+	return a.logRequests(a.recoverPanics(a.withAPI(mux))), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -351,6 +370,9 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	body := errorBody{Code: status, Message: msg}
 	if iu, ok := errors.AsType[*firmware.InUseError](err); ok {
 		body.Rollout = iu.Rollout
+	}
+	if ce, ok := errors.AsType[*rollout.ConflictError](err); ok {
+		body.Rollout = ce.Rollout
 	}
 	b, _ := json.Marshal(body)
 	writeJSON(w, status, b)

@@ -64,6 +64,14 @@ type Config struct {
 	// Middleware, if set, wraps every /v1 route: Authenticate for bearer
 	// token authentication and the role rules.
 	Middleware func(http.Handler) http.Handler
+	// Rollouts is the planner the /v1/rollouts routes call (a
+	// *rollout.Planner). Nil means those routes answer 503 until
+	// Server.SetRollouts installs one. Devices enrolled through
+	// IdentityRoutes join its active dynamic rollouts.
+	Rollouts Rollouts
+	// Targets resolves "select" and "all" in POST /v1/rollouts
+	// (IdentityTargets); nil answers such requests with 503.
+	Targets TargetResolver
 }
 
 func (c *Config) setDefaults() {

@@ -95,8 +95,9 @@ var integratorFilters = [][]string{
 //     state/+/presence and rollouts/#.
 //
 // Nobody may publish responses (…/accepted, …/rejected, …/delta,
-// …/documents), presence or rollout events: those come from the in-process
-// engine, for which the broker never calls Allow. Malformed topics and
+// …/documents), presence or anything under rollouts/ (rollout events and
+// retained statuses, see internal/rolloutfeed): those come from in-process
+// publishers, for which the broker never calls Allow. Malformed topics and
 // filters (empty levels are allowed, misplaced wildcards are not) are
 // refused, as is anything for an unknown role.
 func Allow(p Principal, topic string, write bool) bool {

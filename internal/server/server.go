@@ -20,6 +20,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
 )
@@ -180,15 +181,22 @@ func (s *Server) open(ctx context.Context) error {
 			log.Warn("publish presence", "device", d, "err", err)
 		}
 	}
+	maxConns := 0 // the broker's default per identity
+	if cfg.Anonymous {
+		// Every anonymous client shares one identity: a per-identity cap
+		// would cap the whole (loopback, test or demo) fleet.
+		maxConns = -1
+	}
 	brk, err := broker.Open(ctx, broker.Config{
-		TCPAddr:       cfg.MQTTAddr,
-		WSAddr:        cfg.WSAddr,
-		TLSAddr:       cfg.TLSAddr,
-		TLSConfig:     cfg.TLSConfig,
-		MaxPacketSize: cfg.MaxPacketSize,
-		Logger:        log,
-		Auth:          ids,
-		OnSubscribe:   eng.HandleSubscribe,
+		MaxConnsPerIdentity: maxConns,
+		TCPAddr:             cfg.MQTTAddr,
+		WSAddr:              cfg.WSAddr,
+		TLSAddr:             cfg.TLSAddr,
+		TLSConfig:           cfg.TLSConfig,
+		MaxPacketSize:       cfg.MaxPacketSize,
+		Logger:              log,
+		Auth:                ids,
+		OnSubscribe:         eng.HandleSubscribe,
 		OnConnect: func(ci broker.ConnInfo) {
 			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
 				presence(d)
@@ -234,7 +242,8 @@ func (s *Server) open(ctx context.Context) error {
 			Mounts:     mounts,
 			Middleware: auth,
 			Presence:   ids.Presence,
-			// Firmware is installed below: the store needs the bound address.
+			Targets:    httpapi.IdentityTargets(ids, eng),
+			// Firmware and Rollouts are installed below: the store needs the bound address.
 		})
 		if err != nil {
 			return err
@@ -265,6 +274,24 @@ func (s *Server) open(ctx context.Context) error {
 	s.push("firmware", fw)
 	s.fw = fw
 	m.RegisterFirmware(fw)
+	// The feed publishes rollout progress on rollouts/<id>/events and the
+	// retained rollouts/<id>/status, and keeps the rollout gauges. It is
+	// closed after the planner (no more events) and before the broker.
+	feed, err := rolloutfeed.Open(ctx, rolloutfeed.Config{
+		Publisher: brk,
+		Metrics:   m,
+		Logger:    log,
+		Status: func(ctx context.Context, id string) (rollout.Status, error) {
+			if p := planner.Load(); p != nil {
+				return p.Get(ctx, id)
+			}
+			return rollout.Status{}, rollout.ErrClosed // not open yet; Sync below catches up
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.push("rolloutfeed", feed)
 	pl, err := rollout.Open(ctx, rollout.Config{
 		Path:     filepath.Join(cfg.DataDir, "rollout.db"),
 		Shadows:  rollout.EngineShadows(eng),
@@ -272,6 +299,7 @@ func (s *Server) open(ctx context.Context) error {
 		Logger:   log,
 		Tick:     cfg.RolloutTick,
 		Rescan:   cfg.RolloutRescan,
+		OnEvent:  feed.OnEvent,
 	})
 	if err != nil {
 		return err
@@ -283,6 +311,18 @@ func (s *Server) open(ctx context.Context) error {
 	fwHandler.h.Store(&dl)
 	if s.api != nil {
 		s.api.SetFirmware(fw)
+		s.api.SetRollouts(pl)
+	}
+	if rs, err := pl.List(ctx); err != nil {
+		log.Warn("list rollouts for their status topics", "err", err)
+	} else {
+		ids := make([]string, len(rs))
+		for i, r := range rs {
+			ids[i] = r.ID
+		}
+		if err := feed.Sync(ctx, ids); err != nil {
+			log.Warn("publish rollout statuses", "err", err)
+		}
 	}
 
 	attrs := []any{"data_dir", cfg.DataDir}

@@ -1,0 +1,576 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// MaxRolloutBody caps the body of POST /v1/rollouts, which may list many
+// devices (Config.MaxBodyBytes caps the other rollout routes).
+const MaxRolloutBody = 16 << 20
+
+// Rollouts is what the /v1/rollouts routes call. *rollout.Planner
+// implements it.
+type Rollouts interface {
+	Create(ctx context.Context, spec rollout.Spec) (rollout.Rollout, error)
+	Get(ctx context.Context, id string) (rollout.Status, error)
+	List(ctx context.Context) ([]rollout.Rollout, error)
+	Devices(ctx context.Context, id string, states ...rollout.DeviceState) ([]rollout.DeviceStatus, error)
+	Events(ctx context.Context, id string) ([]rollout.Event, error)
+	Pause(ctx context.Context, id string) (rollout.Rollout, error)
+	Resume(ctx context.Context, id string) (rollout.Rollout, error)
+	Abort(ctx context.Context, id string, rollback bool) (rollout.Rollout, error)
+	Rollback(ctx context.Context, id string) (rollout.Rollout, error)
+	Retry(ctx context.Context, id string) (rollout.Rollout, error)
+	AddDevices(ctx context.Context, id string, devices []device.ID) (rollout.Rollout, error)
+}
+
+// TargetResolver turns a label selector (every pair must match), or all,
+// into a sorted, de-duplicated list of device IDs.
+type TargetResolver interface {
+	Resolve(ctx context.Context, selector map[string]string, all bool) ([]device.ID, error)
+}
+
+// IdentityTargets returns the TargetResolver over enrolled devices and
+// shadows: a selector matches enrolled devices by their labels; all is every
+// enrolled device and every device that has a shadow (with anonymous access
+// devices are not enrolled). Either argument may be nil.
+func IdentityTargets(ids *identity.Store, eng *shadow.Engine) TargetResolver {
+	return identityTargets{ids: ids, eng: eng}
+}
+
+type identityTargets struct {
+	ids *identity.Store
+	eng *shadow.Engine
+}
+
+func (t identityTargets) Resolve(ctx context.Context, selector map[string]string, all bool) ([]device.ID, error) {
+	if !all && len(selector) == 0 {
+		return nil, clientErr(errInvalid, "Give a label selector or all")
+	}
+	set := map[device.ID]struct{}{}
+	if t.ids != nil {
+		devs, err := t.ids.ListDevices(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("resolve targets: %w", err)
+		}
+		for _, d := range devs {
+			if all || labelsMatch(selector, d.Labels) {
+				set[d.ID] = struct{}{}
+			}
+		}
+	}
+	if all && t.eng != nil {
+		cursor := ""
+		for {
+			sums, next, err := t.eng.List(ctx, cursor, MaxListLimit)
+			if err != nil {
+				return nil, fmt.Errorf("resolve targets: %w", err)
+			}
+			for _, s := range sums {
+				set[s.ID] = struct{}{}
+			}
+			if next == "" || next == cursor {
+				break
+			}
+			cursor = next
+		}
+	}
+	return slices.Sorted(maps.Keys(set)), nil
+}
+
+// labelsMatch reports whether labels carry every pair of selector.
+func labelsMatch(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if have, ok := labels[k]; !ok || have != v {
+			return false
+		}
+	}
+	return true
+}
+
+// CreateRollout is the body of POST /v1/rollouts: the firmware, exactly one
+// of Devices, Select and All, and the policy fields inline with
+// rollout.Policy's JSON names (durations as Go duration strings such as
+// "30m"; "dynamic" lets devices enrolled later join). Unknown fields are
+// refused.
+type CreateRollout struct {
+	Firmware firmware.Version `json:"firmware"`
+	// Devices are explicit targets, in rollout order.
+	Devices []device.ID `json:"devices,omitempty"`
+	// Select chooses the enrolled devices carrying every label given.
+	Select map[string]string `json:"select,omitempty"`
+	// All chooses every enrolled device and every device with a shadow.
+	All bool `json:"all,omitempty"`
+	rollout.Policy
+}
+
+// createHead is CreateRollout without its inline Policy.
+type createHead struct {
+	Firmware firmware.Version  `json:"firmware"`
+	Devices  []device.ID       `json:"devices,omitempty"`
+	Select   map[string]string `json:"select,omitempty"`
+	All      bool              `json:"all,omitempty"`
+}
+
+// createFields are the JSON names CreateRollout accepts; true marks the
+// policy durations, which must be strings.
+var createFields = func() map[string]bool {
+	out := map[string]bool{}
+	for _, typ := range []reflect.Type{reflect.TypeFor[createHead](), reflect.TypeFor[rollout.Policy]()} {
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				out[name] = f.Type == reflect.TypeFor[time.Duration]()
+			}
+		}
+	}
+	return out
+}()
+
+// MarshalJSON encodes c as one object with the policy fields inline.
+func (c CreateRollout) MarshalJSON() ([]byte, error) {
+	return rollout.MarshalInline(createHead{c.Firmware, c.Devices, c.Select, c.All}, c.Policy)
+}
+
+// UnmarshalJSON decodes a JSON object, refusing unknown fields and
+// durations that are not strings.
+func (c *CreateRollout) UnmarshalJSON(b []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil || fields == nil {
+		return clientErr(errInvalid, "Body must be a JSON object")
+	}
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		isDuration, known := createFields[k]
+		if !known {
+			return clientErr(errInvalid, "Unknown field %q", k)
+		}
+		if v := fields[k]; isDuration && (len(v) == 0 || v[0] != '"') {
+			return clientErr(errInvalid, "Field %q must be a duration string such as \"30m\", not %.20s", k, v)
+		}
+	}
+	var h createHead
+	if err := json.Unmarshal(b, &h); err != nil {
+		return clientErr(errInvalid, "Invalid field: %v", err)
+	}
+	var p rollout.Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return clientErr(errInvalid, "Invalid policy: %v", err)
+	}
+	*c = CreateRollout{Firmware: h.Firmware, Devices: h.Devices, Select: h.Select, All: h.All, Policy: p}
+	return nil
+}
+
+// RolloutList is the body of GET /v1/rollouts, newest first.
+type RolloutList struct {
+	Rollouts []rollout.Rollout `json:"rollouts"`
+}
+
+// RolloutDevices is the body of GET /v1/rollouts/{id}/devices: a page of
+// targets in rollout order and the cursor of the next page ("" at the end).
+type RolloutDevices struct {
+	Devices []rollout.DeviceStatus `json:"devices"`
+	Next    string                 `json:"next"`
+}
+
+// RolloutEvents is the body of GET /v1/rollouts/{id}/events, oldest first.
+type RolloutEvents struct {
+	Events []rollout.Event `json:"events"`
+}
+
+// AbortRequest is the optional body of POST /v1/rollouts/{id}/abort.
+type AbortRequest struct {
+	Rollback bool `json:"rollback,omitempty"`
+}
+
+// rolloutsRef holds the Rollouts in an atomic.Pointer.
+type rolloutsRef struct{ r Rollouts }
+
+func (a *api) setRollouts(r Rollouts) {
+	if r == nil || reflect.ValueOf(r).Kind() == reflect.Pointer && reflect.ValueOf(r).IsNil() {
+		a.ro.Store(nil)
+		return
+	}
+	a.ro.Store(&rolloutsRef{r})
+}
+
+// SetRollouts installs the planner the /v1/rollouts routes use, replacing
+// Config.Rollouts (the planner needs the firmware store, which needs the
+// API's address). It is safe to call while serving.
+func (s *Server) SetRollouts(r Rollouts) { s.api.setRollouts(r) }
+
+func (a *api) rolloutRoutes() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{
+		"POST /v1/rollouts":               a.createRollout,
+		"GET /v1/rollouts":                a.listRollouts,
+		"GET /v1/rollouts/{id}":           a.getRollout,
+		"GET /v1/rollouts/{id}/devices":   a.rolloutDevices,
+		"GET /v1/rollouts/{id}/events":    a.rolloutEvents,
+		"POST /v1/rollouts/{id}/pause":    a.control("pause"),
+		"POST /v1/rollouts/{id}/resume":   a.control("resume"),
+		"POST /v1/rollouts/{id}/abort":    a.control("abort"),
+		"POST /v1/rollouts/{id}/rollback": a.control("rollback"),
+		"POST /v1/rollouts/{id}/retry":    a.control("retry"),
+	}
+}
+
+// planner returns the Rollouts, or writes 503 and returns nil.
+func (a *api) planner(w http.ResponseWriter, r *http.Request) Rollouts {
+	ref := a.ro.Load()
+	if ref == nil {
+		a.writeError(w, r, clientErr(errNoRollouts, "Rollout planner not available"), "")
+		return nil
+	}
+	return ref.r
+}
+
+// withRollout validates {id} and calls fn with the planner, or writes the
+// error.
+func (a *api) withRollout(w http.ResponseWriter, r *http.Request, fn func(rs Rollouts, id string)) {
+	rs := a.planner(w, r)
+	if rs == nil {
+		return
+	}
+	id := r.PathValue("id")
+	if !validRolloutID(id) {
+		a.writeError(w, r, clientErr(errInvalid, "Invalid rollout ID %.40q", id), "")
+		return
+	}
+	fn(rs, id)
+}
+
+// validRolloutID accepts what the planner's IDs look like ("r12") and a
+// little more: 1 to 64 bytes of [A-Za-z0-9_-].
+func validRolloutID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
+	rs := a.planner(w, r)
+	if rs == nil {
+		return
+	}
+	var req CreateRollout
+	if err := (&api{maxBody: MaxRolloutBody}).decodeJSON(w, r, &req); err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	spec, err := a.spec(r.Context(), req)
+	if err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	ro, err := rs.Create(r.Context(), spec)
+	if err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
+	a.writeValue(w, r, http.StatusCreated, ro)
+}
+
+// spec validates req's targets, resolves a selector or all into devices,
+// and returns the planner's Spec. The policy is validated by the planner.
+func (a *api) spec(ctx context.Context, req CreateRollout) (rollout.Spec, error) {
+	given := 0
+	for _, ok := range []bool{req.Devices != nil, req.Select != nil, req.All} {
+		if ok {
+			given++
+		}
+	}
+	if given != 1 {
+		return rollout.Spec{}, clientErr(errInvalid, "Give exactly one of devices, select and all")
+	}
+	if req.Firmware == "" {
+		return rollout.Spec{}, clientErr(errInvalid, "Missing firmware")
+	}
+	spec := rollout.Spec{Firmware: req.Firmware, Selector: req.Select, All: req.All, Policy: req.Policy}
+	switch {
+	case req.Devices != nil:
+		if len(req.Devices) == 0 {
+			return rollout.Spec{}, clientErr(errInvalid, "No device matches: devices is empty")
+		}
+		if len(req.Devices) > rollout.MaxTargets {
+			return rollout.Spec{}, clientErr(errInvalid, "%d devices, at most %d", len(req.Devices), rollout.MaxTargets)
+		}
+		for _, id := range req.Devices {
+			if _, err := device.ParseID(string(id)); err != nil {
+				return rollout.Spec{}, clientErr(errInvalid, "Invalid device ID: %v", err)
+			}
+		}
+		spec.Devices = req.Devices
+		return spec, nil
+	case req.Select != nil:
+		if len(req.Select) == 0 {
+			return rollout.Spec{}, clientErr(errInvalid, "select must name at least one label")
+		}
+		if err := identity.ValidateLabels(req.Select); err != nil {
+			return rollout.Spec{}, fmt.Errorf("select: %w", err)
+		}
+	}
+	if a.targets == nil {
+		return rollout.Spec{}, clientErr(errNoRollouts, "Target selection by labels or all is not available")
+	}
+	ids, err := a.targets.Resolve(ctx, req.Select, req.All)
+	if err != nil {
+		return rollout.Spec{}, err
+	}
+	if len(ids) == 0 {
+		return rollout.Spec{}, clientErr(errInvalid, "No device matches the selector")
+	}
+	spec.Devices = ids
+	return spec, nil
+}
+
+func (a *api) listRollouts(w http.ResponseWriter, r *http.Request) {
+	rs := a.planner(w, r)
+	if rs == nil {
+		return
+	}
+	list, err := rs.List(r.Context())
+	if err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	if list == nil {
+		list = []rollout.Rollout{}
+	}
+	slices.Reverse(list) // the planner lists oldest first
+	a.writeValue(w, r, http.StatusOK, RolloutList{Rollouts: list})
+}
+
+func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
+	a.withRollout(w, r, func(rs Rollouts, id string) {
+		st, err := rs.Get(r.Context(), id)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		a.writeValue(w, r, http.StatusOK, st)
+	})
+}
+
+// rolloutDevices serves a page of targets: ?state=a,b (repeatable),
+// ?limit=1..MaxListLimit, ?cursor= the Next of the previous page. The cursor
+// is a position in rollout order, so a page is stable while states change.
+func (a *api) rolloutDevices(w http.ResponseWriter, r *http.Request) {
+	a.withRollout(w, r, func(rs Rollouts, id string) {
+		q := r.URL.Query()
+		var states []rollout.DeviceState
+		for _, v := range q["state"] {
+			for name := range strings.SplitSeq(v, ",") {
+				s, err := rollout.ParseDeviceState(strings.TrimSpace(name))
+				if err != nil {
+					a.writeError(w, r, clientErr(errInvalid, "Invalid state %.40q: want e.g. failed, timed_out, succeeded", name), "")
+					return
+				}
+				if !slices.Contains(states, s) {
+					states = append(states, s)
+				}
+			}
+		}
+		limit, err := queryInt(q, "limit", DefaultListLimit, 1, MaxListLimit)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		start, err := queryInt(q, "cursor", 0, 0, rollout.MaxTargets)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		page, err := devicePage(r.Context(), rs, id, states, start, limit)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		a.writeValue(w, r, http.StatusOK, page)
+	})
+}
+
+// devicePage returns up to limit targets in states (all when empty) from
+// position start of rollout id.
+func devicePage(ctx context.Context, rs Rollouts, id string, states []rollout.DeviceState, start, limit int) (RolloutDevices, error) {
+	// The planner lists every target in rollout order, so position i is
+	// target i.
+	all, err := rs.Devices(ctx, id)
+	if err != nil {
+		return RolloutDevices{}, err
+	}
+	page := RolloutDevices{Devices: []rollout.DeviceStatus{}}
+	for i := start; i < len(all); i++ {
+		if len(states) > 0 && !slices.Contains(states, all[i].State) {
+			continue
+		}
+		if len(page.Devices) == limit {
+			page.Next = strconv.Itoa(i)
+			break
+		}
+		page.Devices = append(page.Devices, all[i])
+	}
+	return page, nil
+}
+
+// queryInt parses query parameter name as an integer in [lo, hi], or
+// returns def when it is absent or empty.
+func queryInt(q url.Values, name string, def, lo, hi int) (int, error) {
+	s := q.Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, clientErr(errInvalid, "Invalid %s %.40q: must be an integer from %d to %d", name, s, lo, hi)
+	}
+	return n, nil
+}
+
+func (a *api) rolloutEvents(w http.ResponseWriter, r *http.Request) {
+	a.withRollout(w, r, func(rs Rollouts, id string) {
+		var after uint64
+		if s := r.URL.Query().Get("after"); s != "" {
+			n, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				a.writeError(w, r, clientErr(errInvalid, "Invalid after %.40q: want an event sequence number", s), "")
+				return
+			}
+			after = n
+		}
+		evs, err := rs.Events(r.Context(), id)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		out := []rollout.Event{}
+		for _, ev := range evs {
+			if ev.Seq > after {
+				out = append(out, ev)
+			}
+		}
+		a.writeValue(w, r, http.StatusOK, RolloutEvents{Events: out})
+	})
+}
+
+// control serves POST /v1/rollouts/{id}/<op>. The body is optional; abort
+// takes {"rollback":true} or ?rollback=true, the others at most {}.
+func (a *api) control(op string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a.withRollout(w, r, func(rs Rollouts, id string) {
+			var body AbortRequest
+			rollback := false
+			if op == "abort" {
+				if s := r.URL.Query().Get("rollback"); s != "" {
+					v, err := strconv.ParseBool(s)
+					if err != nil {
+						a.writeError(w, r, clientErr(errInvalid, "Invalid rollback %.20q: want true or false", s), "")
+						return
+					}
+					rollback = v
+				}
+			}
+			if r.ContentLength != 0 {
+				var err error
+				if op == "abort" {
+					err = a.decodeJSON(w, r, &body)
+				} else {
+					err = a.decodeJSON(w, r, &struct{}{})
+				}
+				if err != nil {
+					a.writeError(w, r, err, "")
+					return
+				}
+			}
+			rollback = rollback || body.Rollback
+			ctx, status := r.Context(), http.StatusOK
+			var ro rollout.Rollout
+			var err error
+			switch op {
+			case "pause":
+				ro, err = rs.Pause(ctx, id)
+			case "resume":
+				ro, err = rs.Resume(ctx, id)
+			case "abort":
+				ro, err = rs.Abort(ctx, id, rollback)
+			case "rollback":
+				ro, err = rs.Rollback(ctx, id)
+			case "retry":
+				ro, err = rs.Retry(ctx, id)
+				status = http.StatusCreated
+				w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
+			}
+			if err != nil {
+				w.Header().Del("Location")
+				a.writeError(w, r, err, "")
+				return
+			}
+			a.writeValue(w, r, status, ro)
+		})
+	}
+}
+
+// enrolled adds a newly enrolled device to every active dynamic rollout
+// whose selector matches its labels (or that targets all devices). Errors
+// are logged: enrolment succeeds regardless.
+func (a *api) enrolled(ctx context.Context, id device.ID, labels map[string]string) {
+	ref := a.ro.Load()
+	if ref == nil {
+		return
+	}
+	list, err := ref.r.List(ctx)
+	if err != nil {
+		a.log.Warn("dynamic rollouts: list", "device", id, "err", err)
+		return
+	}
+	for _, ro := range list {
+		if !ro.State.Active() || !ro.Policy.Dynamic || !(ro.All || len(ro.Selector) > 0 && labelsMatch(ro.Selector, labels)) {
+			continue
+		}
+		if _, err := ref.r.AddDevices(ctx, ro.ID, []device.ID{id}); err != nil {
+			a.log.Warn("dynamic rollout: add enrolled device", "rollout", ro.ID, "device", id, "err", err)
+			continue
+		}
+		a.log.Info("dynamic rollout: added enrolled device", "rollout", ro.ID, "device", id)
+	}
+}
+
+type apiKey struct{}
+
+// withAPI makes a reachable from every handler's context, mounts included,
+// so that enrolment (IdentityRoutes) can reach the rollout planner.
+func (a *api) withAPI(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKey{}, a)))
+	})
+}
+
+// notifyEnrolled tells the API serving r, if any, that device id was
+// enrolled with labels.
+func notifyEnrolled(r *http.Request, id device.ID, labels map[string]string) {
+	if a, ok := r.Context().Value(apiKey{}).(*api); ok {
+		a.enrolled(r.Context(), id, labels)
+	}
+}

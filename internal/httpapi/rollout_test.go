@@ -1,0 +1,665 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/shadow"
+)
+
+// rolloutEnv is the API with a real planner, shadow engine, firmware store
+// and identity store, all in t.TempDir(), behind Authenticate.
+type rolloutEnv struct {
+	srv     *httptest.Server
+	eng     *shadow.Engine
+	ids     *identity.Store
+	planner *rollout.Planner
+	ops     string // an operator's bearer token
+	reader  string // an integrator's bearer token
+}
+
+// newRolloutEnv serves the rollout API; firmware 1.0.0 and 2.0.0 exist.
+// Without a planner (withPlanner false) the rollout routes answer 503.
+func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
+	t.Helper()
+	dir := t.TempDir()
+	e := &rolloutEnv{}
+	var pl atomic.Pointer[rollout.Planner]
+	e.eng = openEngine(t, shadow.Config{Publisher: &recorder{}, OnChange: func(id device.ID, _ shadow.Version) {
+		if p := pl.Load(); p != nil {
+			p.Notify(id)
+		}
+	}})
+	ids, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(dir, "identity.db"), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ids.Close(context.Background()); err != nil {
+			t.Errorf("close identity store: %v", err)
+		}
+	})
+	e.ids = ids
+	for role, name := range map[identity.Role]string{identity.RoleOperator: "ops", identity.RoleIntegrator: "reader"} {
+		secret, err := ids.CreateToken(t.Context(), role, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if role == identity.RoleOperator {
+			e.ops = name + ":" + secret
+		} else {
+			e.reader = name + ":" + secret
+		}
+	}
+	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: filepath.Join(dir, "firmware"), BaseURL: "http://127.0.0.1:1", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := fw.Close(context.Background()); err != nil {
+			t.Errorf("close firmware store: %v", err)
+		}
+	})
+	for _, v := range []string{"1.0.0", "2.0.0"} {
+		if _, err := fw.Upload(t.Context(), firmware.UploadRequest{Version: v}, strings.NewReader("image "+v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Targets: httpapi.IdentityTargets(ids, e.eng)}
+	if withPlanner {
+		p, err := rollout.Open(t.Context(), rollout.Config{Path: filepath.Join(dir, "rollout.db"),
+			Shadows: rollout.EngineShadows(e.eng), Firmware: fw, Tick: 5 * time.Millisecond, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := p.Close(context.Background()); err != nil {
+				t.Errorf("close planner: %v", err)
+			}
+		})
+		pl.Store(p)
+		e.planner = p
+		cfg.Rollouts = p
+	}
+	auth := httpapi.Authenticate(ids, false)
+	cfg.Middleware = auth
+	cfg.Mounts = httpapi.IdentityRoutes(ids, auth, testLogger(t))
+	e.srv, _ = newAPI(t, cfg)
+	return e
+}
+
+// call sends a request as the operator and decodes a 2xx JSON answer into
+// out (if not nil).
+func (e *rolloutEnv) call(t *testing.T, method, path, body string, out any) (int, string) {
+	t.Helper()
+	status, _, raw := doAuth(t, e.srv, method, path, e.ops, body, out)
+	return status, raw
+}
+
+// enroll adds device id with labels to the identity store.
+func (e *rolloutEnv) enroll(t *testing.T, id device.ID, labels map[string]string) {
+	t.Helper()
+	if _, err := e.ids.AddDevice(t.Context(), id, labels); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// report writes reported.firmware of id as the device would.
+func (e *rolloutEnv) report(t *testing.T, id device.ID, rep firmware.Report) {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{"state": map[string]any{"reported": map[string]any{"firmware": rep}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.eng.Update(t.Context(), id, body); err != nil {
+		t.Fatalf("report %s: %v", id, err)
+	}
+}
+
+// waitRollout polls (no event reaches the test) until cond holds for the
+// status of rollout id.
+func (e *rolloutEnv) waitRollout(t *testing.T, id string, cond func(rollout.Status) bool) rollout.Status {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := e.planner.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout %s: %s (%s) %v: condition not met", id, st.State, st.Reason, st.Counts)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRolloutFlow(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	for i, hw := range []string{"m2", "m2", "m2", "m1"} {
+		e.enroll(t, device.ID(fmt.Sprintf("d%d", i+1)), map[string]string{"hw": hw, "region": "eu"})
+	}
+
+	// Create by label selector: d1..d3, sorted.
+	var r1 rollout.Rollout
+	status, raw := e.call(t, "POST", "/v1/rollouts", `{"firmware":"v2.0.0","select":{"hw":"m2"},"batch_size":2,"device_timeout":"10m","retries":0}`, &r1)
+	if status != http.StatusCreated || r1.ID != "r1" || r1.Targets != 3 || r1.Firmware != "2.0.0" ||
+		r1.Policy.DeviceTimeout != 10*time.Minute || r1.Selector["hw"] != "m2" {
+		t.Fatalf("create = %d %s, want 201 r1 of 2.0.0 with 3 targets, 10m timeout and the selector", status, raw)
+	}
+	if !strings.Contains(raw, `"device_timeout":"10m0s"`) {
+		t.Errorf("create body %s, want the duration as a string", raw)
+	}
+	var devs httpapi.RolloutDevices
+	if status, raw := e.call(t, "GET", "/v1/rollouts/r1/devices", "", &devs); status != http.StatusOK || len(devs.Devices) != 3 || devs.Next != "" {
+		t.Fatalf("devices = %d %s, want 3 devices", status, raw)
+	}
+	var got []string
+	for _, d := range devs.Devices {
+		got = append(got, string(d.Device))
+	}
+	if strings.Join(got, ",") != "d1,d2,d3" {
+		t.Errorf("targets %v, want d1,d2,d3", got)
+	}
+
+	// Batch 0 (d1, d2) is notified; d1 installs, d2 fails for good.
+	e.waitRollout(t, "r1", func(st rollout.Status) bool { return st.Counts[rollout.DeviceNotified] == 2 })
+	e.report(t, "d1", firmware.Report{Version: "2.0.0", State: firmware.StateUpdated, Job: "r1/1"})
+	e.report(t, "d2", firmware.Report{Version: "1.0.0", State: firmware.StateFailed, Error: "hw_mismatch", Job: "r1/1"})
+	e.waitRollout(t, "r1", func(st rollout.Status) bool { return st.State == rollout.StatePaused })
+
+	var st rollout.Status
+	if status, raw := e.call(t, "GET", "/v1/rollouts/r1", "", &st); status != http.StatusOK ||
+		st.Counts[rollout.DeviceFailed] != 1 || len(st.Failing) != 1 || st.Failing[0].Error != "hw_mismatch" ||
+		len(st.Batches) != 2 || st.Batches[0].State != "done" {
+		t.Fatalf("status = %d %s, want paused with d2 failing (hw_mismatch) and batch 0 done", status, raw)
+	}
+	// Filters and pages.
+	if status, raw := e.call(t, "GET", "/v1/rollouts/r1/devices?state=failed,timed_out", "", &devs); status != http.StatusOK ||
+		len(devs.Devices) != 1 || devs.Devices[0].Device != "d2" {
+		t.Errorf("failed devices = %d %s, want d2", status, raw)
+	}
+	var pages []string
+	for cursor, n := "", 0; n < 10; n++ {
+		var page httpapi.RolloutDevices
+		e.call(t, "GET", "/v1/rollouts/r1/devices?limit=1&state=succeeded&state=pending&cursor="+cursor, "", &page)
+		for _, d := range page.Devices {
+			pages = append(pages, string(d.Device)+":"+d.State.String())
+		}
+		if cursor = page.Next; cursor == "" {
+			break
+		}
+	}
+	if want := "d1:succeeded d3:pending"; strings.Join(pages, " ") != want {
+		t.Errorf("pages of succeeded and pending = %q, want %q", strings.Join(pages, " "), want)
+	}
+
+	// Pause and resume are idempotent.
+	for _, step := range []struct {
+		path  string
+		body  string
+		state rollout.State
+	}{
+		{"/v1/rollouts/r1/pause", "", rollout.StatePaused},
+		{"/v1/rollouts/r1/resume", "{}", rollout.StateRunning},
+		{"/v1/rollouts/r1/resume", "", rollout.StateRunning},
+		{"/v1/rollouts/r1/pause", "", rollout.StatePaused},
+	} {
+		var ro rollout.Rollout
+		if status, raw := e.call(t, "POST", step.path, step.body, &ro); status != http.StatusOK || ro.State != step.state {
+			t.Errorf("POST %s = %d %s, want 200 %s", step.path, status, raw, step.state)
+		}
+	}
+	// A device of an active rollout cannot join another.
+	status, raw = e.call(t, "POST", "/v1/rollouts", `{"firmware":"2.0.0","devices":["d4","d3"]}`, nil)
+	if status != http.StatusConflict || !strings.Contains(raw, `"rollout":"r1"`) {
+		t.Errorf("conflicting create = %d %s, want 409 naming r1", status, raw)
+	}
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r1/retry", "", nil); status != http.StatusConflict {
+		t.Errorf("retry of an active rollout = %d %s, want 409", status, raw)
+	}
+	// Abort with rollback (d1 reported no version before, so it keeps 2.0.0).
+	var ro rollout.Rollout
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r1/abort?rollback=true", "", &ro); status != http.StatusOK ||
+		ro.State != rollout.StateAborted || !ro.Rollback {
+		t.Fatalf("abort = %d %s, want 200 aborted with rollback", status, raw)
+	}
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r1/resume", "", nil); status != http.StatusConflict {
+		t.Errorf("resume after abort = %d %s, want 409", status, raw)
+	}
+
+	// Retry makes a new rollout of the failed device.
+	var r2 rollout.Rollout
+	status, hdr, raw := doAuth(t, e.srv, "POST", "/v1/rollouts/r1/retry", e.ops, "", &r2)
+	if status != http.StatusCreated || r2.ID != "r2" || r2.RetryOf != "r1" || r2.Targets != 1 || hdr.Get("Location") != "/v1/rollouts/r2" {
+		t.Fatalf("retry = %d %s (Location %q), want 201 r2 retrying r1 over 1 device", status, raw, hdr.Get("Location"))
+	}
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r2/abort", `{"rollback":true}`, &ro); status != http.StatusOK || !ro.Rollback {
+		t.Errorf("abort with body = %d %s, want 200 with rollback", status, raw)
+	}
+
+	// The list is newest first.
+	var list httpapi.RolloutList
+	if status, raw := e.call(t, "GET", "/v1/rollouts", "", &list); status != http.StatusOK ||
+		len(list.Rollouts) != 2 || list.Rollouts[0].ID != "r2" || list.Rollouts[1].ID != "r1" {
+		t.Errorf("list = %d %s, want r2, r1", status, raw)
+	}
+
+	// Events, all and after a sequence number.
+	var evs httpapi.RolloutEvents
+	e.call(t, "GET", "/v1/rollouts/r1/events", "", &evs)
+	if len(evs.Events) < 4 || evs.Events[0].Kind != rollout.EventCreated {
+		t.Fatalf("events %+v, want created first and more", evs.Events)
+	}
+	var kinds []string
+	for _, ev := range evs.Events {
+		kinds = append(kinds, ev.Kind)
+	}
+	if !slices.Contains(kinds, rollout.EventBatchFinished) || !slices.Contains(kinds, rollout.EventDeviceFailed) {
+		t.Errorf("event kinds %v, want batch_finished and device_failed among them", kinds)
+	}
+	var later httpapi.RolloutEvents
+	e.call(t, "GET", "/v1/rollouts/r1/events?after=2", "", &later)
+	if len(later.Events) != len(evs.Events)-2 || later.Events[0].Seq != 3 {
+		t.Errorf("events after 2: %d from seq %v, want %d from 3", len(later.Events), later.Events, len(evs.Events)-2)
+	}
+}
+
+func TestRolloutAll(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "b", nil)
+	e.enroll(t, "a", map[string]string{"hw": "m1"})
+	// Shadow-only devices (anonymous mode) count for all; a already runs
+	// the target version.
+	e.report(t, "c", firmware.Report{Version: "1.0.0", State: firmware.StateUpdated})
+	e.report(t, "a", firmware.Report{Version: "2.0.0", State: firmware.StateUpdated})
+	var r rollout.Rollout
+	if status, raw := e.call(t, "POST", "/v1/rollouts", `{"firmware":"2.0.0","all":true}`, &r); status != http.StatusCreated || r.Targets != 3 || !r.All {
+		t.Fatalf("create all = %d %s, want 201 over 3 devices", status, raw)
+	}
+	st := e.waitRollout(t, r.ID, func(st rollout.Status) bool { return st.Counts[rollout.DeviceAlreadyInstalled] == 1 })
+	devs, err := e.planner.Devices(t.Context(), r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range devs {
+		got = append(got, string(d.Device))
+	}
+	if strings.Join(got, ",") != "a,b,c" {
+		t.Errorf("targets %v (status %v), want a,b,c sorted", got, st.Counts)
+	}
+}
+
+func TestIdentityTargets(t *testing.T) {
+	e := newRolloutEnv(t, false)
+	e.enroll(t, "x2", map[string]string{"hw": "m2", "region": "eu"})
+	e.enroll(t, "x1", map[string]string{"hw": "m2", "region": "us"})
+	e.enroll(t, "x3", map[string]string{"hw": "m1", "region": "eu"})
+	e.report(t, "s1", firmware.Report{Version: "1.0.0"})
+	e.report(t, "x1", firmware.Report{Version: "1.0.0"})
+	res := httpapi.IdentityTargets(e.ids, e.eng)
+	tests := []struct {
+		name string
+		sel  map[string]string
+		all  bool
+		want string
+	}{
+		{"one label", map[string]string{"hw": "m2"}, false, "x1,x2"},
+		{"every pair must match", map[string]string{"hw": "m2", "region": "eu"}, false, "x2"},
+		{"no match", map[string]string{"hw": "m9"}, false, ""},
+		{"all is enrolled and shadows, deduplicated", nil, true, "s1,x1,x2,x3"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ids, err := res.Resolve(t.Context(), tc.sel, tc.all)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, id := range ids {
+				got = append(got, string(id))
+			}
+			if strings.Join(got, ",") != tc.want {
+				t.Errorf("Resolve = %v, want %s", got, tc.want)
+			}
+		})
+	}
+	if _, err := res.Resolve(t.Context(), nil, false); err == nil {
+		t.Errorf("Resolve without selector or all: nil error, want one")
+	}
+}
+
+func TestRolloutCreateValidation(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "d1", map[string]string{"hw": "m2"})
+	tests := []struct {
+		name   string
+		body   string
+		status int
+		msg    string // part of the message
+	}{
+		{"not JSON", `{"firmware":`, 400, "Invalid JSON"},
+		{"not an object", `["d1"]`, 400, "JSON object"},
+		{"trailing data", `{"firmware":"2.0.0","devices":["d1"]} {}`, 400, "after the object"},
+		{"unknown field", `{"firmware":"2.0.0","devices":["d1"],"batchsize":3}`, 400, `Unknown field \"batchsize`},
+		{"no targets", `{"firmware":"2.0.0"}`, 400, "exactly one"},
+		{"two target kinds", `{"firmware":"2.0.0","devices":["d1"],"all":true}`, 400, "exactly one"},
+		{"select and all", `{"firmware":"2.0.0","select":{"hw":"m2"},"all":true}`, 400, "exactly one"},
+		{"empty devices", `{"firmware":"2.0.0","devices":[]}`, 400, "No device matches"},
+		{"bad device ID", `{"firmware":"2.0.0","devices":["a/b"]}`, 400, "device ID"},
+		{"empty select", `{"firmware":"2.0.0","select":{}}`, 400, "at least one label"},
+		{"bad label key", `{"firmware":"2.0.0","select":{"-x":"1"}}`, 400, "key"},
+		{"no device matches", `{"firmware":"2.0.0","select":{"hw":"m9"}}`, 400, "No device matches"},
+		{"missing firmware", `{"devices":["d1"]}`, 400, "Missing firmware"},
+		{"bad firmware version", `{"firmware":"latest","devices":["d1"]}`, 400, "firmware"},
+		{"unknown firmware", `{"firmware":"9.9.9","devices":["d1"]}`, 400, "9.9.9"},
+		{"bad duration", `{"firmware":"2.0.0","devices":["d1"],"device_timeout":"soon"}`, 400, "duration"},
+		{"duration as a number", `{"firmware":"2.0.0","devices":["d1"],"retry_backoff":30}`, 400, "duration string"},
+		{"device timeout too short", `{"firmware":"2.0.0","devices":["d1"],"device_timeout":"10ms"}`, 400, "device timeout"},
+		{"negative batch size", `{"firmware":"2.0.0","devices":["d1"],"batch_size":-1}`, 400, "negative"},
+		{"size and percent", `{"firmware":"2.0.0","devices":["d1"],"batch_size":1,"batch_percent":10}`, 400, "not both"},
+		{"bad on_failure", `{"firmware":"2.0.0","devices":["d1"],"on_failure":"explode"}`, 400, "on failure"},
+		{"wrong type", `{"firmware":"2.0.0","devices":["d1"],"retries":"two"}`, 400, "retries"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, raw := e.call(t, "POST", "/v1/rollouts", tc.body, nil)
+			if status != tc.status || !strings.Contains(raw, tc.msg) {
+				t.Errorf("POST %s = %d %s, want %d with %q", tc.body, status, raw, tc.status, tc.msg)
+			}
+		})
+	}
+	var list httpapi.RolloutList
+	if e.call(t, "GET", "/v1/rollouts", "", &list); len(list.Rollouts) != 0 {
+		t.Errorf("%d rollouts after invalid requests, want 0", len(list.Rollouts))
+	}
+}
+
+func TestRolloutRequestErrors(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "d1", nil)
+	if status, raw := e.call(t, "POST", "/v1/rollouts", `{"firmware":"2.0.0","devices":["d1"]}`, nil); status != http.StatusCreated {
+		t.Fatalf("create = %d %s", status, raw)
+	}
+	tests := []struct {
+		method, path, body string
+		status             int
+	}{
+		{"GET", "/v1/rollouts/r9", "", 404},
+		{"GET", "/v1/rollouts/r9/devices", "", 404},
+		{"GET", "/v1/rollouts/r9/events", "", 404},
+		{"POST", "/v1/rollouts/r9/pause", "", 404},
+		{"GET", "/v1/rollouts/r%21x", "", 400},
+		{"GET", "/v1/rollouts/" + strings.Repeat("r", 65), "", 400},
+		{"GET", "/v1/rollouts/r1/devices?state=broken", "", 400},
+		{"GET", "/v1/rollouts/r1/devices?limit=0", "", 400},
+		{"GET", "/v1/rollouts/r1/devices?limit=1001", "", 400},
+		{"GET", "/v1/rollouts/r1/devices?cursor=-1", "", 400},
+		{"GET", "/v1/rollouts/r1/events?after=x", "", 400},
+		{"POST", "/v1/rollouts/r1/abort?rollback=maybe", "", 400},
+		{"POST", "/v1/rollouts/r1/abort", `{"rollback":true,"force":1}`, 400},
+		{"POST", "/v1/rollouts/r1/pause", `{"now":true}`, 400},
+		{"POST", "/v1/rollouts/r1/retry", "", 409}, // still active
+		{"DELETE", "/v1/rollouts/r1", "", 405},
+		{"PUT", "/v1/rollouts", "", 405},
+		{"POST", "/v1/rollouts", strings.Repeat(" ", httpapi.MaxRolloutBody+1), 413},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			if status, raw := e.call(t, tc.method, tc.path, tc.body, nil); status != tc.status {
+				t.Errorf("%s %s = %d %s, want %d", tc.method, tc.path, status, raw, tc.status)
+			}
+		})
+	}
+	// A closed planner answers 503.
+	if err := e.planner.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/rollouts", "/v1/rollouts/r1"} {
+		if status, raw := e.call(t, "GET", path, "", nil); status != http.StatusServiceUnavailable {
+			t.Errorf("GET %s with a closed planner = %d %s, want 503", path, status, raw)
+		}
+	}
+}
+
+func TestRolloutsUnavailable(t *testing.T) {
+	e := newRolloutEnv(t, false)
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/v1/rollouts", ""},
+		{"POST", "/v1/rollouts", `{"firmware":"2.0.0","devices":["d1"]}`},
+		{"GET", "/v1/rollouts/r1", ""},
+		{"POST", "/v1/rollouts/r1/abort", ""},
+	} {
+		if status, raw := e.call(t, tc.method, tc.path, tc.body, nil); status != http.StatusServiceUnavailable {
+			t.Errorf("%s %s without a planner = %d %s, want 503", tc.method, tc.path, status, raw)
+		}
+	}
+	// Enrolment works without a planner.
+	if status, raw := e.call(t, "POST", "/v1/devices", `{"id":"d1"}`, nil); status != http.StatusCreated {
+		t.Errorf("enroll without a planner = %d %s, want 201", status, raw)
+	}
+}
+
+// TestServerSetRollouts installs the planner after Open, as serve does.
+func TestServerSetRollouts(t *testing.T) {
+	e := newRolloutEnv(t, true) // for its planner
+	s, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Shadow: e.eng, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	get := func() int {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+s.Addr().String()+"/v1/rollouts", nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if got := get(); got != http.StatusServiceUnavailable {
+		t.Errorf("before SetRollouts: %d, want 503", got)
+	}
+	s.SetRollouts(e.planner)
+	if got := get(); got != http.StatusOK {
+		t.Errorf("after SetRollouts: %d, want 200", got)
+	}
+	s.SetRollouts((*rollout.Planner)(nil))
+	if got := get(); got != http.StatusServiceUnavailable {
+		t.Errorf("after SetRollouts(nil planner): %d, want 503", got)
+	}
+}
+
+func TestRolloutRoles(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "d1", nil)
+	secret, err := e.ids.AddDevice(t.Context(), "dev", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := `{"firmware":"2.0.0","devices":["d1"]}`
+	tests := []struct {
+		name, token, method, path, body string
+		status                          int
+	}{
+		{"no token", "", "GET", "/v1/rollouts", "", 401},
+		{"integrator lists", e.reader, "GET", "/v1/rollouts", "", 200},
+		{"integrator may not create", e.reader, "POST", "/v1/rollouts", create, 403},
+		{"device may not list", "dev:" + secret, "GET", "/v1/rollouts", "", 403},
+		{"operator creates", e.ops, "POST", "/v1/rollouts", create, 201},
+		{"integrator reads status", e.reader, "GET", "/v1/rollouts/r1", "", 200},
+		{"integrator reads devices", e.reader, "GET", "/v1/rollouts/r1/devices", "", 200},
+		{"integrator reads events", e.reader, "GET", "/v1/rollouts/r1/events", "", 200},
+		{"integrator may not pause", e.reader, "POST", "/v1/rollouts/r1/pause", "", 403},
+		{"integrator may not abort", e.reader, "POST", "/v1/rollouts/r1/abort", "", 403},
+		{"operator pauses", e.ops, "POST", "/v1/rollouts/r1/pause", "", 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if status, _, raw := doAuth(t, e.srv, tc.method, tc.path, tc.token, tc.body, nil); status != tc.status {
+				t.Errorf("%s %s = %d %s, want %d", tc.method, tc.path, status, raw, tc.status)
+			}
+		})
+	}
+}
+
+func TestDynamicEnrolment(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "m2-a", map[string]string{"hw": "m2"})
+	e.enroll(t, "m1-a", map[string]string{"hw": "m1"})
+	for _, body := range []string{
+		`{"firmware":"2.0.0","select":{"hw":"m2"},"dynamic":true}`, // r1
+		`{"firmware":"2.0.0","select":{"hw":"m1"}}`,                // r2: not dynamic
+	} {
+		if status, raw := e.call(t, "POST", "/v1/rollouts", body, nil); status != http.StatusCreated {
+			t.Fatalf("create %s = %d %s", body, status, raw)
+		}
+	}
+	tests := []struct {
+		id, labels string
+		want       map[string]int // rollout → targets after the enrolment
+	}{
+		{"m2-b", `{"hw":"m2","region":"us"}`, map[string]int{"r1": 2, "r2": 1}},
+		{"m1-b", `{"hw":"m1"}`, map[string]int{"r1": 2, "r2": 1}},
+		{"plain", `{}`, map[string]int{"r1": 2, "r2": 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.id, func(t *testing.T) {
+			body := fmt.Sprintf(`{"id":%q,"labels":%s}`, tc.id, tc.labels)
+			if status, raw := e.call(t, "POST", "/v1/devices", body, nil); status != http.StatusCreated {
+				t.Fatalf("enroll = %d %s, want 201", status, raw)
+			}
+			for id, n := range tc.want {
+				st, err := e.planner.Get(t.Context(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Targets != n {
+					t.Errorf("%s has %d targets, want %d", id, st.Targets, n)
+				}
+			}
+		})
+	}
+	// r3 lists its devices: enrolled devices never join it. r4 selects
+	// region=eu: a device matching r1 and r4 joins r1 (the older), r4's
+	// conflict is logged and the enrolment still succeeds.
+	e.enroll(t, "solo", nil)
+	e.enroll(t, "eu-1", map[string]string{"region": "eu"})
+	for _, body := range []string{
+		`{"firmware":"1.0.0","devices":["solo"],"dynamic":true}`,       // r3
+		`{"firmware":"2.0.0","select":{"region":"eu"},"dynamic":true}`, // r4
+	} {
+		if status, raw := e.call(t, "POST", "/v1/rollouts", body, nil); status != http.StatusCreated {
+			t.Fatalf("create %s = %d %s", body, status, raw)
+		}
+	}
+	if status, raw := e.call(t, "POST", "/v1/devices", `{"id":"late","labels":{"hw":"m2","region":"eu"}}`, nil); status != http.StatusCreated {
+		t.Fatalf("enroll late = %d %s", status, raw)
+	}
+	for id, n := range map[string]int{"r1": 3, "r3": 1, "r4": 1} {
+		if st, _ := e.planner.Get(t.Context(), id); st.Targets != n {
+			t.Errorf("after enrolling late: %s has %d targets, want %d", id, st.Targets, n)
+		}
+	}
+}
+
+func TestDynamicEnrolmentAll(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	e.enroll(t, "a", nil)
+	if status, raw := e.call(t, "POST", "/v1/rollouts", `{"firmware":"2.0.0","all":true,"dynamic":true}`, nil); status != http.StatusCreated {
+		t.Fatalf("create = %d %s", status, raw)
+	}
+	// Pause: the new device joins an active rollout whatever its state.
+	e.call(t, "POST", "/v1/rollouts/r1/pause", "", nil)
+	if status, raw := e.call(t, "POST", "/v1/devices", `{"id":"b"}`, nil); status != http.StatusCreated {
+		t.Fatalf("enroll = %d %s", status, raw)
+	}
+	var st rollout.Status
+	if e.call(t, "GET", "/v1/rollouts/r1", "", &st); st.Targets != 2 {
+		t.Errorf("targets %d, want 2", st.Targets)
+	}
+	// A finished rollout takes no one.
+	e.call(t, "POST", "/v1/rollouts/r1/abort", "", nil)
+	if status, raw := e.call(t, "POST", "/v1/devices", `{"id":"c"}`, nil); status != http.StatusCreated {
+		t.Fatalf("enroll after abort = %d %s", status, raw)
+	}
+	if e.call(t, "GET", "/v1/rollouts/r1", "", &st); st.Targets != 2 {
+		t.Errorf("targets after abort %d, want 2", st.Targets)
+	}
+}
+
+func TestCreateRolloutJSON(t *testing.T) {
+	req := httpapi.CreateRollout{Firmware: "2.0.0", Select: map[string]string{"hw": "m2"},
+		Policy: rollout.Policy{BatchSize: 5, DeviceTimeout: time.Minute, Dynamic: true}}
+	raw, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"firmware":"2.0.0","select":{"hw":"m2"},"batch_size":5,"dynamic":true,"device_timeout":"1m0s"}`
+	if string(raw) != want {
+		t.Errorf("Marshal = %s, want %s", raw, want)
+	}
+	var back httpapi.CreateRollout
+	if err := json.Unmarshal(raw, &back); err != nil || !bytes.Equal(mustMarshal(t, back), raw) {
+		t.Errorf("round trip = %+v, %v; want %s", back, err, raw)
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzCreateRollout decodes arbitrary bodies of POST /v1/rollouts: no
+// panic, and an accepted body survives a JSON round trip.
+func FuzzCreateRollout(f *testing.F) {
+	for _, seed := range []string{
+		`{"firmware":"2.0.0","devices":["d1","d2"],"batch_size":1,"device_timeout":"10m"}`,
+		`{"firmware":"2.0.0","select":{"hw":"m2"},"dynamic":true,"retry_backoff":"30s","url_ttl":"1h"}`,
+		`{"firmware":"2.0.0","all":true,"on_failure":"rollback","failure_percent":5.5}`,
+		`{"firmware":"2.0.0","devices":["d1"],"retries":"two"}`,
+		`{"firmware":"2.0.0","devices":["d1"],"device_timeout":30}`,
+		`{"nope":1}`, `[]`, `null`, `{"firmware":`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req httpapi.CreateRollout
+		if json.Unmarshal(data, &req) != nil {
+			return
+		}
+		raw, err := json.Marshal(req)
+		if err != nil {
+			t.Fatalf("Marshal(%+v): %v", req, err)
+		}
+		var back httpapi.CreateRollout
+		if err := json.Unmarshal(raw, &back); err != nil {
+			t.Fatalf("Unmarshal(%s): %v", raw, err)
+		}
+		if again := mustMarshal(t, back); string(again) != string(raw) {
+			t.Fatalf("round trip %s, want %s", again, raw)
+		}
+	})
+}
