@@ -34,7 +34,7 @@ type fwOptions struct {
 func (o *fwOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.api, "api", fwclient.DefaultAPI, "Umbra HTTP API base URL")
 	fs.StringVarP(&o.output, "output", "o", "text", "output format: text or json (the server's JSON)")
-	fs.DurationVar(&o.timeout, "timeout", fwclient.DefaultTimeout, "how long to wait for each answer (uploads are not bounded)")
+	fs.DurationVar(&o.timeout, "timeout", fwclient.DefaultTimeout, "how long to wait for each answer (firmware uploads are not bounded)")
 	o.cred.addFlags(fs)
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/sim"
 )
 
@@ -23,6 +24,7 @@ type simOptions struct {
 	failRate, offlineRate                                          float64
 	seed                                                           int64
 	enroll                                                         bool
+	labels                                                         []string
 	enrollAPI                                                      apiOptions
 }
 
@@ -61,6 +63,9 @@ periodic fleet stats) until interrupted.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			if cfg.PublicKey == "" {
+				cfg.PublicKey = o.fetchPublicKey(cmd)
+			}
 			creds, err := o.enrollment(cmd)
 			if err != nil {
 				return err
@@ -85,10 +90,11 @@ periodic fleet stats) until interrupted.`,
 	f.DurationVar(&o.offlineFor, "offline-for", 0, "how long offline devices stay away (default: the simulator's)")
 	f.IntVar(&o.connectRate, "connect-rate", 200, "connections per second (0 = unlimited)")
 	f.IntVar(&o.qos, "qos", 1, "MQTT QoS for reports and subscriptions (0 or 1)")
-	f.StringVar(&o.publicKey, "public-key", "", "fleet firmware signing public key: a file, or its base64/PEM value")
+	f.StringVar(&o.publicKey, "public-key", "", "fleet firmware signing public key: a file, or its base64/PEM value (default: fetched from --api)")
 	f.Int64Var(&o.seed, "seed", 1, "random seed (failures, jitter)")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	f.BoolVar(&o.enroll, "enroll", true, "enroll each device through the HTTP API (--api) and log in with its secret; on by default when an operator token is available (--token, UMBRA_TOKEN or <data-dir>/admin.token)")
+	f.StringSliceVar(&o.labels, "label", nil, "label key=value given to every enrolled device (repeatable), for rollout selectors")
 	o.enrollAPI.addFlags(f)
 	return cmd
 }
@@ -101,10 +107,17 @@ periodic fleet stats) until interrupted.`,
 func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, string), error) {
 	explicit := cmd.Flags().Changed("enroll")
 	if !o.enroll || (o.username != "" && !explicit) {
+		if len(o.labels) > 0 {
+			return nil, errors.New("--label needs enrollment (an operator token, without --username)")
+		}
 		return nil, nil
 	}
 	if o.username != "" {
 		return nil, errors.New("--enroll and --username exclude each other")
+	}
+	labels, err := identity.ParseLabels(o.labels)
+	if err != nil {
+		return nil, fmt.Errorf("--label: %w", err)
 	}
 	tok, err := o.enrollAPI.cred.resolve()
 	if err != nil {
@@ -125,7 +138,7 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 			return string(id), s
 		}
 		var resp httpapi.SecretResponse
-		err := o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices", httpapi.EnrollRequest{ID: string(id)}, &resp)
+		err := o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices", httpapi.EnrollRequest{ID: string(id), Labels: labels}, &resp)
 		if err != nil && errors.Is(err, errConflict) {
 			err = o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices/"+pathEscape(string(id))+"/rotate", nil, &resp)
 		}
@@ -136,4 +149,17 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 		secrets[id] = resp.Secret
 		return string(id), resp.Secret
 	}, nil
+}
+
+// fetchPublicKey asks the server at --api for the fleet public key, for
+// when --public-key is not given (trusting the operator's own server, as a
+// device's factory provisioning would). Without it every firmware command
+// fails verification, so a failure is reported on stderr.
+func (o *simOptions) fetchPublicKey(cmd *cobra.Command) string {
+	var pk httpapi.PublicKey
+	if err := o.enrollAPI.call(cmd, http.MethodGet, "/v1/firmware/pubkey", nil, &pk); err != nil || pk.PEM == "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: no --public-key and none fetched from %s (%v): firmware commands will fail verification\n", o.enrollAPI.api, err)
+		return ""
+	}
+	return pk.PEM
 }
