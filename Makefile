@@ -45,5 +45,9 @@ vet:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 60m ./...
 
+## demo: build, serve, connect 1,000 simulated devices, roll out a firmware image with live progress (scripts/demo.sh; DEMO_* settings in its header)
+demo:
+	GO="$(GO)" bash scripts/demo.sh
+
 clean:
 	rm -rf bin umbra-data

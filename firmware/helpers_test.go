@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -21,8 +20,6 @@ import (
 
 	"github.com/umbra-iot/umbra/firmware"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 
 // clock is a settable test clock.
 type clock struct {

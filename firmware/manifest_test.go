@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/goldentest"
 )
 
 func TestSignatureVerifies(t *testing.T) {
@@ -98,47 +99,25 @@ func goldenStore(t *testing.T) *env {
 	})
 }
 
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden (run with -update to create): %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s:\ngot  %s\nwant %s", name, got, want)
-	}
-}
-
+// TestWireFormatGolden pins the manifest, public key, command, desired and
+// reported encodings. Regenerate with:
+// go test ./firmware -run TestWireFormatGolden -update
 func TestWireFormatGolden(t *testing.T) {
 	e := goldenStore(t)
 	img, err := e.st.Upload(context.Background(), firmware.UploadRequest{Version: "v1.2.0", HW: "m1"}, bytes.NewReader([]byte("firmware image bytes\n")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "manifest.golden", append(img.Manifest().Bytes(), '\n'))
-	checkGolden(t, "pubkey.golden", firmware.MarshalPublicKey(e.st.PublicKey()))
+	goldentest.Check(t, filepath.Join("testdata", "manifest.golden"), append(img.Manifest().Bytes(), '\n'))
+	goldentest.Check(t, filepath.Join("testdata", "pubkey.golden"), firmware.MarshalPublicKey(e.st.PublicKey()))
 
 	cmd := e.st.Command(img, "dev-1", 0, "rollout-7")
-	b, err := json.MarshalIndent(cmd, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkGolden(t, "command.golden", append(b, '\n'))
-	d, err := json.MarshalIndent(cmd.Desired(), "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkGolden(t, "desired.golden", append(d, '\n'))
+	goldentest.CheckJSON(t, filepath.Join("testdata", "command.golden"), cmd)
+	goldentest.CheckJSON(t, filepath.Join("testdata", "desired.golden"), cmd.Desired())
 	report := firmware.Report{Version: "1.1.0", State: firmware.StateFailed, Error: "download: 403", Retryable: true, Job: "rollout-7"}
 	r, err := json.Marshal(map[string]any{"firmware": report})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "reported.golden", append(r, '\n'))
+	goldentest.Check(t, filepath.Join("testdata", "reported.golden"), append(r, '\n'))
 }

@@ -70,7 +70,8 @@
 // the pass re-reads only in-flight devices (all of them every
 // Config.Rescan, so a lost hint costs latency, not correctness). A pass
 // observes reports, steps every rollout, commits all record changes in one
-// bbolt transaction, and only then writes shadows. Config.OnEvent receives
+// bbolt transaction, and only then writes shadows, Config.WriteConcurrency at
+// once so that the shadow engine groups their commits. Config.OnEvent receives
 // every committed event (the seam for MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer

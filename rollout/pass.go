@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -244,8 +245,19 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 		return false
 	}
 
-	// 3. Shadow writes, after the intents are durable.
+	// 3. Shadow writes, after the intents are durable. They run
+	// concurrently (Config.WriteConcurrency) so that the shadow engine
+	// groups their commits: one at a time, each write would wait for its
+	// own fsync.
 	w = writes{}
+	type delivery struct {
+		ru  *run
+		i   int
+		cmd map[string]any
+		job string
+		err error
+	}
+	var ds []delivery
 	for _, ru := range runs {
 		if ru.r.State == StateAborted {
 			continue // the cancel below clears what was recorded
@@ -270,19 +282,36 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 					continue
 				}
 			}
-			if err := p.cfg.Shadows.SetDesiredFirmware(ctx, id, cmd, job); err != nil {
-				p.log.Warn("write desired firmware", logKeyRollout, ru.r.ID, logKeyDevice, id, logKeyErr, err)
-				continue
-			}
-			delete(ru.undelivered, i)
-			w.deleted = append(w.deleted, devIntent{ru: ru, i: i})
-			// Re-read the device next pass even if its change hint is lost
-			// (say, a device that answered before Notify was wired).
-			p.Notify(id)
+			ds = append(ds, delivery{ru: ru, i: i, cmd: cmd, job: job})
 		}
 	}
-	for _, l := range later {
-		p.runIO(ctx, &w, l.ru, l.a)
+	parallel(len(ds), p.cfg.WriteConcurrency, func(k int) {
+		d := &ds[k]
+		d.err = p.cfg.Shadows.SetDesiredFirmware(ctx, d.ru.targets[d.i], d.cmd, d.job)
+	})
+	for _, d := range ds {
+		id := d.ru.targets[d.i]
+		if d.err != nil {
+			p.log.Warn("write desired firmware", logKeyRollout, d.ru.r.ID, logKeyDevice, id, logKeyErr, d.err)
+			continue
+		}
+		delete(d.ru.undelivered, d.i)
+		w.deleted = append(w.deleted, devIntent{ru: d.ru, i: d.i})
+		// Re-read the device next pass even if its change hint is lost
+		// (say, a device that answered before Notify was wired).
+		p.Notify(id)
+	}
+	ios := make([]pendingIO, len(later))
+	for k, l := range later {
+		ios[k] = p.prepareIO(ctx, &w, l.ru, l.a)
+	}
+	parallel(len(ios), p.cfg.WriteConcurrency, func(k int) {
+		if io := &ios[k]; io.write {
+			io.err = p.cfg.Shadows.SetDesiredFirmware(ctx, io.ru.targets[io.a.Index], io.cmd, io.token)
+		}
+	})
+	for k := range ios {
+		p.finishIO(&w, &ios[k])
 	}
 	if err := p.commit(&w); err != nil {
 		p.log.Error("persist rollout state", logKeyErr, err)
@@ -328,37 +357,59 @@ func (p *Planner) prepareNotify(ctx context.Context, w *writes, ru *run, a Actio
 	ru.undelivered[a.Index] = raw
 }
 
-// runIO performs a cancel or rollback, then records it.
-func (p *Planner) runIO(ctx context.Context, w *writes, ru *run, a Action) {
+// pendingIO is a cancel or rollback: prepared, written, then recorded.
+type pendingIO struct {
+	ru    *run
+	a     Action
+	skip  bool // nothing to record (the image could not be read)
+	write bool // a shadow write is needed
+	cmd   map[string]any
+	token string
+	err   error
+}
+
+// prepareIO works out the shadow write of a cancel or rollback.
+func (p *Planner) prepareIO(ctx context.Context, w *writes, ru *run, a Action) pendingIO {
+	io := pendingIO{ru: ru, a: a, token: ru.r.ID + "/cancel"}
 	id := ru.targets[a.Index]
-	var cmd map[string]any
-	token := ru.r.ID + "/cancel"
 	if a.Kind == ActRollback {
-		token = ru.r.ID + "/rollback"
+		io.token = ru.r.ID + "/rollback"
 		v := firmware.Version(ru.r.Versions[a.Device.From-1])
 		img, err := p.cfg.Firmware.Get(ctx, v)
 		if err != nil {
 			if !errors.Is(err, firmware.ErrNotFound) {
 				p.log.Warn("rollback image", logKeyRollout, ru.r.ID, logKeyErr, err)
-				return
+				io.skip = true
+				return io
 			}
 			w.errs = append(w.errs, errWrite{ru, a.Index, fmt.Sprintf("rollback skipped: version %s not in the store", v)})
 		} else {
-			raw, err := json.Marshal(p.cfg.Firmware.Command(img, id, ru.r.Policy.URLTTL, token).Desired()["firmware"])
+			raw, err := json.Marshal(p.cfg.Firmware.Command(img, id, ru.r.Policy.URLTTL, io.token).Desired()["firmware"])
 			if err == nil {
-				err = json.Unmarshal(raw, &cmd)
+				err = json.Unmarshal(raw, &io.cmd)
 			}
 			if err != nil {
 				p.log.Error("encode command", logKeyErr, err)
-				return
+				io.skip = true
+				return io
 			}
 		}
 	}
-	if a.Kind == ActCancel || cmd != nil {
-		if err := p.cfg.Shadows.SetDesiredFirmware(ctx, id, cmd, token); err != nil {
-			p.log.Warn("write desired firmware", logKeyRollout, ru.r.ID, logKeyDevice, id, logKeyErr, err)
-			return
-		}
+	io.write = a.Kind == ActCancel || io.cmd != nil
+	return io
+}
+
+// finishIO records a cancel or rollback whose shadow write (if any)
+// succeeded.
+func (p *Planner) finishIO(w *writes, io *pendingIO) {
+	ru, a := io.ru, io.a
+	id := ru.targets[a.Index]
+	if io.skip {
+		return
+	}
+	if io.err != nil {
+		p.log.Warn("write desired firmware", logKeyRollout, ru.r.ID, logKeyDevice, id, logKeyErr, io.err)
+		return
 	}
 	delete(ru.undelivered, a.Index)
 	w.deleted = append(w.deleted, devIntent{ru: ru, i: a.Index})
@@ -366,6 +417,27 @@ func (p *Planner) runIO(ctx context.Context, w *writes, ru *run, a Action) {
 	if a.Kind == ActRollback {
 		w.events = append(w.events, evWrite{ru, Event{Time: p.cfg.Now(), Kind: EventRollback, Device: id, Reason: a.Reason}})
 	}
+}
+
+// parallel calls f(0) … f(n-1) on at most limit goroutines and returns
+// when all returned.
+func parallel(n, limit int, f func(k int)) {
+	if n <= 1 || limit <= 1 {
+		for k := range n {
+			f(k)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, limit)
+	for k := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			f(k)
+		})
+	}
+	wg.Wait()
 }
 
 // intern returns the Device.From index of version v, adding it to the

@@ -42,8 +42,11 @@ const (
 	DefaultOpenTimeout   = time.Second
 	DefaultMaxDirty      = 1 << 16
 	DefaultNotifyPerPass = 1024
-	DefaultRescan        = time.Minute
-	MaxFailingListed     = 100
+	// DefaultWriteConcurrency is how many shadow writes a pass runs at
+	// once: enough for the shadow engine to group them into few commits.
+	DefaultWriteConcurrency = 64
+	DefaultRescan           = time.Minute
+	MaxFailingListed        = 100
 )
 
 // Config configures a Planner. Zero values mean the documented defaults.
@@ -67,6 +70,9 @@ type Config struct {
 	MaxDirty int
 	// NotifyPerPass bounds the shadow writes of one pass. Default 1024.
 	NotifyPerPass int
+	// WriteConcurrency bounds the shadow writes a pass runs at once.
+	// Default DefaultWriteConcurrency; 1 writes one at a time.
+	WriteConcurrency int
 	// OnEvent, when set, receives every event after it is committed (the
 	// feed for rollouts/<id>/events and status topics). It is called with
 	// the planner's lock held: it must not block or call the Planner.
@@ -83,7 +89,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
 	case c.Shadows == nil || c.Firmware == nil:
 		return fmt.Errorf("%w: Config.Shadows and Config.Firmware are required", ErrInvalid)
-	case c.Tick < 0 || c.MaxDirty < 0 || c.NotifyPerPass < 0 || c.OpenTimeout < 0 || c.Rescan < 0:
+	case c.Tick < 0 || c.MaxDirty < 0 || c.NotifyPerPass < 0 || c.WriteConcurrency < 0 || c.OpenTimeout < 0 || c.Rescan < 0:
 		return fmt.Errorf("%w: negative Config value", ErrInvalid)
 	}
 	if c.OpenTimeout == 0 {
@@ -103,6 +109,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.NotifyPerPass == 0 {
 		c.NotifyPerPass = DefaultNotifyPerPass
+	}
+	if c.WriteConcurrency == 0 {
+		c.WriteConcurrency = DefaultWriteConcurrency
 	}
 	if c.Rescan == 0 {
 		c.Rescan = DefaultRescan

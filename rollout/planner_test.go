@@ -677,3 +677,70 @@ func TestAddDevicesToDynamicRollout(t *testing.T) {
 		t.Errorf("devices %v, want a..g", got)
 	}
 }
+
+// barrierShadows holds every SetDesiredFirmware until want of them run at
+// once (or its deadline passes), and records the most it saw at once.
+type barrierShadows struct {
+	*fakeShadows
+	want     int
+	mu       sync.Mutex // guards running, most
+	running  int
+	most     int
+	together chan struct{} // closed when want calls run at once
+	deadline <-chan time.Time
+}
+
+func (b *barrierShadows) SetDesiredFirmware(ctx context.Context, id device.ID, cmd map[string]any, token string) error {
+	b.mu.Lock()
+	b.running++
+	b.most = max(b.most, b.running)
+	if b.running == b.want {
+		close(b.together)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.together:
+	case <-b.deadline:
+	}
+	b.mu.Lock()
+	b.running--
+	b.mu.Unlock()
+	return b.fakeShadows.SetDesiredFirmware(ctx, id, cmd, token)
+}
+
+// TestPlannerWritesConcurrently: a pass writes its batch's commands
+// WriteConcurrency at a time, so that the shadow engine can group their
+// commits instead of paying one fsync per device.
+func TestPlannerWritesConcurrently(t *testing.T) {
+	fs := newFakeShadows(installs)
+	bs := &barrierShadows{fakeShadows: fs, want: 4, together: make(chan struct{}), deadline: time.After(10 * time.Second)}
+	fw := newFakeFirmware("2.0.0")
+	path := filepath.Join(t.TempDir(), "rollout.db")
+	cfg := rollout.Config{Path: path, Shadows: bs, Firmware: fw, Tick: 5 * time.Millisecond, WriteConcurrency: 4}
+	p, err := rollout.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	fs.notify = p.Notify
+	fs.mu.Unlock()
+	t.Cleanup(func() {
+		if err := p.Close(context.Background()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	r, err := p.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Devices: ids("c", 8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, p, r.ID, rollout.StateSucceeded)
+	bs.mu.Lock()
+	most := bs.most
+	bs.mu.Unlock()
+	if most != 4 {
+		t.Errorf("got at most %d concurrent shadow writes, want 4 (WriteConcurrency)", most)
+	}
+	if st.Counts[rollout.DeviceSucceeded] != 8 {
+		t.Errorf("got counts %v, want 8 succeeded", st.Counts)
+	}
+}

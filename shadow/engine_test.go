@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,10 +15,9 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/shadow"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 // recorder is a shadow.Publisher that records every message in order.
 type recorder struct {
@@ -133,19 +131,7 @@ func TestTranscripts(t *testing.T) {
 					fmt.Fprintf(&out, "  %s %s\n", m.Topic, m.Payload)
 				}
 			}
-			golden := strings.TrimSuffix(file, ".txt") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(out.String()), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create): %v", err)
-			}
-			if got := out.String(); got != string(want) {
-				t.Errorf("transcript %s differs from golden:\n--- got\n%s\n--- want\n%s", name, got, want)
-			}
+			goldentest.Check(t, strings.TrimSuffix(file, ".txt")+".golden", []byte(out.String()))
 		})
 	}
 }

@@ -1,20 +1,17 @@
 package rolloutfeed_test
 
 import (
-	"bytes"
 	"encoding/json"
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
 // TestPayloadGolden pins the wire format of the events and status topics.
+// Regenerate with: go test ./internal/rolloutfeed -run TestPayloadGolden -update
 func TestPayloadGolden(t *testing.T) {
 	pub, st := newCapture(), newStatuses()
 	st.set(status("r12", rollout.StatePaused, map[rollout.DeviceState]int{
@@ -28,38 +25,21 @@ func TestPayloadGolden(t *testing.T) {
 	if err := f.Sync(t.Context(), []string{"r12"}); err != nil {
 		t.Fatalf("Sync: %v", err)
 	}
-	var evs, status []byte
+	var evs []byte
 	for range 6 {
 		evs = append(append(evs, nextOn(t, pub.ch, "rollouts/r12/events").Payload...), '\n')
 	}
+	var status json.RawMessage
 	msgs := pub.all()
 	for i := len(msgs) - 1; i >= 0; i-- {
 		if msgs[i].Topic == "rollouts/r12/status" {
-			var buf bytes.Buffer
-			if err := json.Indent(&buf, msgs[i].Payload, "", "  "); err != nil {
-				t.Fatalf("status %s: %v", msgs[i].Payload, err)
-			}
-			status = append(buf.Bytes(), '\n')
+			status = msgs[i].Payload
 			break
 		}
 	}
-	golden(t, "events.golden.jsonl", evs)
-	golden(t, "status.golden.json", status)
-}
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if status == nil {
+		t.Fatal("no message on rollouts/r12/status")
 	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s:\ngot\n%s\nwant\n%s", name, got, want)
-	}
+	goldentest.Check(t, filepath.Join("testdata", "events.golden.jsonl"), evs)
+	goldentest.CheckJSON(t, filepath.Join("testdata", "status.golden.json"), status)
 }

@@ -509,7 +509,7 @@ func Line(st rollout.Status) string {
 		}
 	}
 	fmt.Fprintf(&b, " (%.1f%%)", t.percent())
-	if st.Reason != "" {
+	if st.Reason != "" && st.State != rollout.StateRunning && st.State != rollout.StateCreated { // "started" says nothing
 		fmt.Fprintf(&b, " reason=%q", st.Reason)
 	}
 	return b.String()

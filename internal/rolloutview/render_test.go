@@ -2,9 +2,7 @@ package rolloutview_test
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -13,11 +11,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/internal/rolloutview"
 	"github.com/umbra-iot/umbra/rollout"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/render")
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
@@ -168,19 +165,7 @@ func TestRenderGolden(t *testing.T) {
 			var buf bytes.Buffer
 			rolloutview.Render(&buf, tc.st, tc.opts)
 			got := buf.Bytes()
-			path := filepath.Join("testdata", "render", tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("Render(%s) =\n%s\nwant\n%s", tc.name, got, want)
-			}
+			goldentest.Check(t, filepath.Join("testdata", "render", tc.name+".golden"), got)
 			width := max(tc.opts.Width, rolloutview.MinWidth)
 			if tc.opts.Width == 0 {
 				width = rolloutview.DefaultWidth

@@ -193,18 +193,30 @@ func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
 	return nil, errors.New("not an ed25519 public key (want 32 raw bytes, their base64, or a PEM PUBLIC KEY)")
 }
 
-// LoadPublicKey resolves a key given as a value (base64 or PEM text) or as
-// the path of a file holding the key in any form ParsePublicKey accepts.
+// LoadPublicKey resolves a key given as the path of a file holding the
+// key in any form ParsePublicKey accepts, or as a value: base64 or PEM
+// text. An existing file wins, so a path can never be mistaken for a
+// value (a 32-character path is not 32 raw key bytes).
 func LoadPublicKey(s string) (ed25519.PublicKey, error) {
-	if k, err := ParsePublicKey([]byte(s)); err == nil {
-		return k, nil
-	}
-	data, err := os.ReadFile(s)
-	if err != nil {
-		if strings.HasPrefix(strings.TrimSpace(s), "-----BEGIN") {
-			return ParsePublicKey([]byte(s)) // report the PEM error, not a file error
+	if st, err := os.Stat(s); err == nil && st.Mode().IsRegular() {
+		data, err := os.ReadFile(s)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("neither a key value nor a readable key file: %w", err)
+		return ParsePublicKey(data)
 	}
-	return ParsePublicKey(data)
+	text := strings.TrimSpace(s)
+	if len(text) == ed25519.PublicKeySize && !strings.HasPrefix(text, "-----BEGIN") {
+		// Raw bytes are accepted from files only: as a value they would
+		// shadow a mistyped path.
+		return nil, fmt.Errorf("%q: neither a key file nor a base64 or PEM key", s)
+	}
+	k, err := ParsePublicKey([]byte(text))
+	if err != nil {
+		if strings.HasPrefix(text, "-----BEGIN") {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%q: neither a key file nor a base64 or PEM key: %w", s, err)
+	}
+	return k, nil
 }

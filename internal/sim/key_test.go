@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/umbra-iot/umbra/internal/sim"
@@ -69,12 +70,28 @@ func TestLoadPublicKey(t *testing.T) {
 	if err := os.WriteFile(b64File, []byte(base64.StdEncoding.EncodeToString(pub)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A path of exactly 32 characters (ed25519.PublicKeySize) is a path,
+	// never raw key bytes: the regression `make demo` found.
+	short, err := os.MkdirTemp("", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(short) })
+	path32 := filepath.Join(short, strings.Repeat("p", 32-len(short)-1))
+	if len(path32) != 32 {
+		t.Fatalf("path %q has %d characters, want 32", path32, len(path32))
+	}
+	if err := os.WriteFile(path32, []byte(base64.StdEncoding.EncodeToString(pub)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		in      string
 		wantErr bool
 	}{
 		{"value", base64.StdEncoding.EncodeToString(pub), false},
+		{"32-character path", path32, false},
+		{"32-character missing path", path32[:31] + "q", true},
 		{"raw file", rawFile, false},
 		{"base64 file", b64File, false},
 		{"missing file", filepath.Join(dir, "nope"), true},
