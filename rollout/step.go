@@ -199,15 +199,15 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 		return append(acts, Action{Kind: ActStartBatch, Batch: 0, Reason: "first batch"})
 	case cur.ratio() >= r.Policy.SuccessThreshold && r.Started < len(r.Batches):
 		return append(acts, Action{Kind: ActStartBatch, Batch: r.Started,
-			Reason: fmt.Sprintf("batch %d at %.1f%% success", r.Started-1, cur.ratio())})
+			Reason: fmt.Sprintf("batch %d at %.1f%% success", r.Started, cur.ratio())})
 	case !cur.done():
 		return acts
 	case r.Started < len(r.Batches) && r.Forced == r.Started:
 		return append(acts, Action{Kind: ActStartBatch, Batch: r.Started,
-			Reason: fmt.Sprintf("batch %d at %.1f%% success, resumed by operator", r.Started-1, cur.ratio())})
+			Reason: fmt.Sprintf("batch %d at %.1f%% success, resumed by operator", r.Started, cur.ratio())})
 	case r.Started < len(r.Batches):
 		return append(acts, onFailure(r, fmt.Sprintf("batch %d finished at %.1f%% success, below %.1f%%",
-			r.Started-1, cur.ratio(), r.Policy.SuccessThreshold)))
+			r.Started, cur.ratio(), r.Policy.SuccessThreshold)))
 	case !all.done():
 		return acts
 	case all.ratio() >= r.Policy.SuccessThreshold:

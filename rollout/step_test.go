@@ -164,7 +164,7 @@ func TestStep(t *testing.T) {
 			name: "finished batch below threshold pauses",
 			r:    func() *rollout.Rollout { r := testRollout(4, rollout.Policy{}, 2, 2); r.Started = 1; return r },
 			devs: devs(S, F, P, P),
-			want: `batch_finished(0, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 0 finished at 50.0% success, below 100.0%")`,
+			want: `batch_finished(0, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 1 finished at 50.0% success, below 100.0%")`,
 		},
 		{
 			name: "resume forces past the gate",
@@ -184,7 +184,7 @@ func TestStep(t *testing.T) {
 				return r
 			},
 			devs: devs(S, S, S, F, P, P),
-			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 1 finished at 50.0% success, below 100.0%")`,
+			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 1 failed") transition(paused, rollback=false, "batch 2 finished at 50.0% success, below 100.0%")`,
 		},
 		{
 			name: "failure percent not evaluated below min sample",
