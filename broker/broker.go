@@ -27,6 +27,16 @@ const (
 	DefaultReadBufferSize             = 256
 	DefaultWriteBufferSize            = 2048
 	DefaultMaxInflight         uint16 = 256
+	// DefaultServiceWritesPending is the outbound queue of a service
+	// client (an operator or integrator watching the fleet): mochi's own
+	// default, 64 KiB of queue per service connection, enough for a burst
+	// of one message from each of 8,192 devices.
+	DefaultServiceWritesPending int32 = 8192
+	// DefaultServiceInflight is the inflight store of a service client:
+	// every QoS 1 message in its outbound queue is already inflight, so the
+	// store holds a full queue plus as many messages written but not yet
+	// acknowledged. It stays below mochi's 65,535 packet identifiers.
+	DefaultServiceInflight uint16 = 2 * uint16(DefaultServiceWritesPending)
 	// DefaultMaxConnsPerIdentity bounds simultaneous connections of one
 	// authenticated identity (a device normally has one; a takeover briefly
 	// has two).
@@ -182,11 +192,17 @@ type Config struct {
 	// subscribing client may reach it before its SUBACK.
 	OnSubscribe func(clientID string, filters []string)
 
-	// ClientWritesPending is the capacity of each client's queue of
-	// outbound packets; when it is full, further messages to that client
+	// ClientWritesPending is the capacity of each device client's queue
+	// of outbound packets; when it is full, further messages to that client
 	// are dropped and counted in Stats.MessagesDropped. Default
 	// DefaultClientWritesPending.
 	ClientWritesPending int32
+	// ServiceWritesPending is ClientWritesPending for service clients:
+	// clients that Auth authenticated as an Identity without a Device
+	// (operators, integrators), which subscribe to many devices' topics.
+	// Without Auth every client is a device client. Default
+	// DefaultServiceWritesPending; never less than ClientWritesPending.
+	ServiceWritesPending int32
 	// ReadBufferSize is the size of each client's read buffer. Packets
 	// larger than the buffer are read directly. Default
 	// DefaultReadBufferSize.
@@ -195,10 +211,14 @@ type Config struct {
 	// flushed to a client. Default DefaultWriteBufferSize.
 	WriteBufferSize int
 	// MaxInflight is the number of unacknowledged QoS 1 messages kept per
-	// session, including messages queued for an offline persistent session;
-	// further QoS 1 messages are dropped and counted in
+	// device session, including messages queued for an offline persistent
+	// session; further QoS 1 messages are dropped and counted in
 	// Stats.InflightDropped. Default DefaultMaxInflight.
 	MaxInflight uint16
+	// ServiceInflight is MaxInflight for service clients (see
+	// ServiceWritesPending). Default DefaultServiceInflight; never less
+	// than MaxInflight.
+	ServiceInflight uint16
 	// MaxConnsPerIdentity caps the simultaneous connections of one
 	// authenticated identity (Identity.Name); further CONNECTs are refused
 	// and counted in Stats.ConnectsRejected. Only applies with Auth set.
@@ -236,6 +256,16 @@ func (c *Config) setDefaults() {
 	if c.MaxInflight == 0 {
 		c.MaxInflight = DefaultMaxInflight
 	}
+	if c.ServiceWritesPending == 0 {
+		c.ServiceWritesPending = DefaultServiceWritesPending
+	}
+	if c.ServiceWritesPending > 0 { // a negative value is left for validate
+		c.ServiceWritesPending = max(c.ServiceWritesPending, c.ClientWritesPending)
+	}
+	if c.ServiceInflight == 0 {
+		c.ServiceInflight = DefaultServiceInflight
+	}
+	c.ServiceInflight = max(c.ServiceInflight, c.MaxInflight)
 	if c.MaxTopicLength == 0 {
 		c.MaxTopicLength = DefaultMaxTopicLength
 	}
@@ -255,8 +285,9 @@ func (c *Config) validate() error {
 	if c.ConnectTimeout < 0 {
 		return fmt.Errorf("%w: negative ConnectTimeout %v", ErrInvalidConfig, c.ConnectTimeout)
 	}
-	if c.ClientWritesPending < 0 {
-		return fmt.Errorf("%w: negative ClientWritesPending %d", ErrInvalidConfig, c.ClientWritesPending)
+	if c.ClientWritesPending < 0 || c.ServiceWritesPending < 0 {
+		return fmt.Errorf("%w: negative ClientWritesPending %d or ServiceWritesPending %d",
+			ErrInvalidConfig, c.ClientWritesPending, c.ServiceWritesPending)
 	}
 	if c.TLSAddr != "" && c.TLSConfig == nil {
 		return fmt.Errorf("%w: TLSAddr %q without TLSConfig", ErrInvalidConfig, c.TLSAddr)
@@ -275,13 +306,30 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// hasServices reports whether service clients get larger queues than
+// devices; without Auth every client is a device.
+func (c *Config) hasServices() bool {
+	return c.Auth != nil && (c.ServiceWritesPending > c.ClientWritesPending || c.ServiceInflight > c.MaxInflight)
+}
+
+// serverInflight is mochi's server-wide inflight limit: the largest of any
+// client.
+func (c *Config) serverInflight() uint16 {
+	if c.hasServices() {
+		return c.ServiceInflight
+	}
+	return c.MaxInflight
+}
+
 // options translates a defaulted Config into mochi options.
 func (c *Config) options(log *slog.Logger) *mqtt.Options {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = c.MaxPacketSize
 	caps.MaximumSessionExpiryInterval = uint32(c.SessionExpiry / time.Second)
 	caps.MaximumClientWritesPending = c.ClientWritesPending
-	caps.MaximumInflight = c.MaxInflight
+	// mochi's inflight limit is server-wide: with service clients it is
+	// theirs, and the hook enforces MaxInflight for devices.
+	caps.MaximumInflight = c.serverInflight()
 	caps.ReceiveMaximum = receiveMaximum
 	caps.MaximumQos = 1
 	// mochi's default (24h) forcibly deletes retained messages and queued
@@ -338,6 +386,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.TLSConfig = cfg.TLSConfig.Clone()
 	}
 	log := cfg.Logger.With(logKeyComponent, "broker")
+	if cfg.hasServices() && !outboundOK {
+		log.Warn("mochi's client layout is not the expected one: service clients get the device outbound queue")
+	}
 	s := &Server{cfg: cfg, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.mq = mqtt.New(cfg.options(log))

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -24,6 +25,18 @@ func TestOptions(t *testing.T) {
 				t.Errorf("options: got %+v, want %+v", o, want)
 			}
 		}},
+		{"services", Config{Auth: stubAuth{}}, func(t *testing.T, o optionsView) {
+			if o.inflight != DefaultServiceInflight || o.writesPending != DefaultClientWritesPending {
+				t.Errorf("inflight, writes pending: got %d, %d, want %d, %d (the device queue: services get theirs later)",
+					o.inflight, o.writesPending, DefaultServiceInflight, DefaultClientWritesPending)
+			}
+		}},
+		{"services no larger than devices", Config{Auth: stubAuth{}, MaxInflight: 300, ServiceInflight: 200},
+			func(t *testing.T, o optionsView) {
+				if o.inflight != 300 {
+					t.Errorf("inflight: got %d, want 300", o.inflight)
+				}
+			}},
 		{"explicit", Config{MaxPacketSize: 4096, SessionExpiry: 90 * time.Second, ClientWritesPending: 8,
 			ReadBufferSize: 64, WriteBufferSize: 128, MaxInflight: 10}, func(t *testing.T, o optionsView) {
 			want := optionsView{
@@ -66,4 +79,41 @@ type optionsView struct {
 	topicAliasMax            uint16
 	readBuf, writeBuf        int
 	inline                   bool
+}
+
+// stubAuth admits everyone everywhere.
+type stubAuth struct{}
+
+func (stubAuth) Authenticate(context.Context, Credentials) (Identity, error) { return Identity{}, nil }
+
+func (stubAuth) Allow(Identity, string, bool) bool { return true }
+
+// TestServiceDefaults checks the service sizes after setDefaults: never
+// below the device sizes.
+func TestServiceDefaults(t *testing.T) {
+	tests := []struct {
+		name        string
+		cfg         Config
+		writes      int32
+		inflight    uint16
+		hasServices bool
+	}{
+		{"defaults", Config{}, DefaultServiceWritesPending, DefaultServiceInflight, false},
+		{"defaults with auth", Config{Auth: stubAuth{}}, DefaultServiceWritesPending, DefaultServiceInflight, true},
+		{"explicit", Config{Auth: stubAuth{}, ServiceWritesPending: 500, ServiceInflight: 600}, 500, 600, true},
+		{"raised to device sizes", Config{Auth: stubAuth{}, ClientWritesPending: 900, ServiceWritesPending: 10,
+			MaxInflight: 700, ServiceInflight: 20}, 900, 700, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.setDefaults()
+			if tc.cfg.ServiceWritesPending != tc.writes || tc.cfg.ServiceInflight != tc.inflight {
+				t.Errorf("service sizes: got %d/%d, want %d/%d", tc.cfg.ServiceWritesPending, tc.cfg.ServiceInflight,
+					tc.writes, tc.inflight)
+			}
+			if got := tc.cfg.hasServices(); got != tc.hasServices {
+				t.Errorf("hasServices: got %t, want %t", got, tc.hasServices)
+			}
+		})
+	}
 }

@@ -61,10 +61,31 @@
 // within Config.ConnectTimeout. Client IDs must be valid device IDs
 // ([A-Za-z0-9_.:-]{1,128}, see internal/device) and not "inline", which
 // mochi reserves; other CONNECTs are refused with "client identifier not
-// valid". Each client's outbound queue holds Config.ClientWritesPending
-// packets: a publisher never blocks on a slow subscriber, whose excess
-// messages are dropped and counted in Stats.MessagesDropped. Retained
-// messages do not expire.
+// valid". A publisher never blocks on a slow subscriber: a client's
+// outbound queue holds Config.ClientWritesPending packets and its inflight
+// store Config.MaxInflight unacknowledged QoS 1 messages; excess messages
+// are dropped and counted in Stats.MessagesDropped and
+// Stats.InflightDropped. Retained messages do not expire.
+//
+// # Devices and service clients
+//
+// Both limits are sized for many idle devices. A service client, one that
+// Config.Auth authenticated as an Identity without a Device (an operator
+// or integrator subscribed to the whole fleet's topics), gets
+// Config.ServiceWritesPending and Config.ServiceInflight instead (8,192
+// and 16,384 by default), so that a burst such as a fleet's accepted
+// updates reaches it complete. Without Auth every client is a device. A
+// device whose inflight store is full receives no further messages, QoS 0
+// included, until it acknowledges some.
+//
+// mochi sizes both limits for the whole server, the queue when a
+// connection is accepted, before CONNECT. The broker sets mochi's inflight
+// limit to the service one and enforces the device limit in its ACL hook,
+// and replaces a service client's queue after authentication, before the
+// client is registered, from the client's own write loop (see queue.go):
+// this relies on the layout of mochi v2.7.9's Client, checked at start-up
+// (a mismatch leaves service clients with the device queue and logs a
+// warning per connection) and by the tests.
 //
 // # Authentication and authorization
 //
@@ -79,7 +100,7 @@
 // Defaults are chosen for many idle devices: a small outbound queue
 // (64 packets), a 256-byte read buffer and a 256-message inflight store
 // (mochi's defaults cost about 90 KB per idle connection, mostly an
-// 8192-slot outbound queue). What remains is dominated by mochi's two
+// 8192-slot outbound queue, which only service clients get). What remains is dominated by mochi's two
 // goroutines per connection: the reader idles about 6 KB deep, so its
 // stack stays at 16 KB once a packet has been handled, and the writer's
 // stack is 4 KB. BenchmarkIdleConnections measures the total: about 25 KB

@@ -60,6 +60,10 @@ func (h *hook) Provides(b byte) bool {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnClientExpired:
 		return true
+	case mqtt.OnSubscribe:
+		return h.s.cfg.ServiceInflight > h.s.cfg.MaxInflight && h.s.cfg.hasServices()
+	case mqtt.OnPacketEncode:
+		return h.s.cfg.ServiceWritesPending > h.s.cfg.ClientWritesPending && h.s.cfg.hasServices()
 	}
 	return false
 }
@@ -131,6 +135,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		h.perName[id.Name]++
 		c.counted = id.Name
 		c.identity = id
+		c.service = id.Device == ""
 	}
 	h.sessions[cl.ID] = &session{cl: cl, id: id}
 	h.mu.Unlock()
@@ -173,6 +178,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		h.s.log.Debug("topic too long", "client", cl.ID, "bytes", len(topic), "max", h.s.cfg.MaxTopicLength)
 		return false
 	}
+	if !write && !h.deliveryAllowed(cl) {
+		return false
+	}
 	auth := h.s.cfg.Auth
 	if auth == nil {
 		return true
@@ -185,6 +193,38 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		h.publishDenied(cl, sess, topic)
 	}
 	return allowed
+}
+
+// deliveryAllowed enforces Config.MaxInflight for a device client when
+// mochi's server-wide limit is the larger ServiceInflight: mochi checks
+// ACL read access right before it takes a place in the client's inflight
+// store, so a device whose store is full gets no further messages (QoS 0
+// ones included: it is far behind). The drops are counted with mochi's
+// own in Stats.InflightDropped. The read check mochi makes for the
+// filters of a SUBSCRIBE (bracketed by OnSubscribe and OnSubscribed) is
+// not a delivery and passes; deliveries racing it in that moment are
+// bounded by mochi's limit.
+func (h *hook) deliveryAllowed(cl *mqtt.Client) bool {
+	max := int(h.s.cfg.MaxInflight)
+	if max >= int(h.s.cfg.serverInflight()) {
+		return true // mochi enforces it
+	}
+	c := connOf(cl)
+	if c == nil || c.service || c.subscribing.Load() || cl.State.Inflight.Len() < max {
+		return true
+	}
+	atomic.AddInt64(&h.s.mq.Info.InflightDropped, 1)
+	h.s.log.Debug("device inflight store full: message dropped", "client", cl.ID, "max", max)
+	return false
+}
+
+// OnSubscribe marks the start of a SUBSCRIBE's ACL checks for
+// deliveryAllowed.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if c := connOf(cl); c != nil {
+		c.subscribing.Store(true)
+	}
+	return pk
 }
 
 // publishDenied counts a denied PUBLISH and logs the first denial per
@@ -231,6 +271,11 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	c := connOf(cl)
 	if c == nil || c.unlock != nil {
 		return
+	}
+	if c.service && h.s.cfg.ServiceWritesPending > h.s.cfg.ClientWritesPending &&
+		!h.enlargeQueue(cl, c, h.s.cfg.ServiceWritesPending, h.s.cfg.ConnectTimeout) {
+		h.s.log.Warn("service client keeps the device outbound queue", "client", cl.ID,
+			"identity", c.identity.Name, "queue", h.s.cfg.ClientWritesPending)
 	}
 	c.unlock = h.gates.lock(cl.ID)
 	c.seq = h.seq.Add(1)
@@ -393,6 +438,9 @@ func (h *hook) OnClientExpired(cl *mqtt.Client) {
 
 // OnSubscribed calls Config.OnSubscribe with the granted filters.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if c := connOf(cl); c != nil {
+		c.subscribing.Store(false)
+	}
 	cb := h.s.cfg.OnSubscribe
 	if cb == nil || cl.Net.Inline {
 		return

@@ -267,7 +267,8 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 // conn is a connection as handed to mochi (mochi's Client.Net.Conn): the
 // transport plus what the broker learns about the connection. Fields other
 // than Conn are set and read only on the connection's goroutine (mochi runs
-// the connect and disconnect hooks there).
+// the connect and disconnect hooks there), except those documented
+// otherwise below.
 type conn struct {
 	net.Conn                      // TCP, TLS or WebSocket
 	tls      *tls.ConnectionState // state after the TLS handshake; nil without TLS
@@ -275,6 +276,16 @@ type conn struct {
 	seq      uint64               // connection sequence; set when the session is established
 	unlock   func()               // releases the client ID's gate; nil while not held
 	counted  string               // identity name counted against MaxConnsPerIdentity; "" if none
+
+	// service is set at authentication, before mochi registers the client,
+	// and only read afterwards (also by publishers' goroutines): the
+	// client is not a device and gets the service queue and inflight sizes.
+	service bool
+	// swap is the pending replacement of the outbound queue; written by
+	// the client's goroutine before it hands the write loop swapSentinel.
+	swap *queueSwap
+	// subscribing is true while mochi checks a SUBSCRIBE's filters.
+	subscribing atomic.Bool
 }
 
 // wsConn presents a WebSocket as the byte stream mochi reads MQTT from.

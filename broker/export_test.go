@@ -1,0 +1,12 @@
+package broker
+
+// OutboundCap returns the capacity of the outbound queue of the client
+// with clientID (connected or with a persistent session), and false if the
+// broker has no such client.
+func OutboundCap(s *Server, clientID string) (int, bool) {
+	cl, ok := s.mq.Clients.Get(clientID)
+	if !ok || !outboundOK {
+		return 0, false
+	}
+	return cap(*outboundOf(cl)), true
+}
