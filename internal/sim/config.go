@@ -116,6 +116,7 @@ type Config struct {
 	PublicKey string
 	// HTTPClient downloads images (nil = a client with DownloadTimeout).
 	HTTPClient *http.Client
+	ownHTTP    bool // HTTPClient was made by setDefaults
 	// DownloadWorkers bounds concurrent downloads across the fleet.
 	DownloadWorkers int
 	// DownloadTimeout bounds one download.
@@ -188,7 +189,11 @@ func (c *Config) setDefaults() {
 		c.StatsInterval = DefaultStatsInterval
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: c.DownloadTimeout}
+		// A transport of the fleet's own, so that Close can drop its idle
+		// keep-alive connections (a server's graceful shutdown waits for
+		// them) without touching http.DefaultTransport's.
+		c.HTTPClient = &http.Client{Timeout: c.DownloadTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		c.ownHTTP = true
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -41,14 +41,17 @@ type simDevice struct {
 	online    bool        // an MQTT connection is open
 	timer     *time.Timer // the machine's timer
 	cycle     *time.Timer // reconnect, reboot delay or offline cycle
-	retry     *time.Timer // resend of a rejected report
+	retry     *time.Timer // the next check of the shadow (see check)
 	sync      *time.Timer // reconnects if the connect-time get goes unanswered
 	syncing   bool        // the connect-time get is unanswered
-	retries   int         // consecutive rejected reports
+	checking  bool        // a check of the shadow is in flight or scheduled
+	behindVer int64       // latest shadow version whose delta showed the last report missing
+	retries   int         // consecutive failed checks (rejected, lost or overtaken reports)
 	connFails int         // consecutive failed connects
 	seq       uint32      // last clientToken sequence number used
 	reportSeq uint32      // sequence number of the last report
 	getSeq    uint32      // sequence number of the pending get
+	getReport uint32      // reportSeq when the pending get was sent
 	lastPub   paho.Token  // token of the last report publish
 	sum       summary     // what Stats last counted for this device
 }
@@ -131,6 +134,7 @@ func (d *simDevice) after(dur time.Duration, fn func()) { d.afterFunc(&d.timer, 
 func (d *simDevice) get() {
 	var tok string
 	d.getSeq, tok = d.token("g")
+	d.getReport = d.reportSeq
 	d.client.Publish(d.prefix+"get", d.f.cfg.QoS, false, `{"clientToken":"`+tok+`"}`)
 }
 
@@ -181,6 +185,10 @@ func (d *simDevice) onConnect() {
 	d.do(func() {
 		d.online = true
 		d.retries = 0
+		d.checking = false
+		if d.retry != nil {
+			d.retry.Stop() // the connect-time get checks the shadow
+		}
 		d.m.connected()
 		d.syncing = true
 		d.syncGet()
@@ -242,7 +250,12 @@ func (d *simDevice) onMessage(_ paho.Client, msg paho.Message) {
 		switch suffix {
 		case "update/delta":
 			d.f.stats.deltas.Add(1)
+			ver, behind := d.m.behind(payload)
 			err = d.m.delta(payload)
+			if behind {
+				d.behindVer = max(d.behindVer, ver)
+				d.check()
+			}
 		case "update/rejected":
 			d.rejected(payload)
 		case "get/accepted", "get/rejected":
@@ -256,9 +269,13 @@ func (d *simDevice) onMessage(_ paho.Client, msg paho.Message) {
 			}
 			d.syncing = false
 			if suffix == "get/rejected" {
-				d.m.documentMissing()
+				d.checked(nil, r.Code)
+				if r.Code == 404 { // no shadow; other codes say nothing about it
+					d.m.documentMissing()
+				}
 				return
 			}
+			d.checked(payload, 200)
 			if err = d.m.document(payload); err == nil && wasSyncing {
 				err = d.m.synced(payload)
 			}
@@ -269,8 +286,10 @@ func (d *simDevice) onMessage(_ paho.Client, msg paho.Message) {
 	})
 }
 
-// rejected handles update/rejected: transient rejections of the latest
-// report are retried with backoff, since the report is the device's state.
+// rejected handles update/rejected: a transient rejection of the latest
+// report makes the device check the shadow after a backoff (checkLater),
+// and report again if the shadow lacks it, since the report is the
+// device's state.
 func (d *simDevice) rejected(payload []byte) {
 	d.f.stats.rejected.Add(1)
 	var r responseMessage
@@ -281,15 +300,90 @@ func (d *simDevice) rejected(payload []byte) {
 	if r.ClientToken != d.tokenFor("r", d.reportSeq) {
 		return // an older report; a newer one supersedes it
 	}
-	switch r.Code {
-	case 429, 500, 503:
-	default:
+	if !transient(r.Code) {
 		d.f.log.Warn("report rejected", "device", d.id, "code", r.Code, "message", r.Message)
 		return
 	}
+	d.checkLater()
+}
+
+// transient reports whether a rejection code may go away on a retry.
+func transient(code int) bool {
+	return code == 429 || code == 500 || code == 503
+}
+
+// check asks the shadow (get) whether it holds the device's last report,
+// unless a get is already pending or a check is scheduled (checked then
+// asks again if the answer predates the delta that prompted the check).
+// The answer goes to checked. Without an answer within SyncTimeout the
+// device checks again after a backoff.
+func (d *simDevice) check() {
+	if d.syncing || d.checking || !d.online || d.conn == connLeaving {
+		return // a pending get tells, or the next connection re-reports
+	}
+	d.checking = true
+	d.get()
+	d.afterFunc(&d.retry, d.jitter(d.f.cfg.SyncTimeout, 0.2), func() {
+		d.checking = false
+		d.checkLater()
+	})
+}
+
+// checkLater schedules a check after an exponential backoff.
+func (d *simDevice) checkLater() {
 	d.retries++
 	backoff := min(30*time.Second, 250*time.Millisecond<<min(d.retries, 7))
-	d.afterFunc(&d.retry, d.jitter(backoff, 0.5), func() { d.m.publish(d.m.last, true) })
+	d.checking = true
+	d.afterFunc(&d.retry, d.jitter(backoff, 0.5), func() {
+		d.checking = false
+		d.check()
+	})
+}
+
+// checked handles the answer to the pending get (any get: the one sent on
+// connecting, the machine's activation check or check's): code 200 with
+// the document, 404 when there is no shadow, or another rejection code.
+// Like real firmware, a device reports its state until the shadow shows
+// it: if no report was sent since the get, a document without the last
+// report (it was rejected, lost with a connection, or overtaken by an
+// older one) makes the device report it again and check again after a
+// backoff.
+func (d *simDevice) checked(doc []byte, code int) {
+	d.checking = false
+	if d.retry != nil {
+		d.retry.Stop()
+	}
+	var shows bool
+	switch code {
+	case 200:
+		var ver int64
+		var err error
+		if shows, ver, err = d.m.shows(doc); err != nil {
+			d.f.log.Warn("bad document", "device", d.id, "err", err)
+		}
+		if err == nil && ver < d.behindVer {
+			// A newer delta says the shadow lost the report after this
+			// document: ask again (the new answer is at least that new).
+			d.check()
+			return
+		}
+	case 404:
+	default:
+		d.checkLater() // the get was refused: ask again
+		return
+	}
+	if d.reportSeq != d.getReport {
+		return // a newer report is on its way
+	}
+	if shows {
+		d.retries = 0
+		return
+	}
+	d.f.stats.resent.Add(1)
+	d.f.log.Info("shadow lacks the last report, reporting again", "device", d.id,
+		"state", d.m.last.State, "version", d.m.last.Version, "attempt", d.retries+1)
+	d.m.publish(d.m.last, true)
+	d.checkLater()
 }
 
 // stop stops the device's timers; Close calls it with the gate held.

@@ -11,7 +11,8 @@
 // state/<id>/update as {"firmware":{"version":…,"state":"updated",…}} (so
 // its shadow exists before any rollout), then publishes state/<id>/get and
 // applies the "delta" of the document it gets back, so it catches up even
-// without the service's on-subscribe delta. If that get goes unanswered for
+// without the service's on-subscribe delta; the same document tells it
+// whether the shadow holds its report (see below). If that get goes unanswered for
 // SyncTimeout (30s) the device reconnects: mochi's session takeover can leave a
 // client that reconnects quickly with the same ID unregistered, receiving
 // nothing (Stats.Resyncs counts these).
@@ -54,8 +55,26 @@
 // install, or silent: never report after receiving a command). OfflineRate
 // picks devices that power off now and then and lose any update in progress.
 //
-// Rejected reports (429, 500, 503 on …/update/rejected) are resent with
-// exponential backoff.
+// # Reporting until the shadow shows it
+//
+// Like real firmware, a device keeps reporting its state until its shadow
+// shows it. Every answer to a get is also a check: if no report was sent
+// since the get and the document's reported.firmware is not the last
+// report, the device reports again (Stats.Resent) and checks again (get)
+// after an exponential backoff (250ms doubling to 30s, ±50%), until the
+// document shows it. Three things start a check besides the connect-time
+// get: a rejected report (429, 500 or 503 on …/update/rejected; other codes
+// are logged and dropped, since resending cannot help); a get left
+// unanswered for SyncTimeout; and a delta that proves the shadow lacks the
+// last report. Deltas carry only the desired leaves that differ from
+// reported, so a delta whose firmware "version" (or "job") equals the one
+// last reported means the shadow holds another. That is how a device
+// notices a report overtaken by an older one: the broker acknowledges a
+// PUBLISH before the shadow service handles it, so the "rebooting" report
+// sent on the connection closed by a reboot can be applied after the
+// "updated" report sent on the next connection, leaving the shadow at
+// "rebooting" with the old version (and a rollout waiting for the device
+// forever) unless the device re-reports.
 //
 // # Efficiency and concurrency
 //

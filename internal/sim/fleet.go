@@ -55,7 +55,7 @@ type Fleet struct {
 	changed chan struct{} // closed and replaced whenever counts change
 
 	stats struct { // message counters, updated atomically
-		reports, rejected, deltas, downloads, downloadBytes, resyncs atomic.Uint64
+		reports, rejected, deltas, downloads, downloadBytes, resyncs, resent atomic.Uint64
 	}
 	closeOnce sync.Once
 }
@@ -74,6 +74,10 @@ type Stats struct {
 	Reports, Rejected, Deltas, Downloads, DownloadBytes uint64
 	// Resyncs counts reconnects after a connect-time get went unanswered.
 	Resyncs uint64
+	// Resent counts reports sent again because a get showed that the
+	// shadow did not hold them (rejected, lost, or overtaken by an older
+	// report).
+	Resent uint64
 }
 
 type counts struct {
@@ -226,6 +230,7 @@ func (f *Fleet) clientOptions(d *simDevice) *paho.ClientOptions {
 		SetKeepAlive(cfg.KeepAlive).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(5 * time.Second).
+		SetStore(newCopyStore()). // see copyStore: paho's MemoryStore races on resume
 		SetDefaultPublishHandler(d.onMessage).
 		SetOnConnectHandler(func(paho.Client) { d.onConnect() }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { d.onLost(err) })
@@ -442,6 +447,7 @@ func (f *Fleet) snapshot() (Stats, <-chan struct{}) {
 		Downloads:     f.stats.downloads.Load(),
 		DownloadBytes: f.stats.downloadBytes.Load(),
 		Resyncs:       f.stats.resyncs.Load(),
+		Resent:        f.stats.resent.Load(),
 	}, f.changed
 }
 
@@ -498,6 +504,9 @@ func (f *Fleet) Close(ctx context.Context) error {
 			})
 		}
 		wg.Wait()
+		if f.cfg.ownHTTP {
+			f.cfg.HTTPClient.CloseIdleConnections()
+		}
 		close(f.done)
 		f.log.Info("fleet closed")
 	})

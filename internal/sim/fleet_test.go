@@ -39,6 +39,11 @@ type engine struct {
 	desired  map[string]map[string]any
 	history  map[string][]map[string]any // every reported firmware, in order
 	changed  chan struct{}               // closed and replaced on every update
+	// intercept, when set, sees every report before it is applied and
+	// says what to do with it: apply (0), reject with that code, or drop
+	// without an answer (-1). It runs on the publisher's broker goroutine,
+	// without e.mu, and may block.
+	intercept func(id string, fw map[string]any) int
 }
 
 func newEngine(tb testing.TB, srv *broker.Server) *engine {
@@ -76,6 +81,18 @@ func (e *engine) update(_, topic string, payload []byte) {
 	}
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return
+	}
+	e.mu.Lock()
+	intercept := e.intercept
+	e.mu.Unlock()
+	if intercept != nil {
+		switch code := intercept(id, req.State.Reported.Firmware); {
+		case code < 0:
+			return
+		case code > 0:
+			_ = e.srv.Publish(topic+"/rejected", fmt.Appendf(nil, `{"code":%d,"message":"rejected","clientToken":%q}`, code, req.ClientToken), false, 0)
+			return
+		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -130,7 +147,11 @@ func (e *engine) get(_, topic string, payload []byte) {
 	if e.desired[id] != nil {
 		desired["firmware"] = e.desired[id]
 	}
-	state := map[string]any{"desired": desired, "delta": e.deltaOf(id)}
+	reported := map[string]any{}
+	if e.reported[id] != nil {
+		reported["firmware"] = e.reported[id]
+	}
+	state := map[string]any{"desired": desired, "reported": reported, "delta": e.deltaOf(id)}
 	b, _ := json.Marshal(map[string]any{"state": state, "version": e.version[id], "clientToken": req.ClientToken})
 	_ = e.srv.Publish(topic+"/accepted", b, false, 1)
 }
@@ -209,6 +230,21 @@ func (e *engine) states(id string) []string {
 		}
 	}
 	return out
+}
+
+// setIntercept sets e.intercept.
+func (e *engine) setIntercept(f func(id string, fw map[string]any) int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.intercept = f
+}
+
+// lastReported returns the device's reported firmware as "state@version".
+func (e *engine) lastReported(id string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fw := e.reported[id]
+	return fmt.Sprintf("%v@%v", fw["state"], fw["version"])
 }
 
 func (e *engine) lastJob(id string) any {

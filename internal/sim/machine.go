@@ -310,6 +310,46 @@ func (m *machine) synced(payload []byte) error {
 	return m.delta(msg)
 }
 
+// reportedMessage is the part of a get/accepted document that holds what
+// the shadow has for the device's reported firmware.
+type reportedMessage struct {
+	State struct {
+		Reported struct {
+			Firmware *report `json:"firmware"`
+		} `json:"reported"`
+	} `json:"state"`
+	Version int64 `json:"version"`
+}
+
+// shows reports whether a get/accepted document holds the device's last
+// report as its reported firmware, and returns the document's version.
+func (m *machine) shows(payload []byte) (bool, int64, error) {
+	var d reportedMessage
+	if err := json.Unmarshal(payload, &d); err != nil {
+		return false, 0, err
+	}
+	return d.State.Reported.Firmware != nil && *d.State.Reported.Firmware == m.last, d.Version, nil
+}
+
+// behind reports whether a delta proves that the shadow does not hold the
+// device's last report. A delta carries only the desired leaves that
+// differ from reported, so a "version" (or "job") in it equal to the one
+// the device last reported means the shadow's reported value is another:
+// the report has not been applied yet, or an older report overtook it
+// (one sent on the connection before a reboot can reach the shadow after
+// the report sent on the new connection). The device then checks with a
+// get and re-reports; without this, the identical-report suppression
+// would leave the shadow stale forever. Deltas older than the last one
+// applied prove nothing. It returns the delta's (document) version.
+func (m *machine) behind(payload []byte) (int64, bool) {
+	var d deltaMessage
+	if json.Unmarshal(payload, &d) != nil || d.Version < m.deltaVer || d.State.Firmware == nil {
+		return 0, false
+	}
+	fw := d.State.Firmware
+	return d.Version, (fw.Version != nil && *fw.Version == m.last.Version) || (fw.Job != nil && *fw.Job == m.last.Job)
+}
+
 // documentMissing handles get/rejected: no shadow means no command.
 func (m *machine) documentMissing() {
 	if m.phase == phaseChecking {

@@ -394,9 +394,11 @@ func FuzzMachineDelta(f *testing.F) {
 	f.Fuzz(func(t *testing.T, delta, doc []byte) {
 		w := &world{image: testImage, desired: &good}
 		m := newTestMachine(w, "")
+		m.behind(delta)
 		_ = m.delta(delta)
 		w.step(m)
 		w.step(m)
+		_, _, _ = m.shows(doc)
 		_ = m.document(doc)
 		w.settle(m)
 		for _, r := range w.reports {
