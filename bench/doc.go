@@ -16,6 +16,16 @@
 //     mosquitto (started as a subprocess on 127.0.0.1) and, for a
 //     like-for-like broker comparison, through Umbra's broker, both
 //     answered by an external echo client.
+//   - BenchmarkRollout: a rollout of N simulated devices (instant installs,
+//     batches of 10%) against the whole in-process server, next to the
+//     same commands written directly into the shadows by 1 and by 64
+//     writers; BenchmarkRolloutSeed: the seed scenario (1,000 devices,
+//     install time T) with the projection for T = 30 s. The simulated fleet
+//     runs in a child process (the test binary re-executed with
+//     UMBRA_BENCH_FLEET_PROCESS=1): one process cannot hold both ends of
+//     10,000 connections under the open-file limit. Sizes:
+//     UMBRA_BENCH_ROLLOUT_DEVICES, UMBRA_BENCH_SEED_DEVICES,
+//     UMBRA_BENCH_SEED_INSTALL.
 //
 // Sizes come from the environment: UMBRA_BENCH_CLIENTS (default 1000, 50
 // with -short) and UMBRA_BENCH_DURATION (measurement window, default 5s,
