@@ -157,7 +157,9 @@ type Config struct {
 	// Default DefaultSessionExpiry (1h).
 	SessionExpiry time.Duration
 	// ConnectTimeout is how long a new connection may take to send its
-	// CONNECT packet before it is closed. Default DefaultConnectTimeout.
+	// CONNECT packet before it is closed, and how long a connection that
+	// takes over a client ID waits for the old connection's running
+	// subscription handler. Default DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 
 	// Logger receives the broker's logs (including mochi's). Nil discards.
@@ -509,8 +511,10 @@ func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) er
 // h before Subscribe returns.
 //
 // h runs synchronously on the publishing client's goroutine (or in Publish):
-// messages from one client reach h in order, and a slow h slows only that
-// client. For QoS 1, the broker acknowledges the PUBLISH before h runs.
+// messages from one client ID reach h in order, also across reconnects and
+// takeovers (for handlers that return within ConnectTimeout; see the
+// package documentation), and a slow h slows only that client. For QoS 1,
+// the broker acknowledges the PUBLISH before h runs.
 // A panic in h is recovered and logged.
 //
 // Subscribe returns ErrClosed after Close, ErrNilHandler for a nil h, and an

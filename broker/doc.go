@@ -21,11 +21,15 @@
 //
 // Config.OnConnect and Config.OnDisconnect receive a ConnInfo whose Seq
 // numbers connections in the order they registered. A client that
-// reconnects with the same client ID takes over its old connection, so the
-// new connection's OnConnect can arrive before the old one's OnDisconnect;
-// a consumer tracking presence keeps the highest Seq per client ID and
-// ignores older disconnects. Callbacks for one client ID never run
-// concurrently.
+// reconnects with the same client ID takes over its old connection: the
+// broker disconnects the old connection and waits, for up to
+// ConnectTimeout, until it has been torn down before it registers the new
+// one, so the old connection's OnDisconnect normally comes first. When the
+// old connection's subscription handler runs longer than that, the broker
+// logs a warning and proceeds, and the new connection's OnConnect can
+// arrive before the old one's OnDisconnect; a consumer tracking presence
+// therefore keeps the highest Seq per client ID and ignores older
+// disconnects. Callbacks for one client ID never run concurrently.
 //
 // mochi tears down a clean session's old connection by client ID (it
 // unsubscribes the ID's filters and deletes the ID from its registry) after
@@ -47,12 +51,25 @@
 //
 // Subscribe registers a HandlerFunc that receives the publisher's client
 // ID (mochi's pk.Origin; "" for Publish). Handlers run synchronously on the
-// publishing client's goroutine: one device's messages reach a handler in
-// order, and a slow handler slows only the device that published (natural
-// backpressure). Do not make handlers asynchronous, and do not call Close
-// from one. For a QoS 1 PUBLISH the broker sends PUBACK before handlers
-// run, so PUBACK means "received by the broker", not "processed".
-// Handlers see messages as QoS 0 regardless of the publish QoS.
+// publishing client's goroutine, and a slow handler slows only the device
+// that published (natural backpressure). Do not make handlers
+// asynchronous, and do not call Close from one. For a QoS 1 PUBLISH the
+// broker sends PUBACK before handlers run, so PUBACK means "received by the
+// broker", not "processed". Handlers see messages as QoS 0 regardless of
+// the publish QoS.
+//
+// A client ID's messages reach handlers in order, also across reconnects
+// and takeovers: a new connection with the client ID is registered, and
+// its messages read, only after the old connection's running handler has
+// returned and the old connection has been torn down (a device that
+// reboots right after the PUBACK of its last report cannot have its next
+// report handled first). The old connection's read loop stops after the
+// packet it is handling; QoS 1 messages it had received but not yet
+// acknowledged are resent by the client. The wait is bounded by
+// Config.ConnectTimeout, after which the broker logs a warning and lets the
+// new connection proceed, so ordering then holds only for handlers that
+// finish within ConnectTimeout. A handler may publish, also to the
+// publishing client, without delaying a reconnect.
 //
 // # Limits and edge validation
 //

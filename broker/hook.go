@@ -263,10 +263,12 @@ func (h *hook) forget(cl *mqtt.Client) {
 }
 
 // OnSessionEstablish runs just before mochi takes over an existing session
-// with the same client ID and registers cl. It takes the client ID's gate,
-// so an earlier connection's teardown (OnDisconnect to the end of mochi's
-// attachClient, which unsubscribes and deletes the client by ID) cannot
-// interleave with the registration, and numbers the connection.
+// with the same client ID and registers cl. It ends the connection
+// registered under the client ID and waits for it (see lockAfterPrevious),
+// then takes the client ID's gate, so an earlier connection's teardown
+// (OnDisconnect to the end of mochi's attachClient, which unsubscribes and
+// deletes the client by ID) cannot interleave with the registration, and
+// numbers the connection.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	c := connOf(cl)
 	if c == nil || c.unlock != nil {
@@ -277,8 +279,99 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 		h.s.log.Warn("service client keeps the device outbound queue", "client", cl.ID,
 			"identity", c.identity.Name, "queue", h.s.cfg.ClientWritesPending)
 	}
-	c.unlock = h.gates.lock(cl.ID)
+	h.lockAfterPrevious(cl, c)
 	c.seq = h.seq.Add(1)
+}
+
+// lockAfterPrevious takes the gate of cl's client ID once the connection
+// registered under that ID (the one cl takes over) has ended, so that a
+// client ID's messages reach handlers in order across reconnects: mochi
+// acknowledges a QoS 1 PUBLISH before handlers run, and the old
+// connection's read loop may still be running one when the device, having
+// seen the PUBACK, reconnects and publishes again.
+//
+// The old connection is disconnected as mochi's takeover would (its read
+// loop ends after the packet it is handling) and awaited until its
+// listener goroutine has finished (conn.done), without holding the gate,
+// which the old connection's teardown takes. Under the gate no other
+// connection can register, so the registered client is checked again;
+// one that registered meanwhile is ended in turn. The wait is bounded by
+// ConnectTimeout in total: a handler that runs longer (for example one
+// blocked on something this connection's progress would release) is
+// logged and no longer waited for, and the gate then orders the
+// registration as before.
+func (h *hook) lockAfterPrevious(cl *mqtt.Client, c *conn) {
+	var timer *time.Timer // started with the first wait
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+			refreshDeadline(cl, c)
+		}
+	}()
+	for {
+		old, oc := h.previous(cl)
+		if old != nil {
+			if timer == nil {
+				timer = time.NewTimer(h.s.cfg.ConnectTimeout)
+			}
+			if !h.awaitEnd(cl, old, oc, timer.C) {
+				c.unlock = h.gates.lock(cl.ID)
+				return
+			}
+		}
+		c.unlock = h.gates.lock(cl.ID)
+		if old, _ := h.previous(cl); old == nil {
+			return
+		}
+		c.release() // a connection registered while cl waited: end it too
+	}
+}
+
+// refreshDeadline restarts the keepalive deadline that mochi set on c, the
+// connection of cl, before authentication, as mochi does before every
+// read: a wait for the previous connection must not use up the time that
+// cl's CONNACK write and first read have.
+func refreshDeadline(cl *mqtt.Client, c *conn) {
+	var expiry time.Time // zero: no deadline (keepalive 0)
+	if ka := time.Duration(cl.State.Keepalive) * time.Second; ka > 0 {
+		expiry = time.Now().Add(ka + ka/2) // [MQTT-3.1.2-22]
+	}
+	_ = c.SetDeadline(expiry)
+}
+
+// previous returns the client registered under cl's client ID, other than
+// cl, whose connection has not ended, and its conn; nil if there is none.
+func (h *hook) previous(cl *mqtt.Client) (*mqtt.Client, *conn) {
+	old, ok := h.s.mq.Clients.Get(cl.ID)
+	if !ok || old == cl {
+		return nil, nil
+	}
+	oc := connOf(old)
+	if oc == nil || oc.ended() {
+		return nil, nil
+	}
+	return old, oc
+}
+
+// awaitEnd disconnects old, the connection cl takes over, and waits until
+// its listener goroutine has finished. It returns false if expired fired
+// or the Server is closing first.
+func (h *hook) awaitEnd(cl, old *mqtt.Client, oc *conn, expired <-chan time.Time) bool {
+	// As mochi's takeover does later (then a no-op): an MQTT 5 client
+	// learns why, and the socket is closed, so that the read loop ends
+	// after the packet it is handling. The DISCONNECT write is bounded by
+	// the old connection's keepalive deadline, as in mochi.
+	_ = h.s.mq.DisconnectClient(old, packets.ErrSessionTakenOver)
+	select {
+	case <-oc.done:
+		return true
+	case <-h.s.ctx.Done():
+		return false
+	case <-expired:
+	}
+	h.s.log.Warn("taking over a connection whose handler is still running: its messages may be handled after the new connection's",
+		"client", cl.ID, "old_remote", old.Net.Remote, "remote", cl.Net.Remote, "waited", h.s.cfg.ConnectTimeout)
+	return false
 }
 
 // OnSessionEstablished calls Config.OnConnect and releases the client ID's

@@ -204,7 +204,8 @@ func (l *listener) serveConn(c net.Conn) {
 	// The deadline covers the TLS handshake and CONNECT; mochi replaces it
 	// with the keepalive one after CONNECT.
 	_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
-	mc := &conn{Conn: c}
+	mc := &conn{Conn: c, done: make(chan struct{})}
+	defer close(mc.done)
 	if l.tlsConfig != nil {
 		tc := tls.Server(c, l.tlsConfig)
 		if err := tc.Handshake(); err != nil {
@@ -277,6 +278,11 @@ type conn struct {
 	unlock   func()               // releases the client ID's gate; nil while not held
 	counted  string               // identity name counted against MaxConnsPerIdentity; "" if none
 
+	// done is closed when the listener has finished with the connection:
+	// mochi has torn the client down and every hook has run. A connection
+	// taking over the client ID waits for it (hook.lockAfterPrevious).
+	done chan struct{}
+
 	// service is set at authentication, before mochi registers the client,
 	// and only read afterwards (also by publishers' goroutines): the
 	// client is not a device and gets the service queue and inflight sizes.
@@ -286,6 +292,20 @@ type conn struct {
 	swap *queueSwap
 	// subscribing is true while mochi checks a SUBSCRIBE's filters.
 	subscribing atomic.Bool
+}
+
+// ended reports whether the listener has finished with c. A conn without
+// done (made by a test) counts as ended.
+func (c *conn) ended() bool {
+	if c.done == nil {
+		return true
+	}
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // wsConn presents a WebSocket as the byte stream mochi reads MQTT from.

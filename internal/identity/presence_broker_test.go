@@ -103,13 +103,14 @@ func TestPresenceBroker(t *testing.T) {
 	}
 	wantPresence(t, s, false, broker.ErrConnectionLost)
 
-	// Quick reconnect: the new session's connect is recorded before the
-	// old one's disconnect, which must not mark the device offline.
+	// Quick reconnect (takeover): the broker ends the old session before it
+	// accepts the new one, so the old disconnect comes first; the device
+	// ends online with the new session's times.
 	brokertest.Connect(t, url, "A", login("A", secA))
 	nextEvent(t, events, true)
 	second := brokertest.Connect(t, url, "A", login("A", secA))
-	newConn := nextEvent(t, events, true)
 	oldGone := nextEvent(t, events, false)
+	newConn := nextEvent(t, events, true)
 	if !errors.Is(oldGone.err, broker.ErrTakenOver) || oldGone.info.Seq >= newConn.info.Seq {
 		t.Errorf("takeover: old session seq %d ended with %v; want ErrTakenOver and seq below %d", oldGone.info.Seq, oldGone.err, newConn.info.Seq)
 	}
