@@ -56,20 +56,26 @@ func TestSimCommand(t *testing.T) {
 }
 
 func TestSimCommandRejectsBadFlags(t *testing.T) {
-	tests := [][]string{
-		{"sim", "--devices", "0"},
-		{"sim", "--fail-mode", "explode"},
-		{"sim", "--fail-rate", "1.5"},
-		{"sim", "--qos", "2"},
+	tests := []struct {
+		args []string
+		want string // in the error
+	}{
+		{[]string{"--devices", "0"}, "devices"},
+		{[]string{"--fail-mode", "explode"}, "fail mode"},
+		{[]string{"--fail-rate", "1.5"}, "fail"},
+		{[]string{"--qos", "2"}, "--qos"},
+		{[]string{"--label", "no-equals-sign", "--token", "admin:x", "--public-key", "AAAA"}, "--label"},
+		{[]string{"--label", "hw=m2", "--username", "u"}, "--label"},
 	}
-	for _, args := range tests {
+	for _, tt := range tests {
 		root := newRootCmd()
 		var out bytes.Buffer
 		root.SetOut(&out)
 		root.SetErr(&out)
-		root.SetArgs(args)
-		if err := root.ExecuteContext(t.Context()); err == nil {
-			t.Errorf("umbra %v succeeded, want an error", args)
+		root.SetArgs(append([]string{"sim", "--server", "tcp://127.0.0.1:1"}, tt.args...))
+		err := root.ExecuteContext(t.Context())
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("umbra sim %v: got error %v, want one mentioning %q", tt.args, err, tt.want)
 		}
 	}
 }
