@@ -686,7 +686,8 @@ type barrierShadows struct {
 	mu       sync.Mutex // guards running, most
 	running  int
 	most     int
-	together chan struct{} // closed when want calls run at once
+	met      bool          // together is closed
+	together chan struct{} // closed the first time want calls run at once
 	deadline <-chan time.Time
 }
 
@@ -694,7 +695,9 @@ func (b *barrierShadows) SetDesiredFirmware(ctx context.Context, id device.ID, c
 	b.mu.Lock()
 	b.running++
 	b.most = max(b.most, b.running)
-	if b.running == b.want {
+	if b.running == b.want && !b.met {
+		// Later groups can reach want again; the channel closes only once.
+		b.met = true
 		close(b.together)
 	}
 	b.mu.Unlock()
