@@ -520,8 +520,12 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	if req.hasVersion && req.version != current {
 		return nil, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
 	}
+	// The documents message carries the previous document: copy it only if
+	// somebody listens, as the merge below changes doc in place.
+	documentsTopic := DocumentsTopic(id)
+	wantDocuments := e.wanted(documentsTopic)
 	var prev *docSnapshot
-	if !doc.Deleted {
+	if !doc.Deleted && wantDocuments {
 		prev = &docSnapshot{State: cloneState(doc.State), Metadata: cloneState(doc.Metadata), Version: doc.Version}
 	}
 	var prevDelta map[string]any
@@ -575,14 +579,14 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	if newDelta != nil || (prevDelta != nil && !equal(prevDelta, newDelta)) {
 		e.publishDelta(id, newDelta, doc.Metadata.Desired, doc.Version, ts, tok)
 	}
-	if topic := DocumentsTopic(id); e.wanted(topic) {
+	if wantDocuments {
 		b, _ := json.Marshal(documentsMessage{
 			Previous:    prev,
 			Current:     docSnapshot{State: doc.State, Metadata: doc.Metadata, Version: doc.Version},
 			Timestamp:   ts,
 			ClientToken: tok,
 		})
-		e.publish(topic, b)
+		e.publish(documentsTopic, b)
 	}
 	if e.cfg.OnChange != nil {
 		e.cfg.OnChange(id, doc.Version)
