@@ -93,7 +93,7 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 	now := p.cfg.Now()
 	r := Rollout{Firmware: spec.Firmware, State: StateCreated, Policy: spec.Policy, Targets: len(targets),
 		Batches: planBatches(len(targets), spec.Policy), Created: now, Updated: now, RetryOf: retryOf,
-		Selector: maps.Clone(spec.Selector), All: spec.All}
+		Selector: maps.Clone(spec.Selector), All: spec.All, Excluded: spec.Excluded}
 	var ev Event
 	err := p.db.Update(func(tx *bolt.Tx) error {
 		id, err := nextID(tx)
@@ -105,6 +105,9 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 			return err
 		}
 		reason := fmt.Sprintf("%d targets in %d batches", len(targets), len(r.Batches))
+		if spec.Excluded > 0 {
+			reason += fmt.Sprintf(", %d devices excluded for a hardware mismatch", spec.Excluded)
+		}
 		if retryOf != "" {
 			reason += ", retrying " + retryOf
 		}

@@ -346,6 +346,10 @@ type Spec struct {
 	// devices enrolled later (AddDevices).
 	Selector map[string]string `json:"selector,omitempty"`
 	All      bool              `json:"all,omitempty"`
+	// Excluded counts devices the caller left out of Devices because they
+	// cannot run the image (their hardware model differs from the
+	// image's). Recorded and shown, not interpreted.
+	Excluded int `json:"excluded,omitempty"`
 	Policy
 }
 
@@ -355,12 +359,13 @@ type specHead struct {
 	Devices  []device.ID       `json:"devices"`
 	Selector map[string]string `json:"selector,omitempty"`
 	All      bool              `json:"all,omitempty"`
+	Excluded int               `json:"excluded,omitempty"`
 }
 
 // MarshalJSON encodes s as one object: its fields and its Policy's. (The
 // embedded Policy's JSON methods would otherwise encode only the policy.)
 func (s Spec) MarshalJSON() ([]byte, error) {
-	return MarshalInline(specHead{s.Firmware, s.Devices, s.Selector, s.All}, s.Policy)
+	return MarshalInline(specHead{s.Firmware, s.Devices, s.Selector, s.All, s.Excluded}, s.Policy)
 }
 
 // UnmarshalJSON decodes an object encoded by MarshalJSON; unknown fields
@@ -374,7 +379,7 @@ func (s *Spec) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &p); err != nil {
 		return err
 	}
-	*s = Spec{Firmware: h.Firmware, Devices: h.Devices, Selector: h.Selector, All: h.All, Policy: p}
+	*s = Spec{Firmware: h.Firmware, Devices: h.Devices, Selector: h.Selector, All: h.All, Excluded: h.Excluded, Policy: p}
 	return nil
 }
 
@@ -422,6 +427,9 @@ func (s Spec) Validate() error {
 	if s.All && len(s.Selector) > 0 {
 		return fmt.Errorf("%w: give a selector or all, not both", ErrInvalid)
 	}
+	if s.Excluded < 0 {
+		return fmt.Errorf("%w: excluded %d is negative", ErrInvalid, s.Excluded)
+	}
 	if len(s.Selector) > MaxSelectorLabels {
 		return fmt.Errorf("%w: selector of %d labels, at most %d", ErrInvalid, len(s.Selector), MaxSelectorLabels)
 	}
@@ -458,6 +466,8 @@ type Rollout struct {
 	// Selector and All are Spec's: how the targets were chosen.
 	Selector map[string]string `json:"selector,omitempty"`
 	All      bool              `json:"all,omitempty"`
+	// Excluded is Spec's: devices left out for a hardware mismatch.
+	Excluded int `json:"excluded,omitempty"`
 	// Versions interns the versions devices ran before this rollout
 	// (Device.From indexes it from 1).
 	Versions []string `json:"versions,omitempty"`

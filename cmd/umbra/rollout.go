@@ -130,7 +130,7 @@ the server exits non-zero with its status and message.`,
 type createOptions struct {
 	firmware                        string
 	devices, devicesFile, selector  string
-	all, dynamic                    bool
+	all, dynamic, skipIncompatible  bool
 	batchSize, firstBatch           int
 	maxBatchSize, maxInFlight       int
 	minSample, retries              int
@@ -148,6 +148,7 @@ func (c *createOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.selector, "select", "", "target the enrolled devices whose labels match, e.g. hw=m2,region=eu")
 	fs.BoolVar(&c.all, "all", false, "target every device")
 	fs.BoolVar(&c.dynamic, "dynamic", false, "also take matching devices enrolled later (with --select or --all)")
+	fs.BoolVar(&c.skipIncompatible, "skip-incompatible", false, "leave out targets whose hw label differs from the image's --hw (default: refuse the rollout)")
 	fs.IntVar(&c.batchSize, "batch-size", 0, "devices per batch (default: one batch of every target)")
 	fs.StringVar(&c.batchPercent, "batch-percent", "", "batch size as a percentage of the targets, e.g. 10%")
 	fs.IntVar(&c.firstBatch, "first-batch", 0, "size of a canary batch before the others")
@@ -170,6 +171,7 @@ type createSpec struct {
 	devices  []device.ID
 	selector map[string]string
 	all      bool
+	skip     bool // leave out targets of another hardware model
 	policy   rollout.Policy
 }
 
@@ -213,13 +215,15 @@ func (c *createOptions) spec(fs *pflag.FlagSet, stdin io.Reader) (createSpec, er
 	if c.dynamic && s.selector == nil && !s.all {
 		return s, errors.New("--dynamic needs --select or --all: an explicit device list does not grow")
 	}
+	s.skip = c.skipIncompatible
 	s.policy, err = c.policy(fs)
 	return s, err
 }
 
 // request is the create request s describes.
 func (s createSpec) request() rolloutclient.CreateRequest {
-	return rolloutclient.CreateRequest{Firmware: s.firmware, Devices: s.devices, Select: s.selector, All: s.all, Policy: s.policy}
+	return rolloutclient.CreateRequest{Firmware: s.firmware, Devices: s.devices, Select: s.selector, All: s.all,
+		SkipIncompatible: s.skip, Policy: s.policy}
 }
 
 // policy validates the policy flags.
@@ -418,7 +422,9 @@ an optional --first-batch canary, an optional --ramp); the next batch starts
 when --success-threshold of the current one succeeded, and --on-failure
 applies when --failure-threshold is passed after --min-sample devices
 finished. A device in another active rollout makes the server refuse the
-rollout with 409 naming that rollout. Prints the new rollout's ID (or with
+rollout with 409 naming that rollout. An image uploaded with --hw is refused
+(409 listing them) for targets enrolled with another hw label, unless
+--skip-incompatible leaves those out. Prints the new rollout's ID (or with
 -o json the rollout).`,
 		Example: `  umbra rollout create --firmware 1.2.0 --select hw=m2 --first-batch 5 --batch-percent 10% --ramp 2x
   umbra rollout create --firmware 1.2.0 --devices-file fleet.txt --batch-size 50 --failure-threshold 5%`,
@@ -432,6 +438,9 @@ rollout with 409 naming that rollout. Prints the new rollout's ID (or with
 				return cl.Create(ctx, s.request())
 			}, func(w io.Writer, r rollout.Rollout) error {
 				fmt.Fprintf(cmd.ErrOrStderr(), "rollout %s created: %d targets in %d batches\n", r.ID, r.Targets, len(r.Batches))
+				if r.Excluded > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%d devices of another hardware model left out\n", r.Excluded)
+				}
 				_, err := fmt.Fprintln(w, r.ID)
 				return err
 			})

@@ -208,6 +208,8 @@ func TestRolloutCreateRequest(t *testing.T) {
 				"success_threshold": 95.0, "failure_percent": 12.5, "min_sample": 10.0, "on_failure": "rollback",
 				"device_timeout": "45m0s", "retries": 2.0, "retry_backoff": "1m30s", "url_ttl": "2h0m0s"}},
 		{"all", "", []string{"--all", "--ramp", "1.5"}, map[string]any{"firmware": "1.2.0", "all": true, "ramp": 1.5}},
+		{"skip incompatible", "", []string{"--select", "site=x", "--skip-incompatible"},
+			map[string]any{"firmware": "1.2.0", "select": map[string]any{"site": "x"}, "skip_incompatible": true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"rollout", "create", "--api", api.URL, "--token", "op:secret", "--firmware", "v1.2.0"}, tc.args...)

@@ -38,6 +38,9 @@ var (
 	errNoStore  = errors.New("httpapi: firmware store not available")
 	// errNoRollouts: no rollout planner (or target resolver) configured.
 	errNoRollouts = errors.New("httpapi: rollouts not available")
+	// errIncompatible: targets of another hardware model than the image
+	// (an *IncompatibleError).
+	errIncompatible = errors.New("httpapi: incompatible hardware")
 )
 
 // statusTable is the one table from this edge's errors to HTTP statuses.
@@ -55,6 +58,7 @@ var statusTable = []struct {
 	{rollout.ErrState, http.StatusConflict},
 	{rollout.ErrClosed, http.StatusServiceUnavailable},
 	{errNoRollouts, http.StatusServiceUnavailable},
+	{errIncompatible, http.StatusConflict},
 	{errInvalid, http.StatusBadRequest},
 	{device.ErrInvalidID, http.StatusBadRequest},
 	{errNoRoute, http.StatusNotFound},
@@ -99,6 +103,10 @@ type errorBody struct {
 	// DELETE /v1/firmware/{version}), or that holds a device (409 on
 	// rollout requests, a *rollout.ConflictError).
 	Rollout string `json:"rollout,omitempty"`
+	// Incompatible lists (up to MaxIncompatibleListed) the target devices
+	// whose hardware model differs from the image's (409 on POST
+	// /v1/rollouts, an *IncompatibleError); Message gives the total.
+	Incompatible []IncompatibleDevice `json:"incompatible,omitempty"`
 }
 
 // api holds what the handlers need.
@@ -373,6 +381,9 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	}
 	if ce, ok := errors.AsType[*rollout.ConflictError](err); ok {
 		body.Rollout = ce.Rollout
+	}
+	if ie, ok := errors.AsType[*IncompatibleError](err); ok {
+		body.Incompatible = ie.Devices[:min(len(ie.Devices), MaxIncompatibleListed)]
 	}
 	b, _ := json.Marshal(body)
 	writeJSON(w, status, b)

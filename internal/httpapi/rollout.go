@@ -41,10 +41,48 @@ type Rollouts interface {
 }
 
 // TargetResolver turns a label selector (every pair must match), or all,
-// into a sorted, de-duplicated list of device IDs.
+// into a sorted, de-duplicated list of device IDs, and tells the hardware
+// model of devices.
 type TargetResolver interface {
 	Resolve(ctx context.Context, selector map[string]string, all bool) ([]device.ID, error)
+	// Hardware returns the hardware model (the HardwareLabel enrolment
+	// label) of each of ids that has one.
+	Hardware(ctx context.Context, ids []device.ID) (map[device.ID]string, error)
 }
+
+// HardwareLabel is the enrolment label naming a device's hardware model
+// (umbra device add d1 --label hw=m2). A rollout of an image built for one
+// model (firmware upload --hw) refuses targets labelled with another, or
+// leaves them out with skip_incompatible; devices without the label are
+// taken, and must check the manifest's hw themselves.
+const HardwareLabel = "hw"
+
+// MaxIncompatibleListed bounds the devices an IncompatibleError's JSON
+// body lists.
+const MaxIncompatibleListed = 100
+
+// IncompatibleDevice is a target whose hardware model is not the image's.
+type IncompatibleDevice struct {
+	ID device.ID `json:"id"`
+	HW string    `json:"hw"`
+}
+
+// IncompatibleError refuses a rollout whose targets include devices of
+// another hardware model than the image's. It is a 409 whose body lists
+// the devices.
+type IncompatibleError struct {
+	Firmware firmware.Version
+	HW       string               // the image's hardware model
+	Devices  []IncompatibleDevice // in target order
+}
+
+func (e *IncompatibleError) Error() string {
+	d := e.Devices[0]
+	return fmt.Sprintf("%d target devices have another hardware model than firmware %s (hw %q), for example %s (hw %q): leave them out with skip_incompatible (umbra rollout create --skip-incompatible)",
+		len(e.Devices), e.Firmware, e.HW, d.ID, d.HW)
+}
+
+func (e *IncompatibleError) Unwrap() error { return errIncompatible }
 
 // IdentityTargets returns the TargetResolver over enrolled devices and
 // shadows: a selector matches enrolled devices by their labels; all is every
@@ -94,6 +132,29 @@ func (t identityTargets) Resolve(ctx context.Context, selector map[string]string
 	return slices.Sorted(maps.Keys(set)), nil
 }
 
+func (t identityTargets) Hardware(ctx context.Context, ids []device.ID) (map[device.ID]string, error) {
+	out := map[device.ID]string{}
+	if t.ids == nil {
+		return out, nil
+	}
+	devs, err := t.ids.ListDevices(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("hardware of targets: %w", err)
+	}
+	want := make(map[device.ID]struct{}, len(ids))
+	for _, id := range ids {
+		want[id] = struct{}{}
+	}
+	for _, d := range devs {
+		if hw, ok := d.Labels[HardwareLabel]; ok {
+			if _, ok := want[d.ID]; ok {
+				out[d.ID] = hw
+			}
+		}
+	}
+	return out, nil
+}
+
 // labelsMatch reports whether labels carry every pair of selector.
 func labelsMatch(selector, labels map[string]string) bool {
 	for k, v := range selector {
@@ -117,6 +178,9 @@ type CreateRollout struct {
 	Select map[string]string `json:"select,omitempty"`
 	// All chooses every enrolled device and every device with a shadow.
 	All bool `json:"all,omitempty"`
+	// SkipIncompatible leaves out targets whose hardware model differs
+	// from the image's instead of refusing the rollout (see HardwareLabel).
+	SkipIncompatible bool `json:"skip_incompatible,omitempty"`
 	rollout.Policy
 }
 
@@ -126,6 +190,7 @@ type createHead struct {
 	Devices  []device.ID       `json:"devices,omitempty"`
 	Select   map[string]string `json:"select,omitempty"`
 	All      bool              `json:"all,omitempty"`
+	Skip     bool              `json:"skip_incompatible,omitempty"`
 }
 
 // createFields are the JSON names CreateRollout accepts; true marks the
@@ -145,7 +210,7 @@ var createFields = func() map[string]bool {
 
 // MarshalJSON encodes c as one object with the policy fields inline.
 func (c CreateRollout) MarshalJSON() ([]byte, error) {
-	return rollout.MarshalInline(createHead{c.Firmware, c.Devices, c.Select, c.All}, c.Policy)
+	return rollout.MarshalInline(createHead{c.Firmware, c.Devices, c.Select, c.All, c.SkipIncompatible}, c.Policy)
 }
 
 // UnmarshalJSON decodes a JSON object, refusing unknown fields and
@@ -172,7 +237,7 @@ func (c *CreateRollout) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &p); err != nil {
 		return clientErr(errInvalid, "Invalid policy: %v", err)
 	}
-	*c = CreateRollout{Firmware: h.Firmware, Devices: h.Devices, Select: h.Select, All: h.All, Policy: p}
+	*c = CreateRollout{Firmware: h.Firmware, Devices: h.Devices, Select: h.Select, All: h.All, SkipIncompatible: h.Skip, Policy: p}
 	return nil
 }
 
@@ -280,6 +345,9 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec, err := a.spec(r.Context(), req)
+	if err == nil {
+		err = a.checkHardware(r.Context(), &spec, req.SkipIncompatible)
+	}
 	if err != nil {
 		a.writeError(w, r, err, "")
 		return
@@ -344,6 +412,57 @@ func (a *api) spec(ctx context.Context, req CreateRollout) (rollout.Spec, error)
 	}
 	spec.Devices = ids
 	return spec, nil
+}
+
+// checkHardware refuses spec (an *IncompatibleError) if a target is
+// labelled with another hardware model than the image's, or with skip
+// leaves such targets out and counts them in spec.Excluded. It lets
+// everything through when the image names no model, when there is no
+// firmware store or target resolver, or when the image is missing (the
+// planner reports that).
+func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) error {
+	fw := a.fw.Load()
+	if fw == nil || a.targets == nil {
+		return nil
+	}
+	img, err := fw.Get(ctx, spec.Firmware)
+	if err != nil || img.HW == "" {
+		return nil
+	}
+	hw, err := a.targets.Hardware(ctx, spec.Devices)
+	if err != nil {
+		return err
+	}
+	var bad []IncompatibleDevice
+	keep := make([]device.ID, 0, len(spec.Devices))
+	for _, id := range spec.Devices {
+		if h, ok := hw[id]; ok && h != img.HW {
+			bad = append(bad, IncompatibleDevice{ID: id, HW: h})
+		} else {
+			keep = append(keep, id)
+		}
+	}
+	switch {
+	case len(bad) == 0:
+		return nil
+	case !skip:
+		return &IncompatibleError{Firmware: img.Version, HW: img.HW, Devices: bad}
+	case len(keep) == 0:
+		return clientErr(errInvalid, "No target can run firmware %s: all %d have another hardware model than %q", img.Version, len(bad), img.HW)
+	}
+	spec.Devices, spec.Excluded = keep, len(bad)
+	return nil
+}
+
+// runsOn reports whether firmware v may go to a device of hardware model
+// hw; true when that cannot be told.
+func (a *api) runsOn(ctx context.Context, v firmware.Version, hw string) bool {
+	fw := a.fw.Load()
+	if fw == nil || hw == "" {
+		return true
+	}
+	img, err := fw.Get(ctx, v)
+	return err != nil || img.HW == "" || img.HW == hw
 }
 
 func (a *api) listRollouts(w http.ResponseWriter, r *http.Request) {
@@ -547,6 +666,10 @@ func (a *api) enrolled(ctx context.Context, id device.ID, labels map[string]stri
 	}
 	for _, ro := range list {
 		if !ro.State.Active() || !ro.Policy.Dynamic || !(ro.All || len(ro.Selector) > 0 && labelsMatch(ro.Selector, labels)) {
+			continue
+		}
+		if hw := labels[HardwareLabel]; !a.runsOn(ctx, ro.Firmware, hw) {
+			a.log.Info("dynamic rollout: enrolled device not added: another hardware model", "rollout", ro.ID, "device", id, "hw", hw)
 			continue
 		}
 		if _, err := ref.r.AddDevices(ctx, ro.ID, []device.ID{id}); err != nil {

@@ -29,6 +29,7 @@ type rolloutEnv struct {
 	eng     *shadow.Engine
 	ids     *identity.Store
 	planner *rollout.Planner
+	fw      *firmware.Store
 	ops     string // an operator's bearer token
 	reader  string // an integrator's bearer token
 }
@@ -80,7 +81,8 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			t.Fatal(err)
 		}
 	}
-	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Targets: httpapi.IdentityTargets(ids, e.eng)}
+	e.fw = fw
+	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Targets: httpapi.IdentityTargets(ids, e.eng), Firmware: fw}
 	if withPlanner {
 		p, err := rollout.Open(t.Context(), rollout.Config{Path: filepath.Join(dir, "rollout.db"),
 			Shadows: rollout.EngineShadows(e.eng), Firmware: fw, Tick: 5 * time.Millisecond, Logger: testLogger(t)})
@@ -295,17 +297,23 @@ func TestRolloutAll(t *testing.T) {
 		t.Fatalf("create all = %d %s, want 201 over 3 devices", status, raw)
 	}
 	st := e.waitRollout(t, r.ID, func(st rollout.Status) bool { return st.Counts[rollout.DeviceAlreadyInstalled] == 1 })
-	devs, err := e.planner.Devices(t.Context(), r.ID)
+	if got := e.targets(t, r.ID); got != "a,b,c" {
+		t.Errorf("targets %s (status %v), want a,b,c sorted", got, st.Counts)
+	}
+}
+
+// targets lists rollout id's devices in rollout order, comma separated.
+func (e *rolloutEnv) targets(t *testing.T, id string) string {
+	t.Helper()
+	devs, err := e.planner.Devices(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, d := range devs {
-		got = append(got, string(d.Device))
+	ids := make([]string, len(devs))
+	for i, d := range devs {
+		ids[i] = string(d.Device)
 	}
-	if strings.Join(got, ",") != "a,b,c" {
-		t.Errorf("targets %v (status %v), want a,b,c sorted", got, st.Counts)
-	}
+	return strings.Join(ids, ",")
 }
 
 func TestIdentityTargets(t *testing.T) {
@@ -662,4 +670,79 @@ func FuzzCreateRollout(f *testing.F) {
 			t.Fatalf("round trip %s, want %s", again, raw)
 		}
 	})
+}
+
+// TestRolloutHardware: an image built for one hardware model is refused for
+// targets labelled with another (409 listing them), or goes to the others
+// with skip_incompatible; unlabelled devices are taken, and a dynamic
+// rollout does not take a device of another model enrolled later.
+func TestRolloutHardware(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	if _, err := e.fw.Upload(t.Context(), firmware.UploadRequest{Version: "3.0.0", HW: "m2"}, strings.NewReader("image for m2")); err != nil {
+		t.Fatal(err)
+	}
+	for id, hw := range map[device.ID]string{"a-m2": "m2", "b-m3": "m3", "c-none": "", "d-m1": "m1"} {
+		labels := map[string]string{"site": "x"}
+		if hw != "" {
+			labels["hw"] = hw
+		}
+		e.enroll(t, id, labels)
+	}
+	type answer struct {
+		Message      string                       `json:"message"`
+		Incompatible []httpapi.IncompatibleDevice `json:"incompatible"`
+		ID           string                       `json:"id"`
+		Targets      int                          `json:"targets"`
+		Excluded     int                          `json:"excluded"`
+	}
+	tests := []struct {
+		name, body   string
+		status       int
+		incompatible string // IDs listed in a 409
+		targets      int
+		excluded     int
+	}{
+		{"refused", `{"firmware":"3.0.0","select":{"site":"x"}}`, http.StatusConflict, "b-m3,d-m1", 0, 0},
+		{"explicit list refused", `{"firmware":"3.0.0","devices":["d-m1"]}`, http.StatusConflict, "d-m1", 0, 0},
+		{"nothing left", `{"firmware":"3.0.0","devices":["d-m1","b-m3"],"skip_incompatible":true}`, http.StatusBadRequest, "", 0, 0},
+		{"image for any hardware", `{"firmware":"2.0.0","devices":["d-m1"]}`, http.StatusCreated, "", 1, 0},
+		{"skipped", `{"firmware":"3.0.0","select":{"site":"x"},"skip_incompatible":true,"dynamic":true}`, http.StatusCreated, "", 2, 2},
+	}
+	var dynamic string
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got answer
+			status, _, raw := doAuth(t, e.srv, "POST", "/v1/rollouts", e.ops, tc.body, nil)
+			if err := json.Unmarshal([]byte(raw), &got); err != nil {
+				t.Fatalf("answer %q: %v", raw, err)
+			}
+			if status != tc.status {
+				t.Fatalf("status %d (%s), want %d", status, raw, tc.status)
+			}
+			var ids []string
+			for _, d := range got.Incompatible {
+				ids = append(ids, string(d.ID))
+			}
+			if strings.Join(ids, ",") != tc.incompatible {
+				t.Errorf("incompatible %v, want %s", got.Incompatible, tc.incompatible)
+			}
+			if status == http.StatusCreated && (got.Targets != tc.targets || got.Excluded != tc.excluded) {
+				t.Errorf("targets %d, excluded %d; want %d, %d", got.Targets, got.Excluded, tc.targets, tc.excluded)
+			}
+			if tc.status == http.StatusCreated && strings.Contains(tc.body, "dynamic") {
+				dynamic = got.ID
+			}
+		})
+	}
+	if dynamic == "" {
+		t.Fatal("the dynamic rollout was not created")
+	}
+	for _, body := range []string{`{"id":"e-m3","labels":{"site":"x","hw":"m3"}}`, `{"id":"f-m2","labels":{"site":"x","hw":"m2"}}`} {
+		if status, raw := e.call(t, "POST", "/v1/devices", body, nil); status != http.StatusCreated {
+			t.Fatalf("enroll %s = %d %s", body, status, raw)
+		}
+	}
+	if got := e.targets(t, dynamic); got != "a-m2,c-none,f-m2" {
+		t.Errorf("dynamic rollout targets %s, want a-m2,c-none,f-m2", got)
+	}
 }

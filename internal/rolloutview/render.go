@@ -300,6 +300,9 @@ func Render(w io.Writer, st rollout.Status, o Options) {
 	if st.Reason != "" {
 		head = append(head, "("+clean(st.Reason)+")")
 	}
+	if st.Excluded > 0 {
+		head = append(head, fmt.Sprintf("%d excluded (hardware)", st.Excluded))
+	}
 	lines = append(lines, wrap(head, width)...)
 
 	all := newTally(st.Counts, st.Targets)
