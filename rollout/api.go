@@ -42,6 +42,9 @@ type Status struct {
 	Batches []BatchStatus       `json:"batch_status"`
 	// Failing lists up to MaxFailingListed failed or timed-out devices.
 	Failing []DeviceStatus `json:"failing,omitempty"`
+	// Waiting says why an active rollout notifies nobody now: its start
+	// time is ahead or its maintenance window is closed (Policy.Waiting).
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // begin locks mu for an API call; the error wraps ErrClosed.
@@ -199,6 +202,9 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 		return Status{}, fmt.Errorf("get %s: %w", id, err)
 	}
 	st := Status{Rollout: cloneRollout(ru.r), Counts: map[DeviceState]int{}}
+	if ru.r.State.Active() {
+		st.Waiting = ru.r.Policy.Waiting(p.cfg.Now())
+	}
 	for bi, b := range ru.r.Batches {
 		bs := BatchStatus{Index: bi, Start: b.Start, Size: b.Size, State: "waiting", Counts: map[DeviceState]int{}}
 		var c counts

@@ -209,6 +209,21 @@ type Policy struct {
 	URLTTL time.Duration `json:"url_ttl,omitempty"`
 	// Dynamic records that devices enrolled later may be added.
 	Dynamic bool `json:"dynamic,omitempty"`
+	// PauseBetweenBatches is a manual approval step: each time a batch
+	// has finished (every device in a final state) and passed the success
+	// threshold, the rollout pauses instead of starting the next batch;
+	// Resume starts it.
+	PauseBetweenBatches bool `json:"pause_between_batches,omitempty"`
+	// StartAt, when set, holds back every notification and batch start
+	// until then (a scheduled rollout).
+	StartAt time.Time `json:"start_at,omitzero"`
+	// Window, when set, is a daily maintenance window "HH:MM-HH:MM" in
+	// WindowTZ (an IANA zone such as "Europe/Berlin"; default UTC). Devices
+	// are notified and batches started only inside it; it may cross
+	// midnight ("22:00-04:00"). Devices notified before it closed carry
+	// on, and their timeouts keep running.
+	Window   string `json:"window,omitempty"`
+	WindowTZ string `json:"window_tz,omitempty"`
 }
 
 // policyAlias has Policy's fields without its JSON methods.
@@ -329,6 +344,13 @@ func (p Policy) Validate() error {
 		return bad("retry backoff %s not in [0, %s]", p.RetryBackoff, MaxRetryBackoff)
 	case p.URLTTL < time.Second:
 		return bad("url ttl %s below 1s", p.URLTTL)
+	case p.WindowTZ != "" && p.Window == "":
+		return bad("window tz %q without a window", p.WindowTZ)
+	}
+	if p.Window != "" {
+		if _, err := p.window(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -107,3 +107,33 @@ func TestSpecValidateSelector(t *testing.T) {
 		})
 	}
 }
+
+func TestPolicyValidateSchedule(t *testing.T) {
+	tests := []struct {
+		window, tz string
+		ok         bool
+	}{
+		{"02:00-05:00", "", true},
+		{"22:00-04:00", "UTC", true},
+		{"22:30-24:00", "Europe/Berlin", true},
+		{"", "Europe/Berlin", false}, // a zone without a window
+		{"2:00-05:00", "", false},
+		{"02:00-05:00x", "", false},
+		{"25:00-05:00", "", false},
+		{"02:60-05:00", "", false},
+		{"-1:00-05:00", "", false},
+		{"03:00-03:00", "", false}, // empty
+		{"00:00-24:00", "", false}, // the whole day: no window needed
+		{"02:00-05:00", "Mars/Olympus", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.window+" "+tc.tz, func(t *testing.T) {
+			p := rollout.Policy{Window: tc.window, WindowTZ: tc.tz, SuccessThreshold: 100, OnFailure: rollout.OnFailurePause,
+				DeviceTimeout: time.Minute, URLTTL: time.Hour}
+			err := p.Validate()
+			if tc.ok && err != nil || !tc.ok && !errors.Is(err, rollout.ErrInvalid) {
+				t.Errorf("Validate = %v, want ok=%t", err, tc.ok)
+			}
+		})
+	}
+}

@@ -747,3 +747,42 @@ func TestPlannerWritesConcurrently(t *testing.T) {
 		t.Errorf("got counts %v, want 8 succeeded", st.Counts)
 	}
 }
+
+// TestPauseBetweenBatchesAndWindow drives the real planner through the
+// schedule: nothing is notified while the maintenance window is closed
+// (Status.Waiting says why), the first batch goes when it opens, and with
+// PauseBetweenBatches each finished batch pauses the rollout until Resume.
+func TestPauseBetweenBatchesAndWindow(t *testing.T) {
+	fs := newFakeShadows(installs)
+	clk := &clock{now: time.Date(2026, 11, 23, 1, 0, 0, 0, time.UTC)}
+	p := mustOpen(t, "", fs, newFakeFirmware("2.0.0"), func(c *rollout.Config) { c.Now = clk.Now })
+	r, err := p.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Devices: ids("w", 4),
+		Policy: rollout.Policy{BatchSize: 2, PauseBetweenBatches: true, Window: "02:00-04:00"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, p, r.ID, rollout.StateRunning)
+	if st.Waiting != "outside the maintenance window 02:00-04:00 UTC" {
+		t.Errorf("Waiting = %q, want the closed window", st.Waiting)
+	}
+	// The pass that moved it to running would have started the first batch
+	// in the same step had the window been open.
+	if st.Started != 0 || len(fs.writeCounts()) != 0 {
+		t.Fatalf("closed window: %d batches started, %d devices written; want none", st.Started, len(fs.writeCounts()))
+	}
+
+	clk.Add(time.Hour) // 02:00: the window opens
+	st = waitState(t, p, r.ID, rollout.StatePaused)
+	if st.Waiting != "" || st.Started != 1 || st.Counts[rollout.DeviceSucceeded] != 2 ||
+		st.Reason != "batch 1 finished at 100.0% success; resume to start batch 2" {
+		t.Fatalf("after batch 1: waiting %q, %d started, counts %v, reason %q; want paused after batch 1",
+			st.Waiting, st.Started, st.Counts, st.Reason)
+	}
+	if _, err := p.Resume(t.Context(), r.ID); err != nil {
+		t.Fatal(err)
+	}
+	st = waitState(t, p, r.ID, rollout.StateSucceeded)
+	if st.Started != 2 || st.Counts[rollout.DeviceSucceeded] != 4 {
+		t.Errorf("end: %d started, counts %v; want 2 batches and 4 succeeded", st.Started, st.Counts)
+	}
+}

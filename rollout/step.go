@@ -175,9 +175,23 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 		return append(acts, onFailure(r, reason))
 	}
 
+	// Outside the start time or maintenance window no device is notified
+	// and no batch starts; devices already notified carry on, their
+	// timeouts run, and the rollout may still finish.
+	waiting := r.Policy.Waiting(now) != ""
+	start := func(b int, reason string) []Action {
+		if waiting {
+			return acts
+		}
+		return append(acts, Action{Kind: ActStartBatch, Batch: b, Reason: reason})
+	}
+
 	// Notify pending devices of started batches, within MaxInFlight.
 	budget := end
-	if r.Policy.MaxInFlight > 0 {
+	if waiting {
+		budget = 0
+	}
+	if r.Policy.MaxInFlight > 0 && !waiting {
 		budget = r.Policy.MaxInFlight - all.inFlight()
 	}
 	for i := 0; i < end && budget > 0; i++ {
@@ -196,15 +210,21 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 	// The gate.
 	switch {
 	case r.Started == 0:
-		return append(acts, Action{Kind: ActStartBatch, Batch: 0, Reason: "first batch"})
+		return start(0, "first batch")
 	case cur.ratio() >= r.Policy.SuccessThreshold && r.Started < len(r.Batches):
-		return append(acts, Action{Kind: ActStartBatch, Batch: r.Started,
-			Reason: fmt.Sprintf("batch %d at %.1f%% success", r.Started, cur.ratio())})
+		if r.Policy.PauseBetweenBatches && r.Forced != r.Started {
+			// Manual approval: wait for the batch to finish, then pause.
+			if !cur.done() {
+				return acts
+			}
+			return append(acts, Action{Kind: ActTransition, To: StatePaused,
+				Reason: fmt.Sprintf("batch %d finished at %.1f%% success; resume to start batch %d", r.Started, cur.ratio(), r.Started+1)})
+		}
+		return start(r.Started, fmt.Sprintf("batch %d at %.1f%% success", r.Started, cur.ratio()))
 	case !cur.done():
 		return acts
 	case r.Started < len(r.Batches) && r.Forced == r.Started:
-		return append(acts, Action{Kind: ActStartBatch, Batch: r.Started,
-			Reason: fmt.Sprintf("batch %d at %.1f%% success, resumed by operator", r.Started, cur.ratio())})
+		return start(r.Started, fmt.Sprintf("batch %d at %.1f%% success, resumed by operator", r.Started, cur.ratio()))
 	case r.Started < len(r.Batches):
 		return append(acts, onFailure(r, fmt.Sprintf("batch %d finished at %.1f%% success, below %.1f%%",
 			r.Started, cur.ratio(), r.Policy.SuccessThreshold)))

@@ -73,6 +73,12 @@ func testRollout(n int, p rollout.Policy, batches ...int) *rollout.Rollout {
 	return r
 }
 
+// started marks r's first batch started.
+func started(r *rollout.Rollout) *rollout.Rollout {
+	r.Started = 1
+	return r
+}
+
 func devs(states ...rollout.DeviceState) []rollout.Device {
 	out := make([]rollout.Device, len(states))
 	for i, s := range states {
@@ -364,6 +370,124 @@ func TestStep(t *testing.T) {
 			},
 			devs: devs(S, S, F, S),
 			want: `batch_finished(0, "2/2 succeeded, 0 failed") batch_finished(1, "1/2 succeeded, 1 failed") transition(failed, rollback=false, "75.0% succeeded, below 90.0%")`,
+		},
+		// Scheduling: t0 is 12:00 UTC (13:00 in Berlin).
+		{
+			name: "closed window notifies nobody",
+			r:    func() *rollout.Rollout { return started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2)) },
+			devs: devs(P, P),
+			want: ``,
+		},
+		{
+			name: "open window notifies",
+			r:    func() *rollout.Rollout { return started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2)) },
+			devs: devs(P, P),
+			now:  90 * time.Minute,
+			want: `notify(0, r1/1) notify(1, r1/1)`,
+		},
+		{
+			name: "window closes at its end",
+			r:    func() *rollout.Rollout { return started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2)) },
+			devs: devs(P, P),
+			now:  3 * time.Hour,
+			want: ``,
+		},
+		{
+			name: "window across midnight is closed at noon",
+			r:    func() *rollout.Rollout { return started(testRollout(1, rollout.Policy{Window: "22:00-04:00"}, 1)) },
+			devs: devs(P),
+			want: ``,
+		},
+		{
+			name: "window across midnight is open after midnight",
+			r:    func() *rollout.Rollout { return started(testRollout(1, rollout.Policy{Window: "22:00-04:00"}, 1)) },
+			devs: devs(P),
+			now:  13 * time.Hour, // 01:00 the next day
+			want: `notify(0, r1/1)`,
+		},
+		{
+			name: "window in a time zone",
+			r: func() *rollout.Rollout {
+				return started(testRollout(1, rollout.Policy{Window: "13:00-14:00", WindowTZ: "Europe/Berlin"}, 1))
+			},
+			devs: devs(P),
+			want: `notify(0, r1/1)`,
+		},
+		{
+			name: "closed window starts no batch",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 1, 1)
+				r.State = rollout.StateCreated
+				return r
+			},
+			devs: devs(P, P),
+			want: `transition(running, rollback=false, "started")`,
+		},
+		{
+			name: "closed window lets timeouts run and the rollout finish",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{Window: "13:00-15:00", DeviceTimeout: 10 * time.Minute, SuccessThreshold: 50}, 2)
+				r.Started = 1
+				return r
+			},
+			devs: devs(S, N),
+			now:  20 * time.Minute,
+			want: `set_device(1, timed_out/1) batch_finished(0, "1/2 succeeded, 1 failed") transition(succeeded, rollback=false, "1 succeeded, 0 already installed, 1 failed")`,
+		},
+		{
+			name: "scheduled start holds the first batch",
+			r: func() *rollout.Rollout {
+				r := testRollout(1, rollout.Policy{StartAt: t0.Add(time.Hour)}, 1)
+				r.State = rollout.StateCreated
+				return r
+			},
+			devs: devs(P),
+			now:  59 * time.Minute,
+			want: `transition(running, rollback=false, "started")`,
+		},
+		{
+			name: "scheduled start reached",
+			r:    func() *rollout.Rollout { return testRollout(1, rollout.Policy{StartAt: t0.Add(time.Hour)}, 1) },
+			devs: devs(P),
+			now:  time.Hour,
+			want: `start_batch(0)`,
+		},
+		{
+			name: "pause between batches after a healthy batch",
+			r: func() *rollout.Rollout {
+				return started(testRollout(4, rollout.Policy{PauseBetweenBatches: true}, 2, 2))
+			},
+			devs: devs(S, AI, P, P),
+			want: `batch_finished(0, "1/2 succeeded, 0 failed, 1 already installed") transition(paused, rollback=false, "batch 1 finished at 100.0% success; resume to start batch 2")`,
+		},
+		{
+			name: "pause between batches waits for stragglers",
+			r: func() *rollout.Rollout {
+				return started(testRollout(4, rollout.Policy{PauseBetweenBatches: true, SuccessThreshold: 50}, 2, 2))
+			},
+			devs: devs(S, D, P, P),
+			want: ``,
+		},
+		{
+			name: "resume after a pause between batches starts the next",
+			r: func() *rollout.Rollout {
+				r := started(testRollout(4, rollout.Policy{PauseBetweenBatches: true}, 2, 2))
+				r.Forced = 1
+				r.Batches[0].Done = true
+				return r
+			},
+			devs: devs(S, S, P, P),
+			want: `start_batch(1)`,
+		},
+		{
+			name: "pause between batches does not hold the end",
+			r: func() *rollout.Rollout {
+				r := testRollout(2, rollout.Policy{PauseBetweenBatches: true}, 1, 1)
+				r.Started = 2
+				return r
+			},
+			devs: devs(S, S),
+			want: `batch_finished(0, "1/1 succeeded, 0 failed") batch_finished(1, "1/1 succeeded, 0 failed") transition(succeeded, rollback=false, "2 succeeded, 0 already installed, 0 failed")`,
 		},
 	}
 	for _, tc := range tests {

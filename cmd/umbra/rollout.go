@@ -131,6 +131,8 @@ type createOptions struct {
 	firmware                        string
 	devices, devicesFile, selector  string
 	all, dynamic, skipIncompatible  bool
+	pauseBetween                    bool
+	startAt, window, windowTZ       string
 	batchSize, firstBatch           int
 	maxBatchSize, maxInFlight       int
 	minSample, retries              int
@@ -148,6 +150,10 @@ func (c *createOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.selector, "select", "", "target the enrolled devices whose labels match, e.g. hw=m2,region=eu")
 	fs.BoolVar(&c.all, "all", false, "target every device")
 	fs.BoolVar(&c.dynamic, "dynamic", false, "also take matching devices enrolled later (with --select or --all)")
+	fs.BoolVar(&c.pauseBetween, "pause-between-batches", false, "pause after each finished, healthy batch; 'rollout resume' starts the next")
+	fs.StringVar(&c.startAt, "start-at", "", "notify no device before this time (RFC 3339, e.g. 2026-11-24T02:00:00+01:00)")
+	fs.StringVar(&c.window, "window", "", "daily maintenance window HH:MM-HH:MM (may cross midnight); devices are notified only inside it")
+	fs.StringVar(&c.windowTZ, "window-tz", "", "IANA time zone of --window, e.g. Europe/Berlin (default UTC)")
 	fs.BoolVar(&c.skipIncompatible, "skip-incompatible", false, "leave out targets whose hw label differs from the image's --hw (default: refuse the rollout)")
 	fs.IntVar(&c.batchSize, "batch-size", 0, "devices per batch (default: one batch of every target)")
 	fs.StringVar(&c.batchPercent, "batch-percent", "", "batch size as a percentage of the targets, e.g. 10%")
@@ -230,7 +236,8 @@ func (s createSpec) request() rolloutclient.CreateRequest {
 func (c *createOptions) policy(fs *pflag.FlagSet) (rollout.Policy, error) {
 	p := rollout.Policy{Dynamic: c.dynamic, BatchSize: c.batchSize, FirstBatch: c.firstBatch,
 		MaxBatchSize: c.maxBatchSize, MaxInFlight: c.maxInFlight, MinSample: c.minSample, Retries: c.retries,
-		DeviceTimeout: c.deviceTimeout, RetryBackoff: c.retryBackoff, URLTTL: c.urlTTL}
+		DeviceTimeout: c.deviceTimeout, RetryBackoff: c.retryBackoff, URLTTL: c.urlTTL,
+		PauseBetweenBatches: c.pauseBetween, Window: c.window, WindowTZ: c.windowTZ}
 	for _, f := range []struct {
 		name string
 		v    int
@@ -266,6 +273,19 @@ func (c *createOptions) policy(fs *pflag.FlagSet) (rollout.Policy, error) {
 	if fs.Changed("ramp") {
 		if p.Ramp, err = parseRamp(c.ramp); err != nil {
 			return p, err
+		}
+	}
+	if fs.Changed("start-at") {
+		if p.StartAt, err = time.Parse(time.RFC3339, c.startAt); err != nil {
+			return p, fmt.Errorf("--start-at %q: want an RFC 3339 time such as 2026-11-24T02:00:00Z", c.startAt)
+		}
+	}
+	if fs.Changed("window-tz") && !fs.Changed("window") {
+		return p, errors.New("--window-tz needs --window")
+	}
+	if fs.Changed("window") {
+		if err := rollout.CheckWindow(c.window, c.windowTZ); err != nil {
+			return p, fmt.Errorf("--window %q --window-tz %q: %w", c.window, c.windowTZ, err)
 		}
 	}
 	if fs.Changed("max-batch-size") && p.Ramp <= 1 {

@@ -126,7 +126,8 @@ type Summary struct {
 	Targets        int                         `json:"targets"`
 	Batches        int                         `json:"batches"`
 	BatchesStarted int                         `json:"batches_started"`
-	Counts         map[rollout.DeviceState]int `json:"counts"` // states with devices only
+	Counts         map[rollout.DeviceState]int `json:"counts"`            // states with devices only
+	Waiting        string                      `json:"waiting,omitempty"` // why nobody is notified now (schedule)
 	Updated        time.Time                   `json:"updated"`
 }
 
@@ -141,7 +142,7 @@ func NewSummary(st rollout.Status) Summary {
 	return Summary{
 		ID: st.ID, Firmware: string(st.Firmware), State: st.State, Reason: st.Reason,
 		Targets: st.Targets, Batches: len(st.Rollout.Batches), BatchesStarted: st.Started,
-		Counts: counts, Updated: st.Updated,
+		Counts: counts, Waiting: st.Waiting, Updated: st.Updated,
 	}
 }
 

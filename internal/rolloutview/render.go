@@ -303,6 +303,9 @@ func Render(w io.Writer, st rollout.Status, o Options) {
 	if st.Excluded > 0 {
 		head = append(head, fmt.Sprintf("%d excluded (hardware)", st.Excluded))
 	}
+	if st.Waiting != "" {
+		head = append(head, "waiting: "+clean(st.Waiting))
+	}
 	lines = append(lines, wrap(head, width)...)
 
 	all := newTally(st.Counts, st.Targets)
@@ -514,6 +517,9 @@ func Line(st rollout.Status) string {
 	fmt.Fprintf(&b, " (%.1f%%)", t.percent())
 	if st.Reason != "" && st.State != rollout.StateRunning && st.State != rollout.StateCreated { // "started" says nothing
 		fmt.Fprintf(&b, " reason=%q", st.Reason)
+	}
+	if st.Waiting != "" {
+		fmt.Fprintf(&b, " waiting=%q", st.Waiting)
 	}
 	return b.String()
 }

@@ -95,6 +95,8 @@ type renderCase struct {
 
 func cases() []renderCase {
 	created := mkStatus(rollout.StateCreated, "", 0, counts{pending: 5}, counts{pending: 50}, counts{pending: 50}, counts{pending: 45})
+	created.Waiting = "outside the maintenance window 02:00-05:00 Europe/Berlin"
+	created.Excluded = 3
 
 	running := mkStatus(rollout.StateRunning, "", 2,
 		counts{succeeded: 5},
@@ -211,7 +213,7 @@ func TestLine(t *testing.T) {
 		name string
 		want string
 	}{
-		{"created", "r3 created 1.1.0 batch 0/4 succeeded=0 in_flight=0 pending=150 failed=0 timed_out=0 (0.0%)"},
+		{"created", `r3 created 1.1.0 batch 0/4 succeeded=0 in_flight=0 pending=150 failed=0 timed_out=0 (0.0%) waiting="outside the maintenance window 02:00-05:00 Europe/Berlin"`},
 		{"running", "r3 running 1.1.0 batch 2/6 succeeded=35 in_flight=15 pending=193 failed=2 timed_out=1 already_installed=2 (14.9%)"},
 		{"paused_many_failing", `r3 paused 1.1.0 batch 3/4 succeeded=90 in_flight=3 pending=100 failed=20 timed_out=10 (40.4%) reason="failure threshold: 30 of 120 finished devices failed (> 10%)"`},
 		{"succeeded_collapsed", `r3 succeeded 1.1.0 batch 12/12 succeeded=108 in_flight=0 pending=0 failed=0 timed_out=0 already_installed=12 (100.0%) reason="120 succeeded, 0 failed"`},
