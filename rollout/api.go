@@ -1,12 +1,14 @@
 package rollout
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -233,14 +235,26 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 	return st, nil
 }
 
+// batchOf returns the index of the batch holding target position i.
+func (r *Rollout) batchOf(i int) int {
+	bs := r.Batches
+	// The batches cover [0, Targets) in order: the last one starting at
+	// or before i holds it.
+	return sort.Search(len(bs), func(k int) bool { return bs[k].Start > i }) - 1
+}
+
 func (ru *run) deviceStatus(i, batch int, errMsg string) DeviceStatus {
-	d := ru.devs[i]
-	ds := DeviceStatus{Device: ru.targets[i], Batch: batch, State: d.State, Attempt: int(d.Attempt), Error: errMsg}
+	return ru.r.deviceStatus(ru.targets[i], ru.devs[i], batch, errMsg)
+}
+
+// deviceStatus describes target's record d in batch.
+func (r *Rollout) deviceStatus(target device.ID, d Device, batch int, errMsg string) DeviceStatus {
+	ds := DeviceStatus{Device: target, Batch: batch, State: d.State, Attempt: int(d.Attempt), Error: errMsg}
 	if d.At != 0 {
 		ds.Since = time.Unix(0, d.At).UTC()
 	}
-	if d.From > 0 && int(d.From) <= len(ru.r.Versions) {
-		ds.From = ru.r.Versions[d.From-1]
+	if d.From > 0 && int(d.From) <= len(r.Versions) {
+		ds.From = r.Versions[d.From-1]
 	}
 	return ds
 }
@@ -290,6 +304,119 @@ func (p *Planner) Devices(ctx context.Context, id string, states ...DeviceState)
 		}
 	}
 	return out, nil
+}
+
+// DevicesPage returns up to limit targets of rollout id from position
+// start on, in rollout order, keeping only those in states (all when
+// empty), and the position the next page starts at (-1 after the last).
+// The work is proportional to the positions scanned, not to the number of
+// targets, for active rollouts (in memory) and finished ones (read from
+// the file by position) alike; error texts are read only for the devices
+// returned. Errors wrap ErrInvalid (start or limit), ErrNotFound or
+// ErrClosed.
+func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceState, start, limit int) ([]DeviceStatus, int, error) {
+	if start < 0 || limit < 1 {
+		return nil, -1, fmt.Errorf("devices %s: %w: start %d, limit %d", id, ErrInvalid, start, limit)
+	}
+	if err := p.begin(); err != nil {
+		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
+	}
+	defer p.mu.Unlock()
+	var out []DeviceStatus
+	next := -1
+	err := p.db.View(func(tx *bolt.Tx) error {
+		b, err := rolloutBucket(tx, id)
+		if err != nil {
+			return err
+		}
+		ru := p.runs[id]
+		if ru == nil { // finished: only its record, not its devices
+			r, err := getMeta(b)
+			if err != nil {
+				return err
+			}
+			ru = &run{r: r}
+		}
+		it, err := newPageIter(ru, b, start)
+		if err != nil {
+			return err
+		}
+		out = []DeviceStatus{}
+		eb := b.Bucket(bucketErr)
+		for i := start; i < ru.r.Targets; i++ {
+			target, d, err := it.next(i)
+			if err != nil {
+				return err
+			}
+			if len(states) > 0 && !slices.Contains(states, d.State) {
+				continue
+			}
+			if len(out) == limit {
+				next = i
+				break
+			}
+			var msg string
+			if d.State.Failure() {
+				msg = string(eb.Get(indexKey(i)))
+			}
+			out = append(out, ru.r.deviceStatus(target, d, ru.r.batchOf(i), msg))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
+	}
+	return out, next, nil
+}
+
+// pageIter yields targets and their records from a position on: from
+// memory for an active rollout, else from the stored target list and
+// device records.
+type pageIter struct {
+	ru   *run
+	list []byte       // the rest of the stored target list, from the next position
+	cur  *bolt.Cursor // device records
+	k, v []byte       // the cursor's current record
+}
+
+func newPageIter(ru *run, b *bolt.Bucket, start int) (*pageIter, error) {
+	it := &pageIter{ru: ru}
+	if ru.devs != nil {
+		return it, nil
+	}
+	it.list = b.Get(keyTargets)
+	for range min(start, ru.r.Targets) {
+		i := bytes.IndexByte(it.list, '\n')
+		if i < 0 {
+			return nil, errors.New("corrupt target list: too short")
+		}
+		it.list = it.list[i+1:]
+	}
+	it.cur = b.Bucket(bucketDev).Cursor()
+	it.k, it.v = it.cur.Seek(indexKey(start))
+	return it, nil
+}
+
+// next returns target i; calls come with i increasing by one from start.
+func (it *pageIter) next(i int) (device.ID, Device, error) {
+	if it.ru.devs != nil {
+		return it.ru.targets[i], it.ru.devs[i], nil
+	}
+	end := bytes.IndexByte(it.list, '\n')
+	if end < 0 {
+		end = len(it.list)
+	}
+	target := device.ID(it.list[:end])
+	it.list = it.list[min(end+1, len(it.list)):]
+	var d Device
+	if it.k != nil && bytes.Equal(it.k, indexKey(i)) {
+		var err error
+		if d, err = decodeDevice(it.v); err != nil {
+			return "", Device{}, err
+		}
+		it.k, it.v = it.cur.Next()
+	}
+	return target, d, nil
 }
 
 // Events returns rollout id's event log, oldest first. Errors wrap

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -784,5 +785,89 @@ func TestPauseBetweenBatchesAndWindow(t *testing.T) {
 	st = waitState(t, p, r.ID, rollout.StateSucceeded)
 	if st.Started != 2 || st.Counts[rollout.DeviceSucceeded] != 4 {
 		t.Errorf("end: %d started, counts %v; want 2 batches and 4 succeeded", st.Started, st.Counts)
+	}
+}
+
+// TestDevicesPage: pages of any start, limit and state filter are exactly
+// the matching slice of Devices, error texts included, and their next
+// positions chain them: for an active rollout (in memory) and for a
+// finished one read back from the file.
+func TestDevicesPage(t *testing.T) {
+	fs := newFakeShadows(func(id device.ID, cmd map[string]any) (firmware.Report, bool) {
+		if id[len(id)-1]%3 == 0 { // p-0000, p-0003, …: fail with their own error
+			return firmware.Report{Version: "1.0.0", State: firmware.StateFailed, Error: "boom " + string(id), Job: cmd["job"].(string)}, true
+		}
+		return installs(id, cmd)
+	})
+	path := filepath.Join(t.TempDir(), "rollout.db")
+	p := mustOpen(t, path, fs, newFakeFirmware("2.0.0"), nil)
+	r, err := p.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Devices: ids("p", 10),
+		Policy: rollout.Policy{BatchSize: 4, SuccessThreshold: 10, PauseBetweenBatches: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, p, r.ID, rollout.StatePaused) // after batch 1: failed, succeeded and pending devices
+	if !p.Live(r.ID) {
+		t.Fatal("a paused rollout is not in memory")
+	}
+	checkPages(t, p, r.ID)
+
+	if _, err := p.Abort(t.Context(), r.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, p, r.ID, rollout.StateAborted)
+	if err := p.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	p = mustOpen(t, path, fs, newFakeFirmware("2.0.0"), nil)
+	for deadline := time.Now().Add(10 * time.Second); p.Live(r.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the aborted rollout never settled")
+		}
+	}
+	checkPages(t, p, r.ID)
+
+	if _, _, err := p.DevicesPage(t.Context(), r.ID, nil, -1, 10); !errors.Is(err, rollout.ErrInvalid) {
+		t.Errorf("negative start: %v, want ErrInvalid", err)
+	}
+	if _, _, err := p.DevicesPage(t.Context(), "r99", nil, 0, 10); !errors.Is(err, rollout.ErrNotFound) {
+		t.Errorf("unknown rollout: %v, want ErrNotFound", err)
+	}
+}
+
+func checkPages(t *testing.T, p *rollout.Planner, id string) {
+	t.Helper()
+	all, err := p.Devices(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(all, func(d rollout.DeviceStatus) bool { return d.Error != "" }) {
+		t.Fatalf("no device with an error to page: %v", all)
+	}
+	for _, states := range [][]rollout.DeviceState{nil, {rollout.DeviceFailed}, {rollout.DeviceSucceeded, rollout.DevicePending, rollout.DeviceCanceled}} {
+		var want []rollout.DeviceStatus
+		for _, d := range all {
+			if len(states) == 0 || slices.Contains(states, d.State) {
+				want = append(want, d)
+			}
+		}
+		for _, limit := range []int{1, 3, 100} {
+			var got []rollout.DeviceStatus
+			pages := 0
+			for start := 0; start >= 0; pages++ {
+				page, next, err := p.DevicesPage(t.Context(), id, states, start, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(page) > limit || next >= 0 && next <= start || pages > 20 {
+					t.Fatalf("states %v limit %d: page of %d at %d, next %d", states, limit, len(page), start, next)
+				}
+				got = append(got, page...)
+				start = next
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("states %v limit %d: pages give\n%v\nwant\n%v", states, limit, got, want)
+			}
+		}
 	}
 }

@@ -30,7 +30,7 @@ type Rollouts interface {
 	Create(ctx context.Context, spec rollout.Spec) (rollout.Rollout, error)
 	Get(ctx context.Context, id string) (rollout.Status, error)
 	List(ctx context.Context) ([]rollout.Rollout, error)
-	Devices(ctx context.Context, id string, states ...rollout.DeviceState) ([]rollout.DeviceStatus, error)
+	DevicesPage(ctx context.Context, id string, states []rollout.DeviceState, start, limit int) ([]rollout.DeviceStatus, int, error)
 	Events(ctx context.Context, id string) ([]rollout.Event, error)
 	Pause(ctx context.Context, id string) (rollout.Rollout, error)
 	Resume(ctx context.Context, id string) (rollout.Rollout, error)
@@ -522,36 +522,17 @@ func (a *api) rolloutDevices(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err, "")
 			return
 		}
-		page, err := devicePage(r.Context(), rs, id, states, start, limit)
+		devs, next, err := rs.DevicesPage(r.Context(), id, states, start, limit)
 		if err != nil {
 			a.writeError(w, r, err, "")
 			return
 		}
+		page := RolloutDevices{Devices: devs}
+		if next >= 0 {
+			page.Next = strconv.Itoa(next)
+		}
 		a.writeValue(w, r, http.StatusOK, page)
 	})
-}
-
-// devicePage returns up to limit targets in states (all when empty) from
-// position start of rollout id.
-func devicePage(ctx context.Context, rs Rollouts, id string, states []rollout.DeviceState, start, limit int) (RolloutDevices, error) {
-	// The planner lists every target in rollout order, so position i is
-	// target i.
-	all, err := rs.Devices(ctx, id)
-	if err != nil {
-		return RolloutDevices{}, err
-	}
-	page := RolloutDevices{Devices: []rollout.DeviceStatus{}}
-	for i := start; i < len(all); i++ {
-		if len(states) > 0 && !slices.Contains(states, all[i].State) {
-			continue
-		}
-		if len(page.Devices) == limit {
-			page.Next = strconv.Itoa(i)
-			break
-		}
-		page.Devices = append(page.Devices, all[i])
-	}
-	return page, nil
 }
 
 // queryInt parses query parameter name as an integer in [lo, hi], or
