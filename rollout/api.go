@@ -44,9 +44,6 @@ type Status struct {
 	Batches []BatchStatus       `json:"batch_status"`
 	// Failing lists up to MaxFailingListed failed or timed-out devices.
 	Failing []DeviceStatus `json:"failing,omitempty"`
-	// Waiting says why an active rollout notifies nobody now: its start
-	// time is ahead or its maintenance window is closed (Policy.Waiting).
-	Waiting string `json:"waiting,omitempty"`
 }
 
 // begin locks mu for an API call; the error wraps ErrClosed.
@@ -204,9 +201,6 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 		return Status{}, fmt.Errorf("get %s: %w", id, err)
 	}
 	st := Status{Rollout: cloneRollout(ru.r), Counts: map[DeviceState]int{}}
-	if ru.r.State.Active() {
-		st.Waiting = ru.r.Policy.Waiting(p.cfg.Now())
-	}
 	for bi, b := range ru.r.Batches {
 		bs := BatchStatus{Index: bi, Start: b.Start, Size: b.Size, State: "waiting", Counts: map[DeviceState]int{}}
 		var c counts
@@ -337,11 +331,14 @@ func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceSta
 			}
 			ru = &run{r: r}
 		}
+		out = []DeviceStatus{}
+		if start >= ru.r.Targets {
+			return nil // past the end: an empty page
+		}
 		it, err := newPageIter(ru, b, start)
 		if err != nil {
 			return err
 		}
-		out = []DeviceStatus{}
 		eb := b.Bucket(bucketErr)
 		for i := start; i < ru.r.Targets; i++ {
 			target, d, err := it.next(i)
@@ -355,10 +352,9 @@ func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceSta
 				next = i
 				break
 			}
-			var msg string
-			if d.State.Failure() {
-				msg = string(eb.Get(indexKey(i)))
-			}
+			// The last error of the device, as Devices shows it: a failure,
+			// or the reason of a retry to come.
+			msg := string(eb.Get(indexKey(i)))
 			out = append(out, ru.r.deviceStatus(target, d, ru.r.batchOf(i), msg))
 		}
 		return nil
@@ -534,6 +530,9 @@ func (p *Planner) Resume(ctx context.Context, id string) (Rollout, error) {
 		}
 		ru.r.Forced = ru.r.Started
 		ru.r.FailBase = c.failures()
+		if ru.r.Approval == ru.r.Started {
+			ru.r.Approved = ru.r.Started // this pause was the approval step
+		}
 		ru.r.Reason = "resumed by operator"
 		return ru.r.Reason, nil
 	})

@@ -504,6 +504,16 @@ type Rollout struct {
 	Rollback bool `json:"rollback,omitempty"`
 	// Settled is set once a finished rollout has no work left.
 	Settled bool `json:"settled,omitempty"`
+	// Waiting says why a running rollout notifies nobody now (its start
+	// time is ahead or its maintenance window is closed; Policy.Waiting),
+	// as of the planner's last pass; "" otherwise.
+	Waiting string `json:"waiting,omitempty"`
+	// Approval is the number of batches started when the rollout paused
+	// for approval between batches (Policy.PauseBetweenBatches); Approved
+	// is set to it by Resume. The next batch starts only once Approved
+	// equals Started.
+	Approval int `json:"approval,omitempty"`
+	Approved int `json:"approved,omitempty"`
 }
 
 // Job returns the job string of attempt k of rollout id, echoed back by

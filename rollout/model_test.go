@@ -122,8 +122,11 @@ func TestPolicyValidateSchedule(t *testing.T) {
 		{"25:00-05:00", "", false},
 		{"02:60-05:00", "", false},
 		{"-1:00-05:00", "", false},
-		{"03:00-03:00", "", false}, // empty
-		{"00:00-24:00", "", false}, // the whole day: no window needed
+		{"+1:00-05:00", "", false},
+		{" 1:00-05:00", "", false},
+		{"02:00-05:00", "Local", false}, // the host's zone: not portable
+		{"03:00-03:00", "", false},      // empty
+		{"00:00-24:00", "", false},      // the whole day: no window needed
 		{"02:00-05:00", "Mars/Olympus", false},
 	}
 	for _, tc := range tests {

@@ -217,6 +217,15 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 				w.meta(ru)
 				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchStarted, Batch: a.Batch, Reason: a.Reason}})
 				more = true
+			case ActWaiting:
+				Apply(now, &ru.r, ru.devs, a)
+				w.meta(ru)
+				reason := a.Reason
+				if reason == "" {
+					reason = "notifying again"
+				}
+				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventWaiting, Reason: reason}})
+				p.log.Info("rollout waiting", logKeyRollout, ru.r.ID, logKeyReason, reason)
 			case ActBatchFinished:
 				Apply(now, &ru.r, ru.devs, a)
 				w.meta(ru)

@@ -844,6 +844,11 @@ func checkPages(t *testing.T, p *rollout.Planner, id string) {
 	if !slices.ContainsFunc(all, func(d rollout.DeviceStatus) bool { return d.Error != "" }) {
 		t.Fatalf("no device with an error to page: %v", all)
 	}
+	for _, start := range []int{len(all), len(all) + 5} { // past the end: an empty last page
+		if page, next, err := p.DevicesPage(t.Context(), id, nil, start, 10); err != nil || len(page) != 0 || next != -1 {
+			t.Errorf("page at %d of %d: %d devices, next %d, %v; want an empty last page", start, len(all), len(page), next, err)
+		}
+	}
 	for _, states := range [][]rollout.DeviceState{nil, {rollout.DeviceFailed}, {rollout.DeviceSucceeded, rollout.DevicePending, rollout.DeviceCanceled}} {
 		var want []rollout.DeviceStatus
 		for _, d := range all {

@@ -33,12 +33,15 @@ const (
 	// Action.Batch is terminal (Batch.Done), with a summary in
 	// Action.Reason, e.g. "48/50 succeeded, 2 failed".
 	ActBatchFinished
+	// ActWaiting records Action.Reason as Rollout.Waiting: why nobody is
+	// notified now, or "" when the rollout notifies again.
+	ActWaiting
 )
 
 var actionNames = map[ActionKind]string{
 	ActTransition: "transition", ActStartBatch: "start_batch", ActNotify: "notify",
 	ActSetDevice: "set_device", ActCancel: "cancel", ActRollback: "rollback",
-	ActBatchFinished: "batch_finished",
+	ActBatchFinished: "batch_finished", ActWaiting: "waiting",
 }
 
 // String returns the kind's name.
@@ -49,6 +52,7 @@ type Action struct {
 	Kind     ActionKind
 	To       State  // ActTransition
 	Rollback bool   // ActTransition: also request a rollback
+	Approval bool   // ActTransition to paused: waiting for approval of the next batch
 	Batch    int    // ActStartBatch
 	Index    int    // device actions: index into the targets
 	Device   Device // device actions: the record after the action
@@ -65,6 +69,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("start_batch(%d)", a.Batch)
 	case ActBatchFinished:
 		return fmt.Sprintf("batch_finished(%d, %q)", a.Batch, a.Reason)
+	case ActWaiting:
+		return fmt.Sprintf("waiting(%q)", a.Reason)
 	case ActNotify:
 		return fmt.Sprintf("notify(%d, %s)", a.Index, a.Job)
 	}
@@ -114,6 +120,24 @@ func (c *counts) done() bool { return c[DevicePending] == 0 && c.inFlight() == 0
 //
 // Per call it is O(devices in started batches).
 func Step(now time.Time, r *Rollout, devs []Device) []Action {
+	acts := step(now, r, devs)
+	// A rollout that stays running records why it waits, when that changes
+	// (Rollout.Waiting, shown in its status and event log).
+	st := r.State
+	for _, a := range acts {
+		if a.Kind == ActTransition {
+			st = a.To
+		}
+	}
+	if st == StateRunning {
+		if why := r.Policy.Waiting(now); why != r.Waiting {
+			acts = append(acts, Action{Kind: ActWaiting, Reason: why})
+		}
+	}
+	return acts
+}
+
+func step(now time.Time, r *Rollout, devs []Device) []Action {
 	var acts []Action
 	st := r.State
 	if st == StateCreated {
@@ -212,12 +236,12 @@ func Step(now time.Time, r *Rollout, devs []Device) []Action {
 	case r.Started == 0:
 		return start(0, "first batch")
 	case cur.ratio() >= r.Policy.SuccessThreshold && r.Started < len(r.Batches):
-		if r.Policy.PauseBetweenBatches && r.Forced != r.Started {
+		if r.Policy.PauseBetweenBatches && r.Approved != r.Started {
 			// Manual approval: wait for the batch to finish, then pause.
 			if !cur.done() {
 				return acts
 			}
-			return append(acts, Action{Kind: ActTransition, To: StatePaused,
+			return append(acts, Action{Kind: ActTransition, To: StatePaused, Approval: true,
 				Reason: fmt.Sprintf("batch %d finished at %.1f%% success; resume to start batch %d", r.Started, cur.ratio(), r.Started+1)})
 		}
 		return start(r.Started, fmt.Sprintf("batch %d at %.1f%% success", r.Started, cur.ratio()))
@@ -379,6 +403,12 @@ func Apply(now time.Time, r *Rollout, devs []Device, a Action) {
 			r.Reason = a.Reason
 			r.Updated = now
 			r.Rollback = r.Rollback || a.Rollback
+			if r.State != StateRunning {
+				r.Waiting = "" // recomputed when it runs again
+			}
+			if a.Approval {
+				r.Approval = r.Started
+			}
 		}
 	case ActStartBatch:
 		if a.Batch == r.Started && a.Batch < len(r.Batches) {
@@ -388,6 +418,10 @@ func Apply(now time.Time, r *Rollout, devs []Device, a Action) {
 	case ActBatchFinished:
 		if a.Batch >= 0 && a.Batch < r.Started {
 			r.Batches[a.Batch].Done = true
+		}
+	case ActWaiting:
+		if r.State == StateRunning {
+			r.Waiting = a.Reason
 		}
 	case ActNotify, ActSetDevice, ActCancel, ActRollback:
 		devs[a.Index] = a.Device

@@ -73,6 +73,14 @@ func testRollout(n int, p rollout.Policy, batches ...int) *rollout.Rollout {
 	return r
 }
 
+// waitingRollout is a running rollout of 2 devices whose 13:00-15:00
+// window was recorded closed.
+func waitingRollout() *rollout.Rollout {
+	r := started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2))
+	r.Waiting = "outside the maintenance window 13:00-15:00 UTC"
+	return r
+}
+
 // started marks r's first batch started.
 func started(r *rollout.Rollout) *rollout.Rollout {
 	r.Started = 1
@@ -376,7 +384,20 @@ func TestStep(t *testing.T) {
 			name: "closed window notifies nobody",
 			r:    func() *rollout.Rollout { return started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2)) },
 			devs: devs(P, P),
+			want: `waiting("outside the maintenance window 13:00-15:00 UTC")`,
+		},
+		{
+			name: "a recorded wait is not recorded again",
+			r:    waitingRollout,
+			devs: devs(P, P),
 			want: ``,
+		},
+		{
+			name: "an opening window ends the wait",
+			r:    waitingRollout,
+			devs: devs(P, P),
+			now:  time.Hour,
+			want: `notify(0, r1/1) notify(1, r1/1) waiting("")`,
 		},
 		{
 			name: "open window notifies",
@@ -390,13 +411,13 @@ func TestStep(t *testing.T) {
 			r:    func() *rollout.Rollout { return started(testRollout(2, rollout.Policy{Window: "13:00-15:00"}, 2)) },
 			devs: devs(P, P),
 			now:  3 * time.Hour,
-			want: ``,
+			want: `waiting("outside the maintenance window 13:00-15:00 UTC")`,
 		},
 		{
 			name: "window across midnight is closed at noon",
 			r:    func() *rollout.Rollout { return started(testRollout(1, rollout.Policy{Window: "22:00-04:00"}, 1)) },
 			devs: devs(P),
-			want: ``,
+			want: `waiting("outside the maintenance window 22:00-04:00 UTC")`,
 		},
 		{
 			name: "window across midnight is open after midnight",
@@ -421,7 +442,7 @@ func TestStep(t *testing.T) {
 				return r
 			},
 			devs: devs(P, P),
-			want: `transition(running, rollback=false, "started")`,
+			want: `transition(running, rollback=false, "started") waiting("outside the maintenance window 13:00-15:00 UTC")`,
 		},
 		{
 			name: "closed window lets timeouts run and the rollout finish",
@@ -443,7 +464,7 @@ func TestStep(t *testing.T) {
 			},
 			devs: devs(P),
 			now:  59 * time.Minute,
-			want: `transition(running, rollback=false, "started")`,
+			want: `transition(running, rollback=false, "started") waiting("scheduled to start at 2026-11-23T13:00:00Z")`,
 		},
 		{
 			name: "scheduled start reached",
@@ -472,12 +493,22 @@ func TestStep(t *testing.T) {
 			name: "resume after a pause between batches starts the next",
 			r: func() *rollout.Rollout {
 				r := started(testRollout(4, rollout.Policy{PauseBetweenBatches: true}, 2, 2))
-				r.Forced = 1
+				r.Forced, r.Approval, r.Approved = 1, 1, 1
 				r.Batches[0].Done = true
 				return r
 			},
 			devs: devs(S, S, P, P),
 			want: `start_batch(1)`,
+		},
+		{
+			name: "an operator's resume mid-batch is no approval",
+			r: func() *rollout.Rollout {
+				r := started(testRollout(4, rollout.Policy{PauseBetweenBatches: true, SuccessThreshold: 50}, 2, 2))
+				r.Forced = 1 // paused and resumed while batch 1 ran
+				return r
+			},
+			devs: devs(S, N, P, P),
+			want: ``,
 		},
 		{
 			name: "pause between batches does not hold the end",

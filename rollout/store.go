@@ -61,6 +61,10 @@ const (
 	EventRetry         = "device_retry"  // Device will be notified again
 	EventRollback      = "device_rollback"
 	EventDevicesAdded  = "devices_added" // to a dynamic rollout
+	// EventWaiting is recorded when a running rollout starts or stops
+	// waiting for its start time or maintenance window; Reason says why
+	// it waits, or "notifying again".
+	EventWaiting = "waiting"
 )
 
 func encodeDevice(d Device) []byte {

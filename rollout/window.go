@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -33,10 +34,8 @@ func loadZone(name string) (*time.Location, error) {
 
 // window parses p.Window and p.WindowTZ; errors wrap ErrInvalid.
 func (p Policy) window() (window, error) {
-	var fh, fm, th, tm int
-	var rest string
-	n, _ := fmt.Sscanf(p.Window, "%2d:%2d-%2d:%2d%s", &fh, &fm, &th, &tm, &rest)
-	if n != 4 || len(p.Window) != len("00:00-00:00") || fh > 23 || th > 24 || fm > 59 || tm > 59 || fh < 0 || fm < 0 || th < 0 || tm < 0 || th == 24 && tm != 0 {
+	fh, fm, th, tm, ok := parseWindow(p.Window)
+	if !ok || fh > 23 || th > 24 || fm > 59 || tm > 59 || th == 24 && tm != 0 {
 		return window{}, fmt.Errorf("%w: window %q: want HH:MM-HH:MM, e.g. 02:00-05:00", ErrInvalid, p.Window)
 	}
 	w := window{from: fh*60 + fm, to: th*60 + tm}
@@ -44,6 +43,9 @@ func (p Policy) window() (window, error) {
 		return window{}, fmt.Errorf("%w: window %q is empty or the whole day", ErrInvalid, p.Window)
 	}
 	loc, err := loadZone(p.WindowTZ)
+	if err == nil && loc == time.Local {
+		err = errors.New("the host's zone is not allowed: name one")
+	}
 	if err != nil {
 		return window{}, fmt.Errorf("%w: window tz %q: %v", ErrInvalid, p.WindowTZ, err)
 	}
@@ -56,6 +58,22 @@ func (p Policy) window() (window, error) {
 func CheckWindow(win, tz string) error {
 	_, err := Policy{Window: win, WindowTZ: tz}.window()
 	return err
+}
+
+// parseWindow splits "HH:MM-HH:MM" into its four numbers, digits only.
+func parseWindow(s string) (fh, fm, th, tm int, ok bool) {
+	if len(s) != len("00:00-00:00") || s[2] != ':' || s[5] != '-' || s[8] != ':' {
+		return 0, 0, 0, 0, false
+	}
+	var n [4]int
+	for k, at := range []int{0, 3, 6, 9} {
+		hi, lo := s[at], s[at+1]
+		if hi < '0' || hi > '9' || lo < '0' || lo > '9' {
+			return 0, 0, 0, 0, false
+		}
+		n[k] = int(hi-'0')*10 + int(lo-'0')
+	}
+	return n[0], n[1], n[2], n[3], true
 }
 
 // contains reports whether t falls inside w.

@@ -26,19 +26,10 @@ const (
 // arguments are rejected before anything is sent.
 var ErrInvalid = errors.New("fwclient: invalid argument")
 
-// Config configures a Client. Zero values mean the documented defaults.
-type Config struct {
-	// API is the server's base URL, e.g. "http://127.0.0.1:8080". Default
-	// DefaultAPI.
-	API string
-	// Token, if set, is sent as "Authorization: Bearer <Token>".
-	Token string
-	// Timeout bounds every request except Upload. Default DefaultTimeout.
-	Timeout time.Duration
-	// HTTPClient sends the requests; nil means a client of its own without
-	// an overall timeout (uploads may take long).
-	HTTPClient *http.Client
-}
+// Config configures a Client: the server's base URL, the bearer token,
+// the timeout of every request except Upload, and an optional HTTP client.
+// It is apiclient.Config, as for the other API clients.
+type Config = apiclient.Config
 
 // Client calls the firmware API of one server.
 type Client struct {
@@ -47,7 +38,7 @@ type Client struct {
 
 // New validates cfg and returns a Client. Errors wrap ErrInvalid.
 func New(cfg Config) (*Client, error) {
-	ac, err := apiclient.New(apiclient.Config(cfg))
+	ac, err := apiclient.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -376,6 +377,11 @@ func (a *api) spec(ctx context.Context, req CreateRollout) (rollout.Spec, error)
 	if req.Firmware == "" {
 		return rollout.Spec{}, clientErr(errInvalid, "Missing firmware")
 	}
+	v, err := firmware.ParseVersion(string(req.Firmware))
+	if err != nil {
+		return rollout.Spec{}, clientErr(errInvalid, "Invalid firmware version: %v", err)
+	}
+	req.Firmware = v // canonical ("v1.2.0" is 1.2.0), as the store and planner use it
 	spec := rollout.Spec{Firmware: req.Firmware, Selector: req.Select, All: req.All, Policy: req.Policy}
 	switch {
 	case req.Devices != nil:
@@ -426,7 +432,12 @@ func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) 
 		return nil
 	}
 	img, err := fw.Get(ctx, spec.Firmware)
-	if err != nil || img.HW == "" {
+	switch {
+	case errors.Is(err, firmware.ErrNotFound):
+		return nil // the planner refuses the rollout with a 400
+	case err != nil:
+		return fmt.Errorf("hardware check: %w", err)
+	case img.HW == "":
 		return nil
 	}
 	hw, err := a.targets.Hardware(ctx, spec.Devices)
@@ -435,7 +446,12 @@ func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) 
 	}
 	var bad []IncompatibleDevice
 	keep := make([]device.ID, 0, len(spec.Devices))
+	seen := make(map[device.ID]struct{}, len(spec.Devices))
 	for _, id := range spec.Devices {
+		if _, dup := seen[id]; dup {
+			continue // the planner drops duplicates too
+		}
+		seen[id] = struct{}{}
 		if h, ok := hw[id]; ok && h != img.HW {
 			bad = append(bad, IncompatibleDevice{ID: id, HW: h})
 		} else {

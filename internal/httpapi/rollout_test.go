@@ -688,6 +688,8 @@ func TestRolloutHardware(t *testing.T) {
 		}
 		e.enroll(t, id, labels)
 	}
+	e.enroll(t, "x-m1", map[string]string{"hw": "m1"}) // outside site=x
+	e.enroll(t, "x-none", nil)
 	type answer struct {
 		Message      string                       `json:"message"`
 		Incompatible []httpapi.IncompatibleDevice `json:"incompatible"`
@@ -704,6 +706,9 @@ func TestRolloutHardware(t *testing.T) {
 	}{
 		{"refused", `{"firmware":"3.0.0","select":{"site":"x"}}`, http.StatusConflict, "b-m3,d-m1", 0, 0},
 		{"explicit list refused", `{"firmware":"3.0.0","devices":["d-m1"]}`, http.StatusConflict, "d-m1", 0, 0},
+		{"version with a v refused too", `{"firmware":"v3.0.0","devices":["d-m1"]}`, http.StatusConflict, "d-m1", 0, 0},
+		{"invalid version", `{"firmware":"three","devices":["d-m1"]}`, http.StatusBadRequest, "", 0, 0},
+		{"duplicates counted once", `{"firmware":"3.0.0","devices":["x-none","x-m1","x-m1"],"skip_incompatible":true}`, http.StatusCreated, "", 1, 1},
 		{"nothing left", `{"firmware":"3.0.0","devices":["d-m1","b-m3"],"skip_incompatible":true}`, http.StatusBadRequest, "", 0, 0},
 		{"image for any hardware", `{"firmware":"2.0.0","devices":["d-m1"]}`, http.StatusCreated, "", 1, 0},
 		{"skipped", `{"firmware":"3.0.0","select":{"site":"x"},"skip_incompatible":true,"dynamic":true}`, http.StatusCreated, "", 2, 2},

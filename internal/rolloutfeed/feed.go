@@ -469,8 +469,10 @@ func (f *Feed) fetch(id string) error {
 		f.log.Error("encode rollout status", logKeyRollout, id, logKeyErr, err)
 		return fmt.Errorf("status %s: %w", id, err)
 	}
-	perr := f.publish(StatusTopic(id), payload, true)
+	// Gauges first: whoever sees the status message then reads the same
+	// figures from /metrics.
 	f.setGauges(id, st)
+	perr := f.publish(StatusTopic(id), payload, true)
 	if !st.State.Active() {
 		delete(f.tracks, id) // nothing more to wait for; a later event re-adds it
 	}
