@@ -2,14 +2,16 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,7 +47,21 @@ func startProcess(t *testing.T, bin, dataDir string) (*exec.Cmd, string) {
 // disable it); it also returns the API's base URL ("" when disabled).
 func startServeProcess(t *testing.T, bin, dataDir, httpAddr string) (cmd *exec.Cmd, mqttURL, httpURL string) {
 	t.Helper()
-	cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", httpAddr, "--insecure-anonymous")
+	cmd, mqttAddr, boundHTTP := startServe(t, bin, dataDir,
+		"--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", httpAddr, "--insecure-anonymous")
+	if boundHTTP != "" {
+		httpURL = "http://" + boundHTTP
+	}
+	return cmd, "tcp://" + mqttAddr, httpURL
+}
+
+// startServe runs `umbra serve --data-dir dataDir args...` and returns the
+// MQTT and HTTP addresses it logs when it is serving (HTTP "" when it has
+// none, which is a failure if args give a --http-addr). Its log is shown
+// if the test fails; the process is killed on cleanup.
+func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cmd, mqttAddr, httpAddr string) {
+	t.Helper()
+	cmd = exec.Command(bin, append([]string{"serve", "--data-dir", dataDir}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -53,34 +69,55 @@ func startServeProcess(t *testing.T, bin, dataDir, httpAddr string) (cmd *exec.C
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var (
+		mu  sync.Mutex // guards log
+		log bytes.Buffer
+	)
 	found := make(chan [2]string, 1)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		sc := bufio.NewScanner(stderr)
-		var log strings.Builder
+		sent := false
 		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if m := mqttAddrRe.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "umbra serving") {
-				urls := [2]string{"tcp://" + m[1]}
-				if h := httpAddrRe.FindStringSubmatch(sc.Text()); h != nil {
-					urls[1] = "http://" + h[1]
+			line := sc.Text()
+			mu.Lock()
+			log.WriteString(line + "\n")
+			mu.Unlock()
+			if m := mqttAddrRe.FindStringSubmatch(line); !sent && m != nil && strings.Contains(line, "umbra serving") {
+				addrs := [2]string{m[1]}
+				if h := httpAddrRe.FindStringSubmatch(line); h != nil {
+					addrs[1] = h[1]
 				}
-				found <- urls
-				io.Copy(io.Discard, stderr)
-				return
+				found <- addrs
+				sent = true
 			}
 		}
-		found <- [2]string{"exited before serving:\n" + log.String()}
-	}()
-	select {
-	case urls := <-found:
-		if !strings.HasPrefix(urls[0], "tcp://") {
-			t.Fatalf("umbra serve %s", urls[0])
+		if !sent {
+			found <- [2]string{}
 		}
-		if httpAddr != "" && urls[1] == "" {
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		<-done
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("umbra serve %s log:\n%s", strings.Join(args, " "), log.String())
+			mu.Unlock()
+		}
+	})
+	wantHTTP := slices.ContainsFunc(args, func(a string) bool { return a == "--http-addr" }) &&
+		args[slices.Index(args, "--http-addr")+1] != ""
+	select {
+	case a := <-found:
+		if a[0] == "" {
+			t.Fatalf("umbra serve %s exited before serving", strings.Join(args, " "))
+		}
+		if wantHTTP && a[1] == "" {
 			t.Fatal("umbra serve did not log its http address")
 		}
-		return cmd, urls[0], urls[1]
+		return cmd, a[0], a[1]
 	case <-time.After(20 * time.Second):
 		t.Fatal("umbra serve did not report it was serving within 20s")
 	}

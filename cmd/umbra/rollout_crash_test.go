@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +62,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 		version = "1.1.0"
 	)
 	dataDir := t.TempDir()
-	proc, mqttAddr, httpAddr := startServeOn(t, bin, dataDir, "127.0.0.1:0", "127.0.0.1:0")
+	proc, mqttAddr, httpAddr := startServe(t, bin, dataDir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", "127.0.0.1:0")
 	api := rolloutAPI{url: "http://" + httpAddr, token: adminToken(t, dataDir)}
 
 	api.mustDo(t, "POST", "/v1/firmware?version="+version, strings.Repeat("crash test image\n", 8192), http.StatusCreated, nil)
@@ -138,7 +135,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 	killedAt := time.Now()
 	t.Logf("killed with %d of %d devices of batch 1 under way", inBatch1, batch)
 
-	startServeOn(t, bin, dataDir, mqttAddr, httpAddr)
+	startServe(t, bin, dataDir, "--mqtt-addr", mqttAddr, "--ws-addr", "", "--http-addr", httpAddr)
 	deltas.watch(t, mqttAddr, api.token)
 	var st rollout.Status
 	deadline := time.Now().Add(rolloutCrashWait)
@@ -228,67 +225,6 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 		}
 	}
 	t.Logf("%d of %d devices needed more than one attempt (the kill cut their download)", retried, n)
-}
-
-// startServeOn runs `umbra serve` with authentication on the given MQTT and
-// HTTP addresses (port 0 picks one) and returns the bound addresses once it
-// logs that it is serving. Its log is shown if the test fails; the process
-// is killed on cleanup.
-func startServeOn(t *testing.T, bin, dataDir, mqttAddr, httpAddr string) (cmd *exec.Cmd, boundMQTT, boundHTTP string) {
-	t.Helper()
-	cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--ws-addr", "", "--http-addr", httpAddr)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu  sync.Mutex
-		log bytes.Buffer
-	)
-	found := make(chan [2]string, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(stderr)
-		sent := false
-		for sc.Scan() {
-			line := sc.Text()
-			mu.Lock()
-			log.WriteString(line + "\n")
-			mu.Unlock()
-			m, h := mqttAddrRe.FindStringSubmatch(line), httpAddrRe.FindStringSubmatch(line)
-			if !sent && strings.Contains(line, "umbra serving") && m != nil && h != nil {
-				found <- [2]string{m[1], h[1]}
-				sent = true
-			}
-		}
-		if !sent {
-			found <- [2]string{}
-		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		<-done
-		if t.Failed() {
-			mu.Lock()
-			t.Logf("umbra serve on %s log:\n%s", dataDir, log.String())
-			mu.Unlock()
-		}
-	})
-	select {
-	case a := <-found:
-		if a[0] == "" {
-			t.Fatalf("umbra serve --mqtt-addr %s --http-addr %s exited before serving", mqttAddr, httpAddr)
-		}
-		return cmd, a[0], a[1]
-	case <-time.After(20 * time.Second):
-		t.Fatal("umbra serve did not report it was serving within 20s")
-	}
-	return nil, "", ""
 }
 
 // mustOpenSimFleet opens a simulated fleet that logs warnings into the
