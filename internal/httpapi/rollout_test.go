@@ -386,6 +386,11 @@ func TestRolloutCreateValidation(t *testing.T) {
 		{"size and percent", `{"firmware":"2.0.0","devices":["d1"],"batch_size":1,"batch_percent":10}`, 400, "not both"},
 		{"bad on_failure", `{"firmware":"2.0.0","devices":["d1"],"on_failure":"explode"}`, 400, "on failure"},
 		{"wrong type", `{"firmware":"2.0.0","devices":["d1"],"retries":"two"}`, 400, "retries"},
+		{"window malformed", `{"firmware":"2.0.0","devices":["d1"],"window":"25:00-01:00"}`, 400, "want HH:MM-HH:MM"},
+		{"window zone unknown", `{"firmware":"2.0.0","devices":["d1"],"window":"01:00-02:00","window_tz":"Mars/Base"}`, 400, "window tz"},
+		{"window zone alone", `{"firmware":"2.0.0","devices":["d1"],"window_tz":"UTC"}`, 400, "without a window"},
+		{"start_at not a time", `{"firmware":"2.0.0","devices":["d1"],"start_at":"tomorrow"}`, 400, "policy"},
+		{"skip_incompatible not a bool", `{"firmware":"2.0.0","devices":["d1"],"skip_incompatible":"yes"}`, 400, "skip_incompatible"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
