@@ -19,6 +19,7 @@ type dedupeCache struct {
 
 type dedupeEntry struct {
 	response []byte
+	version  Version // the version the response announced
 	expires  time.Time
 }
 
@@ -26,23 +27,29 @@ func newDedupeCache(window time.Duration) *dedupeCache {
 	return &dedupeCache{window: window, entries: make(map[string]dedupeEntry)}
 }
 
-func (c *dedupeCache) get(key string, now time.Time) ([]byte, bool) {
+// get returns the response remembered for key if it is still the answer to
+// a retry: within the window, and only while the version it announced is
+// still current. A later change to the document means the request is no
+// longer "the last update", and it must be applied as new (the AWS SDKs
+// number clientTokens from 0 in every process, so a device that restarts
+// sends the same tokens again).
+func (c *dedupeCache) get(key string, current Version, now time.Time) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[key]
-	if !ok || now.After(e.expires) {
+	if !ok || now.After(e.expires) || e.version != current {
 		return nil, false
 	}
 	return e.response, true
 }
 
-func (c *dedupeCache) put(key string, response []byte, now time.Time) {
+func (c *dedupeCache) put(key string, response []byte, v Version, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[key]; !ok {
 		c.order = append(c.order, key)
 	}
-	c.entries[key] = dedupeEntry{response: response, expires: now.Add(c.window)}
+	c.entries[key] = dedupeEntry{response: response, version: v, expires: now.Add(c.window)}
 	for len(c.order) > maxDedupeEntries {
 		delete(c.entries, c.order[0])
 		c.order = c.order[1:]

@@ -23,7 +23,9 @@
 // Beyond AWS: a device that subscribes to its delta topic is sent its current
 // delta at once (HandleSubscribe), so deltas are never lost while offline; a
 // retried update with the same clientToken and body within DedupeWindow is
-// answered with the original result instead of being applied twice; and a
+// answered with the original result instead of being applied twice, as long
+// as the shadow is still at the version that update produced (otherwise it
+// is a new request that reuses a token, and it is applied); and a
 // desired-side change that withdraws keys from a pending delta publishes the
 // new (possibly empty) delta, so devices learn of cancelled commands.
 //

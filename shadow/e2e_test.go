@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/shadow"
@@ -167,5 +169,61 @@ func TestGetAndDeleteOverMQTT(t *testing.T) {
 	brokertest.Publish(t, c, "state/d1/get", 1, nil)
 	if w := decode(t, brokertest.Next(t, getNo, wait)); w.Code != 404 {
 		t.Fatalf("get after delete = %+v, want 404", w)
+	}
+}
+
+// TestRetryCacheTokenReuseAfterRestart is issue 12's bug: the AWS v1 SDK
+// numbers clientTokens <clientId>-0, -1, … from 0 in every process, so a
+// device that restarts within the retry window reports its boot state
+// again with token <clientId>-0. That is a new request, not a retry: it
+// must be applied (new version, stored), not answered with the old
+// accepted. A retry of the last update stays safe: answered as before,
+// applied once.
+func TestRetryCacheTokenReuseAfterRestart(t *testing.T) {
+	url, eng := startStack(t, nil)
+	boot := []byte(`{"state":{"reported":{"fw":"1.0","uptime":0}},"clientToken":"devR-0"}`)
+	report := func(c mqtt.Client, acc <-chan brokertest.Message, payload []byte) brokertest.Message {
+		t.Helper()
+		brokertest.Publish(t, c, "state/devR/update", 1, payload)
+		return brokertest.Next(t, acc, wait)
+	}
+	stored := func() (shadow.Version, map[string]any) {
+		t.Helper()
+		doc, err := eng.Read(t.Context(), "devR")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return doc.Version, doc.State.Reported
+	}
+
+	// First process: boot report, then the state moves on.
+	first := brokertest.Connect(t, url, "devR")
+	acc1 := brokertest.Subscribe(t, first, "state/devR/update/accepted", 1)
+	if w := decode(t, report(first, acc1, boot)); w.Version != 1 || w.ClientToken != "devR-0" {
+		t.Fatalf("first boot report accepted as %+v, want version 1 token devR-0", w)
+	}
+	if w := decode(t, report(first, acc1, []byte(`{"state":{"reported":{"fw":"1.1","uptime":30}},"clientToken":"devR-1"}`))); w.Version != 2 {
+		t.Fatalf("second report accepted as %+v, want version 2", w)
+	}
+	first.Disconnect(100)
+
+	// The device restarts within the window and counts from 0 again.
+	second := brokertest.Connect(t, url, "devR")
+	acc2 := brokertest.Subscribe(t, second, "state/devR/update/accepted", 1)
+	again := report(second, acc2, boot)
+	if w := decode(t, again); w.Version != 3 || w.ClientToken != "devR-0" {
+		t.Fatalf("boot report after restart accepted as %+v, want version 3 (applied as new) with token devR-0", w)
+	}
+	if v, rep := stored(); v != 3 || rep["fw"] != "1.0" || fmt.Sprint(rep["uptime"]) != "0" {
+		t.Fatalf("stored after restart: version %d reported %v, want version 3 with fw 1.0 uptime 0", v, rep)
+	}
+
+	// A retry of that last update is answered as before and not applied.
+	retry := report(second, acc2, boot)
+	if string(retry.Payload) != string(again.Payload) {
+		t.Errorf("retry of the last update answered\n%s\nwant the original\n%s", retry.Payload, again.Payload)
+	}
+	if v, _ := stored(); v != 3 {
+		t.Errorf("retry of the last update stored version %d, want 3 (not applied twice)", v)
 	}
 }

@@ -498,25 +498,27 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 
-	var key string
-	if tok != "" && e.cfg.DedupeWindow > 0 {
-		sum := sha256.Sum256(payload)
-		key = string(id) + "\x00" + tok + "\x00" + string(sum[:])
-		if prev, ok := e.dedupe.get(key, e.cfg.Now()); ok {
-			// A retry of an update already applied: answer as before.
-			if src == fromMQTT {
-				e.publish(AcceptedTopic(id), prev)
-			}
-			return prev, nil
-		}
-	}
-
 	doc, _, err := e.load(id)
 	if err != nil {
 		e.log.Error("load shadow", "device", id, "err", err)
 		return nil, AsRequestError(err, tok)
 	}
 	current := doc.Version
+
+	var key string
+	if tok != "" && e.cfg.DedupeWindow > 0 {
+		sum := sha256.Sum256(payload)
+		key = string(id) + "\x00" + tok + "\x00" + string(sum[:])
+		if !doc.Deleted {
+			if prev, ok := e.dedupe.get(key, current, e.cfg.Now()); ok {
+				// A retry of the last update: answer as before.
+				if src == fromMQTT {
+					e.publish(AcceptedTopic(id), prev)
+				}
+				return prev, nil
+			}
+		}
+	}
 	if req.hasVersion && req.version != current {
 		return nil, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
 	}
@@ -569,7 +571,7 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	// Committed: from here on the update is durable; publish its messages.
 	accepted := e.acceptedPayload(req, doc.Version, ts)
 	if tok != "" && e.cfg.DedupeWindow > 0 {
-		e.dedupe.put(key, accepted, now)
+		e.dedupe.put(key, accepted, doc.Version, now)
 	}
 	e.publish(AcceptedTopic(id), accepted)
 	newDelta := doc.Delta()

@@ -334,6 +334,13 @@ func TestDedupe(t *testing.T) {
 	if version(t, a3) != 3 {
 		t.Errorf("retry after the window got version %d, want 3 (applied)", version(t, a3))
 	}
+	// Within the window, but the shadow has moved on since: a new request
+	// (issue 12), applied.
+	h.eng.Update(t.Context(), "dev-1", []byte(`{"state":{"reported":{"n":4}}}`))
+	a5, _ := h.eng.Update(t.Context(), "dev-1", body)
+	if version(t, a5) != 5 {
+		t.Errorf("same token and body after a later update got version %d, want 5 (applied)", version(t, a5))
+	}
 }
 
 func TestList(t *testing.T) {
