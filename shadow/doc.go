@@ -18,14 +18,20 @@
 //     clientToken;
 //   - an optional "version" in the request is an optimistic lock (409);
 //   - rejections carry {"code","message","clientToken","timestamp"} with
-//     HTTP-style codes: 400, 404, 409, 413, 429, 500, 503.
+//     HTTP-style codes: 400, 404, 409, 413, 429, 500, 503;
+//   - accepted echoes the request's state; its metadata covers the values
+//     written, not keys deleted with null, so it stays about the size of the
+//     request.
 //
 // Beyond AWS: a device that subscribes to its delta topic is sent its current
 // delta at once (HandleSubscribe), so deltas are never lost while offline; a
 // retried update with the same clientToken and body within DedupeWindow is
 // answered with the original result instead of being applied twice, as long
 // as the shadow is still at the version that update produced (otherwise it
-// is a new request that reuses a token, and it is applied); and a
+// is a new request that reuses a token, and it is applied). The retry
+// cache keeps one small entry per device (token, request hash, version,
+// timestamp; the reply is rebuilt from the retried bytes), bounded by
+// DedupeMaxEntries and DedupeMaxBytes and reported by Stats; and a
 // desired-side change that withdraws keys from a pending delta publishes the
 // new (possibly empty) delta, so devices learn of cancelled commands.
 //

@@ -100,13 +100,17 @@ func leafMeta(ts int64) map[string]any {
 	return map[string]any{"timestamp": json.Number(strconv.FormatInt(ts, 10))}
 }
 
-// metaFor builds the metadata tree of value v, all leaves stamped ts. Nulls
-// (deletions in a request) are leaves too.
+// metaFor builds the metadata tree of a request's value v, all leaves
+// stamped ts. Nulls (deletions) have no metadata, as deleted keys have none
+// in the document: the accepted message of a request that deletes many keys
+// stays about the size of the request.
 func metaFor(v any, ts int64) any {
 	if o, ok := v.(map[string]any); ok {
 		m := make(map[string]any, len(o))
 		for k, c := range o {
-			m[k] = metaFor(c, ts)
+			if c != nil {
+				m[k] = metaFor(c, ts)
+			}
 		}
 		return m
 	}

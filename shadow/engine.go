@@ -36,6 +36,12 @@ const (
 	DefaultMaxInFlight     = 10
 	DefaultDedupeWindow    = time.Minute
 	DefaultOpenTimeout     = time.Second
+	// DefaultDedupeMaxEntries and DefaultDedupeMaxBytes bound the retry
+	// cache. An entry costs 192 bytes plus its device ID and clientToken
+	// (at most 384 bytes), so with short IDs and tokens the entry cap
+	// binds first and the byte cap only with long ones.
+	DefaultDedupeMaxEntries       = 100_000
+	DefaultDedupeMaxBytes   int64 = 32 << 20
 )
 
 // Config configures an Engine. Zero values mean the documented defaults.
@@ -63,8 +69,19 @@ type Config struct {
 	MaxInFlight int
 	// DedupeWindow is how long the result of an update is remembered by
 	// (device, clientToken, payload): a retry within the window gets the
-	// original answer instead of being applied twice. Negative disables.
+	// original answer instead of being applied twice, as long as the
+	// shadow is still at the version that update produced. Negative
+	// disables.
 	DedupeWindow time.Duration
+	// DedupeMaxEntries and DedupeMaxBytes bound the retry cache behind
+	// DedupeWindow: at most one entry per device (its last update), at
+	// most DedupeMaxEntries entries and DedupeMaxBytes estimated heap
+	// bytes in all; beyond either, the oldest entries are evicted (a
+	// retry of an evicted update is applied again). Defaults
+	// DefaultDedupeMaxEntries and DefaultDedupeMaxBytes; DedupeMaxBytes
+	// must be at least 1 KiB.
+	DedupeMaxEntries int
+	DedupeMaxBytes   int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the engine's logs; nil discards them.
@@ -80,6 +97,19 @@ type Config struct {
 	// must not block: consumers such as the rollout planner treat it as a
 	// hint and re-read the document.
 	OnChange func(id device.ID, v Version)
+}
+
+// validate reports the first invalid field of a defaulted Config.
+func (c *Config) validate() error {
+	switch {
+	case c.Path == "":
+		return errors.New("shadow: Config.Path is required")
+	case c.DedupeMaxEntries < 1:
+		return fmt.Errorf("shadow: Config.DedupeMaxEntries %d: must be positive", c.DedupeMaxEntries)
+	case c.DedupeMaxBytes < 1<<10:
+		return fmt.Errorf("shadow: Config.DedupeMaxBytes %d: must be at least 1024", c.DedupeMaxBytes)
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() {
@@ -107,6 +137,12 @@ func (c *Config) setDefaults() {
 	if c.DedupeWindow == 0 {
 		c.DedupeWindow = DefaultDedupeWindow
 	}
+	if c.DedupeMaxEntries == 0 {
+		c.DedupeMaxEntries = DefaultDedupeMaxEntries
+	}
+	if c.DedupeMaxBytes == 0 {
+		c.DedupeMaxBytes = DefaultDedupeMaxBytes
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -128,7 +164,7 @@ type Engine struct {
 	closed  bool
 	active  sync.WaitGroup // requests in progress
 
-	dedupe *dedupeCache
+	retry *retryCache // nil when DedupeWindow is negative
 
 	quit chan struct{}
 	wg   sync.WaitGroup
@@ -152,10 +188,10 @@ type deviceState struct {
 // the engine. It fails fast with an error naming the lock if another process
 // holds the file.
 func Open(ctx context.Context, cfg Config) (*Engine, error) {
-	if cfg.Path == "" {
-		return nil, errors.New("shadow: Config.Path is required")
-	}
 	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	st, err := openStore(cfg.Path, cfg.OpenTimeout, cfg.CommitObserved)
 	if err != nil {
 		return nil, fmt.Errorf("shadow: %w", err)
@@ -166,8 +202,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		store:   st,
 		pub:     cfg.Publisher,
 		devices: make(map[device.ID]*deviceState),
-		dedupe:  newDedupeCache(cfg.DedupeWindow),
 		quit:    make(chan struct{}),
+	}
+	if cfg.DedupeWindow > 0 {
+		e.retry = newRetryCache(cfg.DedupeWindow, cfg.DedupeMaxEntries, cfg.DedupeMaxBytes)
 	}
 	if sc, ok := cfg.Publisher.(subscriberChecker); ok {
 		e.subs = sc
@@ -202,7 +240,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	return e.store.close()
 }
 
-// housekeeping prunes idle per-device state and expired dedupe entries.
+// housekeeping prunes idle per-device state and expired retry-cache entries.
 func (e *Engine) housekeeping() {
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
@@ -219,7 +257,9 @@ func (e *Engine) housekeeping() {
 				}
 			}
 			e.mu.Unlock()
-			e.dedupe.prune(now)
+			if e.retry != nil {
+				e.retry.prune(now)
+			}
 		}
 	}
 }
@@ -416,11 +456,12 @@ type Stats struct {
 	Published, PublishErrors  uint64
 	Commits, DocumentsWritten uint64
 	CommitTime                time.Duration
+	RetryCache                RetryCacheStats
 }
 
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Accepted:         e.stats.accepted.Load(),
 		Rejected:         e.stats.rejected.Load(),
 		Published:        e.stats.published.Load(),
@@ -429,6 +470,10 @@ func (e *Engine) Stats() Stats {
 		DocumentsWritten: e.store.committed.Load(),
 		CommitTime:       time.Duration(e.store.commitNano.Load()),
 	}
+	if e.retry != nil {
+		st.RetryCache = e.retry.stats()
+	}
+	return st
 }
 
 func (e *Engine) publish(topic string, payload []byte) {
@@ -505,18 +550,18 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	}
 	current := doc.Version
 
-	var key string
-	if tok != "" && e.cfg.DedupeWindow > 0 {
-		sum := sha256.Sum256(payload)
-		key = string(id) + "\x00" + tok + "\x00" + string(sum[:])
-		if !doc.Deleted {
-			if prev, ok := e.dedupe.get(key, current, e.cfg.Now()); ok {
-				// A retry of the last update: answer as before.
-				if src == fromMQTT {
-					e.publish(AcceptedTopic(id), prev)
-				}
-				return prev, nil
+	remember := tok != "" && e.retry != nil
+	var sum [sha256.Size]byte
+	if remember {
+		sum = sha256.Sum256(payload)
+		if ts, ok := e.retry.lookup(id, tok, sum, current, e.cfg.Now()); ok && !doc.Deleted {
+			// A retry of the last update: the same bytes, so the same
+			// accepted message as before.
+			accepted := e.acceptedPayload(req, current, ts)
+			if src == fromMQTT {
+				e.publish(AcceptedTopic(id), accepted)
 			}
+			return accepted, nil
 		}
 	}
 	if req.hasVersion && req.version != current {
@@ -570,8 +615,10 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 
 	// Committed: from here on the update is durable; publish its messages.
 	accepted := e.acceptedPayload(req, doc.Version, ts)
-	if tok != "" && e.cfg.DedupeWindow > 0 {
-		e.dedupe.put(key, accepted, doc.Version, now)
+	if remember {
+		e.retry.put(id, tok, sum, doc.Version, ts, now)
+	} else if e.retry != nil {
+		e.retry.drop(id) // its entry no longer answers a retry
 	}
 	e.publish(AcceptedTopic(id), accepted)
 	newDelta := doc.Delta()
@@ -717,6 +764,9 @@ func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *Request
 	if err := e.store.put(id, raw); err != nil {
 		e.log.Error("commit shadow delete", "device", id, "err", err)
 		return nil, AsRequestError(fmt.Errorf("commit %s: %w", id, err), tok)
+	}
+	if e.retry != nil {
+		e.retry.drop(id) // a retry of the update before the delete is a new request
 	}
 	b, _ := json.Marshal(deleteMessage{Version: doc.Version, Timestamp: now.Unix(), ClientToken: tok})
 	e.publish(Topic(id, "delete/accepted"), b)

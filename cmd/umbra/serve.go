@@ -36,6 +36,9 @@ type serveOptions struct {
 	deviceRate    float64
 	shutdownGrace time.Duration
 
+	retryCacheEntries int
+	retryCacheBytes   int64
+
 	publicURL    string
 	signingKey   string
 	urlTTL       time.Duration
@@ -90,6 +93,8 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&o.maxDocSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
 	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
 	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
+	f.IntVar(&o.retryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
+	f.Int64Var(&o.retryCacheBytes, "retry-cache-bytes", shadow.DefaultDedupeMaxBytes, "most memory, in bytes, the clientToken retry cache may use (the oldest entries are evicted beyond it)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
@@ -111,6 +116,8 @@ type serveConfig struct {
 	maxDocSize    int
 	maxPacketSize uint32
 	deviceRate    float64
+	retryEntries  int
+	retryBytes    int64
 	shutdownGrace time.Duration
 	publicURL     string
 	signingKey    string
@@ -168,12 +175,19 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.maxImageSize < 1 {
 		return serveConfig{}, fmt.Errorf("--max-image-size %d: must be positive", o.maxImageSize)
 	}
+	if o.retryCacheEntries < 1 {
+		return serveConfig{}, fmt.Errorf("--retry-cache-entries %d: must be at least 1", o.retryCacheEntries)
+	}
+	if o.retryCacheBytes < 1<<10 {
+		return serveConfig{}, fmt.Errorf("--retry-cache-bytes %d: must be at least 1024", o.retryCacheBytes)
+	}
 	if o.deviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
 	return serveConfig{
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
 		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
+		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
@@ -250,21 +264,23 @@ type server struct {
 // progress and closes its database.
 func runServe(ctx context.Context, cfg serveConfig) error {
 	s, err := umbraserver.Open(ctx, umbraserver.Config{
-		DataDir:         cfg.dataDir,
-		MQTTAddr:        cfg.mqttAddr,
-		WSAddr:          cfg.wsAddr,
-		TLSAddr:         cfg.tlsAddr,
-		TLSConfig:       cfg.tlsConfig,
-		HTTPAddr:        cfg.httpAddr,
-		MaxDocumentSize: cfg.maxDocSize,
-		MaxPacketSize:   cfg.maxPacketSize,
-		DeviceRate:      cfg.deviceRate,
-		PublicURL:       cfg.publicURL,
-		SigningKey:      cfg.signingKey,
-		URLTTL:          cfg.urlTTL,
-		MaxImageSize:    cfg.maxImageSize,
-		Anonymous:       cfg.anonymous,
-		Logger:          cfg.log,
+		DataDir:           cfg.dataDir,
+		MQTTAddr:          cfg.mqttAddr,
+		WSAddr:            cfg.wsAddr,
+		TLSAddr:           cfg.tlsAddr,
+		TLSConfig:         cfg.tlsConfig,
+		HTTPAddr:          cfg.httpAddr,
+		MaxDocumentSize:   cfg.maxDocSize,
+		MaxPacketSize:     cfg.maxPacketSize,
+		DeviceRate:        cfg.deviceRate,
+		RetryCacheEntries: cfg.retryEntries,
+		RetryCacheBytes:   cfg.retryBytes,
+		PublicURL:         cfg.publicURL,
+		SigningKey:        cfg.signingKey,
+		URLTTL:            cfg.urlTTL,
+		MaxImageSize:      cfg.maxImageSize,
+		Anonymous:         cfg.anonymous,
+		Logger:            cfg.log,
 	})
 	if err != nil {
 		return err

@@ -30,6 +30,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"log level", []string{"--log-level", "loud"}, `--log-level "loud"`},
 		{"shadow size", []string{"--max-shadow-size", "10"}, "--max-shadow-size 10"},
 		{"device rate zero", []string{"--device-rate", "0"}, "--device-rate 0"},
+		{"retry cache entries", []string{"--retry-cache-entries", "0"}, "--retry-cache-entries 0"},
+		{"retry cache bytes", []string{"--retry-cache-bytes", "100"}, "--retry-cache-bytes 100"},
 		{"public url", []string{"--public-url", "ftp://x"}, "--public-url"},
 		{"url ttl", []string{"--url-ttl", "0s"}, "--url-ttl"},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},

@@ -16,7 +16,8 @@
 //
 // Counters that components already keep are read at scrape time through
 // small interfaces declared here: RegisterBroker takes a func returning
-// BrokerStats, RegisterFirmware anything with BytesServed() int64.
+// BrokerStats, RegisterRetryCache one returning RetryCacheStats,
+// RegisterFirmware anything with BytesServed() int64.
 //
 // # Exposed series
 //
@@ -28,6 +29,10 @@
 //	umbra_shadow_request_duration_seconds{op}   histogram request latency
 //	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency
 //	umbra_shadow_commit_batch_documents         histogram documents per commit
+//	umbra_shadow_retry_cache_entries            gauge   retry cache entries (one per device at most)
+//	umbra_shadow_retry_cache_bytes              gauge   retry cache's estimated heap bytes
+//	umbra_shadow_retry_cache_evictions_total    counter entries evicted because the cache was full
+//	umbra_shadow_retry_cache_hits_total         counter updates answered from the retry cache
 //	umbra_firmware_bytes_served_total           counter image bytes written to downloaders
 //	umbra_rollout_devices{rollout,state}        gauge   devices per rollout state
 //

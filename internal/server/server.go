@@ -48,6 +48,9 @@ type Config struct {
 	MaxPacketSize   uint32  // broker.Config.MaxPacketSize
 	DeviceRate      float64 // shadow.Config.DeviceRate
 
+	RetryCacheEntries int   // shadow.Config.DedupeMaxEntries
+	RetryCacheBytes   int64 // shadow.Config.DedupeMaxBytes
+
 	// PublicURL is the base URL in firmware download URLs; default
 	// http://<the bound HTTP address>.
 	PublicURL    string
@@ -131,13 +134,15 @@ func (s *Server) open(ctx context.Context) error {
 	// reach it through this pointer.
 	var planner atomic.Pointer[rollout.Planner]
 	eng, err := shadow.Open(ctx, shadow.Config{
-		Path:            filepath.Join(cfg.DataDir, "shadow.db"),
-		Publisher:       pub,
-		MaxDocumentSize: cfg.MaxDocumentSize,
-		DeviceRate:      cfg.DeviceRate,
-		Logger:          log,
-		Observe:         func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		CommitObserved:  m.ObserveCommit,
+		Path:             filepath.Join(cfg.DataDir, "shadow.db"),
+		Publisher:        pub,
+		MaxDocumentSize:  cfg.MaxDocumentSize,
+		DeviceRate:       cfg.DeviceRate,
+		DedupeMaxEntries: cfg.RetryCacheEntries,
+		DedupeMaxBytes:   cfg.RetryCacheBytes,
+		Logger:           log,
+		Observe:          func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
+		CommitObserved:   m.ObserveCommit,
 		OnChange: func(id device.ID, _ shadow.Version) {
 			if p := planner.Load(); p != nil {
 				p.Notify(id)
@@ -149,6 +154,10 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.push("shadow", eng)
 	s.eng = eng
+	m.RegisterRetryCache(func() metrics.RetryCacheStats {
+		st := eng.Stats().RetryCache
+		return metrics.RetryCacheStats{Entries: int64(st.Entries), Bytes: st.Bytes, Evictions: st.Evictions, Hits: st.Hits}
+	})
 
 	ids, err := identity.Open(ctx, identity.Config{
 		Path:      filepath.Join(cfg.DataDir, "identity.db"),
