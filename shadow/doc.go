@@ -19,6 +19,10 @@
 //   - an optional "version" in the request is an optimistic lock (409);
 //   - rejections carry {"code","message","clientToken","timestamp"} with
 //     HTTP-style codes: 400, 404, 409, 413, 429, 500, 503;
+//   - every request gets exactly one reply: an accepted message larger
+//     than Config.MaxReply (the broker's packet limit) is replaced by a
+//     short form {"version","timestamp","clientToken","stateOmitted":true},
+//     and a get over MQTT whose document is larger is rejected with 413;
 //   - accepted echoes the request's state; its metadata covers the values
 //     written, not keys deleted with null, so it stays about the size of the
 //     request.

@@ -42,6 +42,12 @@ const (
 	// binds first and the byte cap only with long ones.
 	DefaultDedupeMaxEntries       = 100_000
 	DefaultDedupeMaxBytes   int64 = 32 << 20
+	// DefaultMaxReply is the broker's default packet limit (128 KiB) less
+	// room for the topic and the packet's headers.
+	DefaultMaxReply = 128<<10 - 512
+	// MinMaxReply is the smallest Config.MaxReply: the short form of an
+	// accepted message always fits.
+	MinMaxReply = 512
 )
 
 // Config configures an Engine. Zero values mean the documented defaults.
@@ -82,6 +88,14 @@ type Config struct {
 	// must be at least 1 KiB.
 	DedupeMaxEntries int
 	DedupeMaxBytes   int64
+	// MaxReply is the largest accepted message the engine publishes for an
+	// update or a get, in bytes; it must fit in the broker's packet limit
+	// (with room for the topic). An update whose accepted message would be
+	// larger is still applied and is answered with the short form
+	// (version, timestamp, clientToken and "stateOmitted":true); a get over
+	// MQTT whose document would be larger is rejected with 413. Default
+	// DefaultMaxReply; at least MinMaxReply.
+	MaxReply int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the engine's logs; nil discards them.
@@ -108,6 +122,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("shadow: Config.DedupeMaxEntries %d: must be positive", c.DedupeMaxEntries)
 	case c.DedupeMaxBytes < 1<<10:
 		return fmt.Errorf("shadow: Config.DedupeMaxBytes %d: must be at least 1024", c.DedupeMaxBytes)
+	case c.MaxReply < MinMaxReply:
+		return fmt.Errorf("shadow: Config.MaxReply %d: must be at least %d", c.MaxReply, MinMaxReply)
 	}
 	return nil
 }
@@ -142,6 +158,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DedupeMaxBytes == 0 {
 		c.DedupeMaxBytes = DefaultDedupeMaxBytes
+	}
+	if c.MaxReply == 0 {
+		c.MaxReply = DefaultMaxReply
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -504,6 +523,15 @@ type acceptedMessage struct {
 	ClientToken string          `json:"clientToken,omitempty"`
 }
 
+// shortAcceptedMessage is published on update/accepted instead of
+// acceptedMessage when that would be larger than Config.MaxReply.
+type shortAcceptedMessage struct {
+	Version      Version `json:"version"`
+	Timestamp    int64   `json:"timestamp"`
+	ClientToken  string  `json:"clientToken,omitempty"`
+	StateOmitted bool    `json:"stateOmitted"`
+}
+
 // deltaMessage is published on update/delta.
 type deltaMessage struct {
 	State       map[string]any `json:"state"`
@@ -673,6 +701,11 @@ func (e *Engine) acceptedPayload(req updateRequest, v Version, ts int64) []byte 
 		meta, _ = json.Marshal(map[string]any{"timestamp": ts})
 	}
 	b, _ := json.Marshal(acceptedMessage{State: state, Metadata: meta, Version: v, Timestamp: ts, ClientToken: req.clientToken})
+	if len(b) > e.cfg.MaxReply {
+		// Too large to be delivered: answer with the short form, so the
+		// request still gets exactly one reply.
+		b, _ = json.Marshal(shortAcceptedMessage{Version: v, Timestamp: ts, ClientToken: req.clientToken, StateOmitted: true})
+	}
 	return b
 }
 
@@ -731,6 +764,9 @@ func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *Request
 	m.Metadata, m.Version, m.Timestamp, m.ClientToken = doc.Metadata, doc.Version, e.cfg.Now().Unix(), tok
 	b, _ := json.Marshal(&m)
 	if src == fromMQTT {
+		if len(b) > e.cfg.MaxReply {
+			return nil, reject(ErrTooLarge, tok, "The shadow document is too large to send in one MQTT message (%d bytes, the limit is %d); read it over HTTP", len(b), e.cfg.MaxReply)
+		}
 		e.publish(Topic(id, "get/accepted"), b)
 	}
 	return b, nil

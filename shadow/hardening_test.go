@@ -1,16 +1,25 @@
 package shadow_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
-// Regression tests for issue 10's case 8.
+// Regression tests for issue 10's cases 8 and 9.
+
+// ordered makes a paho client hand messages to its handlers in arrival
+// order, so that a reply published last is a barrier for the ones before.
+func ordered(o *mqtt.ClientOptions) { o.SetOrderMatters(true) }
 
 // absentKeys is an update with a clientToken that deletes n keys that do
 // not exist, each named prefix plus a number.
@@ -138,6 +147,7 @@ func TestHardening08RetryCacheBounded(t *testing.T) {
 		for _, mod := range []func(*shadow.Config){
 			func(c *shadow.Config) { c.DedupeMaxEntries = -1 },
 			func(c *shadow.Config) { c.DedupeMaxBytes = 100 },
+			func(c *shadow.Config) { c.MaxReply = 100 },
 		} {
 			cfg := shadow.Config{Path: t.TempDir() + "/shadow.db"}
 			mod(&cfg)
@@ -147,4 +157,131 @@ func TestHardening08RetryCacheBounded(t *testing.T) {
 			}
 		}
 	})
+}
+
+// replyObserver subscribes an ordered client to id's update and get
+// replies.
+type replyObserver struct {
+	c                      mqtt.Client
+	accepted, rejected     <-chan brokertest.Message
+	getAccepted, getReject <-chan brokertest.Message
+}
+
+func observe(t *testing.T, url string, id device.ID) *replyObserver {
+	c := brokertest.Connect(t, url, string(id), ordered)
+	return &replyObserver{
+		c:           c,
+		accepted:    brokertest.Subscribe(t, c, shadow.AcceptedTopic(id), 1),
+		rejected:    brokertest.Subscribe(t, c, shadow.RejectedTopic(id), 1),
+		getAccepted: brokertest.Subscribe(t, c, shadow.Topic(id, "get/accepted"), 1),
+		getReject:   brokertest.Subscribe(t, c, shadow.Topic(id, "get/rejected"), 1),
+	}
+}
+
+// onlyReply waits for the reply to an update just published and checks
+// that it is the only one: a get published afterwards is answered after
+// any other reply to the update would have been delivered.
+func (o *replyObserver) onlyReply(t *testing.T, id device.ID) brokertest.Message {
+	t.Helper()
+	var reply brokertest.Message
+	select {
+	case reply = <-o.accepted:
+	case reply = <-o.rejected:
+	case <-time.After(wait):
+		t.Fatalf("no accepted or rejected within %v", wait)
+	}
+	brokertest.Publish(t, o.c, shadow.Topic(id, "get"), 1, []byte(`{"clientToken":"barrier"}`))
+	select {
+	case <-o.getAccepted:
+	case <-o.getReject:
+	case <-time.After(wait):
+		t.Fatalf("no answer to the barrier get within %v", wait)
+	}
+	if n := len(o.accepted) + len(o.rejected); n != 0 {
+		t.Errorf("%d more replies to one update, want exactly one", n)
+	}
+	return reply
+}
+
+// TestHardening09EveryUpdateGetsOneReply: an update whose full accepted
+// message would not fit in an MQTT packet is still answered, exactly once,
+// and so is its retry. Deleting 3,000 absent keys now gets the full reply
+// (no metadata for deleted keys); a reply still too large (keys that JSON
+// escapes to six times their size) gets the documented short form.
+func TestHardening09EveryUpdateGetsOneReply(t *testing.T) {
+	url, eng := startStack(t, nil)
+	tests := []struct {
+		name    string
+		id      device.ID
+		payload []byte
+		short   bool
+	}{
+		{"3000 absent keys", "dev-a", absentKeys(3000, "gone-", "del-1"), false},
+		{"escaped keys over the packet limit", "dev-b", absentKeys(450, strings.Repeat("<", 120), "del-2"), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if len(tc.payload) > shadow.DefaultMaxPayload {
+				t.Fatalf("request is %d bytes, over the %d-byte limit", len(tc.payload), shadow.DefaultMaxPayload)
+			}
+			if _, err := eng.Update(t.Context(), tc.id, []byte(`{"state":{"reported":{"keep":true}}}`)); err != nil {
+				t.Fatal(err)
+			}
+			o := observe(t, url, tc.id)
+			brokertest.Publish(t, o.c, shadow.UpdateTopic(tc.id), 1, tc.payload)
+			first := o.onlyReply(t, tc.id)
+			var w struct {
+				State        map[string]any
+				Version      int
+				ClientToken  string
+				StateOmitted bool
+			}
+			if err := json.Unmarshal(first.Payload, &w); err != nil {
+				t.Fatalf("decode %s: %v", first, err)
+			}
+			if first.Topic != shadow.AcceptedTopic(tc.id) || w.Version != 2 || w.ClientToken == "" || w.StateOmitted != tc.short || (w.State == nil) != tc.short {
+				t.Fatalf("reply on %s: version %d token %q stateOmitted %t state present %t (%d bytes), want accepted version 2 with the token, short form %t",
+					first.Topic, w.Version, w.ClientToken, w.StateOmitted, w.State != nil, len(first.Payload), tc.short)
+			}
+			// The retry gets the same single answer and is not applied.
+			brokertest.Publish(t, o.c, shadow.UpdateTopic(tc.id), 1, tc.payload)
+			if again := o.onlyReply(t, tc.id); !bytes.Equal(again.Payload, first.Payload) {
+				t.Errorf("retry answered %.200s…, want the first answer %.200s…", again.Payload, first.Payload)
+			}
+			if doc := mustRead(t, eng, tc.id); doc.Version != 2 || len(doc.State.Reported) != 1 {
+				t.Errorf("stored version %d reported %v, want version 2 with only keep", doc.Version, doc.State.Reported)
+			}
+		})
+	}
+}
+
+// TestHardening09GetTooLargeForMQTT: a get whose document would not fit in
+// an MQTT packet is rejected with 413 instead of never being answered;
+// nothing stored changes and HTTP (the engine's Get) still reads it.
+func TestHardening09GetTooLargeForMQTT(t *testing.T) {
+	url, eng := startStack(t, func(c *shadow.Config) { c.MaxReply = 1024 })
+	id := device.ID("big-doc")
+	big := fmt.Sprintf(`{"state":{"desired":{"blob":%q},"reported":{"blob":"y"}}}`, strings.Repeat("x", 1500))
+	if _, err := eng.Update(t.Context(), id, []byte(big)); err != nil {
+		t.Fatal(err)
+	}
+	before := mustRead(t, eng, id)
+	o := observe(t, url, id)
+	brokertest.Publish(t, o.c, shadow.Topic(id, "get"), 1, []byte(`{"clientToken":"g1"}`))
+	select {
+	case m := <-o.getReject:
+		if w := decode(t, m); w.Code != 413 || w.ClientToken != "g1" || !strings.Contains(w.Message, "HTTP") {
+			t.Errorf("get of a large document = %+v, want 413 with token g1 pointing to HTTP", w)
+		}
+	case m := <-o.getAccepted:
+		t.Fatalf("get answered with %d bytes over the 1024-byte reply limit", len(m.Payload))
+	case <-time.After(wait):
+		t.Fatal("get of a large document: no answer")
+	}
+	if after := mustRead(t, eng, id); after.Version != before.Version || after.Updated != before.Updated {
+		t.Errorf("document changed by a rejected get: version %d → %d", before.Version, after.Version)
+	}
+	if b, err := eng.Get(t.Context(), id, nil); err != nil || len(b) <= 1024 {
+		t.Errorf("Get over the API = %d bytes, %v; want the full document", len(b), err)
+	}
 }

@@ -45,7 +45,7 @@ type Config struct {
 	HTTPAddr string
 
 	MaxDocumentSize int     // shadow.Config.MaxDocumentSize
-	MaxPacketSize   uint32  // broker.Config.MaxPacketSize
+	MaxPacketSize   uint32  // broker.Config.MaxPacketSize; the shadow engine's replies are kept 512 bytes below it
 	DeviceRate      float64 // shadow.Config.DeviceRate
 
 	RetryCacheEntries int   // shadow.Config.DedupeMaxEntries
@@ -133,6 +133,10 @@ func (s *Server) open(ctx context.Context) error {
 	// it depends on; the engine's change feed and the store's delete guard
 	// reach it through this pointer.
 	var planner atomic.Pointer[rollout.Planner]
+	maxPacket := cfg.MaxPacketSize
+	if maxPacket == 0 {
+		maxPacket = broker.DefaultMaxPacketSize
+	}
 	eng, err := shadow.Open(ctx, shadow.Config{
 		Path:             filepath.Join(cfg.DataDir, "shadow.db"),
 		Publisher:        pub,
@@ -140,9 +144,11 @@ func (s *Server) open(ctx context.Context) error {
 		DeviceRate:       cfg.DeviceRate,
 		DedupeMaxEntries: cfg.RetryCacheEntries,
 		DedupeMaxBytes:   cfg.RetryCacheBytes,
-		Logger:           log,
-		Observe:          func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		CommitObserved:   m.ObserveCommit,
+		// A reply must fit in one packet with its topic and headers.
+		MaxReply:       max(int(maxPacket)-512, shadow.MinMaxReply),
+		Logger:         log,
+		Observe:        func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
+		CommitObserved: m.ObserveCommit,
 		OnChange: func(id device.ID, _ shadow.Version) {
 			if p := planner.Load(); p != nil {
 				p.Notify(id)
