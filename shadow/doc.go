@@ -28,7 +28,9 @@
 //     request.
 //
 // Beyond AWS: a device that subscribes to its delta topic is sent its current
-// delta at once (HandleSubscribe), so deltas are never lost while offline; a
+// delta at once (HandleSubscribe), so deltas are never lost while offline —
+// to the subscribing client only (through a ClientPublisher) and once per
+// device per SUBSCRIBE packet, so no subscriber causes messages to others; a
 // retried update with the same clientToken and body within DedupeWindow is
 // answered with the original result instead of being applied twice, as long
 // as the shadow is still at the version that update produced (otherwise it

@@ -19,6 +19,17 @@ type Publisher interface {
 	Publish(topic string, payload []byte, retain bool, qos byte) error
 }
 
+// ClientPublisher is optionally implemented by a Publisher: PublishTo
+// delivers a message to the one client clientID, and only if that client
+// has a subscription matching topic, at that subscription's QoS. The
+// engine sends the catch-up delta (see HandleSubscribe) only this way, so
+// a subscriber never causes messages to others; with a Publisher that does
+// not implement it, no catch-up deltas are sent. *broker.Server satisfies
+// it.
+type ClientPublisher interface {
+	PublishTo(clientID, topic string, payload []byte, qos byte) error
+}
+
 // subscriberChecker is optionally implemented by a Publisher; the engine
 // then skips building messages nobody is subscribed to (the documents
 // message carries two full documents and is the most expensive one).
@@ -172,11 +183,12 @@ func (c *Config) setDefaults() {
 
 // Engine is the device shadow engine. It is safe for concurrent use.
 type Engine struct {
-	cfg   Config
-	log   *slog.Logger
-	store *store
-	pub   Publisher
-	subs  subscriberChecker // nil if pub cannot tell
+	cfg    Config
+	log    *slog.Logger
+	store  *store
+	pub    Publisher
+	subs   subscriberChecker // nil if pub cannot tell
+	direct ClientPublisher   // nil if pub cannot deliver to one client
 
 	mu      sync.Mutex // guards devices and closed
 	devices map[device.ID]*deviceState
@@ -228,6 +240,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if sc, ok := cfg.Publisher.(subscriberChecker); ok {
 		e.subs = sc
+	}
+	if cp, ok := cfg.Publisher.(ClientPublisher); ok {
+		e.direct = cp
 	}
 	e.wg.Add(1)
 	go func() {
@@ -672,11 +687,15 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 }
 
 func (e *Engine) publishDelta(id device.ID, d, desiredMeta map[string]any, v Version, ts int64, tok string) {
+	e.publish(DeltaTopic(id), e.deltaPayload(d, desiredMeta, v, ts, tok))
+}
+
+func (e *Engine) deltaPayload(d, desiredMeta map[string]any, v Version, ts int64, tok string) []byte {
 	if d == nil {
 		d = map[string]any{}
 	}
 	b, _ := json.Marshal(deltaMessage{State: d, Metadata: project(d, desiredMeta), Version: v, Timestamp: ts, ClientToken: tok})
-	e.publish(DeltaTopic(id), b)
+	return b
 }
 
 func (e *Engine) acceptedPayload(req updateRequest, v Version, ts int64) []byte {
@@ -812,17 +831,30 @@ func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *Request
 	return b, nil
 }
 
-// HandleSubscribe is called by the broker when a client's subscriptions are
-// granted. For every filter that would deliver one device's delta (the exact
-// delta topic, or state/<id>/update/#, state/<id>/#), the engine publishes
-// that device's current delta if it is not empty, so a device that was
-// offline while its desired state changed catches up without a get.
+// HandleSubscribe is called by the broker when a client's SUBSCRIBE was
+// processed, with the filters it granted. For every device that one of the
+// filters would deliver the delta of (the exact delta topic, or
+// state/<id>/update/#, state/<id>/update/+, state/<id>/#), the engine sends
+// that device's current delta, if it is not empty, to the subscribing
+// client only, so a device that was offline while its desired state changed
+// catches up without a get. It sends at most one delta per device and call
+// (one SUBSCRIBE packet), however many of its filters name the device, and
+// only through a ClientPublisher (see Publisher): other subscribers of the
+// delta topic receive nothing.
 func (e *Engine) HandleSubscribe(clientID string, filters []string) {
+	if e.direct == nil {
+		return
+	}
+	var seen map[device.ID]bool
 	for _, f := range filters {
 		id, ok := deviceOfDeltaFilter(f)
-		if !ok {
+		if !ok || seen[id] {
 			continue
 		}
+		if seen == nil {
+			seen = make(map[device.ID]bool)
+		}
+		seen[id] = true
 		doc, _, err := e.load(id)
 		if err != nil {
 			e.log.Warn("load shadow for catch-up delta", "device", id, "err", err)
@@ -831,9 +863,18 @@ func (e *Engine) HandleSubscribe(clientID string, filters []string) {
 		if doc.Deleted {
 			continue
 		}
-		if d := doc.Delta(); d != nil {
-			e.publishDelta(id, d, doc.Metadata.Desired, doc.Version, e.cfg.Now().Unix(), "")
+		d := doc.Delta()
+		if d == nil {
+			continue
 		}
+		b := e.deltaPayload(d, doc.Metadata.Desired, doc.Version, e.cfg.Now().Unix(), "")
+		if err := e.direct.PublishTo(clientID, DeltaTopic(id), b, 1); err != nil {
+			// Benign: the client left or unsubscribed meanwhile, or its
+			// queue is full (the broker counts that); it can still get.
+			e.log.Debug("catch-up delta not delivered", "client", clientID, "device", id, "err", err)
+			continue
+		}
+		e.stats.published.Add(1)
 	}
 }
 

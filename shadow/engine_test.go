@@ -35,6 +35,15 @@ func (r *recorder) Publish(topic string, payload []byte, retain bool, qos byte) 
 	return nil
 }
 
+// PublishTo records a message for one client; the transcripts show it
+// with the client's ID.
+func (r *recorder) PublishTo(clientID, topic string, payload []byte, qos byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, message{"(to " + clientID + ") " + topic, string(payload)})
+	return nil
+}
+
 func (r *recorder) HasSubscribers(topic string) bool {
 	if r.subs == nil {
 		return true
@@ -122,8 +131,8 @@ func TestTranscripts(t *testing.T) {
 				case "pub": // pub <topic> <payload>
 					topic, payload, _ := strings.Cut(arg, " ")
 					h.eng.HandleRequest("client", topic, []byte(payload))
-				case "sub": // sub <filter>
-					h.eng.HandleSubscribe("client", []string{arg})
+				case "sub": // sub <filter>… (one SUBSCRIBE packet)
+					h.eng.HandleSubscribe("client", strings.Fields(arg))
 				default:
 					t.Fatalf("unknown transcript command %q", cmd)
 				}

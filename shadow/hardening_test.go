@@ -1,21 +1,25 @@
 package shadow_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
-// Regression tests for issue 10's cases 8 and 9.
+// Regression tests for issue 10's cases 8, 9, 10 and 17.
 
 // ordered makes a paho client hand messages to its handlers in arrival
 // order, so that a reply published last is a barrier for the ones before.
@@ -283,5 +287,177 @@ func TestHardening09GetTooLargeForMQTT(t *testing.T) {
 	}
 	if b, err := eng.Get(t.Context(), id, nil); err != nil || len(b) <= 1024 {
 		t.Errorf("Get over the API = %d bytes, %v; want the full document", len(b), err)
+	}
+}
+
+// rawClient is a bare MQTT 3.1.1 connection, for packets paho cannot send
+// (one SUBSCRIBE with the same filter many times).
+type rawClient struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, url, clientID string) *rawClient {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "tcp://"), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: clientID}})
+	if pk := rc.next(); pk.FixedHeader.Type != packets.Connack {
+		t.Fatalf("got packet type %d, want CONNACK", pk.FixedHeader.Type)
+	}
+	return rc
+}
+
+func (rc *rawClient) send(pk packets.Packet) {
+	rc.t.Helper()
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	}
+	if err == nil {
+		_ = rc.c.SetWriteDeadline(time.Now().Add(wait))
+		_, err = rc.c.Write(buf.Bytes())
+	}
+	if err != nil {
+		rc.t.Fatalf("send packet type %d: %v", pk.FixedHeader.Type, err)
+	}
+}
+
+// next reads the next packet, decoding (and acknowledging) PUBLISH.
+func (rc *rawClient) next() packets.Packet {
+	rc.t.Helper()
+	_ = rc.c.SetReadDeadline(time.Now().Add(wait))
+	var pk packets.Packet
+	hb, err := rc.r.ReadByte()
+	if err == nil {
+		err = pk.FixedHeader.Decode(hb)
+	}
+	if err == nil {
+		pk.FixedHeader.Remaining, _, err = packets.DecodeLength(rc.r)
+	}
+	body := make([]byte, pk.FixedHeader.Remaining)
+	if err == nil {
+		_, err = io.ReadFull(rc.r, body)
+	}
+	if err == nil && pk.FixedHeader.Type == packets.Publish {
+		pk.ProtocolVersion = 4
+		err = pk.PublishDecode(body)
+	}
+	if err != nil {
+		rc.t.Fatalf("read packet: %v", err)
+	}
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos > 0 {
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	}
+	return pk
+}
+
+// TestHardening10OneCatchUpDeltaPerSubscribe: one SUBSCRIBE packet naming
+// a device's delta 5,000 times (through several filter shapes) gets one
+// catch-up delta, not one per filter.
+func TestHardening10OneCatchUpDeltaPerSubscribe(t *testing.T) {
+	url, eng := startStack(t, nil)
+	id := device.ID("devA")
+	if _, err := eng.Update(t.Context(), id, []byte(`{"state":{"desired":{"fw":"2"},"reported":{"fw":"1"}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	before := mustRead(t, eng, id)
+	rc := dialRaw(t, url, "devA")
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1}
+	shapes := []string{"state/devA/update/delta", "state/devA/update/+", "state/devA/update/#", "state/devA/#"}
+	for i := range 5000 {
+		f := shapes[0]
+		if i < len(shapes) {
+			f = shapes[i]
+		}
+		sub.Filters = append(sub.Filters, packets.Subscription{Filter: f, Qos: 1})
+	}
+	rc.send(sub)
+	deltas, sawSuback := 0, false
+	for !sawSuback {
+		pk := rc.next()
+		switch pk.FixedHeader.Type {
+		case packets.Suback:
+			sawSuback = true
+		case packets.Publish:
+			deltas++
+		}
+	}
+	// Barrier: the get's answer is queued after every catch-up delta.
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "state/devA/get", Payload: []byte(`{}`)})
+	for {
+		pk := rc.next()
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		if pk.TopicName == shadow.Topic(id, "get/accepted") {
+			break
+		}
+		if pk.TopicName == shadow.DeltaTopic(id) {
+			deltas++
+		}
+	}
+	if deltas != 1 {
+		t.Errorf("one SUBSCRIBE with 5,000 delta filters got %d catch-up deltas, want 1", deltas)
+	}
+	if after := mustRead(t, eng, id); after.Version != before.Version {
+		t.Errorf("subscribing changed the document: version %d → %d", before.Version, after.Version)
+	}
+}
+
+// TestHardening17CatchUpOnlyToSubscriber: an integrator subscribing 50
+// times to a device's delta gets its own catch-up deltas; the device gets
+// none of them.
+func TestHardening17CatchUpOnlyToSubscriber(t *testing.T) {
+	url, eng := startStack(t, nil)
+	id := device.ID("devB")
+	if _, err := eng.Update(t.Context(), id, []byte(`{"state":{"desired":{"fw":"2"},"reported":{"fw":"1"}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	before := mustRead(t, eng, id)
+	dev := brokertest.Connect(t, url, string(id), ordered)
+	devDelta := brokertest.Subscribe(t, dev, shadow.DeltaTopic(id), 1)
+	if d := decode(t, brokertest.Next(t, devDelta, wait)); d.Version != 1 || d.State["fw"] != "2" {
+		t.Fatalf("device's own catch-up delta = %+v, want version 1 fw 2", d)
+	}
+	devGet := brokertest.Subscribe(t, dev, shadow.Topic(id, "get/accepted"), 1)
+
+	integrator := brokertest.Connect(t, url, "integrator-1", ordered)
+	got := make(chan brokertest.Message, 64)
+	const subscribes = 50
+	for range subscribes {
+		tok := integrator.Subscribe(shadow.DeltaTopic(id), 1, func(_ mqtt.Client, m mqtt.Message) {
+			got <- brokertest.Message{Topic: m.Topic(), Payload: m.Payload()}
+		})
+		if !tok.WaitTimeout(wait) || tok.Error() != nil {
+			t.Fatalf("integrator subscribe: %v", tok.Error())
+		}
+	}
+	for range subscribes {
+		brokertest.Next(t, got, wait) // one per SUBSCRIBE, to the integrator
+	}
+	// Every catch-up was queued before its SUBACK; the device's get answer
+	// comes after anything they could have sent it.
+	brokertest.Publish(t, dev, shadow.Topic(id, "get"), 1, nil)
+	brokertest.Next(t, devGet, wait)
+	if n := len(devDelta); n != 0 {
+		t.Errorf("device received %d deltas caused by another client's subscriptions, want 0", n)
+	}
+	if after := mustRead(t, eng, id); after.Version != before.Version {
+		t.Errorf("subscribing changed the document: version %d → %d", before.Version, after.Version)
 	}
 }

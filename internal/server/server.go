@@ -424,6 +424,13 @@ func (p *lazyPublisher) Publish(topic string, payload []byte, retain bool, qos b
 	return broker.ErrClosed
 }
 
+func (p *lazyPublisher) PublishTo(clientID, topic string, payload []byte, qos byte) error {
+	if b := p.b.Load(); b != nil {
+		return b.PublishTo(clientID, topic, payload, qos)
+	}
+	return broker.ErrClosed
+}
+
 func (p *lazyPublisher) HasSubscribers(topic string) bool {
 	if b := p.b.Load(); b != nil {
 		return b.HasSubscribers(topic)
@@ -431,7 +438,11 @@ func (p *lazyPublisher) HasSubscribers(topic string) bool {
 	return false
 }
 
-var _ shadow.Publisher = (*broker.Server)(nil)
+var (
+	_ shadow.Publisher       = (*broker.Server)(nil)
+	_ shadow.ClientPublisher = (*broker.Server)(nil)
+	_ shadow.ClientPublisher = (*lazyPublisher)(nil)
+)
 
 // disconnectReason is the presence reason for a broker disconnect error:
 // a short stable word, "" for a clean DISCONNECT.
