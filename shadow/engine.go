@@ -597,7 +597,9 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	var sum [sha256.Size]byte
 	if remember {
 		sum = sha256.Sum256(payload)
-		if ts, ok := e.retry.lookup(id, tok, sum, current, e.cfg.Now()); ok && !doc.Deleted {
+	}
+	if remember && !doc.Deleted {
+		if ts, ok := e.retry.lookup(id, tok, sum, current, e.cfg.Now()); ok {
 			// A retry of the last update: the same bytes, so the same
 			// accepted message as before.
 			accepted := e.acceptedPayload(req, current, ts)
