@@ -51,4 +51,10 @@ type Identity struct {
 	// Device is the device this identity acts for; "" for identities that
 	// are not a device (operators, services).
 	Device device.ID
+	// Credential identifies the credential the connection logged in with,
+	// for example one generation of a device's secret, so that an
+	// Authenticator can refuse a session whose credential was revoked or
+	// replaced although its Name is valid again. The broker does not
+	// interpret it; "" if unused.
+	Credential string
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -26,7 +27,13 @@ const anonymousName = "*anonymous*"
 // Without a password, the connection must carry a client certificate that
 // the TLS listener verified (Credentials.TLS with VerifiedChains) whose
 // subject common name is an enrolled device ID equal to the client ID; an
-// unverified certificate is refused.
+// unverified certificate is refused, and so is a certificate issued before
+// the device was last removed (see IssuedURIPrefix).
+//
+// The identity records the credential it logged in with
+// (broker.Identity.Credential): the generation of the secret, or for a
+// certificate the device's enrolment. Allow refuses the session once that
+// credential is no longer current.
 //
 // In anonymous mode every client is accepted as an operator. Errors wrap
 // ErrUnauthenticated (or ErrClosed) and say why, for the broker's log.
@@ -37,6 +44,9 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 	if s.cfg.Anonymous {
 		return broker.Identity{ClientID: c.ClientID, Name: anonymousName}, nil
 	}
+	// No credential changes between the read and the identity's use.
+	s.credMu.RLock()
+	defer s.credMu.RUnlock()
 	if len(c.Password) == 0 {
 		return s.authenticateCert(ctx, c)
 	}
@@ -45,9 +55,10 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 		user = c.ClientID
 	}
 	var p Principal
+	var gen string
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		var err error
-		p, err = s.verifyTx(tx, user, c.Password)
+		p, gen, err = s.verifyTx(tx, user, c.Password)
 		if err != nil {
 			return err
 		}
@@ -63,7 +74,7 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 	if err != nil {
 		return broker.Identity{}, err
 	}
-	return identityOf(p, c.ClientID), nil
+	return identityOf(p, c.ClientID, credSecret+gen), nil
 }
 
 // authenticateCert authenticates a device by its verified client
@@ -75,7 +86,8 @@ func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (bro
 	if len(c.TLS.VerifiedChains) == 0 || len(c.TLS.VerifiedChains[0]) == 0 {
 		return broker.Identity{}, fmt.Errorf("%w: client certificate not verified", ErrUnauthenticated)
 	}
-	cn := c.TLS.VerifiedChains[0][0].Subject.CommonName
+	leaf := c.TLS.VerifiedChains[0][0]
+	cn := leaf.Subject.CommonName
 	id, err := device.ParseID(cn)
 	if err != nil {
 		return broker.Identity{}, fmt.Errorf("%w: client certificate common name: %w", ErrUnauthenticated, err)
@@ -83,25 +95,35 @@ func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (bro
 	if c.ClientID != cn || c.Username != "" && c.Username != cn {
 		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with client id %q", ErrUnauthenticated, id, clip(c.ClientID))
 	}
+	var rec deviceRecord
 	err = s.view(ctx, func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketDevices).Get([]byte(id)) == nil {
+		if err := getJSON(tx.Bucket(bucketDevices), string(id), &rec); err != nil {
 			return fmt.Errorf("%w: certificate for unknown device %s", ErrUnauthenticated, id)
+		}
+		removed, err := removedAt(tx, string(id))
+		if err != nil {
+			return err
+		}
+		if issued := certIssued(leaf); !removed.IsZero() && !issued.After(removed) {
+			return fmt.Errorf("%w: certificate of device %s issued %s, before the device was removed at %s",
+				ErrUnauthenticated, id, issued.UTC().Format(time.RFC3339Nano), removed.Format(time.RFC3339Nano))
 		}
 		return nil
 	})
 	if err != nil {
 		return broker.Identity{}, err
 	}
-	return identityOf(Principal{Role: RoleDevice, Name: cn, Device: id}, c.ClientID), nil
+	return identityOf(Principal{Role: RoleDevice, Name: cn, Device: id}, c.ClientID, credCert+rec.Enrolment), nil
 }
 
 // identityOf encodes p as a broker.Identity: a device by its Device field,
-// a token by the name "<role>:<name>".
-func identityOf(p Principal, clientID string) broker.Identity {
+// a token by the name "<role>:<name>"; cred is the credential it logged in
+// with.
+func identityOf(p Principal, clientID, cred string) broker.Identity {
 	if p.Role == RoleDevice {
-		return broker.Identity{ClientID: clientID, Name: p.Name, Device: p.Device}
+		return broker.Identity{ClientID: clientID, Name: p.Name, Device: p.Device, Credential: cred}
 	}
-	return broker.Identity{ClientID: clientID, Name: string(p.Role) + ":" + p.Name}
+	return broker.Identity{ClientID: clientID, Name: string(p.Role) + ":" + p.Name, Credential: cred}
 }
 
 // PrincipalOf decodes an identity returned by Authenticate. ok is false for
@@ -125,11 +147,14 @@ func (s *Store) PrincipalOf(id broker.Identity) (p Principal, ok bool) {
 }
 
 // Allow implements broker.Authenticator: it applies the package-level Allow
-// to id's principal, and refuses everything to a principal removed or
-// revoked since the store was opened. Every refusal is counted in Denied.
+// to id's principal, and refuses everything to a session whose credential
+// is no longer current (see Valid): the device was removed or its secret
+// rotated, or the token revoked, even if the name has been enrolled or
+// created again since. Every refusal is counted in Denied. It takes no
+// lock.
 func (s *Store) Allow(id broker.Identity, topic string, write bool) bool {
 	p, ok := s.PrincipalOf(id)
-	ok = ok && !s.isRevoked(revokeKey(p.Role, p.Name)) && Allow(p, topic, write)
+	ok = ok && (s.cfg.Anonymous || s.validFor(p, id.Credential)) && Allow(p, topic, write)
 	if !ok {
 		s.denied.Add(1)
 	}
@@ -147,7 +172,7 @@ func (s *Store) Verify(ctx context.Context, name string, secret []byte) (Princip
 	var p Principal
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		var err error
-		p, err = s.verifyTx(tx, name, secret)
+		p, _, err = s.verifyTx(tx, name, secret)
 		return err
 	})
 	return p, err
@@ -163,34 +188,35 @@ func (s *Store) VerifyBearer(ctx context.Context, token string) (Principal, erro
 	return s.Verify(ctx, token[:i], []byte(token[i+1:]))
 }
 
-// verifyTx is Verify inside a read transaction.
-func (s *Store) verifyTx(tx *bolt.Tx, name string, secret []byte) (Principal, error) {
+// verifyTx is Verify inside a read transaction; gen is the generation of
+// the secret that verified.
+func (s *Store) verifyTx(tx *bolt.Tx, name string, secret []byte) (p Principal, gen string, err error) {
 	if len(name) == 0 || len(name) > device.MaxIDLen || len(secret) > maxSecretLen {
-		return Principal{}, fmt.Errorf("%w: malformed user name or secret", ErrUnauthenticated)
+		return Principal{}, "", fmt.Errorf("%w: malformed user name or secret", ErrUnauthenticated)
 	}
 	if v := tx.Bucket(bucketDevices).Get([]byte(name)); v != nil {
 		var rec deviceRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
-			return Principal{}, fmt.Errorf("identity: decode device %q: %w", name, err)
+			return Principal{}, "", fmt.Errorf("identity: decode device %q: %w", name, err)
 		}
 		if !checkSecret(s.key, RoleDevice, name, secret, rec.MAC) {
-			return Principal{}, fmt.Errorf("%w: wrong secret for device %s", ErrUnauthenticated, name)
+			return Principal{}, "", fmt.Errorf("%w: wrong secret for device %s", ErrUnauthenticated, name)
 		}
-		return Principal{Role: RoleDevice, Name: name, Device: device.ID(name)}, nil
+		return Principal{Role: RoleDevice, Name: name, Device: device.ID(name)}, rec.SecretGen, nil
 	}
 	if v := tx.Bucket(bucketTokens).Get([]byte(name)); v != nil {
 		var rec tokenRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
-			return Principal{}, fmt.Errorf("identity: decode token %q: %w", name, err)
+			return Principal{}, "", fmt.Errorf("identity: decode token %q: %w", name, err)
 		}
 		if !checkSecret(s.key, rec.Role, name, secret, rec.MAC) {
-			return Principal{}, fmt.Errorf("%w: wrong secret for token %s", ErrUnauthenticated, name)
+			return Principal{}, "", fmt.Errorf("%w: wrong secret for token %s", ErrUnauthenticated, name)
 		}
-		return Principal{Role: rec.Role, Name: name}, nil
+		return Principal{Role: rec.Role, Name: name}, rec.SecretGen, nil
 	}
 	// Spend the same work as for a known name.
 	secretMAC(s.key, RoleDevice, name, secret)
-	return Principal{}, fmt.Errorf("%w: unknown device or token %q", ErrUnauthenticated, clip(name))
+	return Principal{}, "", fmt.Errorf("%w: unknown device or token %q", ErrUnauthenticated, clip(name))
 }
 
 var _ broker.Authenticator = (*Store)(nil)

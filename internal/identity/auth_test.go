@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,8 +96,10 @@ func TestAuthenticate(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tc.want {
-				t.Errorf("Authenticate: got %+v, %v; want %+v", got, err, tc.want)
+			cred := got.Credential
+			got.Credential = ""
+			if err != nil || got != tc.want || cred == "" {
+				t.Errorf("Authenticate: got %+v (credential %q), %v; want %+v with a credential", got, cred, err, tc.want)
 			}
 		})
 	}
@@ -134,8 +137,24 @@ func TestStoreAllow(t *testing.T) {
 			action: func() error { return s.RemoveDevice(ctx, "dev-1") }},
 		{name: "revoked token loses rights", id: op, topic: "#",
 			action: func() error { return s.RevokeToken(ctx, "ops") }},
-		{name: "re-added device regains rights", id: dev, topic: "state/dev-1/get", write: true, want: true,
-			action: func() error { _, err := s.AddDevice(ctx, "dev-1", nil); return err }},
+		{name: "re-added device does not revive the old session", id: dev, topic: "state/dev-1/get", write: true,
+			action: func() error { sec, err = s.AddDevice(ctx, "dev-1", nil); return err }},
+		{name: "a session of the re-added device has rights", topic: "state/dev-1/get", write: true, want: true,
+			action: func() error {
+				dev, err = s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+				return err
+			}},
+		{name: "a forged credential has none", topic: "state/dev-1/get", write: true,
+			action: func() error { dev.Credential += "x"; return nil }},
+		{name: "rotation ends the old secret's session", topic: "state/dev-1/get", write: true,
+			action: func() error {
+				dev.Credential = strings.TrimSuffix(dev.Credential, "x")
+				if !s.Allow(dev, "state/dev-1/get", true) {
+					return errors.New("session refused before the rotation")
+				}
+				_, err := s.RotateDevice(ctx, "dev-1")
+				return err
+			}},
 	}
 	var wantDenied uint64
 	for _, st := range steps {
@@ -144,8 +163,12 @@ func TestStoreAllow(t *testing.T) {
 				t.Fatalf("%s: %v", st.name, err)
 			}
 		}
-		if got := s.Allow(st.id, st.topic, st.write); got != st.want {
-			t.Errorf("%s: Allow(%+v, %q, %t) = %t, want %t", st.name, st.id, st.topic, st.write, got, st.want)
+		id := st.id
+		if id == (broker.Identity{}) {
+			id = dev
+		}
+		if got := s.Allow(id, st.topic, st.write); got != st.want {
+			t.Errorf("%s: Allow(%+v, %q, %t) = %t, want %t", st.name, id, st.topic, st.write, got, st.want)
 		}
 		if !st.want {
 			wantDenied++

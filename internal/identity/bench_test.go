@@ -31,7 +31,11 @@ func BenchmarkAuthenticate(b *testing.B) {
 // and every delivered message.
 func BenchmarkAllow(b *testing.B) {
 	s := mustOpen(b, "", identity.Config{Logger: quiet})
-	id := broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}
+	secret := mustAddDevice(b, s, "dev-1")
+	id, err := s.Authenticate(b.Context(), broker.Credentials{ClientID: "dev-1", Password: []byte(secret)})
+	if err != nil {
+		b.Fatal(err)
+	}
 	for b.Loop() {
 		if !s.Allow(id, "state/dev-1/update", true) {
 			b.Fatal("denied")

@@ -13,8 +13,10 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/device"
@@ -129,15 +131,23 @@ func (ca *CA) CertPEM() []byte { return append([]byte(nil), ca.certPEM...) }
 // IssueDeviceCert issues a client certificate for device id, valid for
 // validity (at most MaxCertValidity and not beyond the CA's own expiry),
 // with a fresh ECDSA P-256 key. The subject common name is id, which
-// Authenticate checks. It returns the certificate and the PKCS #8 key in
-// PEM form; the key is not kept.
+// Authenticate checks, and a URI subject alternative name
+// IssuedURIPrefix + <unix nanoseconds> records when it was issued: a
+// certificate issued before its device was last removed is refused. It
+// returns the certificate and the PKCS #8 key in PEM form; the key is not
+// kept.
 func (ca *CA) IssueDeviceCert(id device.ID, validity time.Duration) (certPEM, keyPEM []byte, err error) {
 	if _, err := device.ParseID(string(id)); err != nil {
 		return nil, nil, fmt.Errorf("issue device cert: %w: %w", ErrInvalidName, err)
 	}
+	issued, err := url.Parse(IssuedURIPrefix + strconv.FormatInt(ca.now().UnixNano(), 10))
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue device cert: %w", err)
+	}
 	return ca.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: string(id)},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{issued},
 	}, validity)
 }
 

@@ -17,6 +17,13 @@ type deviceRecord struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
 	RotatedAt time.Time         `json:"rotatedAt,omitzero"`
+	// Enrolment identifies this enrolment of the device: new in AddDevice,
+	// kept by RotateDevice. Certificate sessions and firmware URLs are
+	// bound to it.
+	Enrolment string `json:"enrolment,omitempty"`
+	// SecretGen identifies the current secret: new in AddDevice and
+	// RotateDevice. Password sessions are bound to it.
+	SecretGen string `json:"secretGen,omitempty"`
 }
 
 // tokenRecord is a token as stored in the tokens bucket.
@@ -24,6 +31,9 @@ type tokenRecord struct {
 	Role      Role      `json:"role"`
 	MAC       []byte    `json:"mac"`
 	CreatedAt time.Time `json:"createdAt"`
+	// SecretGen identifies this token's secret: sessions are bound to it,
+	// so a token revoked and created again does not revive them.
+	SecretGen string `json:"secretGen,omitempty"`
 }
 
 // Device describes an enrolled device. It never holds the secret. The JSON
@@ -39,9 +49,11 @@ type Device struct {
 }
 
 // AddDevice enrolls id with labels and returns its secret, which is not
-// stored and cannot be shown again. It fails with ErrInvalidLabel for bad
-// labels, ErrExists when id is already a device or a token name, and
-// ErrClosed after Close.
+// stored and cannot be shown again. Enrolling an ID that was removed
+// before starts a new enrolment: sessions, certificates and firmware URLs
+// of the earlier one stay refused (see the package documentation). It
+// fails with ErrInvalidLabel for bad labels, ErrExists when id is already
+// a device or a token name, and ErrClosed after Close.
 func (s *Store) AddDevice(ctx context.Context, id device.ID, labels map[string]string) (string, error) {
 	if _, err := device.ParseID(string(id)); err != nil {
 		return "", fmt.Errorf("add device: %w: %w", ErrInvalidName, err)
@@ -54,7 +66,11 @@ func (s *Store) AddDevice(ctx context.Context, id device.ID, labels map[string]s
 		MAC:       secretMAC(s.key, RoleDevice, string(id), []byte(secret)),
 		Labels:    cloneLabels(labels),
 		CreatedAt: s.cfg.Now().UTC(),
+		Enrolment: newGeneration(),
+		SecretGen: newGeneration(),
 	}
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		if err := nameFree(tx, string(id)); err != nil {
 			return err
@@ -64,39 +80,70 @@ func (s *Store) AddDevice(ctx context.Context, id device.ID, labels map[string]s
 	if err != nil {
 		return "", fmt.Errorf("add device %s: %w", id, err)
 	}
-	s.setRevoked(revokeKey(RoleDevice, string(id)), false)
+	s.setCurrent(string(id), rec.credential())
 	s.log.Info("device added", "device", id)
 	return secret, nil
 }
 
 // RotateDevice replaces id's secret with a fresh one and returns it. The
-// old secret stops working for new connections at once. It fails with
-// ErrNotFound for an unknown device.
+// old secret stops working at once: new connections with it are refused,
+// Allow refuses the sessions that logged in with it, and Config.OnRevoke
+// is told (umbra serve then disconnects every session of the device that
+// does not use the new secret). A client certificate of the device stays
+// valid. It fails with ErrNotFound for an unknown device.
 func (s *Store) RotateDevice(ctx context.Context, id device.ID) (string, error) {
+	secret, err := s.rotateDevice(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	s.revoked(Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRotated)
+	return secret, nil
+}
+
+func (s *Store) rotateDevice(ctx context.Context, id device.ID) (string, error) {
 	secret := newSecret()
+	var rec deviceRecord
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
-		var rec deviceRecord
 		if err := getJSON(b, string(id), &rec); err != nil {
 			return err
 		}
 		rec.MAC = secretMAC(s.key, RoleDevice, string(id), []byte(secret))
 		rec.RotatedAt = s.cfg.Now().UTC()
+		rec.SecretGen = newGeneration()
+		if rec.Enrolment == "" {
+			rec.Enrolment = newGeneration()
+		}
 		return putJSON(b, string(id), rec)
 	})
 	if err != nil {
 		return "", fmt.Errorf("rotate device %s: %w", id, err)
 	}
+	s.setCurrent(string(id), rec.credential())
 	s.log.Info("device secret rotated", "device", id)
 	return secret, nil
 }
 
-// RemoveDevice deletes id and its presence. Its connected sessions lose all
-// rights at once (Allow refuses them); new connections are refused. It
-// fails with ErrNotFound for an unknown device.
+// RemoveDevice deletes id and its presence, and records when it was
+// removed. Its sessions lose all rights at once (Allow refuses them), new
+// connections are refused, and Config.OnRevoke is told (umbra serve then
+// disconnects them). Certificates issued before the removal stay refused
+// if the ID is enrolled again. It fails with ErrNotFound for an unknown
+// device.
 func (s *Store) RemoveDevice(ctx context.Context, id device.ID) error {
+	if err := s.removeDevice(ctx, id); err != nil {
+		return err
+	}
+	s.revoked(Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRemoved)
+	return nil
+}
+
+func (s *Store) removeDevice(ctx context.Context, id device.ID) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
+	s.credMu.Lock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
 		if b.Get([]byte(id)) == nil {
@@ -105,12 +152,22 @@ func (s *Store) RemoveDevice(ctx context.Context, id device.ID) error {
 		if err := b.Delete([]byte(id)); err != nil {
 			return err
 		}
+		at, err := s.cfg.Now().UTC().MarshalText()
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketRemoved).Put([]byte(id), at); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketPresence).Delete([]byte(id))
 	})
+	if err == nil {
+		s.setCurrent(string(id), nil)
+	}
+	s.credMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("remove device %s: %w", id, err)
 	}
-	s.setRevoked(revokeKey(RoleDevice, string(id)), true)
 	s.presenceMu.Lock()
 	delete(s.presence, string(id))
 	delete(s.dirty, string(id))

@@ -43,21 +43,47 @@
 // disconnected with ReasonServerRestart (its connection died with the
 // server anyway).
 //
-// # Revocation
+// # Credentials, generations and revocation
 //
-// RemoveDevice and RevokeToken refuse new connections at once and make
-// Allow refuse everything to the principal's live sessions; the broker
-// keeps the connection open until it ends (re-adding the same name later
-// restores the rights of such a leftover session). RotateDevice, and
-// EnsureAdminToken replacing the admin token, change the secret for new
-// connections only. A client certificate stays valid until it
-// expires, but only for an enrolled device: removing the device refuses it.
+// Every device and token record carries a random secret generation,
+// renewed with every new secret (AddDevice, RotateDevice, CreateToken),
+// and every device record a random enrolment generation, renewed only
+// when the device is enrolled again after a removal. Authenticate puts
+// the generation the connection logged in with into
+// broker.Identity.Credential: the secret generation for a password login,
+// the enrolment for a certificate login. Allow refuses everything to a
+// session whose generation is no longer current, so authorisation is
+// bound to the credential that authenticated the connection, not to the
+// name: a device removed and enrolled again, a token revoked and created
+// again (with any role), or a rotated secret never gives an earlier
+// session its rights back. A certificate login survives a rotation (the
+// certificate is not the secret) but not a removal.
+//
+// RemoveDevice, RotateDevice, RevokeToken, and EnsureAdminToken replacing
+// the admin token, then call Config.OnRevoke with a Revocation whose Match
+// reports the sessions to disconnect: every session of the name, except,
+// after a rotation, those already using the new secret. umbra serve
+// evicts them from the broker at once (see broker.Server.Evict).
+//
+// A client certificate stays valid until it expires, but only for an
+// enrolled device, and not if it was issued before the device was last
+// removed: RemoveDevice records the time in the database, and
+// CA.IssueDeviceCert records the issue time in the certificate
+// (IssuedURIPrefix; for a certificate of another CA, NotBefore counts).
+// After removing and enrolling a device again, issue it a new certificate.
+//
+// Firmware download URLs carry the device's enrolment generation
+// (Enrolment), so that removing a device revokes the URLs minted for it.
+//
+// HTTP requests authenticate with VerifyBearer on every request, so the
+// first request after a revocation or rotation is refused; a request
+// already running when the credential ended completes.
 //
 // # Concurrency and errors
 //
 // A Store is safe for concurrent use; Authenticate and Allow are called on
-// the broker's connection goroutines. Allow takes no lock (an atomic load
-// of the revoked set). Methods return errors wrapping the package's
+// the broker's connection goroutines. Allow takes no lock (a sync.Map
+// load of the current credential). Methods return errors wrapping the package's
 // sentinels (ErrNotFound, ErrExists, ErrInvalidName, ErrInvalidRole,
 // ErrInvalidLabel, ErrUnauthenticated, ErrKeyMismatch, ErrLocked,
 // ErrInvalidCert, ErrClosed), to be matched with errors.Is.

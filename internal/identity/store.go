@@ -69,7 +69,10 @@ var (
 	bucketTokens   = []byte("tokens")
 	bucketPresence = []byte("presence")
 	bucketMeta     = []byte("meta")
-	keyKeyCheck    = []byte("keycheck")
+	// bucketRemoved maps a removed device ID to when it was last removed
+	// (RFC 3339 with nanoseconds): certificates issued before are refused.
+	bucketRemoved = []byte("removed")
+	keyKeyCheck   = []byte("keycheck")
 )
 
 // Config configures a Store.
@@ -94,6 +97,15 @@ type Config struct {
 	// OpenTimeout is how long Open waits for another process's lock on the
 	// database file before failing. Default DefaultOpenTimeout.
 	OpenTimeout time.Duration
+	// OnRevoke, when set, is called after a credential ended: after
+	// RemoveDevice, RotateDevice and RevokeToken, and after
+	// EnsureAdminToken replaced the admin token. Allow already refuses
+	// the sessions that logged in with the ended credential; OnRevoke lets
+	// the caller disconnect them (umbra serve evicts every session that
+	// Revocation.Match reports from the broker). It runs on the goroutine
+	// of the call that ended the credential, after the change is
+	// committed, outside the store's locks, and may call the store.
+	OnRevoke func(Revocation)
 }
 
 func (c *Config) setDefaults() {
@@ -134,15 +146,19 @@ type Store struct {
 	key []byte // server key; read-only after Open
 
 	denied atomic.Uint64
-	// revoked holds principal keys (see revokeKey) removed or revoked
-	// since Open, so that their live sessions lose their rights. It is
-	// replaced, never modified, under revokeMu.
-	revoked  atomic.Pointer[map[string]struct{}]
-	revokeMu sync.Mutex // serialises replacements of revoked
+	// current maps every device ID and token name to its current
+	// *credential, for Allow, which reads it without a lock. Entries are
+	// replaced or deleted under credMu right after the transaction that
+	// changed the credential commits.
+	current sync.Map
+	// credMu is held (Lock) across a credential change's transaction and
+	// the update of current, and (RLock) by Authenticate across its read,
+	// so an identity Authenticate returns never runs ahead of current.
+	credMu sync.RWMutex
 
 	// flushMu serialises presence flushes with presence deletions, so a
 	// flush never resurrects a removed device's presence. Lock order:
-	// flushMu before presenceMu.
+	// flushMu, credMu, presenceMu.
 	flushMu    sync.Mutex
 	presenceMu sync.Mutex                // guards presence and dirty
 	presence   map[string]*presenceEntry // by device ID
@@ -182,7 +198,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		presence: make(map[string]*presenceEntry),
 		dirty:    make(map[string]struct{}),
 	}
-	s.revoked.Store(&map[string]struct{}{})
 	if err := s.init(); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
@@ -195,7 +210,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // init creates the buckets, loads or creates the key and loads presence.
 func (s *Store) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketPresence, bucketMeta} {
+		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketPresence, bucketMeta, bucketRemoved} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("identity: create bucket %s: %w", b, err)
 			}
@@ -215,6 +230,9 @@ func (s *Store) init() error {
 			return fmt.Errorf("%w: %s is not the key this database was created with", ErrKeyMismatch, s.cfg.KeyPath)
 		}
 		s.key = key
+		if err := s.loadCredentials(tx); err != nil {
+			return err
+		}
 		return s.loadPresence(tx)
 	})
 }
@@ -319,32 +337,4 @@ func closedErr(err error) error {
 		return ErrClosed
 	}
 	return err
-}
-
-// revokeKey names a principal in the revoked set.
-func revokeKey(role Role, name string) string { return string(role) + ":" + name }
-
-// setRevoked adds (revoked true) or removes key from the revoked set.
-func (s *Store) setRevoked(key string, revoked bool) {
-	s.revokeMu.Lock()
-	defer s.revokeMu.Unlock()
-	old := *s.revoked.Load()
-	if _, ok := old[key]; ok == revoked {
-		return
-	}
-	next := make(map[string]struct{}, len(old)+1)
-	for k := range old {
-		next[k] = struct{}{}
-	}
-	if revoked {
-		next[key] = struct{}{}
-	} else {
-		delete(next, key)
-	}
-	s.revoked.Store(&next)
-}
-
-func (s *Store) isRevoked(key string) bool {
-	_, ok := (*s.revoked.Load())[key]
-	return ok
 }

@@ -59,9 +59,17 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 		Role:      role,
 		MAC:       secretMAC(s.key, role, name, []byte(secret)),
 		CreatedAt: s.cfg.Now().UTC(),
+		SecretGen: newGeneration(),
 	}
+	var replaced *tokenRecord
+	s.credMu.Lock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
+		replaced = nil
 		if replace {
+			var old tokenRecord
+			if getJSON(tx.Bucket(bucketTokens), name, &old) == nil {
+				replaced = &old
+			}
 			if err := tx.Bucket(bucketTokens).Delete([]byte(name)); err != nil {
 				return err
 			}
@@ -71,13 +79,17 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 		}
 		return putJSON(tx.Bucket(bucketTokens), name, rec)
 	})
+	if err == nil {
+		s.setCurrent(name, rec.credential())
+	}
+	s.credMu.Unlock()
 	if err != nil {
 		return "", fmt.Errorf("create token %s: %w", name, err)
 	}
-	for _, r := range []Role{RoleOperator, RoleIntegrator} {
-		s.setRevoked(revokeKey(r, name), r != role)
-	}
 	s.log.Info("token created", "token", name, "role", role)
+	if replaced != nil {
+		s.revoked(Principal{Role: replaced.Role, Name: name}, RevokeReplaced)
+	}
 	return secret, nil
 }
 
@@ -100,11 +112,14 @@ func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
 	return list, nil
 }
 
-// RevokeToken deletes token name. Its connected sessions lose all rights
-// at once; new connections and requests are refused. It fails with
+// RevokeToken deletes token name. Its sessions lose all rights at once
+// (Allow refuses them, also after a token of the same name is created
+// again), new connections and requests are refused, and Config.OnRevoke
+// is told (umbra serve then disconnects the sessions). It fails with
 // ErrNotFound for an unknown token.
 func (s *Store) RevokeToken(ctx context.Context, name string) error {
 	var rec tokenRecord
+	s.credMu.Lock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if err := getJSON(b, name, &rec); err != nil {
@@ -112,11 +127,15 @@ func (s *Store) RevokeToken(ctx context.Context, name string) error {
 		}
 		return b.Delete([]byte(name))
 	})
+	if err == nil {
+		s.setCurrent(name, nil)
+	}
+	s.credMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("revoke token %s: %w", clip(name), err)
 	}
-	s.setRevoked(revokeKey(rec.Role, name), true)
 	s.log.Info("token revoked", "token", name)
+	s.revoked(Principal{Role: rec.Role, Name: name}, RevokeRevoked)
 	return nil
 }
 
