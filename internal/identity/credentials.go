@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
@@ -131,11 +132,11 @@ func (s *Store) Enrolment(id device.ID) string {
 
 // revoked tells Config.OnRevoke that p's credential ended. It runs after
 // the change is committed and current updated, outside every lock.
-func (s *Store) revoked(p Principal, reason string) {
+func (s *Store) revoked(ctx context.Context, p Principal, reason string) {
 	if s.cfg.OnRevoke == nil {
 		return
 	}
-	s.cfg.OnRevoke(Revocation{
+	s.cfg.OnRevoke(ctx, Revocation{
 		Principal: p,
 		Reason:    reason,
 		Match: func(id broker.Identity) bool {

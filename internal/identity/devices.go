@@ -96,7 +96,7 @@ func (s *Store) RotateDevice(ctx context.Context, id device.ID) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	s.revoked(Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRotated)
+	s.revoked(ctx, Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRotated)
 	return secret, nil
 }
 
@@ -136,7 +136,7 @@ func (s *Store) RemoveDevice(ctx context.Context, id device.ID) error {
 	if err := s.removeDevice(ctx, id); err != nil {
 		return err
 	}
-	s.revoked(Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRemoved)
+	s.revoked(ctx, Principal{Role: RoleDevice, Name: string(id), Device: id}, RevokeRemoved)
 	return nil
 }
 

@@ -104,8 +104,9 @@ type Config struct {
 	// the caller disconnect them (umbra serve evicts every session that
 	// Revocation.Match reports from the broker). It runs on the goroutine
 	// of the call that ended the credential, after the change is
-	// committed, outside the store's locks, and may call the store.
-	OnRevoke func(Revocation)
+	// committed, outside the store's locks, with that call's ctx, and may
+	// call the store.
+	OnRevoke func(ctx context.Context, r Revocation)
 }
 
 func (c *Config) setDefaults() {

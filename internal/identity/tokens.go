@@ -88,7 +88,7 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 	}
 	s.log.Info("token created", "token", name, "role", role)
 	if replaced != nil {
-		s.revoked(Principal{Role: replaced.Role, Name: name}, RevokeReplaced)
+		s.revoked(ctx, Principal{Role: replaced.Role, Name: name}, RevokeReplaced)
 	}
 	return secret, nil
 }
@@ -135,7 +135,7 @@ func (s *Store) RevokeToken(ctx context.Context, name string) error {
 		return fmt.Errorf("revoke token %s: %w", clip(name), err)
 	}
 	s.log.Info("token revoked", "token", name)
-	s.revoked(Principal{Role: rec.Role, Name: name}, RevokeRevoked)
+	s.revoked(ctx, Principal{Role: rec.Role, Name: name}, RevokeRevoked)
 	return nil
 }
 

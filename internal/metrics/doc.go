@@ -12,7 +12,9 @@
 //     shape of shadow.Config.Observe);
 //   - ObserveCommit(d, n): one bbolt commit of n documents (the shape of
 //     shadow.Config.CommitObserved);
-//   - SetRolloutDevices(rollout, state, n): devices of a rollout per state.
+//   - SetRolloutDevices(rollout, state, n): devices of a rollout per state;
+//   - AddEvictions(reason, n): MQTT sessions evicted because their
+//     credential ended.
 //
 // Counters that components already keep are read at scrape time through
 // small interfaces declared here: RegisterBroker takes a func returning
@@ -35,6 +37,7 @@
 //	umbra_shadow_retry_cache_hits_total         counter updates answered from the retry cache
 //	umbra_firmware_bytes_served_total           counter image bytes written to downloaders
 //	umbra_rollout_devices{rollout,state}        gauge   devices per rollout state
+//	umbra_identity_sessions_evicted_total{reason} counter sessions evicted: removed, rotated, revoked, replaced, stale
 //
 // plus the standard go_* and process_* collectors.
 //

@@ -46,7 +46,8 @@ type Metrics struct {
 	shadowLatency  *prometheus.HistogramVec // op
 	commitLatency  prometheus.Histogram
 	commitBatch    prometheus.Histogram
-	rollout        *prometheus.GaugeVec // rollout, state
+	rollout        *prometheus.GaugeVec   // rollout, state
+	evicted        *prometheus.CounterVec // reason
 }
 
 // New returns a Metrics with its own registry holding the shadow, commit
@@ -79,11 +80,15 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "rollout", Name: "devices",
 			Help: "Devices of a rollout by state.",
 		}, []string{"rollout", "state"}),
+		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "identity", Name: "sessions_evicted_total",
+			Help: "MQTT sessions disconnected because the credential they logged in with ended, by reason: removed (device), rotated (device secret), revoked (token), replaced (admin token), stale (logged in while the credential ended).",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout,
+		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout, m.evicted,
 	)
 	return m
 }
@@ -123,6 +128,13 @@ func (m *Metrics) SetRolloutDevices(rollout, state string, n int) {
 // finished and no longer worth reporting).
 func (m *Metrics) DeleteRollout(rollout string) {
 	m.rollout.DeletePartialMatch(prometheus.Labels{"rollout": rollout})
+}
+
+// AddEvictions counts n MQTT sessions evicted for reason (see the
+// umbra_identity_sessions_evicted_total help). n 0 makes the series
+// appear with 0.
+func (m *Metrics) AddEvictions(reason string, n int) {
+	m.evicted.WithLabelValues(reason).Add(float64(n))
 }
 
 // RegisterBroker exposes the broker's counters, read by calling stats at

@@ -83,6 +83,9 @@ type Server struct {
 
 	// closers run in reverse order of opening.
 	closers []closer
+	// evictions runs the evictions of sessions OnConnect found stale;
+	// Close waits for them after closing the broker.
+	evictions sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -165,10 +168,21 @@ func (s *Server) open(ctx context.Context) error {
 		return metrics.RetryCacheStats{Entries: int64(st.Entries), Bytes: st.Bytes, Evictions: st.Evictions, Hits: st.Hits}
 	})
 
+	// The broker is opened after the identity store; until then there is
+	// no session to evict.
+	for _, reason := range []string{identity.RevokeRemoved, identity.RevokeRotated, identity.RevokeRevoked,
+		identity.RevokeReplaced, evictStale} {
+		m.AddEvictions(reason, 0)
+	}
 	ids, err := identity.Open(ctx, identity.Config{
 		Path:      filepath.Join(cfg.DataDir, "identity.db"),
 		Logger:    log,
 		Anonymous: cfg.Anonymous,
+		OnRevoke: func(ctx context.Context, r identity.Revocation) {
+			if b := pub.b.Load(); b != nil {
+				m.AddEvictions(r.Reason, b.Evict(ctx, r.Match))
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -213,12 +227,23 @@ func (s *Server) open(ctx context.Context) error {
 		Auth:                ids,
 		OnSubscribe:         eng.HandleSubscribe,
 		OnConnect: func(ci broker.ConnInfo) {
+			if !ids.Valid(ci.Identity) {
+				// It logged in with a credential that ended before it
+				// was registered, so the revocation's eviction missed
+				// it. Allow refuses it everything; evict it too (not
+				// here: Evict waits for this connection).
+				s.evictStale(pub.b.Load(), ci.Identity)
+				return
+			}
 			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
 				presence(d)
 			}
 		},
 		OnDisconnect: func(ci broker.ConnInfo, err error) {
-			if d := ci.Identity.Device; d != "" && ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
+			// A removed device's last disconnect is not recorded: its
+			// presence went with it.
+			if d := ci.Identity.Device; d != "" && (cfg.Anonymous || ids.Enrolment(d) != "") &&
+				ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
 				presence(d)
 			}
 		},
@@ -366,6 +391,7 @@ func (s *Server) Close(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("close %s: %w", c.name, err))
 			}
 		}
+		s.evictions.Wait() // quick: the broker is closed
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
@@ -398,6 +424,26 @@ func (s *Server) HTTPAddr() net.Addr {
 		return nil
 	}
 	return s.api.Addr()
+}
+
+// evictStale is the eviction reason of a session that logged in with a
+// credential that ended before the broker registered it.
+const evictStale = "stale"
+
+// evictStale evicts from b the session of id, reported stale by
+// OnConnect, on a goroutine of its own: Evict waits for the connection
+// whose callback found it. b is nil while broker.Open has not returned
+// (no credential ends then). The broker closes before Close waits for
+// the goroutine.
+func (s *Server) evictStale(b *broker.Server, id broker.Identity) {
+	if b == nil {
+		return
+	}
+	s.evictions.Go(func() {
+		// Evict is bounded by the broker's ConnectTimeout and its Close.
+		n := b.Evict(context.Background(), func(other broker.Identity) bool { return other == id })
+		s.metrics.AddEvictions(evictStale, n)
+	})
 }
 
 // lazyHandler serves through a handler installed after the HTTP listener is
