@@ -12,7 +12,7 @@ import (
 // Command is the firmware update command a device receives as
 // desired.firmware in its shadow delta. Its JSON form is the wire format:
 //
-//	{"version":"1.2.0","hw":"m1","url":"http://…/fw/<sha256>?d=…&e=…&s=…",
+//	{"version":"1.2.0","hw":"m1","url":"http://…/fw/<sha256>?d=…&g=…&e=…&s=…",
 //	 "sha256":"<64 hex>","size":1048576,"signature":"<base64>","job":"r1"}
 type Command struct {
 	Version   string `json:"version"`

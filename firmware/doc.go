@@ -27,12 +27,16 @@
 //
 // # Download URLs
 //
-// URL mints BaseURL/fw/<sha256>?d=<device>&e=<unix expiry>&s=<HMAC>, the
-// HMAC binding blob, device and expiry under a server secret (<Dir>/url.key
-// unless Config.URLSecret is set). DownloadHandler checks it in constant
-// time and serves the blob with http.ServeContent (Range/If-Range resume,
-// strong ETag "<sha256>"); every refusal is a bare 403. Config.DeviceAuth is
-// the hook for additionally requiring device credentials.
+// URL mints BaseURL/fw/<sha256>?d=<device>&g=<enrolment>&e=<unix
+// expiry>&s=<HMAC>, the HMAC binding blob, device, the device's enrolment
+// generation (Config.Enrolment) and expiry under a server secret
+// (<Dir>/url.key unless Config.URLSecret is set). DownloadHandler checks it
+// in constant time and serves the blob with http.ServeContent
+// (Range/If-Range resume, strong ETag "<sha256>"); every refusal of a bad
+// URL is a bare 403. A valid URL whose enrolment is no longer the device's
+// (it was removed, and perhaps enrolled again) is revoked: 410 with a JSON
+// error. Config.DeviceAuth is the hook for additionally requiring device
+// credentials.
 //
 // # The firmware command (device protocol)
 //
@@ -41,7 +45,7 @@
 // in its delta:
 //
 //	"firmware": {"version": "1.2.0", "hw": "m1",
-//	             "url": "http://host:8080/fw/<sha256>?d=dev-1&e=1767225600&s=…",
+//	             "url": "http://host:8080/fw/<sha256>?d=dev-1&g=…&e=1767225600&s=…",
 //	             "sha256": "<64 lowercase hex>", "size": 1048576,
 //	             "signature": "<base64 ed25519 signature of the manifest>",
 //	             "job": "<rollout id, optional>"}

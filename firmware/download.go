@@ -12,7 +12,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 )
 
-// DownloadHandler serves GET and HEAD /fw/<sha256>?d=&e=&s= (as minted by
+// DownloadHandler serves GET and HEAD /fw/<sha256>?d=&g=&e=&s= (as minted by
 // URL) from blobs/, with http.ServeContent: Range and If-Range for resumed
 // downloads, strong ETag "<sha256>", Content-Length, Content-Type
 // application/octet-stream. Files are streamed (sendfile where the
@@ -21,6 +21,8 @@ import (
 // A malformed path or query, an altered or expired URL, a URL for another
 // device, a refusal by Config.DeviceAuth and an unknown blob all get 403 with
 // the generic body "forbidden"; the reason is logged at debug level only.
+// A valid URL minted for an enrolment of the device that is no longer
+// current (Config.Enrolment) gets 410 with a JSON error.
 // Other methods get 405, and requests after Close get 503.
 //
 // The handler matches the request path itself: mount it at "/fw/" (or
@@ -36,7 +38,7 @@ func (s *Store) BytesServed() int64 { return s.bytesServed.Load() }
 func (s *Store) Downloads() int64 { return s.downloads.Load() }
 
 // DeniedDownloads returns the number of download requests refused with 403
-// since Open.
+// or 410 since Open.
 func (s *Store) DeniedDownloads() int64 { return s.denied.Load() }
 
 func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
@@ -49,7 +51,11 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	sum, id, reason := s.verify(r.URL.Path, r.URL.RawQuery)
+	sum, id, gen, reason := s.verify(r.URL.Path, r.URL.RawQuery)
+	if reason == "" && s.revoked(id, gen) {
+		s.refuseRevoked(w, r, id)
+		return
+	}
 	if reason == "" && s.cfg.DeviceAuth != nil && !s.cfg.DeviceAuth(r, id) {
 		reason = denyAuth
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/goldentest"
 )
 
@@ -96,6 +97,7 @@ func goldenStore(t *testing.T) *env {
 		c.URLSecret = bytes.Repeat([]byte{9}, 32)
 		c.BaseURL = "http://127.0.0.1:8080"
 		c.URLTTL = 10 * time.Minute
+		c.Enrolment = func(device.ID) string { return "Q2Xv9s0mZ1lWb3cK" }
 	})
 }
 

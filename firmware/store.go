@@ -88,7 +88,7 @@ type Config struct {
 	// URLTTL is the default lifetime of a download URL. Default
 	// DefaultURLTTL, at most MaxURLTTL.
 	URLTTL time.Duration
-	// BaseURL prefixes minted URLs: BaseURL + "/fw/<sha256>?d=&e=&s=", e.g.
+	// BaseURL prefixes minted URLs: BaseURL + "/fw/<sha256>?d=&g=&e=&s=", e.g.
 	// "http://127.0.0.1:8080". It must be an absolute http or https URL
 	// without query or fragment; a path prefix is allowed (mount the handler
 	// under it with http.StripPrefix). Empty means URLs are relative
@@ -105,6 +105,15 @@ type Config struct {
 	// grants access. This is the hook for "device credentials additionally
 	// required".
 	DeviceAuth func(r *http.Request, id device.ID) bool
+	// Enrolment, when set, returns the current enrolment generation of
+	// device id, "" if id is not enrolled (identity.Store.Enrolment). URL
+	// signs it into the URL, and a download whose generation is no longer
+	// current gets 410: removing a device (and enrolling it again) revokes
+	// every URL minted for it. A URL minted while the device was not
+	// enrolled is bound to no enrolment. It is called for every mint and
+	// download and must be cheap. Nil means URLs are bound to no
+	// enrolment.
+	Enrolment func(id device.ID) string
 	// Logger receives the store's logs; nil discards them.
 	Logger *slog.Logger
 }

@@ -6,13 +6,16 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // FuzzDownloadURL feeds arbitrary paths and queries to the download handler:
-// it must never panic, and must accept only the minted (blob, device, expiry,
-// signature), however the query is encoded.
+// it must never panic, and must accept only the minted (blob, device,
+// enrolment, expiry, signature), however the query is encoded.
 func FuzzDownloadURL(f *testing.F) {
-	e := mustOpen(f, nil)
+	e := mustOpen(f, func(c *firmware.Config) { c.Enrolment = func(device.ID) string { return "gen-1" } })
 	img := mustUpload(f, e.st, "1.0.0", image(64, 1))
 	minted, _ := e.st.URL(img, "dev-1", 0)
 	mu, err := url.Parse(minted)
@@ -25,6 +28,9 @@ func FuzzDownloadURL(f *testing.F) {
 		{mu.Path, q},
 		{mu.Path, strings.Replace(q, "dev-1", "dev-2", 1)},
 		{mu.Path, strings.Replace(q, "e=", "e=1", 1)},
+		{mu.Path, strings.Replace(q, "g=gen-1", "g=gen-2", 1)},
+		{mu.Path, strings.Replace(q, "&g=gen-1", "", 1)},
+		{mu.Path, strings.Replace(q, "g=gen-1", "g=gen%2D1", 1)},
 		{mu.Path, strings.Replace(q, "e=", "e=+", 1)},
 		{mu.Path, q + "="},
 		{mu.Path, q + "&s=x"},
@@ -36,6 +42,7 @@ func FuzzDownloadURL(f *testing.F) {
 		{"/fw/" + strings.ToUpper(img.SHA256), q},
 		{"", ""},
 		{"/fw/", "d=&e=&s="},
+		{"/fw/", "d=&g=&e=&s="},
 	}
 	for _, s := range seeds {
 		f.Add(s[0], s[1])
@@ -53,7 +60,7 @@ func FuzzDownloadURL(f *testing.F) {
 		switch rec.Code {
 		case http.StatusOK:
 			got, err := url.ParseQuery(query)
-			if path != mu.Path || err != nil || got.Get("d") != want.Get("d") || got.Get("e") != want.Get("e") || got.Get("s") != want.Get("s") {
+			if path != mu.Path || err != nil || got.Get("d") != want.Get("d") || got.Get("g") != want.Get("g") || got.Get("e") != want.Get("e") || got.Get("s") != want.Get("s") {
 				t.Fatalf("accepted %q?%q, which is not the minted URL %q", path, query, minted)
 			}
 		case http.StatusForbidden:

@@ -163,8 +163,8 @@ func TestFirmwareCommands(t *testing.T) {
 	// url prints one pasteable line; the device downloads the exact image,
 	// and resumes with Range.
 	url := strings.TrimSpace(fwCLI(t, api, "url", "1.2.0", "--device", "lamp-1", "--ttl", "10m"))
-	if !strings.HasPrefix(url, api.url+"/fw/"+sum+"?d=lamp-1&e=") {
-		t.Fatalf("url = %q, want %s/fw/%s?d=lamp-1&e=…", url, api.url, sum)
+	if !strings.HasPrefix(url, api.url+"/fw/"+sum+"?d=lamp-1&g=&e=") {
+		t.Fatalf("url = %q, want %s/fw/%s?d=lamp-1&g=&e=…", url, api.url, sum)
 	}
 	if status, got := fetch(t, url, ""); status != 200 || sha256Hex(got) != sum {
 		t.Errorf("download: status %d, %d bytes sha256 %s; want 200, %d bytes %s", status, len(got), sha256Hex(got), len(data), sum)

@@ -236,7 +236,7 @@ func TestFirmwareFlow(t *testing.T) {
 	if !strings.HasPrefix(dl, e.srv.URL+"/fw/"+sum(data)+"?d=dev-1&") {
 		t.Fatalf("url = %q, want %s/fw/<sha256>?d=dev-1&…", dl, e.srv.URL)
 	}
-	if !strings.Contains(u.raw, "?d=dev-1&e=") {
+	if !strings.Contains(u.raw, "?d=dev-1&g=&e=") {
 		t.Errorf("url response %s: want the URL's & unescaped", u.raw)
 	}
 	if _, ok := u.body["expires"].(string); !ok {

@@ -12,7 +12,9 @@
 // while its credential ended, and so registered after the eviction
 // looked, is found stale by OnConnect (identity.Store.Valid) and evicted
 // on a goroutine that Close waits for. Evictions are counted in
-// umbra_identity_sessions_evicted_total{reason}.
+// umbra_identity_sessions_evicted_total{reason}. Firmware download URLs
+// carry the device's enrolment (identity.Store.Enrolment), so removing a
+// device also revokes its URLs.
 //
 // `umbra serve` is flag parsing over this package; tests and benchmarks
 // use it to run the same wiring in-process.

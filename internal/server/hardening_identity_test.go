@@ -343,3 +343,74 @@ func TestHardening02StaleLoginIsEvicted(t *testing.T) {
 		t.Errorf("broker sessions = %d, want 0", st.Sessions)
 	}
 }
+
+// download GETs a firmware URL and returns the status, the Content-Type
+// and the body.
+func download(t *testing.T, url string) (int, string, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), "GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, res.Header.Get("Content-Type"), b
+}
+
+// TestHardening13RemovalRevokesFirmwareURLs (issue 10, case 13): a
+// firmware URL minted for a device stops working when the device is
+// removed, and stays refused (410, JSON) when the ID is enrolled again; a
+// URL minted for the new enrolment works. Rotating the device's secret
+// does not revoke its URLs. A refused download serves no byte.
+func TestHardening13RemovalRevokesFirmwareURLs(t *testing.T) {
+	r := mustOpenRig(t, true)
+	admin := r.adminToken(t)
+	img := r.mustUpload(t, "1.0.0")
+	enrolDevice("devX")(t, r, admin)
+	mint := func() string {
+		t.Helper()
+		var u httpapi.URLResponse
+		r.mustAPI(t, "POST", "/v1/firmware/1.0.0/url", admin, `{"device":"devX"}`, http.StatusOK, &u)
+		return u.URL
+	}
+	ok := func(what, url string) {
+		t.Helper()
+		if st, _, b := download(t, url); st != http.StatusOK || int64(len(b)) != img.Size {
+			t.Fatalf("%s: GET = %d with %d bytes, want 200 with the %d-byte image", what, st, len(b), img.Size)
+		}
+	}
+	refused := func(what, url string) {
+		t.Helper()
+		served := r.Firmware().BytesServed()
+		st, ct, b := download(t, url)
+		var body struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		}
+		if st != http.StatusGone || !strings.HasPrefix(ct, "application/json") || json.Unmarshal(b, &body) != nil ||
+			body.Code != http.StatusGone || body.Message == "" {
+			t.Errorf("%s: GET = %d %q %.200s, want 410 with a JSON error", what, st, ct, b)
+		}
+		if got := r.Firmware().BytesServed(); got != served {
+			t.Errorf("%s: %d image bytes served, want none", what, got-served)
+		}
+	}
+
+	old := mint()
+	ok("URL of the enrolled device", old)
+	r.mustAPI(t, "POST", "/v1/devices/devX/rotate", admin, "", http.StatusOK, nil)
+	ok("URL after a rotation", old)
+
+	r.mustAPI(t, "DELETE", "/v1/devices/devX", admin, "", http.StatusNoContent, nil)
+	refused("URL of a removed device", old)
+	enrolDevice("devX")(t, r, admin)
+	refused("URL of an earlier enrolment", old)
+	ok("URL of the new enrolment", mint())
+}

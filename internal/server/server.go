@@ -301,6 +301,8 @@ func (s *Server) open(ctx context.Context) error {
 		MaxImageSize:   cfg.MaxImageSize,
 		BaseURL:        baseURL,
 		Logger:         log,
+		// Removing a device revokes its download URLs.
+		Enrolment: ids.Enrolment,
 		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) {
 			if p := planner.Load(); p != nil {
 				return p.InUse(ctx, v)
