@@ -414,3 +414,34 @@ func TestHardening13RemovalRevokesFirmwareURLs(t *testing.T) {
 	refused("URL of an earlier enrolment", old)
 	ok("URL of the new enrolment", mint())
 }
+
+// TestHardening02AnonymousSessionsStay: with --insecure-anonymous no
+// session is bound to a credential, so removing an enrolled ID or
+// revoking a token evicts nobody and the anonymous clients keep working.
+func TestHardening02AnonymousSessionsStay(t *testing.T) {
+	r := mustOpenRig(t, false)
+	c, _, err := connectSession(t, r.mqttURL(), "devX", "", "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.msgs = brokertest.Subscribe(t, c.c, "state/devX/update/accepted", 1)
+	enrolDevice("devX")(t, r, "")
+	r.mustAPI(t, "DELETE", "/v1/devices/devX", "", "", http.StatusNoContent, nil)
+	r.mustAPI(t, "POST", "/v1/tokens", "", `{"name":"ops2","role":"operator"}`, http.StatusCreated, nil)
+	r.mustAPI(t, "DELETE", "/v1/tokens/ops2", "", "", http.StatusNoContent, nil)
+
+	brokertest.Publish(t, c.c, "state/devX/update", 1, []byte(`{"state":{"reported":{"still":"here"}}}`))
+	if m := brokertest.Next(t, c.msgs, waitTimeout); !strings.Contains(string(m.Payload), "here") {
+		t.Fatalf("accepted %s, want the anonymous client's update", m.Payload)
+	}
+	select {
+	case err := <-c.lost:
+		t.Fatalf("anonymous session lost: %v", err)
+	default:
+	}
+	for _, reason := range []string{"removed", "revoked"} {
+		if v := r.metricValue(t, `umbra_identity_sessions_evicted_total{reason="`+reason+`"}`); v != "0" {
+			t.Errorf("evictions (%s) = %q, want 0", reason, v)
+		}
+	}
+}
