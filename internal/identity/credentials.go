@@ -154,16 +154,33 @@ func (s *Store) revoked(ctx context.Context, p Principal, reason string) {
 // device and token stored by an earlier version (without generations)
 // fresh ones.
 func (s *Store) loadCredentials(tx *bolt.Tx) error {
-	devices := tx.Bucket(bucketDevices)
-	var migrate []string
-	err := devices.ForEach(func(k, v []byte) error {
-		var rec deviceRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("identity: decode device %q: %w", k, err)
+	if err := loadRecords[deviceRecord](s, tx.Bucket(bucketDevices), "device"); err != nil {
+		return err
+	}
+	return loadRecords[tokenRecord](s, tx.Bucket(bucketTokens), "token")
+}
+
+// generational is a pointer to a stored record with credential
+// generations.
+type generational[R any] interface {
+	*R
+	// addGenerations gives the record the generations it lacks and
+	// reports whether it had to.
+	addGenerations() bool
+	credential() *credential
+}
+
+// loadRecords puts the credential of every record of b (of kind, for
+// errors) into current, storing the records that needed generations.
+func loadRecords[R any, P generational[R]](s *Store, b *bolt.Bucket, kind string) error {
+	migrated := make(map[string]P)
+	err := b.ForEach(func(k, v []byte) error {
+		rec := P(new(R))
+		if err := json.Unmarshal(v, rec); err != nil {
+			return fmt.Errorf("identity: decode %s %q: %w", kind, k, err)
 		}
-		if rec.Enrolment == "" || rec.SecretGen == "" {
-			migrate = append(migrate, string(k))
-			return nil
+		if rec.addGenerations() {
+			migrated[string(k)] = rec // written after ForEach, which forbids changes
 		}
 		s.setCurrent(string(k), rec.credential())
 		return nil
@@ -171,51 +188,31 @@ func (s *Store) loadCredentials(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range migrate {
-		var rec deviceRecord
-		if err := getJSON(devices, name, &rec); err != nil {
-			return err
+	for name, rec := range migrated {
+		if err := putJSON(b, name, rec); err != nil {
+			return fmt.Errorf("identity: add generations to %s %q: %w", kind, name, err)
 		}
-		if rec.Enrolment == "" {
-			rec.Enrolment = newGeneration()
-		}
-		if rec.SecretGen == "" {
-			rec.SecretGen = newGeneration()
-		}
-		if err := putJSON(devices, name, rec); err != nil {
-			return fmt.Errorf("identity: add generations to device %q: %w", name, err)
-		}
-		s.setCurrent(name, rec.credential())
-	}
-	tokens := tx.Bucket(bucketTokens)
-	migrate = migrate[:0]
-	err = tokens.ForEach(func(k, v []byte) error {
-		var rec tokenRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("identity: decode token %q: %w", k, err)
-		}
-		if rec.SecretGen == "" {
-			migrate = append(migrate, string(k))
-			return nil
-		}
-		s.setCurrent(string(k), rec.credential())
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, name := range migrate {
-		var rec tokenRecord
-		if err := getJSON(tokens, name, &rec); err != nil {
-			return err
-		}
-		rec.SecretGen = newGeneration()
-		if err := putJSON(tokens, name, rec); err != nil {
-			return fmt.Errorf("identity: add a generation to token %q: %w", name, err)
-		}
-		s.setCurrent(name, rec.credential())
 	}
 	return nil
+}
+
+func (r *deviceRecord) addGenerations() bool {
+	added := r.Enrolment == "" || r.SecretGen == ""
+	if r.Enrolment == "" {
+		r.Enrolment = newGeneration()
+	}
+	if r.SecretGen == "" {
+		r.SecretGen = newGeneration()
+	}
+	return added
+}
+
+func (r *tokenRecord) addGenerations() bool {
+	if r.SecretGen != "" {
+		return false
+	}
+	r.SecretGen = newGeneration()
+	return true
 }
 
 func (r deviceRecord) credential() *credential {

@@ -112,10 +112,7 @@ func (s *Store) rotateDevice(ctx context.Context, id device.ID) (string, error) 
 		}
 		rec.MAC = secretMAC(s.key, RoleDevice, string(id), []byte(secret))
 		rec.RotatedAt = s.cfg.Now().UTC()
-		rec.SecretGen = newGeneration()
-		if rec.Enrolment == "" {
-			rec.Enrolment = newGeneration()
-		}
+		rec.SecretGen = newGeneration() // the enrolment stays
 		return putJSON(b, string(id), rec)
 	})
 	if err != nil {
