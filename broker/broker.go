@@ -134,6 +134,12 @@ type Config struct {
 	// WSAddr is the address of the MQTT-over-WebSocket listener, which
 	// serves the paths "/mqtt" and "/". Empty means no WebSocket listener.
 	WSAddr string
+	// WSAllowedOrigins are the browser origins ("scheme://host[:port]")
+	// whose pages may open WebSocket connections, besides pages
+	// of the listener's own host (any port). A handshake without an Origin
+	// header (not from a browser) is always allowed; one from any other
+	// origin gets 403. Default none.
+	WSAllowedOrigins []string
 	// TLSAddr is the address of the MQTT-over-TLS listener, for example
 	// ":8883". Empty means no TLS listener. It requires TLSConfig.
 	TLSAddr string
@@ -302,6 +308,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%w: TLSConfig has no server certificate", ErrInvalidConfig)
 		}
 	}
+	if err := checkWSOrigins(c.WSAllowedOrigins); err != nil {
+		return err
+	}
 	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
 		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)
 	}
@@ -418,7 +427,9 @@ func (s *Server) listen() (err error) {
 	if s.tcp, err = s.addListener("tcp", s.cfg.TCPAddr, newTCPListener); err != nil {
 		return err
 	}
-	if s.ws, err = s.addListener("ws", s.cfg.WSAddr, newWSListener); err != nil {
+	if s.ws, err = s.addListener("ws", s.cfg.WSAddr, func(id string, ln net.Listener, timeout time.Duration) *listener {
+		return newWSListener(id, ln, timeout, s.cfg.WSAllowedOrigins)
+	}); err != nil {
 		return err
 	}
 	s.tls, err = s.addListener("tls", s.cfg.TLSAddr, func(id string, ln net.Listener, timeout time.Duration) *listener {

@@ -47,6 +47,14 @@
 // chain from Credentials.TLS, for example to match the certificate's
 // common name to the client ID.
 //
+// # WebSocket origins
+//
+// The WebSocket listener refuses, with a JSON 403, a handshake whose
+// Origin header names another host than the request's Host (ports are
+// ignored) and is not in Config.WSAllowedOrigins: a page the user visits
+// cannot use the broker from their browser. Handshakes without Origin
+// (MQTT libraries, devices) are not browsers' and are accepted.
+//
 // # In-process subscribers
 //
 // Subscribe registers a HandlerFunc that receives the publisher's client

@@ -73,8 +73,9 @@ func newTLSListener(id string, ln net.Listener, connectTimeout time.Duration, co
 }
 
 // newWSListener serves MQTT over WebSocket on ln, at the paths "/mqtt"
-// and "/".
-func newWSListener(id string, ln net.Listener, connectTimeout time.Duration) *listener {
+// and "/", to clients without an Origin header and to browser pages of the
+// same host or of allowedOrigins (see wsOriginChecker).
+func newWSListener(id string, ln net.Listener, connectTimeout time.Duration, allowedOrigins []string) *listener {
 	l := newListener(id, "ws", ln, connectTimeout)
 	l.upgrader = &websocket.Upgrader{
 		HandshakeTimeout: connectTimeout,
@@ -82,9 +83,10 @@ func newWSListener(id string, ln net.Listener, connectTimeout time.Duration) *li
 		WriteBufferSize:  1024,
 		WriteBufferPool:  &sync.Pool{}, // no write buffer held by idle connections
 		Subprotocols:     []string{"mqtt"},
-		// MQTT clients are not browsers sharing cookies: access control
-		// happens in CONNECT, so any origin may connect.
-		CheckOrigin: func(*http.Request) bool { return true },
+		// Access control happens in CONNECT, but with authentication off
+		// any page the user visits could use the broker from the browser.
+		CheckOrigin: wsOriginChecker(allowedOrigins),
+		Error:       wsError,
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/mqtt", l.serveWS)

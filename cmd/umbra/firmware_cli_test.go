@@ -342,6 +342,7 @@ func TestFirmwareUploadCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.ContentLength = 64 << 20
+	req.Header.Set("Content-Type", "application/octet-stream")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -107,12 +107,20 @@ func publish(t *testing.T, c paho.Client, topic, payload string) {
 	// the protocol version; what matters is its effect, checked by callers.
 }
 
-// httpDo sends a request with an optional bearer token.
+// httpDo sends a request with an optional bearer token; a body is declared
+// JSON, or a raw image for POST /v1/firmware.
 func httpDo(t *testing.T, method, url, token, body string) (int, http.Header, []byte) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	switch {
+	case body == "":
+	case method == http.MethodPost && req.URL.Path == "/v1/firmware":
+		req.Header.Set("Content-Type", "application/octet-stream") // a raw image
+	default:
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)

@@ -45,6 +45,7 @@ type serveOptions struct {
 	maxImageSize int64
 
 	insecureAnonymous bool
+	allowedOrigins    []string
 	tlsAddr           string
 	tlsCert           string
 	tlsKey            string
@@ -101,6 +102,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
 	f.Int64Var(&o.maxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
 	f.BoolVar(&o.insecureAnonymous, "insecure-anonymous", false, "accept every MQTT and HTTP client as an operator, without credentials (loopback listeners only; for tests and demos)")
+	f.StringSliceVar(&o.allowedOrigins, "allowed-origins", nil, "browser origins (scheme://host[:port], comma-separated) whose pages may change things through the HTTP API and open MQTT over WebSocket, besides the server's own origin (HTTP) and host (WebSocket)")
 	f.StringVar(&o.tlsAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls-addr")
 	f.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM) for --tls-addr")
@@ -124,6 +126,7 @@ type serveConfig struct {
 	urlTTL        time.Duration
 	maxImageSize  int64
 	anonymous     bool
+	origins       []string
 	tlsAddr       string
 	tlsConfig     *tls.Config // nil unless tlsAddr is set
 	log           *slog.Logger
@@ -184,13 +187,20 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.deviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
+	for _, origin := range o.allowedOrigins {
+		u, err := url.Parse(origin)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+			u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+			return serveConfig{}, fmt.Errorf("--allowed-origins %q: want http(s)://host[:port], as a browser sends it in Origin", origin)
+		}
+	}
 	return serveConfig{
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
 		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
-		anonymous: o.insecureAnonymous, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
+		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 	}, nil
 }
 
@@ -280,6 +290,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		URLTTL:            cfg.urlTTL,
 		MaxImageSize:      cfg.maxImageSize,
 		Anonymous:         cfg.anonymous,
+		AllowedOrigins:    cfg.origins,
 		Logger:            cfg.log,
 	})
 	if err != nil {

@@ -45,6 +45,7 @@ func doAuth(t *testing.T, srv *httptest.Server, method, path, token, body string
 	if err != nil {
 		t.Fatal(err)
 	}
+	setContentType(req)
 	switch {
 	case strings.HasPrefix(token, "Basic "):
 		req.Header.Set("Authorization", token) // another scheme, as is

@@ -49,6 +49,19 @@
 // error the table does not know is a 500 with a generic message, its detail
 // logged once.
 //
+// # Browsers and request bodies
+//
+// Every route refuses, with 403, a state-changing request (POST, PUT,
+// PATCH, DELETE) that a browser sent from a page of another origin: its
+// Sec-Fetch-Site is not same-origin or none, or, without that header, its
+// Origin does not match Host (http.CrossOriginProtection; origins in
+// Config.TrustedOrigins pass). Requests without either header, from curl,
+// the CLI or devices, are not browsers' and pass. Every JSON body must be
+// declared "Content-Type: application/json" (charset, if given, utf-8), and
+// a raw firmware image application/octet-stream; another type or none is a
+// 415. Together they hold with authentication on and off (anonymous mode is
+// where a developer's browser is an operator on loopback).
+//
 // # Lifecycle and concurrency
 //
 // Open binds the listener synchronously (so Addr reports the real port) and

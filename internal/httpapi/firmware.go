@@ -110,8 +110,15 @@ func (a *api) uploadFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	maxSize := fw.MaxImageSize()
-	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	isMultipart := mediaType == "multipart/form-data"
+	mt := mediaType(r)
+	if mt != mediaRaw && mt != mediaMultipart {
+		a.writeError(w, r, clientErr(errMediaType, "Unsupported Content-Type %.60q: send the image as %s, or as the \"file\" part of %s",
+			r.Header.Get("Content-Type"), mediaRaw, mediaMultipart), "")
+		closeAfter(w)
+		return
+	}
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	isMultipart := mt == mediaMultipart
 	limit := maxSize
 	if isMultipart {
 		limit += multipartSlack
@@ -450,9 +457,12 @@ func (req URLRequest) validate() (device.ID, time.Duration, error) {
 }
 
 // decodeJSON reads a bounded JSON object body into v, refusing unknown
-// fields and trailing data. Like the shadow routes it ignores Content-Type
-// (curl -d sends a form type).
+// fields and trailing data, and a body not declared application/json
+// (requireJSON: curl -d needs -H 'Content-Type: application/json').
 func (a *api) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if err := requireJSON(r); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, a.maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -78,7 +78,7 @@ func newFirmwareAPI(t *testing.T, cfg firmware.Config) *fwEnv {
 type upload struct {
 	query   string // without "?"
 	headers map[string]string
-	ctype   string
+	ctype   string // default application/octet-stream; "-" for none
 	body    io.Reader
 	length  int64 // Content-Length; -1 for chunked, 0 for len(body) when known
 }
@@ -96,7 +96,11 @@ func (e *fwEnv) upload(t *testing.T, u upload) response {
 	for k, v := range u.headers {
 		req.Header.Set(k, v)
 	}
-	if u.ctype != "" {
+	switch u.ctype {
+	case "":
+		req.Header.Set("Content-Type", "application/octet-stream")
+	case "-": // none
+	default:
 		req.Header.Set("Content-Type", u.ctype)
 	}
 	switch {
@@ -532,6 +536,7 @@ func FuzzFirmwareRequests(f *testing.F) {
 	f.Fuzz(func(t *testing.T, query, hdrVersion, version, body string) {
 		up := httptest.NewRequestWithContext(t.Context(), "POST", "/v1/firmware", strings.NewReader(body))
 		up.URL.RawQuery = query
+		setContentType(up)
 		if hdrVersion != "" && !strings.ContainsAny(hdrVersion, "\r\n\x00") {
 			up.Header.Set(httpapi.HeaderVersion, hdrVersion)
 		}
@@ -552,7 +557,9 @@ func FuzzFirmwareRequests(f *testing.F) {
 			p += "x" // the mux would redirect these paths
 		}
 		for _, r := range []struct{ method, path string }{{"GET", p}, {"DELETE", p}, {"POST", p + "/url"}, {"POST", p + "/assign"}} {
-			serve(t, httptest.NewRequestWithContext(t.Context(), r.method, r.path, strings.NewReader(body)))
+			req := httptest.NewRequestWithContext(t.Context(), r.method, r.path, strings.NewReader(body))
+			setContentType(req)
+			serve(t, req)
 		}
 	})
 }
@@ -585,6 +592,7 @@ func TestFirmwareAuth(t *testing.T) {
 	send := func(method, path, token, body string) int {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(t.Context(), method, srv.URL+path, strings.NewReader(body))
+		setContentType(req)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -665,6 +673,7 @@ func TestFirmwareSlowUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/octet-stream")
 	start := time.Now()
 	res, err := srv.Client().Do(req)
 	if err != nil {

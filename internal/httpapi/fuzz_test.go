@@ -46,6 +46,7 @@ func FuzzShadowRequest(f *testing.F) {
 		}
 		target := "/v1/devices/" + url.PathEscape(id) + "/shadow?" + url.Values{"clientToken": {token}}.Encode()
 		req := httptest.NewRequestWithContext(t.Context(), method, target, strings.NewReader(body))
+		setContentType(req)
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if !slices.Contains(allowed, rec.Code) {

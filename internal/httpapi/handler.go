@@ -41,6 +41,11 @@ var (
 	// errIncompatible: targets of another hardware model than the image
 	// (an *IncompatibleError).
 	errIncompatible = errors.New("httpapi: incompatible hardware")
+	// errCrossOrigin: a state-changing request from a browser page of
+	// another origin (see crossOrigin).
+	errCrossOrigin = errors.New("httpapi: cross-origin request")
+	// errMediaType: a body of a type the route does not take.
+	errMediaType = errors.New("httpapi: unsupported media type")
 )
 
 // statusTable is the one table from this edge's errors to HTTP statuses.
@@ -64,6 +69,8 @@ var statusTable = []struct {
 	{errNoRoute, http.StatusNotFound},
 	{errMethod, http.StatusMethodNotAllowed},
 	{errTooLarge, http.StatusRequestEntityTooLarge},
+	{errCrossOrigin, http.StatusForbidden},
+	{errMediaType, http.StatusUnsupportedMediaType},
 	{errNoStore, http.StatusServiceUnavailable},
 	{firmware.ErrInvalid, http.StatusBadRequest},
 	{firmware.ErrInvalidVersion, http.StatusBadRequest},
@@ -135,6 +142,10 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, nil, err
 	}
+	cop, err := newCrossOriginProtection(cfg.TrustedOrigins)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: TrustedOrigins: %w", ErrInvalidConfig, err)
+	}
 	a = &api{eng: cfg.Shadow, log: cfg.Logger.With(logKeyComponent, "httpapi"), maxBody: cfg.MaxBodyBytes}
 	if cfg.Firmware != nil {
 		a.fw.Store(cfg.Firmware)
@@ -196,7 +207,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
 		mux.Handle(pattern, routes[pattern])
 	}
-	return a.logRequests(a.recoverPanics(a.withAPI(mux))), a, nil
+	return a.logRequests(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux)))), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -298,6 +309,10 @@ func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool,
 	}
 	var body []byte
 	if readBody {
+		if err := requireJSON(r); err != nil {
+			a.writeError(w, r, err, qtok)
+			return
+		}
 		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxBody))
 		if err != nil {
 			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {

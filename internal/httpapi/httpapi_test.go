@@ -115,6 +115,19 @@ func newAPI(t *testing.T, cfg httpapi.Config) (*httptest.Server, *recorder) {
 	return srv, rec
 }
 
+// setContentType declares req's body, if any, as the API requires: a raw
+// image for POST /v1/firmware, JSON everywhere else.
+func setContentType(req *http.Request) {
+	if req.ContentLength == 0 {
+		return
+	}
+	if req.Method == http.MethodPost && req.URL.Path == "/v1/firmware" {
+		req.Header.Set("Content-Type", "application/octet-stream")
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+}
+
 // response is a decoded HTTP response.
 type response struct {
 	status int
@@ -129,6 +142,7 @@ func do(t *testing.T, srv *httptest.Server, method, path, body string) response 
 	if err != nil {
 		t.Fatal(err)
 	}
+	setContentType(req)
 	res, err := srv.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)

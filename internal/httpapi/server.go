@@ -72,6 +72,12 @@ type Config struct {
 	// Targets resolves "select" and "all" in POST /v1/rollouts
 	// (IdentityTargets); nil answers such requests with 503.
 	Targets TargetResolver
+	// TrustedOrigins are browser origins, each "scheme://host[:port]"
+	// exactly as a browser sends it in the Origin header (for example
+	// "https://console.example.com"), whose pages may send state-changing
+	// requests besides pages of the API's own origin. Default none: a
+	// cross-origin POST, PUT, PATCH or DELETE from a browser gets 403.
+	TrustedOrigins []string
 }
 
 func (c *Config) setDefaults() {

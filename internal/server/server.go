@@ -60,6 +60,12 @@ type Config struct {
 
 	// Anonymous turns authentication off (every client is an operator).
 	Anonymous bool
+	// AllowedOrigins are browser origins ("scheme://host[:port]") whose
+	// pages may send state-changing HTTP requests (httpapi.Config.
+	// TrustedOrigins) and open MQTT-over-WebSocket connections (broker.
+	// Config.WSAllowedOrigins), besides pages of the server's own origin
+	// (HTTP) or host (WebSocket). Default none.
+	AllowedOrigins []string
 
 	// RolloutTick and RolloutRescan tune the planner (rollout.Config.Tick
 	// and Rescan); tests and benchmarks shorten them.
@@ -222,6 +228,7 @@ func (s *Server) open(ctx context.Context) error {
 		WSAddr:              cfg.WSAddr,
 		TLSAddr:             cfg.TLSAddr,
 		TLSConfig:           cfg.TLSConfig,
+		WSAllowedOrigins:    cfg.AllowedOrigins,
 		MaxPacketSize:       cfg.MaxPacketSize,
 		Logger:              log,
 		Auth:                ids,
@@ -276,13 +283,14 @@ func (s *Server) open(ctx context.Context) error {
 		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
 		mounts["GET /metrics"] = m.Handler()   // for Prometheus scrapers, like /healthz: no bearer token
 		api, err := httpapi.Open(ctx, httpapi.Config{
-			Addr:       cfg.HTTPAddr,
-			Shadow:     eng,
-			Logger:     log,
-			Mounts:     mounts,
-			Middleware: auth,
-			Presence:   ids.Presence,
-			Targets:    httpapi.IdentityTargets(ids, eng),
+			Addr:           cfg.HTTPAddr,
+			Shadow:         eng,
+			Logger:         log,
+			Mounts:         mounts,
+			Middleware:     auth,
+			Presence:       ids.Presence,
+			Targets:        httpapi.IdentityTargets(ids, eng),
+			TrustedOrigins: cfg.AllowedOrigins,
 			// Firmware and Rollouts are installed below: the store needs the bound address.
 		})
 		if err != nil {

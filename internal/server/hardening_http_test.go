@@ -1,0 +1,356 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/umbra-iot/umbra/internal/server"
+)
+
+// httpRig is a whole Umbra with the HTTP API and the WebSocket listener on
+// 127.0.0.1:0, anonymous or secure, with a device "victim" whose shadow is
+// at version 1, an image 1.0.0 and the operator token.
+type httpRig struct {
+	*server.Server
+	api, ws  string // http://host:port and host:port
+	token    string // operator bearer token; "" when anonymous
+	secret   string // victim's secret; "" when anonymous
+	anon     bool
+	imageSHA string
+}
+
+func mustOpenHTTPRig(t *testing.T, anonymous bool, origins ...string) *httpRig {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := server.Open(t.Context(), server.Config{
+		DataDir:        dir,
+		MQTTAddr:       "127.0.0.1:0",
+		WSAddr:         "127.0.0.1:0",
+		HTTPAddr:       "127.0.0.1:0",
+		Anonymous:      anonymous,
+		DeviceRate:     -1, // snapshot reads the shadow after every request
+		AllowedOrigins: origins,
+		Logger:         testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("server.Open: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("server Close: %v", err)
+		}
+	})
+	r := &httpRig{Server: s, api: "http://" + s.HTTPAddr().String(), ws: s.Broker().WSAddr().String(), anon: anonymous}
+	if !anonymous {
+		tok, err := os.ReadFile(filepath.Join(dir, server.AdminTokenFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.token = strings.TrimSpace(string(tok))
+		if r.secret, err = s.Identity().AddDevice(t.Context(), "victim", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Engine().Update(t.Context(), "victim", []byte(`{"state":{"desired":{"door":"locked"}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	img := (&rig{Server: s}).mustUpload(t, "1.0.0")
+	r.imageSHA = img.SHA256
+	return r
+}
+
+// snapshot is everything a request in these tests could change, as text.
+func (r *httpRig) snapshot(t *testing.T) string {
+	t.Helper()
+	ctx := t.Context()
+	var d struct {
+		Version int             `json:"version"`
+		State   json.RawMessage `json:"state"`
+	}
+	if doc, err := r.Engine().Get(ctx, "victim", nil); err != nil {
+		d.State = fmt.Appendf(nil, "%q", err) // deleted: the difference shows
+	} else if err := json.Unmarshal(doc, &d); err != nil {
+		t.Fatal(err)
+	}
+	toks, err := r.Identity().ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tk := range toks {
+		names = append(names, tk.Name)
+	}
+	devs, err := r.Identity().ListDevices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, dv := range devs {
+		ids = append(ids, string(dv.ID))
+	}
+	secretOK := "n/a"
+	if r.secret != "" {
+		_, err := r.Identity().Verify(ctx, "victim", []byte(r.secret))
+		secretOK = fmt.Sprint(err == nil)
+	}
+	imgs, err := r.Firmware().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vers []string
+	for _, im := range imgs {
+		vers = append(vers, string(im.Version))
+	}
+	ros, err := r.Planner().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("shadow v%d %s; tokens %v; devices %v (secret valid: %s); images %v; rollouts %d",
+		d.Version, d.State, names, ids, secretOK, vers, len(ros))
+}
+
+// send sends one request to the API with the operator token (if any) and
+// headers hdr (a "" value deletes the header), and returns the status,
+// header and body.
+func (r *httpRig) send(t *testing.T, method, path string, hdr map[string]string, body []byte) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, r.api+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	for k, v := range hdr {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, res.Header, b
+}
+
+// checkJSONError fails unless the answer is a JSON error body whose code is
+// status.
+func checkJSONError(t *testing.T, what string, status int, hdr http.Header, body []byte) {
+	t.Helper()
+	if ct := hdr.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s: Content-Type %q, want application/json (body %q)", what, ct, body)
+	}
+	var e struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || e.Code != status || e.Message == "" {
+		t.Errorf("%s: body %q, want a JSON error with code %d and a message", what, body, status)
+	}
+}
+
+// multipartImage is a browser form upload of a firmware image.
+func multipartImage(t *testing.T, version string) (ctype string, body []byte) {
+	t.Helper()
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	if err := mw.WriteField("version", version); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := mw.CreateFormFile("file", "evil.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.Write(bytes.Repeat([]byte("evil"), 1000))
+	if err := mw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return mw.FormDataContentType(), b.Bytes()
+}
+
+// TestHardening11CrossOriginRequestsChangeNothing: a state-changing request
+// a browser page of another origin can send (a "simple" text/plain or form
+// POST, with Origin or Sec-Fetch-Site: cross-site), or a JSON body not
+// declared application/json, or a raw image not declared
+// application/octet-stream, is refused with a JSON 403 or 415 and changes
+// nothing stored, with authentication off and on. Before the fix, the
+// text/plain shadow update and token creation returned 200 and 201.
+func TestHardening11CrossOriginRequestsChangeNothing(t *testing.T) {
+	const evil = "http://evil.example"
+	shadowBody := []byte(`{"state":{"desired":{"door":"open"}}}`)
+	tokenBody := []byte(`{"name":"pwned","role":"operator"}`)
+	formCT, formBody := multipartImage(t, "6.6.6")
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		hdr    map[string]string
+		body   []byte
+		status int
+	}{
+		{"shadow text/plain from a page", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "text/plain", "Origin": evil}, shadowBody, 403},
+		{"shadow text/plain, Sec-Fetch-Site only", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"}, shadowBody, 403},
+		{"shadow JSON from a page", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "application/json", "Origin": evil, "Sec-Fetch-Site": "cross-site"}, shadowBody, 403},
+		{"shadow JSON from a sibling port", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"}, shadowBody, 403},
+		{"shadow JSON from origin null", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "application/json", "Origin": "null"}, shadowBody, 403},
+		{"shadow text/plain without Origin", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "text/plain"}, shadowBody, 415},
+		{"shadow form type", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, shadowBody, 415},
+		{"shadow without Content-Type", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": ""}, shadowBody, 415},
+		{"shadow JSON in latin1", "POST", "/v1/devices/victim/shadow", map[string]string{"Content-Type": "application/json; charset=iso-8859-1"}, shadowBody, 415},
+		{"shadow delete from a page", "DELETE", "/v1/devices/victim/shadow", map[string]string{"Origin": evil}, nil, 403},
+		{"token text/plain from a page", "POST", "/v1/tokens", map[string]string{"Content-Type": "text/plain", "Origin": evil}, tokenBody, 403},
+		{"token text/plain without Origin", "POST", "/v1/tokens", map[string]string{"Content-Type": "text/plain"}, tokenBody, 415},
+		{"token form type", "POST", "/v1/tokens", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, tokenBody, 415},
+		{"token revoke from a page", "DELETE", "/v1/tokens/" + "admin", map[string]string{"Origin": evil}, nil, 403},
+		{"enrol text/plain", "POST", "/v1/devices", map[string]string{"Content-Type": "text/plain"}, []byte(`{"id":"intruder"}`), 415},
+		{"rotate from a page, no body", "POST", "/v1/devices/victim/rotate", map[string]string{"Origin": evil}, nil, 403},
+		{"remove from a page", "DELETE", "/v1/devices/victim", map[string]string{"Sec-Fetch-Site": "cross-site"}, nil, 403},
+		{"firmware form upload from a page", "POST", "/v1/firmware", map[string]string{"Content-Type": formCT, "Origin": evil, "Sec-Fetch-Site": "cross-site"}, formBody, 403},
+		{"firmware raw text/plain", "POST", "/v1/firmware?version=6.6.6", map[string]string{"Content-Type": "text/plain"}, []byte("evil"), 415},
+		{"firmware raw without Content-Type", "POST", "/v1/firmware?version=6.6.6", map[string]string{"Content-Type": ""}, []byte("evil"), 415},
+		{"firmware delete from a page", "DELETE", "/v1/firmware/1.0.0", map[string]string{"Origin": evil}, nil, 403},
+		{"firmware assign text/plain", "POST", "/v1/firmware/1.0.0/assign", map[string]string{"Content-Type": "text/plain"}, []byte(`{"device":"victim"}`), 415},
+		{"rollout text/plain", "POST", "/v1/rollouts", map[string]string{"Content-Type": "text/plain"}, []byte(`{"firmware":"1.0.0","devices":["victim"]}`), 415},
+		{"rollout JSON from a page", "POST", "/v1/rollouts", map[string]string{"Content-Type": "application/json", "Origin": evil}, []byte(`{"firmware":"1.0.0","devices":["victim"]}`), 403},
+	}
+	for _, anonymous := range []bool{true, false} {
+		r := mustOpenHTTPRig(t, anonymous)
+		for _, tc := range tests {
+			t.Run(fmt.Sprintf("anonymous=%v/%s", anonymous, tc.name), func(t *testing.T) {
+				before := r.snapshot(t)
+				status, hdr, body := r.send(t, tc.method, tc.path, tc.hdr, tc.body)
+				if status != tc.status {
+					t.Errorf("%s %s: status %d, want %d (body %s)", tc.method, tc.path, status, tc.status, body)
+				}
+				checkJSONError(t, tc.method+" "+tc.path, status, hdr, body)
+				if after := r.snapshot(t); after != before {
+					t.Errorf("stored state changed:\nbefore %s\nafter  %s", before, after)
+				}
+			})
+		}
+	}
+}
+
+// TestHardening11SameOriginAndTrustedStillWork: the checks refuse only what
+// they must. Non-browser clients, pages of the API's own origin and of
+// --allowed-origins, and JSON with a charset parameter get through and
+// change the shadow.
+func TestHardening11SameOriginAndTrustedStillWork(t *testing.T) {
+	const console = "https://console.example.com"
+	for _, anonymous := range []bool{true, false} {
+		r := mustOpenHTTPRig(t, anonymous, console)
+		tests := []struct {
+			name string
+			hdr  map[string]string
+		}{
+			{"no Origin (curl, CLI)", map[string]string{"Content-Type": "application/json"}},
+			{"charset utf-8", map[string]string{"Content-Type": "application/json; charset=UTF-8"}},
+			{"same origin", map[string]string{"Content-Type": "application/json", "Origin": r.api}},
+			{"Sec-Fetch-Site same-origin", map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "same-origin", "Origin": r.api}},
+			{"trusted origin", map[string]string{"Content-Type": "application/json", "Origin": console, "Sec-Fetch-Site": "cross-site"}},
+		}
+		for i, tc := range tests {
+			t.Run(fmt.Sprintf("anonymous=%v/%s", anonymous, tc.name), func(t *testing.T) {
+				before := r.snapshot(t)
+				body := fmt.Appendf(nil, `{"state":{"desired":{"n":%d}}}`, i)
+				if status, _, b := r.send(t, "POST", "/v1/devices/victim/shadow", tc.hdr, body); status != 200 {
+					t.Fatalf("status %d (body %s), want 200", status, b)
+				}
+				if after := r.snapshot(t); after == before {
+					t.Errorf("shadow unchanged after an allowed update: %s", after)
+				}
+			})
+		}
+	}
+}
+
+// TestHardening11WebSocketOrigin: a WebSocket handshake from a page of
+// another origin gets a JSON 403 and no MQTT connection; clients without
+// Origin (MQTT libraries), pages of the same host (any port) and of
+// --allowed-origins connect. Same rules with authentication on. Before the
+// fix, Origin: http://evil.example was upgraded.
+func TestHardening11WebSocketOrigin(t *testing.T) {
+	const console = "https://console.example.com"
+	for _, anonymous := range []bool{true, false} {
+		r := mustOpenHTTPRig(t, anonymous, console)
+		tests := []struct {
+			name   string
+			origin string // "" sends none
+			ok     bool
+		}{
+			{"no Origin", "", true},
+			{"same host, the HTTP API's port", r.api, true},
+			{"same host and port", "http://" + r.ws, true},
+			{"allowed origin", console, true},
+			{"allowed origin, other case", "HTTPS://Console.Example.com", true},
+			{"evil page", "http://evil.example", false},
+			{"evil page on the allowed host's other port", "https://console.example.com:8443", false},
+			{"opaque origin", "null", false},
+			{"localhost is another name", strings.Replace(r.api, "127.0.0.1", "localhost", 1), false},
+		}
+		for _, tc := range tests {
+			t.Run(fmt.Sprintf("anonymous=%v/%s", anonymous, tc.name), func(t *testing.T) {
+				hdr := http.Header{}
+				if tc.origin != "" {
+					hdr.Set("Origin", tc.origin)
+				}
+				d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
+				c, res, err := d.DialContext(t.Context(), "ws://"+r.ws+"/mqtt", hdr)
+				if tc.ok {
+					if err != nil {
+						t.Fatalf("dial with Origin %q: %v, want an upgrade", tc.origin, err)
+					}
+					c.Close()
+					return
+				}
+				if err == nil {
+					c.Close()
+					t.Fatalf("dial with Origin %q: upgraded, want 403", tc.origin)
+				}
+				if res == nil || res.StatusCode != http.StatusForbidden {
+					t.Fatalf("dial with Origin %q: %v (response %v), want 403", tc.origin, err, res)
+				}
+				body, _ := io.ReadAll(res.Body)
+				checkJSONError(t, "refused handshake", res.StatusCode, res.Header, body)
+				if n := r.Broker().Stats().ClientsConnected; n != 0 {
+					t.Errorf("clients connected = %d after a refused handshake, want 0", n)
+				}
+			})
+		}
+	}
+}
+
+// TestHardening11AllowedOriginsInvalid: a malformed allow-list entry is a
+// configuration error, not a silently ignored origin.
+func TestHardening11AllowedOriginsInvalid(t *testing.T) {
+	for _, o := range []string{"console.example.com", "https://console.example.com/", "https://", "*"} {
+		_, err := server.Open(t.Context(), server.Config{
+			DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+			AllowedOrigins: []string{o}, Logger: testLogger(t),
+		})
+		if err == nil || !strings.Contains(err.Error(), "invalid config") {
+			t.Errorf("AllowedOrigins %q: Open error %v, want an invalid config", o, err)
+		}
+	}
+}
