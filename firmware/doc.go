@@ -36,7 +36,10 @@
 // URL is a bare 403. A valid URL whose enrolment is no longer the device's
 // (it was removed, and perhaps enrolled again) is revoked: 410 with a JSON
 // error. Config.DeviceAuth is the hook for additionally requiring device
-// credentials.
+// credentials. A Range header is checked first (range.go): at most
+// MaxRanges ranges, overlapping and adjacent ones coalesced, never more
+// bytes in all than the image, else a JSON 416, so no request costs more
+// than the image itself.
 //
 // # The firmware command (device protocol)
 //

@@ -1,7 +1,9 @@
 package firmware
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +19,12 @@ import (
 // downloads, strong ETag "<sha256>", Content-Length, Content-Type
 // application/octet-stream. Files are streamed (sendfile where the
 // connection allows it), never read into memory.
+//
+// A Range header is checked before ServeContent sees it (parseRange):
+// at most MaxRanges ranges, overlapping and adjacent ones coalesced, and
+// never more bytes in all than the image has; a malformed, unsatisfiable
+// or refused one gets a JSON 416 with "Content-Range: bytes */<size>", and
+// one of another unit, or that If-Range makes void, is ignored (200).
 //
 // A malformed path or query, an altered or expired URL, a URL for another
 // device, a refusal by Config.DeviceAuth and an unknown blob all get 403 with
@@ -72,13 +80,65 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		s.log.Error("stat blob", logKeySHA256, sum, logKeyErr, err)
+		writeError(w, http.StatusInternalServerError, "internal server error")
+		return
+	}
 	s.downloads.Add(1)
+	etag := `"` + sum + `"`
 	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("ETag", `"`+sum+`"`)
+	h.Set("ETag", etag)
 	h.Set("Cache-Control", "private, no-transform")
 	h.Set("X-Content-Type-Options", "nosniff")
+	if r, err = checkRange(r, etag, fi.Size()); err != nil {
+		s.log.Debug("download range refused", logKeyReason, err, logKeyDevice, id, "range", r.Header.Get("Range"), "remote", r.RemoteAddr)
+		h.Set("Content-Range", fmt.Sprintf("bytes */%d", fi.Size()))
+		writeError(w, http.StatusRequestedRangeNotSatisfiable, "Range not satisfiable: "+err.Error())
+		return
+	}
+	h.Set("Content-Type", "application/octet-stream")
 	http.ServeContent(&countingWriter{ResponseWriter: w, n: &s.bytesServed}, r, "", time.Time{}, f)
+}
+
+// checkRange returns r with its Range header, if ServeContent would act on
+// it, validated and rewritten by parseRange (coalesced, at most MaxRanges),
+// or removed; or the reason to refuse it with 416. ServeContent thus never
+// parses a Range header this package has not checked.
+func checkRange(r *http.Request, etag string, size int64) (*http.Request, error) {
+	if len(r.Header.Values("Range")) == 0 {
+		return r, nil
+	}
+	var ranges []byteRange
+	if rangeApplies(r, etag) {
+		var err error
+		if ranges, err = parseRange(r.Header.Values("Range"), size); err != nil {
+			return r, err
+		}
+	}
+	r = r.Clone(r.Context())
+	if ranges == nil {
+		r.Header.Del("Range")
+	} else {
+		r.Header.Set("Range", formatRange(ranges))
+	}
+	return r, nil
+}
+
+// writeError writes the JSON error body every Umbra HTTP error has:
+// {"code":status,"message":msg}.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	b, _ := json.Marshal(struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{status, msg})
+	h := w.Header()
+	h.Del("Content-Length")
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 func (s *Store) deny(w http.ResponseWriter, r *http.Request, reason string, id device.ID) {
