@@ -28,10 +28,11 @@ import (
 //
 // A malformed path or query, an altered or expired URL, a URL for another
 // device, a refusal by Config.DeviceAuth and an unknown blob all get 403 with
-// the generic body "forbidden"; the reason is logged at debug level only.
-// A valid URL minted for an enrolment of the device that is no longer
-// current (Config.Enrolment) gets 410 with a JSON error.
-// Other methods get 405, and requests after Close get 503.
+// the generic body {"code":403,"message":"forbidden"}; the reason is logged
+// at debug level only. A valid URL minted for an enrolment of the device
+// that is no longer current (Config.Enrolment) gets 410 with a JSON error.
+// Other methods get 405, and requests after Close get 503. Every error
+// body is JSON, {"code":N,"message":"…"}.
 //
 // The handler matches the request path itself: mount it at "/fw/" (or
 // "GET /fw/{sha256}"), under http.StripPrefix if BaseURL has a path.
@@ -52,11 +53,11 @@ func (s *Store) DeniedDownloads() int64 { return s.denied.Load() }
 func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
 	if s.isClosed() {
-		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		writeError(w, http.StatusServiceUnavailable, "unavailable")
 		return
 	}
 	sum, id, gen, reason := s.verify(r.URL.Path, r.URL.RawQuery)
@@ -145,7 +146,7 @@ func (s *Store) deny(w http.ResponseWriter, r *http.Request, reason string, id d
 	s.denied.Add(1)
 	s.log.Debug("download refused", logKeyReason, reason, logKeyDevice, id, "remote", r.RemoteAddr)
 	w.Header().Set("Cache-Control", "no-store")
-	http.Error(w, "forbidden", http.StatusForbidden)
+	writeError(w, http.StatusForbidden, "forbidden")
 }
 
 // countingWriter counts body bytes. It keeps the underlying writer's

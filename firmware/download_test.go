@@ -212,8 +212,8 @@ func TestDownloadDenied(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := get(t, http.MethodGet, tc.url, nil)
-			if resp.StatusCode != http.StatusForbidden || string(body) != "forbidden\n" {
-				t.Errorf("GET %s: got %d %q, want 403 %q", tc.url, resp.StatusCode, body, "forbidden\n")
+			if resp.StatusCode != http.StatusForbidden || string(body) != denyBody {
+				t.Errorf("GET %s: got %d %q, want 403 %q", tc.url, resp.StatusCode, body, denyBody)
 			}
 		})
 	}
@@ -222,8 +222,8 @@ func TestDownloadDenied(t *testing.T) {
 			t.Fatalf("before expiry: got %d, want 200", resp.StatusCode)
 		}
 		e.clock.Advance(2 * time.Second)
-		if resp, body := get(t, http.MethodGet, expiredURL, nil); resp.StatusCode != http.StatusForbidden || string(body) != "forbidden\n" {
-			t.Errorf("after expiry: got %d %q, want 403 %q", resp.StatusCode, body, "forbidden\n")
+		if resp, body := get(t, http.MethodGet, expiredURL, nil); resp.StatusCode != http.StatusForbidden || string(body) != denyBody {
+			t.Errorf("after expiry: got %d %q, want 403 %q", resp.StatusCode, body, denyBody)
 		}
 	})
 	if got, want := e.st.DeniedDownloads(), int64(len(tests)+1); got != want {

@@ -166,6 +166,9 @@ func checkNoTemp(tb testing.TB, dir string) {
 	}
 }
 
+// denyBody is the body of every refused download: no detail.
+const denyBody = `{"code":403,"message":"forbidden"}` + "\n"
+
 // get downloads u and returns the response and its body.
 func get(tb testing.TB, method, u string, hdr map[string]string) (*http.Response, []byte) {
 	tb.Helper()

@@ -64,7 +64,7 @@ func FuzzDownloadURL(f *testing.F) {
 				t.Fatalf("accepted %q?%q, which is not the minted URL %q", path, query, minted)
 			}
 		case http.StatusForbidden:
-			if body := rec.Body.String(); body != "" && body != "forbidden\n" {
+			if body := rec.Body.String(); body != "" && body != denyBody {
 				t.Fatalf("403 body %q leaks detail", body)
 			}
 		default:

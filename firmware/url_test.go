@@ -112,8 +112,8 @@ func TestDownloadEnrolmentTampered(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := get(t, http.MethodGet, tc.url, nil)
-			if resp.StatusCode != http.StatusForbidden || string(body) != "forbidden\n" {
-				t.Errorf("GET %s: got %d %q, want 403 %q", tc.url, resp.StatusCode, body, "forbidden\n")
+			if resp.StatusCode != http.StatusForbidden || string(body) != denyBody {
+				t.Errorf("GET %s: got %d %q, want 403 %q", tc.url, resp.StatusCode, body, denyBody)
 			}
 		})
 	}

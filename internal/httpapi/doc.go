@@ -49,6 +49,19 @@
 // error the table does not know is a 500 with a generic message, its detail
 // logged once.
 //
+// Errors this package does not write are made JSON too (jsonerror.go): an
+// error a mount writes as text (http.Error, http.ServeContent's bare 412)
+// becomes {"code","message"} with its text as the message; and on Open's
+// listener, the answers net/http writes itself to requests it cannot parse,
+// before any handler runs (a NUL, CR or other control byte in a header,
+// which net/textproto refuses; a missing Host; two Content-Lengths; an
+// oversized header block, 431; an unknown version, 505, or transfer coding,
+// 501; an unknown Expect, 417), are rewritten on the connection into the
+// same JSON, a 400 with "WWW-Authenticate: Bearer realm="umbra",
+// error="invalid_request"" since the bad header may be the credentials. Only
+// writes made while no handler answer is in progress on the connection are
+// candidates, so a handler's answer is never touched.
+//
 // # Browsers and request bodies
 //
 // Every route refuses, with 403, a state-changing request (POST, PUT,

@@ -467,6 +467,7 @@ func (a *api) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			closeAfter(w) // do not drain the rest
 			return clientErr(errTooLarge, "Request body larger than %d bytes", mbe.Limit)
 		}
 		return clientErr(errInvalid, "Invalid JSON body: %v", err)

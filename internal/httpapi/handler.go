@@ -207,7 +207,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
 		mux.Handle(pattern, routes[pattern])
 	}
-	return a.logRequests(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux)))), a, nil
+	return a.logRequests(jsonErrors(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux))))), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -317,6 +317,7 @@ func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool,
 		if err != nil {
 			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
 				err = clientErr(errTooLarge, "Request body larger than %d bytes", mbe.Limit)
+				closeAfter(w) // do not drain the rest
 			} else {
 				err = clientErr(errInvalid, "Reading request body: %v", err)
 			}

@@ -132,6 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	log := cfg.Logger.With(logKeyComponent, "httpapi")
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ln = errorListener{ln} // net/http's own error answers become JSON
 	s := &Server{log: log, ln: ln, handler: h, api: a, cancel: cancel}
 	s.srv = &http.Server{
 		Handler:           h,
@@ -143,6 +144,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+	serverHooks(s.srv)
 	s.wg.Go(func() {
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			s.serveErr = fmt.Errorf("httpapi: serve: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -66,7 +67,9 @@ func newEnv(t *testing.T, withPlanner bool) *env {
 		Middleware: func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Header.Get("Authorization") != "Bearer "+token {
-					http.Error(w, `{"code":401,"message":"who are you"}`, http.StatusUnauthorized)
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusUnauthorized)
+					io.WriteString(w, `{"code":401,"message":"who are you"}`)
 					return
 				}
 				next.ServeHTTP(w, r)

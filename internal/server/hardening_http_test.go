@@ -1,12 +1,14 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -352,5 +354,225 @@ func TestHardening11AllowedOriginsInvalid(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "invalid config") {
 			t.Errorf("AllowedOrigins %q: Open error %v, want an invalid config", o, err)
 		}
+	}
+}
+
+// rawExchange writes raw to a new connection to addr and reads n answers.
+func rawExchange(t *testing.T, addr, raw string, n int) []*http.Response {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var out []*http.Response
+	for range n {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d of %d: %v", len(out)+1, n, err)
+		}
+		b, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatalf("answer %d body: %v", len(out)+1, err)
+		}
+		res.Body = io.NopCloser(bytes.NewReader(b))
+		out = append(out, res)
+	}
+	return out
+}
+
+// body reads res's (already buffered) body.
+func body(res *http.Response) []byte {
+	b, _ := io.ReadAll(res.Body)
+	return b
+}
+
+// TestHardening14MalformedRequestsGetJSON: a request net/http refuses
+// before any handler runs (a NUL or CR in a header, a missing Host, an
+// unknown version or transfer coding, two Content-Lengths, an oversized
+// header block, an unknown expectation) gets a JSON error with a
+// WWW-Authenticate challenge on 400, and changes nothing; an answer on the
+// same connection before it is untouched. Before the fix, the NUL in
+// Authorization got "400 Bad Request" as text/plain without
+// WWW-Authenticate.
+func TestHardening14MalformedRequestsGetJSON(t *testing.T) {
+	r := mustOpenHTTPRig(t, false)
+	host := r.HTTPAddr().String()
+	update := `{"state":{"desired":{"door":"open"}}}`
+	post := func(extra string) string {
+		return "POST /v1/devices/victim/shadow HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\n" +
+			extra + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(update)) + update
+	}
+	auth := "Authorization: Bearer " + r.token + "\r\n"
+	tests := []struct {
+		name   string
+		raw    string
+		status int
+		msg    string // in the message
+	}{
+		{"NUL in Authorization", post("Authorization: Bearer " + r.token + "\x00\r\n"), 400, "Malformed request"},
+		{"NUL in Authorization, GET", "GET /v1/devices HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer a\x00b\r\n\r\n", 400, "Malformed request"},
+		{"CR in a header value", post(auth + "X-A: a\rb\r\n"), 400, "Malformed request"},
+		{"NUL in a header name", post(auth + "X-\x00A: a\r\n"), 400, "Malformed request"},
+		{"DEL in a header value", post(auth + "X-A: a\x7fb\r\n"), 400, "Malformed request"},
+		{"NUL in the target", "GET /v1/devices\x00 HTTP/1.1\r\nHost: " + host + "\r\n" + auth + "\r\n", 400, "Malformed request"},
+		{"two Content-Lengths", post(auth + "Content-Length: 3\r\n"), 400, "Malformed request"},
+		{"no Host", "GET /v1/devices HTTP/1.1\r\n" + auth + "\r\n", 400, "missing required Host header"},
+		{"HTTP/9.1", "GET /v1/devices HTTP/9.1\r\nHost: " + host + "\r\n" + auth + "\r\n", 505, "HTTP Version Not Supported"},
+		{"unknown transfer coding", "POST /v1/devices/victim/shadow HTTP/1.1\r\nHost: " + host + "\r\n" + auth + "Transfer-Encoding: gzip\r\n\r\n", 501, "transfer encoding"},
+		{"header block too large", post(auth + "X-Big: " + strings.Repeat("a", 80<<10) + "\r\n"), 431, "too large"},
+		{"unknown expectation", post(auth + "Expect: teapot\r\n"), 417, "100-continue"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := r.snapshot(t)
+			res := rawExchange(t, host, tc.raw, 1)[0]
+			b := body(res)
+			if res.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d (body %q)", res.StatusCode, tc.status, b)
+			}
+			checkJSONError(t, "answer", res.StatusCode, res.Header, b)
+			if !strings.Contains(string(b), tc.msg) {
+				t.Errorf("body %s, want a message with %q", b, tc.msg)
+			}
+			wantAuth := ""
+			if tc.status == 400 {
+				wantAuth = `Bearer realm="umbra", error="invalid_request"`
+			}
+			if got := res.Header.Get("WWW-Authenticate"); got != wantAuth {
+				t.Errorf("WWW-Authenticate %q, want %q", got, wantAuth)
+			}
+			if after := r.snapshot(t); after != before {
+				t.Errorf("stored state changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+	t.Run("a good answer before a bad request is untouched", func(t *testing.T) {
+		get := "GET /v1/devices/victim/shadow HTTP/1.1\r\nHost: " + host + "\r\n" + auth + "\r\n"
+		noAuth := "GET /v1/devices/victim/shadow HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+		bad := "GET /v1/devices HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer a\x00b\r\n\r\n"
+		res := rawExchange(t, host, get+noAuth+bad, 3)
+		if res[0].StatusCode != 200 || !bytes.Contains(body(res[0]), []byte(`"door":"locked"`)) {
+			t.Errorf("first answer %d, want 200 with the shadow", res[0].StatusCode)
+		}
+		if res[1].StatusCode != 401 || res[1].Header.Get("WWW-Authenticate") != `Bearer realm="umbra"` {
+			t.Errorf("second answer %d %q, want 401 with the handler's challenge", res[1].StatusCode, res[1].Header.Get("WWW-Authenticate"))
+		}
+		if res[2].StatusCode != 400 || res[2].Header.Get("Content-Type") != "application/json" {
+			t.Errorf("third answer %d %q, want a JSON 400", res[2].StatusCode, res[2].Header.Get("Content-Type"))
+		}
+	})
+}
+
+// TestHardening14EveryErrorIsJSON: every error answer of the HTTP
+// listener, on every route family (the API, the identity routes, firmware
+// downloads, /metrics, /healthz, unknown paths and methods), is JSON
+// {"code","message"} with code = the status, and 401s carry
+// WWW-Authenticate. Before the fix, /fw/ refusals were text/plain
+// "forbidden" and a failed If-Match an empty 412.
+func TestHardening14EveryErrorIsJSON(t *testing.T) {
+	r := mustOpenHTTPRig(t, false)
+	img, err := r.Firmware().Get(t.Context(), "1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwURL, _ := r.Firmware().URL(img, "victim", time.Hour)
+	fwPath := strings.TrimPrefix(fwURL, r.api)
+	devTok := "victim:" + r.secret
+	J := map[string]string{"Content-Type": "application/json"}
+	with := func(h map[string]string, kv ...string) map[string]string {
+		out := map[string]string{}
+		for k, v := range h {
+			out[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			out[kv[i]] = kv[i+1]
+		}
+		return out
+	}
+	tests := []struct {
+		name, method, path string
+		token              string // "-" for none, "" for the operator's
+		hdr                map[string]string
+		body               string
+		status             int
+	}{
+		{"unknown path", "GET", "/nope", "", nil, "", 404},
+		{"unknown path, no token", "GET", "/v1/nope", "-", nil, "", 404},
+		{"unknown path, HEAD", "HEAD", "/nope", "", nil, "", 404},
+		{"wrong method, shadow", "PUT", "/v1/devices/victim/shadow", "", J, "{}", 405},
+		{"wrong method, healthz", "POST", "/healthz", "", nil, "", 405},
+		{"wrong method, metrics", "DELETE", "/metrics", "", nil, "", 405},
+		{"wrong method, download", "POST", fwPath, "", nil, "", 405},
+		{"wrong method, tokens", "PATCH", "/v1/tokens", "", nil, "", 405},
+		{"OPTIONS", "OPTIONS", "/v1/devices", "", nil, "", 405},
+		{"no token", "GET", "/v1/devices", "-", nil, "", 401},
+		{"bad token", "GET", "/v1/devices", "ops:wrong", nil, "", 401},
+		{"other scheme", "GET", "/v1/devices", "Basic", nil, "", 401},
+		{"device lists", "GET", "/v1/devices", devTok, nil, "", 403},
+		{"device reads another", "GET", "/v1/devices/other/shadow", devTok, nil, "", 403},
+		{"bad device ID", "GET", "/v1/devices/a*b/shadow", "", nil, "", 400},
+		{"bad JSON", "POST", "/v1/devices/victim/shadow", "", J, "{", 400},
+		{"body too large", "POST", "/v1/devices/victim/shadow", "", J, `{"state":{"desired":{"a":"` + strings.Repeat("x", 70<<10) + `"}}}`, 413},
+		{"wrong type", "POST", "/v1/tokens", "", map[string]string{"Content-Type": "text/plain"}, `{"name":"x","role":"operator"}`, 415},
+		{"cross-origin", "DELETE", "/v1/tokens/x", "", map[string]string{"Origin": "http://evil.example"}, "", 403},
+		{"unknown token", "DELETE", "/v1/tokens/nobody", "", nil, "", 404},
+		{"unknown image", "GET", "/v1/firmware/9.9.9", "", nil, "", 404},
+		{"bad limit", "GET", "/v1/devices?limit=0", "", nil, "", 400},
+		{"unknown rollout", "GET", "/v1/rollouts/nope", "", nil, "", 404},
+		{"download, tampered", "GET", strings.Replace(fwPath, "d=victim", "d=other", 1), "-", nil, "", 403},
+		{"download, unknown blob", "GET", "/fw/" + strings.Repeat("0", 64), "-", nil, "", 403},
+		{"download, HEAD tampered", "HEAD", strings.Replace(fwPath, "d=victim", "d=other", 1), "-", nil, "", 403},
+		{"download, If-Match fails", "GET", fwPath, "-", map[string]string{"If-Match": `"0000"`}, "", 412},
+		{"download, too many ranges", "GET", fwPath, "-", map[string]string{"Range": "bytes=" + strings.Repeat("0-0,", 20) + "0-0"}, "", 416},
+		{"download, unsatisfiable", "GET", fwPath, "-", map[string]string{"Range": "bytes=99999999-"}, "", 416},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := r.snapshot(t)
+			req, err := http.NewRequestWithContext(t.Context(), tc.method, r.api+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch tc.token {
+			case "-":
+			case "":
+				req.Header.Set("Authorization", "Bearer "+r.token)
+			case "Basic":
+				req.SetBasicAuth("ops", "x")
+			default:
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			for k, v := range with(tc.hdr) {
+				req.Header.Set(k, v)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != tc.status {
+				t.Fatalf("%s %s: status %d, want %d (body %q)", tc.method, tc.path, res.StatusCode, tc.status, b)
+			}
+			if tc.method == "HEAD" {
+				if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+					t.Errorf("HEAD: Content-Type %q, want application/json", ct)
+				}
+			} else {
+				checkJSONError(t, tc.method+" "+tc.path, res.StatusCode, res.Header, b)
+			}
+			if res.StatusCode == 401 && !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("401 without a Bearer challenge: %q", res.Header.Get("WWW-Authenticate"))
+			}
+			if after := r.snapshot(t); after != before {
+				t.Errorf("stored state changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
 	}
 }
