@@ -91,6 +91,7 @@ func newWSListener(id string, ln net.Listener, connectTimeout time.Duration, all
 	mux := http.NewServeMux()
 	mux.HandleFunc("/mqtt", l.serveWS)
 	mux.HandleFunc("/{$}", l.serveWS)
+	mux.HandleFunc("/", wsNotFound)
 	l.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: connectTimeout,

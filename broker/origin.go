@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -59,6 +60,12 @@ func requestHostname(host string) string {
 		return h
 	}
 	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+}
+
+// wsNotFound answers paths other than "/mqtt" and "/" on the WebSocket
+// listener.
+func wsNotFound(w http.ResponseWriter, r *http.Request) {
+	wsError(w, r, http.StatusNotFound, errors.New("no such path: MQTT over WebSocket is served at /mqtt"))
 }
 
 // wsError is the WebSocket upgrader's Error: a JSON body

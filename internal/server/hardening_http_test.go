@@ -341,6 +341,24 @@ func TestHardening11WebSocketOrigin(t *testing.T) {
 			})
 		}
 	}
+	// The listener's other errors are JSON too.
+	r := mustOpenHTTPRig(t, true)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+	}{{"GET", "/other", 404}, {"GET", "/mqtt", 400}, {"POST", "/", 400}} {
+		req, _ := http.NewRequestWithContext(t.Context(), tc.method, "http://"+r.ws+tc.path, nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.status {
+			t.Errorf("%s %s: status %d, want %d", tc.method, tc.path, res.StatusCode, tc.status)
+		}
+		checkJSONError(t, tc.method+" "+tc.path, res.StatusCode, res.Header, b)
+	}
 }
 
 // TestHardening11AllowedOriginsInvalid: a malformed allow-list entry is a
