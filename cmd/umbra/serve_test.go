@@ -34,6 +34,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"retry cache bytes", []string{"--retry-cache-bytes", "100"}, "--retry-cache-bytes 100"},
 		{"public url", []string{"--public-url", "ftp://x"}, "--public-url"},
 		{"url ttl", []string{"--url-ttl", "0s"}, "--url-ttl"},
+		{"allowed origin with a path", []string{"--allowed-origins", "https://console.example.com/app"}, "--allowed-origins"},
+		{"allowed origin without scheme", []string{"--allowed-origins", "http://ok.example,console.example.com"}, `--allowed-origins "console.example.com"`},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
 		{"stray argument", []string{"extra"}, "unknown command"},
 	}
