@@ -15,6 +15,17 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 )
 
+// mustOpenRangeImage opens a store with the 10,000-byte image of the
+// Range tests and returns its download URL for dev-1.
+func mustOpenRangeImage(tb testing.TB) (e *env, data []byte, img firmware.Image, u string) {
+	tb.Helper()
+	e = mustOpen(tb, nil)
+	data = image(10_000, 12)
+	img = mustUpload(tb, e.st, "1.0.0", data)
+	u, _ = e.st.URL(img, "dev-1", 0)
+	return e, data, img, u
+}
+
 // rangeCase is one Range request against a 10,000-byte image and what it
 // must get: 200 with the image, 206 with want (inclusive [first, last]
 // pairs, in the order of the parts), 304, or a JSON 416.
@@ -178,10 +189,7 @@ func contentRange(t testing.TB, cr string, size int64, data []byte) part {
 // of "0-0" got a 206 multipart body larger than the image, "0-,0-" the
 // whole image with 200, and "0-99,50-149" two overlapping parts.
 func TestHardening12RangeAmplification(t *testing.T) {
-	e := mustOpen(t, nil)
-	data := image(10_000, 12)
-	img := mustUpload(t, e.st, "1.0.0", data)
-	u, _ := e.st.URL(img, "dev-1", 0)
+	e, data, img, u := mustOpenRangeImage(t)
 	etag := `"` + img.SHA256 + `"`
 	for _, tc := range rangeCases(etag) {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,10 +237,7 @@ func TestHardening12RangeAmplification(t *testing.T) {
 // at most MaxRanges, neither overlapping nor adjacent; and it never costs
 // more than the image plus MaxRanges part headers.
 func FuzzRangeHeader(f *testing.F) {
-	e := mustOpen(f, nil)
-	data := image(10_000, 12)
-	img := mustUpload(f, e.st, "1.0.0", data)
-	u, _ := e.st.URL(img, "dev-1", 0)
+	e, data, img, u := mustOpenRangeImage(f)
 	etag := `"` + img.SHA256 + `"`
 	for _, tc := range rangeCases(etag) {
 		f.Add(strings.Join(tc.hdr.Values("Range"), "\n"), tc.hdr.Get("If-Range"), tc.hdr.Get("If-None-Match"))
@@ -282,9 +287,7 @@ func FuzzRangeHeader(f *testing.F) {
 // fix it cost about 0.5 s and a 2.1 MB answer; now a 416 after reading
 // MaxRanges+1 of them.
 func BenchmarkDownloadManyRanges(b *testing.B) {
-	e := mustOpen(b, nil)
-	img := mustUpload(b, e.st, "1.0.0", image(10_000, 12))
-	u, _ := e.st.URL(img, "dev-1", 0)
+	e, _, _, u := mustOpenRangeImage(b)
 	rng := "bytes=" + strings.TrimSuffix(strings.Repeat("0-0,", 15000), ",")
 	h := e.st.DownloadHandler()
 	var answered int

@@ -3,7 +3,6 @@ package server_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,25 +17,25 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/server"
 )
 
 // httpRig is a whole Umbra with the HTTP API and the WebSocket listener on
 // 127.0.0.1:0, anonymous or secure, with a device "victim" whose shadow is
-// at version 1, an image 1.0.0 and the operator token.
+// at version 1 and an image 1.0.0.
 type httpRig struct {
 	*server.Server
-	api, ws  string // http://host:port and host:port
-	token    string // operator bearer token; "" when anonymous
-	secret   string // victim's secret; "" when anonymous
-	anon     bool
-	imageSHA string
+	api, ws string // http://host:port and host:port
+	token   string // operator bearer token; "" when anonymous
+	secret  string // victim's secret; "" when anonymous
 }
 
 func mustOpenHTTPRig(t *testing.T, anonymous bool, origins ...string) *httpRig {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := server.Open(t.Context(), server.Config{
+	s := mustOpenServer(t, server.Config{
 		DataDir:        dir,
 		MQTTAddr:       "127.0.0.1:0",
 		WSAddr:         "127.0.0.1:0",
@@ -46,17 +45,7 @@ func mustOpenHTTPRig(t *testing.T, anonymous bool, origins ...string) *httpRig {
 		AllowedOrigins: origins,
 		Logger:         testLogger(t),
 	})
-	if err != nil {
-		t.Fatalf("server.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Close(ctx); err != nil {
-			t.Errorf("server Close: %v", err)
-		}
-	})
-	r := &httpRig{Server: s, api: "http://" + s.HTTPAddr().String(), ws: s.Broker().WSAddr().String(), anon: anonymous}
+	r := &httpRig{Server: s, api: "http://" + s.HTTPAddr().String(), ws: s.Broker().WSAddr().String()}
 	if !anonymous {
 		tok, err := os.ReadFile(filepath.Join(dir, server.AdminTokenFile))
 		if err != nil {
@@ -70,8 +59,7 @@ func mustOpenHTTPRig(t *testing.T, anonymous bool, origins ...string) *httpRig {
 	if _, err := s.Engine().Update(t.Context(), "victim", []byte(`{"state":{"desired":{"door":"locked"}}}`)); err != nil {
 		t.Fatal(err)
 	}
-	img := (&rig{Server: s}).mustUpload(t, "1.0.0")
-	r.imageSHA = img.SHA256
+	(&rig{Server: s}).mustUpload(t, "1.0.0")
 	return r
 }
 
@@ -92,17 +80,9 @@ func (r *httpRig) snapshot(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, tk := range toks {
-		names = append(names, tk.Name)
-	}
 	devs, err := r.Identity().ListDevices(ctx)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var ids []string
-	for _, dv := range devs {
-		ids = append(ids, string(dv.ID))
 	}
 	secretOK := "n/a"
 	if r.secret != "" {
@@ -113,16 +93,23 @@ func (r *httpRig) snapshot(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var vers []string
-	for _, im := range imgs {
-		vers = append(vers, string(im.Version))
-	}
 	ros, err := r.Planner().List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("shadow v%d %s; tokens %v; devices %v (secret valid: %s); images %v; rollouts %d",
-		d.Version, d.State, names, ids, secretOK, vers, len(ros))
+		d.Version, d.State, names(toks, func(x identity.Token) string { return x.Name }),
+		names(devs, func(x identity.Device) string { return string(x.ID) }), secretOK,
+		names(imgs, func(x firmware.Image) string { return string(x.Version) }), len(ros))
+}
+
+// names maps xs to their names.
+func names[T any](xs []T, name func(T) string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = name(x)
+	}
+	return out
 }
 
 // send sends one request to the API with the operator token (if any) and

@@ -77,7 +77,7 @@ func (l *reportLog) of(id device.ID) []string {
 // (secure), and closes it on cleanup.
 func mustOpenRig(t *testing.T, secure bool) *rig {
 	t.Helper()
-	s, err := server.Open(t.Context(), server.Config{
+	s := mustOpenServer(t, server.Config{
 		DataDir:     t.TempDir(),
 		MQTTAddr:    "127.0.0.1:0",
 		HTTPAddr:    "127.0.0.1:0",
@@ -85,6 +85,13 @@ func mustOpenRig(t *testing.T, secure bool) *rig {
 		RolloutTick: 50 * time.Millisecond,
 		Logger:      testLogger(t),
 	})
+	return &rig{Server: s, secure: secure, secrets: map[device.ID]string{}}
+}
+
+// mustOpenServer opens a server with cfg and closes it on cleanup.
+func mustOpenServer(t *testing.T, cfg server.Config) *server.Server {
+	t.Helper()
+	s, err := server.Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("server.Open: %v", err)
 	}
@@ -95,7 +102,7 @@ func mustOpenRig(t *testing.T, secure bool) *rig {
 			t.Errorf("server Close: %v", err)
 		}
 	})
-	return &rig{Server: s, secure: secure, secrets: map[device.ID]string{}}
+	return s
 }
 
 // mqttURL is the server's MQTT-over-TCP URL.
