@@ -1,12 +1,14 @@
 package shadow
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +49,9 @@ const (
 	DefaultMaxInFlight     = 10
 	DefaultDedupeWindow    = time.Minute
 	DefaultOpenTimeout     = time.Second
+	// DefaultMaxNamedShadows is how many named shadows one device may
+	// have by default.
+	DefaultMaxNamedShadows = 10
 	// DefaultDedupeMaxEntries and DefaultDedupeMaxBytes bound the retry
 	// cache. An entry costs 192 bytes plus its device ID and clientToken
 	// (at most 384 bytes), so with short IDs and tokens the entry cap
@@ -84,6 +89,17 @@ type Config struct {
 	// MaxInFlight caps the requests one device may have in progress at once
 	// (429 beyond it). Negative disables the limit.
 	MaxInFlight int
+	// MaxNamedShadows caps the named shadows one device may have (besides
+	// its classic shadow): an update that would create one more is
+	// rejected with 400 (ErrShadowLimit) and changes nothing. A deleted
+	// named shadow no longer counts; its tombstone (which keeps its
+	// version, see Delete) is dropped when the device creates another
+	// named shadow and would otherwise hold more than MaxNamedShadows
+	// documents, so a device never stores more than 1 + MaxNamedShadows.
+	// The size, depth and payload limits apply to each shadow, and
+	// DeviceRate, DeviceBurst and MaxInFlight to all of a device's shadows
+	// together. Default DefaultMaxNamedShadows; negative allows none.
+	MaxNamedShadows int
 	// DedupeWindow is how long the result of an update is remembered by
 	// (device, clientToken, payload): a retry within the window gets the
 	// original answer instead of being applied twice, as long as the
@@ -117,8 +133,9 @@ type Config struct {
 	Observe        func(op Op, code int, d time.Duration)
 	CommitObserved func(d time.Duration, batch int)
 	// OnChange, when set, is called after every committed change of a
-	// document (update or delete), after its messages were published, with
-	// the device and the new version. It runs on the request's goroutine and
+	// device's classic shadow (update or delete), after its messages were
+	// published, with the device and the new version (named shadows do not
+	// call it: the rollout planner reads and writes only the classic one). It runs on the request's goroutine and
 	// must not block: consumers such as the rollout planner treat it as a
 	// hint and re-read the document.
 	OnChange func(id device.ID, v Version)
@@ -161,6 +178,9 @@ func (c *Config) setDefaults() {
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
+	if c.MaxNamedShadows == 0 {
+		c.MaxNamedShadows = DefaultMaxNamedShadows
+	}
 	if c.DedupeWindow == 0 {
 		c.DedupeWindow = DefaultDedupeWindow
 	}
@@ -202,12 +222,14 @@ type Engine struct {
 
 	stats struct {
 		accepted, rejected, published, publishErrors atomic.Uint64
+		namedLimited                                 atomic.Uint64 // ErrShadowLimit rejections
+		named                                        atomic.Int64  // live named shadows
 	}
 }
 
 // deviceState serialises one device's requests and carries its limits.
 type deviceState struct {
-	mu sync.Mutex // serialises read-modify-write of this device's document
+	mu sync.Mutex // serialises read-modify-write of this device's documents (all its shadows)
 
 	// Fields below are guarded by Engine.mu.
 	inFlight int
@@ -238,6 +260,12 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.DedupeWindow > 0 {
 		e.retry = newRetryCache(cfg.DedupeWindow, cfg.DedupeMaxEntries, cfg.DedupeMaxBytes)
 	}
+	named, err := st.countNamed()
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("shadow: count named shadows in %s: %w", cfg.Path, err)
+	}
+	e.stats.named.Store(named)
 	if sc, ok := cfg.Publisher.(subscriberChecker); ok {
 		e.subs = sc
 	}
@@ -340,20 +368,20 @@ func (e *Engine) release(ds *deviceState) {
 	e.active.Done()
 }
 
-// load reads id's document. A missing document is returned as a zero
+// load reads r's document. A missing document is returned as a zero
 // Document with Deleted set (never existed), so callers treat both alike.
-func (e *Engine) load(id device.ID) (doc Document, raw []byte, err error) {
-	raw, err = e.store.get(id)
+func (e *Engine) load(r ref) (doc Document, err error) {
+	raw, err := e.store.get(r)
 	if err != nil {
-		return Document{}, nil, fmt.Errorf("read %s: %w", id, err)
+		return Document{}, fmt.Errorf("read %s: %w", r, err)
 	}
 	if raw == nil {
-		return Document{Deleted: true}, nil, nil
+		return Document{Deleted: true}, nil
 	}
 	if err := decodeJSON(raw, &doc); err != nil {
-		return Document{}, nil, fmt.Errorf("decode %s: %w", id, err)
+		return Document{}, fmt.Errorf("decode %s: %w", r, err)
 	}
-	return doc, raw, nil
+	return doc, nil
 }
 
 // source tells how a request arrived: over MQTT the engine publishes the
@@ -366,40 +394,57 @@ const (
 )
 
 // HandleRequest is the MQTT entry point: wire it to the broker's in-process
-// subscription for each of RequestFilters. clientID is the publisher; topic is
-// "state/<id>/update|get|delete". It answers on the matching accepted or
-// rejected topic and never returns an error: every failure becomes a
-// rejected message (or, for a topic that is not a request, is ignored).
+// subscription for each of RequestFilters. clientID is the publisher; topic
+// is a request topic of either tree (see ParseRequestTopic). It answers on
+// the matching accepted or rejected topic and never returns an error: every
+// failure becomes a rejected message (or, for a topic that is not a
+// request, is ignored).
+//
+// Replies about a shadow go to both trees (see Tree): the one the request
+// came on, and the other one if it has subscribers. A request that names
+// no shadow the engine can serve (an invalid device ID or shadow name, an
+// unknown operation on the $aws tree) is answered on its own topic's
+// /rejected only.
 func (e *Engine) HandleRequest(clientID, topic string, payload []byte) {
-	id, op, ok, err := ParseRequestTopic(topic)
+	a, ok, err := ParseRequestTopic(topic)
 	if !ok {
 		return
 	}
 	if err != nil {
 		// The topic is a valid MQTT topic, so its rejected topic is too: tell
-		// the client why, and store nothing.
-		re := reject(ErrInvalid, "", "Invalid device ID in topic: %v", err)
+		// the client why, and store nothing. The clientToken is echoed when
+		// it can be read, as the AWS SDKs match replies by it.
+		re := AsRequestError(err, "")
+		if len(payload) <= e.cfg.MaxPayload {
+			if tok, terr := parseTokenOnly(payload); terr == nil {
+				re.ClientToken = tok
+			}
+		}
 		e.publish(topic+"/rejected", re.Payload(e.cfg.Now()))
-		e.stats.rejected.Add(1)
+		op := a.Op
+		if !op.valid() {
+			op = opUnknown
+		}
 		e.observe(op, re.Code, 0)
 		return
 	}
 	start := time.Now()
+	r := ref{a.Device, a.Name}
 	var rerr *RequestError
-	switch op {
+	switch a.Op {
 	case OpUpdate:
-		_, rerr = e.update(id, payload, fromMQTT)
+		_, rerr = e.update(r, payload, fromMQTT)
 	case OpGet:
-		_, rerr = e.get(id, payload, fromMQTT)
+		_, rerr = e.get(r, payload, fromMQTT)
 	case OpDelete:
-		_, rerr = e.del(id, payload, fromMQTT)
+		_, rerr = e.del(r, payload, fromMQTT)
 	}
 	code := 200
 	if rerr != nil {
 		code = rerr.Code
-		e.publish(Topic(id, string(op)+"/rejected"), rerr.Payload(e.cfg.Now()))
+		e.emit(r, string(a.Op)+"/rejected", rerr.Payload(e.cfg.Now()))
 	}
-	e.observe(op, code, time.Since(start))
+	e.observe(a.Op, code, time.Since(start))
 }
 
 func (e *Engine) observe(op Op, code int, d time.Duration) {
@@ -414,31 +459,124 @@ func (e *Engine) observe(op Op, code int, d time.Duration) {
 }
 
 // Update applies an update request (the same JSON as on
-// state/<id>/update) and returns the accepted message. Errors are
-// *RequestError wrapping ErrInvalid, ErrVersionConflict, ErrTooLarge,
-// ErrRateLimited, ErrClosed or ErrInternal. Accepted, delta and documents
-// messages are also published over MQTT.
+// state/<id>/update) to id's classic shadow and returns the accepted
+// message. Errors are *RequestError wrapping ErrInvalid,
+// ErrVersionConflict, ErrTooLarge, ErrRateLimited, ErrClosed or
+// ErrInternal. Accepted, delta and documents messages are also published
+// over MQTT, on both trees.
 func (e *Engine) Update(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	return e.UpdateNamed(ctx, id, "", payload)
+}
+
+// Get returns the get-accepted document of id's classic shadow, or a
+// *RequestError wrapping ErrNotFound. payload may be empty or
+// {"clientToken":"…"}.
+func (e *Engine) Get(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	return e.GetNamed(ctx, id, "", payload)
+}
+
+// Delete deletes id's classic shadow and returns the delete-accepted
+// message, or a *RequestError wrapping ErrNotFound. The version is kept: a
+// re-created shadow continues from it.
+func (e *Engine) Delete(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+	return e.DeleteNamed(ctx, id, "", payload)
+}
+
+// UpdateNamed is Update for the shadow name of device id ("" is the
+// classic shadow). Creating a named shadow beyond Config.MaxNamedShadows
+// is a *RequestError wrapping ErrShadowLimit; an invalid name one wrapping
+// ErrInvalid.
+func (e *Engine) UpdateNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
 	start := time.Now()
-	b, rerr := e.update(id, payload, fromAPI)
+	r, rerr := checkRef(id, name)
+	var b []byte
+	if rerr == nil {
+		b, rerr = e.update(r, payload, fromAPI)
+	}
 	return e.apiResult(OpUpdate, start, b, rerr)
 }
 
-// Get returns the get-accepted document for id, or a *RequestError wrapping
-// ErrNotFound. payload may be empty or {"clientToken":"…"}.
-func (e *Engine) Get(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+// GetNamed is Get for the shadow name of device id ("" is the classic
+// shadow).
+func (e *Engine) GetNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
 	start := time.Now()
-	b, rerr := e.get(id, payload, fromAPI)
+	r, rerr := checkRef(id, name)
+	var b []byte
+	if rerr == nil {
+		b, rerr = e.get(r, payload, fromAPI)
+	}
 	return e.apiResult(OpGet, start, b, rerr)
 }
 
-// Delete deletes id's shadow and returns the delete-accepted message, or a
-// *RequestError wrapping ErrNotFound. The version is kept: a re-created
-// shadow continues from it.
-func (e *Engine) Delete(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
+// DeleteNamed is Delete for the shadow name of device id ("" is the
+// classic shadow). A deleted named shadow no longer counts against
+// Config.MaxNamedShadows.
+func (e *Engine) DeleteNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
 	start := time.Now()
-	b, rerr := e.del(id, payload, fromAPI)
+	r, rerr := checkRef(id, name)
+	var b []byte
+	if rerr == nil {
+		b, rerr = e.del(r, payload, fromAPI)
+	}
 	return e.apiResult(OpDelete, start, b, rerr)
+}
+
+// checkRef validates an in-process caller's device ID and shadow name (an
+// unchecked Name could break the store's key layout).
+func checkRef(id device.ID, name Name) (ref, *RequestError) {
+	if _, err := device.ParseID(string(id)); err != nil {
+		return ref{}, reject(ErrInvalid, "", "Invalid device ID: %v", err)
+	}
+	if name != "" {
+		if _, err := ParseName(string(name)); err != nil {
+			return ref{}, AsRequestError(err, "")
+		}
+	}
+	return ref{id, name}, nil
+}
+
+// ShadowInfo is one of a device's shadows in a listing (Shadows).
+type ShadowInfo struct {
+	// Name is "" for the classic shadow.
+	Name    Name      `json:"name"`
+	Version Version   `json:"version"`
+	Updated time.Time `json:"updated"`
+}
+
+// Shadows lists the shadows device id has: its classic shadow first (if it
+// exists), then its named shadows in name order; deleted ones are left
+// out. A device without any gets an empty list, not an error. Errors are
+// *RequestError wrapping ErrInvalid (a bad ID), ErrClosed or ErrInternal.
+func (e *Engine) Shadows(ctx context.Context, id device.ID) ([]ShadowInfo, error) {
+	if _, err := device.ParseID(string(id)); err != nil {
+		return nil, reject(ErrInvalid, "", "Invalid device ID: %v", err)
+	}
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return nil, AsRequestError(ErrClosed, "")
+	}
+	out := []ShadowInfo{}
+	doc, err := e.load(ref{id: id})
+	if err != nil {
+		e.log.Error("load shadow", "device", id, "err", err)
+		return nil, AsRequestError(err, "")
+	}
+	if !doc.Deleted {
+		out = append(out, ShadowInfo{Version: doc.Version, Updated: time.UnixMilli(doc.Updated).UTC()})
+	}
+	named, err := e.store.named(id)
+	if err != nil {
+		e.log.Error("list named shadows", "device", id, "err", err)
+		return nil, AsRequestError(err, "")
+	}
+	for _, n := range named {
+		if !n.Deleted {
+			out = append(out, ShadowInfo{Name: n.name, Version: n.Version, Updated: time.UnixMilli(n.Updated).UTC()})
+		}
+	}
+	return out, nil
 }
 
 func (e *Engine) apiResult(op Op, start time.Time, b []byte, rerr *RequestError) ([]byte, error) {
@@ -460,7 +598,7 @@ func (e *Engine) Read(ctx context.Context, id device.ID) (Document, error) {
 	if closed {
 		return Document{}, AsRequestError(ErrClosed, "")
 	}
-	doc, rerr := e.loadExisting(id, "")
+	doc, rerr := e.loadExisting(ref{id: id}, "")
 	if rerr != nil {
 		return Document{}, rerr
 	}
@@ -491,6 +629,12 @@ type Stats struct {
 	Commits, DocumentsWritten uint64
 	CommitTime                time.Duration
 	RetryCache                RetryCacheStats
+	// NamedShadows is how many named shadows exist now (deleted ones not
+	// counted), and NamedLimitRejected how many updates were refused
+	// since Open because they would have created a device's
+	// Config.MaxNamedShadows + 1st.
+	NamedShadows       int64
+	NamedLimitRejected uint64
 }
 
 // Stats returns the engine's counters.
@@ -503,6 +647,9 @@ func (e *Engine) Stats() Stats {
 		Commits:          e.store.commits.Load(),
 		DocumentsWritten: e.store.committed.Load(),
 		CommitTime:       time.Duration(e.store.commitNano.Load()),
+
+		NamedShadows:       e.stats.named.Load(),
+		NamedLimitRejected: e.stats.namedLimited.Load(),
 	}
 	if e.retry != nil {
 		st.RetryCache = e.retry.stats()
@@ -527,6 +674,20 @@ func (e *Engine) wanted(topic string) bool {
 		return false
 	}
 	return e.subs == nil || e.subs.HasSubscribers(topic)
+}
+
+// emit publishes a message about shadow r on both trees: on the state tree
+// always (as Umbra always has), on the $aws tree only if a client is
+// subscribed to its topic there, so a fleet that never subscribes on $aws
+// pays one subscription lookup per message and nothing else.
+func (e *Engine) emit(r ref, suffix string, payload []byte) {
+	if e.pub == nil {
+		return
+	}
+	e.publish(TreeState.Topic(r.id, r.name, suffix), payload)
+	if t := TreeAWS.Topic(r.id, r.name, suffix); e.wanted(t) {
+		e.publish(t, payload)
+	}
 }
 
 // acceptedMessage is published on update/accepted.
@@ -569,7 +730,7 @@ type documentsMessage struct {
 	ClientToken string       `json:"clientToken,omitempty"`
 }
 
-func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestError) {
 	if len(payload) > e.cfg.MaxPayload {
 		return nil, reject(ErrTooLarge, "", "The payload exceeds the maximum size allowed (%d bytes)", e.cfg.MaxPayload)
 	}
@@ -578,7 +739,7 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 		return nil, rerr
 	}
 	tok := req.clientToken
-	ds, rerr := e.acquire(id, tok)
+	ds, rerr := e.acquire(r.id, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -586,9 +747,9 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 
-	doc, _, err := e.load(id)
+	doc, err := e.load(r)
 	if err != nil {
-		e.log.Error("load shadow", "device", id, "err", err)
+		e.log.Error("load shadow", "shadow", r, "err", err)
 		return nil, AsRequestError(err, tok)
 	}
 	current := doc.Version
@@ -599,12 +760,12 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 		sum = sha256.Sum256(payload)
 	}
 	if remember && !doc.Deleted {
-		if ts, ok := e.retry.lookup(id, tok, sum, current, e.cfg.Now()); ok {
+		if ts, ok := e.retry.lookup(r, tok, sum, current, e.cfg.Now()); ok {
 			// A retry of the last update: the same bytes, so the same
 			// accepted message as before.
 			accepted := e.acceptedPayload(req, current, ts)
 			if src == fromMQTT {
-				e.publish(AcceptedTopic(id), accepted)
+				e.emit(r, "update/accepted", accepted)
 			}
 			return accepted, nil
 		}
@@ -612,12 +773,22 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	if req.hasVersion && req.version != current {
 		return nil, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
 	}
+	// Creating a named shadow: within the device's cap, and dropping
+	// tombstones of other names that would exceed it.
+	var displaced []op
+	creating := doc.Deleted && r.name != ""
+	if creating {
+		if displaced, rerr = e.makeRoom(r, tok); rerr != nil {
+			return nil, rerr
+		}
+	}
 	// The documents message carries the previous document: copy it only if
-	// somebody listens, as the merge below changes doc in place.
-	documentsTopic := DocumentsTopic(id)
-	wantDocuments := e.wanted(documentsTopic)
+	// somebody listens (on either tree), as the merge below changes doc in
+	// place.
+	stateDocs := e.wanted(TreeState.Topic(r.id, r.name, "update/documents"))
+	awsDocs := e.wanted(TreeAWS.Topic(r.id, r.name, "update/documents"))
 	var prev *docSnapshot
-	if !doc.Deleted && wantDocuments {
+	if !doc.Deleted && (stateDocs || awsDocs) {
 		prev = &docSnapshot{State: cloneState(doc.State), Metadata: cloneState(doc.Metadata), Version: doc.Version}
 	}
 	var prevDelta map[string]any
@@ -638,7 +809,7 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	}
 	size, err := sectionSize(doc.State)
 	if err != nil {
-		return nil, AsRequestError(fmt.Errorf("size %s: %w", id, err), tok)
+		return nil, AsRequestError(fmt.Errorf("size %s: %w", r, err), tok)
 	}
 	if size > e.cfg.MaxDocumentSize {
 		return nil, reject(ErrTooLarge, tok, "The payload exceeds the maximum size allowed: the merged state would be %d bytes, the limit is %d", size, e.cfg.MaxDocumentSize)
@@ -648,48 +819,91 @@ func (e *Engine) update(id device.ID, payload []byte, src source) ([]byte, *Requ
 	doc.Deleted = false
 	raw, err := json.Marshal(&doc)
 	if err != nil {
-		return nil, AsRequestError(fmt.Errorf("encode %s: %w", id, err), tok)
+		return nil, AsRequestError(fmt.Errorf("encode %s: %w", r, err), tok)
 	}
-	if err := e.store.put(id, raw); err != nil {
+	if err := e.store.put(append(displaced, op{r, raw})...); err != nil {
 		if errors.Is(err, ErrClosed) {
 			return nil, AsRequestError(err, tok)
 		}
-		e.log.Error("commit shadow", "device", id, "err", err)
-		return nil, AsRequestError(fmt.Errorf("commit %s: %w", id, err), tok)
+		e.log.Error("commit shadow", "shadow", r, "err", err)
+		return nil, AsRequestError(fmt.Errorf("commit %s: %w", r, err), tok)
+	}
+	if creating {
+		e.stats.named.Add(1)
 	}
 
 	// Committed: from here on the update is durable; publish its messages.
 	accepted := e.acceptedPayload(req, doc.Version, ts)
 	if remember {
-		e.retry.put(id, tok, sum, doc.Version, ts, now)
+		e.retry.put(r, tok, sum, doc.Version, ts, now)
 	} else if e.retry != nil {
-		e.retry.drop(id) // its entry no longer answers a retry
+		e.retry.drop(r) // its entry no longer answers a retry
 	}
-	e.publish(AcceptedTopic(id), accepted)
+	e.emit(r, "update/accepted", accepted)
 	newDelta := doc.Delta()
 	// Beyond AWS: a desired-side change that withdraws keys from a
 	// non-empty delta is announced too (AWS stays silent, so a device never
 	// learns that a command was cancelled).
 	if newDelta != nil || (prevDelta != nil && !equal(prevDelta, newDelta)) {
-		e.publishDelta(id, newDelta, doc.Metadata.Desired, doc.Version, ts, tok)
+		e.emit(r, "update/delta", e.deltaPayload(newDelta, doc.Metadata.Desired, doc.Version, ts, tok))
 	}
-	if wantDocuments {
+	if stateDocs || awsDocs {
 		b, _ := json.Marshal(documentsMessage{
 			Previous:    prev,
 			Current:     docSnapshot{State: doc.State, Metadata: doc.Metadata, Version: doc.Version},
 			Timestamp:   ts,
 			ClientToken: tok,
 		})
-		e.publish(documentsTopic, b)
+		if stateDocs {
+			e.publish(TreeState.Topic(r.id, r.name, "update/documents"), b)
+		}
+		if awsDocs {
+			e.publish(TreeAWS.Topic(r.id, r.name, "update/documents"), b)
+		}
 	}
-	if e.cfg.OnChange != nil {
-		e.cfg.OnChange(id, doc.Version)
+	if e.cfg.OnChange != nil && r.name == "" {
+		e.cfg.OnChange(r.id, doc.Version)
 	}
 	return accepted, nil
 }
 
-func (e *Engine) publishDelta(id device.ID, d, desiredMeta map[string]any, v Version, ts int64, tok string) {
-	e.publish(DeltaTopic(id), e.deltaPayload(d, desiredMeta, v, ts, tok))
+// makeRoom checks that device r.id may create the named shadow r (new, or
+// over its own tombstone) without exceeding MaxNamedShadows, and
+// returns the deletions of other names' tombstones needed to keep the
+// device's stored named shadows within the cap, oldest first. The caller
+// holds the device's lock.
+func (e *Engine) makeRoom(r ref, tok string) ([]op, *RequestError) {
+	limit := max(e.cfg.MaxNamedShadows, 0)
+	entries, err := e.store.named(r.id)
+	if err != nil {
+		e.log.Error("list named shadows", "device", r.id, "err", err)
+		return nil, AsRequestError(err, tok)
+	}
+	live := 0
+	var tombs []namedEntry
+	for _, n := range entries {
+		switch {
+		case n.name == r.name:
+		case n.Deleted:
+			tombs = append(tombs, n)
+		default:
+			live++
+		}
+	}
+	if live >= limit {
+		e.stats.namedLimited.Add(1)
+		return nil, reject(ErrShadowLimit, tok, "Too many named shadows: device %s has %d, the limit is %d; delete one first", r.id, live, limit)
+	}
+	excess := live + len(tombs) + 1 - limit // r itself counts once, tombstone or not
+	if excess <= 0 {
+		return nil, nil
+	}
+	slices.SortFunc(tombs, func(a, b namedEntry) int { return cmp.Compare(a.Updated, b.Updated) })
+	ops := make([]op, 0, excess)
+	for _, t := range tombs[:excess] {
+		ops = append(ops, op{r: ref{r.id, t.name}}) // nil val: delete
+	}
+	return ops, nil
 }
 
 func (e *Engine) deltaPayload(d, desiredMeta map[string]any, v Version, ts int64, tok string) []byte {
@@ -752,31 +966,34 @@ type getMessage struct {
 	ClientToken string  `json:"clientToken,omitempty"`
 }
 
-// loadExisting reads id's document and turns a missing or deleted one into
+// loadExisting reads r's document and turns a missing or deleted one into
 // a 404 for the request with clientToken tok.
-func (e *Engine) loadExisting(id device.ID, tok string) (Document, *RequestError) {
-	doc, _, err := e.load(id)
+func (e *Engine) loadExisting(r ref, tok string) (Document, *RequestError) {
+	doc, err := e.load(r)
 	if err != nil {
-		e.log.Error("load shadow", "device", id, "err", err)
+		e.log.Error("load shadow", "shadow", r, "err", err)
 		return Document{}, AsRequestError(err, tok)
 	}
 	if doc.Deleted {
-		return Document{}, reject(ErrNotFound, tok, "No shadow exists for device: %s", id)
+		if r.name != "" {
+			return Document{}, reject(ErrNotFound, tok, "No shadow exists with name: %s (device %s)", r.name, r.id)
+		}
+		return Document{}, reject(ErrNotFound, tok, "No shadow exists for device: %s", r.id)
 	}
 	return doc, nil
 }
 
-func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+func (e *Engine) get(r ref, payload []byte, src source) ([]byte, *RequestError) {
 	tok, rerr := parseTokenOnly(payload)
 	if rerr != nil {
 		return nil, rerr
 	}
-	ds, rerr := e.acquire(id, tok)
+	ds, rerr := e.acquire(r.id, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	defer e.release(ds)
-	doc, rerr := e.loadExisting(id, tok)
+	doc, rerr := e.loadExisting(r, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -788,7 +1005,7 @@ func (e *Engine) get(id device.ID, payload []byte, src source) ([]byte, *Request
 		if len(b) > e.cfg.MaxReply {
 			return nil, reject(ErrTooLarge, tok, "The shadow document is too large to send in one MQTT message (%d bytes, the limit is %d); read it over HTTP", len(b), e.cfg.MaxReply)
 		}
-		e.publish(Topic(id, "get/accepted"), b)
+		e.emit(r, "get/accepted", b)
 	}
 	return b, nil
 }
@@ -799,85 +1016,135 @@ type deleteMessage struct {
 	ClientToken string  `json:"clientToken,omitempty"`
 }
 
-func (e *Engine) del(id device.ID, payload []byte, src source) ([]byte, *RequestError) {
+func (e *Engine) del(r ref, payload []byte, src source) ([]byte, *RequestError) {
 	tok, rerr := parseTokenOnly(payload)
 	if rerr != nil {
 		return nil, rerr
 	}
-	ds, rerr := e.acquire(id, tok)
+	ds, rerr := e.acquire(r.id, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	defer e.release(ds)
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
-	doc, rerr := e.loadExisting(id, tok)
+	doc, rerr := e.loadExisting(r, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	now := e.cfg.Now()
 	tomb := Document{Version: doc.Version, Updated: now.UnixMilli(), Deleted: true}
 	raw, _ := json.Marshal(&tomb)
-	if err := e.store.put(id, raw); err != nil {
-		e.log.Error("commit shadow delete", "device", id, "err", err)
-		return nil, AsRequestError(fmt.Errorf("commit %s: %w", id, err), tok)
+	if err := e.store.put(op{r, raw}); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return nil, AsRequestError(err, tok)
+		}
+		e.log.Error("commit shadow delete", "shadow", r, "err", err)
+		return nil, AsRequestError(fmt.Errorf("commit %s: %w", r, err), tok)
+	}
+	if r.name != "" {
+		e.stats.named.Add(-1)
 	}
 	if e.retry != nil {
-		e.retry.drop(id) // a retry of the update before the delete is a new request
+		e.retry.drop(r) // a retry of the update before the delete is a new request
 	}
 	b, _ := json.Marshal(deleteMessage{Version: doc.Version, Timestamp: now.Unix(), ClientToken: tok})
-	e.publish(Topic(id, "delete/accepted"), b)
-	if e.cfg.OnChange != nil {
-		e.cfg.OnChange(id, doc.Version)
+	e.emit(r, "delete/accepted", b)
+	if e.cfg.OnChange != nil && r.name == "" {
+		e.cfg.OnChange(r.id, doc.Version)
 	}
 	return b, nil
 }
 
 // HandleSubscribe is called by the broker when a client's SUBSCRIBE was
-// processed, with the filters it granted. For every device that one of the
-// filters would deliver the delta of (the exact delta topic, or
-// state/<id>/update/#, state/<id>/update/+, state/<id>/#), the engine sends
-// that device's current delta, if it is not empty, to the subscribing
-// client only, so a device that was offline while its desired state changed
-// catches up without a get. It sends at most one delta per device and call
-// (one SUBSCRIBE packet), however many of its filters name the device, and
-// only through a ClientPublisher (see Publisher): other subscribers of the
-// delta topic receive nothing.
+// processed, with the filters it granted. For every shadow whose delta
+// topic one of the filters matches, on either tree, with the device ID
+// spelled out (the exact delta topic, or a wildcard form such as
+// state/<id>/update/+, state/<id>/#, $aws/things/<id>/shadow/update/#,
+// $aws/things/<id>/shadow/#, state/<id>/shadow/+/update/delta), the engine
+// sends that shadow's current delta, if it is not empty, on that tree's
+// delta topic to the subscribing client only, so a device that was offline
+// while its desired state changed catches up without a get. It sends at
+// most one delta per shadow, tree and call (one SUBSCRIBE packet), however
+// many of its filters match the topic, and only through a ClientPublisher
+// (see Publisher): other subscribers of the delta topic receive nothing.
 func (e *Engine) HandleSubscribe(clientID string, filters []string) {
 	if e.direct == nil {
 		return
 	}
-	var seen map[device.ID]bool
-	for _, f := range filters {
-		id, ok := deviceOfDeltaFilter(f)
-		if !ok || seen[id] {
-			continue
-		}
-		if seen == nil {
-			seen = make(map[device.ID]bool)
-		}
-		seen[id] = true
-		doc, _, err := e.load(id)
-		if err != nil {
-			e.log.Warn("load shadow for catch-up delta", "device", id, "err", err)
-			continue
-		}
-		if doc.Deleted {
-			continue
-		}
-		d := doc.Delta()
-		if d == nil {
-			continue
-		}
-		b := e.deltaPayload(d, doc.Metadata.Desired, doc.Version, e.cfg.Now().Unix(), "")
-		if err := e.direct.PublishTo(clientID, DeltaTopic(id), b, 1); err != nil {
-			// Benign: the client left or unsubscribed meanwhile, or its
-			// queue is full (the broker counts that); it can still get.
-			e.log.Debug("catch-up delta not delivered", "client", clientID, "device", id, "err", err)
-			continue
-		}
-		e.stats.published.Add(1)
+	type target struct {
+		tree Tree
+		r    ref
 	}
+	var seen map[target]bool
+	var payloads map[ref][]byte // the catch-up delta of each shadow (nil: none)
+	for _, f := range filters {
+		m, ok := parseDeltaFilter(f)
+		if !ok {
+			continue
+		}
+		var refs []ref
+		if m.classic {
+			refs = append(refs, ref{id: m.id})
+		}
+		if m.name != "" {
+			refs = append(refs, ref{m.id, m.name})
+		}
+		if m.allNamed {
+			named, err := e.store.named(m.id)
+			if err != nil {
+				e.log.Warn("list named shadows for catch-up deltas", "device", m.id, "err", err)
+			}
+			for _, n := range named {
+				if !n.Deleted {
+					refs = append(refs, ref{m.id, n.name})
+				}
+			}
+		}
+		for _, r := range refs {
+			t := target{m.tree, r}
+			if seen[t] {
+				continue
+			}
+			if seen == nil {
+				seen, payloads = make(map[target]bool), make(map[ref][]byte)
+			}
+			seen[t] = true
+			b, loaded := payloads[r]
+			if !loaded {
+				b = e.catchUpDelta(r)
+				payloads[r] = b
+			}
+			if b == nil {
+				continue
+			}
+			if err := e.direct.PublishTo(clientID, m.tree.Topic(r.id, r.name, "update/delta"), b, 1); err != nil {
+				// Benign: the client left or unsubscribed meanwhile, or its
+				// queue is full (the broker counts that); it can still get.
+				e.log.Debug("catch-up delta not delivered", "client", clientID, "shadow", r, "err", err)
+				continue
+			}
+			e.stats.published.Add(1)
+		}
+	}
+}
+
+// catchUpDelta returns the delta message HandleSubscribe sends for r, nil
+// if r has no delta (or cannot be read).
+func (e *Engine) catchUpDelta(r ref) []byte {
+	doc, err := e.load(r)
+	if err != nil {
+		e.log.Warn("load shadow for catch-up delta", "shadow", r, "err", err)
+		return nil
+	}
+	if doc.Deleted {
+		return nil
+	}
+	d := doc.Delta()
+	if d == nil {
+		return nil
+	}
+	return e.deltaPayload(d, doc.Metadata.Desired, doc.Version, e.cfg.Now().Unix(), "")
 }
 
 func cloneState(s State) State {

@@ -20,10 +20,15 @@ import (
 )
 
 // recorder is a shadow.Publisher that records every message in order.
+// Unless subs decides, every state/ topic has subscribers and a $aws/ topic
+// has them only if it matches one of the listen filters (the transcripts'
+// "listen" command): so transcripts that never listen on $aws show what a
+// fleet that never subscribes there gets.
 type recorder struct {
-	mu   sync.Mutex // guards msgs
-	msgs []message
-	subs func(topic string) bool
+	mu     sync.Mutex // guards msgs and listen
+	msgs   []message
+	listen []string
+	subs   func(topic string) bool
 }
 
 type message struct{ Topic, Payload string }
@@ -45,10 +50,27 @@ func (r *recorder) PublishTo(clientID, topic string, payload []byte, qos byte) e
 }
 
 func (r *recorder) HasSubscribers(topic string) bool {
-	if r.subs == nil {
+	if r.subs != nil {
+		return r.subs(topic)
+	}
+	if !strings.HasPrefix(topic, "$aws/") {
 		return true
 	}
-	return r.subs(topic)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.listen {
+		if shadow.MatchFilter(f, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// listenOn makes $aws topics matching filters have subscribers.
+func (r *recorder) listenOn(filters ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.listen = append(r.listen, filters...)
 }
 
 func (r *recorder) take() []message {
@@ -133,6 +155,9 @@ func TestTranscripts(t *testing.T) {
 					h.eng.HandleRequest("client", topic, []byte(payload))
 				case "sub": // sub <filter>… (one SUBSCRIBE packet)
 					h.eng.HandleSubscribe("client", strings.Fields(arg))
+				case "listen": // listen <filter>…: $aws topics they match have subscribers from now on
+					h.pub.listenOn(strings.Fields(arg)...)
+					continue // nothing is published
 				default:
 					t.Fatalf("unknown transcript command %q", cmd)
 				}

@@ -11,7 +11,10 @@ import (
 // one of them inside a *RequestError, so callers can branch with errors.Is and
 // read the wire code and message with errors.As.
 var (
-	ErrInvalid         = errors.New("shadow: invalid request")        // 400
+	ErrInvalid = errors.New("shadow: invalid request") // 400
+	// ErrShadowLimit: creating one more named shadow would exceed
+	// Config.MaxNamedShadows for the device.
+	ErrShadowLimit     = errors.New("shadow: too many named shadows") // 400
 	ErrNotFound        = errors.New("shadow: not found")              // 404
 	ErrVersionConflict = errors.New("shadow: version conflict")       // 409
 	ErrTooLarge        = errors.New("shadow: payload too large")      // 413
@@ -27,6 +30,7 @@ var codes = []struct {
 	code int
 }{
 	{ErrInvalid, 400},
+	{ErrShadowLimit, 400},
 	{ErrNotFound, 404},
 	{ErrVersionConflict, 409},
 	{ErrTooLarge, 413},

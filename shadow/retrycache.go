@@ -5,25 +5,25 @@ import (
 	"crypto/sha256"
 	"sync"
 	"time"
-
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // retryEntryOverhead estimates the heap bytes of one retry-cache entry
-// beyond its device ID and clientToken: the entry itself, its list element
+// beyond its device ID, shadow name and clientToken: the entry itself, its list element
 // and its map slot. RetryCacheStats.Bytes counts it.
 const retryEntryOverhead = 192
 
-// retryCache remembers the last accepted update of each device that
+// retryCache remembers the last accepted update of each shadow that
 // carried a clientToken, for DedupeWindow, so that a retry of it is
 // answered with the original accepted instead of being applied twice.
 //
-// Only a retry of a device's last update may be answered from the cache:
+// Only a retry of a shadow's last update may be answered from the cache:
 // the cached answer is valid only while the shadow is at the version that
 // update produced, and every later change moves the version on. So the
-// cache keeps one entry per device (a device's next update replaces it,
+// cache keeps one entry per shadow (the shadow's next update replaces it,
 // and any other change of the document drops it): a device cannot grow
-// the cache, nor evict other devices' entries, by sending more requests.
+// the cache, nor evict other devices' entries, by sending more requests;
+// it holds at most one entry per shadow it has (the classic one and at
+// most Config.MaxNamedShadows named ones).
 //
 // An entry keeps what identifies the request (clientToken and a SHA-256
 // of its bytes) and what the answer was built from (version and
@@ -39,16 +39,16 @@ type retryCache struct {
 	maxBytes   int64
 
 	mu        sync.Mutex // guards every field below
-	byID      map[device.ID]*list.Element
+	byRef     map[ref]*list.Element
 	order     list.List // of *retryEntry, oldest (first to expire) first
 	bytes     int64
 	evictions uint64
 	hits      uint64
 }
 
-// retryEntry is the remembered outcome of one device's last update.
+// retryEntry is the remembered outcome of one shadow's last update.
 type retryEntry struct {
-	id      device.ID
+	r       ref
 	token   string
 	sum     [sha256.Size]byte // of the request's bytes
 	version Version           // the version the update produced
@@ -57,20 +57,20 @@ type retryEntry struct {
 }
 
 func (e *retryEntry) size() int64 {
-	return int64(len(e.id) + len(e.token) + retryEntryOverhead)
+	return int64(len(e.r.id) + len(e.r.name) + len(e.token) + retryEntryOverhead)
 }
 
 func newRetryCache(window time.Duration, maxEntries int, maxBytes int64) *retryCache {
-	return &retryCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, byID: make(map[device.ID]*list.Element)}
+	return &retryCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, byRef: make(map[ref]*list.Element)}
 }
 
-// lookup reports whether the request (token, sum) to id is a retry of id's
+// lookup reports whether the request (token, sum) to r is a retry of r's
 // last update while the shadow is at version current, and if so returns
 // that update's timestamp.
-func (c *retryCache) lookup(id device.ID, token string, sum [sha256.Size]byte, current Version, now time.Time) (ts int64, ok bool) {
+func (c *retryCache) lookup(r ref, token string, sum [sha256.Size]byte, current Version, now time.Time) (ts int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el := c.byID[id]
+	el := c.byRef[r]
 	if el == nil {
 		return 0, false
 	}
@@ -82,40 +82,40 @@ func (c *retryCache) lookup(id device.ID, token string, sum [sha256.Size]byte, c
 	return e.ts, true
 }
 
-// put remembers the update (token, sum) that took id to version v at ts,
-// replacing id's previous entry.
-func (c *retryCache) put(id device.ID, token string, sum [sha256.Size]byte, v Version, ts int64, now time.Time) {
-	e := &retryEntry{id: id, token: token, sum: sum, version: v, ts: ts, expires: now.Add(c.window)}
+// put remembers the update (token, sum) that took r to version v at ts,
+// replacing r's previous entry.
+func (c *retryCache) put(r ref, token string, sum [sha256.Size]byte, v Version, ts int64, now time.Time) {
+	e := &retryEntry{r: r, token: token, sum: sum, version: v, ts: ts, expires: now.Add(c.window)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.removeLocked(id)
+	c.removeLocked(r)
 	if e.size() > c.maxBytes {
 		return // cannot happen with valid IDs and tokens and maxBytes ≥ 1 KiB
 	}
 	for c.order.Len() > 0 && (c.order.Len() >= c.maxEntries || c.bytes+e.size() > c.maxBytes) {
-		c.removeLocked(c.order.Front().Value.(*retryEntry).id)
+		c.removeLocked(c.order.Front().Value.(*retryEntry).r)
 		c.evictions++
 	}
-	c.byID[id] = c.order.PushBack(e)
+	c.byRef[r] = c.order.PushBack(e)
 	c.bytes += e.size()
 }
 
-// drop forgets id's entry: the document changed by a request that cannot
+// drop forgets r's entry: the document changed by a request that cannot
 // be retried from the cache (no clientToken, or a delete).
-func (c *retryCache) drop(id device.ID) {
+func (c *retryCache) drop(r ref) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.removeLocked(id)
+	c.removeLocked(r)
 }
 
-func (c *retryCache) removeLocked(id device.ID) {
-	el := c.byID[id]
+func (c *retryCache) removeLocked(r ref) {
+	el := c.byRef[r]
 	if el == nil {
 		return
 	}
 	c.bytes -= el.Value.(*retryEntry).size()
 	c.order.Remove(el)
-	delete(c.byID, id)
+	delete(c.byRef, r)
 }
 
 // prune drops expired entries.
@@ -127,13 +127,13 @@ func (c *retryCache) prune(now time.Time) {
 		if !now.After(e.expires) {
 			return
 		}
-		c.removeLocked(e.id)
+		c.removeLocked(e.r)
 	}
 }
 
 // RetryCacheStats describes the retry cache (see Config.DedupeWindow).
 type RetryCacheStats struct {
-	Entries   int    // entries now (at most one per device)
+	Entries   int    // entries now (at most one per shadow)
 	Bytes     int64  // estimated heap bytes of the entries now
 	Evictions uint64 // entries dropped before they expired because the cache was full, since Open
 	Hits      uint64 // updates answered from the cache (retries), since Open

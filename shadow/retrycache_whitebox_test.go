@@ -4,41 +4,39 @@ import (
 	"crypto/sha256"
 	"testing"
 	"time"
-
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 func TestRetryCacheExpiryAndOrder(t *testing.T) {
 	t0 := time.Unix(1700000000, 0)
 	sum := sha256.Sum256([]byte("request"))
 	c := newRetryCache(time.Minute, 2, 1<<20)
-	c.put("a", "t", sum, 1, 10, t0)
-	c.put("b", "t", sum, 1, 11, t0.Add(10*time.Second))
+	c.put(ref{id: "a"}, "t", sum, 1, 10, t0)
+	c.put(ref{id: "b"}, "t", sum, 1, 11, t0.Add(10*time.Second))
 	// a's next update replaces its entry and makes it the newest: the
 	// cache is full, so c evicts b, the oldest.
-	c.put("a", "t2", sum, 2, 12, t0.Add(20*time.Second))
-	c.put("c", "t", sum, 1, 13, t0.Add(30*time.Second))
+	c.put(ref{id: "a"}, "t2", sum, 2, 12, t0.Add(20*time.Second))
+	c.put(ref{id: "c"}, "t", sum, 1, 13, t0.Add(30*time.Second))
 	if st := c.stats(); st.Entries != 2 || st.Evictions != 1 {
 		t.Fatalf("stats %+v, want 2 entries and 1 eviction", st)
 	}
 	tests := []struct {
 		name    string
-		id      device.ID
+		r       ref
 		token   string
 		body    string
 		version Version
 		at      time.Duration
 		want    bool
 	}{
-		{"evicted", "b", "t", "request", 1, 31 * time.Second, false},
-		{"replaced token", "a", "t", "request", 1, 31 * time.Second, false},
-		{"current", "a", "t2", "request", 2, 31 * time.Second, true},
-		{"moved on", "a", "t2", "request", 3, 31 * time.Second, false},
-		{"expired", "a", "t2", "request", 2, 81 * time.Second, false},
-		{"other bytes", "c", "t", "other", 1, 31 * time.Second, false},
+		{"evicted", ref{id: "b"}, "t", "request", 1, 31 * time.Second, false},
+		{"replaced token", ref{id: "a"}, "t", "request", 1, 31 * time.Second, false},
+		{"current", ref{id: "a"}, "t2", "request", 2, 31 * time.Second, true},
+		{"moved on", ref{id: "a"}, "t2", "request", 3, 31 * time.Second, false},
+		{"expired", ref{id: "a"}, "t2", "request", 2, 81 * time.Second, false},
+		{"other bytes", ref{id: "c"}, "t", "other", 1, 31 * time.Second, false},
 	}
 	for _, tc := range tests {
-		if _, got := c.lookup(tc.id, tc.token, sha256.Sum256([]byte(tc.body)), tc.version, t0.Add(tc.at)); got != tc.want {
+		if _, got := c.lookup(tc.r, tc.token, sha256.Sum256([]byte(tc.body)), tc.version, t0.Add(tc.at)); got != tc.want {
 			t.Errorf("%s: lookup = %t, want %t", tc.name, got, tc.want)
 		}
 	}
@@ -50,7 +48,7 @@ func TestRetryCacheExpiryAndOrder(t *testing.T) {
 	if st := c.stats(); st.Entries != 1 || st.Bytes != int64(len("c")+len("t")+retryEntryOverhead) {
 		t.Errorf("after prune: %+v, want only c's entry", st)
 	}
-	c.drop("c")
+	c.drop(ref{id: "c"})
 	if st := c.stats(); st.Entries != 0 || st.Bytes != 0 || st.Evictions != 1 {
 		t.Errorf("after drop: %+v, want empty with the one eviction counted", st)
 	}

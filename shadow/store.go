@@ -1,6 +1,7 @@
 package shadow
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +14,26 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 )
 
-var bucketShadows = []byte("shadows")
+// The file's buckets. The classic shadows' bucket is the one every Umbra
+// version wrote; named shadows live in a bucket of their own, so files
+// written before named shadows existed open and read unchanged, and the
+// classic listing (GET /v1/devices) never walks named shadows.
+var (
+	// bucketShadows holds the classic shadows, keyed by device ID.
+	bucketShadows = []byte("shadows")
+	// bucketNamed holds the named shadows, keyed by "<device ID>/<name>".
+	// Neither IDs nor names contain "/", so one device's named shadows are
+	// exactly the keys with its prefix "<id>/": one short cursor scan.
+	bucketNamed = []byte("named")
+)
+
+// location returns the bucket and key of shadow r.
+func location(r ref) (bucket, key []byte) {
+	if r.name == "" {
+		return bucketShadows, []byte(r.id)
+	}
+	return bucketNamed, []byte(r.String())
+}
 
 // maxCommitBatch bounds how many writes one bbolt transaction carries.
 const maxCommitBatch = 2048
@@ -35,10 +55,16 @@ type store struct {
 	observe    func(d time.Duration, n int)
 }
 
+// write is a group of changes committed together, in one transaction.
 type write struct {
-	key  []byte
-	val  []byte
+	ops  []op
 	done chan error
+}
+
+// op stores val under r, or deletes r's key when val is nil.
+type op struct {
+	r   ref
+	val []byte
 }
 
 func openStore(path string, timeout time.Duration, observe func(time.Duration, int)) (*store, error) {
@@ -50,8 +76,12 @@ func openStore(path string, timeout time.Duration, observe func(time.Duration, i
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketShadows)
-		return err
+		for _, b := range [][]byte{bucketShadows, bucketNamed} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
@@ -70,12 +100,13 @@ func openStore(path string, timeout time.Duration, observe func(time.Duration, i
 	return s, nil
 }
 
-// get returns the stored bytes for id, or nil if there are none. The bytes
+// get returns the stored bytes for r, or nil if there are none. The bytes
 // are a copy, valid after the transaction.
-func (s *store) get(id device.ID) ([]byte, error) {
+func (s *store) get(r ref) ([]byte, error) {
 	var out []byte
+	bucket, key := location(r)
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketShadows).Get([]byte(id)); v != nil {
+		if v := tx.Bucket(bucket).Get(key); v != nil {
 			out = append([]byte(nil), v...)
 		}
 		return nil
@@ -83,10 +114,10 @@ func (s *store) get(id device.ID) ([]byte, error) {
 	return out, err
 }
 
-// put durably stores val under id: it returns once the transaction holding
-// the write has been committed and synced.
-func (s *store) put(id device.ID, val []byte) error {
-	w := &write{key: []byte(id), val: val, done: make(chan error, 1)}
+// put durably applies ops, all in one transaction: it returns once the
+// transaction holding them has been committed and synced.
+func (s *store) put(ops ...op) error {
+	w := &write{ops: ops, done: make(chan error, 1)}
 	select {
 	case s.writes <- w:
 	case <-s.quit:
@@ -128,10 +159,19 @@ func (s *store) commitLoop() {
 func (s *store) commit(batch []*write) {
 	start := time.Now()
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketShadows)
 		for _, w := range batch {
-			if err := b.Put(w.key, w.val); err != nil {
-				return err
+			for _, o := range w.ops {
+				bucket, key := location(o.r)
+				b := tx.Bucket(bucket)
+				var err error
+				if o.val == nil {
+					err = b.Delete(key)
+				} else {
+					err = b.Put(key, o.val)
+				}
+				if err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -177,13 +217,9 @@ func (s *store) list(after string, limit int) ([]Summary, string, error) {
 			k, v = c.Next()
 		}
 		for ; k != nil; k, v = c.Next() {
-			var hdr struct {
-				Version Version `json:"version"`
-				Updated int64   `json:"updated"`
-				Deleted bool    `json:"deleted"`
-			}
-			if err := json.Unmarshal(v, &hdr); err != nil {
-				return fmt.Errorf("decode %q: %w", k, err)
+			hdr, err := decodeHeader(k, v)
+			if err != nil {
+				return err
 			}
 			if hdr.Deleted {
 				continue
@@ -197,4 +233,59 @@ func (s *store) list(after string, limit int) ([]Summary, string, error) {
 		return nil
 	})
 	return out, next, err
+}
+
+// header is the part of a stored document a listing needs.
+type header struct {
+	Version Version `json:"version"`
+	Updated int64   `json:"updated"`
+	Deleted bool    `json:"deleted"`
+}
+
+func decodeHeader(k, v []byte) (header, error) {
+	var hdr header
+	if err := json.Unmarshal(v, &hdr); err != nil {
+		return hdr, fmt.Errorf("decode %q: %w", k, err)
+	}
+	return hdr, nil
+}
+
+// namedEntry is one stored named shadow of a device: live or a tombstone.
+type namedEntry struct {
+	name Name
+	header
+}
+
+// named returns every stored named shadow of id, live ones and tombstones,
+// in name order.
+func (s *store) named(id device.ID) ([]namedEntry, error) {
+	var out []namedEntry
+	prefix := []byte(string(id) + "/")
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketNamed).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			hdr, err := decodeHeader(k, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, namedEntry{name: Name(k[len(prefix):]), header: hdr})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// countNamed returns how many live named shadows the file holds.
+func (s *store) countNamed() (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketNamed).ForEach(func(k, v []byte) error {
+			hdr, err := decodeHeader(k, v)
+			if err == nil && !hdr.Deleted {
+				n++
+			}
+			return err
+		})
+	})
+	return n, err
 }

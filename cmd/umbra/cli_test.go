@@ -163,7 +163,7 @@ func TestCLIErrors(t *testing.T) {
 	srv := startServer(t)
 	requests := make(chan string, 100)
 	if err := srv.brk.Subscribe("state/#", func(_, topic string, _ []byte) {
-		if _, _, ok, _ := shadow.ParseRequestTopic(topic); ok {
+		if _, ok, _ := shadow.ParseRequestTopic(topic); ok {
 			select {
 			case requests <- topic:
 			default: // only the first is read

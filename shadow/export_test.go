@@ -1,0 +1,4 @@
+package shadow
+
+// MatchFilter exposes matchFilter to the black-box tests.
+var MatchFilter = matchFilter
