@@ -67,77 +67,154 @@ func (p Principal) CanWriteDevice(id device.ID) bool {
 	return false
 }
 
-// requestOps are the last topic levels of the shadow request topics, the
-// only topics any client may publish on.
+// requestOps are the shadow request operations, the values of "{op}" in
+// the rules below.
 var requestOps = []string{"update", "get", "delete"}
 
-// integratorFilters are the filters whose topics an integrator may read,
-// split into levels.
-var integratorFilters = [][]string{
-	{"state", "+", "update", "accepted"},
-	{"state", "+", "update", "documents"},
-	{"state", "+", "update", "delta"},
-	{"state", "+", "presence"},
-	{"rollouts", "#"},
+// rule grants publishing (write) or subscribing (and receiving) to every
+// topic or filter its pattern covers, with at least minLevels levels.
+// Pattern levels are literals, "+" (any one level), a final "#" (any
+// levels below, and the level above itself) and placeholders:
+//
+//	{own}  the principal's own device ID (a device's rules)
+//	{id}   any one valid device ID
+//	{op}   a shadow request operation: update, get or delete
+//
+// A filter is covered only if every topic it matches is: a wildcard in a
+// filter counts as any value, so "state/+/update" is not covered by
+// "state/{own}/update".
+type rule struct {
+	write     bool
+	pattern   []level
+	minLevels int
+}
+
+// level is one compiled level of a rule's pattern.
+type level struct {
+	kind    levelKind
+	literal string // for levelLiteral
+}
+
+type levelKind uint8
+
+const (
+	levelLiteral levelKind = iota
+	levelPlus              // "+"
+	levelHash              // "#"
+	levelOwn               // "{own}"
+	levelID                // "{id}"
+	levelOp                // "{op}"
+)
+
+func compile(pattern string) []level {
+	kinds := map[string]levelKind{"+": levelPlus, "#": levelHash, "{own}": levelOwn, "{id}": levelID, "{op}": levelOp}
+	var out []level
+	for _, l := range strings.Split(pattern, "/") {
+		k, ok := kinds[l]
+		if !ok && strings.ContainsAny(l, "+#{}") {
+			panic("identity: malformed ACL pattern " + pattern)
+		}
+		out = append(out, level{kind: k, literal: l})
+	}
+	return out
+}
+
+func pub(pattern string) rule { return rule{write: true, pattern: compile(pattern)} }
+func sub(pattern string, minLevels int) rule {
+	return rule{pattern: compile(pattern), minLevels: minLevels}
+}
+
+// The rules of each role. They are data: a topic is allowed if one rule of
+// the principal's role covers it.
+var (
+	deviceRules = []rule{
+		// Requests on its own shadows, classic and named, on both trees.
+		pub("state/{own}/{op}"),
+		pub("state/{own}/shadow/+/{op}"),
+		// On the $aws tree any operation: the engine answers one it does
+		// not serve with a 404 on its /rejected, so an AWS SDK is never
+		// disconnected for a request on its own thing. Reply topics
+		// (…/<op>/accepted, …) have one level more and stay refused.
+		pub("$aws/things/{own}/shadow/+"),
+		pub("$aws/things/{own}/shadow/name/+/+"),
+		// Everything below its own ID (not the ID level itself); the AWS
+		// SDKs subscribe with wildcards below the thing (v2: …/get/+).
+		sub("state/{own}/#", 3),
+		sub("firmware/{own}/#", 3),
+		sub("$aws/things/{own}/shadow/#", 5),
+	}
+	operatorRules = []rule{
+		pub("state/{id}/{op}"),
+		pub("state/{id}/shadow/+/{op}"),
+		pub("$aws/things/{id}/shadow/{op}"),
+		pub("$aws/things/{id}/shadow/name/+/{op}"),
+		sub("#", 0), // everything, $SYS and $aws included
+	}
+	integratorRules = []rule{
+		sub("state/+/update/accepted", 0),
+		sub("state/+/update/documents", 0),
+		sub("state/+/update/delta", 0),
+		sub("state/+/shadow/+/update/accepted", 0),
+		sub("state/+/shadow/+/update/documents", 0),
+		sub("state/+/shadow/+/update/delta", 0),
+		sub("$aws/things/+/shadow/update/accepted", 0),
+		sub("$aws/things/+/shadow/update/documents", 0),
+		sub("$aws/things/+/shadow/update/delta", 0),
+		sub("$aws/things/+/shadow/name/+/update/accepted", 0),
+		sub("$aws/things/+/shadow/name/+/update/documents", 0),
+		sub("$aws/things/+/shadow/name/+/update/delta", 0),
+		sub("state/+/presence", 0),
+		sub("rollouts/#", 0),
+	}
+)
+
+func rulesFor(r Role) []rule {
+	switch r {
+	case RoleDevice:
+		return deviceRules
+	case RoleOperator:
+		return operatorRules
+	case RoleIntegrator:
+		return integratorRules
+	}
+	return nil
 }
 
 // Allow reports whether p may publish to topic (write true) or subscribe to
 // the filter topic and receive a message on topic (write false). It is a
-// pure function of its arguments:
+// pure function of its arguments and the rule tables above:
 //
-//   - A device may publish only on state/<own>/update, …/get and …/delete,
-//     and may subscribe to filters under state/<own>/ or firmware/<own>/
-//     (wildcards only below its own ID level).
-//   - An operator may publish requests (update, get, delete) for any device
-//     and subscribe to anything.
+//   - A device may publish only its shadow requests: state/<own>/update,
+//     …/get, …/delete, state/<own>/shadow/<name>/update|get|delete, and
+//     $aws/things/<own>/shadow/<op> and …/shadow/name/<name>/<op> for any
+//     op (unserved ones are answered 404 by the engine); it may subscribe
+//     to filters under state/<own>/, firmware/<own>/ and
+//     $aws/things/<own>/shadow/ (wildcards only below its own ID level).
+//   - An operator may publish requests (update, get, delete) for any
+//     device's shadows on both trees, and subscribe to anything.
 //   - An integrator publishes nothing and may subscribe only to filters
-//     covered by state/+/update/accepted, …/documents, …/delta,
-//     state/+/presence and rollouts/#.
+//     covered by the accepted, documents and delta topics of every shadow
+//     on both trees, state/+/presence and rollouts/#.
 //
 // Nobody may publish responses (…/accepted, …/rejected, …/delta,
-// …/documents), presence or anything under rollouts/ (rollout events and
-// retained statuses, see internal/rolloutfeed): those come from in-process
-// publishers, for which the broker never calls Allow. Malformed topics and
-// filters (empty levels are allowed, misplaced wildcards are not) are
-// refused, as is anything for an unknown role.
+// …/documents, on either tree), presence or anything under rollouts/
+// (rollout events and retained statuses, see internal/rolloutfeed): those
+// come from in-process publishers, for which the broker never calls Allow.
+// Malformed topics and filters (empty levels are allowed, misplaced
+// wildcards are not) are refused, as is anything for an unknown role.
 func Allow(p Principal, topic string, write bool) bool {
 	if len(topic) == 0 || len(topic) > maxTopicLen {
 		return false
 	}
-	var buf [8]string
+	var buf [10]string
 	levels := splitLevels(buf[:0], topic)
 	if hasWildcard(topic) && !wellFormed(levels, !write) {
 		return false
 	}
-	switch p.Role {
-	case RoleDevice:
-		if p.Device == "" {
-			return false
+	for _, r := range rulesFor(p.Role) {
+		if r.write == write && r.covers(p, levels) {
+			return true
 		}
-		own := string(p.Device)
-		if write {
-			return len(levels) == 3 && levels[0] == "state" && levels[1] == own && isRequestOp(levels[2])
-		}
-		return len(levels) >= 3 && (levels[0] == "state" || levels[0] == "firmware") && levels[1] == own
-	case RoleOperator:
-		if write {
-			if len(levels) != 3 || levels[0] != "state" || !isRequestOp(levels[2]) {
-				return false
-			}
-			_, err := device.ParseID(levels[1])
-			return err == nil
-		}
-		return true
-	case RoleIntegrator:
-		if write {
-			return false
-		}
-		for _, f := range integratorFilters {
-			if covers(f, levels) {
-				return true
-			}
-		}
-		return false
 	}
 	return false
 }
@@ -188,12 +265,16 @@ func hasWildcard(s string) bool {
 	return strings.IndexByte(s, '+') >= 0 || strings.IndexByte(s, '#') >= 0
 }
 
-// covers reports whether every topic matched by filter is also matched by
-// pattern; both are split into levels. A topic is a filter without
-// wildcards, so this also answers "does pattern match topic".
-func covers(pattern, filter []string) bool {
-	for i, p := range pattern {
-		if p == "#" {
+// covers reports whether every topic matched by filter (split into levels)
+// is also matched by the rule's pattern, for principal p. A topic is a
+// filter without wildcards, so this also answers "does the rule match
+// topic".
+func (r rule) covers(p Principal, filter []string) bool {
+	if len(filter) < r.minLevels {
+		return false
+	}
+	for i, pat := range r.pattern {
+		if pat.kind == levelHash {
 			// "a/#" matches "a" itself and everything below it.
 			return len(filter) >= i
 		}
@@ -201,14 +282,29 @@ func covers(pattern, filter []string) bool {
 			return false
 		}
 		f := filter[i]
-		switch {
-		case f == "#":
-			return false
-		case p == "+":
-			// matches any single level, including a "+" in the filter
-		case p != f:
+		if f == "#" {
 			return false
 		}
+		switch pat.kind {
+		case levelPlus:
+			// matches any single level, including a "+" in the filter
+		case levelOwn:
+			if p.Device == "" || f != string(p.Device) {
+				return false
+			}
+		case levelID:
+			if _, err := device.ParseID(f); err != nil { // refuses "+"
+				return false
+			}
+		case levelOp:
+			if !isRequestOp(f) {
+				return false
+			}
+		default:
+			if f != pat.literal {
+				return false
+			}
+		}
 	}
-	return len(filter) == len(pattern)
+	return len(filter) == len(r.pattern)
 }

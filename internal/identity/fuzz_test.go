@@ -9,10 +9,13 @@ import (
 
 // FuzzAllow checks invariants of the ACL that hold for every topic: no
 // integrator ever writes, a device never touches topics outside its own
-// subtrees, and nobody publishes a wildcard.
+// subtrees, nobody publishes a wildcard, and nobody publishes on a reply
+// topic.
 func FuzzAllow(f *testing.F) {
 	for _, s := range []string{"state/A/update", "state/A/#", "state/+/update/accepted", "#", "rollouts/#",
-		"firmware/A/x", "state/A/update/accepted", "$SYS/#", "state//update", "state/A/+/#"} {
+		"firmware/A/x", "state/A/update/accepted", "$SYS/#", "state//update", "state/A/+/#",
+		"$aws/things/A/shadow/update", "$aws/things/A/shadow/name/n/get", "$aws/things/A/shadow/get/+",
+		"$aws/things/A/shadow/update/accepted", "$aws/things/B/shadow/#", "state/A/shadow/n/update/delta"} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
@@ -23,12 +26,27 @@ func FuzzAllow(f *testing.F) {
 		if identity.Allow(integ, topic, true) {
 			t.Errorf("integrator may publish %q", topic)
 		}
-		if identity.Allow(devA, topic, write) && !strings.HasPrefix(topic, "state/A/") && !strings.HasPrefix(topic, "firmware/A/") {
+		if identity.Allow(devA, topic, write) && !strings.HasPrefix(topic, "state/A/") && !strings.HasPrefix(topic, "firmware/A/") &&
+			!strings.HasPrefix(topic, "$aws/things/A/shadow/") {
 			t.Errorf("device A allowed %q (write=%t)", topic, write)
 		}
 		for _, p := range []identity.Principal{devA, op} {
-			if identity.Allow(p, topic, true) && (strings.ContainsAny(topic, "+#") || !strings.HasPrefix(topic, "state/")) {
+			if !identity.Allow(p, topic, true) {
+				continue
+			}
+			if strings.ContainsAny(topic, "+#") || !strings.HasPrefix(topic, "state/") && !strings.HasPrefix(topic, "$aws/things/") {
 				t.Errorf("%s may publish %q", p.Role, topic)
+			}
+			// A reply topic is <request>/<result>, or presence.
+			levels := strings.Split(topic, "/")
+			last, parent := levels[len(levels)-1], ""
+			if len(levels) > 1 {
+				parent = levels[len(levels)-2]
+			}
+			isRequest := parent == "update" || parent == "get" || parent == "delete"
+			isResult := last == "accepted" || last == "rejected" || last == "delta" || last == "documents"
+			if isRequest && isResult || last == "presence" {
+				t.Errorf("%s may publish the reply topic %q", p.Role, topic)
 			}
 		}
 	})
