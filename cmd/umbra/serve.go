@@ -31,10 +31,11 @@ type serveOptions struct {
 	logFormat string
 	logLevel  string
 
-	maxDocSize    int
-	maxPacketSize uint32
-	deviceRate    float64
-	shutdownGrace time.Duration
+	maxDocSize      int
+	maxNamedShadows int
+	maxPacketSize   uint32
+	deviceRate      float64
+	shutdownGrace   time.Duration
 
 	retryCacheEntries int
 	retryCacheBytes   int64
@@ -92,6 +93,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.IntVar(&o.maxDocSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
+	f.IntVar(&o.maxNamedShadows, "max-named-shadows", shadow.DefaultMaxNamedShadows, "named shadows one device may have besides its classic shadow (0 turns named shadows off; 400 beyond)")
 	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
 	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
 	f.IntVar(&o.retryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
@@ -109,6 +111,10 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.clientCA, "client-ca", "", "CA certificate(s) (PEM) that sign device client certificates: enables mTLS on --tls-addr (e.g. <data-dir>/ca/ca.crt from `umbra ca init`)")
 }
 
+// maxNamedShadowsFlag is the largest --max-named-shadows: each named shadow
+// may hold --max-shadow-size bytes, so the cap bounds a device's storage.
+const maxNamedShadowsFlag = 1000
+
 // serveConfig is everything runServe needs, built from flags.
 type serveConfig struct {
 	dataDir       string
@@ -116,6 +122,7 @@ type serveConfig struct {
 	wsAddr        string
 	httpAddr      string
 	maxDocSize    int
+	maxNamed      int // shadow.Config.MaxNamedShadows: negative for none
 	maxPacketSize uint32
 	deviceRate    float64
 	retryEntries  int
@@ -163,6 +170,13 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.maxDocSize < 256 || o.maxDocSize > 1<<20 {
 		return serveConfig{}, fmt.Errorf("--max-shadow-size %d: must be between 256 and 1048576", o.maxDocSize)
 	}
+	if o.maxNamedShadows < 0 || o.maxNamedShadows > maxNamedShadowsFlag {
+		return serveConfig{}, fmt.Errorf("--max-named-shadows %d: must be between 0 (none) and %d", o.maxNamedShadows, maxNamedShadowsFlag)
+	}
+	maxNamed := o.maxNamedShadows
+	if maxNamed == 0 {
+		maxNamed = -1 // none; 0 would be the engine's default
+	}
 	if o.maxPacketSize < 1024 {
 		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", o.maxPacketSize)
 	}
@@ -196,7 +210,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	}
 	return serveConfig{
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
-		maxDocSize: o.maxDocSize, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
+		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
@@ -281,6 +295,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		TLSConfig:         cfg.tlsConfig,
 		HTTPAddr:          cfg.httpAddr,
 		MaxDocumentSize:   cfg.maxDocSize,
+		MaxNamedShadows:   cfg.maxNamed,
 		MaxPacketSize:     cfg.maxPacketSize,
 		DeviceRate:        cfg.deviceRate,
 		RetryCacheEntries: cfg.retryEntries,

@@ -29,6 +29,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"log format", []string{"--log-format", "xml"}, `--log-format "xml"`},
 		{"log level", []string{"--log-level", "loud"}, `--log-level "loud"`},
 		{"shadow size", []string{"--max-shadow-size", "10"}, "--max-shadow-size 10"},
+		{"named shadows negative", []string{"--max-named-shadows", "-1"}, "--max-named-shadows -1"},
+		{"named shadows too many", []string{"--max-named-shadows", "1001"}, "--max-named-shadows 1001"},
 		{"device rate zero", []string{"--device-rate", "0"}, "--device-rate 0"},
 		{"retry cache entries", []string{"--retry-cache-entries", "0"}, "--retry-cache-entries 0"},
 		{"retry cache bytes", []string{"--retry-cache-bytes", "100"}, "--retry-cache-bytes 100"},

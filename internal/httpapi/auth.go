@@ -48,8 +48,9 @@ func PrincipalFrom(ctx context.Context) (identity.Principal, bool) {
 // Authenticate returns a Config.Middleware that requires the header
 // "Authorization: Bearer <name>:<secret>" and authorizes the request:
 //
-//   - a device may GET, POST and DELETE only its own shadow
-//     (/v1/devices/{id}/shadow) and nothing else;
+//   - a device may GET, POST and DELETE only its own shadows
+//     (/v1/devices/{id}/shadow, with or without ?name=) and GET its own
+//     /v1/devices/{id}/shadows, and nothing else;
 //   - an integrator may GET (and HEAD) every route except /v1/tokens;
 //   - an operator may do everything.
 //
@@ -103,9 +104,10 @@ func verify(r *http.Request, v Verifier) (p identity.Principal, status int, msg 
 	return p, http.StatusInternalServerError, "Internal server error"
 }
 
-// shadowPatterns are the routes on one device's shadow.
+// shadowPatterns are the routes on one device's shadows.
 var shadowPatterns = map[string]bool{
 	"GET /v1/devices/{id}/shadow":    false,
+	"GET /v1/devices/{id}/shadows":   false,
 	"POST /v1/devices/{id}/shadow":   true,
 	"DELETE /v1/devices/{id}/shadow": true,
 }

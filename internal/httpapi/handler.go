@@ -165,6 +165,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		"GET /v1/devices/{id}/shadow":    v1(a.getShadow),
 		"POST /v1/devices/{id}/shadow":   v1(a.updateShadow),
 		"DELETE /v1/devices/{id}/shadow": v1(a.deleteShadow),
+		"GET /v1/devices/{id}/shadows":   v1(a.listShadows),
 		"/":                              http.HandlerFunc(a.notFound),
 	}
 	for pattern, h := range a.firmwareRoutes() {
@@ -275,28 +276,56 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, b)
 }
 
-// shadowOp is one of the engine's request methods.
-type shadowOp func(e *shadow.Engine, r *http.Request, id device.ID, payload []byte) ([]byte, error)
+// shadowOp is one of the engine's request methods (the *Named ones).
+type shadowOp func(e *shadow.Engine, r *http.Request, id device.ID, name shadow.Name, payload []byte) ([]byte, error)
 
 func (a *api) getShadow(w http.ResponseWriter, r *http.Request) {
-	a.serveShadow(w, r, false, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
-		return e.Get(r.Context(), id, p)
+	a.serveShadow(w, r, false, func(e *shadow.Engine, r *http.Request, id device.ID, n shadow.Name, p []byte) ([]byte, error) {
+		return e.GetNamed(r.Context(), id, n, p)
 	})
 }
 
 func (a *api) updateShadow(w http.ResponseWriter, r *http.Request) {
-	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
-		return e.Update(r.Context(), id, p)
+	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, n shadow.Name, p []byte) ([]byte, error) {
+		return e.UpdateNamed(r.Context(), id, n, p)
 	})
 }
 
 func (a *api) deleteShadow(w http.ResponseWriter, r *http.Request) {
-	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, p []byte) ([]byte, error) {
-		return e.Delete(r.Context(), id, p)
+	a.serveShadow(w, r, true, func(e *shadow.Engine, r *http.Request, id device.ID, n shadow.Name, p []byte) ([]byte, error) {
+		return e.DeleteNamed(r.Context(), id, n, p)
 	})
 }
 
-// serveShadow validates the device ID, reads the body (if readBody) and the
+// shadowsResponse is the body of GET /v1/devices/{id}/shadows.
+type shadowsResponse struct {
+	Device  device.ID           `json:"device"`
+	Shadows []shadow.ShadowInfo `json:"shadows"`
+}
+
+// listShadows lists a device's shadows: the classic one (name "") and its
+// named ones.
+func (a *api) listShadows(w http.ResponseWriter, r *http.Request) {
+	id, err := device.ParseID(r.PathValue("id"))
+	if err != nil {
+		a.writeError(w, r, clientErr(errInvalid, "Invalid device ID: %v", err), "")
+		return
+	}
+	list, err := a.eng.Shadows(r.Context(), id)
+	if err != nil {
+		a.writeError(w, r, err, "")
+		return
+	}
+	b, err := json.Marshal(shadowsResponse{Device: id, Shadows: list})
+	if err != nil {
+		a.writeError(w, r, fmt.Errorf("encode shadows: %w", err), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// serveShadow validates the device ID and the shadow name (?name=, absent
+// for the classic shadow), reads the body (if readBody) and the
 // clientToken query parameter into the engine's payload, and writes the
 // engine's answer.
 func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool, op shadowOp) {
@@ -306,6 +335,18 @@ func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool,
 	if err != nil {
 		a.writeError(w, r, clientErr(errInvalid, "Invalid device ID: %v", err), qtok)
 		return
+	}
+	var name shadow.Name
+	if names := q["name"]; len(names) > 1 {
+		a.writeError(w, r, clientErr(errInvalid, "Invalid shadow name: ?name= given %d times", len(names)), qtok)
+		return
+	} else if len(names) == 1 {
+		// Present but empty is an error too: leave ?name= out for the
+		// classic shadow.
+		if name, err = shadow.ParseName(names[0]); err != nil {
+			a.writeError(w, r, err, qtok)
+			return
+		}
 	}
 	var body []byte
 	if readBody {
@@ -332,7 +373,7 @@ func (a *api) serveShadow(w http.ResponseWriter, r *http.Request, readBody bool,
 			return
 		}
 	}
-	b, err := op(a.eng, r, id, payload)
+	b, err := op(a.eng, r, id, name, payload)
 	if err != nil {
 		a.writeError(w, r, err, qtok)
 		return

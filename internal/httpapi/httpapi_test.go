@@ -273,6 +273,7 @@ func TestMethodNotAllowedAllow(t *testing.T) {
 		path, want string
 	}{
 		{"/v1/devices/x/shadow", "DELETE, GET, HEAD, POST"},
+		{"/v1/devices/x/shadows", "GET, HEAD"},
 		{"/v1/devices", "GET, HEAD"},
 		{"/healthz", "GET, HEAD"},
 	}
@@ -315,6 +316,66 @@ func TestUpdatePublishesOverMQTT(t *testing.T) {
 	do(t, srv, "POST", "/v1/devices/lamp/shadow", `{"state":{"desired":{"a":1}},"version":7}`).check(t, "conflict", 409, nil)
 	if msgs := rec.take(); len(msgs) != 0 {
 		t.Errorf("rejected update published %v, want nothing", msgs)
+	}
+}
+
+// TestNamedShadowRoutes: ?name= addresses a named shadow on the shadow
+// routes, GET /v1/devices/{id}/shadows lists a device's shadows, and bad
+// names and the per-device cap are 400s in the shadow error shape that
+// store nothing.
+func TestNamedShadowRoutes(t *testing.T) {
+	eng := openEngine(t, shadow.Config{MaxNamedShadows: 2})
+	srv, _ := newAPI(t, httpapi.Config{Shadow: eng})
+	shadowsOf := func(id string) string {
+		r := do(t, srv, "GET", "/v1/devices/"+id+"/shadows", "")
+		r.check(t, "list "+id, 200, map[string]any{"device": id})
+		var names []string
+		list, _ := r.body["shadows"].([]any)
+		for _, e := range list {
+			m, _ := e.(map[string]any)
+			names = append(names, fmt.Sprintf("%v@%v", m["name"], m["version"]))
+			if up, _ := m["updated"].(string); up == "" {
+				t.Errorf("list %s: entry without updated: %s", id, r.raw)
+			}
+		}
+		return strings.Join(names, ",")
+	}
+	steps := []struct {
+		name, method, path, body string
+		status                   int
+		want                     map[string]any
+	}{
+		{"create named", "POST", "/v1/devices/d1/shadow?name=cfg&clientToken=n1", `{"state":{"desired":{"rate":5}}}`, 200, map[string]any{"version": 1, "clientToken": "n1"}},
+		{"update named", "POST", "/v1/devices/d1/shadow?name=cfg", `{"state":{"reported":{"rate":5}},"version":1}`, 200, map[string]any{"version": 2}},
+		{"classic is distinct", "GET", "/v1/devices/d1/shadow", "", 404, map[string]any{"message": "No shadow exists for device: d1"}},
+		{"create classic", "POST", "/v1/devices/d1/shadow", `{"state":{"reported":{"on":true}}}`, 200, map[string]any{"version": 1}},
+		{"get named", "GET", "/v1/devices/d1/shadow?name=cfg", "", 200, map[string]any{"version": 2, "state": map[string]any{"desired": map[string]any{"rate": 5}, "reported": map[string]any{"rate": 5}}}},
+		{"second named", "POST", "/v1/devices/d1/shadow?name=ota", `{"state":{}}`, 200, map[string]any{"version": 1}},
+		{"over the cap", "POST", "/v1/devices/d1/shadow?name=more&clientToken=n2", `{"state":{}}`, 400, map[string]any{"clientToken": "n2", "message": "Too many named shadows: device d1 has 2, the limit is 2; delete one first"}},
+		{"bad name", "POST", "/v1/devices/d1/shadow?name=a.b&clientToken=n3", `{"state":{}}`, 400, map[string]any{"clientToken": "n3"}},
+		{"reserved name", "GET", "/v1/devices/d1/shadow?name=%24package", "", 400, nil},
+		{"empty name", "DELETE", "/v1/devices/d1/shadow?name=", "", 400, nil},
+		{"name too long", "GET", "/v1/devices/d1/shadow?name=" + strings.Repeat("n", 65), "", 400, nil},
+		{"name twice", "DELETE", "/v1/devices/d1/shadow?name=cfg&name=ota", "", 400, nil},
+		{"named missing", "GET", "/v1/devices/d1/shadow?name=nope", "", 404, nil},
+		{"list bad id", "GET", "/v1/devices/bad*id/shadows", "", 400, nil},
+		{"list wrong method", "POST", "/v1/devices/d1/shadows", "{}", 405, nil},
+	}
+	for _, s := range steps {
+		do(t, srv, s.method, s.path, s.body).check(t, s.name, s.status, s.want)
+	}
+	if r := do(t, srv, "POST", "/v1/devices/d1/shadow?name=a.b", `{"state":{}}`); r.body["timestamp"] == nil {
+		t.Errorf("bad name error %s: want the shadow error shape with a timestamp", r.raw)
+	}
+	if got, want := shadowsOf("d1"), "@1,cfg@2,ota@1"; got != want {
+		t.Errorf("shadows of d1 = %s, want %s (nothing stored by the rejected requests)", got, want)
+	}
+	do(t, srv, "DELETE", "/v1/devices/d1/shadow?name=cfg", "").check(t, "delete named", 200, map[string]any{"version": 2})
+	if got, want := shadowsOf("d1"), "@1,ota@1"; got != want {
+		t.Errorf("after deleting cfg: shadows %s, want %s", got, want)
+	}
+	if got := shadowsOf("nobody"); got != "" {
+		t.Errorf("shadows of a device without any = %q, want none", got)
 	}
 }
 

@@ -27,14 +27,16 @@
 //	umbra_broker_messages_received_total        counter PUBLISHes received
 //	umbra_broker_messages_sent_total            counter PUBLISHes written to clients
 //	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, denied
-//	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted)
+//	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted; op "unknown" for unserved $aws operations)
 //	umbra_shadow_request_duration_seconds{op}   histogram request latency
 //	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency
 //	umbra_shadow_commit_batch_documents         histogram documents per commit
-//	umbra_shadow_retry_cache_entries            gauge   retry cache entries (one per device at most)
+//	umbra_shadow_retry_cache_entries            gauge   retry cache entries (one per shadow at most)
 //	umbra_shadow_retry_cache_bytes              gauge   retry cache's estimated heap bytes
 //	umbra_shadow_retry_cache_evictions_total    counter entries evicted because the cache was full
 //	umbra_shadow_retry_cache_hits_total         counter updates answered from the retry cache
+//	umbra_shadow_named_shadows                  gauge   named shadows that exist now
+//	umbra_shadow_named_limit_rejections_total   counter updates refused at a device's named-shadow limit
 //	umbra_firmware_bytes_served_total           counter image bytes written to downloaders
 //	umbra_rollout_devices{rollout,state}        gauge   devices per rollout state
 //	umbra_identity_sessions_evicted_total{reason} counter sessions evicted: removed, rotated, revoked, replaced, stale

@@ -37,3 +37,25 @@ func TestRetryCacheSeries(t *testing.T) {
 	}()
 	m.RegisterRetryCache(func() metrics.RetryCacheStats { return metrics.RetryCacheStats{} })
 }
+
+// TestNamedShadowSeries checks the named-shadow series and that they are
+// read at each scrape.
+func TestNamedShadowSeries(t *testing.T) {
+	m := metrics.New()
+	var n atomic.Int64
+	m.RegisterNamedShadows(func() metrics.NamedShadowStats {
+		return metrics.NamedShadowStats{Shadows: n.Load(), Rejected: uint64(n.Load()) * 3}
+	})
+	for _, v := range []int64{5, 2} {
+		n.Store(v)
+		got := scrape(t, m.Handler())
+		for series, want := range map[string]float64{
+			"umbra_shadow_named_shadows":                float64(v),
+			"umbra_shadow_named_limit_rejections_total": float64(v * 3),
+		} {
+			if g, ok := got[series]; !ok || g != want {
+				t.Errorf("%s = %g (present %t), want %g", series, g, ok, want)
+			}
+		}
+	}
+}

@@ -45,6 +45,7 @@ type Config struct {
 	HTTPAddr string
 
 	MaxDocumentSize int     // shadow.Config.MaxDocumentSize
+	MaxNamedShadows int     // shadow.Config.MaxNamedShadows (named shadows per device; negative: none)
 	MaxPacketSize   uint32  // broker.Config.MaxPacketSize; the shadow engine's replies are kept 512 bytes below it
 	DeviceRate      float64 // shadow.Config.DeviceRate
 
@@ -150,6 +151,7 @@ func (s *Server) open(ctx context.Context) error {
 		Path:             filepath.Join(cfg.DataDir, "shadow.db"),
 		Publisher:        pub,
 		MaxDocumentSize:  cfg.MaxDocumentSize,
+		MaxNamedShadows:  cfg.MaxNamedShadows,
 		DeviceRate:       cfg.DeviceRate,
 		DedupeMaxEntries: cfg.RetryCacheEntries,
 		DedupeMaxBytes:   cfg.RetryCacheBytes,
@@ -172,6 +174,10 @@ func (s *Server) open(ctx context.Context) error {
 	m.RegisterRetryCache(func() metrics.RetryCacheStats {
 		st := eng.Stats().RetryCache
 		return metrics.RetryCacheStats{Entries: int64(st.Entries), Bytes: st.Bytes, Evictions: st.Evictions, Hits: st.Hits}
+	})
+	m.RegisterNamedShadows(func() metrics.NamedShadowStats {
+		st := eng.Stats()
+		return metrics.NamedShadowStats{Shadows: st.NamedShadows, Rejected: st.NamedLimitRejected}
 	})
 
 	// The broker is opened after the identity store; until then there is
@@ -269,9 +275,24 @@ func (s *Server) open(ctx context.Context) error {
 			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
 		}
 	})
-	for _, f := range shadow.RequestFilters {
-		if err := brk.Subscribe(f, eng.HandleRequest); err != nil {
-			return fmt.Errorf("subscribe engine to %s: %w", f, err)
+	// The in-process services that answer device requests, each on its
+	// own request filters: the shadow engine serves state/… and
+	// $aws/things/+/shadow/… (see shadow.RequestFilters). A service for
+	// another part of the $aws/things/<id>/ tree (the Jobs API on
+	// $aws/things/+/jobs/…) is one more row, with its ACL rules in
+	// internal/identity.
+	services := []struct {
+		name    string
+		filters []string
+		handle  broker.HandlerFunc
+	}{
+		{"shadow", shadow.RequestFilters, eng.HandleRequest},
+	}
+	for _, svc := range services {
+		for _, f := range svc.filters {
+			if err := brk.Subscribe(f, svc.handle); err != nil {
+				return fmt.Errorf("subscribe %s to %s: %w", svc.name, f, err)
+			}
 		}
 	}
 
