@@ -94,6 +94,17 @@ func TestShadowCommands(t *testing.T) {
 			text: []string{"lamp version 5\n"}},
 		{name: "delete, text", args: []string{"shadow", "delete", "lamp", "-o", "text"}, text: []string{"lamp deleted at version 5\n"}},
 		{name: "get deleted", args: []string{"shadow", "get", "lamp"}, wantErr: []string{"404"}},
+		// Named shadows: --name, before or after the subcommand.
+		{name: "named update", args: []string{"shadow", "update", "lamp", "--name", "cfg", "--desired", `{"rate":5}`},
+			want: map[string]any{"version": 1.0, "state": map[string]any{"desired": map[string]any{"rate": 5}}}},
+		{name: "named get, text", args: []string{"shadow", "get", "lamp", "--name", "cfg", "-o", "text"},
+			text: []string{"lamp (shadow cfg) version 1\n", `desired:  {"rate":5}`}},
+		{name: "name before the subcommand", args: []string{"shadow", "--name", "cfg", "get", "lamp"},
+			want: map[string]any{"version": 1.0}},
+		{name: "classic still deleted", args: []string{"shadow", "get", "lamp"}, wantErr: []string{"404", "No shadow exists for device: lamp"}},
+		{name: "other named missing", args: []string{"shadow", "get", "lamp", "--name", "nope"}, wantErr: []string{"404", "No shadow exists with name: nope"}},
+		{name: "named delete, text", args: []string{"shadow", "delete", "lamp", "--name", "cfg", "-o", "text"},
+			text: []string{"lamp (shadow cfg) deleted at version 1\n"}},
 	}
 	for _, s := range steps {
 		args := s.args
@@ -204,11 +215,21 @@ func TestCLIErrors(t *testing.T) {
 		{"watch: bad kind", []string{"watch", "--kind", "accepted,bogus"}, []string{`kind "bogus"`}},
 		{"watch: negative count", []string{"watch", "--count", "-1"}, []string{"--count"}},
 		{"watch: invalid id", []string{"watch", "ok", "not/ok"}, []string{`device ID "not/ok"`}},
+		{"bad name", []string{"shadow", "get", "d", "--name", "a.b"}, []string{`--name "a.b"`, "Invalid shadow name"}},
+		{"reserved name", []string{"shadow", "update", "d", "--name", "$package", "--desired", `{}`}, []string{`--name "$package"`}},
+		{"empty name", []string{"shadow", "delete", "d", "--name", ""}, []string{`--name ""`, "1 to 64 bytes"}},
+		{"watch: bad name", []string{"watch", "--name", "a/b"}, []string{`--name "a/b"`}},
+		{"watch: empty name", []string{"watch", "--name", ""}, []string{`--name ""`}},
+		{"list: no id", []string{"shadow", "list"}, []string{"accepts 1 arg"}},
+		{"list: invalid id", []string{"shadow", "list", "bad/id"}, []string{`device ID "bad/id"`}},
+		{"list: --name", []string{"shadow", "list", "d", "--name", "cfg"}, []string{"--name is not used by shadow list"}},
+		{"list: bad output", []string{"shadow", "list", "d", "-o", "yaml"}, []string{`--output "yaml"`}},
+		{"list: bad api", []string{"shadow", "list", "d", "--api", "ftp://x"}, []string{"--api"}},
 		{"unknown command", []string{"shadow", "frobnicate", "d"}, []string{"unknown"}},
 	}
 	for _, tc := range tests {
 		args := tc.args
-		if !slices.Contains(args, "--server") {
+		if !slices.Contains(args, "--server") && !strings.HasPrefix(tc.name, "list:") {
 			args = append(args, "--server", srv.mqttURL())
 		}
 		r := runCLI(t.Context(), "", args...)
@@ -333,6 +354,36 @@ func TestWatchCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("named shadow", func(t *testing.T) {
+		res := startWatch(t, t.Context(), "w4", "--name", "cfg", "--kind", "delta", "--count", "1", "--server", url)
+		srv.waitSubscribed(t, "state/w4/shadow/cfg/update/delta")
+		update("w4", "--desired", `{"classic":1}`) // the classic shadow: not watched
+		if r := runCLI(t.Context(), "", "shadow", "update", "w4", "--name", "cfg", "--desired", `{"x":3}`, "--server", url); r.err != nil {
+			t.Fatal(r.err)
+		}
+		r := waitResult(t, res)
+		if r.err != nil {
+			t.Fatalf("watch: %v", r.err)
+		}
+		ev := decodeJSON(t, r.stdout)
+		if ev["device"] != "w4" || ev["name"] != "cfg" || ev["topic"] != "state/w4/shadow/cfg/update/delta" {
+			t.Errorf("watch --name cfg printed %s, want the delta of w4's shadow cfg", r.stdout)
+		}
+	})
+
+	t.Run("every named shadow, text", func(t *testing.T) {
+		res := startWatch(t, t.Context(), "--name", "+", "--kind", "accepted", "--count", "1", "-o", "text", "--server", url)
+		srv.waitSubscribed(t, "state/any/shadow/any/update/accepted")
+		update("w5", "--reported", `{"classic":1}`) // the classic shadow: not watched
+		if r := runCLI(t.Context(), "", "shadow", "update", "w5", "--name", "ota", "--reported", `{"y":1}`, "--server", url); r.err != nil {
+			t.Fatal(r.err)
+		}
+		r := waitResult(t, res)
+		if r.err != nil || !strings.HasPrefix(r.stdout, `w5/ota accepted {"state":{"reported":{"y":1}}`) {
+			t.Errorf("watch --name + printed %q (%v), want one line for w5/ota", r.stdout, r.err)
+		}
+	})
+
 	t.Run("interrupted", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		res := startWatch(t, ctx, "quiet", "--server", url)
@@ -405,4 +456,42 @@ func TestHTTPUpdateReachesMQTT(t *testing.T) {
 		}
 	}
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// TestShadowListCommand lists a device's shadows over the HTTP API, as a
+// table and as the server's JSON.
+func TestShadowListCommand(t *testing.T) {
+	srv, _ := startSecureServer(t)
+	api := "http://" + srv.api.Addr().String()
+	for _, name := range []string{"", "zeta", "alpha"} {
+		args := []string{"shadow", "update", "lamp", "--reported", `{"on":true}`, "--server", srv.mqttURL(), "--data-dir", srv.dataDir}
+		if name != "" {
+			args = append(args, "--name", name)
+		}
+		if r := runCLI(t.Context(), "", args...); r.err != nil {
+			t.Fatalf("update %q: %v", name, r.err)
+		}
+	}
+	r := runCLI(t.Context(), "", "shadow", "list", "lamp", "--api", api, "--data-dir", srv.dataDir)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	var names []string
+	for _, l := range lines[1:] {
+		names = append(names, strings.Fields(l)[0]+"@"+strings.Fields(l)[1])
+	}
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "NAME") || strings.Join(names, " ") != "-@1 alpha@1 zeta@1" {
+		t.Errorf("shadow list printed %q, want a header and -, alpha, zeta at version 1", r.stdout)
+	}
+	r = runCLI(t.Context(), "", "shadow", "list", "lamp", "-o", "json", "--api", api, "--data-dir", srv.dataDir)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	got := decodeJSON(t, r.stdout)
+	if list, _ := got["shadows"].([]any); got["device"] != "lamp" || len(list) != 3 {
+		t.Errorf("shadow list -o json printed %s, want device lamp with 3 shadows", r.stdout)
+	}
+	r = runCLI(t.Context(), "", "shadow", "list", "lamp", "--api", api, "--data-dir", t.TempDir())
+	oneLine(t, "list without a credential", r.err, "401")
 }

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
+	"github.com/umbra-iot/umbra/shadow"
 )
 
 // answerSummary is what the text output shows of an accepted message.
@@ -22,9 +24,10 @@ type answerSummary struct {
 	ClientToken string  `json:"clientToken"`
 }
 
-// printAnswer writes the accepted message of a get, update or delete: as
-// is (one line of JSON) or, for text, as a short summary.
-func printAnswer(w io.Writer, format, verb string, id device.ID, b []byte) error {
+// printAnswer writes the accepted message of a get, update or delete of
+// id's shadow name ("" the classic one): as is (one line of JSON) or, for
+// text, as a short summary.
+func printAnswer(w io.Writer, format, verb string, id device.ID, name shadow.Name, b []byte) error {
 	if format == "json" {
 		_, err := fmt.Fprintf(w, "%s\n", bytes.TrimSpace(b))
 		return err
@@ -34,9 +37,13 @@ func printAnswer(w io.Writer, format, verb string, id device.ID, b []byte) error
 		return fmt.Errorf("decode answer: %w", err)
 	}
 	var sb strings.Builder
+	what := string(id)
+	if name != "" {
+		what += " (shadow " + string(name) + ")"
+	}
 	switch verb {
 	case "get":
-		fmt.Fprintf(&sb, "%s version %s\n", id, versionText(a.Version))
+		fmt.Fprintf(&sb, "%s version %s\n", what, versionText(a.Version))
 		for _, sec := range []struct {
 			name string
 			raw  json.RawMessage
@@ -46,9 +53,9 @@ func printAnswer(w io.Writer, format, verb string, id device.ID, b []byte) error
 			}
 		}
 	case "update":
-		fmt.Fprintf(&sb, "%s updated, version %s\n", id, versionText(a.Version))
+		fmt.Fprintf(&sb, "%s updated, version %s\n", what, versionText(a.Version))
 	case "delete":
-		fmt.Fprintf(&sb, "%s deleted at version %s\n", id, versionText(a.Version))
+		fmt.Fprintf(&sb, "%s deleted at version %s\n", what, versionText(a.Version))
 	}
 	_, err := io.WriteString(w, sb.String())
 	return err
@@ -62,7 +69,8 @@ func versionText(v *uint64) string {
 }
 
 // printEvent writes one watch event: a JSON line
-// {"device","kind","topic","payload"}, or for text "<device> <kind> <payload>".
+// {"device","name","kind","topic","payload"} ("name" only for a named
+// shadow), or for text "<device>[/<name>] <kind> <payload>".
 func printEvent(w io.Writer, format string, e shadowclient.Event) error {
 	if format == "json" {
 		b, err := json.Marshal(e)
@@ -77,6 +85,35 @@ func printEvent(w io.Writer, format string, e shadowclient.Event) error {
 		payload.Reset()
 		payload.Write(e.Payload)
 	}
-	_, err := fmt.Fprintf(w, "%s %s %s\n", e.Device, e.Kind, payload.Bytes())
+	what := string(e.Device)
+	if e.Name != "" {
+		what += "/" + string(e.Name)
+	}
+	_, err := fmt.Fprintf(w, "%s %s %s\n", what, e.Kind, payload.Bytes())
 	return err
+}
+
+// printShadows writes the body of GET /v1/devices/{id}/shadows: as is (one
+// line of JSON) or, for text, as a table.
+func printShadows(w io.Writer, format string, body []byte) error {
+	if format == "json" {
+		_, err := fmt.Fprintf(w, "%s\n", bytes.TrimSpace(body))
+		return err
+	}
+	var list struct {
+		Shadows []shadow.ShadowInfo `json:"shadows"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return fmt.Errorf("decode shadow list: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tUPDATED")
+	for _, s := range list.Shadows {
+		name := string(s.Name)
+		if name == "" {
+			name = "-" // the classic shadow
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", name, s.Version, s.Updated.Format(timeLayout))
+	}
+	return tw.Flush()
 }

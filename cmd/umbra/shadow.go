@@ -17,6 +17,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
+	"github.com/umbra-iot/umbra/shadow"
 )
 
 // maxUpdateFile caps the size of an update read with --file; the server's
@@ -66,25 +67,62 @@ func parseID(s string) (device.ID, error) {
 }
 
 func newShadowCmd() *cobra.Command {
-	o := &clientOptions{}
+	o := &shadowOptions{}
 	cmd := &cobra.Command{
 		Use:   "shadow",
-		Short: "Read, update and delete device shadows over MQTT",
+		Short: "Read, update, delete and list device shadows",
 		Long: `Read, update and delete device shadows through a running Umbra server, over
-the same MQTT topics devices use. A rejected request exits non-zero with the
-server's code and message on stderr.`,
+the same MQTT topics devices use; --name addresses one of the device's named
+shadows instead of its classic one. "shadow list" lists a device's shadows
+over the HTTP API. A rejected request exits non-zero with the server's code
+and message on stderr.`,
 		Args: cobra.NoArgs, // an unknown subcommand is an error, not help
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
 	o.addFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newShadowGetCmd(o), newShadowUpdateCmd(o), newShadowDeleteCmd(o))
+	cmd.AddCommand(newShadowGetCmd(o), newShadowUpdateCmd(o), newShadowDeleteCmd(o), newShadowListCmd())
 	return cmd
 }
 
-// runRequest validates the ID, connects, runs one request and prints its
-// answer.
-func (o *clientOptions) runRequest(cmd *cobra.Command, arg, verb string, req func(context.Context, *shadowclient.Client, device.ID) ([]byte, error)) error {
+// shadowOptions are the flags of shadow get, update and delete.
+type shadowOptions struct {
+	clientOptions
+	name string
+}
+
+func (o *shadowOptions) addFlags(fs *pflag.FlagSet) {
+	o.clientOptions.addFlags(fs)
+	fs.StringVar(&o.name, "name", "", "a named shadow of the device ([a-zA-Z0-9:_-], 1 to 64 bytes); default the classic shadow")
+}
+
+// shadowName validates --name ("" when not given).
+func (o *shadowOptions) shadowName(fs *pflag.FlagSet) (shadow.Name, error) {
+	if !fs.Changed("name") {
+		return "", nil
+	}
+	n, err := shadow.ParseName(o.name)
+	if err != nil {
+		return "", fmt.Errorf("--name %q: %s", o.name, shadowMessage(err))
+	}
+	return n, nil
+}
+
+// shadowMessage is the message of a shadow error without its code.
+func shadowMessage(err error) string {
+	if re, ok := errors.AsType[*shadow.RequestError](err); ok {
+		return re.Message
+	}
+	return err.Error()
+}
+
+// runRequest validates the ID and --name, connects, runs one request on
+// that shadow and prints its answer.
+func (o *shadowOptions) runRequest(cmd *cobra.Command, arg, verb string, req func(context.Context, *shadowclient.Client, device.ID, shadow.Name) ([]byte, error)) error {
 	id, err := parseID(arg)
+	if err != nil {
+		return err
+	}
+	name, err := o.shadowName(cmd.Flags())
 	if err != nil {
 		return err
 	}
@@ -94,37 +132,82 @@ func (o *clientOptions) runRequest(cmd *cobra.Command, arg, verb string, req fun
 		return err
 	}
 	defer c.Close()
-	b, err := req(ctx, c, id)
+	b, err := req(ctx, c, id, name)
 	if err != nil {
 		return err
 	}
-	return printAnswer(cmd.OutOrStdout(), o.output, verb, id, b)
+	return printAnswer(cmd.OutOrStdout(), o.output, verb, id, name, b)
 }
 
-func newShadowGetCmd(o *clientOptions) *cobra.Command {
+func newShadowGetCmd(o *shadowOptions) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get <id>",
+		Use:   "get <id> [--name N]",
 		Short: "Print a device's shadow",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.runRequest(cmd, args[0], "get", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
-				return c.Get(ctx, id)
+			return o.runRequest(cmd, args[0], "get", func(ctx context.Context, c *shadowclient.Client, id device.ID, n shadow.Name) ([]byte, error) {
+				return c.GetNamed(ctx, id, n)
 			})
 		},
 	}
 }
 
-func newShadowDeleteCmd(o *clientOptions) *cobra.Command {
+func newShadowDeleteCmd(o *shadowOptions) *cobra.Command {
 	return &cobra.Command{
-		Use:   "delete <id>",
+		Use:   "delete <id> [--name N]",
 		Short: "Delete a device's shadow",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.runRequest(cmd, args[0], "delete", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
-				return c.Delete(ctx, id)
+			return o.runRequest(cmd, args[0], "delete", func(ctx context.Context, c *shadowclient.Client, id device.ID, n shadow.Name) ([]byte, error) {
+				return c.DeleteNamed(ctx, id, n)
 			})
 		},
 	}
+}
+
+// listOptions are the flags of shadow list.
+type listOptions struct {
+	apiOptions
+	output string
+}
+
+func newShadowListCmd() *cobra.Command {
+	o := &listOptions{}
+	cmd := &cobra.Command{
+		Use:   "list <id>",
+		Short: "List a device's shadows (the classic one and its named ones) over the HTTP API",
+		Long: `List a device's shadows through the HTTP API (GET /v1/devices/{id}/shadows):
+its classic shadow, shown with the name "-" in text and "" in JSON, and its
+named shadows, with their versions and the time of their last change.
+Deleted shadows are not listed.`,
+		Example: `  umbra shadow list lamp-1
+  umbra shadow list lamp-1 -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// The MQTT flags of the other shadow commands are inherited
+			// but mean nothing here.
+			for _, f := range []string{"server", "name"} {
+				if cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s is not used by shadow list (it reads GET /v1/devices/{id}/shadows from --api)", f)
+				}
+			}
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			if o.output != "json" && o.output != "text" {
+				return fmt.Errorf("--output %q: want json or text", o.output)
+			}
+			var out json.RawMessage
+			if err := o.call(cmd, "GET", "/v1/devices/"+string(id)+"/shadows", nil, &out); err != nil {
+				return err
+			}
+			return printShadows(cmd.OutOrStdout(), o.output, out)
+		},
+	}
+	o.addFlags(cmd.Flags())
+	cmd.Flags().StringVarP(&o.output, "output", "o", "text", "output format: text (a table) or json (the server's JSON)")
+	return cmd
 }
 
 // updateOptions are the flags of `umbra shadow update`.
@@ -141,10 +224,10 @@ func (u *updateOptions) addFlags(fs *pflag.FlagSet) {
 	fs.Uint64Var(&u.version, "version", 0, "apply only if the shadow is at this version (optimistic lock)")
 }
 
-func newShadowUpdateCmd(o *clientOptions) *cobra.Command {
+func newShadowUpdateCmd(o *shadowOptions) *cobra.Command {
 	u := &updateOptions{}
 	cmd := &cobra.Command{
-		Use:   "update <id> --desired JSON | --reported JSON | --file F",
+		Use:   "update <id> --desired JSON | --reported JSON | --file F [--name N]",
 		Short: "Update a device's shadow",
 		Long: `Update a device's shadow. --desired and --reported take JSON objects that are
 merged into the shadow (objects key by key; null deletes a key); they may be
@@ -152,6 +235,7 @@ given together. --file sends a whole update request instead. With --version
 the update applies only if the shadow is still at that version.`,
 		Example: `  umbra shadow update lamp-1 --desired '{"color":"red"}'
   umbra shadow update lamp-1 --reported '{"color":"red"}' --version 4
+  umbra shadow update lamp-1 --name cfg --desired '{"interval":30}'
   umbra shadow update lamp-1 --file update.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -163,8 +247,8 @@ the update applies only if the shadow is still at that version.`,
 			if err != nil {
 				return err
 			}
-			return o.runRequest(cmd, string(id), "update", func(ctx context.Context, c *shadowclient.Client, id device.ID) ([]byte, error) {
-				return c.Update(ctx, id, body)
+			return o.runRequest(cmd, string(id), "update", func(ctx context.Context, c *shadowclient.Client, id device.ID, n shadow.Name) ([]byte, error) {
+				return c.UpdateNamed(ctx, id, n, body)
 			})
 		},
 	}

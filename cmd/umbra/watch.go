@@ -8,6 +8,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
+	"github.com/umbra-iot/umbra/shadow"
 )
 
 // watchOptions are the flags of `umbra watch`.
@@ -15,6 +16,7 @@ type watchOptions struct {
 	client clientOptions
 	kinds  []string
 	count  int
+	name   string
 }
 
 func newWatchCmd() *cobra.Command {
@@ -25,10 +27,13 @@ func newWatchCmd() *cobra.Command {
 		Long: `Stream the accepted, delta and documents messages of the given devices (of
 every device when none is given), one JSON object per line:
 {"device":…,"kind":…,"topic":…,"payload":{…}}. Stops on SIGINT, or after
---count events.`,
+--count events. By default the devices' classic shadows are watched;
+--name N watches their named shadow N instead, --name + all their named
+shadows (events then carry "name").`,
 		Example: `  umbra watch
   umbra watch lamp-1 lamp-2 --kind delta
-  umbra watch lamp-1 --count 1   # wait for the next update, then exit`,
+  umbra watch lamp-1 --count 1   # wait for the next update, then exit
+  umbra watch lamp-1 --name cfg`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ids := make([]device.ID, 0, len(args))
 			for _, a := range args {
@@ -41,6 +46,11 @@ every device when none is given), one JSON object per line:
 			if o.count < 0 {
 				return fmt.Errorf("--count %d: must not be negative", o.count)
 			}
+			if cmd.Flags().Changed("name") && o.name != shadowclient.AllNamed {
+				if _, err := shadow.ParseName(o.name); err != nil {
+					return fmt.Errorf("--name %q: %s (or + for every named shadow)", o.name, shadowMessage(err))
+				}
+			}
 			c, err := o.client.dial(cmd.Context(), cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -52,6 +62,7 @@ every device when none is given), one JSON object per line:
 	o.client.addFlags(cmd.Flags())
 	cmd.Flags().StringSliceVar(&o.kinds, "kind", shadowclient.Kinds, "kinds of message to stream: accepted, delta, documents")
 	cmd.Flags().IntVar(&o.count, "count", 0, "exit after this many events (0: run until interrupted)")
+	cmd.Flags().StringVar(&o.name, "name", "", "watch this named shadow of the devices (+: every named shadow); default the classic shadow")
 	return cmd
 }
 
@@ -63,7 +74,7 @@ func (o *watchOptions) run(ctx context.Context, cmd *cobra.Command, c *shadowcli
 	out := cmd.OutOrStdout()
 	var printed int
 	var printErr error
-	err := c.Watch(ctx, ids, o.kinds, func(e shadowclient.Event) {
+	err := c.WatchNamed(ctx, ids, o.name, o.kinds, func(e shadowclient.Event) {
 		if printErr = printEvent(out, o.client.output, e); printErr != nil {
 			cancel()
 			return

@@ -141,6 +141,7 @@ type Client struct {
 // pendingKey identifies a request awaiting its answer.
 type pendingKey struct {
 	id    device.ID
+	name  shadow.Name // "" for the classic shadow
 	op    shadow.Op
 	token string
 }
@@ -258,24 +259,45 @@ func (c *Client) err() error {
 	return c.deadErr
 }
 
-// Get returns the shadow of id: the get/accepted JSON.
+// Get returns the classic shadow of id: the get/accepted JSON.
 func (c *Client) Get(ctx context.Context, id device.ID) ([]byte, error) {
-	tok := newToken()
-	return c.request(ctx, id, shadow.OpGet, tok, tokenPayload(tok))
+	return c.GetNamed(ctx, id, "")
 }
 
-// Delete deletes the shadow of id and returns the delete/accepted JSON.
+// Delete deletes the classic shadow of id and returns the delete/accepted
+// JSON.
 func (c *Client) Delete(ctx context.Context, id device.ID) ([]byte, error) {
-	tok := newToken()
-	return c.request(ctx, id, shadow.OpDelete, tok, tokenPayload(tok))
+	return c.DeleteNamed(ctx, id, "")
 }
 
 // Update sends body, an update request exactly as a device would publish it
-// ({"state":{…},"version":N,"clientToken":"…"}), and returns the
-// update/accepted JSON. A body without a clientToken gets a random one. The
-// body must be a JSON object, else the error wraps ErrInvalidRequest and
-// nothing is sent; the rest is validated by the server.
+// ({"state":{…},"version":N,"clientToken":"…"}), to the classic shadow of
+// id and returns the update/accepted JSON. A body without a clientToken
+// gets a random one. The body must be a JSON object, else the error wraps
+// ErrInvalidRequest and nothing is sent; the rest is validated by the
+// server.
 func (c *Client) Update(ctx context.Context, id device.ID, body []byte) ([]byte, error) {
+	return c.UpdateNamed(ctx, id, "", body)
+}
+
+// GetNamed is Get for the shadow name of id ("" is the classic shadow),
+// over state/<id>/shadow/<name>/get. An invalid name is an error wrapping
+// ErrInvalidRequest, and nothing is sent.
+func (c *Client) GetNamed(ctx context.Context, id device.ID, name shadow.Name) ([]byte, error) {
+	tok := newToken()
+	return c.request(ctx, id, name, shadow.OpGet, tok, tokenPayload(tok))
+}
+
+// DeleteNamed is Delete for the shadow name of id ("" is the classic
+// shadow).
+func (c *Client) DeleteNamed(ctx context.Context, id device.ID, name shadow.Name) ([]byte, error) {
+	tok := newToken()
+	return c.request(ctx, id, name, shadow.OpDelete, tok, tokenPayload(tok))
+}
+
+// UpdateNamed is Update for the shadow name of id ("" is the classic
+// shadow).
+func (c *Client) UpdateNamed(ctx context.Context, id device.ID, name shadow.Name, body []byte) ([]byte, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {
 		return nil, fmt.Errorf("update %s: %w: body is not a JSON object", id, ErrInvalidRequest)
@@ -290,14 +312,19 @@ func (c *Client) Update(ctx context.Context, id device.ID, body []byte) ([]byte,
 		top["clientToken"], _ = json.Marshal(tok)
 		body, _ = json.Marshal(top)
 	}
-	return c.request(ctx, id, shadow.OpUpdate, tok, body)
+	return c.request(ctx, id, name, shadow.OpUpdate, tok, body)
 }
 
-// request publishes payload on state/<id>/<op> and waits for the answer
-// carrying tok.
-func (c *Client) request(ctx context.Context, id device.ID, op shadow.Op, tok string, payload []byte) ([]byte, error) {
+// request publishes payload on state/<id>/<op> (or
+// state/<id>/shadow/<name>/<op>) and waits for the answer carrying tok.
+func (c *Client) request(ctx context.Context, id device.ID, name shadow.Name, op shadow.Op, tok string, payload []byte) ([]byte, error) {
 	if _, err := device.ParseID(string(id)); err != nil {
 		return nil, fmt.Errorf("%s %s: %w: %w", op, id, ErrInvalidRequest, err)
+	}
+	if name != "" {
+		if _, err := shadow.ParseName(string(name)); err != nil {
+			return nil, fmt.Errorf("%s %s: %w: %w", op, id, ErrInvalidRequest, err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -308,10 +335,10 @@ func (c *Client) request(ctx context.Context, id device.ID, op shadow.Op, tok st
 		return nil, fmt.Errorf("%s %s: %w", op, id, err)
 	}
 	// The response subscriptions are kept for later requests on id.
-	if _, err := c.subscribe(ctx, shadow.Topic(id, string(op)+"/accepted"), shadow.Topic(id, string(op)+"/rejected")); err != nil {
+	if _, err := c.subscribe(ctx, shadow.TreeState.Topic(id, name, string(op)+"/accepted"), shadow.TreeState.Topic(id, name, string(op)+"/rejected")); err != nil {
 		return fail(err)
 	}
-	key := pendingKey{id, op, tok}
+	key := pendingKey{id, name, op, tok}
 	answer := make(chan response, 1)
 	c.mu.Lock()
 	if _, dup := c.pending[key]; dup {
@@ -326,7 +353,7 @@ func (c *Client) request(ctx context.Context, id device.ID, op shadow.Op, tok st
 		c.mu.Unlock()
 	}()
 
-	if err := c.wait(ctx, c.pc.Publish(shadow.Topic(id, string(op)), qos, false, payload)); err != nil {
+	if err := c.wait(ctx, c.pc.Publish(shadow.TreeState.Topic(id, name, string(op)), qos, false, payload)); err != nil {
 		return fail(fmt.Errorf("publish: %w", err))
 	}
 	select {
@@ -511,10 +538,18 @@ func (c *Client) release(holds []hold) {
 // blocks.
 func (c *Client) dispatch(topic string, payload []byte) {
 	parts := strings.Split(topic, "/")
-	if len(parts) != 4 || parts[0] != "state" {
+	var id device.ID
+	var name shadow.Name
+	var op shadow.Op
+	var kind string
+	switch {
+	case len(parts) == 4 && parts[0] == "state": // state/<id>/<op>/<kind>
+		id, op, kind = device.ID(parts[1]), shadow.Op(parts[2]), parts[3]
+	case len(parts) == 6 && parts[0] == "state" && parts[2] == "shadow" && parts[3] != "": // state/<id>/shadow/<name>/<op>/<kind>
+		id, name, op, kind = device.ID(parts[1]), shadow.Name(parts[3]), shadow.Op(parts[4]), parts[5]
+	default:
 		return
 	}
-	id, op, kind := device.ID(parts[1]), shadow.Op(parts[2]), parts[3]
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if kind == "accepted" || kind == "rejected" {
@@ -522,7 +557,7 @@ func (c *Client) dispatch(topic string, payload []byte) {
 			ClientToken string `json:"clientToken"`
 		}
 		if json.Unmarshal(payload, &tok) == nil {
-			if ch, ok := c.pending[pendingKey{id, op, tok.ClientToken}]; ok {
+			if ch, ok := c.pending[pendingKey{id, name, op, tok.ClientToken}]; ok {
 				select {
 				case ch <- response{rejected: kind == "rejected", payload: payload}:
 				default: // a duplicate answer
@@ -534,7 +569,7 @@ func (c *Client) dispatch(topic string, payload []byte) {
 		return
 	}
 	for w := range c.watchers {
-		w.offer(Event{Device: id, Kind: kind, Topic: topic, Payload: json.RawMessage(payload)})
+		w.offer(Event{Device: id, Name: name, Kind: kind, Topic: topic, Payload: json.RawMessage(payload)})
 	}
 }
 

@@ -24,6 +24,9 @@ func FuzzDispatch(f *testing.F) {
 		{"state//get/accepted", `{"clientToken":"t"}`},
 		{"other/d/get/accepted", `{"clientToken":"t"}`},
 		{"state/d/get/accepted", `not json`},
+		{"state/d/shadow/n/get/accepted", `{"clientToken":"t"}`},
+		{"state/d/shadow/n/update/delta", `{"state":{"a":1},"version":2}`},
+		{"state/d/shadow//update/delta", `{}`},
 	} {
 		f.Add(s.topic, s.payload)
 	}

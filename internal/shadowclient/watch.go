@@ -12,7 +12,7 @@ import (
 )
 
 // The kinds of message Watch can follow, the last level of
-// state/<id>/update/<kind>.
+// state/<id>/update/<kind> (and state/<id>/shadow/<name>/update/<kind>).
 const (
 	KindAccepted  = "accepted"
 	KindDelta     = "delta"
@@ -27,9 +27,15 @@ var Kinds = []string{KindAccepted, KindDelta, KindDocuments}
 // the Client's other traffic.
 const MaxQueuedEvents = 4096
 
+// AllNamed, as the name of WatchNamed, follows every named shadow.
+const AllNamed = "+"
+
 // Event is one message seen by Watch.
 type Event struct {
-	Device  device.ID       `json:"device"`
+	Device device.ID `json:"device"`
+	// Name is the named shadow the message is about; "" (left out of the
+	// JSON) for the classic shadow.
+	Name    shadow.Name     `json:"name,omitempty"`
 	Kind    string          `json:"kind"` // KindAccepted, KindDelta or KindDocuments
 	Topic   string          `json:"topic"`
 	Payload json.RawMessage `json:"payload"`
@@ -38,6 +44,7 @@ type Event struct {
 // watcher queues the events of one Watch call.
 type watcher struct {
 	ids   map[device.ID]bool // nil: every device
+	name  string             // "" the classic shadow, AllNamed every named one, or one name
 	kinds map[string]bool
 
 	mu      sync.Mutex // guards queue and dropped
@@ -49,6 +56,9 @@ type watcher struct {
 // offer queues e if the watcher wants it. It never blocks.
 func (w *watcher) offer(e Event) {
 	if !w.kinds[e.Kind] || (w.ids != nil && !w.ids[e.Device]) {
+		return
+	}
+	if w.name == AllNamed && e.Name == "" || w.name != AllNamed && string(e.Name) != w.name {
 		return
 	}
 	w.mu.Lock()
@@ -75,7 +85,8 @@ func (w *watcher) take() ([]Event, int) {
 }
 
 // Watch subscribes to the update messages of the given kinds (default
-// Kinds) of the devices ids (every device when ids is empty) and calls fn
+// Kinds) of the classic shadows of the devices ids (every device when ids
+// is empty) and calls fn
 // with each, in arrival order, on the calling goroutine, until ctx ends
 // (then it returns nil), the Client is closed (ErrClosed) or the connection
 // drops (ErrConnectionLost). An unknown kind or invalid ID is an error
@@ -84,10 +95,22 @@ func (w *watcher) take() ([]Event, int) {
 // of that moment, so a caller that must not miss an event learns it from the
 // server side (e.g. broker.Server.HasSubscribers).
 func (c *Client) Watch(ctx context.Context, ids []device.ID, kinds []string, fn func(Event)) error {
+	return c.WatchNamed(ctx, ids, "", kinds, fn)
+}
+
+// WatchNamed is Watch for the named shadow name of the devices ("" is the
+// classic shadow, as Watch; AllNamed is every named shadow). An invalid
+// name is an error wrapping ErrInvalidRequest.
+func (c *Client) WatchNamed(ctx context.Context, ids []device.ID, name string, kinds []string, fn func(Event)) error {
 	if len(kinds) == 0 {
 		kinds = Kinds
 	}
-	w := &watcher{kinds: map[string]bool{}, signal: make(chan struct{}, 1)}
+	if name != "" && name != AllNamed {
+		if _, err := shadow.ParseName(name); err != nil {
+			return fmt.Errorf("watch: %w: %w", ErrInvalidRequest, err)
+		}
+	}
+	w := &watcher{name: name, kinds: map[string]bool{}, signal: make(chan struct{}, 1)}
 	for _, k := range kinds {
 		if !slices.Contains(Kinds, k) {
 			return fmt.Errorf("watch: %w: kind %q: want one of %v", ErrInvalidRequest, k, Kinds)
@@ -111,7 +134,9 @@ func (c *Client) Watch(ctx context.Context, ids []device.ID, kinds []string, fn 
 	var filters []string
 	for _, l := range levels {
 		for k := range w.kinds {
-			filters = append(filters, "state/"+l+"/"+string(shadow.OpUpdate)+"/"+k)
+			// A wildcard device (+) or name (+) makes a filter, not a topic;
+			// shadow.Tree.Topic only joins the levels.
+			filters = append(filters, shadow.TreeState.Topic(device.ID(l), shadow.Name(name), string(shadow.OpUpdate)+"/"+k))
 		}
 	}
 
