@@ -9,6 +9,8 @@
 //     broker with an in-process echo responder. Reports updates/s,
 //     latency percentiles, the umbra/echo ratio, commits/s, documents per
 //     commit and bytes on disk per shadow.
+//   - BenchmarkAWSTreeGate: what the $aws topic tree costs a fleet that
+//     never subscribes there (two subscription lookups per update).
 //   - BenchmarkDeltaFanout: N devices subscribed to their delta; an
 //     operator sets desired on all N in-process; time until every device
 //     has its delta.

@@ -98,6 +98,18 @@ func RejectedTopic(id device.ID) string  { return Topic(id, "update/rejected") }
 func DeltaTopic(id device.ID) string     { return Topic(id, "update/delta") }
 func DocumentsTopic(id device.ID) string { return Topic(id, "update/documents") }
 
+// treeSpelling is how a tree spells a request topic: prefix, the device
+// ID, base, then <op> for the classic shadow or named<name>/<op>.
+type treeSpelling struct {
+	tree                Tree
+	prefix, base, named string
+}
+
+var spellings = []treeSpelling{
+	{TreeState, "state/", "", "shadow/"},
+	{TreeAWS, "$aws/things/", "shadow/", "name/"},
+}
+
 // Address is what a request topic names: the tree it was sent on, the
 // device, the shadow (Name "" for the classic one) and the operation.
 type Address struct {
@@ -120,44 +132,37 @@ type Address struct {
 // be answered on the topic's own /rejected, and a's fields are only partly
 // set.
 func ParseRequestTopic(topic string) (a Address, ok bool, err error) {
-	var idLevel, nameLevel, opLevel string
+	var sp treeSpelling
+	var rest string
+	for _, t := range spellings {
+		if r, found := strings.CutPrefix(topic, t.prefix); found {
+			sp, rest = t, r
+			break
+		}
+	}
+	if sp.prefix == "" {
+		return a, false, nil
+	}
+	a.Tree = sp.tree
+	idLevel, more, _ := strings.Cut(rest, "/")
+	more, found := strings.CutPrefix(more, sp.base)
+	if !found || more == "" && sp.tree == TreeState {
+		return a, false, nil
+	}
+	var nameLevel, opLevel string
 	named := false
-	if rest, found := strings.CutPrefix(topic, "state/"); found {
-		a.Tree = TreeState
-		var more string
-		idLevel, more, _ = strings.Cut(rest, "/")
-		switch n := strings.Count(more, "/"); {
-		case more == "":
-			return a, false, nil
-		case n == 0:
-			opLevel = more
-		case n == 2 && strings.HasPrefix(more, "shadow/"):
-			nameLevel, opLevel, _ = strings.Cut(more[len("shadow/"):], "/")
-			named = true
-		default:
-			return a, false, nil
-		}
-		if !Op(opLevel).valid() {
-			return a, false, nil
-		}
-	} else if rest, found := strings.CutPrefix(topic, "$aws/things/"); found {
-		a.Tree = TreeAWS
-		var more string
-		idLevel, more, _ = strings.Cut(rest, "/")
-		more, found = strings.CutPrefix(more, "shadow/")
-		if !found {
-			return a, false, nil
-		}
-		switch n := strings.Count(more, "/"); {
-		case n == 0:
-			opLevel = more
-		case n == 2 && strings.HasPrefix(more, "name/"):
-			nameLevel, opLevel, _ = strings.Cut(more[len("name/"):], "/")
-			named = true
-		default:
-			return a, false, nil
-		}
-	} else {
+	switch n := strings.Count(more, "/"); {
+	case n == 0:
+		opLevel = more
+	case n == 2 && strings.HasPrefix(more, sp.named):
+		nameLevel, opLevel, _ = strings.Cut(more[len(sp.named):], "/")
+		named = true
+	default:
+		return a, false, nil
+	}
+	if sp.tree == TreeState && !Op(opLevel).valid() {
+		// The state tree answers only its three operations; the ACL lets
+		// nobody publish others there.
 		return a, false, nil
 	}
 	a.Op = Op(opLevel)

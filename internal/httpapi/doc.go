@@ -5,6 +5,9 @@
 //	GET    /v1/devices/{id}/shadow   the shadow (the MQTT get/accepted JSON)
 //	POST   /v1/devices/{id}/shadow   update: the body is exactly the MQTT update request
 //	DELETE /v1/devices/{id}/shadow   delete (the MQTT delete/accepted JSON)
+//	       …/shadow?name=<name>      the same for the device's named shadow <name>
+//	GET    /v1/devices/{id}/shadows  {"device","shadows":[{"name","version","updated"}]}:
+//	                                 the classic shadow (name "") and the named ones
 //	GET    /v1/devices?limit=&cursor= {"devices":[{"id","version","updated"}],"next":"…"}
 //	GET    /healthz                  {"status":"ok"}
 //
@@ -87,7 +90,7 @@
 //
 // Authenticate is the Config.Middleware that checks "Authorization: Bearer
 // <name>:<secret>" against the identity store and applies the role rules: a
-// device may use only its own /v1/devices/{id}/shadow, an integrator may only
+// device may use only its own /v1/devices/{id}/shadow and …/shadows, an integrator may only
 // read (GET), an operator may do everything. A missing or invalid token is
 // 401 with "WWW-Authenticate: Bearer", a valid token without the right 403.
 // IdentityRoutes adds device enrollment (POST /v1/devices, DELETE

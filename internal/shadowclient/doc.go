@@ -7,7 +7,10 @@
 // # Requests
 //
 // Get, Update and Delete publish one request and wait for the engine's
-// answer on the matching accepted or rejected topic. The client subscribes
+// answer on the matching accepted or rejected topic; GetNamed, UpdateNamed
+// and DeleteNamed do the same for a named shadow
+// (state/<id>/shadow/<name>/…), and WatchNamed watches one named shadow
+// (or every one, AllNamed) of the devices. The client subscribes
 // to those response topics before it publishes, and matches answers by
 // clientToken, so many requests may run concurrently on one Client, for one
 // or many devices. Update adds a random clientToken to a body that has none.
