@@ -304,6 +304,18 @@ func TestBadInputOnNewTopics(t *testing.T) {
 			})
 		}
 	}
+	// get and delete take an empty body or {"clientToken"}: anything else
+	// is a 400.
+	for _, topic := range []string{"$aws/things/dev-1/shadow/get", "$aws/things/dev-1/shadow/delete",
+		"$aws/things/dev-1/shadow/name/cfg/get", "$aws/things/dev-1/shadow/name/cfg/delete",
+		"state/dev-1/shadow/cfg/get", "state/dev-1/shadow/cfg/delete"} {
+		for _, body := range []string{`{`, `[1]`, `"x"`, `{"clientToken":5}`, `{"clientToken":"` + strings.Repeat("t", 65) + `"}`} {
+			t.Run(topic+"/"+body[:min(len(body), 12)], func(t *testing.T) {
+				h.eng.HandleRequest("dev-1", topic, []byte(body))
+				checkRejected(t, h.pub.take(), topic+"/rejected", 400, "")
+			})
+		}
+	}
 	// Topic-level errors: answered on the topic's own /rejected only.
 	for _, tc := range []struct {
 		topic, body string
