@@ -134,10 +134,11 @@ type Config struct {
 	CommitObserved func(d time.Duration, batch int)
 	// OnChange, when set, is called after every committed change of a
 	// device's classic shadow (update or delete), after its messages were
-	// published, with the device and the new version (named shadows do not
-	// call it: the rollout planner reads and writes only the classic one). It runs on the request's goroutine and
-	// must not block: consumers such as the rollout planner treat it as a
-	// hint and re-read the document.
+	// published, with the device and the new version; named shadows do not
+	// call it (the rollout planner reads and writes only the classic
+	// shadow). It runs on the request's goroutine and must not block:
+	// consumers such as the rollout planner treat it as a hint and re-read
+	// the document.
 	OnChange func(id device.ID, v Version)
 }
 
