@@ -308,9 +308,22 @@ func TestSecurityPresence(t *testing.T) {
 	if got := subscribe(t, integC, "state/+/presence"); got >= 0x80 {
 		t.Fatalf("integrator SUBSCRIBE state/+/presence = %#x, want granted", got)
 	}
+	// mochi sends the SUBACK before it looks up the retained messages
+	// matching the new filter. Without this barrier, dev-p's presence
+	// below can be retained before that lookup runs, and then reaches
+	// dash-1 twice: live, and again as a retained copy that may arrive
+	// after the live messages of later steps (paho's handlers run
+	// concurrently), so that a step read the previous step's state. A
+	// client's packets are handled in order, so once a second SUBSCRIBE
+	// (a filter no presence matches) is acknowledged the first one's
+	// retained lookup is done: every presence message after this is live.
+	subscribe(t, integC, "state/no-such-device/presence")
 	presence := func(want bool) {
 		t.Helper()
 		m := waitMsg(t, iMsgs, "state/dev-p/presence")
+		if m.Retained() {
+			t.Fatalf("presence message %s has the retain flag: a retained copy, not the live event", m.Payload())
+		}
 		var p identity.Presence
 		if err := json.Unmarshal(m.Payload(), &p); err != nil || p.Connected != want {
 			t.Fatalf("presence message %s (err %v), want connected=%v", m.Payload(), err, want)
