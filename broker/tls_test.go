@@ -46,32 +46,39 @@ func (certAuth) Allow(id broker.Identity, topic string, _ bool) bool {
 // tlsFixture is a broker with a mutual-TLS listener, a CA it trusts, and
 // client certificates: valid ones for tls-1 and tls-2, and invalid ones.
 type tlsFixture struct {
-	b         *broker.Server
-	ev        *events
-	ca        *brokertest.CA
-	valid     brokertest.KeyPair // CN tls-1
-	expired   brokertest.KeyPair // CN tls-1, expired yesterday
-	untrusted brokertest.KeyPair // CN tls-1, issued by another CA
-	handled   chan string        // publisher IDs seen by an in-process subscription to tls/#
+	b          *broker.Server
+	ev         *events
+	ca         *brokertest.CA
+	valid      brokertest.KeyPair // CN tls-1
+	expired    brokertest.KeyPair // CN tls-1, expired yesterday
+	untrusted  brokertest.KeyPair // CN tls-1, issued by another CA
+	notYet     brokertest.KeyPair // CN tls-1, valid from tomorrow
+	serverOnly brokertest.KeyPair // CN tls-1 from the right CA, but for server authentication only
+	impostor   brokertest.KeyPair // CN tls-1, issued by another CA with the trusted CA's name
+	handled    chan string        // publisher IDs seen by an in-process subscription to tls/#
 }
 
 func newTLSFixture(t *testing.T) *tlsFixture {
 	t.Helper()
 	ca := brokertest.NewCA(t, "umbra test CA")
 	other := brokertest.NewCA(t, "untrusted CA")
+	sameName := brokertest.NewCA(t, "umbra test CA")
 	var cfg broker.Config
 	ev := withEvents(&cfg)
 	cfg.TLSConfig = ca.ServerConfig(t, true)
 	cfg.Auth = certAuth{}
 	now := time.Now()
 	f := &tlsFixture{
-		b:         brokertest.New(t, cfg),
-		ev:        ev,
-		ca:        ca,
-		valid:     ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1"}),
-		expired:   ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)}),
-		untrusted: other.Issue(t, brokertest.CertOptions{CommonName: "tls-1"}),
-		handled:   make(chan string, 16),
+		b:          brokertest.New(t, cfg),
+		ev:         ev,
+		ca:         ca,
+		valid:      ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1"}),
+		expired:    ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)}),
+		untrusted:  other.Issue(t, brokertest.CertOptions{CommonName: "tls-1"}),
+		notYet:     ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1", NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)}),
+		serverOnly: ca.Issue(t, brokertest.CertOptions{CommonName: "tls-1", Server: true}),
+		impostor:   sameName.Issue(t, brokertest.CertOptions{CommonName: "tls-1"}),
+		handled:    make(chan string, 16),
 	}
 	err := f.b.Subscribe("tls/#", func(clientID, _ string, _ []byte) {
 		select {
@@ -112,6 +119,13 @@ func TestTLSPaho(t *testing.T) {
 		}
 	})
 
+	// A certificate whose private key is not the one presented: the
+	// client signs the handshake with the wrong key.
+	wrongKey := f.valid
+	wrongKey.TLS.PrivateKey = f.untrusted.TLS.PrivateKey
+	// Bytes that are not a certificate at all, with a real key.
+	garbage := f.valid
+	garbage.TLS = tls.Certificate{Certificate: [][]byte{[]byte("not a certificate")}, PrivateKey: f.valid.TLS.PrivateKey}
 	tests := []struct {
 		name          string
 		clientID      string
@@ -121,6 +135,11 @@ func TestTLSPaho(t *testing.T) {
 		{"no client certificate", "tls-1", f.ca.ClientConfig(), true},
 		{"untrusted client certificate", "tls-1", f.ca.ClientConfig(f.untrusted), true},
 		{"expired client certificate", "tls-1", f.ca.ClientConfig(f.expired), true},
+		{"client certificate not yet valid", "tls-1", f.ca.ClientConfig(f.notYet), true},
+		{"server certificate used as a client certificate", "tls-1", f.ca.ClientConfig(f.serverOnly), true},
+		{"certificate from a CA impersonating the trusted one", "tls-1", f.ca.ClientConfig(f.impostor), true},
+		{"certificate with another key", "tls-1", f.ca.ClientConfig(wrongKey), true},
+		{"certificate that does not parse", "tls-1", f.ca.ClientConfig(garbage), true},
 		{"certificate of another device", "tls-2", f.ca.ClientConfig(f.valid), false},
 	}
 	for _, tc := range tests {
@@ -280,6 +299,9 @@ func TestTLSMosquittoPub(t *testing.T) {
 		{"no client certificate", nil, false},
 		{"untrusted client certificate", &f.untrusted, false},
 		{"expired client certificate", &f.expired, false},
+		{"client certificate not yet valid", &f.notYet, false},
+		{"server certificate used as a client certificate", &f.serverOnly, false},
+		{"certificate from a CA impersonating the trusted one", &f.impostor, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
