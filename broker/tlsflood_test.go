@@ -60,14 +60,17 @@ func randomBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-// goroutinesIn counts the goroutines whose stack contains fn.
-func goroutinesIn(fn string) int {
+// goroutinesIn counts the goroutines whose stack contains any of fns.
+func goroutinesIn(fns ...string) int {
 	buf := make([]byte, 4<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, fn) {
-			n++
+		for _, fn := range fns {
+			if strings.Contains(g, fn) {
+				n++
+				break
+			}
 		}
 	}
 	return n
