@@ -74,6 +74,9 @@ func FuzzHandleRequest(f *testing.F) {
 		{"dev-1", 0, 0, `{"state":{"desired":` + strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10) + `}}`, `[]`},
 		{"dev-1", 0, 0, `{"state":{"delta":{"x":1}}}`, `{"state":{"desired":{"x":1e400}}}`},
 		{"bad id!", 0, 1, `{"state":{"desired":{"x":1}}}`, ``},
+		// Issue 10 case 9: deleting 3,000 absent keys made a reply too
+		// large to publish; the retry got nothing either.
+		{"dev-1", 0, 0, deleteAbsent(3000, "c9"), deleteAbsent(3000, "c9")},
 		{"", 2, 2, ``, ``},
 	}
 	for _, s := range seeds {
@@ -228,4 +231,18 @@ func short(b []byte) string {
 		return fmt.Sprintf("%s… (%d bytes)", b[:200], len(b))
 	}
 	return string(b)
+}
+
+// deleteAbsent is an update that deletes n keys that do not exist.
+func deleteAbsent(n int, token string) string {
+	var b strings.Builder
+	b.WriteString(`{"state":{"desired":{`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%05d":null`, i)
+	}
+	fmt.Fprintf(&b, `}},"clientToken":%q}`, token)
+	return b.String()
 }
