@@ -6,7 +6,7 @@ BIN      := bin/umbra
 APT_PKGS := mosquitto-clients mosquitto
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all run build test deps fmt vet bench bench-short demo clean
+.PHONY: all run build test deps fmt vet fuzz fuzz-list bench bench-short demo clean
 
 all: build
 
@@ -28,12 +28,56 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-## test: format check, vet, race-enabled tests, short benchmarks
+## test: format check, vet, race-enabled tests, short benchmarks, every fuzz target for TEST_FUZZTIME
 test: deps
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -short -count=1 -timeout 5m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+## fuzz: run every fuzz target for FUZZTIME each (default 30s; make test runs each for TEST_FUZZTIME)
+FUZZTIME      ?= 30s
+TEST_FUZZTIME ?= 2s
+# Every fuzz target, as <package>:<target>: go test fuzzes one target per
+# invocation. fuzz-list fails when a target is missing here.
+FUZZ_TARGETS := \
+	./broker:FuzzBrokerConn \
+	./broker:FuzzConnection \
+	./cmd/umbra:FuzzRolloutNumberParsers \
+	./cmd/umbra:FuzzRolloutTargetParsers \
+	./firmware:FuzzDownloadURL \
+	./firmware:FuzzRangeHeader \
+	./internal/device:FuzzParseID \
+	./internal/httpapi:FuzzCreateRollout \
+	./internal/httpapi:FuzzFirmwareRequests \
+	./internal/httpapi:FuzzShadowRequest \
+	./internal/identity:FuzzAllow \
+	./internal/identity:FuzzAllowFilter \
+	./internal/identity:FuzzParseLabels \
+	./internal/shadowclient:FuzzDispatch \
+	./internal/sim:FuzzMachineDelta \
+	./rollout:FuzzSpec \
+	./shadow:FuzzHandleRequest \
+	./shadow:FuzzUpdate
+
+fuzz: fuzz-list
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+# fuzz-list checks that FUZZ_TARGETS names every Fuzz function of the tree.
+fuzz-list:
+	@found="$$(grep -rE --include='*_test.go' -o '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's#^(.*)/[^/]*_test\.go:func #\1:#' | sort -u)"; \
+	listed="$$(printf '%s\n' $(FUZZ_TARGETS) | sort -u)"; \
+	if [ "$$found" != "$$listed" ]; then \
+		echo "FUZZ_TARGETS in the Makefile does not match the fuzz targets of the tree"; \
+		echo "$$found" | grep -vxF "$$listed" | sed 's/^/  not listed: /'; \
+		echo "$$listed" | grep -vxF "$$found" | sed 's/^/  no such target: /'; \
+		exit 1; \
+	fi
 
 fmt:
 	gofmt -l -w .
