@@ -6,7 +6,7 @@ BIN      := bin/umbra
 APT_PKGS := mosquitto-clients mosquitto
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all run build test deps fmt vet fuzz fuzz-list bench bench-short demo clean
+.PHONY: all run build test deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
 
 all: build
 
@@ -84,6 +84,14 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+
+## durability: kill -9 a real `umbra serve` under load and check nothing acknowledged is lost (docs/testing.md)
+DURABILITY_ROUNDS  ?= 5
+DURABILITY_DEVICES ?= 200
+durability:
+	UMBRA_DURABILITY_ROUNDS=$(DURABILITY_ROUNDS) UMBRA_DURABILITY_DEVICES=$(DURABILITY_DEVICES) \
+	UMBRA_DURABILITY_MIN_LOAD=2s UMBRA_DURABILITY_MAX_LOAD=8s \
+		$(GO) test -count=1 -timeout 20m -run '^TestDurabilityKill9$$' -v ./cmd/umbra
 
 ## bench: full benchmarks (see docs/benchmarks.md)
 bench: deps
