@@ -97,6 +97,22 @@ func subscribe(t *testing.T, c paho.Client, filter string) byte {
 	return tok.(*paho.SubscribeToken).Result()[filter]
 }
 
+// subscribeSettled is subscribe for a filter that presence or other
+// retained messages published next will match: it returns once mochi has
+// also looked up the retained messages matching filter. mochi sends the
+// SUBACK first and looks them up after, so a retained message published
+// in between reaches the client twice (live, and as a retained copy that
+// may arrive after later live messages), and the lookup races the publish
+// inside mochi (see docs/testing.md). A client's packets are handled in
+// order: once a second SUBSCRIBE, of a filter nothing matches, is
+// acknowledged, the first one's lookup is done.
+func subscribeSettled(t *testing.T, c paho.Client, filter string) byte {
+	t.Helper()
+	got := subscribe(t, c, filter)
+	subscribe(t, c, "state/no-such-device/presence")
+	return got
+}
+
 func publish(t *testing.T, c paho.Client, topic, payload string) {
 	t.Helper()
 	tok := c.Publish(topic, 1, false, payload)
@@ -305,19 +321,12 @@ func TestSecurityPresence(t *testing.T) {
 	iMsgs := make(chan paho.Message, 64)
 	iu, ip := splitToken(integ)
 	integC := mustMQTT(t, srv.mqttURL(), "dash-1", iu, ip, iMsgs)
-	if got := subscribe(t, integC, "state/+/presence"); got >= 0x80 {
+	// Settled: otherwise dev-p's presence below can reach dash-1 twice,
+	// live and as a retained copy that may arrive after the live message
+	// of a later step, so that a step reads the previous step's state.
+	if got := subscribeSettled(t, integC, "state/+/presence"); got >= 0x80 {
 		t.Fatalf("integrator SUBSCRIBE state/+/presence = %#x, want granted", got)
 	}
-	// mochi sends the SUBACK before it looks up the retained messages
-	// matching the new filter. Without this barrier, dev-p's presence
-	// below can be retained before that lookup runs, and then reaches
-	// dash-1 twice: live, and again as a retained copy that may arrive
-	// after the live messages of later steps (paho's handlers run
-	// concurrently), so that a step read the previous step's state. A
-	// client's packets are handled in order, so once a second SUBSCRIBE
-	// (a filter no presence matches) is acknowledged the first one's
-	// retained lookup is done: every presence message after this is live.
-	subscribe(t, integC, "state/no-such-device/presence")
 	presence := func(want bool) {
 		t.Helper()
 		m := waitMsg(t, iMsgs, "state/dev-p/presence")
@@ -518,7 +527,7 @@ func TestSecuritySimEnroll(t *testing.T) {
 	if got := subscribe(t, w, "state/+/update/accepted"); got >= 0x80 {
 		t.Fatalf("operator SUBSCRIBE = %#x, want granted", got)
 	}
-	if got := subscribe(t, w, "state/+/presence"); got >= 0x80 {
+	if got := subscribeSettled(t, w, "state/+/presence"); got >= 0x80 {
 		t.Fatalf("operator SUBSCRIBE = %#x, want granted", got)
 	}
 	// await consumes messages until every want[i] (topic suffix) was seen
