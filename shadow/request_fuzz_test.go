@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -17,30 +16,16 @@ import (
 	"github.com/umbra-iot/umbra/shadow"
 )
 
-// sizedPublisher records what the engine publishes and, like the broker's
-// Publish, refuses a payload larger than the broker's packet limit: such a
-// message never reaches a client.
-type sizedPublisher struct {
-	mu   sync.Mutex // guards msgs
-	msgs []message
-}
+// sizedPublisher is a recorder that, like the broker's Publish, refuses a
+// payload larger than the broker's packet limit: such a message never
+// reaches a client.
+type sizedPublisher struct{ recorder }
 
-func (p *sizedPublisher) Publish(topic string, payload []byte, _ bool, _ byte) error {
+func (p *sizedPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
 	if len(payload) > int(broker.DefaultMaxPacketSize) {
 		return fmt.Errorf("publish %s: %d bytes: %w", topic, len(payload), broker.ErrTooLarge)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.msgs = append(p.msgs, message{topic, string(payload)})
-	return nil
-}
-
-func (p *sizedPublisher) take() []message {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	m := p.msgs
-	p.msgs = nil
-	return m
+	return p.recorder.Publish(topic, payload, retain, qos)
 }
 
 // FuzzHandleRequest sends two MQTT requests (update, get or delete,
