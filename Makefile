@@ -39,7 +39,7 @@ test: deps
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s; make test runs each for TEST_FUZZTIME)
 FUZZTIME      ?= 30s
 TEST_FUZZTIME ?= 2s
-# Every fuzz target, as <package>:<target>: go test fuzzes one target per
+# Every fuzz target (19), as <package>:<target>: go test fuzzes one target per
 # invocation. fuzz-list fails when a target is missing here.
 FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
@@ -59,6 +59,7 @@ FUZZ_TARGETS := \
 	./internal/sim:FuzzMachineDelta \
 	./rollout:FuzzSpec \
 	./shadow:FuzzHandleRequest \
+	./shadow:FuzzParseRequestTopic \
 	./shadow:FuzzUpdate
 
 fuzz: fuzz-list

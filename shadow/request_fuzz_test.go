@@ -28,46 +28,58 @@ func (p *sizedPublisher) Publish(topic string, payload []byte, retain bool, qos 
 	return p.recorder.Publish(topic, payload, retain, qos)
 }
 
-// FuzzHandleRequest sends two MQTT requests (update, get or delete,
-// chosen by op1 and op2) with arbitrary payloads through the engine's MQTT
-// entry point, on a real bbolt file, for a device named by level (the
-// topic level the broker's "state/+/…" subscription matched). A level
-// that is a valid device ID is replaced by a device no earlier input
-// touched, so every input starts from a fresh shadow. Invariants:
+// FuzzHandleRequest sends two MQTT requests (update, get, delete, or an
+// operation the engine does not serve, chosen by op1 and op2) with
+// arbitrary payloads through the engine's MQTT entry point, on a real bbolt
+// file, on one of the four request topic shapes (shape: state/<id>/<op>,
+// state/<id>/shadow/<name>/<op>, $aws/things/<id>/shadow/<op>,
+// $aws/things/<id>/shadow/name/<name>/<op>) for a device and shadow named
+// by level and name (topic levels, as the broker's subscriptions match
+// them). A level that is a valid device ID is replaced by a device no
+// earlier input touched, so every input starts from fresh shadows.
+// Invariants:
 //   - every request gets exactly one reply that reaches clients: on
 //     <request topic>/accepted or /rejected, a JSON object, a rejection
-//     with its numeric code;
+//     with its numeric code (a topic that is not a request gets none);
 //   - a rejected request (and a get) leaves the stored document as it was;
-//   - an accepted update or delete is stored with the version it reports,
-//     one more than before, unless it repeats an earlier accepted update
-//     with the same clientToken and payload (then it answers the same
-//     version and stores nothing).
+//   - an accepted update is stored with the version it reports, one more
+//     than before, unless it repeats an earlier accepted update with the
+//     same clientToken and payload (then it answers the same version and
+//     stores nothing); an accepted delete reports the deleted version.
 func FuzzHandleRequest(f *testing.F) {
 	seeds := []struct {
-		level    string
-		op1, op2 uint8
-		p1, p2   string
+		shape       uint8
+		level, name string
+		op1, op2    uint8
+		p1, p2      string
 	}{
-		{"dev-1", 0, 0, `{"state":{"desired":{"on":true}},"clientToken":"a"}`, `{"state":{"reported":{"on":true}}}`},
-		{"dev-1", 0, 0, `{"state":{"desired":{"on":true}},"clientToken":"a"}`, `{"state":{"desired":{"on":true}},"clientToken":"a"}`},
-		{"dev-1", 0, 0, `{"state":{"desired":{"a":{"b":[1,2]}}}}`, `{"state":{"desired":{"a":{"b":null}}},"version":1}`},
-		{"dev-1", 0, 0, `{"state":{"reported":{"x":1}}}`, `{"state":{"reported":{"x":2}},"version":7}`},
-		{"dev-1", 0, 2, `{"state":{"desired":{"x":1}}}`, `{"clientToken":"d"}`},
-		{"dev-1", 2, 1, `{}`, `{"clientToken":"g"}`},
-		{"dev-1", 0, 1, `{"state":null}`, ``},
-		{"dev-1", 0, 0, `{"state":{"desired":{"gone":null,"also":null}}}`, `{"state":{"desired":{"a":1}},"clientToken":"` + strings.Repeat("t", 65) + `"}`},
-		{"dev-1", 0, 0, `{"state":{"desired":` + strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10) + `}}`, `[]`},
-		{"dev-1", 0, 0, `{"state":{"delta":{"x":1}}}`, `{"state":{"desired":{"x":1e400}}}`},
-		{"bad id!", 0, 1, `{"state":{"desired":{"x":1}}}`, ``},
+		{0, "dev-1", "", 0, 0, `{"state":{"desired":{"on":true}},"clientToken":"a"}`, `{"state":{"reported":{"on":true}}}`},
+		{0, "dev-1", "", 0, 0, `{"state":{"desired":{"on":true}},"clientToken":"a"}`, `{"state":{"desired":{"on":true}},"clientToken":"a"}`},
+		{0, "dev-1", "", 0, 0, `{"state":{"desired":{"a":{"b":[1,2]}}}}`, `{"state":{"desired":{"a":{"b":null}}},"version":1}`},
+		{0, "dev-1", "", 0, 0, `{"state":{"reported":{"x":1}}}`, `{"state":{"reported":{"x":2}},"version":7}`},
+		{0, "dev-1", "", 0, 2, `{"state":{"desired":{"x":1}}}`, `{"clientToken":"d"}`},
+		{0, "dev-1", "", 2, 1, `{}`, `{"clientToken":"g"}`},
+		{0, "dev-1", "", 0, 1, `{"state":null}`, ``},
+		{0, "dev-1", "", 0, 0, `{"state":{"desired":{"gone":null,"also":null}}}`, `{"state":{"desired":{"a":1}},"clientToken":"` + strings.Repeat("t", 65) + `"}`},
+		{0, "dev-1", "", 0, 0, `{"state":{"desired":` + strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10) + `}}`, `[]`},
+		{0, "dev-1", "", 0, 0, `{"state":{"delta":{"x":1}}}`, `{"state":{"desired":{"x":1e400}}}`},
+		{0, "bad id!", "", 0, 1, `{"state":{"desired":{"x":1}}}`, ``},
 		// Issue 10 case 9: deleting 3,000 absent keys made a reply too
 		// large to publish; the retry got nothing either.
-		{"dev-1", 0, 0, deleteAbsent(3000, "c9"), deleteAbsent(3000, "c9")},
-		{"", 2, 2, ``, ``},
+		{0, "dev-1", "", 0, 0, deleteAbsent(3000, "c9"), deleteAbsent(3000, "c9")},
+		{0, "", "", 2, 2, ``, ``},
+		{1, "dev-1", "cfg", 0, 2, `{"state":{"desired":{"on":true}},"clientToken":"n"}`, `{"clientToken":"n"}`},
+		{1, "dev-1", "bad name!", 0, 1, `{"state":{"desired":{"on":true}}}`, ``},
+		{2, "dev-1", "", 0, 3, `{"state":{"reported":{"fw":"1.0.0"}}}`, `{"clientToken":"l"}`},
+		{3, "dev-1", "cfg", 1, 0, ``, `{"state":{"desired":{"a":1}},"version":0}`},
+		{3, "dev-1", "", 0, 0, `{"state":{"desired":{"a":1}}}`, ``},
+		{1, "dev-1", "cfg", 3, 3, `{}`, `{}`},
 	}
 	for _, s := range seeds {
-		f.Add(s.level, s.op1, []byte(s.p1), s.op2, []byte(s.p2))
+		f.Add(s.shape, s.level, s.name, s.op1, []byte(s.p1), s.op2, []byte(s.p2))
 	}
 	pub := &sizedPublisher{}
+	pub.listenOn("$aws/#") // a client on the $aws tree subscribes to its replies first, as the AWS SDKs do
 	eng, err := shadow.Open(f.Context(), shadow.Config{
 		Path:        filepath.Join(f.TempDir(), "shadow.db"),
 		Publisher:   pub,
@@ -82,14 +94,30 @@ func FuzzHandleRequest(f *testing.F) {
 			f.Errorf("Close: %v", err)
 		}
 	})
-	ops := []shadow.Op{shadow.OpUpdate, shadow.OpGet, shadow.OpDelete}
+	ops := []shadow.Op{shadow.OpUpdate, shadow.OpGet, shadow.OpDelete, "list"}
+	oneLevel := strings.NewReplacer("/", "", "+", "", "#", "")
 	var fresh atomic.Int64
-	f.Fuzz(func(t *testing.T, level string, op1 uint8, p1 []byte, op2 uint8, p2 []byte) {
-		level = strings.NewReplacer("/", "", "+", "", "#", "").Replace(level) // one topic level, as "state/+/…" matches
+	f.Fuzz(func(t *testing.T, shape uint8, level, name string, op1 uint8, p1 []byte, op2 uint8, p2 []byte) {
+		level, name = oneLevel.Replace(level), oneLevel.Replace(name)
 		id, idErr := device.ParseID(level)
 		if idErr == nil {
 			id = device.ID(fmt.Sprintf("fz-%d", fresh.Add(1)))
 			level = string(id)
+		}
+		shape %= 4
+		named := shape == 1 || shape == 3
+		if !named {
+			name = ""
+		} else if _, err := shadow.ParseName(name); err != nil && idErr == nil {
+			idErr = err // nothing can be stored under this address
+		}
+		topicOf := func(op shadow.Op) string {
+			return [...]string{
+				"state/" + level + "/" + string(op),
+				"state/" + level + "/shadow/" + name + "/" + string(op),
+				"$aws/things/" + level + "/shadow/" + string(op),
+				"$aws/things/" + level + "/shadow/name/" + name + "/" + string(op),
+			}[shape]
 		}
 		pub.take()
 		var updates []acceptedUpdate // accepted updates of this input
@@ -98,10 +126,11 @@ func FuzzHandleRequest(f *testing.F) {
 			op      shadow.Op
 			payload []byte
 		}{{ops[int(op1)%len(ops)], p1}, {ops[int(op2)%len(ops)], p2}} {
-			topic := "state/" + level + "/" + string(req.op)
-			before, beforeErr := read(t, eng, id, idErr)
+			topic := topicOf(req.op)
+			before, beforeErr := read(t, eng, id, shadow.Name(name), idErr)
 			eng.HandleRequest("fz", topic, req.payload)
-			after, afterErr := read(t, eng, id, idErr)
+			after, afterErr := read(t, eng, id, shadow.Name(name), idErr)
+			unchanged := beforeErr == afterErr && bytes.Equal(before, after)
 
 			var reply *message
 			for _, m := range pub.take() {
@@ -112,6 +141,13 @@ func FuzzHandleRequest(f *testing.F) {
 					reply = &m
 				}
 			}
+			if req.op == "list" && shape < 2 {
+				// Not a request on the state tree: ignored.
+				if reply != nil || !unchanged {
+					t.Fatalf("%s is not a request, got reply %v, shadow changed %t", topic, reply, !unchanged)
+				}
+				continue
+			}
 			if reply == nil {
 				t.Fatalf("request %d (%s %q): no reply reached clients (engine stats %+v)", i, topic, short(req.payload), eng.Stats())
 			}
@@ -121,9 +157,8 @@ func FuzzHandleRequest(f *testing.F) {
 				ClientToken string          `json:"clientToken"`
 			}
 			if err := json.Unmarshal([]byte(reply.Payload), &body); err != nil {
-				t.Fatalf("request %d (%s): reply %s is not a JSON object: %v", i, topic, reply.Payload, err)
+				t.Fatalf("request %d (%s): reply %s is not a JSON object: %v", i, topic, short([]byte(reply.Payload)), err)
 			}
-			unchanged := beforeErr == afterErr && bytes.Equal(before, after)
 			if strings.HasSuffix(reply.Topic, "/rejected") || req.op == shadow.OpGet {
 				if strings.HasSuffix(reply.Topic, "/rejected") && (body.Code == nil || *body.Code < 400) {
 					t.Fatalf("request %d (%s %q): rejection %s without an error code", i, topic, short(req.payload), reply.Payload)
@@ -133,6 +168,9 @@ func FuzzHandleRequest(f *testing.F) {
 						i, topic, short(req.payload), reply.Topic, before, beforeErr, after, afterErr)
 				}
 				continue
+			}
+			if req.op == "list" {
+				t.Fatalf("request %d (%s): an operation the engine does not serve was accepted: %s", i, topic, reply.Payload)
 			}
 			if beforeErr == "" {
 				known = versionOf(t, before)
@@ -147,11 +185,11 @@ func FuzzHandleRequest(f *testing.F) {
 				continue
 			}
 			if afterErr != "" {
-				t.Fatalf("request %d (%s %q): update accepted (%s) but nothing is stored: %s", i, topic, short(req.payload), reply.Payload, afterErr)
+				t.Fatalf("request %d (%s %q): update accepted (%s) but nothing is stored: %s", i, topic, short(req.payload), short([]byte(reply.Payload)), afterErr)
 			}
 			stored := versionOf(t, after)
 			if body.Version == nil || *body.Version != stored {
-				t.Fatalf("request %d (%s %q): accepted %s, stored version %d", i, topic, short(req.payload), reply.Payload, stored)
+				t.Fatalf("request %d (%s %q): accepted %s, stored version %d", i, topic, short(req.payload), short([]byte(reply.Payload)), stored)
 			}
 			replay := false
 			for _, u := range updates {
@@ -171,23 +209,37 @@ func FuzzHandleRequest(f *testing.F) {
 	})
 }
 
-// read returns id's stored document as JSON, or the code of the error
-// reading it ("" if there is none; "invalid id" if id is not valid).
-func read(t *testing.T, eng *shadow.Engine, id device.ID, idErr error) ([]byte, string) {
+// read returns the stored shadow name of id ("" for the classic one) as
+// JSON without the time it was read, or why there is none: "not found", or
+// "invalid" if idErr says the address cannot hold a shadow.
+func read(t *testing.T, eng *shadow.Engine, id device.ID, name shadow.Name, idErr error) ([]byte, string) {
 	t.Helper()
 	if idErr != nil {
-		return nil, "invalid id"
+		return nil, "invalid"
 	}
-	doc, err := eng.Read(t.Context(), id)
+	var doc any
+	var err error
+	if name == "" {
+		doc, err = eng.Read(t.Context(), id)
+	} else {
+		var b []byte
+		if b, err = eng.GetNamed(t.Context(), id, name, nil); err == nil {
+			var m map[string]any
+			if err = json.Unmarshal(b, &m); err == nil {
+				delete(m, "timestamp") // when it was read
+				doc = m
+			}
+		}
+	}
 	if errors.Is(err, shadow.ErrNotFound) {
 		return nil, "not found"
 	}
 	if err != nil {
-		t.Fatalf("Read(%s): %v", id, err)
+		t.Fatalf("read %s/%s: %v", id, name, err)
 	}
 	b, err := json.Marshal(doc)
 	if err != nil {
-		t.Fatalf("marshal %s: %v", id, err)
+		t.Fatalf("marshal %s/%s: %v", id, name, err)
 	}
 	return b, ""
 }

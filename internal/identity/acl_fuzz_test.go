@@ -16,13 +16,19 @@ var aclTopics = []string{
 	"state/B/update", "state/B/update/accepted", "state/B/update/delta", "state/B/presence", "state/B/get/accepted",
 	"firmware/A/url", "firmware/B/url", "rollouts/r1", "rollouts/r1/status", "rollouts/r1/devices/B",
 	"$SYS/broker/uptime", "other/x/y", "state//update", "state/A/update/accepted/x",
+	// Named shadows and the AWS IoT tree.
+	"state/A/shadow/n1/update", "state/A/shadow/n1/update/accepted", "state/B/shadow/n1/update/delta",
+	"state/B/shadow/n1/get/accepted", "$aws/things/A/shadow/update", "$aws/things/A/shadow/update/accepted",
+	"$aws/things/A/shadow/get/rejected", "$aws/things/B/shadow/update/delta", "$aws/things/B/shadow/update/documents",
+	"$aws/things/A/shadow/name/n1/update/accepted", "$aws/things/B/shadow/name/n1/update/accepted",
+	"$aws/things/B/shadow/name/n1/get/accepted",
 }
 
 // substitutes are what FuzzAllowFilter puts in place of a filter's
 // wildcards to build topics the filter matches.
 var substitutes = map[string][]string{
-	"+": {"A", "B", "update", ""},
-	"#": {"x", "A/update/accepted", "B/update/delta", "r1/status"},
+	"+": {"A", "B", "update", "shadow", "n1", ""},
+	"#": {"x", "A/update/accepted", "B/update/delta", "r1/status", "shadow/name/n1/update/accepted", "B/shadow/update/delta"},
 }
 
 // FuzzAllowFilter checks that a granted subscription never delivers a
@@ -36,7 +42,10 @@ var substitutes = map[string][]string{
 func FuzzAllowFilter(f *testing.F) {
 	for _, s := range []string{"state/A/#", "state/A/+", "state/+/update/accepted", "state/+/presence", "rollouts/#",
 		"state/+/#", "+/A/#", "#", "+/+/+", "state/A/update/+", "firmware/A/#", "state/+/+/accepted", "state/#",
-		"+/B/#", "state/A/+/+", "$SYS/#", "+/+/update/#", "state/A", "state/A/#/x", "state/A+/#", "state//+"} {
+		"+/B/#", "state/A/+/+", "$SYS/#", "+/+/update/#", "state/A", "state/A/#/x", "state/A+/#", "state//+",
+		"$aws/things/A/shadow/#", "$aws/things/+/shadow/update/accepted", "$aws/things/A/shadow/name/+/+/+",
+		"$aws/things/+/shadow/name/+/update/delta", "$aws/#", "$aws/things/+/#", "state/+/shadow/+/update/accepted",
+		"state/A/shadow/#", "$aws/things/A/#", "$aws/+/A/shadow/#"} {
 		f.Add(s)
 	}
 	principals := []identity.Principal{
@@ -148,7 +157,7 @@ func TestMatches(t *testing.T) {
 			t.Errorf("matches(%q, %q) = %t, want %t", tc.filter, tc.topic, got, tc.want)
 		}
 	}
-	if got := expand("state/+/#", 64); len(got) != 16 || got[0] != "state/A/x" {
-		t.Errorf("expand(state/+/#) = %q, want 16 topics starting with state/A/x", got)
+	if got := expand("state/+/#", 64); len(got) != 36 || got[0] != "state/A/x" {
+		t.Errorf("expand(state/+/#) = %q, want 36 topics starting with state/A/x", got)
 	}
 }
