@@ -44,6 +44,13 @@ const (
 	// DefaultMaxTopicLength is the longest topic or filter accepted from a
 	// client (AWS IoT's limit); Umbra's own topics are far shorter.
 	DefaultMaxTopicLength = 256
+	// DefaultServicePendingBytes caps the bytes written to a service
+	// client's connection that its socket has not taken yet: a fleet's
+	// burst of replies. A device's cap defaults to twice MaxPacketSize.
+	DefaultServicePendingBytes = 16 << 20
+	// DefaultWriteTimeout is how long a connection with pending bytes may
+	// accept none before it is closed as a slow consumer.
+	DefaultWriteTimeout = 30 * time.Second
 
 	// receiveMaximum is the number of unacknowledged QoS 1 PUBLISHes a client
 	// may have in flight towards the broker.
@@ -93,6 +100,11 @@ var (
 	// ErrInvalidClientID is the reason a CONNECT is refused when its client
 	// ID is not a valid device.ID or is reserved.
 	ErrInvalidClientID = errors.New("broker: invalid client id")
+	// ErrSlowConsumer is wrapped in the cause reported to OnDisconnect for
+	// a client disconnected because it did not read what it was sent: its
+	// pending bytes exceeded MaxPendingBytes (ServicePendingBytes), or its
+	// socket accepted nothing for WriteTimeout.
+	ErrSlowConsumer = errors.New("broker: slow consumer")
 )
 
 // HandlerFunc receives messages for an in-process subscription made with
@@ -236,6 +248,23 @@ type Config struct {
 	// SUBSCRIBE, in bytes: a longer publish is denied like an ACL denial, a
 	// longer filter gets a failure code. Default DefaultMaxTopicLength.
 	MaxTopicLength int
+
+	// MaxPendingBytes caps, per device connection, the bytes the broker
+	// has written that the client's socket has not taken yet (beyond the
+	// kernel's send buffer). A write never blocks a publisher: a client
+	// whose pending bytes would exceed the cap is disconnected as a slow
+	// consumer (Stats.SlowConsumers, OnDisconnect cause ErrSlowConsumer).
+	// It applies before authentication too. Default 2 × MaxPacketSize;
+	// at least MaxPacketSize + 5 (one whole packet).
+	MaxPendingBytes int
+	// ServicePendingBytes is MaxPendingBytes for service clients (see
+	// ServiceWritesPending). Default DefaultServicePendingBytes; never
+	// less than MaxPendingBytes.
+	ServicePendingBytes int
+	// WriteTimeout is how long a connection with pending bytes may go
+	// without its socket accepting any before it is disconnected as a
+	// slow consumer. Default DefaultWriteTimeout.
+	WriteTimeout time.Duration
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -280,6 +309,16 @@ func (c *Config) setDefaults() {
 	if c.MaxConnsPerIdentity == 0 {
 		c.MaxConnsPerIdentity = DefaultMaxConnsPerIdentity
 	}
+	if c.MaxPendingBytes == 0 {
+		c.MaxPendingBytes = 2 * int(c.MaxPacketSize)
+	}
+	if c.ServicePendingBytes == 0 {
+		c.ServicePendingBytes = DefaultServicePendingBytes
+	}
+	c.ServicePendingBytes = max(c.ServicePendingBytes, c.MaxPendingBytes)
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
 }
 
 // validate reports the first invalid field of a defaulted Config.
@@ -310,6 +349,13 @@ func (c *Config) validate() error {
 	}
 	if err := checkWSOrigins(c.WSAllowedOrigins); err != nil {
 		return err
+	}
+	if c.MaxPendingBytes < int(c.MaxPacketSize)+5 {
+		return fmt.Errorf("%w: MaxPendingBytes %d is below MaxPacketSize %d + 5: a whole packet must fit",
+			ErrInvalidConfig, c.MaxPendingBytes, c.MaxPacketSize)
+	}
+	if c.WriteTimeout < 0 {
+		return fmt.Errorf("%w: negative WriteTimeout %v", ErrInvalidConfig, c.WriteTimeout)
 	}
 	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
 		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)
@@ -378,6 +424,8 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error // set once by closeOnce
+
+	out *outShared // what every connection shares (see outConn)
 }
 
 // Open binds the configured listeners and starts serving. The listeners'
@@ -401,6 +449,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		log.Warn("mochi's client layout is not the expected one: service clients get the device outbound queue")
 	}
 	s := &Server{cfg: cfg, log: log}
+	s.out = &outShared{log: log, writeTimeout: cfg.WriteTimeout, linger: closeLinger, deviceLimit: cfg.MaxPendingBytes}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.mq = mqtt.New(cfg.options(log))
 	s.hook = newHook(s)
@@ -450,6 +499,7 @@ func (s *Server) addListener(id, addr string, newListener func(string, net.Liste
 	}
 	l := newListener(id, ln, s.cfg.ConnectTimeout)
 	l.ended = s.hook.connEnded
+	l.out = s.out
 	if err := s.mq.AddListener(l); err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("broker: add %s listener: %w", id, err)

@@ -86,11 +86,34 @@
 // within Config.ConnectTimeout. Client IDs must be valid device IDs
 // ([A-Za-z0-9_.:-]{1,128}, see internal/device) and not "inline", which
 // mochi reserves; other CONNECTs are refused with "client identifier not
-// valid". A publisher never blocks on a slow subscriber: a client's
-// outbound queue holds Config.ClientWritesPending packets and its inflight
-// store Config.MaxInflight unacknowledged QoS 1 messages; excess messages
-// are dropped and counted in Stats.MessagesDropped and
-// Stats.InflightDropped. Retained messages do not expire.
+// valid". A client's outbound queue holds Config.ClientWritesPending
+// packets and its inflight store Config.MaxInflight unacknowledged QoS 1
+// messages; excess messages are dropped and counted in
+// Stats.MessagesDropped and Stats.InflightDropped. Retained messages do
+// not expire.
+//
+// # Slow consumers
+//
+// A publisher never blocks on a slow subscriber: not the shadow engine,
+// not the rollout planner, not another client. A write to a client never
+// waits for its socket: what the kernel does not take at once is kept as
+// the connection's pending bytes and written by a goroutine that exists
+// only while there is a backlog (see outconn.go: mochi writes under the
+// client's lock, which publishers need for packet IDs). A client whose
+// pending bytes would exceed Config.MaxPendingBytes (devices, default
+// twice MaxPacketSize: 256 KiB) or Config.ServicePendingBytes (service
+// clients, default 16 MiB), or whose socket accepts nothing for
+// Config.WriteTimeout (default 30 s) while bytes are pending, is
+// disconnected as a slow consumer, with or without keepalive: counted in
+// Stats.SlowConsumers, logged once at warning level, and reported to
+// OnDisconnect with a cause matching ErrSlowConsumer. Stats.PendingBytes
+// is the backlog of all connections now. A persistent session keeps its
+// unacknowledged QoS 1 messages and gets them again on reconnect.
+//
+// Deadlines set on a connection by mochi (keepalive) apply to reads only.
+// When mochi closes a connection that has a backlog (after a DISCONNECT
+// or a refusing CONNACK), the backlog is still written for up to a
+// second; Close of the Server drops it.
 //
 // # Devices and service clients
 //

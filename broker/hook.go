@@ -101,6 +101,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if auth == nil {
 		if c != nil {
 			c.identity = Identity{ClientID: cl.ID}
+			c.setOwner(h.s.cfg.MaxPendingBytes)
 		}
 		return true
 	}
@@ -136,6 +137,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		c.counted = id.Name
 		c.identity = id
 		c.service = id.Device == ""
+		limit := h.s.cfg.MaxPendingBytes
+		if c.service {
+			limit = h.s.cfg.ServicePendingBytes
+		}
+		c.setOwner(limit)
 	}
 	h.sessions[cl.ID] = &session{cl: cl, id: id}
 	h.mu.Unlock()
@@ -403,6 +409,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	if cb := h.s.cfg.OnDisconnect; cb != nil {
 		cause := disconnectCause(cl.StopCause(), err)
+		if c.out != nil {
+			if slow := c.out.slowConsumer(); slow != nil {
+				cause = slow
+			}
+		}
 		if cause != nil && h.s.closed.Load() && !errors.Is(cause, ErrTakenOver) {
 			// Close cuts connections itself (see listener.Close), so
 			// their read loops end with "use of closed connection".
@@ -421,6 +432,14 @@ func (c *conn) info(cl *mqtt.Client, at time.Time) ConnInfo {
 		Seq:        c.seq,
 		At:         at,
 		TLS:        c.tls != nil,
+	}
+}
+
+// setOwner gives c's connection the pending-bytes cap of its identity
+// (see outConn) and names it for the slow-consumer log line.
+func (c *conn) setOwner(limit int) {
+	if c.out != nil {
+		c.out.setOwner(limit, fmt.Sprintf("%s (%s)", c.identity.ClientID, c.identity.Name))
 	}
 }
 

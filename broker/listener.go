@@ -34,12 +34,13 @@ type listener struct {
 	log            *slog.Logger        // set by Init
 	establish      listeners.EstablishFn
 	ended          func(*conn)   // called when a connection's client is gone; set before Serve
+	out            *outShared    // what the listener's connections share; set before Serve
 	done           chan struct{} // closed by Close
 
 	tlsFailures atomic.Int64 // failed TLS handshakes, since Open
 
 	mu     sync.Mutex            // guards conns and closed
-	conns  map[net.Conn]struct{} // open connections
+	conns  map[*outConn]struct{} // open connections (for WebSocket: those upgraded)
 	closed bool
 
 	wg sync.WaitGroup // Serve and every connection; Add only under mu while !closed
@@ -55,7 +56,7 @@ func newListener(id, protocol string, ln net.Listener, connectTimeout time.Durat
 		connectTimeout: connectTimeout,
 		log:            slog.New(slog.DiscardHandler),
 		done:           make(chan struct{}),
-		conns:          make(map[net.Conn]struct{}),
+		conns:          make(map[*outConn]struct{}),
 	}
 }
 
@@ -120,7 +121,7 @@ func (l *listener) Init(log *slog.Logger) error {
 
 // add registers c (nil for the Serve loop itself) as running; it returns
 // false once the listener is closed.
-func (l *listener) add(c net.Conn) bool {
+func (l *listener) add(c *outConn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -133,9 +134,10 @@ func (l *listener) add(c net.Conn) bool {
 	return true
 }
 
-// remove closes c and marks it finished.
-func (l *listener) remove(c net.Conn) {
-	_ = c.Close()
+// remove closes c, waits for its writer (see outConn) and marks it
+// finished.
+func (l *listener) remove(c *outConn) {
+	c.finish()
 	l.mu.Lock()
 	delete(l.conns, c)
 	l.mu.Unlock()
@@ -151,7 +153,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 	defer l.wg.Done()
 	l.establish = establish
 	if l.httpSrv != nil {
-		if err := l.httpSrv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.isClosed() {
+		if err := l.httpSrv.Serve(outListener{l.ln, l.out}); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.isClosed() {
 			l.log.Error("websocket listener failed", "error", err)
 		}
 		return
@@ -174,13 +176,14 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		if !l.add(c) {
+		o := newOutConn(c, l.out)
+		if !l.add(o) {
 			_ = c.Close()
 			return
 		}
 		go func() {
-			defer l.remove(c)
-			l.serveConn(c)
+			defer l.remove(o)
+			l.serveConn(o, o)
 		}()
 	}
 }
@@ -191,23 +194,29 @@ func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has replied with an HTTP error
 	}
-	c := &wsConn{Conn: ws.NetConn(), ws: ws}
-	if !l.add(c) {
-		_ = c.Close()
+	o, ok := ws.NetConn().(*outConn) // accepted through outListener
+	if !ok {
+		l.log.Error("websocket connection without an outbound buffer", "remote", r.RemoteAddr)
+		_ = ws.NetConn().Close()
 		return
 	}
-	defer l.remove(c)
-	l.serveConn(c)
+	if !l.add(o) {
+		_ = o.Close()
+		return
+	}
+	defer l.remove(o)
+	l.serveConn(&wsConn{Conn: o, ws: ws}, o)
 }
 
 // serveConn completes the TLS handshake, if any, and hands c to mochi,
 // which reads CONNECT and then serves the client until the connection
-// ends.
-func (l *listener) serveConn(c net.Conn) {
+// ends. o is the accepted connection under c (c itself for TCP).
+func (l *listener) serveConn(c net.Conn, o *outConn) {
 	// The deadline covers the TLS handshake and CONNECT; mochi replaces it
-	// with the keepalive one after CONNECT.
+	// with the keepalive one after CONNECT. Writes have no deadline: they
+	// never block (see outConn).
 	_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
-	mc := &conn{Conn: c, done: make(chan struct{})}
+	mc := &conn{Conn: c, out: o, done: make(chan struct{})}
 	defer close(mc.done)
 	if l.tlsConfig != nil {
 		tc := tls.Server(c, l.tlsConfig)
@@ -261,10 +270,14 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	// connections we track ends every client's read loop just as well; the
 	// only loss is MQTT 5's "server shutting down" DISCONNECT reason.
 	l.mu.Lock()
+	conns := make([]*outConn, 0, len(l.conns))
 	for c := range l.conns {
-		_ = c.Close()
+		conns = append(conns, c)
 	}
 	l.mu.Unlock()
+	for _, c := range conns {
+		c.abort() // no lingering backlog at shutdown
+	}
 	l.wg.Wait()
 }
 
@@ -274,7 +287,8 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 // the connect and disconnect hooks there), except those documented
 // otherwise below.
 type conn struct {
-	net.Conn                      // TCP, TLS or WebSocket
+	net.Conn                      // TCP, TLS or WebSocket, over out
+	out      *outConn             // the accepted connection; nil in some tests
 	tls      *tls.ConnectionState // state after the TLS handshake; nil without TLS
 	identity Identity             // set by the authentication hook
 	seq      uint64               // connection sequence; set when the session is established

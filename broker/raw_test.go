@@ -109,6 +109,18 @@ func (rc *rawConn) expectClosed() {
 	}
 }
 
+// expectClosedAfterData fails the test unless the broker closes the
+// connection within 5s; it skips whatever the broker sent before.
+func (rc *rawConn) expectClosedAfterData() {
+	rc.tb.Helper()
+	_ = rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, rc.r)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		rc.tb.Fatalf("connection still open after 5s")
+	}
+}
+
 // connect sends CONNECT and returns the CONNACK return/reason code.
 func (rc *rawConn) connect(version byte, clientID string, clean bool) byte {
 	rc.tb.Helper()

@@ -26,6 +26,9 @@ type Stats struct {
 	ConnectsRejected    int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
 	TLSHandshakesFailed int64 // TLS connections closed because the handshake failed or timed out, since Open
 	HandlerPanics       int64 // panics recovered from Subscribe handlers, since Open
+
+	SlowConsumers int64 // connections closed because they did not read what they were sent, since Open
+	PendingBytes  int64 // bytes written to connections that their sockets have not taken yet, now
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -49,6 +52,8 @@ func (s *Server) Stats() Stats {
 		PublishesDenied:  s.hook.publishesDenied.Load(),
 		ConnectsRejected: s.hook.connectsRejected.Load(),
 		HandlerPanics:    s.hook.handlerPanics.Load(),
+		SlowConsumers:    s.out.shed.Load(),
+		PendingBytes:     s.out.pending.Load(),
 	}
 	if s.tls != nil {
 		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()

@@ -1,0 +1,307 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Outbound bytes: why a write to a client never blocks.
+//
+// mochi writes to a client's connection while holding the client's lock
+// (Client.WritePacket), and a publisher takes that same lock to give a
+// QoS 1 or 2 message for the client a packet ID (publishToClient calls
+// Client.NextPacketID) on the publisher's goroutine. A blocking write to a
+// client that stopped reading its socket would therefore stall every
+// publisher of a message for that client: the shadow engine, which
+// publishes while it holds a device's lock, the rollout planner, other
+// devices.
+//
+// So every accepted connection is an outConn, under TLS and WebSocket
+// framing (those write their records and frames through it), and its Write
+// never blocks: it writes what the socket takes at once (one non-blocking
+// write(2), no goroutine) and appends the rest to the connection's pending
+// bytes, which a writer goroutine writes in the background. The writer
+// exists only while there is a backlog, so an idle connection costs no
+// goroutine and no buffer. Pending bytes are capped per connection (the
+// device or the service limit, set at authentication): a Write that would
+// exceed the cap, or a backlog the socket accepts nothing of for
+// WriteTimeout, closes the connection as a slow consumer. It is counted
+// in Stats.SlowConsumers and logged once; its OnDisconnect cause matches
+// ErrSlowConsumer.
+//
+// Deadlines: the writer owns the write deadline (SetWriteDeadline from
+// above is ignored: no Write blocks), and SetDeadline sets only the read
+// deadline (mochi's keepalive). Close lets the writer finish a backlog for
+// up to closeLinger (the DISCONNECT or CONNACK mochi wrote just before),
+// with the read side shut at once; abort closes the socket immediately.
+
+// closeLinger bounds how long a closed connection's backlog may still be
+// written.
+const closeLinger = time.Second
+
+// maxSpare is the largest write buffer a connection keeps for reuse while
+// its writer runs; larger ones are left to the garbage collector.
+const maxSpare = 64 << 10
+
+// outShared is what every outConn of a Server shares: settings, counters
+// and the logger.
+type outShared struct {
+	log          *slog.Logger
+	writeTimeout time.Duration
+	linger       time.Duration // how long Close lets a backlog be written: closeLinger, or a test's
+	deviceLimit  int           // pending-bytes cap before authentication and for devices
+
+	pending atomic.Int64 // bytes accepted by Write and not yet written to sockets, now
+	shed    atomic.Int64 // connections closed as slow consumers, since Open
+}
+
+// outConn is an accepted connection whose Write never blocks (see above).
+type outConn struct {
+	net.Conn                 // the accepted TCP connection
+	raw      syscall.RawConn // for non-blocking writes; nil: every write goes through the writer
+	sh       *outShared
+
+	mu          sync.Mutex // guards the fields below
+	pending     []byte     // bytes accepted by Write and not yet taken by the writer
+	spare       []byte     // an empty buffer for pending, kept while the writer runs
+	queued      int        // bytes accepted by Write and not yet written: pending plus the writer's rest
+	limit       int        // cap of queued
+	owner       string     // client ID and identity, for the log line; "" before authentication
+	writing     bool       // the writer goroutine runs
+	closed      bool       // Close or abort was called
+	lingering   bool       // closed with a backlog: the writer closes the socket when done
+	lingerUntil time.Time  // deadline of a lingering writer
+	err         error      // sticky: every later Write fails with it
+	slow        error      // why the connection was shed; nil if it was not
+
+	writer sync.WaitGroup // the writer goroutine
+}
+
+// newOutConn wraps c, an accepted connection.
+func newOutConn(c net.Conn, sh *outShared) *outConn {
+	o := &outConn{Conn: c, sh: sh, limit: sh.deviceLimit}
+	if sc, ok := c.(syscall.Conn); ok && nonBlockingWrites {
+		if raw, err := sc.SyscallConn(); err == nil {
+			o.raw = raw
+		}
+	}
+	return o
+}
+
+// setOwner sets the connection's pending-bytes cap and names it for the
+// slow-consumer log line; the hook calls it at authentication.
+func (o *outConn) setOwner(limit int, owner string) {
+	o.mu.Lock()
+	o.limit, o.owner = limit, owner
+	o.mu.Unlock()
+}
+
+// slowConsumer returns the reason the connection was shed as a slow
+// consumer (matching ErrSlowConsumer), or nil.
+func (o *outConn) slowConsumer() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.slow
+}
+
+// Write accepts all of p or fails; it never waits for the peer.
+func (o *outConn) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	if o.err != nil || o.closed {
+		err := o.err
+		if err == nil {
+			err = net.ErrClosed // but a lingering writer goes on
+		}
+		o.mu.Unlock()
+		return 0, err
+	}
+	n := 0
+	if !o.writing && o.raw != nil && len(p) > 0 {
+		var err error
+		if n, err = writeNonBlocking(o.raw, p); err != nil {
+			o.err = err
+			o.mu.Unlock()
+			return n, err
+		}
+		if n == len(p) {
+			o.mu.Unlock()
+			return n, nil
+		}
+	}
+	rest := p[n:]
+	if o.queued+len(rest) > o.limit {
+		err := o.shedLocked(fmt.Errorf("%w: %d bytes pending, cap %d", ErrSlowConsumer, o.queued+len(rest), o.limit))
+		return n, err // shedLocked unlocked o.mu
+	}
+	o.pending = append(o.pending, rest...)
+	o.queued += len(rest)
+	o.sh.pending.Add(int64(len(rest)))
+	if !o.writing {
+		o.writing = true
+		o.writer.Go(o.writeLoop)
+	}
+	o.mu.Unlock()
+	return len(p), nil
+}
+
+// shedLocked closes the connection as a slow consumer for reason, counts
+// and logs it, and returns the error later Writes get. It is called with
+// o.mu held and releases it.
+func (o *outConn) shedLocked(reason error) error {
+	o.err, o.slow = reason, reason
+	o.closed, o.lingering = true, false
+	owner, queued := o.owner, o.queued
+	o.mu.Unlock()
+	_ = o.Conn.Close() // the writer's write fails at once; mochi's read loop ends
+	o.sh.shed.Add(1)
+	if owner == "" {
+		owner = "(not authenticated)"
+	}
+	o.sh.log.Warn("slow consumer disconnected: the client does not read what it is sent",
+		"client", owner, "remote", o.RemoteAddr().String(), "pending_bytes", queued, "reason", reason)
+	return reason
+}
+
+// writeLoop writes the backlog until it is empty or the connection fails.
+func (o *outConn) writeLoop() {
+	o.mu.Lock()
+	for len(o.pending) > 0 && o.err == nil {
+		buf := o.pending
+		o.pending, o.spare = o.spare, nil
+		o.mu.Unlock()
+		err := o.flush(buf)
+		o.mu.Lock()
+		if err != nil {
+			if o.err == nil && !o.lingering && !o.closed {
+				o.shedLocked(fmt.Errorf("%w: %w", ErrSlowConsumer, err))
+				o.mu.Lock()
+			} else if o.err == nil {
+				o.err = err
+			}
+			break
+		}
+		if cap(buf) <= maxSpare {
+			o.spare = buf[:0]
+		}
+	}
+	o.writing = false
+	left := o.queued
+	o.queued, o.pending, o.spare = 0, nil, nil
+	closeNow := o.lingering
+	o.lingering = false
+	o.mu.Unlock()
+	o.sh.pending.Add(-int64(left))
+	if closeNow {
+		_ = o.Conn.Close()
+	}
+}
+
+// flush writes buf to the socket. It fails when the socket accepts
+// nothing until the write deadline: WriteTimeout, or closeLinger after
+// Close.
+func (o *outConn) flush(buf []byte) error {
+	for len(buf) > 0 {
+		o.mu.Lock()
+		deadline := time.Now().Add(o.sh.writeTimeout)
+		if o.lingering && o.lingerUntil.Before(deadline) {
+			deadline = o.lingerUntil
+		}
+		_ = o.Conn.SetWriteDeadline(deadline) // under mu: Close may shorten it
+		o.mu.Unlock()
+		n, err := o.Conn.Write(buf)
+		buf = buf[n:]
+		o.mu.Lock()
+		o.queued -= n
+		o.mu.Unlock()
+		o.sh.pending.Add(-int64(n))
+		var ne net.Error
+		switch {
+		case err == nil:
+		case n > 0 && errors.As(err, &ne) && ne.Timeout():
+			// Slow but moving: the peer reads. Try again with a new deadline.
+		case errors.As(err, &ne) && ne.Timeout():
+			return fmt.Errorf("no byte accepted by the socket for %v", o.sh.writeTimeout)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// Close closes the connection. A backlog is still written for up to
+// closeLinger (the read side is shut at once, so readers return); the
+// socket is closed when it is done.
+func (o *outConn) Close() error {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return nil
+	}
+	o.closed = true
+	if o.writing && o.err == nil {
+		o.lingering = true
+		o.lingerUntil = time.Now().Add(o.sh.linger)
+		_ = o.Conn.SetWriteDeadline(o.lingerUntil)
+		o.mu.Unlock()
+		if cr, ok := o.Conn.(interface{ CloseRead() error }); ok {
+			_ = cr.CloseRead()
+		} else {
+			_ = o.Conn.SetReadDeadline(time.Now()) // readers return a timeout
+		}
+		return nil
+	}
+	o.mu.Unlock()
+	return o.Conn.Close()
+}
+
+// abort closes the socket now, dropping any backlog, and waits for the
+// writer. It is idempotent.
+func (o *outConn) abort() {
+	o.mu.Lock()
+	o.closed, o.lingering = true, false
+	if o.err == nil {
+		o.err = net.ErrClosed
+	}
+	o.mu.Unlock()
+	_ = o.Conn.Close()
+	o.writer.Wait()
+}
+
+// finish closes the connection (letting a backlog linger), waits for the
+// writer and then closes the socket if it is still open.
+func (o *outConn) finish() {
+	_ = o.Close()
+	o.writer.Wait()
+	o.abort()
+}
+
+// SetDeadline sets the read deadline only: the writer owns the write
+// deadline.
+func (o *outConn) SetDeadline(t time.Time) error { return o.Conn.SetReadDeadline(t) }
+
+// SetWriteDeadline does nothing: Write never blocks, and the writer sets
+// its own deadline (WriteTimeout).
+func (o *outConn) SetWriteDeadline(time.Time) error { return nil }
+
+// outListener wraps the connections a net.Listener accepts in outConns
+// (for the WebSocket listener's HTTP server, whose hijacked connections
+// reach mochi).
+type outListener struct {
+	net.Listener
+	sh *outShared
+}
+
+// Accept implements net.Listener.
+func (l outListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newOutConn(c, l.sh), nil
+}
