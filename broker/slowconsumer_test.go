@@ -1,14 +1,11 @@
 package broker_test
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,48 +14,6 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 )
-
-// dialTinyBuffer opens a TCP connection to addr whose receive buffer is
-// as small as the kernel allows (SO_RCVBUF set before connecting), so that
-// a client that stops reading fills the broker's socket quickly. It is
-// closed in tb.Cleanup.
-func dialTinyBuffer(tb testing.TB, addr net.Addr) *rawConn {
-	tb.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", addr.String())
-	if err != nil {
-		tb.Fatalf("dial %s: %v", addr, err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return &rawConn{tb: tb, c: c, r: bufio.NewReader(c)}
-}
-
-// connectAs sends a clean-session MQTT 3.1.1 CONNECT with keepalive and
-// an optional user name, and checks that CONNACK accepts it.
-func (rc *rawConn) connectAs(clientID, username string, keepalive uint16) {
-	rc.tb.Helper()
-	rc.write(setKeepalive(fullConnectPacket(v311, clientID, "", username, ""), keepalive))
-	ack := rc.expect(typeConnack)
-	if len(ack.body) < 2 || ack.body[1] != 0 {
-		rc.tb.Fatalf("CONNACK %v, want accepted", ack)
-	}
-}
-
-// setKeepalive rewrites the keepalive of an MQTT 3.1.1 CONNECT made by
-// fullConnectPacket (whose remaining length fits one byte).
-func setKeepalive(pk []byte, keepalive uint16) []byte {
-	// fixed header (2) + "MQTT" string (6) + version (1) + flags (1)
-	pk[10], pk[11] = byte(keepalive>>8), byte(keepalive)
-	return pk
-}
 
 // engineStub answers every state/<id>/update with a reply of replySize
 // bytes on state/<id>/update/accepted, published at QoS 1 from the
@@ -157,11 +112,9 @@ func TestHardening05SlowSubscriberIsShed(t *testing.T) {
 			b := brokertest.New(t, cfg)
 			engineStub(t, b, replySize)
 
-			slow := dialTinyBuffer(t, b.Addr())
-			slow.connectAs("slowpoke", "operator", tc.keepalive)
-			slow.write(subscribePacket(v311, 1, tc.filter, 1))
-			slow.expect(typeSuback)
-			// From here on slow never reads.
+			brokertest.DialStalled(t, b.Addr().String(), brokertest.StalledOptions{
+				ClientID: "slowpoke", Username: "operator", Filter: tc.filter, QoS: 1, Keepalive: tc.keepalive,
+			})
 
 			var wg sync.WaitGroup
 			errs := make(chan error, devices)
@@ -224,20 +177,19 @@ func TestHardening06SlowDeviceDoesNotBlockPublisher(t *testing.T) {
 	b := brokertest.New(t, cfg)
 	replied := engineStub(t, b, 100<<10)
 
-	dev := dialTinyBuffer(t, b.Addr())
-	dev.connectAs("devslow", "", 0)
-	dev.write(subscribePacket(v311, 1, "state/devslow/#", 1))
-	dev.expect(typeSuback)
+	dev := brokertest.DialStalled(t, b.Addr().String(), brokertest.StalledOptions{
+		ClientID: "devslow", Filter: "state/devslow/#", QoS: 1,
+	})
 	// 6 MB of reports at QoS 0, each answered with a 100 KiB reply; the
-	// device never reads again. Its writes stall once the broker stops
-	// reading it, so they run in the background, bounded by wait.
-	report := publishPacket(v311, "state/devslow/update", 0, 0, bytes.Repeat([]byte("x"), 100<<10))
+	// device never reads. Its writes stall once the broker stops reading
+	// it, so they run in the background, each bounded by
+	// brokertest.Timeout.
+	report := bytes.Repeat([]byte("x"), 100<<10)
 	reported := make(chan struct{})
 	go func() {
 		defer close(reported)
-		_ = dev.c.SetWriteDeadline(time.Now().Add(wait))
 		for range 60 {
-			if _, err := dev.c.Write(report); err != nil {
+			if err := dev.Publish("state/devslow/update", 0, report); err != nil {
 				return
 			}
 		}

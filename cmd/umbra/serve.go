@@ -40,6 +40,10 @@ type serveOptions struct {
 	retryCacheEntries int
 	retryCacheBytes   int64
 
+	maxPendingBytes     int
+	servicePendingBytes int
+	writeTimeout        time.Duration
+
 	publicURL    string
 	signingKey   string
 	urlTTL       time.Duration
@@ -99,6 +103,9 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&o.retryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
 	f.Int64Var(&o.retryCacheBytes, "retry-cache-bytes", shadow.DefaultDedupeMaxBytes, "most memory, in bytes, the clientToken retry cache may use (the oldest entries are evicted beyond it)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
+	f.IntVar(&o.maxPendingBytes, "max-pending-bytes", 0, "bytes a device's connection may have pending (sent but not taken by its socket) before it is disconnected as a slow consumer; 0 means 2 × --max-packet-size")
+	f.IntVar(&o.servicePendingBytes, "service-max-pending-bytes", broker.DefaultServicePendingBytes, "--max-pending-bytes for operators and integrators")
+	f.DurationVar(&o.writeTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
@@ -140,6 +147,10 @@ type serveConfig struct {
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
 	ready func(*server)
+
+	// broker limits; 0 selects the broker's default
+	maxPendingBytes, servicePendingBytes int
+	writeTimeout                         time.Duration
 }
 
 func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
@@ -180,6 +191,16 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.maxPacketSize < 1024 {
 		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", o.maxPacketSize)
 	}
+	if o.maxPendingBytes != 0 && o.maxPendingBytes < int(o.maxPacketSize)+5 {
+		return serveConfig{}, fmt.Errorf("--max-pending-bytes %d: must be 0 (2 × --max-packet-size) or at least --max-packet-size + 5 (%d)",
+			o.maxPendingBytes, o.maxPacketSize+5)
+	}
+	if o.servicePendingBytes < 0 {
+		return serveConfig{}, fmt.Errorf("--service-max-pending-bytes %d: must not be negative", o.servicePendingBytes)
+	}
+	if o.writeTimeout < time.Second {
+		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", o.writeTimeout)
+	}
 	if o.publicURL != "" {
 		u, err := url.Parse(o.publicURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
@@ -213,6 +234,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
+		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 	}, nil
@@ -307,6 +329,10 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		Anonymous:         cfg.anonymous,
 		AllowedOrigins:    cfg.origins,
 		Logger:            cfg.log,
+
+		MaxPendingBytes:     cfg.maxPendingBytes,
+		ServicePendingBytes: cfg.servicePendingBytes,
+		WriteTimeout:        cfg.writeTimeout,
 	})
 	if err != nil {
 		return err

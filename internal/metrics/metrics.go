@@ -29,6 +29,8 @@ type BrokerStats struct {
 	MessagesDropped  int64 // dropped because a client's outbound queue was full
 	InflightDropped  int64 // QoS 1 messages dropped because a session's inflight store was full
 	PublishesDenied  int64 // PUBLISHes refused by authorisation
+	SlowConsumers    int64 // clients disconnected for not reading what they were sent
+	PendingBytes     int64 // bytes written to clients that their sockets have not taken yet, now
 }
 
 // FirmwareSource is what the metrics read from the firmware store at
@@ -169,6 +171,10 @@ var (
 	descDropped = prometheus.NewDesc(namespace+"_broker_messages_dropped_total",
 		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's QoS 1 inflight store), denied (refused by authorisation).",
 		[]string{"reason"}, nil)
+	descSlow = prometheus.NewDesc(namespace+"_broker_slow_consumers_total",
+		"MQTT clients disconnected because they did not read what they were sent (pending bytes over the cap, or a stalled socket).", nil, nil)
+	descPending = prometheus.NewDesc(namespace+"_broker_pending_bytes",
+		"Bytes written to MQTT clients that their sockets have not taken yet.", nil, nil)
 )
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -176,6 +182,8 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descReceived
 	ch <- descSent
 	ch <- descDropped
+	ch <- descSlow
+	ch <- descPending
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -186,4 +194,6 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.MessagesDropped), "queue_full")
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.InflightDropped), "inflight_full")
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.PublishesDenied), "denied")
+	ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(s.SlowConsumers))
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(s.PendingBytes))
 }

@@ -74,17 +74,21 @@ func (l *reportLog) of(id device.ID) []string {
 
 // mustOpenRig runs a whole Umbra on 127.0.0.1:0 ports with a t.TempDir()
 // data dir and a 50ms planner pass, anonymous or with authentication
-// (secure), and closes it on cleanup.
-func mustOpenRig(t *testing.T, secure bool) *rig {
+// (secure), after applying opts to its Config, and closes it on cleanup.
+func mustOpenRig(t *testing.T, secure bool, opts ...func(*server.Config)) *rig {
 	t.Helper()
-	s := mustOpenServer(t, server.Config{
+	cfg := server.Config{
 		DataDir:     t.TempDir(),
 		MQTTAddr:    "127.0.0.1:0",
 		HTTPAddr:    "127.0.0.1:0",
 		Anonymous:   !secure,
 		RolloutTick: 50 * time.Millisecond,
 		Logger:      testLogger(t),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s := mustOpenServer(t, cfg)
 	return &rig{Server: s, secure: secure, secrets: map[device.ID]string{}}
 }
 

@@ -52,6 +52,11 @@ type Config struct {
 	RetryCacheEntries int   // shadow.Config.DedupeMaxEntries
 	RetryCacheBytes   int64 // shadow.Config.DedupeMaxBytes
 
+	// Slow consumers: broker.Config.MaxPendingBytes (devices),
+	// ServicePendingBytes (operators and integrators) and WriteTimeout.
+	MaxPendingBytes, ServicePendingBytes int
+	WriteTimeout                         time.Duration
+
 	// PublicURL is the base URL in firmware download URLs; default
 	// http://<the bound HTTP address>.
 	PublicURL    string
@@ -236,6 +241,9 @@ func (s *Server) open(ctx context.Context) error {
 		TLSConfig:           cfg.TLSConfig,
 		WSAllowedOrigins:    cfg.AllowedOrigins,
 		MaxPacketSize:       cfg.MaxPacketSize,
+		MaxPendingBytes:     cfg.MaxPendingBytes,
+		ServicePendingBytes: cfg.ServicePendingBytes,
+		WriteTimeout:        cfg.WriteTimeout,
 		Logger:              log,
 		Auth:                ids,
 		OnSubscribe:         eng.HandleSubscribe,
@@ -273,6 +281,7 @@ func (s *Server) open(ctx context.Context) error {
 			ClientsConnected: st.ClientsConnected, MessagesReceived: st.MessagesReceived,
 			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
 			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
+			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
 		}
 	})
 	// The in-process services that answer device requests, each on its
@@ -539,6 +548,8 @@ func disconnectReason(err error) string {
 		return "protocol_error"
 	case errors.Is(err, broker.ErrConnectionLost):
 		return "connection_lost"
+	case errors.Is(err, broker.ErrSlowConsumer):
+		return "slow_consumer"
 	}
 	return "error"
 }
