@@ -51,6 +51,13 @@ const (
 	// DefaultWriteTimeout is how long a connection with pending bytes may
 	// accept none before it is closed as a slow consumer.
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultMaxSubscriptions caps a device session's filters: a device
+	// needs a handful for its own topics.
+	DefaultMaxSubscriptions = 100
+	// DefaultServiceSubscriptions caps a service session's filters: enough
+	// for an integrator that picks devices one filter each. A subscription
+	// costs about 2.6 KB, so about 26 MB at the cap.
+	DefaultServiceSubscriptions = 10000
 
 	// receiveMaximum is the number of unacknowledged QoS 1 PUBLISHes a client
 	// may have in flight towards the broker.
@@ -265,6 +272,18 @@ type Config struct {
 	// without its socket accepting any before it is disconnected as a
 	// slow consumer. Default DefaultWriteTimeout.
 	WriteTimeout time.Duration
+
+	// MaxSubscriptions caps the filters of a device session (connected or
+	// persistent and offline). A SUBSCRIBE filter beyond the cap is
+	// refused with SUBACK code 0x97 "quota exceeded" (MQTT 5) or 0x80
+	// (MQTT 3.1.1), counted in Stats.SubscriptionsRefused and logged once
+	// per connection; a filter the session already has may be subscribed
+	// again. Default DefaultMaxSubscriptions; negative means no cap.
+	MaxSubscriptions int
+	// ServiceSubscriptions is MaxSubscriptions for service clients (see
+	// ServiceWritesPending). Default DefaultServiceSubscriptions; negative
+	// means no cap.
+	ServiceSubscriptions int
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -318,6 +337,12 @@ func (c *Config) setDefaults() {
 	c.ServicePendingBytes = max(c.ServicePendingBytes, c.MaxPendingBytes)
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if c.ServiceSubscriptions == 0 {
+		c.ServiceSubscriptions = DefaultServiceSubscriptions
 	}
 }
 

@@ -92,6 +92,13 @@
 // Stats.MessagesDropped and Stats.InflightDropped. Retained messages do
 // not expire.
 //
+// A session holds at most Config.MaxSubscriptions filters (devices,
+// default 100) or Config.ServiceSubscriptions (service clients, default
+// 10,000), also while it is offline: further filters get SUBACK code 0x97
+// "quota exceeded" (MQTT 5) or 0x80 (MQTT 3.1.1) and are counted in
+// Stats.SubscriptionsRefused; the first refusal per connection is logged.
+// Subscribing again to a filter the session has takes no new place.
+//
 // # Slow consumers
 //
 // A publisher never blocks on a slow subscriber: not the shadow engine,

@@ -36,6 +36,8 @@ type hook struct {
 	publishesDenied  atomic.Int64
 	connectsRejected atomic.Int64
 	handlerPanics    atomic.Int64
+
+	subscriptionsRefused atomic.Int64 // filters over a subscription cap, since Open
 }
 
 // session is what the broker remembers about an authenticated client.
@@ -58,10 +60,8 @@ func (h *hook) ID() string { return "umbra" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnClientExpired:
+		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired:
 		return true
-	case mqtt.OnSubscribe:
-		return h.s.cfg.ServiceInflight > h.s.cfg.MaxInflight && h.s.cfg.hasServices()
 	case mqtt.OnPacketEncode:
 		return h.s.cfg.ServiceWritesPending > h.s.cfg.ClientWritesPending && h.s.cfg.hasServices()
 	}
@@ -225,12 +225,15 @@ func (h *hook) deliveryAllowed(cl *mqtt.Client) bool {
 }
 
 // OnSubscribe marks the start of a SUBSCRIBE's ACL checks for
-// deliveryAllowed.
+// deliveryAllowed and refuses the filters over the client's subscription
+// cap (see subcap.go).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if c := connOf(cl); c != nil {
-		c.subscribing.Store(true)
+	c := connOf(cl)
+	if c == nil {
+		return pk
 	}
-	return pk
+	c.subscribing.Store(true)
+	return h.capSubscriptions(cl, c, pk)
 }
 
 // publishDenied counts a denied PUBLISH and logs the first denial per
@@ -552,6 +555,7 @@ func (h *hook) OnClientExpired(cl *mqtt.Client) {
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	if c := connOf(cl); c != nil {
 		c.subscribing.Store(false)
+		h.reportRefused(cl, c, pk, reasonCodes)
 	}
 	cb := h.s.cfg.OnSubscribe
 	if cb == nil || cl.Net.Inline {

@@ -309,6 +309,10 @@ type conn struct {
 	swap *queueSwap
 	// subscribing is true while mochi checks a SUBSCRIBE's filters.
 	subscribing atomic.Bool
+	// refused are the filters of the SUBSCRIBE being handled that are over
+	// the subscription cap; refusedLogged is set once they were logged.
+	refused       []refusal
+	refusedLogged bool
 }
 
 // ended reports whether the listener has finished with c. A conn without

@@ -29,6 +29,8 @@ type Stats struct {
 
 	SlowConsumers int64 // connections closed because they did not read what they were sent, since Open
 	PendingBytes  int64 // bytes written to connections that their sockets have not taken yet, now
+
+	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap, since Open
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -54,6 +56,8 @@ func (s *Server) Stats() Stats {
 		HandlerPanics:    s.hook.handlerPanics.Load(),
 		SlowConsumers:    s.out.shed.Load(),
 		PendingBytes:     s.out.pending.Load(),
+
+		SubscriptionsRefused: s.hook.subscriptionsRefused.Load(),
 	}
 	if s.tls != nil {
 		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()

@@ -43,6 +43,8 @@ type serveOptions struct {
 	maxPendingBytes     int
 	servicePendingBytes int
 	writeTimeout        time.Duration
+	maxSubs             int
+	serviceSubs         int
 
 	publicURL    string
 	signingKey   string
@@ -106,6 +108,8 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&o.maxPendingBytes, "max-pending-bytes", 0, "bytes a device's connection may have pending (sent but not taken by its socket) before it is disconnected as a slow consumer; 0 means 2 × --max-packet-size")
 	f.IntVar(&o.servicePendingBytes, "service-max-pending-bytes", broker.DefaultServicePendingBytes, "--max-pending-bytes for operators and integrators")
 	f.DurationVar(&o.writeTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
+	f.IntVar(&o.maxSubs, "max-subscriptions", broker.DefaultMaxSubscriptions, "subscriptions a device's session may hold (further filters are refused in SUBACK); -1 for no cap")
+	f.IntVar(&o.serviceSubs, "service-max-subscriptions", broker.DefaultServiceSubscriptions, "--max-subscriptions for operators and integrators")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
@@ -151,6 +155,7 @@ type serveConfig struct {
 	// broker limits; 0 selects the broker's default
 	maxPendingBytes, servicePendingBytes int
 	writeTimeout                         time.Duration
+	maxSubs, serviceSubs                 int
 }
 
 func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
@@ -198,6 +203,11 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.servicePendingBytes < 0 {
 		return serveConfig{}, fmt.Errorf("--service-max-pending-bytes %d: must not be negative", o.servicePendingBytes)
 	}
+	for name, v := range map[string]int{"--max-subscriptions": o.maxSubs, "--service-max-subscriptions": o.serviceSubs} {
+		if v == 0 || v < -1 {
+			return serveConfig{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", name, v)
+		}
+	}
 	if o.writeTimeout < time.Second {
 		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", o.writeTimeout)
 	}
@@ -235,6 +245,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
 		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
+		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 	}, nil
@@ -330,9 +341,11 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		AllowedOrigins:    cfg.origins,
 		Logger:            cfg.log,
 
-		MaxPendingBytes:     cfg.maxPendingBytes,
-		ServicePendingBytes: cfg.servicePendingBytes,
-		WriteTimeout:        cfg.writeTimeout,
+		MaxPendingBytes:      cfg.maxPendingBytes,
+		ServicePendingBytes:  cfg.servicePendingBytes,
+		WriteTimeout:         cfg.writeTimeout,
+		MaxSubscriptions:     cfg.maxSubs,
+		ServiceSubscriptions: cfg.serviceSubs,
 	})
 	if err != nil {
 		return err

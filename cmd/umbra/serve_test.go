@@ -37,6 +37,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"pending below a packet", []string{"--max-pending-bytes", "1000"}, "--max-pending-bytes 1000"},
 		{"service pending negative", []string{"--service-max-pending-bytes", "-1"}, "--service-max-pending-bytes -1"},
 		{"write timeout", []string{"--write-timeout", "10ms"}, "--write-timeout 10ms"},
+		{"subscriptions zero", []string{"--max-subscriptions", "0"}, "--max-subscriptions 0"},
+		{"service subscriptions", []string{"--service-max-subscriptions", "-2"}, "--service-max-subscriptions -2"},
 		{"public url", []string{"--public-url", "ftp://x"}, "--public-url"},
 		{"url ttl", []string{"--url-ttl", "0s"}, "--url-ttl"},
 		{"allowed origin with a path", []string{"--allowed-origins", "https://console.example.com/app"}, "--allowed-origins"},

@@ -29,6 +29,8 @@
 //	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, denied
 //	umbra_broker_slow_consumers_total           counter clients disconnected as slow consumers
 //	umbra_broker_pending_bytes                  gauge   bytes written to clients, not yet taken by their sockets
+//	umbra_broker_subscriptions                  gauge   client subscriptions, offline sessions included
+//	umbra_broker_subscriptions_refused_total    counter filters refused for a session's subscription cap
 //	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted; op "unknown" for unserved $aws operations)
 //	umbra_shadow_request_duration_seconds{op}   histogram request latency
 //	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency

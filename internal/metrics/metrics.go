@@ -31,6 +31,9 @@ type BrokerStats struct {
 	PublishesDenied  int64 // PUBLISHes refused by authorisation
 	SlowConsumers    int64 // clients disconnected for not reading what they were sent
 	PendingBytes     int64 // bytes written to clients that their sockets have not taken yet, now
+
+	Subscriptions        int64 // client subscriptions now, offline persistent sessions included
+	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap
 }
 
 // FirmwareSource is what the metrics read from the firmware store at
@@ -175,6 +178,10 @@ var (
 		"MQTT clients disconnected because they did not read what they were sent (pending bytes over the cap, or a stalled socket).", nil, nil)
 	descPending = prometheus.NewDesc(namespace+"_broker_pending_bytes",
 		"Bytes written to MQTT clients that their sockets have not taken yet.", nil, nil)
+	descSubs = prometheus.NewDesc(namespace+"_broker_subscriptions",
+		"MQTT client subscriptions, of connected clients and offline persistent sessions.", nil, nil)
+	descSubsRefused = prometheus.NewDesc(namespace+"_broker_subscriptions_refused_total",
+		"SUBSCRIBE filters refused because the session had reached its subscription cap.", nil, nil)
 )
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -184,6 +191,8 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descSlow
 	ch <- descPending
+	ch <- descSubs
+	ch <- descSubsRefused
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -196,4 +205,6 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.PublishesDenied), "denied")
 	ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(s.SlowConsumers))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(s.PendingBytes))
+	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(s.Subscriptions))
+	ch <- prometheus.MustNewConstMetric(descSubsRefused, prometheus.CounterValue, float64(s.SubscriptionsRefused))
 }

@@ -63,7 +63,8 @@ func (f *fakeFirmware) BytesServed() int64 { return f.n.Load() }
 func TestScrape(t *testing.T) {
 	m := metrics.New()
 	broker := metrics.BrokerStats{ClientsConnected: 1000, MessagesReceived: 5, MessagesSent: 7,
-		MessagesDropped: 2, InflightDropped: 3, PublishesDenied: 4, SlowConsumers: 6, PendingBytes: 8 << 10}
+		MessagesDropped: 2, InflightDropped: 3, PublishesDenied: 4, SlowConsumers: 6, PendingBytes: 8 << 10,
+		Subscriptions: 9, SubscriptionsRefused: 10}
 	m.RegisterBroker(func() metrics.BrokerStats { return broker })
 	fw := &fakeFirmware{}
 	fw.n.Store(4 << 20)
@@ -93,6 +94,8 @@ func TestScrape(t *testing.T) {
 		{`umbra_broker_messages_dropped_total{reason="denied"}`, 4},
 		{`umbra_broker_slow_consumers_total`, 6},
 		{`umbra_broker_pending_bytes`, 8 << 10},
+		{`umbra_broker_subscriptions`, 9},
+		{`umbra_broker_subscriptions_refused_total`, 10},
 		{`umbra_firmware_bytes_served_total`, 4 << 20},
 		{`umbra_shadow_requests_total{code="200",op="update"}`, 2},
 		{`umbra_shadow_requests_total{code="409",op="update"}`, 1},

@@ -56,6 +56,9 @@ type Config struct {
 	// ServicePendingBytes (operators and integrators) and WriteTimeout.
 	MaxPendingBytes, ServicePendingBytes int
 	WriteTimeout                         time.Duration
+	// Subscription caps per session: broker.Config.MaxSubscriptions
+	// (devices) and ServiceSubscriptions.
+	MaxSubscriptions, ServiceSubscriptions int
 
 	// PublicURL is the base URL in firmware download URLs; default
 	// http://<the bound HTTP address>.
@@ -241,9 +244,6 @@ func (s *Server) open(ctx context.Context) error {
 		TLSConfig:           cfg.TLSConfig,
 		WSAllowedOrigins:    cfg.AllowedOrigins,
 		MaxPacketSize:       cfg.MaxPacketSize,
-		MaxPendingBytes:     cfg.MaxPendingBytes,
-		ServicePendingBytes: cfg.ServicePendingBytes,
-		WriteTimeout:        cfg.WriteTimeout,
 		Logger:              log,
 		Auth:                ids,
 		OnSubscribe:         eng.HandleSubscribe,
@@ -268,6 +268,13 @@ func (s *Server) open(ctx context.Context) error {
 				presence(d)
 			}
 		},
+
+		// Per-client limits (docs/protocol.md, Broker limits and rules).
+		MaxPendingBytes:      cfg.MaxPendingBytes,
+		ServicePendingBytes:  cfg.ServicePendingBytes,
+		WriteTimeout:         cfg.WriteTimeout,
+		MaxSubscriptions:     cfg.MaxSubscriptions,
+		ServiceSubscriptions: cfg.ServiceSubscriptions,
 	})
 	if err != nil {
 		return err
@@ -282,6 +289,7 @@ func (s *Server) open(ctx context.Context) error {
 			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
 			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
 			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
+			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
 		}
 	})
 	// The in-process services that answer device requests, each on its
