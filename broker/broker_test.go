@@ -227,11 +227,23 @@ func TestMQTT5Client(t *testing.T) {
 	}
 }
 
+// TestRetained: a late subscriber gets both retained messages, once each.
+// The broker acknowledges a QoS 1 PUBLISH before it delivers it, so the
+// test awaits the delivery of r/client (to an in-process subscriber)
+// before the late subscriber subscribes: otherwise the late subscriber
+// may get r/client twice, retained and live (issue 10 case 18).
 func TestRetained(t *testing.T) {
 	b := brokertest.New(t, broker.Config{})
 	url := brokertest.URL(b)
+	delivered := make(chan string, 8)
+	if err := b.Subscribe("r/#", func(_, topic string, _ []byte) { delivered <- topic }); err != nil {
+		t.Fatal(err)
+	}
 	pub := brokertest.Connect(t, url, "retain-pub")
 	brokertest.PublishRetained(t, pub, "r/client", 1, []byte("from client"))
+	if got := recv(t, delivered, "delivery of r/client"); got != "r/client" {
+		t.Fatalf("delivered %s, want r/client", got)
+	}
 	if err := b.Publish("r/inline", []byte("from broker"), true, 1); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}

@@ -66,6 +66,12 @@
 // broker", not "processed". Handlers see messages as QoS 0 regardless of
 // the publish QoS.
 //
+// The retained message is stored before PUBACK, the delivery to
+// subscribers happens after it: a client that subscribes right after a
+// publisher saw its PUBACK may receive a retained message twice, once as
+// retained and once live. Subscribers of retained state must be
+// idempotent (the shadow topics are: every document carries its version).
+//
 // A client ID's messages reach handlers in order, also across reconnects
 // and takeovers: a new connection with the client ID is registered, and
 // its messages read, only after the old connection's running handler has
