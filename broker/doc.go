@@ -156,6 +156,13 @@
 // counts them in Stats.PublishesDenied and logs the first one per client
 // and topic, because an in-process subscriber never sees them.
 //
+// A zero-length password is a password (mochi would refuse it as a
+// protocol error): Auth decides, with Credentials.Password empty rather
+// than nil. An MQTT 3.1.1 client only ever gets CONNACK return codes 0 to
+// 5: a refused login gets 5 "not authorized", a malformed CONNECT (for
+// example with the reserved flag set) no CONNACK at all, as 3.1.1
+// requires, and the connection is closed.
+//
 // # Memory
 //
 // Defaults are chosen for many idle devices: a small outbound queue

@@ -60,10 +60,9 @@ func (h *hook) ID() string { return "umbra" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired:
+		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired,
+		mqtt.OnPacketRead, mqtt.OnPacketEncode:
 		return true
-	case mqtt.OnPacketEncode:
-		return h.s.cfg.ServiceWritesPending > h.s.cfg.ClientWritesPending && h.s.cfg.hasServices()
 	}
 	return false
 }
@@ -113,6 +112,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	if c != nil {
 		creds.TLS = c.tls
+		if c.emptyPassword {
+			creds.Password = []byte{}
+		}
 	}
 	id, err := auth.Authenticate(h.s.ctx, creds)
 	if err == nil && pk.Connect.WillFlag && !auth.Allow(withClientID(id, cl.ID), pk.Connect.WillTopic, true) {

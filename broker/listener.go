@@ -309,6 +309,9 @@ type conn struct {
 	swap *queueSwap
 	// subscribing is true while mochi checks a SUBSCRIBE's filters.
 	subscribing atomic.Bool
+	// emptyPassword is set when CONNECT had the password flag and an
+	// empty password (see connack.go).
+	emptyPassword bool
 	// refused are the filters of the SUBSCRIBE being handled that are over
 	// the subscription cap; refusedLogged is set once they were logged.
 	refused       []refusal

@@ -1,0 +1,68 @@
+package broker
+
+import (
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// CONNECT and CONNACK edges mochi gets wrong.
+//
+// A zero-length password is valid MQTT (3.1.1 §3.1.3.5, 5 §3.1.3.5), but
+// mochi refuses a CONNECT with the password flag and an empty password as
+// a protocol error, before authentication, and sends that code (130) even
+// to an MQTT 3.1.1 client, whose CONNACK return codes end at 5.
+// OnPacketRead therefore clears the flag of an empty password and
+// remembers it, so that Config.Auth decides (Credentials.Password is then
+// empty, not nil) and a refusal is "not authorized" (5; 0x86 "bad user
+// name or password" for MQTT 5).
+//
+// More generally, OnPacketEncode never lets a CONNACK code above 5 reach an
+// MQTT 3.1.1 client: a malformed CONNECT (0x81, 0x82: reserved flag,
+// will flag without will, …) gets no CONNACK and the connection is closed,
+// as 3.1.1 requires; a refused empty client ID with a persistent session
+// (0x80) gets 2 "identifier rejected" [MQTT-3.1.3-8]; anything else 3
+// "server unavailable".
+
+// connackV3 is the MQTT 3.1.1 CONNACK return code for a refusal with the
+// MQTT 5 reason code, and false when the CONNECT gets no CONNACK.
+func connackV3(code byte) (byte, bool) {
+	switch {
+	case code <= packets.Err3NotAuthorized.Code:
+		return code, true
+	case code == packets.ErrUnspecifiedError.Code:
+		return packets.Err3ClientIdentifierNotValid.Code, true
+	case code == packets.ErrMalformedPacket.Code, code == packets.ErrProtocolViolation.Code:
+		return 0, false
+	}
+	return packets.Err3ServerUnavailable.Code, true
+}
+
+// OnPacketRead turns a CONNECT's empty password into no password for
+// mochi, and remembers it for authentication.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Connect || !pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0 {
+		return pk, nil
+	}
+	pk.Connect.PasswordFlag = false
+	pk.Connect.Password = nil
+	if c := connOf(cl); c != nil {
+		c.emptyPassword = true
+	}
+	return pk, nil
+}
+
+// fixConnack makes pk, a CONNACK to an MQTT 3.1.1 client, carry a 3.1.1
+// return code, or turns it into a packet that cannot be encoded (nothing
+// is written, and mochi closes the connection).
+func fixConnack(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion >= 5 {
+		return pk
+	}
+	code, ok := connackV3(pk.ReasonCode)
+	if !ok {
+		pk.FixedHeader.Type = packets.Reserved
+		return pk
+	}
+	pk.ReasonCode = code
+	return pk
+}
