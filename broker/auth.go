@@ -26,7 +26,7 @@ type Authenticator interface {
 	// A denied SUBSCRIBE filter gets a failure code in SUBACK. A denied
 	// PUBLISH is dropped: silently for QoS 0 (MQTT has no negative ack),
 	// with PUBACK "not authorized" for an MQTT 5 client, and by
-	// disconnecting an MQTT 3.1.1 client for QoS 1. Every denied PUBLISH is
+	// disconnecting an MQTT 3.1.1 client for QoS 1 and 2. Every denied PUBLISH is
 	// counted in Stats.PublishesDenied and logged once per client and topic.
 	Allow(id Identity, topic string, write bool) bool
 }

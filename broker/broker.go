@@ -59,7 +59,7 @@ const (
 	// costs about 2.6 KB, so about 26 MB at the cap.
 	DefaultServiceSubscriptions = 10000
 
-	// receiveMaximum is the number of unacknowledged QoS 1 PUBLISHes a client
+	// receiveMaximum is the number of unacknowledged QoS 1 and 2 PUBLISHes a client
 	// may have in flight towards the broker.
 	receiveMaximum uint16 = 64
 	// sysTopicInterval is how often mochi refreshes its $SYS topics. Stats is
@@ -95,7 +95,7 @@ var (
 	// the same client ID replaced the connection.
 	ErrTakenOver = errors.New("broker: session taken over")
 	// ErrNotAuthorized is reported to OnDisconnect for an MQTT 3.1.1
-	// client disconnected for a QoS 1 PUBLISH that Authenticator.Allow
+	// client disconnected for a QoS 1 or 2 PUBLISH that Authenticator.Allow
 	// denied.
 	ErrNotAuthorized = errors.New("broker: not authorized")
 	// ErrProtocol is wrapped in the cause reported to OnDisconnect when the
@@ -178,7 +178,7 @@ type Config struct {
 	MaxPacketSize uint32
 	// SessionExpiry is the longest time a persistent session (MQTT 3.1.1
 	// clean session off, or MQTT 5 session expiry) is kept after its client
-	// disconnects. QoS 1 messages for the session are queued meanwhile.
+	// disconnects. QoS 1 and 2 messages for the session are queued meanwhile.
 	// Default DefaultSessionExpiry (1h).
 	SessionExpiry time.Duration
 	// ConnectTimeout is how long a new connection may take to send its
@@ -237,9 +237,9 @@ type Config struct {
 	// WriteBufferSize is the threshold at which queued outbound packets are
 	// flushed to a client. Default DefaultWriteBufferSize.
 	WriteBufferSize int
-	// MaxInflight is the number of unacknowledged QoS 1 messages kept per
+	// MaxInflight is the number of unacknowledged QoS 1 and 2 messages kept per
 	// device session, including messages queued for an offline persistent
-	// session; further QoS 1 messages are dropped and counted in
+	// session; further ones are dropped and counted in
 	// Stats.InflightDropped. Default DefaultMaxInflight.
 	MaxInflight uint16
 	// ServiceInflight is MaxInflight for service clients (see
@@ -413,7 +413,7 @@ func (c *Config) options(log *slog.Logger) *mqtt.Options {
 	// theirs, and the hook enforces MaxInflight for devices.
 	caps.MaximumInflight = c.serverInflight()
 	caps.ReceiveMaximum = receiveMaximum
-	caps.MaximumQos = 1
+	caps.MaximumQos = 2 // real QoS 2: PUBREC, PUBREL, PUBCOMP in both directions
 	// mochi's default (24h) forcibly deletes retained messages and queued
 	// messages a day after they were published; retained device state must
 	// live until replaced, and queued messages go with their session.
@@ -566,7 +566,7 @@ func (s *Server) TLSAddr() net.Addr {
 }
 
 // Publish publishes a message from the broker itself. Subscribers receive
-// it with QoS min(qos, their subscription's QoS, 1); retain stores it as the
+// it with QoS min(qos, their subscription's QoS); retain stores it as the
 // topic's retained message (an empty payload clears it). Publish copies
 // payload. In-process subscribers (Subscribe) run before Publish returns.
 //
@@ -586,7 +586,7 @@ func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
 		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
 	}
-	if err := s.mq.Publish(topic, bytes.Clone(payload), retain, min(qos, 1)); err != nil {
+	if err := s.mq.Publish(topic, bytes.Clone(payload), retain, qos); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	return nil
@@ -599,8 +599,8 @@ func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) er
 // h runs synchronously on the publishing client's goroutine (or in Publish):
 // messages from one client ID reach h in order, also across reconnects and
 // takeovers (for handlers that return within ConnectTimeout; see the
-// package documentation), and a slow h slows only that client. For QoS 1,
-// the broker acknowledges the PUBLISH before h runs.
+// package documentation), and a slow h slows only that client. For QoS 1
+// and 2, the broker acknowledges the PUBLISH (PUBACK, PUBREC) before h runs.
 // A panic in h is recovered and logged.
 //
 // Subscribe returns ErrClosed after Close, ErrNilHandler for a nil h, and an

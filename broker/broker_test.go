@@ -125,7 +125,9 @@ func TestPubSub(t *testing.T) {
 		{name: "tcp qos0", transport: "tcp", subQoS: 0, pubQoS: 0, wantQoS: 0, payload: []byte("a"), subscribeFilterFmt: "t/%s"},
 		{name: "tcp qos1", transport: "tcp", subQoS: 1, pubQoS: 1, wantQoS: 1, payload: []byte("b"), subscribeFilterFmt: "t/%s"},
 		{name: "tcp pub1 sub0 downgrades", transport: "tcp", subQoS: 0, pubQoS: 1, wantQoS: 0, payload: []byte("c"), subscribeFilterFmt: "t/%s"},
-		{name: "tcp qos2 granted as 1", transport: "tcp", subQoS: 2, pubQoS: 2, wantQoS: 1, payload: []byte("d"), subscribeFilterFmt: "t/%s"},
+		{name: "tcp qos2", transport: "tcp", subQoS: 2, pubQoS: 2, wantQoS: 2, payload: []byte("d"), subscribeFilterFmt: "t/%s"},
+		{name: "tcp pub2 sub1 downgrades", transport: "tcp", subQoS: 1, pubQoS: 2, wantQoS: 1, payload: []byte("d1"), subscribeFilterFmt: "t/%s"},
+		{name: "ws qos2", transport: "ws", subQoS: 2, pubQoS: 2, wantQoS: 2, payload: []byte("d2"), subscribeFilterFmt: "t/%s"},
 		{name: "tcp wildcard", transport: "tcp", subQoS: 1, pubQoS: 1, wantQoS: 1, payload: []byte("e"), subscribeFilterFmt: "t/+"},
 		{name: "tcp empty payload", transport: "tcp", subQoS: 1, pubQoS: 1, wantQoS: 1, payload: []byte{}, subscribeFilterFmt: "t/#"},
 		{name: "ws qos0", transport: "ws", subQoS: 0, pubQoS: 0, wantQoS: 0, payload: []byte("f"), subscribeFilterFmt: "t/%s"},
@@ -194,10 +196,10 @@ func TestMQTT5Client(t *testing.T) {
 		t.Errorf("OnConnect: got %q, want v5-client", id)
 	}
 
-	// SUBSCRIBE asking QoS 2 is granted QoS 1.
+	// SUBSCRIBE asking QoS 2 is granted QoS 2.
 	rc.write(subscribePacket(v5, 1, "v5/in", 2))
 	ack := rc.expect(typeSuback)
-	if got, want := ack.body, []byte{0, 1, 0, 1}; !bytes.Equal(got, want) { // id, no properties, granted QoS 1
+	if got, want := ack.body, []byte{0, 1, 0, 2}; !bytes.Equal(got, want) { // id, no properties, granted QoS 2
 		t.Errorf("SUBACK body: got % x, want % x", got, want)
 	}
 	recv(t, ev.subscribes, "subscribe")

@@ -18,7 +18,7 @@ func TestOptions(t *testing.T) {
 		{"defaults", Config{}, func(t *testing.T, o optionsView) {
 			want := optionsView{
 				maxPacket: DefaultMaxPacketSize, sessionExpiry: 3600, writesPending: DefaultClientWritesPending,
-				inflight: DefaultMaxInflight, receiveMax: receiveMaximum, maxQoS: 1, messageExpiry: 0,
+				inflight: DefaultMaxInflight, receiveMax: receiveMaximum, maxQoS: 2, messageExpiry: 0,
 				topicAliasMax: 0, readBuf: DefaultReadBufferSize, writeBuf: DefaultWriteBufferSize, inline: true,
 			}
 			if o != want {
@@ -41,7 +41,7 @@ func TestOptions(t *testing.T) {
 			ReadBufferSize: 64, WriteBufferSize: 128, MaxInflight: 10}, func(t *testing.T, o optionsView) {
 			want := optionsView{
 				maxPacket: 4096, sessionExpiry: 90, writesPending: 8, inflight: 10, receiveMax: receiveMaximum,
-				maxQoS: 1, readBuf: 64, writeBuf: 128, inline: true,
+				maxQoS: 2, readBuf: 64, writeBuf: 128, inline: true,
 			}
 			if o != want {
 				t.Errorf("options: got %+v, want %+v", o, want)

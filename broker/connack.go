@@ -5,7 +5,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// CONNECT and CONNACK edges mochi gets wrong.
+// CONNECT, CONNACK and PUBREC edges mochi gets wrong.
 //
 // A zero-length password is valid MQTT (3.1.1 §3.1.3.5, 5 §3.1.3.5), but
 // mochi refuses a CONNECT with the password flag and an empty password as
@@ -51,10 +51,18 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, nil
 }
 
-// fixConnack makes pk, a CONNACK to an MQTT 3.1.1 client, carry a 3.1.1
-// return code, or turns it into a packet that cannot be encoded (nothing
-// is written, and mochi closes the connection).
-func fixConnack(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// fixAck corrects mochi's acknowledgements: a CONNACK to an MQTT 3.1.1
+// client gets a 3.1.1 return code, or becomes a packet that cannot be
+// encoded (nothing is written, and mochi closes the connection); and a
+// PUBREC for a QoS 2 PUBLISH resent before PUBREL, which mochi marks
+// "packet identifier in use", says success, as MQTT 5 §4.3.3 wants for a
+// duplicate (the message is not delivered again).
+func fixAck(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+		pk.ReasonCode = packets.CodeSuccess.Code
+		pk.Properties.ReasonString = ""
+		return pk
+	}
 	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion >= 5 {
 		return pk
 	}

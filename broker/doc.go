@@ -1,11 +1,13 @@
 // Package broker is Umbra's embedded MQTT broker, built on mochi-mqtt v2.
 //
 // A Server speaks MQTT 3.1.1 and MQTT 5 over TCP, over TLS (optionally
-// mutual TLS) and over WebSocket (paths "/mqtt" and "/"), with QoS 0 and 1 (QoS 2 requests are granted as
-// QoS 1), retained messages and persistent sessions: a client that connects
-// with clean session off (or an MQTT 5 session expiry) keeps its
-// subscriptions and receives the QoS 1 messages published while it was
-// offline, for up to Config.SessionExpiry. The broker knows nothing about
+// mutual TLS) and over WebSocket (paths "/mqtt" and "/"), with QoS 0, 1
+// and 2 in both directions (a QoS 2 PUBLISH gets PUBREC, PUBREL is
+// answered with PUBCOMP; a QoS 2 delivery waits for the subscriber's
+// PUBREC and PUBCOMP), retained messages and persistent sessions: a client
+// that connects with clean session off (or an MQTT 5 session expiry) keeps
+// its subscriptions and receives the QoS 1 and 2 messages published while
+// it was offline, for up to Config.SessionExpiry. The broker knows nothing about
 // device shadows; cmd/umbra wires it to the shadow engine through Publish,
 // Subscribe and the Config callbacks. mochi's types do not leave this
 // package.
@@ -63,8 +65,9 @@
 // that published (natural backpressure). Do not make handlers
 // asynchronous, and do not call Close from one. For a QoS 1 PUBLISH the
 // broker sends PUBACK before handlers run, so PUBACK means "received by the
-// broker", not "processed". Handlers see messages as QoS 0 regardless of
-// the publish QoS.
+// broker", not "processed"; for QoS 2, PUBREC is sent before handlers run
+// and a message is delivered (and handled) once, on its first PUBLISH.
+// Handlers see messages as QoS 0 regardless of the publish QoS.
 //
 // The retained message is stored before PUBACK, the delivery to
 // subscribers happens after it: a client that subscribes right after a

@@ -123,11 +123,11 @@ func (h *hook) enlargeQueue(cl *mqtt.Client, c *conn, capacity int32, wait time.
 
 // OnPacketEncode replaces the outbound queue when the write loop passes
 // it swapSentinel (see enlargeQueue) and corrects CONNACKs to MQTT 3.1.1
-// clients (see connack.go); other packets pass unchanged. It runs on the
+// clients and PUBRECs (see connack.go); other packets pass unchanged. It runs on the
 // goroutine writing the packet.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type != packets.Reserved {
-		return fixConnack(cl, pk)
+		return fixAck(cl, pk)
 	}
 	c := connOf(cl)
 	if c == nil || c.swap == nil {

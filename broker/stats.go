@@ -9,7 +9,7 @@ type Stats struct {
 	Sessions         int64 // sessions known now: connected clients plus offline persistent sessions
 	Subscriptions    int64 // client subscriptions now
 	Retained         int64 // retained messages now, not counting the broker's $SYS topics
-	Inflight         int64 // unacknowledged or queued QoS 1 messages now
+	Inflight         int64 // unacknowledged or queued QoS 1 and 2 messages now
 
 	MessagesReceived int64 // PUBLISHes received from clients or Publish, since Open
 	MessagesSent     int64 // PUBLISHes written to clients, since Open
@@ -21,7 +21,7 @@ type Stats struct {
 	// PacketsDropped is MessagesDropped + InflightDropped + PublishesDenied.
 	PacketsDropped      int64
 	MessagesDropped     int64 // messages dropped because a client's outbound queue was full, since Open
-	InflightDropped     int64 // QoS 1 messages dropped because a session's inflight store was full, since Open
+	InflightDropped     int64 // QoS 1 and 2 messages dropped because a session's inflight store was full, since Open
 	PublishesDenied     int64 // PUBLISHes refused by Authenticator.Allow, since Open
 	ConnectsRejected    int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
 	TLSHandshakesFailed int64 // TLS connections closed because the handshake failed or timed out, since Open
