@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -284,6 +285,14 @@ type Config struct {
 	// ServiceWritesPending). Default DefaultServiceSubscriptions; negative
 	// means no cap.
 	ServiceSubscriptions int
+
+	// RequestFilters are the filters of request topics: messages that are
+	// commands to an in-process subscriber (the shadow engine's
+	// state/+/update, /get and /delete), never state. A PUBLISH or will on
+	// a matching topic is delivered with its retain flag dropped: it is
+	// never stored or replayed to later subscribers (counted in
+	// Stats.RetainIgnored). Each must be a valid filter. Default none.
+	RequestFilters []string
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -379,6 +388,11 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPendingBytes %d is below MaxPacketSize %d + 5: a whole packet must fit",
 			ErrInvalidConfig, c.MaxPendingBytes, c.MaxPacketSize)
 	}
+	for _, f := range c.RequestFilters {
+		if err := validTopic(f, false); err != nil {
+			return fmt.Errorf("%w: RequestFilters: %w", ErrInvalidConfig, err)
+		}
+	}
 	if c.WriteTimeout < 0 {
 		return fmt.Errorf("%w: negative WriteTimeout %v", ErrInvalidConfig, c.WriteTimeout)
 	}
@@ -469,6 +483,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.TLSConfig != nil {
 		cfg.TLSConfig = cfg.TLSConfig.Clone()
 	}
+	cfg.RequestFilters = slices.Clone(cfg.RequestFilters)
 	log := cfg.Logger.With(logKeyComponent, "broker")
 	if cfg.hasServices() && !outboundOK {
 		log.Warn("mochi's client layout is not the expected one: service clients get the device outbound queue")

@@ -108,6 +108,11 @@
 // Stats.SubscriptionsRefused; the first refusal per connection is logged.
 // Subscribing again to a filter the session has takes no new place.
 //
+// Config.RequestFilters names request topics (Umbra wires the shadow's
+// state/+/update, /get and /delete): the retain flag of a PUBLISH or a
+// will on them is dropped, so a request is delivered and handled but never
+// stored or replayed to later subscribers (Stats.RetainIgnored).
+//
 // # Slow consumers
 //
 // A publisher never blocks on a slow subscriber: not the shadow engine,

@@ -38,6 +38,7 @@ type hook struct {
 	handlerPanics    atomic.Int64
 
 	subscriptionsRefused atomic.Int64 // filters over a subscription cap, since Open
+	retainIgnored        atomic.Int64 // retain flags dropped on request topics, since Open
 }
 
 // session is what the broker remembers about an authenticated client.
@@ -63,6 +64,8 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired,
 		mqtt.OnPacketRead, mqtt.OnPacketEncode:
 		return true
+	case mqtt.OnPublish, mqtt.OnWill:
+		return len(h.s.cfg.RequestFilters) > 0
 	}
 	return false
 }

@@ -31,6 +31,7 @@ type Stats struct {
 	PendingBytes  int64 // bytes written to connections that their sockets have not taken yet, now
 
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap, since Open
+	RetainIgnored        int64 // retain flags dropped from PUBLISHes and wills on request topics, since Open
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -58,6 +59,7 @@ func (s *Server) Stats() Stats {
 		PendingBytes:     s.out.pending.Load(),
 
 		SubscriptionsRefused: s.hook.subscriptionsRefused.Load(),
+		RetainIgnored:        s.hook.retainIgnored.Load(),
 	}
 	if s.tls != nil {
 		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()

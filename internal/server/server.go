@@ -275,6 +275,8 @@ func (s *Server) open(ctx context.Context) error {
 		WriteTimeout:         cfg.WriteTimeout,
 		MaxSubscriptions:     cfg.MaxSubscriptions,
 		ServiceSubscriptions: cfg.ServiceSubscriptions,
+		// Shadow requests are commands, never retained state.
+		RequestFilters: shadow.RequestFilters,
 	})
 	if err != nil {
 		return err
