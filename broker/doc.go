@@ -33,6 +33,12 @@
 // therefore keeps the highest Seq per client ID and ignores older
 // disconnects. Callbacks for one client ID never run concurrently.
 //
+// A persistent session belongs to the identity (Identity.Name) that
+// created it: a client that authenticates as another identity with the
+// same client ID starts a fresh session (CONNACK session present 0),
+// without the old session's subscriptions or queued messages, which are
+// discarded. The same identity gets its session back.
+//
 // mochi tears down a clean session's old connection by client ID (it
 // unsubscribes the ID's filters and deletes the ID from its registry) after
 // OnDisconnect. The broker serialises, per client ID, that teardown with

@@ -294,7 +294,39 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 			"identity", c.identity.Name, "queue", h.s.cfg.ClientWritesPending)
 	}
 	h.lockAfterPrevious(cl, c)
+	h.dropForeignSession(cl, c)
 	c.seq = h.seq.Add(1)
+}
+
+// dropForeignSession discards the session registered under cl's client ID
+// when another identity created it: a persistent session belongs to the
+// identity (Identity.Name) that made it, and a client that authenticates
+// as someone else with the same client ID starts fresh, without the old
+// subscriptions or the messages queued for them (issue 10 case 3). It runs
+// under the client ID's gate, after the old connection has ended: mochi
+// then finds no session to inherit. If the old connection has not ended
+// (lockAfterPrevious gave up waiting), its session is only emptied: mochi
+// still tears it down by ID, which must not remove cl.
+func (h *hook) dropForeignSession(cl *mqtt.Client, c *conn) {
+	old, ok := h.s.mq.Clients.Get(cl.ID)
+	if !ok || old == cl {
+		return
+	}
+	oc := connOf(old)
+	if oc != nil && oc.identity.Name == c.identity.Name {
+		return
+	}
+	h.s.mq.UnsubscribeClient(old)
+	old.ClearInflights()
+	if oc == nil || oc.ended() {
+		h.s.mq.Clients.Delete(cl.ID)
+	}
+	var was string
+	if oc != nil {
+		was = oc.identity.Name
+	}
+	h.s.log.Info("session of another identity discarded: the client starts a fresh session",
+		"client", cl.ID, "identity", c.identity.Name, "session_identity", was)
 }
 
 // lockAfterPrevious takes the gate of cl's client ID once the connection
