@@ -269,7 +269,7 @@ func (s *Server) open(ctx context.Context) error {
 			}
 		},
 
-		// Per-client limits (docs/protocol.md, Broker limits and rules).
+		// Per-client limits (docs/threat-model.md, MQTT clients).
 		MaxPendingBytes:      cfg.MaxPendingBytes,
 		ServicePendingBytes:  cfg.ServicePendingBytes,
 		WriteTimeout:         cfg.WriteTimeout,
