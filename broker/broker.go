@@ -601,6 +601,10 @@ func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
 		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
 	}
+	if retain && s.hook.isRequest(topic) {
+		retain = false // requests are never retained (see retain.go)
+		s.hook.retainIgnored.Add(1)
+	}
 	if err := s.mq.Publish(topic, bytes.Clone(payload), retain, qos); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}

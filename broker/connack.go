@@ -38,8 +38,13 @@ func connackV3(code byte) (byte, bool) {
 }
 
 // OnPacketRead turns a CONNECT's empty password into no password for
-// mochi, and remembers it for authentication.
+// mochi, and remembers it for authentication; it drops the retain flag of
+// a PUBLISH on a request topic (see retain.go).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish {
+		h.dropRequestRetain(cl, &pk)
+		return pk, nil
+	}
 	if pk.FixedHeader.Type != packets.Connect || !pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0 {
 		return pk, nil
 	}

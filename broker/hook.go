@@ -64,7 +64,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired,
 		mqtt.OnPacketRead, mqtt.OnPacketEncode:
 		return true
-	case mqtt.OnPublish, mqtt.OnWill:
+	case mqtt.OnWill:
 		return len(h.s.cfg.RequestFilters) > 0
 	}
 	return false

@@ -13,8 +13,8 @@ import (
 // request topic (Config.RequestFilters: the shadow's state/<id>/update,
 // /get and /delete) is a command to an in-process subscriber, and
 // replaying it to whoever subscribes later would apply it again. The
-// broker therefore drops the retain flag of a PUBLISH (and a will) on a
-// request topic: the request is delivered and handled as usual, but never
+// broker therefore drops the retain flag of a PUBLISH (a client's or
+// Publish's) and of a will on a request topic: the request is delivered and handled as usual, but never
 // stored, and an empty one does not clear anything. It is not refused,
 // because refusing a QoS 1 PUBLISH means disconnecting an MQTT 3.1.1
 // client, which would then resend it forever.
@@ -29,14 +29,16 @@ func (h *hook) isRequest(topic string) bool {
 	return false
 }
 
-// OnPublish drops the retain flag of a PUBLISH on a request topic.
-func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// dropRequestRetain drops the retain flag of pk, a PUBLISH a client sent,
+// on a request topic. OnPacketRead calls it (a hook mochi calls for every
+// packet anyway: an OnPublish hook would cost every publish two more
+// copies of the packet); Publish checks its own messages.
+func (h *hook) dropRequestRetain(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Retain && h.isRequest(pk.TopicName) {
 		pk.FixedHeader.Retain = false
 		h.retainIgnored.Add(1)
 		h.s.log.Debug("retain flag of a request ignored", "client", cl.ID, "topic", clip(pk.TopicName))
 	}
-	return pk, nil
 }
 
 // OnWill drops the retain flag of a will on a request topic.

@@ -40,12 +40,17 @@ func TestHardening04RequestsNeverRetained(t *testing.T) {
 	if got := recv(t, handled, "the will's delivery"); got != "state/d2/update" {
 		t.Fatalf("handled %s, want the will on state/d2/update", got)
 	}
+	// Nor is an in-process request.
+	if err := b.Publish("state/d1/delete", []byte("{}"), true, 1); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, handled, "the in-process request's delivery")
 	if err := b.Publish("state/d1/update/accepted", []byte("reply"), true, 1); err != nil { // not a request: retained
 		t.Fatal(err)
 	}
 	recv(t, handled, "the reply's delivery")
-	if st := b.Stats(); st.Retained != 1 || st.RetainIgnored != 4 {
-		t.Errorf("Stats.Retained %d, RetainIgnored %d; want 1 (the reply), 4", st.Retained, st.RetainIgnored)
+	if st := b.Stats(); st.Retained != 1 || st.RetainIgnored != 5 {
+		t.Errorf("Stats.Retained %d, RetainIgnored %d; want 1 (the reply), 5", st.Retained, st.RetainIgnored)
 	}
 
 	late := brokertest.Connect(t, url, "late")
