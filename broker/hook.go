@@ -192,18 +192,25 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !write && !h.deliveryAllowed(cl) {
 		return false
 	}
-	auth := h.s.cfg.Auth
-	if auth == nil {
-		return true
-	}
-	h.mu.RLock()
-	sess := h.sessions[cl.ID]
-	h.mu.RUnlock()
-	allowed := sess != nil && sess.cl == cl && auth.Allow(sess.id, topic, write)
+	sess, allowed := h.authAllows(cl, topic, write)
 	if !allowed && write {
 		h.publishDenied(cl, sess, topic)
 	}
 	return allowed
+}
+
+// authAllows runs Config.Auth's Allow for the identity of cl's session,
+// which it returns (nil without Auth, or if cl has none); without Auth
+// everything is allowed.
+func (h *hook) authAllows(cl *mqtt.Client, topic string, write bool) (*session, bool) {
+	auth := h.s.cfg.Auth
+	if auth == nil {
+		return nil, true
+	}
+	h.mu.RLock()
+	sess := h.sessions[cl.ID]
+	h.mu.RUnlock()
+	return sess, sess != nil && sess.cl == cl && auth.Allow(sess.id, topic, write)
 }
 
 // deliveryAllowed enforces Config.MaxInflight for a device client when

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 )
@@ -38,38 +36,19 @@ func engineStub(t *testing.T, b *broker.Server, replySize int) <-chan struct{} {
 	return replied
 }
 
-// updateLoop makes device id publish n updates at QoS 1, each awaiting its
-// accepted reply for at most wait; it returns the first failure.
-func updateLoop(url, id string, n int, payload []byte) error {
-	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetOrderMatters(false).
-		SetAutoReconnect(false).SetConnectTimeout(wait).SetKeepAlive(30 * time.Second)
-	c := mqtt.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(wait) || tok.Error() != nil {
-		return fmt.Errorf("%s: connect: %v", id, tok.Error())
+// checkShed checks that clientID was disconnected as the broker's only
+// slow consumer, and logged once.
+func checkShed(t *testing.T, b *broker.Server, ev *events, logs *logBuffer, clientID string) {
+	t.Helper()
+	if err := ev.disconnectOf(t, clientID); !errors.Is(err, broker.ErrSlowConsumer) {
+		t.Errorf("OnDisconnect cause of %s: %v, want ErrSlowConsumer", clientID, err)
 	}
-	defer c.Disconnect(100)
-	accepted := make(chan struct{}, 1)
-	topic := "state/" + id + "/update"
-	if tok := c.Subscribe(topic+"/accepted", 1, func(mqtt.Client, mqtt.Message) {
-		select {
-		case accepted <- struct{}{}:
-		default:
-		}
-	}); !tok.WaitTimeout(wait) || tok.Error() != nil {
-		return fmt.Errorf("%s: subscribe: %v", id, tok.Error())
+	if st := b.Stats(); st.SlowConsumers != 1 {
+		t.Errorf("Stats.SlowConsumers = %d, want 1", st.SlowConsumers)
 	}
-	for i := range n {
-		start := time.Now()
-		if tok := c.Publish(topic, 1, false, payload); !tok.WaitTimeout(wait) || tok.Error() != nil {
-			return fmt.Errorf("%s: update %d: no PUBACK within %v (%v)", id, i, wait, tok.Error())
-		}
-		select {
-		case <-accepted:
-		case <-time.After(wait - time.Since(start)):
-			return fmt.Errorf("%s: update %d: no accepted reply within %v", id, i, wait)
-		}
+	if n := logs.count("slow consumer disconnected"); n != 1 {
+		t.Errorf("slow consumer logged %d times, want once", n)
 	}
-	return nil
 }
 
 // TestHardening05SlowSubscriberIsShed is issue 10's case 5: a subscriber
@@ -119,8 +98,12 @@ func TestHardening05SlowSubscriberIsShed(t *testing.T) {
 			var wg sync.WaitGroup
 			errs := make(chan error, devices)
 			for i := range devices {
+				id := fmt.Sprintf("dev%d", i)
+				c := brokertest.Connect(t, brokertest.URL(b), id)
 				wg.Go(func() {
-					if err := updateLoop(brokertest.URL(b), fmt.Sprintf("dev%d", i), updates, []byte(`{"state":{}}`)); err != nil {
+					topic := "state/" + id + "/update"
+					request := func(int) []byte { return []byte(`{"state":{}}`) }
+					if err := brokertest.RequestReplies(c, topic, topic+"/accepted", updates, request, wait); err != nil {
 						errs <- err
 					}
 				})
@@ -141,23 +124,7 @@ func TestHardening05SlowSubscriberIsShed(t *testing.T) {
 				}
 				return
 			}
-			var cause error
-			for {
-				d := recv(t, ev.disconnects, "disconnect of slowpoke")
-				if d.clientID == "slowpoke" {
-					cause = d.err
-					break
-				}
-			}
-			if !errors.Is(cause, broker.ErrSlowConsumer) {
-				t.Errorf("OnDisconnect cause %v, want ErrSlowConsumer", cause)
-			}
-			if st := b.Stats(); st.SlowConsumers != 1 {
-				t.Errorf("Stats.SlowConsumers = %d, want 1", st.SlowConsumers)
-			}
-			if n := logs.count("slow consumer disconnected"); n != 1 {
-				t.Errorf("slow consumer logged %d times, want once", n)
-			}
+			checkShed(t, b, ev, logs, "slowpoke")
 		})
 	}
 }
@@ -218,15 +185,7 @@ func TestHardening06SlowDeviceDoesNotBlockPublisher(t *testing.T) {
 	if err := recv(t, planner, "the planner's publish to the slow device to return"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ev.disconnectOf(t, "devslow"); !errors.Is(err, broker.ErrSlowConsumer) {
-		t.Errorf("OnDisconnect cause %v, want ErrSlowConsumer", err)
-	}
-	if st := b.Stats(); st.SlowConsumers != 1 {
-		t.Errorf("Stats.SlowConsumers = %d, want 1", st.SlowConsumers)
-	}
-	if n := logs.count("slow consumer disconnected"); n != 1 {
-		t.Errorf("slow consumer logged %d times, want once", n)
-	}
+	checkShed(t, b, ev, logs, "devslow")
 }
 
 // TestBacklogOverEveryTransport sends a burst far larger than the socket

@@ -76,14 +76,8 @@ func (h *hook) filterAllowed(cl *mqtt.Client, filter string) bool {
 	if len(filter) > h.s.cfg.MaxTopicLength {
 		return false
 	}
-	auth := h.s.cfg.Auth
-	if auth == nil {
-		return true
-	}
-	h.mu.RLock()
-	sess := h.sessions[cl.ID]
-	h.mu.RUnlock()
-	return sess != nil && sess.cl == cl && auth.Allow(sess.id, filter, false)
+	_, ok := h.authAllows(cl, filter, false)
+	return ok
 }
 
 // reportRefused restores the filters capSubscriptions replaced in pk, sets

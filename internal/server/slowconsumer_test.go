@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
@@ -80,34 +78,6 @@ func (a *apiClient) mustDo(t *testing.T, method, path string, body []byte, want 
 // blob is a reported-state value of about n bytes.
 func blob(n int) string { return strings.Repeat("b", n) }
 
-// mqttUpdates makes the paho device c publish n updates of state/<id>/update
-// at QoS 1, each awaiting its accepted reply for at most promptly.
-func mqttUpdates(c paho.Client, id device.ID, n int) error {
-	accepted := make(chan struct{}, 1)
-	topic := "state/" + string(id) + "/update"
-	if tok := c.Subscribe(topic+"/accepted", 1, func(paho.Client, paho.Message) {
-		select {
-		case accepted <- struct{}{}:
-		default:
-		}
-	}); !tok.WaitTimeout(promptly) || tok.Error() != nil {
-		return fmt.Errorf("%s: subscribe: %v", id, tok.Error())
-	}
-	for i := range n {
-		start := time.Now()
-		payload := fmt.Sprintf(`{"state":{"reported":{"blob":%q,"n":%d}}}`, blob(16<<10), i)
-		if tok := c.Publish(topic, 1, false, payload); !tok.WaitTimeout(promptly) || tok.Error() != nil {
-			return fmt.Errorf("%s: update %d: no PUBACK within %v (%v)", id, i, promptly, tok.Error())
-		}
-		select {
-		case <-accepted:
-		case <-time.After(promptly - time.Since(start)):
-			return fmt.Errorf("%s: update %d: no accepted reply within %v", id, i, promptly)
-		}
-	}
-	return nil
-}
-
 // TestHardening05SlowSubscriberServer is issue 10's case 5 on a whole
 // Umbra with authentication: an operator subscribed to "#", or an
 // integrator (read-only token) subscribed to state/+/update/accepted,
@@ -152,7 +122,11 @@ func TestHardening05SlowSubscriberServer(t *testing.T) {
 				id := device.ID(fmt.Sprintf("dev%d", i))
 				c := r.connectDevice(t, id)
 				wg.Go(func() {
-					if err := mqttUpdates(c, id, updates); err != nil {
+					topic := "state/" + string(id) + "/update"
+					request := func(i int) []byte {
+						return fmt.Appendf(nil, `{"state":{"reported":{"blob":%q,"n":%d}}}`, blob(16<<10), i)
+					}
+					if err := brokertest.RequestReplies(c, topic, topic+"/accepted", updates, request, promptly); err != nil {
 						errs <- err
 					}
 				})
