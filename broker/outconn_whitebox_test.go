@@ -64,7 +64,7 @@ func pattern(n int) []byte {
 func TestOutConnNeverBlocks(t *testing.T) {
 	sh := testShared(64<<20, time.Minute)
 	o, client := tcpPair(t, sh)
-	want := pattern(16 << 20)
+	want := pattern(8 << 20) // more than the kernel's socket buffers (at most 4 MiB each way)
 	for chunk := range slices.Chunk(want, 1000) {
 		n, err := o.Write(chunk)
 		if n != len(chunk) || err != nil {
@@ -73,6 +73,11 @@ func TestOutConnNeverBlocks(t *testing.T) {
 	}
 	if got := sh.pending.Load(); got == 0 {
 		t.Fatalf("pending bytes 0 after writing %d bytes to a peer that reads nothing", len(want))
+	}
+	// Now read, with a receive buffer that no longer makes the transfer
+	// crawl.
+	if err := client.(*net.TCPConn).SetReadBuffer(4 << 20); err != nil {
+		t.Fatal(err)
 	}
 	got := make([]byte, len(want))
 	_ = client.SetReadDeadline(time.Now().Add(30 * time.Second))

@@ -77,7 +77,7 @@ func TestHardening05SlowSubscriberIsShed(t *testing.T) {
 	const (
 		devices   = 4
 		updates   = 100
-		replySize = 8 << 10 // 3.2 MiB of replies in all
+		replySize = 16 << 10 // 6.4 MiB of replies in all: more than a socket buffer (at most 4 MiB) and the cap
 	)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

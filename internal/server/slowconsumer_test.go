@@ -98,7 +98,7 @@ func TestHardening05SlowSubscriberServer(t *testing.T) {
 	}
 	const (
 		devices = 4
-		updates = 80 // per device and over HTTP: 400 updates of 16 KiB
+		updates = 80 // per device and over HTTP: 400 updates of 24 KiB, more than a socket buffer and the cap
 	)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,7 +124,7 @@ func TestHardening05SlowSubscriberServer(t *testing.T) {
 				wg.Go(func() {
 					topic := "state/" + string(id) + "/update"
 					request := func(i int) []byte {
-						return fmt.Appendf(nil, `{"state":{"reported":{"blob":%q,"n":%d}}}`, blob(16<<10), i)
+						return fmt.Appendf(nil, `{"state":{"reported":{"blob":%q,"n":%d}}}`, blob(24<<10), i)
 					}
 					if err := brokertest.RequestReplies(c, topic, topic+"/accepted", updates, request, promptly); err != nil {
 						errs <- err
@@ -133,7 +133,7 @@ func TestHardening05SlowSubscriberServer(t *testing.T) {
 			}
 			wg.Go(func() {
 				for i := range updates {
-					body := fmt.Sprintf(`{"state":{"desired":{"blob":%q,"n":%d}}}`, blob(16<<10), i)
+					body := fmt.Sprintf(`{"state":{"desired":{"blob":%q,"n":%d}}}`, blob(24<<10), i)
 					code, b, err := api.do("POST", "/v1/devices/http-dev/shadow", []byte(body))
 					if err == nil && code != http.StatusOK {
 						err = fmt.Errorf("HTTP update %d: status %d (%s), want 200", i, code, b)
