@@ -142,14 +142,16 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		c.counted = id.Name
 		c.identity = id
 		c.service = id.Device == ""
+	}
+	h.sessions[cl.ID] = &session{cl: cl, id: id}
+	h.mu.Unlock()
+	if c != nil {
 		limit := h.s.cfg.MaxPendingBytes
 		if c.service {
 			limit = h.s.cfg.ServicePendingBytes
 		}
 		c.setOwner(limit)
 	}
-	h.sessions[cl.ID] = &session{cl: cl, id: id}
-	h.mu.Unlock()
 	return true
 }
 
