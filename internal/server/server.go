@@ -236,6 +236,24 @@ func (s *Server) open(ctx context.Context) error {
 		// would cap the whole (loopback, test or demo) fleet.
 		maxConns = -1
 	}
+	// The in-process services that answer device requests, each on its
+	// own request filters: the shadow engine serves state/… and
+	// $aws/things/+/shadow/… (see shadow.RequestFilters). A service for
+	// another part of the $aws/things/<id>/ tree (the Jobs API on
+	// $aws/things/+/jobs/…) is one more row, with its ACL rules in
+	// internal/identity. Their filters are the broker's request topics,
+	// which are never retained.
+	services := []struct {
+		name    string
+		filters []string
+		handle  broker.HandlerFunc
+	}{
+		{"shadow", shadow.RequestFilters, eng.HandleRequest},
+	}
+	var requestFilters []string
+	for _, svc := range services {
+		requestFilters = append(requestFilters, svc.filters...)
+	}
 	brk, err := broker.Open(ctx, broker.Config{
 		MaxConnsPerIdentity: maxConns,
 		TCPAddr:             cfg.MQTTAddr,
@@ -275,8 +293,8 @@ func (s *Server) open(ctx context.Context) error {
 		WriteTimeout:         cfg.WriteTimeout,
 		MaxSubscriptions:     cfg.MaxSubscriptions,
 		ServiceSubscriptions: cfg.ServiceSubscriptions,
-		// Shadow requests are commands, never retained state.
-		RequestFilters: shadow.RequestFilters,
+		// Requests are commands, never retained state.
+		RequestFilters: requestFilters,
 	})
 	if err != nil {
 		return err
@@ -294,19 +312,6 @@ func (s *Server) open(ctx context.Context) error {
 			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
 		}
 	})
-	// The in-process services that answer device requests, each on its
-	// own request filters: the shadow engine serves state/… and
-	// $aws/things/+/shadow/… (see shadow.RequestFilters). A service for
-	// another part of the $aws/things/<id>/ tree (the Jobs API on
-	// $aws/things/+/jobs/…) is one more row, with its ACL rules in
-	// internal/identity.
-	services := []struct {
-		name    string
-		filters []string
-		handle  broker.HandlerFunc
-	}{
-		{"shadow", shadow.RequestFilters, eng.HandleRequest},
-	}
 	for _, svc := range services {
 		for _, f := range svc.filters {
 			if err := brk.Subscribe(f, svc.handle); err != nil {

@@ -75,31 +75,38 @@ func TestHardening03SessionBelongsToIdentity(t *testing.T) {
 }
 
 // TestHardening04RequestsNeverRetained is issue 10's case 4 on a whole
-// Umbra: a device's retained update is applied but never stored, so a
-// later subscriber to the request topic does not get it replayed. Before
-// the fix the late subscriber got the device's update as a retained
-// message.
+// Umbra: a device's retained request, on every request topic tree
+// (classic, named, $aws), is applied but never stored, so a later
+// subscriber to the request topic does not get it replayed. Before the
+// fix the late subscriber got the device's update as a retained message.
 func TestHardening04RequestsNeverRetained(t *testing.T) {
 	r := mustOpenRig(t, true)
 	dev := r.connectDevice(t, "dev1")
-	accepted := brokertest.Subscribe(t, dev, "state/dev1/update/accepted", 1)
-	brokertest.PublishRetained(t, dev, "state/dev1/update", 1, []byte(`{"state":{"reported":{"on":true}}}`))
-	brokertest.Next(t, accepted, waitTimeout)
-
 	secret, err := r.Identity().CreateToken(t.Context(), identity.RoleOperator, "ops")
 	if err != nil {
 		t.Fatal(err)
 	}
 	op := brokertest.Connect(t, r.mqttURL(), "ops-1", func(o *paho.ClientOptions) { o.SetUsername("ops").SetPassword(secret) })
-	msgs := brokertest.Subscribe(t, op, "state/dev1/update", 1)
-	// The operator's own request is the first message it sees on the
-	// topic, not a stored copy of the device's.
-	brokertest.Publish(t, op, "state/dev1/update", 1, []byte(`{"state":{"desired":{"on":false}}}`))
-	if m := brokertest.Next(t, msgs, waitTimeout); m.Retained || string(m.Payload) != `{"state":{"desired":{"on":false}}}` {
-		t.Errorf("first message on state/dev1/update: %v, want the operator's own request, not retained", m)
+	for _, request := range []string{"state/dev1/update", "state/dev1/shadow/lamp/update", "$aws/things/dev1/shadow/update"} {
+		t.Run(request, func(t *testing.T) {
+			accepted := brokertest.Subscribe(t, dev, request+"/accepted", 1)
+			brokertest.PublishRetained(t, dev, request, 1, []byte(`{"state":{"reported":{"on":true}}}`))
+			brokertest.Next(t, accepted, waitTimeout)
+
+			msgs := brokertest.Subscribe(t, op, request, 1)
+			// The operator's own request is the first message it sees on
+			// the topic, not a stored copy of the device's.
+			brokertest.Publish(t, op, request, 1, []byte(`{"state":{"desired":{"on":false}}}`))
+			if m := brokertest.Next(t, msgs, waitTimeout); m.Retained || string(m.Payload) != `{"state":{"desired":{"on":false}}}` {
+				t.Errorf("first message on %s: %v, want the operator's own request, not retained", request, m)
+			}
+		})
 	}
 	doc, err := r.Engine().Read(t.Context(), "dev1")
 	if err != nil || doc.State.Reported["on"] != true {
 		t.Errorf("dev1's shadow %+v (%v), want the retained update applied: reported.on true", doc.State, err)
+	}
+	if st := r.Broker().Stats(); st.RetainIgnored != 3 {
+		t.Errorf("Stats.RetainIgnored %d, want 3", st.RetainIgnored)
 	}
 }
