@@ -126,7 +126,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	if err != nil {
 		h.connectsRejected.Add(1)
-		h.s.log.Info("authentication failed", "client", cl.ID, "remote", cl.Net.Remote, "error", err)
+		// The user name is named too: AWS IoT SDKs send their metrics in
+		// it, and a refusal must say which of the two was wrong.
+		h.s.log.Info("authentication failed", "client", cl.ID, "username", clip(string(pk.Connect.Username)),
+			"remote", cl.Net.Remote, "error", err)
 		return false
 	}
 	id = withClientID(id, cl.ID)

@@ -2,6 +2,8 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -78,7 +80,12 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 }
 
 // authenticateCert authenticates a device by its verified client
-// certificate.
+// certificate: a certificate bound to a device (Enrollment.CertSHA256)
+// logs in as that device; any other one as the enrolled device its
+// subject common name names, unless it chains only to a CA of
+// Config.BoundOnlyCAs. The client ID must be the device ID; the user name
+// may be empty, the device ID, the common name, or start with "?" (see
+// certUserName).
 func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
 	if c.TLS == nil || len(c.TLS.PeerCertificates) == 0 {
 		return broker.Identity{}, fmt.Errorf("%w: no password and no client certificate", ErrUnauthenticated)
@@ -88,15 +95,22 @@ func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (bro
 	}
 	leaf := c.TLS.VerifiedChains[0][0]
 	cn := leaf.Subject.CommonName
-	id, err := device.ParseID(cn)
-	if err != nil {
-		return broker.Identity{}, fmt.Errorf("%w: client certificate common name: %w", ErrUnauthenticated, err)
-	}
-	if c.ClientID != cn || c.Username != "" && c.Username != cn {
-		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with client id %q", ErrUnauthenticated, id, clip(c.ClientID))
-	}
+	fp := CertFingerprint(leaf)
+	var id device.ID
 	var rec deviceRecord
-	err = s.view(ctx, func(tx *bolt.Tx) error {
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var bound bool
+		var err error
+		if id, rec, bound, err = boundDevice(tx, fp); err != nil || bound {
+			return err
+		}
+		if !s.nameTrusted(c.TLS.VerifiedChains) {
+			return fmt.Errorf("%w: client certificate %s (common name %q) is not bound to a device, and its CA vouches only for bound certificates",
+				ErrUnauthenticated, fp, clip(cn))
+		}
+		if id, err = device.ParseID(cn); err != nil {
+			return fmt.Errorf("%w: client certificate %s is not bound to a device, and its common name is no device ID: %w", ErrUnauthenticated, fp, err)
+		}
 		if err := getJSON(tx.Bucket(bucketDevices), string(id), &rec); err != nil {
 			return fmt.Errorf("%w: certificate for unknown device %s", ErrUnauthenticated, id)
 		}
@@ -113,7 +127,39 @@ func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (bro
 	if err != nil {
 		return broker.Identity{}, err
 	}
-	return identityOf(Principal{Role: RoleDevice, Name: cn, Device: id}, c.ClientID, credCert+rec.Enrolment), nil
+	if c.ClientID != string(id) {
+		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with client id %q: the client id must be the device ID",
+			ErrUnauthenticated, id, clip(c.ClientID))
+	}
+	if !certUserName(c.Username, id, cn) {
+		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with user name %q: want none, the device ID, the certificate's common name, or one starting with \"?\"",
+			ErrUnauthenticated, id, clip(c.Username))
+	}
+	return identityOf(Principal{Role: RoleDevice, Name: string(id), Device: id}, c.ClientID, credCert+rec.Enrolment), nil
+}
+
+// certUserName reports whether user may come with a certificate login of
+// device id whose certificate's common name is cn: none, the device ID,
+// the common name, or AWS IoT's query form "?SDK=…&Version=…" (SDK
+// metrics and authorizer parameters, which the AWS IoT Device SDKs send
+// by default), whose content is ignored. The certificate alone decides
+// who the client is.
+func certUserName(user string, id device.ID, cn string) bool {
+	return user == "" || user == string(id) || user == cn || strings.HasPrefix(user, "?")
+}
+
+// nameTrusted reports whether some verified chain ends at a CA that may
+// vouch for device IDs in common names: one not in Config.BoundOnlyCAs.
+func (s *Store) nameTrusted(chains [][]*x509.Certificate) bool {
+	if len(s.boundOnly) == 0 {
+		return true
+	}
+	for _, ch := range chains {
+		if len(ch) > 0 && !s.boundOnly[sha256.Sum256(ch[len(ch)-1].Raw)] {
+			return true
+		}
+	}
+	return false
 }
 
 // identityOf encodes p as a broker.Identity: a device by its Device field,

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -207,22 +208,102 @@ func (ca *CA) issue(tmpl *x509.Certificate, validity time.Duration) (certPEM, ke
 // in certFile and keyFile. With a clientCAFile (PEM), clients may present a
 // certificate, which must then chain to one of its CAs (mTLS; clients
 // without a certificate may still log in with a password). It fails with
-// ErrInvalidCert when a file holds no usable certificate.
+// ErrInvalidCert when a file holds no usable certificate. ServerTLS offers
+// more.
 func ServerTLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	o := ServerTLSOptions{CertFile: certFile, KeyFile: keyFile}
+	if clientCAFile != "" {
+		o.ClientCAFiles = []string{clientCAFile}
+	}
+	cfg, _, err := ServerTLS(o)
+	return cfg, err
+}
+
+// ALPNAWSIoT is the ALPN protocol the AWS IoT Device SDKs (aws-crt) offer
+// on every TLS connection, and AWS IoT requires on port 443. Umbra's TLS
+// listener sets no ALPN protocols, so Go accepts any offer; a listener that
+// sets some must include this one, or aws-crt's handshake fails.
+const ALPNAWSIoT = "x-amzn-mqtt-ca"
+
+// ServerTLSOptions configures ServerTLS.
+type ServerTLSOptions struct {
+	// CertFile and KeyFile are the server's certificate (chain) and key
+	// (PEM). Required.
+	CertFile, KeyFile string
+	// ClientCAFiles are PEM files, each with one or more CA certificates
+	// (a bundle), whose client certificates log in as the device their
+	// common name names, or as the device they are bound to.
+	ClientCAFiles []string
+	// BoundClientCAFiles are PEM files of CAs whose client certificates
+	// log in only when bound to a device by fingerprint (see
+	// Config.BoundOnlyCAs): CAs that also sign others' certificates, such
+	// as the AWS IoT CA of a migrated fleet.
+	BoundClientCAFiles []string
+	// RequireClientCert makes the handshake fail for a client without a
+	// certificate that chains to one of the CAs, as on AWS IoT's port
+	// 8883; otherwise such a client may log in with a secret. It needs a
+	// CA.
+	RequireClientCert bool
+}
+
+// ServerTLS returns a TLS 1.2+ server configuration for o, and the
+// certificates of o.BoundClientCAFiles for Config.BoundOnlyCAs. With any
+// CA, clients may (or, with RequireClientCert, must) present a
+// certificate, which must then chain to one of the CAs. It sets no ALPN
+// protocols (see ALPNAWSIoT). It fails with ErrInvalidCert when a file is
+// missing or holds anything but certificates (naming the file), a CA is in
+// both lists, or RequireClientCert comes without a CA.
+func ServerTLS(o ServerTLSOptions) (*tls.Config, []*x509.Certificate, error) {
+	pair, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("server tls config: %w: %w", ErrInvalidCert, err)
+		return nil, nil, fmt.Errorf("server tls config: %w: %w", ErrInvalidCert, err)
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
-	if clientCAFile != "" {
-		pool, err := loadPool(clientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("server tls config: %w", err)
+	if len(o.ClientCAFiles)+len(o.BoundClientCAFiles) == 0 {
+		if o.RequireClientCert {
+			return nil, nil, fmt.Errorf("server tls config: %w: requiring a client certificate needs a client CA", ErrInvalidCert)
 		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		return cfg, nil, nil
 	}
-	return cfg, nil
+	pool := x509.NewCertPool()
+	type origin struct {
+		file  string
+		bound bool
+	}
+	seen := map[[32]byte]origin{}
+	add := func(files []string, bound bool) ([]*x509.Certificate, error) {
+		var all []*x509.Certificate
+		for _, f := range files {
+			certs, err := loadCerts(f)
+			if err != nil {
+				return nil, err
+			}
+			for _, c := range certs {
+				sum := sha256.Sum256(c.Raw)
+				if o, dup := seen[sum]; dup && o.bound != bound {
+					return nil, fmt.Errorf("%w: CA %q is both a client CA (%s) and a bound-only one (%s)",
+						ErrInvalidCert, clip(c.Subject.CommonName), o.file, f)
+				}
+				seen[sum] = origin{f, bound}
+				pool.AddCert(c)
+			}
+			all = append(all, certs...)
+		}
+		return all, nil
+	}
+	if _, err := add(o.ClientCAFiles, false); err != nil {
+		return nil, nil, fmt.Errorf("server tls config: %w", err)
+	}
+	boundOnly, err := add(o.BoundClientCAFiles, true)
+	if err != nil {
+		return nil, nil, fmt.Errorf("server tls config: %w", err)
+	}
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	if o.RequireClientCert {
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, boundOnly, nil
 }
 
 // ClientTLSConfig returns a TLS 1.2+ client configuration that trusts the
@@ -245,15 +326,46 @@ func ClientTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 }
 
 func loadPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
+	certs, err := loadCerts(file)
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("%w: no PEM certificate in %s", ErrInvalidCert, file)
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
+}
+
+// loadCerts reads the PEM certificates of file, a single certificate or a
+// bundle; text between the blocks (comments of a bundle) is ignored. Any
+// other PEM block, an unparsable certificate, or no certificate at all is
+// an error wrapping ErrInvalidCert that names the file.
+func loadCerts(file string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidCert, err)
+	}
+	var certs []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%w: %s: PEM block %d is %q, want only certificates", ErrInvalidCert, file, len(certs)+1, clip(b.Type))
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: certificate %d: %w", ErrInvalidCert, file, len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%w: no PEM certificate in %s", ErrInvalidCert, file)
+	}
+	return certs, nil
 }
 
 func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {

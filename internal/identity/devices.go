@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,6 +25,10 @@ type deviceRecord struct {
 	// SecretGen identifies the current secret: new in AddDevice and
 	// RotateDevice. Password sessions are bound to it.
 	SecretGen string `json:"secretGen,omitempty"`
+	// CertSHA256 is the fingerprint of the client certificate bound to
+	// the device (Enrollment.CertSHA256); "" if none. bucketCerts maps it
+	// back to the device.
+	CertSHA256 string `json:"certSha256,omitempty"`
 }
 
 // tokenRecord is a token as stored in the tokens bucket.
@@ -43,6 +48,9 @@ type Device struct {
 	Labels    map[string]string `json:"labels,omitempty"` // nil when there are none
 	CreatedAt time.Time         `json:"createdAt"`
 	RotatedAt time.Time         `json:"rotatedAt,omitzero"` // zero if the secret was never rotated
+	// CertSHA256 is the SHA-256 fingerprint (lowercase hex) of the client
+	// certificate bound to the device; "" if none.
+	CertSHA256 string `json:"certSha256,omitempty"`
 	// Presence is the device's last known connection state; the zero
 	// value if it never connected.
 	Presence Presence `json:"presence"`
@@ -53,36 +61,25 @@ type Device struct {
 // before starts a new enrolment: sessions, certificates and firmware URLs
 // of the earlier one stay refused (see the package documentation). It
 // fails with ErrInvalidLabel for bad labels, ErrExists when id is already
-// a device or a token name, and ErrClosed after Close.
+// a device or a token name, and ErrClosed after Close. EnrollDevice also
+// binds a certificate.
 func (s *Store) AddDevice(ctx context.Context, id device.ID, labels map[string]string) (string, error) {
-	if _, err := device.ParseID(string(id)); err != nil {
-		return "", fmt.Errorf("add device: %w: %w", ErrInvalidName, err)
+	return s.EnrollDevice(ctx, Enrollment{ID: id, Labels: labels})
+}
+
+// EnrollDevice enrolls one device as AddDevice does, binding the
+// certificate e.CertSHA256 if set (the secret is then ""). Besides
+// AddDevice's errors it fails with ErrInvalidCert for a malformed
+// fingerprint and ErrExists for a certificate bound to another device.
+func (s *Store) EnrollDevice(ctx context.Context, e Enrollment) (string, error) {
+	secrets, err := s.EnrollDevices(ctx, []Enrollment{e}, false)
+	if ee, ok := errors.AsType[*EnrollError](err); ok {
+		return "", fmt.Errorf("add device %s: %w", clip(string(e.ID)), ee.Problems[0].Err)
 	}
-	if err := ValidateLabels(labels); err != nil {
-		return "", fmt.Errorf("add device %s: %w", id, err)
-	}
-	secret := newSecret()
-	rec := deviceRecord{
-		MAC:       secretMAC(s.key, RoleDevice, string(id), []byte(secret)),
-		Labels:    cloneLabels(labels),
-		CreatedAt: s.cfg.Now().UTC(),
-		Enrolment: newGeneration(),
-		SecretGen: newGeneration(),
-	}
-	s.credMu.Lock()
-	defer s.credMu.Unlock()
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		if err := nameFree(tx, string(id)); err != nil {
-			return err
-		}
-		return putJSON(tx.Bucket(bucketDevices), string(id), rec)
-	})
 	if err != nil {
-		return "", fmt.Errorf("add device %s: %w", id, err)
+		return "", fmt.Errorf("add device %s: %w", e.ID, err)
 	}
-	s.setCurrent(string(id), rec.credential())
-	s.log.Info("device added", "device", id)
-	return secret, nil
+	return secrets[0], nil
 }
 
 // RotateDevice replaces id's secret with a fresh one and returns it. The
@@ -143,11 +140,18 @@ func (s *Store) removeDevice(ctx context.Context, id device.ID) error {
 	s.credMu.Lock()
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
-		if b.Get([]byte(id)) == nil {
-			return ErrNotFound
+		var rec deviceRecord
+		if err := getJSON(b, string(id), &rec); err != nil {
+			return err
 		}
 		if err := b.Delete([]byte(id)); err != nil {
 			return err
+		}
+		if rec.CertSHA256 != "" {
+			// The bound certificate stops working with the device.
+			if err := tx.Bucket(bucketCerts).Delete([]byte(rec.CertSHA256)); err != nil {
+				return err
+			}
 		}
 		at, err := s.cfg.Now().UTC().MarshalText()
 		if err != nil {
@@ -216,7 +220,7 @@ func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
 }
 
 func (r deviceRecord) device(id device.ID) Device {
-	return Device{ID: id, Labels: cloneLabels(r.Labels), CreatedAt: r.CreatedAt, RotatedAt: r.RotatedAt}
+	return Device{ID: id, Labels: cloneLabels(r.Labels), CreatedAt: r.CreatedAt, RotatedAt: r.RotatedAt, CertSHA256: r.CertSHA256}
 }
 
 // nameFree fails with ErrExists if name is a device or a token.

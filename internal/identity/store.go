@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -107,6 +108,14 @@ type Config struct {
 	// committed, outside the store's locks, with that call's ctx, and may
 	// call the store.
 	OnRevoke func(ctx context.Context, r Revocation)
+	// BoundOnlyCAs are CAs the TLS listener trusts only for certificates
+	// bound to a device (Enrollment.CertSHA256): a certificate whose every
+	// verified chain ends at one of them does not log in by its common
+	// name. Use it for a CA that also signs others' certificates, such as
+	// the AWS IoT CA that issued a migrated fleet's certificates (umbra
+	// serve --bound-client-ca). Nil: every CA the listener trusts vouches
+	// for common names.
+	BoundOnlyCAs []*x509.Certificate
 }
 
 func (c *Config) setDefaults() {
@@ -147,6 +156,9 @@ type Store struct {
 	key []byte // server key; read-only after Open
 
 	denied atomic.Uint64
+	// boundOnly holds the SHA-256 of every Config.BoundOnlyCAs
+	// certificate; read-only after Open.
+	boundOnly map[[sha256.Size]byte]bool
 	// current maps every device ID and token name to its current
 	// *credential, for Allow, which reads it without a lock. Entries are
 	// replaced or deleted under credMu right after the transaction that
@@ -199,6 +211,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		presence: make(map[string]*presenceEntry),
 		dirty:    make(map[string]struct{}),
 	}
+	for _, ca := range cfg.BoundOnlyCAs {
+		if s.boundOnly == nil {
+			s.boundOnly = make(map[[sha256.Size]byte]bool)
+		}
+		s.boundOnly[sha256.Sum256(ca.Raw)] = true
+	}
 	if err := s.init(); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
@@ -211,7 +229,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // init creates the buckets, loads or creates the key and loads presence.
 func (s *Store) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketPresence, bucketMeta, bucketRemoved} {
+		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketPresence, bucketMeta, bucketRemoved, bucketCerts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("identity: create bucket %s: %w", b, err)
 			}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,10 @@ type Config struct {
 	// of MQTTAddr and WSAddr); TLSConfig is required with TLSAddr.
 	MQTTAddr, WSAddr, TLSAddr string
 	TLSConfig                 *tls.Config
+	// BoundOnlyCAs are the CAs of TLSConfig.ClientCAs that vouch only for
+	// certificates bound to a device (identity.Config.BoundOnlyCAs; see
+	// identity.ServerTLS).
+	BoundOnlyCAs []*x509.Certificate
 	// HTTPAddr is the HTTP API's listener.
 	HTTPAddr string
 
@@ -195,9 +200,10 @@ func (s *Server) open(ctx context.Context) error {
 		m.AddEvictions(reason, 0)
 	}
 	ids, err := identity.Open(ctx, identity.Config{
-		Path:      filepath.Join(cfg.DataDir, "identity.db"),
-		Logger:    log,
-		Anonymous: cfg.Anonymous,
+		Path:         filepath.Join(cfg.DataDir, "identity.db"),
+		Logger:       log,
+		Anonymous:    cfg.Anonymous,
+		BoundOnlyCAs: cfg.BoundOnlyCAs,
 		OnRevoke: func(ctx context.Context, r identity.Revocation) {
 			if b := pub.b.Load(); b != nil {
 				m.AddEvictions(r.Reason, b.Evict(ctx, r.Match))
