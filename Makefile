@@ -3,10 +3,11 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/umbra
-APT_PKGS := mosquitto-clients mosquitto
+APT_PKGS := mosquitto-clients mosquitto nodejs npm
+SDK_DIR  := testdata/aws-sdk
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all run build test deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
+.PHONY: all run build test deps sdk-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
 
 all: build
 
@@ -18,18 +19,27 @@ run:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/umbra
 
-## deps: Debian packages the tests use (mosquitto clients and broker for interop tests)
+## deps: Debian packages the tests use (mosquitto clients and broker for interop tests; Node.js and npm for the AWS IoT SDK tests)
 deps:
 	@missing=""; \
 	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+## sdk-deps: the AWS IoT Device SDKs pinned in testdata/aws-sdk/package-lock.json (npm ci; skipped while node_modules matches the lock file)
+sdk-deps: deps
+	@if [ ! -f $(SDK_DIR)/node_modules/.package-lock.json ] || [ $(SDK_DIR)/package-lock.json -nt $(SDK_DIR)/node_modules/.package-lock.json ]; then \
+		echo "installing the AWS IoT Device SDKs in $(SDK_DIR) (npm ci)"; \
+		cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
 ## test: format check, vet, race-enabled tests, short benchmarks, every fuzz target for TEST_FUZZTIME
-test: deps
+test: deps sdk-deps
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...

@@ -2,14 +2,8 @@ package identity_test
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +15,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/awssdktest"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
@@ -48,74 +43,6 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
-}
-
-// awsCA is a CA shaped like the one AWS IoT signs its certificates with:
-// RSA 2048, a subject like AWS's, and leaf certificates with the common
-// name "AWS IoT Certificate" and no extended key usage.
-type awsCA struct {
-	cert     *x509.Certificate
-	key      *rsa.PrivateKey
-	certFile string
-}
-
-func newAWSCA(t *testing.T) *awsCA {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{OrganizationalUnit: []string{"Amazon Web Services O=Amazon.com Inc. L=Seattle ST=Washington C=US"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	f := filepath.Join(t.TempDir(), "aws-ca.pem")
-	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &awsCA{cert: cert, key: key, certFile: f}
-}
-
-// issue returns a device certificate with common name cn, as files.
-func (ca *awsCA) issue(t *testing.T, cn string) (certFile, keyFile string, cert *x509.Certificate) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ = x509.ParseCertificate(der)
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "device.pem.crt"), filepath.Join(dir, "private.pem.key")
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, cert
 }
 
 // tlsClient returns paho options for a TLS client trusting p's CA with
@@ -308,25 +235,27 @@ func TestServerTLSBadFiles(t *testing.T) {
 // device ends the binding at once, and binding again works.
 func TestBoundCertificate(t *testing.T) {
 	p := newPKI(t)
-	aws := newAWSCA(t)
+	aws := awssdktest.NewAWSCA(t)
 	srv, boundOnly, err := identity.ServerTLS(identity.ServerTLSOptions{CertFile: p.serverCert, KeyFile: p.srvKey,
-		ClientCAFiles: []string{filepath.Join(p.dir, identity.CACertFile)}, BoundClientCAFiles: []string{aws.certFile}})
+		ClientCAFiles: []string{filepath.Join(p.dir, identity.CACertFile)}, BoundClientCAFiles: []string{aws.CertFile}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(boundOnly) != 1 || !boundOnly[0].Equal(aws.cert) {
+	if len(boundOnly) != 1 || !boundOnly[0].Equal(aws.Cert) {
 		t.Fatalf("bound-only CAs: got %d, want the AWS CA", len(boundOnly))
 	}
 	s := mustOpen(t, "", identity.Config{BoundOnlyCAs: boundOnly})
-	certFile, keyFile, cert := aws.issue(t, "AWS IoT Certificate")
-	fp := identity.CertFingerprint(cert)
+	dc := aws.Issue(t, awssdktest.AWSCommonName)
+	certFile, keyFile := dc.CertFile, dc.KeyFile
+	fp := identity.CertFingerprint(dc.Cert)
 	if secret, err := s.EnrollDevice(t.Context(), identity.Enrollment{ID: "thing-1", CertSHA256: fp}); err != nil || secret != "" {
 		t.Fatalf("EnrollDevice: got secret %q, %v; want none", secret, err)
 	}
 	mustAddDevice(t, s, "thing-2")
 	// A certificate of the same CA naming another device (AWS's
 	// CreateCertificateFromCsr keeps the CSR's subject).
-	forgedFile, forgedKey, _ := aws.issue(t, "thing-2")
+	forged := aws.Issue(t, "thing-2")
+	forgedFile, forgedKey := forged.CertFile, forged.KeyFile
 	b := brokertest.New(t, broker.Config{Auth: s, TLSConfig: srv})
 	url := brokertest.TLSURL(b)
 
@@ -486,5 +415,3 @@ func TestParseCertPEM(t *testing.T) {
 		}
 	}
 }
-
-
