@@ -97,7 +97,8 @@ func (o *apiOptions) call(cmd *cobra.Command, method, path string, in, out any) 
 		if resp.StatusCode == http.StatusUnauthorized && tok == "" {
 			e.Message += noCredentialHint
 		}
-		err := &apiError{status: resp.StatusCode, msg: fmt.Sprintf("%s %s: %d %s: %s", method, path, resp.StatusCode, http.StatusText(resp.StatusCode), e.Message)}
+		err := &apiError{status: resp.StatusCode, body: b,
+			msg: fmt.Sprintf("%s %s: %d %s: %s", method, path, resp.StatusCode, http.StatusText(resp.StatusCode), e.Message)}
 		return err
 	}
 	if out == nil {
@@ -116,6 +117,7 @@ var errConflict = errors.New("conflict")
 type apiError struct {
 	status int
 	msg    string
+	body   []byte // the answer's body
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -142,10 +144,20 @@ secret as password, or with a client certificate from "umbra device cert".`,
 	o.addFlags(cmd.PersistentFlags())
 
 	var labels []string
+	var certFile string
 	add := &cobra.Command{
-		Use:   "add <id> [--label k=v …]",
-		Short: "Enroll a device and print its secret (shown once)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "add <id> [--label k=v …] [--cert device.pem]",
+		Short: "Enroll a device and print its secret (shown once), or bind its existing certificate",
+		Long: `Enroll a device and print its secret (shown once).
+
+With --cert, bind an existing client certificate to the device instead (any
+subject and issuer, e.g. one AWS IoT issued, whose common name is "AWS IoT
+Certificate"): the device then logs in with that certificate, by its SHA-256
+fingerprint, and gets no secret. The certificate must chain to a CA of umbra
+serve --client-ca or --bound-client-ca, and the device connects with its device
+ID as MQTT client ID. The command prints the fingerprint. See
+docs/migrate-from-aws.md.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseID(args[0])
 			if err != nil {
@@ -155,9 +167,20 @@ secret as password, or with a client certificate from "umbra device cert".`,
 			if err != nil {
 				return fmt.Errorf("--label: %w", err)
 			}
+			req := httpapi.EnrollRequest{ID: string(id), Labels: lbl}
+			if cmd.Flags().Changed("cert") {
+				if req.Certificate, req.CertSHA256, err = readCertFile(certFile); err != nil {
+					return fmt.Errorf("--cert: %w", err)
+				}
+			}
 			var resp httpapi.SecretResponse
-			if err := o.call(cmd, "POST", "/v1/devices", httpapi.EnrollRequest{ID: string(id), Labels: lbl}, &resp); err != nil {
+			if err := o.call(cmd, "POST", "/v1/devices", req, &resp); err != nil {
 				return err
+			}
+			if resp.CertSHA256 != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "device %s enrolled; it logs in with the certificate of SHA-256:\n", resp.ID)
+				fmt.Fprintln(cmd.OutOrStdout(), resp.CertSHA256)
+				return nil
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "device %s enrolled; its secret (MQTT password) is shown once:\n", resp.ID)
 			fmt.Fprintln(cmd.OutOrStdout(), resp.Secret)
@@ -165,6 +188,7 @@ secret as password, or with a client certificate from "umbra device cert".`,
 		},
 	}
 	add.Flags().StringArrayVar(&labels, "label", nil, "label k=v (repeatable)")
+	add.Flags().StringVar(&certFile, "cert", "", "bind this existing client certificate (PEM `file`, the certificate alone) to the device instead of giving it a secret")
 
 	var asJSON bool
 	list := &cobra.Command{
@@ -215,7 +239,7 @@ secret as password, or with a client certificate from "umbra device cert".`,
 			return nil
 		},
 	}
-	cmd.AddCommand(add, list, remove, rotate, newDeviceCertCmd())
+	cmd.AddCommand(add, list, remove, rotate, newDeviceCertCmd(), newDeviceImportCmd(o))
 	return cmd
 }
 

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,7 +58,9 @@ type serveOptions struct {
 	tlsAddr           string
 	tlsCert           string
 	tlsKey            string
-	clientCA          string
+	clientCA          []string
+	boundClientCA     []string
+	clientCert        string
 }
 
 func newServeCmd() *cobra.Command {
@@ -119,7 +123,9 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.tlsAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls-addr")
 	f.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM) for --tls-addr")
-	f.StringVar(&o.clientCA, "client-ca", "", "CA certificate(s) (PEM) that sign device client certificates: enables mTLS on --tls-addr (e.g. <data-dir>/ca/ca.crt from `umbra ca init`)")
+	f.StringSliceVar(&o.clientCA, "client-ca", nil, "PEM `files` (repeatable or comma-separated; each one certificate or a bundle) of the CAs that sign device client certificates: enables mTLS on --tls-addr. A certificate logs in as the device its common name names, or the device it is bound to (umbra device add --cert). The fleet CA of umbra ca init is <data-dir>/ca/ca.pem")
+	f.StringSliceVar(&o.boundClientCA, "bound-client-ca", nil, "PEM `files` (repeatable or comma-separated) of CAs whose client certificates log in only when bound to a device by umbra device add --cert, never by their common name: for a CA that also signs others' certificates, such as the AWS IoT CA of a migrated fleet (docs/migrate-from-aws.md)")
+	f.StringVar(&o.clientCert, "client-cert", clientCertOptional, "on --tls-addr with a client CA: \"optional\" (clients without a certificate may log in with a secret) or \"required\" (the handshake fails without a valid client certificate, as on AWS IoT's port 8883)")
 }
 
 // maxNamedShadowsFlag is the largest --max-named-shadows: each named shadow
@@ -147,6 +153,7 @@ type serveConfig struct {
 	origins       []string
 	tlsAddr       string
 	tlsConfig     *tls.Config // nil unless tlsAddr is set
+	boundOnlyCAs  []*x509.Certificate
 	log           *slog.Logger
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
@@ -176,7 +183,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 			return serveConfig{}, fmt.Errorf("%s %s: %w", name, addr, err)
 		}
 	}
-	tlsConfig, err := o.tlsSettings()
+	tlsConfig, boundOnly, err := o.tlsSettings()
 	if err != nil {
 		return serveConfig{}, err
 	}
@@ -248,29 +255,52 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
+		boundOnlyCAs: boundOnly,
 	}, nil
 }
 
+// Values of --client-cert.
+const (
+	clientCertOptional = "optional"
+	clientCertRequired = "required"
+)
+
 // tlsSettings validates the TLS flags and loads the listener's
-// configuration; nil when --tls-addr is not set.
-func (o *serveOptions) tlsSettings() (*tls.Config, error) {
+// configuration and the bound-only CAs; nil when --tls-addr is not set.
+func (o *serveOptions) tlsSettings() (*tls.Config, []*x509.Certificate, error) {
+	if o.clientCert != clientCertOptional && o.clientCert != clientCertRequired {
+		return nil, nil, fmt.Errorf("--client-cert %q: want %s or %s", o.clientCert, clientCertOptional, clientCertRequired)
+	}
+	cas := len(o.clientCA) + len(o.boundClientCA)
 	if o.tlsAddr == "" {
-		if o.tlsCert != "" || o.tlsKey != "" || o.clientCA != "" {
-			return nil, errors.New("--tls-cert, --tls-key and --client-ca need --tls-addr")
+		if o.tlsCert != "" || o.tlsKey != "" || cas > 0 || o.clientCert != clientCertOptional {
+			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca, --bound-client-ca and --client-cert need --tls-addr")
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	if o.tlsCert == "" || o.tlsKey == "" {
-		return nil, errors.New("--tls-addr needs --tls-cert and --tls-key")
+		return nil, nil, errors.New("--tls-addr needs --tls-cert and --tls-key")
 	}
-	if o.clientCA != "" && o.insecureAnonymous {
-		return nil, errors.New("--client-ca (mTLS) and --insecure-anonymous exclude each other")
+	if cas > 0 && o.insecureAnonymous {
+		return nil, nil, errors.New("--client-ca and --bound-client-ca (mTLS) and --insecure-anonymous exclude each other")
 	}
-	c, err := identity.ServerTLSConfig(o.tlsCert, o.tlsKey, o.clientCA)
+	if o.clientCert == clientCertRequired && cas == 0 {
+		return nil, nil, errors.New("--client-cert required needs --client-ca or --bound-client-ca")
+	}
+	for _, f := range append(slices.Clone(o.clientCA), o.boundClientCA...) {
+		if f == "" {
+			return nil, nil, errors.New("--client-ca and --bound-client-ca: empty file name")
+		}
+	}
+	c, boundOnly, err := identity.ServerTLS(identity.ServerTLSOptions{
+		CertFile: o.tlsCert, KeyFile: o.tlsKey,
+		ClientCAFiles: o.clientCA, BoundClientCAFiles: o.boundClientCA,
+		RequireClientCert: o.clientCert == clientCertRequired,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("--tls-addr: %w", err)
+		return nil, nil, fmt.Errorf("--tls-addr: %w", err)
 	}
-	return c, nil
+	return c, boundOnly, nil
 }
 
 // checkLoopback refuses listen addresses beyond loopback: with
@@ -326,6 +356,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		WSAddr:            cfg.wsAddr,
 		TLSAddr:           cfg.tlsAddr,
 		TLSConfig:         cfg.tlsConfig,
+		BoundOnlyCAs:      cfg.boundOnlyCAs,
 		HTTPAddr:          cfg.httpAddr,
 		MaxDocumentSize:   cfg.maxDocSize,
 		MaxNamedShadows:   cfg.maxNamed,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/umbra-iot/umbra/internal/device"
@@ -22,7 +23,8 @@ type Verifier interface {
 // Identities is what the device and token administration routes need.
 // *identity.Store implements it.
 type Identities interface {
-	AddDevice(ctx context.Context, id device.ID, labels map[string]string) (string, error)
+	EnrollDevice(ctx context.Context, e identity.Enrollment) (string, error)
+	EnrollDevices(ctx context.Context, list []identity.Enrollment, dryRun bool) ([]string, error)
 	RotateDevice(ctx context.Context, id device.ID) (string, error)
 	RemoveDevice(ctx context.Context, id device.ID) error
 	ListDevices(ctx context.Context) ([]identity.Device, error)
@@ -31,8 +33,14 @@ type Identities interface {
 	RevokeToken(ctx context.Context, name string) error
 }
 
-// maxIdentityBody caps the body of the identity routes.
+// maxIdentityBody caps the body of the identity routes but the import.
 const maxIdentityBody = 16 << 10
+
+// MaxImportBody caps the body of a bulk import (POST
+// /v1/identities/devices): room for identity.MaxEnrollments devices with
+// a certificate and a few labels each. A larger fleet is imported in
+// several files.
+const MaxImportBody = 32 << 20
 
 // anonymousPrincipal is who every request is with anonymous access.
 var anonymousPrincipal = identity.Principal{Role: identity.RoleOperator, Name: "anonymous"}
@@ -139,16 +147,50 @@ func writeErrorBody(w http.ResponseWriter, status int, msg string) {
 
 // Identity administration bodies.
 type (
-	// EnrollRequest is the body of POST /v1/devices.
+	// EnrollRequest is the body of POST /v1/devices, and one device of
+	// an ImportRequest.
 	EnrollRequest struct {
 		ID     string            `json:"id"`
 		Labels map[string]string `json:"labels,omitempty"`
+		// Certificate, if set, is an existing client certificate (PEM,
+		// the certificate alone) to bind to the device by its SHA-256
+		// fingerprint: it then logs in as the device whatever its
+		// subject and issuer, and the device gets no secret.
+		Certificate string `json:"certificate,omitempty"`
+		// CertSHA256 binds a certificate by its fingerprint alone (64
+		// lowercase hex digits of the SHA-256 of its DER form, AWS IoT's
+		// certificate ID). With Certificate, it must be that
+		// certificate's.
+		CertSHA256 string `json:"certSha256,omitempty"`
 	}
 	// SecretResponse answers POST /v1/devices and POST
-	// /v1/devices/{id}/rotate: the device's new secret, shown once.
+	// /v1/devices/{id}/rotate: the device's new secret, shown once;
+	// none for a device enrolled with a certificate, which answers the
+	// certificate's fingerprint instead.
 	SecretResponse struct {
-		ID     string `json:"id"`
-		Secret string `json:"secret"`
+		ID         string `json:"id"`
+		Secret     string `json:"secret,omitempty"`
+		CertSHA256 string `json:"certSha256,omitempty"`
+	}
+	// ImportRequest is the body of POST /v1/identities/devices: devices
+	// to enroll all at once, or, if any is bad, none.
+	ImportRequest struct {
+		Devices []EnrollRequest `json:"devices"`
+		// DryRun checks every device and enrolls none.
+		DryRun bool `json:"dryRun,omitempty"`
+	}
+	// ImportResponse answers an import: the devices in request order
+	// with their secrets (none for a dry run or a bound certificate).
+	ImportResponse struct {
+		Devices []SecretResponse `json:"devices"`
+		DryRun  bool             `json:"dryRun,omitempty"`
+	}
+	// ImportProblem is one bad device of an import, listed in the
+	// "problems" of its 400 answer.
+	ImportProblem struct {
+		Index   int    `json:"index"` // position in ImportRequest.Devices, from 0
+		ID      string `json:"id"`
+		Message string `json:"message"`
 	}
 	// TokenRequest is the body of POST /v1/tokens.
 	TokenRequest struct {
@@ -176,8 +218,10 @@ type (
 // wrapped in auth (Authenticate lets only operators write them), to be
 // passed as Config.Mounts:
 //
-//	POST   /v1/devices               {"id","labels"} → 201 SecretResponse
+//	POST   /v1/devices               {"id","labels","certificate","certSha256"} → 201 SecretResponse
 //	GET    /v1/identities/devices    → IdentityList (with presence)
+//	POST   /v1/identities/devices    ImportRequest → 201 ImportResponse (200 for a dry run);
+//	                                 400 with every bad device in "problems", nothing enrolled
 //	DELETE /v1/devices/{id}          → 204
 //	POST   /v1/devices/{id}/rotate   → SecretResponse
 //	POST   /v1/tokens                {"name","role"} → 201 TokenResponse
@@ -195,6 +239,7 @@ func IdentityRoutes(ids Identities, auth func(http.Handler) http.Handler, log *s
 	routes := map[string]http.HandlerFunc{
 		"POST /v1/devices":             h.addDevice,
 		"GET /v1/identities/devices":   h.listDevices,
+		"POST /v1/identities/devices":  h.importDevices,
 		"DELETE /v1/devices/{id}":      h.removeDevice,
 		"POST /v1/devices/{id}/rotate": h.rotateDevice,
 		"POST /v1/tokens":              h.createToken,
@@ -234,18 +279,119 @@ func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	id, err := device.ParseID(req.ID)
-	if err != nil {
-		h.fail(w, r, fmt.Errorf("id %q: %w", req.ID, err))
-		return
-	}
-	secret, err := h.ids.AddDevice(r.Context(), id, req.Labels)
+	e, err := req.enrollment()
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	notifyEnrolled(r, id, req.Labels) // joins matching dynamic rollouts
-	h.ok(w, r, http.StatusCreated, SecretResponse{ID: string(id), Secret: secret})
+	secret, err := h.ids.EnrollDevice(r.Context(), e)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	notifyEnrolled(r, e.ID, e.Labels) // joins matching dynamic rollouts
+	h.ok(w, r, http.StatusCreated, SecretResponse{ID: string(e.ID), Secret: secret, CertSHA256: e.CertSHA256})
+}
+
+// enrollment validates the ID and the certificate fields of req.
+func (req EnrollRequest) enrollment() (identity.Enrollment, error) {
+	id, err := device.ParseID(req.ID)
+	if err != nil {
+		return identity.Enrollment{}, fmt.Errorf("id %q: %w", clip(req.ID), err)
+	}
+	e := identity.Enrollment{ID: id, Labels: req.Labels, CertSHA256: req.CertSHA256}
+	if req.Certificate != "" {
+		cert, err := identity.ParseCertPEM([]byte(req.Certificate))
+		if err != nil {
+			return identity.Enrollment{}, fmt.Errorf("certificate: %w", err)
+		}
+		fp := identity.CertFingerprint(cert)
+		if req.CertSHA256 != "" && req.CertSHA256 != fp {
+			return identity.Enrollment{}, clientErr(errInvalid, "certSha256 %q is not the SHA-256 of certificate (%s)", clip(req.CertSHA256), fp)
+		}
+		e.CertSHA256 = fp
+	}
+	return e, nil
+}
+
+// importDevices enrolls a list of devices at once, or none.
+func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
+	var req ImportRequest
+	imp := &api{log: h.api.log, maxBody: MaxImportBody}
+	if err := imp.decodeJSON(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if len(req.Devices) == 0 {
+		h.fail(w, r, clientErr(errInvalid, "No devices to import"))
+		return
+	}
+	if len(req.Devices) > identity.MaxEnrollments {
+		h.fail(w, r, clientErr(errInvalid, "%d devices: at most %d in one import", len(req.Devices), identity.MaxEnrollments))
+		return
+	}
+	list := make([]identity.Enrollment, len(req.Devices))
+	var problems []ImportProblem
+	for i, d := range req.Devices {
+		e, err := d.enrollment()
+		if err != nil {
+			problems = append(problems, ImportProblem{Index: i, ID: d.ID, Message: err.Error()})
+			e = identity.Enrollment{ID: device.ID(d.ID)} // still checked for conflicts below
+		}
+		list[i] = e
+	}
+	dryRun := req.DryRun || len(problems) > 0
+	secrets, err := h.ids.EnrollDevices(r.Context(), list, dryRun)
+	if ee, ok := errors.AsType[*identity.EnrollError](err); ok {
+		reported := len(problems)
+		for _, p := range ee.Problems {
+			// A device already reported is reported once.
+			if !slices.ContainsFunc(problems[:reported], func(q ImportProblem) bool { return q.Index == p.Index }) {
+				problems = append(problems, ImportProblem{Index: p.Index, ID: string(p.ID), Message: p.Err.Error()})
+			}
+		}
+	} else if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if len(problems) > 0 {
+		slices.SortStableFunc(problems, func(a, b ImportProblem) int { return a.Index - b.Index })
+		b, _ := json.Marshal(importErrorBody{
+			errorBody: errorBody{Code: http.StatusBadRequest, Message: fmt.Sprintf("%d of %d devices are bad; nothing imported", countIndexes(problems), len(list))},
+			Problems:  problems,
+		})
+		writeJSON(w, http.StatusBadRequest, b)
+		return
+	}
+	resp := ImportResponse{Devices: make([]SecretResponse, len(list)), DryRun: req.DryRun}
+	for i, e := range list {
+		resp.Devices[i] = SecretResponse{ID: string(e.ID), Secret: secrets[i], CertSHA256: e.CertSHA256}
+		if !req.DryRun {
+			notifyEnrolled(r, e.ID, e.Labels)
+		}
+	}
+	status := http.StatusCreated
+	if req.DryRun {
+		status = http.StatusOK
+	}
+	h.ok(w, r, status, resp)
+}
+
+// importErrorBody is the 400 answer of an import with bad devices.
+type importErrorBody struct {
+	errorBody
+	Problems []ImportProblem `json:"problems"`
+}
+
+// countIndexes counts the distinct devices of sorted problems.
+func countIndexes(p []ImportProblem) int {
+	n := 0
+	for i := range p {
+		if i == 0 || p[i].Index != p[i-1].Index {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *idHandler) rotateDevice(w http.ResponseWriter, r *http.Request) {
@@ -323,4 +469,12 @@ func (h *idHandler) revokeToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// clip shortens s, a client's value quoted in an error, to 64 bytes.
+func clip(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return s[:64] + "…"
 }

@@ -85,6 +85,7 @@ var statusTable = []struct {
 	{identity.ErrInvalidName, http.StatusBadRequest},
 	{identity.ErrInvalidRole, http.StatusBadRequest},
 	{identity.ErrInvalidLabel, http.StatusBadRequest},
+	{identity.ErrInvalidCert, http.StatusBadRequest},
 	{device.ErrInvalidID, http.StatusBadRequest},
 	{identity.ErrClosed, http.StatusServiceUnavailable},
 }

@@ -183,15 +183,15 @@ func (s *Store) EnrollDevices(ctx context.Context, list []Enrollment, dryRun boo
 	defer s.credMu.Unlock()
 	errBad := errors.New("bad enrollments") // rolls the transaction back
 	err := s.update(ctx, func(tx *bolt.Tx) error {
-		ids := make(map[device.ID]int, len(list))
-		fps := make(map[string]int)
+		ids := make(map[device.ID]bool, len(list))
+		fps := make(map[string]device.ID)
 		certs := tx.Bucket(bucketCerts)
 		for i, e := range list {
-			if first, dup := ids[e.ID]; dup {
-				bad(i, fmt.Errorf("%w: %q is also device %d of this import", ErrExists, clip(string(e.ID)), first))
+			if ids[e.ID] {
+				bad(i, fmt.Errorf("%w: %q comes twice in this import", ErrExists, clip(string(e.ID))))
 				continue
 			}
-			ids[e.ID] = i
+			ids[e.ID] = true
 			if err := nameFree(tx, string(e.ID)); err != nil {
 				bad(i, err)
 				continue
@@ -200,11 +200,12 @@ func (s *Store) EnrollDevices(ctx context.Context, list []Enrollment, dryRun boo
 				continue
 			}
 			if first, dup := fps[e.CertSHA256]; dup {
-				bad(i, fmt.Errorf("%w: certificate %s is also bound to device %d of this import", ErrExists, e.CertSHA256, first))
+				bad(i, fmt.Errorf("%w: certificate %s is also bound to %q in this import", ErrExists, e.CertSHA256, clip(string(first))))
 			} else if owner := certs.Get([]byte(e.CertSHA256)); owner != nil {
 				bad(i, fmt.Errorf("%w: certificate %s is bound to device %s", ErrExists, e.CertSHA256, owner))
+			} else {
+				fps[e.CertSHA256] = e.ID
 			}
-			fps[e.CertSHA256] = i
 		}
 		if len(problems) > 0 || dryRun {
 			return errBad
