@@ -93,9 +93,12 @@
 // device may use only its own /v1/devices/{id}/shadow and …/shadows, an integrator may only
 // read (GET), an operator may do everything. A missing or invalid token is
 // 401 with "WWW-Authenticate: Bearer", a valid token without the right 403.
-// IdentityRoutes adds device enrollment (POST /v1/devices, DELETE
-// /v1/devices/{id}, POST /v1/devices/{id}/rotate, GET /v1/identities/devices
-// with presence) and token routes (/v1/tokens), to be passed as
+// IdentityRoutes adds device enrollment (POST /v1/devices, with an
+// optional certificate to bind; DELETE /v1/devices/{id}, POST
+// /v1/devices/{id}/rotate, GET /v1/identities/devices with presence, and
+// POST /v1/identities/devices, a bulk import of all devices or none, with
+// every bad one listed in the 400's "problems") and token routes
+// (/v1/tokens), to be passed as
 // Config.Mounts behind the same middleware. /healthz and mounts such as the
 // URL-signed firmware downloads need no token.
 package httpapi

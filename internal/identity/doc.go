@@ -8,7 +8,13 @@
 //
 // A Principal has a Role. A device (RoleDevice) is one device.ID; it logs
 // in with its ID as user name and client ID and its secret as password, or
-// with a client certificate whose common name is its ID. A token
+// with a client certificate: one bound to it by fingerprint
+// (Enrollment.CertSHA256, any subject and issuer, e.g. AWS-issued), or one
+// whose common name is its ID from a CA not in Config.BoundOnlyCAs. On a
+// certificate login the client ID is the device ID, and the user name may
+// be empty, the device ID, the common name, or start with "?" (AWS IoT's
+// query form for SDK metrics, ignored). EnrollDevices enrolls many devices
+// in one transaction, or none and every problem listed. A token
 // (RoleOperator or RoleIntegrator) has a name and a secret and logs in
 // with them as user name and password, or over HTTP with the bearer token
 // "name:secret" (VerifyBearer). Device IDs and token names share one
@@ -65,9 +71,12 @@
 // after a rotation, those already using the new secret. umbra serve
 // evicts them from the broker at once (see broker.Server.Evict).
 //
-// A client certificate stays valid until it expires, but only for an
-// enrolled device, and not if it was issued before the device was last
-// removed: RemoveDevice records the time in the database, and
+// A bound certificate works while its device is enrolled: RemoveDevice
+// deletes the binding, so it is refused at once (and the sessions are
+// evicted like any others); binding it again is the operator's explicit
+// act. Any other client certificate stays valid until it expires, but
+// only for an enrolled device, and not if it was issued before the device
+// was last removed: RemoveDevice records the time in the database, and
 // CA.IssueDeviceCert records the issue time in the certificate
 // (IssuedURIPrefix; for a certificate of another CA, NotBefore counts).
 // After removing and enrolling a device again, issue it a new certificate.
