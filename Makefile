@@ -49,11 +49,12 @@ test: deps sdk-deps
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s; make test runs each for TEST_FUZZTIME)
 FUZZTIME      ?= 30s
 TEST_FUZZTIME ?= 2s
-# Every fuzz target (19), as <package>:<target>: go test fuzzes one target per
+# Every fuzz target (21), as <package>:<target>: go test fuzzes one target per
 # invocation. fuzz-list fails when a target is missing here.
 FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
 	./broker:FuzzConnection \
+	./cmd/umbra:FuzzImportFile \
 	./cmd/umbra:FuzzRolloutNumberParsers \
 	./cmd/umbra:FuzzRolloutTargetParsers \
 	./firmware:FuzzDownloadURL \
@@ -64,6 +65,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzShadowRequest \
 	./internal/identity:FuzzAllow \
 	./internal/identity:FuzzAllowFilter \
+	./internal/identity:FuzzParseCertPEM \
 	./internal/identity:FuzzParseLabels \
 	./internal/shadowclient:FuzzDispatch \
 	./internal/sim:FuzzMachineDelta \

@@ -112,7 +112,6 @@ func readImportFile(path string) ([]importRow, []rowProblem, error) {
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		line, _ := r.FieldPos(0)
 		if pe, ok := errors.AsType[*csv.ParseError](err); ok && errors.Is(pe.Err, csv.ErrFieldCount) {
 			problems = append(problems, rowProblem{pe.StartLine, fmt.Sprintf("%d fields, the header has %d", len(rec), len(header))})
 			continue
@@ -120,6 +119,7 @@ func readImportFile(path string) ([]importRow, []rowProblem, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", path, err)
 		}
+		line, _ := r.FieldPos(0) // only after a record was read: it panics otherwise
 		if len(rows)+len(problems) >= identity.MaxEnrollments {
 			return nil, nil, fmt.Errorf("%s: more than %d devices; import them in several files", path, identity.MaxEnrollments)
 		}

@@ -415,3 +415,32 @@ func TestParseCertPEM(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseCertPEM: any input is either refused with ErrInvalidCert or
+// gives a device (non-CA) certificate with a 64-digit fingerprint.
+func FuzzParseCertPEM(f *testing.F) {
+	ca, err := identity.InitCA(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.IssueDeviceCert("thing-1", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range [][]byte{certPEM, keyPEM, append(slices.Clone(certPEM), certPEM...), ca.CertPEM(), []byte("hello"),
+		[]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cert, err := identity.ParseCertPEM(data)
+		if err != nil {
+			if !errors.Is(err, identity.ErrInvalidCert) {
+				t.Fatalf("error %v does not wrap ErrInvalidCert", err)
+			}
+			return
+		}
+		if cert.IsCA || len(identity.CertFingerprint(cert)) != 64 {
+			t.Fatalf("accepted a CA certificate or got a bad fingerprint: %+v", cert.Subject)
+		}
+	})
+}
