@@ -128,6 +128,8 @@ type api struct {
 	presence func(device.ID) (identity.Presence, bool)
 	ro       atomic.Pointer[rolloutsRef] // nil until configured
 	targets  TargetResolver              // nil: no select or all
+	// observe is Config.Observe; nil when not set.
+	observe func(route string, code int, d time.Duration)
 }
 
 // NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
@@ -209,7 +211,8 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	for _, pattern := range slices.Sorted(maps.Keys(routes)) {
 		mux.Handle(pattern, routes[pattern])
 	}
-	return a.logRequests(jsonErrors(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux))))), a, nil
+	a.observe = cfg.Observe
+	return a.logRequests(mux, jsonErrors(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux))))), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -480,21 +483,64 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom keeps sendfile for file downloads.
+func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+	}
+	s.bytes += int(n)
+	return n, err
+}
+
+// Flush passes a flush through.
+func (s *statusRecorder) Flush() {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// logRequests logs every request at debug level.
-func (a *api) logRequests(next http.Handler) http.Handler {
+// logRequests reports every answered request to Config.Observe and logs
+// it at debug level.
+func (a *api) logRequests(mux *http.ServeMux, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !a.log.Enabled(r.Context(), slog.LevelDebug) {
+		debug := a.log.Enabled(r.Context(), slog.LevelDebug)
+		if !debug && a.observe == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
 		start := time.Now()
+		// The route that serves r, known before next runs, so that
+		// refusals made in front of the mux (cross-origin) name it too.
+		_, route := mux.Handler(r)
+		if route == "" {
+			route = "unmatched"
+		}
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
-		a.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
-			"bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr)
+		if rec.status == 0 {
+			rec.status = http.StatusOK // nothing written: net/http answers 200
+		}
+		d := time.Since(start)
+		if a.observe != nil {
+			a.observe(route, rec.status, d)
+		}
+		if debug {
+			a.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "route", route, "status", rec.status,
+				"bytes", rec.bytes, "duration", d, "remote", r.RemoteAddr)
+		}
 	})
 }
 

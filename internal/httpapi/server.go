@@ -78,6 +78,11 @@ type Config struct {
 	// requests besides pages of the API's own origin. Default none: a
 	// cross-origin POST, PUT, PATCH or DELETE from a browser gets 403.
 	TrustedOrigins []string
+	// Observe, if set, is called once per answered request with the route
+	// pattern that served it (for example "GET /v1/devices/{id}/shadow";
+	// "unmatched" when no route did), the status code and the time taken:
+	// the /metrics request counters. It must return quickly.
+	Observe func(route string, code int, d time.Duration)
 }
 
 func (c *Config) setDefaults() {

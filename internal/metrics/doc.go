@@ -44,6 +44,8 @@
 //	umbra_firmware_bytes_served_total           counter image bytes written to downloaders
 //	umbra_rollout_devices{rollout,state}        gauge   devices per rollout state
 //	umbra_identity_sessions_evicted_total{reason} counter sessions evicted: removed, rotated, revoked, replaced, stale
+//	umbra_http_requests_total{route,code}       counter HTTP answers by route pattern and status (refusals included)
+//	umbra_http_request_duration_seconds{route}  histogram HTTP request latency
 //
 // plus the standard go_* and process_* collectors.
 //

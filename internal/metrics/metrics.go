@@ -53,6 +53,7 @@ type Metrics struct {
 	commitBatch    prometheus.Histogram
 	rollout        *prometheus.GaugeVec   // rollout, state
 	evicted        *prometheus.CounterVec // reason
+	http           httpMetrics
 }
 
 // New returns a Metrics with its own registry holding the shadow, commit
@@ -89,11 +90,13 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "identity", Name: "sessions_evicted_total",
 			Help: "MQTT sessions disconnected because the credential they logged in with ended, by reason: removed (device), rotated (device secret), revoked (token), replaced (admin token), stale (logged in while the credential ended).",
 		}, []string{"reason"}),
+		http: newHTTPMetrics(),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout, m.evicted,
+		m.http.requests, m.http.latency,
 	)
 	return m
 }

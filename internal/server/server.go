@@ -342,6 +342,7 @@ func (s *Server) open(ctx context.Context) error {
 			Presence:       ids.Presence,
 			Targets:        httpapi.IdentityTargets(ids, eng),
 			TrustedOrigins: cfg.AllowedOrigins,
+			Observe:        s.metrics.ObserveHTTP,
 			// Firmware and Rollouts are installed below: the store needs the bound address.
 		})
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,12 +105,15 @@ func scrapeMetrics(t *testing.T, url string) map[string]float64 {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		var name string
-		var v float64
-		if line := sc.Text(); !strings.HasPrefix(line, "#") {
-			if _, err := fmt.Sscan(line, &name, &v); err == nil {
-				out[name] = v
-			}
+		// Label values may hold spaces (HTTP routes): the value is the
+		// last field.
+		line := sc.Text()
+		i := strings.LastIndexByte(line, ' ')
+		if strings.HasPrefix(line, "#") || i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
 		}
 	}
 	return out
