@@ -263,11 +263,15 @@ func TestDemoInterrupt(t *testing.T) {
 			if code := r.wait(t, 30*time.Second); code != tc.wantCode {
 				t.Errorf("exit code %d after %v, want %d", code, tc.sig, tc.wantCode)
 			}
-			if d := time.Since(sent); d > 15*time.Second {
-				t.Errorf("demo took %v to stop after %v, want < 15s", d, tc.sig)
-			}
-			if out := r.output(); !strings.Contains(out, tc.want) {
+			// Every process stops on its SIGTERM: none had to be killed
+			// (the script says so when one does). How long stopping takes
+			// is not asserted: it depends on the machine's load.
+			out := r.output()
+			if !strings.Contains(out, tc.want) {
 				t.Errorf("output has no %q", tc.want)
+			}
+			if strings.Contains(out, "did not stop within") {
+				t.Errorf("a process had to be killed %v after %v:\n%s", time.Since(sent), tc.sig, out)
 			}
 			r.checkNoSurvivors(t)
 		})
