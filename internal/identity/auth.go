@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/internal/policy"
 )
 
 // anonymousName is the broker.Identity name of every client in anonymous
@@ -192,20 +193,48 @@ func (s *Store) PrincipalOf(id broker.Identity) (p Principal, ok bool) {
 	return Principal{Role: Role(role), Name: name}, true
 }
 
-// Allow implements broker.Authenticator: it applies the package-level Allow
-// to id's principal, and refuses everything to a session whose credential
-// is no longer current (see Valid): the device was removed or its secret
-// rotated, or the token revoked, even if the name has been enrolled or
-// created again since. Every refusal is counted in Denied. It takes no
-// lock.
+// Allow implements broker.Authenticator: it asks the topic policy (see
+// SetPolicy) whether id's principal may publish on topic (write) or
+// subscribe to the filter topic and receive messages on topic (!write),
+// and refuses everything to a session whose credential is no longer
+// current (see Valid): the device was removed or its secret rotated, or
+// the token revoked, even if the name has been enrolled or created again
+// since. The policy's subject is the principal's role, its name (a
+// device ID or token name; "" in anonymous mode) and the client ID.
+// Every refusal is counted in Denied. It takes no lock.
 func (s *Store) Allow(id broker.Identity, topic string, write bool) bool {
 	p, ok := s.PrincipalOf(id)
-	ok = ok && (s.cfg.Anonymous || s.validFor(p, id.Credential)) && Allow(p, topic, write)
+	ok = ok && (s.cfg.Anonymous || s.validFor(p, id.Credential))
+	if ok {
+		access := policy.Read
+		if write {
+			access = policy.Write
+		}
+		sub := policy.Subject{Role: string(p.Role), User: p.Name, ClientID: id.ClientID}
+		if s.cfg.Anonymous {
+			sub.User = "" // anonymous: the topic lines before the first user line
+		}
+		ok = s.policy.Load().Allow(sub, topic, access)
+	}
 	if !ok {
 		s.denied.Add(1)
 	}
 	return ok
 }
+
+// SetPolicy replaces the topic policy Allow applies, for example after
+// umbra serve reloaded its --acl-file. The next check of every session
+// uses it, existing subscriptions included (their messages are checked
+// at delivery). A nil p restores policy.Default().
+func (s *Store) SetPolicy(p *policy.Policy) {
+	if p == nil {
+		p = policy.Default()
+	}
+	s.policy.Store(p)
+}
+
+// Policy returns the topic policy Allow applies.
+func (s *Store) Policy() *policy.Policy { return s.policy.Load() }
 
 // Denied returns the number of publishes and subscriptions Allow refused
 // since Open.

@@ -11,6 +11,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/policy"
 )
 
 // tlsState returns the server's view of a handshake in which the client
@@ -204,4 +205,86 @@ func TestAnonymous(t *testing.T) {
 			t.Errorf("Allow(anonymous, %q, %t) = %t, want %t", tc.topic, tc.write, got, tc.want)
 		}
 	}
+}
+
+// TestStorePolicy: Allow asks the policy with the principal's role, name
+// and client ID; SetPolicy takes effect at the next check; a policy never
+// gives rights back to a session whose credential ended.
+func TestStorePolicy(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	devSec := mustAddDevice(t, s, "dev-1")
+	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
+	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(devSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	integ, err := s.Authenticate(ctx, broker.Credentials{ClientID: "any client/ID ü", Username: "dash", Password: []byte(intSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := policy.Parse("t.acl", []byte(`role integrator
+pattern write acks/%c
+user dash
+topic write dash-only
+user dev-1
+topic write lamp-only
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Policy() != policy.Default() {
+		t.Errorf("Policy() before SetPolicy = %v, want the default", s.Policy())
+	}
+	check := func(name string, id broker.Identity, topic string, want bool) {
+		t.Helper()
+		if got := s.Allow(id, topic, true); got != want {
+			t.Errorf("%s: Allow(%s, %q, write) = %t, want %t", name, id.Name, topic, got, want)
+		}
+	}
+	check("default policy", integ, "dash-only", false)
+	s.SetPolicy(policy.New(f))
+	check("user line names the token", integ, "dash-only", true)
+	check("user line names the device", dev, "lamp-only", true)
+	check("user line is not the role", dev, "dash-only", false)
+	check("a client ID holding / matches no %c", integ, "acks/any client", false)
+	other, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dash-2", Username: "dash", Password: []byte(intSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("%c is the client ID", other, "acks/dash-2", true)
+	check("%c is not another client", other, "acks/dash-3", false)
+	check("the default still applies", dev, "devices/dev-1/telemetry", true)
+	if err := s.RevokeToken(ctx, "dash"); err != nil {
+		t.Fatal(err)
+	}
+	check("a revoked token has no rights whatever the policy", other, "dash-only", false)
+	s.SetPolicy(nil)
+	check("SetPolicy(nil) restores the default", dev, "lamp-only", false)
+	if s.Policy() != policy.Default() {
+		t.Errorf("Policy() after SetPolicy(nil) = %v, want the default", s.Policy())
+	}
+
+	// Anonymous clients are operators without a user name: the topic
+	// lines before the first user line are theirs.
+	anon := mustOpen(t, "", identity.Config{Anonymous: true,
+		Policy: policy.New(mustParseFile(t, "default replace\ntopic write anon-only\nuser *anonymous*\ntopic write never\n"))})
+	id, err := anon.Authenticate(ctx, broker.Credentials{ClientID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]bool{"anon-only": true, "never": false, "devices/x/commands/y": false} {
+		if got := anon.Allow(id, topic, true); got != want {
+			t.Errorf("anonymous: Allow(%q, write) = %t, want %t", topic, got, want)
+		}
+	}
+}
+
+func mustParseFile(t *testing.T, src string) *policy.File {
+	t.Helper()
+	f, err := policy.Parse("t.acl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

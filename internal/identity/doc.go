@@ -18,8 +18,18 @@
 // (RoleOperator or RoleIntegrator) has a name and a secret and logs in
 // with them as user name and password, or over HTTP with the bearer token
 // "name:secret" (VerifyBearer). Device IDs and token names share one
-// namespace. Allow is the ACL, a pure function of principal, topic and
-// direction; see its documentation for the rules.
+// namespace. A device's MQTT client ID is its device ID; a token's may be
+// any client ID but an enrolled device's, and in anonymous mode any.
+//
+// # Topic policy
+//
+// Allow applies a topic policy (internal/policy, docs/acl.md) to the
+// session's subject: its role, its name (device ID or token name, "" in
+// anonymous mode, where every client is an operator) and its client ID.
+// The policy is the built-in default unless Config.Policy or SetPolicy
+// gives another; SetPolicy swaps it atomically, and the next check of
+// every session, a delivery on an existing subscription included, uses
+// the new one.
 //
 // # Secret storage
 //
@@ -92,7 +102,7 @@
 //
 // A Store is safe for concurrent use; Authenticate and Allow are called on
 // the broker's connection goroutines. Allow takes no lock (a sync.Map
-// load of the current credential). Methods return errors wrapping the package's
+// load of the current credential and an atomic load of the policy). Methods return errors wrapping the package's
 // sentinels (ErrNotFound, ErrExists, ErrInvalidName, ErrInvalidRole,
 // ErrInvalidLabel, ErrUnauthenticated, ErrKeyMismatch, ErrLocked,
 // ErrInvalidCert, ErrClosed), to be matched with errors.Is.

@@ -8,22 +8,31 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/policy"
 )
 
-func ExampleAllow() {
-	dev := identity.Principal{Role: identity.RoleDevice, Name: "dev-1", Device: "dev-1"}
-	integrator := identity.Principal{Role: identity.RoleIntegrator, Name: "dashboard"}
-	fmt.Println(identity.Allow(dev, "state/dev-1/update", true))
-	fmt.Println(identity.Allow(dev, "state/dev-1/update/accepted", true))
-	fmt.Println(identity.Allow(dev, "state/dev-2/#", false))
-	fmt.Println(identity.Allow(integrator, "state/+/update/accepted", false))
-	fmt.Println(identity.Allow(integrator, "state/dev-1/update", true))
+func ExampleStore_SetPolicy() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "umbra-example")
+	defer os.RemoveAll(dir)
+	s, err := identity.Open(ctx, identity.Config{Path: filepath.Join(dir, "identity.db")})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close(ctx)
+	secret, _ := s.AddDevice(ctx, "lamp1", nil)
+	lamp, _ := s.Authenticate(ctx, broker.Credentials{ClientID: "lamp1", Username: "lamp1", Password: []byte(secret)})
+
+	// The built-in default: a device publishes telemetry, not a status.
+	fmt.Println(s.Allow(lamp, "devices/lamp1/telemetry", true), s.Allow(lamp, "devices/lamp1/status", true))
+	// A policy file extending the default (umbra serve --acl-file).
+	f, _ := policy.Parse("acl.conf", []byte("role device\npattern write devices/%u/status\n"))
+	s.SetPolicy(policy.New(f))
+	fmt.Println(s.Allow(lamp, "devices/lamp1/telemetry", true), s.Allow(lamp, "devices/lamp1/status", true))
 	// Output:
-	// true
-	// false
-	// false
-	// true
-	// false
+	// true false
+	// true true
 }
 
 func ExampleStore_AddDevice() {

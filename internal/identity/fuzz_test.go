@@ -1,41 +1,53 @@
 package identity_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/policy"
 )
 
-// FuzzAllow checks invariants of the ACL that hold for every topic: no
-// integrator ever writes, a device never touches topics outside its own
-// subtrees, nobody publishes a wildcard, and nobody publishes on a reply
-// topic.
+// FuzzAllow checks invariants of the store's ACL with the built-in
+// default policy that hold for every topic, for sessions with several
+// client IDs: no integrator ever writes, device A never touches topics
+// outside its own trees, and nobody publishes a wildcard, on a reserved
+// topic or on a reply topic.
 func FuzzAllow(f *testing.F) {
 	for _, s := range []string{"state/A/update", "state/A/#", "state/+/update/accepted", "#", "rollouts/#",
 		"firmware/A/x", "state/A/update/accepted", "$SYS/#", "state//update", "state/A/+/#",
 		"$aws/things/A/shadow/update", "$aws/things/A/shadow/name/n/get", "$aws/things/A/shadow/get/+",
-		"$aws/things/A/shadow/update/accepted", "$aws/things/B/shadow/#", "state/A/shadow/n/update/delta"} {
+		"$aws/things/A/shadow/update/accepted", "$aws/things/B/shadow/#", "state/A/shadow/n/update/delta",
+		"devices/A/telemetry", "devices/+/telemetry", "$share/g/devices/A/#", "devices/A/commands/x"} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
-	devA := identity.Principal{Role: identity.RoleDevice, Name: "A", Device: "A"}
-	op := identity.Principal{Role: identity.RoleOperator, Name: "op"}
-	integ := identity.Principal{Role: identity.RoleIntegrator, Name: "i"}
+	s, ids := fuzzSessions(f)
+	devA := ids["device"][0]
+	reserved := policy.Reserved()
 	f.Fuzz(func(t *testing.T, topic string, write bool) {
-		if identity.Allow(integ, topic, true) {
-			t.Errorf("integrator may publish %q", topic)
+		for _, integ := range ids["integrator"] {
+			if s.Allow(integ, topic, true) {
+				t.Errorf("integrator %q may publish %q", integ.ClientID, topic)
+			}
 		}
-		if identity.Allow(devA, topic, write) && !strings.HasPrefix(topic, "state/A/") && !strings.HasPrefix(topic, "firmware/A/") &&
-			!strings.HasPrefix(topic, "$aws/things/A/shadow/") {
+		own := []string{"state/A/", "devices/A/", "firmware/A/", "$aws/things/A/shadow/", "$share/"}
+		if s.Allow(devA, topic, write) && !slices.ContainsFunc(own, func(p string) bool { return strings.HasPrefix(topic, p) }) {
 			t.Errorf("device A allowed %q (write=%t)", topic, write)
 		}
-		for _, p := range []identity.Principal{devA, op} {
-			if !identity.Allow(p, topic, true) {
+		for _, id := range append([]broker.Identity{devA}, ids["operator"]...) {
+			if !s.Allow(id, topic, true) {
 				continue
 			}
-			if strings.ContainsAny(topic, "+#") || !strings.HasPrefix(topic, "state/") && !strings.HasPrefix(topic, "$aws/things/") {
-				t.Errorf("%s may publish %q", p.Role, topic)
+			if strings.ContainsAny(topic, "+#") {
+				t.Errorf("%s (%q) may publish wildcard topic %q", id.Name, id.ClientID, topic)
+			}
+			for _, r := range reserved {
+				if matches(r, topic) {
+					t.Errorf("%s (%q) may publish %q, reserved by %s", id.Name, id.ClientID, topic, r)
+				}
 			}
 			// A reply topic is <request>/<result>, or presence.
 			levels := strings.Split(topic, "/")
@@ -45,11 +57,36 @@ func FuzzAllow(f *testing.F) {
 			}
 			isRequest := parent == "update" || parent == "get" || parent == "delete"
 			isResult := last == "accepted" || last == "rejected" || last == "delta" || last == "documents"
-			if isRequest && isResult || last == "presence" {
-				t.Errorf("%s may publish the reply topic %q", p.Role, topic)
+			if (isRequest && isResult || last == "presence") && (strings.HasPrefix(topic, "state/") || strings.HasPrefix(topic, "$aws/")) {
+				t.Errorf("%s may publish the reply topic %q", id.Name, topic)
 			}
 		}
 	})
+}
+
+// fuzzSessions opens a store with device A, an operator and an
+// integrator, and returns sessions of each by role: the device with its
+// own client ID, the tokens with several client IDs (anything MQTT
+// allows but a device's).
+func fuzzSessions(f *testing.F) (*identity.Store, map[string][]broker.Identity) {
+	s := mustOpen(f, "", identity.Config{Logger: quiet})
+	ctx := f.Context()
+	devSec := mustAddDevice(f, s, "A")
+	opSec := mustCreateToken(f, s, identity.RoleOperator, "op")
+	intSec := mustCreateToken(f, s, identity.RoleIntegrator, "i")
+	login := func(clientID, user, secret string) broker.Identity {
+		id, err := s.Authenticate(ctx, broker.Credentials{ClientID: clientID, Username: user, Password: []byte(secret)})
+		if err != nil {
+			f.Fatal(err)
+		}
+		return id
+	}
+	ids := map[string][]broker.Identity{"device": {login("A", "A", devSec)}}
+	for _, c := range []string{"op-1", "B", "+", "#", "a/b", "$SYS", "ü x"} {
+		ids["operator"] = append(ids["operator"], login(c, "op", opSec))
+		ids["integrator"] = append(ids["integrator"], login(c, "i", intSec))
+	}
+	return s, ids
 }
 
 // FuzzParseLabels checks that accepted labels round-trip and stay within

@@ -18,6 +18,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/umbra-iot/umbra/internal/policy"
 )
 
 // Defaults applied by Open to zero Config fields.
@@ -92,6 +94,9 @@ type Config struct {
 	// Anonymous makes Authenticate accept every client as an operator,
 	// without checking credentials (umbra serve --insecure-anonymous).
 	Anonymous bool
+	// Policy is the topic policy Allow applies. Nil means
+	// policy.Default(), the built-in default. SetPolicy replaces it.
+	Policy *policy.Policy
 	// PresenceFlushInterval is how often changed presence is written to
 	// the database. Default DefaultPresenceFlushInterval.
 	PresenceFlushInterval time.Duration
@@ -134,6 +139,9 @@ func (c *Config) setDefaults() {
 	if c.OpenTimeout == 0 {
 		c.OpenTimeout = DefaultOpenTimeout
 	}
+	if c.Policy == nil {
+		c.Policy = policy.Default()
+	}
 }
 
 func (c *Config) validate() error {
@@ -159,6 +167,7 @@ type Store struct {
 	// boundOnly holds the SHA-256 of every Config.BoundOnlyCAs
 	// certificate; read-only after Open.
 	boundOnly map[[sha256.Size]byte]bool
+	policy    atomic.Pointer[policy.Policy] // never nil after Open
 	// current maps every device ID and token name to its current
 	// *credential, for Allow, which reads it without a lock. Entries are
 	// replaced or deleted under credMu right after the transaction that
@@ -217,6 +226,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		s.boundOnly[sha256.Sum256(ca.Raw)] = true
 	}
+	s.policy.Store(cfg.Policy)
 	if err := s.init(); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
