@@ -33,7 +33,7 @@ type Authenticator interface {
 
 // Credentials are what a client presented when connecting.
 type Credentials struct {
-	ClientID   string               // MQTT client ID, already a valid device.ID
+	ClientID   string               // MQTT client ID: any the broker accepted (see Config.MaxClientIDLength), or one it assigned
 	Username   string               // CONNECT user name; "" if absent
 	Password   []byte               // CONNECT password; nil if absent
 	RemoteAddr string               // peer address, "ip:port"

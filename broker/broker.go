@@ -59,6 +59,10 @@ const (
 	// for an integrator that picks devices one filter each. A subscription
 	// costs about 2.6 KB, so about 26 MB at the cap.
 	DefaultServiceSubscriptions = 10000
+	// DefaultMaxClientIDLength is the longest client ID accepted, in bytes
+	// (MQTT allows 65,535; AWS IoT 128): IDs are kept per session and
+	// logged.
+	DefaultMaxClientIDLength = 256
 
 	// receiveMaximum is the number of unacknowledged QoS 1 and 2 PUBLISHes a client
 	// may have in flight towards the broker.
@@ -106,7 +110,7 @@ var (
 	// the network connection failed or was closed without DISCONNECT.
 	ErrConnectionLost = errors.New("broker: connection lost")
 	// ErrInvalidClientID is the reason a CONNECT is refused when its client
-	// ID is not a valid device.ID or is reserved.
+	// ID is longer than Config.MaxClientIDLength or is reserved.
 	ErrInvalidClientID = errors.New("broker: invalid client id")
 	// ErrSlowConsumer is wrapped in the cause reported to OnDisconnect for
 	// a client disconnected because it did not read what it was sent: its
@@ -125,7 +129,9 @@ type HandlerFunc func(clientID, topic string, payload []byte)
 // ConnInfo describes one client connection to Config.OnConnect and
 // Config.OnDisconnect.
 type ConnInfo struct {
-	// ClientID is the MQTT client ID, a valid device.ID.
+	// ClientID is the MQTT client ID: any UTF-8 string (without NUL) of 1
+	// to Config.MaxClientIDLength bytes, assigned by the broker for a
+	// client that sent none.
 	ClientID string
 	// RemoteAddr is the peer's address, "ip:port".
 	RemoteAddr string
@@ -293,6 +299,11 @@ type Config struct {
 	// never stored or replayed to later subscribers (counted in
 	// Stats.RetainIgnored). Each must be a valid filter. Default none.
 	RequestFilters []string
+	// MaxClientIDLength caps the client ID of a CONNECT, in bytes; a
+	// longer one is refused with CONNACK "client identifier not valid",
+	// logged and counted in Stats.ClientIDsRefused. Default
+	// DefaultMaxClientIDLength; at most 65,535.
+	MaxClientIDLength int
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -353,6 +364,9 @@ func (c *Config) setDefaults() {
 	if c.ServiceSubscriptions == 0 {
 		c.ServiceSubscriptions = DefaultServiceSubscriptions
 	}
+	if c.MaxClientIDLength == 0 {
+		c.MaxClientIDLength = DefaultMaxClientIDLength
+	}
 }
 
 // validate reports the first invalid field of a defaulted Config.
@@ -395,6 +409,9 @@ func (c *Config) validate() error {
 	}
 	if c.WriteTimeout < 0 {
 		return fmt.Errorf("%w: negative WriteTimeout %v", ErrInvalidConfig, c.WriteTimeout)
+	}
+	if c.MaxClientIDLength < 1 || c.MaxClientIDLength > maxTopicLen {
+		return fmt.Errorf("%w: MaxClientIDLength %d outside [1, %d]", ErrInvalidConfig, c.MaxClientIDLength, maxTopicLen)
 	}
 	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
 		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)

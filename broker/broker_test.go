@@ -480,6 +480,10 @@ func TestConnectTimeout(t *testing.T) {
 	brokertest.Next(t, msgs, wait)
 }
 
+// TestClientID: any client ID MQTT allows up to MaxClientIDLength bytes,
+// an assigned one for an empty ID with a clean session (in CONNACK for
+// MQTT 5), and a refusal counted in ClientIDsRefused for a reserved or
+// over-long one.
 func TestClientID(t *testing.T) {
 	var cfg broker.Config
 	ev := withEvents(&cfg)
@@ -490,37 +494,61 @@ func TestClientID(t *testing.T) {
 		clientID string
 		wantCode byte
 	}{
-		{"valid", v311, "dev-1.a:b_c", 0},
+		{"device ID alphabet", v311, "dev-1.a:b_c", 0},
 		{"empty is assigned", v311, "", 0},
+		{"v5 empty is assigned", v5, "", 0},
+		{"slash", v311, "a/b", 0},
+		{"wildcards", v311, "a+#", 0},
+		{"space", v5, "a b", 0},
+		{"non-ASCII", v311, "gerät-ü-€", 0},
+		{"mosquitto_pub style", v311, "mosqpub|1234-host", 0},
+		{"longest", v311, strings.Repeat("x", broker.DefaultMaxClientIDLength), 0},
+		{"too long", v311, strings.Repeat("x", broker.DefaultMaxClientIDLength+1), 0x02},
+		{"v5 too long", v5, strings.Repeat("x", 1000), 0x85},
 		{"reserved inline", v311, "inline", 0x02},
-		{"slash", v311, "a/b", 0x02},
-		{"wildcard", v311, "a+", 0x02},
-		{"too long", v311, strings.Repeat("x", 129), 0x02},
 		{"v5 reserved inline", v5, "inline", 0x85},
-		{"v5 space", v5, "a b", 0x85},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			before := b.Stats().ConnectsRejected
+			before := b.Stats()
 			rc := dialRaw(t, b.Addr())
-			if code := rc.connect(tc.version, tc.clientID, true); code != tc.wantCode {
-				t.Fatalf("CONNACK code: got %#x, want %#x", code, tc.wantCode)
+			rc.write(connectPacket(tc.version, tc.clientID, true, 30))
+			ack := rc.expect(typeConnack)
+			if len(ack.body) < 2 || ack.body[1] != tc.wantCode {
+				t.Fatalf("CONNACK %v: want code %#x", ack, tc.wantCode)
 			}
+			after := b.Stats()
 			if tc.wantCode != 0 {
 				rc.expectClosed()
-				if got := b.Stats().ConnectsRejected - before; got != 1 {
+				after = b.Stats()
+				if got := after.ConnectsRejected - before.ConnectsRejected; got != 1 {
 					t.Errorf("ConnectsRejected: got +%d, want +1", got)
+				}
+				if got := after.ClientIDsRefused - before.ClientIDsRefused; got != 1 {
+					t.Errorf("ClientIDsRefused: got +%d, want +1", got)
 				}
 				return
 			}
-			id := recv(t, ev.connects, "connect").ClientID
-			if tc.clientID != "" && id != tc.clientID {
-				t.Errorf("OnConnect client ID: got %q, want %q", id, tc.clientID)
+			if after.ClientIDsRefused != before.ClientIDsRefused {
+				t.Errorf("ClientIDsRefused grew for an accepted client ID")
 			}
-			if id == "" {
+			id := recv(t, ev.connects, "connect").ClientID
+			switch {
+			case tc.clientID != "" && id != tc.clientID:
+				t.Errorf("OnConnect client ID: got %q, want %q", id, tc.clientID)
+			case id == "":
 				t.Errorf("OnConnect client ID: got empty, want an assigned ID")
+			case tc.clientID == "" && tc.version == v5 && !bytes.Contains(ack.body, appendString([]byte{0x12}, id)):
+				t.Errorf("CONNACK %v: want the assigned client identifier property with %q", ack, id)
 			}
 		})
+	}
+	// A smaller cap.
+	small := brokertest.New(t, broker.Config{MaxClientIDLength: 8})
+	for id, want := range map[string]byte{"12345678": 0, "123456789": 0x02} {
+		if code := dialRaw(t, small.Addr()).connect(v311, id, true); code != want {
+			t.Errorf("MaxClientIDLength 8: client ID %q: CONNACK code %#x, want %#x", id, code, want)
+		}
 	}
 	// The inline client still works after a client tried to take its ID.
 	got := make(chan string, 1)
@@ -830,6 +858,8 @@ func TestOpenErrors(t *testing.T) {
 		{"negative writes pending", broker.Config{ClientWritesPending: -1}, broker.ErrInvalidConfig},
 		{"negative service writes pending", broker.Config{ServiceWritesPending: -1}, broker.ErrInvalidConfig},
 		{"tiny read buffer", broker.Config{ReadBufferSize: 1}, broker.ErrInvalidConfig},
+		{"negative client ID length", broker.Config{MaxClientIDLength: -1}, broker.ErrInvalidConfig},
+		{"client ID length over MQTT's", broker.Config{MaxClientIDLength: 65536}, broker.ErrInvalidConfig},
 		{"tls address without config", broker.Config{TLSAddr: "127.0.0.1:0"}, broker.ErrInvalidConfig},
 		{"tls config without address", broker.Config{TLSConfig: serverTLS}, broker.ErrInvalidConfig},
 		{"tls config without certificate", broker.Config{TLSAddr: "127.0.0.1:0", TLSConfig: &tls.Config{}}, broker.ErrInvalidConfig},

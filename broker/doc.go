@@ -98,10 +98,13 @@
 //
 // Every packet is capped at Config.MaxPacketSize (default 128 KiB); a client
 // sending a larger one is disconnected. A connection must send CONNECT
-// within Config.ConnectTimeout. Client IDs must be valid device IDs
-// ([A-Za-z0-9_.:-]{1,128}, see internal/device) and not "inline", which
-// mochi reserves; other CONNECTs are refused with "client identifier not
-// valid". A client's outbound queue holds Config.ClientWritesPending
+// within Config.ConnectTimeout. A client ID may be any UTF-8 string MQTT
+// allows up to Config.MaxClientIDLength bytes (default 256) but "inline",
+// which mochi reserves; other CONNECTs are refused with "client
+// identifier not valid" and counted in Stats.ClientIDsRefused. A client
+// that sends an empty client ID with a clean session gets one assigned
+// (MQTT 5 clients learn it from CONNACK). Which identity may use which
+// client ID is Config.Auth's decision. A client's outbound queue holds Config.ClientWritesPending
 // packets and its inflight store Config.MaxInflight unacknowledged QoS 1
 // messages; excess messages are dropped and counted in
 // Stats.MessagesDropped and Stats.InflightDropped. Retained messages do

@@ -12,8 +12,6 @@ import (
 	"github.com/gorilla/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // maxLoggedDenials bounds how many distinct denied topics are remembered
@@ -35,6 +33,7 @@ type hook struct {
 
 	publishesDenied  atomic.Int64
 	connectsRejected atomic.Int64
+	clientIDsRefused atomic.Int64
 	handlerPanics    atomic.Int64
 
 	subscriptionsRefused atomic.Int64 // filters over a subscription cap, since Open
@@ -71,13 +70,15 @@ func (h *hook) Provides(b byte) bool {
 }
 
 // OnConnect validates the client ID. mochi assigns an ID to a client that
-// sent none before calling it.
+// sent none (with a clean session) before calling it. Which identity may
+// use which ID is the Authenticator's business.
 func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
-	err := validClientID(cl.ID)
+	err := validClientID(cl.ID, h.s.cfg.MaxClientIDLength)
 	if err == nil {
 		return nil
 	}
 	h.connectsRejected.Add(1)
+	h.clientIDsRefused.Add(1)
 	h.s.log.Info("connection refused", "client", clip(cl.ID), "remote", cl.Net.Remote, "error", err)
 	if ackErr := h.s.mq.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil); ackErr != nil {
 		return fmt.Errorf("refuse connect: %w (send connack: %w)", err, ackErr)
@@ -85,13 +86,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	return err
 }
 
-// validClientID reports whether id may be used as an MQTT client ID.
-func validClientID(id string) error {
+// validClientID reports whether id may be used as an MQTT client ID: any
+// string mochi decoded (UTF-8 without NUL) of at most max bytes but the
+// inline client's.
+func validClientID(id string, max int) error {
 	if id == mqtt.InlineClientId {
 		return fmt.Errorf("%w: %q is reserved", ErrInvalidClientID, id)
 	}
-	if _, err := device.ParseID(id); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidClientID, err)
+	if len(id) > max {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidClientID, len(id), max)
 	}
 	return nil
 }

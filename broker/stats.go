@@ -24,6 +24,7 @@ type Stats struct {
 	InflightDropped     int64 // QoS 1 and 2 messages dropped because a session's inflight store was full, since Open
 	PublishesDenied     int64 // PUBLISHes refused by Authenticator.Allow, since Open
 	ConnectsRejected    int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
+	ClientIDsRefused    int64 // CONNECTs refused for an over-long or reserved client ID (also in ConnectsRejected), since Open
 	TLSHandshakesFailed int64 // TLS connections closed because the handshake failed or timed out, since Open
 	HandlerPanics       int64 // panics recovered from Subscribe handlers, since Open
 
@@ -54,6 +55,7 @@ func (s *Server) Stats() Stats {
 		InflightDropped:  atomic.LoadInt64(&info.InflightDropped),
 		PublishesDenied:  s.hook.publishesDenied.Load(),
 		ConnectsRejected: s.hook.connectsRejected.Load(),
+		ClientIDsRefused: s.hook.clientIDsRefused.Load(),
 		HandlerPanics:    s.hook.handlerPanics.Load(),
 		SlowConsumers:    s.out.shed.Load(),
 		PendingBytes:     s.out.pending.Load(),

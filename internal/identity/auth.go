@@ -24,8 +24,9 @@ const anonymousName = "*anonymous*"
 //
 // With a password, the user name (or, if empty, the client ID) names a
 // device or a token and the password must be its secret. A device must
-// connect with its device ID as client ID; a token must not use an enrolled
-// device's ID as client ID (it would take over the device's session).
+// connect with its device ID as client ID; a token may use any client ID
+// the broker accepted (one it assigned included) but an enrolled device's
+// ID (it would take over the device's session).
 //
 // Without a password, the connection must carry a client certificate that
 // the TLS listener verified (Credentials.TLS with VerifiedChains) whose
@@ -38,7 +39,8 @@ const anonymousName = "*anonymous*"
 // certificate the device's enrolment. Allow refuses the session once that
 // credential is no longer current.
 //
-// In anonymous mode every client is accepted as an operator. Errors wrap
+// In anonymous mode every client is accepted as an operator, with any
+// client ID. Errors wrap
 // ErrUnauthenticated (or ErrClosed) and say why, for the broker's log.
 func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
 	if s.closed.Load() {
