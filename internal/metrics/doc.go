@@ -14,7 +14,8 @@
 //     shadow.Config.CommitObserved);
 //   - SetRolloutDevices(rollout, state, n): devices of a rollout per state;
 //   - AddEvictions(reason, n): MQTT sessions evicted because their
-//     credential ended.
+//     credential ended;
+//   - AddACLReloads(result, n): reloads of the topic policy file.
 //
 // Counters that components already keep are read at scrape time through
 // small interfaces declared here: RegisterBroker takes a func returning
@@ -31,6 +32,7 @@
 //	umbra_broker_pending_bytes                  gauge   bytes written to clients, not yet taken by their sockets
 //	umbra_broker_subscriptions                  gauge   client subscriptions, offline sessions included
 //	umbra_broker_subscriptions_refused_total    counter filters refused for a session's subscription cap
+//	umbra_broker_client_ids_refused_total       counter CONNECTs refused for an over-long or reserved client ID
 //	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted; op "unknown" for unserved $aws operations)
 //	umbra_shadow_request_duration_seconds{op}   histogram request latency
 //	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency
@@ -46,6 +48,7 @@
 //	umbra_identity_sessions_evicted_total{reason} counter sessions evicted: removed, rotated, revoked, replaced, stale
 //	umbra_http_requests_total{route,code}       counter HTTP answers by route pattern and status (refusals included)
 //	umbra_http_request_duration_seconds{route}  histogram HTTP request latency
+//	umbra_acl_reloads_total{result}             counter policy file reloads: ok, error
 //
 // plus the standard go_* and process_* collectors.
 //

@@ -34,6 +34,7 @@ type BrokerStats struct {
 
 	Subscriptions        int64 // client subscriptions now, offline persistent sessions included
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap
+	ClientIDsRefused     int64 // CONNECTs refused for an over-long or reserved client ID
 }
 
 // FirmwareSource is what the metrics read from the firmware store at
@@ -54,6 +55,7 @@ type Metrics struct {
 	rollout        *prometheus.GaugeVec   // rollout, state
 	evicted        *prometheus.CounterVec // reason
 	http           httpMetrics
+	aclReloads     *prometheus.CounterVec // result
 }
 
 // New returns a Metrics with its own registry holding the shadow, commit
@@ -90,13 +92,14 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "identity", Name: "sessions_evicted_total",
 			Help: "MQTT sessions disconnected because the credential they logged in with ended, by reason: removed (device), rotated (device secret), revoked (token), replaced (admin token), stale (logged in while the credential ended).",
 		}, []string{"reason"}),
-		http: newHTTPMetrics(),
+		http:       newHTTPMetrics(),
+		aclReloads: newACLReloads(),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout, m.evicted,
-		m.http.requests, m.http.latency,
+		m.http.requests, m.http.latency, m.aclReloads,
 	)
 	return m
 }
@@ -185,6 +188,8 @@ var (
 		"MQTT client subscriptions, of connected clients and offline persistent sessions.", nil, nil)
 	descSubsRefused = prometheus.NewDesc(namespace+"_broker_subscriptions_refused_total",
 		"SUBSCRIBE filters refused because the session had reached its subscription cap.", nil, nil)
+	descClientIDs = prometheus.NewDesc(namespace+"_broker_client_ids_refused_total",
+		"MQTT CONNECTs refused because the client ID was longer than --max-client-id-length or reserved.", nil, nil)
 )
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -196,6 +201,7 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPending
 	ch <- descSubs
 	ch <- descSubsRefused
+	ch <- descClientIDs
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -210,4 +216,5 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(s.PendingBytes))
 	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(s.Subscriptions))
 	ch <- prometheus.MustNewConstMetric(descSubsRefused, prometheus.CounterValue, float64(s.SubscriptionsRefused))
+	ch <- prometheus.MustNewConstMetric(descClientIDs, prometheus.CounterValue, float64(s.ClientIDsRefused))
 }

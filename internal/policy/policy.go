@@ -185,17 +185,17 @@ func New(f *File) *Policy {
 }
 
 // Load reads and parses the policy file at path and compiles it with New.
-// Errors name the file; syntax errors are *ParseError values for each bad
-// line (see Parse).
+// Errors name the file: the *fs.PathError of opening or reading it, or a
+// *ParseError for each bad line (see Parse).
 func Load(path string) (*Policy, error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
+		return nil, err
 	}
 	defer fh.Close()
 	src, err := io.ReadAll(io.LimitReader(fh, MaxFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("policy: read %s: %w", path, err)
+		return nil, err
 	}
 	f, err := Parse(path, src)
 	if err != nil {

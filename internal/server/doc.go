@@ -16,6 +16,17 @@
 // carry the device's enrolment (identity.Store.Enrolment), so removing a
 // device also revokes its URLs.
 //
+// # Topic policy
+//
+// Config.ACLFile is loaded before anything is opened, so a bad file fails
+// Open with every bad line as "<file>:<line>: <what is wrong>". The
+// compiled policy goes to the identity store, whose Allow the broker asks
+// for every publish, subscription and delivery. ReloadACL (umbra serve
+// runs it on SIGHUP) swaps in the file's new content if it is valid and
+// keeps the old policy otherwise; connections stay up, and the next check
+// of every session uses the policy in force. Reloads are logged and
+// counted in umbra_acl_reloads_total{result}.
+//
 // `umbra serve` is flag parsing over this package; tests and benchmarks
 // use it to run the same wiring in-process.
 package server

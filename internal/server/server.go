@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/internal/policy"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
@@ -81,6 +82,14 @@ type Config struct {
 	// (HTTP) or host (WebSocket). Default none.
 	AllowedOrigins []string
 
+	// ACLFile is a topic policy file (docs/acl.md) that extends the
+	// built-in default policy, or replaces it if it says "default
+	// replace"; "" means the built-in default alone. Open fails on a bad
+	// file; ReloadACL reads it again.
+	ACLFile string
+	// MaxClientIDLength is broker.Config.MaxClientIDLength.
+	MaxClientIDLength int
+
 	// RolloutTick and RolloutRescan tune the planner (rollout.Config.Tick
 	// and Rescan); tests and benchmarks shorten them.
 	RolloutTick, RolloutRescan time.Duration
@@ -128,10 +137,15 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	// A bad policy file fails before anything is created or opened.
+	acl, err := s.loadACL()
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
 	defer func() {
 		if err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -139,7 +153,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			err = errors.Join(err, s.Close(cctx))
 		}
 	}()
-	if err := s.open(ctx); err != nil {
+	if err := s.open(ctx, acl); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -149,7 +163,7 @@ func (s *Server) push(name string, c interface{ Close(context.Context) error }) 
 	s.closers = append(s.closers, closer{name, c})
 }
 
-func (s *Server) open(ctx context.Context) error {
+func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	cfg, log, m := s.cfg, s.log, s.metrics
 	pub := &lazyPublisher{}
 	// The rollout planner is opened after the engine and the firmware store
@@ -204,6 +218,7 @@ func (s *Server) open(ctx context.Context) error {
 		Logger:       log,
 		Anonymous:    cfg.Anonymous,
 		BoundOnlyCAs: cfg.BoundOnlyCAs,
+		Policy:       acl,
 		OnRevoke: func(ctx context.Context, r identity.Revocation) {
 			if b := pub.b.Load(); b != nil {
 				m.AddEvictions(r.Reason, b.Evict(ctx, r.Match))
@@ -225,6 +240,9 @@ func (s *Server) open(ctx context.Context) error {
 	} else {
 		log.Info("operator token", "file", adminToken)
 	}
+	m.AddACLReloads(reloadOK, 0)
+	m.AddACLReloads(reloadError, 0)
+	log.Info("topic policy", "policy", acl.String())
 	if cfg.Anonymous {
 		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
 	}
@@ -262,6 +280,7 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	brk, err := broker.Open(ctx, broker.Config{
 		MaxConnsPerIdentity: maxConns,
+		MaxClientIDLength:   cfg.MaxClientIDLength,
 		TCPAddr:             cfg.MQTTAddr,
 		WSAddr:              cfg.WSAddr,
 		TLSAddr:             cfg.TLSAddr,
@@ -316,6 +335,7 @@ func (s *Server) open(ctx context.Context) error {
 			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
 			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
 			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
+			ClientIDsRefused: st.ClientIDsRefused,
 		}
 	})
 	for _, svc := range services {
