@@ -9,8 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -55,6 +58,8 @@ type serveOptions struct {
 
 	insecureAnonymous bool
 	allowedOrigins    []string
+	aclFile           string
+	maxClientIDLen    int
 	tlsAddr           string
 	tlsCert           string
 	tlsKey            string
@@ -76,7 +81,11 @@ the database is closed.
 Every client must authenticate: on first start serve writes an operator token
 to <data-dir>/admin.token (mode 0600), which umbra commands on the same machine
 use automatically. Enroll devices with "umbra device add". Listeners may bind
-any address; --insecure-anonymous turns authentication off (loopback only).`,
+any address; --insecure-anonymous turns authentication off (loopback only).
+
+Topics are governed by a policy (docs/acl.md): a built-in default, extended by
+--acl-file in mosquitto's acl_file syntax with role sections. SIGHUP reloads
+the file without dropping connections; a bad file keeps the policy in force.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
@@ -118,6 +127,8 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
 	f.Int64Var(&o.maxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
+	f.StringVar(&o.aclFile, "acl-file", "", "topic policy file (mosquitto acl_file syntax with role sections, docs/acl.md) extending the built-in default policy; reloaded on SIGHUP")
+	f.IntVar(&o.maxClientIDLen, "max-client-id-length", broker.DefaultMaxClientIDLength, "longest MQTT client ID accepted, in bytes (at most 65535)")
 	f.BoolVar(&o.insecureAnonymous, "insecure-anonymous", false, "accept every MQTT and HTTP client as an operator, without credentials (loopback listeners only; for tests and demos)")
 	f.StringSliceVar(&o.allowedOrigins, "allowed-origins", nil, "browser origins (scheme://host[:port], comma-separated) whose pages may change things through the HTTP API and open MQTT over WebSocket, besides the server's own origin (HTTP) and host (WebSocket)")
 	f.StringVar(&o.tlsAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
@@ -151,6 +162,8 @@ type serveConfig struct {
 	maxImageSize  int64
 	anonymous     bool
 	origins       []string
+	aclFile       string
+	maxClientID   int
 	tlsAddr       string
 	tlsConfig     *tls.Config // nil unless tlsAddr is set
 	boundOnlyCAs  []*x509.Certificate
@@ -236,6 +249,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.retryCacheBytes < 1<<10 {
 		return serveConfig{}, fmt.Errorf("--retry-cache-bytes %d: must be at least 1024", o.retryCacheBytes)
 	}
+	if o.maxClientIDLen < 1 || o.maxClientIDLen > 65535 {
+		return serveConfig{}, fmt.Errorf("--max-client-id-length %d: must be between 1 and 65535", o.maxClientIDLen)
+	}
 	if o.deviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
@@ -256,6 +272,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 		boundOnlyCAs: boundOnly,
+		aclFile:      o.aclFile, maxClientID: o.maxClientIDLen,
 	}, nil
 }
 
@@ -348,8 +365,13 @@ type server struct {
 
 // runServe runs Umbra until ctx is cancelled, then shuts down in reverse
 // order: device traffic stops first, then the engine finishes what is in
-// progress and closes its database.
+// progress and closes its database. SIGHUP reloads the --acl-file.
 func runServe(ctx context.Context, cfg serveConfig) error {
+	// SIGHUP reloads the policy file; from now on it no longer ends the
+	// process, also while serve starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	s, err := umbraserver.Open(ctx, umbraserver.Config{
 		DataDir:           cfg.dataDir,
 		MQTTAddr:          cfg.mqttAddr,
@@ -370,6 +392,8 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		MaxImageSize:      cfg.maxImageSize,
 		Anonymous:         cfg.anonymous,
 		AllowedOrigins:    cfg.origins,
+		ACLFile:           cfg.aclFile,
+		MaxClientIDLength: cfg.maxClientID,
 		Logger:            cfg.log,
 
 		MaxPendingBytes:      cfg.maxPendingBytes,
@@ -381,13 +405,21 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return err
 	}
+
 	if cfg.ready != nil {
 		cfg.ready(&server{
 			dataDir: s.DataDir(), eng: s.Engine(), ids: s.Identity(), brk: s.Broker(),
 			api: s.API(), fw: s.Firmware(), planner: s.Planner(),
 		})
 	}
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-hup:
+			_ = s.ReloadACL() // logged and counted
+		case <-ctx.Done():
+			done = true
+		}
+	}
 	cfg.log.Info("shutting down")
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
 	defer cancel()
