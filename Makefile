@@ -67,6 +67,8 @@ FUZZ_TARGETS := \
 	./internal/identity:FuzzAllowFilter \
 	./internal/identity:FuzzParseCertPEM \
 	./internal/identity:FuzzParseLabels \
+	./internal/policy:FuzzAllowMatchesReference \
+	./internal/policy:FuzzParseRules \
 	./internal/shadowclient:FuzzDispatch \
 	./internal/sim:FuzzMachineDelta \
 	./rollout:FuzzSpec \
