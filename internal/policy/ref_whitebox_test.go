@@ -133,57 +133,6 @@ func tiersOf(f *File) []*File {
 	return []*File{f, defaultFile}
 }
 
-// fuzzSubjects are the subjects FuzzAllow asks about.
-var fuzzSubjects = []Subject{
-	{Role: RoleDevice, User: "A", ClientID: "A"},
-	{Role: RoleDevice, User: "B", ClientID: "B"},
-	{Role: RoleOperator, User: "ops", ClientID: "console-1"},
-	{Role: RoleIntegrator, User: "dash", ClientID: "dash"},
-	{Role: RoleOperator, User: "", ClientID: "anon"},
-	{Role: "", User: "bob", ClientID: "bob-1"},
-	{Role: RoleDevice, User: "+", ClientID: "#"},
-	{Role: RoleOperator, User: "u/x", ClientID: "$SYS"},
-}
-
-// FuzzAllowMatchesReference compares Allow with refAllow for a fuzzed
-// policy file, topic and access, for every subject of fuzzSubjects.
-func FuzzAllowMatchesReference(f *testing.F) {
-	files := []string{
-		"",
-		"default replace\ntopic read a/#\n",
-		"user bob\ntopic readwrite a/+/c\ntopic deny a/b/c\npattern write x/%c/#\n",
-		"role device\npattern readwrite devices/%u/commands/#\npattern deny devices/%u/logs\n",
-		"topic read anon/#\nrole integrator\ntopic deny $aws/#\npattern read %u/%c\n",
-		"pattern read #\npattern deny +/secret/#\ndefault replace\n",
-		"role operator\ntopic deny state/+/update\nuser ops\ntopic readwrite state/A/update\n",
-	}
-	topics := []string{"a/b/c", "a/#", "devices/A/telemetry", "devices/+/telemetry", "state/A/update",
-		"state/A/update/accepted", "$SYS/x", "$aws/things/A/shadow/update", "$share/g/a/#", "x/A/y",
-		"+/+/+", "#", "dash/dash", "a//c", "rollouts/r1/status", "devices/A/commands/reboot", "a/b/c/#"}
-	for i, src := range files {
-		for j, topic := range topics {
-			f.Add(src, topic, (i+j)%2 == 0)
-		}
-	}
-	f.Fuzz(func(t *testing.T, src, topic string, write bool) {
-		file, err := Parse("fuzz.acl", []byte(src))
-		if err != nil {
-			return
-		}
-		p := New(file)
-		a := Read
-		if write {
-			a = Write
-		}
-		for _, s := range fuzzSubjects {
-			got, want := p.Allow(s, topic, a), refAllow(tiersOf(file), s, topic, a)
-			if got != want {
-				t.Errorf("policy %q: Allow(%+v, %q, %s) = %t, reference says %t", src, s, topic, a, got, want)
-			}
-		}
-	})
-}
-
 // FuzzParseRules checks that Parse never panics, that every error names
 // the file and a line, and that an accepted file's rules hold valid
 // filters on lines that exist.
