@@ -65,3 +65,22 @@ func BenchmarkReconnectStorm(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*devices), "ns/device")
 }
+
+// BenchmarkAllowDelivery measures the ACL check of one delivered message:
+// an integrator receiving a device's accepted reply.
+func BenchmarkAllowDelivery(b *testing.B) {
+	s := mustOpen(b, "", identity.Config{Logger: quiet})
+	secret, err := s.CreateToken(b.Context(), identity.RoleIntegrator, "dash")
+	if err != nil {
+		b.Fatal(err)
+	}
+	id, err := s.Authenticate(b.Context(), broker.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(secret)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if !s.Allow(id, "state/dev-1/update/accepted", false) {
+			b.Fatal("denied")
+		}
+	}
+}

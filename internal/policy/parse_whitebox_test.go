@@ -47,3 +47,27 @@ func TestParseErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestOverlap(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"state/+/+/accepted", "state/%u/update", false},
+		{"state/+/+/accepted", "state/%u/#", true},
+		{"state/+/+/accepted", "#", true},
+		{"state/+/+/accepted", "+/+/+/+", true},
+		{"state/+/+/accepted", "state/a/b/rejected", false},
+		{"a/#", "a", true},
+		{"a", "a/#", true},
+		{"a/b", "a", false},
+		{"$SYS/#", "#", true}, // conservative: MQTT's "$" rule is ignored
+		{"rollouts/#", "devices/%u/telemetry/#", false},
+		{"x/%c", "x/%u", true},
+	}
+	for _, tc := range tests {
+		if got := overlap(tc.a, tc.b); got != tc.want {
+			t.Errorf("overlap(%q, %q) = %t, want %t", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -220,8 +221,31 @@ func compile(f *File) tier {
 	var t tier
 	for i := range t.roles {
 		t.roles[i] = &section{}
-		for _, r := range reserved {
-			t.roles[i].add(r, 0, Write)
+	}
+	// The reserved topics go into the Write trie of each role that some
+	// rule of the file could let write one (a grant overlapping it in the
+	// role's section, a user or anonymous section, or an every-client
+	// pattern): elsewhere they change no answer, and leaving them out
+	// spares the walk of a device's publish a branch.
+	var shared []string    // Write grants that apply across roles
+	var byRole [4][]string // Write grants of each role's section
+	for _, r := range f.rules {
+		if r.deny || r.access&Write == 0 {
+			continue
+		}
+		if r.scope == scopeRole {
+			i := roleIndex(r.name)
+			byRole[i] = append(byRole[i], r.filter)
+		} else {
+			shared = append(shared, r.filter)
+		}
+	}
+	for i, sec := range t.roles {
+		for _, res := range reserved {
+			if slices.ContainsFunc(shared, func(g string) bool { return overlap(res, g) }) ||
+				slices.ContainsFunc(byRole[i], func(g string) bool { return overlap(res, g) }) {
+				sec.add(res, 0, Write)
+			}
 		}
 	}
 	for _, r := range f.rules {
@@ -262,6 +286,28 @@ func compile(f *File) tier {
 	}
 	return t
 }
+
+// overlap reports whether some topic could match both filters, with %c
+// and %u counted as "+" (and MQTT's "$" rule ignored): a conservative
+// answer, true when unsure.
+func overlap(a, b string) bool {
+	al, bl := strings.Split(a, "/"), strings.Split(b, "/")
+	for i := 0; ; i++ {
+		switch {
+		case i < len(al) && al[i] == "#", i < len(bl) && bl[i] == "#":
+			return true
+		case i == len(al) || i == len(bl):
+			return len(al) == len(bl)
+		}
+		x, y := al[i], bl[i]
+		if x != y && !wild(x) && !wild(y) {
+			return false
+		}
+	}
+}
+
+// wild reports whether a rule level matches more than one literal.
+func wild(l string) bool { return l == "+" || l == "%c" || l == "%u" }
 
 // Allow reports whether s may have access a to topic: for Write, publish
 // on the topic; for Read, subscribe to the filter topic (which may hold
