@@ -1,15 +1,11 @@
 package server_test
 
 import (
-	"context"
 	"errors"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -26,22 +22,12 @@ func fixture(name string) string { return filepath.Join("..", "..", "testdata", 
 // mustOpenACLRig is mustOpenRig (secure) with Config.ACLFile set.
 func mustOpenACLRig(t *testing.T, aclFile string) *rig {
 	t.Helper()
-	s, err := server.Open(t.Context(), server.Config{
+	s := mustOpenServer(t, server.Config{
 		DataDir:  t.TempDir(),
 		MQTTAddr: "127.0.0.1:0",
 		HTTPAddr: "127.0.0.1:0",
 		ACLFile:  aclFile,
 		Logger:   testLogger(t),
-	})
-	if err != nil {
-		t.Fatalf("server.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Close(ctx); err != nil {
-			t.Errorf("server Close: %v", err)
-		}
 	})
 	return &rig{Server: s, secure: true, secrets: map[device.ID]string{}}
 }
@@ -241,10 +227,10 @@ func TestACLReload(t *testing.T) {
 		}
 	}
 
-	body := metricsBody(t, r)
-	for _, want := range []string{`umbra_acl_reloads_total{result="ok"} 1`, `umbra_acl_reloads_total{result="error"} 1`} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
+	metrics := scrapeMetrics(t, "http://"+r.HTTPAddr().String()+"/metrics")
+	for _, series := range []string{`umbra_acl_reloads_total{result="ok"}`, `umbra_acl_reloads_total{result="error"}`} {
+		if got := metrics[series]; got != 1 {
+			t.Errorf("/metrics %s = %v, want 1", series, got)
 		}
 	}
 
@@ -253,20 +239,6 @@ func TestACLReload(t *testing.T) {
 	if err := plain.ReloadACL(); !errors.Is(err, server.ErrNoACLFile) {
 		t.Errorf("ReloadACL without a file = %v, want ErrNoACLFile", err)
 	}
-}
-
-func metricsBody(t *testing.T, r *rig) string {
-	t.Helper()
-	res, err := http.Get("http://" + r.HTTPAddr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // TestOpenBadACLFile: a bad file fails Open with every bad line as
