@@ -221,11 +221,19 @@ func TestHardening06SlowDeviceDoesNotWedgePlanner(t *testing.T) {
 	body = fmt.Sprintf(`{"firmware":%q,"devices":["dev-ok"]}`, newVersion)
 	api.mustDo(t, "POST", "/v1/rollouts", []byte(body), http.StatusCreated)
 
+	// The broker counts the slow consumer when it decides to cut it; the
+	// disconnect, and so presence, follows on the connection's goroutine.
+	eventually(t, "dev-wedge disconnected as a slow consumer", func() string {
+		if st := r.Broker().Stats(); st.SlowConsumers != 1 {
+			return fmt.Sprintf("Stats.SlowConsumers %d, want 1 (dev-wedge)", st.SlowConsumers)
+		}
+		if p, ok := r.Identity().Presence("dev-wedge"); !ok || p.Connected || p.DisconnectReason != "slow_consumer" {
+			return fmt.Sprintf("presence of dev-wedge %+v, want disconnected as slow_consumer", p)
+		}
+		return ""
+	})
 	if st := r.Broker().Stats(); st.SlowConsumers != 1 {
-		t.Errorf("Stats.SlowConsumers %d, want 1 (dev-wedge)", st.SlowConsumers)
-	}
-	if p, ok := r.Identity().Presence("dev-wedge"); !ok || p.Connected || p.DisconnectReason != "slow_consumer" {
-		t.Errorf("presence of dev-wedge %+v, want disconnected as slow_consumer", p)
+		t.Errorf("Stats.SlowConsumers %d, want exactly 1 (dev-wedge)", st.SlowConsumers)
 	}
 }
 
