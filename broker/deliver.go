@@ -51,6 +51,27 @@ var (
 // subscribed to topic; and one wrapping ErrNotDelivered when the message
 // was denied or dropped.
 func (s *Server) PublishTo(clientID, topic string, payload []byte, qos byte) error {
+	return s.publishTo(clientID, topic, payload, qos, true)
+}
+
+// SendTo delivers one message from the broker itself to one connected
+// client, whether or not it has a subscription matching topic: it is for
+// replies a protocol promises to the requester alone, such as AWS IoT
+// Jobs replies, which reach the requesting device even when it never
+// subscribed to them. No other client and no in-process subscriber sees
+// the message. With a matching subscription the message is delivered as
+// PublishTo delivers it; without one, at QoS min(qos, 1) and without
+// subscription identifiers. The client must still be allowed to read
+// topic (Authenticator.Allow).
+//
+// SendTo returns the errors of PublishTo, except that ErrNoSubscription
+// means only that the client is not connected.
+func (s *Server) SendTo(clientID, topic string, payload []byte, qos byte) error {
+	return s.publishTo(clientID, topic, payload, qos, false)
+}
+
+// publishTo is PublishTo (needSub) and SendTo.
+func (s *Server) publishTo(clientID, topic string, payload []byte, qos byte, needSub bool) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
@@ -68,11 +89,14 @@ func (s *Server) PublishTo(clientID, topic string, payload []byte, qos byte) err
 		return fmt.Errorf("publish to %s: %s: not connected: %w", clip(clientID), topic, ErrNoSubscription)
 	}
 	sub, ok := s.mq.Topics.Subscribers(topic).Subscriptions[clientID]
-	if !ok {
+	switch {
+	case ok:
+		qos = min(qos, sub.Qos)
+	case needSub:
 		return fmt.Errorf("publish to %s: %s: no matching subscription: %w", clip(clientID), topic, ErrNoSubscription)
 	}
 	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(qos, sub.Qos, 1)},
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(qos, 1)},
 		TopicName:   topic,
 		Payload:     bytes.Clone(payload),
 		Origin:      mqtt.InlineClientId,

@@ -190,3 +190,65 @@ func TestPublishToAfterDisconnect(t *testing.T) {
 		t.Errorf("Stats.Inflight = %d, want 0", st.Inflight)
 	}
 }
+
+// TestSendToWithoutSubscription: SendTo reaches the one client named even
+// without a matching subscription (at QoS min(qos, 1)), at its
+// subscription's QoS when it has one, and never another client or an
+// in-process subscriber; a topic the client may not read is refused.
+func TestSendToWithoutSubscription(t *testing.T) {
+	b := brokertest.New(t, broker.Config{Auth: allowAuth{deny: map[string]bool{"r/secret": true}}})
+	inproc := make(chan string, 8)
+	if err := b.Subscribe("r/#", func(_, _ string, p []byte) { inproc <- string(p) }); err != nil {
+		t.Fatal(err)
+	}
+	rc := dialRaw(t, b.Addr())
+	if code := rc.connect(v311, "req", true); code != 0 {
+		t.Fatalf("CONNACK %#x", code)
+	}
+	other := brokertest.Connect(t, brokertest.URL(b), "other", withPassword("x"))
+	otherMsgs := brokertest.Subscribe(t, other, "r/#", 1)
+
+	if err := b.SendTo("req", "r/x/accepted", []byte("reply"), 1); err != nil {
+		t.Fatalf("SendTo without a subscription = %v", err)
+	}
+	pk := rc.expect(typePublish)
+	topic, id, payload := parsePublish(v311, pk)
+	if qos := (pk.flags >> 1) & 3; qos != 1 || topic != "r/x/accepted" || string(payload) != "reply" {
+		t.Errorf("got %s QoS %d payload %q, want r/x/accepted QoS 1 %q", topic, qos, payload, "reply")
+	}
+	rc.write(pubackPacket(id))
+
+	rc.write(subscribePacket(v311, 2, "r/+/accepted", 0))
+	rc.expect(typeSuback)
+	if err := b.SendTo("req", "r/y/accepted", []byte("subscribed"), 1); err != nil {
+		t.Fatalf("SendTo with a QoS 0 subscription = %v", err)
+	}
+	pk = rc.expect(typePublish)
+	if _, _, payload := parsePublish(v311, pk); (pk.flags>>1)&3 != 0 || string(payload) != "subscribed" {
+		t.Errorf("got QoS %d payload %q, want QoS 0 %q (the subscription's)", (pk.flags>>1)&3, payload, "subscribed")
+	}
+
+	for _, tc := range []struct {
+		name, client, topic string
+		want                error
+	}{
+		{"not connected", "nobody", "r/x", broker.ErrNoSubscription},
+		{"read denied", "req", "r/secret", broker.ErrNotDelivered},
+		{"wildcard", "req", "r/+", broker.ErrInvalidTopic},
+	} {
+		if err := b.SendTo(tc.client, tc.topic, nil, 1); !errors.Is(err, tc.want) {
+			t.Errorf("SendTo(%s) = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	// A barrier: the other client and the in-process subscriber see only
+	// a real publish.
+	if err := b.Publish("r/barrier", []byte("everyone"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if m := brokertest.Next(t, otherMsgs, wait); m.Topic != "r/barrier" {
+		t.Errorf("the other client got %v, want only the barrier", m)
+	}
+	if got := recv(t, inproc, "in-process message"); got != "everyone" {
+		t.Errorf("in-process subscriber got %q, want only %q", got, "everyone")
+	}
+}
