@@ -120,7 +120,8 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 	if err != nil {
 		return Rollout{}, fmt.Errorf("create: %w", err)
 	}
-	p.adopt(&run{r: r, targets: targets, devs: make([]Device, len(targets)), undelivered: map[int]json.RawMessage{}})
+	p.adopt(&run{r: r, targets: targets, devs: make([]Device, len(targets)), undelivered: map[int]json.RawMessage{},
+		jobs: map[device.ID]jobRef{}})
 	p.emit(r.ID, ev)
 	p.log.Info("rollout created", logKeyRollout, r.ID, "firmware", r.Firmware, "targets", len(targets))
 	p.poke()
@@ -457,6 +458,16 @@ func (p *Planner) control(op, id string, f func(ru *run) (string, error)) (Rollo
 		}
 		ru = loaded
 		ru.undelivered = map[int]json.RawMessage{}
+		err = p.db.View(func(tx *bolt.Tx) error {
+			b, err := rolloutBucket(tx, id)
+			if err == nil {
+				ru.jobs, err = loadJobs(b, ru.r.Targets)
+			}
+			return err
+		})
+		if err != nil {
+			return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
+		}
 	}
 	before := ru.r
 	reason, err := f(ru)

@@ -54,6 +54,33 @@
 // devices of a finished one. A device is in at most one active rollout:
 // Create refuses a conflict with a *ConflictError naming the other rollout.
 //
+// # Jobs devices
+//
+// A device that uses the AWS IoT Jobs API (package rollout/jobs serves it)
+// is a Jobs device from its first Jobs subscription or request on
+// (MarkJobs; the mark is kept in rollout.db). Its attempts are executions
+// (Execution: job ID = rollout ID, execution number = attempt, status
+// QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELED).
+// When its turn comes the planner records a QUEUED execution with the
+// device record, in the same transaction, and writes nothing into its
+// shadow; the job document (the firmware command plus
+// "operation":"firmware-update") is minted by the Jobs service each time
+// it is delivered, so its URL is fresh. The device moves the execution
+// with its own requests (UpdateExecution, StartNextExecution), each
+// committed before it is answered and decided by the pure
+// ObserveExecution: IN_PROGRESS is progress and restarts the timeout,
+// SUCCEEDED counts as updated (the shadow is not consulted), FAILED is a
+// retryable failure, REJECTED a final one. Timeouts and aborts end the
+// execution TIMED_OUT and CANCELED; a retry is a new execution. The
+// planner never reads a Jobs device's reported.firmware (an app that
+// echoes deltas into reported cannot fool it), so it neither skips it as
+// already-installed nor knows its previous version (a rollback passes it
+// by). A device notified through its shadow before its first Jobs request
+// is converted then: that attempt becomes its execution. One rollout may
+// hold Jobs and shadow devices. Config.OnExecution reports every
+// execution added or ended, after its commit (the feed for the Jobs
+// notifications).
+//
 // # Decisions
 //
 // The decisions are pure functions of the rollout, its device records and
@@ -79,18 +106,23 @@
 //
 // State lives in its own bbolt file (Config.Path, rollout.db): rollout
 // metadata, the target list, one 12-byte record per device that left
-// pending, the event log, the errors of failed devices, and intents. Crash
-// safety: the intent "notify device X, attempt k, with this exact command
-// (job J)" is committed before the shadow is written and removed after; on
-// Open undelivered intents are re-issued with the same command and token,
-// so a crash at any point neither skips nor repeats an attempt, and the
-// attempt number only moves forward. In memory the planner keeps, per
-// target of an unsettled rollout, its ID and a 16-byte record.
+// pending, the event log, the errors of failed devices, intents, the Jobs
+// devices and their executions. Crash safety: the intent "notify device X,
+// attempt k, with this exact command (job J)" is committed before the
+// shadow is written and removed after; on Open undelivered intents are
+// re-issued with the same command and token, so a crash at any point
+// neither skips nor repeats an attempt, and the attempt number only moves
+// forward. A Jobs device's execution is committed with its record before
+// anything is published about it, so after a crash it is the same
+// execution (number and version). In memory the planner keeps, per target
+// of an unsettled rollout, its ID and a 16-byte record, plus a map entry
+// per Jobs device.
 //
 // # Concurrency and errors
 //
 // A Planner is safe for concurrent use. Its pass holds the planner's lock,
 // so API calls wait at most one pass (bounded by Config.NotifyPerPass
 // shadow writes). Errors wrap ErrInvalid, ErrNotFound, ErrConflict
-// (*ConflictError), ErrState and ErrClosed.
+// (*ConflictError), ErrState and ErrClosed; the execution methods also
+// return an *ExecutionError wrapping ErrTerminal or ErrVersionMismatch.
 package rollout

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // writes collects one pass's changes for a single bbolt transaction.
@@ -22,6 +23,10 @@ type writes struct {
 	events  []evWrite
 	intents []devIntent
 	deleted []devIntent // intents delivered
+	execs   []execWrite
+	// changed are devices whose pending Jobs execution was added or ended
+	// (Config.OnExecution after the commit).
+	changed []device.ID
 }
 
 type devWrite struct {
@@ -47,7 +52,7 @@ type devIntent struct {
 }
 
 func (w *writes) empty() bool {
-	return len(w.metas)+len(w.devs)+len(w.errs)+len(w.events)+len(w.intents)+len(w.deleted) == 0
+	return len(w.metas)+len(w.devs)+len(w.errs)+len(w.events)+len(w.intents)+len(w.deleted)+len(w.execs) == 0
 }
 
 func (w *writes) meta(ru *run) {
@@ -96,6 +101,16 @@ func (p *Planner) commit(w *writes) error {
 				return err
 			}
 		}
+		for _, x := range w.execs {
+			b := bucket(x.ru)
+			old, found, err := getExec(b, x.id)
+			if err != nil {
+				return err
+			}
+			if err := putExec(b, x.id, x.patch(old, found)); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -103,6 +118,11 @@ func (p *Planner) commit(w *writes) error {
 	}
 	for _, e := range evs {
 		p.emit(e.ru.r.ID, e.ev)
+	}
+	if p.cfg.OnExecution != nil {
+		for _, id := range w.changed {
+			p.cfg.OnExecution(id)
+		}
 	}
 	return nil
 }
@@ -115,8 +135,35 @@ func (p *Planner) emit(id string, ev Event) {
 }
 
 // setDevice records d for target i of ru, keeping the in-flight index and
-// the event log in step.
+// the event log in step, and ends the device's Jobs execution when the
+// planner ends its attempt (a timeout, an abort).
 func (p *Planner) setDevice(w *writes, ru *run, i int, d Device, reason string) {
+	old := ru.devs[i]
+	id := ru.targets[i]
+	if _, jobs := ru.jobs[id]; jobs && old.State.InFlight() && !d.State.InFlight() {
+		st := ExecTimedOut // from the pass, only a timeout or an abort ends an attempt of a Jobs device
+		switch d.State {
+		case DeviceCanceled:
+			st = ExecCanceled
+		case DeviceSucceeded:
+			st = ExecSucceeded
+		case DeviceFailed:
+			st = ExecFailed
+		}
+		now := p.cfg.Now().UnixNano()
+		w.execs = append(w.execs, execWrite{ru, id, func(rec execRecord, _ bool) execRecord {
+			if !rec.Status.Terminal() {
+				rec.Status, rec.Updated = st, now
+			}
+			return rec
+		}})
+		w.changed = append(w.changed, id)
+	}
+	p.recordDevice(w, ru, i, d, reason)
+}
+
+// recordDevice is setDevice without the Jobs execution.
+func (p *Planner) recordDevice(w *writes, ru *run, i int, d Device, reason string) {
 	old := ru.devs[i]
 	ru.devs[i] = d
 	w.devs = append(w.devs, devWrite{ru, i})
@@ -167,6 +214,9 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 	}
 	for _, rf := range refs {
 		id := rf.run.targets[rf.i]
+		if _, jobs := rf.run.jobs[id]; jobs {
+			continue // its Jobs requests move it; its reported firmware may be an echo
+		}
 		rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id)
 		if err != nil {
 			p.log.Warn("read reported firmware", logKeyDevice, id, logKeyErr, err)
@@ -332,6 +382,10 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 // already-installed when the device already runs the target version.
 func (p *Planner) prepareNotify(ctx context.Context, w *writes, ru *run, a Action) {
 	id := ru.targets[a.Index]
+	if _, jobs := ru.jobs[id]; jobs || p.isJobsDevice(id) {
+		p.prepareExecution(ctx, w, ru, a)
+		return
+	}
 	rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id)
 	if err != nil {
 		p.log.Warn("read reported firmware", logKeyDevice, id, logKeyErr, err)
@@ -364,6 +418,27 @@ func (p *Planner) prepareNotify(ctx context.Context, w *writes, ru *run, a Actio
 	p.setDevice(w, ru, a.Index, d, "")
 	w.intents = append(w.intents, devIntent{ru, a.Index, raw})
 	ru.undelivered[a.Index] = raw
+}
+
+// prepareExecution notifies a Jobs device: its attempt becomes a QUEUED
+// execution, recorded with the device in this pass's commit; nothing is
+// written into its shadow (the job document, with a fresh URL, is minted
+// when the device asks for it). Nothing is read from its reported
+// firmware: no already-installed check, no previous version (so no
+// rollback).
+func (p *Planner) prepareExecution(ctx context.Context, w *writes, ru *run, a Action) {
+	id := ru.targets[a.Index]
+	if _, err := ru.image(ctx, p.cfg.Firmware); err != nil {
+		p.log.Error("firmware image", logKeyRollout, ru.r.ID, logKeyErr, err)
+		return
+	}
+	p.setDevice(w, ru, a.Index, a.Device, "")
+	ru.jobs[id] = jobRef{i: a.Index}
+	i, n, now := a.Index, int(a.Device.Attempt), p.cfg.Now()
+	w.execs = append(w.execs, execWrite{ru, id, func(old execRecord, found bool) execRecord {
+		return queuedRecord(i, n, now, old, found)
+	}})
+	w.changed = append(w.changed, id)
 }
 
 // pendingIO is a cancel or rollback: prepared, written, then recorded.
@@ -404,7 +479,10 @@ func (p *Planner) prepareIO(ctx context.Context, w *writes, ru *run, a Action) p
 			}
 		}
 	}
-	io.write = a.Kind == ActCancel || io.cmd != nil
+	// A Jobs device notified through Jobs only has no command in its
+	// shadow to clear.
+	jr, jobs := ru.jobs[id]
+	io.write = a.Kind == ActCancel && (!jobs || jr.shadow) || io.cmd != nil
 	return io
 }
 

@@ -77,6 +77,12 @@ type Config struct {
 	// feed for rollouts/<id>/events and status topics). It is called with
 	// the planner's lock held: it must not block or call the Planner.
 	OnEvent func(rolloutID string, ev Event)
+	// OnExecution, when set, is called after a commit that added a pending
+	// Jobs execution to device id (it was notified through Jobs) or ended
+	// one (succeeded, failed, rejected, timed out or canceled): the feed for
+	// the Jobs notify and notify-next topics. It is called with the
+	// planner's lock held: it must not block or call the Planner.
+	OnExecution func(id device.ID)
 	// Rescan is how often every in-flight device's report is re-read,
 	// whatever Notify said, so that a lost hint costs latency only.
 	// Default 1m.
@@ -137,6 +143,9 @@ type run struct {
 	undelivered map[int]json.RawMessage
 	recovered   map[int]bool    // undelivered intents loaded by Open
 	img         *firmware.Image // cached target image
+	// jobs holds the targets driven through the AWS IoT Jobs API (they
+	// have an execution record; see MarkJobs).
+	jobs map[device.ID]jobRef
 }
 
 type ref struct {
@@ -212,7 +221,12 @@ func (p *Planner) load() error {
 			if err != nil {
 				return fmt.Errorf("rollout %s: %w", r.ID, err)
 			}
-			ru := &run{r: r, targets: targets, devs: devs, undelivered: map[int]json.RawMessage{}, recovered: map[int]bool{}}
+			jobs, err := loadJobs(b, len(targets))
+			if err != nil {
+				return fmt.Errorf("rollout %s: %w", r.ID, err)
+			}
+			ru := &run{r: r, targets: targets, devs: devs, undelivered: map[int]json.RawMessage{}, recovered: map[int]bool{},
+				jobs: jobs}
 			err = b.Bucket(bucketIntent).ForEach(func(k, v []byte) error {
 				i := int(beUint32(k))
 				if i >= len(targets) {

@@ -22,8 +22,10 @@ import (
 //	  <id>/dev/<u32 index>     Device record, 12 bytes (absent = pending)
 //	  <id>/ev/<u64 seq>        Event as JSON
 //	  <id>/intent/<u32 index>  undelivered firmware command (desired JSON)
-//	  <id>/err/<u32 index>     last error of a failed device
+//	  <id>/err/<u32 index>     last error of a failed device (a Jobs device's last word)
+//	  <id>/exec/<device ID>    a Jobs device's latest execution (JSON; created on first use)
 //	seq                        bucket; "rollout" holds the last ID number
+//	jobs/<device ID>           devices that use the AWS IoT Jobs API (u64 unix ns, first use)
 var (
 	bucketRollouts = []byte("rollouts")
 	bucketSeq      = []byte("seq")
@@ -34,6 +36,8 @@ var (
 	bucketEv       = []byte("ev")
 	bucketIntent   = []byte("intent")
 	bucketErr      = []byte("err")
+	bucketExec     = []byte("exec")
+	bucketJobs     = []byte("jobs")
 )
 
 const deviceRecordLen = 12
@@ -96,7 +100,7 @@ func rolloutBucket(tx *bolt.Tx, id string) (*bolt.Bucket, error) {
 
 func initDB(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRollouts, bucketSeq} {
+		for _, name := range [][]byte{bucketRollouts, bucketSeq, bucketJobs} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
