@@ -380,6 +380,9 @@ func TestJobsSurviveRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		fs.mu.Lock()
+		fs.notify = p.Notify
+		fs.mu.Unlock()
 		return p
 	}
 	p := open()
