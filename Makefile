@@ -49,7 +49,7 @@ test: deps sdk-deps
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s; make test runs each for TEST_FUZZTIME)
 FUZZTIME      ?= 30s
 TEST_FUZZTIME ?= 2s
-# Every fuzz target (21), as <package>:<target>: go test fuzzes one target per
+# Every fuzz target (22), as <package>:<target>: go test fuzzes one target per
 # invocation. fuzz-list fails when a target is missing here.
 FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
@@ -72,6 +72,7 @@ FUZZ_TARGETS := \
 	./internal/shadowclient:FuzzDispatch \
 	./internal/sim:FuzzMachineDelta \
 	./rollout:FuzzSpec \
+	./rollout/jobs:FuzzHandleRequest \
 	./shadow:FuzzHandleRequest \
 	./shadow:FuzzParseRequestTopic \
 	./shadow:FuzzUpdate
