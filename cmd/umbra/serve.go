@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/identity"
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -40,6 +42,7 @@ type serveOptions struct {
 	maxNamedShadows int
 	maxPacketSize   uint32
 	deviceRate      float64
+	jobsRate        float64
 	shutdownGrace   time.Duration
 
 	retryCacheEntries int
@@ -115,6 +118,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&o.maxNamedShadows, "max-named-shadows", shadow.DefaultMaxNamedShadows, "named shadows one device may have besides its classic shadow (0 turns named shadows off; 400 beyond)")
 	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
 	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
+	f.Float64Var(&o.jobsRate, "jobs-rate", jobs.DefaultDeviceRate, "AWS IoT Jobs requests per second per thing, burst twice as many (RequestThrottled beyond; negative disables)")
 	f.IntVar(&o.retryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
 	f.Int64Var(&o.retryCacheBytes, "retry-cache-bytes", shadow.DefaultDedupeMaxBytes, "most memory, in bytes, the clientToken retry cache may use (the oldest entries are evicted beyond it)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
@@ -153,6 +157,7 @@ type serveConfig struct {
 	maxNamed      int // shadow.Config.MaxNamedShadows: negative for none
 	maxPacketSize uint32
 	deviceRate    float64
+	jobsRate      float64
 	retryEntries  int
 	retryBytes    int64
 	shutdownGrace time.Duration
@@ -255,6 +260,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.deviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
+	if o.jobsRate == 0 || math.IsNaN(o.jobsRate) || math.IsInf(o.jobsRate, 0) {
+		return serveConfig{}, fmt.Errorf("--jobs-rate %v: want a positive number of requests per second, or a negative one to disable the limit", o.jobsRate)
+	}
 	for _, origin := range o.allowedOrigins {
 		u, err := url.Parse(origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
@@ -264,7 +272,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	}
 	return serveConfig{
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
-		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate,
+		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate, jobsRate: o.jobsRate,
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log,
 		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
@@ -384,6 +392,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		MaxNamedShadows:   cfg.maxNamed,
 		MaxPacketSize:     cfg.maxPacketSize,
 		DeviceRate:        cfg.deviceRate,
+		JobsRate:          cfg.jobsRate,
 		RetryCacheEntries: cfg.retryEntries,
 		RetryCacheBytes:   cfg.retryBytes,
 		PublicURL:         cfg.publicURL,

@@ -38,6 +38,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"named shadows negative", []string{"--max-named-shadows", "-1"}, "--max-named-shadows -1"},
 		{"named shadows too many", []string{"--max-named-shadows", "1001"}, "--max-named-shadows 1001"},
 		{"device rate zero", []string{"--device-rate", "0"}, "--device-rate 0"},
+		{"jobs rate zero", []string{"--jobs-rate", "0"}, "--jobs-rate 0"},
+		{"jobs rate NaN", []string{"--jobs-rate", "NaN"}, "--jobs-rate NaN"},
 		{"retry cache entries", []string{"--retry-cache-entries", "0"}, "--retry-cache-entries 0"},
 		{"retry cache bytes", []string{"--retry-cache-bytes", "100"}, "--retry-cache-bytes 100"},
 		{"pending below a packet", []string{"--max-pending-bytes", "1000"}, "--max-pending-bytes 1000"},

@@ -15,12 +15,15 @@
 //   - SetRolloutDevices(rollout, state, n): devices of a rollout per state;
 //   - AddEvictions(reason, n): MQTT sessions evicted because their
 //     credential ended;
-//   - AddACLReloads(result, n): reloads of the topic policy file.
+//   - AddACLReloads(result, n): reloads of the topic policy file;
+//   - ObserveJobs(op, result): one AWS IoT Jobs request (the shape of
+//     jobs.Config.Observe once op is a string).
 //
 // Counters that components already keep are read at scrape time through
 // small interfaces declared here: RegisterBroker takes a func returning
 // BrokerStats, RegisterRetryCache one returning RetryCacheStats,
-// RegisterFirmware anything with BytesServed() int64.
+// RegisterJobs one returning JobsStats, RegisterFirmware anything with
+// BytesServed() int64.
 //
 // # Exposed series
 //
@@ -49,6 +52,9 @@
 //	umbra_http_requests_total{route,code}       counter HTTP answers by route pattern and status (refusals included)
 //	umbra_http_request_duration_seconds{route}  histogram HTTP request latency
 //	umbra_acl_reloads_total{result}             counter policy file reloads: ok, error
+//	umbra_jobs_requests_total{op,result}        counter AWS IoT Jobs requests: accepted or the error code (RequestThrottled: over --jobs-rate)
+//	umbra_jobs_notifications_total              counter notify and notify-next messages published
+//	umbra_jobs_notifications_dropped_total      counter changes not notified (too many things waiting for one)
 //
 // plus the standard go_* and process_* collectors.
 //

@@ -56,6 +56,7 @@ type Metrics struct {
 	evicted        *prometheus.CounterVec // reason
 	http           httpMetrics
 	aclReloads     *prometheus.CounterVec // result
+	jobsRequests   *prometheus.CounterVec // op, result
 }
 
 // New returns a Metrics with its own registry holding the shadow, commit
@@ -92,14 +93,15 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "identity", Name: "sessions_evicted_total",
 			Help: "MQTT sessions disconnected because the credential they logged in with ended, by reason: removed (device), rotated (device secret), revoked (token), replaced (admin token), stale (logged in while the credential ended).",
 		}, []string{"reason"}),
-		http:       newHTTPMetrics(),
-		aclReloads: newACLReloads(),
+		http:         newHTTPMetrics(),
+		aclReloads:   newACLReloads(),
+		jobsRequests: newJobsRequests(),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.shadowRequests, m.shadowLatency, m.commitLatency, m.commitBatch, m.rollout, m.evicted,
-		m.http.requests, m.http.latency, m.aclReloads,
+		m.http.requests, m.http.latency, m.aclReloads, m.jobsRequests,
 	)
 	return m
 }

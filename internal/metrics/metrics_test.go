@@ -233,3 +233,22 @@ func TestConcurrentObserve(t *testing.T) {
 		t.Errorf("rollout_devices state3 = %g, want %d", v, each-1)
 	}
 }
+
+func TestJobsMetrics(t *testing.T) {
+	m := metrics.New()
+	m.RegisterJobs(func() metrics.JobsStats { return metrics.JobsStats{NotificationsSent: 6, NotificationsDropped: 1} })
+	m.ObserveJobs("update", "accepted")
+	m.ObserveJobs("update", "accepted")
+	m.ObserveJobs("get", "RequestThrottled")
+	got := scrape(t, m.Handler())
+	for series, want := range map[string]float64{
+		`umbra_jobs_requests_total{op="update",result="accepted"}`:      2,
+		`umbra_jobs_requests_total{op="get",result="RequestThrottled"}`: 1,
+		`umbra_jobs_notifications_total`:                                6,
+		`umbra_jobs_notifications_dropped_total`:                        1,
+	} {
+		if got[series] != want {
+			t.Errorf("%s = %v, want %v", series, got[series], want)
+		}
+	}
+}

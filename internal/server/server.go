@@ -24,6 +24,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/policy"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -65,6 +66,10 @@ type Config struct {
 	// Subscription caps per session: broker.Config.MaxSubscriptions
 	// (devices) and ServiceSubscriptions.
 	MaxSubscriptions, ServiceSubscriptions int
+
+	// JobsRate is jobs.Config.DeviceRate: AWS IoT Jobs requests per
+	// second per thing (RequestThrottled beyond; the burst is twice it).
+	JobsRate float64
 
 	// PublicURL is the base URL in firmware download URLs; default
 	// http://<the bound HTTP address>.
@@ -108,6 +113,7 @@ type Server struct {
 	api     *httpapi.Server // nil without HTTPAddr
 	fw      *firmware.Store
 	planner *rollout.Planner
+	jobs    *jobs.Service
 	metrics *metrics.Metrics
 
 	// closers run in reverse order of opening.
@@ -247,6 +253,28 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
 	}
 
+	// The AWS IoT Jobs service answers on the broker (through pub) and
+	// asks the planner and the firmware store, opened later: until then
+	// its requests are answered InternalError.
+	lazyPl, lazyFw := &lazyPlanner{}, &lazyFirmware{}
+	jsvc, err := jobs.Open(ctx, jobs.Config{
+		Planner:    lazyPl,
+		Firmware:   lazyFw,
+		Publisher:  pub,
+		DeviceRate: cfg.JobsRate,
+		Logger:     log,
+		Observe:    func(op jobs.Op, result string) { m.ObserveJobs(string(op), result) },
+	})
+	if err != nil {
+		return err
+	}
+	s.push("jobs", jsvc) // closes after the broker: no request comes in any more
+	s.jobs = jsvc
+	m.RegisterJobs(func() metrics.JobsStats {
+		st := jsvc.Stats()
+		return metrics.JobsStats{NotificationsSent: st.NotificationsSent, NotificationsDropped: st.NotificationsDropped}
+	})
+
 	// presence publishes a device's presence when the store applied the
 	// change (a replaced session's late disconnect is not applied).
 	presence := func(d device.ID) {
@@ -262,9 +290,8 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	}
 	// The in-process services that answer device requests, each on its
 	// own request filters: the shadow engine serves state/… and
-	// $aws/things/+/shadow/… (see shadow.RequestFilters). A service for
-	// another part of the $aws/things/<id>/ tree (the Jobs API on
-	// $aws/things/+/jobs/…) is one more row, with its ACL rules in
+	// $aws/things/+/shadow/… (see shadow.RequestFilters), the Jobs service
+	// $aws/things/+/jobs/… (jobs.Filters). Their ACL rules are in
 	// internal/identity. Their filters are the broker's request topics,
 	// which are never retained.
 	services := []struct {
@@ -273,6 +300,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		handle  broker.HandlerFunc
 	}{
 		{"shadow", shadow.RequestFilters, eng.HandleRequest},
+		{"jobs", jobs.Filters, jsvc.HandleRequest},
 	}
 	var requestFilters []string
 	for _, svc := range services {
@@ -289,7 +317,10 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		MaxPacketSize:       cfg.MaxPacketSize,
 		Logger:              log,
 		Auth:                ids,
-		OnSubscribe:         eng.HandleSubscribe,
+		OnSubscribe: func(clientID string, filters []string) {
+			eng.HandleSubscribe(clientID, filters)
+			jsvc.HandleSubscribe(clientID, filters)
+		},
 		OnConnect: func(ci broker.ConnInfo) {
 			if !ids.Valid(ci.Identity) {
 				// It logged in with a credential that ended before it
@@ -395,6 +426,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	}
 	s.push("firmware", fw)
 	s.fw = fw
+	lazyFw.f.Store(fw)
 	m.RegisterFirmware(fw)
 	// The feed publishes rollout progress on rollouts/<id>/events and the
 	// retained rollouts/<id>/status, and keeps the rollout gauges. It is
@@ -422,12 +454,15 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		Tick:     cfg.RolloutTick,
 		Rescan:   cfg.RolloutRescan,
 		OnEvent:  feed.OnEvent,
+		// The notify and notify-next topics of Jobs devices.
+		OnExecution: jsvc.ExecutionChanged,
 	})
 	if err != nil {
 		return err
 	}
 	s.push("rollout", pl) // closes before firmware, broker and engine
 	planner.Store(pl)
+	lazyPl.p.Store(pl)
 	s.planner = pl
 	var dl http.Handler = fw.DownloadHandler()
 	fwHandler.h.Store(&dl)
@@ -500,6 +535,9 @@ func (s *Server) Firmware() *firmware.Store { return s.fw }
 // Planner returns the rollout planner.
 func (s *Server) Planner() *rollout.Planner { return s.planner }
 
+// Jobs returns the AWS IoT Jobs service.
+func (s *Server) Jobs() *jobs.Service { return s.jobs }
+
 // HTTPAddr returns the HTTP API's bound address, nil without one.
 func (s *Server) HTTPAddr() net.Addr {
 	if s.api == nil {
@@ -559,6 +597,13 @@ func (p *lazyPublisher) PublishTo(clientID, topic string, payload []byte, qos by
 	return broker.ErrClosed
 }
 
+func (p *lazyPublisher) SendTo(clientID, topic string, payload []byte, qos byte) error {
+	if b := p.b.Load(); b != nil {
+		return b.SendTo(clientID, topic, payload, qos)
+	}
+	return broker.ErrClosed
+}
+
 func (p *lazyPublisher) HasSubscribers(topic string) bool {
 	if b := p.b.Load(); b != nil {
 		return b.HasSubscribers(topic)
@@ -566,10 +611,83 @@ func (p *lazyPublisher) HasSubscribers(topic string) bool {
 	return false
 }
 
+// lazyPlanner is the Jobs service's planner, opened after the service
+// (whose subscriptions are the broker's, made when it opens): until then
+// every call fails with rollout.ErrClosed.
+type lazyPlanner struct{ p atomic.Pointer[rollout.Planner] }
+
+func (l *lazyPlanner) get() (*rollout.Planner, error) {
+	if p := l.p.Load(); p != nil {
+		return p, nil
+	}
+	return nil, rollout.ErrClosed
+}
+
+func (l *lazyPlanner) MarkJobs(ctx context.Context, id device.ID) error {
+	p, err := l.get()
+	if err != nil {
+		return err
+	}
+	return p.MarkJobs(ctx, id)
+}
+
+func (l *lazyPlanner) NextExecution(ctx context.Context, id device.ID) (rollout.Execution, bool, error) {
+	p, err := l.get()
+	if err != nil {
+		return rollout.Execution{}, false, err
+	}
+	return p.NextExecution(ctx, id)
+}
+
+func (l *lazyPlanner) DescribeExecution(ctx context.Context, id device.ID, jobID string, number int) (rollout.Execution, error) {
+	p, err := l.get()
+	if err != nil {
+		return rollout.Execution{}, err
+	}
+	return p.DescribeExecution(ctx, id, jobID, number)
+}
+
+func (l *lazyPlanner) StartNextExecution(ctx context.Context, id device.ID, details map[string]string) (rollout.Execution, bool, error) {
+	p, err := l.get()
+	if err != nil {
+		return rollout.Execution{}, false, err
+	}
+	return p.StartNextExecution(ctx, id, details)
+}
+
+func (l *lazyPlanner) UpdateExecution(ctx context.Context, id device.ID, jobID string, u rollout.ExecutionUpdate) (rollout.Execution, error) {
+	p, err := l.get()
+	if err != nil {
+		return rollout.Execution{}, err
+	}
+	return p.UpdateExecution(ctx, id, jobID, u)
+}
+
+// lazyFirmware is the Jobs service's firmware store, opened after the
+// service. The service mints documents only for executions, which exist
+// once the planner (opened after the store) runs.
+type lazyFirmware struct{ f atomic.Pointer[firmware.Store] }
+
+func (l *lazyFirmware) Get(ctx context.Context, v firmware.Version) (firmware.Image, error) {
+	if f := l.f.Load(); f != nil {
+		return f.Get(ctx, v)
+	}
+	return firmware.Image{}, firmware.ErrClosed
+}
+
+func (l *lazyFirmware) Command(img firmware.Image, id device.ID, ttl time.Duration, job string) firmware.Command {
+	return l.f.Load().Command(img, id, ttl, job)
+}
+
 var (
 	_ shadow.Publisher       = (*broker.Server)(nil)
 	_ shadow.ClientPublisher = (*broker.Server)(nil)
 	_ shadow.ClientPublisher = (*lazyPublisher)(nil)
+	_ jobs.Publisher         = (*broker.Server)(nil)
+	_ jobs.Publisher         = (*lazyPublisher)(nil)
+	_ jobs.Planner           = (*rollout.Planner)(nil)
+	_ jobs.Planner           = (*lazyPlanner)(nil)
+	_ rollout.Firmware       = (*lazyFirmware)(nil)
 )
 
 // disconnectReason is the presence reason for a broker disconnect error:
