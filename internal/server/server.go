@@ -614,7 +614,9 @@ func (p *lazyPublisher) HasSubscribers(topic string) bool {
 // lazyPlanner is the Jobs service's planner, opened after the service
 // (whose subscriptions are the broker's, made when it opens): until then
 // every call fails with rollout.ErrClosed.
-type lazyPlanner struct{ p atomic.Pointer[rollout.Planner] }
+type lazyPlanner struct {
+	p atomic.Pointer[rollout.Planner]
+}
 
 func (l *lazyPlanner) get() (*rollout.Planner, error) {
 	if p := l.p.Load(); p != nil {
@@ -666,7 +668,9 @@ func (l *lazyPlanner) UpdateExecution(ctx context.Context, id device.ID, jobID s
 // lazyFirmware is the Jobs service's firmware store, opened after the
 // service. The service mints documents only for executions, which exist
 // once the planner (opened after the store) runs.
-type lazyFirmware struct{ f atomic.Pointer[firmware.Store] }
+type lazyFirmware struct {
+	f atomic.Pointer[firmware.Store]
+}
 
 func (l *lazyFirmware) Get(ctx context.Context, v firmware.Version) (firmware.Image, error) {
 	if f := l.f.Load(); f != nil {
