@@ -1,0 +1,128 @@
+// The v2 AWS IoT Device SDK for JavaScript (aws-iot-device-sdk-v2 1.28.0 on
+// aws-crt): the iotjobs request-response client (IotJobsClientv2) over an
+// MQTT 3.1.1 connection or an MQTT 5 client with the SDK's default options,
+// as its jobs sample uses it: the next-execution and executions-changed
+// streams, getPendingJobExecutions, startNextPendingJobExecution,
+// describeJobExecution and updateJobExecution.
+//
+// Env: as v2-shadow.js.
+// Commands (stdin, JSON lines):
+//   {"op":"streams"}  opens both streams → {"event":"subscription","stream","type"}, then
+//                     {"event":"next","message"} and {"event":"changed","message"} per notification
+//   {"op":"pending"}, {"op":"startNext","details"?}, {"op":"describe","jobId","executionNumber"?},
+//   {"op":"update","jobId","status","details"?,"expectedVersion"?,"includeState"?}
+//                     → {"event":"response","op","ok",…} as v2-shadow.js
+//   {"op":"download","url"} → {"event":"downloaded","status","bytes","sha256"}
+'use strict';
+const { mqtt, mqtt5, iot, iotjobs } = require('aws-iot-device-sdk-v2');
+const { SubscriptionStatusEventType } = require('aws-crt').mqtt_request_response;
+const { out, env, commands, errorInfo } = require('./lib');
+const { download } = require('./download');
+
+const host = env('UMBRA_HOST');
+const port = Number(env('UMBRA_PORT'));
+const thingName = env('UMBRA_THING');
+const clientId = env('UMBRA_CLIENT_ID');
+const protocol = process.env.UMBRA_PROTOCOL || 'mqtt311';
+const rrOptions = { maxRequestResponseSubscriptions: 4, maxStreamingSubscriptions: 4, operationTimeoutInSeconds: 20 };
+
+async function connect() {
+  if (protocol === 'mqtt5') {
+    const builder = iot.AwsIotMqtt5ClientConfigBuilder.newDirectMqttBuilderWithMtlsFromPath(host, env('UMBRA_CERT'), env('UMBRA_KEY'));
+    builder.withCertificateAuthorityFromPath(undefined, env('UMBRA_CA'));
+    builder.withPort(port);
+    builder.withConnectProperties({ ...builder.config.connectProperties, clientId });
+    const client = new mqtt5.Mqtt5Client(builder.build());
+    const connected = new Promise((resolve, reject) => {
+      client.on('connectionSuccess', resolve);
+      client.on('connectionFailure', (ev) => reject(ev.error));
+    });
+    client.on('disconnection', (ev) => out({ event: 'closed', error: errorInfo(ev.error) }));
+    client.start();
+    await connected;
+    out({ event: 'connect', protocol });
+    return { jobs: iotjobs.IotJobsClientv2.newFromMqtt5(client, rrOptions), stop: () => client.stop() };
+  }
+  const builder = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder_from_path(env('UMBRA_CERT'), env('UMBRA_KEY'));
+  builder.with_certificate_authority_from_path(undefined, env('UMBRA_CA'));
+  builder.with_endpoint(host);
+  builder.with_port(port);
+  builder.with_client_id(clientId);
+  const conn = new mqtt.MqttClient().new_connection(builder.build());
+  conn.on('error', (e) => out({ event: 'error', error: errorInfo(e) }));
+  conn.on('closed', () => out({ event: 'closed' }));
+  await conn.connect();
+  out({ event: 'connect', protocol });
+  return { jobs: iotjobs.IotJobsClientv2.newFromMqtt311(conn, rrOptions), stop: () => conn.disconnect() };
+}
+
+async function main() {
+  let client;
+  try {
+    client = await connect();
+  } catch (e) {
+    out({ event: 'connect-failed', error: errorInfo(e) });
+    process.exit(1);
+  }
+  const { jobs } = client;
+  const streams = [];
+  const respond = async (op, promise) => {
+    try {
+      out({ event: 'response', op, ok: true, resp: await promise });
+    } catch (e) {
+      out({ event: 'response', op, ok: false, error: errorInfo(e) });
+    }
+  };
+  const openStream = (name, event, stream) => {
+    stream.on('subscriptionStatus', (ev) => out({ event: 'subscription', stream: name, type: SubscriptionStatusEventType[ev.type], error: errorInfo(ev.error) }));
+    stream.on('incomingPublish', (ev) => out({ event, message: ev.message }));
+    stream.on('incomingPublishError', (ev) => out({ event: `${event}-error`, error: errorInfo(ev.error) }));
+    stream.open();
+    streams.push(stream);
+  };
+  commands(async (cmd) => {
+    switch (cmd.op) {
+      case 'streams':
+        openStream('next', 'next', jobs.createNextJobExecutionChangedStream({ thingName }));
+        openStream('changed', 'changed', jobs.createJobExecutionsChangedStream({ thingName }));
+        break;
+      case 'pending':
+        await respond('pending', jobs.getPendingJobExecutions({ thingName }));
+        break;
+      case 'startNext': {
+        const req = { thingName };
+        if (cmd.details) req.statusDetails = cmd.details;
+        await respond('startNext', jobs.startNextPendingJobExecution(req));
+        break;
+      }
+      case 'describe': {
+        const req = { thingName, jobId: cmd.jobId, includeJobDocument: true };
+        if (cmd.executionNumber !== undefined) req.executionNumber = cmd.executionNumber;
+        await respond('describe', jobs.describeJobExecution(req));
+        break;
+      }
+      case 'update': {
+        const req = { thingName, jobId: cmd.jobId, status: cmd.status };
+        if (cmd.details) req.statusDetails = cmd.details;
+        if (cmd.expectedVersion !== undefined) req.expectedVersion = cmd.expectedVersion;
+        if (cmd.includeState) req.includeJobExecutionState = true;
+        await respond('update', jobs.updateJobExecution(req));
+        break;
+      }
+      case 'download':
+        out({ event: 'downloaded', ...(await download(cmd.url)) });
+        break;
+      default:
+        out({ event: 'fatal', message: `unknown op ${cmd.op}` });
+        process.exit(2);
+    }
+  }, async () => {
+    for (const s of streams) s.close();
+    jobs.close();
+    await client.stop();
+    out({ event: 'end' });
+    process.exit(0);
+  });
+}
+
+main();
