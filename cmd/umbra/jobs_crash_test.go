@@ -85,17 +85,7 @@ func TestJobsCrashResume(t *testing.T) {
 		return !st.State.Active()
 	})
 	t.Logf("rollout finished %v after the restart", time.Since(restarted).Round(time.Millisecond))
-	if st.State != rollout.StateSucceeded || st.Counts[rollout.DeviceSucceeded] != n || st.Started != n/batch {
-		t.Fatalf("rollout %s: %s (%s), %d batches started, counts %v; want succeeded, %d batches, %d succeeded",
-			ro.ID, st.State, st.Reason, st.Started, st.Counts, n/batch, n)
-	}
-	total := 0
-	for _, c := range st.Counts {
-		total += c
-	}
-	if total != n {
-		t.Errorf("counts %v add up to %d, want %d", st.Counts, total, n)
-	}
+	checkSucceededOnce(t, st, n, n/batch)
 	for _, a := range agents {
 		a.mu.Lock()
 		for _, c := range a.conflicts {

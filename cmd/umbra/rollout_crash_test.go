@@ -152,19 +152,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 		time.Sleep(50 * time.Millisecond) // polling: the status is another process's state
 	}
 	t.Logf("rollout finished %v after the kill", time.Since(killedAt).Round(time.Millisecond))
-	if st.State != rollout.StateSucceeded || st.Counts[rollout.DeviceSucceeded] != n || st.Started != n/batch {
-		t.Fatalf("rollout %s: got %s (%s), %d batches started, counts %v; want succeeded, %d batches, %d succeeded",
-			ro.ID, st.State, st.Reason, st.Started, st.Counts, n/batch, n)
-	}
-	// No device counted twice: the counts add up to the targets, overall
-	// and per batch.
-	total := 0
-	for _, c := range st.Counts {
-		total += c
-	}
-	if total != n {
-		t.Errorf("counts %v add up to %d, want %d", st.Counts, total, n)
-	}
+	checkSucceededOnce(t, st, n, n/batch)
 	for _, b := range st.Batches {
 		sum := 0
 		for _, c := range b.Counts {
@@ -249,6 +237,24 @@ func mustOpenSimFleet(t *testing.T, cfg sim.Config) *sim.Fleet {
 }
 
 // rolloutAPI calls the HTTP API with the operator token.
+// checkSucceededOnce checks that rollout st of n targets in batches
+// succeeded, every batch started, and that no device is counted twice: the
+// counts add up to the targets.
+func checkSucceededOnce(t *testing.T, st rollout.Status, n, batches int) {
+	t.Helper()
+	if st.State != rollout.StateSucceeded || st.Counts[rollout.DeviceSucceeded] != n || st.Started != batches {
+		t.Fatalf("rollout %s: got %s (%s), %d batches started, counts %v; want succeeded, %d batches, %d succeeded",
+			st.ID, st.State, st.Reason, st.Started, st.Counts, batches, n)
+	}
+	total := 0
+	for _, c := range st.Counts {
+		total += c
+	}
+	if total != n {
+		t.Errorf("counts %v add up to %d, want %d", st.Counts, total, n)
+	}
+}
+
 type rolloutAPI struct{ url, token string }
 
 // mustDo sends body to path and decodes the answer into out (if not nil),

@@ -14,65 +14,17 @@
 //                     → {"event":"response","op","ok",…} as v2-shadow.js
 //   {"op":"download","url"} → {"event":"downloaded","status","bytes","sha256"}
 'use strict';
-const { mqtt, mqtt5, iot, iotjobs } = require('aws-iot-device-sdk-v2');
+const { iotjobs } = require('aws-iot-device-sdk-v2');
 const { SubscriptionStatusEventType } = require('aws-crt').mqtt_request_response;
 const { out, env, commands, errorInfo } = require('./lib');
+const { open, respond } = require('./v2connect');
 const { download } = require('./download');
 
-const host = env('UMBRA_HOST');
-const port = Number(env('UMBRA_PORT'));
 const thingName = env('UMBRA_THING');
-const clientId = env('UMBRA_CLIENT_ID');
-const protocol = process.env.UMBRA_PROTOCOL || 'mqtt311';
-const rrOptions = { maxRequestResponseSubscriptions: 4, maxStreamingSubscriptions: 4, operationTimeoutInSeconds: 20 };
-
-async function connect() {
-  if (protocol === 'mqtt5') {
-    const builder = iot.AwsIotMqtt5ClientConfigBuilder.newDirectMqttBuilderWithMtlsFromPath(host, env('UMBRA_CERT'), env('UMBRA_KEY'));
-    builder.withCertificateAuthorityFromPath(undefined, env('UMBRA_CA'));
-    builder.withPort(port);
-    builder.withConnectProperties({ ...builder.config.connectProperties, clientId });
-    const client = new mqtt5.Mqtt5Client(builder.build());
-    const connected = new Promise((resolve, reject) => {
-      client.on('connectionSuccess', resolve);
-      client.on('connectionFailure', (ev) => reject(ev.error));
-    });
-    client.on('disconnection', (ev) => out({ event: 'closed', error: errorInfo(ev.error) }));
-    client.start();
-    await connected;
-    out({ event: 'connect', protocol });
-    return { jobs: iotjobs.IotJobsClientv2.newFromMqtt5(client, rrOptions), stop: () => client.stop() };
-  }
-  const builder = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder_from_path(env('UMBRA_CERT'), env('UMBRA_KEY'));
-  builder.with_certificate_authority_from_path(undefined, env('UMBRA_CA'));
-  builder.with_endpoint(host);
-  builder.with_port(port);
-  builder.with_client_id(clientId);
-  const conn = new mqtt.MqttClient().new_connection(builder.build());
-  conn.on('error', (e) => out({ event: 'error', error: errorInfo(e) }));
-  conn.on('closed', () => out({ event: 'closed' }));
-  await conn.connect();
-  out({ event: 'connect', protocol });
-  return { jobs: iotjobs.IotJobsClientv2.newFromMqtt311(conn, rrOptions), stop: () => conn.disconnect() };
-}
 
 async function main() {
-  let client;
-  try {
-    client = await connect();
-  } catch (e) {
-    out({ event: 'connect-failed', error: errorInfo(e) });
-    process.exit(1);
-  }
-  const { jobs } = client;
+  const { service: jobs, stop } = await open(iotjobs.IotJobsClientv2);
   const streams = [];
-  const respond = async (op, promise) => {
-    try {
-      out({ event: 'response', op, ok: true, resp: await promise });
-    } catch (e) {
-      out({ event: 'response', op, ok: false, error: errorInfo(e) });
-    }
-  };
   const openStream = (name, event, stream) => {
     stream.on('subscriptionStatus', (ev) => out({ event: 'subscription', stream: name, type: SubscriptionStatusEventType[ev.type], error: errorInfo(ev.error) }));
     stream.on('incomingPublish', (ev) => out({ event, message: ev.message }));
@@ -119,7 +71,7 @@ async function main() {
   }, async () => {
     for (const s of streams) s.close();
     jobs.close();
-    await client.stop();
+    await stop();
     out({ event: 'end' });
     process.exit(0);
   });
