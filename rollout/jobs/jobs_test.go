@@ -137,7 +137,7 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 }
 
 // notification waits for the next notification.
-func (r *rig) notification(t *testing.T) message {
+func (r *rig) notification(t testing.TB) message {
 	t.Helper()
 	select {
 	case m := <-r.rec.notes:

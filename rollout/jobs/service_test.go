@@ -62,7 +62,7 @@ func (r *rig) request(t *testing.T, client, topic, payload string) (string, repl
 
 // queued starts a rollout of the Jobs device id and waits for its
 // notifications.
-func (r *rig) queued(t *testing.T, id device.ID) {
+func (r *rig) queued(t testing.TB, id device.ID) {
 	t.Helper()
 	if err := r.pl.MarkJobs(t.Context(), id); err != nil {
 		t.Fatal(err)
