@@ -49,7 +49,7 @@ test: deps sdk-deps
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s; make test runs each for TEST_FUZZTIME)
 FUZZTIME      ?= 30s
 TEST_FUZZTIME ?= 2s
-# Every fuzz target (22), as <package>:<target>: go test fuzzes one target per
+# Every fuzz target (24), as <package>:<target>: go test fuzzes one target per
 # invocation. fuzz-list fails when a target is missing here.
 FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
@@ -75,7 +75,9 @@ FUZZ_TARGETS := \
 	./rollout/jobs:FuzzHandleRequest \
 	./shadow:FuzzHandleRequest \
 	./shadow:FuzzParseRequestTopic \
-	./shadow:FuzzUpdate
+	./shadow:FuzzUpdate \
+	./wire:FuzzCreateRollout \
+	./wire:FuzzParseRolloutID
 
 fuzz: fuzz-list
 	@set -e; for t in $(FUZZ_TARGETS); do \
