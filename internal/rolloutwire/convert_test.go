@@ -3,115 +3,18 @@ package rolloutwire_test
 import (
 	"bytes"
 	"encoding/json"
-	"reflect"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/umbra-iot/umbra/internal/rolloutwire"
+	"github.com/umbra-iot/umbra/internal/wiretest"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
 )
 
-// fill sets every exported field of the struct v points to to a non-zero
-// value, recursively, so that a field the conversion forgets shows up.
-func fill(t *testing.T, v reflect.Value, n *int) {
-	t.Helper()
-	*n++
-	switch v.Kind() {
-	case reflect.Struct:
-		if v.Type() == reflect.TypeFor[time.Time]() {
-			v.Set(reflect.ValueOf(time.Date(2026, 11, 23, 12, 0, *n, 0, time.UTC)))
-			return
-		}
-		for i := range v.NumField() {
-			if v.Type().Field(i).IsExported() {
-				fill(t, v.Field(i), n)
-			}
-		}
-	case reflect.String:
-		v.SetString("s" + string(rune('a'+*n%26)))
-	case reflect.Bool:
-		v.SetBool(true)
-	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Int16, reflect.Int8:
-		if v.Type() == reflect.TypeFor[time.Duration]() {
-			v.SetInt(int64(*n) * int64(time.Minute))
-			return
-		}
-		v.SetInt(int64(*n))
-	case reflect.Uint, reflect.Uint64, reflect.Uint32, reflect.Uint16, reflect.Uint8:
-		v.SetUint(uint64(*n % 8)) // small: a valid DeviceState
-	case reflect.Float64, reflect.Float32:
-		v.SetFloat(float64(*n) + 0.5)
-	case reflect.Slice:
-		s := reflect.MakeSlice(v.Type(), 1, 1)
-		fill(t, s.Index(0), n)
-		v.Set(s)
-	case reflect.Map:
-		m := reflect.MakeMap(v.Type())
-		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
-		fill(t, k, n)
-		fill(t, e, n)
-		m.SetMapIndex(k, e)
-		v.Set(m)
-	default:
-		t.Fatalf("fill: unhandled kind %s of %s", v.Kind(), v.Type())
-	}
-}
-
-func filled[T any](t *testing.T) T {
-	t.Helper()
-	var v T
-	n := 0
-	fill(t, reflect.ValueOf(&v).Elem(), &n)
-	return v
-}
-
-// fields decodes v's JSON object into its raw fields.
-func fields(t *testing.T, v any) map[string]json.RawMessage {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-// sameFields checks that the wire JSON has the domain JSON's fields but
-// dropped, with the same values.
-func sameFields(t *testing.T, what string, domain, wireForm any, dropped []string) {
-	t.Helper()
-	d, w := fields(t, domain), fields(t, wireForm)
-	for _, k := range dropped {
-		if _, ok := d[k]; !ok {
-			t.Errorf("%s: dropped field %q is not in the planner's JSON any more: update rolloutwire.Dropped", what, k)
-		}
-		if _, ok := w[k]; ok {
-			t.Errorf("%s: bookkeeping field %q is on the wire", what, k)
-		}
-		delete(d, k)
-	}
-	for k, v := range d {
-		if got, ok := w[k]; !ok {
-			t.Errorf("%s: field %q (%s) is missing from the wire form: convert it, or list it in rolloutwire.Dropped", what, k, v)
-		} else if !bytes.Equal(got, v) {
-			t.Errorf("%s: field %q = %s on the wire, want %s", what, k, got, v)
-		}
-	}
-	for k := range w {
-		if _, ok := d[k]; !ok {
-			t.Errorf("%s: field %q is on the wire but not in the planner's JSON", what, k)
-		}
-	}
-}
-
 func TestRolloutDropsOnlyBookkeeping(t *testing.T) {
-	r := filled[rollout.Rollout](t)
-	sameFields(t, "Rollout", r, rolloutwire.Rollout(r), rolloutwire.Dropped)
+	r := wiretest.Filled[rollout.Rollout](t)
+	wiretest.SameFields(t, "Rollout", r, rolloutwire.Rollout(r), rolloutwire.Dropped...)
 	// Nothing returned shares memory with the argument.
 	w := rolloutwire.Rollout(r)
 	w.Batches[0].Size, w.Selector["x"] = -1, "y"
@@ -121,12 +24,12 @@ func TestRolloutDropsOnlyBookkeeping(t *testing.T) {
 }
 
 func TestStatusAndDevices(t *testing.T) {
-	st := filled[rollout.Status](t)
-	sameFields(t, "Status", st, rolloutwire.Status(st), rolloutwire.Dropped)
-	d := filled[rollout.DeviceStatus](t)
-	sameFields(t, "DeviceStatus", d, rolloutwire.Device(d), nil)
-	ev := filled[rollout.Event](t)
-	sameFields(t, "Event", ev, rolloutwire.Event(ev), nil)
+	st := wiretest.Filled[rollout.Status](t)
+	wiretest.SameFields(t, "Status", st, rolloutwire.Status(st), rolloutwire.Dropped...)
+	d := wiretest.Filled[rollout.DeviceStatus](t)
+	wiretest.SameFields(t, "DeviceStatus", d, rolloutwire.Device(d))
+	ev := wiretest.Filled[rollout.Event](t)
+	wiretest.SameFields(t, "Event", ev, rolloutwire.Event(ev))
 	// nil stays nil (JSON null), empty stays empty ({}).
 	if got := rolloutwire.Status(rollout.Status{Counts: map[rollout.DeviceState]int{}}); got.Counts == nil || got.Batches != nil || got.Failing != nil {
 		t.Errorf("Status of an empty status = %+v, want empty counts and nil lists", got)
@@ -134,7 +37,7 @@ func TestStatusAndDevices(t *testing.T) {
 }
 
 func TestPolicyBothWays(t *testing.T) {
-	p := filled[rollout.Policy](t)
+	p := wiretest.Filled[rollout.Policy](t)
 	if got := rolloutwire.PolicyFrom(rolloutwire.Policy(p)); got != p {
 		t.Errorf("PolicyFrom(Policy(p)) = %+v, want %+v", got, p)
 	}
