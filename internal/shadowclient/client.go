@@ -16,6 +16,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/shadow"
@@ -48,6 +49,10 @@ var (
 	// ErrConnectionLost is wrapped once the connection to the server has
 	// dropped; the Client does not reconnect.
 	ErrConnectionLost = errors.New("shadowclient: connection lost")
+	// ErrRefused is wrapped by Dial when the server refuses the
+	// credentials: a bad user name or password, or none where some are
+	// needed (CONNACK "bad user name or password" or "not authorized").
+	ErrRefused = errors.New("shadowclient: credentials refused")
 )
 
 // Config configures a Client. Zero values select the documented defaults.
@@ -217,8 +222,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // connectCause digs the useful part out of paho's connect error: the
-// system error ("connection refused") or the broker's refusal.
+// system error ("connection refused") or the broker's refusal, which
+// wraps ErrRefused.
 func connectCause(err error) error {
+	if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
 	if errno, ok := errors.AsType[syscall.Errno](err); ok {
 		return errno
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
@@ -413,5 +414,32 @@ func TestClose(t *testing.T) {
 	c.Close()
 	if _, err := c.Get(t.Context(), "d"); !errors.Is(err, shadowclient.ErrClosed) {
 		t.Errorf("Get after Close: %v, want ErrClosed", err)
+	}
+}
+
+// refuseAll is a broker.Authenticator that lets nobody in.
+type refuseAll struct{}
+
+func (refuseAll) Authenticate(context.Context, broker.Credentials) (broker.Identity, error) {
+	return broker.Identity{}, errors.New("nobody may connect")
+}
+
+func (refuseAll) Allow(broker.Identity, string, bool) bool { return false }
+
+// TestDialCredentialsRefused: a broker refusing the credentials is
+// ErrRefused, which callers tell apart without importing paho.
+func TestDialCredentialsRefused(t *testing.T) {
+	brk, err := broker.Open(t.Context(), broker.Config{TCPAddr: "127.0.0.1:0", Logger: testLogger(t), Auth: refuseAll{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { brk.Close(context.Background()) })
+	c, err := shadowclient.Dial(t.Context(), shadowclient.Config{Server: "tcp://" + brk.Addr().String(), Username: "ops", Password: "wrong"})
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial succeeded, want the credentials refused")
+	}
+	if !errors.Is(err, shadowclient.ErrRefused) || !strings.Contains(err.Error(), "connect to tcp://") {
+		t.Errorf("Dial = %v, want ErrRefused naming the server", err)
 	}
 }

@@ -27,8 +27,10 @@
 //
 // Dial fails with an error naming the server ("connect to
 // tcp://127.0.0.1:1883: connection refused", which also matches
-// errors.Is(err, syscall.ECONNREFUSED)) when it cannot connect, and wraps
-// ErrInvalidConfig for a bad Config. Requests wrap ErrInvalidRequest for
+// errors.Is(err, syscall.ECONNREFUSED)) when it cannot connect, wraps
+// ErrRefused when the server refuses the credentials, and wraps
+// ErrInvalidConfig for a bad Config. Callers need no MQTT library to tell
+// these apart. Requests wrap ErrInvalidRequest for
 // input rejected locally (nothing is sent), ErrClosed after Close and
 // ErrConnectionLost once the connection has dropped: the Client does not
 // reconnect; Dial a new one.
