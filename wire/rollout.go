@@ -95,6 +95,16 @@ func (s DeviceState) Valid() bool {
 	return false
 }
 
+// Terminal reports whether the device is done with the rollout: any state
+// from succeeded on.
+func (s DeviceState) Terminal() bool {
+	switch s {
+	case DeviceSucceeded, DeviceFailed, DeviceTimedOut, DeviceCanceled, DeviceAlreadyInstalled, DeviceRolledBack:
+		return true
+	}
+	return false
+}
+
 // Failure reports whether s counts against a rollout's failure threshold
 // (failed or timed_out).
 func (s DeviceState) Failure() bool { return s == DeviceFailed || s == DeviceTimedOut }

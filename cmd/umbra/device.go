@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,9 +16,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // noCredentialHint ends the error of a client command that found no
@@ -45,90 +43,40 @@ func (o *apiOptions) addFlags(fs *pflag.FlagSet) {
 	o.cred.addFlags(fs)
 }
 
-// call sends one JSON request with the bearer token and decodes a 2xx
-// answer into out (if not nil); any other status is an error carrying the
-// server's message.
-func (o *apiOptions) call(cmd *cobra.Command, method, path string, in, out any) error {
-	base, err := url.Parse(o.api)
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return fmt.Errorf("--api %q: want http(s)://host:port", o.api)
+// newClient validates the shared flags of the commands that use the HTTP
+// API and returns the client and the credential it presents ("" for none).
+func newClient(api string, timeout time.Duration, cred *credOptions) (*client.Client, string, error) {
+	if timeout <= 0 {
+		return nil, "", fmt.Errorf("--timeout %s: must be positive", timeout)
 	}
-	if o.timeout <= 0 {
-		return fmt.Errorf("--timeout %s: must be positive", o.timeout)
+	tok, err := cred.resolve()
+	if err != nil {
+		return nil, "", err
 	}
-	tok, err := o.cred.resolve()
+	c, err := client.New(client.Config{URL: api, Token: tok, Timeout: timeout})
+	if err != nil {
+		return nil, "", fmt.Errorf("--api %q: want http(s)://host:port", api)
+	}
+	return c, tok, nil
+}
+
+// explainAPIError adds a hint to an error answering 401 to a request sent
+// without a credential (tok "").
+func explainAPIError(err error, tok string) error {
+	if tok == "" && errors.Is(err, client.ErrUnauthorized) {
+		return fmt.Errorf("%w%s", err, noCredentialHint)
+	}
+	return err
+}
+
+// withClient makes one call with the client of o's flags.
+func (o *apiOptions) withClient(cmd *cobra.Command, call func(ctx context.Context, c *client.Client) error) error {
+	c, tok, err := newClient(o.api, o.timeout, &o.cred)
 	if err != nil {
 		return err
 	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(o.api, "/")+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Message string }
-		if json.Unmarshal(b, &e) != nil || e.Message == "" {
-			e.Message = strings.TrimSpace(string(b))
-		}
-		if resp.StatusCode == http.StatusUnauthorized && tok == "" {
-			e.Message += noCredentialHint
-		}
-		err := &apiError{status: resp.StatusCode, body: b,
-			msg: fmt.Sprintf("%s %s: %d %s: %s", method, path, resp.StatusCode, http.StatusText(resp.StatusCode), e.Message)}
-		return err
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return explainAPIError(call(cmd.Context(), c), tok)
 }
-
-// errConflict matches (errors.Is) an apiError with status 409.
-var errConflict = errors.New("conflict")
-
-// apiError is a non-2xx answer of the HTTP API.
-type apiError struct {
-	status int
-	msg    string
-	body   []byte // the answer's body
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-// Is makes errors.Is(err, errConflict) true for a 409.
-func (e *apiError) Is(target error) bool {
-	return target == errConflict && e.status == http.StatusConflict
-}
-
-// pathEscape escapes one path segment.
-func pathEscape(s string) string { return url.PathEscape(s) }
 
 func newDeviceCmd() *cobra.Command {
 	o := &apiOptions{}
@@ -167,14 +115,18 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return fmt.Errorf("--label: %w", err)
 			}
-			req := httpapi.EnrollRequest{ID: string(id), Labels: lbl}
+			req := wire.EnrollRequest{ID: string(id), Labels: lbl}
 			if cmd.Flags().Changed("cert") {
 				if req.Certificate, req.CertSHA256, err = readCertFile(certFile); err != nil {
 					return fmt.Errorf("--cert: %w", err)
 				}
 			}
-			var resp httpapi.SecretResponse
-			if err := o.call(cmd, "POST", "/v1/devices", req, &resp); err != nil {
+			var resp wire.SecretResponse
+			err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				resp, err = c.EnrollDevice(ctx, req)
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			if resp.CertSHA256 != "" {
@@ -196,8 +148,12 @@ docs/migrate-from-aws.md.`,
 		Short: "List enrolled devices with their presence",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var resp httpapi.IdentityList
-			if err := o.call(cmd, "GET", "/v1/identities/devices", nil, &resp); err != nil {
+			var resp wire.IdentityList
+			err := o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				resp.Devices, err = c.ListEnrolled(ctx)
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -219,7 +175,7 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
-			return o.call(cmd, "DELETE", "/v1/devices/"+pathEscape(string(id)), nil, nil)
+			return o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RemoveDevice(ctx, id) })
 		},
 	}
 	rotate := &cobra.Command{
@@ -231,8 +187,12 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
-			var resp httpapi.SecretResponse
-			if err := o.call(cmd, "POST", "/v1/devices/"+pathEscape(string(id))+"/rotate", nil, &resp); err != nil {
+			var resp wire.SecretResponse
+			err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				resp, err = c.RotateDevice(ctx, id)
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.Secret)
@@ -244,7 +204,7 @@ docs/migrate-from-aws.md.`,
 }
 
 // printDevices prints the device table with an ONLINE column.
-func printDevices(w io.Writer, devs []identity.Device) error {
+func printDevices(w io.Writer, devs []wire.EnrolledDevice) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tONLINE\tCONNECTED_AT\tDISCONNECTED_AT\tREASON\tLABELS")
 	for _, d := range devs {

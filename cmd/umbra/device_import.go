@@ -1,8 +1,8 @@
 package main
 
 import (
+	"context"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // maxCertFile caps a certificate file read for binding: a certificate is
@@ -47,7 +48,7 @@ func readCertFile(path string) (pemText, fp string, err error) {
 // importRow is one device of an import file.
 type importRow struct {
 	line int // in the file, from 1
-	req  httpapi.EnrollRequest
+	req  wire.EnrollRequest
 }
 
 // rowProblem is a bad row of an import file.
@@ -123,7 +124,7 @@ func readImportFile(path string) ([]importRow, []rowProblem, error) {
 		if len(rows)+len(problems) >= identity.MaxEnrollments {
 			return nil, nil, fmt.Errorf("%s: more than %d devices; import them in several files", path, identity.MaxEnrollments)
 		}
-		row := importRow{line: line, req: httpapi.EnrollRequest{ID: field(rec, colID)}}
+		row := importRow{line: line, req: wire.EnrollRequest{ID: field(rec, colID)}}
 		msg, ok := row.parse(field(rec, colLabels), field(rec, colCert), dir)
 		if !ok {
 			problems = append(problems, rowProblem{line, msg})
@@ -222,24 +223,24 @@ func (imp *importOptions) run(cmd *cobra.Command, o *apiOptions, path string) er
 		}
 		defer secretsFile.Close()
 	}
-	req := httpapi.ImportRequest{DryRun: dryRun, Devices: make([]httpapi.EnrollRequest, len(rows))}
+	req := wire.ImportRequest{DryRun: dryRun, Devices: make([]wire.EnrollRequest, len(rows))}
 	for i, r := range rows {
 		req.Devices[i] = r.req
 	}
-	var resp httpapi.ImportResponse
+	var resp wire.ImportResponse
 	if len(rows) > 0 {
-		err = o.call(cmd, http.MethodPost, "/v1/identities/devices", req, &resp)
+		err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+			resp, err = c.ImportDevices(ctx, req)
+			return err
+		})
 	}
-	if ae, ok := errors.AsType[*apiError](err); ok && ae.status == http.StatusBadRequest {
-		var body struct{ Problems []httpapi.ImportProblem }
-		if json.Unmarshal(ae.body, &body) == nil && len(body.Problems) > 0 {
-			for _, p := range body.Problems {
-				if p.Index >= 0 && p.Index < len(rows) {
-					problems = append(problems, rowProblem{rows[p.Index].line, p.Message})
-				}
+	if ae, ok := errors.AsType[*client.Error](err); ok && ae.Status == http.StatusBadRequest && len(ae.Problems) > 0 {
+		for _, p := range ae.Problems {
+			if p.Index >= 0 && p.Index < len(rows) {
+				problems = append(problems, rowProblem{rows[p.Index].line, p.Message})
 			}
-			err = nil
 		}
+		err = nil
 	}
 	if err != nil || len(problems) > 0 {
 		if secretsFile != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,11 +15,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/apiclient"
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/fwclient"
-	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // fwOptions are the flags shared by the firmware commands.
@@ -32,36 +30,31 @@ type fwOptions struct {
 }
 
 func (o *fwOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.api, "api", fwclient.DefaultAPI, "Umbra HTTP API base URL")
+	fs.StringVar(&o.api, "api", client.DefaultURL, "Umbra HTTP API base URL")
 	fs.StringVarP(&o.output, "output", "o", "text", "output format: text or json (the server's JSON)")
-	fs.DurationVar(&o.timeout, "timeout", fwclient.DefaultTimeout, "how long to wait for each answer (firmware uploads are not bounded)")
+	fs.DurationVar(&o.timeout, "timeout", client.DefaultTimeout, "how long to wait for each answer (firmware uploads are not bounded)")
 	o.cred.addFlags(fs)
 }
 
-// client validates the shared flags and returns the API client.
-func (o *fwOptions) client() (*fwclient.Client, error) {
-	return newAPIClient(o, func(c apiclient.Config) (*fwclient.Client, error) { return fwclient.New(fwclient.Config(c)) })
-}
-
-// newAPIClient validates the shared flags of o and builds a client of the
-// HTTP API with newClient.
-func newAPIClient[C any](o *fwOptions, newClient func(apiclient.Config) (C, error)) (C, error) {
-	var zero C
-	tok, err := resolveClientFlags(o.output, o.timeout, &o.cred)
-	if err != nil {
-		return zero, err
+// query validates the flags, makes one call with the API client and prints
+// its answer: as one line of JSON when --output is json, else with text.
+func query[T any](cmd *cobra.Command, o *fwOptions, call func(context.Context, *client.Client) (T, error), text func(io.Writer, T) error) error {
+	if o.output != "json" && o.output != "text" {
+		return fmt.Errorf("--output %q: want json or text", o.output)
 	}
-	c, err := newClient(apiclient.Config{API: o.api, Token: tok, Timeout: o.timeout})
+	c, tok, err := newClient(o.api, o.timeout, &o.cred)
 	if err != nil {
-		return zero, fmt.Errorf("--api: %w", err)
+		return err
 	}
-	return c, nil
-}
-
-// query gets a client, makes one call and prints its answer: as one line
-// of JSON, or with text.
-func query[T any](cmd *cobra.Command, o *fwOptions, call func(context.Context, *fwclient.Client) (T, error), text func(io.Writer, T) error) error {
-	return callAPI(cmd, o.output, o.client, call, text)
+	v, err := call(cmd.Context(), c)
+	if err != nil {
+		return explainAPIError(err, tok)
+	}
+	w := cmd.OutOrStdout()
+	if o.output == "json" {
+		return writeJSONLine(w, v)
+	}
+	return text(w, v)
 }
 
 func newFirmwareCmd() *cobra.Command {
@@ -112,15 +105,15 @@ changed or was damaged on the way is refused with 422.`,
 				return err
 			}
 			defer f.Close()
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (firmware.Image, error) {
-				req := firmware.UploadRequest{Version: u.version, HW: u.hw, Notes: u.notes, SHA256: strings.ToLower(u.sha256)}
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.Image, error) {
+				req := wire.ImageUpload{Version: u.version, HW: u.hw, Notes: u.notes, SHA256: strings.ToLower(u.sha256)}
 				if req.SHA256 == "" {
 					if req.SHA256, err = hashFile(ctx, f); err != nil {
-						return firmware.Image{}, err
+						return wire.Image{}, err
 					}
 				}
-				return c.Upload(ctx, req, f, size)
-			}, func(w io.Writer, img firmware.Image) error {
+				return c.UploadFirmware(ctx, req, f, size)
+			}, func(w io.Writer, img wire.Image) error {
 				_, err := fmt.Fprintf(w, "uploaded %s: %d bytes, sha256 %s\n", img.Version, img.Size, img.SHA256)
 				return err
 			})
@@ -182,13 +175,10 @@ func newFirmwareListCmd(o *fwOptions) *cobra.Command {
 		Short: "List stored firmware images, lowest version first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (httpapi.ImageList, error) {
-				imgs, err := c.List(ctx)
-				if imgs == nil {
-					imgs = []firmware.Image{}
-				}
-				return httpapi.ImageList{Images: imgs}, err
-			}, func(w io.Writer, l httpapi.ImageList) error {
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.ImageList, error) {
+				imgs, err := c.ListFirmware(ctx)
+				return wire.ImageList{Images: nonNil(imgs)}, err
+			}, func(w io.Writer, l wire.ImageList) error {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "VERSION\tHW\tSIZE\tSHA256\tCREATED")
 				for _, img := range l.Images {
@@ -226,9 +216,9 @@ func newFirmwareShowCmd(o *fwOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (firmware.Image, error) {
-				return c.Get(ctx, v)
-			}, func(w io.Writer, img firmware.Image) error {
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.Image, error) {
+				return c.GetFirmware(ctx, string(v))
+			}, func(w io.Writer, img wire.Image) error {
 				tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 				fmt.Fprintf(tw, "version:\t%s\nhw:\t%s\nsize:\t%d\nsha256:\t%s\ncreated:\t%s\nsignature:\t%x\n",
 					img.Version, orDash(img.HW), img.Size, img.SHA256, img.Created.Format(time.RFC3339), img.Signature)
@@ -251,9 +241,9 @@ func newFirmwareDeleteCmd(o *fwOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (httpapi.DeletedImage, error) {
-				return httpapi.DeletedImage{Version: string(v), Deleted: true}, c.Delete(ctx, v)
-			}, func(w io.Writer, d httpapi.DeletedImage) error {
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.DeletedImage, error) {
+				return wire.DeletedImage{Version: string(v), Deleted: true}, c.DeleteFirmware(ctx, string(v))
+			}, func(w io.Writer, d wire.DeletedImage) error {
 				_, err := fmt.Fprintf(w, "deleted %s\n", d.Version)
 				return err
 			})
@@ -267,9 +257,9 @@ func newFirmwarePubkeyCmd(o *fwOptions) *cobra.Command {
 		Short: "Print the fleet public key (PEM) that devices pin to verify manifests",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (httpapi.PublicKey, error) {
-				return c.PublicKey(ctx)
-			}, func(w io.Writer, pk httpapi.PublicKey) error {
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.PublicKey, error) {
+				return c.FirmwarePublicKey(ctx)
+			}, func(w io.Writer, pk wire.PublicKey) error {
 				_, err := io.WriteString(w, pk.PEM)
 				return err
 			})
@@ -320,9 +310,9 @@ func newFirmwareURLCmd(o *fwOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (httpapi.URLResponse, error) {
-				return c.URL(ctx, v, id, d.ttl)
-			}, func(w io.Writer, u httpapi.URLResponse) error {
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.URLResponse, error) {
+				return c.FirmwareURL(ctx, string(v), id, d.ttl)
+			}, func(w io.Writer, u wire.URLResponse) error {
 				_, err := fmt.Fprintln(w, u.URL)
 				return err
 			})
@@ -348,14 +338,10 @@ its delta. Run it again to re-issue an expired URL.`,
 			if err != nil {
 				return err
 			}
-			return query(cmd, o, func(ctx context.Context, c *fwclient.Client) (json.RawMessage, error) {
-				return c.Assign(ctx, v, id, d.ttl)
-			}, func(w io.Writer, doc json.RawMessage) error {
-				var a struct{ Version uint64 }
-				if err := json.Unmarshal(doc, &a); err != nil {
-					return fmt.Errorf("decode answer: %w", err)
-				}
-				_, err := fmt.Fprintf(w, "assigned %s to %s (shadow version %d)\n", v, id, a.Version)
+			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.Shadow, error) {
+				return c.AssignFirmware(ctx, string(v), id, d.ttl)
+			}, func(w io.Writer, doc wire.Shadow) error {
+				_, err := fmt.Fprintf(w, "assigned %s to %s (shadow version %d)\n", v, id, doc.Version)
 				return err
 			})
 		},

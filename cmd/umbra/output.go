@@ -11,6 +11,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // answerSummary is what the text output shows of an accepted message.
@@ -95,21 +96,14 @@ func printEvent(w io.Writer, format string, e shadowclient.Event) error {
 
 // printShadows writes the body of GET /v1/devices/{id}/shadows: as is (one
 // line of JSON) or, for text, as a table.
-func printShadows(w io.Writer, format string, body []byte) error {
+func printShadows(w io.Writer, format string, list wire.ShadowList) error {
 	if format == "json" {
-		_, err := fmt.Fprintf(w, "%s\n", bytes.TrimSpace(body))
-		return err
-	}
-	var list struct {
-		Shadows []shadow.ShadowInfo `json:"shadows"`
-	}
-	if err := json.Unmarshal(body, &list); err != nil {
-		return fmt.Errorf("decode shadow list: %w", err)
+		return writeJSONLine(w, list)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tVERSION\tUPDATED")
 	for _, s := range list.Shadows {
-		name := string(s.Name)
+		name := s.Name
 		if name == "" {
 			name = "-" // the classic shadow
 		}

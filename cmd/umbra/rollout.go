@@ -17,46 +17,23 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
-	"github.com/umbra-iot/umbra/internal/rolloutclient"
 	"github.com/umbra-iot/umbra/internal/rolloutview"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // rolloutOptions are the flags shared by the rollout commands: the same
 // --api, -o, --timeout and credential flags as the firmware commands.
 type rolloutOptions struct{ fwOptions }
 
-// client validates the shared flags and returns the API client.
-func (o *rolloutOptions) client() (*rolloutclient.Client, error) {
-	return newAPIClient(&o.fwOptions, rolloutclient.New)
-}
-
-// callAPI gets a client from newClient, makes one call and prints its
-// answer: as one line of JSON when output is "json", else with text.
-func callAPI[C, T any](cmd *cobra.Command, output string, newClient func() (C, error), call func(context.Context, C) (T, error), text func(io.Writer, T) error) error {
-	c, err := newClient()
-	if err != nil {
-		return err
-	}
-	v, err := call(cmd.Context(), c)
-	if err != nil {
-		return err
-	}
-	w := cmd.OutOrStdout()
-	if output == "json" {
-		return writeJSONLine(w, v)
-	}
-	return text(w, v)
-}
-
-// rolloutCall is callAPI with the rollout client; a conflict names the
-// rollout that holds the device.
-func rolloutCall[T any](cmd *cobra.Command, o *rolloutOptions, call func(context.Context, *rolloutclient.Client) (T, error), text func(io.Writer, T) error) error {
-	return callAPI(cmd, o.output, o.client, func(ctx context.Context, c *rolloutclient.Client) (T, error) {
+// rolloutCall is query with a conflict naming the rollout that holds the
+// device.
+func rolloutCall[T any](cmd *cobra.Command, o *rolloutOptions, call func(context.Context, *client.Client) (T, error), text func(io.Writer, T) error) error {
+	return query(cmd, &o.fwOptions, func(ctx context.Context, c *client.Client) (T, error) {
 		v, err := call(ctx, c)
 		return v, explainRolloutError(err)
 	}, text)
@@ -89,8 +66,7 @@ func writeJSONLine(w io.Writer, v any) error {
 // explainRolloutError adds the conflicting rollout's ID to a 409 that
 // names one, when the server's message does not already say it.
 func explainRolloutError(err error) error {
-	var ae *rolloutclient.APIError
-	if errors.As(err, &ae) && ae.Rollout != "" && !strings.Contains(err.Error(), ae.Rollout) {
+	if ae, ok := errors.AsType[*client.Error](err); ok && ae.Rollout != "" && !strings.Contains(err.Error(), ae.Rollout) {
 		return fmt.Errorf("%w (conflicting rollout %s)", err, ae.Rollout)
 	}
 	return err
@@ -114,11 +90,11 @@ the server exits non-zero with its status and message.`,
 		newRolloutEventsCmd(o))
 	for _, c := range []struct {
 		name, short, verb string
-		call              func(*rolloutclient.Client, context.Context, string) (rollout.Rollout, error)
+		call              func(*client.Client, context.Context, string) (wire.Rollout, error)
 	}{
-		{"pause", "Pause a rollout: no new devices are notified, notified ones continue", "paused", (*rolloutclient.Client).Pause},
-		{"resume", "Resume a paused rollout (overrides a tripped threshold once)", "resumed", (*rolloutclient.Client).Resume},
-		{"rollback", "Abort a rollout and write each updated device's previous version back", "rolling back", (*rolloutclient.Client).Rollback},
+		{"pause", "Pause a rollout: no new devices are notified, notified ones continue", "paused", (*client.Client).PauseRollout},
+		{"resume", "Resume a paused rollout (overrides a tripped threshold once)", "resumed", (*client.Client).ResumeRollout},
+		{"rollback", "Abort a rollout and write each updated device's previous version back", "rolling back", (*client.Client).RollbackRollout},
 	} {
 		cmd.AddCommand(newRolloutControlCmd(o, c.name, c.short, c.verb, c.call))
 	}
@@ -178,7 +154,7 @@ type createSpec struct {
 	selector map[string]string
 	all      bool
 	skip     bool // leave out targets of another hardware model
-	policy   rollout.Policy
+	policy   wire.Policy
 }
 
 // spec validates the flags (fs tells which were given) and returns the
@@ -227,16 +203,16 @@ func (c *createOptions) spec(fs *pflag.FlagSet, stdin io.Reader) (createSpec, er
 }
 
 // request is the create request s describes.
-func (s createSpec) request() rolloutclient.CreateRequest {
-	return rolloutclient.CreateRequest{Firmware: s.firmware, Devices: s.devices, Select: s.selector, All: s.all,
+func (s createSpec) request() wire.CreateRollout {
+	return wire.CreateRollout{Firmware: string(s.firmware), Devices: s.devices, Select: s.selector, All: s.all,
 		SkipIncompatible: s.skip, Policy: s.policy}
 }
 
 // policy validates the policy flags.
-func (c *createOptions) policy(fs *pflag.FlagSet) (rollout.Policy, error) {
-	p := rollout.Policy{Dynamic: c.dynamic, BatchSize: c.batchSize, FirstBatch: c.firstBatch,
+func (c *createOptions) policy(fs *pflag.FlagSet) (wire.Policy, error) {
+	p := wire.Policy{Dynamic: c.dynamic, BatchSize: c.batchSize, FirstBatch: c.firstBatch,
 		MaxBatchSize: c.maxBatchSize, MaxInFlight: c.maxInFlight, MinSample: c.minSample, Retries: c.retries,
-		DeviceTimeout: c.deviceTimeout, RetryBackoff: c.retryBackoff, URLTTL: c.urlTTL,
+		DeviceTimeout: wire.Duration(c.deviceTimeout), RetryBackoff: wire.Duration(c.retryBackoff), URLTTL: wire.Duration(c.urlTTL),
 		PauseBetweenBatches: c.pauseBetween, Window: c.window, WindowTZ: c.windowTZ}
 	for _, f := range []struct {
 		name string
@@ -292,8 +268,8 @@ func (c *createOptions) policy(fs *pflag.FlagSet) (rollout.Policy, error) {
 		return p, errors.New("--max-batch-size caps a --ramp: give --ramp too")
 	}
 	if fs.Changed("on-failure") {
-		switch a := rollout.FailureAction(c.onFailure); a {
-		case rollout.OnFailurePause, rollout.OnFailureAbort, rollout.OnFailureRollback:
+		switch a := wire.FailureAction(c.onFailure); a {
+		case wire.OnFailurePause, wire.OnFailureAbort, wire.OnFailureRollback:
 			p.OnFailure = a
 		default:
 			return p, fmt.Errorf("--on-failure %q: want pause, abort or rollback", c.onFailure)
@@ -454,9 +430,9 @@ rollout with 409 naming that rollout. An image uploaded with --hw is refused
 			if err != nil {
 				return err
 			}
-			return rolloutCall(cmd, o, func(ctx context.Context, cl *rolloutclient.Client) (rollout.Rollout, error) {
-				return cl.Create(ctx, s.request())
-			}, func(w io.Writer, r rollout.Rollout) error {
+			return rolloutCall(cmd, o, func(ctx context.Context, cl *client.Client) (wire.Rollout, error) {
+				return cl.CreateRollout(ctx, s.request())
+			}, func(w io.Writer, r wire.Rollout) error {
 				fmt.Fprintf(cmd.ErrOrStderr(), "rollout %s created: %d targets in %d batches\n", r.ID, r.Targets, len(r.Batches))
 				if r.Excluded > 0 {
 					fmt.Fprintf(cmd.ErrOrStderr(), "%d devices of another hardware model left out\n", r.Excluded)
@@ -476,10 +452,10 @@ func newRolloutListCmd(o *rolloutOptions) *cobra.Command {
 		Short: "List rollouts, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (httpapi.RolloutList, error) {
-				rs, err := c.List(ctx)
-				return httpapi.RolloutList{Rollouts: nonNil(rs)}, err
-			}, func(w io.Writer, l httpapi.RolloutList) error {
+			return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.RolloutList, error) {
+				rs, err := c.ListRollouts(ctx)
+				return wire.RolloutList{Rollouts: nonNil(rs)}, err
+			}, func(w io.Writer, l wire.RolloutList) error {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tSTATE\tFIRMWARE\tTARGETS\tBATCHES\tCREATED")
 				for _, r := range l.Rollouts {
@@ -492,16 +468,10 @@ func newRolloutListCmd(o *rolloutOptions) *cobra.Command {
 	}
 }
 
-// idArg validates a rollout <id> argument as the server does: 1 to 64
-// characters of [A-Za-z0-9_-].
+// idArg validates a rollout <id> argument as the server does
+// (wire.ParseRolloutID).
 func idArg(s string) (string, error) {
-	ok := s != "" && len(s) <= 64 && !strings.ContainsFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
-	})
-	if !ok {
-		return "", fmt.Errorf("rollout ID %q: want 1 to 64 characters of A-Z, a-z, 0-9, _ and -", s)
-	}
-	return s, nil
+	return wire.ParseRolloutID(s)
 }
 
 // statusOptions are the flags of `umbra rollout status`.
@@ -535,16 +505,19 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	if so.interval < 100*time.Millisecond {
 		return fmt.Errorf("--interval %s: must be at least 100ms", so.interval)
 	}
-	c, err := o.client()
+	if o.output != "json" && o.output != "text" {
+		return fmt.Errorf("--output %q: want json or text", o.output)
+	}
+	c, tok, err := newClient(o.api, o.timeout, &o.cred)
 	if err != nil {
 		return err
 	}
 	w := cmd.OutOrStdout()
 	tty := isTerminal(w)
 	view := rolloutview.Options{Width: termWidth(), Color: tty && os.Getenv("NO_COLOR") == ""}
-	fetch := func(ctx context.Context) (rollout.Status, error) {
-		st, err := c.Get(ctx, id)
-		return st, explainRolloutError(err)
+	fetch := func(ctx context.Context) (wire.RolloutStatus, error) {
+		st, err := c.GetRollout(ctx, id)
+		return st, explainAPIError(explainRolloutError(err), tok)
 	}
 	if !so.watch {
 		st, err := fetch(cmd.Context())
@@ -560,7 +533,7 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	}
 	wt := rolloutview.Watcher{TTY: tty && o.output == "text", Interval: so.interval, Render: view}
 	if o.output == "json" {
-		wt.Format = func(st rollout.Status) string {
+		wt.Format = func(st wire.RolloutStatus) string {
 			b, err := json.Marshal(st)
 			if err != nil {
 				return ""
@@ -572,7 +545,7 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", id, err)
 	}
-	if st.State == rollout.StateSucceeded {
+	if st.State == wire.RolloutSucceeded {
 		return nil
 	}
 	msg := fmt.Sprintf("rollout %s %s", st.ID, st.State)
@@ -590,12 +563,12 @@ const watchOutage = time.Minute
 // the server, e.g. while it restarts) is noted on stderr and the fetch
 // retried every interval, for up to watchOutage; an error answer from the
 // server ends the watch at once.
-func rideOut(fetch func(context.Context) (rollout.Status, error), interval time.Duration, stderr io.Writer) func(context.Context) (rollout.Status, error) {
-	return func(ctx context.Context) (rollout.Status, error) {
+func rideOut(fetch func(context.Context) (wire.RolloutStatus, error), interval time.Duration, stderr io.Writer) func(context.Context) (wire.RolloutStatus, error) {
+	return func(ctx context.Context) (wire.RolloutStatus, error) {
 		deadline := time.Now().Add(watchOutage)
 		for {
 			st, err := fetch(ctx)
-			var ae *rolloutclient.APIError
+			var ae *client.Error
 			if err == nil || errors.As(err, &ae) || ctx.Err() != nil || time.Now().After(deadline) {
 				return st, err
 			}
@@ -632,14 +605,14 @@ func termWidth() int {
 }
 
 // stateFlag parses --state failed,timed_out.
-func stateFlag(s string) ([]rollout.DeviceState, error) {
-	var out []rollout.DeviceState
+func stateFlag(s string) ([]wire.DeviceState, error) {
+	var out []wire.DeviceState
 	for f := range strings.SplitSeq(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}
-		st, err := rollout.ParseDeviceState(f)
-		if err != nil {
+		st := wire.DeviceState(f)
+		if !st.Valid() {
 			return nil, fmt.Errorf("--state %q: want device states such as failed,timed_out", f)
 		}
 		out = append(out, st)
@@ -655,10 +628,10 @@ func newRolloutDevicesCmd(o *rolloutOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (httpapi.RolloutDevices, error) {
-				ds, err := c.Devices(ctx, id, filter...)
-				return httpapi.RolloutDevices{Devices: nonNil(ds)}, err
-			}, func(w io.Writer, l httpapi.RolloutDevices) error {
+			return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.RolloutDevices, error) {
+				ds, err := c.RolloutDevices(ctx, id, filter...)
+				return wire.RolloutDevices{Devices: nonNil(ds)}, err
+			}, func(w io.Writer, l wire.RolloutDevices) error {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE\tBATCH\tSTATE\tATTEMPT\tSINCE\tFROM\tERROR")
 				for _, d := range l.Devices {
@@ -684,15 +657,15 @@ func newRolloutEventsCmd(o *rolloutOptions) *cobra.Command {
 	var after uint64
 	cmd := rolloutIDCmd("events <id> [--after SEQ]", "Show a rollout's event log, oldest first",
 		func(cmd *cobra.Command, id string) error {
-			return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (httpapi.RolloutEvents, error) {
-				evs, err := c.Events(ctx, id, after)
-				return httpapi.RolloutEvents{Events: nonNil(evs)}, err
-			}, func(w io.Writer, l httpapi.RolloutEvents) error {
+			return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.RolloutEvents, error) {
+				evs, err := c.RolloutEvents(ctx, id, after)
+				return wire.RolloutEvents{Events: nonNil(evs)}, err
+			}, func(w io.Writer, l wire.RolloutEvents) error {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "TIME\tKIND\tBATCH\tDEVICE\tSTATE\tREASON")
 				for _, ev := range l.Events {
 					batch := "-"
-					if ev.Kind == rollout.EventBatchStarted || ev.Kind == rollout.EventBatchFinished {
+					if ev.Kind == wire.EventBatchStarted || ev.Kind == wire.EventBatchFinished {
 						batch = strconv.Itoa(ev.Batch + 1)
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Format(time.RFC3339), ev.Kind, batch,
@@ -725,17 +698,17 @@ func singleLine(s string) string {
 
 // newRolloutControlCmd is pause, resume or rollback: <id> in, the rollout
 // out, printed as "rollout r3 <verb> (now <state>)".
-func newRolloutControlCmd(o *rolloutOptions, name, short, verb string, call func(*rolloutclient.Client, context.Context, string) (rollout.Rollout, error)) *cobra.Command {
+func newRolloutControlCmd(o *rolloutOptions, name, short, verb string, call func(*client.Client, context.Context, string) (wire.Rollout, error)) *cobra.Command {
 	return rolloutIDCmd(name+" <id>", short, func(cmd *cobra.Command, id string) error {
-		return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (rollout.Rollout, error) {
+		return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.Rollout, error) {
 			return call(c, ctx, id)
 		}, printControlled(verb))
 	})
 }
 
 // printControlled prints "rollout r3 paused (now paused)".
-func printControlled(verb string) func(io.Writer, rollout.Rollout) error {
-	return func(w io.Writer, r rollout.Rollout) error {
+func printControlled(verb string) func(io.Writer, wire.Rollout) error {
+	return func(w io.Writer, r wire.Rollout) error {
 		_, err := fmt.Fprintf(w, "rollout %s %s (now %s)\n", r.ID, verb, r.State)
 		return err
 	}
@@ -749,8 +722,8 @@ func newRolloutAbortCmd(o *rolloutOptions) *cobra.Command {
 			if rollback {
 				verb = "aborted, rolling back"
 			}
-			return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (rollout.Rollout, error) {
-				return c.Abort(ctx, id, rollback)
+			return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.Rollout, error) {
+				return c.AbortRollout(ctx, id, rollback)
 			}, printControlled(verb))
 		})
 	cmd.Long = `Abort a rollout: devices not yet notified are canceled and the firmware
@@ -763,9 +736,9 @@ the previous version is also written back to the devices that already moved.`
 func newRolloutRetryCmd(o *rolloutOptions) *cobra.Command {
 	return rolloutIDCmd("retry <id>", "Start a new rollout over a finished rollout's failed and timed-out devices; prints its ID",
 		func(cmd *cobra.Command, id string) error {
-			return rolloutCall(cmd, o, func(ctx context.Context, c *rolloutclient.Client) (rollout.Rollout, error) {
-				return c.Retry(ctx, id)
-			}, func(w io.Writer, r rollout.Rollout) error {
+			return rolloutCall(cmd, o, func(ctx context.Context, c *client.Client) (wire.Rollout, error) {
+				return c.RetryRollout(ctx, id)
+			}, func(w io.Writer, r wire.Rollout) error {
 				fmt.Fprintf(cmd.ErrOrStderr(), "rollout %s created: retrying %d devices of %s\n", r.ID, r.Targets, id)
 				_, err := fmt.Fprintln(w, r.ID)
 				return err

@@ -17,11 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
-	"github.com/umbra-iot/umbra/internal/rolloutclient"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // writeTemp writes content to a file in a temp dir and returns its path.
@@ -258,8 +259,8 @@ func TestRolloutCreateRequest(t *testing.T) {
 		conflict := newFakeRolloutAPI(t, map[string]fakeAnswer{"POST /v1/rollouts": {http.StatusConflict,
 			`{"code":409,"message":"device lamp-2 is in another active rollout","rollout":"r4"}`}})
 		r := runCLI(t.Context(), "", "rollout", "create", "--api", conflict.URL, "--firmware", "1.2.0", "--devices", "lamp-2")
-		if r.err == nil || !strings.Contains(r.err.Error(), "r4") || !errors.Is(r.err, rollout.ErrConflict) {
-			t.Errorf("create over a conflict: error %v, want one naming r4 and matching rollout.ErrConflict", r.err)
+		if r.err == nil || !strings.Contains(r.err.Error(), "r4") || !errors.Is(r.err, client.ErrConflict) {
+			t.Errorf("create over a conflict: error %v, want one naming r4 and matching client.ErrConflict", r.err)
 		}
 		if r.stdout != "" {
 			t.Errorf("stdout %q, want nothing", r.stdout)
@@ -506,7 +507,7 @@ func TestRolloutCLIEndToEnd(t *testing.T) {
 	}
 	// A device cannot be in two active rollouts: the refusal names id.
 	r := runCLI(t.Context(), "", "rollout", "create", "--api", api.url, "--token", api.token, "--firmware", "1.2.0", "--devices", ids[1])
-	if r.err == nil || !strings.Contains(r.err.Error(), id) || !errors.Is(r.err, rollout.ErrConflict) {
+	if r.err == nil || !strings.Contains(r.err.Error(), id) || !errors.Is(r.err, client.ErrConflict) {
 		t.Errorf("conflicting create: error %v, want a conflict naming %s", r.err, id)
 	}
 
@@ -589,8 +590,8 @@ func TestRolloutCLIEndToEnd(t *testing.T) {
 // restart) but stops at an error answer from the server.
 func TestRideOut(t *testing.T) {
 	refused := errors.New("dial tcp 127.0.0.1:8080: connection refused")
-	notFound := &rolloutclient.APIError{Status: http.StatusNotFound, Message: "rollout: not found"}
-	running := rollout.Status{Rollout: rollout.Rollout{ID: "r7", State: rollout.StateRunning}}
+	notFound := &client.Error{Status: http.StatusNotFound, Message: "rollout: not found"}
+	running := wire.RolloutStatus{Rollout: wire.Rollout{ID: "r7", State: wire.RolloutRunning}}
 	for _, tc := range []struct {
 		name      string
 		errs      []error // returned by the fetches before the status
@@ -603,10 +604,10 @@ func TestRideOut(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls := 0
-			fetch := func(context.Context) (rollout.Status, error) {
+			fetch := func(context.Context) (wire.RolloutStatus, error) {
 				calls++
 				if calls <= len(tc.errs) {
-					return rollout.Status{}, tc.errs[calls-1]
+					return wire.RolloutStatus{}, tc.errs[calls-1]
 				}
 				return running, nil
 			}

@@ -11,13 +11,14 @@ import (
 	"os"
 	"time"
 
-	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // maxUpdateFile caps the size of an update read with --file; the server's
@@ -50,8 +51,7 @@ func (o *clientOptions) dial(ctx context.Context, stderr io.Writer) (*shadowclie
 	user, pass := splitToken(tok)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c, err := shadowclient.Dial(ctx, shadowclient.Config{Server: o.server, Timeout: o.timeout, Logger: log, Username: user, Password: pass})
-	refused := errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword)
-	if refused && tok == "" {
+	if errors.Is(err, shadowclient.ErrRefused) && tok == "" {
 		err = fmt.Errorf("%w%s", err, noCredentialHint)
 	}
 	return c, err
@@ -198,11 +198,15 @@ Deleted shadows are not listed.`,
 			if o.output != "json" && o.output != "text" {
 				return fmt.Errorf("--output %q: want json or text", o.output)
 			}
-			var out json.RawMessage
-			if err := o.call(cmd, "GET", "/v1/devices/"+string(id)+"/shadows", nil, &out); err != nil {
+			var list wire.ShadowList
+			err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				list, err = c.ListShadows(ctx, id)
+				return err
+			})
+			if err != nil {
 				return err
 			}
-			return printShadows(cmd.OutOrStdout(), o.output, out)
+			return printShadows(cmd.OutOrStdout(), o.output, list)
 		},
 	}
 	o.addFlags(cmd.Flags())

@@ -1,18 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/sim"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // simOptions are the flags of `umbra sim`.
@@ -129,6 +130,10 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 		}
 		return nil, nil
 	}
+	c, _, err := newClient(o.enrollAPI.api, o.enrollAPI.timeout, &o.enrollAPI.cred)
+	if err != nil {
+		return nil, err
+	}
 	var mu sync.Mutex
 	secrets := map[device.ID]string{} // guarded by mu
 	return func(id device.ID) (string, string) {
@@ -137,10 +142,10 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 		if s, ok := secrets[id]; ok {
 			return string(id), s
 		}
-		var resp httpapi.SecretResponse
-		err := o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices", httpapi.EnrollRequest{ID: string(id), Labels: labels}, &resp)
-		if err != nil && errors.Is(err, errConflict) {
-			err = o.enrollAPI.call(cmd, http.MethodPost, "/v1/devices/"+pathEscape(string(id))+"/rotate", nil, &resp)
+		ctx := cmd.Context()
+		resp, err := c.EnrollDevice(ctx, wire.EnrollRequest{ID: string(id), Labels: labels})
+		if errors.Is(err, client.ErrConflict) {
+			resp, err = c.RotateDevice(ctx, id)
 		}
 		if err != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "enroll %s: %v\n", id, err)
@@ -156,8 +161,12 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 // device's factory provisioning would). Without it every firmware command
 // fails verification, so a failure is reported on stderr.
 func (o *simOptions) fetchPublicKey(cmd *cobra.Command) string {
-	var pk httpapi.PublicKey
-	if err := o.enrollAPI.call(cmd, http.MethodGet, "/v1/firmware/pubkey", nil, &pk); err != nil || pk.PEM == "" {
+	var pk wire.PublicKey
+	err := o.enrollAPI.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+		pk, err = c.FirmwarePublicKey(ctx)
+		return err
+	})
+	if err != nil || pk.PEM == "" {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: no --public-key and none fetched from %s (%v): firmware commands will fail verification\n", o.enrollAPI.api, err)
 		return ""
 	}

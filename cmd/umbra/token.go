@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,7 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/client"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // credOptions locate the credential a client command presents: --token
@@ -79,8 +81,12 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 			if name == "" {
 				return errors.New("--name is required")
 			}
-			var resp httpapi.TokenResponse
-			if err := o.call(cmd, "POST", "/v1/tokens", httpapi.TokenRequest{Name: name, Role: role}, &resp); err != nil {
+			var resp wire.TokenResponse
+			err := o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				resp, err = c.CreateToken(ctx, name, wire.Role(role))
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s (%s) created; store it now, it cannot be shown again\n", resp.Name, resp.Role)
@@ -96,13 +102,17 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 		Short: "List tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var resp httpapi.TokenList
-			if err := o.call(cmd, "GET", "/v1/tokens", nil, &resp); err != nil {
+			var toks []wire.Token
+			err := o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				toks, err = c.ListTokens(ctx)
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tROLE\tCREATED")
-			for _, t := range resp.Tokens {
+			for _, t := range toks {
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Role, t.CreatedAt.Format(timeLayout))
 			}
 			return tw.Flush()
@@ -113,7 +123,7 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 		Short: "Revoke a token: new connections and requests with it are refused",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.call(cmd, "DELETE", "/v1/tokens/"+pathEscape(args[0]), nil, nil)
+			return o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RevokeToken(ctx, args[0]) })
 		},
 	}
 	cmd.AddCommand(create, list, revoke)

@@ -1,4 +1,4 @@
-// Package rolloutview renders a rollout's progress (a rollout.Status) for
+// Package rolloutview renders a rollout's progress (a wire.RolloutStatus) for
 // people and for logs. It is pure: output depends only on the Status and
 // the Options (including the clock, Options.Now), so it is golden-tested.
 //

@@ -6,15 +6,15 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/rolloutview"
-	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // ExampleRender draws a rollout in its second of three batches, in plain
 // ASCII.
 func ExampleRender() {
-	st := mkStatus(rollout.StateRunning, "", 2,
+	st := mkStatus(wire.RolloutRunning, "", 2,
 		counts{succeeded: 2}, counts{succeeded: 3, installing: 4, failed: 1}, counts{pending: 10}, counts{pending: 10})
-	st.Failing = []rollout.DeviceStatus{{Device: "lamp-4", Batch: 1, State: rollout.DeviceFailed, Attempt: 1, Error: "sha256 mismatch"}}
+	st.Failing = []wire.RolloutDevice{{Device: "lamp-4", Batch: 1, State: wire.DeviceFailed, Attempt: 1, Error: "sha256 mismatch"}}
 	rolloutview.Render(os.Stdout, st, rolloutview.Options{Width: 72, Now: t0.Add(5 * time.Minute)})
 	// Output:
 	// rollout r3  firmware 1.1.0  running  elapsed 5m0s
@@ -34,7 +34,7 @@ func ExampleRender() {
 
 // ExampleLine prints the one-line form used for pipes and logs.
 func ExampleLine() {
-	st := mkStatus(rollout.StateRunning, "", 2, counts{succeeded: 20}, counts{succeeded: 10, notified: 8, failed: 2}, counts{pending: 40})
+	st := mkStatus(wire.RolloutRunning, "", 2, counts{succeeded: 20}, counts{succeeded: 10, notified: 8, failed: 2}, counts{pending: 40})
 	fmt.Println(rolloutview.Line(st))
 	// Output:
 	// r3 running 1.1.0 batch 2/3 succeeded=30 in_flight=8 pending=40 failed=2 timed_out=0 (37.5%)

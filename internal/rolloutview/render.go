@@ -11,7 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Rendering limits.
@@ -53,15 +53,15 @@ const (
 	numCats
 )
 
-func categorize(s rollout.DeviceState) category {
+func categorize(s wire.DeviceState) category {
 	switch {
-	case s == rollout.DeviceSucceeded || s == rollout.DeviceAlreadyInstalled:
+	case s == wire.DeviceSucceeded || s == wire.DeviceAlreadyInstalled:
 		return catOK
 	case s.Failure():
 		return catFail
-	case s.InFlight():
+	case s == wire.DeviceNotified || s == wire.DeviceDownloading || s == wire.DeviceInstalling:
 		return catFlight
-	case s == rollout.DevicePending:
+	case s == wire.DevicePending:
 		return catPending
 	default:
 		return catOther
@@ -96,13 +96,13 @@ func (st style) paint(code, s string) string {
 }
 
 // stateColor is the colour of a rollout state in the header.
-func stateColor(s rollout.State) string {
+func stateColor(s wire.RolloutState) string {
 	switch s {
-	case rollout.StateSucceeded:
+	case wire.RolloutSucceeded:
 		return "\x1b[1;32m"
-	case rollout.StateFailed, rollout.StateAborted:
+	case wire.RolloutFailed, wire.RolloutAborted:
 		return "\x1b[1;31m"
-	case rollout.StatePaused:
+	case wire.RolloutPaused:
 		return "\x1b[1;33m"
 	default:
 		return "\x1b[1;36m"
@@ -111,12 +111,12 @@ func stateColor(s rollout.State) string {
 
 // tally is device counts by state, with the derived category sums.
 type tally struct {
-	by    map[rollout.DeviceState]int
+	by    map[wire.DeviceState]int
 	cats  [numCats]int
 	total int
 }
 
-func newTally(counts map[rollout.DeviceState]int, targets int) tally {
+func newTally(counts map[wire.DeviceState]int, targets int) tally {
 	t := tally{by: counts}
 	for s, n := range counts {
 		if n > 0 {
@@ -195,15 +195,15 @@ func (st style) bar(t tally, width int) string {
 
 // stateLabels name the states in Render's counts, in display order.
 var stateLabels = []struct {
-	state rollout.DeviceState
+	state wire.DeviceState
 	label string
 }{
-	{rollout.DeviceSucceeded, "succeeded"},
-	{rollout.DeviceAlreadyInstalled, "already installed"},
-	{rollout.DeviceFailed, "failed"},
-	{rollout.DeviceTimedOut, "timed out"},
-	{rollout.DeviceCanceled, "canceled"},
-	{rollout.DeviceRolledBack, "rolled back"},
+	{wire.DeviceSucceeded, "succeeded"},
+	{wire.DeviceAlreadyInstalled, "already installed"},
+	{wire.DeviceFailed, "failed"},
+	{wire.DeviceTimedOut, "timed out"},
+	{wire.DeviceCanceled, "canceled"},
+	{wire.DeviceRolledBack, "rolled back"},
 }
 
 // overallCounts are the counts under the overall bar: succeeded, failed,
@@ -212,14 +212,14 @@ var stateLabels = []struct {
 func overallCounts(t tally) []string {
 	var parts []string
 	for _, sl := range stateLabels {
-		if n := t.by[sl.state]; n > 0 || sl.state == rollout.DeviceSucceeded || sl.state.Failure() {
+		if n := t.by[sl.state]; n > 0 || sl.state == wire.DeviceSucceeded || sl.state.Failure() {
 			parts = append(parts, sl.label+" "+strconv.Itoa(n))
 		}
 	}
 	flight := "in flight " + strconv.Itoa(t.cats[catFlight])
 	if t.cats[catFlight] > 0 {
 		flight += fmt.Sprintf(" (notified %d, downloading %d, installing %d)",
-			t.by[rollout.DeviceNotified], t.by[rollout.DeviceDownloading], t.by[rollout.DeviceInstalling])
+			t.by[wire.DeviceNotified], t.by[wire.DeviceDownloading], t.by[wire.DeviceInstalling])
 	}
 	return append(parts, flight, "pending "+strconv.Itoa(t.cats[catPending]))
 }
@@ -236,8 +236,8 @@ func batchCounts(t tally) string {
 	add("ok", t.cats[catOK])
 	add("in flight", t.cats[catFlight])
 	add("failing", t.cats[catFail])
-	add("canceled", t.by[rollout.DeviceCanceled])
-	add("rolled back", t.by[rollout.DeviceRolledBack])
+	add("canceled", t.by[wire.DeviceCanceled])
+	add("rolled back", t.by[wire.DeviceRolledBack])
 	return strings.Join(parts, ", ")
 }
 
@@ -267,7 +267,7 @@ func wrap(parts []string, width int) []string {
 
 // elapsed is how long the rollout has run: to now while it is active, to
 // its last update once it finished.
-func elapsed(st rollout.Status, now time.Time) time.Duration {
+func elapsed(st wire.RolloutStatus, now time.Time) time.Duration {
 	end := st.Updated
 	if st.State.Active() && !now.IsZero() {
 		end = now
@@ -277,7 +277,7 @@ func elapsed(st rollout.Status, now time.Time) time.Duration {
 
 // Render writes st's progress report to w (see the package documentation
 // for its layout). Write errors are ignored: the report is best effort.
-func Render(w io.Writer, st rollout.Status, o Options) {
+func Render(w io.Writer, st wire.RolloutStatus, o Options) {
 	width := o.Width
 	switch {
 	case width == 0:
@@ -338,8 +338,8 @@ type batchRun struct {
 // batchLines draws one line per batch, collapsing runs of waiting batches
 // and long runs of finished batches without failures, and at most
 // MaxBatchLines lines: the earliest batches beyond that share one line.
-func batchLines(batches []rollout.BatchStatus, sty style, barWidth int) []string {
-	clean := func(b rollout.BatchStatus) bool {
+func batchLines(batches []wire.BatchStatus, sty style, barWidth int) []string {
+	clean := func(b wire.BatchStatus) bool {
 		t := newTally(b.Counts, b.Size)
 		return b.State == "done" && t.cats[catFail] == 0
 	}
@@ -379,7 +379,7 @@ func batchLines(batches []rollout.BatchStatus, sty style, barWidth int) []string
 			out = append(out, line)
 			continue
 		}
-		sum := map[rollout.DeviceState]int{}
+		sum := map[wire.DeviceState]int{}
 		devices := 0
 		for _, x := range batches[r.i:r.j] {
 			devices += x.Size
@@ -401,7 +401,7 @@ func batchLines(batches []rollout.BatchStatus, sty style, barWidth int) []string
 
 // failingLines lists up to MaxFailingLines failing devices with their
 // errors, then how many more there are.
-func failingLines(st rollout.Status, all tally, sty style) []string {
+func failingLines(st wire.RolloutStatus, all tally, sty style) []string {
 	total := max(all.cats[catFail], len(st.Failing))
 	if total == 0 {
 		return nil
@@ -503,19 +503,19 @@ func cells(s string) int {
 //
 // Already installed, canceled and rolled back devices are added when there
 // are any, and the state's reason at the end when there is one.
-func Line(st rollout.Status) string {
+func Line(st wire.RolloutStatus) string {
 	t := newTally(st.Counts, st.Targets)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s %s batch %d/%d succeeded=%d in_flight=%d pending=%d failed=%d timed_out=%d",
 		clean(st.ID), st.State, clean(string(st.Firmware)), st.Started, len(st.Batches),
-		t.by[rollout.DeviceSucceeded], t.cats[catFlight], t.cats[catPending], t.by[rollout.DeviceFailed], t.by[rollout.DeviceTimedOut])
-	for _, s := range []rollout.DeviceState{rollout.DeviceAlreadyInstalled, rollout.DeviceCanceled, rollout.DeviceRolledBack} {
+		t.by[wire.DeviceSucceeded], t.cats[catFlight], t.cats[catPending], t.by[wire.DeviceFailed], t.by[wire.DeviceTimedOut])
+	for _, s := range []wire.DeviceState{wire.DeviceAlreadyInstalled, wire.DeviceCanceled, wire.DeviceRolledBack} {
 		if n := t.by[s]; n > 0 {
-			fmt.Fprintf(&b, " %s=%d", strings.ReplaceAll(s.String(), "-", "_"), n)
+			fmt.Fprintf(&b, " %s=%d", strings.ReplaceAll(string(s), "-", "_"), n)
 		}
 	}
 	fmt.Fprintf(&b, " (%.1f%%)", t.percent())
-	if st.Reason != "" && st.State != rollout.StateRunning && st.State != rollout.StateCreated { // "started" says nothing
+	if st.Reason != "" && st.State != wire.RolloutRunning && st.State != wire.RolloutCreated { // "started" says nothing
 		fmt.Fprintf(&b, " reason=%q", st.Reason)
 	}
 	if st.Waiting != "" {

@@ -13,33 +13,33 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/internal/rolloutview"
-	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 // counts is one batch's devices by state.
-type counts = map[rollout.DeviceState]int
+type counts = map[wire.DeviceState]int
 
 const (
-	pending     = rollout.DevicePending
-	notified    = rollout.DeviceNotified
-	downloading = rollout.DeviceDownloading
-	installing  = rollout.DeviceInstalling
-	succeeded   = rollout.DeviceSucceeded
-	failed      = rollout.DeviceFailed
-	timedOut    = rollout.DeviceTimedOut
-	canceled    = rollout.DeviceCanceled
-	already     = rollout.DeviceAlreadyInstalled
-	rolledBack  = rollout.DeviceRolledBack
+	pending     = wire.DevicePending
+	notified    = wire.DeviceNotified
+	downloading = wire.DeviceDownloading
+	installing  = wire.DeviceInstalling
+	succeeded   = wire.DeviceSucceeded
+	failed      = wire.DeviceFailed
+	timedOut    = wire.DeviceTimedOut
+	canceled    = wire.DeviceCanceled
+	already     = wire.DeviceAlreadyInstalled
+	rolledBack  = wire.DeviceRolledBack
 )
 
 // mkStatus builds rollout r3's status from its batches' counts, as
 // rollout.Planner.Get would: started batches are running or done, the
 // others waiting.
-func mkStatus(state rollout.State, reason string, started int, batches ...counts) rollout.Status {
-	st := rollout.Status{
-		Rollout: rollout.Rollout{ID: "r3", Firmware: "1.1.0", State: state, Reason: reason, Started: started,
+func mkStatus(state wire.RolloutState, reason string, started int, batches ...counts) wire.RolloutStatus {
+	st := wire.RolloutStatus{
+		Rollout: wire.Rollout{ID: "r3", Firmware: "1.1.0", State: state, Reason: reason, Started: started,
 			Created: t0, Updated: t0.Add(90 * time.Second)},
 		Counts: counts{},
 	}
@@ -57,7 +57,7 @@ func mkStatus(state rollout.State, reason string, started int, batches ...counts
 				st.Counts[s] += n
 			}
 		}
-		bs := rollout.BatchStatus{Index: i, Start: start, Size: size, State: "waiting", Counts: bc}
+		bs := wire.BatchStatus{Index: i, Start: start, Size: size, State: "waiting", Counts: bc}
 		switch {
 		case i >= started:
 		case done == size:
@@ -66,7 +66,7 @@ func mkStatus(state rollout.State, reason string, started int, batches ...counts
 			bs.State = "running"
 		}
 		st.Batches = append(st.Batches, bs)
-		st.Rollout.Batches = append(st.Rollout.Batches, rollout.Batch{Start: start, Size: size})
+		st.Rollout.Batches = append(st.Rollout.Batches, wire.Batch{Start: start, Size: size})
 		start += size
 	}
 	st.Targets = start
@@ -74,14 +74,14 @@ func mkStatus(state rollout.State, reason string, started int, batches ...counts
 }
 
 // failing lists n failing devices of batch b.
-func failing(n, b int, errText string) []rollout.DeviceStatus {
-	var out []rollout.DeviceStatus
+func failing(n, b int, errText string) []wire.RolloutDevice {
+	var out []wire.RolloutDevice
 	for i := range n {
 		s := failed
 		if i%3 == 2 {
 			s = timedOut
 		}
-		out = append(out, rollout.DeviceStatus{Device: device.ID(fmt.Sprintf("dev-%03d", i)), Batch: b, State: s,
+		out = append(out, wire.RolloutDevice{Device: device.ID(fmt.Sprintf("dev-%03d", i)), Batch: b, State: s,
 			Attempt: 1 + i%2, Error: errText})
 	}
 	return out
@@ -89,27 +89,27 @@ func failing(n, b int, errText string) []rollout.DeviceStatus {
 
 type renderCase struct {
 	name string
-	st   rollout.Status
+	st   wire.RolloutStatus
 	opts rolloutview.Options
 }
 
 func cases() []renderCase {
-	created := mkStatus(rollout.StateCreated, "", 0, counts{pending: 5}, counts{pending: 50}, counts{pending: 50}, counts{pending: 45})
+	created := mkStatus(wire.RolloutCreated, "", 0, counts{pending: 5}, counts{pending: 50}, counts{pending: 50}, counts{pending: 45})
 	created.Waiting = "outside the maintenance window 02:00-05:00 Europe/Berlin"
 	created.Excluded = 3
 
-	running := mkStatus(rollout.StateRunning, "", 2,
+	running := mkStatus(wire.RolloutRunning, "", 2,
 		counts{succeeded: 5},
 		counts{succeeded: 30, failed: 2, timedOut: 1, notified: 4, downloading: 6, installing: 5, already: 2},
 		counts{pending: 50}, counts{pending: 50}, counts{pending: 50}, counts{pending: 43})
-	running.Failing = []rollout.DeviceStatus{
+	running.Failing = []wire.RolloutDevice{
 		{Device: "lamp-7", Batch: 1, State: failed, Attempt: 2, Error: "sha256 mismatch"},
 		{Device: "lamp-19", Batch: 1, State: failed, Attempt: 1, Error: "flash write\nfailed \x1b[31mred\x1b[0m"},
 		{Device: "lamp-23", Batch: 1, State: timedOut, Attempt: 1},
 	}
 	running.Policy.Retries = 2
 
-	paused := mkStatus(rollout.StatePaused, "failure threshold: 30 of 120 finished devices failed (> 10%)", 3,
+	paused := mkStatus(wire.RolloutPaused, "failure threshold: 30 of 120 finished devices failed (> 10%)", 3,
 		counts{succeeded: 10}, counts{succeeded: 45, failed: 5}, counts{succeeded: 35, failed: 15, timedOut: 10, installing: 3},
 		counts{pending: 100})
 	paused.Failing = failing(25, 2, "download: connection reset by peer")
@@ -118,15 +118,15 @@ func cases() []renderCase {
 	for range 12 {
 		many = append(many, counts{succeeded: 9, already: 1})
 	}
-	succ := mkStatus(rollout.StateSucceeded, "120 succeeded, 0 failed", 12, many...)
+	succ := mkStatus(wire.RolloutSucceeded, "120 succeeded, 0 failed", 12, many...)
 
-	mixed := mkStatus(rollout.StateRunning, "", 9,
+	mixed := mkStatus(wire.RolloutRunning, "", 9,
 		counts{succeeded: 10}, counts{succeeded: 10}, counts{succeeded: 9, failed: 1}, counts{succeeded: 10},
 		counts{succeeded: 10}, counts{succeeded: 10}, counts{succeeded: 10}, counts{succeeded: 10}, counts{succeeded: 3, notified: 7},
 		counts{pending: 10})
 	mixed.Failing = failing(1, 2, "")
 
-	aborted := mkStatus(rollout.StateAborted, "aborted by operator, rolling back", 2,
+	aborted := mkStatus(wire.RolloutAborted, "aborted by operator, rolling back", 2,
 		counts{succeeded: 2, rolledBack: 8}, counts{canceled: 6, failed: 4}, counts{canceled: 10})
 	aborted.RetryOf = "r2"
 	aborted.Failing = failing(4, 1, "verify: bad signature")
@@ -136,9 +136,9 @@ func cases() []renderCase {
 		long = append(long, counts{succeeded: 9, failed: 1 - i%2, timedOut: i % 2})
 	}
 	long = append(long, counts{succeeded: 4, downloading: 6}, counts{notified: 10}, counts{pending: 10}, counts{pending: 10})
-	capped := mkStatus(rollout.StateRunning, "", 27, long...)
+	capped := mkStatus(wire.RolloutRunning, "", 27, long...)
 
-	empty := rollout.Status{Rollout: rollout.Rollout{ID: "r9", Firmware: "2.0.0", State: rollout.StateCreated, Created: t0, Updated: t0}}
+	empty := wire.RolloutStatus{Rollout: wire.Rollout{ID: "r9", Firmware: "2.0.0", State: wire.RolloutCreated, Created: t0, Updated: t0}}
 
 	return []renderCase{
 		{"created", created, rolloutview.Options{Now: t0.Add(3 * time.Second)}},
@@ -205,7 +205,7 @@ func TestRenderDeterministic(t *testing.T) {
 }
 
 func TestLine(t *testing.T) {
-	byName := map[string]rollout.Status{}
+	byName := map[string]wire.RolloutStatus{}
 	for _, tc := range cases() {
 		byName[tc.name] = tc.st
 	}
@@ -228,7 +228,7 @@ func TestLine(t *testing.T) {
 
 // TestLineEscapesReason: a reason with a newline stays on one line.
 func TestLineEscapesReason(t *testing.T) {
-	st := mkStatus(rollout.StatePaused, "bad\nthing\x1b[2J", 0, counts{pending: 1})
+	st := mkStatus(wire.RolloutPaused, "bad\nthing\x1b[2J", 0, counts{pending: 1})
 	got := rolloutview.Line(st)
 	if strings.ContainsAny(got, "\n\x1b") {
 		t.Errorf("Line = %q, want no newline or escape", got)

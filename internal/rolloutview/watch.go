@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // DefaultInterval is the polling interval of a Watcher whose Interval is
@@ -27,7 +27,7 @@ type Watcher struct {
 	Now func() time.Time
 	// Format is the line printed per change when not on a TTY; nil means
 	// Line. A format that returns "" prints nothing.
-	Format func(rollout.Status) string
+	Format func(wire.RolloutStatus) string
 }
 
 // Watch polls with fetch every interval and writes progress to w: on a
@@ -35,13 +35,13 @@ type Watcher struct {
 // it changed. It returns the last status once the rollout is no longer
 // created or running (succeeded, failed, aborted or paused), or the fetch
 // error, or ctx's error when ctx ends first.
-func Watch(ctx context.Context, fetch func(context.Context) (rollout.Status, error), w io.Writer, tty bool, interval time.Duration) (rollout.Status, error) {
+func Watch(ctx context.Context, fetch func(context.Context) (wire.RolloutStatus, error), w io.Writer, tty bool, interval time.Duration) (wire.RolloutStatus, error) {
 	return Watcher{TTY: tty, Interval: interval, Render: Options{Color: tty}}.Watch(ctx, fetch, w)
 }
 
 // Watch polls and shows progress like the package-level Watch, with wt's
 // settings.
-func (wt Watcher) Watch(ctx context.Context, fetch func(context.Context) (rollout.Status, error), w io.Writer) (rollout.Status, error) {
+func (wt Watcher) Watch(ctx context.Context, fetch func(context.Context) (wire.RolloutStatus, error), w io.Writer) (wire.RolloutStatus, error) {
 	interval := wt.Interval
 	if interval < 0 {
 		interval = DefaultInterval
@@ -55,7 +55,7 @@ func (wt Watcher) Watch(ctx context.Context, fetch func(context.Context) (rollou
 		format = Line
 	}
 	var (
-		last      rollout.Status
+		last      wire.RolloutStatus
 		prevLine  string
 		prevLines int // lines of the frame on screen
 		frame     bytes.Buffer
@@ -89,7 +89,7 @@ func (wt Watcher) Watch(ctx context.Context, fetch func(context.Context) (rollou
 				return last, fmt.Errorf("rolloutview: watch: %w", err)
 			}
 		}
-		if st.State != rollout.StateCreated && st.State != rollout.StateRunning {
+		if st.State != wire.RolloutCreated && st.State != wire.RolloutRunning {
 			return st, nil
 		}
 		if timer == nil {

@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/rolloutview"
-	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // fakeFetch returns seq one by one and fails the test when called more
 // often; calls counts the calls.
-func fakeFetch(t *testing.T, seq []rollout.Status, calls *int) func(context.Context) (rollout.Status, error) {
-	return func(ctx context.Context) (rollout.Status, error) {
+func fakeFetch(t *testing.T, seq []wire.RolloutStatus, calls *int) func(context.Context) (wire.RolloutStatus, error) {
+	return func(ctx context.Context) (wire.RolloutStatus, error) {
 		if *calls >= len(seq) {
 			t.Errorf("fetch called %d times, want at most %d", *calls+1, len(seq))
-			return rollout.Status{}, errors.New("fake: no more statuses")
+			return wire.RolloutStatus{}, errors.New("fake: no more statuses")
 		}
 		*calls++
 		return seq[*calls-1], nil
@@ -27,25 +27,25 @@ func fakeFetch(t *testing.T, seq []rollout.Status, calls *int) func(context.Cont
 }
 
 // progress is a status of a 10-device rollout with ok devices done.
-func progress(state rollout.State, ok int, reason string) rollout.Status {
+func progress(state wire.RolloutState, ok int, reason string) wire.RolloutStatus {
 	return mkStatus(state, reason, 1, counts{succeeded: ok, installing: 10 - ok})
 }
 
 func TestWatchPipe(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		seq       []rollout.Status
+		seq       []wire.RolloutStatus
 		wantLines int
-		wantState rollout.State
+		wantState wire.RolloutState
 	}{
-		{"succeeds", []rollout.Status{progress(rollout.StateCreated, 0, ""), progress(rollout.StateRunning, 2, ""),
-			progress(rollout.StateRunning, 2, ""), progress(rollout.StateRunning, 2, ""), progress(rollout.StateRunning, 7, ""),
-			progress(rollout.StateSucceeded, 10, "done")}, 4, rollout.StateSucceeded},
-		{"pauses", []rollout.Status{progress(rollout.StateRunning, 2, ""), progress(rollout.StatePaused, 3, "failure threshold")},
-			2, rollout.StatePaused},
-		{"already finished", []rollout.Status{progress(rollout.StateAborted, 1, "by operator")}, 1, rollout.StateAborted},
-		{"failed", []rollout.Status{progress(rollout.StateRunning, 9, ""), progress(rollout.StateFailed, 9, "last batch below threshold")},
-			2, rollout.StateFailed},
+		{"succeeds", []wire.RolloutStatus{progress(wire.RolloutCreated, 0, ""), progress(wire.RolloutRunning, 2, ""),
+			progress(wire.RolloutRunning, 2, ""), progress(wire.RolloutRunning, 2, ""), progress(wire.RolloutRunning, 7, ""),
+			progress(wire.RolloutSucceeded, 10, "done")}, 4, wire.RolloutSucceeded},
+		{"pauses", []wire.RolloutStatus{progress(wire.RolloutRunning, 2, ""), progress(wire.RolloutPaused, 3, "failure threshold")},
+			2, wire.RolloutPaused},
+		{"already finished", []wire.RolloutStatus{progress(wire.RolloutAborted, 1, "by operator")}, 1, wire.RolloutAborted},
+		{"failed", []wire.RolloutStatus{progress(wire.RolloutRunning, 9, ""), progress(wire.RolloutFailed, 9, "last batch below threshold")},
+			2, wire.RolloutFailed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -77,15 +77,15 @@ func TestWatchPipe(t *testing.T) {
 // TestWatchTTY: each frame after the first moves the cursor up over the
 // previous one and clears the screen below, then draws the new frame.
 func TestWatchTTY(t *testing.T) {
-	seq := []rollout.Status{progress(rollout.StateRunning, 2, ""), progress(rollout.StateRunning, 2, ""),
-		progress(rollout.StatePaused, 5, "by operator")}
+	seq := []wire.RolloutStatus{progress(wire.RolloutRunning, 2, ""), progress(wire.RolloutRunning, 2, ""),
+		progress(wire.RolloutPaused, 5, "by operator")}
 	clock := t0.Add(time.Minute)
 	now := func() time.Time { clock = clock.Add(time.Second); return clock }
 	var out bytes.Buffer
 	calls := 0
 	w := rolloutview.Watcher{TTY: true, Render: rolloutview.Options{Width: 60, Color: true}, Now: now}
 	st, err := w.Watch(t.Context(), fakeFetch(t, seq, &calls), &out)
-	if err != nil || st.State != rollout.StatePaused {
+	if err != nil || st.State != wire.RolloutPaused {
 		t.Fatalf("Watch = %s, %v; want paused, nil", st.State, err)
 	}
 	var want bytes.Buffer
@@ -108,12 +108,12 @@ func TestWatchStops(t *testing.T) {
 	boom := errors.New("connection refused")
 	t.Run("fetch error", func(t *testing.T) {
 		n := 0
-		fetch := func(ctx context.Context) (rollout.Status, error) {
+		fetch := func(ctx context.Context) (wire.RolloutStatus, error) {
 			n++
 			if n == 2 {
-				return rollout.Status{}, boom
+				return wire.RolloutStatus{}, boom
 			}
-			return progress(rollout.StateRunning, 1, ""), nil
+			return progress(wire.RolloutRunning, 1, ""), nil
 		}
 		st, err := rolloutview.Watch(t.Context(), fetch, &bytes.Buffer{}, false, 0)
 		if !errors.Is(err, boom) {
@@ -126,9 +126,9 @@ func TestWatchStops(t *testing.T) {
 	t.Run("context canceled while waiting", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		fetch := func(context.Context) (rollout.Status, error) {
+		fetch := func(context.Context) (wire.RolloutStatus, error) {
 			cancel() // the watch now waits an hour, or until ctx ends
-			return progress(rollout.StateRunning, 1, ""), nil
+			return progress(wire.RolloutRunning, 1, ""), nil
 		}
 		done := make(chan error, 1)
 		go func() {
@@ -146,9 +146,9 @@ func TestWatchStops(t *testing.T) {
 	})
 	t.Run("context canceled during fetch", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
-		fetch := func(ctx context.Context) (rollout.Status, error) {
+		fetch := func(ctx context.Context) (wire.RolloutStatus, error) {
 			cancel()
-			return rollout.Status{}, ctx.Err()
+			return wire.RolloutStatus{}, ctx.Err()
 		}
 		if _, err := rolloutview.Watch(ctx, fetch, &bytes.Buffer{}, true, 0); !errors.Is(err, context.Canceled) {
 			t.Errorf("Watch error = %v, want context.Canceled", err)
@@ -159,11 +159,11 @@ func TestWatchStops(t *testing.T) {
 // TestWatchFormat: a custom format (the CLI's JSON lines) is printed per
 // change; an empty line is not printed.
 func TestWatchFormat(t *testing.T) {
-	seq := []rollout.Status{progress(rollout.StateRunning, 1, ""), progress(rollout.StateRunning, 2, ""),
-		progress(rollout.StateRunning, 3, ""), progress(rollout.StateSucceeded, 10, "")}
+	seq := []wire.RolloutStatus{progress(wire.RolloutRunning, 1, ""), progress(wire.RolloutRunning, 2, ""),
+		progress(wire.RolloutRunning, 3, ""), progress(wire.RolloutSucceeded, 10, "")}
 	calls := 0
 	var out bytes.Buffer
-	w := rolloutview.Watcher{Format: func(st rollout.Status) string {
+	w := rolloutview.Watcher{Format: func(st wire.RolloutStatus) string {
 		if st.Counts[succeeded] == 2 {
 			return ""
 		}

@@ -92,8 +92,10 @@ func TestNamesMatch(t *testing.T) {
 		}
 	}
 	for s := range rollout.DeviceState(len(wire.DeviceStates)) {
-		if s.Failure() != rolloutwire.DeviceState(s).Failure() {
-			t.Errorf("%s: Failure %v in the planner, %v on the wire", s, s.Failure(), rolloutwire.DeviceState(s).Failure())
+		w := rolloutwire.DeviceState(s)
+		if s.Failure() != w.Failure() || s.Terminal() != w.Terminal() || !w.Valid() {
+			t.Errorf("%s: Failure %v, Terminal %v in the planner; on the wire %v, %v (valid %v)", s, s.Failure(), s.Terminal(),
+				w.Failure(), w.Terminal(), w.Valid())
 		}
 	}
 }
