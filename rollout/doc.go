@@ -102,7 +102,11 @@
 // every committed event (the seam for MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer
-// nanoseconds, the form of older records, are accepted when decoding.
+// nanoseconds, the form of older records, are accepted when decoding. The
+// JSON of Rollout, Policy and Event is their storage form; the HTTP API and
+// the MQTT feed send their wire form instead (package wire, converted by
+// internal/rolloutwire), which leaves out the bookkeeping of Rollout
+// (Versions, Forced, FailBase, Settled, Approval, Approved).
 //
 // State lives in its own bbolt file (Config.Path, rollout.db): rollout
 // metadata, the target list, one 12-byte record per device that left

@@ -355,78 +355,25 @@ func (p Policy) Validate() error {
 	return nil
 }
 
-// Spec is a request to create a rollout.
+// Spec is a request to create a rollout. It has no JSON form: the HTTP
+// API's body is wire.CreateRollout.
 type Spec struct {
-	Firmware firmware.Version `json:"firmware"`
+	Firmware firmware.Version
 	// Devices are the targets in rollout order (the caller resolves label
 	// selectors and --all into IDs, sorted for a deterministic order).
 	// Duplicates are dropped; the list is frozen at creation.
-	Devices []device.ID `json:"devices"`
+	Devices []device.ID
 	// Selector and All describe how the caller chose Devices (a label
 	// selector, or every device). They are stored and returned, not
 	// interpreted by the planner: they let a Dynamic rollout take matching
 	// devices enrolled later (AddDevices).
-	Selector map[string]string `json:"selector,omitempty"`
-	All      bool              `json:"all,omitempty"`
+	Selector map[string]string
+	All      bool
 	// Excluded counts devices the caller left out of Devices because they
 	// cannot run the image (their hardware model differs from the
 	// image's). Recorded and shown, not interpreted.
-	Excluded int `json:"excluded,omitempty"`
+	Excluded int
 	Policy
-}
-
-// specHead is Spec without its inline Policy.
-type specHead struct {
-	Firmware firmware.Version  `json:"firmware"`
-	Devices  []device.ID       `json:"devices"`
-	Selector map[string]string `json:"selector,omitempty"`
-	All      bool              `json:"all,omitempty"`
-	Excluded int               `json:"excluded,omitempty"`
-}
-
-// MarshalJSON encodes s as one object: its fields and its Policy's. (The
-// embedded Policy's JSON methods would otherwise encode only the policy.)
-func (s Spec) MarshalJSON() ([]byte, error) {
-	return MarshalInline(specHead{s.Firmware, s.Devices, s.Selector, s.All, s.Excluded}, s.Policy)
-}
-
-// UnmarshalJSON decodes an object encoded by MarshalJSON; unknown fields
-// are ignored.
-func (s *Spec) UnmarshalJSON(b []byte) error {
-	var h specHead
-	if err := json.Unmarshal(b, &h); err != nil {
-		return err
-	}
-	var p Policy
-	if err := json.Unmarshal(b, &p); err != nil {
-		return err
-	}
-	*s = Spec{Firmware: h.Firmware, Devices: h.Devices, Selector: h.Selector, All: h.All, Excluded: h.Excluded, Policy: p}
-	return nil
-}
-
-// MarshalInline encodes head, a struct, and p as one JSON object: head's
-// fields, then p's. It is how a type embedding Policy encodes itself.
-func MarshalInline(head any, p Policy) ([]byte, error) {
-	hb, err := json.Marshal(head)
-	if err != nil {
-		return nil, err
-	}
-	pb, err := json.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	if len(hb) < 2 || hb[0] != '{' || len(pb) < 2 || pb[0] != '{' {
-		return nil, fmt.Errorf("marshal inline: not JSON objects: %.20s, %.20s", hb, pb)
-	}
-	if len(pb) == 2 { // {}
-		return hb, nil
-	}
-	if len(hb) == 2 {
-		return pb, nil
-	}
-	out := append(hb[:len(hb)-1:len(hb)-1], ',')
-	return append(out, pb[1:]...), nil
 }
 
 // Validate checks s (after defaults are applied to its Policy); the error
@@ -472,7 +419,8 @@ func (s Spec) Validate() error {
 }
 
 // Rollout is a rollout's persisted description and progress (without its
-// target list; see Planner.Devices).
+// target list; see Planner.Devices). Its JSON is its storage record; the
+// API sends wire.Rollout, without the planner's bookkeeping.
 type Rollout struct {
 	ID       string           `json:"id"`
 	Firmware firmware.Version `json:"firmware"`

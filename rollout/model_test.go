@@ -3,7 +3,6 @@ package rollout_test
 import (
 	"encoding/json"
 	"errors"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -59,26 +58,6 @@ func TestPolicyJSON(t *testing.T) {
 				t.Errorf("Unmarshal(%s) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 			}
 		})
-	}
-}
-
-func TestSpecJSON(t *testing.T) {
-	s := rollout.Spec{Firmware: "2.0.0", Devices: []device.ID{"a", "b"}, Selector: map[string]string{"hw": "m2"},
-		Policy: rollout.Policy{BatchPercent: 10, DeviceTimeout: time.Minute}}
-	raw, err := json.Marshal(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"firmware":"2.0.0","devices":["a","b"],"selector":{"hw":"m2"},"batch_percent":10,"device_timeout":"1m0s"}`
-	if string(raw) != want {
-		t.Errorf("Marshal = %s, want %s", raw, want)
-	}
-	var back rollout.Spec
-	if err := json.Unmarshal(raw, &back); err != nil || !reflect.DeepEqual(back, s) {
-		t.Errorf("round trip = %+v, %v; want %+v", back, err, s)
-	}
-	if raw, _ := json.Marshal(rollout.Spec{Firmware: "1.0.0", All: true}); !strings.HasSuffix(string(raw), `"all":true}`) {
-		t.Errorf("Marshal without policy = %s, want it to end with the spec's fields", raw)
 	}
 }
 

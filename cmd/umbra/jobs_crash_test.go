@@ -13,8 +13,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // TestJobsCrashResume is the crash test of the AWS IoT Jobs path: a rollout
@@ -41,7 +41,7 @@ func TestJobsCrashResume(t *testing.T) {
 	ids := make([]device.ID, n)
 	for i := range agents {
 		ids[i] = device.ID(fmt.Sprintf("jobs-%03d", i+1))
-		var sec httpapi.SecretResponse
+		var sec wire.SecretResponse
 		api.mustDo(t, "POST", "/v1/devices", fmt.Sprintf(`{"id":%q}`, ids[i]), http.StatusCreated, &sec)
 		agents[i] = startJobsAgent(t, "tcp://"+mqttAddr, ids[i], sec.Secret)
 	}

@@ -18,9 +18,9 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // rolloutCrashWait bounds every wait of TestRolloutCrashResume (normally a
@@ -66,7 +66,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 	api := rolloutAPI{url: "http://" + httpAddr, token: adminToken(t, dataDir)}
 
 	api.mustDo(t, "POST", "/v1/firmware?version="+version, strings.Repeat("crash test image\n", 8192), http.StatusCreated, nil)
-	var key httpapi.PublicKey
+	var key wire.PublicKey
 	api.mustDo(t, "GET", "/v1/firmware/pubkey", "", http.StatusOK, &key)
 	ids := make([]device.ID, n)
 	index := map[device.ID]int{}
@@ -74,7 +74,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 	for i := range ids {
 		ids[i] = device.ID(fmt.Sprintf("crash-%04d", i+1))
 		index[ids[i]] = i
-		var sec httpapi.SecretResponse
+		var sec wire.SecretResponse
 		api.mustDo(t, "POST", "/v1/devices", fmt.Sprintf(`{"id":%q}`, ids[i]), http.StatusCreated, &sec)
 		secrets[ids[i]] = sec.Secret
 	}
@@ -163,7 +163,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 		}
 	}
 	// No batch skipped or started twice across the crash.
-	var evs httpapi.RolloutEvents
+	var evs wire.RolloutEvents
 	api.mustDo(t, "GET", "/v1/rollouts/"+ro.ID+"/events", "", http.StatusOK, &evs)
 	var started []int
 	for _, ev := range evs.Events {
@@ -175,7 +175,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 		t.Errorf("batch_started events for batches %v, want %v", started, want)
 	}
 
-	var page httpapi.RolloutDevices
+	var page wire.RolloutDevices
 	api.mustDo(t, "GET", "/v1/rollouts/"+ro.ID+"/devices?limit=1000", "", http.StatusOK, &page)
 	if len(page.Devices) != n {
 		t.Fatalf("got %d rollout devices, want %d", len(page.Devices), n)
@@ -187,7 +187,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 	}
 	retried := 0
 	for _, d := range page.Devices {
-		if d.State != rollout.DeviceSucceeded || d.Attempt < 1 {
+		if d.State != wire.DeviceSucceeded || d.Attempt < 1 {
 			t.Errorf("device %s: got %s attempt %d, want succeeded", d.Device, d.State, d.Attempt)
 			continue
 		}
@@ -323,7 +323,7 @@ func (r *reportLog) waitFor(t *testing.T, what string, cond func(map[device.ID][
 // failed every attempt before its last. A
 // device repeats its last report on every reconnection, so consecutive
 // identical reports count once.
-func (r *reportLog) check(t *testing.T, d rollout.DeviceStatus, rolloutID, version string) {
+func (r *reportLog) check(t *testing.T, d wire.RolloutDevice, rolloutID, version string) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -19,8 +19,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // startSecureServer runs a server with authentication on and returns it
@@ -337,7 +337,7 @@ func TestSecurityPresence(t *testing.T) {
 		if err := json.Unmarshal(m.Payload(), &p); err != nil || p.Connected != want {
 			t.Fatalf("presence message %s (err %v), want connected=%v", m.Payload(), err, want)
 		}
-		var list httpapi.IdentityList
+		var list wire.IdentityList
 		if err := json.Unmarshal([]byte(adminCLI(t, srv, "device", "list", "--json")), &list); err != nil {
 			t.Fatal(err)
 		}
@@ -386,7 +386,7 @@ func TestSecurityPresence(t *testing.T) {
 	}
 	sub.Wait()
 	presence(false)
-	var list httpapi.IdentityList
+	var list wire.IdentityList
 	json.Unmarshal([]byte(adminCLI(t, srv, "device", "list", "--json")), &list)
 	if r := list.Devices[0].Presence.DisconnectReason; r != "connection_lost" {
 		t.Errorf("disconnect reason after kill -9 = %q, want connection_lost (mosquitto_sub stderr %s)", r, stderr.String())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Verifier checks an HTTP bearer token "name:secret". *identity.Store
@@ -141,91 +142,22 @@ func allowed(p identity.Principal, r *http.Request) bool {
 
 // writeErrorBody writes the API's JSON error.
 func writeErrorBody(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(errorBody{Code: status, Message: msg})
+	b, _ := json.Marshal(wire.ErrorBody{Code: status, Message: msg})
 	writeJSON(w, status, b)
 }
-
-// Identity administration bodies.
-type (
-	// EnrollRequest is the body of POST /v1/devices, and one device of
-	// an ImportRequest.
-	EnrollRequest struct {
-		ID     string            `json:"id"`
-		Labels map[string]string `json:"labels,omitempty"`
-		// Certificate, if set, is an existing client certificate (PEM,
-		// the certificate alone) to bind to the device by its SHA-256
-		// fingerprint: it then logs in as the device whatever its
-		// subject and issuer, and the device gets no secret.
-		Certificate string `json:"certificate,omitempty"`
-		// CertSHA256 binds a certificate by its fingerprint alone (64
-		// lowercase hex digits of the SHA-256 of its DER form, AWS IoT's
-		// certificate ID). With Certificate, it must be that
-		// certificate's.
-		CertSHA256 string `json:"certSha256,omitempty"`
-	}
-	// SecretResponse answers POST /v1/devices and POST
-	// /v1/devices/{id}/rotate: the device's new secret, shown once;
-	// none for a device enrolled with a certificate, which answers the
-	// certificate's fingerprint instead.
-	SecretResponse struct {
-		ID         string `json:"id"`
-		Secret     string `json:"secret,omitempty"`
-		CertSHA256 string `json:"certSha256,omitempty"`
-	}
-	// ImportRequest is the body of POST /v1/identities/devices: devices
-	// to enroll all at once, or, if any is bad, none.
-	ImportRequest struct {
-		Devices []EnrollRequest `json:"devices"`
-		// DryRun checks every device and enrolls none.
-		DryRun bool `json:"dryRun,omitempty"`
-	}
-	// ImportResponse answers an import: the devices in request order
-	// with their secrets (none for a dry run or a bound certificate).
-	ImportResponse struct {
-		Devices []SecretResponse `json:"devices"`
-		DryRun  bool             `json:"dryRun,omitempty"`
-	}
-	// ImportProblem is one bad device of an import, listed in the
-	// "problems" of its 400 answer.
-	ImportProblem struct {
-		Index   int    `json:"index"` // position in ImportRequest.Devices, from 0
-		ID      string `json:"id"`
-		Message string `json:"message"`
-	}
-	// TokenRequest is the body of POST /v1/tokens.
-	TokenRequest struct {
-		Name string `json:"name"`
-		Role string `json:"role"`
-	}
-	// TokenResponse answers POST /v1/tokens; Token is "name:secret", the
-	// bearer token and the value of UMBRA_TOKEN.
-	TokenResponse struct {
-		Name  string        `json:"name"`
-		Role  identity.Role `json:"role"`
-		Token string        `json:"token"`
-	}
-	// IdentityList answers GET /v1/identities/devices.
-	IdentityList struct {
-		Devices []identity.Device `json:"devices"`
-	}
-	// TokenList answers GET /v1/tokens.
-	TokenList struct {
-		Tokens []identity.Token `json:"tokens"`
-	}
-)
 
 // IdentityRoutes returns the device enrollment and token routes, each
 // wrapped in auth (Authenticate lets only operators write them), to be
 // passed as Config.Mounts:
 //
-//	POST   /v1/devices               {"id","labels","certificate","certSha256"} → 201 SecretResponse
-//	GET    /v1/identities/devices    → IdentityList (with presence)
-//	POST   /v1/identities/devices    ImportRequest → 201 ImportResponse (200 for a dry run);
+//	POST   /v1/devices               wire.EnrollRequest → 201 wire.SecretResponse
+//	GET    /v1/identities/devices    → wire.IdentityList (with presence)
+//	POST   /v1/identities/devices    wire.ImportRequest → 201 wire.ImportResponse (200 for a dry run);
 //	                                 400 with every bad device in "problems", nothing enrolled
 //	DELETE /v1/devices/{id}          → 204
-//	POST   /v1/devices/{id}/rotate   → SecretResponse
-//	POST   /v1/tokens                {"name","role"} → 201 TokenResponse
-//	GET    /v1/tokens                → TokenList
+//	POST   /v1/devices/{id}/rotate   → wire.SecretResponse
+//	POST   /v1/tokens                wire.TokenRequest → 201 wire.TokenResponse
+//	GET    /v1/tokens                → wire.TokenList
 //	DELETE /v1/tokens/{name}         → 204
 //
 // Served by this package's handler, an enrolled device also joins the
@@ -274,12 +206,12 @@ func (h *idHandler) ok(w http.ResponseWriter, r *http.Request, status int, v any
 }
 
 func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
-	var req EnrollRequest
+	var req wire.EnrollRequest
 	if err := h.api.decodeJSON(w, r, &req); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	e, err := req.enrollment()
+	e, err := enrollment(req)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -290,11 +222,11 @@ func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	notifyEnrolled(r, e.ID, e.Labels) // joins matching dynamic rollouts
-	h.ok(w, r, http.StatusCreated, SecretResponse{ID: string(e.ID), Secret: secret, CertSHA256: e.CertSHA256})
+	h.ok(w, r, http.StatusCreated, wire.SecretResponse{ID: string(e.ID), Secret: secret, CertSHA256: e.CertSHA256})
 }
 
 // enrollment validates the ID and the certificate fields of req.
-func (req EnrollRequest) enrollment() (identity.Enrollment, error) {
+func enrollment(req wire.EnrollRequest) (identity.Enrollment, error) {
 	id, err := device.ParseID(req.ID)
 	if err != nil {
 		return identity.Enrollment{}, fmt.Errorf("id %q: %w", clip(req.ID), err)
@@ -316,7 +248,7 @@ func (req EnrollRequest) enrollment() (identity.Enrollment, error) {
 
 // importDevices enrolls a list of devices at once, or none.
 func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
-	var req ImportRequest
+	var req wire.ImportRequest
 	imp := &api{log: h.api.log, maxBody: MaxImportBody}
 	if err := imp.decodeJSON(w, r, &req); err != nil {
 		h.fail(w, r, err)
@@ -331,11 +263,11 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list := make([]identity.Enrollment, len(req.Devices))
-	var problems []ImportProblem
+	var problems []wire.ImportProblem
 	for i, d := range req.Devices {
-		e, err := d.enrollment()
+		e, err := enrollment(d)
 		if err != nil {
-			problems = append(problems, ImportProblem{Index: i, ID: d.ID, Message: err.Error()})
+			problems = append(problems, wire.ImportProblem{Index: i, ID: d.ID, Message: err.Error()})
 			e = identity.Enrollment{ID: device.ID(d.ID)} // still checked for conflicts below
 		}
 		list[i] = e
@@ -346,8 +278,8 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 		reported := len(problems)
 		for _, p := range ee.Problems {
 			// A device already reported is reported once.
-			if !slices.ContainsFunc(problems[:reported], func(q ImportProblem) bool { return q.Index == p.Index }) {
-				problems = append(problems, ImportProblem{Index: p.Index, ID: string(p.ID), Message: p.Err.Error()})
+			if !slices.ContainsFunc(problems[:reported], func(q wire.ImportProblem) bool { return q.Index == p.Index }) {
+				problems = append(problems, wire.ImportProblem{Index: p.Index, ID: string(p.ID), Message: p.Err.Error()})
 			}
 		}
 	} else if err != nil {
@@ -355,17 +287,18 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(problems) > 0 {
-		slices.SortStableFunc(problems, func(a, b ImportProblem) int { return a.Index - b.Index })
-		b, _ := json.Marshal(importErrorBody{
-			errorBody: errorBody{Code: http.StatusBadRequest, Message: fmt.Sprintf("%d of %d devices are bad; nothing imported", countIndexes(problems), len(list))},
-			Problems:  problems,
+		slices.SortStableFunc(problems, func(a, b wire.ImportProblem) int { return a.Index - b.Index })
+		b, _ := json.Marshal(wire.ErrorBody{
+			Code:     http.StatusBadRequest,
+			Message:  fmt.Sprintf("%d of %d devices are bad; nothing imported", countIndexes(problems), len(list)),
+			Problems: problems,
 		})
 		writeJSON(w, http.StatusBadRequest, b)
 		return
 	}
-	resp := ImportResponse{Devices: make([]SecretResponse, len(list)), DryRun: req.DryRun}
+	resp := wire.ImportResponse{Devices: make([]wire.SecretResponse, len(list)), DryRun: req.DryRun}
 	for i, e := range list {
-		resp.Devices[i] = SecretResponse{ID: string(e.ID), Secret: secrets[i], CertSHA256: e.CertSHA256}
+		resp.Devices[i] = wire.SecretResponse{ID: string(e.ID), Secret: secrets[i], CertSHA256: e.CertSHA256}
 		if !req.DryRun {
 			notifyEnrolled(r, e.ID, e.Labels)
 		}
@@ -377,14 +310,8 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 	h.ok(w, r, status, resp)
 }
 
-// importErrorBody is the 400 answer of an import with bad devices.
-type importErrorBody struct {
-	errorBody
-	Problems []ImportProblem `json:"problems"`
-}
-
 // countIndexes counts the distinct devices of sorted problems.
-func countIndexes(p []ImportProblem) int {
+func countIndexes(p []wire.ImportProblem) int {
 	n := 0
 	for i := range p {
 		if i == 0 || p[i].Index != p[i-1].Index {
@@ -405,7 +332,7 @@ func (h *idHandler) rotateDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	h.ok(w, r, http.StatusOK, SecretResponse{ID: string(id), Secret: secret})
+	h.ok(w, r, http.StatusOK, wire.SecretResponse{ID: string(id), Secret: secret})
 }
 
 func (h *idHandler) removeDevice(w http.ResponseWriter, r *http.Request) {
@@ -426,19 +353,16 @@ func (h *idHandler) listDevices(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if devs == nil {
-		devs = []identity.Device{}
-	}
-	h.ok(w, r, http.StatusOK, IdentityList{Devices: devs})
+	h.ok(w, r, http.StatusOK, wire.IdentityList{Devices: wireList(devs, wireEnrolled)})
 }
 
 func (h *idHandler) createToken(w http.ResponseWriter, r *http.Request) {
-	var req TokenRequest
+	var req wire.TokenRequest
 	if err := h.api.decodeJSON(w, r, &req); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	role, err := identity.ParseRole(req.Role)
+	role, err := identity.ParseRole(string(req.Role))
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -448,7 +372,7 @@ func (h *idHandler) createToken(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	h.ok(w, r, http.StatusCreated, TokenResponse{Name: req.Name, Role: role, Token: req.Name + ":" + secret})
+	h.ok(w, r, http.StatusCreated, wire.TokenResponse{Name: req.Name, Role: wire.Role(role), Token: req.Name + ":" + secret})
 }
 
 func (h *idHandler) listTokens(w http.ResponseWriter, r *http.Request) {
@@ -457,10 +381,7 @@ func (h *idHandler) listTokens(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if toks == nil {
-		toks = []identity.Token{}
-	}
-	h.ok(w, r, http.StatusOK, TokenList{Tokens: toks})
+	h.ok(w, r, http.StatusOK, wire.TokenList{Tokens: wireList(toks, wireToken)})
 }
 
 func (h *idHandler) revokeToken(w http.ResponseWriter, r *http.Request) {

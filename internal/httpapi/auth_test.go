@@ -12,6 +12,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // newSecureAPI serves the API with Authenticate and IdentityRoutes over a
@@ -151,7 +152,7 @@ func TestAuthenticateAnonymous(t *testing.T) {
 // exactly as long as it should.
 func TestIdentityRoutes(t *testing.T) {
 	srv, _, op := newSecureAPI(t, false)
-	var enrolled httpapi.SecretResponse
+	var enrolled wire.SecretResponse
 	if st, _, raw := doAuth(t, srv, "POST", "/v1/devices", op, `{"id":"dev-1","labels":{"site":"lab"}}`, &enrolled); st != http.StatusCreated || enrolled.Secret == "" {
 		t.Fatalf("enroll = %d %s, want 201 with a secret", st, raw)
 	}
@@ -159,12 +160,12 @@ func TestIdentityRoutes(t *testing.T) {
 	if st, _, _ := doAuth(t, srv, "GET", "/v1/devices/dev-1/shadow", dev, "", nil); st != http.StatusNotFound {
 		t.Errorf("enrolled device GET own shadow = %d, want 404 (authenticated, no shadow yet)", st)
 	}
-	var list httpapi.IdentityList
+	var list wire.IdentityList
 	doAuth(t, srv, "GET", "/v1/identities/devices", op, "", &list)
 	if len(list.Devices) != 1 || list.Devices[0].ID != "dev-1" || list.Devices[0].Labels["site"] != "lab" || list.Devices[0].Presence.Connected {
 		t.Errorf("identities = %+v, want dev-1 site=lab, offline", list.Devices)
 	}
-	var rotated httpapi.SecretResponse
+	var rotated wire.SecretResponse
 	doAuth(t, srv, "POST", "/v1/devices/dev-1/rotate", op, "", &rotated)
 	if rotated.Secret == "" || rotated.Secret == enrolled.Secret {
 		t.Fatalf("rotate gave %q, want a new secret", rotated.Secret)
@@ -172,11 +173,11 @@ func TestIdentityRoutes(t *testing.T) {
 	if st, _, _ := doAuth(t, srv, "GET", "/v1/devices/dev-1/shadow", dev, "", nil); st != http.StatusUnauthorized {
 		t.Errorf("old secret after rotate = %d, want 401", st)
 	}
-	var tok httpapi.TokenResponse
+	var tok wire.TokenResponse
 	if st, _, raw := doAuth(t, srv, "POST", "/v1/tokens", op, `{"name":"ci","role":"integrator"}`, &tok); st != http.StatusCreated || !strings.HasPrefix(tok.Token, "ci:") {
 		t.Fatalf("create token = %d %s, want 201 with ci:<secret>", st, raw)
 	}
-	var toks httpapi.TokenList
+	var toks wire.TokenList
 	doAuth(t, srv, "GET", "/v1/tokens", op, "", &toks)
 	if len(toks.Tokens) != 2 || strings.Contains(mustJSON(t, toks), strings.TrimPrefix(tok.Token, "ci:")) {
 		t.Errorf("tokens = %+v, want ops and ci without secrets", toks.Tokens)

@@ -2,29 +2,38 @@
 //
 // # Routes
 //
-//	GET    /v1/devices/{id}/shadow   the shadow (the MQTT get/accepted JSON)
+//	GET    /v1/devices/{id}/shadow   the shadow (the MQTT get/accepted JSON; wire.Shadow)
 //	POST   /v1/devices/{id}/shadow   update: the body is exactly the MQTT update request
 //	DELETE /v1/devices/{id}/shadow   delete (the MQTT delete/accepted JSON)
 //	       …/shadow?name=<name>      the same for the device's named shadow <name>
-//	GET    /v1/devices/{id}/shadows  {"device","shadows":[{"name","version","updated"}]}:
+//	GET    /v1/devices/{id}/shadows  wire.ShadowList {"device","shadows":[{"name","version","updated"}]}:
 //	                                 the classic shadow (name "") and the named ones
-//	GET    /v1/devices?limit=&cursor= {"devices":[{"id","version","updated"}],"next":"…"}
-//	GET    /healthz                  {"status":"ok"}
+//	GET    /v1/devices?limit=&cursor= wire.DeviceList {"devices":[{"id","version","updated"}],"next":"…"}
+//	GET    /healthz                  wire.Health {"status":"ok"}
+//
+// Every request and answer body is a type of package wire, which the Go
+// client (package client) shares; the domain types (shadow, firmware,
+// identity, rollout) are converted to it here (wire.go) and, for rollouts,
+// by internal/rolloutwire, so no storage struct reaches the wire. A
+// rollout's answer leaves out the planner's bookkeeping
+// (rolloutwire.Dropped).
 //
 // The rollout routes (see rollout.go) call Config.Rollouts, a
 // *rollout.Planner, which may be installed after Open with SetRollouts;
 // without one they answer 503:
 //
-//	POST /v1/rollouts                     CreateRollout → 201 rollout.Rollout
-//	GET  /v1/rollouts                     RolloutList, newest first
-//	GET  /v1/rollouts/{id}                rollout.Status
+//	POST /v1/rollouts                     wire.CreateRollout → 201 wire.Rollout
+//	GET  /v1/rollouts                     wire.RolloutList, newest first
+//	GET  /v1/rollouts/{id}                wire.RolloutStatus
 //	GET  /v1/rollouts/{id}/devices?state=failed,timed_out&limit=&cursor=
-//	                                      RolloutDevices, a page in rollout order
-//	GET  /v1/rollouts/{id}/events?after=  RolloutEvents
-//	POST /v1/rollouts/{id}/pause|resume|abort|rollback   → rollout.Rollout
-//	POST /v1/rollouts/{id}/retry          → 201 the new rollout.Rollout
+//	                                      wire.RolloutDevices, a page in rollout order
+//	GET  /v1/rollouts/{id}/events?after=  wire.RolloutEvents
+//	POST /v1/rollouts/{id}/pause|resume|abort|rollback   → wire.Rollout
+//	POST /v1/rollouts/{id}/retry          → 201 the new wire.Rollout
 //
-// CreateRollout takes exactly one of devices, select (labels) and all;
+// {id} must pass wire.ParseRolloutID (else 400). A wire.CreateRollout with
+// an unknown field, or a duration that is not a string such as "30m", is a
+// 400 naming the field. It takes exactly one of devices, select (labels) and all;
 // Config.Targets (IdentityTargets) resolves select and all into a sorted
 // device list, and a body naming no device is a 400. abort takes
 // ?rollback=true or {"rollback":true}. Planner errors map to statuses in the

@@ -14,6 +14,7 @@ import (
 
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Firmware upload limits and timeouts.
@@ -33,55 +34,12 @@ const (
 	pubkeyName = "pubkey"
 )
 
-// Upload metadata: request headers, or query parameters / multipart form
-// fields of the same name without the prefix, in lower case.
-const (
-	HeaderVersion = "X-Umbra-Version"
-	HeaderHW      = "X-Umbra-HW"
-	HeaderNotes   = "X-Umbra-Notes"
-	HeaderSHA256  = "X-Umbra-SHA256"
-)
-
 // uploadFields maps form/query names to the headers carrying the same field.
 var uploadFields = []struct{ name, header string }{
-	{"version", HeaderVersion},
-	{"hw", HeaderHW},
-	{"notes", HeaderNotes},
-	{"sha256", HeaderSHA256},
-}
-
-// ImageList is the body of GET /v1/firmware.
-type ImageList struct {
-	Images []firmware.Image `json:"images"`
-}
-
-// PublicKey is the body of GET /v1/firmware/pubkey: the fleet key devices
-// pin, as PEM (SubjectPublicKeyInfo) and as the raw 32 bytes in base64.
-type PublicKey struct {
-	Algorithm string `json:"algorithm"` // always "ed25519"
-	PEM       string `json:"pem"`
-	Key       []byte `json:"key"`
-}
-
-// URLRequest is the body of POST /v1/firmware/{version}/url and
-// POST /v1/firmware/{version}/assign.
-type URLRequest struct {
-	Device string `json:"device"`
-	// TTL is the URL's lifetime as a Go duration ("10m", "1h"); empty
-	// means the store's default.
-	TTL string `json:"ttl,omitempty"`
-}
-
-// URLResponse is the body answering POST /v1/firmware/{version}/url.
-type URLResponse struct {
-	URL     string    `json:"url"`
-	Expires time.Time `json:"expires"`
-}
-
-// DeletedImage is the body answering DELETE /v1/firmware/{version}.
-type DeletedImage struct {
-	Version string `json:"version"`
-	Deleted bool   `json:"deleted"`
+	{"version", wire.HeaderVersion},
+	{"hw", wire.HeaderHW},
+	{"notes", wire.HeaderNotes},
+	{"sha256", wire.HeaderSHA256},
 }
 
 func (a *api) firmwareRoutes() map[string]http.HandlerFunc {
@@ -164,7 +122,7 @@ func (a *api) uploadFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/v1/firmware/"+url.PathEscape(string(img.Version)))
-	a.writeValue(w, r, http.StatusCreated, img)
+	a.writeValue(w, r, http.StatusCreated, wireImage(img))
 }
 
 // closeAfter asks the server to close the connection after the response, so
@@ -277,7 +235,7 @@ func uploadRequest(r *http.Request, form url.Values) (firmware.UploadRequest, er
 		}
 	}
 	if vals["version"] == "" {
-		return firmware.UploadRequest{}, clientErr(errInvalid, "Missing version: set header %s, query parameter version or form field version", HeaderVersion)
+		return firmware.UploadRequest{}, clientErr(errInvalid, "Missing version: set header %s, query parameter version or form field version", wire.HeaderVersion)
 	}
 	return firmware.UploadRequest{
 		Version: vals["version"],
@@ -321,10 +279,7 @@ func (a *api) listFirmware(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	if imgs == nil {
-		imgs = []firmware.Image{}
-	}
-	a.writeValue(w, r, http.StatusOK, ImageList{Images: imgs})
+	a.writeValue(w, r, http.StatusOK, wire.ImageList{Images: wireList(imgs, wireImage)})
 }
 
 func (a *api) getFirmware(w http.ResponseWriter, r *http.Request) {
@@ -333,7 +288,7 @@ func (a *api) getFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.withImage(w, r, func(fw *firmware.Store, img firmware.Image) {
-		a.writeValue(w, r, http.StatusOK, img)
+		a.writeValue(w, r, http.StatusOK, wireImage(img))
 	})
 }
 
@@ -343,7 +298,7 @@ func (a *api) firmwarePubkey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub := fw.PublicKey()
-	a.writeValue(w, r, http.StatusOK, PublicKey{
+	a.writeValue(w, r, http.StatusOK, wire.PublicKey{
 		Algorithm: "ed25519",
 		PEM:       string(firmware.MarshalPublicKey(pub)),
 		Key:       pub,
@@ -356,14 +311,14 @@ func (a *api) deleteFirmware(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err, "")
 			return
 		}
-		a.writeValue(w, r, http.StatusOK, DeletedImage{Version: string(v), Deleted: true})
+		a.writeValue(w, r, http.StatusOK, wire.DeletedImage{Version: string(v), Deleted: true})
 	})
 }
 
 func (a *api) firmwareURL(w http.ResponseWriter, r *http.Request) {
 	a.withURLRequest(w, r, func(fw *firmware.Store, img firmware.Image, id device.ID, ttl time.Duration) {
 		u, exp := fw.URL(img, id, ttl)
-		a.writeValue(w, r, http.StatusOK, URLResponse{URL: u, Expires: exp.UTC()})
+		a.writeValue(w, r, http.StatusOK, wire.URLResponse{URL: u, Expires: exp.UTC()})
 	})
 }
 
@@ -421,15 +376,15 @@ func (a *api) withImage(w http.ResponseWriter, r *http.Request, fn func(*firmwar
 	})
 }
 
-// withURLRequest decodes and validates a URLRequest body, loads the
+// withURLRequest decodes and validates a wire.URLRequest body, loads the
 // image, and calls fn.
 func (a *api) withURLRequest(w http.ResponseWriter, r *http.Request, fn func(*firmware.Store, firmware.Image, device.ID, time.Duration)) {
-	var req URLRequest
+	var req wire.URLRequest
 	if err := a.decodeJSON(w, r, &req); err != nil {
 		a.writeError(w, r, err, "")
 		return
 	}
-	id, ttl, err := req.validate()
+	id, ttl, err := validateURLRequest(req)
 	if err != nil {
 		a.writeError(w, r, err, "")
 		return
@@ -437,8 +392,9 @@ func (a *api) withURLRequest(w http.ResponseWriter, r *http.Request, fn func(*fi
 	a.withImage(w, r, func(fw *firmware.Store, img firmware.Image) { fn(fw, img, id, ttl) })
 }
 
-// validate returns the request's device ID and TTL (0 for the default).
-func (req URLRequest) validate() (device.ID, time.Duration, error) {
+// validateURLRequest returns the request's device ID and TTL (0 for the
+// default).
+func validateURLRequest(req wire.URLRequest) (device.ID, time.Duration, error) {
 	if req.Device == "" {
 		return "", 0, clientErr(errInvalid, "Missing device")
 	}
@@ -460,6 +416,12 @@ func (req URLRequest) validate() (device.ID, time.Duration, error) {
 // fields and trailing data, and a body not declared application/json
 // (requireJSON: curl -d needs -H 'Content-Type: application/json').
 func (a *api) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	return a.decodeJSONWith(w, r, v, nil)
+}
+
+// decodeJSONWith is decodeJSON with explain, when not nil, telling what a
+// decoding error means.
+func (a *api) decodeJSONWith(w http.ResponseWriter, r *http.Request, v any, explain func(error) string) error {
 	if err := requireJSON(r); err != nil {
 		return err
 	}
@@ -470,7 +432,11 @@ func (a *api) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 			closeAfter(w) // do not drain the rest
 			return clientErr(errTooLarge, "Request body larger than %d bytes", mbe.Limit)
 		}
-		return clientErr(errInvalid, "Invalid JSON body: %v", err)
+		msg := err.Error()
+		if explain != nil {
+			msg = explain(err)
+		}
+		return clientErr(errInvalid, "Invalid JSON body: %s", msg)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return clientErr(errInvalid, "Invalid JSON body: data after the object")

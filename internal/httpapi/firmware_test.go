@@ -24,6 +24,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // fwEnv is an API with a firmware store, both in t.TempDir().
@@ -202,7 +203,7 @@ func TestFirmwareFlow(t *testing.T) {
 	data := image(300 << 10)
 
 	up := e.upload(t, upload{
-		headers: map[string]string{httpapi.HeaderVersion: "1.2.0", httpapi.HeaderHW: "m1", httpapi.HeaderNotes: "fixes", httpapi.HeaderSHA256: sum(data)},
+		headers: map[string]string{wire.HeaderVersion: "1.2.0", wire.HeaderHW: "m1", wire.HeaderNotes: "fixes", wire.HeaderSHA256: sum(data)},
 		ctype:   "application/octet-stream",
 		body:    bytes.NewReader(data),
 	})
@@ -327,12 +328,12 @@ func TestFirmwareUploadForms(t *testing.T) {
 		hw      string
 		notes   string
 	}{
-		{"headers", upload{headers: map[string]string{httpapi.HeaderVersion: "1.0.0", httpapi.HeaderHW: "m1"}, body: bytes.NewReader(data)}, "1.0.0", "m1", ""},
+		{"headers", upload{headers: map[string]string{wire.HeaderVersion: "1.0.0", wire.HeaderHW: "m1"}, body: bytes.NewReader(data)}, "1.0.0", "m1", ""},
 		{"query", upload{query: "version=2.0.0-rc.1&hw=m2&notes=n%C3%BC&sha256=" + sum(data), body: bytes.NewReader(data)}, "2.0.0-rc.1", "m2", "nü"},
 		{"chunked", upload{query: "version=2.1.0", body: bytes.NewReader(data), length: -1}, "2.1.0", "", ""},
 		{"multipart fields", upload{ctype: mpType, body: mpBody}, "3.0.0", "m3", "über"},
-		{"multipart file, version in header", upload{ctype: mpType2, body: mpBody2, headers: map[string]string{httpapi.HeaderVersion: "3.1.0"}}, "3.1.0", "", ""},
-		{"same value twice", upload{query: "version=4.0.0", headers: map[string]string{httpapi.HeaderVersion: "4.0.0"}, body: bytes.NewReader(data)}, "4.0.0", "", ""},
+		{"multipart file, version in header", upload{ctype: mpType2, body: mpBody2, headers: map[string]string{wire.HeaderVersion: "3.1.0"}}, "3.1.0", "", ""},
+		{"same value twice", upload{query: "version=4.0.0", headers: map[string]string{wire.HeaderVersion: "4.0.0"}, body: bytes.NewReader(data)}, "4.0.0", "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,7 +375,7 @@ func TestFirmwareErrors(t *testing.T) {
 		{"checksum mismatch", upload{query: "version=2.0.0&sha256=" + sum([]byte("other")), body: bytes.NewReader(data)}, 422, "sha256 mismatch"},
 		{"duplicate version", upload{query: "version=1.0.0", body: bytes.NewReader(data)}, 409, "already exists"},
 		{"empty image", upload{query: "version=2.0.0", body: bytes.NewReader(nil)}, 400, "empty"},
-		{"header and query differ", upload{query: "version=2.0.0", headers: map[string]string{httpapi.HeaderVersion: "2.0.1"}, body: bytes.NewReader(data)}, 400, "different values"},
+		{"header and query differ", upload{query: "version=2.0.0", headers: map[string]string{wire.HeaderVersion: "2.0.1"}, body: bytes.NewReader(data)}, 400, "different values"},
 		{"query twice", upload{query: "version=2.0.0&version=2.0.0", body: bytes.NewReader(data)}, 400, "given 2 times"},
 		{"content-length over limit", upload{query: "version=2.0.0", body: bytes.NewReader(big)}, 413, "larger than the limit"},
 		{"chunked over limit", upload{query: "version=2.0.0", body: bytes.NewReader(big), length: -1}, 413, "larger than the limit"},
@@ -540,7 +541,7 @@ func FuzzFirmwareRequests(f *testing.F) {
 		up.URL.RawQuery = query
 		setContentType(up)
 		if hdrVersion != "" && !strings.ContainsAny(hdrVersion, "\r\n\x00") {
-			up.Header.Set(httpapi.HeaderVersion, hdrVersion)
+			up.Header.Set(wire.HeaderVersion, hdrVersion)
 		}
 		if rec := serve(t, up); rec.Code == http.StatusCreated {
 			var img firmware.Image

@@ -20,12 +20,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
-)
-
-// Limits of GET /v1/devices.
-const (
-	DefaultListLimit = 100
-	MaxListLimit     = 1000
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Errors the handlers build at this edge. Each is wrapped in a clientError
@@ -101,20 +96,6 @@ func (e *clientError) Unwrap() error { return e.err }
 
 func clientErr(sentinel error, format string, args ...any) error {
 	return &clientError{err: sentinel, msg: fmt.Sprintf(format, args...)}
-}
-
-// errorBody is the JSON of every error this edge writes itself.
-type errorBody struct {
-	Code    int    `json:"code"`
-	Message string `json:"message"`
-	// Rollout names the rollout that uses a firmware version (409 on
-	// DELETE /v1/firmware/{version}), or that holds a device (409 on
-	// rollout requests, a *rollout.ConflictError).
-	Rollout string `json:"rollout,omitempty"`
-	// Incompatible lists (up to MaxIncompatibleListed) the target devices
-	// whose hardware model differs from the image's (409 on POST
-	// /v1/rollouts, an *IncompatibleError); Message gives the total.
-	Incompatible []IncompatibleDevice `json:"incompatible,omitempty"`
 }
 
 // api holds what the handlers need.
@@ -235,26 +216,13 @@ func (a *api) methodNotAllowed(methods []string) http.Handler {
 	})
 }
 
-// listResponse is the body of GET /v1/devices.
-type listResponse struct {
-	Devices []listEntry `json:"devices"`
-	Next    string      `json:"next"`
-}
-
-// listEntry is one device of GET /v1/devices: its shadow summary and, when
-// Config.Presence is set, its presence.
-type listEntry struct {
-	shadow.Summary
-	Presence *identity.Presence `json:"presence,omitempty"`
-}
-
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	limit := DefaultListLimit
+	limit := wire.DefaultListLimit
 	if s := q.Get("limit"); q.Has("limit") {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxListLimit {
-			a.writeError(w, r, clientErr(errInvalid, "Invalid limit %q: must be an integer from 1 to %d", s, MaxListLimit), "")
+		if err != nil || n < 1 || n > wire.MaxListLimit {
+			a.writeError(w, r, clientErr(errInvalid, "Invalid limit %q: must be an integer from 1 to %d", s, wire.MaxListLimit), "")
 			return
 		}
 		limit = n
@@ -264,15 +232,15 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	entries := make([]listEntry, len(sums))
-	for i, s := range sums {
-		entries[i].Summary = s
-		if a.presence != nil {
-			p, _ := a.presence(s.ID)
-			entries[i].Presence = &p
+	entries := wireList(sums, wireSummary)
+	if a.presence != nil {
+		for i := range entries {
+			p, _ := a.presence(entries[i].ID)
+			wp := wirePresence(p)
+			entries[i].Presence = &wp
 		}
 	}
-	b, err := json.Marshal(listResponse{Devices: entries, Next: next})
+	b, err := json.Marshal(wire.DeviceList{Devices: entries, Next: next})
 	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode list: %w", err), "")
 		return
@@ -301,12 +269,6 @@ func (a *api) deleteShadow(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// shadowsResponse is the body of GET /v1/devices/{id}/shadows.
-type shadowsResponse struct {
-	Device  device.ID           `json:"device"`
-	Shadows []shadow.ShadowInfo `json:"shadows"`
-}
-
 // listShadows lists a device's shadows: the classic one (name "") and its
 // named ones.
 func (a *api) listShadows(w http.ResponseWriter, r *http.Request) {
@@ -320,7 +282,7 @@ func (a *api) listShadows(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	b, err := json.Marshal(shadowsResponse{Device: id, Shadows: list})
+	b, err := json.Marshal(wire.ShadowList{Device: id, Shadows: wireList(list, wireShadowInfo)})
 	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode shadows: %w", err), "")
 		return
@@ -436,7 +398,7 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	if status == http.StatusInternalServerError {
 		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	body := errorBody{Code: status, Message: msg}
+	body := wire.ErrorBody{Code: status, Message: msg}
 	if iu, ok := errors.AsType[*firmware.InUseError](err); ok {
 		body.Rollout = iu.Rollout
 	}

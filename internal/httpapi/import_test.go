@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // deviceCertPEM issues a device certificate from a fresh fleet CA and
@@ -55,13 +55,13 @@ func TestEnrollCertificate(t *testing.T) {
 	}
 	fp := identity.CertFingerprint(cert)
 
-	var resp httpapi.SecretResponse
-	status, _, body := doAuth(t, srv, "POST", "/v1/devices", tok, mustJSON(t, httpapi.EnrollRequest{ID: "thing-1", Certificate: certPEM}), &resp)
+	var resp wire.SecretResponse
+	status, _, body := doAuth(t, srv, "POST", "/v1/devices", tok, mustJSON(t, wire.EnrollRequest{ID: "thing-1", Certificate: certPEM}), &resp)
 	if status != http.StatusCreated || resp.Secret != "" || resp.CertSHA256 != fp {
 		t.Fatalf("enroll with certificate: %d %s; want 201 with certSha256 %s and no secret", status, body, fp)
 	}
 	otherFP := strings.Repeat("0", 64)
-	status, _, body = doAuth(t, srv, "POST", "/v1/devices", tok, mustJSON(t, httpapi.EnrollRequest{ID: "thing-2", CertSHA256: otherFP}), &resp)
+	status, _, body = doAuth(t, srv, "POST", "/v1/devices", tok, mustJSON(t, wire.EnrollRequest{ID: "thing-2", CertSHA256: otherFP}), &resp)
 	if status != http.StatusCreated || resp.CertSHA256 != otherFP {
 		t.Fatalf("enroll with fingerprint: %d %s", status, body)
 	}
@@ -69,21 +69,21 @@ func TestEnrollCertificate(t *testing.T) {
 
 	tests := []struct {
 		name   string
-		req    httpapi.EnrollRequest
+		req    wire.EnrollRequest
 		status int
 		want   string
 	}{
-		{"certificate bound already", httpapi.EnrollRequest{ID: "thing-3", Certificate: certPEM}, 409, "bound to device thing-1"},
-		{"fingerprint bound already", httpapi.EnrollRequest{ID: "thing-3", CertSHA256: fp}, 409, "bound to device thing-1"},
-		{"private key sent", httpapi.EnrollRequest{ID: "thing-3", Certificate: certPEM + keyPEM}, 400, "private key"},
-		{"key only", httpapi.EnrollRequest{ID: "thing-3", Certificate: keyPEM}, 400, "private key"},
-		{"not PEM", httpapi.EnrollRequest{ID: "thing-3", Certificate: "hello"}, 400, "no PEM certificate"},
-		{"two certificates", httpapi.EnrollRequest{ID: "thing-3", Certificate: certPEM + certPEM}, 400, "more than one"},
-		{"fingerprint of another certificate", httpapi.EnrollRequest{ID: "thing-3", Certificate: certPEM, CertSHA256: otherFP}, 400, "is not the SHA-256"},
-		{"short fingerprint", httpapi.EnrollRequest{ID: "thing-3", CertSHA256: "abcd"}, 400, "64 lowercase hex"},
-		{"upper-case fingerprint", httpapi.EnrollRequest{ID: "thing-3", CertSHA256: strings.ToUpper(otherFP[:63]) + "A"}, 400, "64 lowercase hex"},
-		{"non-hex fingerprint", httpapi.EnrollRequest{ID: "thing-3", CertSHA256: strings.Repeat("g", 64)}, 400, "64 lowercase hex"},
-		{"bad ID with certificate", httpapi.EnrollRequest{ID: "a b", Certificate: certPEM}, 400, "invalid id"},
+		{"certificate bound already", wire.EnrollRequest{ID: "thing-3", Certificate: certPEM}, 409, "bound to device thing-1"},
+		{"fingerprint bound already", wire.EnrollRequest{ID: "thing-3", CertSHA256: fp}, 409, "bound to device thing-1"},
+		{"private key sent", wire.EnrollRequest{ID: "thing-3", Certificate: certPEM + keyPEM}, 400, "private key"},
+		{"key only", wire.EnrollRequest{ID: "thing-3", Certificate: keyPEM}, 400, "private key"},
+		{"not PEM", wire.EnrollRequest{ID: "thing-3", Certificate: "hello"}, 400, "no PEM certificate"},
+		{"two certificates", wire.EnrollRequest{ID: "thing-3", Certificate: certPEM + certPEM}, 400, "more than one"},
+		{"fingerprint of another certificate", wire.EnrollRequest{ID: "thing-3", Certificate: certPEM, CertSHA256: otherFP}, 400, "is not the SHA-256"},
+		{"short fingerprint", wire.EnrollRequest{ID: "thing-3", CertSHA256: "abcd"}, 400, "64 lowercase hex"},
+		{"upper-case fingerprint", wire.EnrollRequest{ID: "thing-3", CertSHA256: strings.ToUpper(otherFP[:63]) + "A"}, 400, "64 lowercase hex"},
+		{"non-hex fingerprint", wire.EnrollRequest{ID: "thing-3", CertSHA256: strings.Repeat("g", 64)}, 400, "64 lowercase hex"},
+		{"bad ID with certificate", wire.EnrollRequest{ID: "a b", Certificate: certPEM}, 400, "invalid id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -113,7 +113,7 @@ func TestImportDevices(t *testing.T) {
 	}
 	before := devicesOf(t, ids)
 
-	bad := httpapi.ImportRequest{Devices: []httpapi.EnrollRequest{
+	bad := wire.ImportRequest{Devices: []wire.EnrollRequest{
 		{ID: "ok-1", Labels: map[string]string{"hw": "m2"}},
 		{ID: "bad id"},
 		{ID: "ok-2", Certificate: certPEM},
@@ -124,9 +124,9 @@ func TestImportDevices(t *testing.T) {
 		{ID: "lbl", Labels: map[string]string{"": "x"}},
 	}}
 	var e struct {
-		Code     int                     `json:"code"`
-		Message  string                  `json:"message"`
-		Problems []httpapi.ImportProblem `json:"problems"`
+		Code     int                  `json:"code"`
+		Message  string               `json:"message"`
+		Problems []wire.ImportProblem `json:"problems"`
 	}
 	for _, dryRun := range []bool{false, true} {
 		bad.DryRun = dryRun
@@ -156,7 +156,7 @@ func TestImportDevices(t *testing.T) {
 		{"no devices", `{"devices":[]}`, "No devices"},
 		{"not JSON", `[`, "Invalid JSON"},
 		{"unknown field", `{"devices":[{"id":"x"}],"force":true}`, "unknown field"},
-		{"too many", mustJSON(t, httpapi.ImportRequest{Devices: make([]httpapi.EnrollRequest, identity.MaxEnrollments+1)}), "at most"},
+		{"too many", mustJSON(t, wire.ImportRequest{Devices: make([]wire.EnrollRequest, identity.MaxEnrollments+1)}), "at most"},
 	} {
 		if status, _, body := doAuth(t, srv, "POST", "/v1/identities/devices", tok, tc.body, nil); status != http.StatusBadRequest || !strings.Contains(body, tc.want) {
 			t.Errorf("%s: got %d %s, want 400 with %q", tc.name, status, body, tc.want)
@@ -166,8 +166,8 @@ func TestImportDevices(t *testing.T) {
 		t.Fatalf("devices changed by a refused import: %q → %q", before, after)
 	}
 
-	good := httpapi.ImportRequest{Devices: []httpapi.EnrollRequest{{ID: "ok-1", Labels: map[string]string{"hw": "m2"}}, {ID: "ok-2", Certificate: certPEM}}}
-	var resp httpapi.ImportResponse
+	good := wire.ImportRequest{Devices: []wire.EnrollRequest{{ID: "ok-1", Labels: map[string]string{"hw": "m2"}}, {ID: "ok-2", Certificate: certPEM}}}
+	var resp wire.ImportResponse
 	good.DryRun = true
 	if status, _, body := doAuth(t, srv, "POST", "/v1/identities/devices", tok, mustJSON(t, good), &resp); status != http.StatusOK || !resp.DryRun {
 		t.Fatalf("dry run: %d %s", status, body)

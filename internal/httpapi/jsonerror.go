@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"unicode/utf8"
+
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Two layers make every error answer of the API's listener JSON:
@@ -121,7 +123,7 @@ func (w *jsonErrorWriter) finish() {
 		return
 	}
 	msg := strings.TrimSpace(strings.ToValidUTF8(w.msg.String(), string(utf8.RuneError)))
-	var eb errorBody
+	var eb wire.ErrorBody
 	if json.Unmarshal([]byte(msg), &eb) == nil && eb.Message != "" {
 		msg = eb.Message // a JSON error sent with the wrong Content-Type
 	}
@@ -227,7 +229,7 @@ func serverError(p []byte) ([]byte, bool) {
 	text, _ := io.ReadAll(io.LimitReader(res.Body, maxCapturedMessage))
 	_ = res.Body.Close()
 	msg := serverErrorMessage(res.StatusCode, strings.TrimSpace(string(text)))
-	body, _ := json.Marshal(errorBody{Code: res.StatusCode, Message: msg})
+	body, _ := json.Marshal(wire.ErrorBody{Code: res.StatusCode, Message: msg})
 	body = append(body, '\n')
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "HTTP/1.1 %03d %s\r\n", res.StatusCode, http.StatusText(res.StatusCode))

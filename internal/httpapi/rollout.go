@@ -17,8 +17,10 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // MaxRolloutBody caps the body of POST /v1/rollouts, which may list many
@@ -62,19 +64,13 @@ const HardwareLabel = "hw"
 // body lists.
 const MaxIncompatibleListed = 100
 
-// IncompatibleDevice is a target whose hardware model is not the image's.
-type IncompatibleDevice struct {
-	ID device.ID `json:"id"`
-	HW string    `json:"hw"`
-}
-
 // IncompatibleError refuses a rollout whose targets include devices of
 // another hardware model than the image's. It is a 409 whose body lists
 // the devices.
 type IncompatibleError struct {
 	Firmware firmware.Version
-	HW       string               // the image's hardware model
-	Devices  []IncompatibleDevice // in target order
+	HW       string                    // the image's hardware model
+	Devices  []wire.IncompatibleDevice // in target order
 }
 
 func (e *IncompatibleError) Error() string {
@@ -117,7 +113,7 @@ func (t identityTargets) Resolve(ctx context.Context, selector map[string]string
 	if all && t.eng != nil {
 		cursor := ""
 		for {
-			sums, next, err := t.eng.List(ctx, cursor, MaxListLimit)
+			sums, next, err := t.eng.List(ctx, cursor, wire.MaxListLimit)
 			if err != nil {
 				return nil, fmt.Errorf("resolve targets: %w", err)
 			}
@@ -166,102 +162,61 @@ func labelsMatch(selector, labels map[string]string) bool {
 	return true
 }
 
-// CreateRollout is the body of POST /v1/rollouts: the firmware, exactly one
-// of Devices, Select and All, and the policy fields inline with
-// rollout.Policy's JSON names (durations as Go duration strings such as
-// "30m"; "dynamic" lets devices enrolled later join). Unknown fields are
-// refused.
-type CreateRollout struct {
-	Firmware firmware.Version `json:"firmware"`
-	// Devices are explicit targets, in rollout order.
-	Devices []device.ID `json:"devices,omitempty"`
-	// Select chooses the enrolled devices carrying every label given.
-	Select map[string]string `json:"select,omitempty"`
-	// All chooses every enrolled device and every device with a shadow.
-	All bool `json:"all,omitempty"`
-	// SkipIncompatible leaves out targets whose hardware model differs
-	// from the image's instead of refusing the rollout (see HardwareLabel).
-	SkipIncompatible bool `json:"skip_incompatible,omitempty"`
-	rollout.Policy
-}
-
-// createHead is CreateRollout without its inline Policy.
-type createHead struct {
-	Firmware firmware.Version  `json:"firmware"`
-	Devices  []device.ID       `json:"devices,omitempty"`
-	Select   map[string]string `json:"select,omitempty"`
-	All      bool              `json:"all,omitempty"`
-	Skip     bool              `json:"skip_incompatible,omitempty"`
-}
-
-// createFields are the JSON names CreateRollout accepts; true marks the
-// policy durations, which must be strings.
-var createFields = func() map[string]bool {
-	out := map[string]bool{}
-	for _, typ := range []reflect.Type{reflect.TypeFor[createHead](), reflect.TypeFor[rollout.Policy]()} {
-		for f := range typ.Fields() {
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name != "" && name != "-" {
-				out[name] = f.Type == reflect.TypeFor[time.Duration]()
-			}
-		}
+// decodeCreate reads the body of POST /v1/rollouts: a JSON object of
+// wire.CreateRollout's fields and no others, its durations strings. Its
+// errors name the field at fault.
+func (a *api) decodeCreate(w http.ResponseWriter, r *http.Request) (wire.CreateRollout, error) {
+	var req *wire.CreateRollout // stays nil for a body of null
+	err := (&api{maxBody: MaxRolloutBody}).decodeJSONWith(w, r, &req, explainCreate)
+	switch {
+	case err != nil:
+		return wire.CreateRollout{}, err
+	case req == nil:
+		return wire.CreateRollout{}, clientErr(errInvalid, "Body must be a JSON object")
 	}
-	return out
-}()
-
-// MarshalJSON encodes c as one object with the policy fields inline.
-func (c CreateRollout) MarshalJSON() ([]byte, error) {
-	return rollout.MarshalInline(createHead{c.Firmware, c.Devices, c.Select, c.All, c.SkipIncompatible}, c.Policy)
+	return *req, nil
 }
 
-// UnmarshalJSON decodes a JSON object, refusing unknown fields and
-// durations that are not strings.
-func (c *CreateRollout) UnmarshalJSON(b []byte) error {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil || fields == nil {
-		return clientErr(errInvalid, "Body must be a JSON object")
+// explainCreate explains an error decoding a wire.CreateRollout.
+func explainCreate(err error) string {
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "Unknown field " + name
 	}
-	for _, k := range slices.Sorted(maps.Keys(fields)) {
-		isDuration, known := createFields[k]
-		if !known {
-			return clientErr(errInvalid, "Unknown field %q", k)
-		}
-		if v := fields[k]; isDuration && (len(v) == 0 || v[0] != '"') {
-			return clientErr(errInvalid, "Field %q must be a duration string such as \"30m\", not %.20s", k, v)
-		}
+	if pe, ok := errors.AsType[*time.ParseError](err); ok {
+		return fmt.Sprintf("Invalid policy: start_at %.40q is not an RFC 3339 time such as \"2026-11-24T02:00:00Z\"", pe.Value)
 	}
-	var h createHead
-	if err := json.Unmarshal(b, &h); err != nil {
-		return clientErr(errInvalid, "Invalid field: %v", err)
+	ute, ok := errors.AsType[*json.UnmarshalTypeError](err)
+	if !ok {
+		return err.Error()
 	}
-	var p rollout.Policy
-	if err := json.Unmarshal(b, &p); err != nil {
-		return clientErr(errInvalid, "Invalid policy: %v", err)
+	field, policy := strings.CutPrefix(ute.Field, "Policy.")
+	switch {
+	case ute.Field == "":
+		return "Body must be a JSON object"
+	case ute.Type == reflect.TypeFor[wire.Duration]():
+		return fmt.Sprintf("Field %q must be a duration string such as \"30m\", not %s", field, ute.Value)
+	case policy:
+		return fmt.Sprintf("Invalid policy: field %q must be %s, not %s", field, jsonKind(ute.Type), ute.Value)
 	}
-	*c = CreateRollout{Firmware: h.Firmware, Devices: h.Devices, Select: h.Select, All: h.All, SkipIncompatible: h.Skip, Policy: p}
-	return nil
+	return fmt.Sprintf("Invalid field %q: must be %s, not %s", field, jsonKind(ute.Type), ute.Value)
 }
 
-// RolloutList is the body of GET /v1/rollouts, newest first.
-type RolloutList struct {
-	Rollouts []rollout.Rollout `json:"rollouts"`
-}
-
-// RolloutDevices is the body of GET /v1/rollouts/{id}/devices: a page of
-// targets in rollout order and the cursor of the next page ("" at the end).
-type RolloutDevices struct {
-	Devices []rollout.DeviceStatus `json:"devices"`
-	Next    string                 `json:"next"`
-}
-
-// RolloutEvents is the body of GET /v1/rollouts/{id}/events, oldest first.
-type RolloutEvents struct {
-	Events []rollout.Event `json:"events"`
-}
-
-// AbortRequest is the optional body of POST /v1/rollouts/{id}/abort.
-type AbortRequest struct {
-	Rollback bool `json:"rollback,omitempty"`
+// jsonKind names the JSON value a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	}
+	return "an object"
 }
 
 // rolloutsRef holds the Rollouts in an atomic.Pointer.
@@ -312,27 +267,12 @@ func (a *api) withRollout(w http.ResponseWriter, r *http.Request, fn func(rs Rol
 	if rs == nil {
 		return
 	}
-	id := r.PathValue("id")
-	if !validRolloutID(id) {
-		a.writeError(w, r, clientErr(errInvalid, "Invalid rollout ID %.40q", id), "")
+	id, err := wire.ParseRolloutID(r.PathValue("id"))
+	if err != nil {
+		a.writeError(w, r, clientErr(errInvalid, "Invalid rollout ID %.40q", r.PathValue("id")), "")
 		return
 	}
 	fn(rs, id)
-}
-
-// validRolloutID accepts what the planner's IDs look like ("r12") and a
-// little more: 1 to 64 bytes of [A-Za-z0-9_-].
-func validRolloutID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
@@ -340,8 +280,8 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 	if rs == nil {
 		return
 	}
-	var req CreateRollout
-	if err := (&api{maxBody: MaxRolloutBody}).decodeJSON(w, r, &req); err != nil {
+	req, err := a.decodeCreate(w, r)
+	if err != nil {
 		a.writeError(w, r, err, "")
 		return
 	}
@@ -359,30 +299,24 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
-	a.writeValue(w, r, http.StatusCreated, ro)
+	a.writeValue(w, r, http.StatusCreated, rolloutwire.Rollout(ro))
 }
 
 // spec validates req's targets, resolves a selector or all into devices,
 // and returns the planner's Spec. The policy is validated by the planner.
-func (a *api) spec(ctx context.Context, req CreateRollout) (rollout.Spec, error) {
-	given := 0
-	for _, ok := range []bool{req.Devices != nil, req.Select != nil, req.All} {
-		if ok {
-			given++
-		}
-	}
-	if given != 1 {
+func (a *api) spec(ctx context.Context, req wire.CreateRollout) (rollout.Spec, error) {
+	if req.TargetKinds() != 1 {
 		return rollout.Spec{}, clientErr(errInvalid, "Give exactly one of devices, select and all")
 	}
 	if req.Firmware == "" {
 		return rollout.Spec{}, clientErr(errInvalid, "Missing firmware")
 	}
-	v, err := firmware.ParseVersion(string(req.Firmware))
+	v, err := firmware.ParseVersion(req.Firmware)
 	if err != nil {
 		return rollout.Spec{}, clientErr(errInvalid, "Invalid firmware version: %v", err)
 	}
-	req.Firmware = v // canonical ("v1.2.0" is 1.2.0), as the store and planner use it
-	spec := rollout.Spec{Firmware: req.Firmware, Selector: req.Select, All: req.All, Policy: req.Policy}
+	spec := rolloutwire.Spec(req)
+	spec.Firmware = v // canonical ("v1.2.0" is 1.2.0), as the store and planner use it
 	switch {
 	case req.Devices != nil:
 		if len(req.Devices) == 0 {
@@ -396,7 +330,6 @@ func (a *api) spec(ctx context.Context, req CreateRollout) (rollout.Spec, error)
 				return rollout.Spec{}, clientErr(errInvalid, "Invalid device ID: %v", err)
 			}
 		}
-		spec.Devices = req.Devices
 		return spec, nil
 	case req.Select != nil:
 		if len(req.Select) == 0 {
@@ -444,7 +377,7 @@ func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) 
 	if err != nil {
 		return err
 	}
-	var bad []IncompatibleDevice
+	var bad []wire.IncompatibleDevice
 	keep := make([]device.ID, 0, len(spec.Devices))
 	seen := make(map[device.ID]struct{}, len(spec.Devices))
 	for _, id := range spec.Devices {
@@ -453,7 +386,7 @@ func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) 
 		}
 		seen[id] = struct{}{}
 		if h, ok := hw[id]; ok && h != img.HW {
-			bad = append(bad, IncompatibleDevice{ID: id, HW: h})
+			bad = append(bad, wire.IncompatibleDevice{ID: id, HW: h})
 		} else {
 			keep = append(keep, id)
 		}
@@ -491,11 +424,8 @@ func (a *api) listRollouts(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	if list == nil {
-		list = []rollout.Rollout{}
-	}
 	slices.Reverse(list) // the planner lists oldest first
-	a.writeValue(w, r, http.StatusOK, RolloutList{Rollouts: list})
+	a.writeValue(w, r, http.StatusOK, wire.RolloutList{Rollouts: wireList(list, rolloutwire.Rollout)})
 }
 
 func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
@@ -505,7 +435,7 @@ func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err, "")
 			return
 		}
-		a.writeValue(w, r, http.StatusOK, st)
+		a.writeValue(w, r, http.StatusOK, rolloutwire.Status(st))
 	})
 }
 
@@ -528,7 +458,7 @@ func (a *api) rolloutDevices(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 		}
-		limit, err := queryInt(q, "limit", DefaultListLimit, 1, MaxListLimit)
+		limit, err := queryInt(q, "limit", wire.DefaultListLimit, 1, wire.MaxListLimit)
 		if err != nil {
 			a.writeError(w, r, err, "")
 			return
@@ -543,7 +473,7 @@ func (a *api) rolloutDevices(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err, "")
 			return
 		}
-		page := RolloutDevices{Devices: devs}
+		page := wire.RolloutDevices{Devices: wireList(devs, rolloutwire.Device)}
 		if next >= 0 {
 			page.Next = strconv.Itoa(next)
 		}
@@ -581,13 +511,13 @@ func (a *api) rolloutEvents(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err, "")
 			return
 		}
-		out := []rollout.Event{}
+		out := []wire.RolloutEvent{}
 		for _, ev := range evs {
 			if ev.Seq > after {
-				out = append(out, ev)
+				out = append(out, rolloutwire.Event(ev))
 			}
 		}
-		a.writeValue(w, r, http.StatusOK, RolloutEvents{Events: out})
+		a.writeValue(w, r, http.StatusOK, wire.RolloutEvents{Events: out})
 	})
 }
 
@@ -596,7 +526,7 @@ func (a *api) rolloutEvents(w http.ResponseWriter, r *http.Request) {
 func (a *api) control(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a.withRollout(w, r, func(rs Rollouts, id string) {
-			var body AbortRequest
+			var body wire.AbortRequest
 			rollback := false
 			if op == "abort" {
 				if s := r.URL.Query().Get("rollback"); s != "" {
@@ -643,7 +573,7 @@ func (a *api) control(op string) http.HandlerFunc {
 				a.writeError(w, r, err, "")
 				return
 			}
-			a.writeValue(w, r, status, ro)
+			a.writeValue(w, r, status, rolloutwire.Rollout(ro))
 		})
 	}
 }

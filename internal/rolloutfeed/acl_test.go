@@ -13,6 +13,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // TestACL runs the feed behind the identity store's ACL: integrators and
@@ -81,7 +82,7 @@ func TestACL(t *testing.T) {
 			c := brokertest.Connect(t, url, who.name+"-late", login(who.user, who.secret))
 			msgs := brokertest.Subscribe(t, c, rolloutfeed.Filter, 1)
 			m := brokertest.Next(t, msgs, wait)
-			var got rolloutfeed.Summary
+			var got wire.RolloutSummary
 			if err := json.Unmarshal(m.Payload, &got); err != nil || m.Topic != "rollouts/r1/status" || got.ID != "r1" {
 				t.Fatalf("got %v (%v), want the feed's retained status of r1", m, err)
 			}

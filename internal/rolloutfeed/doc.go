@@ -7,10 +7,14 @@
 // rollout.Config.OnEvent to it) and, from one goroutine of its own:
 //
 //   - publishes each event on rollouts/<id>/events (QoS 1, not retained) as
-//     the JSON of rollout.Event plus "rollout": the rollout's ID
-//     (EventMessage), in the order the planner emitted them;
-//   - keeps the retained rollouts/<id>/status (QoS 1) current: a Summary
-//     built from Config.Status, called outside the planner's lock. Events
+//     a wire.RolloutEventMessage: the event as GET /v1/rollouts/{id}/events
+//     lists it (wire.RolloutEvent) plus "rollout", the rollout's ID, in the
+//     order the planner emitted them;
+//   - keeps the retained rollouts/<id>/status (QoS 1) current: a
+//     wire.RolloutSummary built from Config.Status, called outside the
+//     planner's lock. Both payloads are package wire's types, converted by
+//     internal/rolloutwire, like the HTTP API's; a rollout ID is checked
+//     with wire.ParseRolloutID before it becomes a topic level. Events
 //     are coalesced: a rollout's status is fetched at most once per
 //     Config.StatusInterval while its events keep coming (the last event of
 //     a burst is always followed by a fetch), and at once after a created

@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Errors returned by the Feed.
@@ -110,41 +112,6 @@ const (
 	logKeyErr     = "err"
 	logKeyTopic   = "topic"
 )
-
-// EventMessage is the payload of rollouts/<id>/events.
-type EventMessage struct {
-	Rollout string `json:"rollout"`
-	rollout.Event
-}
-
-// Summary is the payload of the retained rollouts/<id>/status.
-type Summary struct {
-	ID             string                      `json:"id"`
-	Firmware       string                      `json:"firmware"`
-	State          rollout.State               `json:"state"`
-	Reason         string                      `json:"reason,omitempty"`
-	Targets        int                         `json:"targets"`
-	Batches        int                         `json:"batches"`
-	BatchesStarted int                         `json:"batches_started"`
-	Counts         map[rollout.DeviceState]int `json:"counts"`            // states with devices only
-	Waiting        string                      `json:"waiting,omitempty"` // why nobody is notified now (schedule)
-	Updated        time.Time                   `json:"updated"`
-}
-
-// NewSummary returns the summary of st.
-func NewSummary(st rollout.Status) Summary {
-	counts := make(map[rollout.DeviceState]int, len(st.Counts))
-	for s, n := range st.Counts {
-		if n > 0 {
-			counts[s] = n
-		}
-	}
-	return Summary{
-		ID: st.ID, Firmware: string(st.Firmware), State: st.State, Reason: st.Reason,
-		Targets: st.Targets, Batches: len(st.Rollout.Batches), BatchesStarted: st.Started,
-		Counts: counts, Waiting: st.Waiting, Updated: st.Updated,
-	}
-}
 
 // deviceStates lists every rollout.DeviceState, in order: those that
 // MarshalText accepts.
@@ -367,7 +334,7 @@ func (f *Feed) handle(it item) {
 		f.log.Error("rollout event not published", logKeyErr, err)
 		return
 	}
-	payload, err := json.Marshal(EventMessage{Rollout: it.id, Event: it.ev})
+	payload, err := json.Marshal(wire.RolloutEventMessage{Rollout: it.id, RolloutEvent: rolloutwire.Event(it.ev)})
 	if err != nil {
 		f.log.Error("encode rollout event", logKeyRollout, it.id, logKeyErr, err)
 	} else {
@@ -464,7 +431,7 @@ func (f *Feed) fetch(id string) error {
 		f.log.Warn("rollout status not refreshed", logKeyRollout, id, logKeyErr, err)
 		return fmt.Errorf("status %s: %w", id, err)
 	}
-	payload, err := json.Marshal(NewSummary(st))
+	payload, err := json.Marshal(rolloutwire.Summary(st))
 	if err != nil {
 		f.log.Error("encode rollout status", logKeyRollout, id, logKeyErr, err)
 		return fmt.Errorf("status %s: %w", id, err)
@@ -528,27 +495,11 @@ func (f *Feed) publish(topic string, payload []byte, retain bool) error {
 	return nil
 }
 
-// maxIDLen bounds a rollout ID.
-const maxIDLen = 128
-
-// validID reports whether id can be a topic level: 1 to 128 characters of
-// [A-Za-z0-9_.:-].
+// validID checks that id, a rollout ID, is one (wire.ParseRolloutID) and
+// so a single topic level. The error wraps ErrInvalid.
 func validID(id string) error {
-	if id == "" || len(id) > maxIDLen {
-		return fmt.Errorf("%w: rollout ID %q: want 1 to %d characters", ErrInvalid, clip(id), maxIDLen)
-	}
-	for i := range len(id) {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == ':' || c == '-') {
-			return fmt.Errorf("%w: rollout ID %q: character %q not in [A-Za-z0-9_.:-]", ErrInvalid, clip(id), c)
-		}
+	if _, err := wire.ParseRolloutID(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
-}
-
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
 }

@@ -16,7 +16,9 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
+	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // events returns n events of a rollout: created, running, then batch and
@@ -61,11 +63,11 @@ func TestEventsInOrderOverMQTT(t *testing.T) {
 	}
 	for i, want := range evs {
 		m := nextOn(t, msgs, "rollouts/r1/events")
-		var got rolloutfeed.EventMessage
+		var got wire.RolloutEventMessage
 		if err := json.Unmarshal(m.Payload, &got); err != nil {
 			t.Fatalf("event %d: %v in %s", i, err, m.Payload)
 		}
-		if got.Rollout != "r1" || !reflect.DeepEqual(got.Event, want) {
+		if got.Rollout != "r1" || !reflect.DeepEqual(got.RolloutEvent, rolloutwire.Event(want)) {
 			t.Fatalf("event %d = %+v, want rollout r1 and %+v", i, got, want)
 		}
 		if m.Retained || m.QoS != 1 {
@@ -107,11 +109,11 @@ func TestRetainedStatusForLateSubscriber(t *testing.T) {
 			if m.Topic != "rollouts/r7/status" || !m.Retained {
 				t.Fatalf("got %v, want a retained message on rollouts/r7/status", m)
 			}
-			var got rolloutfeed.Summary
+			var got wire.RolloutSummary
 			if err := json.Unmarshal(m.Payload, &got); err != nil {
 				t.Fatalf("%v in %s", err, m.Payload)
 			}
-			if want := rolloutfeed.NewSummary(step.status); !reflect.DeepEqual(got, want) {
+			if want := rolloutwire.Summary(step.status); !reflect.DeepEqual(got, want) {
 				t.Errorf("status = %+v, want %+v", got, want)
 			}
 		})

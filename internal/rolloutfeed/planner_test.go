@@ -16,7 +16,9 @@ import (
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
+	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // What the server wires in.
@@ -112,18 +114,18 @@ func TestWithPlanner(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	var got []rollout.Event
-	var final rolloutfeed.Summary
+	var got []wire.RolloutEvent
+	var final wire.RolloutSummary
 	next := func() {
 		t.Helper()
 		msg := brokertest.Next(t, msgs, wait)
 		switch msg.Topic {
 		case rolloutfeed.EventsTopic(r.ID):
-			var ev rolloutfeed.EventMessage
+			var ev wire.RolloutEventMessage
 			if err := json.Unmarshal(msg.Payload, &ev); err != nil {
 				t.Fatalf("%v in %s", err, msg.Payload)
 			}
-			got = append(got, ev.Event)
+			got = append(got, ev.RolloutEvent)
 		case rolloutfeed.StatusTopic(r.ID):
 			if err := json.Unmarshal(msg.Payload, &final); err != nil {
 				t.Fatalf("%v in %s", err, msg.Payload)
@@ -132,10 +134,10 @@ func TestWithPlanner(t *testing.T) {
 			t.Fatalf("message on %s, want only %s's topics", msg.Topic, r.ID)
 		}
 	}
-	for final.State != rollout.StateSucceeded {
+	for final.State != wire.RolloutSucceeded {
 		next()
 	}
-	if n := final.Counts[rollout.DeviceSucceeded]; n != len(devs) || final.Batches != 3 || final.BatchesStarted != 3 {
+	if n := final.Counts[wire.DeviceSucceeded]; n != len(devs) || final.Batches != 3 || final.BatchesStarted != 3 {
 		t.Errorf("final status %+v, want %d succeeded in 3 of 3 batches", final, len(devs))
 	}
 	// Every event of the planner's log arrives, in the log's order.
@@ -147,7 +149,7 @@ func TestWithPlanner(t *testing.T) {
 		next()
 	}
 	for i := range want {
-		if got[i].Seq != want[i].Seq || got[i].Kind != want[i].Kind || got[i].State != want[i].State || !got[i].Time.Equal(want[i].Time) {
+		if w := rolloutwire.Event(want[i]); got[i].Seq != w.Seq || got[i].Kind != w.Kind || got[i].State != w.State || !got[i].Time.Equal(w.Time) {
 			t.Errorf("event %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/server"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // apiCall sends an HTTP request to r's API with the bearer token tok and
@@ -146,7 +146,7 @@ func TestHardening02RevocationEvictsSessions(t *testing.T) {
 			name: "device rotate", clientID: "devX", target: "devX",
 			create: enrolDevice("devX"),
 			end: func(t *testing.T, r *rig, admin string) (string, string) {
-				var sec httpapi.SecretResponse
+				var sec wire.SecretResponse
 				r.mustAPI(t, "POST", "/v1/devices/devX/rotate", admin, "", http.StatusOK, &sec)
 				return "devX", sec.Secret
 			},
@@ -157,7 +157,7 @@ func TestHardening02RevocationEvictsSessions(t *testing.T) {
 			create: enrolDevice("devX"),
 			end: func(t *testing.T, r *rig, admin string) (string, string) {
 				r.mustAPI(t, "DELETE", "/v1/devices/devX", admin, "", http.StatusNoContent, nil)
-				var sec httpapi.SecretResponse
+				var sec wire.SecretResponse
 				r.mustAPI(t, "POST", "/v1/devices", admin, `{"id":"devX"}`, http.StatusCreated, &sec)
 				return "devX", sec.Secret
 			},
@@ -167,13 +167,13 @@ func TestHardening02RevocationEvictsSessions(t *testing.T) {
 			name: "token revoke", clientID: "ops2-c", target: "devA",
 			create: func(t *testing.T, r *rig, admin string) (string, string) {
 				enrolDevice("devA")(t, r, admin)
-				var tok httpapi.TokenResponse
+				var tok wire.TokenResponse
 				r.mustAPI(t, "POST", "/v1/tokens", admin, `{"name":"ops2","role":"operator"}`, http.StatusCreated, &tok)
 				return "ops2", strings.TrimPrefix(tok.Token, "ops2:")
 			},
 			end: func(t *testing.T, r *rig, admin string) (string, string) {
 				r.mustAPI(t, "DELETE", "/v1/tokens/ops2", admin, "", http.StatusNoContent, nil)
-				var tok httpapi.TokenResponse
+				var tok wire.TokenResponse
 				r.mustAPI(t, "POST", "/v1/tokens", admin, `{"name":"ops2","role":"operator"}`, http.StatusCreated, &tok)
 				return "ops2", strings.TrimPrefix(tok.Token, "ops2:")
 			},
@@ -261,7 +261,7 @@ func TestHardening02RevocationEvictsSessions(t *testing.T) {
 // enrolDevice returns a create function that enrols id over HTTP.
 func enrolDevice(id device.ID) func(t *testing.T, r *rig, admin string) (string, string) {
 	return func(t *testing.T, r *rig, admin string) (string, string) {
-		var sec httpapi.SecretResponse
+		var sec wire.SecretResponse
 		r.mustAPI(t, "POST", "/v1/devices", admin, `{"id":"`+string(id)+`"}`, http.StatusCreated, &sec)
 		return string(id), sec.Secret
 	}
@@ -376,7 +376,7 @@ func TestHardening13RemovalRevokesFirmwareURLs(t *testing.T) {
 	enrolDevice("devX")(t, r, admin)
 	mint := func() string {
 		t.Helper()
-		var u httpapi.URLResponse
+		var u wire.URLResponse
 		r.mustAPI(t, "POST", "/v1/firmware/1.0.0/url", admin, `{"device":"devX"}`, http.StatusOK, &u)
 		return u.URL
 	}
