@@ -63,6 +63,23 @@ const (
 	// (MQTT allows 65,535; AWS IoT 128): IDs are kept per session and
 	// logged.
 	DefaultMaxClientIDLength = 256
+	// DefaultMaxRetained bounds the retained messages clients may hold.
+	DefaultMaxRetained = 100_000
+	// DefaultMaxRetainedBytes bounds the payload bytes of the retained
+	// messages clients hold.
+	DefaultMaxRetainedBytes int64 = 64 << 20
+	// DefaultMaxQueuedBytes bounds the payload bytes of the messages a
+	// device's persistent session holds (queued while offline or
+	// unacknowledged): a device receives small messages.
+	DefaultMaxQueuedBytes int64 = 1 << 20
+	// DefaultServiceQueuedBytes is DefaultMaxQueuedBytes for a service
+	// client's persistent session (an integrator collecting the fleet's
+	// telemetry while it is offline).
+	DefaultServiceQueuedBytes int64 = 64 << 20
+	// DefaultMaxSessionsPerIdentity bounds the persistent sessions of one
+	// authenticated identity. A device has one (its client ID is its
+	// device ID); an integrator may keep one per worker.
+	DefaultMaxSessionsPerIdentity = 100
 
 	// receiveMaximum is the number of unacknowledged QoS 1 and 2 PUBLISHes a client
 	// may have in flight towards the broker.
@@ -304,6 +321,45 @@ type Config struct {
 	// logged and counted in Stats.ClientIDsRefused. Default
 	// DefaultMaxClientIDLength; at most 65,535.
 	MaxClientIDLength int
+
+	// Store, if set, makes retained messages and persistent sessions
+	// durable (see the package documentation, "Durability"): Open restores
+	// what it holds and fails if it cannot be read. The caller owns it and
+	// closes it after Close. Nil keeps everything in memory.
+	Store Store
+	// MaxRetained caps the retained messages clients hold (the broker's
+	// own, from Publish, are not counted). A PUBLISH that would retain a
+	// new topic beyond it is refused with PUBACK (PUBREC) 0x97 "quota
+	// exceeded" for MQTT 5 QoS 1 and 2; otherwise (MQTT 3.1.1, QoS 0,
+	// wills) it is delivered without being retained. Replacing or
+	// clearing a retained message always works. Refusals are counted in
+	// Stats.RetainedRefused. Default DefaultMaxRetained; negative means
+	// no cap.
+	MaxRetained int
+	// MaxRetainedBytes caps the payload bytes of the retained messages
+	// clients hold, like MaxRetained: a new topic is refused if it would
+	// go beyond it (a replacement that grows a topic is not). Default
+	// DefaultMaxRetainedBytes; negative means no cap.
+	MaxRetainedBytes int64
+	// MaxQueuedBytes caps the payload bytes a device's persistent session
+	// holds: messages queued while it is offline plus those sent and not
+	// yet acknowledged. A session at the cap receives no further messages
+	// (QoS 0 included: it is far behind) until it acknowledges some; each
+	// dropped message is counted in Stats.QueueBytesDropped. Default
+	// DefaultMaxQueuedBytes; negative means no cap.
+	MaxQueuedBytes int64
+	// ServiceQueuedBytes is MaxQueuedBytes for service clients (see
+	// ServiceWritesPending). Default DefaultServiceQueuedBytes; never less
+	// than MaxQueuedBytes.
+	ServiceQueuedBytes int64
+	// MaxSessionsPerIdentity caps the persistent sessions of one
+	// authenticated identity (Identity.Name), connected or not. A CONNECT
+	// that would create one more is refused with CONNACK 0x97 "quota
+	// exceeded" (MQTT 5) or 3 "server unavailable" (MQTT 3.1.1) and
+	// counted in Stats.SessionsRefused; clean sessions and resuming one's
+	// own session are not affected. Only applies with Auth set. Default
+	// DefaultMaxSessionsPerIdentity; negative means no cap.
+	MaxSessionsPerIdentity int
 }
 
 // setDefaults fills zero fields with their defaults.
@@ -366,6 +422,26 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxClientIDLength == 0 {
 		c.MaxClientIDLength = DefaultMaxClientIDLength
+	}
+	if c.MaxRetained == 0 {
+		c.MaxRetained = DefaultMaxRetained
+	}
+	if c.MaxRetainedBytes == 0 {
+		c.MaxRetainedBytes = DefaultMaxRetainedBytes
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if c.ServiceQueuedBytes == 0 {
+		c.ServiceQueuedBytes = DefaultServiceQueuedBytes
+	}
+	if c.MaxQueuedBytes < 0 {
+		c.ServiceQueuedBytes = -1 // no cap for devices: none for services either
+	} else if c.ServiceQueuedBytes > 0 {
+		c.ServiceQueuedBytes = max(c.ServiceQueuedBytes, c.MaxQueuedBytes)
+	}
+	if c.MaxSessionsPerIdentity == 0 {
+		c.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
 	}
 }
 
@@ -468,6 +544,7 @@ type Server struct {
 	log    *slog.Logger
 	mq     *mqtt.Server
 	hook   *hook
+	ledger *ledger   // retained messages and persistent sessions; writes Config.Store
 	tcp    *listener // nil without a TCP listener
 	ws     *listener // nil without a WebSocket listener
 	tls    *listener // nil without a TLS listener
@@ -514,9 +591,24 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.cancel()
 		return nil, fmt.Errorf("broker: add hook: %w", err)
 	}
+	// The ledger comes after the main hook: it sees the main hook's
+	// decisions (a discarded session, a dropped retain flag).
+	s.ledger = newLedger(s)
+	if err := s.mq.AddHook(s.ledger, nil); err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("broker: add ledger hook: %w", err)
+	}
+	if cfg.Store != nil {
+		if err := s.restore(ctx); err != nil {
+			s.cancel()
+			return nil, err
+		}
+	}
+	s.ledger.start()
 	if err := s.listen(); err != nil {
 		s.closeListeners()
 		s.cancel()
+		_ = s.ledger.close()
 		return nil, err
 	}
 	if err := s.mq.Serve(); err != nil {
@@ -701,6 +793,10 @@ func (s *Server) Close(ctx context.Context) error {
 		s.closeErr = s.mq.Close()
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("broker: close: %w", s.closeErr)
+		}
+		// Every client is gone: the last commit writes their disconnects.
+		if err := s.ledger.close(); err != nil && s.closeErr == nil {
+			s.closeErr = fmt.Errorf("broker: close: %w", err)
 		}
 	})
 	return s.closeErr

@@ -64,6 +64,7 @@ func (s *Server) Evict(ctx context.Context, match func(Identity) bool) int {
 	expired := time.NewTimer(s.cfg.ConnectTimeout)
 	defer expired.Stop()
 	waiting := true
+	stored := doneWait // the commit that deletes the last evicted session from the Store
 	for _, v := range victims {
 		if waiting && !v.c.ended() {
 			select {
@@ -80,24 +81,35 @@ func (s *Server) Evict(ctx context.Context, match func(Identity) bool) int {
 					"identity", v.c.identity.Name, "waited", s.cfg.ConnectTimeout)
 			}
 		}
-		s.dropSession(v.cl)
+		stored = s.dropSession(v.cl)
 		s.log.Info("session evicted", "client", v.cl.ID, "identity", v.c.identity.Name,
 			"remote", v.cl.Net.Remote, "connected", v.connected)
+	}
+	if len(victims) > 0 {
+		select { // bounded like the waits above; the commit completes anyway
+		case <-stored.done:
+		case <-ctx.Done():
+		case <-s.ctx.Done():
+		}
 	}
 	return len(victims)
 }
 
 // dropSession removes cl's subscriptions and queued messages and deletes
-// it from mochi's registry, unless another connection has taken the
-// client ID over. The client ID's gate keeps a new connection from
-// registering meanwhile.
-func (s *Server) dropSession(cl *mqtt.Client) {
+// it from mochi's registry and the Store, unless another connection has
+// taken the client ID over. The client ID's gate keeps a new connection
+// from registering meanwhile. It returns the commit that deletes the
+// session from the Store.
+func (s *Server) dropSession(cl *mqtt.Client) *commitWait {
 	unlock := s.hook.gates.lock(cl.ID)
 	defer unlock()
+	stored := doneWait
 	if cur, ok := s.mq.Clients.Get(cl.ID); ok && cur == cl {
 		cl.ClearInflights()
 		s.mq.UnsubscribeClient(cl)
 		s.mq.Clients.Delete(cl.ID)
+		stored = s.ledger.sessionEnded(cl.ID)
 	}
 	s.hook.forget(cl)
+	return stored
 }

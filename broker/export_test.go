@@ -10,3 +10,14 @@ func OutboundCap(s *Server, clientID string) (int, bool) {
 	}
 	return cap(*outboundOf(cl)), true
 }
+
+// Flush waits until every change the broker made so far is in its Store
+// (for tests of what a crash keeps of changes written lazily).
+func Flush(s *Server) error {
+	l := s.ledger
+	l.mu.Lock()
+	w := l.pendingWait()
+	l.mu.Unlock()
+	l.wake()
+	return await(w)
+}

@@ -143,6 +143,12 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		h.s.log.Info("connection refused: too many connections for identity", "client", cl.ID, "identity", id.Name, "max", max)
 		return false
 	}
+	if !h.s.ledger.admitSession(cl, id) {
+		h.mu.Unlock()
+		h.connectsRejected.Add(1)
+		h.s.ledger.refuseSession(cl)
+		return false
+	}
 	if c != nil {
 		h.perName[id.Name]++
 		c.counted = id.Name
@@ -197,7 +203,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		h.s.log.Debug("topic too long", "client", cl.ID, "bytes", len(topic), "max", h.s.cfg.MaxTopicLength)
 		return false
 	}
-	if !write && !h.deliveryAllowed(cl) {
+	if !write && (!h.deliveryAllowed(cl) || (!subscribing(cl) && !h.s.ledger.queueRoom(cl))) {
 		return false
 	}
 	sess, allowed := h.authAllows(cl, topic, write)

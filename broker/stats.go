@@ -1,6 +1,9 @@
 package broker
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats is a snapshot of the broker's counters. Counters marked "since
 // Open" only grow; the others are current values.
@@ -33,6 +36,18 @@ type Stats struct {
 
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap, since Open
 	RetainIgnored        int64 // retain flags dropped from PUBLISHes and wills on request topics, since Open
+
+	RetainedBytes      int64 // payload bytes of the retained messages clients hold now (Config.MaxRetainedBytes)
+	RetainedRefused    int64 // new retained topics refused for Config.MaxRetained or MaxRetainedBytes, since Open
+	PersistentSessions int64 // persistent sessions now, connected or not
+	SessionsRefused    int64 // CONNECTs refused for Config.MaxSessionsPerIdentity, since Open
+	QueuedBytes        int64 // payload bytes held for persistent sessions now (queued or unacknowledged)
+	QueueBytesDropped  int64 // messages not delivered because a session held Config.MaxQueuedBytes, since Open
+
+	StoreCommits int64         // commits to Config.Store, since Open
+	StoreOps     int64         // ops in those commits, since Open
+	StoreErrors  int64         // failed commits, since Open
+	StoreTime    time.Duration // total time spent in commits, since Open
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -62,7 +77,20 @@ func (s *Server) Stats() Stats {
 
 		SubscriptionsRefused: s.hook.subscriptionsRefused.Load(),
 		RetainIgnored:        s.hook.retainIgnored.Load(),
+
+		QueuedBytes:       s.ledger.queuedBytes.Load(),
+		RetainedRefused:   s.ledger.retainedRefused.Load(),
+		SessionsRefused:   s.ledger.sessionsRefused.Load(),
+		QueueBytesDropped: s.ledger.queueBytesDropped.Load(),
+		StoreCommits:      s.ledger.commits.Load(),
+		StoreOps:          s.ledger.commitOps.Load(),
+		StoreErrors:       s.ledger.commitErrors.Load(),
+		StoreTime:         time.Duration(s.ledger.commitNanos.Load()),
 	}
+	s.ledger.mu.Lock()
+	st.RetainedBytes = s.ledger.retainedBytes
+	st.PersistentSessions = int64(len(s.ledger.sessions))
+	s.ledger.mu.Unlock()
 	if s.tls != nil {
 		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()
 	}
