@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(envIdleClients); spec != "" {
 		os.Exit(runIdleClients(spec)) // child process of BenchmarkIdleConnections
 	}
+	if dir := os.Getenv(envDurableChild); dir != "" {
+		os.Exit(runDurableChild(dir)) // child process of TestDurableKill9
+	}
 	brokertest.Main(m)
 }
 

@@ -381,3 +381,22 @@ func TestDurableEvict(t *testing.T) {
 		t.Errorf("Stats after Evict and a crash: got %d sessions, want 0", st.PersistentSessions)
 	}
 }
+
+// TestDurableExpiry: a session that expires while the broker runs is
+// deleted from the store with its subscriptions and queued messages.
+func TestDurableExpiry(t *testing.T) {
+	r := newStoreRig(t, broker.Config{SessionExpiry: time.Second})
+	dev, _ := persistentPaho(t, r.url(), "exp1")
+	brokertest.Subscribe(t, dev, "x/#", 1)
+	dev.Disconnect(100)
+	if err := r.b.Publish("x/1", []byte("queued"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	// mochi expires sessions from a once-a-second sweep, with no event.
+	if !eventually(func() bool { return r.b.Stats().PersistentSessions == 0 }) {
+		t.Fatalf("Stats.PersistentSessions after the expiry: got %d, want 0", r.b.Stats().PersistentSessions)
+	}
+	if state := r.load(); len(state.Sessions) != 0 {
+		t.Errorf("stored sessions after the expiry: got %+v, want none", state.Sessions)
+	}
+}

@@ -54,6 +54,13 @@ type serveOptions struct {
 	maxSubs             int
 	serviceSubs         int
 
+	// Durable broker state: its limits (broker.Config).
+	maxRetained         int
+	maxRetainedBytes    int64
+	maxQueuedBytes      int64
+	serviceQueuedBytes  int64
+	maxSessionsIdentity int
+
 	publicURL    string
 	signingKey   string
 	urlTTL       time.Duration
@@ -127,6 +134,11 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.DurationVar(&o.writeTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
 	f.IntVar(&o.maxSubs, "max-subscriptions", broker.DefaultMaxSubscriptions, "subscriptions a device's session may hold (further filters are refused in SUBACK); -1 for no cap")
 	f.IntVar(&o.serviceSubs, "service-max-subscriptions", broker.DefaultServiceSubscriptions, "--max-subscriptions for operators and integrators")
+	f.IntVar(&o.maxRetained, "max-retained", broker.DefaultMaxRetained, "retained messages clients may hold; a new retained topic beyond it is refused (MQTT 5: PUBACK 0x97; MQTT 3.1.1: delivered, not retained); -1 for no cap")
+	f.Int64Var(&o.maxRetainedBytes, "max-retained-bytes", broker.DefaultMaxRetainedBytes, "payload bytes of the retained messages clients may hold, refused like --max-retained; -1 for no cap")
+	f.Int64Var(&o.maxQueuedBytes, "max-queued-bytes", broker.DefaultMaxQueuedBytes, "payload bytes a device's persistent session may hold (queued while offline or unacknowledged); further messages to it are dropped; -1 for no cap")
+	f.Int64Var(&o.serviceQueuedBytes, "service-max-queued-bytes", broker.DefaultServiceQueuedBytes, "--max-queued-bytes for operators and integrators; -1 for no cap")
+	f.IntVar(&o.maxSessionsIdentity, "max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "persistent MQTT sessions one identity (operator or integrator token) may keep; one more is refused at CONNECT (quota exceeded); -1 for no cap")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
@@ -161,6 +173,7 @@ type serveConfig struct {
 	retryEntries  int
 	retryBytes    int64
 	shutdownGrace time.Duration
+	durable       brokerLimits
 	publicURL     string
 	signingKey    string
 	urlTTL        time.Duration
@@ -263,6 +276,10 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if o.jobsRate == 0 || math.IsNaN(o.jobsRate) || math.IsInf(o.jobsRate, 0) {
 		return serveConfig{}, fmt.Errorf("--jobs-rate %v: want a positive number of requests per second, or a negative one to disable the limit", o.jobsRate)
 	}
+	durable, err := o.brokerLimits()
+	if err != nil {
+		return serveConfig{}, err
+	}
 	for _, origin := range o.allowedOrigins {
 		u, err := url.Parse(origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
@@ -274,7 +291,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
 		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate, jobsRate: o.jobsRate,
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
-		shutdownGrace: o.shutdownGrace, log: log,
+		shutdownGrace: o.shutdownGrace, log: log, durable: durable,
 		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
 		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
@@ -289,6 +306,32 @@ const (
 	clientCertOptional = "optional"
 	clientCertRequired = "required"
 )
+
+// brokerLimits are the limits of the broker's durable state.
+type brokerLimits struct {
+	maxRetained                                          int
+	maxRetainedBytes, maxQueuedBytes, serviceQueuedBytes int64
+	maxSessions                                          int
+}
+
+// brokerLimits validates the limit flags of the broker's durable state:
+// each is positive, or -1 for no cap.
+func (o *serveOptions) brokerLimits() (brokerLimits, error) {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"--max-retained", int64(o.maxRetained)}, {"--max-retained-bytes", o.maxRetainedBytes},
+		{"--max-queued-bytes", o.maxQueuedBytes}, {"--service-max-queued-bytes", o.serviceQueuedBytes},
+		{"--max-sessions-per-identity", int64(o.maxSessionsIdentity)},
+	} {
+		if f.v == 0 || f.v < -1 {
+			return brokerLimits{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", f.name, f.v)
+		}
+	}
+	return brokerLimits{maxRetained: o.maxRetained, maxRetainedBytes: o.maxRetainedBytes, maxQueuedBytes: o.maxQueuedBytes,
+		serviceQueuedBytes: o.serviceQueuedBytes, maxSessions: o.maxSessionsIdentity}, nil
+}
 
 // tlsSettings validates the TLS flags and loads the listener's
 // configuration and the bound-only CAs; nil when --tls-addr is not set.
@@ -410,6 +453,12 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		WriteTimeout:         cfg.writeTimeout,
 		MaxSubscriptions:     cfg.maxSubs,
 		ServiceSubscriptions: cfg.serviceSubs,
+
+		MaxRetained:            cfg.durable.maxRetained,
+		MaxRetainedBytes:       cfg.durable.maxRetainedBytes,
+		MaxQueuedBytes:         cfg.durable.maxQueuedBytes,
+		ServiceQueuedBytes:     cfg.durable.serviceQueuedBytes,
+		MaxSessionsPerIdentity: cfg.durable.maxSessions,
 	})
 	if err != nil {
 		return err

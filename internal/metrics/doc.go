@@ -30,12 +30,20 @@
 //	umbra_devices_connected                     gauge   MQTT clients connected now
 //	umbra_broker_messages_received_total        counter PUBLISHes received
 //	umbra_broker_messages_sent_total            counter PUBLISHes written to clients
-//	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, denied
 //	umbra_broker_slow_consumers_total           counter clients disconnected as slow consumers
 //	umbra_broker_pending_bytes                  gauge   bytes written to clients, not yet taken by their sockets
 //	umbra_broker_subscriptions                  gauge   client subscriptions, offline sessions included
 //	umbra_broker_subscriptions_refused_total    counter filters refused for a session's subscription cap
 //	umbra_broker_client_ids_refused_total       counter CONNECTs refused for an over-long or reserved client ID
+//	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, queue_bytes, denied
+//	umbra_broker_retained_messages              gauge   retained messages now
+//	umbra_broker_retained_bytes                 gauge   payload bytes of clients' retained messages
+//	umbra_broker_persistent_sessions            gauge   persistent sessions, connected or not
+//	umbra_broker_queued_bytes                   gauge   payload bytes held for persistent sessions
+//	umbra_broker_limit_refusals_total{limit}    counter retained, sessions_per_identity
+//	umbra_broker_store_commits_total            counter commits of broker.db (one fsync each)
+//	umbra_broker_store_errors_total             counter failed commits of broker.db
+//	umbra_broker_store_commit_seconds_total     counter time spent committing broker.db
 //	umbra_shadow_requests_total{op,code}        counter shadow requests by outcome (200 = accepted; op "unknown" for unserved $aws operations)
 //	umbra_shadow_request_duration_seconds{op}   histogram request latency
 //	umbra_shadow_commit_duration_seconds        histogram bbolt commit (fsync) latency

@@ -35,6 +35,18 @@ type BrokerStats struct {
 	Subscriptions        int64 // client subscriptions now, offline persistent sessions included
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap
 	ClientIDsRefused     int64 // CONNECTs refused for an over-long or reserved client ID
+
+	// Retained messages and persistent sessions (broker's Durability).
+	Retained           int64         // retained messages now
+	RetainedBytes      int64         // payload bytes of clients' retained messages now
+	RetainedRefused    int64         // new retained topics refused for the retained limits
+	PersistentSessions int64         // persistent sessions now, connected or not
+	SessionsRefused    int64         // CONNECTs refused for the persistent sessions per identity
+	QueuedBytes        int64         // payload bytes held for persistent sessions now
+	QueueBytesDropped  int64         // messages dropped because a session held its queued bytes limit
+	StoreCommits       int64         // commits of broker.db
+	StoreErrors        int64         // failed commits of broker.db
+	StoreTime          time.Duration // time spent in commits of broker.db
 }
 
 // FirmwareSource is what the metrics read from the firmware store at
@@ -180,7 +192,7 @@ var (
 	descSent = prometheus.NewDesc(namespace+"_broker_messages_sent_total",
 		"PUBLISH packets written to clients by the broker.", nil, nil)
 	descDropped = prometheus.NewDesc(namespace+"_broker_messages_dropped_total",
-		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's QoS 1 inflight store), denied (refused by authorisation).",
+		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's inflight store: 256 unacknowledged or queued QoS 1 messages per device, 16,384 per service client), queue_bytes (a persistent session holding --max-queued-bytes), denied (refused by authorisation).",
 		[]string{"reason"}, nil)
 	descSlow = prometheus.NewDesc(namespace+"_broker_slow_consumers_total",
 		"MQTT clients disconnected because they did not read what they were sent (pending bytes over the cap, or a stalled socket).", nil, nil)
@@ -192,6 +204,23 @@ var (
 		"SUBSCRIBE filters refused because the session had reached its subscription cap.", nil, nil)
 	descClientIDs = prometheus.NewDesc(namespace+"_broker_client_ids_refused_total",
 		"MQTT CONNECTs refused because the client ID was longer than --max-client-id-length or reserved.", nil, nil)
+	descRetained = prometheus.NewDesc(namespace+"_broker_retained_messages",
+		"Retained messages the broker holds now (the broker's own included).", nil, nil)
+	descRetainedBytes = prometheus.NewDesc(namespace+"_broker_retained_bytes",
+		"Payload bytes of the retained messages clients hold now (limit --max-retained-bytes).", nil, nil)
+	descSessions = prometheus.NewDesc(namespace+"_broker_persistent_sessions",
+		"Persistent MQTT sessions now, connected or not.", nil, nil)
+	descQueued = prometheus.NewDesc(namespace+"_broker_queued_bytes",
+		"Payload bytes held for persistent sessions now: queued while offline or not yet acknowledged.", nil, nil)
+	descRefused = prometheus.NewDesc(namespace+"_broker_limit_refusals_total",
+		"Operations refused by a broker limit: retained (a new retained topic beyond --max-retained or --max-retained-bytes), sessions_per_identity (a persistent session beyond --max-sessions-per-identity).",
+		[]string{"limit"}, nil)
+	descCommits = prometheus.NewDesc(namespace+"_broker_store_commits_total",
+		"Commits (one transaction and fsync each) of the broker's durable state in broker.db.", nil, nil)
+	descCommitErrors = prometheus.NewDesc(namespace+"_broker_store_errors_total",
+		"Failed commits of broker.db; each is logged, and the next commit rewrites the whole state.", nil, nil)
+	descCommitTime = prometheus.NewDesc(namespace+"_broker_store_commit_seconds_total",
+		"Time spent in commits of broker.db.", nil, nil)
 )
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -204,6 +233,14 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descSubs
 	ch <- descSubsRefused
 	ch <- descClientIDs
+	ch <- descRetained
+	ch <- descRetainedBytes
+	ch <- descSessions
+	ch <- descQueued
+	ch <- descRefused
+	ch <- descCommits
+	ch <- descCommitErrors
+	ch <- descCommitTime
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -219,4 +256,14 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(s.Subscriptions))
 	ch <- prometheus.MustNewConstMetric(descSubsRefused, prometheus.CounterValue, float64(s.SubscriptionsRefused))
 	ch <- prometheus.MustNewConstMetric(descClientIDs, prometheus.CounterValue, float64(s.ClientIDsRefused))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.QueueBytesDropped), "queue_bytes")
+	ch <- prometheus.MustNewConstMetric(descRetained, prometheus.GaugeValue, float64(s.Retained))
+	ch <- prometheus.MustNewConstMetric(descRetainedBytes, prometheus.GaugeValue, float64(s.RetainedBytes))
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.PersistentSessions))
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.QueuedBytes))
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.RetainedRefused), "retained")
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.SessionsRefused), "sessions_per_identity")
+	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.StoreCommits))
+	ch <- prometheus.MustNewConstMetric(descCommitErrors, prometheus.CounterValue, float64(s.StoreErrors))
+	ch <- prometheus.MustNewConstMetric(descCommitTime, prometheus.CounterValue, s.StoreTime.Seconds())
 }

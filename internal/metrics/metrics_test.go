@@ -64,7 +64,9 @@ func TestScrape(t *testing.T) {
 	m := metrics.New()
 	broker := metrics.BrokerStats{ClientsConnected: 1000, MessagesReceived: 5, MessagesSent: 7,
 		MessagesDropped: 2, InflightDropped: 3, PublishesDenied: 4, SlowConsumers: 6, PendingBytes: 8 << 10,
-		Subscriptions: 9, SubscriptionsRefused: 10}
+		Subscriptions: 9, SubscriptionsRefused: 10,
+		Retained: 11, RetainedBytes: 12, RetainedRefused: 13, PersistentSessions: 14, SessionsRefused: 15,
+		QueuedBytes: 16, QueueBytesDropped: 17, StoreCommits: 18, StoreErrors: 19, StoreTime: 1500 * time.Millisecond}
 	m.RegisterBroker(func() metrics.BrokerStats { return broker })
 	fw := &fakeFirmware{}
 	fw.n.Store(4 << 20)
@@ -96,6 +98,16 @@ func TestScrape(t *testing.T) {
 		{`umbra_broker_pending_bytes`, 8 << 10},
 		{`umbra_broker_subscriptions`, 9},
 		{`umbra_broker_subscriptions_refused_total`, 10},
+		{`umbra_broker_messages_dropped_total{reason="queue_bytes"}`, 17},
+		{`umbra_broker_retained_messages`, 11},
+		{`umbra_broker_retained_bytes`, 12},
+		{`umbra_broker_limit_refusals_total{limit="retained"}`, 13},
+		{`umbra_broker_persistent_sessions`, 14},
+		{`umbra_broker_limit_refusals_total{limit="sessions_per_identity"}`, 15},
+		{`umbra_broker_queued_bytes`, 16},
+		{`umbra_broker_store_commits_total`, 18},
+		{`umbra_broker_store_errors_total`, 19},
+		{`umbra_broker_store_commit_seconds_total`, 1.5},
 		{`umbra_firmware_bytes_served_total`, 4 << 20},
 		{`umbra_shadow_requests_total{code="200",op="update"}`, 2},
 		{`umbra_shadow_requests_total{code="409",op="update"}`, 1},

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/httpapi"
@@ -77,6 +78,17 @@ type Config struct {
 	SigningKey   string        // firmware.Config.SigningKeyPath
 	URLTTL       time.Duration // firmware.Config.URLTTL
 	MaxImageSize int64         // firmware.Config.MaxImageSize
+
+	// Retained messages and persistent sessions are kept in
+	// <DataDir>/broker.db (see broker's "Durability"); these are their
+	// limits (broker.Config fields of the same names; zero takes the
+	// broker's default, negative means no cap). In anonymous mode every
+	// client is one identity, so MaxSessionsPerIdentity does not apply.
+	MaxRetained            int
+	MaxRetainedBytes       int64
+	MaxQueuedBytes         int64
+	ServiceQueuedBytes     int64
+	MaxSessionsPerIdentity int
 
 	// Anonymous turns authentication off (every client is an operator).
 	Anonymous bool
@@ -283,10 +295,11 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		}
 	}
 	maxConns := 0 // the broker's default per identity
+	maxSessions := cfg.MaxSessionsPerIdentity
 	if cfg.Anonymous {
 		// Every anonymous client shares one identity: a per-identity cap
 		// would cap the whole (loopback, test or demo) fleet.
-		maxConns = -1
+		maxConns, maxSessions = -1, -1
 	}
 	// The in-process services that answer device requests, each on its
 	// own request filters: the shadow engine serves state/… and
@@ -306,6 +319,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	for _, svc := range services {
 		requestFilters = append(requestFilters, svc.filters...)
 	}
+	// The broker's retained messages and persistent sessions; closed
+	// after the broker.
+	brokerDB := filepath.Join(cfg.DataDir, "broker.db")
+	bst, err := boltstore.Open(ctx, boltstore.Config{Path: brokerDB, Timeout: time.Second})
+	if err != nil {
+		return brokerStateError(err)
+	}
+	s.push("broker.db", bst)
 	brk, err := broker.Open(ctx, broker.Config{
 		MaxConnsPerIdentity: maxConns,
 		MaxClientIDLength:   cfg.MaxClientIDLength,
@@ -351,13 +372,27 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		ServiceSubscriptions: cfg.ServiceSubscriptions,
 		// Requests are commands, never retained state.
 		RequestFilters: requestFilters,
+
+		// Retained messages and persistent sessions: durable, and their
+		// limits (docs/protocol.md, Durability).
+		Store:                  bst,
+		MaxRetained:            cfg.MaxRetained,
+		MaxRetainedBytes:       cfg.MaxRetainedBytes,
+		MaxQueuedBytes:         cfg.MaxQueuedBytes,
+		ServiceQueuedBytes:     cfg.ServiceQueuedBytes,
+		MaxSessionsPerIdentity: maxSessions,
 	})
 	if err != nil {
-		return err
+		return brokerStateError(err)
 	}
 	s.push("broker", brk) // closes before the engine and the identity store
 	s.brk = brk
 	pub.b.Store(brk)
+	// Restored sessions whose credential ended while Umbra was down (an
+	// admin token rotated by deleting its file) go, as at a revocation.
+	if n := brk.Evict(ctx, func(id broker.Identity) bool { return !ids.Valid(id) }); n > 0 {
+		m.AddEvictions(evictStale, n)
+	}
 	m.RegisterBroker(func() metrics.BrokerStats {
 		st := brk.Stats()
 		return metrics.BrokerStats{
@@ -367,6 +402,10 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
 			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
 			ClientIDsRefused: st.ClientIDsRefused,
+			Retained: st.Retained, RetainedBytes: st.RetainedBytes, RetainedRefused: st.RetainedRefused,
+			PersistentSessions: st.PersistentSessions, SessionsRefused: st.SessionsRefused,
+			QueuedBytes: st.QueuedBytes, QueueBytesDropped: st.QueueBytesDropped,
+			StoreCommits: st.StoreCommits, StoreErrors: st.StoreErrors, StoreTime: st.StoreTime,
 		}
 	})
 	for _, svc := range services {
@@ -716,4 +755,19 @@ func disconnectReason(err error) string {
 		return "slow_consumer"
 	}
 	return "error"
+}
+
+var _ broker.Store = (*boltstore.Store)(nil)
+
+// brokerStateError explains what to do about a broker.db serve cannot
+// use: it never starts without the state it holds.
+func brokerStateError(err error) error {
+	switch {
+	case errors.Is(err, boltstore.ErrCorrupt):
+		return fmt.Errorf("server: %w (the broker's retained messages and persistent sessions; "+
+			"to start without them, move broker.db out of the data dir)", err)
+	case errors.Is(err, boltstore.ErrLocked):
+		return fmt.Errorf("server: %w", err)
+	}
+	return err
 }

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/brokertest"
+)
+
+// mosquittoAt runs a mosquitto client tool against the broker at addr
+// (host:port) and returns its standard output; a failure fails the test.
+func mosquittoAt(t *testing.T, addr, tool string, args ...string) string {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	cmd := exec.CommandContext(t.Context(), mosquittoTool(t, tool), append([]string{"-h", host, "-p", port}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %v: %v (stderr %q, stdout %q)", tool, args, err, stderr.String(), stdout.String())
+	}
+	return stdout.String()
+}
+
+// metric returns the value of a series in the server's /metrics.
+func metric(t *testing.T, httpAddr, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s not in /metrics", series)
+	return 0
+}
+
+// TestDurableBrokerKill9 runs the real binary: persistent sessions
+// (mosquitto_sub -c, and paho with clean session off) keep their
+// subscriptions and the QoS 1 messages queued for them, acknowledged to
+// their publisher before a SIGKILL, across a restart on the same data dir.
+// The topics are shadow requests (state/<id>/get), which operators may
+// publish and subscribe to; retained messages across a SIGKILL are tested
+// on the broker itself (broker's TestDurableKill9), since the default
+// policy lets clients publish requests only, and requests are not state.
+func TestDurableBrokerKill9(t *testing.T) {
+	bin := buildUmbra(t)
+	dataDir := t.TempDir()
+	args := []string{"--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", "127.0.0.1:0", "--insecure-anonymous"}
+	proc, addr, _ := startServe(t, bin, dataDir, args...)
+
+	pub := func(id string, extra ...string) {
+		t.Helper()
+		mosquittoAt(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, extra...)...)
+	}
+	// mosquitto_sub -c: a persistent session that subscribes and exits
+	// once SUBACK arrives (-E).
+	mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-E")
+	// paho, clean session off, subscribed, gone.
+	pahoSub := brokertest.Connect(t, "tcp://"+addr, "dur-paho", func(o *mqtt.ClientOptions) { o.SetCleanSession(false) })
+	brokertest.Subscribe(t, pahoSub, "state/+/delete", 1)
+	pahoSub.Disconnect(100)
+	for i := range 3 {
+		pub(fmt.Sprintf("sp%d", i), "-t", "state/dev-1/get", "-m", fmt.Sprintf(`{"clientToken":"g%d"}`, i))
+		pub(fmt.Sprintf("pp%d", i), "-t", "state/dev-1/delete", "-m", fmt.Sprintf(`{"clientToken":"d%d"}`, i))
+	}
+	if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	proc.Wait()
+
+	_, addr, httpAddr := startServe(t, bin, dataDir, args...)
+	if got := metric(t, httpAddr, "umbra_broker_persistent_sessions"); got != 2 {
+		t.Errorf("umbra_broker_persistent_sessions after kill -9: got %v, want 2", got)
+	}
+	got := mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-C", "3", "-W", "10")
+	if want := "{\"clientToken\":\"g0\"}\n{\"clientToken\":\"g1\"}\n{\"clientToken\":\"g2\"}\n"; got != want {
+		t.Errorf("mosquitto_sub -c after kill -9: got %q, want %q", got, want)
+	}
+	// paho does not subscribe again: the restored subscription delivers.
+	msgs := make(chan brokertest.Message, 16)
+	brokertest.Connect(t, "tcp://"+addr, "dur-paho", func(o *mqtt.ClientOptions) {
+		o.SetCleanSession(false)
+		o.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+			msgs <- brokertest.Message{Topic: m.Topic(), Payload: m.Payload(), QoS: m.Qos()}
+		})
+	})
+	seen := map[string]bool{}
+	for range 3 {
+		seen[string(brokertest.Next(t, msgs, brokertest.Timeout).Payload)] = true
+	}
+	for i := range 3 {
+		if p := fmt.Sprintf(`{"clientToken":"d%d"}`, i); !seen[p] {
+			t.Errorf("paho's queued messages after kill -9: got %v, missing %s", seen, p)
+		}
+	}
+	pub("pp-live", "-t", "state/dev-2/delete", "-m", "live")
+	if m := brokertest.Next(t, msgs, brokertest.Timeout); m.Topic != "state/dev-2/delete" || string(m.Payload) != "live" {
+		t.Errorf("paho after kill -9: got %v, want state/dev-2/delete \"live\" through the restored subscription", m)
+	}
+}
+
+// TestServeBrokerDB: serve refuses a broker.db it cannot read, with an
+// error that names it and leaves it alone, and starts on an existing data
+// dir that has none (made by an older Umbra).
+func TestServeBrokerDB(t *testing.T) {
+	refuse := []struct {
+		name  string
+		setup func(t *testing.T, path string)
+		want  []string
+	}{
+		{"damaged", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, bytes.Repeat([]byte("garbage!"), 1024), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"broker.db", "unreadable", "move broker.db out of the data dir"}},
+		{"not a file", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"broker.db"}},
+	}
+	for _, tc := range refuse {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "broker.db")
+			tc.setup(t, path)
+			before, _ := os.ReadFile(path)
+			root := newRootCmd()
+			var out bytes.Buffer
+			root.SetOut(&out)
+			root.SetErr(&out)
+			root.SetArgs([]string{"serve", "--data-dir", dir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", "", "--insecure-anonymous"})
+			err := root.ExecuteContext(t.Context())
+			if err == nil {
+				t.Fatal("serve with a bad broker.db: got nil error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("serve with a bad broker.db: got %q, want it to mention %q", err, w)
+				}
+			}
+			if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+				t.Error("serve changed the broker.db it refused")
+			}
+		})
+	}
+	t.Run("missing", func(t *testing.T) {
+		dir := t.TempDir()
+		t.Run("first start", func(t *testing.T) {
+			startServerConfig(t, func(c *serveConfig) { c.anonymous, c.dataDir = true, dir })
+		})
+		if err := os.Remove(filepath.Join(dir, "broker.db")); err != nil {
+			t.Fatal(err)
+		}
+		startServerConfig(t, func(c *serveConfig) { c.anonymous, c.dataDir = true, dir })
+		if _, err := os.Stat(filepath.Join(dir, "broker.db")); err != nil {
+			t.Errorf("broker.db after starting without one: %v", err)
+		}
+	})
+}
