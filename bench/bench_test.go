@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/internal/loadgen"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/shadow"
@@ -123,29 +124,53 @@ func openBroker(tb testing.TB, cfg broker.Config) *broker.Server {
 func brokerURL(brk *broker.Server) string { return "tcp://" + brk.Addr().String() }
 
 // umbra is the system under test, wired as cmd/umbra/serve.go wires it:
-// broker, shadow engine on a bbolt file, engine subscribed to the request
-// filters, delta catch-up on subscribe, and the Prometheus metrics hooks.
+// broker with its durable state in broker.db, shadow engine on a bbolt
+// file, engine subscribed to the request filters, delta catch-up on
+// subscribe, and the Prometheus metrics hooks.
 type umbra struct {
-	brk  *broker.Server
-	eng  *shadow.Engine
-	path string
+	brk   *broker.Server
+	eng   *shadow.Engine
+	store *boltstore.Store // the broker's; nil without one
+	path  string
 
 	once sync.Once
 }
+
+// brokerStore selects whether openUmbraWith gives the broker a Store.
+type brokerStore bool
+
+const (
+	withBrokerStore    brokerStore = true  // as umbra serve: retained messages and sessions in broker.db
+	withoutBrokerStore brokerStore = false // the broker's state in memory only
+)
 
 // openUmbra opens Umbra with its data in dir. The per-device rate limit is
 // disabled (DeviceRate < 0): a benchmark client sends far more than the
 // default 20 requests/s a real device may.
 func openUmbra(tb testing.TB, dir string) *umbra {
 	tb.Helper()
+	return openUmbraWith(tb, dir, withBrokerStore)
+}
+
+// openUmbraWith is openUmbra with or without the broker's Store.
+func openUmbraWith(tb testing.TB, dir string, store brokerStore) *umbra {
+	tb.Helper()
 	u := &umbra{path: filepath.Join(dir, "shadow.db")}
 	m := metrics.New()
 	var eng atomic.Pointer[shadow.Engine]
-	u.brk = openBroker(tb, broker.Config{OnSubscribe: func(clientID string, filters []string) {
+	cfg := broker.Config{OnSubscribe: func(clientID string, filters []string) {
 		if e := eng.Load(); e != nil {
 			e.HandleSubscribe(clientID, filters)
 		}
-	}})
+	}}
+	if store {
+		st, err := boltstore.Open(tb.Context(), boltstore.Config{Path: filepath.Join(dir, "broker.db")})
+		if err != nil {
+			tb.Fatalf("open broker.db: %v", err)
+		}
+		u.store, cfg.Store = st, st
+	}
+	u.brk = openBroker(tb, cfg)
 	m.RegisterBroker(func() metrics.BrokerStats {
 		s := u.brk.Stats()
 		return metrics.BrokerStats{ClientsConnected: s.ClientsConnected}
@@ -176,6 +201,9 @@ func openUmbra(tb testing.TB, dir string) *umbra {
 func (u *umbra) close(tb testing.TB) {
 	u.once.Do(func() {
 		closeWithin(tb, "broker", u.brk)
+		if u.store != nil {
+			closeWithin(tb, "broker.db", u.store)
+		}
 		closeWithin(tb, "shadow engine", u.eng)
 	})
 }
@@ -215,6 +243,48 @@ func BenchmarkShadowUpdate(b *testing.B) {
 	}
 	m.add("umbra/echo", m.mean("updates/s")/m.mean("echo-updates/s"))
 	m.add("commits/s", m.mean("updates/s")/m.mean("docs/commit"))
+	m.report(b)
+}
+
+// BenchmarkShadowUpdateDurable measures what the broker's durable state
+// costs the shadow path: the closed loop of BenchmarkShadowUpdate with
+// devices that keep persistent sessions (clean session off), so that every
+// accepted reply is held for the device's session until its PUBACK, run
+// against Umbra with the broker's Store (broker.db, as umbra serve) and,
+// in the same iteration, without it (the broker's state in memory).
+// store/memory is the ratio of their updates/s; broker-commits/s and
+// broker-ops/commit show what the committer wrote (replies acknowledged
+// within lazyCommitDelay are never written).
+func BenchmarkShadowUpdateDurable(b *testing.B) {
+	k := numClients(b)
+	var m means
+	for b.Loop() {
+		for _, phase := range []struct {
+			name  string
+			store brokerStore
+		}{{"memory", withoutBrokerStore}, {"store", withBrokerStore}} {
+			pprof.Do(b.Context(), pprof.Labels("phase", phase.name), func(context.Context) {
+				u := openUmbraWith(b, b.TempDir(), phase.store)
+				cfg := loadConfig(b, brokerURL(u.brk), k)
+				cfg.Persistent = true
+				before := u.brk.Stats()
+				r, cpu := runLoad(b, cfg)
+				after := u.brk.Stats()
+				u.close(b)
+				m.add(phase.name+"-updates/s", r.PerSecond)
+				m.add(phase.name+"-p99-ms", ms(r.P99))
+				m.add(phase.name+"-cpu-cores", cpu.Self)
+				if phase.store {
+					commits := after.StoreCommits - before.StoreCommits
+					m.add("broker-commits/s", float64(commits)/r.Elapsed.Seconds())
+					if commits > 0 {
+						m.add("broker-ops/commit", float64(after.StoreOps-before.StoreOps)/float64(commits))
+					}
+				}
+			})
+		}
+	}
+	m.add("store/memory", m.mean("store-updates/s")/m.mean("memory-updates/s"))
 	m.report(b)
 }
 

@@ -17,8 +17,15 @@ import (
 // message queued and acknowledged between two commits is never written,
 // and a commit's size is bounded by the state, not by the change rate.
 
-// Committer backoff after a failed commit.
+// Committer timing.
 const (
+	// lazyCommitDelay is how long changes nobody waits for (subscribers'
+	// acknowledgements, session metadata, the broker's own messages) may
+	// wait for a commit. Commits for them are then at most this frequent,
+	// so they hardly add fsyncs to the disk the shadow engine commits to,
+	// and a message queued and acknowledged within it is never written.
+	lazyCommitDelay = 100 * time.Millisecond
+	// Backoff after a failed commit.
 	minCommitBackoff = 50 * time.Millisecond
 	maxCommitBackoff = 5 * time.Second
 )
@@ -36,16 +43,36 @@ func (l *ledger) start() {
 	}()
 }
 
-// run commits whenever something is dirty until close, then makes a last
-// commit.
+// run commits until close, then makes a last commit: at once when
+// someone waits for a change, otherwise lazyCommitDelay after the first
+// change nobody waits for.
 func (l *ledger) run(ctx context.Context) {
 	var backoff time.Duration
+	lazy := time.NewTimer(lazyCommitDelay)
+	lazy.Stop()
+	defer lazy.Stop()
+	lazyArmed := false
 	for {
 		select {
 		case <-l.kick:
+			l.mu.Lock()
+			urgent := l.urgent
+			l.mu.Unlock()
+			if !urgent {
+				if !lazyArmed {
+					lazy.Reset(lazyCommitDelay)
+					lazyArmed = true
+				}
+				continue
+			}
+		case <-lazy.C:
 		case <-l.stop:
 			l.lastErr = l.commit(ctx, true)
 			return
+		}
+		if lazyArmed {
+			lazy.Stop()
+			lazyArmed = false
 		}
 		if l.commit(ctx, false) == nil {
 			backoff = 0
@@ -60,7 +87,10 @@ func (l *ledger) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		l.wake() // retry the rewrite even if nothing changes
+		l.mu.Lock()
+		l.urgent = true // retry the rewrite now, even if nothing changes
+		l.mu.Unlock()
+		l.wake()
 	}
 }
 
@@ -90,6 +120,7 @@ func (l *ledger) commit(ctx context.Context, last bool) error {
 		ops = l.dirtyOps()
 	}
 	l.dirty = newDirtySet()
+	l.urgent = false
 	w := l.next
 	if last {
 		l.stopped = true

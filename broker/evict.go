@@ -108,7 +108,7 @@ func (s *Server) dropSession(cl *mqtt.Client) *commitWait {
 		cl.ClearInflights()
 		s.mq.UnsubscribeClient(cl)
 		s.mq.Clients.Delete(cl.ID)
-		stored = s.ledger.sessionEnded(cl.ID)
+		stored = s.ledger.sessionEnded(cl.ID, true)
 	}
 	s.hook.forget(cl)
 	return stored

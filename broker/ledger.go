@@ -58,6 +58,7 @@ type ledger struct {
 	dirty         dirtySet                       // keys changed since the last commit
 	rewrite       bool                           // the next commit rewrites everything (after a failed one)
 	next          *commitWait                    // the commit that will include changes made now
+	urgent        bool                           // someone waits for next: commit without delay
 	stopped       bool                           // the committer has made its last commit
 
 	// index mirrors sessions (written under mu) for the lookups on the
@@ -265,11 +266,13 @@ func (l *ledger) wake() {
 }
 
 // pendingWait returns the commit that will include the changes made so
-// far.
+// far, for a caller that waits for it: the committer commits at once
+// instead of after lazyCommitDelay.
 func (l *ledger) pendingWait() *commitWait {
 	if l.stopped {
 		return closedWait
 	}
+	l.urgent = l.store != nil
 	return l.next
 }
 
@@ -551,17 +554,21 @@ func (l *ledger) OnClientExpired(cl *mqtt.Client) {
 	if cur, ok := l.s.mq.Clients.Get(cl.ID); ok && cur != cl {
 		return // taken over meanwhile
 	}
-	l.sessionEnded(cl.ID)
+	l.sessionEnded(cl.ID, false)
 }
 
-// sessionEnded removes the session of clientID, if any, and returns the
-// commit that removes it from the store.
-func (l *ledger) sessionEnded(clientID string) *commitWait {
+// sessionEnded removes the session of clientID, if any. With wait, it
+// returns the commit that removes it from the store, for the caller to
+// wait for; otherwise nil.
+func (l *ledger) sessionEnded(clientID string, wait bool) *commitWait {
 	l.mu.Lock()
 	if se := l.sessions[clientID]; se != nil {
 		l.removeSession(se)
 	}
-	w := l.pendingWait()
+	var w *commitWait
+	if wait {
+		w = l.pendingWait()
+	}
 	l.mu.Unlock()
 	l.wake()
 	return w
@@ -608,10 +615,13 @@ func (l *ledger) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	for _, f := range pk.Filters {
 		l.deleteSub(se, f.Filter)
 	}
-	w := l.pendingWait()
+	var w *commitWait
+	if pk.PacketID != 0 {
+		w = l.pendingWait()
+	}
 	l.mu.Unlock()
 	l.wake()
-	if pk.PacketID != 0 {
+	if w != nil {
 		if err := await(w); err != nil {
 			l.log.Warn("unsubscribe acknowledged although not stored", "client", cl.ID, "error", err)
 		}

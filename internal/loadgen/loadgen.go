@@ -73,6 +73,10 @@ type Config struct {
 	Timeout time.Duration
 	// Samples bounds the latency sample (reservoir sampling).
 	Samples int
+	// Persistent connects the clients with clean session off, as devices
+	// that keep a persistent session do: the broker then holds every QoS 1
+	// response for the client's session until it is acknowledged.
+	Persistent bool
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 }
@@ -303,7 +307,7 @@ func newClient(cfg *Config, id string, m *meter) *client {
 		c.slots <- struct{}{}
 	}
 	opts := paho.NewClientOptions().AddBroker(cfg.Server).SetClientID(id).
-		SetCleanSession(true).SetOrderMatters(false).SetAutoReconnect(false).
+		SetCleanSession(!cfg.Persistent).SetOrderMatters(false).SetAutoReconnect(false).
 		SetConnectTimeout(cfg.Timeout).SetWriteTimeout(cfg.Timeout).SetKeepAlive(60 * time.Second).
 		SetDefaultPublishHandler(func(_ paho.Client, msg paho.Message) { c.response(m, msg) })
 	c.cl = paho.NewClient(opts)
