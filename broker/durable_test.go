@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -398,5 +399,95 @@ func TestDurableExpiry(t *testing.T) {
 	}
 	if state := r.load(); len(state.Sessions) != 0 {
 		t.Errorf("stored sessions after the expiry: got %+v, want none", state.Sessions)
+	}
+}
+
+// watchedStore records the ops its Store applied, and blocks Apply while
+// gate is held.
+type watchedStore struct {
+	broker.Store
+	gate sync.Mutex // held by a test to block Apply
+
+	mu      sync.Mutex // guards applied
+	applied []broker.StoreOp
+}
+
+func (w *watchedStore) Apply(ctx context.Context, ops []broker.StoreOp) error {
+	w.gate.Lock()
+	w.gate.Unlock() // an empty critical section: wait for the test
+	err := w.Store.Apply(ctx, ops)
+	if err == nil {
+		w.mu.Lock()
+		w.applied = append(w.applied, ops...)
+		w.mu.Unlock()
+	}
+	return err
+}
+
+// has reports whether an op of kind about topic (a retained message's,
+// a subscription's filter, a queued message's) has been applied.
+func (w *watchedStore) has(kind broker.OpKind, topic string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, op := range w.applied {
+		if op.Kind == kind && (op.Message.Topic == topic || op.Subscription.Filter == topic || op.Queued.Message.Topic == topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDurableBeforeAck: a retained message, a message queued for a
+// persistent session and a subscription are in the store when their
+// PUBACK or SUBACK arrives; a request to an in-process subscriber (the
+// shadow engine's) is acknowledged without waiting for the store.
+func TestDurableBeforeAck(t *testing.T) {
+	bst, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "broker.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bst.Close(context.Background()) })
+	ws := &watchedStore{Store: bst}
+	b := brokertest.New(t, broker.Config{Store: ws})
+	if err := b.Subscribe("g/req", func(string, string, []byte) {}); err != nil {
+		t.Fatal(err)
+	}
+
+	sub := dialRaw(t, b.Addr())
+	sub.connect(v311, "ps", false)
+	sub.write(subscribePacket(v311, 1, "g/#", 1))
+	sub.expect(typeSuback)
+	if !ws.has(broker.OpPutSubscription, "g/#") {
+		t.Error("SUBACK before the subscription was stored")
+	}
+	sub.write([]byte{typeDisconn << 4, 0})
+	sub.expectClosed()
+
+	pub := dialRaw(t, b.Addr())
+	pub.connect(v311, "pub", true)
+	pub.write(publishPacket(v311, "g/data", 1, 1, []byte("queued")))
+	pub.expect(typePuback)
+	if !ws.has(broker.OpPutQueued, "g/data") {
+		t.Error("PUBACK before the message queued for the offline session was stored")
+	}
+	pub.write(retainedPublish(v311, "r/x", 1, 2, []byte("kept")))
+	pub.expect(typePuback)
+	if !ws.has(broker.OpPutRetained, "r/x") {
+		t.Error("PUBACK before the retained message was stored")
+	}
+
+	ws.gate.Lock() // the store cannot write
+	pub.write(publishPacket(v311, "g/req", 1, 3, []byte("request")))
+	pub.expect(typePuback) // fails after 5s if it waited for the store
+	ws.gate.Unlock()
+	// Delivery follows PUBACK, with no event the test sees.
+	if !eventually(func() bool { return b.Stats().QueuedBytes == int64(len("queued")+len("request")) }) {
+		t.Fatalf("Stats.QueuedBytes: got %d, want both messages queued", b.Stats().QueuedBytes)
+	}
+	if err := broker.Flush(b); err != nil {
+		t.Fatal(err)
+	}
+	if !ws.has(broker.OpPutQueued, "g/req") {
+		t.Error("the request queued for the offline session was never stored")
 	}
 }
