@@ -580,23 +580,39 @@ func (l *ledger) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) 
 	if !persistent(cl) {
 		return
 	}
-	l.mu.Lock()
-	se := l.sessions[cl.ID]
-	if se == nil {
-		l.mu.Unlock()
-		return
-	}
-	for i, f := range pk.Filters {
-		if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code {
-			l.putSub(se, subscriptionOf(f))
+	err := l.update(cl.ID, true, func(se *sessionEntry) {
+		for i, f := range pk.Filters {
+			if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code {
+				l.putSub(se, subscriptionOf(f))
+			}
 		}
-	}
-	w := l.pendingWait()
-	l.mu.Unlock()
-	l.wake()
-	if err := await(w); err != nil {
+	})
+	if err != nil {
 		l.log.Warn("subscription acknowledged although not stored", "client", cl.ID, "error", err)
 	}
+}
+
+// update runs f on clientID's session, if there is one, under l.mu, and
+// has the change committed; with wait it returns once the change is on
+// disk, with the commit's error.
+func (l *ledger) update(clientID string, wait bool, f func(*sessionEntry)) error {
+	l.mu.Lock()
+	se := l.sessions[clientID]
+	if se == nil {
+		l.mu.Unlock()
+		return nil
+	}
+	f(se)
+	var w *commitWait
+	if wait {
+		w = l.pendingWait()
+	}
+	l.mu.Unlock()
+	l.wake()
+	if w == nil {
+		return nil
+	}
+	return await(w)
 }
 
 // OnUnsubscribed removes subscriptions of a persistent session. For an
@@ -606,25 +622,13 @@ func (l *ledger) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || cl.IsTakenOver() {
 		return
 	}
-	l.mu.Lock()
-	se := l.sessions[cl.ID]
-	if se == nil {
-		l.mu.Unlock()
-		return
-	}
-	for _, f := range pk.Filters {
-		l.deleteSub(se, f.Filter)
-	}
-	var w *commitWait
-	if pk.PacketID != 0 {
-		w = l.pendingWait()
-	}
-	l.mu.Unlock()
-	l.wake()
-	if w != nil {
-		if err := await(w); err != nil {
-			l.log.Warn("unsubscribe acknowledged although not stored", "client", cl.ID, "error", err)
+	err := l.update(cl.ID, pk.PacketID != 0, func(se *sessionEntry) {
+		for _, f := range pk.Filters {
+			l.deleteSub(se, f.Filter)
 		}
+	})
+	if err != nil {
+		l.log.Warn("unsubscribe acknowledged although not stored", "client", cl.ID, "error", err)
 	}
 }
 
@@ -831,20 +835,11 @@ func (l *ledger) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // forgetPacket removes the record bound to clientID's packet pid.
 func (l *ledger) forgetPacket(clientID string, pid uint16) {
-	l.mu.Lock()
-	se := l.sessions[clientID]
-	if se == nil {
-		l.mu.Unlock()
-		return
-	}
-	r := se.bound[pid]
-	if r != nil {
-		l.removeRecord(se, r)
-	}
-	l.mu.Unlock()
-	if r != nil {
-		l.wake()
-	}
+	_ = l.update(clientID, false, func(se *sessionEntry) {
+		if r := se.bound[pid]; r != nil {
+			l.removeRecord(se, r)
+		}
+	})
 }
 
 // OnPacketRead follows a persistent session's acknowledgements of the
@@ -865,15 +860,12 @@ func (l *ledger) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 			l.forgetPacket(cl.ID, pk.PacketID)
 			break
 		}
-		l.mu.Lock()
-		if se := l.sessions[cl.ID]; se != nil {
+		_ = l.update(cl.ID, false, func(se *sessionEntry) {
 			if r := se.bound[pk.PacketID]; r != nil && !r.released {
 				r.released = true
 				l.markRecord(r)
 			}
-		}
-		l.mu.Unlock()
-		l.wake()
+		})
 	}
 	return pk, nil
 }

@@ -50,17 +50,7 @@ import (
 // Client; outboundOK reports whether the field exists with the expected
 // type (checked once, so a mochi upgrade that changes it disables service
 // queues instead of corrupting memory).
-var outboundOffset, outboundOK = func() (uintptr, bool) {
-	st, ok := reflect.TypeFor[mqtt.Client]().FieldByName("State")
-	if !ok || st.Type.Kind() != reflect.Struct {
-		return 0, false
-	}
-	f, ok := st.Type.FieldByName("outbound")
-	if !ok || f.Type != reflect.TypeFor[chan *packets.Packet]() {
-		return 0, false
-	}
-	return st.Offset + f.Offset, true
-}()
+var outboundOffset, outboundOK = clientStateField("outbound", reflect.TypeFor[chan *packets.Packet]())
 
 // outboundOf returns a pointer to cl's outbound queue. It must only be
 // used when outboundOK.

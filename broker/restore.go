@@ -40,17 +40,7 @@ import (
 // reports whether the field exists with the expected type. If a mochi
 // upgrade changes it, restored sessions expire a session expiry after the
 // restart instead (logged once at Open).
-var stopTimeOffset, stopTimeOK = func() (uintptr, bool) {
-	st, ok := reflect.TypeFor[mqtt.Client]().FieldByName("State")
-	if !ok || st.Type.Kind() != reflect.Struct {
-		return 0, false
-	}
-	f, ok := st.Type.FieldByName("disconnected")
-	if !ok || f.Type != reflect.TypeFor[int64]() {
-		return 0, false
-	}
-	return st.Offset + f.Offset, true
-}()
+var stopTimeOffset, stopTimeOK = clientStateField("disconnected", reflect.TypeFor[int64]())
 
 // setStopTime sets the time mochi counts cl's session expiry from. cl
 // must be stopped, and not yet reachable by other goroutines.

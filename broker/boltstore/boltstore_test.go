@@ -31,6 +31,20 @@ func mustOpen(tb testing.TB, path string) *boltstore.Store {
 	return s
 }
 
+// editBolt changes the bbolt file at path (created if missing) with f,
+// as another program (or damage) might.
+func editBolt(t *testing.T, path string, f func(*bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestContract(t *testing.T) {
 	brokertest.StoreContract(t, func(tb testing.TB, dir string) (broker.Store, func()) {
 		s := mustOpen(tb, filepath.Join(dir, "broker.db"))
@@ -57,33 +71,19 @@ func TestOpenErrors(t *testing.T) {
 			}
 		}, boltstore.ErrCorrupt},
 		{"another bbolt file", func(t *testing.T, path string) {
-			db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := db.Update(func(tx *bolt.Tx) error {
+			editBolt(t, path, func(tx *bolt.Tx) error {
 				_, err := tx.CreateBucket([]byte("retained"))
 				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			db.Close()
+			})
 		}, boltstore.ErrCorrupt},
 		{"newer format", func(t *testing.T, path string) {
-			db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := db.Update(func(tx *bolt.Tx) error {
+			editBolt(t, path, func(tx *bolt.Tx) error {
 				b, err := tx.CreateBucket([]byte("meta"))
 				if err != nil {
 					return err
 				}
 				return b.Put([]byte("format"), []byte("2"))
-			}); err != nil {
-				t.Fatal(err)
-			}
-			db.Close()
+			})
 		}, boltstore.ErrCorrupt},
 		{"locked", func(t *testing.T, path string) {
 			mustOpen(t, path)
@@ -159,11 +159,8 @@ func TestLoadCorruptRecord(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.Close(context.Background())
-			db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := db.Update(func(tx *bolt.Tx) error {
+			editBolt(t, path, func(tx *bolt.Tx) error {
+				var err error
 				b := tx.Bucket([]byte(tc.bucket[0]))
 				for _, name := range tc.bucket[1:] {
 					if b, err = b.CreateBucketIfNotExists([]byte(name)); err != nil {
@@ -176,12 +173,9 @@ func TestLoadCorruptRecord(t *testing.T) {
 					}
 				}
 				return b.Put([]byte(tc.key), []byte(tc.val))
-			}); err != nil {
-				t.Fatal(err)
-			}
-			db.Close()
+			})
 			s = mustOpen(t, path)
-			_, err = s.Load(t.Context())
+			_, err := s.Load(t.Context())
 			if !errors.Is(err, boltstore.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Load: got %v, want an error wrapping ErrCorrupt naming %s", err, tc.want)
 			}
