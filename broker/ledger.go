@@ -634,8 +634,7 @@ func (l *ledger) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnPublish applies the retained-message limit to a client's PUBLISH and,
 // with a Store, writes the message for every persistent session it is
-// queued for before mochi acknowledges it (unless it is a request to an
-// in-process service, see writeQueued).
+// queued for before mochi acknowledges it.
 func (l *ledger) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -687,14 +686,6 @@ func (l *ledger) writeQueued(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	subs := l.s.mq.Topics.Subscribers(pk.TopicName)
-	if len(subs.InlineSubscriptions) > 0 {
-		// A request to an in-process service (the shadow engine's
-		// state/<id>/update, …): Umbra makes its outcome durable. Copies
-		// for persistent sessions (a device subscribed to its own topics
-		// with a wildcard, an operator to #) are written lazily, when
-		// delivered, so they never delay a device's PUBACK.
-		return nil
-	}
 	maxQoS := l.s.mq.Options.Capabilities.MaximumQos
 	l.mu.Lock()
 	b := &publishBatch{}
