@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/internal/loadgen"
@@ -252,20 +254,32 @@ func BenchmarkShadowUpdate(b *testing.B) {
 // accepted reply is held for the device's session until its PUBACK, run
 // against Umbra with the broker's Store (broker.db, as umbra serve) and,
 // in the same iteration, without it (the broker's state in memory).
-// store/memory is the ratio of their updates/s; broker-commits/s (over
+// store/memory is the ratio of their updates/s. broker-commits/s (over
 // the whole run: connects, whose SUBACKs wait for commits, and warmup
 // included) and broker-ops/commit show what the committer wrote (replies
 // acknowledged within its 100 ms lazy delay are never written).
+//
+// The monitored phases add the worst case: an operator's monitor with a
+// persistent session subscribed to state/+/update, so that every device's
+// update is queued for a persistent session and, with the Store, is on
+// disk before its PUBACK. monitored-store/monitored-memory is their ratio.
 func BenchmarkShadowUpdateDurable(b *testing.B) {
 	k := numClients(b)
 	var m means
 	for b.Loop() {
 		for _, phase := range []struct {
-			name  string
-			store brokerStore
-		}{{"memory", withoutBrokerStore}, {"store", withBrokerStore}} {
+			name    string
+			store   brokerStore
+			monitor bool
+		}{
+			{"memory", withoutBrokerStore, false}, {"store", withBrokerStore, false},
+			{"monitored-memory", withoutBrokerStore, true}, {"monitored-store", withBrokerStore, true},
+		} {
 			pprof.Do(b.Context(), pprof.Labels("phase", phase.name), func(context.Context) {
 				u := openUmbraWith(b, b.TempDir(), phase.store)
+				if phase.monitor {
+					monitorUpdates(b, brokerURL(u.brk))
+				}
 				cfg := loadConfig(b, brokerURL(u.brk), k)
 				cfg.Persistent = true
 				before, start := u.brk.Stats(), time.Now()
@@ -274,8 +288,8 @@ func BenchmarkShadowUpdateDurable(b *testing.B) {
 				u.close(b)
 				m.add(phase.name+"-updates/s", r.PerSecond)
 				m.add(phase.name+"-p99-ms", ms(r.P99))
-				m.add(phase.name+"-cpu-cores", cpu.Self)
-				if phase.store {
+				m.add(phase.name+"-updates/cpu-s", perCPU(r.PerSecond, cpu))
+				if phase.store == withBrokerStore && !phase.monitor {
 					commits := after.StoreCommits - before.StoreCommits
 					m.add("broker-commits/s", float64(commits)/took.Seconds()) // connects and warmup included
 					if commits > 0 {
@@ -286,7 +300,27 @@ func BenchmarkShadowUpdateDurable(b *testing.B) {
 		}
 	}
 	m.add("store/memory", m.mean("store-updates/s")/m.mean("memory-updates/s"))
+	m.add("monitored-store/monitored-memory", m.mean("monitored-store-updates/s")/m.mean("monitored-memory-updates/s"))
 	m.report(b)
+}
+
+// monitorUpdates connects an operator's monitor with a persistent session
+// subscribed to every shadow update at QoS 1; it reads and acknowledges
+// them until the broker closes.
+func monitorUpdates(tb testing.TB, url string) {
+	tb.Helper()
+	opts := paho.NewClientOptions().AddBroker(url).SetClientID("monitor").
+		SetCleanSession(false).SetOrderMatters(false).SetAutoReconnect(false).
+		SetConnectTimeout(requestTimeout).SetKeepAlive(60 * time.Second)
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(requestTimeout) || tok.Error() != nil {
+		tb.Fatalf("connect monitor: %v", tok.Error())
+	}
+	tb.Cleanup(func() { c.Disconnect(0) })
+	tok := c.Subscribe(shadow.UpdateFilter, 1, func(paho.Client, paho.Message) {})
+	if !tok.WaitTimeout(requestTimeout) || tok.Error() != nil {
+		tb.Fatalf("subscribe monitor: %v", tok.Error())
+	}
 }
 
 // runUmbra runs the closed loop of k clients against a fresh Umbra and adds
