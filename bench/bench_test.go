@@ -257,7 +257,7 @@ func BenchmarkShadowUpdate(b *testing.B) {
 // store/memory is the ratio of their updates/s. broker-commits/s (over
 // the whole run: connects, whose SUBACKs wait for commits, and warmup
 // included) and broker-ops/commit show what the committer wrote (replies
-// acknowledged within its 100 ms lazy delay are never written).
+// acknowledged within its one-second lazy delay are never written).
 //
 // The monitored phases add the worst case: an operator's monitor with a
 // persistent session subscribed to state/+/update, so that every device's
