@@ -691,8 +691,10 @@ func (s *Server) TLSAddr() net.Addr {
 
 // Publish publishes a message from the broker itself. Subscribers receive
 // it with QoS min(qos, their subscription's QoS); retain stores it as the
-// topic's retained message (an empty payload clears it). Publish copies
-// payload. In-process subscribers (Subscribe) run before Publish returns.
+// topic's retained message (an empty payload clears it); such a retained
+// message is not written to Config.Store: its publisher restores it after
+// a restart. Publish copies payload. In-process subscribers (Subscribe) run
+// before Publish returns.
 //
 // Publish returns ErrClosed after Close, and errors wrapping ErrInvalidTopic
 // (empty, wildcard, $SYS or over-long topic), ErrInvalidQoS (qos > 2) or

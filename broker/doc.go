@@ -7,7 +7,9 @@
 // PUBREC and PUBCOMP), retained messages and persistent sessions: a client
 // that connects with clean session off (or an MQTT 5 session expiry) keeps
 // its subscriptions and receives the QoS 1 and 2 messages published while
-// it was offline, for up to Config.SessionExpiry. The broker knows nothing about
+// it was offline, for up to Config.SessionExpiry. With Config.Store,
+// retained messages and persistent sessions survive a restart (see
+// Durability). The broker knows nothing about
 // device shadows; cmd/umbra wires it to the shadow engine through Publish,
 // Subscribe and the Config callbacks. mochi's types do not leave this
 // package.
@@ -145,6 +147,98 @@
 // or a refusing CONNACK), the backlog is still written for up to a
 // second; Close of the Server drops it.
 //
+// # Persistent sessions, retained messages and their limits
+//
+// A persistent session holds at most Config.MaxInflight messages
+// (ServiceInflight for service clients) and Config.MaxQueuedBytes payload
+// bytes (ServiceQueuedBytes), counting both the messages queued while it is
+// offline and those sent and not yet acknowledged. When either is reached,
+// further messages for the session are dropped, the oldest kept (MQTT has
+// no way to tell their publisher): counted in Stats.InflightDropped
+// (messages) and Stats.QueueBytesDropped (bytes), with one log line when
+// a session reaches its bytes limit; other subscribers are not affected.
+//
+// Clients' retained messages are capped by Config.MaxRetained and
+// MaxRetainedBytes (the broker's own, from Publish, are not counted). A
+// PUBLISH that would retain a new topic beyond them is refused with reason
+// code 0x97 "quota exceeded" (MQTT 5, QoS 1 and 2: PUBACK or PUBREC; the
+// message is not delivered), or delivered without being retained (MQTT
+// 3.1.1, QoS 0, wills), counted in Stats.RetainedRefused and logged once
+// when the limit is reached. Replacing or clearing a retained message
+// always works, even if it grows the bytes beyond the limit.
+//
+// With Config.Auth, an identity has at most Config.MaxSessionsPerIdentity
+// persistent sessions, connected or offline; a CONNECT that would create
+// one more is refused with CONNACK 0x97 "quota exceeded" (MQTT 3.1.1: 3
+// "server unavailable"), counted in Stats.SessionsRefused and logged once
+// per identity until it is below again. Clean sessions and a client
+// resuming (or replacing) its own session are not affected.
+//
+// # Durability
+//
+// With Config.Store, the broker keeps in it the retained messages clients
+// published and every persistent session: client ID, owning Identity,
+// protocol version, session expiry, disconnect time, subscriptions with
+// their options (QoS, no local, retain as published, retain handling,
+// subscription identifier) and the QoS 1 and 2 messages queued for it or
+// sent to it and not yet acknowledged, with their packet identifiers and
+// QoS 2 state. Open restores all of it before the listeners serve, and
+// fails if the Store cannot be read: the broker never starts without the
+// state it acknowledged. What is on disk when:
+//
+//   - A client's retained message (set, replaced or cleared) is on disk
+//     before its PUBACK or PUBREC; at QoS 0, before the client's next
+//     packet is read.
+//   - A client's QoS 1 or 2 PUBLISH is on disk, for every persistent
+//     session (offline or connected) it is queued for, before its PUBACK
+//     or PUBREC. Only a PUBLISH that matches a persistent session's QoS 1
+//     or 2 subscription waits for the disk: a shadow request does only if
+//     some persistent session subscribes to it (an operator's monitor on
+//     # with clean session off, say), and then shares the commit with
+//     every request arriving meanwhile.
+//   - Granted subscriptions are on disk before SUBACK, removed ones before
+//     UNSUBACK.
+//   - A QoS 2 message sent to a persistent session is on disk with its
+//     packet identifier before it is written to the client, so a receiver
+//     that gets it again after a crash recognises it.
+//   - Evict returns once the evicted sessions are deleted from disk.
+//   - Everything else is written lazily: within a second, or with the next
+//     commit a caller waits for. That is subscribers' acknowledgements
+//     (PUBACK, PUBREC, PUBCOMP), the packet identifiers of QoS 1 messages
+//     sent, sessions created, resumed, disconnected, replaced by a clean
+//     session or expired, and messages not published by a client: the
+//     broker's own (Publish: the shadow engine's replies and deltas),
+//     wills, and retained messages sent to a session when it subscribes.
+//     A crash can therefore send an acknowledged QoS 1 message again (QoS
+//     1 allows duplicates), send a QoS 1 message with a new packet
+//     identifier, bring back a session that ended just before it, and
+//     lose the broker's own messages queued for offline sessions (a
+//     device gets its current delta when it subscribes, and its shadow
+//     with get).
+//   - Not kept: the broker's own retained messages (Publish with retain;
+//     their publisher restores them, as Umbra does for rollout status),
+//     the will of a client connected at a crash (not sent), the QoS 2 state
+//     of messages clients publish (a PUBREL after a restart completes the
+//     exchange; the message was delivered when it arrived), and $SYS.
+//
+// A restored session expires its session expiry after its client
+// disconnected (after the restart, for a client that was connected when
+// the broker stopped); sessions and MQTT 5 messages that expired while the
+// broker was down are dropped, and its queued messages are resent in the
+// order they were queued.
+//
+// Writes are grouped: one goroutine commits everything changed since its
+// last commit in one Store.Apply (one bbolt transaction and fsync), at
+// once when someone waits for it; a commit writes the state at that
+// moment, so a message queued and acknowledged in between is never
+// written. If a commit fails, it is logged and counted in
+// Stats.StoreErrors, the waiting callers learn it, and the next commit
+// (retried with backoff) rewrites the whole state: meanwhile a client's
+// PUBLISH queued for persistent sessions is refused (MQTT 5: PUBACK 0x83;
+// MQTT 3.1.1: not acknowledged, so the client sends it again), while
+// retained messages and subscriptions, already in effect, are acknowledged
+// and logged as not stored.
+//
 // # Devices and service clients
 //
 // Both limits are sized for many idle devices. A service client, one that
@@ -197,7 +291,9 @@
 // # Errors
 //
 // Open wraps ErrInvalidConfig (including TLSAddr without TLSConfig, or a
-// TLSConfig without a certificate) or the listen error. Publish and Subscribe
+// TLSConfig without a certificate), the Store's Load error, or the listen
+// error. Close returns an error wrapping the Store's if its last commit
+// failed. Publish and Subscribe
 // return ErrClosed, or wrap ErrInvalidTopic, ErrInvalidQoS, ErrTooLarge or
 // ErrNilHandler. Config.OnDisconnect receives nil for a clean DISCONNECT,
 // or an error matching ErrClosed, ErrTakenOver, ErrTooLarge,
