@@ -278,8 +278,10 @@ func TestDurableRestore(t *testing.T) {
 	expired.Expiry = now.Add(-time.Minute)
 	retained := msg("kept")
 	retained.Retain = true
+	// Without Auth every client's identity is its bare client ID: a stored
+	// session of another identity would be discarded at reconnect.
 	sess := func(id string, disconnected time.Time) broker.Session {
-		return broker.Session{ClientID: id, ProtocolVersion: 4, Identity: broker.Identity{ClientID: id, Name: id},
+		return broker.Session{ClientID: id, ProtocolVersion: 4, Identity: broker.Identity{ClientID: id},
 			Disconnected: disconnected}
 	}
 	short := sess("short", now.Add(-time.Minute))
@@ -472,5 +474,117 @@ func TestDurableBeforeAck(t *testing.T) {
 	pub.expect(typePuback)
 	if !ws.has(broker.OpPutRetained, "r/x") {
 		t.Error("PUBACK before the retained message was stored")
+	}
+}
+
+// TestDurableQoS2: a QoS 2 message sent to a persistent session keeps its
+// packet identifier across a crash (it is on disk before it is sent), and
+// one the client has acknowledged with PUBREC is finished with PUBREL
+// after the crash.
+func TestDurableQoS2(t *testing.T) {
+	r := newStoreRig(t, broker.Config{})
+	sub := dialRaw(t, r.b.Addr())
+	sub.connect(v311, "q2s", false)
+	sub.write(subscribePacket(v311, 1, "q2/#", 2))
+	sub.expect(typeSuback)
+	// Three acknowledged messages first: the next packet identifiers are
+	// not the ones a restored message would get anew.
+	for i := range 3 {
+		if err := r.b.Publish("q2/warm", []byte{byte(i)}, false, 1); err != nil {
+			t.Fatal(err)
+		}
+		_, id, _ := parsePublish(v311, sub.expect(typePublish))
+		sub.write(pubackPacket(id))
+	}
+	pub := dialRaw(t, r.b.Addr())
+	pub.connect(v311, "q2p", true)
+	ids := map[string]uint16{}
+	send := func(id uint16, payload string) {
+		t.Helper()
+		pub.write(publishPacket(v311, "q2/x", 2, id, []byte(payload)))
+		pub.expectAck(typePubrec, id)
+		pub.write(ackPacket(typePubrel, id))
+		pub.expectAck(typePubcomp, id)
+		_, sid, got := parsePublish(v311, sub.expect(typePublish))
+		if string(got) != payload {
+			t.Fatalf("subscriber got %q, want %q", got, payload)
+		}
+		ids[payload] = sid
+	}
+	send(1, "first")
+	sub.write(ackPacket(typePubrec, ids["first"])) // "first" moves to PUBREL
+	sub.expectAck(typePubrel, ids["first"])
+	if err := broker.Flush(r.b); err != nil { // the PUBREC is written lazily
+		t.Fatal(err)
+	}
+	// "second" is sent and not acknowledged: its packet identifier was
+	// written before it was sent, with no Flush.
+	send(2, "second")
+
+	r.crash()
+	sub = dialRaw(t, r.b.Addr())
+	sub.write(connectPacket(v311, "q2s", false, 30))
+	sub.expect(typeConnack)
+	got := map[string]uint16{}
+	for range 2 {
+		p, err := sub.read()
+		if err != nil {
+			t.Fatalf("after the crash: %v (got %v)", err, got)
+		}
+		switch p.typ {
+		case typePublish:
+			_, id, payload := parsePublish(v311, p)
+			got[string(payload)] = id
+		case typePubrel:
+			got["pubrel"] = binary.BigEndian.Uint16(p.body)
+		}
+	}
+	if got["second"] != ids["second"] || got["pubrel"] != ids["first"] || len(got) != 2 {
+		t.Errorf("after the crash: got %v, want second resent with packet ID %d and PUBREL %d", got, ids["second"], ids["first"])
+	}
+}
+
+// TestDurableOwnership: a restored session still belongs to the identity
+// that created it: the same identity resumes it with its queued message,
+// another one with the same client ID starts fresh.
+func TestDurableOwnership(t *testing.T) {
+	r := newStoreRig(t, broker.Config{Auth: userAuth{}})
+	for _, id := range []string{"own1", "own2"} {
+		rc := dialRaw(t, r.b.Addr())
+		rc.write(sessionConnect(v311, id, "alice", true))
+		rc.expect(typeConnack)
+		rc.write(subscribePacket(v311, 1, "o/#", 1))
+		rc.expect(typeSuback)
+		rc.write([]byte{typeDisconn << 4, 0})
+		rc.expectClosed()
+	}
+	if err := r.b.Publish("o/1", []byte("for alice"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := broker.Flush(r.b); err != nil {
+		t.Fatal(err)
+	}
+	r.crash()
+
+	alice := dialRaw(t, r.b.Addr())
+	alice.write(sessionConnect(v311, "own1", "alice", true))
+	if ack := alice.expect(typeConnack); ack.body[0]&1 != 1 {
+		t.Errorf("alice's CONNACK %v: session present not set", ack)
+	}
+	if _, _, payload := parsePublish(v311, alice.expect(typePublish)); string(payload) != "for alice" {
+		t.Errorf("alice got %q, want her queued message", payload)
+	}
+	mallory := dialRaw(t, r.b.Addr())
+	mallory.write(sessionConnect(v311, "own2", "mallory", true))
+	if ack := mallory.expect(typeConnack); ack.body[0]&1 != 0 {
+		t.Errorf("mallory's CONNACK %v: got alice's session", ack)
+	}
+	mallory.write(subscribePacket(v311, 1, "m/#", 1))
+	mallory.expect(typeSuback)
+	if err := r.b.Publish("m/1", []byte("sentinel"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, payload := parsePublish(v311, mallory.expect(typePublish)); string(payload) != "sentinel" {
+		t.Errorf("mallory's first message: got %q, want the sentinel, not alice's queued message", payload)
 	}
 }
