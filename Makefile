@@ -54,6 +54,7 @@ TEST_FUZZTIME ?= 2s
 FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
 	./broker:FuzzConnection \
+	./broker/boltstore:FuzzLoadRecord \
 	./cmd/umbra:FuzzImportFile \
 	./cmd/umbra:FuzzRolloutNumberParsers \
 	./cmd/umbra:FuzzRolloutTargetParsers \

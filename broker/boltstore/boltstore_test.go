@@ -198,3 +198,96 @@ func TestClosed(t *testing.T) {
 		t.Errorf("Load after Close: got %v, want ErrClosed", err)
 	}
 }
+
+// FuzzLoadRecord writes arbitrary bytes as a record of broker.db (a
+// retained message, a session, a subscription, a queued message or its
+// state) and loads the file: Load never panics, and either fails with
+// ErrCorrupt or returns what a broker could restore.
+func FuzzLoadRecord(f *testing.F) {
+	seeds := []struct {
+		kind uint8
+		val  string
+	}{
+		{0, `{"topic":"a/b","payload":"eA==","qos":1,"retain":true,"created":1700000000}`},
+		{0, `{"topic":"a/b","payloadFormat":1,"user":[{"k":"a","v":"b"}],"messageExpiry":60}`},
+		{1, `{"clientId":"c1","identity":"team","device":"d1","protocolVersion":5,"expirySeconds":60}`},
+		{1, `{"clientId":"c1","protocolVersion":4,"disconnected":1700000000}`},
+		{2, `{"filter":"a/+","qos":2,"noLocal":true,"retainHandling":1,"identifier":3}`},
+		{3, `{"topic":"q/1","payload":"","qos":2}`},
+		{4, "\x00\x07\x01"},
+		{0, "{"}, {1, `{"clientId":"c2","protocolVersion":4}`}, {2, `{"filter":""}`}, {4, "\x00"},
+	}
+	for _, s := range seeds {
+		f.Add(s.kind, []byte(s.val))
+	}
+	f.Fuzz(func(t *testing.T, kind uint8, val []byte) {
+		path := filepath.Join(t.TempDir(), "broker.db")
+		s := mustOpen(t, path)
+		if err := s.Apply(t.Context(), []broker.StoreOp{{Kind: broker.OpPutSession, ClientID: "c1",
+			Session: broker.Session{ClientID: "c1", ProtocolVersion: 4}}}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close(context.Background())
+		editBolt(t, path, func(tx *bolt.Tx) error {
+			sess := tx.Bucket([]byte("sessions")).Bucket([]byte("c1"))
+			switch kind % 5 {
+			case 0:
+				return tx.Bucket([]byte("retained")).Put([]byte("a/b"), val)
+			case 1:
+				return sess.Put([]byte("session"), val)
+			case 2:
+				b, err := sess.CreateBucketIfNotExists([]byte("subscriptions"))
+				if err != nil {
+					return err
+				}
+				return b.Put([]byte("a/+"), val)
+			case 3:
+				b, err := sess.CreateBucketIfNotExists([]byte("queued"))
+				if err != nil {
+					return err
+				}
+				return b.Put([]byte{0, 0, 0, 0, 0, 0, 0, 7}, val)
+			default:
+				q, err := sess.CreateBucketIfNotExists([]byte("queued"))
+				if err != nil {
+					return err
+				}
+				if err := q.Put([]byte{0, 0, 0, 0, 0, 0, 0, 7}, []byte(`{"topic":"q/1","qos":1}`)); err != nil {
+					return err
+				}
+				b, err := sess.CreateBucketIfNotExists([]byte("state"))
+				if err != nil {
+					return err
+				}
+				return b.Put([]byte{0, 0, 0, 0, 0, 0, 0, 7}, val)
+			}
+		})
+		st, err := mustOpen(t, path).Load(t.Context())
+		if err != nil {
+			if !errors.Is(err, boltstore.ErrCorrupt) {
+				t.Fatalf("Load: got %v, want nil or an error wrapping ErrCorrupt", err)
+			}
+			return
+		}
+		for _, m := range st.Retained {
+			if m.Topic == "" || m.QoS > 2 {
+				t.Errorf("Load returned retained message %+v", m)
+			}
+		}
+		for _, ss := range st.Sessions {
+			if ss.ClientID == "" || ss.ProtocolVersion < 3 || ss.ProtocolVersion > 5 || ss.Expiry < 0 {
+				t.Errorf("Load returned session %+v", ss.Session)
+			}
+			for _, sub := range ss.Subscriptions {
+				if sub.Filter == "" || sub.QoS > 2 || sub.RetainHandling > 2 {
+					t.Errorf("Load returned subscription %+v", sub)
+				}
+			}
+			for _, q := range ss.Queued {
+				if q.Message.Topic == "" || q.Message.QoS > 2 {
+					t.Errorf("Load returned queued message %+v", q)
+				}
+			}
+		}
+	})
+}
