@@ -639,7 +639,7 @@ func (l *ledger) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if cl.Net.Inline {
 		return pk, nil
 	}
-	if pk.FixedHeader.Retain && !l.admitRetained(cl.ID, pk.TopicName, len(pk.Payload)) {
+	if pk.FixedHeader.Retain && !l.admitRetained(cl.ID, pk.TopicName, len(pk.Payload), true) {
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 			return pk, refusePublish(cl, pk, packets.ErrQuotaExceeded)
 		}
@@ -908,7 +908,7 @@ func (l *ledger) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
 // OnWill applies the retained-message limit to a retained will: over the
 // limit, the will is published without being retained.
 func (l *ledger) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	if will.Retain && !l.admitRetained(cl.ID, will.TopicName, len(will.Payload)) {
+	if will.Retain && !l.admitRetained(cl.ID, will.TopicName, len(will.Payload), false) {
 		will.Retain = false
 	}
 	return will, nil

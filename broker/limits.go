@@ -13,9 +13,11 @@ import (
 // admitRetained reports whether a client may retain size bytes on topic:
 // clearing (size 0) and replacing a retained message always may; a new
 // topic may while the retained messages stay within Config.MaxRetained
-// and Config.MaxRetainedBytes. An admitted new topic is reserved until
-// OnRetainMessage stores it, so concurrent publishers cannot overshoot.
-func (l *ledger) admitRetained(clientID, topic string, size int) bool {
+// and Config.MaxRetainedBytes. With reserve, an admitted new topic is
+// reserved until OnRetainMessage stores it, so concurrent publishers
+// cannot overshoot; a will is not reserved (a delayed will may never be
+// published), so simultaneous wills may.
+func (l *ledger) admitRetained(clientID, topic string, size int, reserve bool) bool {
 	cfg := &l.s.cfg
 	if size == 0 || (cfg.MaxRetained < 0 && cfg.MaxRetainedBytes < 0) {
 		return true
@@ -32,8 +34,10 @@ func (l *ledger) admitRetained(clientID, topic string, size int) bool {
 		return true
 	}
 	if !l.retainedOver(size) {
-		l.reserved[topic] = size
-		l.reservedBytes += int64(size)
+		if reserve {
+			l.reserved[topic] = size
+			l.reservedBytes += int64(size)
+		}
 		return true
 	}
 	l.retainedRefused.Add(1)

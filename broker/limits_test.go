@@ -209,3 +209,56 @@ func TestSessionsPerIdentity(t *testing.T) {
 		t.Errorf("Stats: got %d refused, %d persistent sessions; want 3, 3", st.SessionsRefused, st.PersistentSessions)
 	}
 }
+
+// TestRetainedLimitWill: a retained will on a new topic beyond
+// MaxRetained is published without being retained, and does not hold a
+// place in the limit.
+func TestRetainedLimitWill(t *testing.T) {
+	b := brokertest.New(t, broker.Config{MaxRetained: 1})
+	watcher := brokertest.Connect(t, brokertest.URL(b), "watcher")
+	wills := brokertest.Subscribe(t, watcher, "w/#", 1)
+	for _, id := range []string{"willer1", "willer2"} {
+		rc := dialRaw(t, b.Addr())
+		pk := fullConnectPacket(v311, id, "w/"+id, "", "")
+		pk[9] |= 0x20 // will retain (the flags byte follows "MQTT" and the version)
+		rc.write(pk)
+		rc.expect(typeConnack)
+		rc.c.Close() // no DISCONNECT: the will is published
+		m := brokertest.Next(t, wills, brokertest.Timeout)
+		checkMessage(t, m, "w/"+id, []byte("gone"), 0, false)
+	}
+	// The first will took the only place; the second was not retained.
+	if !eventually(func() bool { return b.Stats().Retained == 1 }) {
+		t.Errorf("Stats.Retained: got %d, want 1", b.Stats().Retained)
+	}
+	if st := b.Stats(); st.RetainedRefused != 1 {
+		t.Errorf("Stats.RetainedRefused: got %d, want 1", st.RetainedRefused)
+	}
+	late := brokertest.Connect(t, brokertest.URL(b), "late")
+	checkMessage(t, brokertest.Next(t, brokertest.Subscribe(t, late, "w/#", 1), brokertest.Timeout), "w/willer1", []byte("gone"), 0, true)
+}
+
+// TestRetainedLimitDelayedWill: a delayed retained will that is cancelled
+// (its client reconnects in time) leaves no place taken in MaxRetained.
+func TestRetainedLimitDelayedWill(t *testing.T) {
+	b := brokertest.New(t, broker.Config{MaxRetained: 1})
+	body := appendString(nil, "MQTT")
+	body = append(body, v5, 0x02|0x04|0x20, 0, 30, 0) // clean start, will, will retain; no properties
+	body = appendString(body, "delayed")
+	body = append(body, 5, 0x18, 0, 0, 0, 60) // will properties: delay interval 60 s
+	body = appendString(body, "w/delayed")
+	body = appendString(body, "gone")
+	rc := dialRaw(t, b.Addr())
+	rc.write(frame(typeConnect<<4, body))
+	rc.expect(typeConnack)
+	rc.c.Close() // the will waits 60 s
+	again := dialRaw(t, b.Addr())
+	if code := again.connect(v5, "delayed", true); code != 0 { // cancels the will
+		t.Fatalf("CONNACK %#x", code)
+	}
+	pub := brokertest.Connect(t, brokertest.URL(b), "pub")
+	brokertest.PublishRetained(t, pub, "r/new", 1, []byte("kept"))
+	if st := b.Stats(); st.Retained != 1 || st.RetainedRefused != 0 {
+		t.Errorf("Stats after a cancelled will: got %d retained, %d refused; want 1, 0", st.Retained, st.RetainedRefused)
+	}
+}
