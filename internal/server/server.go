@@ -402,6 +402,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
 			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
 			ClientIDsRefused: st.ClientIDsRefused,
+
 			Retained: st.Retained, RetainedBytes: st.RetainedBytes, RetainedRefused: st.RetainedRefused,
 			PersistentSessions: st.PersistentSessions, SessionsRefused: st.SessionsRefused,
 			QueuedBytes: st.QueuedBytes, QueueBytesDropped: st.QueueBytesDropped,
