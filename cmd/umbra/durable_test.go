@@ -54,14 +54,13 @@ func metric(t *testing.T, httpAddr, series string) float64 {
 	return 0
 }
 
-// TestDurableBrokerKill9 runs the real binary: persistent sessions
-// (mosquitto_sub -c, and paho with clean session off) keep their
-// subscriptions and the QoS 1 messages queued for them, acknowledged to
-// their publisher before a SIGKILL, across a restart on the same data dir.
-// The topics are shadow requests (state/<id>/get), which operators may
-// publish and subscribe to; retained messages across a SIGKILL are tested
-// on the broker itself (broker's TestDurableKill9), since the default
-// policy lets clients publish requests only, and requests are not state.
+// TestDurableBrokerKill9 runs the real binary: retained messages (set,
+// replaced, cleared) and persistent sessions (mosquitto_sub -c, and paho
+// with clean session off) with the QoS 1 messages queued for them, all
+// acknowledged before a SIGKILL, are there after a restart on the same
+// data dir. The clients are anonymous operators, who may use any topic
+// outside Umbra's own; mosquitto_sub -c follows shadow requests
+// (state/<id>/get), which reach the shadow engine too.
 func TestDurableBrokerKill9(t *testing.T) {
 	bin := buildUmbra(t)
 	dataDir := t.TempDir()
@@ -72,16 +71,20 @@ func TestDurableBrokerKill9(t *testing.T) {
 		t.Helper()
 		mosquittoAt(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, extra...)...)
 	}
+	pub("rp1", "-r", "-t", "lab/r/keep", "-m", "v1")
+	pub("rp2", "-r", "-t", "lab/r/keep", "-m", "v2")
+	pub("rp3", "-r", "-t", "lab/r/clear", "-m", "x")
+	pub("rp4", "-r", "-t", "lab/r/clear", "-n") // an empty retained message clears it
 	// mosquitto_sub -c: a persistent session that subscribes and exits
 	// once SUBACK arrives (-E).
 	mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-E")
 	// paho, clean session off, subscribed, gone.
 	pahoSub := brokertest.Connect(t, "tcp://"+addr, "dur-paho", func(o *mqtt.ClientOptions) { o.SetCleanSession(false) })
-	brokertest.Subscribe(t, pahoSub, "state/+/delete", 1)
+	brokertest.Subscribe(t, pahoSub, "lab/d/#", 1)
 	pahoSub.Disconnect(100)
 	for i := range 3 {
 		pub(fmt.Sprintf("sp%d", i), "-t", "state/dev-1/get", "-m", fmt.Sprintf(`{"clientToken":"g%d"}`, i))
-		pub(fmt.Sprintf("pp%d", i), "-t", "state/dev-1/delete", "-m", fmt.Sprintf(`{"clientToken":"d%d"}`, i))
+		pub(fmt.Sprintf("pp%d", i), "-t", "lab/d/1", "-m", fmt.Sprintf(`{"clientToken":"d%d"}`, i))
 	}
 	if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -91,6 +94,13 @@ func TestDurableBrokerKill9(t *testing.T) {
 	_, addr, httpAddr := startServe(t, bin, dataDir, args...)
 	if got := metric(t, httpAddr, "umbra_broker_persistent_sessions"); got != 2 {
 		t.Errorf("umbra_broker_persistent_sessions after kill -9: got %v, want 2", got)
+	}
+	if got := mosquittoAt(t, addr, "mosquitto_sub", "-i", "rs", "-t", "lab/r/#", "-v", "-C", "1", "-W", "10"); got != "lab/r/keep v2\n" {
+		t.Errorf("retained after kill -9: got %q, want \"lab/r/keep v2\\n\"", got)
+	}
+	// lab/r/clear stayed cleared: the only retained message clients hold is v2.
+	if got := metric(t, httpAddr, "umbra_broker_retained_bytes"); got != 2 {
+		t.Errorf("umbra_broker_retained_bytes after kill -9: got %v, want 2 (lab/r/keep's v2 only)", got)
 	}
 	got := mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-C", "3", "-W", "10")
 	if want := "{\"clientToken\":\"g0\"}\n{\"clientToken\":\"g1\"}\n{\"clientToken\":\"g2\"}\n"; got != want {
@@ -113,9 +123,9 @@ func TestDurableBrokerKill9(t *testing.T) {
 			t.Errorf("paho's queued messages after kill -9: got %v, missing %s", seen, p)
 		}
 	}
-	pub("pp-live", "-t", "state/dev-2/delete", "-m", "live")
-	if m := brokertest.Next(t, msgs, brokertest.Timeout); m.Topic != "state/dev-2/delete" || string(m.Payload) != "live" {
-		t.Errorf("paho after kill -9: got %v, want state/dev-2/delete \"live\" through the restored subscription", m)
+	pub("pp-live", "-t", "lab/d/2", "-m", "live")
+	if m := brokertest.Next(t, msgs, brokertest.Timeout); m.Topic != "lab/d/2" || string(m.Payload) != "live" {
+		t.Errorf("paho after kill -9: got %v, want lab/d/2 \"live\" through the restored subscription", m)
 	}
 }
 
