@@ -16,6 +16,7 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/boltstore"
+	"github.com/umbra-iot/umbra/internal/brokertest"
 )
 
 // envDurableChild makes the test binary a broker child process (see
@@ -84,24 +85,6 @@ func startDurableChild(t *testing.T, dir string) (*exec.Cmd, string) {
 	return nil, ""
 }
 
-// mosquitto runs a mosquitto client tool against addr and returns its
-// output. A missing tool fails the test: the interop is part of the suite.
-func mosquitto(t *testing.T, addr, tool string, args ...string) string {
-	t.Helper()
-	path, err := exec.LookPath(tool)
-	if err != nil {
-		t.Fatalf("%s not found in PATH (%v): run `make deps`, which installs Debian's mosquitto-clients", tool, err)
-	}
-	host, port, _ := strings.Cut(addr, ":")
-	cmd := exec.CommandContext(t.Context(), path, append([]string{"-h", host, "-p", port}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %v: %v (stderr %q, stdout %q)", tool, args, err, stderr.String(), stdout.String())
-	}
-	return stdout.String()
-}
-
 // TestDurableKill9: what the broker acknowledged to mosquitto's clients
 // survives a SIGKILL of its process: retained messages set, replaced and
 // cleared, and a persistent session (mosquitto_sub -c) with its
@@ -112,13 +95,13 @@ func TestDurableKill9(t *testing.T) {
 	proc, addr := startDurableChild(t, dir)
 	pub := func(id string, args ...string) {
 		t.Helper()
-		mosquitto(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, args...)...)
+		brokertest.Mosquitto(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, args...)...)
 	}
 	pub("p1", "-r", "-t", "r/keep", "-m", "v1")
 	pub("p2", "-r", "-t", "r/keep", "-m", "v2")
 	pub("p3", "-r", "-t", "r/clear", "-m", "x")
-	pub("p4", "-r", "-t", "r/clear", "-n")                                                  // an empty retained message clears it
-	mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "k9-sub", "-q", "1", "-t", "s/#", "-E") // exits after SUBACK
+	pub("p4", "-r", "-t", "r/clear", "-n")                                                             // an empty retained message clears it
+	brokertest.Mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "k9-sub", "-q", "1", "-t", "s/#", "-E") // exits after SUBACK
 	for i := range 3 {
 		pub(fmt.Sprintf("q%d", i), "-t", "s/1", "-m", fmt.Sprintf("m%d", i))
 	}
@@ -131,7 +114,7 @@ func TestDurableKill9(t *testing.T) {
 	if got := retainedAt(t, addr, "r/#", "r/zz"); got != "r/keep v2\n" {
 		t.Errorf("retained messages after kill -9: got %q, want only \"r/keep v2\"", got)
 	}
-	out := mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "k9-sub", "-q", "1", "-t", "s/#", "-v", "-C", "3", "-W", "10")
+	out := brokertest.Mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "k9-sub", "-q", "1", "-t", "s/#", "-v", "-C", "3", "-W", "10")
 	if want := "s/1 m0\ns/1 m1\ns/1 m2\n"; out != want {
 		t.Errorf("mosquitto_sub -c after kill -9: got %q, want %q", out, want)
 	}
@@ -164,7 +147,7 @@ func retainedAt(t *testing.T, addr, filter, sentinel string) string {
 		_ = cmd.Wait()
 		t.Fatalf("mosquitto_sub %s: no retained message: %v", filter, err)
 	}
-	mosquitto(t, addr, "mosquitto_pub", "-i", "sentinel", "-q", "1", "-t", sentinel, "-m", "not retained")
+	brokertest.Mosquitto(t, addr, "mosquitto_pub", "-i", "sentinel", "-q", "1", "-t", sentinel, "-m", "not retained")
 	rest := new(bytes.Buffer)
 	_, _ = rest.ReadFrom(r)
 	if err := cmd.Wait(); err != nil {

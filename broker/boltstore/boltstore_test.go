@@ -45,6 +45,20 @@ func editBolt(t *testing.T, path string, f func(*bolt.Tx) error) {
 	}
 }
 
+// withSession returns the path of a closed broker.db holding one session,
+// c1, to be edited with editBolt.
+func withSession(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s := mustOpen(t, path)
+	if err := s.Apply(t.Context(), []broker.StoreOp{{Kind: broker.OpPutSession, ClientID: "c1",
+		Session: broker.Session{ClientID: "c1", ProtocolVersion: 4}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close(context.Background())
+	return path
+}
+
 func TestContract(t *testing.T) {
 	brokertest.StoreContract(t, func(tb testing.TB, dir string) (broker.Store, func()) {
 		s := mustOpen(tb, filepath.Join(dir, "broker.db"))
@@ -152,13 +166,7 @@ func TestLoadCorruptRecord(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "broker.db")
-			s := mustOpen(t, path)
-			if err := s.Apply(t.Context(), []broker.StoreOp{{Kind: broker.OpPutSession, ClientID: "c1",
-				Session: broker.Session{ClientID: "c1", ProtocolVersion: 4}}}); err != nil {
-				t.Fatal(err)
-			}
-			s.Close(context.Background())
+			path := withSession(t)
 			editBolt(t, path, func(tx *bolt.Tx) error {
 				var err error
 				b := tx.Bucket([]byte(tc.bucket[0]))
@@ -174,7 +182,7 @@ func TestLoadCorruptRecord(t *testing.T) {
 				}
 				return b.Put([]byte(tc.key), []byte(tc.val))
 			})
-			s = mustOpen(t, path)
+			s := mustOpen(t, path)
 			_, err := s.Load(t.Context())
 			if !errors.Is(err, boltstore.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Load: got %v, want an error wrapping ErrCorrupt naming %s", err, tc.want)
@@ -221,13 +229,7 @@ func FuzzLoadRecord(f *testing.F) {
 		f.Add(s.kind, []byte(s.val))
 	}
 	f.Fuzz(func(t *testing.T, kind uint8, val []byte) {
-		path := filepath.Join(t.TempDir(), "broker.db")
-		s := mustOpen(t, path)
-		if err := s.Apply(t.Context(), []broker.StoreOp{{Kind: broker.OpPutSession, ClientID: "c1",
-			Session: broker.Session{ClientID: "c1", ProtocolVersion: 4}}}); err != nil {
-			t.Fatal(err)
-		}
-		s.Close(context.Background())
+		path := withSession(t)
 		editBolt(t, path, func(tx *bolt.Tx) error {
 			sess := tx.Bucket([]byte("sessions")).Bucket([]byte("c1"))
 			switch kind % 5 {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,20 +16,6 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/brokertest"
 )
-
-// mosquittoAt runs a mosquitto client tool against the broker at addr
-// (host:port) and returns its standard output; a failure fails the test.
-func mosquittoAt(t *testing.T, addr, tool string, args ...string) string {
-	t.Helper()
-	host, port, _ := strings.Cut(addr, ":")
-	cmd := exec.CommandContext(t.Context(), mosquittoTool(t, tool), append([]string{"-h", host, "-p", port}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %v: %v (stderr %q, stdout %q)", tool, args, err, stderr.String(), stdout.String())
-	}
-	return stdout.String()
-}
 
 // metric returns the value of a series in the server's /metrics.
 func metric(t *testing.T, httpAddr, series string) float64 {
@@ -69,7 +54,7 @@ func TestDurableBrokerKill9(t *testing.T) {
 
 	pub := func(id string, extra ...string) {
 		t.Helper()
-		mosquittoAt(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, extra...)...)
+		brokertest.Mosquitto(t, addr, "mosquitto_pub", append([]string{"-i", id, "-q", "1"}, extra...)...)
 	}
 	pub("rp1", "-r", "-t", "lab/r/keep", "-m", "v1")
 	pub("rp2", "-r", "-t", "lab/r/keep", "-m", "v2")
@@ -77,7 +62,7 @@ func TestDurableBrokerKill9(t *testing.T) {
 	pub("rp4", "-r", "-t", "lab/r/clear", "-n") // an empty retained message clears it
 	// mosquitto_sub -c: a persistent session that subscribes and exits
 	// once SUBACK arrives (-E).
-	mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-E")
+	brokertest.Mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-E")
 	// paho, clean session off, subscribed, gone.
 	pahoSub := brokertest.Connect(t, "tcp://"+addr, "dur-paho", func(o *mqtt.ClientOptions) { o.SetCleanSession(false) })
 	brokertest.Subscribe(t, pahoSub, "lab/d/#", 1)
@@ -95,14 +80,14 @@ func TestDurableBrokerKill9(t *testing.T) {
 	if got := metric(t, httpAddr, "umbra_broker_persistent_sessions"); got != 2 {
 		t.Errorf("umbra_broker_persistent_sessions after kill -9: got %v, want 2", got)
 	}
-	if got := mosquittoAt(t, addr, "mosquitto_sub", "-i", "rs", "-t", "lab/r/#", "-v", "-C", "1", "-W", "10"); got != "lab/r/keep v2\n" {
+	if got := brokertest.Mosquitto(t, addr, "mosquitto_sub", "-i", "rs", "-t", "lab/r/#", "-v", "-C", "1", "-W", "10"); got != "lab/r/keep v2\n" {
 		t.Errorf("retained after kill -9: got %q, want \"lab/r/keep v2\\n\"", got)
 	}
 	// lab/r/clear stayed cleared: the only retained message clients hold is v2.
 	if got := metric(t, httpAddr, "umbra_broker_retained_bytes"); got != 2 {
 		t.Errorf("umbra_broker_retained_bytes after kill -9: got %v, want 2 (lab/r/keep's v2 only)", got)
 	}
-	got := mosquittoAt(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-C", "3", "-W", "10")
+	got := brokertest.Mosquitto(t, addr, "mosquitto_sub", "-c", "-i", "dur-sub", "-q", "1", "-t", "state/+/get", "-C", "3", "-W", "10")
 	if want := "{\"clientToken\":\"g0\"}\n{\"clientToken\":\"g1\"}\n{\"clientToken\":\"g2\"}\n"; got != want {
 		t.Errorf("mosquitto_sub -c after kill -9: got %q, want %q", got, want)
 	}

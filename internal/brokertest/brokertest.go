@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -257,4 +259,27 @@ func matchingGoroutines() string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// Mosquitto runs a mosquitto client tool (mosquitto_pub, mosquitto_sub)
+// against the broker at addr ("host:port") with args and returns its
+// standard output. A failure, or a tool missing from PATH, fails the test:
+// the interop is part of the suite, not optional.
+func Mosquitto(tb testing.TB, addr, tool string, args ...string) string {
+	tb.Helper()
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		tb.Fatalf("brokertest: %s not found in PATH (%v): run `make deps`, which installs Debian's mosquitto-clients", tool, err)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		tb.Fatalf("brokertest: %s: address %q: %v", tool, addr, err)
+	}
+	cmd := exec.CommandContext(tb.Context(), path, append([]string{"-h", host, "-p", port}, args...)...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		tb.Fatalf("brokertest: %s %v: %v (stderr %q, stdout %q)", tool, args, err, stderr.String(), stdout.String())
+	}
+	return stdout.String()
 }
