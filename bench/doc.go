@@ -11,6 +11,11 @@
 //     commit and bytes on disk per shadow.
 //   - BenchmarkAWSTreeGate: what the $aws topic tree costs a fleet that
 //     never subscribes there (two subscription lookups per update).
+//   - BenchmarkShadowUpdateDurable: the same loop with devices that keep
+//     persistent sessions, against Umbra with and without the broker's
+//     Store (broker.db), then with an operator's persistent monitor on
+//     every update (the worst case: each update on disk before its
+//     PUBACK); reports store/memory and updates per CPU-second.
 //   - BenchmarkDeltaFanout: N devices subscribed to their delta; an
 //     operator sets desired on all N in-process; time until every device
 //     has its delta.
