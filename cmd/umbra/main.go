@@ -9,16 +9,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -59,7 +55,8 @@ func newRootCmd() *cobra.Command {
 			return applyEnv(cmd.Flags())
 		},
 	}
-	root.AddCommand(newServeCmd())
+	root.SetVersionTemplate(versionLine()) // umbra --version prints what umbra version does
+	root.AddCommand(newServeCmd(), newVersionCmd())
 	for _, c := range extraCommands() {
 		root.AddCommand(c)
 	}
@@ -89,14 +86,4 @@ func applyEnv(fs *pflag.FlagSet) error {
 		}
 	})
 	return err
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
