@@ -62,6 +62,16 @@ func startServeProcess(t *testing.T, bin, dataDir, httpAddr string) (cmd *exec.C
 func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cmd, mqttAddr, httpAddr string) {
 	t.Helper()
 	cmd = exec.Command(bin, append([]string{"serve", "--data-dir", dataDir}, args...)...)
+	mqttAddr, httpAddr, _ = startServeCmd(t, cmd)
+	return cmd, mqttAddr, httpAddr
+}
+
+// startServeCmd starts cmd, an `umbra serve` command, and returns the MQTT
+// and HTTP addresses of its "umbra serving" log line, and the line; as
+// startServe for the rest.
+func startServeCmd(t *testing.T, cmd *exec.Cmd) (mqttAddr, httpAddr, servingLine string) {
+	t.Helper()
+	args := cmd.Args[1:]
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +83,7 @@ func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cm
 		mu  sync.Mutex // guards log
 		log bytes.Buffer
 	)
-	found := make(chan [2]string, 1)
+	found := make(chan [3]string, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -85,7 +95,7 @@ func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cm
 			log.WriteString(line + "\n")
 			mu.Unlock()
 			if m := mqttAddrRe.FindStringSubmatch(line); !sent && m != nil && strings.Contains(line, "umbra serving") {
-				addrs := [2]string{m[1]}
+				addrs := [3]string{m[1], "", line}
 				if h := httpAddrRe.FindStringSubmatch(line); h != nil {
 					addrs[1] = h[1]
 				}
@@ -94,7 +104,7 @@ func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cm
 			}
 		}
 		if !sent {
-			found <- [2]string{}
+			found <- [3]string{}
 		}
 	}()
 	t.Cleanup(func() {
@@ -117,11 +127,11 @@ func startServe(t *testing.T, bin, dataDir string, args ...string) (cmd *exec.Cm
 		if wantHTTP && a[1] == "" {
 			t.Fatal("umbra serve did not log its http address")
 		}
-		return cmd, a[0], a[1]
+		return a[0], a[1], a[2]
 	case <-time.After(20 * time.Second):
 		t.Fatal("umbra serve did not report it was serving within 20s")
 	}
-	return nil, "", ""
+	return "", "", ""
 }
 
 // TestCrashDurability: an update that was answered with accepted survives a

@@ -82,7 +82,10 @@ func applyEnv(fs *pflag.FlagSet) error {
 		if v, ok := os.LookupEnv(name); ok {
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("environment %s=%q: %w", name, v, e)
+				return
 			}
+			// serve --print-config tells a variable's value from a flag's.
+			err = fs.SetAnnotation(f.Name, envAnnotation, []string{name})
 		}
 	})
 	return err

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/firmware"
@@ -76,6 +77,9 @@ type serveOptions struct {
 	clientCA          []string
 	boundClientCA     []string
 	clientCert        string
+
+	configFile  string
+	printConfig bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -95,16 +99,33 @@ any address; --insecure-anonymous turns authentication off (loopback only).
 
 Topics are governed by a policy (docs/acl.md): a built-in default, extended by
 --acl-file in mosquitto's acl_file syntax with role sections. SIGHUP reloads
-the file without dropping connections; a bad file keeps the policy in force.`,
+the file without dropping connections; a bad file keeps the policy in force.
+
+Every flag can also be set in a YAML config file (--config FILE), whose keys
+are the flag names without "--" (data-dir: /var/lib/umbra), and with an
+environment variable UMBRA_<FLAG>. A flag wins over the environment, the
+environment over the file, the file over the default. Relative paths in the
+file are relative to the file's directory. --print-config shows the result,
+with each value's source, and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
+			sources, err := applyConfigFile(cmd.Flags(), newServeFlagSet(), o.configFile)
 			if err != nil {
 				return err
 			}
+			if o.printConfig {
+				return printConfig(cmd.OutOrStdout(), cmd.Flags(), o.configFile, sources)
+			}
+			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
+			if err != nil {
+				return locateError(err, sources)
+			}
 			cfg, err := o.config(log)
 			if err != nil {
-				return err
+				return locateError(err, sources)
+			}
+			if o.configFile != "" {
+				log.Info("config file", "path", absPath(o.configFile))
 			}
 			return runServe(cmd.Context(), cfg)
 		},
@@ -153,6 +174,17 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringSliceVar(&o.clientCA, "client-ca", nil, "PEM `files` (repeatable or comma-separated; each one certificate or a bundle) of the CAs that sign device client certificates: enables mTLS on --tls-addr. A certificate logs in as the device its common name names, or the device it is bound to (umbra device add --cert). The fleet CA of umbra ca init is <data-dir>/ca/ca.pem")
 	f.StringSliceVar(&o.boundClientCA, "bound-client-ca", nil, "PEM `files` (repeatable or comma-separated) of CAs whose client certificates log in only when bound to a device by umbra device add --cert, never by their common name: for a CA that also signs others' certificates, such as the AWS IoT CA of a migrated fleet (docs/migrate-from-aws.md)")
 	f.StringVar(&o.clientCert, "client-cert", clientCertOptional, "on --tls-addr with a client CA: \"optional\" (clients without a certificate may log in with a secret) or \"required\" (the handshake fails without a valid client certificate, as on AWS IoT's port 8883)")
+	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
+	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
+	markPath(f, "data-dir", "signing-key", "acl-file", "tls-cert", "tls-key", "client-ca", "bound-client-ca", "config")
+}
+
+// newServeFlagSet is a fresh set of serve's flags, on which the config
+// file's values are checked.
+func newServeFlagSet() *pflag.FlagSet {
+	cmd := &cobra.Command{}
+	(&serveOptions{}).addFlags(cmd)
+	return cmd.Flags()
 }
 
 // maxNamedShadowsFlag is the largest --max-named-shadows: each named shadow
