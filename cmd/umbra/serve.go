@@ -77,6 +77,8 @@ type serveOptions struct {
 	clientCA          []string
 	boundClientCA     []string
 	clientCert        string
+	httpTLSCert       string
+	httpTLSKey        string
 
 	configFile  string
 	printConfig bool
@@ -100,6 +102,11 @@ any address; --insecure-anonymous turns authentication off (loopback only).
 Topics are governed by a policy (docs/acl.md): a built-in default, extended by
 --acl-file in mosquitto's acl_file syntax with role sections. SIGHUP reloads
 the file without dropping connections; a bad file keeps the policy in force.
+
+--http-tls-cert and --http-tls-key make the HTTP listener HTTPS (TLS 1.2+),
+with /healthz, /metrics and firmware download URLs (https://<http-addr>
+unless --public-url is given) on it. SIGHUP also reloads the certificates and
+keys of both TLS listeners; a bad pair keeps the one in force.
 
 Every flag can also be set in a YAML config file (--config FILE), whose keys
 are the flag names without "--" (data-dir: /var/lib/umbra), and with an
@@ -174,9 +181,12 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringSliceVar(&o.clientCA, "client-ca", nil, "PEM `files` (repeatable or comma-separated; each one certificate or a bundle) of the CAs that sign device client certificates: enables mTLS on --tls-addr. A certificate logs in as the device its common name names, or the device it is bound to (umbra device add --cert). The fleet CA of umbra ca init is <data-dir>/ca/ca.pem")
 	f.StringSliceVar(&o.boundClientCA, "bound-client-ca", nil, "PEM `files` (repeatable or comma-separated) of CAs whose client certificates log in only when bound to a device by umbra device add --cert, never by their common name: for a CA that also signs others' certificates, such as the AWS IoT CA of a migrated fleet (docs/migrate-from-aws.md)")
 	f.StringVar(&o.clientCert, "client-cert", clientCertOptional, "on --tls-addr with a client CA: \"optional\" (clients without a certificate may log in with a secret) or \"required\" (the handshake fails without a valid client certificate, as on AWS IoT's port 8883)")
+	f.StringVar(&o.httpTLSCert, "http-tls-cert", "", "server certificate (PEM, with its chain) that makes --http-addr HTTPS (TLS 1.2+); needs --http-tls-key; reloaded on SIGHUP")
+	f.StringVar(&o.httpTLSKey, "http-tls-key", "", "private key (PEM) of --http-tls-cert")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
-	markPath(f, "data-dir", "signing-key", "acl-file", "tls-cert", "tls-key", "client-ca", "bound-client-ca", "config")
+	markPath(f, "data-dir", "signing-key", "acl-file", "tls-cert", "tls-key", "client-ca", "bound-client-ca",
+		"http-tls-cert", "http-tls-key", "config")
 }
 
 // newServeFlagSet is a fresh set of serve's flags, on which the config
@@ -215,9 +225,12 @@ type serveConfig struct {
 	aclFile       string
 	maxClientID   int
 	tlsAddr       string
-	tlsConfig     *tls.Config // nil unless tlsAddr is set
-	boundOnlyCAs  []*x509.Certificate
-	log           *slog.Logger
+	tlsConfig     *tls.Config       // nil unless tlsAddr is set
+	httpTLS       *identity.KeyPair // nil: plain HTTP
+	// keyPairs are the TLS listeners' certificates, reloaded on SIGHUP.
+	keyPairs     []listenerKeyPair
+	boundOnlyCAs []*x509.Certificate
+	log          *slog.Logger
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
 	ready func(*server)
@@ -249,6 +262,23 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	tlsConfig, boundOnly, err := o.tlsSettings()
 	if err != nil {
 		return serveConfig{}, err
+	}
+	var keyPairs []listenerKeyPair
+	if tlsConfig != nil {
+		// The certificate of the MQTT TLS listener reloads on SIGHUP too.
+		kp, err := identity.LoadKeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return serveConfig{}, fmt.Errorf("--tls-cert, --tls-key: %w", err)
+		}
+		tlsConfig.Certificates, tlsConfig.GetCertificate = nil, kp.GetCertificate
+		keyPairs = append(keyPairs, listenerKeyPair{"tls", kp})
+	}
+	httpTLS, err := o.httpTLSSettings()
+	if err != nil {
+		return serveConfig{}, err
+	}
+	if httpTLS != nil {
+		keyPairs = append(keyPairs, listenerKeyPair{"http", httpTLS})
 	}
 	if o.mqttAddr == "" && o.wsAddr == "" {
 		return serveConfig{}, errors.New("at least one of --mqtt-addr and --ws-addr is needed")
@@ -328,6 +358,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
+		httpTLS: httpTLS, keyPairs: keyPairs,
 		boundOnlyCAs: boundOnly,
 		aclFile:      o.aclFile, maxClientID: o.maxClientIDLen,
 	}, nil
@@ -403,6 +434,45 @@ func (o *serveOptions) tlsSettings() (*tls.Config, []*x509.Certificate, error) {
 	return c, boundOnly, nil
 }
 
+// httpTLSSettings validates --http-tls-cert and --http-tls-key and loads
+// them; nil for plain HTTP.
+func (o *serveOptions) httpTLSSettings() (*identity.KeyPair, error) {
+	if o.httpTLSCert == "" && o.httpTLSKey == "" {
+		return nil, nil
+	}
+	if o.httpTLSCert == "" || o.httpTLSKey == "" {
+		return nil, errors.New("--http-tls-cert and --http-tls-key go together")
+	}
+	if o.httpAddr == "" {
+		return nil, errors.New("--http-tls-cert and --http-tls-key need --http-addr")
+	}
+	kp, err := identity.LoadKeyPair(o.httpTLSCert, o.httpTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("--http-tls-cert, --http-tls-key: %w", err)
+	}
+	return kp, nil
+}
+
+// listenerKeyPair is a TLS listener's certificate, by listener name.
+type listenerKeyPair struct {
+	listener string
+	kp       *identity.KeyPair
+}
+
+// reloadKeyPairs reads every TLS listener's certificate and key again; a
+// bad pair is logged and the one in force stays.
+func reloadKeyPairs(log *slog.Logger, pairs []listenerKeyPair) {
+	for _, p := range pairs {
+		if err := p.kp.Reload(); err != nil {
+			log.Error("tls certificate not reloaded: keeping the one in force", "listener", p.listener, "err", err)
+			continue
+		}
+		leaf := p.kp.Certificate().Leaf
+		log.Info("tls certificate reloaded", "listener", p.listener, "subject", leaf.Subject.String(),
+			"not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+}
+
 // checkLoopback refuses listen addresses beyond loopback: with
 // --insecure-anonymous, Umbra must not be reachable from the network.
 func checkLoopback(addr string) error {
@@ -463,6 +533,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		TLSConfig:         cfg.tlsConfig,
 		BoundOnlyCAs:      cfg.boundOnlyCAs,
 		HTTPAddr:          cfg.httpAddr,
+		HTTPTLSConfig:     httpTLSConfig(cfg.httpTLS),
 		MaxDocumentSize:   cfg.maxDocSize,
 		MaxNamedShadows:   cfg.maxNamed,
 		MaxPacketSize:     cfg.maxPacketSize,
@@ -506,6 +577,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		select {
 		case <-hup:
 			_ = s.ReloadACL() // logged and counted
+			reloadKeyPairs(cfg.log, cfg.keyPairs)
 		case <-ctx.Done():
 			done = true
 		}
@@ -514,6 +586,15 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
 	defer cancel()
 	return s.Close(cctx)
+}
+
+// httpTLSConfig is the HTTPS listener's configuration for kp; nil for
+// plain HTTP.
+func httpTLSConfig(kp *identity.KeyPair) *tls.Config {
+	if kp == nil {
+		return nil
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.GetCertificate}
 }
 
 // adminTokenFile is the operator token's file in the data dir.

@@ -389,3 +389,16 @@ func TestServeConfigFromEnvironment(t *testing.T) {
 		t.Errorf("with UMBRA_CONFIG and --config: log-level %+v, want error from %s", got, flagFile)
 	}
 }
+
+// TestServePathFlagsMarked: every flag that names a file or directory is
+// marked as a path, so that a config file's relative value resolves
+// against the file's directory.
+func TestServePathFlagsMarked(t *testing.T) {
+	pathLike := regexp.MustCompile(`(-file|-dir|-cert|-key|-ca)$`)
+	notPaths := map[string]bool{"client-cert": true} // optional or required
+	newServeFlagSet().VisitAll(func(f *pflag.Flag) {
+		if pathLike.MatchString(f.Name) && !notPaths[f.Name] && !isPath(f) {
+			t.Errorf("flag --%s looks like a path but is not marked: add it to markPath in addFlags (or to notPaths here)", f.Name)
+		}
+	})
+}

@@ -87,6 +87,17 @@
 // 415. Together they hold with authentication on and off (anonymous mode is
 // where a developer's browser is an operator on loopback).
 //
+// # HTTPS
+//
+// With Config.TLSConfig, Open serves HTTPS (TLS 1.2 or later, HTTP/1.1) on
+// the same listener: every route, /healthz and the mounts alike. The JSON
+// rewriting above wraps the TLS connection, so it works unchanged; since
+// net/http then sees no *tls.Conn, the handler hook fills in Request.TLS,
+// and a client that speaks plain HTTP to the port gets a plain-text 400
+// with a JSON body telling it to use https:// (net/http's own answer to
+// that is plain text). The certificate comes from the configuration, so
+// GetCertificate may swap it while serving (identity.KeyPair).
+//
 // # Lifecycle and concurrency
 //
 // Open binds the listener synchronously (so Addr reports the real port) and

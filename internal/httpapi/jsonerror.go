@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/umbra-iot/umbra/wire"
@@ -179,10 +182,50 @@ func serverHooks(srv *http.Server) {
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ec, ok := r.Context().Value(errorConnKey{}).(*errorConn); ok {
 			ec.answering.Store(true)
+			if tc, ok := ec.Conn.(*tls.Conn); ok && r.TLS == nil {
+				// net/http sets r.TLS only for a *tls.Conn of its own.
+				st := tc.ConnectionState()
+				r.TLS = &st
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
 }
+
+// Read passes reads through. On an HTTPS listener, a client that speaks
+// plain HTTP fails the handshake; then, as net/http does for its own TLS
+// connections, it answers in plain text, in JSON, that https is needed.
+func (c *errorConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		var re tls.RecordHeaderError
+		if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
+			_ = re.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = re.Conn.Write(plainHTTPAnswer)
+			_ = re.Conn.Close()
+		}
+	}
+	return n, err
+}
+
+// looksLikeHTTP reports whether a TLS record header is the start of a
+// plain HTTP request, as net/http's tlsRecordHeaderLooksLikeHTTP does.
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO", "DELET", "PATCH", "CONNE":
+		return true
+	}
+	return false
+}
+
+// plainHTTPAnswer is the answer to plain HTTP on an HTTPS listener.
+var plainHTTPAnswer = func() []byte {
+	body, _ := json.Marshal(wire.ErrorBody{Code: http.StatusBadRequest,
+		Message: "Plain HTTP request to an HTTPS listener: use https:// in the URL"})
+	body = append(body, '\n')
+	return fmt.Appendf(nil, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\nX-Content-Type-Options: nosniff\r\n\r\n%s", len(body), body)
+}()
 
 // Write passes p through, unless it is an error answer of net/http's own
 // for a request that never reached the handler: then it writes the JSON

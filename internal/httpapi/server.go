@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,12 @@ type Config struct {
 	// requests besides pages of the API's own origin. Default none: a
 	// cross-origin POST, PUT, PATCH or DELETE from a browser gets 403.
 	TrustedOrigins []string
+	// TLSConfig, if set, makes Open's listener HTTPS with this
+	// configuration (its certificates or GetCertificate); TLS 1.2 is the
+	// least version accepted whatever MinVersion says. HTTP/1.1 only. A
+	// plain-HTTP request to it gets a 400 JSON error saying to use https.
+	// Only Open uses it.
+	TLSConfig *tls.Config
 	// Observe, if set, is called once per answered request with the route
 	// pattern that served it (for example "GET /v1/devices/{id}/shadow";
 	// "unmatched" when no route did), the status code and the time taken:
@@ -137,6 +144,15 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	log := cfg.Logger.With(logKeyComponent, "httpapi")
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if cfg.TLSConfig != nil {
+		// errorConn wraps the TLS connection, so that it sees (and
+		// rewrites) net/http's plain-text answers before encryption; net/http
+		// then treats the connection as plain and does not negotiate HTTP/2.
+		tc := cfg.TLSConfig.Clone()
+		tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
+		tc.NextProtos = []string{"http/1.1"}
+		ln = tls.NewListener(ln, tc)
+	}
 	ln = errorListener{ln} // net/http's own error answers become JSON
 	s := &Server{log: log, ln: ln, handler: h, api: a, cancel: cancel}
 	s.srv = &http.Server{
@@ -155,7 +171,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 			s.serveErr = fmt.Errorf("httpapi: serve: %w", err)
 		}
 	})
-	log.Info("http api listening", "addr", ln.Addr().String())
+	log.Info("http api listening", "addr", ln.Addr().String(), "tls", cfg.TLSConfig != nil)
 	return s, nil
 }
 

@@ -27,6 +27,14 @@
 // of every session uses the policy in force. Reloads are logged and
 // counted in umbra_acl_reloads_total{result}.
 //
+// # HTTPS
+//
+// Config.HTTPTLSConfig makes the HTTP listener HTTPS; firmware download
+// URLs then start with https://<bound address> unless Config.PublicURL
+// says otherwise, and the "umbra serving" log line says http_scheme=https.
+// Reloading certificates is the caller's: umbra serve hands the listeners a
+// GetCertificate of an identity.KeyPair and reloads it on SIGHUP.
+//
 // `umbra serve` is flag parsing over this package; tests and benchmarks
 // use it to run the same wiring in-process.
 package server

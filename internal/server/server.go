@@ -49,8 +49,11 @@ type Config struct {
 	// certificates bound to a device (identity.Config.BoundOnlyCAs; see
 	// identity.ServerTLS).
 	BoundOnlyCAs []*x509.Certificate
-	// HTTPAddr is the HTTP API's listener.
-	HTTPAddr string
+	// HTTPAddr is the HTTP API's listener; with HTTPTLSConfig it serves
+	// HTTPS (httpapi.Config.TLSConfig), and firmware download URLs are
+	// https ones unless PublicURL says otherwise.
+	HTTPAddr      string
+	HTTPTLSConfig *tls.Config
 
 	MaxDocumentSize int     // shadow.Config.MaxDocumentSize
 	MaxNamedShadows int     // shadow.Config.MaxNamedShadows (named shadows per device; negative: none)
@@ -73,7 +76,7 @@ type Config struct {
 	JobsRate float64
 
 	// PublicURL is the base URL in firmware download URLs; default
-	// http://<the bound HTTP address>.
+	// http://<the bound HTTP address> (https:// with HTTPTLSConfig).
 	PublicURL    string
 	SigningKey   string        // firmware.Config.SigningKeyPath
 	URLTTL       time.Duration // firmware.Config.URLTTL
@@ -434,6 +437,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			Targets:        httpapi.IdentityTargets(ids, eng),
 			TrustedOrigins: cfg.AllowedOrigins,
 			Observe:        s.metrics.ObserveHTTP,
+			TLSConfig:      cfg.HTTPTLSConfig,
 			// Firmware and Rollouts are installed below: the store needs the bound address.
 		})
 		if err != nil {
@@ -442,7 +446,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		s.push("http", api) // closes first
 		s.api = api
 		if baseURL == "" {
-			baseURL = "http://" + api.Addr().String()
+			baseURL = s.httpScheme() + "://" + api.Addr().String()
 		}
 	}
 	fw, err := firmware.Open(ctx, firmware.Config{
@@ -531,6 +535,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			attrs = append(attrs, l.name, l.addr.String())
 		}
 	}
+	if s.api != nil {
+		attrs = append(attrs, "http_scheme", s.httpScheme())
+	}
 	log.Info("umbra serving", attrs...)
 	return nil
 }
@@ -552,6 +559,15 @@ func (s *Server) Close(ctx context.Context) error {
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
+}
+
+// httpScheme is the HTTP listener's URL scheme: https with
+// Config.HTTPTLSConfig.
+func (s *Server) httpScheme() string {
+	if s.cfg.HTTPTLSConfig != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // DataDir returns Config.DataDir.
