@@ -82,6 +82,7 @@ type serveOptions struct {
 
 	configFile  string
 	printConfig bool
+	healthcheck bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -113,15 +114,23 @@ are the flag names without "--" (data-dir: /var/lib/umbra), and with an
 environment variable UMBRA_<FLAG>. A flag wins over the environment, the
 environment over the file, the file over the default. Relative paths in the
 file are relative to the file's directory. --print-config shows the result,
-with each value's source, and exits.`,
+with each value's source, and exits. --healthcheck asks the server this
+configuration describes for GET /healthz and exits 0 when it is healthy
+(the container image's HEALTHCHECK).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sources, err := applyConfigFile(cmd.Flags(), newServeFlagSet(), o.configFile)
 			if err != nil {
 				return err
 			}
+			if o.printConfig && o.healthcheck {
+				return errors.New("--print-config and --healthcheck exclude each other")
+			}
 			if o.printConfig {
 				return printConfig(cmd.OutOrStdout(), cmd.Flags(), o.configFile, sources)
+			}
+			if o.healthcheck {
+				return probeHealth(cmd.Context(), cmd.OutOrStdout(), o.httpAddr, o.httpTLSCert)
 			}
 			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
 			if err != nil {
@@ -185,6 +194,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.httpTLSKey, "http-tls-key", "", "private key (PEM) of --http-tls-cert")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
+	f.BoolVar(&o.healthcheck, "healthcheck", false, "instead of serving, ask the server this configuration describes for GET /healthz on --http-addr (over loopback; https pinned to --http-tls-cert) and exit 0 if it is healthy, 1 if not")
 	markPath(f, "data-dir", "signing-key", "acl-file", "tls-cert", "tls-key", "client-ca", "bound-client-ca",
 		"http-tls-cert", "http-tls-key", "config")
 }

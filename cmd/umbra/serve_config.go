@@ -30,7 +30,7 @@ import (
 
 // notConfigKeys are serve's flags that are not configuration: they choose
 // the file, or what serve does instead of serving.
-var notConfigKeys = map[string]bool{"config": true, "print-config": true, "help": true}
+var notConfigKeys = map[string]bool{"config": true, "print-config": true, "healthcheck": true, "help": true}
 
 // maxConfigFileSize caps the config file read.
 const maxConfigFileSize = 1 << 20
