@@ -3,43 +3,96 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/umbra
-APT_PKGS := mosquitto-clients mosquitto nodejs npm
 SDK_DIR  := testdata/aws-sdk
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PREFIX   ?= /usr/local
+# ARGS are passed to `umbra serve` by make run, e.g. make run ARGS='--config umbra.yaml'.
+ARGS     ?=
 
-.PHONY: all run build test deps sdk-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
+.PHONY: all run build install dist docker test deps apt-deps go-deps sdk-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
 
 all: build
 
-## run: serve on the embedded defaults (MQTT 127.0.0.1:1883, WS :8083, HTTP :8080, data in ./umbra-data)
-run:
-	$(GO) run ./cmd/umbra serve
+## run: build bin/umbra, then serve on the embedded defaults (MQTT 127.0.0.1:1883, WS :8083, HTTP :8080, data in ./umbra-data); ARGS='…' adds serve flags
+run: build
+	./$(BIN) serve $(ARGS)
 
-## build: the umbra binary in bin/
+## build: the umbra binary in bin/, stamped with VERSION (git describe); the first build compiles every dependency and says so
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/umbra
+	@if [ -x $(BIN) ]; then echo "building $(BIN) $(VERSION)"; \
+	else echo "building $(BIN) $(VERSION): the first build downloads and compiles every dependency, which takes a few minutes on 2 cores; later builds take seconds"; fi
+	@$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/umbra
 
-## deps: Debian packages the tests use (mosquitto clients and broker for interop tests; Node.js and npm for the AWS IoT SDK tests)
-deps:
+## install: build, then install the binary as $(DESTDIR)$(PREFIX)/bin/umbra (default /usr/local/bin/umbra)
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/umbra
+
+# Release builds: static (CGO off), -trimpath, stripped, stamped with VERSION;
+# archives are reproducible (sorted, owner 0, mtime of the last commit).
+DIST_DIR    ?= dist
+DIST_ARCHES ?= amd64 arm64
+DIST_FILES  := LICENSE README.md packaging/umbra.service packaging/umbra.yaml
+DIST_EPOCH  := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+RELEASE_LDFLAGS := -s -w $(LDFLAGS)
+
+## dist: release archives dist/umbra-VERSION-linux-{amd64,arm64}.tar.gz (binary, LICENSE, third-party licences, README, systemd unit, sample config) and dist/umbra-VERSION-SHA256SUMS
+dist:
+	@set -e; mkdir -p $(DIST_DIR); \
+	for arch in $(DIST_ARCHES); do \
+		name=umbra-$(VERSION)-linux-$$arch; dir=$(DIST_DIR)/$$name; \
+		echo "building $$name"; \
+		rm -rf $$dir $$dir.tar.gz; mkdir -p $$dir; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(RELEASE_LDFLAGS)" -o $$dir/umbra ./cmd/umbra; \
+		cp $(DIST_FILES) $$dir/; \
+		GO="$(GO)" sh scripts/third-party-licenses.sh $$dir/umbra > $$dir/THIRD_PARTY_LICENSES; \
+		chmod 0755 $$dir $$dir/umbra; chmod 0644 $$dir/THIRD_PARTY_LICENSES $(foreach f,$(DIST_FILES),$$dir/$(notdir $(f))); \
+		tar --sort=name --mtime=@$(DIST_EPOCH) --owner=0 --group=0 --numeric-owner -C $(DIST_DIR) -cf - $$name | gzip -9n > $$dir.tar.gz; \
+		rm -rf $$dir; \
+	done; \
+	cd $(DIST_DIR) && sha256sum $(foreach a,$(DIST_ARCHES),umbra-$(VERSION)-linux-$(a).tar.gz) > umbra-$(VERSION)-SHA256SUMS; \
+	echo "$(DIST_DIR)/umbra-$(VERSION)-SHA256SUMS:"; cat umbra-$(VERSION)-SHA256SUMS
+
+## docker: build the container image umbra:VERSION (needs a running Docker engine; docker-compose.yml runs it with a simulated fleet)
+docker:
+	@command -v docker >/dev/null 2>&1 || { echo "make docker needs the docker CLI and a running engine (https://docs.docker.com/engine/install/)"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t umbra:$(VERSION) -t umbra:latest .
+
+## deps: everything the README, docs/ and the tests need, installed once (idempotent, quiet when all is there): Debian packages, Go modules, the pinned AWS IoT SDKs
+deps: apt-deps go-deps sdk-deps
+
+# DEPS_CMDS: command:Debian package, for each tool the README, docs/ or a test runs.
+#   mosquitto_pub/sub (README, interop tests), mosquitto (interop tests), node and
+#   npm (AWS IoT SDK tests), curl and jq (README and docs/ examples), openssl
+#   (docs/migrate-from-aws.md), systemd-analyze (TestSystemdUnit), tar, gzip and
+#   sha256sum (make dist).
+DEPS_CMDS := mosquitto_pub:mosquitto-clients mosquitto:mosquitto node:nodejs npm:npm \
+	curl:curl jq:jq openssl:openssl systemd-analyze:systemd tar:tar gzip:gzip sha256sum:coreutils
+
+## apt-deps: the Debian packages of DEPS_CMDS whose command is missing (apt-get, with sudo unless root)
+apt-deps:
 	@missing=""; \
-	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
-	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
-	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	for pair in $(DEPS_CMDS); do \
+		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+## go-deps: the Go modules of go.sum, into the module cache (so the first build only compiles)
+go-deps:
+	@$(GO) mod download
+
 ## sdk-deps: the AWS IoT Device SDKs pinned in testdata/aws-sdk/package-lock.json (npm ci; skipped while node_modules matches the lock file)
-sdk-deps: deps
+sdk-deps: apt-deps
 	@if [ ! -f $(SDK_DIR)/node_modules/.package-lock.json ] || [ $(SDK_DIR)/package-lock.json -nt $(SDK_DIR)/node_modules/.package-lock.json ]; then \
 		echo "installing the AWS IoT Device SDKs in $(SDK_DIR) (npm ci)"; \
 		cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 ## test: format check, vet, race-enabled tests, short benchmarks, every fuzz target for TEST_FUZZTIME
-test: deps sdk-deps
+test: deps
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
@@ -120,4 +173,4 @@ demo:
 	GO="$(GO)" bash scripts/demo.sh
 
 clean:
-	rm -rf bin umbra-data
+	rm -rf bin dist umbra-data
