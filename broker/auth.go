@@ -23,11 +23,14 @@ type Authenticator interface {
 	// false: called with the SUBSCRIBE filter, which may hold wildcards,
 	// and again with each delivered message's topic).
 	//
-	// A denied SUBSCRIBE filter gets a failure code in SUBACK. A denied
-	// PUBLISH is dropped: silently for QoS 0 (MQTT has no negative ack),
-	// with PUBACK "not authorized" for an MQTT 5 client, and by
-	// disconnecting an MQTT 3.1.1 client for QoS 1 and 2. Every denied PUBLISH is
-	// counted in Stats.PublishesDenied and logged once per client and topic.
+	// A denied SUBSCRIBE filter gets a failure code in SUBACK (0x87 for
+	// MQTT 5, 0x80 for 3.1.1); the filter of a shared subscription
+	// "$share/<group>/<filter>" is checked as <filter>. A denied PUBLISH is
+	// dropped and the client stays connected: silently for QoS 0 (MQTT has
+	// no negative ack), with PUBACK or PUBREC "not authorized" for an MQTT
+	// 5 client, and with the usual acknowledgement for an MQTT 3.1.1
+	// client. Denials are counted in Stats.PublishesDenied and
+	// Stats.SubscriptionsDenied and logged once per connection and topic.
 	Allow(id Identity, topic string, write bool) bool
 }
 

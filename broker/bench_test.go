@@ -333,3 +333,36 @@ func deviceTraffic(c net.Conn, clientID string) error {
 	}
 	return nil
 }
+
+// BenchmarkSysRefresh measures the part of a $SYS refresh that affects
+// every client: runtime.ReadMemStats, which stops the world, with 2,000
+// device connections (4,000 goroutines) open. It decides
+// Config.SysInterval's default (see the package documentation). Run it
+// with
+//
+//	go test -run '^$' -bench SysRefresh ./broker
+func BenchmarkSysRefresh(b *testing.B) {
+	const n = 2000
+	if err := raiseFileLimit(n + 1024); err != nil {
+		b.Fatalf("%d connections need %d file descriptors: %v", n, n+1024, err)
+	}
+	ctx, cancel := context.WithTimeout(b.Context(), benchTimeout)
+	defer cancel()
+	srv, err := broker.Open(ctx, broker.Config{TCPAddr: "127.0.0.1:0"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close(ctx)
+	c, err := startIdleClients(ctx, srv.Addr().String(), n, 0, "active")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.stop()
+	if err := c.wait(ctx); err != nil {
+		b.Fatal(err)
+	}
+	var m runtime.MemStats
+	for b.Loop() {
+		runtime.ReadMemStats(&m)
+	}
+}

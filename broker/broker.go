@@ -80,14 +80,25 @@ const (
 	// authenticated identity. A device has one (its client ID is its
 	// device ID); an integrator may keep one per worker.
 	DefaultMaxSessionsPerIdentity = 100
+	// DefaultMaxMessageRate is the PUBLISHes per second a device connection
+	// may send on average (AWS IoT's limit per connection).
+	DefaultMaxMessageRate = 100.0
+	// DefaultMaxMessageBurst is how many PUBLISHes a device connection may
+	// send at once: a device flushing readings it buffered while offline.
+	DefaultMaxMessageBurst = 1000
+	// DefaultServiceMessageRate is DefaultMaxMessageRate for service
+	// clients, which publish for many devices (commands, bridges).
+	DefaultServiceMessageRate = 5000.0
+	// DefaultServiceMessageBurst is DefaultMaxMessageBurst for service
+	// clients.
+	DefaultServiceMessageBurst = 10000
+	// DefaultSysInterval is how often the broker refreshes its $SYS
+	// topics, as mosquitto's default sys_interval.
+	DefaultSysInterval = 10 * time.Second
 
 	// receiveMaximum is the number of unacknowledged QoS 1 and 2 PUBLISHes a client
 	// may have in flight towards the broker.
 	receiveMaximum uint16 = 64
-	// sysTopicInterval is how often mochi refreshes its $SYS topics. Stats is
-	// the supported way to read counters, so this is kept infrequent: every
-	// refresh stops the world in runtime.ReadMemStats.
-	sysTopicInterval int64 = 60
 	// maxTopicLen is the longest topic an MQTT packet can carry.
 	maxTopicLen = math.MaxUint16
 	// logKeyComponent is the slog attribute naming the component.
@@ -116,9 +127,8 @@ var (
 	// ErrTakenOver is reported to OnDisconnect when a new connection with
 	// the same client ID replaced the connection.
 	ErrTakenOver = errors.New("broker: session taken over")
-	// ErrNotAuthorized is reported to OnDisconnect for an MQTT 3.1.1
-	// client disconnected for a QoS 1 or 2 PUBLISH that Authenticator.Allow
-	// denied.
+	// ErrNotAuthorized is reported to OnDisconnect for a client that
+	// Evict disconnected. (A denied PUBLISH never disconnects.)
 	ErrNotAuthorized = errors.New("broker: not authorized")
 	// ErrProtocol is wrapped in the cause reported to OnDisconnect when the
 	// broker disconnected a client for an MQTT protocol violation.
@@ -309,6 +319,30 @@ type Config struct {
 	// means no cap.
 	ServiceSubscriptions int
 
+	// MaxMessageRate caps the PUBLISHes per second a device connection
+	// sends, with MaxMessageBurst: a token bucket per connection (see
+	// ratelimit.go). A PUBLISH over it is refused (MQTT 5: PUBACK or PUBREC
+	// 0x96; MQTT 3.1.1: acknowledged and dropped), counted in
+	// Stats.RateLimited and logged once per episode. Requests on
+	// RequestFilters are never refused. Default DefaultMaxMessageRate;
+	// negative means no limit.
+	MaxMessageRate float64
+	// MaxMessageBurst is the size of a device connection's bucket: how
+	// many PUBLISHes it may send at once. Default DefaultMaxMessageBurst;
+	// at least 1.
+	MaxMessageBurst int
+	// ServiceMessageRate and ServiceMessageBurst are MaxMessageRate and
+	// MaxMessageBurst for service clients (see ServiceWritesPending).
+	// Defaults DefaultServiceMessageRate and DefaultServiceMessageBurst.
+	ServiceMessageRate  float64
+	ServiceMessageBurst int
+
+	// SysInterval is how often the broker publishes its statistics on
+	// $SYS/broker/… (retained; see package documentation). Each refresh
+	// reads runtime.MemStats, which stops the world briefly. Default
+	// DefaultSysInterval; at least a second.
+	SysInterval time.Duration
+
 	// RequestFilters are the filters of request topics: messages that are
 	// commands to an in-process subscriber (the shadow engine's
 	// state/+/update, /get and /delete), never state. A PUBLISH or will on
@@ -443,6 +477,21 @@ func (c *Config) setDefaults() {
 	if c.MaxSessionsPerIdentity == 0 {
 		c.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
 	}
+	if c.MaxMessageRate == 0 {
+		c.MaxMessageRate = DefaultMaxMessageRate
+	}
+	if c.MaxMessageBurst == 0 {
+		c.MaxMessageBurst = DefaultMaxMessageBurst
+	}
+	if c.ServiceMessageRate == 0 {
+		c.ServiceMessageRate = DefaultServiceMessageRate
+	}
+	if c.ServiceMessageBurst == 0 {
+		c.ServiceMessageBurst = DefaultServiceMessageBurst
+	}
+	if c.SysInterval == 0 {
+		c.SysInterval = DefaultSysInterval
+	}
 }
 
 // validate reports the first invalid field of a defaulted Config.
@@ -489,6 +538,16 @@ func (c *Config) validate() error {
 	if c.MaxClientIDLength < 1 || c.MaxClientIDLength > maxTopicLen {
 		return fmt.Errorf("%w: MaxClientIDLength %d outside [1, %d]", ErrInvalidConfig, c.MaxClientIDLength, maxTopicLen)
 	}
+	if c.MaxMessageBurst < 1 || c.ServiceMessageBurst < 1 {
+		return fmt.Errorf("%w: MaxMessageBurst %d and ServiceMessageBurst %d must be at least 1",
+			ErrInvalidConfig, c.MaxMessageBurst, c.ServiceMessageBurst)
+	}
+	if math.IsNaN(c.MaxMessageRate) || math.IsNaN(c.ServiceMessageRate) || math.IsInf(c.MaxMessageRate, 0) || math.IsInf(c.ServiceMessageRate, 0) {
+		return fmt.Errorf("%w: MaxMessageRate %v and ServiceMessageRate %v must be finite", ErrInvalidConfig, c.MaxMessageRate, c.ServiceMessageRate)
+	}
+	if c.SysInterval < time.Second {
+		return fmt.Errorf("%w: SysInterval %v is below a second", ErrInvalidConfig, c.SysInterval)
+	}
 	if c.ReadBufferSize < 16 || c.WriteBufferSize < 16 {
 		return fmt.Errorf("%w: buffer sizes %d/%d below 16 bytes", ErrInvalidConfig, c.ReadBufferSize, c.WriteBufferSize)
 	}
@@ -528,12 +587,15 @@ func (c *Config) options(log *slog.Logger) *mqtt.Options {
 	// CONNACK does not advertise topic aliases, so clients must not use
 	// them (MQTT 5 §3.2.2.3.8); 0 also keeps alias maps from growing.
 	caps.TopicAliasMaximum = 0
+	// A denied QoS 1 or 2 PUBLISH of an MQTT 3.1.1 client is acknowledged
+	// and dropped, not answered with a disconnect (see deny.go).
+	caps.Compatibilities.AcknowledgeUnauthorizedPublish = true
 	return &mqtt.Options{
 		Capabilities:             caps,
 		ClientNetReadBufferSize:  c.ReadBufferSize,
 		ClientNetWriteBufferSize: c.WriteBufferSize,
 		Logger:                   log,
-		SysTopicResendInterval:   sysTopicInterval,
+		SysTopicResendInterval:   int64(c.SysInterval / time.Second),
 		InlineClient:             true,
 	}
 }

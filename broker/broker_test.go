@@ -409,9 +409,13 @@ func TestMaxPacketSize(t *testing.T) {
 				}
 				return
 			}
+			before := b.Stats().PacketsTooLarge
 			rc.expectClosed()
 			if err := ev.disconnectOf(t, id); !errors.Is(err, broker.ErrTooLarge) {
 				t.Errorf("OnDisconnect: got %v, want %v", err, broker.ErrTooLarge)
+			}
+			if got := b.Stats().PacketsTooLarge - before; got != 1 {
+				t.Errorf("PacketsTooLarge: got +%d, want +1", got)
 			}
 			// The bystander is unaffected.
 			brokertest.Publish(t, other, "big/after", 0, []byte("ok"))

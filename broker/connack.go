@@ -39,10 +39,12 @@ func connackV3(code byte) (byte, bool) {
 
 // OnPacketRead turns a CONNECT's empty password into no password for
 // mochi, and remembers it for authentication; it drops the retain flag of
-// a PUBLISH on a request topic (see retain.go).
+// a PUBLISH on a request topic (see retain.go) and counts a PUBLISH to
+// $SYS as denied (see deny.go).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type == packets.Publish {
 		h.dropRequestRetain(cl, &pk)
+		h.sysPublish(cl, &pk)
 		return pk, nil
 	}
 	if pk.FixedHeader.Type != packets.Connect || !pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0 {
@@ -58,7 +60,10 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 
 // fixAck corrects mochi's acknowledgements: a CONNACK to an MQTT 3.1.1
 // client gets a 3.1.1 return code, or becomes a packet that cannot be
-// encoded (nothing is written, and mochi closes the connection); and a
+// encoded (nothing is written, and mochi closes the connection); a CONNACK
+// refusing an MQTT 5 client for its will topic says "not authorized"
+// (0x87), and one for its identity's connection cap "quota exceeded"
+// (0x97), not "bad user name or password"; and a
 // PUBREC for a QoS 2 PUBLISH resent before PUBREL, which mochi marks
 // "packet identifier in use", says success, as MQTT 5 §4.3.3 wants for a
 // duplicate (the message is not delivered again).
@@ -68,7 +73,16 @@ func fixAck(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		pk.Properties.ReasonString = ""
 		return pk
 	}
-	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion >= 5 {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if cl.Properties.ProtocolVersion >= 5 {
+		if c := connOf(cl); c != nil && c.refusal != nil && pk.ReasonCode == packets.ErrBadUsernameOrPassword.Code {
+			// The credentials were good: the will topic was not allowed,
+			// or the identity has too many connections.
+			pk.ReasonCode = c.refusal.Code
+			pk.Properties.ReasonString = c.refusal.Reason
+		}
 		return pk
 	}
 	code, ok := connackV3(pk.ReasonCode)

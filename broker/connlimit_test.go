@@ -33,6 +33,14 @@ func TestMaxConnsPerIdentity(t *testing.T) {
 	if got := b.Stats().ConnectsRejected; got <= before {
 		t.Errorf("ConnectsRejected = %d, want more than %d", got, before)
 	}
+	if st := b.Stats(); st.IdentityConnsRefused != st.ConnectsRejected-before {
+		t.Errorf("IdentityConnsRefused = %d, want %d (every refusal was for the cap)", st.IdentityConnsRefused, st.ConnectsRejected-before)
+	}
+	// An MQTT 5 client learns why: quota exceeded, not bad credentials.
+	rc := dialRaw(t, b.Addr())
+	if code := rc.connect(v5, "cli-v5", true); code != 0x97 {
+		t.Errorf("MQTT 5 CONNACK over the cap: got %#x, want 0x97 quota exceeded", code)
+	}
 	// Closing one connection frees its place. The count drops when the
 	// connection's goroutine ends, which no callback reports: poll, bounded.
 	c1.Disconnect(100)

@@ -119,10 +119,44 @@
 // Stats.SubscriptionsRefused; the first refusal per connection is logged.
 // Subscribing again to a filter the session has takes no new place.
 //
+// A connection may send Config.MaxMessageRate PUBLISHes a second on
+// average and Config.MaxMessageBurst at once (service clients:
+// ServiceMessageRate and ServiceMessageBurst; defaults 100/s and 1,000,
+// 5,000/s and 10,000), as a token bucket per connection. A PUBLISH beyond
+// it is refused: QoS 0 dropped, MQTT 5 QoS 1 and 2 with PUBACK or PUBREC
+// 0x96 "message rate too high", MQTT 3.1.1 acknowledged and dropped (a
+// disconnect would make the device reconnect and resend at once); counted
+// in Stats.RateLimited and logged once per episode (until the client's
+// bucket is full again). Requests on Config.RequestFilters are never
+// refused by it: the service that handles them has its own limit and
+// answer (the shadow engine's 429). See ratelimit.go.
+//
+// A CONNECT over Config.MaxConnsPerIdentity connections of one identity
+// is refused (Stats.IdentityConnsRefused); a client that sends a packet
+// over MaxPacketSize is disconnected (Stats.PacketsTooLarge).
+//
 // Config.RequestFilters names request topics (Umbra wires the shadow's
 // state/+/update, /get and /delete): the retain flag of a PUBLISH or a
 // will on them is dropped, so a request is delivered and handled but never
 // stored or replayed to later subscribers (Stats.RetainIgnored).
+//
+// # Shared subscriptions, $ topics and $SYS
+//
+// A shared subscription "$share/<group>/<filter>" delivers each matching
+// message to one member of the group, in turn, connected members first
+// (see shared.go); the ACL checks <filter>. As MQTT requires, a filter
+// whose first level is a wildcard ("#", "+/…", also in a shared
+// subscription) matches no topic starting with "$", live or retained.
+//
+// Every Config.SysInterval (default 10 s, as mosquitto's sys_interval)
+// the broker publishes its statistics, retained, on $SYS/broker/…
+// (mochi's set: version, uptime, clients, messages, bytes, subscriptions,
+// retained, memory and goroutines). Who may read them is Config.Auth's
+// decision; only the broker publishes there: a client's PUBLISH to $SYS
+// is refused as denied (see deny.go), and Publish refuses $SYS topics.
+// Each refresh reads runtime.MemStats, which stops the world for tens of
+// microseconds (BenchmarkSysRefresh). Stats is the way for Umbra's own
+// code and /metrics to read the counters.
 //
 // # Slow consumers
 //
@@ -263,9 +297,19 @@
 //
 // Config.Auth, an Authenticator, authenticates CONNECTs and authorizes
 // every PUBLISH, SUBSCRIBE filter, delivery and will topic. Nil allows
-// everything. Denied QoS 0 PUBLISHes cannot be answered in MQTT; the broker
-// counts them in Stats.PublishesDenied and logs the first one per client
-// and topic, because an in-process subscriber never sees them.
+// everything. A shared subscription "$share/<group>/<filter>" is
+// authorized as <filter>. A CONNECT whose will topic is denied is refused
+// with "not authorized" (5 for MQTT 3.1.1, 0x87 for MQTT 5).
+//
+// A denied operation never ends the connection (see deny.go). A denied
+// PUBLISH, and any client's PUBLISH to $SYS, is dropped (neither delivered
+// nor retained): QoS 0 silently, QoS 1 and 2 with PUBACK or PUBREC 0x87
+// for MQTT 5 and with the usual PUBACK, or PUBREC and PUBCOMP, for MQTT
+// 3.1.1, as mosquitto does. A denied SUBSCRIBE filter gets SUBACK 0x87
+// (0x80 for MQTT 3.1.1) and the packet's other filters are granted. Each
+// denial is counted (Stats.PublishesDenied, Stats.SubscriptionsDenied) and
+// logged at warning level once per connection and topic or filter, for up
+// to 16 distinct ones per connection.
 //
 // A zero-length password is a password (mochi would refuse it as a
 // protocol error): Auth decides, with Credentials.Password empty rather

@@ -14,10 +14,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// maxLoggedDenials bounds how many distinct denied topics are remembered
-// (and logged) per session.
-const maxLoggedDenials = 16
-
 // hook connects mochi's events to Config: client ID validation,
 // authentication, ACL, callbacks and counters.
 type hook struct {
@@ -28,15 +24,21 @@ type hook struct {
 	sessions map[string]*session // by client ID; only used with Config.Auth
 	perName  map[string]int      // live connections by identity name; only used with Config.Auth
 
-	gates gates         // per client ID connect/disconnect serialisation
-	seq   atomic.Uint64 // last connection sequence handed out
+	gates  gates         // per client ID connect/disconnect serialisation
+	seq    atomic.Uint64 // last connection sequence handed out
+	shared sharedTurns   // shared subscription groups' turns (see shared.go)
 
-	publishesDenied  atomic.Int64
-	connectsRejected atomic.Int64
-	clientIDsRefused atomic.Int64
-	handlerPanics    atomic.Int64
+	publishesDenied     atomic.Int64
+	subscriptionsDenied atomic.Int64 // SUBSCRIBE filters refused by Config.Auth, since Open
+	connectsRejected    atomic.Int64
+	clientIDsRefused    atomic.Int64
+	handlerPanics       atomic.Int64
+
+	identityConnsRefused atomic.Int64 // CONNECTs over MaxConnsPerIdentity (also in connectsRejected), since Open
+	packetsTooLarge      atomic.Int64 // clients disconnected for a packet over MaxPacketSize, since Open
 
 	subscriptionsRefused atomic.Int64 // filters over a subscription cap, since Open
+	rateLimited          atomic.Int64 // PUBLISHes refused for the message rate, since Open
 	retainIgnored        atomic.Int64 // retain flags dropped on request topics, since Open
 }
 
@@ -44,9 +46,6 @@ type hook struct {
 type session struct {
 	cl *mqtt.Client // the mochi client the identity belongs to
 	id Identity
-
-	mu     sync.Mutex          // guards denied
-	denied map[string]struct{} // topics whose publish denial was logged
 }
 
 func newHook(s *Server) *hook {
@@ -61,10 +60,12 @@ func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnClientExpired,
-		mqtt.OnPacketRead, mqtt.OnPacketEncode:
+		mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSelectSubscribers:
 		return true
 	case mqtt.OnWill:
 		return len(h.s.cfg.RequestFilters) > 0
+	case mqtt.OnPublish:
+		return h.s.cfg.MaxMessageRate >= 0 || h.s.cfg.ServiceMessageRate >= 0
 	}
 	return false
 }
@@ -126,6 +127,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if err == nil && pk.Connect.WillFlag && !auth.Allow(withClientID(id, cl.ID), pk.Connect.WillTopic, true) {
 		// mochi publishes wills without an ACL check.
 		err = fmt.Errorf("will topic %q not allowed", pk.Connect.WillTopic)
+		if c != nil {
+			c.refusal = &packets.ErrNotAuthorized // see fixAck
+		}
 	}
 	if err != nil {
 		h.connectsRejected.Add(1)
@@ -140,6 +144,8 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if max := h.s.cfg.MaxConnsPerIdentity; max > 0 && c != nil && h.perName[id.Name] >= max {
 		h.mu.Unlock()
 		h.connectsRejected.Add(1)
+		h.identityConnsRefused.Add(1)
+		c.refusal = &packets.ErrQuotaExceeded // see fixAck
 		h.s.log.Info("connection refused: too many connections for identity", "client", cl.ID, "identity", id.Name, "max", max)
 		return false
 	}
@@ -198,17 +204,19 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if len(topic) > h.s.cfg.MaxTopicLength {
 		if write {
-			h.publishesDenied.Add(1)
+			h.publishDenied(cl, topic)
 		}
-		h.s.log.Debug("topic too long", "client", cl.ID, "bytes", len(topic), "max", h.s.cfg.MaxTopicLength)
 		return false
 	}
 	if !write && (!h.deliveryAllowed(cl) || (!subscribing(cl) && !h.s.ledger.queueRoom(cl))) {
 		return false
 	}
-	sess, allowed := h.authAllows(cl, topic, write)
+	if !write {
+		topic = shareFilter(topic) // a $share/<group>/<filter> SUBSCRIBE is checked as <filter>
+	}
+	_, allowed := h.authAllows(cl, topic, write)
 	if !allowed && write {
-		h.publishDenied(cl, sess, topic)
+		h.publishDenied(cl, topic)
 	}
 	return allowed
 }
@@ -251,38 +259,16 @@ func (h *hook) deliveryAllowed(cl *mqtt.Client) bool {
 }
 
 // OnSubscribe marks the start of a SUBSCRIBE's ACL checks for
-// deliveryAllowed and refuses the filters over the client's subscription
-// cap (see subcap.go).
+// deliveryAllowed, notes the filters Config.Auth denies (see deny.go) and
+// refuses the filters over the client's subscription cap (see subcap.go).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c := connOf(cl)
 	if c == nil {
 		return pk
 	}
 	c.subscribing.Store(true)
-	return h.capSubscriptions(cl, c, pk)
-}
-
-// publishDenied counts a denied PUBLISH and logs the first denial per
-// session and topic; mochi drops denied QoS 0 publishes silently.
-func (h *hook) publishDenied(cl *mqtt.Client, sess *session, topic string) {
-	h.publishesDenied.Add(1)
-	if sess == nil {
-		h.s.log.Warn("publish denied: no identity", "client", cl.ID, "topic", clip(topic))
-		return
-	}
-	sess.mu.Lock()
-	_, seen := sess.denied[topic]
-	first := !seen && len(sess.denied) < maxLoggedDenials
-	if first {
-		if sess.denied == nil {
-			sess.denied = make(map[string]struct{})
-		}
-		sess.denied[topic] = struct{}{}
-	}
-	sess.mu.Unlock()
-	if first {
-		h.s.log.Warn("publish denied; not logged again for this client and topic", "client", cl.ID, "topic", clip(topic))
-	}
+	allowed := h.noteDeniedFilters(cl, c, pk)
+	return h.capSubscriptions(cl, c, pk, allowed)
 }
 
 // forget drops the identity of cl's session if it still belongs to cl.
@@ -468,8 +454,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if expire {
 		h.forget(cl)
 	}
+	cause := disconnectCause(cl.StopCause(), err)
+	if errors.Is(cause, ErrTooLarge) {
+		h.packetsTooLarge.Add(1)
+	}
 	if cb := h.s.cfg.OnDisconnect; cb != nil {
-		cause := disconnectCause(cl.StopCause(), err)
 		if c.out != nil {
 			if slow := c.out.slowConsumer(); slow != nil {
 				cause = slow
@@ -614,6 +603,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 	if c := connOf(cl); c != nil {
 		c.subscribing.Store(false)
 		h.reportRefused(cl, c, pk, reasonCodes)
+		h.reportDeniedFilters(cl, c)
 	}
 	cb := h.s.cfg.OnSubscribe
 	if cb == nil || cl.Net.Inline {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // listener is a mochi listeners.Listener for TCP, TLS or WebSocket that,
@@ -316,6 +317,18 @@ type conn struct {
 	// the subscription cap; refusedLogged is set once they were logged.
 	refused       []refusal
 	refusedLogged bool
+	// deniedFilters are the filters of the SUBSCRIBE being handled that
+	// Config.Auth denies; denials records which denials were logged (see
+	// deny.go). Both are used by the client's goroutine only.
+	deniedFilters []string
+	denials       denials
+	// refusal is the CONNACK reason an MQTT 5 client gets when the
+	// authentication hook refuses it for something else than its
+	// credentials (see fixAck); nil for "bad user name or password".
+	refusal *packets.Code
+	// rate is the client's message-rate bucket (see ratelimit.go); used by
+	// the client's goroutine only.
+	rate bucket
 }
 
 // ended reports whether the listener has finished with c. A conn without

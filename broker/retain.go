@@ -15,9 +15,8 @@ import (
 // replaying it to whoever subscribes later would apply it again. The
 // broker therefore drops the retain flag of a PUBLISH (a client's or
 // Publish's) and of a will on a request topic: the request is delivered and handled as usual, but never
-// stored, and an empty one does not clear anything. It is not refused,
-// because refusing a QoS 1 PUBLISH means disconnecting an MQTT 3.1.1
-// client, which would then resend it forever.
+// stored, and an empty one does not clear anything. It is not refused:
+// an MQTT 3.1.1 client could not be told why its request had no effect.
 
 // isRequest reports whether topic matches one of Config.RequestFilters.
 func (h *hook) isRequest(topic string) bool {

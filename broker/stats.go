@@ -21,11 +21,11 @@ type Stats struct {
 	BytesReceived    int64 // bytes received, since Open
 	BytesSent        int64 // bytes written, since Open
 
-	// PacketsDropped is MessagesDropped + InflightDropped + PublishesDenied.
+	// PacketsDropped is MessagesDropped + InflightDropped + PublishesDenied + RateLimited.
 	PacketsDropped      int64
 	MessagesDropped     int64 // messages dropped because a client's outbound queue was full, since Open
 	InflightDropped     int64 // QoS 1 and 2 messages dropped because a session's inflight store was full, since Open
-	PublishesDenied     int64 // PUBLISHes refused by Authenticator.Allow, since Open
+	PublishesDenied     int64 // PUBLISHes refused by Authenticator.Allow or sent to $SYS, since Open
 	ConnectsRejected    int64 // CONNECTs refused for an invalid client ID or failed authentication, since Open
 	ClientIDsRefused    int64 // CONNECTs refused for an over-long or reserved client ID (also in ConnectsRejected), since Open
 	TLSHandshakesFailed int64 // TLS connections closed because the handshake failed or timed out, since Open
@@ -35,6 +35,7 @@ type Stats struct {
 	PendingBytes  int64 // bytes written to connections that their sockets have not taken yet, now
 
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap, since Open
+	SubscriptionsDenied  int64 // SUBSCRIBE filters refused by Authenticator.Allow, since Open
 	RetainIgnored        int64 // retain flags dropped from PUBLISHes and wills on request topics, since Open
 
 	RetainedBytes      int64 // payload bytes of the retained messages clients hold now (Config.MaxRetainedBytes)
@@ -48,6 +49,10 @@ type Stats struct {
 	StoreOps     int64         // ops in those commits, since Open
 	StoreErrors  int64         // failed commits, since Open
 	StoreTime    time.Duration // total time spent in commits, since Open
+	RateLimited  int64         // PUBLISHes refused because the client exceeded its message rate, since Open
+
+	IdentityConnsRefused int64 // CONNECTs refused for MaxConnsPerIdentity (also in ConnectsRejected), since Open
+	PacketsTooLarge      int64 // clients disconnected for a packet over MaxPacketSize, since Open
 }
 
 // Stats returns a snapshot of the broker's counters. It is cheap enough to
@@ -76,6 +81,7 @@ func (s *Server) Stats() Stats {
 		PendingBytes:     s.out.pending.Load(),
 
 		SubscriptionsRefused: s.hook.subscriptionsRefused.Load(),
+		SubscriptionsDenied:  s.hook.subscriptionsDenied.Load(),
 		RetainIgnored:        s.hook.retainIgnored.Load(),
 
 		QueuedBytes:       s.ledger.queuedBytes.Load(),
@@ -86,6 +92,10 @@ func (s *Server) Stats() Stats {
 		StoreOps:          s.ledger.commitOps.Load(),
 		StoreErrors:       s.ledger.commitErrors.Load(),
 		StoreTime:         time.Duration(s.ledger.commitNanos.Load()),
+		RateLimited:       s.hook.rateLimited.Load(),
+
+		IdentityConnsRefused: s.hook.identityConnsRefused.Load(),
+		PacketsTooLarge:      s.hook.packetsTooLarge.Load(),
 	}
 	s.ledger.mu.Lock()
 	st.RetainedBytes = s.ledger.retainedBytes
@@ -94,6 +104,6 @@ func (s *Server) Stats() Stats {
 	if s.tls != nil {
 		st.TLSHandshakesFailed = s.tls.tlsFailures.Load()
 	}
-	st.PacketsDropped = st.MessagesDropped + st.InflightDropped + st.PublishesDenied
+	st.PacketsDropped = st.MessagesDropped + st.InflightDropped + st.PublishesDenied + st.RateLimited
 	return st
 }

@@ -34,7 +34,9 @@ func (h *hook) subscriptionCap(c *conn) (int, bool) {
 
 // capSubscriptions replaces the filters of pk, a SUBSCRIBE of cl, that
 // would take cl over its cap with refusedFilter and remembers them in c.
-func (h *hook) capSubscriptions(cl *mqtt.Client, c *conn, pk packets.Packet) packets.Packet {
+// allowed tells, per filter, whether it is valid and OnACLCheck will allow
+// it.
+func (h *hook) capSubscriptions(cl *mqtt.Client, c *conn, pk packets.Packet, allowed []bool) packets.Packet {
 	c.refused = c.refused[:0]
 	limit, ok := h.subscriptionCap(c)
 	if !ok {
@@ -43,8 +45,7 @@ func (h *hook) capSubscriptions(cl *mqtt.Client, c *conn, pk packets.Packet) pac
 	n := cl.State.Subscriptions.Len()
 	var added map[string]bool // new filters granted a place in this packet
 	for i, sub := range pk.Filters {
-		if _, had := cl.State.Subscriptions.Get(sub.Filter); had || added[sub.Filter] ||
-			!mqtt.IsValidFilter(sub.Filter, false) || !h.filterAllowed(cl, sub.Filter) {
+		if _, had := cl.State.Subscriptions.Get(sub.Filter); had || added[sub.Filter] || !allowed[i] {
 			continue
 		}
 		if n < limit {
@@ -69,15 +70,6 @@ func (h *hook) capSubscriptions(cl *mqtt.Client, c *conn, pk packets.Packet) pac
 type refusal struct {
 	index  int
 	filter string
-}
-
-// filterAllowed reports whether OnACLCheck will allow cl the filter.
-func (h *hook) filterAllowed(cl *mqtt.Client, filter string) bool {
-	if len(filter) > h.s.cfg.MaxTopicLength {
-		return false
-	}
-	_, ok := h.authAllows(cl, filter, false)
-	return ok
 }
 
 // reportRefused restores the filters capSubscriptions replaced in pk, sets

@@ -54,6 +54,7 @@ type serveOptions struct {
 	writeTimeout        time.Duration
 	maxSubs             int
 	serviceSubs         int
+	limits              mqttLimits
 
 	// Durable broker state: its limits (broker.Config).
 	maxRetained         int
@@ -176,6 +177,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.Int64Var(&o.maxQueuedBytes, "max-queued-bytes", broker.DefaultMaxQueuedBytes, "payload bytes a device's persistent session may hold (queued while offline or unacknowledged); further messages to it are dropped; -1 for no cap")
 	f.Int64Var(&o.serviceQueuedBytes, "service-max-queued-bytes", broker.DefaultServiceQueuedBytes, "--max-queued-bytes for operators and integrators; -1 for no cap")
 	f.IntVar(&o.maxSessionsIdentity, "max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "persistent MQTT sessions one identity (operator or integrator token) may keep; one more is refused at CONNECT (quota exceeded); -1 for no cap")
+	o.limits.addFlags(f)
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
@@ -249,6 +251,7 @@ type serveConfig struct {
 	maxPendingBytes, servicePendingBytes int
 	writeTimeout                         time.Duration
 	maxSubs, serviceSubs                 int
+	limits                               mqttLimits
 }
 
 func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
@@ -318,6 +321,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 			return serveConfig{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", name, v)
 		}
 	}
+	if err := o.limits.validate(); err != nil {
+		return serveConfig{}, err
+	}
 	if o.writeTimeout < time.Second {
 		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", o.writeTimeout)
 	}
@@ -365,7 +371,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
 		shutdownGrace: o.shutdownGrace, log: log, durable: durable,
 		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
-		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs,
+		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs, limits: o.limits,
 		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
 		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
 		httpTLS: httpTLS, keyPairs: keyPairs,
@@ -535,7 +541,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	s, err := umbraserver.Open(ctx, umbraserver.Config{
+	scfg := umbraserver.Config{
 		DataDir:           cfg.dataDir,
 		MQTTAddr:          cfg.mqttAddr,
 		WSAddr:            cfg.wsAddr,
@@ -572,7 +578,9 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		MaxQueuedBytes:         cfg.durable.maxQueuedBytes,
 		ServiceQueuedBytes:     cfg.durable.serviceQueuedBytes,
 		MaxSessionsPerIdentity: cfg.durable.maxSessions,
-	})
+	}
+	cfg.limits.apply(&scfg)
+	s, err := umbraserver.Open(ctx, scfg)
 	if err != nil {
 		return err
 	}

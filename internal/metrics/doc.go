@@ -30,12 +30,17 @@
 //	umbra_devices_connected                     gauge   MQTT clients connected now
 //	umbra_broker_messages_received_total        counter PUBLISHes received
 //	umbra_broker_messages_sent_total            counter PUBLISHes written to clients
+//	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, queue_bytes, denied, rate_limited
+//	umbra_broker_denied_total{op}               counter publishes and subscribe filters refused by authorisation: publish, subscribe
+//	umbra_broker_connects_rejected_total        counter CONNECTs refused (credentials, will topic, client ID, per-identity cap)
+//	umbra_broker_identity_connections_refused_total counter CONNECTs refused for the connections-per-identity cap
+//	umbra_broker_tls_handshakes_failed_total    counter TLS handshakes that failed or timed out
+//	umbra_broker_packets_too_large_total        counter clients disconnected for a packet over the size limit
 //	umbra_broker_slow_consumers_total           counter clients disconnected as slow consumers
 //	umbra_broker_pending_bytes                  gauge   bytes written to clients, not yet taken by their sockets
 //	umbra_broker_subscriptions                  gauge   client subscriptions, offline sessions included
 //	umbra_broker_subscriptions_refused_total    counter filters refused for a session's subscription cap
 //	umbra_broker_client_ids_refused_total       counter CONNECTs refused for an over-long or reserved client ID
-//	umbra_broker_messages_dropped_total{reason} counter queue_full, inflight_full, queue_bytes, denied
 //	umbra_broker_retained_messages              gauge   retained messages now
 //	umbra_broker_retained_bytes                 gauge   payload bytes of clients' retained messages
 //	umbra_broker_persistent_sessions            gauge   persistent sessions, connected or not

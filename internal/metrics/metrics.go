@@ -37,16 +37,23 @@ type BrokerStats struct {
 	ClientIDsRefused     int64 // CONNECTs refused for an over-long or reserved client ID
 
 	// Retained messages and persistent sessions (broker's Durability).
-	Retained           int64         // retained messages now
-	RetainedBytes      int64         // payload bytes of clients' retained messages now
-	RetainedRefused    int64         // new retained topics refused for the retained limits
-	PersistentSessions int64         // persistent sessions now, connected or not
-	SessionsRefused    int64         // CONNECTs refused for the persistent sessions per identity
-	QueuedBytes        int64         // payload bytes held for persistent sessions now
-	QueueBytesDropped  int64         // messages dropped because a session held its queued bytes limit
-	StoreCommits       int64         // commits of broker.db
-	StoreErrors        int64         // failed commits of broker.db
-	StoreTime          time.Duration // time spent in commits of broker.db
+	Retained            int64         // retained messages now
+	RetainedBytes       int64         // payload bytes of clients' retained messages now
+	RetainedRefused     int64         // new retained topics refused for the retained limits
+	PersistentSessions  int64         // persistent sessions now, connected or not
+	SessionsRefused     int64         // CONNECTs refused for the persistent sessions per identity
+	QueuedBytes         int64         // payload bytes held for persistent sessions now
+	QueueBytesDropped   int64         // messages dropped because a session held its queued bytes limit
+	StoreCommits        int64         // commits of broker.db
+	StoreErrors         int64         // failed commits of broker.db
+	StoreTime           time.Duration // time spent in commits of broker.db
+	SubscriptionsDenied int64         // SUBSCRIBE filters refused by authorisation
+	RateLimited         int64         // PUBLISHes refused for a client's message rate
+
+	ConnectsRejected     int64 // CONNECTs refused: credentials, will topic, client ID, connections per identity
+	IdentityConnsRefused int64 // CONNECTs refused for the connections-per-identity cap
+	TLSHandshakesFailed  int64 // TLS handshakes that failed or timed out
+	PacketsTooLarge      int64 // clients disconnected for a packet over the size limit
 }
 
 // FirmwareSource is what the metrics read from the firmware store at
@@ -192,8 +199,19 @@ var (
 	descSent = prometheus.NewDesc(namespace+"_broker_messages_sent_total",
 		"PUBLISH packets written to clients by the broker.", nil, nil)
 	descDropped = prometheus.NewDesc(namespace+"_broker_messages_dropped_total",
-		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's inflight store: 256 unacknowledged or queued QoS 1 messages per device, 16,384 per service client), queue_bytes (a persistent session holding --max-queued-bytes), denied (refused by authorisation).",
+		"Messages the broker dropped, by reason: queue_full (a client's outbound queue), inflight_full (a session's inflight store: 256 unacknowledged or queued QoS 1 messages per device, 16,384 per service client), queue_bytes (a persistent session holding --max-queued-bytes), denied (refused by authorisation), rate_limited (the client's message rate).",
 		[]string{"reason"}, nil)
+	descDenied = prometheus.NewDesc(namespace+"_broker_denied_total",
+		"Operations refused by authorisation, by op: publish (a PUBLISH, also one to $SYS), subscribe (a SUBSCRIBE filter). The client stays connected.",
+		[]string{"op"}, nil)
+	descConnRejected = prometheus.NewDesc(namespace+"_broker_connects_rejected_total",
+		"MQTT CONNECTs refused: bad credentials, a will topic not allowed, an invalid client ID, or the connections-per-identity cap.", nil, nil)
+	descIdentityConns = prometheus.NewDesc(namespace+"_broker_identity_connections_refused_total",
+		"MQTT CONNECTs refused because the identity already had --max-connections-per-identity connections (also in connects_rejected).", nil, nil)
+	descTLSFailed = prometheus.NewDesc(namespace+"_broker_tls_handshakes_failed_total",
+		"MQTT-over-TLS connections closed because the handshake failed or timed out.", nil, nil)
+	descTooLarge = prometheus.NewDesc(namespace+"_broker_packets_too_large_total",
+		"MQTT clients disconnected for sending a packet over --max-packet-size.", nil, nil)
 	descSlow = prometheus.NewDesc(namespace+"_broker_slow_consumers_total",
 		"MQTT clients disconnected because they did not read what they were sent (pending bytes over the cap, or a stalled socket).", nil, nil)
 	descPending = prometheus.NewDesc(namespace+"_broker_pending_bytes",
@@ -241,6 +259,11 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCommits
 	ch <- descCommitErrors
 	ch <- descCommitTime
+	ch <- descDenied
+	ch <- descConnRejected
+	ch <- descIdentityConns
+	ch <- descTLSFailed
+	ch <- descTooLarge
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -266,4 +289,11 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.StoreCommits))
 	ch <- prometheus.MustNewConstMetric(descCommitErrors, prometheus.CounterValue, float64(s.StoreErrors))
 	ch <- prometheus.MustNewConstMetric(descCommitTime, prometheus.CounterValue, s.StoreTime.Seconds())
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.RateLimited), "rate_limited")
+	ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.PublishesDenied), "publish")
+	ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.SubscriptionsDenied), "subscribe")
+	ch <- prometheus.MustNewConstMetric(descConnRejected, prometheus.CounterValue, float64(s.ConnectsRejected))
+	ch <- prometheus.MustNewConstMetric(descIdentityConns, prometheus.CounterValue, float64(s.IdentityConnsRefused))
+	ch <- prometheus.MustNewConstMetric(descTLSFailed, prometheus.CounterValue, float64(s.TLSHandshakesFailed))
+	ch <- prometheus.MustNewConstMetric(descTooLarge, prometheus.CounterValue, float64(s.PacketsTooLarge))
 }

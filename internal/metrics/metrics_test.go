@@ -66,7 +66,9 @@ func TestScrape(t *testing.T) {
 		MessagesDropped: 2, InflightDropped: 3, PublishesDenied: 4, SlowConsumers: 6, PendingBytes: 8 << 10,
 		Subscriptions: 9, SubscriptionsRefused: 10,
 		Retained: 11, RetainedBytes: 12, RetainedRefused: 13, PersistentSessions: 14, SessionsRefused: 15,
-		QueuedBytes: 16, QueueBytesDropped: 17, StoreCommits: 18, StoreErrors: 19, StoreTime: 1500 * time.Millisecond}
+		QueuedBytes: 16, QueueBytesDropped: 17, StoreCommits: 18, StoreErrors: 19, StoreTime: 1500 * time.Millisecond,
+		SubscriptionsDenied: 21, RateLimited: 22,
+		ConnectsRejected: 23, IdentityConnsRefused: 24, TLSHandshakesFailed: 25, PacketsTooLarge: 26}
 	m.RegisterBroker(func() metrics.BrokerStats { return broker })
 	fw := &fakeFirmware{}
 	fw.n.Store(4 << 20)
@@ -108,6 +110,13 @@ func TestScrape(t *testing.T) {
 		{`umbra_broker_store_commits_total`, 18},
 		{`umbra_broker_store_errors_total`, 19},
 		{`umbra_broker_store_commit_seconds_total`, 1.5},
+		{`umbra_broker_denied_total{op="publish"}`, 4},
+		{`umbra_broker_denied_total{op="subscribe"}`, 21},
+		{`umbra_broker_messages_dropped_total{reason="rate_limited"}`, 22},
+		{`umbra_broker_connects_rejected_total`, 23},
+		{`umbra_broker_identity_connections_refused_total`, 24},
+		{`umbra_broker_tls_handshakes_failed_total`, 25},
+		{`umbra_broker_packets_too_large_total`, 26},
 		{`umbra_firmware_bytes_served_total`, 4 << 20},
 		{`umbra_shadow_requests_total{code="200",op="update"}`, 2},
 		{`umbra_shadow_requests_total{code="409",op="update"}`, 1},

@@ -65,13 +65,13 @@ func TestACL(t *testing.T) {
 		}
 	}
 	// Forged statuses are dropped: the operator's and the device's
-	// retained publishes never replace the feed's. (QoS 0: a denied QoS 1
-	// PUBLISH disconnects an MQTT 3.1.1 client.) A client's packets are
-	// handled in order, so its next SUBACK shows the PUBLISH was handled.
+	// retained publishes never replace the feed's. A denied QoS 1 PUBLISH
+	// of an MQTT 3.1.1 client is acknowledged and dropped, and its PUBACK
+	// shows the PUBLISH was handled.
 	denied := ids.Denied()
-	brokertest.PublishRetained(t, op, "rollouts/r1/status", 0, []byte(`{"forged":true}`))
+	brokertest.PublishRetained(t, op, "rollouts/r1/status", 1, []byte(`{"forged":true}`))
 	brokertest.Subscribe(t, op, "state/+/presence", 0)
-	brokertest.PublishRetained(t, dev, "rollouts/r1/status", 0, []byte(`{"forged":true}`))
+	brokertest.PublishRetained(t, dev, "rollouts/r1/status", 1, []byte(`{"forged":true}`))
 	brokertest.Subscribe(t, dev, "state/dev-1/#", 0)
 	if got := ids.Denied() - denied; got != 2 {
 		t.Errorf("Denied() grew by %d, want 2 (operator and device forging a status)", got)

@@ -70,6 +70,16 @@ type Config struct {
 	// Subscription caps per session: broker.Config.MaxSubscriptions
 	// (devices) and ServiceSubscriptions.
 	MaxSubscriptions, ServiceSubscriptions int
+	// Message rate per connection: broker.Config.MaxMessageRate and
+	// MaxMessageBurst (devices), ServiceMessageRate and
+	// ServiceMessageBurst.
+	MaxMessageRate, ServiceMessageRate   float64
+	MaxMessageBurst, ServiceMessageBurst int
+	// MaxConnsPerIdentity is broker.Config.MaxConnsPerIdentity. It does not
+	// apply with Anonymous, where every client is the same identity.
+	MaxConnsPerIdentity int
+	// ConnectTimeout and SysInterval are broker.Config's.
+	ConnectTimeout, SysInterval time.Duration
 
 	// JobsRate is jobs.Config.DeviceRate: AWS IoT Jobs requests per
 	// second per thing (RequestThrottled beyond; the burst is twice it).
@@ -297,7 +307,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			log.Warn("publish presence", "device", d, "err", err)
 		}
 	}
-	maxConns := 0 // the broker's default per identity
+	maxConns := cfg.MaxConnsPerIdentity // 0: the broker's default
 	maxSessions := cfg.MaxSessionsPerIdentity
 	if cfg.Anonymous {
 		// Every anonymous client shares one identity: a per-identity cap
@@ -373,6 +383,12 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		WriteTimeout:         cfg.WriteTimeout,
 		MaxSubscriptions:     cfg.MaxSubscriptions,
 		ServiceSubscriptions: cfg.ServiceSubscriptions,
+		MaxMessageRate:       cfg.MaxMessageRate,
+		MaxMessageBurst:      cfg.MaxMessageBurst,
+		ServiceMessageRate:   cfg.ServiceMessageRate,
+		ServiceMessageBurst:  cfg.ServiceMessageBurst,
+		ConnectTimeout:       cfg.ConnectTimeout,
+		SysInterval:          cfg.SysInterval,
 		// Requests are commands, never retained state.
 		RequestFilters: requestFilters,
 
@@ -410,6 +426,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			PersistentSessions: st.PersistentSessions, SessionsRefused: st.SessionsRefused,
 			QueuedBytes: st.QueuedBytes, QueueBytesDropped: st.QueueBytesDropped,
 			StoreCommits: st.StoreCommits, StoreErrors: st.StoreErrors, StoreTime: st.StoreTime,
+			SubscriptionsDenied: st.SubscriptionsDenied, RateLimited: st.RateLimited,
+			ConnectsRejected: st.ConnectsRejected, IdentityConnsRefused: st.IdentityConnsRefused,
+			TLSHandshakesFailed: st.TLSHandshakesFailed, PacketsTooLarge: st.PacketsTooLarge,
 		}
 	})
 	for _, svc := range services {

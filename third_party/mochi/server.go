@@ -91,6 +91,8 @@ type Compatibilities struct {
 	AlwaysReturnResponseInfo   bool `yaml:"always_return_response_info" json:"always_return_response_info"`       // always return response info (useful for testing)
 	RestoreSysInfoOnRestart    bool `yaml:"restore_sys_info_on_restart" json:"restore_sys_info_on_restart"`       // restore system info from store as if server never stopped
 	NoInheritedPropertiesOnAck bool `yaml:"no_inherited_properties_on_ack" json:"no_inherited_properties_on_ack"` // don't allow inherited user properties on ack (paho - spec violation)
+
+	AcknowledgeUnauthorizedPublish bool `yaml:"acknowledge_unauthorized_publish" json:"acknowledge_unauthorized_publish"` // umbra patch 2: acknowledge and drop an MQTTv3 QoS 1 or 2 publish that is not authorized instead of disconnecting [MQTT-3.3.5-2]
 }
 
 // Options contains configurable options for the server.
@@ -857,6 +859,11 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 // processPublish processes a Publish packet.
 func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
+		if IsSysTopic(pk.TopicName) && !strings.ContainsAny(pk.TopicName, "+#") {
+			// umbra patch 3: 4.7.2 Non-normative - clients may not publish to $SYS: refused as not
+			// authorized, rather than left unanswered (a QoS 1 or 2 publisher would wait forever).
+			return s.refuseUnauthorized(cl, pk)
+		}
 		return nil
 	}
 
@@ -865,21 +872,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
-		if pk.FixedHeader.Qos == 0 {
-			return nil
-		}
-
-		if cl.Properties.ProtocolVersion != 5 {
-			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-
-		ackType := packets.Puback
-		if pk.FixedHeader.Qos == 2 {
-			ackType = packets.Pubrec
-		}
-
-		ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
-		return cl.WritePacket(ack)
+		return s.refuseUnauthorized(cl, pk)
 	}
 
 	pk.Origin = cl.ID
@@ -966,6 +959,32 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
+}
+
+// refuseUnauthorized answers a client's PUBLISH that it may not make: QoS 0 is dropped; an MQTTv5
+// client gets not authorized in PUBACK or PUBREC (which ends the QoS 2 flow); an MQTTv3 client, which
+// cannot be told, is disconnected or, with Compatibilities.AcknowledgeUnauthorizedPublish, gets the
+// usual PUBACK or PUBREC and the message is dropped [MQTT-3.3.5-2] (a PUBREL is then answered with
+// PUBCOMP as for an unknown packet identifier). (umbra patch 2: extracted from processPublish.)
+func (s *Server) refuseUnauthorized(cl *Client, pk packets.Packet) error {
+	if pk.FixedHeader.Qos == 0 {
+		return nil
+	}
+
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+
+	if cl.Properties.ProtocolVersion != 5 {
+		if !s.Options.Capabilities.Compatibilities.AcknowledgeUnauthorizedPublish {
+			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
+		}
+		return cl.WritePacket(s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.CodeSuccess))
+	}
+
+	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
+	return cl.WritePacket(ack)
 }
 
 // retainMessage adds a message to a topic, and if a persistent store is provided,

@@ -546,7 +546,7 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 	key, hasNext := isolateParticle(filter, d)
 	if key == "+" || key == "#" || d == -1 {
 		for _, adjacent := range n.particles.getAll() {
-			if d == 0 && adjacent.key == SysPrefix {
+			if d == 0 && strings.HasPrefix(adjacent.key, "$") { // umbra patch 4: every $ topic, not only $SYS [MQTT-4.7.2-1]
 				continue
 			}
 
@@ -606,12 +606,12 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 				x.scanSubscribers(topic, d+1, particle, subs)
 			} else {
 				x.gatherSubscriptions(topic, particle, subs)
-				x.gatherSharedSubscriptions(particle, subs)
+				x.gatherSharedSubscriptions(topic, particle, subs)
 				x.gatherInlineSubscriptions(particle, subs)
 
 				if wild := particle.particles.get("#"); wild != nil && partKey != "+" {
 					x.gatherSubscriptions(topic, wild, subs) // also match any subs where filter/# is filter as per 4.7.1.2
-					x.gatherSharedSubscriptions(wild, subs)
+					x.gatherSharedSubscriptions(topic, wild, subs)
 					x.gatherInlineSubscriptions(particle, subs)
 				}
 			}
@@ -620,7 +620,7 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 	if particle := n.particles.get("#"); particle != nil {
 		x.gatherSubscriptions(topic, particle, subs)
-		x.gatherSharedSubscriptions(particle, subs)
+		x.gatherSharedSubscriptions(topic, particle, subs)
 		x.gatherInlineSubscriptions(particle, subs)
 	}
 
@@ -648,13 +648,17 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 }
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
-func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
+func (x *TopicsIndex) gatherSharedSubscriptions(topic string, particle *particle, subs *Subscribers) {
 	if subs.Shared == nil {
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
 
 	for _, shares := range particle.shared.GetAll() {
 		for client, sub := range shares {
+			if len(topic) > 0 && topic[0] == '$' && sharedFilterWildFirst(sub.Filter) { // umbra patch 4: as in gatherSubscriptions [MQTT-4.7.2-1]
+				continue
+			}
+
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
 			}
@@ -662,6 +666,13 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 			subs.Shared[sub.Filter][client] = sub
 		}
 	}
+}
+
+// sharedFilterWildFirst returns true if the filter of the shared subscription filter
+// ($share/<group>/<filter>) starts with a wildcard level. (umbra patch 4)
+func sharedFilterWildFirst(filter string) bool {
+	first, _ := isolateParticle(filter, 2)
+	return first == "+" || first == "#"
 }
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.
@@ -703,6 +714,12 @@ func IsSharedFilter(filter string) bool {
 	return strings.EqualFold(prefix, SharePrefix)
 }
 
+// IsSysTopic returns true if the topic name or filter is under $SYS, which only the server
+// publishes to (matched as IsValidFilter refuses it for publishing). (umbra patch 3)
+func IsSysTopic(topic string) bool {
+	return len(topic) >= len(SysPrefix) && strings.EqualFold(topic[0:len(SysPrefix)], SysPrefix)
+}
+
 // IsValidFilter returns true if the filter is valid.
 func IsValidFilter(filter string, forPublish bool) bool {
 	if !forPublish && len(filter) == 0 { // publishing can accept zero-length topic filter if topic alias exists, so we don't enforce for publish.
@@ -710,7 +727,7 @@ func IsValidFilter(filter string, forPublish bool) bool {
 	}
 
 	if forPublish {
-		if len(filter) >= len(SysPrefix) && strings.EqualFold(filter[0:len(SysPrefix)], SysPrefix) {
+		if IsSysTopic(filter) { // umbra patch 3: the same check, named
 			// 4.7.2 Non-normative - The Server SHOULD prevent Clients from using such Topic Names [$SYS] to exchange messages with other Clients.
 			return false
 		}

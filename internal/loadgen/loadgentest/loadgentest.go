@@ -45,6 +45,9 @@ func Start() (*broker.Server, string, error) {
 		MaxPacketSize:       1 << 20,
 		ClientWritesPending: 8192,
 		MaxInflight:         8192,
+		// Load generators and echo clients publish far faster than a
+		// device: no message rate.
+		MaxMessageRate: -1,
 	})
 	if err != nil {
 		return nil, "", err
