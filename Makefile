@@ -61,20 +61,21 @@ docker:
 deps: apt-deps go-deps sdk-deps
 
 # DEPS_CMDS: command:Debian package, for each tool the README, docs/ or a test runs.
-#   mosquitto_pub/sub (README, interop tests), mosquitto (interop tests), node and
-#   npm (AWS IoT SDK tests), curl and jq (README and docs/ examples), openssl
+#   mosquitto_pub/sub (README, interop tests), mosquitto (interop and conformance
+#   tests), node and npm (AWS IoT SDK tests), curl and jq (README and docs/ examples), openssl
 #   (docs/migrate-from-aws.md), systemd-analyze (TestSystemdUnit), tar, gzip and
 #   sha256sum (make dist).
 DEPS_CMDS := mosquitto_pub:mosquitto-clients mosquitto:mosquitto node:nodejs npm:npm \
 	curl:curl jq:jq openssl:openssl systemd-analyze:systemd tar:tar gzip:gzip sha256sum:coreutils
 
-## apt-deps: the Debian packages of DEPS_CMDS whose command is missing (apt-get, with sudo unless root)
+## apt-deps: the Debian packages of DEPS_CMDS whose command is missing, and python3-paho-mqtt (TestConformance) if Debian's python3 cannot import it (apt-get, with sudo unless root)
 apt-deps:
 	@missing=""; \
 	for pair in $(DEPS_CMDS); do \
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
+	/usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || missing="$$missing python3-paho-mqtt"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
