@@ -400,6 +400,7 @@ func TestMaxPacketSize(t *testing.T) {
 			if code := rc.connect(v311, id, true); code != 0 {
 				t.Fatalf("CONNACK: got %#x, want 0", code)
 			}
+			before := b.Stats().PacketsTooLarge
 			pk := publishPacket(v311, "big/x", 0, 0, make([]byte, tc.payload))
 			rc.write(pk)
 			if tc.wantOK {
@@ -409,7 +410,6 @@ func TestMaxPacketSize(t *testing.T) {
 				}
 				return
 			}
-			before := b.Stats().PacketsTooLarge
 			rc.expectClosed()
 			if err := ev.disconnectOf(t, id); !errors.Is(err, broker.ErrTooLarge) {
 				t.Errorf("OnDisconnect: got %v, want %v", err, broker.ErrTooLarge)

@@ -39,12 +39,15 @@ func connackV3(code byte) (byte, bool) {
 
 // OnPacketRead turns a CONNECT's empty password into no password for
 // mochi, and remembers it for authentication; it drops the retain flag of
-// a PUBLISH on a request topic (see retain.go) and counts a PUBLISH to
-// $SYS as denied (see deny.go).
+// a PUBLISH on a request topic (see retain.go), counts a PUBLISH to $SYS
+// as denied (see deny.go) and marks a PUBLISH over the client's message
+// rate (see ratelimit.go).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type == packets.Publish {
 		h.dropRequestRetain(cl, &pk)
-		h.sysPublish(cl, &pk)
+		if c := connOf(cl); c != nil && !cl.Net.Inline {
+			c.rateRefused = !h.sysPublish(cl, &pk) && h.overRate(cl, c, &pk)
+		}
 		return pk, nil
 	}
 	if pk.FixedHeader.Type != packets.Connect || !pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0 {
@@ -63,11 +66,20 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // encoded (nothing is written, and mochi closes the connection); a CONNACK
 // refusing an MQTT 5 client for its will topic says "not authorized"
 // (0x87), and one for its identity's connection cap "quota exceeded"
-// (0x97), not "bad user name or password"; and a
+// (0x97), not "bad user name or password"; a PUBACK or PUBREC refusing a
+// PUBLISH over the message rate says 0x96, not 0x87 (see ratelimit.go);
+// and a
 // PUBREC for a QoS 2 PUBLISH resent before PUBREL, which mochi marks
 // "packet identifier in use", says success, as MQTT 5 §4.3.3 wants for a
 // duplicate (the message is not delivered again).
 func fixAck(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if (pk.FixedHeader.Type == packets.Puback || pk.FixedHeader.Type == packets.Pubrec) && pk.ReasonCode == packets.ErrNotAuthorized.Code {
+		if c := connOf(cl); c != nil && c.rateRefused {
+			pk.ReasonCode = packets.ErrMessageRateTooHigh.Code // see ratelimit.go
+			pk.Properties.ReasonString = packets.ErrMessageRateTooHigh.Reason
+		}
+		return pk
+	}
 	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
 		pk.ReasonCode = packets.CodeSuccess.Code
 		pk.Properties.ReasonString = ""

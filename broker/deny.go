@@ -81,12 +81,14 @@ func (h *hook) publishDenied(cl *mqtt.Client, topic string) {
 }
 
 // sysPublish counts and logs pk, a PUBLISH of cl, if it is one to $SYS,
-// which mochi refuses before any ACL check (patch 3). A topic with
-// wildcards is a protocol error, not a denial.
-func (h *hook) sysPublish(cl *mqtt.Client, pk *packets.Packet) {
-	if !cl.Net.Inline && mqtt.IsSysTopic(pk.TopicName) && !strings.ContainsAny(pk.TopicName, "+#") {
-		h.publishDenied(cl, pk.TopicName)
+// which mochi refuses before any ACL check (patch 3), and reports whether
+// it was. A topic with wildcards is a protocol error, not a denial.
+func (h *hook) sysPublish(cl *mqtt.Client, pk *packets.Packet) bool {
+	if cl.Net.Inline || !mqtt.IsSysTopic(pk.TopicName) || strings.ContainsAny(pk.TopicName, "+#") {
+		return false
 	}
+	h.publishDenied(cl, pk.TopicName)
+	return true
 }
 
 // noteDeniedFilters reports, per filter of pk (a SUBSCRIBE of cl), whether

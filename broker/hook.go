@@ -64,8 +64,6 @@ func (h *hook) Provides(b byte) bool {
 		return true
 	case mqtt.OnWill:
 		return len(h.s.cfg.RequestFilters) > 0
-	case mqtt.OnPublish:
-		return h.s.cfg.MaxMessageRate >= 0 || h.s.cfg.ServiceMessageRate >= 0
 	}
 	return false
 }
@@ -201,6 +199,9 @@ func connOf(cl *mqtt.Client) *conn {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
+	}
+	if c := connOf(cl); write && c != nil && c.rateRefused {
+		return false // over the message rate: not a denial (see ratelimit.go)
 	}
 	if len(topic) > h.s.cfg.MaxTopicLength {
 		if write {

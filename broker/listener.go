@@ -326,9 +326,11 @@ type conn struct {
 	// authentication hook refuses it for something else than its
 	// credentials (see fixAck); nil for "bad user name or password".
 	refusal *packets.Code
-	// rate is the client's message-rate bucket (see ratelimit.go); used by
-	// the client's goroutine only.
-	rate bucket
+	// rate is the client's message-rate bucket, and rateRefused marks the
+	// PUBLISH being handled as over it (see ratelimit.go); used by the
+	// client's goroutine only.
+	rate        bucket
+	rateRefused bool
 }
 
 // ended reports whether the listener has finished with c. A conn without

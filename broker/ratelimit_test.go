@@ -58,21 +58,28 @@ func TestMessageRate(t *testing.T) {
 			rc.write(publishPacket(version, "req/"+id, 1, 6, nil))
 			rc.expectAck(typePuback, 6)
 
-			// Another client is not affected.
-			other := dialRaw(t, b.Addr())
-			other.connect(version, "calm-"+id, true)
-			other.write(publishPacket(version, "calm/"+id, 1, 1, nil))
-			other.expectAck(typePuback, 1)
-
-			want := []string{"tele/" + id, "tele/" + id, "tele/" + id, "req/" + id, "calm/" + id}
+			// PUBACK comes before delivery; a client's messages are
+			// delivered in order.
+			want := []string{"tele/" + id, "tele/" + id, "tele/" + id, "req/" + id}
 			for _, w := range want {
 				if topic := recv(t, got, w); topic != w {
 					t.Fatalf("delivered %q, want %q (in order: %v)", topic, w, want)
 				}
 			}
+			// Another client is not affected.
+			other := dialRaw(t, b.Addr())
+			other.connect(version, "calm-"+id, true)
+			other.write(publishPacket(version, "calm/"+id, 1, 1, nil))
+			other.expectAck(typePuback, 1)
+			if topic := recv(t, got, "calm"); topic != "calm/"+id {
+				t.Fatalf("delivered %q, want calm/%s", topic, id)
+			}
 			after := b.Stats()
 			if n := after.RateLimited - before.RateLimited; n != 3 {
 				t.Errorf("RateLimited: got +%d, want +3", n)
+			}
+			if after.PublishesDenied != before.PublishesDenied {
+				t.Errorf("PublishesDenied: got +%d, want 0 (a message over the rate is not denied)", after.PublishesDenied-before.PublishesDenied)
 			}
 			if after.Retained != before.Retained {
 				t.Errorf("Retained: got %d, want %d", after.Retained, before.Retained)

@@ -169,6 +169,18 @@ func (s *SharedSubscriptions) Len() int {
 	return n
 }
 
+// each calls f for every subscription of every group, under the read lock: f must not
+// call back into s. Unlike GetAll it copies nothing. (umbra patch 5)
+func (s *SharedSubscriptions) each(f func(client string, sub packets.Subscription)) {
+	s.RLock()
+	defer s.RUnlock()
+	for _, subs := range s.internal {
+		for client, sub := range subs {
+			f(client, sub)
+		}
+	}
+}
+
 // GetAll returns all shared subscription groups and their subscriptions.
 func (s *SharedSubscriptions) GetAll() map[string]map[string]packets.Subscription {
 	s.RLock()
@@ -220,6 +232,16 @@ func (s *InlineSubscriptions) GetAll() map[int]InlineSubscription {
 		m[k] = v
 	}
 	return m
+}
+
+// each calls f for every inline subscription, under the read lock: f must not call back
+// into s. Unlike GetAll it copies nothing. (umbra patch 5)
+func (s *InlineSubscriptions) each(f func(id int, sub InlineSubscription)) {
+	s.RLock()
+	defer s.RUnlock()
+	for k, v := range s.internal {
+		f(k, v)
+	}
 }
 
 // Get returns an internal subscription for a client id.
@@ -275,6 +297,16 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 		m[k] = v
 	}
 	return m
+}
+
+// each calls f for every subscription, under the read lock: f must not call back into s.
+// Unlike GetAll it copies nothing. (umbra patch 5)
+func (s *Subscriptions) each(f func(id string, sub packets.Subscription)) {
+	s.RLock()
+	defer s.RUnlock()
+	for k, v := range s.internal {
+		f(k, v)
+	}
 }
 
 // Get returns a subscriptions for a specific client or filter id.
@@ -633,9 +665,9 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 		subs.Subscriptions = map[string]packets.Subscription{}
 	}
 
-	for client, sub := range particle.subscriptions.GetAll() {
+	particle.subscriptions.each(func(client string, sub packets.Subscription) { // umbra patch 5: no copy
 		if len(sub.Filter) > 0 && topic[0] == '$' && (sub.Filter[0] == '+' || sub.Filter[0] == '#') { // don't match $ topics with top level wildcards [MQTT-4.7.1-1] [MQTT-4.7.1-2]
-			continue
+			return
 		}
 
 		cls, ok := subs.Subscriptions[client]
@@ -644,7 +676,7 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 		}
 
 		subs.Subscriptions[client] = cls.Merge(sub)
-	}
+	})
 }
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
@@ -653,19 +685,17 @@ func (x *TopicsIndex) gatherSharedSubscriptions(topic string, particle *particle
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
 
-	for _, shares := range particle.shared.GetAll() {
-		for client, sub := range shares {
-			if len(topic) > 0 && topic[0] == '$' && sharedFilterWildFirst(sub.Filter) { // umbra patch 4: as in gatherSubscriptions [MQTT-4.7.2-1]
-				continue
-			}
-
-			if _, ok := subs.Shared[sub.Filter]; !ok {
-				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
-			}
-
-			subs.Shared[sub.Filter][client] = sub
+	particle.shared.each(func(client string, sub packets.Subscription) { // umbra patch 5: no copy
+		if len(topic) > 0 && topic[0] == '$' && sharedFilterWildFirst(sub.Filter) { // umbra patch 4: as in gatherSubscriptions [MQTT-4.7.2-1]
+			return
 		}
-	}
+
+		if _, ok := subs.Shared[sub.Filter]; !ok {
+			subs.Shared[sub.Filter] = map[string]packets.Subscription{}
+		}
+
+		subs.Shared[sub.Filter][client] = sub
+	})
 }
 
 // sharedFilterWildFirst returns true if the filter of the shared subscription filter
@@ -681,9 +711,9 @@ func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscr
 		subs.InlineSubscriptions = map[int]InlineSubscription{}
 	}
 
-	for id, inline := range particle.inlineSubscriptions.GetAll() {
+	particle.inlineSubscriptions.each(func(id int, inline InlineSubscription) { // umbra patch 5: no copy
 		subs.InlineSubscriptions[id] = inline
-	}
+	})
 }
 
 // isolateParticle extracts a particle between d / and d+1 / without allocations.

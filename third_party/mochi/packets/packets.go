@@ -252,9 +252,12 @@ func (pk *Packet) Copy(allowTransfer bool) Packet {
 // Merge merges a new subscription with a base subscription, preserving the highest
 // qos value, matched identifiers and any special properties.
 func (s Subscription) Merge(n Subscription) Subscription {
-	if s.Identifiers == nil {
-		s.Identifiers = map[string]int{
-			s.Filter: s.Identifier,
+	// umbra patch 5: the identifiers map is made only when there are identifiers, not for
+	// every delivery (publishToClient sends none for an empty map).
+	if s.Identifiers == nil && (s.Identifier > 0 || n.Identifier > 0) {
+		s.Identifiers = map[string]int{}
+		if s.Identifier > 0 {
+			s.Identifiers[s.Filter] = s.Identifier
 		}
 	}
 
