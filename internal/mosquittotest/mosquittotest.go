@@ -49,6 +49,14 @@ log_type information
 // until tb's cleanup and returns its address, "127.0.0.1:port".
 func Start(tb testing.TB, extra string) string {
 	tb.Helper()
+	addr, _ := StartPID(tb, extra)
+	return addr
+}
+
+// StartPID is Start that also returns mosquitto's process ID, for
+// benchmarks that measure its CPU time (see CPUTime).
+func StartPID(tb testing.TB, extra string) (string, int) {
+	tb.Helper()
 	if _, err := os.Stat(Path); err != nil {
 		tb.Fatalf("mosquitto not found at %s (%v): run make deps, which installs Debian's mosquitto", Path, err)
 	}
@@ -83,7 +91,32 @@ func Start(tb testing.TB, extra string) string {
 	case <-time.After(startTimeout):
 		tb.Fatalf("mosquitto not running after %v:\n%s", startTimeout, out)
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	return fmt.Sprintf("127.0.0.1:%d", port), cmd.Process.Pid
+}
+
+// CPUTime returns the CPU time (user and system) process pid has used so
+// far, from /proc (in clock ticks of 10 ms), or 0 if it cannot be read.
+func CPUTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	_, err1 := fmt.Sscan(string(f[11]), &utime)
+	_, err2 := fmt.Sscan(string(f[12]), &stime)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // readyWriter collects a subprocess's output and closes ready when a line
