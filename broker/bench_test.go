@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/brokertest"
 )
 
 // Idle-connection benchmark. The clients run in child processes (this test
@@ -346,13 +348,9 @@ func BenchmarkSysRefresh(b *testing.B) {
 	if err := raiseFileLimit(n + 1024); err != nil {
 		b.Fatalf("%d connections need %d file descriptors: %v", n, n+1024, err)
 	}
+	srv := brokertest.New(b, broker.Config{Logger: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithTimeout(b.Context(), benchTimeout)
 	defer cancel()
-	srv, err := broker.Open(ctx, broker.Config{TCPAddr: "127.0.0.1:0"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close(ctx)
 	c, err := startIdleClients(ctx, srv.Addr().String(), n, 0, "active")
 	if err != nil {
 		b.Fatal(err)

@@ -12,28 +12,33 @@ import (
 	"github.com/umbra-iot/umbra/internal/brokertest"
 )
 
-// retained sets the retain flag of an encoded PUBLISH.
-func retained(p []byte) []byte {
-	p[0] |= 0x01
-	return p
-}
-
-// reasonOf returns the reason code of an acknowledgement (PUBACK, PUBREC,
-// PUBREL, PUBCOMP): 0 when MQTT 5 leaves it out, and for MQTT 3.1.1.
-func reasonOf(p packet) byte {
-	if len(p.body) > 2 {
-		return p.body[2]
-	}
-	return 0
-}
-
 // expectAckOf reads the next packet and fails the test unless it is an
 // acknowledgement of type typ for id with reason code want.
 func (rc *rawConn) expectAckOf(typ byte, id uint16, want byte) {
 	rc.tb.Helper()
 	p := rc.expect(typ)
-	if len(p.body) < 2 || binary.BigEndian.Uint16(p.body) != id || reasonOf(p) != want {
+	if len(p.body) < 2 || binary.BigEndian.Uint16(p.body) != id || ackCode(p) != want {
 		rc.tb.Fatalf("got %v, want type %d for packet id %d with reason %#x", p, typ, id, want)
+	}
+}
+
+// expectRefused reads the answer to a refused QoS qos PUBLISH with packet
+// id: nothing for QoS 0; for MQTT 5 PUBACK or PUBREC (which ends the
+// exchange) with code; for MQTT 3.1.1 the usual PUBACK, or PUBREC, and
+// PUBCOMP for the PUBREL it sends.
+func (rc *rawConn) expectRefused(version, qos byte, id uint16, code byte) {
+	rc.tb.Helper()
+	switch {
+	case qos == 1 && version == v5:
+		rc.expectAckOf(typePuback, id, code)
+	case qos == 1:
+		rc.expectAckOf(typePuback, id, 0)
+	case qos == 2 && version == v5:
+		rc.expectAckOf(typePubrec, id, code)
+	case qos == 2:
+		rc.expectAckOf(typePubrec, id, 0)
+		rc.write(ackPacket(typePubrel, id))
+		rc.expectAck(typePubcomp, id)
 	}
 }
 
@@ -70,19 +75,8 @@ func TestDeniedPublishNeverDisconnects(t *testing.T) {
 					t.Fatalf("CONNACK code %#x", code)
 				}
 				for range 2 {
-					rc.write(retained(publishPacket(version, "secret/x", qos, 7, []byte("forged"))))
-					switch {
-					case qos == 1 && version == v5:
-						rc.expectAckOf(typePuback, 7, 0x87)
-					case qos == 1:
-						rc.expectAckOf(typePuback, 7, 0)
-					case qos == 2 && version == v5:
-						rc.expectAckOf(typePubrec, 7, 0x87) // ends the exchange
-					case qos == 2:
-						rc.expectAckOf(typePubrec, 7, 0)
-						rc.write(ackPacket(typePubrel, 7))
-						rc.expectAck(typePubcomp, 7)
-					}
+					rc.write(retainedPublish(version, "secret/x", qos, 7, []byte("forged")))
+					rc.expectRefused(version, qos, 7, 0x87)
 				}
 				// Still connected, and the denied messages were not
 				// delivered: a client's messages are handled in order.

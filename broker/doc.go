@@ -129,7 +129,8 @@
 // in Stats.RateLimited and logged once per episode (until the client's
 // bucket is full again). Requests on Config.RequestFilters are never
 // refused by it: the service that handles them has its own limit and
-// answer (the shadow engine's 429). See ratelimit.go.
+// answer (the shadow engine's 429, the Jobs API's RequestThrottled). See
+// ratelimit.go.
 //
 // A CONNECT over Config.MaxConnsPerIdentity connections of one identity
 // is refused (Stats.IdentityConnsRefused); a client that sends a packet
@@ -154,9 +155,10 @@
 // retained, memory and goroutines). Who may read them is Config.Auth's
 // decision; only the broker publishes there: a client's PUBLISH to $SYS
 // is refused as denied (see deny.go), and Publish refuses $SYS topics.
-// Each refresh reads runtime.MemStats, which stops the world for tens of
-// microseconds (BenchmarkSysRefresh). Stats is the way for Umbra's own
-// code and /metrics to read the counters.
+// Each refresh reads runtime.MemStats, which stops the world: 6 to 36 µs
+// with 2,000 connections on the project's loaded 2-core machine
+// (BenchmarkSysRefresh), negligible every 10 s. Stats is the way for
+// Umbra's own code and /metrics to read the counters.
 //
 // # Slow consumers
 //

@@ -30,11 +30,12 @@ import (
 // enough for its bucket to fill up again, so a client that stays just
 // above its rate logs one line, not one per message.
 //
-// Requests to in-process services (Config.RequestFilters: shadow updates,
-// gets and deletes) take a token when there is one but are never refused:
-// the service limits them itself with an answer the client can read (the
-// shadow engine's per-device request rate answers 429 on …/rejected), so a
-// request never meets two limits with different answers.
+// Requests to in-process services (Config.RequestFilters: Umbra wires the
+// shadow engine's and the AWS IoT Jobs API's) take a token when there is
+// one but are never refused: each service limits them itself with an
+// answer the client can read (the shadow engine's per-device request rate
+// answers 429 on …/rejected, the Jobs API RequestThrottled), so a request
+// never meets two limits with different answers.
 
 // bucket is a connection's token bucket; only the client's goroutine uses
 // it (mochi calls OnPacketRead there).

@@ -40,19 +40,8 @@ func TestMochiPatchSysPublishRefused(t *testing.T) {
 					before := b.Stats()
 					rc := dialRaw(t, b.Addr())
 					rc.connect(version, id, true)
-					rc.write(retained(publishPacket(version, topic, qos, 3, []byte("fake"))))
-					switch {
-					case qos == 1 && version == v5:
-						rc.expectAckOf(typePuback, 3, 0x87)
-					case qos == 1:
-						rc.expectAckOf(typePuback, 3, 0)
-					case qos == 2 && version == v5:
-						rc.expectAckOf(typePubrec, 3, 0x87)
-					case qos == 2:
-						rc.expectAckOf(typePubrec, 3, 0)
-						rc.write(ackPacket(typePubrel, 3))
-						rc.expectAck(typePubcomp, 3)
-					}
+					rc.write(retainedPublish(version, topic, qos, 3, []byte("fake")))
+					rc.expectRefused(version, qos, 3, 0x87)
 					rc.write(publishPacket(version, "open/"+id, 1, 4, nil))
 					rc.expectAck(typePuback, 4)
 					if topic := recv(t, got, "delivery"); topic != "open/"+id {
