@@ -217,6 +217,9 @@ func TestRetainedLimitWill(t *testing.T) {
 	b := brokertest.New(t, broker.Config{MaxRetained: 1})
 	watcher := brokertest.Connect(t, brokertest.URL(b), "watcher")
 	wills := brokertest.Subscribe(t, watcher, "w/#", 1)
+	// Without it, willer1's retained will could land between the SUBACK
+	// and the retained lookup of w/#, and reach the watcher twice.
+	brokertest.Settle(t, watcher)
 	for _, id := range []string{"willer1", "willer2"} {
 		rc := dialRaw(t, b.Addr())
 		pk := fullConnectPacket(v311, id, "w/"+id, "", "")

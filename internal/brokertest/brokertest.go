@@ -168,6 +168,25 @@ func Subscribe(tb testing.TB, c mqtt.Client, filter string, qos byte) <-chan Mes
 	return ch
 }
 
+// Settle makes a round trip on c's connection (an UNSUBSCRIBE of a filter
+// c never subscribed to, which changes nothing) and returns once it is
+// acknowledged. The broker reads a connection's packets in order, so every
+// packet c sent before has been processed by then: in particular, the
+// retained messages of a SUBSCRIBE, which mochi looks up after it has sent
+// the SUBACK, are queued. A test that publishes right after Subscribe, and
+// must not see a retained copy of its own publish as well as the live
+// message, settles first.
+func Settle(tb testing.TB, c mqtt.Client) {
+	tb.Helper()
+	tok := c.Unsubscribe("brokertest/settle/never-subscribed")
+	if !tok.WaitTimeout(Timeout) {
+		tb.Fatalf("brokertest: settle: no UNSUBACK within %v", Timeout)
+	}
+	if err := tok.Error(); err != nil {
+		tb.Fatalf("brokertest: settle: %v", err)
+	}
+}
+
 // Next returns the next message from ch, failing the test if none arrives
 // within timeout.
 func Next(tb testing.TB, ch <-chan Message, timeout time.Duration) Message {
