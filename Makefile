@@ -117,15 +117,15 @@ FUZZ_TARGETS := \
 	./cmd/umbra:FuzzRolloutTargetParsers \
 	./firmware:FuzzDownloadURL \
 	./firmware:FuzzRangeHeader \
-	./internal/device:FuzzParseID \
+	./device:FuzzParseID \
 	./internal/httpapi:FuzzFirmwareRequests \
 	./internal/httpapi:FuzzShadowRequest \
-	./internal/identity:FuzzAllow \
-	./internal/identity:FuzzAllowFilter \
-	./internal/identity:FuzzParseCertPEM \
-	./internal/identity:FuzzParseLabels \
-	./internal/policy:FuzzAllowMatchesReference \
-	./internal/policy:FuzzParseRules \
+	./identity:FuzzAllow \
+	./identity:FuzzAllowFilter \
+	./identity:FuzzParseCertPEM \
+	./identity:FuzzParseLabels \
+	./policy:FuzzAllowMatchesReference \
+	./policy:FuzzParseRules \
 	./internal/shadowclient:FuzzDispatch \
 	./internal/sim:FuzzMachineDelta \
 	./rollout:FuzzSpec \

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/umbra-iot/umbra/broker"
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 

@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"

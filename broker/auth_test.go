@@ -12,8 +12,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // allowAuth admits everyone and denies the listed topics and filters.

@@ -11,8 +11,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // roleAuth admits everyone to every topic: user name "operator" is a

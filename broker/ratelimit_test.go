@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // TestMessageRate: a connection may send MaxMessageBurst PUBLISHes at once

@@ -119,7 +119,7 @@ func TestMochiPatchDollarTopics(t *testing.T) {
 }
 
 // sysAuth lets the identity "operator" read $SYS and everyone read and
-// write everything else (the policy itself is internal/policy's).
+// write everything else (the policy itself is policy's).
 type sysAuth struct{}
 
 func (sysAuth) Authenticate(_ context.Context, c broker.Credentials) (broker.Identity, error) {

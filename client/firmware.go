@@ -13,7 +13,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/wire"
 )
 

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // BenchmarkConcurrentDownloads measures one round of clients concurrent

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Command is the firmware update command a device receives as

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // DownloadHandler serves GET and HEAD /fw/<sha256>?d=&g=&e=&s= (as minted by

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 func TestDownload(t *testing.T) {

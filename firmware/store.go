@@ -25,7 +25,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Defaults for Config's zero values, and limits.

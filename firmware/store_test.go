@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 func TestUploadListGet(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // urlPrefix is the path under which DownloadHandler serves blobs.

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // FuzzDownloadURL feeds arbitrary paths and queries to the download handler:

@@ -13,8 +13,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // BatchStatus is one batch's progress.

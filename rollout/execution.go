@@ -10,8 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // ExecStatus is the status of an execution: one attempt of a rollout on

@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 )
 
 // Defaults and limits of a Policy.

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Layout of rollout.db:

@@ -1,6 +1,6 @@
 package shadow
 
-import "github.com/umbra-iot/umbra/internal/device"
+import "github.com/umbra-iot/umbra/device"
 
 // MaxNameLen is the longest shadow name, in bytes, as in AWS IoT.
 const MaxNameLen = 64

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 

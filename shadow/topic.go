@@ -3,7 +3,7 @@ package shadow
 import (
 	"strings"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Tree is one of the two topic trees the engine serves. Both address the

@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // MaxRolloutIDLen bounds a rollout ID.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 )
 
 // caDir is the fleet CA's directory inside the data dir.

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/conformance"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/mosquittotest"
 )
 

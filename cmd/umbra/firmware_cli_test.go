@@ -18,8 +18,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/identity"
 )
 
 // apiURL is the server's HTTP API base URL.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/wire"
 )
 

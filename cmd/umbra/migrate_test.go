@@ -14,8 +14,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/awssdktest"
-	"github.com/umbra-iot/umbra/internal/identity"
 )
 
 // startMigrationServer runs serve with the TLS flags an operator migrating

@@ -12,8 +12,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 )
 
 // TestSharedSubscriptionTelemetry: integrators spread devices' telemetry

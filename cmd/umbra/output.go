@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"

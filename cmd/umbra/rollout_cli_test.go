@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/client"
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"

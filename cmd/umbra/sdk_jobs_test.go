@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/awssdktest"
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/rollout"
 )
 

@@ -19,7 +19,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/wire"
 )
 

@@ -22,8 +22,8 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
-	"github.com/umbra-iot/umbra/internal/identity"
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"

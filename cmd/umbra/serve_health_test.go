@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 )
 
 // TestServeHealthcheck: serve --healthcheck probes the server its

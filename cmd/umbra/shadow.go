@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/client"
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // StoreOpener opens the broker.Store kept in dir (empty at first) and

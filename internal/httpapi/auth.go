@@ -10,8 +10,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/wire"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/wire"
 )
 

@@ -12,8 +12,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/wire"
 )
 

@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"
 )

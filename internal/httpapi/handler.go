@@ -15,9 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"

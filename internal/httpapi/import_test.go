@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/wire"
 )
 

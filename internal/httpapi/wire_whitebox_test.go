@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/identity"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/wiretest"
 	"github.com/umbra-iot/umbra/shadow"
 )

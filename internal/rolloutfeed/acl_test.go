@@ -9,8 +9,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"

@@ -11,9 +11,9 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/internal/rolloutwire"

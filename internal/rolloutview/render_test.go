@@ -10,7 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/internal/rolloutview"
 	"github.com/umbra-iot/umbra/wire"

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
 )

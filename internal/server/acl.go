@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/umbra-iot/umbra/internal/policy"
+	"github.com/umbra-iot/umbra/policy"
 )
 
 // ErrNoACLFile is returned by ReloadACL when Config.ACLFile is empty.

@@ -10,11 +10,11 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
-	"github.com/umbra-iot/umbra/internal/policy"
 	"github.com/umbra-iot/umbra/internal/server"
+	"github.com/umbra-iot/umbra/policy"
 )
 
 // fixture is a shared example policy under the repository's testdata/acl.

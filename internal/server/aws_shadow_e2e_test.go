@@ -12,9 +12,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"

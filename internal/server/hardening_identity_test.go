@@ -12,8 +12,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/wire"
 )

@@ -15,9 +15,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"

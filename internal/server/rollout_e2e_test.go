@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
-	"github.com/umbra-iot/umbra/internal/device"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"
 )

@@ -17,13 +17,13 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/boltstore"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
-	"github.com/umbra-iot/umbra/internal/identity"
 	"github.com/umbra-iot/umbra/internal/metrics"
-	"github.com/umbra-iot/umbra/internal/policy"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
+	"github.com/umbra-iot/umbra/policy"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
@@ -318,7 +318,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	// own request filters: the shadow engine serves state/… and
 	// $aws/things/+/shadow/… (see shadow.RequestFilters), the Jobs service
 	// $aws/things/+/jobs/… (jobs.Filters). Their ACL rules are in
-	// internal/identity. Their filters are the broker's request topics,
+	// identity. Their filters are the broker's request topics,
 	// which are never retained.
 	services := []struct {
 		name    string

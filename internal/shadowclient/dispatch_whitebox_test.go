@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 

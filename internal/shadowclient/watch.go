@@ -7,7 +7,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
 

@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Errors returned by Open and Run. Validation errors wrap ErrInvalidConfig.

@@ -21,7 +21,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 )
 
 // Fleet is a running simulated fleet. Its methods are safe for concurrent

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/internal/device"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 )

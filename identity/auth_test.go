@@ -1,0 +1,297 @@
+package identity_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/policy"
+)
+
+// tlsState returns the server's view of a handshake in which the client
+// presented a certificate for id; verified selects a server that checks
+// the chain against the fleet CA or one that accepts any certificate.
+func tlsState(t *testing.T, p *pki, id device.ID, verified bool) *tls.ConnectionState {
+	t.Helper()
+	caFile := filepath.Join(p.dir, identity.CACertFile)
+	srv, err := identity.ServerTLSConfig(p.serverCert, p.srvKey, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !verified {
+		srv.ClientAuth = tls.RequireAnyClientCert
+	}
+	certFile, keyFile := p.deviceFiles(t, id, time.Hour)
+	cli, err := identity.ClientTLSConfig(caFile, certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := handshake(t, srv, cli)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	return st
+}
+
+func TestAuthenticate(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	sec1 := mustAddDevice(t, s, "dev-1")
+	sec2 := mustAddDevice(t, s, "dev-2")
+	gone := mustAddDevice(t, s, "gone")
+	if err := s.RemoveDevice(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
+	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
+	oldSec := mustCreateToken(t, s, identity.RoleOperator, "old")
+	if err := s.RevokeToken(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	p := newPKI(t)
+	verified := tlsState(t, p, "dev-1", true)
+	unverified := tlsState(t, p, "dev-1", false)
+	unknownCert := tlsState(t, p, "ghost", true)
+
+	tests := []struct {
+		name string
+		c    broker.Credentials
+		want broker.Identity // zero: refused
+	}{
+		{"device secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec1)},
+			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
+		{"device secret without user name", broker.Credentials{ClientID: "dev-2", Password: []byte(sec2)},
+			broker.Identity{ClientID: "dev-2", Name: "dev-2", Device: "dev-2"}},
+		{"wrong secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec2)}, broker.Identity{}},
+		{"unknown device", broker.Credentials{ClientID: "dev-9", Username: "dev-9", Password: []byte(sec1)}, broker.Identity{}},
+		{"removed device", broker.Credentials{ClientID: "gone", Username: "gone", Password: []byte(gone)}, broker.Identity{}},
+		{"client id mismatch", broker.Credentials{ClientID: "dev-2", Username: "dev-1", Password: []byte(sec1)}, broker.Identity{}},
+		{"over-long password", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: make([]byte, 1000)}, broker.Identity{}},
+		{"operator token", broker.Credentials{ClientID: "cli-1", Username: "ops", Password: []byte(opSec)},
+			broker.Identity{ClientID: "cli-1", Name: "operator:ops"}},
+		{"integrator token", broker.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(intSec)},
+			broker.Identity{ClientID: "dash-1", Name: "integrator:dash"}},
+		{"token taking a device's client id", broker.Credentials{ClientID: "dev-1", Username: "ops", Password: []byte(opSec)}, broker.Identity{}},
+		{"token with any client id", broker.Credentials{ClientID: "mosq/a+b ü", Username: "ops", Password: []byte(opSec)},
+			broker.Identity{ClientID: "mosq/a+b ü", Name: "operator:ops"}},
+		{"token with an assigned client id", broker.Credentials{ClientID: "d4v1p0v8d2a6cgl2f0ng", Username: "dash", Password: []byte(intSec)},
+			broker.Identity{ClientID: "d4v1p0v8d2a6cgl2f0ng", Name: "integrator:dash"}},
+		{"token with a removed device's client id", broker.Credentials{ClientID: "gone", Username: "ops", Password: []byte(opSec)},
+			broker.Identity{ClientID: "gone", Name: "operator:ops"}},
+		{"device with another client id", broker.Credentials{ClientID: "lamp-1", Username: "dev-1", Password: []byte(sec1)}, broker.Identity{}},
+		{"revoked token", broker.Credentials{ClientID: "cli-1", Username: "old", Password: []byte(oldSec)}, broker.Identity{}},
+		{"no credentials", broker.Credentials{ClientID: "dev-1"}, broker.Identity{}},
+		{"verified certificate", broker.Credentials{ClientID: "dev-1", TLS: verified},
+			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
+		{"verified certificate, other client id", broker.Credentials{ClientID: "dev-2", TLS: verified}, broker.Identity{}},
+		{"verified certificate, other user name", broker.Credentials{ClientID: "dev-1", Username: "dev-2", TLS: verified}, broker.Identity{}},
+		{"unverified certificate", broker.Credentials{ClientID: "dev-1", TLS: unverified}, broker.Identity{}},
+		{"certificate of unknown device", broker.Credentials{ClientID: "ghost", TLS: unknownCert}, broker.Identity{}},
+		{"TLS without certificate", broker.Credentials{ClientID: "dev-1", TLS: &tls.ConnectionState{}}, broker.Identity{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := s.Authenticate(ctx, tc.c)
+			if tc.want == (broker.Identity{}) {
+				if !errors.Is(err, identity.ErrUnauthenticated) {
+					t.Errorf("Authenticate: got %+v, %v; want ErrUnauthenticated", got, err)
+				}
+				return
+			}
+			cred := got.Credential
+			got.Credential = ""
+			if err != nil || got != tc.want || cred == "" {
+				t.Errorf("Authenticate: got %+v (credential %q), %v; want %+v with a credential", got, cred, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestStoreAllow(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	sec := mustAddDevice(t, s, "dev-1")
+	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
+	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := s.Authenticate(ctx, broker.Credentials{ClientID: "cli", Username: "ops", Password: []byte(opSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := broker.Identity{ClientID: "x", Name: "root:x"}
+
+	steps := []struct {
+		name   string
+		id     broker.Identity
+		topic  string
+		write  bool
+		want   bool
+		action func() error
+	}{
+		{name: "device own update", id: dev, topic: "state/dev-1/update", write: true, want: true},
+		{name: "device foreign update", id: dev, topic: "state/dev-2/update", write: true},
+		{name: "operator reads all", id: op, topic: "state/+/update/accepted", want: true},
+		{name: "forged identity", id: forged, topic: "#"},
+		{name: "no role", id: broker.Identity{Name: "ops"}, topic: "#"},
+		{name: "removed device loses rights", id: dev, topic: "state/dev-1/update", write: true,
+			action: func() error { return s.RemoveDevice(ctx, "dev-1") }},
+		{name: "revoked token loses rights", id: op, topic: "#",
+			action: func() error { return s.RevokeToken(ctx, "ops") }},
+		{name: "re-added device does not revive the old session", id: dev, topic: "state/dev-1/get", write: true,
+			action: func() error { sec, err = s.AddDevice(ctx, "dev-1", nil); return err }},
+		{name: "a session of the re-added device has rights", topic: "state/dev-1/get", write: true, want: true,
+			action: func() error {
+				dev, err = s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+				return err
+			}},
+		{name: "a forged credential has none", topic: "state/dev-1/get", write: true,
+			action: func() error { dev.Credential += "x"; return nil }},
+		{name: "rotation ends the old secret's session", topic: "state/dev-1/get", write: true,
+			action: func() error {
+				dev.Credential = strings.TrimSuffix(dev.Credential, "x")
+				if !s.Allow(dev, "state/dev-1/get", true) {
+					return errors.New("session refused before the rotation")
+				}
+				_, err := s.RotateDevice(ctx, "dev-1")
+				return err
+			}},
+	}
+	var wantDenied uint64
+	for _, st := range steps {
+		if st.action != nil {
+			if err := st.action(); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+		}
+		id := st.id
+		if id == (broker.Identity{}) {
+			id = dev
+		}
+		if got := s.Allow(id, st.topic, st.write); got != st.want {
+			t.Errorf("%s: Allow(%+v, %q, %t) = %t, want %t", st.name, id, st.topic, st.write, got, st.want)
+		}
+		if !st.want {
+			wantDenied++
+		}
+		if got := s.Denied(); got != wantDenied {
+			t.Errorf("%s: Denied() = %d, want %d", st.name, got, wantDenied)
+		}
+	}
+}
+
+func TestAnonymous(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{Anonymous: true})
+	id, err := s.Authenticate(ctx, broker.Credentials{ClientID: "anyone"})
+	if err != nil {
+		t.Fatalf("Authenticate(anonymous): %v", err)
+	}
+	p, ok := s.PrincipalOf(id)
+	if !ok || p.Role != identity.RoleOperator {
+		t.Errorf("PrincipalOf(anonymous) = %+v, %t; want an operator", p, ok)
+	}
+	tests := []struct {
+		topic string
+		write bool
+		want  bool
+	}{
+		{"state/dev-1/update", true, true},
+		{"#", false, true},
+		{"state/dev-1/update/accepted", true, false},
+	}
+	for _, tc := range tests {
+		if got := s.Allow(id, tc.topic, tc.write); got != tc.want {
+			t.Errorf("Allow(anonymous, %q, %t) = %t, want %t", tc.topic, tc.write, got, tc.want)
+		}
+	}
+}
+
+// TestStorePolicy: Allow asks the policy with the principal's role, name
+// and client ID; SetPolicy takes effect at the next check; a policy never
+// gives rights back to a session whose credential ended.
+func TestStorePolicy(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	devSec := mustAddDevice(t, s, "dev-1")
+	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
+	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(devSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	integ, err := s.Authenticate(ctx, broker.Credentials{ClientID: "any client/ID ü", Username: "dash", Password: []byte(intSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := policy.Parse("t.acl", []byte(`role integrator
+pattern write acks/%c
+user dash
+topic write dash-only
+user dev-1
+topic write lamp-only
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Policy() != policy.Default() {
+		t.Errorf("Policy() before SetPolicy = %v, want the default", s.Policy())
+	}
+	check := func(name string, id broker.Identity, topic string, want bool) {
+		t.Helper()
+		if got := s.Allow(id, topic, true); got != want {
+			t.Errorf("%s: Allow(%s, %q, write) = %t, want %t", name, id.Name, topic, got, want)
+		}
+	}
+	check("default policy", integ, "dash-only", false)
+	s.SetPolicy(policy.New(f))
+	check("user line names the token", integ, "dash-only", true)
+	check("user line names the device", dev, "lamp-only", true)
+	check("user line is not the role", dev, "dash-only", false)
+	check("a client ID holding / matches no %c", integ, "acks/any client", false)
+	other, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dash-2", Username: "dash", Password: []byte(intSec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("%c is the client ID", other, "acks/dash-2", true)
+	check("%c is not another client", other, "acks/dash-3", false)
+	check("the default still applies", dev, "devices/dev-1/telemetry", true)
+	if err := s.RevokeToken(ctx, "dash"); err != nil {
+		t.Fatal(err)
+	}
+	check("a revoked token has no rights whatever the policy", other, "dash-only", false)
+	s.SetPolicy(nil)
+	check("SetPolicy(nil) restores the default", dev, "lamp-only", false)
+	if s.Policy() != policy.Default() {
+		t.Errorf("Policy() after SetPolicy(nil) = %v, want the default", s.Policy())
+	}
+
+	// Anonymous clients are operators without a user name: the topic
+	// lines before the first user line are theirs.
+	anon := mustOpen(t, "", identity.Config{Anonymous: true,
+		Policy: policy.New(mustParseFile(t, "default replace\ntopic write anon-only\nuser *anonymous*\ntopic write never\n"))})
+	id, err := anon.Authenticate(ctx, broker.Credentials{ClientID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]bool{"anon-only": true, "never": false, "devices/x/commands/y": false} {
+		if got := anon.Allow(id, topic, true); got != want {
+			t.Errorf("anonymous: Allow(%q, write) = %t, want %t", topic, got, want)
+		}
+	}
+}
+
+func mustParseFile(t *testing.T, src string) *policy.File {
+	t.Helper()
+	f, err := policy.Parse("t.acl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
