@@ -260,3 +260,32 @@ func sectionSize(s State) (int, error) {
 	}
 	return n, nil
 }
+
+func cloneState(s State) State {
+	return State{Desired: cloneMap(s.Desired), Reported: cloneMap(s.Reported)}
+}
+
+func cloneMap(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = cloneValue(v)
+	}
+	return out
+}
+
+func cloneValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		return cloneMap(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, c := range x {
+			out[i] = cloneValue(c)
+		}
+		return out
+	}
+	return v
+}
