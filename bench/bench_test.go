@@ -19,6 +19,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/loadgen"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/shadow"
+	shadowstore "github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 // Bounds shared by every benchmark in this package.
@@ -177,12 +178,15 @@ func openUmbraWith(tb testing.TB, dir string, store brokerStore) *umbra {
 		s := u.brk.Stats()
 		return metrics.BrokerStats{ClientsConnected: s.ClientsConnected}
 	})
+	shadows, err := shadowstore.Open(tb.Context(), shadowstore.Config{Path: u.path, CommitObserved: m.ObserveCommit})
+	if err != nil {
+		tb.Fatalf("open shadow.db: %v", err)
+	}
 	e, err := shadow.Open(tb.Context(), shadow.Config{
-		Path:           u.path,
-		Publisher:      u.brk,
-		DeviceRate:     -1,
-		Observe:        func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		CommitObserved: m.ObserveCommit,
+		Store:      shadows, // the engine closes it
+		Publisher:  u.brk,
+		DeviceRate: -1,
+		Observe:    func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
 	})
 	if err != nil {
 		tb.Fatalf("open shadow engine: %v", err)

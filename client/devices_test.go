@@ -39,7 +39,7 @@ func newIdentityEnv(t *testing.T) *identityEnv {
 	t.Helper()
 	dir := t.TempDir()
 	log := testLogger(t)
-	eng, err := shadow.Open(t.Context(), shadow.Config{Path: filepath.Join(dir, "shadow.db"), Publisher: discard{}, Logger: log})
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: shadowStore(t, filepath.Join(dir, "shadow.db")), Publisher: discard{}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

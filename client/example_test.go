@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -137,7 +138,11 @@ func startUmbra() (url string, stop func()) {
 	}
 	changed := make(chan device.ID, 64)
 	var planner *rollout.Planner
-	eng, err := shadow.Open(ctx, shadow.Config{Path: filepath.Join(dir, "shadow.db"),
+	shadows, err := boltstore.Open(ctx, boltstore.Config{Path: filepath.Join(dir, "shadow.db")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	eng, err := shadow.Open(ctx, shadow.Config{Store: shadows, // the engine closes it
 		OnChange: func(id device.ID, _ shadow.Version) {
 			select {
 			case changed <- id:

@@ -42,7 +42,7 @@ func newFirmwareServer(t *testing.T) *client.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fw.Close(context.Background()) })
-	eng, err := shadow.Open(t.Context(), shadow.Config{Path: filepath.Join(t.TempDir(), "shadow.db"), Logger: log})
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: shadowStore(t, filepath.Join(t.TempDir(), "shadow.db")), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -47,7 +48,7 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 	dir := t.TempDir()
 	log := testLogger(t)
 	var pl atomic.Pointer[rollout.Planner]
-	eng, err := shadow.Open(t.Context(), shadow.Config{Path: filepath.Join(dir, "shadow.db"), Publisher: discard{}, Logger: log,
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: shadowStore(t, filepath.Join(dir, "shadow.db")), Publisher: discard{}, Logger: log,
 		OnChange: func(id device.ID, _ shadow.Version) {
 			if p := pl.Load(); p != nil {
 				p.Notify(id)
@@ -289,4 +290,15 @@ func TestRolloutAuth(t *testing.T) {
 	if ae, ok := errors.AsType[*client.Error](err); !ok || ae.Status != http.StatusUnauthorized || ae.Message != "who are you" || !errors.Is(err, client.ErrUnauthorized) {
 		t.Errorf("ListRollouts without a token = %v, want a 401 *Error with the server's message", err)
 	}
+}
+
+// shadowStore opens the bbolt shadow store at path; the engine given it
+// closes it.
+func shadowStore(tb testing.TB, path string) shadow.Store {
+	tb.Helper()
+	st, err := boltstore.Open(tb.Context(), boltstore.Config{Path: path})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
 }

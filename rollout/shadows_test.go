@@ -9,10 +9,15 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 func TestEngineShadows(t *testing.T) {
-	eng, err := shadow.Open(t.Context(), shadow.Config{Path: filepath.Join(t.TempDir(), "shadow.db")})
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "shadow.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func (e *Engine) UpdateNamed(ctx context.Context, id device.ID, name Name, paylo
 	r, rerr := checkRef(id, name)
 	var b []byte
 	if rerr == nil {
-		b, rerr = e.update(r, payload, fromAPI)
+		b, rerr = e.update(ctx, r, payload, fromAPI)
 	}
 	return e.apiResult(OpUpdate, start, b, rerr)
 }
@@ -52,7 +52,7 @@ func (e *Engine) GetNamed(ctx context.Context, id device.ID, name Name, payload 
 	r, rerr := checkRef(id, name)
 	var b []byte
 	if rerr == nil {
-		b, rerr = e.get(r, payload, fromAPI)
+		b, rerr = e.get(ctx, r, payload, fromAPI)
 	}
 	return e.apiResult(OpGet, start, b, rerr)
 }
@@ -65,23 +65,23 @@ func (e *Engine) DeleteNamed(ctx context.Context, id device.ID, name Name, paylo
 	r, rerr := checkRef(id, name)
 	var b []byte
 	if rerr == nil {
-		b, rerr = e.del(r, payload, fromAPI)
+		b, rerr = e.del(ctx, r, payload, fromAPI)
 	}
 	return e.apiResult(OpDelete, start, b, rerr)
 }
 
 // checkRef validates an in-process caller's device ID and shadow name (an
 // unchecked Name could break the store's key layout).
-func checkRef(id device.ID, name Name) (ref, *RequestError) {
+func checkRef(id device.ID, name Name) (Key, *RequestError) {
 	if _, err := device.ParseID(string(id)); err != nil {
-		return ref{}, reject(ErrInvalid, "", "Invalid device ID: %v", err)
+		return Key{}, reject(ErrInvalid, "", "Invalid device ID: %v", err)
 	}
 	if name != "" {
 		if _, err := ParseName(string(name)); err != nil {
-			return ref{}, AsRequestError(err, "")
+			return Key{}, AsRequestError(err, "")
 		}
 	}
-	return ref{id, name}, nil
+	return Key{id, name}, nil
 }
 
 // ShadowInfo is one of a device's shadows in a listing (Shadows).
@@ -107,18 +107,16 @@ func (e *Engine) Shadows(ctx context.Context, id device.ID) ([]ShadowInfo, error
 		return nil, AsRequestError(ErrClosed, "")
 	}
 	out := []ShadowInfo{}
-	doc, err := e.load(ref{id: id})
+	doc, _, err := e.load(ctx, Key{Device: id})
 	if err != nil {
-		e.log.Error("load shadow", "device", id, "err", err)
-		return nil, AsRequestError(err, "")
+		return nil, e.failed("load shadow", Key{Device: id}, err, "")
 	}
 	if !doc.Deleted {
 		out = append(out, ShadowInfo{Version: doc.Version, Updated: time.UnixMilli(doc.Updated).UTC()})
 	}
-	named, err := e.store.named(id)
+	named, err := e.named(ctx, id)
 	if err != nil {
-		e.log.Error("list named shadows", "device", id, "err", err)
-		return nil, AsRequestError(err, "")
+		return nil, e.failed("list named shadows", Key{Device: id}, err, "")
 	}
 	for _, n := range named {
 		if !n.Deleted {
@@ -147,7 +145,7 @@ func (e *Engine) Read(ctx context.Context, id device.ID) (Document, error) {
 	if closed {
 		return Document{}, AsRequestError(ErrClosed, "")
 	}
-	doc, rerr := e.loadExisting(ref{id: id}, "")
+	doc, _, rerr := e.loadExisting(ctx, Key{Device: id}, "")
 	if rerr != nil {
 		return Document{}, rerr
 	}
@@ -155,7 +153,9 @@ func (e *Engine) Read(ctx context.Context, id device.ID) (Document, error) {
 }
 
 // List returns up to limit shadows (1..1000, default 100) with IDs after the
-// cursor, and the cursor of the next page ("" when there is none).
+// cursor, and the cursor of the next page ("" when there is none). Errors
+// are *RequestError wrapping ErrInvalid (a bad cursor), ErrClosed,
+// ErrInternal or ctx's error.
 func (e *Engine) List(ctx context.Context, cursor string, limit int) ([]Summary, string, error) {
 	if limit <= 0 {
 		limit = 100
@@ -168,5 +168,9 @@ func (e *Engine) List(ctx context.Context, cursor string, limit int) ([]Summary,
 			return nil, "", reject(ErrInvalid, "", "Invalid cursor")
 		}
 	}
-	return e.store.list(cursor, limit)
+	page, next, err := e.list(ctx, device.ID(cursor), limit)
+	if err != nil {
+		return nil, "", e.failed("list shadows", Key{}, err, "")
+	}
+	return page, next, nil
 }

@@ -2,6 +2,7 @@ package shadow
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -9,23 +10,65 @@ import (
 	"slices"
 )
 
-// load reads r's document. A missing document is returned as a zero
-// Document with Deleted set (never existed), so callers treat both alike.
-func (e *Engine) load(r ref) (doc Document, err error) {
-	raw, err := e.store.get(r)
+// maxAttempts bounds how often a request reads and writes again after
+// its write found the shadow changed (ErrRevisionMismatch: another engine
+// on the same Store wrote it meanwhile; never with one engine per Store).
+const maxAttempts = 3
+
+// load reads r's document and its revision. A missing document is
+// returned as a zero Document with Deleted set (never existed), so callers
+// treat both alike.
+func (e *Engine) load(ctx context.Context, r Key) (doc Document, rev Rev, err error) {
+	rec, err := e.store.Get(ctx, r)
 	if err != nil {
-		return Document{}, fmt.Errorf("read %s: %w", r, err)
+		return Document{}, 0, fmt.Errorf("read %s: %w", r, err)
 	}
-	if raw == nil {
-		return Document{Deleted: true}, nil
+	if rec.Rev == 0 {
+		return Document{Deleted: true}, 0, nil
 	}
-	if err := decodeJSON(raw, &doc); err != nil {
-		return Document{}, fmt.Errorf("decode %s: %w", r, err)
+	if err := decodeJSON(rec.Value, &doc); err != nil {
+		return Document{}, 0, fmt.Errorf("decode %s: %w", r, err)
 	}
-	return doc, nil
+	return doc, rec.Rev, nil
 }
 
-func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestError) {
+// failed turns an error from the store, or from waiting for a device's
+// lock, into the rejection of the request with clientToken tok: ErrClosed
+// (also when the engine's own context ended) and the end of the
+// caller's context are expected (503) and not logged; anything else is
+// logged as what failed and answered with a generic 500.
+func (e *Engine) failed(what string, r Key, err error, tok string) *RequestError {
+	switch {
+	case errors.Is(err, ErrClosed), e.ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return AsRequestError(ErrClosed, tok)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return AsRequestError(err, tok)
+	}
+	e.log.Error(what, "shadow", r, "err", err)
+	return AsRequestError(fmt.Errorf("%s %s: %w", what, r, err), tok)
+}
+
+// commit writes ws durably for the request on r with clientToken tok.
+// stale reports that a record changed since it was read: nothing was
+// written, and the caller reads again and retries.
+func (e *Engine) commit(ctx context.Context, r Key, tok string, ws ...Write) (stale bool, rerr *RequestError) {
+	err := e.store.Commit(ctx, ws...)
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, ErrRevisionMismatch):
+		return true, nil
+	}
+	return false, e.failed("commit shadow", r, err, tok)
+}
+
+// conflicted is the rejection of a request that found the shadow changed
+// at every one of its maxAttempts writes.
+func conflicted(r Key, tok string) *RequestError {
+	return reject(ErrVersionConflict, tok, "Version conflict: shadow %s kept changing while the request was applied; retry", r)
+}
+
+func (e *Engine) update(ctx context.Context, r Key, payload []byte, src source) ([]byte, *RequestError) {
 	if len(payload) > e.cfg.MaxPayload {
 		return nil, reject(ErrTooLarge, "", "The payload exceeds the maximum size allowed (%d bytes)", e.cfg.MaxPayload)
 	}
@@ -34,18 +77,32 @@ func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestErro
 		return nil, rerr
 	}
 	tok := req.clientToken
-	ds, rerr := e.acquire(r.id, tok)
+	ds, rerr := e.acquire(r.Device, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	defer e.release(ds)
-	ds.mu.Lock()
-	defer ds.mu.Unlock()
+	if err := ds.lock(ctx); err != nil {
+		return nil, e.failed("wait for device", r, err, tok)
+	}
+	defer ds.unlock()
+	for range maxAttempts {
+		b, stale, rerr := e.applyUpdate(ctx, r, req, payload, src)
+		if !stale {
+			return b, rerr
+		}
+	}
+	return nil, conflicted(r, tok)
+}
 
-	doc, err := e.load(r)
+// applyUpdate reads r, applies the update req (whose bytes are payload)
+// and commits the result; stale reports that r changed before the commit
+// (nothing was written or published). The caller holds the device's lock.
+func (e *Engine) applyUpdate(ctx context.Context, r Key, req updateRequest, payload []byte, src source) (_ []byte, stale bool, _ *RequestError) {
+	tok := req.clientToken
+	doc, rev, err := e.load(ctx, r)
 	if err != nil {
-		e.log.Error("load shadow", "shadow", r, "err", err)
-		return nil, AsRequestError(err, tok)
+		return nil, false, e.failed("load shadow", r, err, tok)
 	}
 	current := doc.Version
 
@@ -62,26 +119,27 @@ func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestErro
 			if src == fromMQTT {
 				e.emit(r, "update/accepted", accepted)
 			}
-			return accepted, nil
+			return accepted, false, nil
 		}
 	}
 	if req.hasVersion && req.version != current {
-		return nil, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
+		return nil, false, reject(ErrVersionConflict, tok, "Version conflict: expected version %d, current version is %d", req.version, current)
 	}
 	// Creating a named shadow: within the device's cap, and dropping
 	// tombstones of other names that would exceed it.
-	var displaced []op
-	creating := doc.Deleted && r.name != ""
+	var writes []Write
+	creating := doc.Deleted && r.Name != ""
 	if creating {
-		if displaced, rerr = e.makeRoom(r, tok); rerr != nil {
-			return nil, rerr
+		var rerr *RequestError
+		if writes, rerr = e.makeRoom(ctx, r, tok); rerr != nil {
+			return nil, false, rerr
 		}
 	}
 	// The documents message carries the previous document: copy it only if
 	// somebody listens (on either tree), as the merge below changes doc in
 	// place.
-	stateDocs := e.wanted(TreeState.Topic(r.id, r.name, "update/documents"))
-	awsDocs := e.wanted(TreeAWS.Topic(r.id, r.name, "update/documents"))
+	stateDocs := e.wanted(TreeState.Topic(r.Device, r.Name, "update/documents"))
+	awsDocs := e.wanted(TreeAWS.Topic(r.Device, r.Name, "update/documents"))
 	var prev *docSnapshot
 	if !doc.Deleted && (stateDocs || awsDocs) {
 		prev = &docSnapshot{State: cloneState(doc.State), Metadata: cloneState(doc.Metadata), Version: doc.Version}
@@ -104,24 +162,22 @@ func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestErro
 	}
 	size, err := sectionSize(doc.State)
 	if err != nil {
-		return nil, AsRequestError(fmt.Errorf("size %s: %w", r, err), tok)
+		return nil, false, AsRequestError(fmt.Errorf("size %s: %w", r, err), tok)
 	}
 	if size > e.cfg.MaxDocumentSize {
-		return nil, reject(ErrTooLarge, tok, "The payload exceeds the maximum size allowed: the merged state would be %d bytes, the limit is %d", size, e.cfg.MaxDocumentSize)
+		return nil, false, reject(ErrTooLarge, tok, "The payload exceeds the maximum size allowed: the merged state would be %d bytes, the limit is %d", size, e.cfg.MaxDocumentSize)
 	}
 	doc.Version = current + 1
 	doc.Updated = now.UnixMilli()
 	doc.Deleted = false
 	raw, err := json.Marshal(&doc)
 	if err != nil {
-		return nil, AsRequestError(fmt.Errorf("encode %s: %w", r, err), tok)
+		return nil, false, AsRequestError(fmt.Errorf("encode %s: %w", r, err), tok)
 	}
-	if err := e.store.put(append(displaced, op{r, raw})...); err != nil {
-		if errors.Is(err, ErrClosed) {
-			return nil, AsRequestError(err, tok)
-		}
-		e.log.Error("commit shadow", "shadow", r, "err", err)
-		return nil, AsRequestError(fmt.Errorf("commit %s: %w", r, err), tok)
+	// The displaced tombstones go first: a Store without transactions
+	// across keys that fails half-way has then only dropped tombstones.
+	if stale, rerr := e.commit(ctx, r, tok, append(writes, Write{Key: r, Value: raw, Rev: rev})...); stale || rerr != nil {
+		return nil, stale, rerr
 	}
 	if creating {
 		e.stats.named.Add(1)
@@ -150,35 +206,35 @@ func (e *Engine) update(r ref, payload []byte, src source) ([]byte, *RequestErro
 			ClientToken: tok,
 		})
 		if stateDocs {
-			e.publish(TreeState.Topic(r.id, r.name, "update/documents"), b)
+			e.publish(TreeState.Topic(r.Device, r.Name, "update/documents"), b)
 		}
 		if awsDocs {
-			e.publish(TreeAWS.Topic(r.id, r.name, "update/documents"), b)
+			e.publish(TreeAWS.Topic(r.Device, r.Name, "update/documents"), b)
 		}
 	}
-	if e.cfg.OnChange != nil && r.name == "" {
-		e.cfg.OnChange(r.id, doc.Version)
+	if e.cfg.OnChange != nil && r.Name == "" {
+		e.cfg.OnChange(r.Device, doc.Version)
 	}
-	return accepted, nil
+	return accepted, false, nil
 }
 
-// makeRoom checks that device r.id may create the named shadow r (new, or
+// makeRoom checks that device r.Device may create the named shadow r (new, or
 // over its own tombstone) without exceeding MaxNamedShadows, and
 // returns the deletions of other names' tombstones needed to keep the
-// device's stored named shadows within the cap, oldest first. The caller
-// holds the device's lock.
-func (e *Engine) makeRoom(r ref, tok string) ([]op, *RequestError) {
+// device's stored named shadows within the cap, oldest first, each
+// conditional on the revision it was read at. The caller holds the
+// device's lock.
+func (e *Engine) makeRoom(ctx context.Context, r Key, tok string) ([]Write, *RequestError) {
 	limit := max(e.cfg.MaxNamedShadows, 0)
-	entries, err := e.store.named(r.id)
+	entries, err := e.named(ctx, r.Device)
 	if err != nil {
-		e.log.Error("list named shadows", "device", r.id, "err", err)
-		return nil, AsRequestError(err, tok)
+		return nil, e.failed("list named shadows", r, err, tok)
 	}
 	live := 0
 	var tombs []namedEntry
 	for _, n := range entries {
 		switch {
-		case n.name == r.name:
+		case n.name == r.Name:
 		case n.Deleted:
 			tombs = append(tombs, n)
 		default:
@@ -187,48 +243,47 @@ func (e *Engine) makeRoom(r ref, tok string) ([]op, *RequestError) {
 	}
 	if live >= limit {
 		e.stats.namedLimited.Add(1)
-		return nil, reject(ErrShadowLimit, tok, "Too many named shadows: device %s has %d, the limit is %d; delete one first", r.id, live, limit)
+		return nil, reject(ErrShadowLimit, tok, "Too many named shadows: device %s has %d, the limit is %d; delete one first", r.Device, live, limit)
 	}
 	excess := live + len(tombs) + 1 - limit // r itself counts once, tombstone or not
 	if excess <= 0 {
 		return nil, nil
 	}
 	slices.SortFunc(tombs, func(a, b namedEntry) int { return cmp.Compare(a.Updated, b.Updated) })
-	ops := make([]op, 0, excess)
+	ws := make([]Write, 0, excess)
 	for _, t := range tombs[:excess] {
-		ops = append(ops, op{r: ref{r.id, t.name}}) // nil val: delete
+		ws = append(ws, Write{Key: Key{r.Device, t.name}, Rev: t.rev}) // nil Value: delete
 	}
-	return ops, nil
+	return ws, nil
 }
 
-// loadExisting reads r's document and turns a missing or deleted one into
-// a 404 for the request with clientToken tok.
-func (e *Engine) loadExisting(r ref, tok string) (Document, *RequestError) {
-	doc, err := e.load(r)
+// loadExisting reads r's document and its revision, and turns a missing or
+// deleted one into a 404 for the request with clientToken tok.
+func (e *Engine) loadExisting(ctx context.Context, r Key, tok string) (Document, Rev, *RequestError) {
+	doc, rev, err := e.load(ctx, r)
 	if err != nil {
-		e.log.Error("load shadow", "shadow", r, "err", err)
-		return Document{}, AsRequestError(err, tok)
+		return Document{}, 0, e.failed("load shadow", r, err, tok)
 	}
 	if doc.Deleted {
-		if r.name != "" {
-			return Document{}, reject(ErrNotFound, tok, "No shadow exists with name: %s (device %s)", r.name, r.id)
+		if r.Name != "" {
+			return Document{}, 0, reject(ErrNotFound, tok, "No shadow exists with name: %s (device %s)", r.Name, r.Device)
 		}
-		return Document{}, reject(ErrNotFound, tok, "No shadow exists for device: %s", r.id)
+		return Document{}, 0, reject(ErrNotFound, tok, "No shadow exists for device: %s", r.Device)
 	}
-	return doc, nil
+	return doc, rev, nil
 }
 
-func (e *Engine) get(r ref, payload []byte, src source) ([]byte, *RequestError) {
+func (e *Engine) get(ctx context.Context, r Key, payload []byte, src source) ([]byte, *RequestError) {
 	tok, rerr := parseTokenOnly(payload)
 	if rerr != nil {
 		return nil, rerr
 	}
-	ds, rerr := e.acquire(r.id, tok)
+	ds, rerr := e.acquire(r.Device, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	defer e.release(ds)
-	doc, rerr := e.loadExisting(r, tok)
+	doc, _, rerr := e.loadExisting(ctx, r, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -245,33 +300,44 @@ func (e *Engine) get(r ref, payload []byte, src source) ([]byte, *RequestError) 
 	return b, nil
 }
 
-func (e *Engine) del(r ref, payload []byte, src source) ([]byte, *RequestError) {
+func (e *Engine) del(ctx context.Context, r Key, payload []byte, src source) ([]byte, *RequestError) {
 	tok, rerr := parseTokenOnly(payload)
 	if rerr != nil {
 		return nil, rerr
 	}
-	ds, rerr := e.acquire(r.id, tok)
+	ds, rerr := e.acquire(r.Device, tok)
 	if rerr != nil {
 		return nil, rerr
 	}
 	defer e.release(ds)
-	ds.mu.Lock()
-	defer ds.mu.Unlock()
-	doc, rerr := e.loadExisting(r, tok)
+	if err := ds.lock(ctx); err != nil {
+		return nil, e.failed("wait for device", r, err, tok)
+	}
+	defer ds.unlock()
+	for range maxAttempts {
+		b, stale, rerr := e.applyDelete(ctx, r, tok)
+		if !stale {
+			return b, rerr
+		}
+	}
+	return nil, conflicted(r, tok)
+}
+
+// applyDelete reads r and replaces it with its tombstone; stale reports
+// that r changed before the commit (nothing was written or published).
+// The caller holds the device's lock.
+func (e *Engine) applyDelete(ctx context.Context, r Key, tok string) (_ []byte, stale bool, _ *RequestError) {
+	doc, rev, rerr := e.loadExisting(ctx, r, tok)
 	if rerr != nil {
-		return nil, rerr
+		return nil, false, rerr
 	}
 	now := e.cfg.Now()
 	tomb := Document{Version: doc.Version, Updated: now.UnixMilli(), Deleted: true}
 	raw, _ := json.Marshal(&tomb)
-	if err := e.store.put(op{r, raw}); err != nil {
-		if errors.Is(err, ErrClosed) {
-			return nil, AsRequestError(err, tok)
-		}
-		e.log.Error("commit shadow delete", "shadow", r, "err", err)
-		return nil, AsRequestError(fmt.Errorf("commit %s: %w", r, err), tok)
+	if stale, rerr := e.commit(ctx, r, tok, Write{Key: r, Value: raw, Rev: rev}); stale || rerr != nil {
+		return nil, stale, rerr
 	}
-	if r.name != "" {
+	if r.Name != "" {
 		e.stats.named.Add(-1)
 	}
 	if e.retry != nil {
@@ -279,8 +345,8 @@ func (e *Engine) del(r ref, payload []byte, src source) ([]byte, *RequestError) 
 	}
 	b, _ := json.Marshal(deleteMessage{Version: doc.Version, Timestamp: now.Unix(), ClientToken: tok})
 	e.emit(r, "delete/accepted", b)
-	if e.cfg.OnChange != nil && r.name == "" {
-		e.cfg.OnChange(r.id, doc.Version)
+	if e.cfg.OnChange != nil && r.Name == "" {
+		e.cfg.OnChange(r.Device, doc.Version)
 	}
-	return b, nil
+	return b, false, nil
 }

@@ -1,5 +1,7 @@
 package shadow
 
+import "context"
+
 // HandleSubscribe is called by the broker when a client's SUBSCRIBE was
 // processed, with the filters it granted. For every shadow whose delta
 // topic one of the filters matches, on either tree, with the device ID
@@ -18,30 +20,30 @@ func (e *Engine) HandleSubscribe(clientID string, filters []string) {
 	}
 	type target struct {
 		tree Tree
-		r    ref
+		r    Key
 	}
 	var seen map[target]bool
-	var payloads map[ref][]byte // the catch-up delta of each shadow (nil: none)
+	var payloads map[Key][]byte // the catch-up delta of each shadow (nil: none)
 	for _, f := range filters {
 		m, ok := parseDeltaFilter(f)
 		if !ok {
 			continue
 		}
-		var refs []ref
+		var refs []Key
 		if m.classic {
-			refs = append(refs, ref{id: m.id})
+			refs = append(refs, Key{Device: m.id})
 		}
 		if m.name != "" {
-			refs = append(refs, ref{m.id, m.name})
+			refs = append(refs, Key{m.id, m.name})
 		}
 		if m.allNamed {
-			named, err := e.store.named(m.id)
+			named, err := e.named(e.ctx, m.id)
 			if err != nil {
 				e.log.Warn("list named shadows for catch-up deltas", "device", m.id, "err", err)
 			}
 			for _, n := range named {
 				if !n.Deleted {
-					refs = append(refs, ref{m.id, n.name})
+					refs = append(refs, Key{m.id, n.name})
 				}
 			}
 		}
@@ -51,18 +53,18 @@ func (e *Engine) HandleSubscribe(clientID string, filters []string) {
 				continue
 			}
 			if seen == nil {
-				seen, payloads = make(map[target]bool), make(map[ref][]byte)
+				seen, payloads = make(map[target]bool), make(map[Key][]byte)
 			}
 			seen[t] = true
 			b, loaded := payloads[r]
 			if !loaded {
-				b = e.catchUpDelta(r)
+				b = e.catchUpDelta(e.ctx, r)
 				payloads[r] = b
 			}
 			if b == nil {
 				continue
 			}
-			if err := e.direct.PublishTo(clientID, m.tree.Topic(r.id, r.name, "update/delta"), b, 1); err != nil {
+			if err := e.direct.PublishTo(clientID, m.tree.Topic(r.Device, r.Name, "update/delta"), b, 1); err != nil {
 				// Benign: the client left or unsubscribed meanwhile, or its
 				// queue is full (the broker counts that); it can still get.
 				e.log.Debug("catch-up delta not delivered", "client", clientID, "shadow", r, "err", err)
@@ -75,8 +77,8 @@ func (e *Engine) HandleSubscribe(clientID string, filters []string) {
 
 // catchUpDelta returns the delta message HandleSubscribe sends for r, nil
 // if r has no delta (or cannot be read).
-func (e *Engine) catchUpDelta(r ref) []byte {
-	doc, err := e.load(r)
+func (e *Engine) catchUpDelta(ctx context.Context, r Key) []byte {
+	doc, _, err := e.load(ctx, r)
 	if err != nil {
 		e.log.Warn("load shadow for catch-up delta", "shadow", r, "err", err)
 		return nil

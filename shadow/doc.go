@@ -1,7 +1,8 @@
 // Package shadow is Umbra's device shadow engine: for every device a classic
 // shadow and up to Config.MaxNamedShadows named ones, each a JSON document
-// with a desired and a reported section, versioned and persisted in bbolt,
-// driven over MQTT topics compatible with AWS IoT Device Shadow.
+// with a desired and a reported section, versioned and persisted in a Store
+// (shadow/boltstore: one bbolt file), driven over MQTT topics compatible
+// with AWS IoT Device Shadow.
 //
 // # Protocol
 //
@@ -29,9 +30,9 @@
 // in-flight limits cover all its shadows together, and requests to any of
 // a device's shadows are serialised. Only the classic shadow feeds
 // OnChange (the rollout planner's firmware command lives there). In the
-// file, classic shadows keep their bucket (keyed by device ID) and named
-// ones have their own (keyed "<id>/<name>"), so files written before named
-// shadows existed open unchanged. In short:
+// bbolt file, classic shadows keep their bucket (keyed by device ID) and
+// named ones have their own (keyed "<id>/<name>"), so files written before
+// named shadows existed open unchanged. In short:
 //
 //   - an update merges key by key (objects merge, arrays and scalars replace,
 //     null deletes a key, "desired": null removes the section, "state": null
@@ -67,16 +68,57 @@
 //
 // # Durability and concurrency
 //
-// An update is committed to bbolt (fsync) before any of its messages is
-// published. Commits from concurrent requests are grouped into one
-// transaction by a single committer goroutine, so throughput scales with the
-// number of devices instead of collapsing to one fsync per update. Requests
+// An update is durable in the Store (with shadow/boltstore: committed to
+// bbolt and fsynced) before any of its messages is published. Requests
 // for one device (to any of its shadows, on either tree) are serialised and
-// applied in arrival order; different devices proceed in parallel. Over MQTT, arrival order per device is the
-// order the broker reads them from the device's connection.
+// applied in arrival order; different devices proceed in parallel. Over
+// MQTT, arrival order per device is the order the broker reads them from
+// the device's connection.
 //
 // Deleting a shadow keeps a tombstone with its version: a re-created shadow
 // continues the numbering, so a stale optimistic lock never succeeds.
+//
+// # Storage
+//
+// The engine reaches its documents only through Store (store.go): records
+// keyed by device and shadow name, each with a revision; Commit, which is
+// durable when it returns and compare-and-sets every record on the
+// revision the engine read; a scan of the classic shadows in ID order from
+// a cursor (List, GET /v1/devices); and a scan of one device's named
+// shadows (Shadows, the named-shadow cap, catch-up deltas). The engine
+// encodes the documents; the Store keeps bytes. storetest.Contract is the
+// contract as one suite that every adapter runs.
+//
+// Where the group commit lives: in the adapter, not in the engine.
+// Grouping many updates into one transaction is what makes one fsync
+// serve many devices, so shadow/boltstore keeps its committer goroutine
+// (one transaction per batch, filled while the previous one syncs, without
+// an artificial delay) and Commit simply blocks until its batch is on disk.
+// The alternative, a batching goroutine in the engine over a
+// Commit(batch) method, would force bbolt's shape on every store. A
+// JetStream KV store, where each key is compare-and-set on its own
+// revision, has no transaction across keys to fill: grouping happens in
+// its client's pipelined publishes and in the stream's replication, each
+// caller's Commit is one conditional put per key that it can send at once,
+// and a batch boundary would only add a round trip of latency and make one
+// slow acknowledgement hold up unrelated devices. With the committer in
+// the adapter, each adapter batches the way its medium wants, the engine
+// stays the same, and a revision conflict fails only the request it
+// belongs to: the engine reads again and retries (at most three times,
+// then 409), which never happens with one engine per store. The
+// committer's counters reach Stats through the optional CommitStats
+// method.
+//
+// # Contexts
+//
+// The in-process API (Update, Get, Delete, the Named forms, Shadows, Read,
+// List) honours its ctx while it waits for the device's earlier requests
+// and for the Store: when ctx ends first it returns a *RequestError
+// wrapping ctx's error (code 503) and writes nothing, unless its commit was
+// already handed to the Store, which then finishes it (an outcome is never
+// left unknown). MQTT requests and subscriptions bring no context: they
+// use the engine's, which Close cancels when its own ctx ends first. Close
+// is bounded by its ctx as documented on Close.
 //
 // # Errors
 //

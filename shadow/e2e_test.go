@@ -23,7 +23,7 @@ func startStack(t *testing.T, mod func(*shadow.Config)) (string, *shadow.Engine)
 	t.Helper()
 	var eng *shadow.Engine
 	brk := brokertest.New(t, broker.Config{OnSubscribe: func(id string, f []string) { eng.HandleSubscribe(id, f) }})
-	cfg := shadow.Config{Path: filepath.Join(t.TempDir(), "shadow.db"), Publisher: brk}
+	cfg := shadow.Config{Store: storeAt(t, filepath.Join(t.TempDir(), "shadow.db")), Publisher: brk}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -21,7 +21,6 @@ const (
 	DefaultDeviceBurst     = 40
 	DefaultMaxInFlight     = 10
 	DefaultDedupeWindow    = time.Minute
-	DefaultOpenTimeout     = time.Second
 	// DefaultMaxNamedShadows is how many named shadows one device may
 	// have by default.
 	DefaultMaxNamedShadows = 10
@@ -41,10 +40,10 @@ const (
 
 // Config configures an Engine. Zero values mean the documented defaults.
 type Config struct {
-	// Path is the bbolt file holding the shadows. Required.
-	Path string
-	// OpenTimeout bounds the wait for the file lock held by another process.
-	OpenTimeout time.Duration
+	// Store holds the shadows (see Store; shadow/boltstore opens the
+	// bbolt file). Required. The engine owns it from Open on: Close
+	// closes it, and so does an Open that fails.
+	Store Store
 	// Publisher receives every response, delta and documents message. Nil
 	// means responses are only returned to in-process callers.
 	Publisher Publisher
@@ -101,10 +100,9 @@ type Config struct {
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 	// Observe, when set, is called with the outcome of every request (code
-	// 200 for accepted) and its latency, and CommitObserved with every
-	// commit's duration and batch size. Used for metrics.
-	Observe        func(op Op, code int, d time.Duration)
-	CommitObserved func(d time.Duration, batch int)
+	// 200 for accepted) and its latency. Used for metrics. (Commits are
+	// observed by the Store: see shadow/boltstore.Config.CommitObserved.)
+	Observe func(op Op, code int, d time.Duration)
 	// OnChange, when set, is called after every committed change of a
 	// device's classic shadow (update or delete), after its messages were
 	// published, with the device and the new version; named shadows do not
@@ -118,8 +116,8 @@ type Config struct {
 // validate reports the first invalid field of a defaulted Config.
 func (c *Config) validate() error {
 	switch {
-	case c.Path == "":
-		return errors.New("shadow: Config.Path is required")
+	case c.Store == nil:
+		return errors.New("shadow: Config.Store is required")
 	case c.DedupeMaxEntries < 1:
 		return fmt.Errorf("shadow: Config.DedupeMaxEntries %d: must be positive", c.DedupeMaxEntries)
 	case c.DedupeMaxBytes < 1<<10:
@@ -131,9 +129,6 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) setDefaults() {
-	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultOpenTimeout
-	}
 	if c.MaxDocumentSize == 0 {
 		c.MaxDocumentSize = DefaultMaxDocumentSize
 	}
@@ -179,7 +174,7 @@ func (c *Config) setDefaults() {
 type Engine struct {
 	cfg    Config
 	log    *slog.Logger
-	store  *store
+	store  Store
 	pub    Publisher
 	subs   subscriberChecker // nil if pub cannot tell
 	direct ClientPublisher   // nil if pub cannot deliver to one client
@@ -191,8 +186,17 @@ type Engine struct {
 
 	retry *retryCache // nil when DedupeWindow is negative
 
+	// ctx is the context of requests that bring none (MQTT requests and
+	// subscriptions); Close cancels it when its own ctx ends first, so
+	// they give up instead of waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	quit chan struct{}
 	wg   sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
 
 	stats struct {
 		accepted, rejected, published, publishErrors atomic.Uint64
@@ -201,22 +205,26 @@ type Engine struct {
 	}
 }
 
-// Open opens (creating if needed) the shadow database at cfg.Path and starts
-// the engine. It fails fast with an error naming the lock if another process
-// holds the file.
-func Open(ctx context.Context, cfg Config) (*Engine, error) {
+// Open starts an engine on cfg.Store, which it owns from then on (it is
+// closed by Close, or by Open itself if Open fails). It reads the store
+// once, to count the named shadows, and returns ctx's error (wrapped) if
+// ctx ends first.
+func Open(ctx context.Context, cfg Config) (_ *Engine, err error) {
+	if cfg.Store != nil {
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, cfg.Store.Close(context.WithoutCancel(ctx)))
+			}
+		}()
+	}
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.Path, cfg.OpenTimeout, cfg.CommitObserved)
-	if err != nil {
-		return nil, fmt.Errorf("shadow: %w", err)
-	}
 	e := &Engine{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "shadow"),
-		store:   st,
+		store:   cfg.Store,
 		pub:     cfg.Publisher,
 		devices: make(map[device.ID]*deviceState),
 		quit:    make(chan struct{}),
@@ -224,10 +232,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.DedupeWindow > 0 {
 		e.retry = newRetryCache(cfg.DedupeWindow, cfg.DedupeMaxEntries, cfg.DedupeMaxBytes)
 	}
-	named, err := st.countNamed()
+	named, err := e.countNamed(ctx)
 	if err != nil {
-		st.close()
-		return nil, fmt.Errorf("shadow: count named shadows in %s: %w", cfg.Path, err)
+		return nil, fmt.Errorf("shadow: count named shadows: %w", err)
 	}
 	e.stats.named.Store(named)
 	if sc, ok := cfg.Publisher.(subscriberChecker); ok {
@@ -236,34 +243,58 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cp, ok := cfg.Publisher.(ClientPublisher); ok {
 		e.direct = cp
 	}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		e.housekeeping()
-	}()
+	e.ctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	e.wg.Go(e.housekeeping)
 	return e, nil
 }
 
-// Close stops accepting requests, waits for the ones in progress to commit
-// and publish, and closes the database. It is idempotent.
+// Close stops accepting requests (they are rejected with 503, ErrClosed),
+// waits for the ones in progress to commit and publish, and closes the
+// store. It is bounded by ctx: when ctx ends first, requests still in
+// progress give up (503) unless their commit is already in flight, the
+// store refuses the writes it has not started to commit (see Store), and
+// Close returns an error wrapping ctx's error. A close that leaves
+// nothing behind returns nil even with ctx done. It is idempotent; later
+// calls return the first call's result.
 func (e *Engine) Close(ctx context.Context) error {
-	e.mu.Lock()
-	if e.closed {
+	e.closeOnce.Do(func() {
+		e.mu.Lock()
+		e.closed = true
 		e.mu.Unlock()
-		return nil
-	}
-	e.closed = true
-	e.mu.Unlock()
+		var waitErr error
+		if !waitCtx(ctx, &e.active) {
+			waitErr = fmt.Errorf("shadow: close: requests still in progress: %w", ctx.Err())
+			e.log.Warn("closing with requests still in progress", "err", ctx.Err())
+			e.cancel()
+		}
+		close(e.quit)
+		e.wg.Wait()
+		err := e.store.Close(ctx)
+		e.cancel()
+		if err != nil {
+			err = fmt.Errorf("shadow: close store: %w", err)
+		}
+		e.closeErr = errors.Join(waitErr, err)
+	})
+	return e.closeErr
+}
+
+// waitCtx waits for wg until ctx ends and reports whether wg finished; a
+// wg that is already done counts as finished even if ctx is too.
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) bool {
 	done := make(chan struct{})
-	go func() { e.active.Wait(); close(done) }()
+	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-ctx.Done():
-		e.log.Warn("closing with requests still in progress", "err", ctx.Err())
+		return true
+	default:
 	}
-	close(e.quit)
-	e.wg.Wait()
-	return e.store.close()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // housekeeping prunes idle per-device state and expired retry-cache entries.
@@ -292,8 +323,11 @@ func (e *Engine) housekeeping() {
 
 // Stats is a snapshot of the engine's counters.
 type Stats struct {
-	Accepted, Rejected        uint64
-	Published, PublishErrors  uint64
+	Accepted, Rejected       uint64
+	Published, PublishErrors uint64
+	// Commits, DocumentsWritten and CommitTime are the Store's commit
+	// counters (CommitStats: transactions, updates and deletes written,
+	// time spent); zero with a Store that does not report them.
 	Commits, DocumentsWritten uint64
 	CommitTime                time.Duration
 	RetryCache                RetryCacheStats
@@ -308,19 +342,19 @@ type Stats struct {
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats {
 	st := Stats{
-		Accepted:         e.stats.accepted.Load(),
-		Rejected:         e.stats.rejected.Load(),
-		Published:        e.stats.published.Load(),
-		PublishErrors:    e.stats.publishErrors.Load(),
-		Commits:          e.store.commits.Load(),
-		DocumentsWritten: e.store.committed.Load(),
-		CommitTime:       time.Duration(e.store.commitNano.Load()),
-
+		Accepted:           e.stats.accepted.Load(),
+		Rejected:           e.stats.rejected.Load(),
+		Published:          e.stats.published.Load(),
+		PublishErrors:      e.stats.publishErrors.Load(),
 		NamedShadows:       e.stats.named.Load(),
 		NamedLimitRejected: e.stats.namedLimited.Load(),
 	}
 	if e.retry != nil {
 		st.RetryCache = e.retry.stats()
+	}
+	if cs, ok := e.store.(commitStatter); ok {
+		c := cs.CommitStats()
+		st.Commits, st.DocumentsWritten, st.CommitTime = c.Commits, c.Writes, c.Time
 	}
 	return st
 }

@@ -1,6 +1,7 @@
 package shadow
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +10,9 @@ import (
 
 // Sentinel errors. Every error the Engine returns for a request wraps exactly
 // one of them inside a *RequestError, so callers can branch with errors.Is and
-// read the wire code and message with errors.As.
+// read the wire code and message with errors.As; or, when the caller's
+// context ends first, the context's error (context.Canceled or
+// context.DeadlineExceeded, code 503).
 var (
 	ErrInvalid = errors.New("shadow: invalid request") // 400
 	// ErrShadowLimit: creating one more named shadow would exceed
@@ -37,6 +40,8 @@ var codes = []struct {
 	{ErrRateLimited, 429},
 	{ErrInternal, 500},
 	{ErrClosed, 503},
+	{context.Canceled, 503},
+	{context.DeadlineExceeded, 503},
 }
 
 // RequestError is a rejected request: the wire Code, a human Message, the
@@ -94,6 +99,8 @@ func messageFor(err error) string {
 	switch err {
 	case ErrClosed:
 		return "Service unavailable"
+	case context.Canceled, context.DeadlineExceeded:
+		return "Service unavailable: " + err.Error()
 	case ErrNotFound:
 		return "No shadow exists"
 	}

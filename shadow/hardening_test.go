@@ -153,7 +153,7 @@ func TestHardening08RetryCacheBounded(t *testing.T) {
 			func(c *shadow.Config) { c.DedupeMaxBytes = 100 },
 			func(c *shadow.Config) { c.MaxReply = 100 },
 		} {
-			cfg := shadow.Config{Path: t.TempDir() + "/shadow.db"}
+			cfg := shadow.Config{Store: storeAt(t, t.TempDir()+"/shadow.db")}
 			mod(&cfg)
 			if eng, err := shadow.Open(t.Context(), cfg); err == nil {
 				eng.Close(t.Context())

@@ -1,7 +1,7 @@
 package shadow
 
 import (
-	"sync"
+	"context"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
@@ -9,7 +9,9 @@ import (
 
 // deviceState serialises one device's requests and carries its limits.
 type deviceState struct {
-	mu sync.Mutex // serialises read-modify-write of this device's documents (all its shadows)
+	// sem serialises read-modify-write of this device's documents (all
+	// its shadows): a lock whose wait honours a context.
+	sem chan struct{}
 
 	// Fields below are guarded by Engine.mu.
 	inFlight int
@@ -29,7 +31,7 @@ func (e *Engine) acquire(id device.ID, token string) (*deviceState, *RequestErro
 	}
 	ds := e.devices[id]
 	if ds == nil {
-		ds = &deviceState{tokens: float64(e.cfg.DeviceBurst), last: now}
+		ds = &deviceState{sem: make(chan struct{}, 1), tokens: float64(e.cfg.DeviceBurst), last: now}
 		e.devices[id] = ds
 	}
 	if e.cfg.MaxInFlight > 0 && ds.inFlight >= e.cfg.MaxInFlight {
@@ -58,3 +60,20 @@ func (e *Engine) release(ds *deviceState) {
 	e.mu.Unlock()
 	e.active.Done()
 }
+
+// lock takes the device's lock, or returns ctx's error if ctx ends first.
+func (ds *deviceState) lock(ctx context.Context) error {
+	select {
+	case ds.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case ds.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (ds *deviceState) unlock() { <-ds.sem }

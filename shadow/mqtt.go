@@ -49,15 +49,15 @@ func (e *Engine) HandleRequest(clientID, topic string, payload []byte) {
 		return
 	}
 	start := time.Now()
-	r := ref{a.Device, a.Name}
+	r := Key{a.Device, a.Name}
 	var rerr *RequestError
 	switch a.Op {
 	case OpUpdate:
-		_, rerr = e.update(r, payload, fromMQTT)
+		_, rerr = e.update(e.ctx, r, payload, fromMQTT)
 	case OpGet:
-		_, rerr = e.get(r, payload, fromMQTT)
+		_, rerr = e.get(e.ctx, r, payload, fromMQTT)
 	case OpDelete:
-		_, rerr = e.del(r, payload, fromMQTT)
+		_, rerr = e.del(e.ctx, r, payload, fromMQTT)
 	}
 	code := 200
 	if rerr != nil {

@@ -35,19 +35,19 @@ func nameByte(c byte) bool {
 	return false
 }
 
-// ref names one shadow: a device's classic shadow (name "") or one of its
+// Key names one shadow: a device's classic shadow (Name "") or one of its
 // named shadows. Every shadow of a device shares the device's limits and
-// is serialised with the device's other requests.
-type ref struct {
-	id   device.ID
-	name Name
+// is serialised with the device's other requests. It is also how a Store
+// addresses documents.
+type Key struct {
+	Device device.ID
+	Name   Name // "" for the classic shadow
 }
 
-// String is the device ID, or "<id>/<name>" for a named shadow (for logs;
-// also the named shadow's key in the store).
-func (r ref) String() string {
-	if r.name == "" {
-		return string(r.id)
+// String is the device ID, or "<id>/<name>" for a named shadow (for logs).
+func (k Key) String() string {
+	if k.Name == "" {
+		return string(k.Device)
 	}
-	return string(r.id) + "/" + string(r.name)
+	return string(k.Device) + "/" + string(k.Name)
 }

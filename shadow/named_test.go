@@ -104,7 +104,7 @@ func TestNamedShadowLimit(t *testing.T) {
 	if err := e.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	e2, err := shadow.Open(t.Context(), shadow.Config{Path: h.path})
+	e2, err := shadow.Open(t.Context(), shadow.Config{Store: storeAt(t, h.path)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +475,7 @@ func TestOpenFileFromMain(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := func() *shadow.Engine {
-		e, err := shadow.Open(t.Context(), shadow.Config{Path: path})
+		e, err := shadow.Open(t.Context(), shadow.Config{Store: storeAt(t, path)})
 		if err != nil {
 			t.Fatalf("open the file from main: %v", err)
 		}

@@ -50,12 +50,12 @@ func (e *Engine) wanted(topic string) bool {
 // always (as Umbra always has), on the $aws tree only if a client is
 // subscribed to its topic there, so a fleet that never subscribes on $aws
 // pays one subscription lookup per message and nothing else.
-func (e *Engine) emit(r ref, suffix string, payload []byte) {
+func (e *Engine) emit(r Key, suffix string, payload []byte) {
 	if e.pub == nil {
 		return
 	}
-	e.publish(TreeState.Topic(r.id, r.name, suffix), payload)
-	if t := TreeAWS.Topic(r.id, r.name, suffix); e.wanted(t) {
+	e.publish(TreeState.Topic(r.Device, r.Name, suffix), payload)
+	if t := TreeAWS.Topic(r.Device, r.Name, suffix); e.wanted(t) {
 		e.publish(t, payload)
 	}
 }

@@ -81,7 +81,7 @@ func FuzzHandleRequest(f *testing.F) {
 	pub := &sizedPublisher{}
 	pub.listenOn("$aws/#") // a client on the $aws tree subscribes to its replies first, as the AWS SDKs do
 	eng, err := shadow.Open(f.Context(), shadow.Config{
-		Path:        filepath.Join(f.TempDir(), "shadow.db"),
+		Store:       storeAt(f, filepath.Join(f.TempDir(), "shadow.db")),
 		Publisher:   pub,
 		DeviceRate:  -1,
 		MaxInFlight: -1,

@@ -39,7 +39,7 @@ type retryCache struct {
 	maxBytes   int64
 
 	mu        sync.Mutex // guards every field below
-	byRef     map[ref]*list.Element
+	byRef     map[Key]*list.Element
 	order     list.List // of *retryEntry, oldest (first to expire) first
 	bytes     int64
 	evictions uint64
@@ -48,7 +48,7 @@ type retryCache struct {
 
 // retryEntry is the remembered outcome of one shadow's last update.
 type retryEntry struct {
-	r       ref
+	r       Key
 	token   string
 	sum     [sha256.Size]byte // of the request's bytes
 	version Version           // the version the update produced
@@ -57,17 +57,17 @@ type retryEntry struct {
 }
 
 func (e *retryEntry) size() int64 {
-	return int64(len(e.r.id) + len(e.r.name) + len(e.token) + retryEntryOverhead)
+	return int64(len(e.r.Device) + len(e.r.Name) + len(e.token) + retryEntryOverhead)
 }
 
 func newRetryCache(window time.Duration, maxEntries int, maxBytes int64) *retryCache {
-	return &retryCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, byRef: make(map[ref]*list.Element)}
+	return &retryCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, byRef: make(map[Key]*list.Element)}
 }
 
 // lookup reports whether the request (token, sum) to r is a retry of r's
 // last update while the shadow is at version current, and if so returns
 // that update's timestamp.
-func (c *retryCache) lookup(r ref, token string, sum [sha256.Size]byte, current Version, now time.Time) (ts int64, ok bool) {
+func (c *retryCache) lookup(r Key, token string, sum [sha256.Size]byte, current Version, now time.Time) (ts int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el := c.byRef[r]
@@ -84,7 +84,7 @@ func (c *retryCache) lookup(r ref, token string, sum [sha256.Size]byte, current 
 
 // put remembers the update (token, sum) that took r to version v at ts,
 // replacing r's previous entry.
-func (c *retryCache) put(r ref, token string, sum [sha256.Size]byte, v Version, ts int64, now time.Time) {
+func (c *retryCache) put(r Key, token string, sum [sha256.Size]byte, v Version, ts int64, now time.Time) {
 	e := &retryEntry{r: r, token: token, sum: sum, version: v, ts: ts, expires: now.Add(c.window)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -102,13 +102,13 @@ func (c *retryCache) put(r ref, token string, sum [sha256.Size]byte, v Version, 
 
 // drop forgets r's entry: the document changed by a request that cannot
 // be retried from the cache (no clientToken, or a delete).
-func (c *retryCache) drop(r ref) {
+func (c *retryCache) drop(r Key) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.removeLocked(r)
 }
 
-func (c *retryCache) removeLocked(r ref) {
+func (c *retryCache) removeLocked(r Key) {
 	el := c.byRef[r]
 	if el == nil {
 		return

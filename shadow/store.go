@@ -1,201 +1,134 @@
 package shadow
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 )
 
-// The file's buckets. The classic shadows' bucket is the one every Umbra
-// version wrote; named shadows live in a bucket of their own, so files
-// written before named shadows existed open and read unchanged, and the
-// classic listing (GET /v1/devices) never walks named shadows.
-var (
-	// bucketShadows holds the classic shadows, keyed by device ID.
-	bucketShadows = []byte("shadows")
-	// bucketNamed holds the named shadows, keyed by "<device ID>/<name>".
-	// Neither IDs nor names contain "/", so one device's named shadows are
-	// exactly the keys with its prefix "<id>/": one short cursor scan.
-	bucketNamed = []byte("named")
-)
-
-// location returns the bucket and key of shadow r.
-func location(r ref) (bucket, key []byte) {
-	if r.name == "" {
-		return bucketShadows, []byte(r.id)
-	}
-	return bucketNamed, []byte(r.String())
+// Store is where the engine keeps its shadows: one record per shadow (a
+// document, or the tombstone of a deleted one), addressed by Key and
+// written only through Commit. The engine encodes and decodes the records
+// (the JSON form of Document); a Store keeps their bytes unchanged.
+// shadow/boltstore is the single-node Store (one bbolt file); a cluster
+// store (a JetStream KV bucket) implements the same contract, which
+// shadow/storetest checks against every adapter. The engine takes
+// ownership of its Store: Engine.Close closes it.
+//
+// Revisions. Every record has a revision (Rev), which changes whenever the
+// record does; Rev 0 means "no record". The engine reads a record,
+// computes the next one and commits it with the revision it read, and
+// the Store refuses the write with ErrRevisionMismatch if the record has
+// changed since (compare-and-set, per key). With one engine per Store the
+// engine serialises the writes of each device and the check never fails;
+// with several engines on one Store (cluster mode) it keeps one update
+// from overwriting another it did not see. The engine then reads again
+// and retries.
+//
+// Durability. Commit returns nil only once its writes are durable (on
+// disk, or on a quorum), and the engine publishes an update's replies
+// only after that. A Store may group concurrent Commits into one
+// transaction (shadow/boltstore does: one fsync for many updates); doc.go
+// says why the grouping lives in the Store and not in the engine.
+//
+// Contexts. Every method honours ctx: Get, Scan and ScanNamed return
+// ctx's error (wrapped) once it is done, and Commit returns it, having
+// written nothing, while its writes wait to be handed over for commit.
+// Once they are handed over Commit waits for the outcome, so a cancelled
+// caller never leaves an outcome unknown.
+//
+// Close stops taking writes (Commit then returns an error wrapping
+// ErrClosed), commits the writes handed over before it while ctx lasts,
+// refuses those still waiting when ctx ends (their Commit returns an
+// error wrapping ErrClosed and nothing of them is written), waits for
+// a transaction already in flight, and releases the Store. It returns an
+// error wrapping ctx's error if it refused writes, and is idempotent.
+// Every method returns an error wrapping ErrClosed after Close.
+type Store interface {
+	// Get returns the record of shadow k: its bytes and revision, or the
+	// zero Record (Rev 0) and no error if k has none. The bytes are the
+	// caller's to keep.
+	Get(ctx context.Context, k Key) (Record, error)
+	// Commit applies writes durably, all or nothing (a Store without
+	// transactions across keys applies them in order and stops at the
+	// first that fails, so a crash or a conflict leaves a prefix; the
+	// engine orders its writes so that every prefix is a valid state). It
+	// fails with an error wrapping ErrRevisionMismatch, having written
+	// none of them, if a write's Rev is not its key's current revision.
+	// A key appears at most once in one call.
+	Commit(ctx context.Context, writes ...Write) error
+	// Scan calls fn with the classic shadows whose device ID sorts after
+	// after ("" for the first), in byte order of the ID, until fn returns
+	// false. Named shadows are not visited. rec.Value is valid only until
+	// fn returns.
+	Scan(ctx context.Context, after device.ID, fn func(id device.ID, rec Record) bool) error
+	// ScanNamed calls fn with the named shadows of device id, in byte
+	// order of the name, or, when id is "", with every device's named
+	// shadows in an order of the Store's choosing (the engine only counts
+	// them), until fn returns false. Classic shadows are not visited.
+	// rec.Value is valid only until fn returns.
+	ScanNamed(ctx context.Context, id device.ID, fn func(k Key, rec Record) bool) error
+	// Close drains or refuses the pending writes and releases the Store,
+	// bounded by ctx, as described above.
+	Close(ctx context.Context) error
 }
 
-// maxCommitBatch bounds how many writes one bbolt transaction carries.
-const maxCommitBatch = 2048
+// Rev is a record's revision in a Store: it changes whenever the record
+// does, and 0 means there is no record. Only equality is meaningful.
+type Rev uint64
 
-// store persists documents in one bbolt file. Writes from many goroutines
-// are grouped into one transaction (one fsync) by a single committer
-// goroutine: while one commit is being synced to disk the next batch fills
-// up, so throughput grows with concurrency instead of collapsing to one fsync
-// per update.
-type store struct {
-	db     *bolt.DB
-	writes chan *write
-	quit   chan struct{}
-	wg     sync.WaitGroup
-
-	commits    atomic.Uint64 // transactions committed
-	committed  atomic.Uint64 // documents written
-	commitNano atomic.Uint64 // total time spent in commits
-	observe    func(d time.Duration, n int)
+// Record is a stored shadow: the JSON form of its Document (a tombstone
+// is a Document with Deleted set) and the revision the Store gave it.
+type Record struct {
+	Value []byte
+	Rev   Rev
 }
 
-// write is a group of changes committed together, in one transaction.
-type write struct {
-	ops  []op
-	done chan error
+// Write is one change in a Commit: store Value as shadow Key's record,
+// or delete the record when Value is nil, provided the record's revision
+// is still Rev (0: provided there is no record).
+type Write struct {
+	Key   Key
+	Value []byte
+	Rev   Rev
 }
 
-// op stores val under r, or deletes r's key when val is nil.
-type op struct {
-	r   ref
-	val []byte
+// ErrRevisionMismatch is returned (wrapped) by a Store's Commit when a
+// write's record changed since it was read. The engine handles it; it
+// never reaches a request.
+var ErrRevisionMismatch = errors.New("shadow: store revision mismatch")
+
+// CommitStats are a Store's commit counters. Engine.Stats reports them
+// when its Store has a method CommitStats() CommitStats, as
+// shadow/boltstore's has.
+type CommitStats struct {
+	// Commits is the number of transactions committed; Writes the number
+	// of Commit calls they carried (one per accepted update or delete);
+	// Time the total time spent committing, fsync included.
+	Commits, Writes uint64
+	Time            time.Duration
 }
 
-func openStore(path string, timeout time.Duration, observe func(time.Duration, int)) (*store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open %s: database is locked by another process (is another umbra serve using this data dir?): %w", path, err)
-		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketShadows, bucketNamed} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init %s: %w", path, err)
-	}
-	s := &store{
-		db:      db,
-		writes:  make(chan *write, maxCommitBatch),
-		quit:    make(chan struct{}),
-		observe: observe,
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.commitLoop()
-	}()
-	return s, nil
+// commitStatter is the optional method behind CommitStats.
+type commitStatter interface{ CommitStats() CommitStats }
+
+// header is the part of a stored document a listing needs.
+type header struct {
+	Version Version `json:"version"`
+	Updated int64   `json:"updated"`
+	Deleted bool    `json:"deleted"`
 }
 
-// get returns the stored bytes for r, or nil if there are none. The bytes
-// are a copy, valid after the transaction.
-func (s *store) get(r ref) ([]byte, error) {
-	var out []byte
-	bucket, key := location(r)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucket).Get(key); v != nil {
-			out = append([]byte(nil), v...)
-		}
-		return nil
-	})
-	return out, err
-}
-
-// put durably applies ops, all in one transaction: it returns once the
-// transaction holding them has been committed and synced.
-func (s *store) put(ops ...op) error {
-	w := &write{ops: ops, done: make(chan error, 1)}
-	select {
-	case s.writes <- w:
-	case <-s.quit:
-		return ErrClosed
+func decodeHeader(k Key, v []byte) (header, error) {
+	var hdr header
+	if err := json.Unmarshal(v, &hdr); err != nil {
+		return hdr, fmt.Errorf("decode %q: %w", k.String(), err)
 	}
-	return <-w.done
-}
-
-func (s *store) commitLoop() {
-	batch := make([]*write, 0, maxCommitBatch)
-	for {
-		select {
-		case w := <-s.writes:
-			batch = append(batch[:0], w)
-		case <-s.quit:
-			// Writers that got into the queue before quit still get committed.
-			for {
-				select {
-				case w := <-s.writes:
-					s.commit([]*write{w})
-				default:
-					return
-				}
-			}
-		}
-	fill:
-		for len(batch) < maxCommitBatch {
-			select {
-			case w := <-s.writes:
-				batch = append(batch, w)
-			default:
-				break fill
-			}
-		}
-		s.commit(batch)
-	}
-}
-
-func (s *store) commit(batch []*write) {
-	start := time.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, w := range batch {
-			for _, o := range w.ops {
-				bucket, key := location(o.r)
-				b := tx.Bucket(bucket)
-				var err error
-				if o.val == nil {
-					err = b.Delete(key)
-				} else {
-					err = b.Put(key, o.val)
-				}
-				if err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	d := time.Since(start)
-	s.commits.Add(1)
-	s.commitNano.Add(uint64(d))
-	if err == nil {
-		s.committed.Add(uint64(len(batch)))
-	}
-	if s.observe != nil {
-		s.observe(d, len(batch))
-	}
-	for _, w := range batch {
-		w.done <- err
-	}
-}
-
-// close stops the committer after it has committed every queued write, then
-// closes the file.
-func (s *store) close() error {
-	close(s.quit)
-	s.wg.Wait()
-	return s.db.Close()
+	return hdr, nil
 }
 
 // Summary is one line of a shadow listing.
@@ -205,87 +138,75 @@ type Summary struct {
 	Updated time.Time `json:"updated"`
 }
 
-// list returns up to limit live documents with IDs greater than after, in ID
-// order, and the cursor for the next page ("" at the end).
-func (s *store) list(after string, limit int) ([]Summary, string, error) {
+// list returns up to limit live classic shadows with IDs greater than
+// after, in ID order, and the cursor for the next page ("" at the end).
+func (e *Engine) list(ctx context.Context, after device.ID, limit int) ([]Summary, string, error) {
 	var out []Summary
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketShadows).Cursor()
-		k, v := c.Seek([]byte(after))
-		if k != nil && string(k) == after {
-			k, v = c.Next()
+	var derr error
+	err := e.store.Scan(ctx, after, func(id device.ID, rec Record) bool {
+		hdr, err := decodeHeader(Key{Device: id}, rec.Value)
+		if err != nil {
+			derr = err
+			return false
 		}
-		for ; k != nil; k, v = c.Next() {
-			hdr, err := decodeHeader(k, v)
-			if err != nil {
-				return err
-			}
-			if hdr.Deleted {
-				continue
-			}
-			if len(out) == limit {
-				next = out[len(out)-1].ID.String()
-				return nil
-			}
-			out = append(out, Summary{ID: device.ID(k), Version: hdr.Version, Updated: time.UnixMilli(hdr.Updated).UTC()})
+		if hdr.Deleted {
+			return true
 		}
-		return nil
+		if len(out) == limit {
+			next = out[len(out)-1].ID.String()
+			return false
+		}
+		out = append(out, Summary{ID: id, Version: hdr.Version, Updated: time.UnixMilli(hdr.Updated).UTC()})
+		return true
 	})
-	return out, next, err
-}
-
-// header is the part of a stored document a listing needs.
-type header struct {
-	Version Version `json:"version"`
-	Updated int64   `json:"updated"`
-	Deleted bool    `json:"deleted"`
-}
-
-func decodeHeader(k, v []byte) (header, error) {
-	var hdr header
-	if err := json.Unmarshal(v, &hdr); err != nil {
-		return hdr, fmt.Errorf("decode %q: %w", k, err)
+	if err = errors.Join(err, derr); err != nil {
+		return nil, "", err
 	}
-	return hdr, nil
+	return out, next, nil
 }
 
 // namedEntry is one stored named shadow of a device: live or a tombstone.
 type namedEntry struct {
 	name Name
+	rev  Rev
 	header
 }
 
 // named returns every stored named shadow of id, live ones and tombstones,
 // in name order.
-func (s *store) named(id device.ID) ([]namedEntry, error) {
+func (e *Engine) named(ctx context.Context, id device.ID) ([]namedEntry, error) {
 	var out []namedEntry
-	prefix := []byte(string(id) + "/")
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketNamed).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			hdr, err := decodeHeader(k, v)
-			if err != nil {
-				return err
-			}
-			out = append(out, namedEntry{name: Name(k[len(prefix):]), header: hdr})
+	var derr error
+	err := e.store.ScanNamed(ctx, id, func(k Key, rec Record) bool {
+		hdr, err := decodeHeader(k, rec.Value)
+		if err != nil {
+			derr = err
+			return false
 		}
-		return nil
+		out = append(out, namedEntry{name: k.Name, rev: rec.Rev, header: hdr})
+		return true
 	})
-	return out, err
+	if err = errors.Join(err, derr); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
-// countNamed returns how many live named shadows the file holds.
-func (s *store) countNamed() (int64, error) {
+// countNamed returns how many live named shadows the store holds.
+func (e *Engine) countNamed(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketNamed).ForEach(func(k, v []byte) error {
-			hdr, err := decodeHeader(k, v)
-			if err == nil && !hdr.Deleted {
-				n++
-			}
-			return err
-		})
+	var derr error
+	err := e.store.ScanNamed(ctx, "", func(k Key, rec Record) bool {
+		hdr, err := decodeHeader(k, rec.Value)
+		if err != nil {
+			derr = err
+			return false
+		}
+		if !hdr.Deleted {
+			n++
+		}
+		return true
 	})
-	return n, err
+	return n, errors.Join(err, derr)
 }

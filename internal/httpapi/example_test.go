@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 // Set a device's desired state over HTTP, then read the shadow back.
@@ -22,7 +23,11 @@ func ExampleNewHandler() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	eng, err := shadow.Open(context.Background(), shadow.Config{Path: filepath.Join(dir, "shadow.db")})
+	st, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, "shadow.db")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	eng, err := shadow.Open(context.Background(), shadow.Config{Store: st}) // the engine closes st
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 func TestMain(m *testing.M) {
@@ -79,7 +80,11 @@ func testLogger(t testing.TB) *slog.Logger {
 // openEngine opens a shadow engine in t.TempDir(), closed on cleanup.
 func openEngine(t testing.TB, cfg shadow.Config) *shadow.Engine {
 	t.Helper()
-	cfg.Path = filepath.Join(t.TempDir(), "shadow.db")
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "shadow.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store = st // the engine closes it
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}

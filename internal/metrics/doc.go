@@ -11,7 +11,7 @@
 //   - ObserveShadow(op, code, d): one shadow request and its latency (the
 //     shape of shadow.Config.Observe);
 //   - ObserveCommit(d, n): one bbolt commit of n documents (the shape of
-//     shadow.Config.CommitObserved);
+//     shadow/boltstore.Config.CommitObserved);
 //   - SetRolloutDevices(rollout, state, n): devices of a rollout per state;
 //   - AddEvictions(reason, n): MQTT sessions evicted because their
 //     credential ended;

@@ -18,7 +18,7 @@ func Example() {
 	m.RegisterBroker(func() metrics.BrokerStats { return metrics.BrokerStats{ClientsConnected: 2} })
 	m.ObserveShadow("update", 200, 3*time.Millisecond) // shadow.Config.Observe
 	m.ObserveShadow("update", 429, time.Millisecond)
-	m.ObserveCommit(5*time.Millisecond, 40) // shadow.Config.CommitObserved
+	m.ObserveCommit(5*time.Millisecond, 40) // shadow/boltstore.Config.CommitObserved
 
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))

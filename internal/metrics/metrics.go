@@ -145,7 +145,7 @@ func (m *Metrics) ObserveShadow(op string, code int, d time.Duration) {
 }
 
 // ObserveCommit records one bbolt commit of n documents that took d. Its
-// signature is that of shadow.Config.CommitObserved.
+// signature is that of shadow/boltstore.Config.CommitObserved.
 func (m *Metrics) ObserveCommit(d time.Duration, n int) {
 	m.commitLatency.Observe(d.Seconds())
 	m.commitBatch.Observe(float64(n))

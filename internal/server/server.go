@@ -27,6 +27,7 @@ import (
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
+	shadowstore "github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 // AdminTokenFile is the operator token's file in the data dir, written on
@@ -205,8 +206,15 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	if maxPacket == 0 {
 		maxPacket = broker.DefaultMaxPacketSize
 	}
+	shadows, err := shadowstore.Open(ctx, shadowstore.Config{
+		Path:           filepath.Join(cfg.DataDir, "shadow.db"),
+		CommitObserved: m.ObserveCommit,
+	})
+	if err != nil {
+		return fmt.Errorf("shadow: %w", err)
+	}
 	eng, err := shadow.Open(ctx, shadow.Config{
-		Path:             filepath.Join(cfg.DataDir, "shadow.db"),
+		Store:            shadows, // the engine closes it
 		Publisher:        pub,
 		MaxDocumentSize:  cfg.MaxDocumentSize,
 		MaxNamedShadows:  cfg.MaxNamedShadows,
@@ -214,10 +222,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		DedupeMaxEntries: cfg.RetryCacheEntries,
 		DedupeMaxBytes:   cfg.RetryCacheBytes,
 		// A reply must fit in one packet with its topic and headers.
-		MaxReply:       max(int(maxPacket)-512, shadow.MinMaxReply),
-		Logger:         log,
-		Observe:        func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		CommitObserved: m.ObserveCommit,
+		MaxReply: max(int(maxPacket)-512, shadow.MinMaxReply),
+		Logger:   log,
+		Observe:  func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
 		OnChange: func(id device.ID, _ shadow.Version) {
 			if p := planner.Load(); p != nil {
 				p.Notify(id)

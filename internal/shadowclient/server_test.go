@@ -17,6 +17,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 func TestMain(m *testing.M) {
@@ -87,8 +88,12 @@ func startServer(t testing.TB, withEngine bool) *testServer {
 	if !withEngine {
 		return s
 	}
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "shadow.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.eng, err = shadow.Open(t.Context(), shadow.Config{
-		Path:      filepath.Join(t.TempDir(), "shadow.db"),
+		Store:     st, // the engine closes it
 		Publisher: brk,
 		Logger:    log,
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 // message is one message the service sent: a reply to one client or a
@@ -105,7 +106,11 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 	r := &rig{clk: &clock{now: t0}, rec: &recorder{notes: make(chan message, 64)}}
 	ctx := context.Background()
 	var err error
-	if r.eng, err = shadow.Open(ctx, shadow.Config{Path: filepath.Join(dir, "shadow.db"), Now: r.clk.Now, Logger: log}); err != nil {
+	st, err := boltstore.Open(ctx, boltstore.Config{Path: filepath.Join(dir, "shadow.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.eng, err = shadow.Open(ctx, shadow.Config{Store: st, Now: r.clk.Now, Logger: log}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.eng.Close(ctx) })
