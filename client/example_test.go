@@ -15,6 +15,7 @@ import (
 	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
@@ -152,7 +153,15 @@ func startUmbra() (url string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fw, err := firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "firmware"), BaseURL: "http://127.0.0.1:1"})
+	if err := os.Mkdir(filepath.Join(dir, "firmware"), 0o750); err != nil {
+		log.Fatal(err)
+	}
+	images, err := fwstore.Open(ctx, fwstore.Config{Path: filepath.Join(dir, "firmware", fwstore.File)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fw, err := firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "firmware"), Catalog: images, // the store closes it
+		BaseURL: "http://127.0.0.1:1"})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -29,8 +29,10 @@ func newFirmwareServer(t *testing.T) *client.Client {
 	t.Helper()
 	log := testLogger(t)
 	srv := httptest.NewUnstartedServer(nil)
+	dir := t.TempDir()
 	fw, err := firmware.Open(t.Context(), firmware.Config{
-		Dir:          t.TempDir(),
+		Dir:          dir,
+		Catalog:      fwCatalog(t, dir),
 		BaseURL:      "http://" + srv.Listener.Addr().String(),
 		MaxImageSize: 1 << 20,
 		Logger:       log,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
@@ -58,7 +60,8 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Close(context.Background()) })
-	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: filepath.Join(dir, "fw"), BaseURL: "http://127.0.0.1:1", Logger: log})
+	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: filepath.Join(dir, "fw"), Catalog: fwCatalog(t, filepath.Join(dir, "fw")),
+		BaseURL: "http://127.0.0.1:1", Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,4 +304,18 @@ func shadowStore(tb testing.TB, path string) shadow.Store {
 		tb.Fatal(err)
 	}
 	return st
+}
+
+// fwCatalog opens a bbolt firmware catalog in dir (created if missing);
+// the firmware store given it closes it.
+func fwCatalog(tb testing.TB, dir string) firmware.Catalog {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		tb.Fatal(err)
+	}
+	c, err := fwstore.Open(tb.Context(), fwstore.Config{Path: filepath.Join(dir, fwstore.File)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }

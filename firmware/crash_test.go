@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/firmware/boltstore"
 )
 
 const crashDirEnv = "UMBRA_FIRMWARE_CRASH_DIR"
@@ -29,7 +30,12 @@ func TestMain(m *testing.M) {
 // uploadUntilKilled uploads stdin into a store in dir, announcing on stdout
 // once bytes are being written. The parent kills it mid-stream.
 func uploadUntilKilled(dir string) {
-	st, err := firmware.Open(context.Background(), firmware.Config{Dir: dir})
+	c, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, boltstore.File)})
+	if err != nil {
+		fmt.Println("open catalog:", err)
+		os.Exit(2)
+	}
+	st, err := firmware.Open(context.Background(), firmware.Config{Dir: dir, Catalog: c})
 	if err != nil {
 		fmt.Println("open:", err)
 		os.Exit(2)
@@ -98,7 +104,7 @@ func TestCrashDuringUpload(t *testing.T) {
 	if n := len(dirNames(t, filepath.Join(dir, "tmp"))); n != 1 {
 		t.Fatalf("tmp/ after the crash has %d entries, want the 1 partial upload", n)
 	}
-	st, err := firmware.Open(context.Background(), firmware.Config{Dir: dir})
+	st, err := openStore(t, firmware.Config{Dir: dir})
 	if err != nil {
 		t.Fatalf("Open after crash: %v", err)
 	}

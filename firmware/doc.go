@@ -5,13 +5,19 @@
 //
 // # Storage
 //
-// Everything lives under Config.Dir: firmware.db (bbolt; one record per
-// version: version, hw, size, sha256, notes, created, signature), blobs/<sha256>
-// (the image bytes, shared by versions with identical bytes) and tmp/
-// (uploads in progress). Upload streams into tmp/, hashing as it writes,
-// fsyncs, renames into blobs/, fsyncs the directory and only then commits
-// the metadata, so a crash never leaves a partial image visible. Open removes
-// whatever a crash left in tmp/ and blobs no version references.
+// The records, one per version (version, hw, size, sha256, notes, created,
+// signature), are in a Catalog, an interface this package declares:
+// firmware/boltstore keeps them in Config.Dir/firmware.db (bbolt), and a
+// cluster catalog can implement the same contract (firmware/storetest).
+// Creating a version is a compare-and-set on its absence, so two uploads
+// of one version never both succeed. The image bytes stay on the
+// filesystem under Config.Dir, behind one small type (blobs.go, the seam
+// where cluster mode will put an object store): blobs/<sha256> (shared by
+// versions with identical bytes) and tmp/ (uploads in progress). Upload
+// streams into tmp/, hashing as it writes, fsyncs, renames into blobs/,
+// fsyncs the directory and only then creates the record, so a crash never
+// leaves a partial image visible. Open removes whatever a crash left in
+// tmp/ and blobs no version references.
 //
 // Versions are semantic versions in canonical form without "v" (see
 // ParseVersion); List orders by semver precedence.
@@ -80,6 +86,9 @@
 //
 // A Store is safe for concurrent use. Uploads stream concurrently; only the
 // final link-and-commit step of Upload and the removal step of Delete are
-// serialised. Close aborts uploads in progress. Errors wrap the sentinels
-// listed with ErrInvalid (mapped to HTTP codes there) and *InUseError.
+// serialised. Every method that takes a ctx honours it: Upload stops
+// reading, and the Catalog calls return ctx's error. Close aborts uploads
+// in progress and waits for the other calls, bounded by its ctx. Errors
+// wrap the sentinels listed with ErrInvalid (mapped to HTTP codes there)
+// and *InUseError.
 package firmware

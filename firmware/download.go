@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -72,7 +71,7 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		s.deny(w, r, reason, id)
 		return
 	}
-	f, err := os.Open(filepath.Join(s.blobDir, sum))
+	f, err := s.blobs.open(sum)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			s.log.Error("open blob", logKeySHA256, sum, logKeyErr, err)

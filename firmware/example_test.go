@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/firmware/boltstore"
 )
 
 // This example plays both sides: the server uploads an image and writes the
@@ -24,7 +26,13 @@ func ExampleCommand_Verify() {
 	dir, _ := os.MkdirTemp("", "fw-example")
 	defer os.RemoveAll(dir)
 	srv := httptest.NewUnstartedServer(nil)
-	st, err := firmware.Open(ctx, firmware.Config{Dir: dir, BaseURL: "http://" + srv.Listener.Addr().String()})
+	records, err := boltstore.Open(ctx, boltstore.Config{Path: filepath.Join(dir, boltstore.File)})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	// The store owns its catalog of records from here on.
+	st, err := firmware.Open(ctx, firmware.Config{Dir: dir, Catalog: records, BaseURL: "http://" + srv.Listener.Addr().String()})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/firmware/boltstore"
 )
 
 // clock is a settable test clock.
@@ -66,7 +67,7 @@ func mustOpen(tb testing.TB, mutate func(*firmware.Config)) *env {
 	if mutate != nil {
 		mutate(&e.cfg)
 	}
-	st, err := firmware.Open(context.Background(), e.cfg)
+	st, err := openStore(tb, e.cfg)
 	if err != nil {
 		srv.Close()
 		tb.Fatalf("Open: %v", err)
@@ -84,13 +85,35 @@ func mustOpen(tb testing.TB, mutate func(*firmware.Config)) *env {
 	return e
 }
 
+// openStore opens a store with cfg on a bbolt Catalog in cfg.Dir (in a
+// temp dir if cfg has no Dir) unless cfg has a Catalog; the store owns
+// the Catalog.
+func openStore(tb testing.TB, cfg firmware.Config) (*firmware.Store, error) {
+	tb.Helper()
+	if cfg.Catalog == nil {
+		dir := cfg.Dir
+		if dir == "" {
+			dir = tb.TempDir()
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			tb.Fatal(err)
+		}
+		c, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, boltstore.File)})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Catalog = c
+	}
+	return firmware.Open(context.Background(), cfg)
+}
+
 // reopen closes the store and opens it again on the same directory.
 func (e *env) reopen(tb testing.TB) {
 	tb.Helper()
 	if err := e.st.Close(context.Background()); err != nil {
 		tb.Fatalf("Close: %v", err)
 	}
-	st, err := firmware.Open(context.Background(), e.cfg)
+	st, err := openStore(tb, e.cfg)
 	if err != nil {
 		tb.Fatalf("reopen: %v", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/umbra-iot/umbra/device"
 )
 
@@ -32,7 +29,6 @@ import (
 const (
 	DefaultMaxImageSize = 512 << 20
 	DefaultURLTTL       = time.Hour
-	DefaultOpenTimeout  = time.Second
 	// MaxURLTTL is the longest lifetime a download URL can have; longer
 	// requests are clamped to it.
 	MaxURLTTL = 7 * 24 * time.Hour
@@ -45,9 +41,9 @@ const (
 	copyBufSize = 256 << 10
 )
 
-// File and directory names under Config.Dir.
+// File and directory names under Config.Dir (the Catalog's firmware.db is
+// firmware/boltstore's).
 const (
-	dbFile      = "firmware.db"
 	blobsDir    = "blobs"
 	tmpDir      = "tmp"
 	signingFile = "signing.key"
@@ -64,18 +60,17 @@ const (
 	logKeyErr       = "err"
 )
 
-var bucketImages = []byte("images")
-
 // Config configures a Store. Zero values mean the documented defaults.
 type Config struct {
-	// Dir holds everything the store keeps: firmware.db (bbolt metadata),
-	// blobs/<sha256> (images), tmp/ (uploads in progress) and, unless
-	// configured otherwise, signing.key and url.key. Required; created 0750
-	// if missing.
+	// Dir holds the image bytes, blobs/<sha256>, and uploads in progress,
+	// tmp/, and, unless configured otherwise, signing.key and url.key (and,
+	// by convention, the bbolt Catalog's firmware.db). Required; created
+	// 0750 if missing.
 	Dir string
-	// OpenTimeout bounds the wait for the lock on firmware.db held by
-	// another process. Default DefaultOpenTimeout.
-	OpenTimeout time.Duration
+	// Catalog holds the image records (see Catalog; firmware/boltstore
+	// opens firmware.db). Required. The Store owns it from Open on: Close
+	// closes it, and so does an Open that fails.
+	Catalog Catalog
 	// MaxImageSize caps an upload in bytes. Default DefaultMaxImageSize.
 	MaxImageSize int64
 	// SigningKeyPath is the fleet's ed25519 signing key (PEM, PKCS#8
@@ -122,8 +117,8 @@ func (c *Config) setDefaults() error {
 	if c.Dir == "" {
 		return fmt.Errorf("%w: Config.Dir is required", ErrInvalid)
 	}
-	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultOpenTimeout
+	if c.Catalog == nil {
+		return fmt.Errorf("%w: Config.Catalog is required", ErrInvalid)
 	}
 	if c.MaxImageSize == 0 {
 		c.MaxImageSize = DefaultMaxImageSize
@@ -233,12 +228,11 @@ func isSHA256(s string) bool { return len(s) == 2*sha256.Size && allBytes(s, low
 type Store struct {
 	cfg     Config
 	log     *slog.Logger
-	db      *bolt.DB
+	catalog Catalog
+	blobs   *blobStore
 	priv    ed25519.PrivateKey
 	pub     ed25519.PublicKey
 	urlKey  []byte
-	blobDir string
-	tmpDir  string
 
 	// ctx is cancelled by Close to abort uploads in progress.
 	ctx    context.Context
@@ -262,13 +256,21 @@ type Store struct {
 	denied      atomic.Int64
 }
 
-// Open opens (creating if needed) the store in cfg.Dir. It takes the lock on
-// firmware.db (failing after cfg.OpenTimeout if another process holds it),
-// loads or creates the signing and URL keys, removes temp files left by an
-// interrupted upload and blobs no version references (a crash between the
-// blob rename and the metadata commit), and re-signs manifests whose
-// signature does not verify with the current key (after a key change).
-func Open(ctx context.Context, cfg Config) (*Store, error) {
+// Open opens (creating if needed) the store in cfg.Dir on cfg.Catalog,
+// which it owns from then on (it is closed by Close, or by Open itself if
+// Open fails). It loads or creates the signing and URL keys, removes temp
+// files left by an interrupted upload and blobs no version references (a
+// crash between the blob rename and the metadata commit), and re-signs
+// manifests whose signature does not verify with the current key (after
+// a key change). It returns ctx's error (wrapped) if ctx ends first.
+func Open(ctx context.Context, cfg Config) (_ *Store, err error) {
+	if cfg.Catalog != nil {
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, cfg.Catalog.Close(context.WithoutCancel(ctx)))
+			}
+		}()
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("firmware: open: %w", err)
 	}
@@ -278,34 +280,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{
 		cfg:     cfg,
 		log:     cfg.Logger.With(logKeyComponent, "firmware"),
-		blobDir: filepath.Join(cfg.Dir, blobsDir),
-		tmpDir:  filepath.Join(cfg.Dir, tmpDir),
+		catalog: cfg.Catalog,
 	}
-	for _, d := range []string{cfg.Dir, s.blobDir, s.tmpDir} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			return nil, fmt.Errorf("firmware: open: %w", err)
-		}
+	if s.blobs, err = openBlobs(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("firmware: open: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(cfg.Dir, dbFile), 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
-	if err != nil {
-		return nil, fmt.Errorf("firmware: open %s: %w", filepath.Join(cfg.Dir, dbFile), err)
-	}
-	s.db = db
-	if err := s.init(); err != nil {
-		db.Close()
+	if err := s.init(ctx); err != nil {
 		return nil, fmt.Errorf("firmware: open: %w", err)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return s, nil
 }
 
-func (s *Store) init() error {
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketImages)
-		return err
-	}); err != nil {
-		return err
-	}
+func (s *Store) init(ctx context.Context) error {
 	keyPath, create := s.cfg.SigningKeyPath, false
 	if keyPath == "" {
 		keyPath, create = filepath.Join(s.cfg.Dir, signingFile), true
@@ -325,13 +312,24 @@ func (s *Store) init() error {
 			return err
 		}
 	}
-	if err := s.cleanTmp(); err != nil {
+	if n, err := s.blobs.cleanTmp(); err != nil {
+		return err
+	} else if n > 0 {
+		s.log.Info("removed interrupted uploads", "count", n)
+	}
+	if err := s.resign(ctx); err != nil {
 		return err
 	}
-	if err := s.resign(); err != nil {
+	refs, err := s.referenced(ctx)
+	if err != nil {
 		return err
 	}
-	return s.collectBlobs()
+	if n, err := s.blobs.collect(refs); err != nil {
+		return err
+	} else if n > 0 {
+		s.log.Info("removed unreferenced blobs", "count", n)
+	}
+	return nil
 }
 
 func loadOrCreateURLKey(path string) ([]byte, error) {
@@ -354,114 +352,49 @@ func loadOrCreateURLKey(path string) ([]byte, error) {
 	return k, nil
 }
 
-// cleanTmp removes everything in tmp/: only uploads in progress live there,
-// and none are in progress during Open.
-func (s *Store) cleanTmp() error {
-	ents, err := os.ReadDir(s.tmpDir)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(s.tmpDir, e.Name())); err != nil {
-			return err
-		}
-	}
-	if len(ents) > 0 {
-		s.log.Info("removed interrupted uploads", "count", len(ents))
-	}
-	return nil
-}
-
 // resign re-signs every manifest whose signature does not verify with the
 // current key, so Image.Signature always verifies with PublicKey.
-func (s *Store) resign() error {
-	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketImages)
-		var fix []Image
-		err := b.ForEach(func(k, v []byte) error {
-			var img Image
-			if err := json.Unmarshal(v, &img); err != nil {
-				return fmt.Errorf("decode image %q: %w", k, err)
-			}
-			if Verify(s.pub, img.Manifest(), img.Signature) != nil {
-				img.Signature = ed25519.Sign(s.priv, img.Manifest().Bytes())
-				fix = append(fix, img)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
+func (s *Store) resign(ctx context.Context) error {
+	imgs, err := s.catalog.List(ctx)
+	if err != nil {
+		return err
+	}
+	var fix []Image
+	for _, img := range imgs {
+		if Verify(s.pub, img.Manifest(), img.Signature) != nil {
+			img.Signature = ed25519.Sign(s.priv, img.Manifest().Bytes())
+			fix = append(fix, img)
 		}
-		for _, img := range fix {
-			if err := putImage(b, img); err != nil {
-				return err
-			}
-		}
-		n = len(fix)
+	}
+	if len(fix) == 0 {
 		return nil
-	})
-	if n > 0 {
-		s.log.Warn("re-signed manifests with the current signing key; devices must pin the new public key", "count", n)
 	}
-	return err
-}
-
-// collectBlobs removes blobs no version references.
-func (s *Store) collectBlobs() error {
-	refs, err := s.referenced()
-	if err != nil {
+	if err := s.catalog.Replace(ctx, fix...); err != nil {
 		return err
 	}
-	ents, err := os.ReadDir(s.blobDir)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for _, e := range ents {
-		if !isSHA256(e.Name()) || refs[e.Name()] {
-			continue
-		}
-		if err := os.Remove(filepath.Join(s.blobDir, e.Name())); err != nil {
-			return err
-		}
-		n++
-	}
-	if n > 0 {
-		s.log.Info("removed unreferenced blobs", "count", n)
-		return syncDir(s.blobDir)
-	}
+	s.log.Warn("re-signed manifests with the current signing key; devices must pin the new public key", "count", len(fix))
 	return nil
 }
 
 // referenced returns the set of blobs some version references.
-func (s *Store) referenced() (map[string]bool, error) {
-	refs := make(map[string]bool)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketImages).ForEach(func(_, v []byte) error {
-			var img Image
-			if err := json.Unmarshal(v, &img); err != nil {
-				return err
-			}
-			refs[img.SHA256] = true
-			return nil
-		})
-	})
-	return refs, err
-}
-
-func putImage(b *bolt.Bucket, img Image) error {
-	v, err := json.Marshal(img)
+func (s *Store) referenced(ctx context.Context) (map[string]bool, error) {
+	imgs, err := s.catalog.List(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return b.Put([]byte(img.Version), v)
+	refs := make(map[string]bool, len(imgs))
+	for _, img := range imgs {
+		refs[img.SHA256] = true
+	}
+	return refs, nil
 }
 
 // Close aborts uploads in progress, waits (bounded by ctx) for calls in
-// progress and closes the database. It is idempotent; later calls return
-// the first call's result. Downloads already being served finish from
-// their open file; new ones get 503.
+// progress and closes the Catalog. When ctx ends first it returns an
+// error wrapping ctx's error; the calls still in progress then fail with
+// ErrClosed at their next use of the Catalog. It is idempotent; later
+// calls return the first call's result. Downloads already being served
+// finish from their open file; new ones get 503.
 func (s *Store) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.cancel() // before closed is set: once calls fail, uploads are already aborting
@@ -476,7 +409,11 @@ func (s *Store) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			waitErr = fmt.Errorf("firmware: close: calls still in progress: %w", ctx.Err())
 		}
-		s.closeErr = errors.Join(waitErr, s.db.Close())
+		var closeErr error
+		if err := s.catalog.Close(ctx); err != nil {
+			closeErr = fmt.Errorf("firmware: close catalog: %w", err)
+		}
+		s.closeErr = errors.Join(waitErr, closeErr)
 	})
 	return s.closeErr
 }
@@ -533,12 +470,12 @@ func (s *Store) Upload(ctx context.Context, req UploadRequest, r io.Reader) (Ima
 
 	// Fail fast on a duplicate before reading the body; checked again at
 	// commit.
-	if _, err := s.get(u.version); err == nil {
+	if _, err := s.catalog.Get(ctx, u.version); err == nil {
 		return Image{}, fmt.Errorf("upload %s: %w", u.version, ErrExists)
 	} else if !errors.Is(err, ErrNotFound) {
 		return Image{}, fmt.Errorf("upload %s: %w", u.version, err)
 	}
-	tmp, size, sum, err := s.receive(ctx, r)
+	tmp, size, sum, err := s.blobs.receive(ctx, r, s.cfg.MaxImageSize)
 	if err != nil {
 		if s.ctx.Err() != nil {
 			err = ErrClosed
@@ -558,92 +495,39 @@ func (s *Store) Upload(ctx context.Context, req UploadRequest, r io.Reader) (Ima
 		Created: s.cfg.Now().UTC().Truncate(time.Millisecond),
 	}
 	img.Signature = ed25519.Sign(s.priv, img.Manifest().Bytes())
-	if err := s.publish(tmp, img); err != nil {
+	if err := s.publish(ctx, tmp, img); err != nil {
+		if s.ctx.Err() != nil && !errors.Is(err, ErrExists) {
+			err = ErrClosed
+		}
 		return Image{}, fmt.Errorf("upload %s: %w", u.version, err)
 	}
 	s.log.Info("firmware uploaded", logKeyVersion, img.Version, "hw", img.HW, "size", img.Size, logKeySHA256, img.SHA256)
 	return img, nil
 }
 
-// receive copies r into a new temp file, fsynced and closed, and returns its
-// path, size and sha256. On error nothing is left behind.
-func (s *Store) receive(ctx context.Context, r io.Reader) (path string, size int64, sum string, err error) {
-	f, err := os.CreateTemp(s.tmpDir, "upload-*")
-	if err != nil {
-		return "", 0, "", err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	h := sha256.New()
-	src := io.LimitReader(ctxReader{ctx, r}, s.cfg.MaxImageSize+1)
-	size, err = io.CopyBuffer(io.MultiWriter(f, h), src, make([]byte, copyBufSize))
-	switch {
-	case err != nil:
-		return "", 0, "", fmt.Errorf("receive image: %w", err)
-	case size > s.cfg.MaxImageSize:
-		return "", 0, "", fmt.Errorf("more than %d bytes: %w", s.cfg.MaxImageSize, ErrTooLarge)
-	case size == 0:
-		return "", 0, "", fmt.Errorf("%w: empty image", ErrInvalid)
-	}
-	if err = f.Sync(); err != nil {
-		return "", 0, "", err
-	}
-	if err = f.Close(); err != nil {
-		return "", 0, "", err
-	}
-	return f.Name(), size, hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // publish links the received temp file as the image's blob and commits its
-// metadata.
-func (s *Store) publish(tmp string, img Image) error {
+// record.
+func (s *Store) publish(ctx context.Context, tmp string, img Image) error {
 	s.blobMu.Lock()
 	defer s.blobMu.Unlock()
-	if _, err := s.get(img.Version); err == nil {
+	if _, err := s.catalog.Get(ctx, img.Version); err == nil {
 		return ErrExists
 	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	blob := filepath.Join(s.blobDir, img.SHA256)
-	linked := false
-	if st, err := os.Stat(blob); err != nil || st.Size() != img.Size {
-		if err := os.Rename(tmp, blob); err != nil {
-			return err
-		}
-		if err := syncDir(s.blobDir); err != nil {
-			return err
-		}
-		linked = true
+	linked, err := s.blobs.link(tmp, img.SHA256, img.Size)
+	if err != nil {
+		return err
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketImages)
-		if b.Get([]byte(img.Version)) != nil {
-			return ErrExists
-		}
-		return putImage(b, img)
-	})
+	err = s.catalog.Create(ctx, img)
 	if err != nil && linked {
-		if refs, rerr := s.referenced(); rerr == nil && !refs[img.SHA256] {
-			os.Remove(blob)
+		// Nothing references the blob unless another version has the
+		// same bytes; Open collects it if this check fails.
+		if refs, rerr := s.referenced(context.WithoutCancel(ctx)); rerr == nil && !refs[img.SHA256] {
+			s.blobs.remove(img.SHA256)
 		}
 	}
 	return err
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // List returns every stored image, lowest version first.
@@ -652,20 +536,7 @@ func (s *Store) List(ctx context.Context) ([]Image, error) {
 		return nil, fmt.Errorf("list: %w", err)
 	}
 	defer s.ops.Done()
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list: %w", err)
-	}
-	var imgs []Image
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketImages).ForEach(func(k, v []byte) error {
-			var img Image
-			if err := json.Unmarshal(v, &img); err != nil {
-				return fmt.Errorf("decode image %q: %w", k, err)
-			}
-			imgs = append(imgs, img)
-			return nil
-		})
-	})
+	imgs, err := s.catalog.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
@@ -680,26 +551,11 @@ func (s *Store) Get(ctx context.Context, v Version) (Image, error) {
 		return Image{}, fmt.Errorf("get %s: %w", v, err)
 	}
 	defer s.ops.Done()
-	if err := ctx.Err(); err != nil {
-		return Image{}, fmt.Errorf("get %s: %w", v, err)
-	}
-	img, err := s.get(v)
+	img, err := s.catalog.Get(ctx, v)
 	if err != nil {
 		return Image{}, fmt.Errorf("get %s: %w", v, err)
 	}
 	return img, nil
-}
-
-func (s *Store) get(v Version) (Image, error) {
-	var img Image
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketImages).Get([]byte(v))
-		if b == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(b, &img)
-	})
-	return img, err
 }
 
 // Delete removes version v, and its blob when no other version has the same
@@ -713,7 +569,7 @@ func (s *Store) Delete(ctx context.Context, v Version) error {
 		return fmt.Errorf("delete %s: %w", v, err)
 	}
 	defer s.ops.Done()
-	if _, err := s.get(v); err != nil {
+	if _, err := s.catalog.Get(ctx, v); err != nil {
 		return fmt.Errorf("delete %s: %w", v, err)
 	}
 	if s.cfg.InUse != nil {
@@ -727,41 +583,22 @@ func (s *Store) Delete(ctx context.Context, v Version) error {
 	}
 	s.blobMu.Lock()
 	defer s.blobMu.Unlock()
-	var sum string
-	shared := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketImages)
-		raw := b.Get([]byte(v))
-		if raw == nil {
-			return ErrNotFound
-		}
-		var img Image
-		if err := json.Unmarshal(raw, &img); err != nil {
-			return err
-		}
-		sum = img.SHA256
-		if err := b.Delete([]byte(v)); err != nil {
-			return err
-		}
-		return b.ForEach(func(_, raw []byte) error {
-			var other Image
-			if err := json.Unmarshal(raw, &other); err != nil {
-				return err
-			}
-			shared = shared || other.SHA256 == sum
-			return nil
-		})
-	})
+	img, err := s.catalog.Delete(ctx, v)
 	if err != nil {
 		return fmt.Errorf("delete %s: %w", v, err)
 	}
+	// The version is gone. Its blob goes too unless another version has
+	// the same bytes; if this check fails the blob stays, and the next
+	// Open collects it.
+	sum, shared := img.SHA256, true
+	if refs, err := s.referenced(context.WithoutCancel(ctx)); err != nil {
+		s.log.Warn("check blob references", logKeySHA256, sum, logKeyErr, err)
+	} else {
+		shared = refs[sum]
+	}
 	if !shared {
-		// A failure here leaves an unreferenced blob, removed by the next
-		// Open; the version is gone either way.
-		if err := os.Remove(filepath.Join(s.blobDir, sum)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.blobs.remove(sum); err != nil {
 			s.log.Warn("remove blob", logKeySHA256, sum, logKeyErr, err)
-		} else if err := syncDir(s.blobDir); err != nil {
-			s.log.Warn("sync blob directory", logKeyErr, err)
 		}
 	}
 	s.log.Info("firmware deleted", logKeyVersion, v, logKeySHA256, sum, "blob_kept", shared)

@@ -358,7 +358,7 @@ func TestOpenInvalidConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := firmware.Open(context.Background(), tc.cfg)
+			st, err := openStore(t, tc.cfg)
 			if err == nil {
 				st.Close(context.Background())
 				t.Fatalf("Open(%+v) succeeded, want error", tc.cfg)
@@ -367,14 +367,20 @@ func TestOpenInvalidConfig(t *testing.T) {
 	}
 }
 
-func TestOpenLocked(t *testing.T) {
-	e := mustOpen(t, nil)
-	cfg := e.cfg
-	cfg.OpenTimeout = 50 * time.Millisecond
-	st, err := firmware.Open(context.Background(), cfg)
+// TestOpenNeedsCatalog: a Config without a Catalog is refused with
+// ErrInvalid, and nothing is created in Dir.
+func TestOpenNeedsCatalog(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fw")
+	st, err := firmware.Open(t.Context(), firmware.Config{Dir: dir})
 	if err == nil {
 		st.Close(context.Background())
-		t.Fatal("second Open on a locked dir succeeded, want error")
+		t.Fatal("Open without a Catalog succeeded")
+	}
+	if !errors.Is(err, firmware.ErrInvalid) || !strings.Contains(err.Error(), "Catalog") {
+		t.Errorf("Open = %v, want ErrInvalid naming Config.Catalog", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Open without a Catalog created %s (%v)", dir, err)
 	}
 }
 
@@ -541,5 +547,76 @@ func TestConcurrentSameVersion(t *testing.T) {
 	}
 	if got, want := dirNames(t, filepath.Join(e.dir, "blobs")), []string{img.SHA256}; !slices.Equal(got, want) {
 		t.Errorf("blobs/ = %v, want %v (only the winner's)", got, want)
+	}
+}
+
+// TestCancelledContextReturnsPromptly: every call that takes a ctx returns
+// its error at once when ctx is done, and changes nothing.
+func TestCancelledContextReturnsPromptly(t *testing.T) {
+	e := mustOpen(t, nil)
+	mustUpload(t, e.st, "1.0.0", image(10, 1))
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for name, call := range map[string]func() error{
+		"List":   func() error { _, err := e.st.List(ctx); return err },
+		"Get":    func() error { _, err := e.st.Get(ctx, "1.0.0"); return err },
+		"Delete": func() error { return e.st.Delete(ctx, "1.0.0") },
+		"Upload": func() error {
+			_, err := e.st.Upload(ctx, firmware.UploadRequest{Version: "2.0.0"}, bytes.NewReader(image(10, 2)))
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a done ctx = %v, want context.Canceled", name, err)
+		}
+	}
+	if got := versions(t, e.st); !slices.Equal(got, []firmware.Version{"1.0.0"}) {
+		t.Errorf("List = %v, want [1.0.0] unchanged", got)
+	}
+	if n := len(dirNames(t, filepath.Join(e.dir, "blobs"))); n != 1 {
+		t.Errorf("blobs/ has %d entries, want 1", n)
+	}
+	checkNoTemp(t, e.dir)
+}
+
+// TestCloseBoundedByContext: a Delete stuck in the delete guard does not
+// hold Close past its ctx; once released it is refused (ErrClosed) and
+// the version stays.
+func TestCloseBoundedByContext(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	e := mustOpen(t, func(c *firmware.Config) {
+		c.InUse = func(context.Context, firmware.Version) (string, bool, error) {
+			close(entered)
+			<-release
+			return "", false, nil
+		}
+	})
+	mustUpload(t, e.st, "1.0.0", image(10, 1))
+	deleted := make(chan error, 1)
+	go func() { deleted <- e.st.Delete(context.Background(), "1.0.0") }()
+	<-entered
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- e.st.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Close = %v, want context.DeadlineExceeded", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return when its ctx ended")
+	}
+	close(release)
+	if err := <-deleted; !errors.Is(err, firmware.ErrClosed) {
+		t.Errorf("Delete after Close = %v, want ErrClosed", err)
+	}
+	st, err := openStore(t, e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.st = st // closed on cleanup
+	if got := versions(t, e.st); !slices.Equal(got, []firmware.Version{"1.0.0"}) {
+		t.Errorf("after reopen: List = %v, want [1.0.0]", got)
 	}
 }

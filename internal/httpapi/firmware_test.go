@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/firmware"
+	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/shadow"
@@ -38,6 +39,24 @@ type fwEnv struct {
 
 const testMaxImage = 1 << 20
 
+// withCatalog gives cfg a bbolt Catalog in cfg.Dir (a temp dir if cfg has
+// none); the firmware store opened with it closes it.
+func withCatalog(tb testing.TB, cfg firmware.Config) firmware.Config {
+	tb.Helper()
+	if cfg.Dir == "" {
+		cfg.Dir = tb.TempDir()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		tb.Fatal(err)
+	}
+	c, err := fwstore.Open(context.Background(), fwstore.Config{Path: filepath.Join(cfg.Dir, fwstore.File)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Catalog = c
+	return cfg
+}
+
 // newFirmwareAPI serves the API with a firmware store (MaxImageSize 1 MiB
 // unless cfg says otherwise) and the download handler mounted at /fw/.
 func newFirmwareAPI(t *testing.T, cfg firmware.Config) *fwEnv {
@@ -49,7 +68,7 @@ func newFirmwareAPI(t *testing.T, cfg firmware.Config) *fwEnv {
 		cfg.MaxImageSize = testMaxImage
 	}
 	cfg.Logger = testLogger(t)
-	fw, err := firmware.Open(t.Context(), cfg)
+	fw, err := firmware.Open(t.Context(), withCatalog(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -478,7 +497,7 @@ func TestFirmwareStoreLifecycle(t *testing.T) {
 		}
 	}
 	get("no store", 503)
-	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: t.TempDir(), BaseURL: base})
+	fw, err := firmware.Open(t.Context(), withCatalog(t, firmware.Config{BaseURL: base}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,7 +526,7 @@ func FuzzFirmwareRequests(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.query, s.hdrVersion, s.version, s.body)
 	}
-	fw, err := firmware.Open(f.Context(), firmware.Config{Dir: f.TempDir(), MaxImageSize: 4 << 10})
+	fw, err := firmware.Open(f.Context(), withCatalog(f, firmware.Config{MaxImageSize: 4 << 10}))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -581,7 +600,7 @@ func (v tokens) VerifyBearer(_ context.Context, tok string) (identity.Principal,
 // integrators read; devices and anonymous callers get nothing; a refused
 // upload stores nothing.
 func TestFirmwareAuth(t *testing.T) {
-	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: t.TempDir(), Logger: testLogger(t)})
+	fw, err := firmware.Open(t.Context(), withCatalog(t, firmware.Config{Logger: testLogger(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +663,7 @@ func TestFirmwareAuth(t *testing.T) {
 // ReadTimeout and WriteTimeout (which bound ordinary requests) as long as
 // bytes keep arriving.
 func TestFirmwareSlowUpload(t *testing.T) {
-	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: t.TempDir(), Logger: testLogger(t)})
+	fw, err := firmware.Open(t.Context(), withCatalog(t, firmware.Config{Logger: testLogger(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

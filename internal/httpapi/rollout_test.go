@@ -67,7 +67,7 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			e.reader = name + ":" + secret
 		}
 	}
-	fw, err := firmware.Open(t.Context(), firmware.Config{Dir: filepath.Join(dir, "firmware"), BaseURL: "http://127.0.0.1:1", Logger: testLogger(t)})
+	fw, err := firmware.Open(t.Context(), withCatalog(t, firmware.Config{Dir: filepath.Join(dir, "firmware"), BaseURL: "http://127.0.0.1:1", Logger: testLogger(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/metrics"
@@ -475,8 +476,17 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			baseURL = s.httpScheme() + "://" + api.Addr().String()
 		}
 	}
+	fwDir := filepath.Join(cfg.DataDir, "firmware")
+	if err := os.MkdirAll(fwDir, 0o750); err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
+	images, err := fwstore.Open(ctx, fwstore.Config{Path: filepath.Join(fwDir, fwstore.File)})
+	if err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
 	fw, err := firmware.Open(ctx, firmware.Config{
-		Dir:            filepath.Join(cfg.DataDir, "firmware"),
+		Dir:            fwDir,
+		Catalog:        images, // the store closes it
 		SigningKeyPath: cfg.SigningKey,
 		URLTTL:         cfg.URLTTL,
 		MaxImageSize:   cfg.MaxImageSize,

@@ -18,6 +18,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
@@ -114,7 +115,14 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.eng.Close(ctx) })
-	if r.fw, err = firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "fw"), BaseURL: "http://umbra.test",
+	if err := os.Mkdir(filepath.Join(dir, "fw"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	images, err := fwstore.Open(ctx, fwstore.Config{Path: filepath.Join(dir, "fw", fwstore.File)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.fw, err = firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "fw"), Catalog: images, BaseURL: "http://umbra.test",
 		URLSecret: []byte("0123456789abcdef"), Now: r.clk.Now, Logger: log}); err != nil {
 		t.Fatal(err)
 	}
