@@ -36,38 +36,33 @@ func (e *Engine) Delete(ctx context.Context, id device.ID, payload []byte) ([]by
 // is a *RequestError wrapping ErrShadowLimit; an invalid name one wrapping
 // ErrInvalid.
 func (e *Engine) UpdateNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
-	start := time.Now()
-	r, rerr := checkRef(id, name)
-	var b []byte
-	if rerr == nil {
-		b, rerr = e.update(ctx, r, payload, fromAPI)
-	}
-	return e.apiResult(OpUpdate, start, b, rerr)
+	return e.apiCall(ctx, OpUpdate, id, name, payload, (*Engine).update)
 }
 
 // GetNamed is Get for the shadow name of device id ("" is the classic
 // shadow).
 func (e *Engine) GetNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
-	start := time.Now()
-	r, rerr := checkRef(id, name)
-	var b []byte
-	if rerr == nil {
-		b, rerr = e.get(ctx, r, payload, fromAPI)
-	}
-	return e.apiResult(OpGet, start, b, rerr)
+	return e.apiCall(ctx, OpGet, id, name, payload, (*Engine).get)
 }
 
 // DeleteNamed is Delete for the shadow name of device id ("" is the
 // classic shadow). A deleted named shadow no longer counts against
 // Config.MaxNamedShadows.
 func (e *Engine) DeleteNamed(ctx context.Context, id device.ID, name Name, payload []byte) ([]byte, error) {
+	return e.apiCall(ctx, OpDelete, id, name, payload, (*Engine).del)
+}
+
+// apiCall validates an in-process caller's id and name, runs the operation
+// do on that shadow and records its outcome.
+func (e *Engine) apiCall(ctx context.Context, op Op, id device.ID, name Name, payload []byte,
+	do func(e *Engine, ctx context.Context, r Key, payload []byte, src source) ([]byte, *RequestError)) ([]byte, error) {
 	start := time.Now()
 	r, rerr := checkRef(id, name)
 	var b []byte
 	if rerr == nil {
-		b, rerr = e.del(ctx, r, payload, fromAPI)
+		b, rerr = do(e, ctx, r, payload, fromAPI)
 	}
-	return e.apiResult(OpDelete, start, b, rerr)
+	return e.apiResult(op, start, b, rerr)
 }
 
 // checkRef validates an in-process caller's device ID and shadow name (an

@@ -76,7 +76,16 @@ func (e *Engine) update(ctx context.Context, r Key, payload []byte, src source) 
 	if rerr != nil {
 		return nil, rerr
 	}
-	tok := req.clientToken
+	return e.serialised(ctx, r, req.clientToken, func() ([]byte, bool, *RequestError) {
+		return e.applyUpdate(ctx, r, req, payload, src)
+	})
+}
+
+// serialised admits a request with clientToken tok for shadow r (see
+// acquire), waits for the device's lock (or ctx), and runs attempt with
+// it held, again while attempt reports the shadow changed before its
+// commit (stale), at most maxAttempts times (then 409).
+func (e *Engine) serialised(ctx context.Context, r Key, tok string, attempt func() (b []byte, stale bool, rerr *RequestError)) ([]byte, *RequestError) {
 	ds, rerr := e.acquire(r.Device, tok)
 	if rerr != nil {
 		return nil, rerr
@@ -87,7 +96,7 @@ func (e *Engine) update(ctx context.Context, r Key, payload []byte, src source) 
 	}
 	defer ds.unlock()
 	for range maxAttempts {
-		b, stale, rerr := e.applyUpdate(ctx, r, req, payload, src)
+		b, stale, rerr := attempt()
 		if !stale {
 			return b, rerr
 		}
@@ -305,22 +314,9 @@ func (e *Engine) del(ctx context.Context, r Key, payload []byte, src source) ([]
 	if rerr != nil {
 		return nil, rerr
 	}
-	ds, rerr := e.acquire(r.Device, tok)
-	if rerr != nil {
-		return nil, rerr
-	}
-	defer e.release(ds)
-	if err := ds.lock(ctx); err != nil {
-		return nil, e.failed("wait for device", r, err, tok)
-	}
-	defer ds.unlock()
-	for range maxAttempts {
-		b, stale, rerr := e.applyDelete(ctx, r, tok)
-		if !stale {
-			return b, rerr
-		}
-	}
-	return nil, conflicted(r, tok)
+	return e.serialised(ctx, r, tok, func() ([]byte, bool, *RequestError) {
+		return e.applyDelete(ctx, r, tok)
+	})
 }
 
 // applyDelete reads r and replaces it with its tombstone; stale reports

@@ -145,49 +145,48 @@ func Contract(t *testing.T, open Opener) {
 		}
 	})
 
-	t.Run("a done context changes nothing", func(t *testing.T) {
-		c := open(t, t.TempDir())
-		defer mustClose(t, c)
-		if err := c.Create(t.Context(), a); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		cancel()
-		_, getErr := c.Get(ctx, a.Version)
-		_, listErr := c.List(ctx)
-		_, delErr := c.Delete(ctx, a.Version)
-		for name, err := range map[string]error{
-			"Get": getErr, "List": listErr, "Delete": delErr,
-			"Create":  c.Create(ctx, b),
-			"Replace": c.Replace(ctx, a2),
-		} {
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("%s = %v, want context.Canceled", name, err)
+	for _, tc := range []struct {
+		name   string
+		closed bool  // the catalog is closed; otherwise the context is done
+		want   error // what every call wraps
+	}{
+		{"a done context changes nothing", false, context.Canceled},
+		{"closed", true, firmware.ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := open(t, t.TempDir())
+			if err := c.Create(t.Context(), a); err != nil {
+				t.Fatal(err)
 			}
-		}
-		check(t, c, []firmware.Image{a})
-	})
-
-	t.Run("closed", func(t *testing.T) {
-		c := open(t, t.TempDir())
-		mustClose(t, c)
-		ctx := t.Context()
-		_, getErr := c.Get(ctx, a.Version)
-		_, listErr := c.List(ctx)
-		_, delErr := c.Delete(ctx, a.Version)
-		for name, err := range map[string]error{
-			"Get": getErr, "List": listErr, "Delete": delErr,
-			"Create":  c.Create(ctx, b),
-			"Replace": c.Replace(ctx, a2),
-		} {
-			if !errors.Is(err, firmware.ErrClosed) {
-				t.Errorf("%s = %v, want ErrClosed", name, err)
+			ctx, cancel := context.WithCancel(t.Context())
+			if tc.closed {
+				mustClose(t, c)
+			} else {
+				defer mustClose(t, c)
+				cancel()
 			}
-		}
-		if err := c.Close(ctx); err != nil {
-			t.Errorf("second Close = %v, want nil", err)
-		}
-	})
+			defer cancel()
+			_, getErr := c.Get(ctx, a.Version)
+			_, listErr := c.List(ctx)
+			_, delErr := c.Delete(ctx, a.Version)
+			for name, err := range map[string]error{
+				"Get": getErr, "List": listErr, "Delete": delErr,
+				"Create":  c.Create(ctx, b),
+				"Replace": c.Replace(ctx, a2),
+			} {
+				if !errors.Is(err, tc.want) {
+					t.Errorf("%s = %v, want %v", name, err, tc.want)
+				}
+			}
+			if tc.closed {
+				if err := c.Close(ctx); err != nil {
+					t.Errorf("second Close = %v, want nil", err)
+				}
+			} else {
+				check(t, c, []firmware.Image{a})
+			}
+		})
+	}
 }
 
 // same compares two records; times are compared as instants.

@@ -357,48 +357,44 @@ func Contract(t *testing.T, open Opener) {
 		})
 	}
 
-	t.Run("a done context returns at once and writes nothing", func(t *testing.T) {
-		s := open(t, t.TempDir())
-		defer mustClose(t, s)
-		ctx, cancel := context.WithCancel(t.Context())
-		cancel()
-		if err := s.Commit(ctx, shadow.Write{Key: d1, Value: []byte("a")}); !errors.Is(err, context.Canceled) {
-			t.Errorf("Commit = %v, want context.Canceled", err)
-		}
-		if _, err := s.Get(ctx, d1); !errors.Is(err, context.Canceled) {
-			t.Errorf("Get = %v, want context.Canceled", err)
-		}
-		if err := s.Scan(ctx, "", func(device.ID, shadow.Record) bool { return true }); !errors.Is(err, context.Canceled) {
-			t.Errorf("Scan = %v, want context.Canceled", err)
-		}
-		if err := s.ScanNamed(ctx, "", func(shadow.Key, shadow.Record) bool { return true }); !errors.Is(err, context.Canceled) {
-			t.Errorf("ScanNamed = %v, want context.Canceled", err)
-		}
-		if rec := get(t, s, d1); rec.Rev != 0 {
-			t.Errorf("the cancelled Commit wrote %q", rec.Value)
-		}
-	})
-
-	t.Run("closed", func(t *testing.T) {
-		s := open(t, t.TempDir())
-		mustClose(t, s)
-		ctx := t.Context()
-		if err := s.Commit(ctx, shadow.Write{Key: d1, Value: []byte("a")}); !errors.Is(err, shadow.ErrClosed) {
-			t.Errorf("Commit = %v, want ErrClosed", err)
-		}
-		if _, err := s.Get(ctx, d1); !errors.Is(err, shadow.ErrClosed) {
-			t.Errorf("Get = %v, want ErrClosed", err)
-		}
-		if err := s.Scan(ctx, "", func(device.ID, shadow.Record) bool { return true }); !errors.Is(err, shadow.ErrClosed) {
-			t.Errorf("Scan = %v, want ErrClosed", err)
-		}
-		if err := s.ScanNamed(ctx, "d1", func(shadow.Key, shadow.Record) bool { return true }); !errors.Is(err, shadow.ErrClosed) {
-			t.Errorf("ScanNamed = %v, want ErrClosed", err)
-		}
-		if err := s.Close(ctx); err != nil {
-			t.Errorf("second Close = %v, want nil", err)
-		}
-	})
+	for _, tc := range []struct {
+		name   string
+		closed bool  // the store is closed; otherwise the context is done
+		want   error // what every call wraps
+	}{
+		{"a done context returns at once and writes nothing", false, context.Canceled},
+		{"closed", true, shadow.ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, t.TempDir())
+			ctx, cancel := context.WithCancel(t.Context())
+			if tc.closed {
+				mustClose(t, s)
+			} else {
+				defer mustClose(t, s)
+				cancel()
+			}
+			defer cancel()
+			_, getErr := s.Get(ctx, d1)
+			for name, err := range map[string]error{
+				"Commit":    s.Commit(ctx, shadow.Write{Key: d1, Value: []byte("a")}),
+				"Get":       getErr,
+				"Scan":      s.Scan(ctx, "", func(device.ID, shadow.Record) bool { return true }),
+				"ScanNamed": s.ScanNamed(ctx, "d1", func(shadow.Key, shadow.Record) bool { return true }),
+			} {
+				if !errors.Is(err, tc.want) {
+					t.Errorf("%s = %v, want %v", name, err, tc.want)
+				}
+			}
+			if tc.closed {
+				if err := s.Close(ctx); err != nil {
+					t.Errorf("second Close = %v, want nil", err)
+				}
+			} else if rec := get(t, s, d1); rec.Rev != 0 {
+				t.Errorf("the cancelled Commit wrote %q", rec.Value)
+			}
+		})
+	}
 }
 
 func get(t *testing.T, s shadow.Store, k shadow.Key) shadow.Record {
