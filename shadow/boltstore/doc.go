@@ -21,8 +21,10 @@
 // one fsync. Each call's compare-and-set (shadow.Write.Rev) is checked
 // inside the transaction: a call that fails it gets
 // shadow.ErrRevisionMismatch and is left out, and the others commit.
-// Revisions are a 64-bit hash of a record's bytes, so they need no room
-// in the file.
+// Revisions are a 64-bit hash of a record's bytes under a seed chosen by
+// Open, so they need no room in the file; they are valid for the Store
+// that gave them (the engine reads and writes within one request), not
+// across a reopen.
 //
 // # Close
 //
