@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"
@@ -44,11 +45,7 @@ func newIdentityEnv(t *testing.T) *identityEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Close(context.Background()) })
-	ids, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(dir, "identity.db"), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ids.Close(context.Background()) })
+	ids := identitytest.Open(t, dir, identity.Config{Logger: log})
 	secret, err := ids.CreateToken(t.Context(), identity.RoleOperator, "ops")
 	if err != nil {
 		t.Fatal(err)

@@ -62,7 +62,7 @@ func FuzzAllowFilter(f *testing.F) {
 			}
 			for _, topic := range topics {
 				if !s.Allow(id, topic, false) {
-					t.Errorf("%s (%q) may subscribe to %q, which matches %q, but may not read %q", id.Name, id.ClientID, filter, topic, topic)
+					t.Errorf("%s (%q) may subscribe to %q, which matches %q, but may not read %q", id.Principal.Name, id.ClientID, filter, topic, topic)
 				}
 			}
 		}

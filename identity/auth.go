@@ -3,24 +3,49 @@ package identity
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
-	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/policy"
 )
 
-// anonymousName is the broker.Identity name of every client in anonymous
-// mode. It holds a character token names cannot, so it names no token.
-const anonymousName = "*anonymous*"
+// Credentials are what a client presented when it connected over MQTT.
+type Credentials struct {
+	// ClientID is the MQTT client ID: any the transport accepted, or one
+	// it assigned.
+	ClientID string
+	// Username is the CONNECT user name; "" if absent.
+	Username string
+	// Password is the CONNECT password; nil if absent.
+	Password []byte
+	// TLS is the connection's TLS state; nil unless it uses TLS.
+	TLS *tls.ConnectionState
+}
 
-// Authenticate implements broker.Authenticator.
+// Session is who an MQTT connection authenticated as: what Authenticate
+// returns, the transport keeps for the connection's life (and its
+// persistent session's), and Allow checks.
+type Session struct {
+	// Principal is the device or token that logged in. In anonymous mode
+	// it is an operator with no name.
+	Principal Principal
+	// ClientID is the connection's MQTT client ID.
+	ClientID string
+	// Credential identifies the credential the connection logged in with:
+	// one generation of a device's or token's secret, or a device's
+	// enrolment for a certificate login. It is opaque; Allow refuses the
+	// session once it is no longer the principal's current one (see
+	// Valid). "" in anonymous mode.
+	Credential string
+}
+
+// Authenticate checks the credentials a connecting MQTT client presented
+// and returns who it is.
 //
 // With a password, the user name (or, if empty, the client ID) names a
 // device or a token and the password must be its secret. A device must
@@ -34,24 +59,27 @@ const anonymousName = "*anonymous*"
 // unverified certificate is refused, and so is a certificate issued before
 // the device was last removed (see IssuedURIPrefix).
 //
-// The identity records the credential it logged in with
-// (broker.Identity.Credential): the generation of the secret, or for a
+// The session records the credential it logged in with
+// (Session.Credential): the generation of the secret, or for a
 // certificate the device's enrolment. Allow refuses the session once that
 // credential is no longer current.
 //
 // In anonymous mode every client is accepted as an operator, with any
-// client ID. Errors wrap
-// ErrUnauthenticated (or ErrClosed) and say why, for the broker's log.
-func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
+// client ID. Errors wrap ErrUnauthenticated (or ErrClosed, or ctx's
+// error) and say why, for the transport's log.
+func (s *Store) Authenticate(ctx context.Context, c Credentials) (Session, error) {
 	if s.closed.Load() {
-		return broker.Identity{}, ErrClosed
+		return Session{}, ErrClosed
 	}
 	if s.cfg.Anonymous {
-		return broker.Identity{ClientID: c.ClientID, Name: anonymousName}, nil
+		return Session{Principal: Principal{Role: RoleOperator}, ClientID: c.ClientID}, nil
 	}
-	// No credential changes between the read and the identity's use.
+	// No credential changes between the reads and the session's use.
 	s.credMu.RLock()
 	defer s.credMu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return Session{}, err
+	}
 	if len(c.Password) == 0 {
 		return s.authenticateCert(ctx, c)
 	}
@@ -59,27 +87,20 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 	if user == "" {
 		user = c.ClientID
 	}
-	var p Principal
-	var gen string
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		var err error
-		p, gen, err = s.verifyTx(tx, user, c.Password)
-		if err != nil {
-			return err
-		}
-		if p.Role == RoleDevice {
-			if c.ClientID != string(p.Device) {
-				return fmt.Errorf("%w: device %s connected with client id %q", ErrUnauthenticated, p.Device, clip(c.ClientID))
-			}
-		} else if tx.Bucket(bucketDevices).Get([]byte(c.ClientID)) != nil {
-			return fmt.Errorf("%w: token %s uses client id %q of an enrolled device", ErrUnauthenticated, p.Name, c.ClientID)
-		}
-		return nil
-	})
+	p, gen, err := s.verify(ctx, user, c.Password)
 	if err != nil {
-		return broker.Identity{}, err
+		return Session{}, err
 	}
-	return identityOf(p, c.ClientID, credSecret+gen), nil
+	if p.Role == RoleDevice {
+		if c.ClientID != string(p.Device) {
+			return Session{}, fmt.Errorf("%w: device %s connected with client id %q", ErrUnauthenticated, p.Device, clip(c.ClientID))
+		}
+	} else if rec, err := s.st.Get(ctx, c.ClientID); err == nil && rec.IsDevice() {
+		return Session{}, fmt.Errorf("%w: token %s uses client id %q of an enrolled device", ErrUnauthenticated, p.Name, c.ClientID)
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return Session{}, closedErr(err)
+	}
+	return Session{Principal: p, ClientID: c.ClientID, Credential: credSecret + gen}, nil
 }
 
 // authenticateCert authenticates a device by its verified client
@@ -89,56 +110,51 @@ func (s *Store) Authenticate(ctx context.Context, c broker.Credentials) (broker.
 // Config.BoundOnlyCAs. The client ID must be the device ID; the user name
 // may be empty, the device ID, the common name, or start with "?" (see
 // certUserName).
-func (s *Store) authenticateCert(ctx context.Context, c broker.Credentials) (broker.Identity, error) {
+func (s *Store) authenticateCert(ctx context.Context, c Credentials) (Session, error) {
 	if c.TLS == nil || len(c.TLS.PeerCertificates) == 0 {
-		return broker.Identity{}, fmt.Errorf("%w: no password and no client certificate", ErrUnauthenticated)
+		return Session{}, fmt.Errorf("%w: no password and no client certificate", ErrUnauthenticated)
 	}
 	if len(c.TLS.VerifiedChains) == 0 || len(c.TLS.VerifiedChains[0]) == 0 {
-		return broker.Identity{}, fmt.Errorf("%w: client certificate not verified", ErrUnauthenticated)
+		return Session{}, fmt.Errorf("%w: client certificate not verified", ErrUnauthenticated)
 	}
 	leaf := c.TLS.VerifiedChains[0][0]
 	cn := leaf.Subject.CommonName
 	fp := CertFingerprint(leaf)
-	var id device.ID
-	var rec deviceRecord
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		var bound bool
-		var err error
-		if id, rec, bound, err = boundDevice(tx, fp); err != nil || bound {
-			return err
-		}
+	id, rec, bound, err := s.boundDevice(ctx, fp)
+	if err != nil {
+		return Session{}, err
+	}
+	if !bound {
 		if !s.nameTrusted(c.TLS.VerifiedChains) {
-			return fmt.Errorf("%w: client certificate %s (common name %q) is not bound to a device, and its CA vouches only for bound certificates",
+			return Session{}, fmt.Errorf("%w: client certificate %s (common name %q) is not bound to a device, and its CA vouches only for bound certificates",
 				ErrUnauthenticated, fp, clip(cn))
 		}
 		if id, err = device.ParseID(cn); err != nil {
-			return fmt.Errorf("%w: client certificate %s is not bound to a device, and its common name is no device ID: %w", ErrUnauthenticated, fp, err)
+			return Session{}, fmt.Errorf("%w: client certificate %s is not bound to a device, and its common name is no device ID: %w", ErrUnauthenticated, fp, err)
 		}
-		if err := getJSON(tx.Bucket(bucketDevices), string(id), &rec); err != nil {
-			return fmt.Errorf("%w: certificate for unknown device %s", ErrUnauthenticated, id)
+		if rec, err = s.st.Get(ctx, string(id)); errors.Is(err, ErrNotFound) || err == nil && !rec.IsDevice() {
+			return Session{}, fmt.Errorf("%w: certificate for unknown device %s", ErrUnauthenticated, id)
+		} else if err != nil {
+			return Session{}, closedErr(err)
 		}
-		removed, err := removedAt(tx, string(id))
+		removed, err := s.st.RemovedAt(ctx, id)
 		if err != nil {
-			return err
+			return Session{}, closedErr(err)
 		}
 		if issued := certIssued(leaf); !removed.IsZero() && !issued.After(removed) {
-			return fmt.Errorf("%w: certificate of device %s issued %s, before the device was removed at %s",
-				ErrUnauthenticated, id, issued.UTC().Format(time.RFC3339Nano), removed.Format(time.RFC3339Nano))
+			return Session{}, fmt.Errorf("%w: certificate of device %s issued %s, before the device was removed at %s",
+				ErrUnauthenticated, id, issued.UTC().Format(time.RFC3339Nano), removed.UTC().Format(time.RFC3339Nano))
 		}
-		return nil
-	})
-	if err != nil {
-		return broker.Identity{}, err
 	}
 	if c.ClientID != string(id) {
-		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with client id %q: the client id must be the device ID",
+		return Session{}, fmt.Errorf("%w: certificate of device %s used with client id %q: the client id must be the device ID",
 			ErrUnauthenticated, id, clip(c.ClientID))
 	}
 	if !certUserName(c.Username, id, cn) {
-		return broker.Identity{}, fmt.Errorf("%w: certificate of device %s used with user name %q: want none, the device ID, the certificate's common name, or one starting with \"?\"",
+		return Session{}, fmt.Errorf("%w: certificate of device %s used with user name %q: want none, the device ID, the certificate's common name, or one starting with \"?\"",
 			ErrUnauthenticated, id, clip(c.Username))
 	}
-	return identityOf(Principal{Role: RoleDevice, Name: string(id), Device: id}, c.ClientID, credCert+rec.Enrolment), nil
+	return Session{Principal: Principal{Role: RoleDevice, Name: string(id), Device: id}, ClientID: c.ClientID, Credential: credCert + rec.Enrolment}, nil
 }
 
 // certUserName reports whether user may come with a certificate login of
@@ -165,56 +181,29 @@ func (s *Store) nameTrusted(chains [][]*x509.Certificate) bool {
 	return false
 }
 
-// identityOf encodes p as a broker.Identity: a device by its Device field,
-// a token by the name "<role>:<name>"; cred is the credential it logged in
-// with.
-func identityOf(p Principal, clientID, cred string) broker.Identity {
-	if p.Role == RoleDevice {
-		return broker.Identity{ClientID: clientID, Name: p.Name, Device: p.Device, Credential: cred}
-	}
-	return broker.Identity{ClientID: clientID, Name: string(p.Role) + ":" + p.Name, Credential: cred}
-}
-
-// PrincipalOf decodes an identity returned by Authenticate. ok is false for
-// an identity Authenticate cannot have returned. In anonymous mode every
-// identity is an operator.
-func (s *Store) PrincipalOf(id broker.Identity) (p Principal, ok bool) {
+// Allow asks the topic policy (see SetPolicy) whether sess may publish
+// on topic (write) or subscribe to the filter topic and receive messages
+// on topic (!write), and refuses everything to a session whose
+// credential is no longer current (see Valid): the device was removed or
+// its secret rotated, or the token revoked, even if the name has been
+// enrolled or created again since. The policy's subject is the
+// principal's role, its name (a device ID or token name; "" in anonymous
+// mode, where every session is an operator) and the client ID. Every
+// refusal is counted in Denied. It takes no lock; the broker calls it
+// for every PUBLISH and every delivered message.
+func (s *Store) Allow(sess Session, topic string, write bool) bool {
+	var sub policy.Subject
+	ok := true
 	if s.cfg.Anonymous {
-		return Principal{Role: RoleOperator, Name: id.Name}, true
+		// The topic lines before the first user line.
+		sub = policy.Subject{Role: policy.RoleOperator, ClientID: sess.ClientID}
+	} else if ok = s.validFor(sess.Principal, sess.Credential); ok {
+		sub = policy.Subject{Role: string(sess.Principal.Role), User: sess.Principal.Name, ClientID: sess.ClientID}
 	}
-	if id.Device != "" {
-		return Principal{Role: RoleDevice, Name: string(id.Device), Device: id.Device}, true
-	}
-	role, name, found := strings.Cut(id.Name, ":")
-	if !found {
-		return Principal{}, false
-	}
-	if _, err := ParseRole(role); err != nil {
-		return Principal{}, false
-	}
-	return Principal{Role: Role(role), Name: name}, true
-}
-
-// Allow implements broker.Authenticator: it asks the topic policy (see
-// SetPolicy) whether id's principal may publish on topic (write) or
-// subscribe to the filter topic and receive messages on topic (!write),
-// and refuses everything to a session whose credential is no longer
-// current (see Valid): the device was removed or its secret rotated, or
-// the token revoked, even if the name has been enrolled or created again
-// since. The policy's subject is the principal's role, its name (a
-// device ID or token name; "" in anonymous mode) and the client ID.
-// Every refusal is counted in Denied. It takes no lock.
-func (s *Store) Allow(id broker.Identity, topic string, write bool) bool {
-	p, ok := s.PrincipalOf(id)
-	ok = ok && (s.cfg.Anonymous || s.validFor(p, id.Credential))
 	if ok {
 		access := policy.Read
 		if write {
 			access = policy.Write
-		}
-		sub := policy.Subject{Role: string(p.Role), User: p.Name, ClientID: id.ClientID}
-		if s.cfg.Anonymous {
-			sub.User = "" // anonymous: the topic lines before the first user line
 		}
 		ok = s.policy.Load().Allow(sub, topic, access)
 	}
@@ -246,12 +235,10 @@ func (s *Store) Denied() uint64 { return s.denied.Load() }
 // returns who that is. It fails with an error wrapping ErrUnauthenticated
 // for an unknown name or a wrong secret, and ErrClosed after Close.
 func (s *Store) Verify(ctx context.Context, name string, secret []byte) (Principal, error) {
-	var p Principal
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		var err error
-		p, _, err = s.verifyTx(tx, name, secret)
-		return err
-	})
+	if err := s.check(ctx); err != nil {
+		return Principal{}, err
+	}
+	p, _, err := s.verify(ctx, name, secret)
 	return p, err
 }
 
@@ -265,35 +252,38 @@ func (s *Store) VerifyBearer(ctx context.Context, token string) (Principal, erro
 	return s.Verify(ctx, token[:i], []byte(token[i+1:]))
 }
 
-// verifyTx is Verify inside a read transaction; gen is the generation of
+// verify is Verify without the closed check; gen is the generation of
 // the secret that verified.
-func (s *Store) verifyTx(tx *bolt.Tx, name string, secret []byte) (p Principal, gen string, err error) {
+func (s *Store) verify(ctx context.Context, name string, secret []byte) (p Principal, gen string, err error) {
 	if len(name) == 0 || len(name) > device.MaxIDLen || len(secret) > maxSecretLen {
 		return Principal{}, "", fmt.Errorf("%w: malformed user name or secret", ErrUnauthenticated)
 	}
-	if v := tx.Bucket(bucketDevices).Get([]byte(name)); v != nil {
-		var rec deviceRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return Principal{}, "", fmt.Errorf("identity: decode device %q: %w", name, err)
-		}
-		if !checkSecret(s.key, RoleDevice, name, secret, rec.MAC) {
-			return Principal{}, "", fmt.Errorf("%w: wrong secret for device %s", ErrUnauthenticated, name)
-		}
+	rec, err := s.st.Get(ctx, name)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		// Spend the same work as for a known name.
+		secretMAC(s.key, RoleDevice, name, secret)
+		return Principal{}, "", fmt.Errorf("%w: unknown device or token %q", ErrUnauthenticated, clip(name))
+	case err != nil:
+		return Principal{}, "", closedErr(err)
+	}
+	kind := "token"
+	if rec.IsDevice() {
+		kind = "device"
+	}
+	if !checkSecret(s.key, rec.Role, name, secret, rec.MAC) {
+		return Principal{}, "", fmt.Errorf("%w: wrong secret for %s %s", ErrUnauthenticated, kind, name)
+	}
+	if rec.IsDevice() {
 		return Principal{Role: RoleDevice, Name: name, Device: device.ID(name)}, rec.SecretGen, nil
 	}
-	if v := tx.Bucket(bucketTokens).Get([]byte(name)); v != nil {
-		var rec tokenRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return Principal{}, "", fmt.Errorf("identity: decode token %q: %w", name, err)
-		}
-		if !checkSecret(s.key, rec.Role, name, secret, rec.MAC) {
-			return Principal{}, "", fmt.Errorf("%w: wrong secret for token %s", ErrUnauthenticated, name)
-		}
-		return Principal{Role: rec.Role, Name: name}, rec.SecretGen, nil
-	}
-	// Spend the same work as for a known name.
-	secretMAC(s.key, RoleDevice, name, secret)
-	return Principal{}, "", fmt.Errorf("%w: unknown device or token %q", ErrUnauthenticated, clip(name))
+	return Principal{Role: rec.Role, Name: name}, rec.SecretGen, nil
 }
 
-var _ broker.Authenticator = (*Store)(nil)
+// closedErr maps an error of the storage after Close to ErrClosed.
+func closedErr(err error) error {
+	if errors.Is(err, ErrClosed) {
+		return ErrClosed
+	}
+	return err
+}

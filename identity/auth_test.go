@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/policy"
@@ -61,44 +60,44 @@ func TestAuthenticate(t *testing.T) {
 
 	tests := []struct {
 		name string
-		c    broker.Credentials
-		want broker.Identity // zero: refused
+		c    identity.Credentials
+		want identity.Session // zero: refused
 	}{
-		{"device secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec1)},
-			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
-		{"device secret without user name", broker.Credentials{ClientID: "dev-2", Password: []byte(sec2)},
-			broker.Identity{ClientID: "dev-2", Name: "dev-2", Device: "dev-2"}},
-		{"wrong secret", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec2)}, broker.Identity{}},
-		{"unknown device", broker.Credentials{ClientID: "dev-9", Username: "dev-9", Password: []byte(sec1)}, broker.Identity{}},
-		{"removed device", broker.Credentials{ClientID: "gone", Username: "gone", Password: []byte(gone)}, broker.Identity{}},
-		{"client id mismatch", broker.Credentials{ClientID: "dev-2", Username: "dev-1", Password: []byte(sec1)}, broker.Identity{}},
-		{"over-long password", broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: make([]byte, 1000)}, broker.Identity{}},
-		{"operator token", broker.Credentials{ClientID: "cli-1", Username: "ops", Password: []byte(opSec)},
-			broker.Identity{ClientID: "cli-1", Name: "operator:ops"}},
-		{"integrator token", broker.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(intSec)},
-			broker.Identity{ClientID: "dash-1", Name: "integrator:dash"}},
-		{"token taking a device's client id", broker.Credentials{ClientID: "dev-1", Username: "ops", Password: []byte(opSec)}, broker.Identity{}},
-		{"token with any client id", broker.Credentials{ClientID: "mosq/a+b ü", Username: "ops", Password: []byte(opSec)},
-			broker.Identity{ClientID: "mosq/a+b ü", Name: "operator:ops"}},
-		{"token with an assigned client id", broker.Credentials{ClientID: "d4v1p0v8d2a6cgl2f0ng", Username: "dash", Password: []byte(intSec)},
-			broker.Identity{ClientID: "d4v1p0v8d2a6cgl2f0ng", Name: "integrator:dash"}},
-		{"token with a removed device's client id", broker.Credentials{ClientID: "gone", Username: "ops", Password: []byte(opSec)},
-			broker.Identity{ClientID: "gone", Name: "operator:ops"}},
-		{"device with another client id", broker.Credentials{ClientID: "lamp-1", Username: "dev-1", Password: []byte(sec1)}, broker.Identity{}},
-		{"revoked token", broker.Credentials{ClientID: "cli-1", Username: "old", Password: []byte(oldSec)}, broker.Identity{}},
-		{"no credentials", broker.Credentials{ClientID: "dev-1"}, broker.Identity{}},
-		{"verified certificate", broker.Credentials{ClientID: "dev-1", TLS: verified},
-			broker.Identity{ClientID: "dev-1", Name: "dev-1", Device: "dev-1"}},
-		{"verified certificate, other client id", broker.Credentials{ClientID: "dev-2", TLS: verified}, broker.Identity{}},
-		{"verified certificate, other user name", broker.Credentials{ClientID: "dev-1", Username: "dev-2", TLS: verified}, broker.Identity{}},
-		{"unverified certificate", broker.Credentials{ClientID: "dev-1", TLS: unverified}, broker.Identity{}},
-		{"certificate of unknown device", broker.Credentials{ClientID: "ghost", TLS: unknownCert}, broker.Identity{}},
-		{"TLS without certificate", broker.Credentials{ClientID: "dev-1", TLS: &tls.ConnectionState{}}, broker.Identity{}},
+		{"device secret", identity.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec1)},
+			identity.Session{ClientID: "dev-1", Principal: identity.Principal{Role: identity.RoleDevice, Name: "dev-1", Device: "dev-1"}}},
+		{"device secret without user name", identity.Credentials{ClientID: "dev-2", Password: []byte(sec2)},
+			identity.Session{ClientID: "dev-2", Principal: identity.Principal{Role: identity.RoleDevice, Name: "dev-2", Device: "dev-2"}}},
+		{"wrong secret", identity.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(sec2)}, identity.Session{}},
+		{"unknown device", identity.Credentials{ClientID: "dev-9", Username: "dev-9", Password: []byte(sec1)}, identity.Session{}},
+		{"removed device", identity.Credentials{ClientID: "gone", Username: "gone", Password: []byte(gone)}, identity.Session{}},
+		{"client id mismatch", identity.Credentials{ClientID: "dev-2", Username: "dev-1", Password: []byte(sec1)}, identity.Session{}},
+		{"over-long password", identity.Credentials{ClientID: "dev-1", Username: "dev-1", Password: make([]byte, 1000)}, identity.Session{}},
+		{"operator token", identity.Credentials{ClientID: "cli-1", Username: "ops", Password: []byte(opSec)},
+			identity.Session{ClientID: "cli-1", Principal: identity.Principal{Role: identity.RoleOperator, Name: "ops"}}},
+		{"integrator token", identity.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(intSec)},
+			identity.Session{ClientID: "dash-1", Principal: identity.Principal{Role: identity.RoleIntegrator, Name: "dash"}}},
+		{"token taking a device's client id", identity.Credentials{ClientID: "dev-1", Username: "ops", Password: []byte(opSec)}, identity.Session{}},
+		{"token with any client id", identity.Credentials{ClientID: "mosq/a+b ü", Username: "ops", Password: []byte(opSec)},
+			identity.Session{ClientID: "mosq/a+b ü", Principal: identity.Principal{Role: identity.RoleOperator, Name: "ops"}}},
+		{"token with an assigned client id", identity.Credentials{ClientID: "d4v1p0v8d2a6cgl2f0ng", Username: "dash", Password: []byte(intSec)},
+			identity.Session{ClientID: "d4v1p0v8d2a6cgl2f0ng", Principal: identity.Principal{Role: identity.RoleIntegrator, Name: "dash"}}},
+		{"token with a removed device's client id", identity.Credentials{ClientID: "gone", Username: "ops", Password: []byte(opSec)},
+			identity.Session{ClientID: "gone", Principal: identity.Principal{Role: identity.RoleOperator, Name: "ops"}}},
+		{"device with another client id", identity.Credentials{ClientID: "lamp-1", Username: "dev-1", Password: []byte(sec1)}, identity.Session{}},
+		{"revoked token", identity.Credentials{ClientID: "cli-1", Username: "old", Password: []byte(oldSec)}, identity.Session{}},
+		{"no credentials", identity.Credentials{ClientID: "dev-1"}, identity.Session{}},
+		{"verified certificate", identity.Credentials{ClientID: "dev-1", TLS: verified},
+			identity.Session{ClientID: "dev-1", Principal: identity.Principal{Role: identity.RoleDevice, Name: "dev-1", Device: "dev-1"}}},
+		{"verified certificate, other client id", identity.Credentials{ClientID: "dev-2", TLS: verified}, identity.Session{}},
+		{"verified certificate, other user name", identity.Credentials{ClientID: "dev-1", Username: "dev-2", TLS: verified}, identity.Session{}},
+		{"unverified certificate", identity.Credentials{ClientID: "dev-1", TLS: unverified}, identity.Session{}},
+		{"certificate of unknown device", identity.Credentials{ClientID: "ghost", TLS: unknownCert}, identity.Session{}},
+		{"TLS without certificate", identity.Credentials{ClientID: "dev-1", TLS: &tls.ConnectionState{}}, identity.Session{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := s.Authenticate(ctx, tc.c)
-			if tc.want == (broker.Identity{}) {
+			if tc.want == (identity.Session{}) {
 				if !errors.Is(err, identity.ErrUnauthenticated) {
 					t.Errorf("Authenticate: got %+v, %v; want ErrUnauthenticated", got, err)
 				}
@@ -118,19 +117,19 @@ func TestStoreAllow(t *testing.T) {
 	s := mustOpen(t, "", identity.Config{})
 	sec := mustAddDevice(t, s, "dev-1")
 	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
-	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+	dev, err := s.Authenticate(ctx, identity.Credentials{ClientID: "dev-1", Password: []byte(sec)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	op, err := s.Authenticate(ctx, broker.Credentials{ClientID: "cli", Username: "ops", Password: []byte(opSec)})
+	op, err := s.Authenticate(ctx, identity.Credentials{ClientID: "cli", Username: "ops", Password: []byte(opSec)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged := broker.Identity{ClientID: "x", Name: "root:x"}
+	forged := identity.Session{ClientID: "x", Principal: identity.Principal{Role: "root", Name: "x"}}
 
 	steps := []struct {
 		name   string
-		id     broker.Identity
+		id     identity.Session
 		topic  string
 		write  bool
 		want   bool
@@ -140,7 +139,9 @@ func TestStoreAllow(t *testing.T) {
 		{name: "device foreign update", id: dev, topic: "state/dev-2/update", write: true},
 		{name: "operator reads all", id: op, topic: "state/+/update/accepted", want: true},
 		{name: "forged identity", id: forged, topic: "#"},
-		{name: "no role", id: broker.Identity{Name: "ops"}, topic: "#"},
+		{name: "no role", id: identity.Session{Principal: identity.Principal{Name: "ops"}}, topic: "#"},
+		{name: "token role with a device", id: identity.Session{Principal: identity.Principal{Role: identity.RoleOperator, Name: "ops", Device: "ops"}, Credential: op.Credential}, topic: "#"},
+		{name: "device role without a device", id: identity.Session{Principal: identity.Principal{Role: identity.RoleDevice, Name: "dev-1"}, Credential: dev.Credential}, topic: "state/dev-1/update", write: true},
 		{name: "removed device loses rights", id: dev, topic: "state/dev-1/update", write: true,
 			action: func() error { return s.RemoveDevice(ctx, "dev-1") }},
 		{name: "revoked token loses rights", id: op, topic: "#",
@@ -149,7 +150,7 @@ func TestStoreAllow(t *testing.T) {
 			action: func() error { sec, err = s.AddDevice(ctx, "dev-1", nil); return err }},
 		{name: "a session of the re-added device has rights", topic: "state/dev-1/get", write: true, want: true,
 			action: func() error {
-				dev, err = s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+				dev, err = s.Authenticate(ctx, identity.Credentials{ClientID: "dev-1", Password: []byte(sec)})
 				return err
 			}},
 		{name: "a forged credential has none", topic: "state/dev-1/get", write: true,
@@ -172,7 +173,7 @@ func TestStoreAllow(t *testing.T) {
 			}
 		}
 		id := st.id
-		if id == (broker.Identity{}) {
+		if id == (identity.Session{}) {
 			id = dev
 		}
 		if got := s.Allow(id, st.topic, st.write); got != st.want {
@@ -190,13 +191,12 @@ func TestStoreAllow(t *testing.T) {
 func TestAnonymous(t *testing.T) {
 	ctx := t.Context()
 	s := mustOpen(t, "", identity.Config{Anonymous: true})
-	id, err := s.Authenticate(ctx, broker.Credentials{ClientID: "anyone"})
+	id, err := s.Authenticate(ctx, identity.Credentials{ClientID: "anyone"})
 	if err != nil {
 		t.Fatalf("Authenticate(anonymous): %v", err)
 	}
-	p, ok := s.PrincipalOf(id)
-	if !ok || p.Role != identity.RoleOperator {
-		t.Errorf("PrincipalOf(anonymous) = %+v, %t; want an operator", p, ok)
+	if want := (identity.Principal{Role: identity.RoleOperator}); id.Principal != want || id.ClientID != "anyone" {
+		t.Errorf("anonymous session = %+v, want an operator without a name, client anyone", id)
 	}
 	tests := []struct {
 		topic string
@@ -222,11 +222,11 @@ func TestStorePolicy(t *testing.T) {
 	s := mustOpen(t, "", identity.Config{})
 	devSec := mustAddDevice(t, s, "dev-1")
 	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
-	dev, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dev-1", Password: []byte(devSec)})
+	dev, err := s.Authenticate(ctx, identity.Credentials{ClientID: "dev-1", Password: []byte(devSec)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	integ, err := s.Authenticate(ctx, broker.Credentials{ClientID: "any client/ID ü", Username: "dash", Password: []byte(intSec)})
+	integ, err := s.Authenticate(ctx, identity.Credentials{ClientID: "any client/ID ü", Username: "dash", Password: []byte(intSec)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,10 +243,10 @@ topic write lamp-only
 	if s.Policy() != policy.Default() {
 		t.Errorf("Policy() before SetPolicy = %v, want the default", s.Policy())
 	}
-	check := func(name string, id broker.Identity, topic string, want bool) {
+	check := func(name string, id identity.Session, topic string, want bool) {
 		t.Helper()
 		if got := s.Allow(id, topic, true); got != want {
-			t.Errorf("%s: Allow(%s, %q, write) = %t, want %t", name, id.Name, topic, got, want)
+			t.Errorf("%s: Allow(%s, %q, write) = %t, want %t", name, id.Principal.Name, topic, got, want)
 		}
 	}
 	check("default policy", integ, "dash-only", false)
@@ -255,7 +255,7 @@ topic write lamp-only
 	check("user line names the device", dev, "lamp-only", true)
 	check("user line is not the role", dev, "dash-only", false)
 	check("a client ID holding / matches no %c", integ, "acks/any client", false)
-	other, err := s.Authenticate(ctx, broker.Credentials{ClientID: "dash-2", Username: "dash", Password: []byte(intSec)})
+	other, err := s.Authenticate(ctx, identity.Credentials{ClientID: "dash-2", Username: "dash", Password: []byte(intSec)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ topic write lamp-only
 	// lines before the first user line are theirs.
 	anon := mustOpen(t, "", identity.Config{Anonymous: true,
 		Policy: policy.New(mustParseFile(t, "default replace\ntopic write anon-only\nuser *anonymous*\ntopic write never\n"))})
-	id, err := anon.Authenticate(ctx, broker.Credentials{ClientID: "x"})
+	id, err := anon.Authenticate(ctx, identity.Credentials{ClientID: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}

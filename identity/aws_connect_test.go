@@ -19,6 +19,7 @@ import (
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/awssdktest"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 )
 
 // The user names the AWS IoT Device SDKs send by default (contract §3.1).
@@ -80,7 +81,7 @@ func TestCertLoginUserNames(t *testing.T) {
 	mustAddDevice(t, s, "thing-1")
 	mustAddDevice(t, s, "thing-2")
 	var logs logBuffer
-	b := brokertest.New(t, broker.Config{Auth: s, TLSConfig: srv, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s), TLSConfig: srv, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	cert, key := p.deviceFiles(t, "thing-1", time.Hour)
 
 	tests := []struct {
@@ -256,7 +257,7 @@ func TestBoundCertificate(t *testing.T) {
 	// CreateCertificateFromCsr keeps the CSR's subject).
 	forged := aws.Issue(t, "thing-2")
 	forgedFile, forgedKey := forged.CertFile, forged.KeyFile
-	b := brokertest.New(t, broker.Config{Auth: s, TLSConfig: srv})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s), TLSConfig: srv})
 	url := brokertest.TLSURL(b)
 
 	for _, user := range []string{"", sdkV1UserName, sdkV2UserName, "AWS IoT Certificate", "thing-1"} {

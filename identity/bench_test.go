@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
 )
@@ -19,7 +18,7 @@ var quiet = slog.New(slog.DiscardHandler)
 func BenchmarkAuthenticate(b *testing.B) {
 	s := mustOpen(b, "", identity.Config{Logger: quiet})
 	secret := mustAddDevice(b, s, "dev-1")
-	c := broker.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(secret)}
+	c := identity.Credentials{ClientID: "dev-1", Username: "dev-1", Password: []byte(secret)}
 	for b.Loop() {
 		if _, err := s.Authenticate(b.Context(), c); err != nil {
 			b.Fatal(err)
@@ -32,7 +31,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 func BenchmarkAllow(b *testing.B) {
 	s := mustOpen(b, "", identity.Config{Logger: quiet})
 	secret := mustAddDevice(b, s, "dev-1")
-	id, err := s.Authenticate(b.Context(), broker.Credentials{ClientID: "dev-1", Password: []byte(secret)})
+	id, err := s.Authenticate(b.Context(), identity.Credentials{ClientID: "dev-1", Password: []byte(secret)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -61,7 +60,7 @@ func BenchmarkReconnectStorm(b *testing.B) {
 			s.Disconnected(id, seq-1, now, "connection lost")
 			s.Connected(id, seq, now, "127.0.0.1:1")
 		}
-		identity.FlushPresence(s)
+		identity.FlushPresence(b.Context(), s)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*devices), "ns/device")
 }
@@ -74,7 +73,7 @@ func BenchmarkAllowDelivery(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	id, err := s.Authenticate(b.Context(), broker.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(secret)})
+	id, err := s.Authenticate(b.Context(), identity.Credentials{ClientID: "dash-1", Username: "dash", Password: []byte(secret)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,10 +9,8 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 )
-
-// The store is the broker's Authenticator at the wiring site.
-var _ broker.Authenticator = (*identity.Store)(nil)
 
 // login returns a paho option setting user name and password.
 func login(user, secret string) func(*mqtt.ClientOptions) {
@@ -72,7 +70,7 @@ func TestBroker(t *testing.T) {
 	secB := mustAddDevice(t, s, "B")
 	opSec := mustCreateToken(t, s, identity.RoleOperator, "ops")
 	intSec := mustCreateToken(t, s, identity.RoleIntegrator, "dash")
-	b := brokertest.New(t, broker.Config{Auth: s})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s)})
 	url := brokertest.URL(b)
 
 	refused := []struct{ name, clientID, user, secret string }{

@@ -5,15 +5,11 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
-	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/device"
 )
 
@@ -32,15 +28,15 @@ type Revocation struct {
 	// Reason is RevokeRemoved, RevokeRotated, RevokeRevoked or
 	// RevokeReplaced.
 	Reason string
-	// Match reports whether a broker identity (one Authenticate returned)
-	// is a session of Principal that did not log in with its current
-	// secret: after a removal or revocation every session of the name,
-	// after a rotation every session except those that already use the
-	// new secret. Those are the sessions to disconnect.
-	Match func(broker.Identity) bool
+	// Match reports whether a session (one Authenticate returned) is a
+	// session of Principal that did not log in with its current secret:
+	// after a removal or revocation every session of the name, after a
+	// rotation every session except those that already use the new
+	// secret. Those are the sessions to disconnect. It takes no lock.
+	Match func(Session) bool
 }
 
-// Credential kinds in broker.Identity.Credential: the secret generation a
+// Credential kinds in Session.Credential: the secret generation a
 // password login used, or the enrolment a certificate login is bound to.
 const (
 	credSecret = "s:"
@@ -84,26 +80,24 @@ func (s *Store) currentOf(name string) *credential {
 	return v.(*credential)
 }
 
-// Valid reports whether id, an identity Authenticate returned, still
+// Valid reports whether sess, a session Authenticate returned, still
 // holds its rights: the device or token still exists with the same role,
 // and the connection logged in with its current secret, or with a
 // certificate while the device's enrolment is the one the connection was
 // authenticated under. A device removed and enrolled again, a token
 // revoked and created again, or a rotated secret therefore leaves earlier
 // sessions invalid even though the name is valid again. In anonymous mode
-// every identity is valid. Valid takes no lock.
-func (s *Store) Valid(id broker.Identity) bool {
-	if s.cfg.Anonymous {
-		return true
-	}
-	p, ok := s.PrincipalOf(id)
-	if !ok {
-		return false
-	}
-	return s.validFor(p, id.Credential)
+// every session is valid. Valid takes no lock.
+func (s *Store) Valid(sess Session) bool {
+	return s.cfg.Anonymous || s.validFor(sess.Principal, sess.Credential)
 }
 
+// validFor reports whether p is a principal Authenticate can have
+// returned, and cred its current credential.
 func (s *Store) validFor(p Principal, cred string) bool {
+	if !p.wellFormed() {
+		return false
+	}
 	c := s.currentOf(p.Name)
 	if c == nil || c.role != p.Role {
 		return false
@@ -113,6 +107,19 @@ func (s *Store) validFor(p Principal, cred string) bool {
 		return cred[len(credSecret):] == c.secret
 	case strings.HasPrefix(cred, credCert):
 		return p.Role == RoleDevice && cred[len(credCert):] == c.enrolment
+	}
+	return false
+}
+
+// wellFormed reports whether p has the shape of a principal Authenticate
+// returns outside anonymous mode: a named device whose Device is its
+// name, or a named token of a token role.
+func (p Principal) wellFormed() bool {
+	switch p.Role {
+	case RoleDevice:
+		return p.Name != "" && string(p.Device) == p.Name
+	case RoleOperator, RoleIntegrator:
+		return p.Name != "" && p.Device == ""
 	}
 	return false
 }
@@ -139,88 +146,79 @@ func (s *Store) revoked(ctx context.Context, p Principal, reason string) {
 	s.cfg.OnRevoke(ctx, Revocation{
 		Principal: p,
 		Reason:    reason,
-		Match: func(id broker.Identity) bool {
-			q, ok := s.PrincipalOf(id)
-			if !ok || q.Name != p.Name || s.cfg.Anonymous {
+		Match: func(sess Session) bool {
+			q := sess.Principal
+			if !q.wellFormed() || q.Name != p.Name || s.cfg.Anonymous {
 				return false
 			}
 			c := s.currentOf(p.Name)
-			return c == nil || c.role != q.Role || id.Credential != credSecret+c.secret
+			return c == nil || c.role != q.Role || sess.Credential != credSecret+c.secret
 		},
 	})
 }
 
-// loadCredentials fills current from the database, first giving every
+// loadCredentials fills current from the storage, first giving every
 // device and token stored by an earlier version (without generations)
-// fresh ones.
-func (s *Store) loadCredentials(tx *bolt.Tx) error {
-	if err := loadRecords[deviceRecord](s, tx.Bucket(bucketDevices), "device"); err != nil {
-		return err
+// fresh ones. It reads the records a page at a time and checks ctx
+// between pages.
+func (s *Store) loadCredentials(ctx context.Context) error {
+	var migrated []Record
+	for after := ""; ; {
+		page, err := s.st.Devices(ctx, device.ID(after), pageSize)
+		if err != nil {
+			return fmt.Errorf("identity: load devices: %w", err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, r := range page {
+			if r.Enrolment == "" || r.SecretGen == "" {
+				migrated = append(migrated, r)
+			}
+			s.setCurrent(r.Name, r.credential())
+		}
+		after = page[len(page)-1].Name
 	}
-	return loadRecords[tokenRecord](s, tx.Bucket(bucketTokens), "token")
-}
-
-// generational is a pointer to a stored record with credential
-// generations.
-type generational[R any] interface {
-	*R
-	// addGenerations gives the record the generations it lacks and
-	// reports whether it had to.
-	addGenerations() bool
-	credential() *credential
-}
-
-// loadRecords puts the credential of every record of b (of kind, for
-// errors) into current, storing the records that needed generations.
-func loadRecords[R any, P generational[R]](s *Store, b *bolt.Bucket, kind string) error {
-	migrated := make(map[string]P)
-	err := b.ForEach(func(k, v []byte) error {
-		rec := P(new(R))
-		if err := json.Unmarshal(v, rec); err != nil {
-			return fmt.Errorf("identity: decode %s %q: %w", kind, k, err)
+	for after := ""; ; {
+		page, err := s.st.Tokens(ctx, after, pageSize)
+		if err != nil {
+			return fmt.Errorf("identity: load tokens: %w", err)
 		}
-		if rec.addGenerations() {
-			migrated[string(k)] = rec // written after ForEach, which forbids changes
+		if len(page) == 0 {
+			break
 		}
-		s.setCurrent(string(k), rec.credential())
-		return nil
-	})
-	if err != nil {
-		return err
+		for _, r := range page {
+			if r.SecretGen == "" {
+				migrated = append(migrated, r)
+			}
+			s.setCurrent(r.Name, r.credential())
+		}
+		after = page[len(page)-1].Name
 	}
-	for name, rec := range migrated {
-		if err := putJSON(b, name, rec); err != nil {
-			return fmt.Errorf("identity: add generations to %s %q: %w", kind, name, err)
+	for _, prev := range migrated {
+		next := prev
+		next.Labels = cloneLabels(prev.Labels)
+		if next.IsDevice() && next.Enrolment == "" {
+			next.Enrolment = newGeneration()
 		}
+		if next.SecretGen == "" {
+			next.SecretGen = newGeneration()
+		}
+		if err := s.st.Replace(ctx, prev, next); err != nil {
+			return fmt.Errorf("identity: add generations to %q: %w", prev.Name, err)
+		}
+		s.setCurrent(next.Name, next.credential())
 	}
 	return nil
 }
 
-func (r *deviceRecord) addGenerations() bool {
-	added := r.Enrolment == "" || r.SecretGen == ""
-	if r.Enrolment == "" {
-		r.Enrolment = newGeneration()
+// credential is r's credential as Allow checks it.
+func (r Record) credential() *credential {
+	c := &credential{role: r.Role, secret: r.SecretGen}
+	if r.IsDevice() {
+		c.enrolment = r.Enrolment
 	}
-	if r.SecretGen == "" {
-		r.SecretGen = newGeneration()
-	}
-	return added
-}
-
-func (r *tokenRecord) addGenerations() bool {
-	if r.SecretGen != "" {
-		return false
-	}
-	r.SecretGen = newGeneration()
-	return true
-}
-
-func (r deviceRecord) credential() *credential {
-	return &credential{role: RoleDevice, secret: r.SecretGen, enrolment: r.Enrolment}
-}
-
-func (r tokenRecord) credential() *credential {
-	return &credential{role: r.Role, secret: r.SecretGen}
+	return c
 }
 
 // IssuedURIPrefix starts the URI subject alternative name in which
@@ -247,17 +245,4 @@ func certIssued(cert *x509.Certificate) time.Time {
 		}
 	}
 	return cert.NotBefore
-}
-
-// removedAt returns when device id was last removed (zero if never).
-func removedAt(tx *bolt.Tx, id string) (time.Time, error) {
-	var t time.Time
-	v := tx.Bucket(bucketRemoved).Get([]byte(id))
-	if v == nil {
-		return t, nil
-	}
-	if err := t.UnmarshalText(v); err != nil {
-		return t, fmt.Errorf("identity: decode removal time of %q: %w", id, err)
-	}
-	return t, nil
 }

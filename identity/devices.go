@@ -2,44 +2,16 @@ package identity
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/umbra-iot/umbra/device"
 )
 
-// deviceRecord is a device as stored in the devices bucket.
-type deviceRecord struct {
-	MAC       []byte            `json:"mac"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	CreatedAt time.Time         `json:"createdAt"`
-	RotatedAt time.Time         `json:"rotatedAt,omitzero"`
-	// Enrolment identifies this enrolment of the device: new in AddDevice,
-	// kept by RotateDevice. Certificate sessions and firmware URLs are
-	// bound to it.
-	Enrolment string `json:"enrolment,omitempty"`
-	// SecretGen identifies the current secret: new in AddDevice and
-	// RotateDevice. Password sessions are bound to it.
-	SecretGen string `json:"secretGen,omitempty"`
-	// CertSHA256 is the fingerprint of the client certificate bound to
-	// the device (Enrollment.CertSHA256); "" if none. bucketCerts maps it
-	// back to the device.
-	CertSHA256 string `json:"certSha256,omitempty"`
-}
-
-// tokenRecord is a token as stored in the tokens bucket.
-type tokenRecord struct {
-	Role      Role      `json:"role"`
-	MAC       []byte    `json:"mac"`
-	CreatedAt time.Time `json:"createdAt"`
-	// SecretGen identifies this token's secret: sessions are bound to it,
-	// so a token revoked and created again does not revive them.
-	SecretGen string `json:"secretGen,omitempty"`
-}
+// maxRetries bounds how often a change that lost a compare-and-set
+// (ErrConflict) is read and tried again.
+const maxRetries = 3
 
 // Device describes an enrolled device. It never holds the secret. The JSON
 // form is the one umbra device list --json and GET /v1/devices may use.
@@ -99,25 +71,52 @@ func (s *Store) RotateDevice(ctx context.Context, id device.ID) (string, error) 
 
 func (s *Store) rotateDevice(ctx context.Context, id device.ID) (string, error) {
 	secret := newSecret()
-	var rec deviceRecord
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDevices)
-		if err := getJSON(b, string(id), &rec); err != nil {
+	var next Record
+	err := s.retry(ctx, func() error {
+		prev, err := s.getDevice(ctx, id)
+		if err != nil {
 			return err
 		}
-		rec.MAC = secretMAC(s.key, RoleDevice, string(id), []byte(secret))
-		rec.RotatedAt = s.cfg.Now().UTC()
-		rec.SecretGen = newGeneration() // the enrolment stays
-		return putJSON(b, string(id), rec)
+		next = prev
+		next.Labels = cloneLabels(prev.Labels)
+		next.MAC = secretMAC(s.key, RoleDevice, string(id), []byte(secret))
+		next.RotatedAt = s.cfg.Now().UTC()
+		next.SecretGen = newGeneration() // the enrolment stays
+		return s.st.Replace(ctx, prev, next)
 	})
 	if err != nil {
 		return "", fmt.Errorf("rotate device %s: %w", id, err)
 	}
-	s.setCurrent(string(id), rec.credential())
+	s.setCurrent(string(id), next.credential())
 	s.log.Info("device secret rotated", "device", id)
 	return secret, nil
+}
+
+// retry runs change, which reads a record and replaces it, again while it
+// fails with ErrConflict, at most maxRetries times. It fails with
+// ErrClosed after Close.
+func (s *Store) retry(ctx context.Context, change func() error) error {
+	var err error
+	for range maxRetries {
+		if err = s.check(ctx); err != nil {
+			return err
+		}
+		if err = closedErr(change()); !errors.Is(err, ErrConflict) {
+			return err
+		}
+	}
+	return err
+}
+
+// getDevice returns device id's record; ErrNotFound if id is not a device.
+func (s *Store) getDevice(ctx context.Context, id device.ID) (Record, error) {
+	rec, err := s.st.Get(ctx, string(id))
+	if err == nil && !rec.IsDevice() {
+		return Record{}, ErrNotFound
+	}
+	return rec, closedErr(err)
 }
 
 // RemoveDevice deletes id and its presence, and records when it was
@@ -138,30 +137,11 @@ func (s *Store) removeDevice(ctx context.Context, id device.ID) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.credMu.Lock()
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDevices)
-		var rec deviceRecord
-		if err := getJSON(b, string(id), &rec); err != nil {
-			return err
-		}
-		if err := b.Delete([]byte(id)); err != nil {
-			return err
-		}
-		if rec.CertSHA256 != "" {
-			// The bound certificate stops working with the device.
-			if err := tx.Bucket(bucketCerts).Delete([]byte(rec.CertSHA256)); err != nil {
-				return err
-			}
-		}
-		at, err := s.cfg.Now().UTC().MarshalText()
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketRemoved).Put([]byte(id), at); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketPresence).Delete([]byte(id))
-	})
+	err := s.check(ctx)
+	if err == nil {
+		_, err = s.st.RemoveDevice(ctx, id, s.cfg.Now().UTC())
+		err = closedErr(err)
+	}
 	if err == nil {
 		s.setCurrent(string(id), nil)
 	}
@@ -170,8 +150,8 @@ func (s *Store) removeDevice(ctx context.Context, id device.ID) error {
 		return fmt.Errorf("remove device %s: %w", id, err)
 	}
 	s.presenceMu.Lock()
-	delete(s.presence, string(id))
-	delete(s.dirty, string(id))
+	delete(s.presence, id)
+	delete(s.dirty, id)
 	s.presenceMu.Unlock()
 	s.log.Info("device removed", "device", id)
 	return nil
@@ -180,38 +160,43 @@ func (s *Store) removeDevice(ctx context.Context, id device.ID) error {
 // GetDevice returns id with its labels and presence. It fails with
 // ErrNotFound for an unknown device.
 func (s *Store) GetDevice(ctx context.Context, id device.ID) (Device, error) {
-	var rec deviceRecord
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return getJSON(tx.Bucket(bucketDevices), string(id), &rec)
-	})
+	err := s.check(ctx)
+	var rec Record
+	if err == nil {
+		rec, err = s.getDevice(ctx, id)
+	}
 	if err != nil {
 		return Device{}, fmt.Errorf("get device %s: %w", id, err)
 	}
-	d := rec.device(id)
+	d := rec.device()
 	d.Presence, _ = s.Presence(id)
 	return d, nil
 }
 
 // ListDevices returns every enrolled device in ID order, with labels and
-// presence.
+// presence. It reads the storage a page at a time and fails with ctx's
+// error when ctx ends between pages.
 func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
 	var list []Device
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-			var rec deviceRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode device %q: %w", k, err)
-			}
-			list = append(list, rec.device(device.ID(k)))
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
+	for after := device.ID(""); ; {
+		if err := s.check(ctx); err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		page, err := s.st.Devices(ctx, after, pageSize)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", closedErr(err))
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, r := range page {
+			list = append(list, r.device())
+		}
+		after = device.ID(page[len(page)-1].Name)
 	}
 	s.presenceMu.Lock()
 	for i := range list {
-		if e := s.presence[string(list[i].ID)]; e != nil {
+		if e := s.presence[list[i].ID]; e != nil {
 			list[i].Presence = e.Presence
 		}
 	}
@@ -219,34 +204,15 @@ func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
 	return list, nil
 }
 
-func (r deviceRecord) device(id device.ID) Device {
-	return Device{ID: id, Labels: cloneLabels(r.Labels), CreatedAt: r.CreatedAt, RotatedAt: r.RotatedAt, CertSHA256: r.CertSHA256}
+func (r Record) device() Device {
+	return Device{ID: device.ID(r.Name), Labels: cloneLabels(r.Labels), CreatedAt: r.CreatedAt, RotatedAt: r.RotatedAt, CertSHA256: r.CertSHA256}
 }
 
-// nameFree fails with ErrExists if name is a device or a token.
-func nameFree(tx *bolt.Tx, name string) error {
-	if tx.Bucket(bucketDevices).Get([]byte(name)) != nil {
+// taken returns the error wrapping ErrExists for a name that a device
+// (RoleDevice) or a token (any other role) has.
+func taken(name string, by Role) error {
+	if by == RoleDevice {
 		return fmt.Errorf("%w: %q is a device", ErrExists, name)
 	}
-	if tx.Bucket(bucketTokens).Get([]byte(name)) != nil {
-		return fmt.Errorf("%w: %q is a token", ErrExists, name)
-	}
-	return nil
-}
-
-func putJSON(b *bolt.Bucket, key string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(key), data)
-}
-
-// getJSON decodes key's value into v; ErrNotFound if absent.
-func getJSON(b *bolt.Bucket, key string, v any) error {
-	data := b.Get([]byte(key))
-	if data == nil {
-		return ErrNotFound
-	}
-	return json.Unmarshal(data, v)
+	return fmt.Errorf("%w: %q is a token", ErrExists, name)
 }

@@ -1,8 +1,28 @@
 // Package identity knows who may connect to Umbra and what each party may
 // do: it enrolls devices, issues operator and integrator tokens, keeps a
-// fleet certificate authority for mTLS, records device presence, and
-// implements broker.Authenticator (authentication at CONNECT and a topic
-// ACL for every PUBLISH, SUBSCRIBE and delivery).
+// fleet certificate authority for mTLS, records device presence,
+// authenticates MQTT clients (Authenticate, at CONNECT) and applies the
+// topic ACL (Allow, for every PUBLISH, SUBSCRIBE and delivery).
+//
+// It knows nothing of the broker: Authenticate takes the Credentials a
+// client presented and returns a Session, which Allow, Valid and
+// Revocation.Match take back. The adapter that makes a Store the
+// broker's Authenticator, translating sessions to broker identities and
+// back, is internal/server/brokerauth, at the wiring site.
+//
+// # Storage
+//
+// A Store keeps its state in a Storage (Config.Storage): the server key,
+// devices and tokens with their secret MACs and credential generations,
+// the certificates bound to devices, removal times and presence. The
+// interface carries the atomicity the rules need: a bulk import is one
+// atomic create of every record or none (Storage.Create), a new secret is
+// a compare-and-set on the record's credential generation
+// (Storage.Replace), a removal deletes the device with its binding and
+// presence in one change, and listings are ordered scans from a cursor.
+// identity/boltstore keeps it in identity.db (one bbolt file) with the
+// key beside it; identity/storetest is the contract every Storage
+// passes. The caller opens the Storage, and closes it after the Store.
 //
 // # Model
 //
@@ -34,10 +54,10 @@
 // # Secret storage
 //
 // Secrets are 256-bit random values generated here and shown once. The
-// database stores only HMAC-SHA256(server key, role, name, secret); the
-// 32-byte server key lives in a separate file (KeyFileName beside the
-// database, mode 0600) and its fingerprint in the database, so Open
-// refuses a wrong or missing key. A leaked database without the key
+// storage keeps only HMAC-SHA256(server key, role, name, secret); the
+// 32-byte server key is kept apart (identity/boltstore: KeyFileName
+// beside the database, mode 0600) and a check value derived from it with
+// the records, so Open refuses a wrong or missing key. A leaked database without the key
 // reveals nothing usable: the MACs cannot be inverted or brute-forced
 // without the key, and even with the key a 256-bit secret cannot be
 // guessed. A slow password hash (argon2id, bcrypt) protects low-entropy
@@ -52,10 +72,11 @@
 // Connected and Disconnected take the broker's per-connection sequence
 // number, so the late disconnect of a replaced session never marks a
 // reconnected device offline. Presence is kept in memory and written to
-// the database in one transaction every Config.PresenceFlushInterval and
-// at Close, so a reconnect storm costs no fsync per connection. The
-// trade-off: a crash loses at most one interval of presence changes, and
-// on the next Open every device the database shows as connected is marked
+// the storage in one change (Storage.SavePresence) every
+// Config.PresenceFlushInterval and at Close, so a reconnect storm costs no
+// fsync per connection. The trade-off: a crash (or a Close whose ctx ends
+// first) loses at most one interval of presence changes, and on the next
+// Open every device the storage shows as connected is marked
 // disconnected with ReasonServerRestart (its connection died with the
 // server anyway).
 //
@@ -66,7 +87,7 @@
 // and every device record a random enrolment generation, renewed only
 // when the device is enrolled again after a removal. Authenticate puts
 // the generation the connection logged in with into
-// broker.Identity.Credential: the secret generation for a password login,
+// Session.Credential: the secret generation for a password login,
 // the enrolment for a certificate login. Allow refuses everything to a
 // session whose generation is no longer current, so authorisation is
 // bound to the credential that authenticated the connection, not to the
@@ -79,14 +100,15 @@
 // the admin token, then call Config.OnRevoke with a Revocation whose Match
 // reports the sessions to disconnect: every session of the name, except,
 // after a rotation, those already using the new secret. umbra serve
-// evicts them from the broker at once (see broker.Server.Evict).
+// evicts them from the broker at once (see broker.Server.Evict and
+// brokerauth.Match).
 //
 // A bound certificate works while its device is enrolled: RemoveDevice
 // deletes the binding, so it is refused at once (and the sessions are
 // evicted like any others); binding it again is the operator's explicit
 // act. Any other client certificate stays valid until it expires, but
 // only for an enrolled device, and not if it was issued before the device
-// was last removed: RemoveDevice records the time in the database, and
+// was last removed: RemoveDevice records the time in the storage, and
 // CA.IssueDeviceCert records the issue time in the certificate
 // (IssuedURIPrefix; for a certificate of another CA, NotBefore counts).
 // After removing and enrolling a device again, issue it a new certificate.
@@ -98,12 +120,18 @@
 // first request after a revocation or rotation is refused; a request
 // already running when the credential ended completes.
 //
-// # Concurrency and errors
+// # Concurrency, contexts and errors
 //
 // A Store is safe for concurrent use; Authenticate and Allow are called on
 // the broker's connection goroutines. Allow takes no lock (a sync.Map
-// load of the current credential and an atomic load of the policy). Methods return errors wrapping the package's
-// sentinels (ErrNotFound, ErrExists, ErrInvalidName, ErrInvalidRole,
-// ErrInvalidLabel, ErrUnauthenticated, ErrKeyMismatch, ErrLocked,
-// ErrInvalidCert, ErrClosed), to be matched with errors.Is.
+// load of the current credential and an atomic load of the policy).
+// Methods that read or change the storage take a ctx and fail with its
+// error when it ends before they start (listings check it between pages);
+// Close(ctx) returns when ctx ends even if the last presence flush has
+// not. Methods that only look at memory (Allow, Valid, Enrolment,
+// Presence, Connected, Disconnected) take none. Methods return errors
+// wrapping the package's sentinels (ErrNotFound, ErrExists,
+// ErrInvalidName, ErrInvalidRole, ErrInvalidLabel, ErrUnauthenticated,
+// ErrKeyMismatch, ErrLocked, ErrInvalidCert, ErrConflict, ErrClosed), to
+// be matched with errors.Is.
 package identity

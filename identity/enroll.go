@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -12,8 +11,6 @@ import (
 	"slices"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/umbra-iot/umbra/device"
 )
 
@@ -21,11 +18,6 @@ import (
 // import) may enroll: the import is one transaction, and its request one
 // HTTP body.
 const MaxEnrollments = 10000
-
-// bucketCerts maps the SHA-256 fingerprint (lowercase hex) of a bound
-// client certificate to the device ID it is bound to. It is kept in step
-// with deviceRecord.CertSHA256.
-var bucketCerts = []byte("certs")
 
 // Enrollment is one device to enroll.
 type Enrollment struct {
@@ -160,77 +152,103 @@ func (s *Store) EnrollDevices(ctx context.Context, list []Enrollment, dryRun boo
 			}
 		}
 	}
+	// Every problem is listed, in list order: a device named twice, or a
+	// certificate bound twice, in the list is a problem of its later
+	// entries, and the storage reports names taken and certificates
+	// bound. The storage is asked about each name once and each
+	// certificate once; a list that names either twice has a problem, so
+	// the storage is then asked only to check.
 	secrets := make([]string, len(list))
-	recs := make([]deviceRecord, len(list))
-	if len(problems) == 0 && !dryRun {
+	recs := make([]Record, 0, len(list))
+	index := make([]int, 0, len(list)) // recs[j] is about list[index[j]]
+	ids := make(map[device.ID]bool, len(list))
+	fps := make(map[string]bool)
+	write := len(problems) == 0 && !dryRun
+	for i, e := range list {
+		if ids[e.ID] {
+			write = false
+			continue
+		}
+		ids[e.ID] = true
+		r := Record{Name: string(e.ID), Role: RoleDevice}
+		if e.CertSHA256 != "" && fps[e.CertSHA256] {
+			write = false
+		} else if e.CertSHA256 != "" {
+			fps[e.CertSHA256] = true
+			r.CertSHA256 = e.CertSHA256
+		}
+		recs = append(recs, r)
+		index = append(index, i)
+	}
+	if write { // recs is list, record for record
 		now := s.cfg.Now().UTC()
 		for i, e := range list {
 			secret := newSecret()
 			if e.CertSHA256 == "" {
 				secrets[i] = secret
 			} // else: the secret is never shown, so no password login works until a rotation
-			recs[i] = deviceRecord{
-				MAC:        secretMAC(s.key, RoleDevice, string(e.ID), []byte(secret)),
-				Labels:     cloneLabels(e.Labels),
-				CreatedAt:  now,
-				Enrolment:  newGeneration(),
-				SecretGen:  newGeneration(),
-				CertSHA256: e.CertSHA256,
-			}
+			recs[i].MAC = secretMAC(s.key, RoleDevice, string(e.ID), []byte(secret))
+			recs[i].Labels = cloneLabels(e.Labels)
+			recs[i].CreatedAt = now
+			recs[i].Enrolment = newGeneration()
+			recs[i].SecretGen = newGeneration()
 		}
 	}
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
-	errBad := errors.New("bad enrollments") // rolls the transaction back
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		ids := make(map[device.ID]bool, len(list))
-		fps := make(map[string]device.ID)
-		certs := tx.Bucket(bucketCerts)
-		for i, e := range list {
-			if ids[e.ID] {
-				bad(i, fmt.Errorf("%w: %q comes twice in this import", ErrExists, clip(string(e.ID))))
-				continue
-			}
-			ids[e.ID] = true
-			if err := nameFree(tx, string(e.ID)); err != nil {
-				bad(i, err)
-				continue
-			}
-			if e.CertSHA256 == "" {
-				continue
-			}
-			if first, dup := fps[e.CertSHA256]; dup {
-				bad(i, fmt.Errorf("%w: certificate %s is also bound to %q in this import", ErrExists, e.CertSHA256, clip(string(first))))
-			} else if owner := certs.Get([]byte(e.CertSHA256)); owner != nil {
-				bad(i, fmt.Errorf("%w: certificate %s is bound to device %s", ErrExists, e.CertSHA256, owner))
-			} else {
-				fps[e.CertSHA256] = e.ID
-			}
+	if err := s.check(ctx); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	conflicts, err := s.st.Create(ctx, recs, !write)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: %w", closedErr(err))
+	}
+	nameTaken := make(map[int]Role)       // by list index
+	boundTo := make(map[string]device.ID) // by fingerprint
+	for _, c := range conflicts {
+		if c.Index < 0 || c.Index >= len(recs) {
+			return nil, fmt.Errorf("enroll: storage reported a conflict of record %d of %d", c.Index, len(recs))
 		}
-		if len(problems) > 0 || dryRun {
-			return errBad
+		if c.Taken != "" {
+			nameTaken[index[c.Index]] = c.Taken
 		}
-		for i, e := range list {
-			if err := putJSON(tx.Bucket(bucketDevices), string(e.ID), recs[i]); err != nil {
-				return err
-			}
-			if e.CertSHA256 != "" {
-				if err := certs.Put([]byte(e.CertSHA256), []byte(e.ID)); err != nil {
-					return err
-				}
-			}
+		if c.BoundTo != "" {
+			boundTo[recs[c.Index].CertSHA256] = c.BoundTo
 		}
-		return nil
-	})
+	}
+	clear(ids)
+	registered := make(map[string]device.ID)
+	for i, e := range list {
+		if ids[e.ID] {
+			bad(i, fmt.Errorf("%w: %q comes twice in this import", ErrExists, clip(string(e.ID))))
+			continue
+		}
+		ids[e.ID] = true
+		if by, ok := nameTaken[i]; ok {
+			bad(i, taken(string(e.ID), by))
+			continue
+		}
+		if e.CertSHA256 == "" {
+			continue
+		}
+		if first, dup := registered[e.CertSHA256]; dup {
+			bad(i, fmt.Errorf("%w: certificate %s is also bound to %q in this import", ErrExists, e.CertSHA256, clip(string(first))))
+		} else if owner := boundTo[e.CertSHA256]; owner != "" {
+			bad(i, fmt.Errorf("%w: certificate %s is bound to device %s", ErrExists, e.CertSHA256, owner))
+		} else {
+			registered[e.CertSHA256] = e.ID
+		}
+	}
 	if len(problems) > 0 {
 		slices.SortStableFunc(problems, func(a, b EnrollProblem) int { return a.Index - b.Index })
 		return nil, &EnrollError{Problems: problems}
 	}
-	if errors.Is(err, errBad) { // a dry run that found nothing wrong
+	if !write { // a dry run that found nothing wrong
 		return secrets, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("enroll: %w", err)
+	if len(conflicts) > 0 {
+		// The storage stored nothing; the problems list says why.
+		return nil, fmt.Errorf("enroll: storage reported conflicts of no listed problem: %+v", conflicts)
 	}
 	for i, e := range list {
 		s.setCurrent(string(e.ID), recs[i].credential())
@@ -245,14 +263,20 @@ func (s *Store) EnrollDevices(ctx context.Context, list []Enrollment, dryRun boo
 
 // boundDevice returns the device a certificate with fingerprint fp is
 // bound to, with its record; ok is false if it is bound to none.
-func boundDevice(tx *bolt.Tx, fp string) (id device.ID, rec deviceRecord, ok bool, err error) {
-	v := tx.Bucket(bucketCerts).Get([]byte(fp))
-	if v == nil {
+func (s *Store) boundDevice(ctx context.Context, fp string) (id device.ID, rec Record, ok bool, err error) {
+	id, err = s.st.CertOwner(ctx, fp)
+	if errors.Is(err, ErrNotFound) {
 		return "", rec, false, nil
 	}
-	id = device.ID(bytes.Clone(v))
-	if err := getJSON(tx.Bucket(bucketDevices), string(id), &rec); err != nil || rec.CertSHA256 != fp {
-		// The index and the record are written together; a mismatch is
+	if err != nil {
+		return "", rec, false, closedErr(err)
+	}
+	rec, err = s.st.Get(ctx, string(id))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return "", rec, false, closedErr(err)
+	}
+	if err != nil || !rec.IsDevice() || rec.CertSHA256 != fp {
+		// The binding and the record are written together; a mismatch is
 		// a damaged database, refused rather than trusted.
 		return "", rec, false, fmt.Errorf("identity: certificate %s: binding to %q does not match the device record", fp, clip(string(id)))
 	}

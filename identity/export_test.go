@@ -1,6 +1,9 @@
 package identity
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetCANow replaces the clock ca issues certificates with.
 func SetCANow(ca *CA, now func() time.Time) { ca.now = now }
@@ -13,4 +16,4 @@ func DirtyPresence(s *Store) int {
 }
 
 // FlushPresence writes changed presence now.
-func FlushPresence(s *Store) error { return s.flushPresence() }
+func FlushPresence(ctx context.Context, s *Store) error { return s.flushPresence(ctx) }

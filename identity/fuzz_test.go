@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/policy"
 )
@@ -39,20 +38,20 @@ func FuzzAllow(f *testing.F) {
 		if s.Allow(devA, topic, write) && !slices.ContainsFunc(own, inOwn) {
 			t.Errorf("device A allowed %q (write=%t)", topic, write)
 		}
-		for _, id := range append([]broker.Identity{devA}, ids["operator"]...) {
+		for _, id := range append([]identity.Session{devA}, ids["operator"]...) {
 			if !s.Allow(id, topic, true) {
 				continue
 			}
 			if strings.ContainsAny(topic, "+#") {
-				t.Errorf("%s (%q) may publish wildcard topic %q", id.Name, id.ClientID, topic)
+				t.Errorf("%s (%q) may publish wildcard topic %q", id.Principal.Name, id.ClientID, topic)
 			}
 			for _, r := range reserved {
 				if matches(r, topic) {
-					t.Errorf("%s (%q) may publish %q, reserved by %s", id.Name, id.ClientID, topic, r)
+					t.Errorf("%s (%q) may publish %q, reserved by %s", id.Principal.Name, id.ClientID, topic, r)
 				}
 			}
 			if isReply(topic) {
-				t.Errorf("%s may publish the reply topic %q", id.Name, topic)
+				t.Errorf("%s may publish the reply topic %q", id.Principal.Name, topic)
 			}
 		}
 	})
@@ -86,20 +85,20 @@ func isReply(topic string) bool {
 // integrator, and returns sessions of each by role: the device with its
 // own client ID, the tokens with several client IDs (anything MQTT
 // allows but a device's).
-func fuzzSessions(f *testing.F) (*identity.Store, map[string][]broker.Identity) {
+func fuzzSessions(f *testing.F) (*identity.Store, map[string][]identity.Session) {
 	s := mustOpen(f, "", identity.Config{Logger: quiet})
 	ctx := f.Context()
 	devSec := mustAddDevice(f, s, "A")
 	opSec := mustCreateToken(f, s, identity.RoleOperator, "op")
 	intSec := mustCreateToken(f, s, identity.RoleIntegrator, "i")
-	login := func(clientID, user, secret string) broker.Identity {
-		id, err := s.Authenticate(ctx, broker.Credentials{ClientID: clientID, Username: user, Password: []byte(secret)})
+	login := func(clientID, user, secret string) identity.Session {
+		id, err := s.Authenticate(ctx, identity.Credentials{ClientID: clientID, Username: user, Password: []byte(secret)})
 		if err != nil {
 			f.Fatal(err)
 		}
 		return id
 	}
-	ids := map[string][]broker.Identity{"device": {login("A", "A", devSec)}}
+	ids := map[string][]identity.Session{"device": {login("A", "A", devSec)}}
 	for _, c := range []string{"op-1", "B", "+", "#", "a/b", "$SYS", "ü x"} {
 		ids["operator"] = append(ids["operator"], login(c, "op", opSec))
 		ids["integrator"] = append(ids["integrator"], login(c, "i", intSec))

@@ -2,18 +2,16 @@ package identity_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"path/filepath"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 )
 
 // awaitRefused waits until the store has refused more than before
@@ -114,7 +112,7 @@ func TestHardening01RevokedCredentialStaysRevoked(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := mustOpen(t, "", identity.Config{})
 			ctlSecret := mustCreateToken(t, s, identity.RoleOperator, "ctl")
-			b := brokertest.New(t, broker.Config{Auth: s})
+			b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s)})
 			url := brokertest.URL(b)
 			handled := make(chan brokertest.Message, 16)
 			if err := b.Subscribe(tc.write, func(_, topic string, payload []byte) {
@@ -180,7 +178,7 @@ func TestHardening01CertificateOfEarlierEnrolment(t *testing.T) {
 	s := mustOpen(t, "", identity.Config{})
 	mustAddDevice(t, s, "devX")
 	oldCert, oldKey := p.deviceFiles(t, "devX", time.Hour)
-	b := brokertest.New(t, broker.Config{Auth: s, TLSConfig: srvTLS})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s), TLSConfig: srvTLS})
 	clientTLS := func(cert, key string) func(*mqtt.ClientOptions) {
 		cfg, err := identity.ClientTLSConfig(caFile, cert, key)
 		if err != nil {
@@ -214,65 +212,6 @@ func TestHardening01CertificateOfEarlierEnrolment(t *testing.T) {
 	expect(t, "new certificate session", freshMsgs, "state/devX/update/delta fresh")
 }
 
-// TestOpenAddsGenerations: devices and tokens stored by a version without
-// credential generations get them at Open, and their secrets keep
-// working.
-func TestOpenAddsGenerations(t *testing.T) {
-	dir := t.TempDir()
-	s := mustOpen(t, dir, identity.Config{})
-	devSecret := mustAddDevice(t, s, "dev-1")
-	tokSecret := mustCreateToken(t, s, identity.RoleOperator, "ops")
-	mustClose(t, s)
-
-	// Strip the generations, as an earlier version stored the records.
-	db, err := bolt.Open(filepath.Join(dir, "identity.db"), 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, bucket := range []string{"devices", "tokens"} {
-			b := tx.Bucket([]byte(bucket))
-			c := b.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				var rec map[string]any
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return err
-				}
-				delete(rec, "enrolment")
-				delete(rec, "secretGen")
-				nv, err := json.Marshal(rec)
-				if err != nil {
-					return err
-				}
-				if err := b.Put(k, nv); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err := errors.Join(err, db.Close()); err != nil {
-		t.Fatal(err)
-	}
-
-	s = mustOpen(t, dir, identity.Config{})
-	if s.Enrolment("dev-1") == "" {
-		t.Error("Enrolment(dev-1) is empty after Open, want a generation")
-	}
-	for _, c := range []broker.Credentials{
-		{ClientID: "dev-1", Password: []byte(devSecret)},
-		{ClientID: "cli", Username: "ops", Password: []byte(tokSecret)},
-	} {
-		id, err := s.Authenticate(t.Context(), c)
-		if err != nil {
-			t.Fatalf("Authenticate %s: %v", c.ClientID, err)
-		}
-		if !s.Valid(id) || !s.Allow(id, "state/dev-1/update", true) {
-			t.Errorf("%s: Valid %t, Allow %t; want both true", c.ClientID, s.Valid(id), s.Allow(id, "state/dev-1/update", true))
-		}
-	}
-}
-
 // TestRevocationMatch: OnRevoke reports the sessions to disconnect: every
 // session of the name after a removal or revocation, after a rotation
 // every session except those using the new secret (certificate sessions
@@ -281,7 +220,7 @@ func TestRevocationMatch(t *testing.T) {
 	var got []identity.Revocation
 	s := mustOpen(t, "", identity.Config{OnRevoke: func(_ context.Context, r identity.Revocation) { got = append(got, r) }})
 	ctx := t.Context()
-	auth := func(c broker.Credentials) broker.Identity {
+	auth := func(c identity.Credentials) identity.Session {
 		t.Helper()
 		id, err := s.Authenticate(ctx, c)
 		if err != nil {
@@ -290,22 +229,22 @@ func TestRevocationMatch(t *testing.T) {
 		return id
 	}
 	sec := mustAddDevice(t, s, "dev-1")
-	other := auth(broker.Credentials{ClientID: "dev-2", Password: []byte(mustAddDevice(t, s, "dev-2"))})
-	old := auth(broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+	other := auth(identity.Credentials{ClientID: "dev-2", Password: []byte(mustAddDevice(t, s, "dev-2"))})
+	old := auth(identity.Credentials{ClientID: "dev-1", Password: []byte(sec)})
 	p := newPKI(t)
-	cert := auth(broker.Credentials{ClientID: "dev-1", TLS: tlsState(t, p, "dev-1", true)})
+	cert := auth(identity.Credentials{ClientID: "dev-1", TLS: tlsState(t, p, "dev-1", true)})
 
 	sec, err := s.RotateDevice(ctx, "dev-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh := auth(broker.Credentials{ClientID: "dev-1", Password: []byte(sec)})
+	fresh := auth(identity.Credentials{ClientID: "dev-1", Password: []byte(sec)})
 	if len(got) != 1 || got[0].Reason != identity.RevokeRotated || got[0].Principal.Name != "dev-1" {
 		t.Fatalf("OnRevoke after rotate: %+v, want one RevokeRotated for dev-1", got)
 	}
 	for _, tc := range []struct {
 		name string
-		id   broker.Identity
+		id   identity.Session
 		want bool
 	}{
 		{"old secret", old, true}, {"certificate", cert, true}, {"new secret", fresh, false}, {"other device", other, false},
@@ -324,7 +263,7 @@ func TestRevocationMatch(t *testing.T) {
 	if len(got) != 2 || got[1].Reason != identity.RevokeRemoved || !got[1].Match(fresh) || !got[1].Match(cert) || got[1].Match(other) {
 		t.Errorf("OnRevoke after remove: %+v, want RevokeRemoved matching every dev-1 session only", got[1:])
 	}
-	tok := auth(broker.Credentials{ClientID: "cli", Username: "ops", Password: []byte(mustCreateToken(t, s, identity.RoleOperator, "ops"))})
+	tok := auth(identity.Credentials{ClientID: "cli", Username: "ops", Password: []byte(mustCreateToken(t, s, identity.RoleOperator, "ops"))})
 	if err := s.RevokeToken(ctx, "ops"); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 )
 
 // TestMosquittoPub publishes with mosquitto_pub over the broker's TLS
@@ -25,7 +26,7 @@ func TestMosquittoPub(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := brokertest.New(t, broker.Config{Auth: s, TLSAddr: "127.0.0.1:0", TLSConfig: srv})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(s), TLSAddr: "127.0.0.1:0", TLSConfig: srv})
 	got := make(chan string, 16)
 	if err := b.Subscribe("state/+/update", func(clientID, topic string, payload []byte) {
 		got <- clientID + " " + topic + " " + string(payload)

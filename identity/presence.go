@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/umbra-iot/umbra/device"
 )
 
@@ -89,7 +87,7 @@ func (s *Store) record(id device.ID, seq uint64, apply func(*presenceEntry) bool
 	}
 	s.presenceMu.Lock()
 	defer s.presenceMu.Unlock()
-	e := s.presence[string(id)]
+	e := s.presence[id]
 	if e == nil {
 		e = &presenceEntry{}
 	}
@@ -97,8 +95,8 @@ func (s *Store) record(id device.ID, seq uint64, apply func(*presenceEntry) bool
 		return false
 	}
 	e.seq = seq
-	s.presence[string(id)] = e
-	s.dirty[string(id)] = struct{}{}
+	s.presence[id] = e
+	s.dirty[id] = struct{}{}
 	return true
 }
 
@@ -106,7 +104,7 @@ func (s *Store) record(id device.ID, seq uint64, apply func(*presenceEntry) bool
 func (s *Store) Presence(id device.ID) (p Presence, ok bool) {
 	s.presenceMu.Lock()
 	defer s.presenceMu.Unlock()
-	if e := s.presence[string(id)]; e != nil {
+	if e := s.presence[id]; e != nil {
 		return e.Presence, true
 	}
 	return Presence{}, false
@@ -127,26 +125,24 @@ func (s *Store) PresenceJSON(id device.ID) []byte {
 	return b
 }
 
-// loadPresence reads persisted presence at Open. Devices the database
+// loadPresence reads persisted presence at Open. Devices the storage
 // shows as connected lost their connection when the server stopped.
-func (s *Store) loadPresence(tx *bolt.Tx) error {
-	b := tx.Bucket(bucketPresence)
+func (s *Store) loadPresence(ctx context.Context) error {
+	all, err := s.st.Presence(ctx)
+	if err != nil {
+		return fmt.Errorf("identity: load presence: %w", err)
+	}
 	now := s.cfg.Now().UTC()
-	return b.ForEach(func(k, v []byte) error {
-		var p Presence
-		if err := json.Unmarshal(v, &p); err != nil {
-			s.log.Warn("dropping undecodable presence", "device", string(k), "error", err)
-			return nil
-		}
+	for id, p := range all {
 		if p.Connected {
 			p.Connected = false
 			p.DisconnectedAt = now
 			p.DisconnectReason = ReasonServerRestart
-			s.dirty[string(k)] = struct{}{}
+			s.dirty[id] = struct{}{}
 		}
-		s.presence[string(k)] = &presenceEntry{Presence: p}
-		return nil
-	})
+		s.presence[id] = &presenceEntry{Presence: p}
+	}
+	return nil
 }
 
 // flushLoop writes changed presence every PresenceFlushInterval until ctx
@@ -159,7 +155,7 @@ func (s *Store) flushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.flushPresence(); err != nil {
+			if err := s.flushPresence(ctx); err != nil && ctx.Err() == nil {
 				s.log.Error("flush presence", "error", err)
 			}
 		}
@@ -167,10 +163,10 @@ func (s *Store) flushLoop(ctx context.Context) {
 }
 
 // flushPresence writes the presence of every device changed since the last
-// flush in one transaction. Unless the store is anonymous, presence of
-// devices that are not enrolled is not written. On failure the changes are
-// kept for the next flush.
-func (s *Store) flushPresence() error {
+// flush in one change. Unless the store is anonymous, presence of devices
+// that are not enrolled is not written. On failure the changes are kept
+// for the next flush.
+func (s *Store) flushPresence(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.presenceMu.Lock()
@@ -178,7 +174,7 @@ func (s *Store) flushPresence() error {
 		s.presenceMu.Unlock()
 		return nil
 	}
-	batch := make(map[string]Presence, len(s.dirty))
+	batch := make(map[device.ID]Presence, len(s.dirty))
 	for id := range s.dirty {
 		if e := s.presence[id]; e != nil {
 			batch[id] = e.Presence
@@ -187,25 +183,13 @@ func (s *Store) flushPresence() error {
 	clear(s.dirty)
 	s.presenceMu.Unlock()
 
-	err := closedErr(s.db.Update(func(tx *bolt.Tx) error {
-		devices, b := tx.Bucket(bucketDevices), tx.Bucket(bucketPresence)
-		for id, p := range batch {
-			if !s.cfg.Anonymous && devices.Get([]byte(id)) == nil {
-				continue
-			}
-			if err := putJSON(b, id, p); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
-	if err != nil {
+	if err := s.st.SavePresence(ctx, batch, !s.cfg.Anonymous); err != nil {
 		s.presenceMu.Lock()
 		for id := range batch {
 			s.dirty[id] = struct{}{}
 		}
 		s.presenceMu.Unlock()
-		return fmt.Errorf("identity: flush presence: %w", err)
+		return fmt.Errorf("identity: flush presence: %w", closedErr(err))
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 )
 
 // connEvent is a broker connection callback, after the store recorded it.
@@ -29,7 +30,7 @@ type connEvent struct {
 func presenceBroker(t *testing.T, s *identity.Store, cfg broker.Config) (*broker.Server, <-chan connEvent) {
 	t.Helper()
 	events := make(chan connEvent, 64)
-	cfg.Auth = s
+	cfg.Auth = brokerauth.New(s)
 	cfg.OnConnect = func(info broker.ConnInfo) {
 		if id := info.Identity.Device; id != "" {
 			s.Connected(id, info.Seq, info.At, info.RemoteAddr)

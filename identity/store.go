@@ -8,44 +8,43 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
-
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/policy"
 )
 
 // Defaults applied by Open to zero Config fields.
 const (
 	// DefaultPresenceFlushInterval is how often presence changes are
-	// written to the database.
+	// written to the storage.
 	DefaultPresenceFlushInterval = time.Second
-	// DefaultOpenTimeout is how long Open waits for the database file lock.
-	DefaultOpenTimeout = time.Second
-	// KeyFileName is the server key's file name beside the database when
-	// Config.KeyPath is empty.
+	// KeyFileName is the usual file name of the server key, beside the
+	// database (identity/boltstore keeps it there).
 	KeyFileName = "identity.key"
+	// KeySize is the length of the server key in bytes.
+	KeySize = 32
 
-	keySize = 32
 	// logKeyComponent is the slog attribute naming the component.
 	logKeyComponent = "component"
+	// pageSize is how many records a long scan reads per Storage call;
+	// it checks ctx between pages.
+	pageSize = 1000
 )
 
 // Errors returned by Store methods.
 var (
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("identity: closed")
-	// ErrLocked is wrapped by Open when another process holds the
-	// database (another umbra serve, or a CLI command while it runs).
+	// ErrLocked is wrapped by a Storage's open (identity/boltstore.Open)
+	// when another process holds the database (another umbra serve).
 	ErrLocked = errors.New("identity: database locked by another process")
-	// ErrInvalidConfig is wrapped by Open when Config is invalid.
+	// ErrInvalidConfig is wrapped by Open (and a Storage's open) when
+	// the configuration is invalid.
 	ErrInvalidConfig = errors.New("identity: invalid config")
 	// ErrKeyMismatch is wrapped by Open when the server key is missing or
 	// is not the key the database's secrets were hashed with.
@@ -66,27 +65,12 @@ var (
 	ErrUnauthenticated = errors.New("identity: unauthenticated")
 )
 
-// Bucket names.
-var (
-	bucketDevices  = []byte("devices")
-	bucketTokens   = []byte("tokens")
-	bucketPresence = []byte("presence")
-	bucketMeta     = []byte("meta")
-	// bucketRemoved maps a removed device ID to when it was last removed
-	// (RFC 3339 with nanoseconds): certificates issued before are refused.
-	bucketRemoved = []byte("removed")
-	keyKeyCheck   = []byte("keycheck")
-)
-
 // Config configures a Store.
 type Config struct {
-	// Path is the bbolt database file, e.g. "<data-dir>/identity.db".
-	// Required. The file is created with mode 0600.
-	Path string
-	// KeyPath is the file holding the 32-byte server key that secrets are
-	// hashed with. Empty means KeyFileName beside Path. It is created with
-	// mode 0600 when neither it nor any secret exists yet.
-	KeyPath string
+	// Storage keeps the devices, tokens, presence and server key.
+	// Required: identity/boltstore.Open returns the single-node one. The
+	// caller closes it after the Store.
+	Storage Storage
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
 	// Logger receives the store's logs. Nil discards.
@@ -98,11 +82,8 @@ type Config struct {
 	// policy.Default(), the built-in default. SetPolicy replaces it.
 	Policy *policy.Policy
 	// PresenceFlushInterval is how often changed presence is written to
-	// the database. Default DefaultPresenceFlushInterval.
+	// the storage. Default DefaultPresenceFlushInterval.
 	PresenceFlushInterval time.Duration
-	// OpenTimeout is how long Open waits for another process's lock on the
-	// database file before failing. Default DefaultOpenTimeout.
-	OpenTimeout time.Duration
 	// OnRevoke, when set, is called after a credential ended: after
 	// RemoveDevice, RotateDevice and RevokeToken, and after
 	// EnsureAdminToken replaced the admin token. Allow already refuses
@@ -124,9 +105,6 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.KeyPath == "" && c.Path != "" {
-		c.KeyPath = filepath.Join(filepath.Dir(c.Path), KeyFileName)
-	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -136,31 +114,27 @@ func (c *Config) setDefaults() {
 	if c.PresenceFlushInterval == 0 {
 		c.PresenceFlushInterval = DefaultPresenceFlushInterval
 	}
-	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultOpenTimeout
-	}
 	if c.Policy == nil {
 		c.Policy = policy.Default()
 	}
 }
 
 func (c *Config) validate() error {
-	if c.Path == "" {
-		return fmt.Errorf("%w: empty Path", ErrInvalidConfig)
+	if c.Storage == nil {
+		return fmt.Errorf("%w: no Storage", ErrInvalidConfig)
 	}
-	if c.PresenceFlushInterval < 0 || c.OpenTimeout < 0 {
+	if c.PresenceFlushInterval < 0 {
 		return fmt.Errorf("%w: negative interval", ErrInvalidConfig)
 	}
 	return nil
 }
 
 // Store holds devices, tokens and presence, authenticates MQTT clients and
-// authorizes their topics. It implements broker.Authenticator. All methods
-// are safe for concurrent use.
+// authorizes their topics. All methods are safe for concurrent use.
 type Store struct {
 	cfg Config
 	log *slog.Logger
-	db  *bolt.DB
+	st  Storage
 	key []byte // server key; read-only after Open
 
 	denied atomic.Uint64
@@ -170,55 +144,48 @@ type Store struct {
 	policy    atomic.Pointer[policy.Policy] // never nil after Open
 	// current maps every device ID and token name to its current
 	// *credential, for Allow, which reads it without a lock. Entries are
-	// replaced or deleted under credMu right after the transaction that
-	// changed the credential commits.
+	// replaced or deleted under credMu right after the storage change
+	// that changed the credential.
 	current sync.Map
-	// credMu is held (Lock) across a credential change's transaction and
-	// the update of current, and (RLock) by Authenticate across its read,
-	// so an identity Authenticate returns never runs ahead of current.
+	// credMu is held (Lock) across a credential change in the storage
+	// and the update of current, and (RLock) by Authenticate across its
+	// reads, so a session Authenticate returns never runs ahead of
+	// current.
 	credMu sync.RWMutex
 
 	// flushMu serialises presence flushes with presence deletions, so a
 	// flush never resurrects a removed device's presence. Lock order:
 	// flushMu, credMu, presenceMu.
 	flushMu    sync.Mutex
-	presenceMu sync.Mutex                // guards presence and dirty
-	presence   map[string]*presenceEntry // by device ID
-	dirty      map[string]struct{}       // device IDs changed since the last flush
+	presenceMu sync.Mutex                   // guards presence and dirty
+	presence   map[device.ID]*presenceEntry // by device ID
+	dirty      map[device.ID]struct{}       // device IDs changed since the last flush
 
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	flushDone chan struct{} // closed when the flusher returned
 }
 
-// Open opens (creating if needed) the database at cfg.Path and the server
-// key, loads presence, and starts the presence flusher. It fails with an
-// error wrapping ErrKeyMismatch when the database holds secrets and the key
-// is missing or different, and ErrLocked when another process holds the
-// database for longer than Config.OpenTimeout.
+// Open opens a Store on cfg.Storage: it loads (creating it if the storage
+// holds no secret yet) and checks the server key, gives records of
+// earlier versions their credential generations, loads presence, and
+// starts the presence flusher. It fails with an error wrapping
+// ErrKeyMismatch when the storage holds secrets and the key is missing or
+// different, and ErrInvalidConfig without a Storage.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
-		return nil, fmt.Errorf("identity: create data dir: %w", err)
-	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("identity: open %s: %w", cfg.Path, err)
-	}
 	s := &Store{
-		cfg:      cfg,
-		log:      cfg.Logger.With(logKeyComponent, "identity"),
-		db:       db,
-		presence: make(map[string]*presenceEntry),
-		dirty:    make(map[string]struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With(logKeyComponent, "identity"),
+		st:        cfg.Storage,
+		presence:  make(map[device.ID]*presenceEntry),
+		dirty:     make(map[device.ID]struct{}),
+		flushDone: make(chan struct{}),
 	}
 	for _, ca := range cfg.BoundOnlyCAs {
 		if s.boundOnly == nil {
@@ -227,71 +194,63 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.boundOnly[sha256.Sum256(ca.Raw)] = true
 	}
 	s.policy.Store(cfg.Policy)
-	if err := s.init(); err != nil {
-		return nil, errors.Join(err, db.Close())
+	if err := s.init(ctx); err != nil {
+		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	s.wg.Go(func() { s.flushLoop(bg) })
+	go func() {
+		defer close(s.flushDone)
+		s.flushLoop(bg)
+	}()
 	return s, nil
 }
 
-// init creates the buckets, loads or creates the key and loads presence.
-func (s *Store) init() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketPresence, bucketMeta, bucketRemoved, bucketCerts} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("identity: create bucket %s: %w", b, err)
-			}
+// init loads or creates the server key, checks it against the storage's
+// key check, and loads credentials and presence.
+func (s *Store) init(ctx context.Context) error {
+	check, err := s.st.KeyCheck(ctx)
+	if err != nil {
+		return fmt.Errorf("identity: read key check: %w", err)
+	}
+	key, err := s.loadKey(ctx, check == nil)
+	if err != nil {
+		return err
+	}
+	want := keyCheck(key)
+	if check == nil {
+		if err := s.st.SetKeyCheck(ctx, want); err != nil {
+			return fmt.Errorf("identity: store key check: %w", err)
 		}
-		meta := tx.Bucket(bucketMeta)
-		check := meta.Get(keyKeyCheck)
-		key, err := s.loadKey(check == nil)
-		if err != nil {
-			return err
-		}
-		want := keyCheck(key)
-		if check == nil {
-			if err := meta.Put(keyKeyCheck, want); err != nil {
-				return fmt.Errorf("identity: store key check: %w", err)
-			}
-		} else if !hmac.Equal(check, want) {
-			return fmt.Errorf("%w: %s is not the key this database was created with", ErrKeyMismatch, s.cfg.KeyPath)
-		}
-		s.key = key
-		if err := s.loadCredentials(tx); err != nil {
-			return err
-		}
-		return s.loadPresence(tx)
-	})
+	} else if !hmac.Equal(check, want) {
+		return fmt.Errorf("%w: the server key is not the key this database was created with", ErrKeyMismatch)
+	}
+	s.key = key
+	if err := s.loadCredentials(ctx); err != nil {
+		return err
+	}
+	return s.loadPresence(ctx)
 }
 
-// loadKey reads the server key, creating it if create is set and it does
-// not exist.
-func (s *Store) loadKey(create bool) ([]byte, error) {
-	key, err := os.ReadFile(s.cfg.KeyPath)
+// loadKey reads the server key, creating it if create is set and there is
+// none.
+func (s *Store) loadKey(ctx context.Context, create bool) ([]byte, error) {
+	key, err := s.st.ServerKey(ctx)
 	switch {
-	case errors.Is(err, fs.ErrNotExist) && create:
-		return createKey(s.cfg.KeyPath)
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("%w: key file %s is missing", ErrKeyMismatch, s.cfg.KeyPath)
+	case errors.Is(err, ErrNotFound) && create:
+		key = make([]byte, KeySize)
+		rand.Read(key)
+		if err := s.st.CreateServerKey(ctx, key); err != nil {
+			return nil, fmt.Errorf("identity: create key: %w", err)
+		}
+		return key, nil
+	case errors.Is(err, ErrNotFound):
+		return nil, fmt.Errorf("%w: the server key is missing: %w", ErrKeyMismatch, err)
 	case err != nil:
 		return nil, fmt.Errorf("identity: read key: %w", err)
 	}
-	if len(key) != keySize {
-		return nil, fmt.Errorf("%w: key file %s holds %d bytes, want %d", ErrKeyMismatch, s.cfg.KeyPath, len(key), keySize)
-	}
-	if fi, err := os.Stat(s.cfg.KeyPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		s.log.Warn("server key file is readable by others; chmod 600 it", "path", s.cfg.KeyPath, "mode", fi.Mode().Perm().String())
-	}
-	return key, nil
-}
-
-func createKey(path string) ([]byte, error) {
-	key := make([]byte, keySize)
-	rand.Read(key)
-	if err := writeFileExclusive(path, key, 0o600); err != nil {
-		return nil, fmt.Errorf("identity: create key: %w", err)
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("%w: the server key holds %d bytes, want %d", ErrKeyMismatch, len(key), KeySize)
 	}
 	return key, nil
 }
@@ -324,46 +283,32 @@ func keyCheck(key []byte) []byte {
 	return m.Sum(nil)
 }
 
-// Close flushes presence, stops the flusher and closes the database. It is
-// idempotent; later calls return the first call's result.
+// Close stops the presence flusher and writes the presence changed since
+// the last flush. It does not close Config.Storage, which the caller
+// closes afterwards. It returns ctx's error when ctx ends first; the
+// presence changes not yet written are then lost, as in a crash (see
+// Presence). It is idempotent; later calls return the first call's
+// result.
 func (s *Store) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.cancel()
-		s.wg.Wait()
-		err := s.flushPresence()
-		s.closeErr = errors.Join(err, s.db.Close())
+		select {
+		case <-s.flushDone:
+		case <-ctx.Done():
+			s.closeErr = fmt.Errorf("identity: close: %w", ctx.Err())
+			return
+		}
+		s.closeErr = s.flushPresence(ctx)
 	})
 	return s.closeErr
 }
 
-// update runs fn in a write transaction unless ctx is done, mapping a
-// closed database to ErrClosed.
-func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+// check fails with ErrClosed after Close and with ctx's error when ctx is
+// done.
+func (s *Store) check(ctx context.Context) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return closedErr(s.db.Update(fn))
-}
-
-// view runs fn in a read transaction unless ctx is done, mapping a closed
-// database to ErrClosed.
-func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return closedErr(s.db.View(fn))
-}
-
-func closedErr(err error) error {
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-		return ErrClosed
-	}
-	return err
+	return ctx.Err()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/identity/boltstore"
 )
 
 func TestDevices(t *testing.T) {
@@ -298,15 +299,8 @@ func TestSecretNotInFiles(t *testing.T) {
 
 func TestServerKey(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "identity.db")
-	s, err := identity.Open(t.Context(), identity.Config{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := s.AddDevice(t.Context(), "dev-1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := mustOpen(t, dir, identity.Config{})
+	secret := mustAddDevice(t, s, "dev-1")
 	mustClose(t, s)
 	keyPath := filepath.Join(dir, identity.KeyFileName)
 	fi, err := os.Stat(keyPath)
@@ -329,7 +323,7 @@ func TestServerKey(t *testing.T) {
 	if err := os.Remove(keyPath); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := identity.Open(t.Context(), identity.Config{Path: path}); !errors.Is(err, identity.ErrKeyMismatch) {
+	if err := openErr(t, dir); !errors.Is(err, identity.ErrKeyMismatch) {
 		t.Errorf("Open without key: got %v, want ErrKeyMismatch", err)
 	}
 	if _, err := os.Stat(keyPath); !errors.Is(err, fs.ErrNotExist) {
@@ -339,21 +333,44 @@ func TestServerKey(t *testing.T) {
 	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := identity.Open(t.Context(), identity.Config{Path: path}); !errors.Is(err, identity.ErrKeyMismatch) {
+	if err := openErr(t, dir); !errors.Is(err, identity.ErrKeyMismatch) {
 		t.Errorf("Open with wrong key: got %v, want ErrKeyMismatch", err)
 	}
+	if err := os.WriteFile(keyPath, key[:31], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := openErr(t, dir); !errors.Is(err, identity.ErrKeyMismatch) {
+		t.Errorf("Open with a short key: got %v, want ErrKeyMismatch", err)
+	}
+}
+
+// openErr opens a store on the storage in dir and returns Open's error,
+// closing whatever it opened.
+func openErr(t *testing.T, dir string) error {
+	t.Helper()
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(dir, "identity.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	s, err := identity.Open(t.Context(), identity.Config{Storage: st})
+	if err == nil {
+		s.Close(context.Background())
+	}
+	return err
 }
 
 func TestOpenConfig(t *testing.T) {
 	if _, err := identity.Open(t.Context(), identity.Config{}); !errors.Is(err, identity.ErrInvalidConfig) {
-		t.Errorf("Open(no path): got %v, want ErrInvalidConfig", err)
+		t.Errorf("Open(no storage): got %v, want ErrInvalidConfig", err)
 	}
-	// A second Open of the same file times out instead of hanging.
-	dir := t.TempDir()
-	mustOpen(t, dir, identity.Config{})
-	_, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(dir, "identity.db"), OpenTimeout: 50 * time.Millisecond})
-	if !errors.Is(err, identity.ErrLocked) {
-		t.Errorf("second Open of a locked database: got %v, want ErrLocked", err)
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "identity.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	if _, err := identity.Open(t.Context(), identity.Config{Storage: st, PresenceFlushInterval: -1}); !errors.Is(err, identity.ErrInvalidConfig) {
+		t.Errorf("Open(negative flush interval): got %v, want ErrInvalidConfig", err)
 	}
 }
 

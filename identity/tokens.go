@@ -2,7 +2,6 @@ package identity
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 )
@@ -55,29 +52,37 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 		return "", fmt.Errorf("create token: %w", err)
 	}
 	secret := newSecret()
-	rec := tokenRecord{
+	rec := Record{
+		Name:      name,
 		Role:      role,
 		MAC:       secretMAC(s.key, role, name, []byte(secret)),
 		CreatedAt: s.cfg.Now().UTC(),
 		SecretGen: newGeneration(),
 	}
-	var replaced *tokenRecord
+	var replaced *Record
 	s.credMu.Lock()
-	err := s.update(ctx, func(tx *bolt.Tx) error {
+	err := s.retry(ctx, func() error {
 		replaced = nil
 		if replace {
-			var old tokenRecord
-			if getJSON(tx.Bucket(bucketTokens), name, &old) == nil {
+			old, err := s.st.Get(ctx, name)
+			switch {
+			case err == nil && old.IsDevice():
+				return taken(name, RoleDevice)
+			case err == nil:
 				replaced = &old
-			}
-			if err := tx.Bucket(bucketTokens).Delete([]byte(name)); err != nil {
+				return s.st.Replace(ctx, old, rec)
+			case !errors.Is(err, ErrNotFound):
 				return err
 			}
 		}
-		if err := nameFree(tx, name); err != nil {
-			return err
+		conflicts, err := s.st.Create(ctx, []Record{rec}, false)
+		if err == nil && len(conflicts) > 0 {
+			err = taken(name, conflicts[0].Taken)
 		}
-		return putJSON(tx.Bucket(bucketTokens), name, rec)
+		if errors.Is(err, ErrExists) && replace {
+			err = fmt.Errorf("token %s created meanwhile: %w", name, ErrConflict) // read it again
+		}
+		return err
 	})
 	if err == nil {
 		s.setCurrent(name, rec.credential())
@@ -96,18 +101,21 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 // ListTokens returns every token in name order.
 func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
 	var list []Token
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
-			var rec tokenRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode token %q: %w", k, err)
-			}
-			list = append(list, Token{Name: string(k), Role: rec.Role, CreatedAt: rec.CreatedAt})
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
+	for after := ""; ; {
+		if err := s.check(ctx); err != nil {
+			return nil, fmt.Errorf("list tokens: %w", err)
+		}
+		page, err := s.st.Tokens(ctx, after, pageSize)
+		if err != nil {
+			return nil, fmt.Errorf("list tokens: %w", closedErr(err))
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, r := range page {
+			list = append(list, Token{Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt})
+		}
+		after = page[len(page)-1].Name
 	}
 	return list, nil
 }
@@ -118,15 +126,13 @@ func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
 // is told (umbra serve then disconnects the sessions). It fails with
 // ErrNotFound for an unknown token.
 func (s *Store) RevokeToken(ctx context.Context, name string) error {
-	var rec tokenRecord
+	var rec Record
 	s.credMu.Lock()
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		if err := getJSON(b, name, &rec); err != nil {
-			return err
-		}
-		return b.Delete([]byte(name))
-	})
+	err := s.check(ctx)
+	if err == nil {
+		rec, err = s.st.DeleteToken(ctx, name)
+		err = closedErr(err)
+	}
 	if err == nil {
 		s.setCurrent(name, nil)
 	}

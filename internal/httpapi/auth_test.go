@@ -5,12 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -19,15 +19,7 @@ import (
 // real identity store, and returns an operator's bearer token.
 func newSecureAPI(t *testing.T, anonymous bool) (*httptest.Server, *identity.Store, string) {
 	t.Helper()
-	ids, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(t.TempDir(), "identity.db"), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ids.Close(t.Context()); err != nil {
-			t.Errorf("close identity store: %v", err)
-		}
-	})
+	ids := identitytest.Open(t, "", identity.Config{Logger: testLogger(t)})
 	secret, err := ids.CreateToken(t.Context(), identity.RoleOperator, "ops")
 	if err != nil {
 		t.Fatal(err)

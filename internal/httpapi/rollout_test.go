@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/shadow"
@@ -46,15 +47,7 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			p.Notify(id)
 		}
 	}})
-	ids, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(dir, "identity.db"), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ids.Close(context.Background()); err != nil {
-			t.Errorf("close identity store: %v", err)
-		}
-	})
+	ids := identitytest.Open(t, dir, identity.Config{Logger: testLogger(t)})
 	e.ids = ids
 	for role, name := range map[identity.Role]string{identity.RoleOperator: "ops", identity.RoleIntegrator: "reader"} {
 		secret, err := ids.CreateToken(t.Context(), role, name)

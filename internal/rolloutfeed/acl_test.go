@@ -1,17 +1,17 @@
 package rolloutfeed_test
 
 import (
-	"context"
 	"encoding/json"
-	"path/filepath"
 	"testing"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -20,15 +20,7 @@ import (
 // operators read the rollout topics, devices may not, and nobody may
 // forge them.
 func TestACL(t *testing.T) {
-	ids, err := identity.Open(t.Context(), identity.Config{Path: filepath.Join(t.TempDir(), "identity.db")})
-	if err != nil {
-		t.Fatalf("identity.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := ids.Close(context.Background()); err != nil {
-			t.Errorf("identity Close: %v", err)
-		}
-	})
+	ids := identitytest.Open(t, "", identity.Config{})
 	secret := func(s string, err error) string {
 		t.Helper()
 		if err != nil {
@@ -39,7 +31,7 @@ func TestACL(t *testing.T) {
 	devSec := secret(ids.AddDevice(t.Context(), "dev-1", nil))
 	opSec := secret(ids.CreateToken(t.Context(), identity.RoleOperator, "ops"))
 	intSec := secret(ids.CreateToken(t.Context(), identity.RoleIntegrator, "dash"))
-	b := brokertest.New(t, broker.Config{Auth: ids})
+	b := brokertest.New(t, broker.Config{Auth: brokerauth.New(ids)})
 	url := brokertest.URL(b)
 	login := func(user, secret string) func(*mqtt.ClientOptions) {
 		return func(o *mqtt.ClientOptions) { o.SetUsername(user).SetPassword(secret) }

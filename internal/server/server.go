@@ -21,9 +21,11 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/identity"
+	idstore "github.com/umbra-iot/umbra/identity/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
+	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 	"github.com/umbra-iot/umbra/policy"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
@@ -252,15 +254,20 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		identity.RevokeReplaced, evictStale} {
 		m.AddEvictions(reason, 0)
 	}
+	idst, err := idstore.Open(ctx, idstore.Config{Path: filepath.Join(cfg.DataDir, "identity.db"), Logger: log})
+	if err != nil {
+		return err
+	}
+	s.push("identity.db", idst) // closes after the identity store
 	ids, err := identity.Open(ctx, identity.Config{
-		Path:         filepath.Join(cfg.DataDir, "identity.db"),
+		Storage:      idst,
 		Logger:       log,
 		Anonymous:    cfg.Anonymous,
 		BoundOnlyCAs: cfg.BoundOnlyCAs,
 		Policy:       acl,
 		OnRevoke: func(ctx context.Context, r identity.Revocation) {
 			if b := pub.b.Load(); b != nil {
-				m.AddEvictions(r.Reason, b.Evict(ctx, r.Match))
+				m.AddEvictions(r.Reason, b.Evict(ctx, brokerauth.Match(r)))
 			}
 		},
 	})
@@ -269,6 +276,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	}
 	s.push("identity", ids) // closes after the broker
 	s.ids = ids
+	auth := brokerauth.New(ids)
 	adminToken := filepath.Join(cfg.DataDir, AdminTokenFile)
 	created, err := ids.EnsureAdminToken(ctx, adminToken)
 	if err != nil {
@@ -358,13 +366,13 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		WSAllowedOrigins:    cfg.AllowedOrigins,
 		MaxPacketSize:       cfg.MaxPacketSize,
 		Logger:              log,
-		Auth:                ids,
+		Auth:                auth,
 		OnSubscribe: func(clientID string, filters []string) {
 			eng.HandleSubscribe(clientID, filters)
 			jsvc.HandleSubscribe(clientID, filters)
 		},
 		OnConnect: func(ci broker.ConnInfo) {
-			if !ids.Valid(ci.Identity) {
+			if !auth.Valid(ci.Identity) {
 				// It logged in with a credential that ended before it
 				// was registered, so the revocation's eviction missed
 				// it. Allow refuses it everything; evict it too (not
@@ -417,7 +425,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	pub.b.Store(brk)
 	// Restored sessions whose credential ended while Umbra was down (an
 	// admin token rotated by deleting its file) go, as at a revocation.
-	if n := brk.Evict(ctx, func(id broker.Identity) bool { return !ids.Valid(id) }); n > 0 {
+	if n := brk.Evict(ctx, func(id broker.Identity) bool { return !auth.Valid(id) }); n > 0 {
 		m.AddEvictions(evictStale, n)
 	}
 	m.RegisterBroker(func() metrics.BrokerStats {
