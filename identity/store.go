@@ -285,21 +285,26 @@ func keyCheck(key []byte) []byte {
 
 // Close stops the presence flusher and writes the presence changed since
 // the last flush. It does not close Config.Storage, which the caller
-// closes afterwards. It returns ctx's error when ctx ends first; the
-// presence changes not yet written are then lost, as in a crash (see
-// Presence). It is idempotent; later calls return the first call's
-// result.
+// closes afterwards. It returns when ctx ends even if the storage has not
+// answered (the flush then finishes or fails in the background), with an
+// error wrapping ctx's: presence changes not yet written are then lost,
+// as in a crash (see Presence). It is idempotent; later calls return the
+// first call's result.
 func (s *Store) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.cancel()
+		done := make(chan error, 1)
+		go func() {
+			<-s.flushDone
+			done <- s.flushPresence(ctx)
+		}()
 		select {
-		case <-s.flushDone:
+		case err := <-done:
+			s.closeErr = err
 		case <-ctx.Done():
-			s.closeErr = fmt.Errorf("identity: close: %w", ctx.Err())
-			return
+			s.closeErr = fmt.Errorf("identity: close: presence changes since the last flush not written: %w", ctx.Err())
 		}
-		s.closeErr = s.flushPresence(ctx)
 	})
 	return s.closeErr
 }

@@ -153,6 +153,9 @@ func (s *Store) RevokeToken(ctx context.Context, name string) error {
 // (atomically: a temporary file renamed over path); created is true.
 // Deleting the file and restarting therefore rotates the admin secret.
 func (s *Store) EnsureAdminToken(ctx context.Context, path string) (created bool, err error) {
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -160,8 +163,8 @@ func (s *Store) EnsureAdminToken(ctx context.Context, path string) (created bool
 		if verr == nil && p.Role == RoleOperator {
 			return false, nil
 		}
-		if errors.Is(verr, ErrClosed) {
-			return false, verr
+		if errors.Is(verr, ErrClosed) || ctx.Err() != nil {
+			return false, verr // the file may well be valid
 		}
 		s.log.Warn("admin token file is not a valid operator credential; replacing it", "path", path, "error", verr)
 	case !errors.Is(err, fs.ErrNotExist):

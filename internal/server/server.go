@@ -784,6 +784,7 @@ func (l *lazyFirmware) Command(img firmware.Image, id device.ID, ttl time.Durati
 }
 
 var (
+	_ broker.Authenticator   = (*brokerauth.Auth)(nil)
 	_ shadow.Publisher       = (*broker.Server)(nil)
 	_ shadow.ClientPublisher = (*broker.Server)(nil)
 	_ shadow.ClientPublisher = (*lazyPublisher)(nil)
