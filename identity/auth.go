@@ -197,7 +197,7 @@ func (s *Store) Allow(sess Session, topic string, write bool) bool {
 	if s.cfg.Anonymous {
 		// The topic lines before the first user line.
 		sub = policy.Subject{Role: policy.RoleOperator, ClientID: sess.ClientID}
-	} else if ok = s.validFor(sess.Principal, sess.Credential); ok {
+	} else if ok = s.validFor(&sess.Principal, sess.Credential); ok {
 		sub = policy.Subject{Role: string(sess.Principal.Role), User: sess.Principal.Name, ClientID: sess.ClientID}
 	}
 	if ok {

@@ -47,6 +47,7 @@ const (
 // checks it. Entries of Store.current are replaced, never modified.
 type credential struct {
 	role      Role
+	device    bool   // role == RoleDevice, for Allow
 	secret    string // secret generation: changes with every new secret
 	enrolment string // devices: changes only when the device is enrolled again
 }
@@ -89,24 +90,30 @@ func (s *Store) currentOf(name string) *credential {
 // sessions invalid even though the name is valid again. In anonymous mode
 // every session is valid. Valid takes no lock.
 func (s *Store) Valid(sess Session) bool {
-	return s.cfg.Anonymous || s.validFor(sess.Principal, sess.Credential)
+	return s.cfg.Anonymous || s.validFor(&sess.Principal, sess.Credential)
 }
 
 // validFor reports whether p is a principal Authenticate can have
-// returned, and cred its current credential.
-func (s *Store) validFor(p Principal, cred string) bool {
-	if !p.wellFormed() {
-		return false
-	}
+// returned (see wellFormed), and cred its current credential. It is on
+// the broker's hot path: it checks the shape after the lookup, which
+// already rules out every role Authenticate does not give.
+func (s *Store) validFor(p *Principal, cred string) bool {
 	c := s.currentOf(p.Name)
 	if c == nil || c.role != p.Role {
+		return false // c.role is a role Authenticate gives
+	}
+	if c.device {
+		if string(p.Device) != p.Name {
+			return false
+		}
+	} else if p.Device != "" {
 		return false
 	}
 	switch {
 	case strings.HasPrefix(cred, credSecret):
 		return cred[len(credSecret):] == c.secret
 	case strings.HasPrefix(cred, credCert):
-		return p.Role == RoleDevice && cred[len(credCert):] == c.enrolment
+		return c.device && cred[len(credCert):] == c.enrolment
 	}
 	return false
 }
@@ -216,6 +223,7 @@ func (s *Store) loadCredentials(ctx context.Context) error {
 func (r Record) credential() *credential {
 	c := &credential{role: r.Role, secret: r.SecretGen}
 	if r.IsDevice() {
+		c.device = true
 		c.enrolment = r.Enrolment
 	}
 	return c
