@@ -170,37 +170,17 @@ func (s *Store) revoked(ctx context.Context, p Principal, reason string) {
 // between pages.
 func (s *Store) loadCredentials(ctx context.Context) error {
 	var migrated []Record
-	for after := ""; ; {
-		page, err := s.st.Devices(ctx, device.ID(after), pageSize)
-		if err != nil {
-			return fmt.Errorf("identity: load devices: %w", err)
+	load := func(r Record) {
+		if r.SecretGen == "" || r.IsDevice() && r.Enrolment == "" {
+			migrated = append(migrated, r)
 		}
-		if len(page) == 0 {
-			break
-		}
-		for _, r := range page {
-			if r.Enrolment == "" || r.SecretGen == "" {
-				migrated = append(migrated, r)
-			}
-			s.setCurrent(r.Name, r.credential())
-		}
-		after = page[len(page)-1].Name
+		s.setCurrent(r.Name, r.credential())
 	}
-	for after := ""; ; {
-		page, err := s.st.Tokens(ctx, after, pageSize)
-		if err != nil {
-			return fmt.Errorf("identity: load tokens: %w", err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		for _, r := range page {
-			if r.SecretGen == "" {
-				migrated = append(migrated, r)
-			}
-			s.setCurrent(r.Name, r.credential())
-		}
-		after = page[len(page)-1].Name
+	if err := s.scanDevices(ctx, load); err != nil {
+		return fmt.Errorf("identity: load devices: %w", err)
+	}
+	if err := s.scan(ctx, s.st.Tokens, load); err != nil {
+		return fmt.Errorf("identity: load tokens: %w", err)
 	}
 	for _, prev := range migrated {
 		next := prev

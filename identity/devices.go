@@ -178,21 +178,8 @@ func (s *Store) GetDevice(ctx context.Context, id device.ID) (Device, error) {
 // error when ctx ends between pages.
 func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
 	var list []Device
-	for after := device.ID(""); ; {
-		if err := s.check(ctx); err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		page, err := s.st.Devices(ctx, after, pageSize)
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", closedErr(err))
-		}
-		if len(page) == 0 {
-			break
-		}
-		for _, r := range page {
-			list = append(list, r.device())
-		}
-		after = device.ID(page[len(page)-1].Name)
+	if err := s.scanDevices(ctx, func(r Record) { list = append(list, r.device()) }); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	s.presenceMu.Lock()
 	for i := range list {
@@ -202,6 +189,35 @@ func (s *Store) ListDevices(ctx context.Context) ([]Device, error) {
 	}
 	s.presenceMu.Unlock()
 	return list, nil
+}
+
+// scan calls fn with every record that page returns, reading from the
+// first a page of pageSize records at a time, in order, and checking ctx
+// (and Close) before each page.
+func (s *Store) scan(ctx context.Context, page func(ctx context.Context, after string, limit int) ([]Record, error), fn func(Record)) error {
+	for after := ""; ; {
+		if err := s.check(ctx); err != nil {
+			return err
+		}
+		recs, err := page(ctx, after, pageSize)
+		if err != nil {
+			return closedErr(err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		for _, r := range recs {
+			fn(r)
+		}
+		after = recs[len(recs)-1].Name
+	}
+}
+
+// scanDevices is scan over Storage.Devices.
+func (s *Store) scanDevices(ctx context.Context, fn func(Record)) error {
+	return s.scan(ctx, func(ctx context.Context, after string, limit int) ([]Record, error) {
+		return s.st.Devices(ctx, device.ID(after), limit)
+	}, fn)
 }
 
 func (r Record) device() Device {

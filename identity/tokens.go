@@ -101,21 +101,11 @@ func (s *Store) createToken(ctx context.Context, role Role, name string, replace
 // ListTokens returns every token in name order.
 func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
 	var list []Token
-	for after := ""; ; {
-		if err := s.check(ctx); err != nil {
-			return nil, fmt.Errorf("list tokens: %w", err)
-		}
-		page, err := s.st.Tokens(ctx, after, pageSize)
-		if err != nil {
-			return nil, fmt.Errorf("list tokens: %w", closedErr(err))
-		}
-		if len(page) == 0 {
-			break
-		}
-		for _, r := range page {
-			list = append(list, Token{Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt})
-		}
-		after = page[len(page)-1].Name
+	err := s.scan(ctx, s.st.Tokens, func(r Record) {
+		list = append(list, Token{Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	return list, nil
 }

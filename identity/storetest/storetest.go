@@ -544,28 +544,10 @@ func load(t *testing.T, st identity.Storage, probe []string) State {
 		t.Fatalf("KeyCheck: %v", err)
 	}
 	// Pages of 2 exercise the cursor.
-	for after := device.ID(""); ; {
-		page, err := st.Devices(ctx, after, 2)
-		if err != nil {
-			t.Fatalf("Devices: %v", err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		s.Devices = append(s.Devices, page...)
-		after = device.ID(page[len(page)-1].Name)
-	}
-	for after := ""; ; {
-		page, err := st.Tokens(ctx, after, 2)
-		if err != nil {
-			t.Fatalf("Tokens: %v", err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		s.Tokens = append(s.Tokens, page...)
-		after = page[len(page)-1].Name
-	}
+	s.Devices = scanAll(t, "Devices", func(after string) ([]identity.Record, error) {
+		return st.Devices(ctx, device.ID(after), 2)
+	})
+	s.Tokens = scanAll(t, "Tokens", func(after string) ([]identity.Record, error) { return st.Tokens(ctx, after, 2) })
 	s.Certs = map[string]device.ID{}
 	s.Removed = map[device.ID]time.Time{}
 	fps := probe
@@ -596,6 +578,23 @@ func load(t *testing.T, st identity.Storage, probe []string) State {
 		t.Fatalf("Presence: %v", err)
 	}
 	return s
+}
+
+// scanAll reads every record of a scan, page after page.
+func scanAll(t *testing.T, what string, page func(after string) ([]identity.Record, error)) []identity.Record {
+	t.Helper()
+	var all []identity.Record
+	for after := ""; ; {
+		recs, err := page(after)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if len(recs) == 0 {
+			return all
+		}
+		all = append(all, recs...)
+		after = recs[len(recs)-1].Name
+	}
 }
 
 // fill completes a case's want with what load reports for probe.
