@@ -18,6 +18,7 @@ import (
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
+	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
 	"github.com/umbra-iot/umbra/wire"
@@ -168,7 +169,11 @@ func startUmbra() (url string, stop func()) {
 	if _, err := fw.Upload(ctx, firmware.UploadRequest{Version: "1.2.0"}, strings.NewReader("new firmware")); err != nil {
 		log.Fatal(err)
 	}
-	planner, err = rollout.Open(ctx, rollout.Config{Path: filepath.Join(dir, "rollout.db"), Shadows: rollout.EngineShadows(eng),
+	st, err := rolloutstore.Open(ctx, rolloutstore.Config{Path: filepath.Join(dir, "rollout.db")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	planner, err = rollout.Open(ctx, rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng),
 		Firmware: fw, Tick: 10 * time.Millisecond})
 	if err != nil {
 		log.Fatal(err)
@@ -215,6 +220,7 @@ func startUmbra() (url string, stop func()) {
 		close(quit)
 		<-fleetDone
 		planner.Close(ctx)
+		st.Close(ctx)
 		eng.Close(ctx)
 		fw.Close(ctx)
 		os.RemoveAll(dir)

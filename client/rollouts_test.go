@@ -21,6 +21,7 @@ import (
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
+	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
 	"github.com/umbra-iot/umbra/wire"
@@ -85,7 +86,12 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 		}}
 	e := &rolloutEnv{eng: eng}
 	if withPlanner {
-		p, err := rollout.Open(t.Context(), rollout.Config{Path: filepath.Join(dir, "rollout.db"), Shadows: rollout.EngineShadows(eng),
+		st, err := rolloutstore.Open(t.Context(), rolloutstore.Config{Path: filepath.Join(dir, "rollout.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close(context.Background()) })
+		p, err := rollout.Open(t.Context(), rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng),
 			Firmware: fw, Tick: 5 * time.Millisecond, Logger: log})
 		if err != nil {
 			t.Fatal(err)

@@ -1,17 +1,13 @@
 package rollout
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
@@ -49,7 +45,7 @@ type Status struct {
 // begin locks mu for an API call; the error wraps ErrClosed.
 func (p *Planner) begin() error {
 	p.mu.Lock()
-	if p.closed {
+	if p.closed.Load() {
 		p.mu.Unlock()
 		return ErrClosed
 	}
@@ -96,31 +92,18 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 	r := Rollout{Firmware: spec.Firmware, State: StateCreated, Policy: spec.Policy, Targets: len(targets),
 		Batches: planBatches(len(targets), spec.Policy), Created: now, Updated: now, RetryOf: retryOf,
 		Selector: maps.Clone(spec.Selector), All: spec.All, Excluded: spec.Excluded}
-	var ev Event
-	err := p.db.Update(func(tx *bolt.Tx) error {
-		id, err := nextID(tx)
-		if err != nil {
-			return err
-		}
-		r.ID = id
-		if err := createRollout(tx, &r, targets); err != nil {
-			return err
-		}
-		reason := fmt.Sprintf("%d targets in %d batches", len(targets), len(r.Batches))
-		if spec.Excluded > 0 {
-			reason += fmt.Sprintf(", %d devices excluded for a hardware mismatch", spec.Excluded)
-		}
-		if retryOf != "" {
-			reason += ", retrying " + retryOf
-		}
-		b, _ := rolloutBucket(tx, id)
-		ev, err = appendEvent(b, Event{Time: now, Kind: EventCreated, State: StateCreated, Reason: reason})
-		return err
-	})
+	reason := fmt.Sprintf("%d targets in %d batches", len(targets), len(r.Batches))
+	if spec.Excluded > 0 {
+		reason += fmt.Sprintf(", %d devices excluded for a hardware mismatch", spec.Excluded)
+	}
+	if retryOf != "" {
+		reason += ", retrying " + retryOf
+	}
+	r, ev, err := p.store.Create(ctx, r, targets, Event{Time: now, Kind: EventCreated, State: StateCreated, Reason: reason})
 	if err != nil {
 		return Rollout{}, fmt.Errorf("create: %w", err)
 	}
-	p.adopt(&run{r: r, targets: targets, devs: make([]Device, len(targets)), undelivered: map[int]json.RawMessage{},
+	p.adopt(&run{r: r, targets: targets, devs: make([]Device, len(targets)), undelivered: map[int][]byte{},
 		jobs: map[device.ID]jobRef{}})
 	p.emit(r.ID, ev)
 	p.log.Info("rollout created", logKeyRollout, r.ID, "firmware", r.Firmware, "targets", len(targets))
@@ -155,39 +138,13 @@ func cloneRollout(r Rollout) Rollout {
 }
 
 // snapshot returns rollout id with its targets and records: the live run
-// (shared; caller holds mu and must not keep it) or a copy loaded from
-// disk, plus the stored errors of failed devices.
-func (p *Planner) snapshot(id string, withErrs bool) (*run, map[int]string, error) {
-	ru := p.runs[id]
-	errs := map[int]string{}
-	err := p.db.View(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, id)
-		if err != nil {
-			return err
-		}
-		if ru == nil {
-			r, err := getMeta(b)
-			if err != nil {
-				return err
-			}
-			targets, devs, err := loadTargets(b, r.Targets)
-			if err != nil {
-				return err
-			}
-			ru = &run{r: r, targets: targets, devs: devs}
-		}
-		if !withErrs {
-			return nil
-		}
-		return b.Bucket(bucketErr).ForEach(func(k, v []byte) error {
-			errs[int(beUint32(k))] = string(v)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, nil, err
+// (shared; caller holds mu and must not keep it) or a copy loaded from the
+// store.
+func (p *Planner) snapshot(ctx context.Context, id string) (*run, error) {
+	if ru := p.runs[id]; ru != nil {
+		return ru, nil
 	}
-	return ru, errs, nil
+	return p.loadRun(ctx, id)
 }
 
 // Get returns rollout id's status: per-state and per-batch counts and the
@@ -197,11 +154,12 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 		return Status{}, fmt.Errorf("get %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	ru, errs, err := p.snapshot(id, true)
+	ru, err := p.snapshot(ctx, id)
 	if err != nil {
 		return Status{}, fmt.Errorf("get %s: %w", id, err)
 	}
 	st := Status{Rollout: cloneRollout(ru.r), Counts: map[DeviceState]int{}}
+	var failing []int // positions of st.Failing
 	for bi, b := range ru.r.Batches {
 		bs := BatchStatus{Index: bi, Start: b.Start, Size: b.Size, State: "waiting", Counts: map[DeviceState]int{}}
 		var c counts
@@ -209,7 +167,8 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 			d := ru.devs[i]
 			c[d.State]++
 			if d.State.Failure() && len(st.Failing) < MaxFailingListed {
-				st.Failing = append(st.Failing, ru.deviceStatus(i, bi, errs[i]))
+				st.Failing = append(st.Failing, ru.deviceStatus(i, bi, ""))
+				failing = append(failing, i)
 			}
 		}
 		for s, n := range c {
@@ -226,6 +185,15 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 			bs.State = "running"
 		}
 		st.Batches = append(st.Batches, bs)
+	}
+	if len(failing) > 0 {
+		errs, err := p.store.Errors(ctx, id, failing)
+		if err != nil {
+			return Status{}, fmt.Errorf("get %s: %w", id, err)
+		}
+		for k, i := range failing {
+			st.Failing[k].Error = errs[i]
+		}
 	}
 	return st, nil
 }
@@ -260,20 +228,14 @@ func (p *Planner) List(ctx context.Context) ([]Rollout, error) {
 		return nil, fmt.Errorf("list: %w", err)
 	}
 	defer p.mu.Unlock()
-	var out []Rollout
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRollouts).ForEachBucket(func(k []byte) error {
-			if ru := p.runs[string(k)]; ru != nil {
-				out = append(out, cloneRollout(ru.r))
-				return nil
-			}
-			r, err := getMeta(tx.Bucket(bucketRollouts).Bucket(k))
-			out = append(out, r)
-			return err
-		})
-	})
+	out, err := p.store.Rollouts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
+	}
+	for i, r := range out {
+		if ru := p.runs[r.ID]; ru != nil {
+			out[i] = cloneRollout(ru.r)
+		}
 	}
 	slices.SortFunc(out, func(a, b Rollout) int { return compareIDs(a.ID, b.ID) })
 	return out, nil
@@ -286,7 +248,11 @@ func (p *Planner) Devices(ctx context.Context, id string, states ...DeviceState)
 		return nil, fmt.Errorf("devices %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	ru, errs, err := p.snapshot(id, true)
+	ru, err := p.snapshot(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("devices %s: %w", id, err)
+	}
+	errs, err := p.store.Errors(ctx, id, nil)
 	if err != nil {
 		return nil, fmt.Errorf("devices %s: %w", id, err)
 	}
@@ -305,10 +271,10 @@ func (p *Planner) Devices(ctx context.Context, id string, states ...DeviceState)
 // start on, in rollout order, keeping only those in states (all when
 // empty), and the position the next page starts at (-1 after the last).
 // The work is proportional to the positions scanned, not to the number of
-// targets, for active rollouts (in memory) and finished ones (read from
-// the file by position) alike; error texts are read only for the devices
-// returned. Errors wrap ErrInvalid (start or limit), ErrNotFound or
-// ErrClosed.
+// targets, for active rollouts (in memory) and finished ones (an ordered
+// scan of the store from start) alike; error texts are read only for the
+// devices returned. Errors wrap ErrInvalid (start or limit), ErrNotFound
+// or ErrClosed.
 func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceState, start, limit int) ([]DeviceStatus, int, error) {
 	if start < 0 || limit < 1 {
 		return nil, -1, fmt.Errorf("devices %s: %w: start %d, limit %d", id, ErrInvalid, start, limit)
@@ -317,125 +283,76 @@ func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceSta
 		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	var out []DeviceStatus
-	next := -1
-	err := p.db.View(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, id)
-		if err != nil {
-			return err
-		}
-		ru := p.runs[id]
-		if ru == nil { // finished: only its record, not its devices
-			r, err := getMeta(b)
-			if err != nil {
-				return err
-			}
-			ru = &run{r: r}
-		}
-		out = []DeviceStatus{}
-		if start >= ru.r.Targets {
-			return nil // past the end: an empty page
-		}
-		it, err := newPageIter(ru, b, start)
-		if err != nil {
-			return err
-		}
-		eb := b.Bucket(bucketErr)
-		for i := start; i < ru.r.Targets; i++ {
-			target, d, err := it.next(i)
-			if err != nil {
-				return err
-			}
-			if len(states) > 0 && !slices.Contains(states, d.State) {
-				continue
-			}
-			if len(out) == limit {
-				next = i
-				break
-			}
-			// The last error of the device, as Devices shows it: a failure,
-			// or the reason of a retry to come.
-			msg := string(eb.Get(indexKey(i)))
-			out = append(out, ru.r.deviceStatus(target, d, ru.r.batchOf(i), msg))
-		}
-		return nil
-	})
+	out, next, err := p.devicesPage(ctx, id, states, start, limit)
 	if err != nil {
 		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
 	}
 	return out, next, nil
 }
 
-// pageIter yields targets and their records from a position on: from
-// memory for an active rollout, else from the stored target list and
-// device records.
-type pageIter struct {
-	ru   *run
-	list []byte       // the rest of the stored target list, from the next position
-	cur  *bolt.Cursor // device records
-	k, v []byte       // the cursor's current record
-}
-
-func newPageIter(ru *run, b *bolt.Bucket, start int) (*pageIter, error) {
-	it := &pageIter{ru: ru}
-	if ru.devs != nil {
-		return it, nil
-	}
-	it.list = b.Get(keyTargets)
-	for range min(start, ru.r.Targets) {
-		i := bytes.IndexByte(it.list, '\n')
-		if i < 0 {
-			return nil, errors.New("corrupt target list: too short")
-		}
-		it.list = it.list[i+1:]
-	}
-	it.cur = b.Bucket(bucketDev).Cursor()
-	it.k, it.v = it.cur.Seek(indexKey(start))
-	return it, nil
-}
-
-// next returns target i; calls come with i increasing by one from start.
-func (it *pageIter) next(i int) (device.ID, Device, error) {
-	if it.ru.devs != nil {
-		return it.ru.targets[i], it.ru.devs[i], nil
-	}
-	end := bytes.IndexByte(it.list, '\n')
-	if end < 0 {
-		end = len(it.list)
-	}
-	target := device.ID(it.list[:end])
-	it.list = it.list[min(end+1, len(it.list)):]
-	var d Device
-	if it.k != nil && bytes.Equal(it.k, indexKey(i)) {
+// devicesPage is DevicesPage with mu held.
+func (p *Planner) devicesPage(ctx context.Context, id string, states []DeviceState, start, limit int) ([]DeviceStatus, int, error) {
+	r, ru := Rollout{}, p.runs[id]
+	if ru != nil {
+		r = ru.r
+	} else { // finished: only its record, not its devices
 		var err error
-		if d, err = decodeDevice(it.v); err != nil {
-			return "", Device{}, err
+		if r, err = p.store.Rollout(ctx, id); err != nil {
+			return nil, -1, err
 		}
-		it.k, it.v = it.cur.Next()
 	}
-	return target, d, nil
+	out, next := []DeviceStatus{}, -1
+	var pos []int // positions of out
+	keep := func(i int, target device.ID, d Device) bool {
+		if len(states) > 0 && !slices.Contains(states, d.State) {
+			return true
+		}
+		if len(out) == limit {
+			next = i
+			return false
+		}
+		out = append(out, r.deviceStatus(target, d, r.batchOf(i), ""))
+		pos = append(pos, i)
+		return true
+	}
+	if start >= r.Targets {
+		return out, -1, nil // past the end: an empty page
+	}
+	if ru != nil {
+		for i := start; i < r.Targets && keep(i, ru.targets[i], ru.devs[i]); i++ {
+		}
+	} else if err := p.store.Targets(ctx, id, start, keep); err != nil {
+		return nil, -1, err
+	}
+	if len(pos) > 0 {
+		// The last error of each device, as Devices shows it: a failure,
+		// or the reason of a retry to come.
+		errs, err := p.store.Errors(ctx, id, pos)
+		if err != nil {
+			return nil, -1, err
+		}
+		for k, i := range pos {
+			out[k].Error = errs[i]
+		}
+	}
+	return out, next, nil
 }
 
 // Events returns rollout id's event log, oldest first. Errors wrap
 // ErrNotFound or ErrClosed.
 func (p *Planner) Events(ctx context.Context, id string) ([]Event, error) {
+	return p.EventsAfter(ctx, id, 0)
+}
+
+// EventsAfter returns the events of rollout id whose Seq is above after,
+// oldest first, read from that point on. Errors wrap ErrNotFound or
+// ErrClosed.
+func (p *Planner) EventsAfter(ctx context.Context, id string, after uint64) ([]Event, error) {
 	if err := p.begin(); err != nil {
 		return nil, fmt.Errorf("events %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	var out []Event
-	err := p.db.View(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, id)
-		if err != nil {
-			return err
-		}
-		return b.Bucket(bucketEv).ForEach(func(_, v []byte) error {
-			var ev Event
-			err := json.Unmarshal(v, &ev)
-			out = append(out, ev)
-			return err
-		})
-	})
+	out, err := p.store.Events(ctx, id, after)
 	if err != nil {
 		return nil, fmt.Errorf("events %s: %w", id, err)
 	}
@@ -445,29 +362,14 @@ func (p *Planner) Events(ctx context.Context, id string) ([]Event, error) {
 // control applies an operator command to rollout id under mu: f changes
 // the live run and returns the event reason ("" when nothing changed, which
 // makes every command idempotent).
-func (p *Planner) control(op, id string, f func(ru *run) (string, error)) (Rollout, error) {
+func (p *Planner) control(ctx context.Context, op, id string, f func(ru *run) (string, error)) (Rollout, error) {
 	if err := p.begin(); err != nil {
 		return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
 	}
 	defer p.mu.Unlock()
-	ru := p.runs[id]
-	if ru == nil {
-		loaded, _, err := p.snapshot(id, false)
-		if err != nil {
-			return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
-		}
-		ru = loaded
-		ru.undelivered = map[int]json.RawMessage{}
-		err = p.db.View(func(tx *bolt.Tx) error {
-			b, err := rolloutBucket(tx, id)
-			if err == nil {
-				ru.jobs, err = loadJobs(b, ru.r.Targets)
-			}
-			return err
-		})
-		if err != nil {
-			return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
-		}
+	ru, err := p.snapshot(ctx, id)
+	if err != nil {
+		return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
 	}
 	before := ru.r
 	reason, err := f(ru)
@@ -481,18 +383,8 @@ func (p *Planner) control(op, id string, f func(ru *run) (string, error)) (Rollo
 	now := p.cfg.Now()
 	ru.r.Updated = now
 	ru.r.Settled = false
-	var ev Event
-	err = p.db.Update(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, id)
-		if err != nil {
-			return err
-		}
-		if err := putMeta(b, &ru.r); err != nil {
-			return err
-		}
-		ev, err = appendEvent(b, Event{Time: now, Kind: EventState, State: ru.r.State, Reason: reason})
-		return err
-	})
+	evs, err := p.store.Commit(ctx, &Changes{Rollouts: []Rollout{ru.r},
+		Events: []EventWrite{{Rollout: id, Event: Event{Time: now, Kind: EventState, State: ru.r.State, Reason: reason}}}})
 	if err != nil {
 		ru.r = before
 		return Rollout{}, fmt.Errorf("%s %s: %w", op, id, err)
@@ -500,7 +392,7 @@ func (p *Planner) control(op, id string, f func(ru *run) (string, error)) (Rollo
 	if p.runs[id] == nil {
 		p.adopt(ru)
 	}
-	p.emit(id, ev)
+	p.emit(id, evs[0])
 	p.log.Info("rollout "+op, logKeyRollout, id, logKeyState, ru.r.State)
 	p.poke()
 	return cloneRollout(ru.r), nil
@@ -510,7 +402,7 @@ func (p *Planner) control(op, id string, f func(ru *run) (string, error)) (Rollo
 // continue and still time out. Pausing a paused rollout does nothing.
 // Errors wrap ErrNotFound, ErrState (finished) or ErrClosed.
 func (p *Planner) Pause(ctx context.Context, id string) (Rollout, error) {
-	return p.control("pause", id, func(ru *run) (string, error) {
+	return p.control(ctx, "pause", id, func(ru *run) (string, error) {
 		if ru.r.State == StatePaused {
 			return "", nil
 		}
@@ -528,7 +420,7 @@ func (p *Planner) Pause(ctx context.Context, id string) (Rollout, error) {
 // running rollout does nothing. Errors wrap ErrNotFound, ErrState or
 // ErrClosed.
 func (p *Planner) Resume(ctx context.Context, id string) (Rollout, error) {
-	return p.control("resume", id, func(ru *run) (string, error) {
+	return p.control(ctx, "resume", id, func(ru *run) (string, error) {
 		if ru.r.State == StateRunning {
 			return "", nil
 		}
@@ -555,7 +447,7 @@ func (p *Planner) Resume(ctx context.Context, id string) (Rollout, error) {
 // aborted rollout does nothing (but may add the rollback). Errors wrap
 // ErrNotFound, ErrState (succeeded or failed; use Rollback) or ErrClosed.
 func (p *Planner) Abort(ctx context.Context, id string, rollback bool) (Rollout, error) {
-	return p.control("abort", id, func(ru *run) (string, error) {
+	return p.control(ctx, "abort", id, func(ru *run) (string, error) {
 		switch {
 		case ru.r.State == StateAborted:
 			if !rollback || ru.r.Rollback {
@@ -579,7 +471,7 @@ func (p *Planner) Abort(ctx context.Context, id string, rollback bool) (Rollout,
 // refused with a *ConflictError while such a device is in another active
 // rollout. Errors wrap ErrNotFound, ErrConflict or ErrClosed.
 func (p *Planner) Rollback(ctx context.Context, id string) (Rollout, error) {
-	return p.control("rollback", id, func(ru *run) (string, error) {
+	return p.control(ctx, "rollback", id, func(ru *run) (string, error) {
 		if ru.r.Rollback && !ru.r.State.Active() {
 			return "", nil
 		}
@@ -610,7 +502,7 @@ func (p *Planner) Retry(ctx context.Context, id string) (Rollout, error) {
 	if err := p.begin(); err != nil {
 		return Rollout{}, fmt.Errorf("retry %s: %w", id, err)
 	}
-	ru, _, err := p.snapshot(id, false)
+	ru, err := p.snapshot(ctx, id)
 	var spec Spec
 	if err == nil {
 		if ru.r.State.Active() {
@@ -671,7 +563,7 @@ func (p *Planner) AddDevices(ctx context.Context, id string, devices []device.ID
 	defer p.mu.Unlock()
 	ru := p.runs[id]
 	if ru == nil {
-		if _, _, err := p.snapshot(id, false); err != nil {
+		if _, err := p.store.Rollout(ctx, id); err != nil {
 			return Rollout{}, fmt.Errorf("add devices %s: %w", id, err)
 		}
 		return Rollout{}, fmt.Errorf("add devices %s: %w: rollout is finished", id, ErrState)
@@ -717,28 +609,15 @@ func (p *Planner) AddDevices(ctx context.Context, id string, devices []device.ID
 	r.Targets = n + len(list)
 	r.Updated = p.cfg.Now()
 	targets := append(slices.Clip(ru.targets), list...)
-	var ev Event
-	err := p.db.Update(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, id)
-		if err != nil {
-			return err
-		}
-		if err := putTargets(b, targets); err != nil {
-			return err
-		}
-		if err := putMeta(b, &r); err != nil {
-			return err
-		}
-		ev, err = appendEvent(b, Event{Time: r.Updated, Kind: EventDevicesAdded,
-			Reason: fmt.Sprintf("%d devices in %d batches", len(list), len(batches))})
-		return err
-	})
+	evs, err := p.store.Commit(ctx, &Changes{Rollouts: []Rollout{r}, Targets: []TargetList{{Rollout: id, Targets: targets}},
+		Events: []EventWrite{{Rollout: id, Event: Event{Time: r.Updated, Kind: EventDevicesAdded,
+			Reason: fmt.Sprintf("%d devices in %d batches", len(list), len(batches))}}}})
 	if err != nil {
 		return Rollout{}, fmt.Errorf("add devices %s: %w", id, err)
 	}
 	ru.r, ru.targets = r, targets
 	ru.devs = append(ru.devs, make([]Device, len(list))...)
-	p.emit(id, ev)
+	p.emit(id, evs[0])
 	p.poke()
 	return cloneRollout(r), nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/boltstore"
 )
 
 // lean devices install at once and keep only their report (no desired
@@ -63,7 +64,11 @@ func BenchmarkPlannerMemory(b *testing.B) {
 		lean := &leanShadows{reports: make(map[device.ID]firmware.Report, n)}
 		gate := make(chan struct{})
 		path := filepath.Join(b.TempDir(), "rollout.db")
-		p, err := rollout.Open(b.Context(), rollout.Config{Path: path,
+		st, err := boltstore.Open(b.Context(), boltstore.Config{Path: path})
+		if err != nil {
+			b.Fatal(err)
+		}
+		p, err := rollout.Open(b.Context(), rollout.Config{Store: st,
 			Shadows: gatedLean{lean, gate, &sync.Once{}}, Firmware: newFakeFirmware("2.0.0"), Tick: 10 * time.Millisecond,
 			NotifyPerPass: 4096})
 		if err != nil {
@@ -88,6 +93,9 @@ func BenchmarkPlannerMemory(b *testing.B) {
 		b.ReportMetric(float64(held-before)/float64(n), "B/device")
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "devices/s")
 		if err := p.Close(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		if err := st.Close(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		if fi, err := os.Stat(path); err == nil {
@@ -124,7 +132,7 @@ func BenchmarkDevicesPage(b *testing.B) {
 		n = 2_000
 	}
 	lean := &leanShadows{reports: make(map[device.ID]firmware.Report, n)}
-	p, err := rollout.Open(b.Context(), rollout.Config{Path: filepath.Join(b.TempDir(), "rollout.db"),
+	p, err := rollout.Open(b.Context(), rollout.Config{Store: openStore(b, ""),
 		Shadows: lean, Firmware: newFakeFirmware("2.0.0"), Tick: 10 * time.Millisecond, NotifyPerPass: 4096})
 	if err != nil {
 		b.Fatal(err)

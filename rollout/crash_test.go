@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/boltstore"
 )
 
 const crashChildEnv = "ROLLOUT_CRASH_CHILD"
@@ -61,7 +62,12 @@ func runCrashChild(dir string) int {
 		return 1
 	}
 	sh := &logShadows{f: f, reports: map[device.ID]firmware.Report{}, delay: 5 * time.Millisecond}
-	p, err := rollout.Open(context.Background(), rollout.Config{Path: filepath.Join(dir, "rollout.db"),
+	st, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, "rollout.db")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	p, err := rollout.Open(context.Background(), rollout.Config{Store: st,
 		Shadows: sh, Firmware: newFakeFirmware("2.0.0"), Tick: 5 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -115,7 +121,7 @@ func TestKillMidRollout(t *testing.T) {
 	for _, w := range before {
 		sh.reports[w.id] = firmware.Report{Version: "2.0.0", State: firmware.StateUpdated, Job: w.token}
 	}
-	p, err := rollout.Open(t.Context(), rollout.Config{Path: filepath.Join(dir, "rollout.db"),
+	p, err := rollout.Open(t.Context(), rollout.Config{Store: openStore(t, filepath.Join(dir, "rollout.db")),
 		Shadows: sh, Firmware: newFakeFirmware("2.0.0"), Tick: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -97,7 +97,7 @@
 // the pass re-reads only in-flight devices (all of them every
 // Config.Rescan, so a lost hint costs latency, not correctness). A pass
 // observes reports, steps every rollout, commits all record changes in one
-// bbolt transaction, and only then writes shadows, Config.WriteConcurrency at
+// atomic Store.Commit, and only then writes shadows, Config.WriteConcurrency at
 // once so that the shadow engine groups their commits. Config.OnEvent receives
 // every committed event (the seam for MQTT progress topics).
 //
@@ -108,10 +108,16 @@
 // internal/rolloutwire), which leaves out the bookkeeping of Rollout
 // (Versions, Forced, FailBase, Settled, Approval, Approved).
 //
-// State lives in its own bbolt file (Config.Path, rollout.db): rollout
-// metadata, the target list, one 12-byte record per device that left
-// pending, the event log, the errors of failed devices, intents, the Jobs
-// devices and their executions. Crash safety: the intent "notify device X,
+// State lives in a Store (Config.Store), declared here with exactly the
+// atomicity the planner needs: rollout IDs and event sequence numbers from
+// sequences that only grow, a group of writes committed atomically and
+// durably, and ordered scans from a position (a page of targets, the
+// events after a sequence number). It holds rollout metadata, the target
+// list, one record per device that left pending, the event log, the
+// errors of failed devices, intents, the Jobs devices and their
+// executions. rollout/boltstore keeps it in a bbolt file, rollout.db;
+// rollout/storetest is the contract every store passes. The caller opens
+// the store and closes it after the planner. Crash safety: the intent "notify device X,
 // attempt k, with this exact command (job J)" is committed before the
 // shadow is written and removed after; on Open undelivered intents are
 // re-issued with the same command and token, so a crash at any point

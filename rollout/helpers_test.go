@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/boltstore"
 )
 
 func TestMain(m *testing.M) {
@@ -178,14 +179,33 @@ func (f *fakeFirmware) Command(img firmware.Image, id device.ID, ttl time.Durati
 		URL: fmt.Sprintf("http://127.0.0.1/fw/%s?d=%s&n=%d", img.SHA256, id, n), Signature: "c2ln", Job: job}
 }
 
-// mustOpen opens a planner on path (in a temp dir when empty) wired to fs,
-// closed by t.Cleanup.
-func mustOpen(tb testing.TB, path string, fs *fakeShadows, fw *fakeFirmware, mod func(*rollout.Config)) *rollout.Planner {
+// openStore opens the bbolt store at path (in a temp dir when empty),
+// closed by tb.Cleanup after the planners opened on it later.
+func openStore(tb testing.TB, path string) *boltstore.Store {
 	tb.Helper()
 	if path == "" {
 		path = filepath.Join(tb.TempDir(), "rollout.db")
 	}
-	cfg := rollout.Config{Path: path, Shadows: fs, Firmware: fw, Tick: 5 * time.Millisecond,
+	st, err := boltstore.Open(tb.Context(), boltstore.Config{Path: path})
+	if err != nil {
+		tb.Fatalf("open store: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := st.Close(context.Background()); err != nil {
+			tb.Errorf("close store: %v", err)
+		}
+	})
+	return st
+}
+
+// stores remembers the store mustOpen opened for each planner.
+var stores sync.Map // *rollout.Planner → *boltstore.Store
+
+// mustOpen opens a planner on a store at path (in a temp dir when empty)
+// wired to fs; t.Cleanup closes both.
+func mustOpen(tb testing.TB, path string, fs *fakeShadows, fw *fakeFirmware, mod func(*rollout.Config)) *rollout.Planner {
+	tb.Helper()
+	cfg := rollout.Config{Store: openStore(tb, path), Shadows: fs, Firmware: fw, Tick: 5 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if mod != nil {
 		mod(&cfg)
@@ -194,6 +214,7 @@ func mustOpen(tb testing.TB, path string, fs *fakeShadows, fw *fakeFirmware, mod
 	if err != nil {
 		tb.Fatalf("Open: %v", err)
 	}
+	stores.Store(p, cfg.Store)
 	fs.mu.Lock()
 	fs.notify = p.Notify
 	fs.mu.Unlock()
@@ -203,6 +224,16 @@ func mustOpen(tb testing.TB, path string, fs *fakeShadows, fw *fakeFirmware, mod
 		}
 	})
 	return p
+}
+
+// stop closes planner p, then the store mustOpen opened for it (as umbra
+// serve does), so that its file may be opened again.
+func stop(p *rollout.Planner) error {
+	err := p.Close(context.Background())
+	if st, ok := stores.LoadAndDelete(p); ok {
+		err = errors.Join(err, st.(*boltstore.Store).Close(context.Background()))
+	}
+	return err
 }
 
 func ids(prefix string, n int) []device.ID {

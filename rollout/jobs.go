@@ -2,13 +2,10 @@ package rollout
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 )
@@ -36,10 +33,10 @@ type jobRef struct {
 	shadow bool
 }
 
-// execRecord is the stored form of a device's latest execution of a
-// rollout (rollouts/<id>/exec/<device>), with the final state of the
-// earlier ones.
-type execRecord struct {
+// ExecRecord is the stored form of a Jobs device's latest execution of a
+// rollout (see Store), with the final state of the earlier ones. Its JSON
+// is its storage form.
+type ExecRecord struct {
 	Index   int               `json:"index"`
 	Number  int               `json:"n"`
 	Status  ExecStatus        `json:"status"`
@@ -49,11 +46,12 @@ type execRecord struct {
 	Started int64             `json:"started,omitempty"`
 	Updated int64             `json:"updated"`
 	Shadow  bool              `json:"shadow,omitempty"` // see jobRef.shadow
-	Past    []pastExec        `json:"past,omitempty"`   // earlier executions, oldest first
+	Past    []PastExec        `json:"past,omitempty"`   // earlier executions, oldest first
 }
 
-// pastExec is the final state of an earlier execution.
-type pastExec struct {
+// PastExec is the final state of an earlier execution, kept in an
+// ExecRecord.
+type PastExec struct {
 	Number  int        `json:"n"`
 	Status  ExecStatus `json:"status"`
 	Version int64      `json:"v"`
@@ -61,11 +59,11 @@ type pastExec struct {
 }
 
 // execWrite stores the result of patch (applied to the stored record, if
-// any) as device id's execution of ru, in the pass's transaction.
+// any) as device id's execution of ru, in the pass's commit.
 type execWrite struct {
 	ru    *run
 	id    device.ID
-	patch func(old execRecord, found bool) execRecord
+	patch func(old ExecRecord, found bool) ExecRecord
 }
 
 func unixNS(ns int64) time.Time {
@@ -76,7 +74,7 @@ func unixNS(ns int64) time.Time {
 }
 
 // execution returns rec as the Execution of device id in r.
-func (r *Rollout) execution(id device.ID, rec execRecord) Execution {
+func (r *Rollout) execution(id device.ID, rec ExecRecord) Execution {
 	return Execution{
 		JobID: r.ID, Device: id, Number: rec.Number, Status: rec.Status, Details: rec.Details,
 		Version: rec.Version, QueuedAt: unixNS(rec.Queued), StartedAt: unixNS(rec.Started), UpdatedAt: unixNS(rec.Updated),
@@ -84,8 +82,8 @@ func (r *Rollout) execution(id device.ID, rec execRecord) Execution {
 	}
 }
 
-// pastExecution returns execution number n of rec's history, if any.
-func (r *Rollout) pastExecution(id device.ID, rec execRecord, n int) (Execution, bool) {
+// PastExecution returns execution number n of rec's history, if any.
+func (r *Rollout) PastExecution(id device.ID, rec ExecRecord, n int) (Execution, bool) {
 	for _, p := range rec.Past {
 		if p.Number == n {
 			return Execution{JobID: r.ID, Device: id, Number: n, Status: p.Status, Version: p.Version,
@@ -97,8 +95,8 @@ func (r *Rollout) pastExecution(id device.ID, rec execRecord, n int) (Execution,
 
 // inflightRecord is the execution record of device d, in flight and
 // notified through its shadow, when it becomes a Jobs device at now.
-func inflightRecord(i int, d Device, now time.Time) execRecord {
-	rec := execRecord{Index: i, Number: int(d.Attempt), Status: ExecQueued, Version: 1,
+func inflightRecord(i int, d Device, now time.Time) ExecRecord {
+	rec := ExecRecord{Index: i, Number: int(d.Attempt), Status: ExecQueued, Version: 1,
 		Queued: d.At, Updated: d.At, Shadow: true}
 	if d.State != DeviceNotified {
 		rec.Status = ExecInProgress
@@ -109,11 +107,11 @@ func inflightRecord(i int, d Device, now time.Time) execRecord {
 
 // queuedRecord is the record of a new execution (attempt n) of target i
 // queued at now, after old (if found).
-func queuedRecord(i, n int, now time.Time, old execRecord, found bool) execRecord {
+func queuedRecord(i, n int, now time.Time, old ExecRecord, found bool) ExecRecord {
 	ns := now.UnixNano()
-	rec := execRecord{Index: i, Number: n, Status: ExecQueued, Version: 1, Queued: ns, Updated: ns}
+	rec := ExecRecord{Index: i, Number: n, Status: ExecQueued, Version: 1, Queued: ns, Updated: ns}
 	if found && old.Number > 0 && old.Number != n {
-		rec.Past = append(slices.Clone(old.Past), pastExec{Number: old.Number, Status: old.Status, Version: old.Version, Updated: old.Updated})
+		rec.Past = append(slices.Clone(old.Past), PastExec{Number: old.Number, Status: old.Status, Version: old.Version, Updated: old.Updated})
 		if len(rec.Past) > MaxRetries+1 {
 			rec.Past = rec.Past[len(rec.Past)-MaxRetries-1:]
 		}
@@ -121,60 +119,9 @@ func queuedRecord(i, n int, now time.Time, old execRecord, found bool) execRecor
 	return rec
 }
 
-// loadJobs returns the Jobs devices of the rollout in b, which has n
-// targets.
-func loadJobs(b *bolt.Bucket, n int) (map[device.ID]jobRef, error) {
-	jobs := map[device.ID]jobRef{}
-	eb := b.Bucket(bucketExec)
-	if eb == nil {
-		return jobs, nil
-	}
-	err := eb.ForEach(func(k, v []byte) error {
-		var rec execRecord
-		if err := json.Unmarshal(v, &rec); err != nil || rec.Index < 0 || rec.Index >= n {
-			return fmt.Errorf("corrupt execution of %s", k)
-		}
-		jobs[device.ID(k)] = jobRef{i: rec.Index, shadow: rec.Shadow}
-		return nil
-	})
-	return jobs, err
-}
-
-func getExec(b *bolt.Bucket, id device.ID) (execRecord, bool, error) {
-	eb := b.Bucket(bucketExec)
-	if eb == nil {
-		return execRecord{}, false, nil
-	}
-	raw := eb.Get([]byte(id))
-	if raw == nil {
-		return execRecord{}, false, nil
-	}
-	var rec execRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return execRecord{}, false, fmt.Errorf("corrupt execution of %s: %w", id, err)
-	}
-	return rec, true, nil
-}
-
-func putExec(b *bolt.Bucket, id device.ID, rec execRecord) error {
-	eb, err := b.CreateBucketIfNotExists(bucketExec)
-	if err != nil {
-		return err
-	}
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return eb.Put([]byte(id), raw)
-}
-
 // isJobsDevice reports whether id has been marked (MarkJobs).
-func (p *Planner) isJobsDevice(id device.ID) bool {
-	found := false
-	err := p.db.View(func(tx *bolt.Tx) error {
-		found = tx.Bucket(bucketJobs).Get([]byte(id)) != nil
-		return nil
-	})
+func (p *Planner) isJobsDevice(ctx context.Context, id device.ID) bool {
+	found, err := p.store.JobsDevice(ctx, id)
 	if err != nil {
 		p.log.Warn("read jobs devices", logKeyDevice, id, logKeyErr, err)
 	}
@@ -193,39 +140,27 @@ func (p *Planner) MarkJobs(ctx context.Context, id device.ID) error {
 		return fmt.Errorf("mark jobs %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	return p.markLocked(id)
+	return p.markLocked(ctx, id)
 }
 
 // markLocked is MarkJobs with mu held.
-func (p *Planner) markLocked(id device.ID) error {
+func (p *Planner) markLocked(ctx context.Context, id device.ID) error {
 	rf, convert := p.inflight[id]
 	if convert {
 		_, done := rf.run.jobs[id]
 		convert = !done
 	}
-	if !convert && p.isJobsDevice(id) {
+	if !convert && p.isJobsDevice(ctx, id) {
 		return nil
 	}
 	now := p.cfg.Now()
-	var rec execRecord
-	err := p.db.Update(func(tx *bolt.Tx) error {
-		jb := tx.Bucket(bucketJobs)
-		if jb.Get([]byte(id)) == nil {
-			if err := jb.Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))); err != nil {
-				return err
-			}
-		}
-		if !convert {
-			return nil
-		}
-		b, err := rolloutBucket(tx, rf.run.r.ID)
-		if err != nil {
-			return err
-		}
+	c := Changes{JobsDevices: []JobsMark{{Device: id, Since: now}}}
+	var rec ExecRecord
+	if convert {
 		rec = inflightRecord(rf.i, rf.run.devs[rf.i], now)
-		return putExec(b, id, rec)
-	})
-	if err != nil {
+		c.Executions = []ExecWrite{{Rollout: rf.run.r.ID, Device: id, Patch: func(ExecRecord, bool) ExecRecord { return rec }}}
+	}
+	if _, err := p.store.Commit(ctx, &c); err != nil {
 		return fmt.Errorf("mark jobs %s: %w", id, err)
 	}
 	if convert {
@@ -236,25 +171,10 @@ func (p *Planner) markLocked(id device.ID) error {
 	return nil
 }
 
-// readExec returns the stored execution record of id in ru.
-func (p *Planner) readExec(ru *run, id device.ID) (execRecord, bool, error) {
-	var rec execRecord
-	var found bool
-	err := p.db.View(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, ru.r.ID)
-		if err != nil {
-			return err
-		}
-		rec, found, err = getExec(b, id)
-		return err
-	})
-	return rec, found, err
-}
-
 // pendingLocked returns id's pending execution and where it is: the
 // attempt it is in flight with. For a device driven through its shadow the
 // execution is derived from its record (version 1). Caller holds mu.
-func (p *Planner) pendingLocked(id device.ID) (Execution, *run, bool, error) {
+func (p *Planner) pendingLocked(ctx context.Context, id device.ID) (Execution, *run, bool, error) {
 	rf, ok := p.inflight[id]
 	if !ok {
 		return Execution{}, nil, false, nil
@@ -263,7 +183,7 @@ func (p *Planner) pendingLocked(id device.ID) (Execution, *run, bool, error) {
 	if _, jobs := ru.jobs[id]; !jobs {
 		return ru.r.execution(id, inflightRecord(rf.i, ru.devs[rf.i], p.cfg.Now())), ru, true, nil
 	}
-	rec, found, err := p.readExec(ru, id)
+	rec, found, err := p.store.Execution(ctx, ru.r.ID, id)
 	if err != nil {
 		return Execution{}, nil, false, err
 	}
@@ -283,7 +203,7 @@ func (p *Planner) NextExecution(ctx context.Context, id device.ID) (Execution, b
 		return Execution{}, false, fmt.Errorf("next execution %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	x, _, ok, err := p.pendingLocked(id)
+	x, _, ok, err := p.pendingLocked(ctx, id)
 	if err != nil {
 		return Execution{}, false, fmt.Errorf("next execution %s: %w", id, err)
 	}
@@ -294,7 +214,7 @@ func (p *Planner) NextExecution(ctx context.Context, id device.ID) (Execution, b
 // rollout jobID, from memory or from the file for a settled rollout, and
 // the live run (nil when settled). Errors wrap ErrNotFound. Caller holds
 // mu.
-func (p *Planner) findLocked(id device.ID, jobID string, number int) (Execution, *run, error) {
+func (p *Planner) findLocked(ctx context.Context, id device.ID, jobID string, number int) (Execution, *run, error) {
 	if ru := p.runs[jobID]; ru != nil {
 		if rf, ok := p.inflight[id]; ok && rf.run == ru {
 			if _, jobs := ru.jobs[id]; !jobs && (number == 0 || number == int(ru.devs[rf.i].Attempt)) {
@@ -304,7 +224,7 @@ func (p *Planner) findLocked(id device.ID, jobID string, number int) (Execution,
 		if _, jobs := ru.jobs[id]; !jobs {
 			return Execution{}, nil, fmt.Errorf("%w: no execution of job %s on %s", ErrNotFound, jobID, id)
 		}
-		rec, found, err := p.readExec(ru, id)
+		rec, found, err := p.store.Execution(ctx, jobID, id)
 		if err != nil {
 			return Execution{}, nil, err
 		}
@@ -314,34 +234,29 @@ func (p *Planner) findLocked(id device.ID, jobID string, number int) (Execution,
 		x, err := selectExecution(&ru.r, id, rec, number)
 		return x, ru, err
 	}
-	var x Execution
-	err := p.db.View(func(tx *bolt.Tx) error {
-		b, err := rolloutBucket(tx, jobID)
-		if err != nil {
-			return fmt.Errorf("%w: no job %s", ErrNotFound, jobID)
-		}
-		rec, found, err := getExec(b, id)
-		if err != nil {
-			return err
-		}
-		if !found {
-			return fmt.Errorf("%w: no execution of job %s on %s", ErrNotFound, jobID, id)
-		}
-		r, err := getMeta(b)
-		if err != nil {
-			return err
-		}
-		x, err = selectExecution(&r, id, rec, number)
-		return err
-	})
+	r, err := p.store.Rollout(ctx, jobID)
+	if errors.Is(err, ErrNotFound) {
+		return Execution{}, nil, fmt.Errorf("%w: no job %s", ErrNotFound, jobID)
+	}
+	if err != nil {
+		return Execution{}, nil, err
+	}
+	rec, found, err := p.store.Execution(ctx, jobID, id)
+	if err != nil {
+		return Execution{}, nil, err
+	}
+	if !found {
+		return Execution{}, nil, fmt.Errorf("%w: no execution of job %s on %s", ErrNotFound, jobID, id)
+	}
+	x, err := selectExecution(&r, id, rec, number)
 	return x, nil, err
 }
 
-func selectExecution(r *Rollout, id device.ID, rec execRecord, number int) (Execution, error) {
+func selectExecution(r *Rollout, id device.ID, rec ExecRecord, number int) (Execution, error) {
 	if number == 0 || number == rec.Number {
 		return r.execution(id, rec), nil
 	}
-	if x, ok := r.pastExecution(id, rec, number); ok {
+	if x, ok := r.PastExecution(id, rec, number); ok {
 		return x, nil
 	}
 	return Execution{}, fmt.Errorf("%w: no execution %d of job %s on %s", ErrNotFound, number, r.ID, id)
@@ -361,12 +276,12 @@ func (p *Planner) DescribeExecution(ctx context.Context, id device.ID, jobID str
 	var err error
 	if jobID == NextJob {
 		var ok bool
-		x, _, ok, err = p.pendingLocked(id)
+		x, _, ok, err = p.pendingLocked(ctx, id)
 		if err == nil && !ok {
 			err = fmt.Errorf("%w: no pending execution on %s", ErrNotFound, id)
 		}
 	} else {
-		x, _, err = p.findLocked(id, jobID, number)
+		x, _, err = p.findLocked(ctx, id, jobID, number)
 	}
 	if err != nil {
 		return Execution{}, fmt.Errorf("describe execution %s of %s: %w", jobID, id, err)
@@ -389,17 +304,17 @@ func (p *Planner) StartNextExecution(ctx context.Context, id device.ID, details 
 		return Execution{}, false, fmt.Errorf("start next execution of %s: %w", id, err)
 	}
 	defer p.mu.Unlock()
-	if err := p.markLocked(id); err != nil {
+	if err := p.markLocked(ctx, id); err != nil {
 		return Execution{}, false, err
 	}
-	x, ru, ok, err := p.pendingLocked(id)
+	x, ru, ok, err := p.pendingLocked(ctx, id)
 	if err != nil || !ok || x.Status != ExecQueued {
 		if err != nil {
 			err = fmt.Errorf("start next execution of %s: %w", id, err)
 		}
 		return x, ok && err == nil, err
 	}
-	nx, err := p.updateLocked(ru, id, x, ExecutionUpdate{Status: ExecInProgress, Details: details})
+	nx, err := p.updateLocked(ctx, ru, id, x, ExecutionUpdate{Status: ExecInProgress, Details: details})
 	if err != nil {
 		return Execution{}, false, fmt.Errorf("start next execution of %s: %w", id, err)
 	}
@@ -417,15 +332,15 @@ func (p *Planner) UpdateExecution(ctx context.Context, id device.ID, jobID strin
 		return Execution{}, fmt.Errorf("update execution %s of %s: %w", jobID, id, err)
 	}
 	defer p.mu.Unlock()
-	if err := p.markLocked(id); err != nil {
+	if err := p.markLocked(ctx, id); err != nil {
 		return Execution{}, err
 	}
-	x, ru, err := p.findLocked(id, jobID, u.Number)
+	x, ru, err := p.findLocked(ctx, id, jobID, u.Number)
 	if err == nil {
 		if ru == nil { // a settled rollout: every execution is final
 			err = &ExecutionError{Err: ErrTerminal, State: x.State(), Msg: fmt.Sprintf("execution %d of job %s is %s", x.Number, jobID, x.Status)}
 		} else {
-			x, err = p.updateLocked(ru, id, x, u)
+			x, err = p.updateLocked(ctx, ru, id, x, u)
 		}
 	}
 	if err != nil {
@@ -436,7 +351,7 @@ func (p *Planner) UpdateExecution(ctx context.Context, id device.ID, jobID strin
 
 // updateLocked applies u to x, id's execution in ru, and commits. Caller
 // holds mu.
-func (p *Planner) updateLocked(ru *run, id device.ID, x Execution, u ExecutionUpdate) (Execution, error) {
+func (p *Planner) updateLocked(ctx context.Context, ru *run, id device.ID, x Execution, u ExecutionUpdate) (Execution, error) {
 	ref, jobs := ru.jobs[id]
 	if !jobs {
 		// Not in flight (so not converted by markLocked): a final
@@ -457,7 +372,7 @@ func (p *Planner) updateLocked(ru *run, id device.ID, x Execution, u ExecutionUp
 	if msg != "" {
 		w.errs = append(w.errs, errWrite{ru, ref.i, truncate(msg, 512)})
 	}
-	w.execs = append(w.execs, execWrite{ru, id, func(old execRecord, _ bool) execRecord {
+	w.execs = append(w.execs, execWrite{ru, id, func(old ExecRecord, _ bool) ExecRecord {
 		rec := old
 		rec.Index, rec.Number = ref.i, nx.Number
 		if rec.Queued == 0 {
@@ -473,7 +388,7 @@ func (p *Planner) updateLocked(ru *run, id device.ID, x Execution, u ExecutionUp
 	if nx.Status.Terminal() {
 		w.changed = append(w.changed, id)
 	}
-	if err := p.commit(&w); err != nil {
+	if err := p.commit(ctx, &w); err != nil {
 		// Keep memory as it was: the device's request failed.
 		p.recordDevice(&writes{}, ru, ref.i, d, "")
 		return Execution{}, err

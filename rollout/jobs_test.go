@@ -1,7 +1,6 @@
 package rollout_test
 
 import (
-	"context"
 	"errors"
 	"path/filepath"
 	"reflect"
@@ -376,14 +375,7 @@ func TestJobsSurviveRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rollout.db")
 	fs, fw, clk := newFakeShadows(silent), newFakeFirmware("2.0.0"), &clock{now: t0}
 	open := func() *rollout.Planner {
-		p, err := rollout.Open(t.Context(), rollout.Config{Path: path, Shadows: fs, Firmware: fw, Now: clk.Now, Tick: 5 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		fs.mu.Lock()
-		fs.notify = p.Notify
-		fs.mu.Unlock()
-		return p
+		return mustOpen(t, path, fs, fw, func(c *rollout.Config) { c.Now = clk.Now })
 	}
 	p := open()
 	if err := p.MarkJobs(t.Context(), "s1"); err != nil {
@@ -403,12 +395,11 @@ func TestJobsSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Close(context.Background()); err != nil {
+	if err := stop(p); err != nil {
 		t.Fatal(err)
 	}
 
 	p = open()
-	defer p.Close(context.Background())
 	got, ok, err := p.NextExecution(t.Context(), "s1")
 	if err != nil || !ok || !reflect.DeepEqual(got, x) {
 		t.Fatalf("after a restart: %+v, %t, %v; want %+v", got, ok, err, x)

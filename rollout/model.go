@@ -136,13 +136,17 @@ func (s DeviceState) InFlight() bool {
 // Terminal reports whether the device is done with this rollout.
 func (s DeviceState) Terminal() bool { return s >= DeviceSucceeded && s < numDeviceStates }
 
+// Valid reports whether s is one of the device states.
+func (s DeviceState) Valid() bool { return s < numDeviceStates }
+
 // Failure reports whether s counts against the failure threshold.
 func (s DeviceState) Failure() bool { return s == DeviceFailed || s == DeviceTimedOut }
 
 // skipped reports whether s is left out of success ratios.
 func (s DeviceState) skipped() bool { return s == DeviceAlreadyInstalled || s == DeviceCanceled }
 
-// Device is the compact per-device record of a rollout (12 bytes on disk).
+// Device is the compact per-device record of a rollout (12 bytes in
+// rollout/boltstore).
 type Device struct {
 	State   DeviceState
 	Attempt uint8  // attempts notified so far; the job of attempt k is Job(id, k)
@@ -463,6 +467,35 @@ type Rollout struct {
 	Approval int `json:"approval,omitempty"`
 	Approved int `json:"approved,omitempty"`
 }
+
+// Event is one entry of a rollout's event log.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"` // EventCreated, EventState, …
+	State  State     `json:"state,omitempty"`
+	Batch  int       `json:"batch,omitempty"`
+	Device device.ID `json:"device,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// Event kinds.
+const (
+	EventCreated      = "created"
+	EventState        = "state"         // State is the new state
+	EventBatchStarted = "batch_started" // Batch is its index
+	// EventBatchFinished is recorded once when every device of batch Batch
+	// is terminal; Reason sums it up, e.g. "48/50 succeeded, 2 failed".
+	EventBatchFinished = "batch_finished"
+	EventDeviceFailed  = "device_failed" // Device failed or timed out for good
+	EventRetry         = "device_retry"  // Device will be notified again
+	EventRollback      = "device_rollback"
+	EventDevicesAdded  = "devices_added" // to a dynamic rollout
+	// EventWaiting is recorded when a running rollout starts or stops
+	// waiting for its start time or maintenance window; Reason says why
+	// it waits, or "notifying again".
+	EventWaiting = "waiting"
+)
 
 // Job returns the job string of attempt k of rollout id, echoed back by
 // devices in reported.firmware.job.

@@ -9,13 +9,11 @@ import (
 	"strings"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 )
 
-// writes collects one pass's changes for a single bbolt transaction.
+// writes collects one pass's changes for a single Store.Commit.
 type writes struct {
 	metas   []*run
 	devs    []devWrite
@@ -51,73 +49,53 @@ type devIntent struct {
 	raw []byte
 }
 
-func (w *writes) empty() bool {
-	return len(w.metas)+len(w.devs)+len(w.errs)+len(w.events)+len(w.intents)+len(w.deleted)+len(w.execs) == 0
-}
-
 func (w *writes) meta(ru *run) {
 	if !slices.Contains(w.metas, ru) {
 		w.metas = append(w.metas, ru)
 	}
 }
 
-func (p *Planner) commit(w *writes) error {
-	if w.empty() {
+// changes returns w as the store's Changes, with the records as they are
+// in memory now (the last change of a device in a pass wins).
+func (w *writes) changes() *Changes {
+	c := &Changes{}
+	for _, ru := range w.metas {
+		c.Rollouts = append(c.Rollouts, ru.r)
+	}
+	for _, d := range w.devs {
+		c.Devices = append(c.Devices, DeviceWrite{Position{d.ru.r.ID, d.i}, d.ru.devs[d.i]})
+	}
+	for _, e := range w.errs {
+		c.Errors = append(c.Errors, ErrorWrite{Position{e.ru.r.ID, e.i}, e.msg})
+	}
+	for _, e := range w.events {
+		c.Events = append(c.Events, EventWrite{e.ru.r.ID, e.ev})
+	}
+	for _, in := range w.intents {
+		c.Intents = append(c.Intents, IntentWrite{Position{in.ru.r.ID, in.i}, in.raw})
+	}
+	for _, in := range w.deleted {
+		c.Delivered = append(c.Delivered, Position{in.ru.r.ID, in.i})
+	}
+	for _, x := range w.execs {
+		c.Executions = append(c.Executions, ExecWrite{x.ru.r.ID, x.id, x.patch})
+	}
+	return c
+}
+
+// commit stores w (atomically: all or nothing), then hands its events to
+// Config.OnEvent and its ended or added executions to Config.OnExecution.
+func (p *Planner) commit(ctx context.Context, w *writes) error {
+	c := w.changes()
+	if c.Empty() {
 		return nil
 	}
-	var evs []evWrite
-	err := p.db.Update(func(tx *bolt.Tx) error {
-		evs = evs[:0]
-		bucket := func(ru *run) *bolt.Bucket { return tx.Bucket(bucketRollouts).Bucket([]byte(ru.r.ID)) }
-		for _, ru := range w.metas {
-			if err := putMeta(bucket(ru), &ru.r); err != nil {
-				return err
-			}
-		}
-		for _, d := range w.devs {
-			if err := bucket(d.ru).Bucket(bucketDev).Put(indexKey(d.i), encodeDevice(d.ru.devs[d.i])); err != nil {
-				return err
-			}
-		}
-		for _, e := range w.errs {
-			if err := bucket(e.ru).Bucket(bucketErr).Put(indexKey(e.i), []byte(e.msg)); err != nil {
-				return err
-			}
-		}
-		for _, e := range w.events {
-			ev, err := appendEvent(bucket(e.ru), e.ev)
-			if err != nil {
-				return err
-			}
-			evs = append(evs, evWrite{e.ru, ev})
-		}
-		for _, in := range w.intents {
-			if err := bucket(in.ru).Bucket(bucketIntent).Put(indexKey(in.i), in.raw); err != nil {
-				return err
-			}
-		}
-		for _, in := range w.deleted {
-			if err := bucket(in.ru).Bucket(bucketIntent).Delete(indexKey(in.i)); err != nil {
-				return err
-			}
-		}
-		for _, x := range w.execs {
-			b := bucket(x.ru)
-			old, found, err := getExec(b, x.id)
-			if err != nil {
-				return err
-			}
-			if err := putExec(b, x.id, x.patch(old, found)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	evs, err := p.store.Commit(ctx, c)
 	if err != nil {
 		return err
 	}
-	for _, e := range evs {
-		p.emit(e.ru.r.ID, e.ev)
+	for k, e := range w.events {
+		p.emit(e.ru.r.ID, evs[k])
 	}
 	if p.cfg.OnExecution != nil {
 		for _, id := range w.changed {
@@ -151,7 +129,7 @@ func (p *Planner) setDevice(w *writes, ru *run, i int, d Device, reason string) 
 			st = ExecFailed
 		}
 		now := p.cfg.Now().UnixNano()
-		w.execs = append(w.execs, execWrite{ru, id, func(rec execRecord, _ bool) execRecord {
+		w.execs = append(w.execs, execWrite{ru, id, func(rec ExecRecord, _ bool) ExecRecord {
 			if !rec.Status.Terminal() {
 				rec.Status, rec.Updated = st, now
 			}
@@ -193,7 +171,7 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 	ids, overflow := p.takeDirty()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed.Load() {
 		return false
 	}
 	now := p.cfg.Now()
@@ -297,7 +275,7 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 			}
 		}
 	}
-	if err := p.commit(&w); err != nil {
+	if err := p.commit(ctx, &w); err != nil {
 		// Memory is ahead of disk now; writing shadows without the recorded
 		// intents would break crash safety, so no shadow is written.
 		p.log.Error("persist rollout state", logKeyErr, err)
@@ -372,7 +350,7 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 	for k := range ios {
 		p.finishIO(&w, &ios[k])
 	}
-	if err := p.commit(&w); err != nil {
+	if err := p.commit(ctx, &w); err != nil {
 		p.log.Error("persist rollout state", logKeyErr, err)
 	}
 	return more
@@ -382,7 +360,7 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 // already-installed when the device already runs the target version.
 func (p *Planner) prepareNotify(ctx context.Context, w *writes, ru *run, a Action) {
 	id := ru.targets[a.Index]
-	if _, jobs := ru.jobs[id]; jobs || p.isJobsDevice(id) {
+	if _, jobs := ru.jobs[id]; jobs || p.isJobsDevice(ctx, id) {
 		p.prepareExecution(ctx, w, ru, a)
 		return
 	}
@@ -435,7 +413,7 @@ func (p *Planner) prepareExecution(ctx context.Context, w *writes, ru *run, a Ac
 	p.setDevice(w, ru, a.Index, a.Device, "")
 	ru.jobs[id] = jobRef{i: a.Index}
 	i, n, now := a.Index, int(a.Device.Attempt), p.cfg.Now()
-	w.execs = append(w.execs, execWrite{ru, id, func(old execRecord, found bool) execRecord {
+	w.execs = append(w.execs, execWrite{ru, id, func(old ExecRecord, found bool) ExecRecord {
 		return queuedRecord(i, n, now, old, found)
 	}})
 	w.changed = append(w.changed, id)

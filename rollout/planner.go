@@ -2,14 +2,11 @@ package rollout
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
@@ -39,7 +36,6 @@ type Firmware interface {
 // Defaults of Config.
 const (
 	DefaultTick          = time.Second
-	DefaultOpenTimeout   = time.Second
 	DefaultMaxDirty      = 1 << 16
 	DefaultNotifyPerPass = 1024
 	// DefaultWriteConcurrency is how many shadow writes a pass runs at
@@ -51,10 +47,9 @@ const (
 
 // Config configures a Planner. Zero values mean the documented defaults.
 type Config struct {
-	// Path is the bbolt file (rollout.db). Required.
-	Path string
-	// OpenTimeout bounds the wait for the file lock. Default 1s.
-	OpenTimeout time.Duration
+	// Store keeps the rollouts (rollout/boltstore on rollout.db). Required.
+	// The caller opened it and closes it after the planner.
+	Store Store
 	// Shadows and Firmware are required.
 	Shadows  Shadows
 	Firmware Firmware
@@ -91,15 +86,12 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	switch {
-	case c.Path == "":
-		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
+	case c.Store == nil:
+		return fmt.Errorf("%w: Config.Store is required", ErrInvalid)
 	case c.Shadows == nil || c.Firmware == nil:
 		return fmt.Errorf("%w: Config.Shadows and Config.Firmware are required", ErrInvalid)
-	case c.Tick < 0 || c.MaxDirty < 0 || c.NotifyPerPass < 0 || c.WriteConcurrency < 0 || c.OpenTimeout < 0 || c.Rescan < 0:
+	case c.Tick < 0 || c.MaxDirty < 0 || c.NotifyPerPass < 0 || c.WriteConcurrency < 0 || c.Rescan < 0:
 		return fmt.Errorf("%w: negative Config value", ErrInvalid)
-	}
-	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultOpenTimeout
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -140,7 +132,7 @@ type run struct {
 	devs    []Device
 	// undelivered holds the commands recorded as intents and not yet
 	// written to the shadow, by target index.
-	undelivered map[int]json.RawMessage
+	undelivered map[int][]byte
 	recovered   map[int]bool    // undelivered intents loaded by Open
 	img         *firmware.Image // cached target image
 	// jobs holds the targets driven through the AWS IoT Jobs API (they
@@ -157,29 +149,30 @@ type ref struct {
 type Planner struct {
 	cfg    Config
 	log    *slog.Logger
-	db     *bolt.DB
-	ctx    context.Context
+	store  Store
+	ctx    context.Context // the loop's: cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	done   chan struct{} // closed when the loop returned
 	wake   chan struct{}
 	once   sync.Once
+	closed atomic.Bool // set by Close; API calls then fail with ErrClosed
 
 	dirtyMu  sync.Mutex // guards dirty and overflow; never held with mu
 	dirty    map[device.ID]struct{}
 	overflow bool
 
-	// mu guards runs, inflight and closed. The loop holds it for a whole
-	// pass, shadow I/O included, so API calls wait at most one pass.
+	// mu guards runs and inflight. The loop holds it for a whole pass,
+	// shadow I/O included, so an API call waits for the pass in progress;
+	// Close does not (it cancels the pass, which stops between writes).
 	mu       sync.Mutex
 	runs     map[string]*run
 	inflight map[device.ID]ref
-	closed   bool
 }
 
-// Open opens (creating if needed) the rollout database at cfg.Path, reloads
-// every unsettled rollout and starts the planner's goroutine, which resumes
-// them: undelivered notifications are re-issued with their recorded command
-// and job, and every in-flight device's report is re-read.
+// Open reloads every unsettled rollout from cfg.Store and starts the
+// planner's goroutine, which resumes them: undelivered notifications are
+// re-issued with their recorded command and job, and every in-flight
+// device's report is re-read.
 func Open(ctx context.Context, cfg Config) (*Planner, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -187,69 +180,65 @@ func Open(ctx context.Context, cfg Config) (*Planner, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", cfg.Path, err)
-	}
 	p := &Planner{
-		cfg: cfg, log: cfg.Logger.With("component", "rollout"), db: db,
-		wake: make(chan struct{}, 1), dirty: map[device.ID]struct{}{}, overflow: true,
+		cfg: cfg, log: cfg.Logger.With("component", "rollout"), store: cfg.Store,
+		done: make(chan struct{}), wake: make(chan struct{}, 1), dirty: map[device.ID]struct{}{}, overflow: true,
 		runs: map[string]*run{}, inflight: map[device.ID]ref{},
 	}
-	if err := initDB(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init %s: %w", cfg.Path, err)
-	}
-	if err := p.load(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("load %s: %w", cfg.Path, err)
+	if err := p.load(ctx); err != nil {
+		return nil, fmt.Errorf("rollout: load: %w", err)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	p.wg.Go(p.loop)
+	go func() {
+		defer close(p.done)
+		p.loop()
+	}()
 	return p, nil
 }
 
-func (p *Planner) load() error {
-	return p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRollouts).ForEachBucket(func(k []byte) error {
-			b := tx.Bucket(bucketRollouts).Bucket(k)
-			r, err := getMeta(b)
-			if err != nil || r.Settled {
-				return err
-			}
-			targets, devs, err := loadTargets(b, r.Targets)
-			if err != nil {
-				return fmt.Errorf("rollout %s: %w", r.ID, err)
-			}
-			jobs, err := loadJobs(b, len(targets))
-			if err != nil {
-				return fmt.Errorf("rollout %s: %w", r.ID, err)
-			}
-			ru := &run{r: r, targets: targets, devs: devs, undelivered: map[int]json.RawMessage{}, recovered: map[int]bool{},
-				jobs: jobs}
-			err = b.Bucket(bucketIntent).ForEach(func(k, v []byte) error {
-				i := int(beUint32(k))
-				if i >= len(targets) {
-					return fmt.Errorf("rollout %s: intent index %d out of range", r.ID, i)
-				}
-				ru.undelivered[i] = json.RawMessage(slices.Clone(v))
-				ru.recovered[i] = true
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			p.adopt(ru)
-			return nil
-		})
-	})
+// load adopts every unsettled rollout of the store.
+func (p *Planner) load(ctx context.Context) error {
+	rs, err := p.store.Rollouts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if r.Settled {
+			continue
+		}
+		ru, err := p.loadRun(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		ru.recovered = map[int]bool{}
+		for i := range ru.undelivered {
+			ru.recovered[i] = true
+		}
+		p.adopt(ru)
+	}
+	return nil
 }
 
-func beUint32(k []byte) uint32 {
-	if len(k) != 4 {
-		return 1<<32 - 1
+// loadRun reads rollout id whole from the store, as a run not (yet)
+// adopted.
+func (p *Planner) loadRun(ctx context.Context, id string) (*run, error) {
+	st, err := p.store.Load(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	return uint32(k[0])<<24 | uint32(k[1])<<16 | uint32(k[2])<<8 | uint32(k[3])
+	if len(st.Targets) != st.Rollout.Targets || len(st.Devices) != len(st.Targets) {
+		return nil, fmt.Errorf("rollout %s: corrupt target list: %d targets and %d records, want %d",
+			id, len(st.Targets), len(st.Devices), st.Rollout.Targets)
+	}
+	ru := &run{r: st.Rollout, targets: st.Targets, devs: st.Devices, undelivered: st.Intents,
+		jobs: make(map[device.ID]jobRef, len(st.Executions))}
+	if ru.undelivered == nil {
+		ru.undelivered = map[int][]byte{}
+	}
+	for dev, rec := range st.Executions {
+		ru.jobs[dev] = jobRef{i: rec.Index, shadow: rec.Shadow}
+	}
+	return ru, nil
 }
 
 // adopt makes ru a live run. Caller holds mu (or is Open).
@@ -262,20 +251,25 @@ func (p *Planner) adopt(ru *run) {
 	}
 }
 
-// Close stops the planner's goroutine, waits for the pass in progress and
-// closes the database. It is idempotent; later calls of other methods
-// return ErrClosed.
+// Close stops the planner: it cancels the pass in progress, which stops
+// before its next shadow write (a shadow write that honours its ctx stops
+// at once), and waits for the planner's goroutine until ctx is done. Then
+// it returns an error wrapping ctx's; the goroutine ends once the shadow
+// write in progress returns, and a later Close waits for it again. What a
+// stopped pass decided and did not deliver is re-issued when a planner
+// opens the store again. Close is idempotent; once it was called, the other
+// methods return ErrClosed. It does not close Config.Store.
 func (p *Planner) Close(ctx context.Context) error {
-	var err error
 	p.once.Do(func() {
-		p.cancel() // aborts the shadow I/O of a pass in progress
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
-		p.wg.Wait()
-		err = p.db.Close()
+		p.closed.Store(true)
+		p.cancel()
 	})
-	return err
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rollout: close: the pass in progress did not stop: %w", ctx.Err())
+	}
 }
 
 // Notify tells the planner that device id's shadow changed. It never

@@ -19,15 +19,15 @@ import (
 )
 
 func TestOpenValidation(t *testing.T) {
-	fs, fw := newFakeShadows(nil), newFakeFirmware()
+	fs, fw, st := newFakeShadows(nil), newFakeFirmware(), openStore(t, "")
 	tests := []struct {
 		name string
 		cfg  rollout.Config
 	}{
-		{"no path", rollout.Config{Shadows: fs, Firmware: fw}},
-		{"no shadows", rollout.Config{Path: filepath.Join(t.TempDir(), "r.db"), Firmware: fw}},
-		{"no firmware", rollout.Config{Path: filepath.Join(t.TempDir(), "r.db"), Shadows: fs}},
-		{"negative tick", rollout.Config{Path: filepath.Join(t.TempDir(), "r.db"), Shadows: fs, Firmware: fw, Tick: -1}},
+		{"no store", rollout.Config{Shadows: fs, Firmware: fw}},
+		{"no shadows", rollout.Config{Store: st, Firmware: fw}},
+		{"no firmware", rollout.Config{Store: st, Shadows: fs}},
+		{"negative tick", rollout.Config{Store: st, Shadows: fs, Firmware: fw, Tick: -1}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -421,7 +421,7 @@ func TestBatchFinishedOnceAcrossRestart(t *testing.T) {
 		ds, _ := p1.Devices(t.Context(), r.ID, rollout.DeviceNotified)
 		return len(eventsOf(evs, rollout.EventBatchFinished)) == 1 && len(ds) == 2 // batch 1 notified
 	})
-	if err := p1.Close(t.Context()); err != nil {
+	if err := stop(p1); err != nil {
 		t.Fatal(err)
 	}
 	// While down, batch 1 installs.
@@ -475,7 +475,7 @@ func TestRestartMidBatch(t *testing.T) {
 		ds, _ := p1.Devices(t.Context(), r.ID, rollout.DeviceSucceeded)
 		return len(ds) == 5
 	})
-	if err := p1.Close(t.Context()); err != nil {
+	if err := stop(p1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p1.Get(t.Context(), r.ID); !errors.Is(err, rollout.ErrClosed) {
@@ -524,7 +524,7 @@ func TestUndeliveredIntentReissued(t *testing.T) {
 		ds, _ := p1.Devices(t.Context(), r.ID, rollout.DeviceNotified)
 		return len(ds) == 2 && fs.writeCounts()["d-0000 r1/1"] == 1
 	})
-	if err := p1.Close(context.Background()); err != nil {
+	if err := stop(p1); err != nil {
 		t.Fatal(err)
 	}
 	fs.mu.Lock()
@@ -662,7 +662,7 @@ func TestAddDevicesToDynamicRollout(t *testing.T) {
 		t.Errorf("batch sizes %v, want [2 2 2 1]", sizes)
 	}
 	// The devices are persisted: all 7 are listed in order after a restart.
-	if err := p.Close(t.Context()); err != nil {
+	if err := stop(p); err != nil {
 		t.Fatal(err)
 	}
 	p = mustOpen(t, path, fs, newFakeFirmware("2.0.0"), nil)
@@ -719,8 +719,7 @@ func TestPlannerWritesConcurrently(t *testing.T) {
 	fs := newFakeShadows(installs)
 	bs := &barrierShadows{fakeShadows: fs, want: 4, together: make(chan struct{}), deadline: time.After(10 * time.Second)}
 	fw := newFakeFirmware("2.0.0")
-	path := filepath.Join(t.TempDir(), "rollout.db")
-	cfg := rollout.Config{Path: path, Shadows: bs, Firmware: fw, Tick: 5 * time.Millisecond, WriteConcurrency: 4}
+	cfg := rollout.Config{Store: openStore(t, ""), Shadows: bs, Firmware: fw, Tick: 5 * time.Millisecond, WriteConcurrency: 4}
 	p, err := rollout.Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -816,7 +815,7 @@ func TestDevicesPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, p, r.ID, rollout.StateAborted)
-	if err := p.Close(t.Context()); err != nil {
+	if err := stop(p); err != nil {
 		t.Fatal(err)
 	}
 	p = mustOpen(t, path, fs, newFakeFirmware("2.0.0"), nil)

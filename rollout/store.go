@@ -1,215 +1,166 @@
 package rollout
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"strconv"
+	"context"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/umbra-iot/umbra/device"
 )
 
-// Layout of rollout.db:
+// Store is where a Planner keeps its rollouts: each rollout's record, its
+// frozen target list, one record per device that left pending, its event
+// log, the last error texts of its devices, the intents of notifications
+// not yet delivered, and the AWS IoT Jobs executions of its Jobs devices;
+// plus the set of Jobs devices. The planner declares it; rollout/boltstore
+// implements it on a bbolt file (rollout.db), and package
+// rollout/storetest holds the contract every implementation passes.
 //
-//	rollouts/                  bucket, one sub-bucket per rollout ID
-//	  <id>/meta                Rollout as JSON
-//	  <id>/targets             target IDs joined by '\n', in rollout order
-//	  <id>/dev/<u32 index>     Device record, 12 bytes (absent = pending)
-//	  <id>/ev/<u64 seq>        Event as JSON
-//	  <id>/intent/<u32 index>  undelivered firmware command (desired JSON)
-//	  <id>/err/<u32 index>     last error of a failed device (a Jobs device's last word)
-//	  <id>/exec/<device ID>    a Jobs device's latest execution (JSON; created on first use)
-//	seq                        bucket; "rollout" holds the last ID number
-//	jobs/<device ID>           devices that use the AWS IoT Jobs API (u64 unix ns, first use)
-var (
-	bucketRollouts = []byte("rollouts")
-	bucketSeq      = []byte("seq")
-	keyMeta        = []byte("meta")
-	keyTargets     = []byte("targets")
-	keyRolloutSeq  = []byte("rollout")
-	bucketDev      = []byte("dev")
-	bucketEv       = []byte("ev")
-	bucketIntent   = []byte("intent")
-	bucketErr      = []byte("err")
-	bucketExec     = []byte("exec")
-	bucketJobs     = []byte("jobs")
-)
+// A Store is owned by whoever opened it: the planner never closes it. The
+// planner is its only writer and calls it one call at a time (under its
+// lock), so a store needs no compare-and-set between the planner's reads
+// and its writes; its reads may run concurrently with each other.
+//
+// Every write is atomic and durable: when Create or Commit returns nil,
+// all it was given survives a crash, and when it returns an error (ctx
+// done, a full disk, a closed store) none of it does. That is the crash
+// safety of the planner: an intent is committed before its shadow write,
+// and a rollout's device records, events and record move together.
+//
+// Methods that name a rollout return an error wrapping ErrNotFound when
+// the store has no such rollout.
+type Store interface {
+	// Create stores a new rollout atomically: it takes the next number n
+	// of a sequence that only grows (across restarts too), sets r.ID to
+	// "r<n>", and stores r with its targets (every device pending: no
+	// device record) and first as its first event. It returns r and first
+	// as stored (with their ID and Seq).
+	Create(ctx context.Context, r Rollout, targets []device.ID, first Event) (Rollout, Event, error)
+	// Commit applies every write of c atomically, in the order of
+	// Changes' fields, and returns c.Events as stored: each with the next
+	// sequence number of its rollout's log (1, 2, …, never reused).
+	Commit(ctx context.Context, c *Changes) ([]Event, error)
 
-const deviceRecordLen = 12
-
-// Event is one entry of a rollout's event log.
-type Event struct {
-	Seq    uint64    `json:"seq"`
-	Time   time.Time `json:"time"`
-	Kind   string    `json:"kind"` // EventCreated, EventState, …
-	State  State     `json:"state,omitempty"`
-	Batch  int       `json:"batch,omitempty"`
-	Device device.ID `json:"device,omitempty"`
-	Reason string    `json:"reason,omitempty"`
+	// Rollouts returns the record of every rollout, in no particular
+	// order.
+	Rollouts(ctx context.Context) ([]Rollout, error)
+	// Rollout returns the record of rollout id.
+	Rollout(ctx context.Context, id string) (Rollout, error)
+	// Load returns rollout id whole, as the planner holds an unsettled
+	// rollout in memory.
+	Load(ctx context.Context, id string) (Stored, error)
+	// Targets calls f with each target of rollout id from position start
+	// on, in rollout order, with its device record (the zero Device,
+	// pending, where none is stored), until f returns false or the list
+	// ends. Its work is proportional to the positions visited, not to the
+	// number of targets (a page of a finished million-device rollout).
+	Targets(ctx context.Context, id string, start int, f func(i int, target device.ID, d Device) bool) error
+	// Errors returns the last error texts of rollout id's targets by
+	// position: of the positions in which, or of every target when which
+	// is nil. Positions without one are left out.
+	Errors(ctx context.Context, id string, which []int) (map[int]string, error)
+	// Events returns the events of rollout id whose Seq is above after,
+	// oldest first; its work is proportional to the events returned.
+	Events(ctx context.Context, id string, after uint64) ([]Event, error)
+	// Execution returns the Jobs execution record of device dev in
+	// rollout id; false when it has none.
+	Execution(ctx context.Context, id string, dev device.ID) (ExecRecord, bool, error)
+	// JobsDevice reports whether dev is a Jobs device (Changes.JobsDevices).
+	JobsDevice(ctx context.Context, dev device.ID) (bool, error)
 }
 
-// Event kinds.
-const (
-	EventCreated      = "created"
-	EventState        = "state"         // State is the new state
-	EventBatchStarted = "batch_started" // Batch is its index
-	// EventBatchFinished is recorded once when every device of batch Batch
-	// is terminal; Reason sums it up, e.g. "48/50 succeeded, 2 failed".
-	EventBatchFinished = "batch_finished"
-	EventDeviceFailed  = "device_failed" // Device failed or timed out for good
-	EventRetry         = "device_retry"  // Device will be notified again
-	EventRollback      = "device_rollback"
-	EventDevicesAdded  = "devices_added" // to a dynamic rollout
-	// EventWaiting is recorded when a running rollout starts or stops
-	// waiting for its start time or maintenance window; Reason says why
-	// it waits, or "notifying again".
-	EventWaiting = "waiting"
-)
-
-func encodeDevice(d Device) []byte {
-	b := make([]byte, deviceRecordLen)
-	b[0] = byte(d.State)
-	b[1] = d.Attempt
-	binary.BigEndian.PutUint16(b[2:], d.From)
-	binary.BigEndian.PutUint64(b[4:], uint64(d.At))
-	return b
+// Stored is a rollout as Store.Load returns it.
+type Stored struct {
+	Rollout Rollout
+	// Targets are the target IDs in rollout order; Devices their records,
+	// one per target (the zero Device, pending, where none is stored).
+	Targets []device.ID
+	Devices []Device
+	// Intents are the undelivered notifications by target position: the
+	// JSON of the firmware command recorded before its shadow write.
+	Intents map[int][]byte
+	// Executions are the Jobs execution records of its Jobs devices.
+	Executions map[device.ID]ExecRecord
 }
 
-func decodeDevice(b []byte) (Device, error) {
-	if len(b) != deviceRecordLen || DeviceState(b[0]) >= numDeviceStates {
-		return Device{}, fmt.Errorf("corrupt device record %x", b)
-	}
-	return Device{State: DeviceState(b[0]), Attempt: b[1], From: binary.BigEndian.Uint16(b[2:]),
-		At: int64(binary.BigEndian.Uint64(b[4:]))}, nil
+// Changes are a group of writes that Store.Commit applies atomically,
+// field by field in this order. Every rollout they name exists.
+type Changes struct {
+	// Rollouts are records to store, each replacing the record of its ID.
+	Rollouts []Rollout
+	// Targets replace target lists (a dynamic rollout's grows).
+	Targets []TargetList
+	// Devices are device records to store.
+	Devices []DeviceWrite
+	// Errors are last error texts to store.
+	Errors []ErrorWrite
+	// Events are appended to their rollout's log.
+	Events []EventWrite
+	// Intents are undelivered notifications to store; then the intents
+	// at Delivered are deleted (delivered, or moot).
+	Intents   []IntentWrite
+	Delivered []Position
+	// Executions are Jobs execution records to store: each the result of
+	// its Patch applied to the record stored before (found false when
+	// there is none), in order.
+	Executions []ExecWrite
+	// JobsDevices are marked as Jobs devices; a device marked already
+	// keeps its first mark.
+	JobsDevices []JobsMark
 }
 
-func indexKey(i int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(i)) }
-
-func rolloutBucket(tx *bolt.Tx, id string) (*bolt.Bucket, error) {
-	b := tx.Bucket(bucketRollouts).Bucket([]byte(id))
-	if b == nil {
-		return nil, ErrNotFound
-	}
-	return b, nil
+// Empty reports whether c has no write.
+func (c *Changes) Empty() bool {
+	return len(c.Rollouts)+len(c.Targets)+len(c.Devices)+len(c.Errors)+len(c.Events)+len(c.Intents)+
+		len(c.Delivered)+len(c.Executions)+len(c.JobsDevices) == 0
 }
 
-func initDB(db *bolt.DB) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRollouts, bucketSeq, bucketJobs} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+// Position is a target position of a rollout.
+type Position struct {
+	Rollout string
+	Index   int
 }
 
-// nextID allocates the next rollout ID, "r1", "r2", …
-func nextID(tx *bolt.Tx) (string, error) {
-	b := tx.Bucket(bucketSeq)
-	n := uint64(0)
-	if v := b.Get(keyRolloutSeq); v != nil {
-		n = binary.BigEndian.Uint64(v)
-	}
-	n++
-	if err := b.Put(keyRolloutSeq, binary.BigEndian.AppendUint64(nil, n)); err != nil {
-		return "", err
-	}
-	return "r" + strconv.FormatUint(n, 10), nil
+// TargetList is the whole target list of a rollout, in rollout order.
+type TargetList struct {
+	Rollout string
+	Targets []device.ID
 }
 
-// createRollout stores a new rollout with its targets.
-func createRollout(tx *bolt.Tx, r *Rollout, targets []device.ID) error {
-	b, err := tx.Bucket(bucketRollouts).CreateBucket([]byte(r.ID))
-	if err != nil {
-		return err
-	}
-	for _, name := range [][]byte{bucketDev, bucketEv, bucketIntent, bucketErr} {
-		if _, err := b.CreateBucket(name); err != nil {
-			return err
-		}
-	}
-	if err := putTargets(b, targets); err != nil {
-		return err
-	}
-	return putMeta(b, r)
+// DeviceWrite is the record of the target at a position.
+type DeviceWrite struct {
+	Position
+	Device Device
 }
 
-func putTargets(b *bolt.Bucket, targets []device.ID) error {
-	var buf bytes.Buffer
-	for i, id := range targets {
-		if i > 0 {
-			buf.WriteByte('\n')
-		}
-		buf.WriteString(string(id))
-	}
-	return b.Put(keyTargets, buf.Bytes())
+// ErrorWrite is the last error text of the target at a position.
+type ErrorWrite struct {
+	Position
+	Text string
 }
 
-func putMeta(b *bolt.Bucket, r *Rollout) error {
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return b.Put(keyMeta, raw)
+// EventWrite is an event to append to a rollout's log.
+type EventWrite struct {
+	Rollout string
+	Event   Event
 }
 
-func getMeta(b *bolt.Bucket) (Rollout, error) {
-	var r Rollout
-	if err := json.Unmarshal(b.Get(keyMeta), &r); err != nil {
-		return Rollout{}, fmt.Errorf("corrupt rollout meta: %w", err)
-	}
-	return r, nil
+// IntentWrite is the firmware command (its JSON) recorded for the target
+// at a position before it is written into the shadow.
+type IntentWrite struct {
+	Position
+	Command []byte
 }
 
-// appendEvent stores ev with the next sequence number and returns it.
-func appendEvent(b *bolt.Bucket, ev Event) (Event, error) {
-	eb := b.Bucket(bucketEv)
-	seq, err := eb.NextSequence()
-	if err != nil {
-		return ev, err
-	}
-	ev.Seq = seq
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return ev, err
-	}
-	return ev, eb.Put(binary.BigEndian.AppendUint64(nil, seq), raw)
+// ExecWrite stores Patch's result as device Device's execution record in
+// rollout Rollout.
+type ExecWrite struct {
+	Rollout string
+	Device  device.ID
+	Patch   func(old ExecRecord, found bool) ExecRecord
 }
 
-// loadTargets returns the target list and the device records (pending
-// where none is stored).
-func loadTargets(b *bolt.Bucket, n int) ([]device.ID, []Device, error) {
-	raw := b.Get(keyTargets)
-	targets := make([]device.ID, 0, n)
-	for len(raw) > 0 {
-		i := bytes.IndexByte(raw, '\n')
-		if i < 0 {
-			i = len(raw)
-		}
-		targets = append(targets, device.ID(raw[:i]))
-		raw = raw[min(i+1, len(raw)):]
-	}
-	if len(targets) != n {
-		return nil, nil, fmt.Errorf("corrupt target list: %d targets, want %d", len(targets), n)
-	}
-	devs := make([]Device, n)
-	err := b.Bucket(bucketDev).ForEach(func(k, v []byte) error {
-		if len(k) != 4 {
-			return errors.New("corrupt device key")
-		}
-		i := int(binary.BigEndian.Uint32(k))
-		if i >= n {
-			return fmt.Errorf("device index %d out of range", i)
-		}
-		d, err := decodeDevice(v)
-		devs[i] = d
-		return err
-	})
-	return targets, devs, err
+// JobsMark marks Device as a Jobs device since Since.
+type JobsMark struct {
+	Device device.ID
+	Since  time.Time
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -77,7 +78,12 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 	e.fw = fw
 	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Targets: httpapi.IdentityTargets(ids, e.eng), Firmware: fw}
 	if withPlanner {
-		p, err := rollout.Open(t.Context(), rollout.Config{Path: filepath.Join(dir, "rollout.db"),
+		st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(dir, "rollout.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close(context.Background()) })
+		p, err := rollout.Open(t.Context(), rollout.Config{Store: st,
 			Shadows: rollout.EngineShadows(e.eng), Firmware: fw, Tick: 5 * time.Millisecond, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -90,8 +91,13 @@ func TestWithPlanner(t *testing.T) {
 		Metrics:        m,
 		StatusInterval: 10 * time.Millisecond,
 	})
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "rollout.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close(context.Background()) })
 	p, err := rollout.Open(t.Context(), rollout.Config{
-		Path:     filepath.Join(t.TempDir(), "rollout.db"),
+		Store:    st,
 		Shadows:  &instantShadows{reports: map[device.ID]firmware.Report{}},
 		Firmware: oneImage{firmware.Image{Version: "2.0.0", Size: 1, SHA256: "00"}},
 		Tick:     10 * time.Millisecond,

@@ -28,6 +28,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 	"github.com/umbra-iot/umbra/policy"
 	"github.com/umbra-iot/umbra/rollout"
+	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
 	shadowstore "github.com/umbra-iot/umbra/shadow/boltstore"
@@ -534,8 +535,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		return err
 	}
 	s.push("rolloutfeed", feed)
+	// The planner's store; closed after the planner.
+	rst, err := rolloutstore.Open(ctx, rolloutstore.Config{Path: filepath.Join(cfg.DataDir, "rollout.db")})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.push("rollout.db", rst)
 	pl, err := rollout.Open(ctx, rollout.Config{
-		Path:     filepath.Join(cfg.DataDir, "rollout.db"),
+		Store:    rst,
 		Shadows:  rollout.EngineShadows(eng),
 		Firmware: fw,
 		Logger:   log,
@@ -819,7 +826,10 @@ func disconnectReason(err error) string {
 	return "error"
 }
 
-var _ broker.Store = (*boltstore.Store)(nil)
+var (
+	_ broker.Store  = (*boltstore.Store)(nil)
+	_ rollout.Store = (*rolloutstore.Store)(nil)
+)
 
 // brokerStateError explains what to do about a broker.db serve cannot
 // use: it never starts without the state it holds.

@@ -21,6 +21,7 @@ import (
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/rollout"
+	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
@@ -131,7 +132,12 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 		t.Fatal(err)
 	}
 	var svc *jobs.Service
-	if r.pl, err = rollout.Open(ctx, rollout.Config{Path: filepath.Join(dir, "rollout.db"), Shadows: rollout.EngineShadows(r.eng),
+	rst, err := rolloutstore.Open(ctx, rolloutstore.Config{Path: filepath.Join(dir, "rollout.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rst.Close(ctx) })
+	if r.pl, err = rollout.Open(ctx, rollout.Config{Store: rst, Shadows: rollout.EngineShadows(r.eng),
 		Firmware: r.fw, Now: r.clk.Now, Tick: 5 * time.Millisecond, Logger: log,
 		OnExecution: func(id device.ID) { svc.ExecutionChanged(id) }}); err != nil {
 		t.Fatal(err)
