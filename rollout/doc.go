@@ -96,10 +96,14 @@
 // bounded set (overflow triggers a rescan of every in-flight device) and
 // the pass re-reads only in-flight devices (all of them every
 // Config.Rescan, so a lost hint costs latency, not correctness). A pass
-// observes reports, steps every rollout, commits all record changes in one
-// atomic Store.Commit, and only then writes shadows, Config.WriteConcurrency at
-// once so that the shadow engine groups their commits. Config.OnEvent receives
-// every committed event (the seam for MQTT progress topics).
+// has three steps around a plan value (pass.go): decide (read the changed
+// reports, then, without I/O, Observe, Step and Apply every rollout),
+// persist (prepare the notifications decided, at most
+// Config.NotifyPerPass, and commit every record change and intent in one
+// atomic Store.Commit), and deliver (only then write the shadows,
+// Config.WriteConcurrency at once so that the shadow engine groups their
+// commits, and commit what was delivered). Config.OnEvent receives every
+// committed event (the seam for MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer
 // nanoseconds, the form of older records, are accepted when decoding. The
@@ -131,8 +135,13 @@
 // # Concurrency and errors
 //
 // A Planner is safe for concurrent use. Its pass holds the planner's lock,
-// so API calls wait at most one pass (bounded by Config.NotifyPerPass
-// shadow writes). Errors wrap ErrInvalid, ErrNotFound, ErrConflict
+// so an API call waits for the pass in progress: at most
+// Config.NotifyPerPass new notifications, plus the re-issue of
+// notifications not delivered before and the cancels and rollbacks of
+// aborted rollouts. Close cancels the pass's ctx: the pass starts no shadow
+// read or write after that, commits what it decided, and leaves what it
+// did not deliver recorded for the next Open; Close waits for it only
+// until its own ctx is done. Errors wrap ErrInvalid, ErrNotFound, ErrConflict
 // (*ConflictError), ErrState and ErrClosed; the execution methods also
 // return an *ExecutionError wrapping ErrTerminal or ErrVersionMismatch.
 package rollout
