@@ -272,6 +272,16 @@ func (p *Planner) Close(ctx context.Context) error {
 	}
 }
 
+// begin locks mu for an API call; the error wraps ErrClosed.
+func (p *Planner) begin() error {
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
 // Notify tells the planner that device id's shadow changed. It never
 // blocks: ids are collected in a bounded set, and on overflow the next pass
 // rescans every in-flight device. Wire shadow.Config.OnChange to it.
