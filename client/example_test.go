@@ -173,7 +173,7 @@ func startUmbra() (url string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	planner, err = rollout.Open(ctx, rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng),
+	planner, err = rollout.Open(ctx, rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng), Inventory: rollout.EngineInventory(eng, nil),
 		Firmware: fw, Tick: 10 * time.Millisecond})
 	if err != nil {
 		log.Fatal(err)
@@ -210,7 +210,7 @@ func startUmbra() (url string, stop func()) {
 			}
 		}
 	}()
-	h, err := httpapi.NewHandler(httpapi.Config{Shadow: eng, Firmware: fw, Rollouts: planner, Targets: httpapi.IdentityTargets(nil, eng)})
+	h, err := httpapi.NewHandler(httpapi.Config{Shadow: eng, Firmware: fw, Rollouts: planner})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			t.Fatal(err)
 		}
 	}
-	cfg := httpapi.Config{Shadow: eng, Logger: log, Targets: httpapi.IdentityTargets(nil, eng),
+	cfg := httpapi.Config{Shadow: eng, Logger: log,
 		Middleware: func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Header.Get("Authorization") != "Bearer "+token {
@@ -91,7 +91,7 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close(context.Background()) })
-		p, err := rollout.Open(t.Context(), rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng),
+		p, err := rollout.Open(t.Context(), rollout.Config{Store: st, Shadows: rollout.EngineShadows(eng), Inventory: rollout.EngineInventory(eng, nil),
 			Firmware: fw, Tick: 5 * time.Millisecond, Logger: log})
 		if err != nil {
 			t.Fatal(err)
@@ -225,7 +225,7 @@ func TestRolloutSelectAndAll(t *testing.T) {
 	}
 	// The resolver here knows no labels: a selector matches nothing.
 	_, err = e.client.CreateRollout(t.Context(), wire.CreateRollout{Firmware: "2.0.0", Select: map[string]string{"hw": "m2"}})
-	if !errors.Is(err, client.ErrInvalid) || !strings.Contains(err.Error(), "No device matches") {
+	if !errors.Is(err, client.ErrInvalid) || !strings.Contains(err.Error(), "no device matches") {
 		t.Errorf("CreateRollout(select) = %v, want ErrInvalid: no device matches", err)
 	}
 }

@@ -136,6 +136,20 @@ func (e *EnrollError) Unwrap() []error {
 // More than MaxEnrollments devices fail with ErrInvalidName, and
 // ErrClosed after Close.
 func (s *Store) EnrollDevices(ctx context.Context, list []Enrollment, dryRun bool) ([]string, error) {
+	secrets, err := s.enrollDevices(ctx, list, dryRun)
+	if err == nil && !dryRun && s.cfg.OnEnrolled != nil {
+		enrolled := make([]Enrollment, len(list))
+		for i, e := range list {
+			enrolled[i] = Enrollment{ID: e.ID, Labels: cloneLabels(e.Labels), CertSHA256: e.CertSHA256}
+		}
+		s.cfg.OnEnrolled(ctx, enrolled)
+	}
+	return secrets, err
+}
+
+// enrollDevices is EnrollDevices without Config.OnEnrolled, under the
+// store's credentials lock.
+func (s *Store) enrollDevices(ctx context.Context, list []Enrollment, dryRun bool) ([]string, error) {
 	if len(list) > MaxEnrollments {
 		return nil, fmt.Errorf("enroll: %w: %d devices, at most %d in one import", ErrInvalidName, len(list), MaxEnrollments)
 	}

@@ -94,6 +94,15 @@ type Config struct {
 	// committed, outside the store's locks, with that call's ctx, and may
 	// call the store.
 	OnRevoke func(ctx context.Context, r Revocation)
+	// OnEnrolled, when set, is called after devices were enrolled, with
+	// what was enrolled (labels copied), by every path: AddDevice,
+	// EnrollDevice (a certificate binding too) and EnrollDevices (not a
+	// dry run). It runs on the goroutine of the enrolling call, after the
+	// change is committed, outside the store's locks, with that call's
+	// ctx, and may call the store; the enrolment stands whatever it does.
+	// umbra serve wires the rollout planner's DevicesEnrolled to it
+	// (devices enrolled later join dynamic rollouts).
+	OnEnrolled func(ctx context.Context, enrolled []Enrollment)
 	// BoundOnlyCAs are CAs the TLS listener trusts only for certificates
 	// bound to a device (Enrollment.CertSHA256): a certificate whose every
 	// verified chain ends at one of them does not log in by its common

@@ -14,16 +14,33 @@ import (
 // Creating rollouts: Create, Retry (a new rollout over the failed devices
 // of one) and AddDevices (a dynamic rollout grows).
 
-// Create validates spec, checks that the firmware exists and that no
-// target is in another active rollout, stores the rollout with its frozen,
-// de-duplicated target list and batches, and starts it. Errors wrap
-// ErrInvalid, ErrClosed or ErrConflict (a *ConflictError naming the other
-// rollout).
+// Create chooses the targets of spec (its devices, or those its selector
+// or all picks from Config.Inventory; see targets.go), checks their
+// hardware models against the image's, validates spec, checks that the
+// firmware exists and that no target is in another active rollout, stores
+// the rollout with its frozen, de-duplicated target list and batches, and
+// starts it. Errors wrap ErrInvalid (no device matches the selector
+// included), ErrIncompatible (an *IncompatibleError listing the devices
+// of another hardware model), ErrClosed or ErrConflict (a *ConflictError
+// naming the other rollout).
 func (p *Planner) Create(ctx context.Context, spec Spec) (Rollout, error) {
-	return p.create(ctx, spec, "")
+	spec.Policy.setDefaults()
+	if v, err := firmware.ParseVersion(string(spec.Firmware)); err == nil {
+		spec.Firmware = v // canonical: "v1.2.0" → "1.2.0"
+	}
+	if err := p.chooseTargets(ctx, &spec); err != nil {
+		return Rollout{}, fmt.Errorf("create: %w", err)
+	}
+	excluded, err := p.checkHardware(ctx, &spec)
+	if err != nil {
+		return Rollout{}, fmt.Errorf("create: %w", err)
+	}
+	return p.create(ctx, spec, excluded, "")
 }
 
-func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollout, error) {
+// create validates spec (its targets chosen) and stores it as a new
+// rollout, which retries retryOf when set.
+func (p *Planner) create(ctx context.Context, spec Spec, excluded int, retryOf string) (Rollout, error) {
 	spec.Policy.setDefaults()
 	if err := spec.Validate(); err != nil {
 		return Rollout{}, fmt.Errorf("create: %w", err)
@@ -53,10 +70,10 @@ func (p *Planner) create(ctx context.Context, spec Spec, retryOf string) (Rollou
 	now := p.cfg.Now()
 	r := Rollout{Firmware: spec.Firmware, State: StateCreated, Policy: spec.Policy, Targets: len(targets),
 		Batches: planBatches(len(targets), spec.Policy), Created: now, Updated: now, RetryOf: retryOf,
-		Selector: maps.Clone(spec.Selector), All: spec.All, Excluded: spec.Excluded}
+		Selector: maps.Clone(spec.Selector), All: spec.All, Excluded: excluded}
 	reason := fmt.Sprintf("%d targets in %d batches", len(targets), len(r.Batches))
-	if spec.Excluded > 0 {
-		reason += fmt.Sprintf(", %d devices excluded for a hardware mismatch", spec.Excluded)
+	if excluded > 0 {
+		reason += fmt.Sprintf(", %d devices excluded for a hardware mismatch", excluded)
 	}
 	if retryOf != "" {
 		reason += ", retrying " + retryOf
@@ -103,7 +120,7 @@ func (p *Planner) Retry(ctx context.Context, id string) (Rollout, error) {
 	}
 	// One batch: the devices already went through the gates once.
 	spec.BatchSize, spec.BatchPercent, spec.FirstBatch, spec.Ramp = 0, 0, 0, 0
-	return p.create(ctx, spec, id)
+	return p.create(ctx, spec, 0, id)
 }
 
 // AddDevices appends devices to dynamic rollout id (Policy.Dynamic) while it
@@ -136,6 +153,16 @@ func (p *Planner) AddDevices(ctx context.Context, id string, devices []device.ID
 	case !ru.r.State.Active():
 		return Rollout{}, fmt.Errorf("add devices %s: %w: rollout is %s", id, ErrState, ru.r.State)
 	}
+	r, err := p.addDevices(ctx, ru, devices)
+	if err != nil {
+		return Rollout{}, fmt.Errorf("add devices %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// addDevices appends the devices ru does not target yet to it, as new
+// batches. Caller holds mu.
+func (p *Planner) addDevices(ctx context.Context, ru *run, devices []device.ID) (Rollout, error) {
 	have := make(map[device.ID]struct{}, len(ru.targets))
 	for _, t := range ru.targets {
 		have[t] = struct{}{}
@@ -154,15 +181,16 @@ func (p *Planner) AddDevices(ctx context.Context, id string, devices []device.ID
 	if len(list) == 0 {
 		return cloneRollout(ru.r), nil
 	}
+	id := ru.r.ID
 	if err := p.conflict(id, added); err != nil {
-		return Rollout{}, fmt.Errorf("add devices %s: %w", id, err)
+		return Rollout{}, err
 	}
 	pol := ru.r.Policy
 	pol.FirstBatch = 0
 	batches := planBatches(len(list), pol)
 	n := len(ru.targets)
 	if n+len(list) > MaxTargets || len(ru.r.Batches)+len(batches) > MaxBatches {
-		return Rollout{}, fmt.Errorf("add devices %s: %w: more than %d targets or %d batches", id, ErrInvalid, MaxTargets, MaxBatches)
+		return Rollout{}, fmt.Errorf("%w: more than %d targets or %d batches", ErrInvalid, MaxTargets, MaxBatches)
 	}
 	r := cloneRollout(ru.r)
 	for _, b := range batches {
@@ -175,7 +203,7 @@ func (p *Planner) AddDevices(ctx context.Context, id string, devices []device.ID
 		Events: []EventWrite{{Rollout: id, Event: Event{Time: r.Updated, Kind: EventDevicesAdded,
 			Reason: fmt.Sprintf("%d devices in %d batches", len(list), len(batches))}}}})
 	if err != nil {
-		return Rollout{}, fmt.Errorf("add devices %s: %w", id, err)
+		return Rollout{}, err
 	}
 	ru.r, ru.targets = r, targets
 	ru.devs = append(ru.devs, make([]Device, len(list))...)

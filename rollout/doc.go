@@ -13,12 +13,25 @@
 // BatchSize or BatchPercent of the targets, growing by Ramp after each
 // batch up to MaxBatchSize (at most MaxBatches batches). MaxInFlight caps
 // the devices notified and not finished at once. A Dynamic rollout takes
-// more targets while active (AddDevices, e.g. devices enrolled later that
-// match its selector), appended as further batches.
-// Spec.Selector and Spec.All record how the caller chose the targets (a
-// label selector, or every device); the planner stores and returns them
-// without interpreting them, so that the API can add matching devices
-// enrolled later to a dynamic rollout.
+// more targets while active (AddDevices), appended as further batches.
+//
+// # Targets
+//
+// The rules of which devices a rollout takes live here (targets.go), so
+// that they hold whoever asks. The targets are an explicit list
+// (Spec.Devices), or the enrolled devices whose labels carry every pair of
+// Spec.Selector, or (Spec.All) every enrolled device and every device that
+// has a shadow: Create resolves a selector or all from Config.Inventory,
+// sorted by ID. An image built for one hardware model (firmware.Image.HW)
+// is refused for targets enrolled with another HardwareLabel
+// (*IncompatibleError), or with Spec.SkipIncompatible goes to the others
+// (Rollout.Excluded counts the rest); unlabelled devices are taken. A
+// device enrolled later joins every active dynamic rollout whose selector
+// matches its labels or that takes all, oldest first and at most one, not
+// one of another hardware model: DevicesEnrolled, which umbra serve wires
+// to identity.Config.OnEnrolled, so that every enrolment path (a device
+// added, a bulk import, a certificate binding) applies it. The devices of
+// one enrolment call join as one group, in batches of the rollout's size.
 //
 // A rollout moves created → running ⇄ paused → succeeded | failed | aborted.
 // Every transition is idempotent and appended to the rollout's event log

@@ -9,13 +9,17 @@ import (
 
 // Sentinel errors. Methods wrap them with context ("pause r3: …"); match
 // with errors.Is. Suggested HTTP codes for the API edge: ErrInvalid 400,
-// ErrNotFound 404, ErrConflict and ErrState 409, ErrClosed 503.
+// ErrNotFound 404, ErrConflict, ErrIncompatible and ErrState 409,
+// ErrClosed 503.
 var (
 	ErrInvalid  = errors.New("rollout: invalid request")
 	ErrNotFound = errors.New("rollout: not found")
 	ErrConflict = errors.New("rollout: device already in an active rollout")
 	ErrState    = errors.New("rollout: not allowed in this state")
 	ErrClosed   = errors.New("rollout: planner closed")
+	// ErrIncompatible: targets of another hardware model than the image
+	// (an *IncompatibleError lists them).
+	ErrIncompatible = errors.New("rollout: incompatible hardware")
 )
 
 // ConflictError is returned by Create when a target device already belongs

@@ -363,20 +363,20 @@ func (p Policy) Validate() error {
 // API's body is wire.CreateRollout.
 type Spec struct {
 	Firmware firmware.Version
-	// Devices are the targets in rollout order (the caller resolves label
-	// selectors and --all into IDs, sorted for a deterministic order).
-	// Duplicates are dropped; the list is frozen at creation.
+	// Devices are the targets in rollout order. Duplicates are dropped;
+	// the list is frozen at creation.
 	Devices []device.ID
-	// Selector and All describe how the caller chose Devices (a label
-	// selector, or every device). They are stored and returned, not
-	// interpreted by the planner: they let a Dynamic rollout take matching
-	// devices enrolled later (AddDevices).
+	// Selector (every label must match) or All (every enrolled device and
+	// every device that has a shadow) choose the targets when Devices is
+	// nil: Create resolves them from Config.Inventory, sorted by ID. They
+	// are recorded either way: a Dynamic rollout takes the devices enrolled
+	// later that match them (DevicesEnrolled).
 	Selector map[string]string
 	All      bool
-	// Excluded counts devices the caller left out of Devices because they
-	// cannot run the image (their hardware model differs from the
-	// image's). Recorded and shown, not interpreted.
-	Excluded int
+	// SkipIncompatible leaves out the targets enrolled with another
+	// hardware model (HardwareLabel) than the image's, counted in
+	// Rollout.Excluded, instead of refusing the rollout.
+	SkipIncompatible bool
 	Policy
 }
 
@@ -399,9 +399,6 @@ func (s Spec) Validate() error {
 	}
 	if s.All && len(s.Selector) > 0 {
 		return fmt.Errorf("%w: give a selector or all, not both", ErrInvalid)
-	}
-	if s.Excluded < 0 {
-		return fmt.Errorf("%w: excluded %d is negative", ErrInvalid, s.Excluded)
 	}
 	if len(s.Selector) > MaxSelectorLabels {
 		return fmt.Errorf("%w: selector of %d labels, at most %d", ErrInvalid, len(s.Selector), MaxSelectorLabels)
@@ -440,7 +437,8 @@ type Rollout struct {
 	// Selector and All are Spec's: how the targets were chosen.
 	Selector map[string]string `json:"selector,omitempty"`
 	All      bool              `json:"all,omitempty"`
-	// Excluded is Spec's: devices left out for a hardware mismatch.
+	// Excluded counts the devices left out for a hardware mismatch
+	// (Spec.SkipIncompatible).
 	Excluded int `json:"excluded,omitempty"`
 	// Versions interns the versions devices ran before this rollout
 	// (Device.From indexes it from 1).

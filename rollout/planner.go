@@ -53,6 +53,11 @@ type Config struct {
 	// Shadows and Firmware are required.
 	Shadows  Shadows
 	Firmware Firmware
+	// Inventory lets Create choose targets by label selector or all, and
+	// check their hardware models against the image's; nil refuses a
+	// selector or all, and takes every target. internal/server adapts the
+	// identity store and the shadow engine.
+	Inventory Inventory
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the planner's logs; nil discards them.

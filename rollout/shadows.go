@@ -62,3 +62,46 @@ func (s engineShadows) ReportedFirmware(ctx context.Context, id device.ID) (firm
 	}
 	return r, true, nil
 }
+
+// EngineInventory returns the Inventory of the devices that enrolled lists
+// (nil: none are enrolled) and of the devices that have a shadow in e.
+// internal/server passes the identity store's devices as enrolled.
+func EngineInventory(e *shadow.Engine, enrolled func(ctx context.Context) ([]EnrolledDevice, error)) Inventory {
+	return engineInventory{e: e, enrolled: enrolled}
+}
+
+type engineInventory struct {
+	e        *shadow.Engine
+	enrolled func(ctx context.Context) ([]EnrolledDevice, error)
+}
+
+// EnrolledDevices calls enrolled.
+func (i engineInventory) EnrolledDevices(ctx context.Context) ([]EnrolledDevice, error) {
+	if i.enrolled == nil {
+		return nil, nil
+	}
+	return i.enrolled(ctx)
+}
+
+// shadowPage is how many shadows ShadowDevices lists at a time (the
+// engine's most).
+const shadowPage = 1000
+
+// ShadowDevices lists every shadow of the engine, page by page.
+func (i engineInventory) ShadowDevices(ctx context.Context) ([]device.ID, error) {
+	var out []device.ID
+	cursor := ""
+	for {
+		sums, next, err := i.e.List(ctx, cursor, shadowPage)
+		if err != nil {
+			return nil, fmt.Errorf("list shadows: %w", err)
+		}
+		for _, s := range sums {
+			out = append(out, s.ID)
+		}
+		if next == "" || next == cursor {
+			return out, nil
+		}
+		cursor = next
+	}
+}

@@ -221,7 +221,6 @@ func (h *idHandler) addDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	notifyEnrolled(r, e.ID, e.Labels) // joins matching dynamic rollouts
 	h.ok(w, r, http.StatusCreated, wire.SecretResponse{ID: string(e.ID), Secret: secret, CertSHA256: e.CertSHA256})
 }
 
@@ -299,9 +298,6 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 	resp := wire.ImportResponse{Devices: make([]wire.SecretResponse, len(list)), DryRun: req.DryRun}
 	for i, e := range list {
 		resp.Devices[i] = wire.SecretResponse{ID: string(e.ID), Secret: secrets[i], CertSHA256: e.CertSHA256}
-		if !req.DryRun {
-			notifyEnrolled(r, e.ID, e.Labels)
-		}
 	}
 	status := http.StatusCreated
 	if req.DryRun {

@@ -33,16 +33,18 @@
 //
 // {id} must pass wire.ParseRolloutID (else 400). A wire.CreateRollout with
 // an unknown field, or a duration that is not a string such as "30m", is a
-// 400 naming the field. It takes exactly one of devices, select (labels) and all;
-// Config.Targets (IdentityTargets) resolves select and all into a sorted
-// device list, and a body naming no device is a 400. abort takes
-// ?rollback=true or {"rollback":true}. Planner errors map to statuses in the
-// same table: rollout.ErrInvalid 400, ErrNotFound 404, ErrConflict (with
-// "rollout" naming the rollout that holds the device) and ErrState 409,
-// ErrClosed 503. A device enrolled through IdentityRoutes joins every
-// active dynamic rollout whose selector matches its labels (or that
-// targets all devices); a failure to add it is logged, and the enrolment
-// succeeds regardless.
+// 400 naming the field. It takes exactly one of devices, select (labels) and
+// all, and a body naming no device is a 400; the route checks only that
+// shape and calls rollout.Planner.Create, which applies the rules (it
+// resolves select and all, checks hardware models, validates the policy).
+// abort takes ?rollback=true or {"rollback":true}. Planner errors map to
+// statuses in the same table: rollout.ErrInvalid 400, ErrNotFound 404,
+// ErrConflict (with "rollout" naming the rollout that holds the device),
+// ErrIncompatible (with "incompatible" listing up to
+// MaxIncompatibleListed devices) and ErrState 409, ErrClosed 503. Devices
+// enrolled later join dynamic rollouts through the identity store's
+// enrolment callback, whatever the path (see rollout.Planner.DevicesEnrolled);
+// this package takes no part in it.
 //
 // The shadow routes have the same semantics and error codes as the MQTT
 // protocol (docs/protocol.md): the HTTP status is the code, and the body is

@@ -33,9 +33,6 @@ var (
 	errNoStore  = errors.New("httpapi: firmware store not available")
 	// errNoRollouts: no rollout planner (or target resolver) configured.
 	errNoRollouts = errors.New("httpapi: rollouts not available")
-	// errIncompatible: targets of another hardware model than the image
-	// (an *IncompatibleError).
-	errIncompatible = errors.New("httpapi: incompatible hardware")
 	// errCrossOrigin: a state-changing request from a browser page of
 	// another origin (see crossOrigin).
 	errCrossOrigin = errors.New("httpapi: cross-origin request")
@@ -58,7 +55,7 @@ var statusTable = []struct {
 	{rollout.ErrState, http.StatusConflict},
 	{rollout.ErrClosed, http.StatusServiceUnavailable},
 	{errNoRollouts, http.StatusServiceUnavailable},
-	{errIncompatible, http.StatusConflict},
+	{rollout.ErrIncompatible, http.StatusConflict},
 	{errInvalid, http.StatusBadRequest},
 	{device.ErrInvalidID, http.StatusBadRequest},
 	{errNoRoute, http.StatusNotFound},
@@ -108,7 +105,6 @@ type api struct {
 	// leaves it out.
 	presence func(device.ID) (identity.Presence, bool)
 	ro       atomic.Pointer[rolloutsRef] // nil until configured
-	targets  TargetResolver              // nil: no select or all
 	// observe is Config.Observe; nil when not set.
 	observe func(route string, code int, d time.Duration)
 }
@@ -136,7 +132,6 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	}
 	a.presence = cfg.Presence
 	a.setRollouts(cfg.Rollouts)
-	a.targets = cfg.Targets
 	v1 := func(h http.HandlerFunc) http.Handler {
 		if cfg.Middleware != nil {
 			return cfg.Middleware(h)
@@ -193,7 +188,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		mux.Handle(pattern, routes[pattern])
 	}
 	a.observe = cfg.Observe
-	return a.logRequests(mux, jsonErrors(a.recoverPanics(a.crossOrigin(cop, a.withAPI(mux))))), a, nil
+	return a.logRequests(mux, jsonErrors(a.recoverPanics(a.crossOrigin(cop, mux)))), a, nil
 }
 
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
@@ -405,8 +400,10 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	if ce, ok := errors.AsType[*rollout.ConflictError](err); ok {
 		body.Rollout = ce.Rollout
 	}
-	if ie, ok := errors.AsType[*IncompatibleError](err); ok {
-		body.Incompatible = ie.Devices[:min(len(ie.Devices), MaxIncompatibleListed)]
+	if ie, ok := errors.AsType[*rollout.IncompatibleError](err); ok {
+		for _, d := range ie.Devices[:min(len(ie.Devices), MaxIncompatibleListed)] {
+			body.Incompatible = append(body.Incompatible, wire.IncompatibleDevice{ID: d.ID, HW: d.HW})
+		}
 	}
 	b, _ := json.Marshal(body)
 	writeJSON(w, status, b)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -19,7 +18,6 @@ import (
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/rollout"
-	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -34,7 +32,7 @@ type Rollouts interface {
 	Get(ctx context.Context, id string) (rollout.Status, error)
 	List(ctx context.Context) ([]rollout.Rollout, error)
 	DevicesPage(ctx context.Context, id string, states []rollout.DeviceState, start, limit int) ([]rollout.DeviceStatus, int, error)
-	Events(ctx context.Context, id string) ([]rollout.Event, error)
+	EventsAfter(ctx context.Context, id string, after uint64) ([]rollout.Event, error)
 	Pause(ctx context.Context, id string) (rollout.Rollout, error)
 	Resume(ctx context.Context, id string) (rollout.Rollout, error)
 	Abort(ctx context.Context, id string, rollback bool) (rollout.Rollout, error)
@@ -43,124 +41,9 @@ type Rollouts interface {
 	AddDevices(ctx context.Context, id string, devices []device.ID) (rollout.Rollout, error)
 }
 
-// TargetResolver turns a label selector (every pair must match), or all,
-// into a sorted, de-duplicated list of device IDs, and tells the hardware
-// model of devices.
-type TargetResolver interface {
-	Resolve(ctx context.Context, selector map[string]string, all bool) ([]device.ID, error)
-	// Hardware returns the hardware model (the HardwareLabel enrolment
-	// label) of each of ids that has one.
-	Hardware(ctx context.Context, ids []device.ID) (map[device.ID]string, error)
-}
-
-// HardwareLabel is the enrolment label naming a device's hardware model
-// (umbra device add d1 --label hw=m2). A rollout of an image built for one
-// model (firmware upload --hw) refuses targets labelled with another, or
-// leaves them out with skip_incompatible; devices without the label are
-// taken, and must check the manifest's hw themselves.
-const HardwareLabel = "hw"
-
-// MaxIncompatibleListed bounds the devices an IncompatibleError's JSON
-// body lists.
+// MaxIncompatibleListed bounds the devices the JSON body of a refused
+// rollout lists (a *rollout.IncompatibleError has them all).
 const MaxIncompatibleListed = 100
-
-// IncompatibleError refuses a rollout whose targets include devices of
-// another hardware model than the image's. It is a 409 whose body lists
-// the devices.
-type IncompatibleError struct {
-	Firmware firmware.Version
-	HW       string                    // the image's hardware model
-	Devices  []wire.IncompatibleDevice // in target order
-}
-
-func (e *IncompatibleError) Error() string {
-	d := e.Devices[0]
-	return fmt.Sprintf("%d target devices have another hardware model than firmware %s (hw %q), for example %s (hw %q): leave them out with skip_incompatible (umbra rollout create --skip-incompatible)",
-		len(e.Devices), e.Firmware, e.HW, d.ID, d.HW)
-}
-
-func (e *IncompatibleError) Unwrap() error { return errIncompatible }
-
-// IdentityTargets returns the TargetResolver over enrolled devices and
-// shadows: a selector matches enrolled devices by their labels; all is every
-// enrolled device and every device that has a shadow (with anonymous access
-// devices are not enrolled). Either argument may be nil.
-func IdentityTargets(ids *identity.Store, eng *shadow.Engine) TargetResolver {
-	return identityTargets{ids: ids, eng: eng}
-}
-
-type identityTargets struct {
-	ids *identity.Store
-	eng *shadow.Engine
-}
-
-func (t identityTargets) Resolve(ctx context.Context, selector map[string]string, all bool) ([]device.ID, error) {
-	if !all && len(selector) == 0 {
-		return nil, clientErr(errInvalid, "Give a label selector or all")
-	}
-	set := map[device.ID]struct{}{}
-	if t.ids != nil {
-		devs, err := t.ids.ListDevices(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("resolve targets: %w", err)
-		}
-		for _, d := range devs {
-			if all || labelsMatch(selector, d.Labels) {
-				set[d.ID] = struct{}{}
-			}
-		}
-	}
-	if all && t.eng != nil {
-		cursor := ""
-		for {
-			sums, next, err := t.eng.List(ctx, cursor, wire.MaxListLimit)
-			if err != nil {
-				return nil, fmt.Errorf("resolve targets: %w", err)
-			}
-			for _, s := range sums {
-				set[s.ID] = struct{}{}
-			}
-			if next == "" || next == cursor {
-				break
-			}
-			cursor = next
-		}
-	}
-	return slices.Sorted(maps.Keys(set)), nil
-}
-
-func (t identityTargets) Hardware(ctx context.Context, ids []device.ID) (map[device.ID]string, error) {
-	out := map[device.ID]string{}
-	if t.ids == nil {
-		return out, nil
-	}
-	devs, err := t.ids.ListDevices(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("hardware of targets: %w", err)
-	}
-	want := make(map[device.ID]struct{}, len(ids))
-	for _, id := range ids {
-		want[id] = struct{}{}
-	}
-	for _, d := range devs {
-		if hw, ok := d.Labels[HardwareLabel]; ok {
-			if _, ok := want[d.ID]; ok {
-				out[d.ID] = hw
-			}
-		}
-	}
-	return out, nil
-}
-
-// labelsMatch reports whether labels carry every pair of selector.
-func labelsMatch(selector, labels map[string]string) bool {
-	for k, v := range selector {
-		if have, ok := labels[k]; !ok || have != v {
-			return false
-		}
-	}
-	return true
-}
 
 // decodeCreate reads the body of POST /v1/rollouts: a JSON object of
 // wire.CreateRollout's fields and no others, its durations strings. Its
@@ -285,10 +168,7 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	spec, err := a.spec(r.Context(), req)
-	if err == nil {
-		err = a.checkHardware(r.Context(), &spec, req.SkipIncompatible)
-	}
+	spec, err := createSpec(req)
 	if err != nil {
 		a.writeError(w, r, err, "")
 		return
@@ -302,9 +182,11 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 	a.writeValue(w, r, http.StatusCreated, rolloutwire.Rollout(ro))
 }
 
-// spec validates req's targets, resolves a selector or all into devices,
-// and returns the planner's Spec. The policy is validated by the planner.
-func (a *api) spec(ctx context.Context, req wire.CreateRollout) (rollout.Spec, error) {
+// createSpec checks the shape of req (exactly one kind of target, a
+// firmware version, device IDs and labels that parse) and returns the
+// planner's Spec of it. The planner applies the rules: it resolves a
+// selector or all, checks hardware models and validates the policy.
+func createSpec(req wire.CreateRollout) (rollout.Spec, error) {
 	if req.TargetKinds() != 1 {
 		return rollout.Spec{}, clientErr(errInvalid, "Give exactly one of devices, select and all")
 	}
@@ -315,8 +197,6 @@ func (a *api) spec(ctx context.Context, req wire.CreateRollout) (rollout.Spec, e
 	if err != nil {
 		return rollout.Spec{}, clientErr(errInvalid, "Invalid firmware version: %v", err)
 	}
-	spec := rolloutwire.Spec(req)
-	spec.Firmware = v // canonical ("v1.2.0" is 1.2.0), as the store and planner use it
 	switch {
 	case req.Devices != nil:
 		if len(req.Devices) == 0 {
@@ -330,7 +210,6 @@ func (a *api) spec(ctx context.Context, req wire.CreateRollout) (rollout.Spec, e
 				return rollout.Spec{}, clientErr(errInvalid, "Invalid device ID: %v", err)
 			}
 		}
-		return spec, nil
 	case req.Select != nil:
 		if len(req.Select) == 0 {
 			return rollout.Spec{}, clientErr(errInvalid, "select must name at least one label")
@@ -339,79 +218,9 @@ func (a *api) spec(ctx context.Context, req wire.CreateRollout) (rollout.Spec, e
 			return rollout.Spec{}, fmt.Errorf("select: %w", err)
 		}
 	}
-	if a.targets == nil {
-		return rollout.Spec{}, clientErr(errNoRollouts, "Target selection by labels or all is not available")
-	}
-	ids, err := a.targets.Resolve(ctx, req.Select, req.All)
-	if err != nil {
-		return rollout.Spec{}, err
-	}
-	if len(ids) == 0 {
-		return rollout.Spec{}, clientErr(errInvalid, "No device matches the selector")
-	}
-	spec.Devices = ids
+	spec := rolloutwire.Spec(req)
+	spec.Firmware = v // canonical ("v1.2.0" is 1.2.0), as the store and planner use it
 	return spec, nil
-}
-
-// checkHardware refuses spec (an *IncompatibleError) if a target is
-// labelled with another hardware model than the image's, or with skip
-// leaves such targets out and counts them in spec.Excluded. It lets
-// everything through when the image names no model, when there is no
-// firmware store or target resolver, or when the image is missing (the
-// planner reports that).
-func (a *api) checkHardware(ctx context.Context, spec *rollout.Spec, skip bool) error {
-	fw := a.fw.Load()
-	if fw == nil || a.targets == nil {
-		return nil
-	}
-	img, err := fw.Get(ctx, spec.Firmware)
-	switch {
-	case errors.Is(err, firmware.ErrNotFound):
-		return nil // the planner refuses the rollout with a 400
-	case err != nil:
-		return fmt.Errorf("hardware check: %w", err)
-	case img.HW == "":
-		return nil
-	}
-	hw, err := a.targets.Hardware(ctx, spec.Devices)
-	if err != nil {
-		return err
-	}
-	var bad []wire.IncompatibleDevice
-	keep := make([]device.ID, 0, len(spec.Devices))
-	seen := make(map[device.ID]struct{}, len(spec.Devices))
-	for _, id := range spec.Devices {
-		if _, dup := seen[id]; dup {
-			continue // the planner drops duplicates too
-		}
-		seen[id] = struct{}{}
-		if h, ok := hw[id]; ok && h != img.HW {
-			bad = append(bad, wire.IncompatibleDevice{ID: id, HW: h})
-		} else {
-			keep = append(keep, id)
-		}
-	}
-	switch {
-	case len(bad) == 0:
-		return nil
-	case !skip:
-		return &IncompatibleError{Firmware: img.Version, HW: img.HW, Devices: bad}
-	case len(keep) == 0:
-		return clientErr(errInvalid, "No target can run firmware %s: all %d have another hardware model than %q", img.Version, len(bad), img.HW)
-	}
-	spec.Devices, spec.Excluded = keep, len(bad)
-	return nil
-}
-
-// runsOn reports whether firmware v may go to a device of hardware model
-// hw; true when that cannot be told.
-func (a *api) runsOn(ctx context.Context, v firmware.Version, hw string) bool {
-	fw := a.fw.Load()
-	if fw == nil || hw == "" {
-		return true
-	}
-	img, err := fw.Get(ctx, v)
-	return err != nil || img.HW == "" || img.HW == hw
 }
 
 func (a *api) listRollouts(w http.ResponseWriter, r *http.Request) {
@@ -506,18 +315,12 @@ func (a *api) rolloutEvents(w http.ResponseWriter, r *http.Request) {
 			}
 			after = n
 		}
-		evs, err := rs.Events(r.Context(), id)
+		evs, err := rs.EventsAfter(r.Context(), id, after)
 		if err != nil {
 			a.writeError(w, r, err, "")
 			return
 		}
-		out := []wire.RolloutEvent{}
-		for _, ev := range evs {
-			if ev.Seq > after {
-				out = append(out, rolloutwire.Event(ev))
-			}
-		}
-		a.writeValue(w, r, http.StatusOK, wire.RolloutEvents{Events: out})
+		a.writeValue(w, r, http.StatusOK, wire.RolloutEvents{Events: wireList(evs, rolloutwire.Event)})
 	})
 }
 
@@ -575,52 +378,5 @@ func (a *api) control(op string) http.HandlerFunc {
 			}
 			a.writeValue(w, r, status, rolloutwire.Rollout(ro))
 		})
-	}
-}
-
-// enrolled adds a newly enrolled device to every active dynamic rollout
-// whose selector matches its labels (or that targets all devices). Errors
-// are logged: enrolment succeeds regardless.
-func (a *api) enrolled(ctx context.Context, id device.ID, labels map[string]string) {
-	ref := a.ro.Load()
-	if ref == nil {
-		return
-	}
-	list, err := ref.r.List(ctx)
-	if err != nil {
-		a.log.Warn("dynamic rollouts: list", "device", id, "err", err)
-		return
-	}
-	for _, ro := range list {
-		if !ro.State.Active() || !ro.Policy.Dynamic || !(ro.All || len(ro.Selector) > 0 && labelsMatch(ro.Selector, labels)) {
-			continue
-		}
-		if hw := labels[HardwareLabel]; !a.runsOn(ctx, ro.Firmware, hw) {
-			a.log.Info("dynamic rollout: enrolled device not added: another hardware model", "rollout", ro.ID, "device", id, "hw", hw)
-			continue
-		}
-		if _, err := ref.r.AddDevices(ctx, ro.ID, []device.ID{id}); err != nil {
-			a.log.Warn("dynamic rollout: add enrolled device", "rollout", ro.ID, "device", id, "err", err)
-			continue
-		}
-		a.log.Info("dynamic rollout: added enrolled device", "rollout", ro.ID, "device", id)
-	}
-}
-
-type apiKey struct{}
-
-// withAPI makes a reachable from every handler's context, mounts included,
-// so that enrolment (IdentityRoutes) can reach the rollout planner.
-func (a *api) withAPI(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKey{}, a)))
-	})
-}
-
-// notifyEnrolled tells the API serving r, if any, that device id was
-// enrolled with labels.
-func notifyEnrolled(r *http.Request, id device.ID, labels map[string]string) {
-	if a, ok := r.Context().Value(apiKey{}).(*api); ok {
-		a.enrolled(r.Context(), id, labels)
 	}
 }

@@ -48,7 +48,18 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 			p.Notify(id)
 		}
 	}})
-	ids := identitytest.Open(t, dir, identity.Config{Logger: testLogger(t)})
+	// Wired as umbra serve wires them: every enrolment tells the planner,
+	// which chooses targets among the enrolled devices and the shadows.
+	ids := identitytest.Open(t, dir, identity.Config{Logger: testLogger(t),
+		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
+			if p := pl.Load(); p != nil {
+				devs := make([]rollout.EnrolledDevice, len(enrolled))
+				for i, en := range enrolled {
+					devs[i] = rollout.EnrolledDevice{ID: en.ID, Labels: en.Labels}
+				}
+				p.DevicesEnrolled(ctx, devs)
+			}
+		}})
 	e.ids = ids
 	for role, name := range map[identity.Role]string{identity.RoleOperator: "ops", identity.RoleIntegrator: "reader"} {
 		secret, err := ids.CreateToken(t.Context(), role, name)
@@ -76,14 +87,22 @@ func newRolloutEnv(t *testing.T, withPlanner bool) *rolloutEnv {
 		}
 	}
 	e.fw = fw
-	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Targets: httpapi.IdentityTargets(ids, e.eng), Firmware: fw}
+	cfg := httpapi.Config{Shadow: e.eng, Logger: testLogger(t), Firmware: fw}
+	inventory := rollout.EngineInventory(e.eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
+		list, err := ids.ListDevices(ctx)
+		devs := make([]rollout.EnrolledDevice, len(list))
+		for i, d := range list {
+			devs[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
+		}
+		return devs, err
+	})
 	if withPlanner {
 		st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(dir, "rollout.db")})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close(context.Background()) })
-		p, err := rollout.Open(t.Context(), rollout.Config{Store: st,
+		p, err := rollout.Open(t.Context(), rollout.Config{Store: st, Inventory: inventory,
 			Shadows: rollout.EngineShadows(e.eng), Firmware: fw, Tick: 5 * time.Millisecond, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
@@ -315,45 +334,6 @@ func (e *rolloutEnv) targets(t *testing.T, id string) string {
 	return strings.Join(ids, ",")
 }
 
-func TestIdentityTargets(t *testing.T) {
-	e := newRolloutEnv(t, false)
-	e.enroll(t, "x2", map[string]string{"hw": "m2", "region": "eu"})
-	e.enroll(t, "x1", map[string]string{"hw": "m2", "region": "us"})
-	e.enroll(t, "x3", map[string]string{"hw": "m1", "region": "eu"})
-	e.report(t, "s1", firmware.Report{Version: "1.0.0"})
-	e.report(t, "x1", firmware.Report{Version: "1.0.0"})
-	res := httpapi.IdentityTargets(e.ids, e.eng)
-	tests := []struct {
-		name string
-		sel  map[string]string
-		all  bool
-		want string
-	}{
-		{"one label", map[string]string{"hw": "m2"}, false, "x1,x2"},
-		{"every pair must match", map[string]string{"hw": "m2", "region": "eu"}, false, "x2"},
-		{"no match", map[string]string{"hw": "m9"}, false, ""},
-		{"all is enrolled and shadows, deduplicated", nil, true, "s1,x1,x2,x3"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ids, err := res.Resolve(t.Context(), tc.sel, tc.all)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, id := range ids {
-				got = append(got, string(id))
-			}
-			if strings.Join(got, ",") != tc.want {
-				t.Errorf("Resolve = %v, want %s", got, tc.want)
-			}
-		})
-	}
-	if _, err := res.Resolve(t.Context(), nil, false); err == nil {
-		t.Errorf("Resolve without selector or all: nil error, want one")
-	}
-}
-
 func TestRolloutCreateValidation(t *testing.T) {
 	e := newRolloutEnv(t, true)
 	e.enroll(t, "d1", map[string]string{"hw": "m2"})
@@ -375,7 +355,7 @@ func TestRolloutCreateValidation(t *testing.T) {
 		{"bad device ID", `{"firmware":"2.0.0","devices":["a/b"]}`, 400, "device ID"},
 		{"empty select", `{"firmware":"2.0.0","select":{}}`, 400, "at least one label"},
 		{"bad label key", `{"firmware":"2.0.0","select":{"-x":"1"}}`, 400, "key"},
-		{"no device matches", `{"firmware":"2.0.0","select":{"hw":"m9"}}`, 400, "No device matches"},
+		{"no device matches", `{"firmware":"2.0.0","select":{"hw":"m9"}}`, 400, "no device matches the selector"},
 		{"missing firmware", `{"devices":["d1"]}`, 400, "Missing firmware"},
 		{"bad firmware version", `{"firmware":"latest","devices":["d1"]}`, 400, "firmware"},
 		{"unknown firmware", `{"firmware":"9.9.9","devices":["d1"]}`, 400, "9.9.9"},

@@ -67,12 +67,8 @@ type Config struct {
 	Middleware func(http.Handler) http.Handler
 	// Rollouts is the planner the /v1/rollouts routes call (a
 	// *rollout.Planner). Nil means those routes answer 503 until
-	// Server.SetRollouts installs one. Devices enrolled through
-	// IdentityRoutes join its active dynamic rollouts.
+	// Server.SetRollouts installs one.
 	Rollouts Rollouts
-	// Targets resolves "select" and "all" in POST /v1/rollouts
-	// (IdentityTargets); nil answers such requests with 503.
-	Targets TargetResolver
 	// TrustedOrigins are browser origins, each "scheme://host[:port]"
 	// exactly as a browser sends it in the Origin header (for example
 	// "https://console.example.com"), whose pages may send state-changing

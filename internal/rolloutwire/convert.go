@@ -125,11 +125,11 @@ func PolicyFrom(p wire.Policy) rollout.Policy {
 }
 
 // Spec returns the planner's Spec of req: its firmware, devices, selector,
-// all and policy. The caller resolves a selector or all into Devices and
-// sets Excluded.
+// all, skip_incompatible and policy. The planner resolves a selector or
+// all into devices (Planner.Create).
 func Spec(req wire.CreateRollout) rollout.Spec {
 	return rollout.Spec{Firmware: firmware.Version(req.Firmware), Devices: req.Devices, Selector: req.Select,
-		All: req.All, Policy: PolicyFrom(req.Policy)}
+		All: req.All, SkipIncompatible: req.SkipIncompatible, Policy: PolicyFrom(req.Policy)}
 }
 
 // mapSlice applies f to every element of s; nil for nil.

@@ -271,6 +271,16 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 				m.AddEvictions(r.Reason, b.Evict(ctx, brokerauth.Match(r)))
 			}
 		},
+		// Every enrolment path (device add, bulk import, certificate
+		// binding) tells the planner: devices enrolled later join its
+		// dynamic rollouts. The planner is opened below (after the HTTP
+		// API and the firmware store): a device enrolled before that does
+		// not join one.
+		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
+			if p := planner.Load(); p != nil {
+				p.DevicesEnrolled(ctx, rolloutDevices(enrolled))
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -470,7 +480,6 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			Mounts:         mounts,
 			Middleware:     auth,
 			Presence:       ids.Presence,
-			Targets:        httpapi.IdentityTargets(ids, eng),
 			TrustedOrigins: cfg.AllowedOrigins,
 			Observe:        s.metrics.ObserveHTTP,
 			TLSConfig:      cfg.HTTPTLSConfig,
@@ -549,6 +558,19 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		Tick:     cfg.RolloutTick,
 		Rescan:   cfg.RolloutRescan,
 		OnEvent:  feed.OnEvent,
+		// Targets by label selector or all, and their hardware models:
+		// the enrolled devices and every shadow.
+		Inventory: rollout.EngineInventory(eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
+			devs, err := ids.ListDevices(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]rollout.EnrolledDevice, len(devs))
+			for i, d := range devs {
+				out[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
+			}
+			return out, nil
+		}),
 		// The notify and notify-next topics of Jobs devices.
 		OnExecution: jsvc.ExecutionChanged,
 	})
@@ -801,6 +823,15 @@ var (
 	_ jobs.Planner           = (*lazyPlanner)(nil)
 	_ rollout.Firmware       = (*lazyFirmware)(nil)
 )
+
+// rolloutDevices adapts enrolled devices to the planner's kind.
+func rolloutDevices(enrolled []identity.Enrollment) []rollout.EnrolledDevice {
+	out := make([]rollout.EnrolledDevice, len(enrolled))
+	for i, e := range enrolled {
+		out[i] = rollout.EnrolledDevice{ID: e.ID, Labels: e.Labels}
+	}
+	return out
+}
 
 // disconnectReason is the presence reason for a broker disconnect error:
 // a short stable word, "" for a clean DISCONNECT.
