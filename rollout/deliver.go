@@ -49,7 +49,7 @@ func (p *Planner) deliver(ctx context.Context, runs []*run, pl *plan) {
 	}
 	ios := make([]pendingIO, len(pl.undo))
 	for k, u := range pl.undo {
-		ios[k] = p.prepareIO(ctx, &w, u.ru, u.a)
+		ios[k] = p.prepareIO(ctx, &w, u.ru, *u.a)
 	}
 	errs = parallel(ctx, len(ios), p.cfg.WriteConcurrency, func(k int) error {
 		if io := &ios[k]; io.write {

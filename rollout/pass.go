@@ -46,10 +46,10 @@ type plan struct {
 	more bool
 }
 
-// runAction is an action of Step for a run.
+// runAction is an action of Step for a run (in the slice Step returned).
 type runAction struct {
 	ru *run
-	a  Action
+	a  *Action
 }
 
 // report is a device's reported firmware, read for decide.
@@ -104,7 +104,7 @@ func (p *Planner) changed(ids []device.ID, overflow bool) []ref {
 // an echo), devices without one and those that cannot be read. It stops
 // when ctx is done.
 func (p *Planner) readReports(ctx context.Context, refs []ref) []report {
-	var out []report
+	out := make([]report, 0, len(refs))
 	for _, rf := range refs {
 		if ctx.Err() != nil {
 			break
@@ -150,11 +150,12 @@ func (p *Planner) decide(now time.Time, runs []*run, reports []report) plan {
 			p.dropRun(ru)
 			continue
 		}
-		for _, a := range acts {
+		for k := range acts {
+			a := &acts[k]
 			switch a.Kind {
 			case ActTransition:
 				before := ru.r.State
-				Apply(now, &ru.r, ru.devs, a)
+				Apply(now, &ru.r, ru.devs, *a)
 				if ru.r.State != before || a.Rollback {
 					w.meta(ru)
 					w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventState, State: ru.r.State, Reason: a.Reason}})
@@ -162,12 +163,12 @@ func (p *Planner) decide(now time.Time, runs []*run, reports []report) plan {
 					pl.more = true
 				}
 			case ActStartBatch:
-				Apply(now, &ru.r, ru.devs, a)
+				Apply(now, &ru.r, ru.devs, *a)
 				w.meta(ru)
 				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchStarted, Batch: a.Batch, Reason: a.Reason}})
 				pl.more = true
 			case ActWaiting:
-				Apply(now, &ru.r, ru.devs, a)
+				Apply(now, &ru.r, ru.devs, *a)
 				w.meta(ru)
 				reason := a.Reason
 				if reason == "" {
@@ -176,7 +177,7 @@ func (p *Planner) decide(now time.Time, runs []*run, reports []report) plan {
 				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventWaiting, Reason: reason}})
 				p.log.Info("rollout waiting", logKeyRollout, ru.r.ID, logKeyReason, reason)
 			case ActBatchFinished:
-				Apply(now, &ru.r, ru.devs, a)
+				Apply(now, &ru.r, ru.devs, *a)
 				w.meta(ru)
 				w.events = append(w.events, evWrite{ru, Event{Time: now, Kind: EventBatchFinished, Batch: a.Batch, Reason: a.Reason}})
 			case ActSetDevice:
@@ -206,7 +207,7 @@ func (p *Planner) persist(ctx context.Context, pl *plan) error {
 		if ctx.Err() != nil {
 			break // the devices stay pending
 		}
-		p.prepareNotify(ctx, &pl.w, n.ru, n.a)
+		p.prepareNotify(ctx, &pl.w, n.ru, *n.a)
 	}
 	return p.commit(context.WithoutCancel(ctx), &pl.w)
 }

@@ -57,27 +57,35 @@ func (w *writes) meta(ru *run) {
 // changes returns w as the store's Changes, with the records as they are
 // in memory now (the last change of a device in a pass wins).
 func (w *writes) changes() *Changes {
-	c := &Changes{}
-	for _, ru := range w.metas {
-		c.Rollouts = append(c.Rollouts, ru.r)
+	c := &Changes{
+		Rollouts:   make([]Rollout, len(w.metas)),
+		Devices:    make([]DeviceWrite, len(w.devs)),
+		Errors:     make([]ErrorWrite, len(w.errs)),
+		Events:     make([]EventWrite, len(w.events)),
+		Intents:    make([]IntentWrite, len(w.intents)),
+		Delivered:  make([]Position, len(w.deleted)),
+		Executions: make([]ExecWrite, len(w.execs)),
 	}
-	for _, d := range w.devs {
-		c.Devices = append(c.Devices, DeviceWrite{Position{d.ru.r.ID, d.i}, d.ru.devs[d.i]})
+	for k, ru := range w.metas {
+		c.Rollouts[k] = ru.r
 	}
-	for _, e := range w.errs {
-		c.Errors = append(c.Errors, ErrorWrite{Position{e.ru.r.ID, e.i}, e.msg})
+	for k, d := range w.devs {
+		c.Devices[k] = DeviceWrite{Position{d.ru.r.ID, d.i}, d.ru.devs[d.i]}
 	}
-	for _, e := range w.events {
-		c.Events = append(c.Events, EventWrite{e.ru.r.ID, e.ev})
+	for k, e := range w.errs {
+		c.Errors[k] = ErrorWrite{Position{e.ru.r.ID, e.i}, e.msg}
 	}
-	for _, in := range w.intents {
-		c.Intents = append(c.Intents, IntentWrite{Position{in.ru.r.ID, in.i}, in.raw})
+	for k, e := range w.events {
+		c.Events[k] = EventWrite{e.ru.r.ID, e.ev}
 	}
-	for _, in := range w.deleted {
-		c.Delivered = append(c.Delivered, Position{in.ru.r.ID, in.i})
+	for k, in := range w.intents {
+		c.Intents[k] = IntentWrite{Position{in.ru.r.ID, in.i}, in.raw}
 	}
-	for _, x := range w.execs {
-		c.Executions = append(c.Executions, ExecWrite{x.ru.r.ID, x.id, x.patch})
+	for k, in := range w.deleted {
+		c.Delivered[k] = Position{in.ru.r.ID, in.i}
+	}
+	for k, x := range w.execs {
+		c.Executions[k] = ExecWrite{x.ru.r.ID, x.id, x.patch}
 	}
 	return c
 }
