@@ -34,7 +34,10 @@
 // certificate login the client ID is the device ID, and the user name may
 // be empty, the device ID, the common name, or start with "?" (AWS IoT's
 // query form for SDK metrics, ignored). EnrollDevices enrolls many devices
-// in one transaction, or none and every problem listed. A token
+// in one transaction, or none and every problem listed. Every enrolment
+// (AddDevice, EnrollDevice, EnrollDevices) is reported to
+// Config.OnEnrolled after its commit: umbra serve's rollout planner adds
+// the devices to its dynamic rollouts there. A token
 // (RoleOperator or RoleIntegrator) has a name and a secret and logs in
 // with them as user name and password, or over HTTP with the bearer token
 // "name:secret" (VerifyBearer). Device IDs and token names share one

@@ -1,9 +1,3 @@
-// Package storetest is the contract of rollout.Store: one table of cases
-// that every implementation runs (rollout/boltstore now, a JetStream store
-// in cluster mode). Each case makes its calls, checks their answers, and
-// then reopens the store and compares everything it reads back with the
-// state the case expects: what a store acknowledged is still there after
-// a restart, and a call that failed left nothing behind.
 package storetest
 
 import (
