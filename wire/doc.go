@@ -20,7 +20,8 @@
 // Durations in a rollout Policy are Go duration strings ("30m", "1h30m0s"):
 // see Duration. Times are RFC 3339. Device IDs are device.ID; firmware
 // versions and rollout IDs are plain strings, and ParseRolloutID is the one
-// rule a rollout ID follows, used by the server, the client and the CLI.
+// rule a rollout ID follows, used by the server, the client, the CLI and
+// the AWS IoT Jobs service (a job ID is a rollout ID).
 //
 // # Errors
 //

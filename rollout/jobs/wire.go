@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // Filters are the topic filters the service must be subscribed to (with
@@ -55,9 +56,9 @@ const (
 
 // Limits of a request (AWS IoT Jobs' own).
 const (
-	MaxClientToken  = 64    // bytes
-	MaxStepTimeout  = 10080 // minutes (7 days)
-	MaxJobIDLength  = 64
+	MaxClientToken  = 64                   // bytes
+	MaxStepTimeout  = 10080                // minutes (7 days)
+	MaxJobIDLength  = wire.MaxRolloutIDLen // a job ID is a rollout ID
 	maxExecutionNum = 1 << 31
 )
 
@@ -111,25 +112,13 @@ func parseTopic(topic string) (req request, ok bool, err error) {
 		if last == "update" {
 			req.op = OpUpdate
 		}
-		if !validJobID(req.job) && !(req.op == OpDescribe && req.job == rollout.NextJob) {
+		if _, err := wire.ParseRolloutID(req.job); err != nil && !(req.op == OpDescribe && req.job == rollout.NextJob) {
 			return req, true, fmt.Errorf("invalid jobId %.64q in topic", req.job)
 		}
 	default:
 		return req, true, fmt.Errorf("unsupported jobs operation %.64q", rest)
 	}
 	return req, true, nil
-}
-
-func validJobID(s string) bool {
-	if s == "" || len(s) > MaxJobIDLength {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // reqError is a request refused with an AWS IoT Jobs code.
