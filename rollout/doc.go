@@ -15,24 +15,6 @@
 // the devices notified and not finished at once. A Dynamic rollout takes
 // more targets while active (AddDevices), appended as further batches.
 //
-// # Targets
-//
-// The rules of which devices a rollout takes live here (targets.go), so
-// that they hold whoever asks. The targets are an explicit list
-// (Spec.Devices), or the enrolled devices whose labels carry every pair of
-// Spec.Selector, or (Spec.All) every enrolled device and every device that
-// has a shadow: Create resolves a selector or all from Config.Inventory,
-// sorted by ID. An image built for one hardware model (firmware.Image.HW)
-// is refused for targets enrolled with another HardwareLabel
-// (*IncompatibleError), or with Spec.SkipIncompatible goes to the others
-// (Rollout.Excluded counts the rest); unlabelled devices are taken. A
-// device enrolled later joins every active dynamic rollout whose selector
-// matches its labels or that takes all, oldest first and at most one, not
-// one of another hardware model: DevicesEnrolled, which umbra serve wires
-// to identity.Config.OnEnrolled, so that every enrolment path (a device
-// added, a bulk import, a certificate binding) applies it. The devices of
-// one enrolment call join as one group, in batches of the rollout's size.
-//
 // A rollout moves created → running ⇄ paused → succeeded | failed | aborted.
 // Every transition is idempotent and appended to the rollout's event log
 // with its time and reason (Events). The next batch starts when the
@@ -66,6 +48,24 @@
 // desired. Retry starts a new rollout over the failed and timed-out
 // devices of a finished one. A device is in at most one active rollout:
 // Create refuses a conflict with a *ConflictError naming the other rollout.
+//
+// # Targets
+//
+// The rules of which devices a rollout takes live here (targets.go), so
+// that they hold whoever asks. The targets are an explicit list
+// (Spec.Devices), or the enrolled devices whose labels carry every pair of
+// Spec.Selector, or (Spec.All) every enrolled device and every device that
+// has a shadow: Create resolves a selector or all from Config.Inventory,
+// sorted by ID. An image built for one hardware model (firmware.Image.HW)
+// is refused for targets enrolled with another HardwareLabel
+// (*IncompatibleError), or with Spec.SkipIncompatible goes to the others
+// (Rollout.Excluded counts the rest); unlabelled devices are taken. A
+// device enrolled later joins every active dynamic rollout whose selector
+// matches its labels or that takes all, oldest first and at most one, not
+// one of another hardware model: DevicesEnrolled, which umbra serve wires
+// to identity.Config.OnEnrolled, so that every enrolment path (a device
+// added, a bulk import, a certificate binding) applies it. The devices of
+// one enrolment call join as one group, in batches of the rollout's size.
 //
 // # Jobs devices
 //
@@ -134,9 +134,11 @@
 // errors of failed devices, intents, the Jobs devices and their
 // executions. rollout/boltstore keeps it in a bbolt file, rollout.db;
 // rollout/storetest is the contract every store passes. The caller opens
-// the store and closes it after the planner. Crash safety: the intent "notify device X,
-// attempt k, with this exact command (job J)" is committed before the
-// shadow is written and removed after; on Open undelivered intents are
+// the store and closes it after the planner.
+//
+// Crash safety: the intent "notify device X, attempt k, with this exact
+// command (job J)" is committed before the shadow is written and removed
+// after; on Open undelivered intents are
 // re-issued with the same command and token, so a crash at any point
 // neither skips nor repeats an attempt, and the attempt number only moves
 // forward. A Jobs device's execution is committed with its record before
@@ -154,7 +156,8 @@
 // aborted rollouts. Close cancels the pass's ctx: the pass starts no shadow
 // read or write after that, commits what it decided, and leaves what it
 // did not deliver recorded for the next Open; Close waits for it only
-// until its own ctx is done. Errors wrap ErrInvalid, ErrNotFound, ErrConflict
-// (*ConflictError), ErrState and ErrClosed; the execution methods also
+// until its own ctx is done. Errors wrap ErrInvalid, ErrNotFound,
+// ErrConflict (*ConflictError), ErrIncompatible (*IncompatibleError),
+// ErrState and ErrClosed; the execution methods also
 // return an *ExecutionError wrapping ErrTerminal or ErrVersionMismatch.
 package rollout
