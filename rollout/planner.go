@@ -263,7 +263,10 @@ func (p *Planner) adopt(ru *run) {
 // write in progress returns, and a later Close waits for it again. What a
 // stopped pass decided and did not deliver is re-issued when a planner
 // opens the store again. Close is idempotent; once it was called, the other
-// methods return ErrClosed. It does not close Config.Store.
+// methods return ErrClosed. It does not close Config.Store: close it after
+// Close returned (when Close gave up on its ctx, the stopped pass's last
+// commit may then fail; what it delivered is re-issued, idempotently, on
+// the next start).
 func (p *Planner) Close(ctx context.Context) error {
 	p.once.Do(func() {
 		p.closed.Store(true)
