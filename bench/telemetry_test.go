@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -80,15 +81,31 @@ func BenchmarkTelemetryFanIn(b *testing.B) {
 			name      string
 			p         *fanInProc
 			brokerCPU func() time.Duration
-		}{{"mosquitto", mosq, mosqCPU}, {"umbra", umbra, selfCPU}} {
+			inProcess bool // the broker runs in this process: its heap allocations are counted
+		}{{"mosquitto", mosq, mosqCPU, false}, {"umbra", umbra, selfCPU, true}} {
 			pprof.Do(b.Context(), pprof.Labels("phase", phase.name), func(context.Context) {
 				cpu := startCPU(b)
+				var before, after runtime.MemStats
+				if phase.inProcess {
+					runtime.ReadMemStats(&before)
+				}
 				broker := phase.brokerCPU()
 				r := phase.p.run(b, warmup, measure)
 				brokerCores := float64(phase.brokerCPU()-broker) / float64(warmup+measure)
 				use := cpu.last(b, measure)
-				b.Logf("%s: %.0f msgs/s, p50 %.2f ms, p99 %.2f ms, max %.2f ms; broker %.2f cores (%.1f µs/msg), clients %.2f; %v",
-					phase.name, r.PerSecond, ms(r.P50), ms(r.P99), ms(r.Max), brokerCores, brokerCores/r.PerSecond*1e6, r.CPU, use)
+				heap := ""
+				if phase.inProcess {
+					runtime.ReadMemStats(&after)
+					msgs := float64(max(r.Received, 1))
+					allocs, bytes := float64(after.Mallocs-before.Mallocs)/msgs, float64(after.TotalAlloc-before.TotalAlloc)/msgs
+					gcs := float64(after.NumGC-before.NumGC) / (warmup + measure).Seconds()
+					heap = fmt.Sprintf("; %.1f allocs and %.0f B per msg, %.1f GCs/s", allocs, bytes, gcs)
+					m.add(phase.name+"-allocs/msg", allocs)
+					m.add(phase.name+"-B/msg", bytes)
+					m.add(phase.name+"-GCs/s", gcs)
+				}
+				b.Logf("%s: %.0f msgs/s, p50 %.2f ms, p99 %.2f ms, max %.2f ms; broker %.2f cores (%.1f µs/msg), clients %.2f%s; %v",
+					phase.name, r.PerSecond, ms(r.P50), ms(r.P99), ms(r.Max), brokerCores, brokerCores/r.PerSecond*1e6, r.CPU, heap, use)
 				m.add(phase.name+"-msgs/s", r.PerSecond)
 				m.add(phase.name+"-p50-ms", ms(r.P50))
 				m.add(phase.name+"-p99-ms", ms(r.P99))
@@ -137,6 +154,7 @@ type fanInResult struct {
 	Ready         bool          `json:",omitempty"`
 	Error         string        `json:",omitempty"`
 	PerSecond     float64       // messages received per second in the measurement window
+	Received      int64         // messages received in the whole run, warm-up included
 	P50, P99, Max time.Duration // publish to receipt
 	CPU           float64       // the process's CPU in the measurement window, cores
 }
@@ -264,6 +282,7 @@ type fanIn struct {
 	got     []chan struct{} // per device: the integrator received its message
 
 	from, until atomic.Int64 // measurement window, Unix ns; read by the integrator's handler
+	received    atomic.Int64 // messages received in the current run
 	mu          sync.Mutex   // guards lat
 	lat         []time.Duration
 }
@@ -337,6 +356,7 @@ func (f *fanIn) receive(_ paho.Client, msg paho.Message) {
 	if i >= uint64(len(f.got)) {
 		return
 	}
+	f.received.Add(1)
 	if sent >= f.from.Load() && now < f.until.Load() {
 		f.mu.Lock()
 		f.lat = append(f.lat, time.Duration(now-sent))
@@ -354,6 +374,7 @@ func (f *fanIn) run(warmup, measure time.Duration) (fanInResult, error) {
 	f.mu.Lock()
 	f.lat = f.lat[:0]
 	f.mu.Unlock()
+	f.received.Store(0)
 	start := time.Now()
 	stop := start.Add(warmup + measure)
 	f.from.Store(start.Add(warmup).UnixNano())
@@ -394,6 +415,7 @@ func (f *fanIn) run(warmup, measure time.Duration) (fanInResult, error) {
 	slices.Sort(f.lat)
 	return fanInResult{
 		PerSecond: float64(len(f.lat)) / measure.Seconds(),
+		Received:  f.received.Load(),
 		P50:       f.lat[len(f.lat)/2],
 		P99:       f.lat[len(f.lat)*99/100],
 		Max:       f.lat[len(f.lat)-1],
