@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"testing"
@@ -45,4 +46,55 @@ func TestMochiPatchRetainedScanRace(t *testing.T) {
 		}
 	}
 	wg.Wait()
+}
+
+// TestMochiPatchInboundAckKeepsOutbound has a client with a persistent
+// session publish at QoS 1 with the packet identifier of a QoS 1 message
+// the broker sent it and it has not acknowledged yet. The two flows are
+// independent [MQTT-2.2.1-2]: the unacknowledged message must be sent
+// again when the client resumes its session. Unpatched mochi put its
+// PUBACK in the same inflight store under that identifier, replacing the
+// message and deleting it after the write, so it was never sent again
+// (third_party/mochi/PATCHES.md, patch 7).
+func TestMochiPatchInboundAckKeepsOutbound(t *testing.T) {
+	for _, version := range []byte{v311, v5} {
+		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
+			var cfg broker.Config
+			ev := withEvents(&cfg)
+			b := brokertest.New(t, cfg)
+			rc := dialRaw(t, b.Addr())
+			rc.write(persistentConnect(version, "collide", "pw"))
+			rc.expect(typeConnack)
+			rc.write(subscribePacket(version, 1, "to/collide", 1))
+			rc.expect(typeSuback)
+			if err := b.Publish("to/collide", []byte("unacked"), false, 1); err != nil {
+				t.Fatal(err)
+			}
+			_, id, payload := parsePublish(version, rc.expect(typePublish))
+			if string(payload) != "unacked" {
+				t.Fatalf("got payload %q, want %q", payload, "unacked")
+			}
+			// The client's own QoS 1 PUBLISH, with the same identifier; not
+			// acknowledging the broker's message.
+			rc.write(publishPacket(version, "from/collide", 1, id, []byte("mine")))
+			if ack := rc.expect(typePuback); binary.BigEndian.Uint16(ack.body) != id {
+				t.Fatalf("PUBACK for packet %d, want %d", binary.BigEndian.Uint16(ack.body), id)
+			}
+			if st := b.Stats(); st.Inflight != 1 {
+				t.Errorf("Stats.Inflight after the client's PUBLISH: got %d, want 1 (the unacknowledged message)", st.Inflight)
+			}
+			rc.c.Close()
+			ev.disconnectOf(t, "collide")
+
+			again := dialRaw(t, b.Addr())
+			again.write(persistentConnect(version, "collide", "pw"))
+			again.expect(typeConnack)
+			p := again.expect(typePublish)
+			topic, rid, payload := parsePublish(version, p)
+			if topic != "to/collide" || string(payload) != "unacked" || rid != id || p.flags&0x08 == 0 {
+				t.Errorf("resent: topic %q payload %q id %d dup %v, want to/collide unacked %d true",
+					topic, payload, rid, p.flags&0x08 != 0, id)
+			}
+		})
+	}
 }

@@ -884,7 +884,10 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline {
-		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+		// umbra patch 7: only an acknowledgement of the client's own flow is looked at; a PUBLISH
+		// (or PUBREL) the server sent with the same packet identifier, which the client has not yet
+		// acknowledged, is another flow [MQTT-2.2.1-2] and stays in the store.
+		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok && isInboundAck(pki.FixedHeader.Type) {
 			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
 				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
 				return cl.WritePacket(ack)
@@ -937,8 +940,16 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
 
-	if ok := cl.State.Inflight.Set(ack); ok {
-		atomic.AddInt64(&s.Info.Inflight, 1)
+	// umbra patch 7: a PUBACK is written at once and completes the flow, so it is not put in the
+	// inflight store, where it replaced (and then deleted) a PUBLISH the server had sent with the
+	// same packet identifier and the client had not acknowledged yet. A PUBREC waits there for
+	// the PUBREL.
+	if pk.FixedHeader.Qos == 2 {
+		if ok := cl.State.Inflight.Set(ack); ok {
+			atomic.AddInt64(&s.Info.Inflight, 1)
+			s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+		}
+	} else {
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
 
@@ -948,9 +959,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
-			atomic.AddInt64(&s.Info.Inflight, -1)
-		}
 		cl.State.Inflight.IncreaseReceiveQuota()
 		s.hooks.OnQosComplete(cl, ack)
 	}
@@ -959,6 +967,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
+}
+
+// isInboundAck reports whether an inflight packet of type t belongs to a QoS flow the client
+// started: the server's PUBACK, PUBREC or PUBCOMP. (umbra patch 7)
+func isInboundAck(t byte) bool {
+	return t == packets.Puback || t == packets.Pubrec || t == packets.Pubcomp
 }
 
 // refuseUnauthorized answers a client's PUBLISH that it may not make: QoS 0 is dropped; an MQTTv5
