@@ -63,8 +63,8 @@ type outShared struct {
 
 // outConn is an accepted connection whose Write never blocks (see above).
 type outConn struct {
-	net.Conn                 // the accepted TCP connection
-	raw      syscall.RawConn // for non-blocking writes; nil: every write goes through the writer
+	net.Conn            // the accepted TCP connection
+	raw      *rawWriter // for non-blocking writes; nil: every write goes through the writer
 	sh       *outShared
 
 	mu          sync.Mutex // guards the fields below
@@ -88,7 +88,7 @@ func newOutConn(c net.Conn, sh *outShared) *outConn {
 	o := &outConn{Conn: c, sh: sh, limit: sh.deviceLimit}
 	if sc, ok := c.(syscall.Conn); ok && nonBlockingWrites {
 		if raw, err := sc.SyscallConn(); err == nil {
-			o.raw = raw
+			o.raw = newRawWriter(raw)
 		}
 	}
 	return o
@@ -124,7 +124,7 @@ func (o *outConn) Write(p []byte) (int, error) {
 	n := 0
 	if !o.writing && o.raw != nil && len(p) > 0 {
 		var err error
-		if n, err = writeNonBlocking(o.raw, p); err != nil {
+		if n, err = o.raw.write(p); err != nil {
 			o.err = err
 			o.mu.Unlock()
 			return n, err

@@ -7,11 +7,13 @@ import (
 	"syscall"
 )
 
-// nonBlockingWrites reports whether writeNonBlocking is available: not on
-// this platform, where every write goes through the connection's writer
+// nonBlockingWrites reports whether rawWriter is available: not on this
+// platform, where every write goes through the connection's writer
 // goroutine.
 const nonBlockingWrites = false
 
-func writeNonBlocking(syscall.RawConn, []byte) (int, error) {
-	return 0, errors.ErrUnsupported
-}
+type rawWriter struct{}
+
+func newRawWriter(syscall.RawConn) *rawWriter { return nil }
+
+func (*rawWriter) write([]byte) (int, error) { return 0, errors.ErrUnsupported }

@@ -13,24 +13,36 @@ import (
 )
 
 // Inflight is a map of InflightMessage keyed on packet id.
+//
+// umbra patch 8: the map holds pointers to packets that are never modified once stored (Set
+// stores a copy; setShared a packet its caller no longer modifies), instead of the packets
+// themselves: a Packet is larger than the runtime stores in a map slot, so every insert
+// allocated a copy anyway, and publishToClient can share the one it already allocated for
+// the outbound queue.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
-	receiveQuota        int32                     // remaining inbound qos quota for flow control
-	sendQuota           int32                     // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                     // maximum allowed receive quota
-	maximumSendQuota    int32                     // maximum allowed send quota
+	internal            map[uint16]*packets.Packet // internal contains the inflight packets
+	receiveQuota        int32                      // remaining inbound qos quota for flow control
+	sendQuota           int32                      // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32                      // maximum allowed receive quota
+	maximumSendQuota    int32                      // maximum allowed send quota
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
 	return &Inflight{
-		internal: map[uint16]packets.Packet{},
+		internal: map[uint16]*packets.Packet{},
 	}
 }
 
 // Set adds or updates an inflight packet by packet id.
 func (i *Inflight) Set(m packets.Packet) bool {
+	return i.setShared(&m)
+}
+
+// setShared adds or updates an inflight packet by packet id, keeping m itself: the caller
+// must not modify *m afterwards. (umbra patch 8)
+func (i *Inflight) setShared(m *packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
@@ -45,10 +57,19 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	defer i.RUnlock()
 
 	if m, ok := i.internal[id]; ok {
-		return m, true
+		return *m, true
 	}
 
 	return packets.Packet{}, false
+}
+
+// has reports whether there is an inflight packet with the packet id, without copying it.
+// (umbra patch 8)
+func (i *Inflight) has(id uint16) bool {
+	i.RLock()
+	defer i.RUnlock()
+	_, ok := i.internal[id]
+	return ok
 }
 
 // Len returns the size of the inflight messages map.
@@ -78,7 +99,7 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	m := []packets.Packet{}
 	for _, v := range i.internal {
 		if !immediate || (immediate && v.Expiry < 0) {
-			m = append(m, v)
+			m = append(m, *v)
 		}
 	}
 

@@ -621,6 +621,42 @@ func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
 	})
 }
 
+// subscribersPool holds emptied Subscribers for pooledSubscribers. (umbra patch 9)
+var subscribersPool = sync.Pool{New: func() any {
+	return &Subscribers{
+		Shared:              map[string]map[string]packets.Subscription{},
+		SharedSelected:      map[string]packets.Subscription{},
+		Subscriptions:       map[string]packets.Subscription{},
+		InlineSubscriptions: map[int]InlineSubscription{},
+	}
+}}
+
+// maxPooledSubscribers is the largest number of subscriptions of a Subscribers that
+// releaseSubscribers keeps for reuse: emptying a map costs as much as its capacity, so larger
+// ones are left to the garbage collector. (umbra patch 9)
+const maxPooledSubscribers = 64
+
+// pooledSubscribers is Subscribers for a caller that gives the result back to
+// releaseSubscribers when it is done with it: publishing reuses the maps instead of making
+// new ones for every message. (umbra patch 9)
+func (x *TopicsIndex) pooledSubscribers(topic string) *Subscribers {
+	return x.scanSubscribers(topic, 0, nil, subscribersPool.Get().(*Subscribers))
+}
+
+// releaseSubscribers empties subs, which pooledSubscribers returned and nothing refers to any
+// more, for reuse. (umbra patch 9)
+func releaseSubscribers(subs *Subscribers) {
+	if len(subs.Subscriptions) > maxPooledSubscribers || len(subs.Shared) > maxPooledSubscribers ||
+		len(subs.SharedSelected) > maxPooledSubscribers || len(subs.InlineSubscriptions) > maxPooledSubscribers {
+		return
+	}
+	clear(subs.Shared)
+	clear(subs.SharedSelected)
+	clear(subs.Subscriptions)
+	clear(subs.InlineSubscriptions)
+	subscribersPool.Put(subs)
+}
+
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
 func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Subscribers) *Subscribers {
 	if n == nil {
