@@ -216,7 +216,7 @@ func (l *listener) serveConn(c net.Conn, o *outConn) {
 	// The deadline covers the TLS handshake and CONNECT; mochi replaces it
 	// with the keepalive one after CONNECT. Writes have no deadline: they
 	// never block (see outConn).
-	_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
+	_ = o.setExactDeadline(time.Now().Add(l.connectTimeout))
 	mc := &conn{Conn: c, out: o, done: make(chan struct{})}
 	defer close(mc.done)
 	if l.tlsConfig != nil {

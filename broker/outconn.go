@@ -63,8 +63,8 @@ type outShared struct {
 
 // outConn is an accepted connection whose Write never blocks (see above).
 type outConn struct {
-	net.Conn            // the accepted TCP connection
-	raw      *rawWriter // for non-blocking writes; nil: every write goes through the writer
+	net.Conn        // the accepted TCP connection
+	raw      *rawIO // raw system calls (see rawIO); nil: writes go through the writer, reads through Conn
 	sh       *outShared
 
 	mu          sync.Mutex // guards the fields below
@@ -81,14 +81,19 @@ type outConn struct {
 	slow        error      // why the connection was shed; nil if it was not
 
 	writer sync.WaitGroup // the writer goroutine
+
+	// The read deadline (see SetDeadline), guarded by mu: the last one
+	// asked for, and the one armed.
+	asked, armed time.Time
+	deadlineSet  bool
 }
 
 // newOutConn wraps c, an accepted connection.
 func newOutConn(c net.Conn, sh *outShared) *outConn {
 	o := &outConn{Conn: c, sh: sh, limit: sh.deviceLimit}
-	if sc, ok := c.(syscall.Conn); ok && nonBlockingWrites {
+	if sc, ok := c.(syscall.Conn); ok && nonBlockingIO {
 		if raw, err := sc.SyscallConn(); err == nil {
-			o.raw = newRawWriter(raw)
+			o.raw = newRawIO(raw)
 		}
 	}
 	return o
@@ -281,9 +286,55 @@ func (o *outConn) finish() {
 	o.abort()
 }
 
+// Read reads from the socket (see rawIO), or through the connection
+// without raw system calls.
+func (o *outConn) Read(p []byte) (int, error) {
+	if o.raw != nil {
+		return o.raw.read(p)
+	}
+	return o.Conn.Read(p)
+}
+
 // SetDeadline sets the read deadline only: the writer owns the write
-// deadline.
-func (o *outConn) SetDeadline(t time.Time) error { return o.Conn.SetReadDeadline(t) }
+// deadline. mochi sets a connection's deadline (keepalive and a half)
+// before it reads each packet; resetting the runtime's timer that often
+// costs a few percent of the broker's CPU under load, so a deadline is
+// armed up to deadlineSlack later than asked, and a request that falls
+// between the asked and the armed deadline changes nothing. A client is
+// therefore disconnected for silence at most deadlineSlack (and an
+// eighth of its keepalive interval) later than MQTT's keepalive and a
+// half, never earlier; an earlier deadline, or none, is set at once.
+func (o *outConn) SetDeadline(t time.Time) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.deadlineSet && (t.Equal(o.asked) || (!t.IsZero() && !o.armed.IsZero() && !t.Before(o.asked) && !t.After(o.armed))) {
+		o.asked = t
+		return nil
+	}
+	armed := t
+	if !t.IsZero() {
+		armed = t.Add(min(deadlineSlack, time.Until(t)/8))
+	}
+	if err := o.Conn.SetReadDeadline(armed); err != nil {
+		o.deadlineSet = false
+		return err
+	}
+	o.asked, o.armed, o.deadlineSet = t, armed, true
+	return nil
+}
+
+// deadlineSlack is the most a read deadline is armed later than asked
+// (see SetDeadline).
+const deadlineSlack = time.Second
+
+// setExactDeadline sets the read deadline to t, without SetDeadline's
+// slack: for the deadline of the TLS handshake and CONNECT.
+func (o *outConn) setExactDeadline(t time.Time) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.deadlineSet = false
+	return o.Conn.SetReadDeadline(t)
+}
 
 // SetWriteDeadline does nothing: Write never blocks, and the writer sets
 // its own deadline (WriteTimeout).

@@ -7,13 +7,15 @@ import (
 	"syscall"
 )
 
-// nonBlockingWrites reports whether rawWriter is available: not on this
-// platform, where every write goes through the connection's writer
-// goroutine.
-const nonBlockingWrites = false
+// nonBlockingIO reports whether rawIO is available: not on this platform,
+// where every write goes through the connection's writer goroutine and
+// reads through net.Conn.
+const nonBlockingIO = false
 
-type rawWriter struct{}
+type rawIO struct{}
 
-func newRawWriter(syscall.RawConn) *rawWriter { return nil }
+func newRawIO(syscall.RawConn) *rawIO { return nil }
 
-func (*rawWriter) write([]byte) (int, error) { return 0, errors.ErrUnsupported }
+func (*rawIO) write([]byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func (*rawIO) read([]byte) (int, error) { return 0, errors.ErrUnsupported }

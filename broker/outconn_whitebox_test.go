@@ -233,3 +233,114 @@ func (o *outConn) queuedBytes() int {
 	defer o.mu.Unlock()
 	return o.queued
 }
+
+// deadlineConn records the read deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
+}
+
+// TestOutConnDeadlineSlack sets read deadlines as mochi does before every
+// packet: a deadline between the one asked before and the one armed is
+// not set again; an earlier one, none (zero) and one past the armed
+// deadline are; the armed deadline is never earlier than the one asked
+// and at most deadlineSlack (and an eighth of the time left) later.
+func TestOutConnDeadlineSlack(t *testing.T) {
+	fake := &deadlineConn{}
+	o := newOutConn(fake, testShared(1024, time.Minute))
+	if o.raw != nil {
+		t.Fatal("a connection without a socket got raw I/O")
+	}
+	base := time.Now().Add(90 * time.Second) // keepalive 60 s
+	steps := []struct {
+		name string
+		t    time.Time
+		set  bool // a deadline is set on the connection
+	}{
+		{"first", base, true},
+		{"100 ms later", base.Add(100 * time.Millisecond), false},
+		{"900 ms later", base.Add(900 * time.Millisecond), false},
+		{"past the armed deadline", base.Add(1500 * time.Millisecond), true},
+		{"earlier", base.Add(-time.Minute), true},
+		{"same again", base.Add(-time.Minute), false},
+		{"none", time.Time{}, true},
+		{"none again", time.Time{}, false},
+		{"short, after none", time.Now().Add(80 * time.Millisecond), true},
+	}
+	for _, st := range steps {
+		before := len(fake.set)
+		if err := o.SetDeadline(st.t); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got := len(fake.set) > before; got != st.set {
+			t.Fatalf("%s: deadline set %v, want %v", st.name, got, st.set)
+		}
+		armed := fake.set[len(fake.set)-1]
+		switch {
+		case st.t.IsZero() != armed.IsZero():
+			t.Fatalf("%s: asked %v, armed %v", st.name, st.t, armed)
+		case armed.Before(st.t):
+			t.Fatalf("%s: armed %v before the asked %v", st.name, armed, st.t)
+		case !st.t.IsZero() && armed.Sub(st.t) > deadlineSlack:
+			t.Fatalf("%s: armed %v more than %v after the asked %v", st.name, armed, deadlineSlack, st.t)
+		}
+	}
+	if last := fake.set[len(fake.set)-1]; last.Sub(steps[len(steps)-1].t) > 10*time.Millisecond+time.Millisecond {
+		t.Errorf("an 80 ms deadline armed %v later, want at most an eighth", last.Sub(steps[len(steps)-1].t))
+	}
+	if err := o.setExactDeadline(base); err != nil || !fake.set[len(fake.set)-1].Equal(base) {
+		t.Errorf("setExactDeadline: %v, armed %v, want %v", err, fake.set[len(fake.set)-1], base)
+	}
+}
+
+// TestOutConnRead reads through the raw socket: the bytes in order, a
+// timeout at the read deadline (never before it), io.EOF when the peer
+// closes, and the errors the broker classifies as a lost connection.
+func TestOutConnRead(t *testing.T) {
+	o, client := tcpPair(t, testShared(1024, time.Minute))
+	if o.raw == nil && nonBlockingIO {
+		t.Fatal("a TCP connection without raw I/O")
+	}
+	if n, err := o.Read(nil); n != 0 || err != nil {
+		t.Errorf("Read(nil) = %d, %v; want 0, nil", n, err)
+	}
+	want := pattern(100 << 10)
+	go func() { _, _ = client.Write(want) }()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(o, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes: %v, equal %v", len(got), err, bytes.Equal(got, want))
+	}
+
+	asked := time.Now().Add(50 * time.Millisecond)
+	if err := o.SetDeadline(asked); err != nil {
+		t.Fatal(err)
+	}
+	_, err := o.Read(got)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past the deadline: %v, want a timeout", err)
+	}
+	if now := time.Now(); now.Before(asked) {
+		t.Errorf("Read timed out %v before the deadline", asked.Sub(now))
+	}
+	if !errors.Is(readFailure(err), ErrConnectionLost) {
+		t.Errorf("readFailure(%v) does not match ErrConnectionLost", err)
+	}
+
+	if err := o.SetDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.Close()
+	if n, err := o.Read(got); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("Read after the peer closed = %d, %v; want 0, EOF", n, err)
+	}
+	o.abort()
+	if _, err := o.Read(got); !errors.Is(err, net.ErrClosed) || !errors.Is(readFailure(err), ErrConnectionLost) {
+		t.Errorf("Read after abort: %v, want net.ErrClosed (a lost connection)", err)
+	}
+}
