@@ -9,7 +9,7 @@ PREFIX   ?= /usr/local
 # ARGS are passed to `umbra serve` by make run, e.g. make run ARGS='--config umbra.yaml'.
 ARGS     ?=
 
-.PHONY: all run build install dist docker test deps apt-deps go-deps sdk-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
+.PHONY: all run build install dist docker test deps apt-deps go-deps sdk-deps nats-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
 
 all: build
 
@@ -57,8 +57,8 @@ docker:
 	@command -v docker >/dev/null 2>&1 || { echo "make docker needs the docker CLI and a running engine (https://docs.docker.com/engine/install/)"; exit 1; }
 	docker build --build-arg VERSION=$(VERSION) -t umbra:$(VERSION) -t umbra:latest .
 
-## deps: everything the README, docs/ and the tests need, installed once (idempotent, quiet when all is there): Debian packages, Go modules, the pinned AWS IoT SDKs
-deps: apt-deps go-deps sdk-deps
+## deps: everything the README, docs/ and the tests need, installed once (idempotent, quiet when all is there): Debian packages, Go modules, the pinned AWS IoT SDKs, the pinned nats-server
+deps: apt-deps go-deps sdk-deps nats-deps
 
 # DEPS_CMDS: command:Debian package, for each tool the README, docs/ or a test runs.
 #   mosquitto_pub/sub (README, interop tests), mosquitto (interop and conformance
@@ -84,6 +84,15 @@ apt-deps:
 ## go-deps: the Go modules of go.sum, into the module cache (so the first build only compiles)
 go-deps:
 	@$(GO) mod download
+
+## nats-deps: nats-server NATS_SERVER_VERSION (cluster mode's tests, docs/cluster.md), built from its Go module into .tools/bin (go install; not in go.mod); skipped while the installed one has that version
+NATS_SERVER_VERSION ?= v2.15.3
+TOOLS_BIN := $(CURDIR)/.tools/bin
+nats-deps:
+	@if [ "$$($(TOOLS_BIN)/nats-server --version 2>/dev/null)" != "nats-server: $(NATS_SERVER_VERSION)" ]; then \
+		echo "building nats-server $(NATS_SERVER_VERSION) into $(TOOLS_BIN)"; \
+		GOBIN=$(TOOLS_BIN) $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION); \
+	fi
 
 ## sdk-deps: the AWS IoT Device SDKs pinned in testdata/aws-sdk/package-lock.json (npm ci; skipped while node_modules matches the lock file)
 sdk-deps: apt-deps
@@ -177,4 +186,4 @@ demo:
 	GO="$(GO)" bash scripts/demo.sh
 
 clean:
-	rm -rf bin dist umbra-data
+	rm -rf bin dist umbra-data .tools
