@@ -621,6 +621,9 @@ type Server struct {
 	closeErr  error // set once by closeOnce
 
 	out *outShared // what every connection shares (see outConn)
+
+	relay  atomic.Pointer[relayBox] // the cluster's Relay; nil without one (see relay.go)
+	relays relays                   // the in-process clients Deliver publishes from
 }
 
 // Open binds the configured listeners and starts serving. The listeners'

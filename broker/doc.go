@@ -96,6 +96,25 @@
 // finish within ConnectTimeout. A handler may publish, also to the
 // publishing client, without delaying a reconnect.
 //
+// # Cluster relay
+//
+// In cluster mode a Relay (SetRelay; broker/natsbridge over NATS) joins
+// this node's broker to the other nodes'. The broker tells it of every
+// message published here (Relay.Published: clients' PUBLISHes that Auth
+// allowed, wills, Publish; not $SYS), of each filter's first and last
+// client subscription (Relay.Interest, from mochi's topic index: see
+// third_party/mochi/PATCHES.md, patch 11), of the sessions it holds
+// (Relay.Session), and lets it end a client's session elsewhere before
+// the client's CONNACK (Relay.Connecting). Deliver hands this node's
+// clients a message another node published: not the in-process
+// subscribers, which serve this node's clients, and not the Relay again.
+// While Relay.Shared is true, shared subscriptions get a message only
+// through Deliver with their filter, so that one member in the whole
+// cluster receives it. Release ends a session here because its client
+// connected to another node: DISCONNECT 0x8E "session taken over",
+// OnDisconnect with ErrTakenOver, subscriptions and queued messages
+// dropped.
+//
 // # Limits and edge validation
 //
 // Every packet is capped at Config.MaxPacketSize (default 128 KiB); a client

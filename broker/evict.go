@@ -109,6 +109,7 @@ func (s *Server) dropSession(cl *mqtt.Client) *commitWait {
 		s.mq.UnsubscribeClient(cl)
 		s.mq.Clients.Delete(cl.ID)
 		stored = s.ledger.sessionEnded(cl.ID, true)
+		s.relaySession(cl.ID, false)
 	}
 	s.hook.forget(cl)
 	return stored

@@ -301,6 +301,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 		h.s.log.Warn("service client keeps the device outbound queue", "client", cl.ID,
 			"identity", c.identity.Name, "queue", h.s.cfg.ClientWritesPending)
 	}
+	h.s.relayConnecting(cl, c)
 	h.lockAfterPrevious(cl, c)
 	h.dropForeignSession(cl, c)
 	c.seq = h.seq.Add(1)
@@ -435,6 +436,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if c == nil {
 		return
 	}
+	h.s.relaySession(cl.ID, true)
 	if cb := h.s.cfg.OnConnect; cb != nil {
 		cb(c.info(cl, time.Now()))
 	}
@@ -454,6 +456,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	if expire {
 		h.forget(cl)
+		if cur, ok := h.s.mq.Clients.Get(cl.ID); !ok || cur == cl {
+			h.s.relaySession(cl.ID, false) // mochi deletes the clean session next
+		}
 	}
 	cause := disconnectCause(cl.StopCause(), err)
 	if errors.Is(cause, ErrTooLarge) {
@@ -595,6 +600,7 @@ func readFailure(err error) error {
 // per session lifetime; closing it needs a change in mochi.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.forget(cl)
+	h.s.relaySession(cl.ID, false)
 	h.s.mq.UnsubscribeClient(cl)
 	cl.ClearInflights()
 }

@@ -49,7 +49,8 @@ func (t *sharedTurns) next(filter string) uint64 {
 
 // OnSelectSubscribers picks the member of each shared subscription group
 // that receives the message (see above).
-func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, _ packets.Packet) *mqtt.Subscribers {
+func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	h.s.relaySelect(subs, pk)
 	for filter, members := range subs.Shared {
 		id, ok := h.pickShared(filter, members)
 		if !ok {

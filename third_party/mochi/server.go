@@ -1034,8 +1034,10 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	// umbra patch 9: the lookup's maps are reused; nothing keeps them after this call.
 	subscribers := s.Topics.pooledSubscribers(pk.TopicName)
 	defer releaseSubscribers(subscribers)
+	// umbra patch 12: the hooks see every message's subscribers, not only those with shared
+	// subscriptions, so that a hook can narrow who receives any message.
+	subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 	if len(subscribers.Shared) > 0 {
-		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
 			subscribers.SelectShared()
 		}

@@ -382,6 +382,49 @@ func (s *Subscribers) MergeSharedSelected() {
 type TopicsIndex struct {
 	Retained *packets.Packets
 	root     *particle // a leaf containing a message and more leaves.
+
+	// umbra patch 11: the number of client subscriptions per filter (as subscribed, a shared
+	// subscription's "$share/<group>/" included) and the function told when a filter gains its
+	// first or loses its last; both guarded by root's lock.
+	filters        map[string]int
+	filterObserver func(filter string, subscribed bool)
+}
+
+// ObserveFilters sets fn, called with the index locked when a filter gains its first client
+// subscription (subscribed true) or loses its last, and calls it at once, under the same lock,
+// for every filter that has client subscriptions now: a caller that keeps the set from fn misses
+// no change. fn must return quickly and must not call back into the index. A nil fn stops the
+// calls. umbra patch 11.
+func (x *TopicsIndex) ObserveFilters(fn func(filter string, subscribed bool)) {
+	x.root.Lock()
+	defer x.root.Unlock()
+	x.filterObserver = fn
+	if fn == nil {
+		return
+	}
+	for f := range x.filters {
+		fn(f, true)
+	}
+}
+
+// countFilter adds delta (1 or -1) to filter's client subscriptions and tells the observer
+// when the filter gains its first or loses its last. Called with root's lock held.
+func (x *TopicsIndex) countFilter(filter string, delta int) {
+	if len(filter) > len(SharePrefix) && strings.EqualFold(filter[:len(SharePrefix)], SharePrefix) {
+		filter = SharePrefix + filter[len(SharePrefix):] // one key however the prefix is spelled
+	}
+	if x.filters == nil {
+		x.filters = make(map[string]int)
+	}
+	n := x.filters[filter] + delta
+	if n <= 0 {
+		delete(x.filters, filter)
+	} else {
+		x.filters[filter] = n
+	}
+	if x.filterObserver != nil && (n == 0 && delta < 0 || n == 1 && delta > 0) {
+		x.filterObserver(filter, delta > 0)
+	}
 }
 
 // NewTopicsIndex returns a pointer to a new instance of Index.
@@ -446,6 +489,9 @@ func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription
 		_, existed = n.subscriptions.Get(client)
 		n.subscriptions.Add(client, subscription)
 	}
+	if !existed {
+		x.countFilter(subscription.Filter, 1) // umbra patch 11
+	}
 
 	return !existed
 }
@@ -468,11 +514,18 @@ func (x *TopicsIndex) Unsubscribe(filter, client string) bool {
 		return false
 	}
 
+	// umbra patch 11: a client subscription that existed is counted out of its filter.
+	var existed bool
 	if shareSub {
 		group, _ := isolateParticle(filter, 1)
+		_, existed = particle.shared.Get(group, client)
 		particle.shared.Delete(group, client)
 	} else {
+		_, existed = particle.subscriptions.Get(client)
 		particle.subscriptions.Delete(client)
+	}
+	if existed {
+		x.countFilter(filter, -1)
 	}
 
 	x.trim(particle)

@@ -1,0 +1,268 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Relay connects a Server to the brokers of other nodes (cluster mode):
+// it carries the messages published here to them, and brings theirs back
+// with Server.Deliver. broker/natsbridge implements it over NATS. The
+// Server calls it from its connection goroutines, concurrently, so every
+// method must be safe for concurrent use; none may call Server methods
+// other than Deliver and Release, and only Connecting may block.
+type Relay interface {
+	// Published is called for each message published to this node's
+	// subscribers: a client's PUBLISH that Auth allowed (with its QoS,
+	// retain flag and MQTT 5 properties as the broker keeps them), a
+	// will, or a Publish. It is not called for $SYS topics or for
+	// messages the Relay delivered (Deliver). It runs on the publisher's
+	// goroutine before the local delivery and must not block; m.Payload
+	// must not be modified but may be kept.
+	Published(m Message)
+	// Interest is called when a filter gains its first client
+	// subscription on this node (subscribed true) or loses its last
+	// (false): a client's SUBSCRIBE or UNSUBSCRIBE, a clean session's
+	// end, an expired, evicted or released session, or a restored one.
+	// A shared subscription's filter is "$SHARE/<group>/<filter>" (the
+	// prefix upper-case, whatever the client sent). In-process
+	// subscriptions (Subscribe) are not interest: they serve this node's
+	// clients. It is called with the broker's topic index locked, so it
+	// must return at once and must not call the Server.
+	Interest(filter string, subscribed bool)
+	// Connecting is called on the client's goroutine for a client that
+	// authenticated, before its session is established here: it returns
+	// once another node that held the client ID's session has released
+	// it (Release there), or when ctx, bounded by Config.ConnectTimeout,
+	// is done. Meanwhile the client waits for its CONNACK.
+	Connecting(ctx context.Context, clientID string)
+	// Session is called when this node gains a session of clientID
+	// (present true: a client connected) and when it loses it (false: a
+	// clean session ended, a persistent one expired, or was evicted or
+	// released). Calls for one client ID never overlap and come in order.
+	Session(clientID string, present bool)
+	// Shared reports whether shared subscriptions are served through the
+	// Relay now. While it does, a message published here reaches this
+	// node's shared subscriptions only through Deliver with their filter
+	// (the Relay picks one member across the nodes); otherwise the broker
+	// picks a local member, as without a Relay.
+	Shared() bool
+}
+
+// relayOrigin starts the Origin of a message the Relay delivered: no
+// client ID contains NUL, so it names no client. What follows it is the
+// shared subscription the message is for, "" for plain subscriptions.
+const relayOrigin = "\x00relay"
+
+// relayBox holds the Relay, so that it can sit in an atomic.Pointer.
+type relayBox struct{ r Relay }
+
+// relays are the in-process clients Deliver publishes from: one per
+// shared subscription it delivered to, plus the plain one ("").
+type relays struct {
+	mu sync.Mutex              // guards m
+	m  map[string]*mqtt.Client // by shared subscription filter, "" for plain
+}
+
+// SetRelay connects the Server to r (nil disconnects it). Interest is
+// called at once for every filter that has client subscriptions, and
+// Session for every session held (connected or restored from the Store);
+// set the Relay before clients connect, so that no connection misses
+// Connecting. It returns ErrClosed after Close.
+func (s *Server) SetRelay(r Relay) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if r == nil {
+		s.relay.Store(nil)
+		s.mq.Topics.ObserveFilters(nil)
+		return nil
+	}
+	s.relay.Store(&relayBox{r: r})
+	s.mq.Topics.ObserveFilters(r.Interest)
+	for _, cl := range s.mq.Clients.GetAll() {
+		if !cl.Net.Inline {
+			r.Session(cl.ID, true)
+		}
+	}
+	return nil
+}
+
+// currentRelay returns the Relay, or nil.
+func (s *Server) currentRelay() Relay {
+	if b := s.relay.Load(); b != nil {
+		return b.r
+	}
+	return nil
+}
+
+// relaySelect is OnSelectSubscribers' part for the Relay: it tells the
+// Relay of a message published here, and narrows the recipients of a
+// message the Relay delivered to those it is for.
+func (s *Server) relaySelect(subs *mqtt.Subscribers, pk packets.Packet) {
+	if share, ok := strings.CutPrefix(pk.Origin, relayOrigin); ok {
+		clear(subs.InlineSubscriptions) // they serve this node's clients only
+		if share == "" {
+			clear(subs.Shared) // delivered to one member by a Deliver of its own
+			return
+		}
+		clear(subs.Subscriptions)
+		for filter := range subs.Shared {
+			if shareKey(filter) != share {
+				delete(subs.Shared, filter)
+			}
+		}
+		return
+	}
+	r := s.currentRelay()
+	if r == nil || mqtt.IsSysTopic(pk.TopicName) {
+		return
+	}
+	r.Published(messageOf(pk))
+	if len(subs.Shared) > 0 && r.Shared() {
+		clear(subs.Shared)
+	}
+}
+
+// shareKey spells a shared subscription's filter as Relay.Interest
+// does: the prefix upper-case.
+func shareKey(filter string) string {
+	if len(filter) > len(mqtt.SharePrefix) && strings.EqualFold(filter[:len(mqtt.SharePrefix)], mqtt.SharePrefix) {
+		return mqtt.SharePrefix + filter[len(mqtt.SharePrefix):]
+	}
+	return filter
+}
+
+// Deliver publishes m, a message another node published (its Relay's
+// Published), to this node's clients: with share "", to those whose
+// plain subscriptions match m.Topic; with share, a shared subscription
+// filter as Relay.Interest names it, to one member of that shared
+// subscription only. In-process subscribers (Subscribe) and the Relay do
+// not see it. It is delivered as a client's PUBLISH would be, with its
+// QoS and MQTT 5 properties (Auth's Allow checked for each recipient,
+// queued for offline persistent sessions); m.Retain with share "" also
+// makes it the topic's retained message here (an empty payload clears
+// it), counted in Stats.Retained and written to Config.Store but never
+// refused for MaxRetained: its publisher's node applied the limits.
+// Deliver copies nothing: m.Payload must not be modified afterwards.
+//
+// Deliver returns ErrClosed after Close, and errors wrapping
+// ErrInvalidTopic (a malformed topic or a $SYS one), ErrInvalidQoS or
+// ErrTooLarge.
+func (s *Server) Deliver(m Message, share string) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := validTopic(m.Topic, true); err != nil || mqtt.IsSysTopic(m.Topic) {
+		return fmt.Errorf("deliver: %q: %w", m.Topic, ErrInvalidTopic)
+	}
+	if m.QoS > 2 {
+		return fmt.Errorf("deliver %s: qos %d: %w", m.Topic, m.QoS, ErrInvalidQoS)
+	}
+	if uint64(len(m.Payload)) > uint64(s.cfg.MaxPacketSize) {
+		return fmt.Errorf("deliver %s: %d-byte payload over %d: %w", m.Topic, len(m.Payload), s.cfg.MaxPacketSize, ErrTooLarge)
+	}
+	pk := packetOf(m)
+	pk.FixedHeader.Retain = m.Retain && share == ""
+	if pk.FixedHeader.Retain && s.hook.isRequest(m.Topic) {
+		pk.FixedHeader.Retain = false // requests are never retained (see retain.go)
+	}
+	pk.Properties.SubscriptionIdentifier = nil // the recipients' own are added
+	pk.Created = 0                             // set when published here
+	pk.Expiry = 0
+	pk.PacketID = uint16(pk.FixedHeader.Qos) // as mochi's Publish: valid, never used
+	if err := s.mq.InjectPacket(s.relayClient(share), pk); err != nil {
+		return fmt.Errorf("deliver %s: %w", m.Topic, err)
+	}
+	return nil
+}
+
+// relayClient returns the in-process client Deliver publishes from for
+// share, made on first use.
+func (s *Server) relayClient(share string) *mqtt.Client {
+	s.relays.mu.Lock()
+	defer s.relays.mu.Unlock()
+	if s.relays.m == nil {
+		s.relays.m = make(map[string]*mqtt.Client)
+	}
+	cl := s.relays.m[share]
+	if cl == nil {
+		cl = s.mq.NewClient(nil, "relay", relayOrigin+share, true)
+		cl.Properties.ProtocolVersion = 5
+		s.relays.m[share] = cl
+	}
+	return cl
+}
+
+// Release ends clientID's session on this node because the client
+// connected to another node. A connected client gets DISCONNECT with
+// reason code 0x8E "session taken over" (MQTT 5; an MQTT 3.1.1 client's
+// connection is closed), its will is discarded, and Config.OnDisconnect
+// reports ErrTakenOver. The session's subscriptions and queued messages
+// are dropped: they do not move with the client. Release waits, up to
+// ConnectTimeout or until ctx is done, for the connection to end (a
+// subscription handler still running for it finishes first), like Evict.
+// It reports whether this node had a session of clientID. After Close it
+// returns false.
+func (s *Server) Release(ctx context.Context, clientID string) bool {
+	if s.closed.Load() {
+		return false
+	}
+	cl, ok := s.mq.Clients.Get(clientID)
+	if !ok || cl.Net.Inline {
+		return false
+	}
+	if c := connOf(cl); c != nil && !c.ended() {
+		if !cl.Closed() {
+			atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // alive elsewhere
+		}
+		_ = s.mq.DisconnectClient(cl, packets.ErrSessionTakenOver)
+		cl.Stop(packets.ErrSessionTakenOver)
+		timer := time.NewTimer(s.cfg.ConnectTimeout)
+		select {
+		case <-c.done:
+		case <-timer.C:
+			s.log.Warn("releasing a client whose connection has not ended yet", "client", clip(clientID),
+				"waited", s.cfg.ConnectTimeout)
+		case <-ctx.Done():
+		case <-s.ctx.Done():
+		}
+		timer.Stop()
+	}
+	stored := s.dropSession(cl)
+	s.log.Info("session released: the client connected to another node", "client", clip(clientID), "remote", cl.Net.Remote)
+	select { // bounded like the wait above; the commit completes anyway
+	case <-stored.done:
+	case <-ctx.Done():
+	case <-s.ctx.Done():
+	}
+	return true
+}
+
+// relaySession tells the Relay that this node gained or lost clientID's
+// session.
+func (s *Server) relaySession(clientID string, present bool) {
+	if r := s.currentRelay(); r != nil {
+		r.Session(clientID, present)
+	}
+}
+
+// relayConnecting runs Relay.Connecting for cl, whose connection is c,
+// before its session is established.
+func (s *Server) relayConnecting(cl *mqtt.Client, c *conn) {
+	r := s.currentRelay()
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
+	defer cancel()
+	r.Connecting(ctx, cl.ID)
+	refreshDeadline(cl, c)
+}
