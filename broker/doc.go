@@ -108,9 +108,9 @@
 // the client's CONNACK (Relay.Connecting). Deliver hands this node's
 // clients a message another node published: not the in-process
 // subscribers, which serve this node's clients, and not the Relay again.
-// While Relay.Shared is true, shared subscriptions get a message only
-// through Deliver with their filter, so that one member in the whole
-// cluster receives it. Release ends a session here because its client
+// When Relay.Published reports that the Relay serves a message's shared
+// subscriptions, they get it only through Deliver with their filter, so
+// that one member in the whole cluster receives it. Release ends a session here because its client
 // connected to another node: DISCONNECT 0x8E "session taken over",
 // OnDisconnect with ErrTakenOver, subscriptions and queued messages
 // dropped.

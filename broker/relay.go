@@ -25,8 +25,12 @@ type Relay interface {
 	// will, or a Publish. It is not called for $SYS topics or for
 	// messages the Relay delivered (Deliver). It runs on the publisher's
 	// goroutine before the local delivery and must not block; m.Payload
-	// must not be modified but may be kept.
-	Published(m Message)
+	// must not be modified but may be kept. It reports whether the Relay
+	// serves the message's shared subscriptions: if so, the broker leaves
+	// its own out (the Relay delivers to one member across the nodes with
+	// Deliver); if not, the broker picks a local member, as without a
+	// Relay.
+	Published(m Message) (shared bool)
 	// Interest is called when a filter gains its first client
 	// subscription on this node (subscribed true) or loses its last
 	// (false): a client's SUBSCRIBE or UNSUBSCRIBE, a clean session's
@@ -48,12 +52,6 @@ type Relay interface {
 	// clean session ended, a persistent one expired, or was evicted or
 	// released). Calls for one client ID never overlap and come in order.
 	Session(clientID string, present bool)
-	// Shared reports whether shared subscriptions are served through the
-	// Relay now. While it does, a message published here reaches this
-	// node's shared subscriptions only through Deliver with their filter
-	// (the Relay picks one member across the nodes); otherwise the broker
-	// picks a local member, as without a Relay.
-	Shared() bool
 }
 
 // relayOrigin starts the Origin of a message the Relay delivered: no
@@ -125,8 +123,7 @@ func (s *Server) relaySelect(subs *mqtt.Subscribers, pk packets.Packet) {
 	if r == nil || mqtt.IsSysTopic(pk.TopicName) {
 		return
 	}
-	r.Published(messageOf(pk))
-	if len(subs.Shared) > 0 && r.Shared() {
+	if r.Published(messageOf(pk)) {
 		clear(subs.Shared)
 	}
 }

@@ -28,11 +28,14 @@ func newFakeRelay() *fakeRelay {
 	return &fakeRelay{interest: map[string]bool{}, sessions: map[string]bool{}, published: make(chan broker.Message, 64)}
 }
 
-func (r *fakeRelay) Published(m broker.Message) {
+func (r *fakeRelay) Published(m broker.Message) bool {
 	select {
 	case r.published <- m:
 	default:
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.shared
 }
 
 func (r *fakeRelay) Interest(filter string, on bool) {
@@ -53,12 +56,6 @@ func (r *fakeRelay) Session(clientID string, present bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sessions[clientID] = present
-}
-
-func (r *fakeRelay) Shared() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.shared
 }
 
 // filters returns the filters with interest, sorted.

@@ -1,0 +1,26 @@
+package natsbridge
+
+import (
+	"testing"
+	"time"
+)
+
+// Settle waits until b has applied every interest change the broker
+// reported so far and the NATS server has processed b's subscriptions:
+// a message published after it reaches the filters subscribed before.
+func Settle(tb testing.TB, b *Bridge) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !b.interest.settled() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("natsbridge: interest changes not applied within 10s")
+		}
+		time.Sleep(time.Millisecond) // no event: a poll, as checkFor
+	}
+	if err := b.nc.FlushTimeout(10 * time.Second); err != nil {
+		tb.Fatalf("natsbridge: flush: %v", err)
+	}
+}
+
+// Origin returns the origin b stamps on its messages.
+func (b *Bridge) Origin() string { return b.origin }

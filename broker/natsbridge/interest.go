@@ -1,0 +1,278 @@
+package natsbridge
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+)
+
+// interest keeps one NATS subscription for each subject (plain) or
+// shared subscription (queue) that the node's clients' filters need, and
+// none other. The broker reports filters with the topic index locked, so
+// want only records the change; loop makes the subscriptions.
+type interest struct {
+	b    *Bridge
+	wake chan struct{} // signalled when pending changed
+
+	mu      sync.Mutex      // guards pending and asked
+	pending map[string]bool // filter → wanted, not yet applied
+	asked   uint64          // changes recorded by want
+	applied atomic.Uint64   // changes loop has applied (a value of asked)
+
+	// Owned by loop (and unsubscribeAll after it ended):
+	active map[string]bool              // filters applied
+	subs   map[subscription]*subscribed // the NATS subscriptions
+	shares sync.Map                     // *nats.Subscription → shared filter (read by the inbound loop)
+	held   atomic.Int64                 // len of subs that hold a NATS subscription
+	full   bool                         // a refusal episode was logged
+}
+
+// subscribed is one NATS subscription and the filters that need it.
+type subscribed struct {
+	sub  *nats.Subscription // nil when refused for MaxSubscriptions or failed
+	refs int
+}
+
+func (x *interest) init(b *Bridge) {
+	x.b = b
+	x.wake = make(chan struct{}, 1)
+	x.pending = make(map[string]bool)
+	x.active = make(map[string]bool)
+	x.subs = make(map[subscription]*subscribed)
+}
+
+// want records that filter gained (subscribed) or lost its local
+// subscribers. It never blocks.
+func (x *interest) want(filter string, subscribed bool) {
+	x.mu.Lock()
+	x.pending[filter] = subscribed
+	x.asked++
+	x.mu.Unlock()
+	select {
+	case x.wake <- struct{}{}:
+	default:
+	}
+}
+
+// loop applies the recorded changes until the bridge closes.
+func (x *interest) loop() {
+	for {
+		select {
+		case <-x.b.ctx.Done():
+			return
+		case <-x.wake:
+		}
+		x.mu.Lock()
+		changes, asked := x.pending, x.asked
+		x.pending = make(map[string]bool)
+		x.mu.Unlock()
+		for filter, on := range changes {
+			if on == x.active[filter] {
+				continue
+			}
+			if on {
+				x.active[filter] = true
+			} else {
+				delete(x.active, filter)
+			}
+			for _, s := range subscriptionsOf(x.b.msgPfx, filter) {
+				if on {
+					x.add(s, filter)
+				} else {
+					x.remove(s)
+				}
+			}
+		}
+		x.applied.Store(asked)
+	}
+}
+
+// settled reports whether every change recorded so far is applied.
+func (x *interest) settled() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.applied.Load() == x.asked
+}
+
+// add takes a reference to s for filter, subscribing on the first.
+func (x *interest) add(s subscription, filter string) {
+	e := x.subs[s]
+	if e == nil {
+		e = &subscribed{}
+		x.subs[s] = e
+	}
+	e.refs++
+	if e.refs > 1 {
+		return
+	}
+	if int(x.held.Load()) >= x.b.cfg.MaxSubscriptions {
+		x.b.refused.Add(1)
+		if !x.full {
+			x.full = true
+			x.b.log.Warn("NATS subscription cap reached: further filters get no messages from other nodes",
+				"max", x.b.cfg.MaxSubscriptions, "filter", clip(filter))
+		}
+		return
+	}
+	var err error
+	if s.queue == "" {
+		e.sub, err = x.b.nc.ChanSubscribe(s.subject, x.b.in)
+	} else {
+		e.sub, err = x.b.nc.ChanQueueSubscribe(s.subject, s.queue, x.b.share)
+	}
+	if err != nil {
+		x.b.refused.Add(1)
+		x.b.log.Warn("NATS subscription failed: the filter gets no messages from other nodes", "subject", s.subject, "error", err)
+		return
+	}
+	if s.queue != "" {
+		x.shares.Store(e.sub, filter)
+	}
+	x.held.Add(1)
+}
+
+// remove drops a reference to s, unsubscribing with the last.
+func (x *interest) remove(s subscription) {
+	e := x.subs[s]
+	if e == nil {
+		return
+	}
+	if e.refs--; e.refs > 0 {
+		return
+	}
+	delete(x.subs, s)
+	if e.sub == nil {
+		return
+	}
+	x.b.unsubscribe(e.sub)
+	x.shares.Delete(e.sub)
+	if x.held.Add(-1) < int64(x.b.cfg.MaxSubscriptions) {
+		x.full = false
+	}
+}
+
+// shareOf returns the shared subscription filter a queue subscription
+// serves, "" if it is gone.
+func (x *interest) shareOf(sub *nats.Subscription) string {
+	f, _ := x.shares.Load(sub)
+	s, _ := f.(string)
+	return s
+}
+
+// unsubscribeAll removes every subscription; for Close, after loop ended.
+func (x *interest) unsubscribeAll() {
+	for s, e := range x.subs {
+		if e.sub != nil {
+			x.b.unsubscribe(e.sub)
+			x.shares.Delete(e.sub)
+		}
+		delete(x.subs, s)
+	}
+	clear(x.active)
+	x.held.Store(0)
+}
+
+// unsubscribe removes sub, keeping the count of what NATS dropped for it.
+func (b *Bridge) unsubscribe(sub *nats.Subscription) {
+	b.slowMu.Lock()
+	if _, ok := b.slow[sub]; ok {
+		if d, err := sub.Dropped(); err == nil {
+			b.slowGone += int64(d)
+		}
+		delete(b.slow, sub)
+	}
+	b.slowMu.Unlock()
+	_ = sub.Unsubscribe() // fails only if already gone (the connection closed)
+}
+
+// sessions holds a takeover subscription for each client session on this
+// node: a node where the client connects next asks on it, and this node
+// releases the session.
+type sessions struct {
+	mu     sync.Mutex                    // guards m and closed
+	m      map[string]*nats.Subscription // by client ID
+	closed bool
+	n      atomic.Int64 // len(m)
+}
+
+// set subscribes to (present) or unsubscribes from clientID's takeover
+// subject. The broker serialises calls per client ID.
+func (s *sessions) set(b *Bridge, clientID string, present bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, had := s.m[clientID]
+	switch {
+	case s.closed || present == had:
+		return
+	case present:
+		sub, err := b.nc.ChanSubscribe(b.sesPfx+token(clientID), b.takes)
+		if err != nil {
+			b.log.Warn("takeover subscription failed: another node cannot take this client's session over", "client", clip(clientID), "error", err)
+			return
+		}
+		s.m[clientID] = sub
+	default:
+		delete(s.m, clientID)
+		_ = sub.Unsubscribe()
+	}
+	s.n.Store(int64(len(s.m)))
+}
+
+// has reports whether this node holds clientID's session.
+func (s *sessions) has(clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m[clientID]
+	return ok
+}
+
+// unsubscribeAll removes every takeover subscription; for Close.
+func (s *sessions) unsubscribeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for id, sub := range s.m {
+		_ = sub.Unsubscribe()
+		delete(s.m, id)
+	}
+	s.n.Store(0)
+}
+
+// takeoverLoop answers takeover requests: the client connected to another
+// node, so this node releases its session (broker.Server.Release) and
+// then replies, so that the other node completes the connection after
+// this one ended. Up to maxTakeovers run at once.
+func (b *Bridge) takeoverLoop() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, maxTakeovers)
+	for {
+		var msg *nats.Msg
+		select {
+		case <-b.ctx.Done():
+			return
+		case msg = <-b.takes:
+		}
+		id, err := topicOf(b.cfg.Prefix+".s", msg.Subject)
+		if err != nil || string(msg.Data) == b.origin {
+			_ = msg.Respond(nil)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-b.ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if b.brk.Release(b.ctx, id) {
+				b.released.Add(1)
+				b.log.Info("session released to another node", "client", clip(id), "to", clip(string(msg.Data)))
+			}
+			_ = msg.Respond([]byte(b.origin))
+		}()
+	}
+}

@@ -1,0 +1,137 @@
+package natsbridge_test
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/natsbridge"
+	"github.com/umbra-iot/umbra/internal/brokertest"
+)
+
+// TestSessionTakeoverAcrossNodes: a device connected to node 1 connects
+// to node 2 with the same client ID. Node 1 drops its connection
+// (ErrTakenOver) and its session before node 2 completes the CONNECT, so
+// presence sees the old connection end before the new one starts, and
+// node 1 gives up the device's NATS interest: a command published on node
+// 1 reaches the device on node 2, once.
+func TestSessionTakeoverAcrossNodes(t *testing.T) {
+	nodes, _ := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	lost := make(chan error, 1)
+	persistent := func(o *mqtt.ClientOptions) {
+		o.SetCleanSession(false)
+	}
+	old := brokertest.Connect(t, a.url, "dev-1", persistent, func(o *mqtt.ClientOptions) {
+		o.SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+	})
+	brokertest.Subscribe(t, old, "dev-1/cmd", 1)
+	waitConnect(t, a, "dev-1")
+	awaitSubscriptions(t, a, 1)
+
+	dev := brokertest.Connect(t, b.url, "dev-1", persistent)
+	connected := waitConnect(t, b, "dev-1")
+	var gone disconnect
+	select {
+	case gone = <-a.disconnects:
+	default:
+		t.Fatal("node 1 had not ended the old connection when node 2 completed the new one")
+	}
+	if gone.info.ClientID != "dev-1" || !errors.Is(gone.err, broker.ErrTakenOver) {
+		t.Fatalf("node 1 OnDisconnect: %s %v, want dev-1 ErrTakenOver", gone.info.ClientID, gone.err)
+	}
+	if gone.info.At.After(connected.At) {
+		t.Errorf("old connection ended at %v, after the new one connected at %v", gone.info.At, connected.At)
+	}
+	select {
+	case <-lost:
+	case <-time.After(wait):
+		t.Fatal("the old client was not disconnected")
+	}
+	if st := a.br.Stats(); st.TakeoversReleased != 1 || st.Sessions != 0 {
+		t.Errorf("node 1 stats: %+v, want 1 takeover released and no session left", st)
+	}
+	if st := b.br.Stats(); st.TakeoversSent != 1 || st.Sessions != 1 {
+		t.Errorf("node 2 stats: %+v, want 1 takeover sent and 1 session", st)
+	}
+	awaitSubscriptions(t, a, 0) // the released session's subscription went with it
+
+	// The device resubscribes on node 2 (the session does not move).
+	cmds := brokertest.Subscribe(t, dev, "dev-1/cmd", 1)
+	settle(t, a, b)
+	op := brokertest.Connect(t, a.url, "operator")
+	brokertest.Publish(t, op, "dev-1/cmd", 1, []byte("reboot"))
+	expect(t, cmds, "reboot")
+	expectNothing(t, cmds)
+
+	// Reconnecting to node 2 is a local takeover: no NATS round trip.
+	brokertest.Connect(t, b.url, "dev-1", persistent)
+	waitConnect(t, b, "dev-1")
+	if st := b.br.Stats(); st.TakeoversSent != 1 {
+		t.Errorf("node 2 sent %d takeovers after a reconnect to itself, want still 1", st.TakeoversSent)
+	}
+}
+
+// TestSessionTakeoverReasonCode: an MQTT 5 client whose session another
+// node takes over gets DISCONNECT with reason code 0x8E.
+func TestSessionTakeoverReasonCode(t *testing.T) {
+	nodes, _ := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	conn, err := net.Dial("tcp", a.brk.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * wait))
+	r := bufio.NewReader(conn)
+	id := "dev-5"
+	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 0, 0, byte(len(id))}, id...)
+	if _, err := conn.Write(append([]byte{0x10, byte(len(connect))}, connect...)); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body := readPacket(t, r); typ != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("CONNACK: type %#x body % x, want success", typ, body)
+	}
+	waitConnect(t, a, id)
+	natsbridge.Settle(t, a.br) // the session's takeover subscription is in NATS
+
+	brokertest.Connect(t, b.url, id)
+	typ, body := readPacket(t, r)
+	if typ != 0xE0 || len(body) < 1 || body[0] != 0x8E {
+		t.Fatalf("got packet type %#x body % x, want DISCONNECT with reason 0x8E (session taken over)", typ, body)
+	}
+}
+
+// readPacket reads one MQTT packet: its type byte and its body.
+func readPacket(t *testing.T, r *bufio.Reader) (byte, []byte) {
+	t.Helper()
+	typ, err := r.ReadByte()
+	if err != nil {
+		t.Fatalf("read packet: %v", err)
+	}
+	n, shift := 0, 0
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			t.Fatalf("read length: %v", err)
+		}
+		n |= int(b&0x7F) << shift
+		if b&0x80 == 0 {
+			break
+		}
+		if shift += 7; shift > 21 {
+			t.Fatal("bad remaining length")
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return typ, body
+}
