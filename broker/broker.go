@@ -839,10 +839,15 @@ func (s *Server) runHandler(h HandlerFunc, pk packets.Packet) {
 
 // HasSubscribers reports whether any subscription, of a client (connected
 // or with a persistent session) or in-process, matches topic. It is false
-// for an invalid topic.
+// for an invalid topic. With a Relay (cluster mode) it is true for every
+// valid topic but $SYS ones: clients of other nodes may subscribe to it,
+// and this node cannot see their subscriptions.
 func (s *Server) HasSubscribers(topic string) bool {
 	if validTopic(topic, true) != nil {
 		return false
+	}
+	if s.currentRelay() != nil && !mqtt.IsSysTopic(topic) {
+		return true
 	}
 	subs := s.mq.Topics.Subscribers(topic)
 	return len(subs.Subscriptions) > 0 || len(subs.InlineSubscriptions) > 0 || len(subs.Shared) > 0

@@ -235,6 +235,12 @@ func TestRelayRelease(t *testing.T) {
 	if r.session("dev") || slices.Contains(r.filters(), "dev/cmd") {
 		t.Errorf("after Release: session %t, interest %q; want neither", r.session("dev"), r.filters())
 	}
+	if !s.HasSubscribers("dev/cmd") || s.HasSubscribers("$SYS/broker/uptime") {
+		t.Error("with a Relay, HasSubscribers must be true for every topic but $SYS: other nodes' clients may subscribe")
+	}
+	if err := s.SetRelay(nil); err != nil {
+		t.Fatal(err)
+	}
 	if s.HasSubscribers("dev/cmd") {
 		t.Error("the released persistent session's subscription remains")
 	}
