@@ -13,6 +13,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/natstest"
 )
 
@@ -42,7 +43,7 @@ type node struct {
 
 // startNode opens a broker and its bridge to natsURL as node id; both are
 // closed at cleanup, the bridge first.
-func startNode(t testing.TB, natsURL, id string, cfg broker.Config) *node {
+func startNode(t testing.TB, natsURL, id string, cfg broker.Config, mods ...func(*natsbridge.Config)) *node {
 	t.Helper()
 	n := &node{disconnects: make(chan disconnect, 64), connects: make(chan broker.ConnInfo, 64)}
 	cfg.OnDisconnect = func(info broker.ConnInfo, err error) {
@@ -60,10 +61,14 @@ func startNode(t testing.TB, natsURL, id string, cfg broker.Config) *node {
 	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", id)
 	n.brk = brokertest.New(t, cfg)
 	n.url = brokertest.URL(n.brk)
-	br, err := natsbridge.Open(t.Context(), natsbridge.Config{
+	bcfg := natsbridge.Config{
 		Broker: n.brk, NodeID: id, URL: natsURL, Logger: cfg.Logger,
 		ReconnectWait: 50 * time.Millisecond,
-	})
+	}
+	for _, mod := range mods {
+		mod(&bcfg)
+	}
+	br, err := natsbridge.Open(t.Context(), bcfg)
 	if err != nil {
 		t.Fatalf("open bridge %s: %v", id, err)
 	}
@@ -419,3 +424,35 @@ func awaitConnected(t *testing.T, want bool, nodes ...*node) {
 		}
 	}
 }
+
+// TestSubscriptionCap: a node holds at most MaxSubscriptions NATS
+// subscriptions; a filter beyond it is refused and counted, and gets
+// nothing from other nodes, while local delivery to it goes on. When a
+// subscription is given up, a waiting filter takes its place.
+func TestSubscriptionCap(t *testing.T) {
+	ns := natstest.Start(t)
+	a := startNode(t, ns.URL(), "n1", broker.Config{})
+	b := startNode(t, ns.URL(), "n2", broker.Config{}, func(c *natsbridge.Config) { c.MaxSubscriptions = 2 })
+	c := brokertest.Connect(t, b.url, "c")
+	brokertest.Subscribe(t, c, "one", 0)
+	brokertest.Subscribe(t, c, "two", 0)
+	over := brokertest.Subscribe(t, c, "three", 0)
+	awaitSubscriptions(t, b, 2)
+	if st := b.br.Stats(); st.SubscriptionsRefused != 1 {
+		t.Fatalf("stats %+v: want 1 subscription refused", st)
+	}
+	pubB := brokertest.Connect(t, b.url, "pub-b")
+	brokertest.Publish(t, pubB, "three", 0, []byte("local"))
+	expect(t, over, "local")
+
+	unsubscribe(t, c, "one") // room: the waiting filter gets it
+	awaitSubscriptions(t, b, 2)
+	settle(t, a)
+	pubA := brokertest.Connect(t, a.url, "pub-a")
+	brokertest.Publish(t, pubA, "three", 0, []byte("remote"))
+	expect(t, over, "remote")
+}
+
+// The wiring exposes Stats in /metrics by conversion: the two types must
+// keep the same fields.
+var _ = metrics.BridgeStats(natsbridge.Stats{})

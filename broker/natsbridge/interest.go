@@ -21,17 +21,19 @@ type interest struct {
 	applied atomic.Uint64   // changes loop has applied (a value of asked)
 
 	// Owned by loop (and unsubscribeAll after it ended):
-	active map[string]bool              // filters applied
-	subs   map[subscription]*subscribed // the NATS subscriptions
-	shares sync.Map                     // *nats.Subscription → shared filter (read by the inbound loop)
-	held   atomic.Int64                 // len of subs that hold a NATS subscription
-	full   bool                         // a refusal episode was logged
+	active  map[string]bool              // filters applied
+	subs    map[subscription]*subscribed // the NATS subscriptions
+	waiting map[subscription]struct{}    // subs refused for MaxSubscriptions, waiting for room
+	shares  sync.Map                     // *nats.Subscription → shared filter (read by the inbound loop)
+	held    atomic.Int64                 // len of subs that hold a NATS subscription
+	full    bool                         // a refusal episode was logged
 }
 
 // subscribed is one NATS subscription and the filters that need it.
 type subscribed struct {
-	sub  *nats.Subscription // nil when refused for MaxSubscriptions or failed
-	refs int
+	sub    *nats.Subscription // nil when refused for MaxSubscriptions or failed
+	refs   int
+	filter string // the first filter that needed it, for logs and shares
 }
 
 func (x *interest) init(b *Bridge) {
@@ -40,6 +42,7 @@ func (x *interest) init(b *Bridge) {
 	x.pending = make(map[string]bool)
 	x.active = make(map[string]bool)
 	x.subs = make(map[subscription]*subscribed)
+	x.waiting = make(map[subscription]struct{})
 }
 
 // want records that filter gained (subscribed) or lost its local
@@ -99,19 +102,25 @@ func (x *interest) settled() bool {
 func (x *interest) add(s subscription, filter string) {
 	e := x.subs[s]
 	if e == nil {
-		e = &subscribed{}
+		e = &subscribed{filter: filter}
 		x.subs[s] = e
 	}
 	e.refs++
-	if e.refs > 1 {
-		return
+	if e.refs == 1 {
+		x.subscribe(s, e)
 	}
+}
+
+// subscribe makes e's NATS subscription, unless MaxSubscriptions are
+// held: e then waits for room (a refusal).
+func (x *interest) subscribe(s subscription, e *subscribed) {
 	if int(x.held.Load()) >= x.b.cfg.MaxSubscriptions {
 		x.b.refused.Add(1)
+		x.waiting[s] = struct{}{}
 		if !x.full {
 			x.full = true
 			x.b.log.Warn("NATS subscription cap reached: further filters get no messages from other nodes",
-				"max", x.b.cfg.MaxSubscriptions, "filter", clip(filter))
+				"max", x.b.cfg.MaxSubscriptions, "filter", clip(e.filter))
 		}
 		return
 	}
@@ -127,12 +136,13 @@ func (x *interest) add(s subscription, filter string) {
 		return
 	}
 	if s.queue != "" {
-		x.shares.Store(e.sub, filter)
+		x.shares.Store(e.sub, e.filter)
 	}
 	x.held.Add(1)
 }
 
-// remove drops a reference to s, unsubscribing with the last.
+// remove drops a reference to s, unsubscribing with the last; the room
+// goes to a subscription waiting for it.
 func (x *interest) remove(s subscription) {
 	e := x.subs[s]
 	if e == nil {
@@ -142,12 +152,19 @@ func (x *interest) remove(s subscription) {
 		return
 	}
 	delete(x.subs, s)
+	delete(x.waiting, s)
 	if e.sub == nil {
 		return
 	}
 	x.b.unsubscribe(e.sub)
 	x.shares.Delete(e.sub)
-	if x.held.Add(-1) < int64(x.b.cfg.MaxSubscriptions) {
+	x.held.Add(-1)
+	for w := range x.waiting {
+		delete(x.waiting, w)
+		x.subscribe(w, x.subs[w])
+		break
+	}
+	if len(x.waiting) == 0 {
 		x.full = false
 	}
 }
@@ -169,6 +186,7 @@ func (x *interest) unsubscribeAll() {
 		}
 		delete(x.subs, s)
 	}
+	clear(x.waiting)
 	clear(x.active)
 	x.held.Store(0)
 }
