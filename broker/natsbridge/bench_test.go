@@ -1,0 +1,194 @@
+package natsbridge_test
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/natsbridge"
+	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/natstest"
+)
+
+// BenchmarkCrossNodeFanIn measures telemetry fan-in across nodes against
+// one node, in the same run: N devices (UMBRA_BENCH_CLIENTS, default 100,
+// 20 with -short) publish QoS 1 on devices/<id>/telemetry and one
+// integrator subscribed to devices/+/telemetry at QoS 1 receives it all.
+// The loop is closed: a device publishes its next message once the
+// integrator has its previous one (one message in flight per device), so
+// nothing queues and a lost message stalls its device (the run then fails).
+// A quarter of the window's length of warm-up precedes each window.
+// Phases, each on fresh brokers, in every iteration:
+//
+//   - single: one broker, no bridge (single-node mode);
+//   - bridged: devices and integrator on one node whose bridge is
+//     connected to NATS (the bridge's cost on the publish path);
+//   - cross: devices on node 1, the integrator on node 2, through NATS.
+//
+// The clients (paho) and brokers run in this process, nats-server in a
+// child process. It reports msgs/s and p99 (publish to receipt) per phase,
+// and cross/single and bridged/single.
+func BenchmarkCrossNodeFanIn(b *testing.B) {
+	n, window := 100, 2*time.Second
+	if testing.Short() {
+		n, window = 20, 300*time.Millisecond
+	}
+	if v, err := strconv.Atoi(os.Getenv("UMBRA_BENCH_CLIENTS")); err == nil && v > 0 {
+		n = v
+	}
+	if d, err := time.ParseDuration(os.Getenv("UMBRA_BENCH_DURATION")); err == nil && d > 0 {
+		window = d
+	}
+	ns := natstest.Start(b)
+	phases := []string{"single", "bridged", "cross"}
+	rates, p99s := map[string][]float64{}, map[string][]float64{}
+	round := 0
+	for b.Loop() {
+		round++
+		for _, phase := range phases {
+			var devURL, intURL string
+			ready := func() {}
+			// The devices publish as fast as the loop lets them; every client
+			// is a device without Auth, so the integrator gets a service
+			// client's queue and inflight store, as in production.
+			cfg := broker.Config{MaxMessageRate: -1, ClientWritesPending: broker.DefaultServiceWritesPending,
+				MaxInflight: broker.DefaultServiceInflight}
+			switch phase {
+			case "single":
+				s := brokertest.New(b, cfg)
+				devURL, intURL = brokertest.URL(s), brokertest.URL(s)
+			case "bridged":
+				a := startNode(b, ns.URL(), fmt.Sprintf("r%d-solo", round), cfg)
+				devURL, intURL = a.url, a.url
+			case "cross":
+				a := startNode(b, ns.URL(), fmt.Sprintf("r%d-devices", round), cfg)
+				c := startNode(b, ns.URL(), fmt.Sprintf("r%d-integrator", round), cfg)
+				devURL, intURL = a.url, c.url
+				ready = func() { natsbridge.Settle(b, c.br) }
+			}
+			rate, p99 := runFanIn(b, devURL, intURL, n, window, ready)
+			rates[phase] = append(rates[phase], rate)
+			p99s[phase] = append(p99s[phase], p99)
+			b.Logf("%s: %.0f msgs/s, p99 %.2f ms (%d devices, %v)", phase, rate, p99, n, window)
+		}
+	}
+	for _, phase := range phases {
+		b.ReportMetric(mean(rates[phase]), phase+"-msgs/s")
+		b.ReportMetric(mean(p99s[phase]), phase+"-p99-ms")
+	}
+	b.ReportMetric(mean(rates["cross"])/mean(rates["single"]), "cross/single")
+	b.ReportMetric(mean(rates["bridged"])/mean(rates["single"]), "bridged/single")
+}
+
+func mean(v []float64) float64 {
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(max(len(v), 1))
+}
+
+// runFanIn connects the integrator to intURL, calls ready, connects n
+// devices to devURL and runs the closed loop for window; it returns the
+// integrator's messages/s and the p99 latency in milliseconds.
+func runFanIn(b *testing.B, devURL, intURL string, n int, window time.Duration, ready func()) (float64, float64) {
+	b.Helper()
+	acks := make([]chan struct{}, n)
+	for i := range acks {
+		acks[i] = make(chan struct{}, 1)
+	}
+	integrator := brokertest.Connect(b, intURL, "integrator", func(o *mqtt.ClientOptions) { o.SetOrderMatters(false) })
+	tok := integrator.Subscribe("devices/+/telemetry", 1, func(_ mqtt.Client, m mqtt.Message) {
+		p := m.Payload()
+		if len(p) < 4 {
+			return
+		}
+		i, err := strconv.Atoi(string(p[:4]))
+		if err != nil || i >= n {
+			return
+		}
+		select {
+		case acks[i] <- struct{}{}:
+		default:
+		}
+	})
+	if !tok.WaitTimeout(wait) || tok.Error() != nil {
+		b.Fatalf("integrator subscribe: %v", tok.Error())
+	}
+	ready()
+	devs := make([]mqtt.Client, n)
+	for i := range devs {
+		devs[i] = brokertest.Connect(b, devURL, fmt.Sprintf("dev-%04d", i))
+	}
+	var received atomic.Int64
+	var measuring atomic.Bool // after the warm-up (a quarter of window)
+	var mu sync.Mutex
+	var lat []time.Duration
+	stop := make(chan struct{})
+	failed := make(chan string, n)
+	var wg sync.WaitGroup
+	for i, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			topic := fmt.Sprintf("devices/%04d/telemetry", i)
+			payload := []byte(fmt.Sprintf("%04d {\"t\":21.5}", i))
+			var mine []time.Duration
+			defer func() { mu.Lock(); lat = append(lat, mine...); mu.Unlock() }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t0 := time.Now()
+				d.Publish(topic, 1, false, payload)
+				select {
+				case <-acks[i]:
+					if measuring.Load() {
+						mine = append(mine, time.Since(t0))
+						received.Add(1)
+					}
+				case <-stop:
+					if time.Since(t0) > time.Second {
+						failed <- topic // lost: the run's rate would be wrong
+					}
+					return
+				case <-time.After(wait):
+					failed <- topic
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(window / 4) // warm-up; the devices run meanwhile
+	measuring.Store(true)
+	start := time.Now()
+	time.Sleep(window) // the measurement window
+	measuring.Store(false)
+	elapsed := time.Since(start)
+	close(stop)
+	wg.Wait()
+	close(failed)
+	for topic := range failed {
+		b.Fatalf("a message on %s did not reach the integrator within %v", topic, wait)
+	}
+	for _, d := range devs {
+		d.Disconnect(0)
+	}
+	integrator.Disconnect(0)
+	slices.Sort(lat)
+	p99 := 0.0
+	if len(lat) > 0 {
+		p99 = float64(lat[len(lat)*99/100]) / float64(time.Millisecond)
+	}
+	return float64(received.Load()) / elapsed.Seconds(), p99
+}
