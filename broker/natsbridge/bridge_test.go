@@ -456,3 +456,28 @@ func TestSubscriptionCap(t *testing.T) {
 // The wiring exposes Stats in /metrics by conversion: the two types must
 // keep the same fields.
 var _ = metrics.BridgeStats(natsbridge.Stats{})
+
+// TestRetainedAcrossNodes: a retained message crosses with its flag; the
+// node that receives it keeps it, so a later subscriber there gets it as
+// retained, and clearing it on the publisher's node clears it there too.
+func TestRetainedAcrossNodes(t *testing.T) {
+	nodes, _ := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	watcher := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "watcher"), "status/#", 1)
+	settle(t, a, b)
+	pub := brokertest.Connect(t, a.url, "pub")
+	brokertest.PublishRetained(t, pub, "status/dev1", 1, []byte("online"))
+	expect(t, watcher, "online")
+
+	late := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "late"), "status/dev1", 1)
+	m := brokertest.Next(t, late, wait)
+	if string(m.Payload) != "online" || !m.Retained {
+		t.Fatalf("late subscriber on node 2: got %s, want the retained online", m)
+	}
+
+	brokertest.PublishRetained(t, pub, "status/dev1", 1, nil) // clear
+	expect(t, watcher, "")
+	later := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "later"), "status/#", 1)
+	brokertest.Publish(t, pub, "status/marker", 1, []byte("marker"))
+	expect(t, later, "marker") // and no retained online before it
+}
