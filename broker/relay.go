@@ -59,6 +59,10 @@ type Relay interface {
 // shared subscription the message is for, "" for plain subscriptions.
 const relayOrigin = "\x00relay"
 
+// maxRelayClients bounds the in-process clients Deliver keeps, one per
+// shared subscription filter it delivered to.
+const maxRelayClients = 1024
+
 // relayBox holds the Relay, so that it can sit in an atomic.Pointer.
 type relayBox struct{ r Relay }
 
@@ -191,6 +195,9 @@ func (s *Server) relayClient(share string) *mqtt.Client {
 	}
 	cl := s.relays.m[share]
 	if cl == nil {
+		if len(s.relays.m) >= maxRelayClients {
+			clear(s.relays.m) // shared filters come and go: keep the cache bounded
+		}
 		cl = s.mq.NewClient(nil, "relay", relayOrigin+share, true)
 		cl.Properties.ProtocolVersion = 5
 		s.relays.m[share] = cl

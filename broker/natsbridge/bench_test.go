@@ -2,6 +2,7 @@ package natsbridge_test
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -26,7 +27,7 @@ import (
 // integrator has its previous one (one message in flight per device), so
 // nothing queues and a lost message stalls its device (the run then fails).
 // A quarter of the window's length of warm-up precedes each window.
-// Phases, each on fresh brokers, in every iteration:
+// Phases, each on fresh brokers, in every iteration (in turn first):
 //
 //   - single: one broker, no bridge (single-node mode);
 //   - bridged: devices and integrator on one node whose bridge is
@@ -53,14 +54,16 @@ func BenchmarkCrossNodeFanIn(b *testing.B) {
 	round := 0
 	for b.Loop() {
 		round++
-		for _, phase := range phases {
+		for k := range phases {
+			phase := phases[(k+round)%len(phases)] // each phase takes each place in turn
 			var devURL, intURL string
 			ready := func() {}
 			// The devices publish as fast as the loop lets them; every client
 			// is a device without Auth, so the integrator gets a service
 			// client's queue and inflight store, as in production.
 			cfg := broker.Config{MaxMessageRate: -1, ClientWritesPending: broker.DefaultServiceWritesPending,
-				MaxInflight: broker.DefaultServiceInflight}
+				MaxInflight: broker.DefaultServiceInflight,
+				Logger:      slog.New(slog.NewTextHandler(b.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}
 			switch phase {
 			case "single":
 				s := brokertest.New(b, cfg)

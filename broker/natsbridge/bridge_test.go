@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +59,10 @@ func startNode(t testing.TB, natsURL, id string, cfg broker.Config, mods ...func
 		default:
 		}
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", id)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	cfg.Logger = cfg.Logger.With("node", id)
 	n.brk = brokertest.New(t, cfg)
 	n.url = brokertest.URL(n.brk)
 	bcfg := natsbridge.Config{
@@ -480,4 +484,31 @@ func TestRetainedAcrossNodes(t *testing.T) {
 	later := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "later"), "status/#", 1)
 	brokertest.Publish(t, pub, "status/marker", 1, []byte("marker"))
 	expect(t, later, "marker") // and no retained online before it
+}
+
+// readOnly lets every client connect and publish, and read anything but
+// topics under secret/.
+type readOnly struct{}
+
+func (readOnly) Authenticate(_ context.Context, c broker.Credentials) (broker.Identity, error) {
+	return broker.Identity{Name: c.ClientID, Device: "d"}, nil
+}
+
+func (readOnly) Allow(_ broker.Identity, topic string, write bool) bool {
+	return write || !strings.HasPrefix(topic, "secret/")
+}
+
+// TestReceivingNodeACL: the receiving node's ACL decides what its
+// clients get from other nodes, message by message, as for its own.
+func TestReceivingNodeACL(t *testing.T) {
+	ns := natstest.Start(t)
+	a := startNode(t, ns.URL(), "n1", broker.Config{})
+	b := startNode(t, ns.URL(), "n2", broker.Config{Auth: readOnly{}})
+	all := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "reader"), "#", 1)
+	settle(t, a, b)
+	pub := brokertest.Connect(t, a.url, "pub")
+	brokertest.Publish(t, pub, "secret/key", 1, []byte("secret"))
+	brokertest.Publish(t, pub, "public/news", 1, []byte("public"))
+	expect(t, all, "public")
+	expectNothing(t, all)
 }
