@@ -10,6 +10,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
@@ -511,4 +512,39 @@ func TestReceivingNodeACL(t *testing.T) {
 	brokertest.Publish(t, pub, "public/news", 1, []byte("public"))
 	expect(t, all, "public")
 	expectNothing(t, all)
+}
+
+// TestForeignMessagesDropped: messages under the prefix that no Umbra
+// node of this version sent (no header, another version, a subject that
+// decodes to no topic) are dropped and counted; nothing is delivered or
+// retained for them.
+func TestForeignMessagesDropped(t *testing.T) {
+	nodes, ns := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	all := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "reader"), "#", 1)
+	settle(t, a, b)
+	nc := natstest.Connect(t, ns.URLs())
+	foreign := []*nats.Msg{
+		{Subject: "umbra.m.status.x", Data: []byte("no header")},
+		{Subject: "umbra.m.status.x", Data: []byte("v2"), Header: nats.Header{"Umbra-Msg": {"2 x/1 1 1 1 1"}}},
+		{Subject: "umbra.m.status.%zz", Data: []byte("bad subject"), Header: nats.Header{"Umbra-Msg": {"1 x/1 1 1 1 1"}}},
+	}
+	for _, m := range foreign {
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	pub := brokertest.Connect(t, a.url, "pub")
+	brokertest.Publish(t, pub, "status/y", 1, []byte("valid")) // after the foreign ones, on another connection
+	expect(t, all, "valid")
+	expectNothing(t, all)
+	if got := b.br.Stats().InDropped; got != int64(len(foreign)) {
+		t.Errorf("InDropped = %d, want %d", got, len(foreign))
+	}
+	late := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "late"), "status/#", 1)
+	brokertest.Publish(t, pub, "status/z", 1, []byte("marker"))
+	expect(t, late, "marker") // no retained message came of the foreign ones
 }
