@@ -229,12 +229,15 @@ func publish(tb testing.TB, c mqtt.Client, topic string, qos byte, retain bool, 
 // leakMarkers identify goroutines that must not outlive a package's tests.
 var leakMarkers = []string{
 	"github.com/umbra-iot/umbra/broker.",
+	"github.com/umbra-iot/umbra/broker/natsbridge.",
+	"github.com/nats-io/nats.go",
 	"github.com/mochi-mqtt/server",
 	"github.com/eclipse/paho.mqtt.golang",
 }
 
 // Main runs the tests of m and then fails the binary if goroutines of the
-// broker, mochi or paho are still running after a grace period. Use it as
+// broker, the cluster bridge, mochi, paho or nats.go are still running
+// after a grace period. Use it as
 // TestMain: func TestMain(m *testing.M) { brokertest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
