@@ -4,14 +4,17 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
@@ -194,4 +197,103 @@ func runFanIn(b *testing.B, devURL, intURL string, n int, window time.Duration, 
 		p99 = float64(lat[len(lat)*99/100]) / float64(time.Millisecond)
 	}
 	return float64(received.Load()) / elapsed.Seconds(), p99
+}
+
+// BenchmarkSubscriptionCost measures what one NATS subscription of the
+// bridge costs: heap in this process (nats.go's subscription) and
+// resident memory of the nats-server, for N (UMBRA_BENCH_SUBS, default
+// 20,000) subscriptions on distinct subjects, as N devices' takeover
+// subscriptions or N distinct filters are.
+func BenchmarkSubscriptionCost(b *testing.B) {
+	n := 20000
+	if testing.Short() {
+		n = 2000
+	}
+	if v, err := strconv.Atoi(os.Getenv("UMBRA_BENCH_SUBS")); err == nil && v > 0 {
+		n = v
+	}
+	ns := natstest.Start(b)
+	for b.Loop() {
+		nc := natstest.Connect(b, ns.URLs())
+		ch := make(chan *nats.Msg, 1)
+		serverBefore := rss(b, ns.PID())
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		subs := make([]*nats.Subscription, n)
+		for i := range subs {
+			var err error
+			if subs[i], err = nc.ChanSubscribe(fmt.Sprintf("umbra.s.device-%07d", i), ch); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		serverAfter := rss(b, ns.PID())
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "client-B/sub")
+		b.ReportMetric(float64(serverAfter-serverBefore)/float64(n), "server-B/sub")
+		runtime.KeepAlive(subs)
+		nc.Close()
+	}
+}
+
+// rss returns the resident memory of process pid, in bytes.
+func rss(b *testing.B, pid int) int64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatalf("read the nats-server's memory: %v", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				b.Fatalf("VmRSS %q: %v", rest, err)
+			}
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+// BenchmarkConnect measures what the bridge adds to a connect: a device
+// connecting and disconnecting in a loop on a broker without a bridge
+// (single) and on a node with one (bridged: the takeover request, which
+// NATS answers "no responders", and the session's subscription and
+// unsubscription), alternately in one run. It reports connects/s and
+// bridged/single.
+func BenchmarkConnect(b *testing.B) {
+	ns := natstest.Start(b)
+	quiet := func() broker.Config {
+		return broker.Config{Logger: slog.New(slog.NewTextHandler(b.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}
+	}
+	single := brokertest.New(b, quiet())
+	bridged := startNode(b, ns.URL(), "connect-bench", quiet())
+	const perRound = 200
+	times := map[string]time.Duration{}
+	for b.Loop() {
+		for _, c := range []struct {
+			name, url string
+		}{{"single", brokertest.URL(single)}, {"bridged", bridged.url}} {
+			start := time.Now()
+			for i := range perRound {
+				cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(c.url).SetClientID(fmt.Sprintf("dev-%d", i)).
+					SetAutoReconnect(false).SetConnectTimeout(wait))
+				if tok := cl.Connect(); !tok.WaitTimeout(wait) || tok.Error() != nil {
+					b.Fatalf("connect to %s: %v", c.name, tok.Error())
+				}
+				cl.Disconnect(0)
+			}
+			times[c.name] += time.Since(start)
+		}
+	}
+	rounds := float64(b.N)
+	for name, d := range times {
+		b.ReportMetric(perRound*rounds/d.Seconds(), name+"-connects/s")
+	}
+	b.ReportMetric(float64(times["bridged"])/float64(times["single"]), "bridged/single-time")
 }
