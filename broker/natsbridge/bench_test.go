@@ -54,9 +54,8 @@ func BenchmarkCrossNodeFanIn(b *testing.B) {
 	ns := natstest.Start(b)
 	phases := []string{"single", "bridged", "cross"}
 	rates, p99s := map[string][]float64{}, map[string][]float64{}
-	round := 0
 	for b.Loop() {
-		round++
+		round := int(fanInRounds.Add(1)) // across -count runs too
 		for k := range phases {
 			phase := phases[(k+round)%len(phases)] // each phase takes each place in turn
 			var devURL, intURL string
@@ -93,6 +92,9 @@ func BenchmarkCrossNodeFanIn(b *testing.B) {
 	b.ReportMetric(mean(rates["cross"])/mean(rates["single"]), "cross/single")
 	b.ReportMetric(mean(rates["bridged"])/mean(rates["single"]), "bridged/single")
 }
+
+// fanInRounds numbers BenchmarkCrossNodeFanIn's iterations in the process.
+var fanInRounds atomic.Int64
 
 func mean(v []float64) float64 {
 	s := 0.0
