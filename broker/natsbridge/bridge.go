@@ -63,8 +63,10 @@ type Config struct {
 	// ("nats://h1:4222,nats://h2:4222"). Required unless Conn is set.
 	URL string
 	// Conn, if set, is the NATS connection to use instead of dialing URL.
-	// The caller owns it (it closes it after Close) and should let it
-	// reconnect forever (nats.MaxReconnects(-1)).
+	// The caller owns it (it closes it after Close), should let it
+	// reconnect forever (nats.MaxReconnects(-1)), and logs its events:
+	// Stats.Reconnects stays 0, and NATS's slow-consumer drops are not in
+	// Stats.InDropped.
 	Conn *nats.Conn
 	// Prefix starts every subject the bridge publishes or subscribes to:
 	// <Prefix>.m.<topic levels> for messages, <Prefix>.s.<client ID>
@@ -145,7 +147,7 @@ type Stats struct {
 	Sessions             int64 // client sessions this node holds, each with its takeover subscription, now
 	TakeoversSent        int64 // connects that asked another node to release the client's session and got an answer, since Open
 	TakeoversReleased    int64 // sessions released here because the client connected to another node, since Open
-	Reconnects           int64 // reconnections to NATS, since Open
+	Reconnects           int64 // reconnections to NATS, since Open (with Config.URL; a Config.Conn's are its owner's)
 }
 
 // Bridge carries one node's MQTT traffic to the other nodes over NATS and

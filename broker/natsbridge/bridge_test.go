@@ -548,3 +548,56 @@ func TestForeignMessagesDropped(t *testing.T) {
 	brokertest.Publish(t, pub, "status/z", 1, []byte("marker"))
 	expect(t, late, "marker") // no retained message came of the foreign ones
 }
+
+// TestNATSClusterServerKilled: nodes connected to different servers of a
+// three-server NATS cluster exchange messages through its routes; when
+// the server one node uses is killed (kill -9), the node reconnects to
+// another by itself and messages cross again.
+func TestNATSClusterServerKilled(t *testing.T) {
+	c := natstest.StartCluster(t)
+	urls := strings.Join(c.URLs(), ",")
+	a := startNode(t, urls, "n1", broker.Config{})
+	b := startNode(t, urls, "n2", broker.Config{})
+	onB := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "sub"), "fleet/#", 1)
+	settle(t, a, b)
+	pub := brokertest.Connect(t, a.url, "pub")
+	crossed := func(payload string) {
+		t.Helper()
+		// The routes spread node 2's interest to node 1's server a moment
+		// after node 2's own server has it: publish until it arrives.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			brokertest.Publish(t, pub, "fleet/x", 1, []byte(payload))
+			select {
+			case m := <-onB:
+				if string(m.Payload) == payload {
+					return
+				}
+			case <-time.After(200 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%q did not cross within 20s", payload)
+			}
+		}
+	}
+	crossed("before")
+
+	var victim *natstest.Server
+	for _, s := range c.Servers {
+		if s.URL() == a.br.ConnectedURL() {
+			victim = s
+		}
+	}
+	if victim == nil {
+		t.Fatalf("node 1's server %s is not in the cluster", a.br.ConnectedURL())
+	}
+	victim.Kill()
+	deadline := time.Now().Add(20 * time.Second)
+	for a.br.ConnectedURL() == victim.URL() || !a.br.Stats().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1 did not reconnect to another NATS server within 20s")
+		}
+		time.Sleep(10 * time.Millisecond) // no event to wait on from outside the bridge
+	}
+	crossed("after")
+}

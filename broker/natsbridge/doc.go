@@ -17,7 +17,9 @@
 //
 // Open fails at once when no NATS server is reachable; afterwards the
 // bridge reconnects by itself. Config.Conn takes a connection the caller
-// owns instead of URL. Stats feeds /metrics.
+// owns instead of URL. Stats feeds /metrics:
+//
+//	m.RegisterBridge(func() metrics.BridgeStats { return metrics.BridgeStats(br.Stats()) })
 //
 // # Model
 //

@@ -24,3 +24,6 @@ func Settle(tb testing.TB, b *Bridge) {
 
 // Origin returns the origin b stamps on its messages.
 func (b *Bridge) Origin() string { return b.origin }
+
+// ConnectedURL returns the URL of the NATS server b is connected to.
+func (b *Bridge) ConnectedURL() string { return b.nc.ConnectedUrl() }
