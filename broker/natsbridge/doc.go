@@ -68,8 +68,11 @@
 // then replies. The old connection's OnDisconnect therefore comes before
 // the new one's OnConnect, as within one node. When no node holds the
 // session NATS answers "no responders" at once, so a connect costs one
-// NATS round trip. A reconnect to the node that holds the session is a
-// local takeover, without NATS. A session's subscription reaches the NATS
+// NATS round trip; a reconnect to the node that holds the session is a
+// local takeover, which the node answers itself (and any other node that
+// still holds a session of the client, say one restored from its store,
+// releases it too). An offline persistent session is released like a
+// connected one. A session's subscription reaches the NATS
 // server a moment (one flush) after its client connected: a client that
 // connects to a second node within that moment keeps both sessions until
 // its next connect. A persistent session does not move: the

@@ -237,14 +237,6 @@ func (s *sessions) set(b *Bridge, clientID string, present bool) {
 	s.n.Store(int64(len(s.m)))
 }
 
-// has reports whether this node holds clientID's session.
-func (s *sessions) has(clientID string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.m[clientID]
-	return ok
-}
-
 // unsubscribeAll removes every takeover subscription; for Close.
 func (s *sessions) unsubscribeAll() {
 	s.mu.Lock()
@@ -274,7 +266,7 @@ func (b *Bridge) takeoverLoop() {
 		}
 		id, err := topicOf(b.cfg.Prefix+".s", msg.Subject)
 		if err != nil || string(msg.Data) == b.origin {
-			_ = msg.Respond(nil)
+			_ = msg.Respond([]byte(b.origin)) // our own connect: the broker takes its session over itself
 			continue
 		}
 		select {

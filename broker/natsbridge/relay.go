@@ -72,22 +72,26 @@ func (r *relay) Session(clientID string, present bool) {
 	(*Bridge)(r).sessions.set((*Bridge)(r), clientID, present)
 }
 
-// Connecting asks the node that holds clientID's session, if another one
-// does, to release it, and waits for its answer; NATS answers at once
-// when nobody subscribes to the client's takeover subject.
+// Connecting asks the nodes that hold clientID's session, if others do,
+// to release it, and waits for the first answer; NATS answers at once
+// when nobody subscribes to the client's takeover subject, and this node
+// answers its own request at once (its broker takes a session it holds
+// over itself).
 func (r *relay) Connecting(ctx context.Context, clientID string) {
 	b := (*Bridge)(r)
-	if b.closed.Load() || b.sessions.has(clientID) {
-		return // a session here: the broker takes it over itself
+	if b.closed.Load() {
+		return
 	}
 	if !b.nc.IsConnected() {
 		b.log.Warn("client connected while NATS is down: a session it has on another node stays there", "client", clip(clientID))
 		return
 	}
-	_, err := b.nc.RequestWithContext(ctx, b.sesPfx+token(clientID), []byte(b.origin))
+	reply, err := b.nc.RequestWithContext(ctx, b.sesPfx+token(clientID), []byte(b.origin))
 	switch {
 	case err == nil:
-		b.takeoversSent.Add(1)
+		if string(reply.Data) != b.origin {
+			b.takeoversSent.Add(1)
+		}
 	case errors.Is(err, nats.ErrNoResponders):
 	default:
 		b.log.Warn("session takeover unanswered: the client's session on another node may remain", "client", clip(clientID), "error", err)

@@ -70,11 +70,15 @@ func TestSessionTakeoverAcrossNodes(t *testing.T) {
 	expect(t, cmds, "reboot")
 	expectNothing(t, cmds)
 
-	// Reconnecting to node 2 is a local takeover: no NATS round trip.
+	// Reconnecting to node 2 is a local takeover: node 2 answers its own
+	// request, node 1 releases nothing.
 	brokertest.Connect(t, b.url, "dev-1", persistent)
 	waitConnect(t, b, "dev-1")
 	if st := b.br.Stats(); st.TakeoversSent != 1 {
-		t.Errorf("node 2 sent %d takeovers after a reconnect to itself, want still 1", st.TakeoversSent)
+		t.Errorf("node 2 counted %d takeovers after a reconnect to itself, want still 1", st.TakeoversSent)
+	}
+	if st := a.br.Stats(); st.TakeoversReleased != 1 {
+		t.Errorf("node 1 released %d sessions, want still 1", st.TakeoversReleased)
 	}
 }
 
@@ -134,4 +138,28 @@ func readPacket(t *testing.T, r *bufio.Reader) (byte, []byte) {
 		t.Fatalf("read body: %v", err)
 	}
 	return typ, body
+}
+
+// TestSessionTakeoverOfflineSession: a device's persistent session that
+// waits offline on node 1 is released when the device connects to node
+// 2, so node 1 no longer holds its interest nor queues its messages.
+func TestSessionTakeoverOfflineSession(t *testing.T) {
+	nodes, _ := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	persistent := func(o *mqtt.ClientOptions) { o.SetCleanSession(false) }
+	old := brokertest.Connect(t, a.url, "dev-7", persistent)
+	brokertest.Subscribe(t, old, "dev-7/cmd", 1)
+	old.Disconnect(100)
+	waitDisconnect(t, a, "dev-7")
+	awaitSubscriptions(t, a, 1) // the offline session keeps its filter
+	if st := a.br.Stats(); st.Sessions != 1 {
+		t.Fatalf("node 1 stats %+v: want the offline session held", st)
+	}
+
+	brokertest.Connect(t, b.url, "dev-7", persistent)
+	waitConnect(t, b, "dev-7")
+	if st := a.br.Stats(); st.Sessions != 0 || st.TakeoversReleased != 1 {
+		t.Errorf("node 1 stats %+v: want the offline session released", st)
+	}
+	awaitSubscriptions(t, a, 0)
 }
