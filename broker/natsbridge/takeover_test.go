@@ -163,3 +163,31 @@ func TestSessionTakeoverOfflineSession(t *testing.T) {
 	}
 	awaitSubscriptions(t, a, 0)
 }
+
+// TestWillAcrossNodes: the will of a device whose connection to node 1
+// breaks reaches a subscriber on node 2.
+func TestWillAcrossNodes(t *testing.T) {
+	nodes, _ := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	wills := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "watcher"), "status/+", 1)
+	settle(t, a, b)
+	conn, err := net.Dial("tcp", a.brk.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := func(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
+	body := []byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02 | 0x04 | 0x08, 0, 60} // clean, will, will QoS 1
+	body = append(body, str("dev-w")...)
+	body = append(body, str("status/dev-w")...)
+	body = append(body, str("offline")...)
+	if _, err := conn.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(wait))
+	if typ, ack := readPacket(t, bufio.NewReader(conn)); typ != 0x20 || len(ack) < 2 || ack[1] != 0 {
+		t.Fatalf("CONNACK: type %#x body % x, want success", typ, ack)
+	}
+	waitConnect(t, a, "dev-w")
+	conn.Close() // no DISCONNECT: the will is published
+	expect(t, wills, "offline")
+}
