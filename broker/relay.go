@@ -17,8 +17,7 @@ import (
 // with Server.Deliver. broker/natsbridge implements it over NATS. The
 // Server calls it from its connection goroutines, concurrently, so every
 // method must be safe for concurrent use; none may call Server methods
-// other than Deliver and Release, and only Connecting may wait (Session
-// may take as long as making one subscription).
+// other than Deliver and Release, and only Connecting may wait.
 type Relay interface {
 	// Published is called for each message published to this node's
 	// subscribers: a client's PUBLISH that Auth allowed (with its QoS,

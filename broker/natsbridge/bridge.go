@@ -215,6 +215,7 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 		takes:  make(chan *nats.Msg, maxTakeovers),
 	}
 	b.interest.init(b)
+	b.sessions.init()
 	b.sessions.m = make(map[string]*nats.Subscription)
 	b.slow = make(map[*nats.Subscription]struct{})
 	b.ctx, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -237,11 +238,12 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 		}
 		b.nc, b.ownNC = nc, true
 	}
-	b.wg.Add(5)
+	b.wg.Add(6)
 	go func() { defer b.wg.Done(); b.outboundLoop() }()
 	go func() { defer b.wg.Done(); b.inboundLoop(b.in, "") }()
 	go func() { defer b.wg.Done(); b.inboundLoop(b.share, "share") }()
 	go func() { defer b.wg.Done(); b.interest.loop() }()
+	go func() { defer b.wg.Done(); b.sessions.loop(b) }()
 	go func() { defer b.wg.Done(); b.takeoverLoop() }()
 	if err := b.brk.SetRelay((*relay)(b)); err != nil {
 		_ = b.Close(ctx)

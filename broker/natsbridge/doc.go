@@ -107,11 +107,12 @@
 //
 // # Concurrency
 //
-// Open starts five goroutines (outbound, two inbound, interest, takeover
-// replies) and Close stops them and waits; Close is idempotent. The
-// methods the broker calls never block, except Connecting (bounded by the
-// broker's ConnectTimeout) and Session, which makes or removes one NATS
-// subscription.
+// Open starts six goroutines (outbound, two inbound, interest, sessions,
+// takeover replies) and Close stops them and waits; Close is idempotent.
+// The methods the broker calls never block on NATS, except Connecting
+// (bounded by the broker's ConnectTimeout): interest and session changes
+// are recorded and applied by their own goroutines, and published
+// messages go through the bounded outbound buffer.
 //
 // # Errors
 //

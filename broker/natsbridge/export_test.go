@@ -5,13 +5,14 @@ import (
 	"time"
 )
 
-// Settle waits until b has applied every interest change the broker
-// reported so far and the NATS server has processed b's subscriptions:
-// a message published after it reaches the filters subscribed before.
+// Settle waits until b has applied every interest and session change the
+// broker reported so far and the NATS server has processed b's
+// subscriptions: a message published after it reaches the filters
+// subscribed before, and a connect elsewhere finds the sessions.
 func Settle(tb testing.TB, b *Bridge) {
 	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for !b.interest.settled() {
+	for !b.interest.settled() || !b.sessions.settled() {
 		if time.Now().After(deadline) {
 			tb.Fatalf("natsbridge: interest changes not applied within 10s")
 		}

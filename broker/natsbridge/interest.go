@@ -7,18 +7,62 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// interest keeps one NATS subscription for each subject (plain) or
-// shared subscription (queue) that the node's clients' filters need, and
-// none other. The broker reports filters with the topic index locked, so
-// want only records the change; loop makes the subscriptions.
-type interest struct {
-	b    *Bridge
+// changes records, without blocking, the state wanted for each key (a
+// filter, a client ID); a loop takes and applies them. A key changed
+// twice before the loop looks counts once, with its last state.
+type changes struct {
 	wake chan struct{} // signalled when pending changed
 
 	mu      sync.Mutex      // guards pending and asked
-	pending map[string]bool // filter → wanted, not yet applied
+	pending map[string]bool // key → wanted, not yet taken
 	asked   uint64          // changes recorded by want
-	applied atomic.Uint64   // changes loop has applied (a value of asked)
+	applied atomic.Uint64   // changes applied (a value of asked)
+}
+
+func (c *changes) init() {
+	c.wake = make(chan struct{}, 1)
+	c.pending = make(map[string]bool)
+}
+
+// want records that key should be on or off. It never blocks.
+func (c *changes) want(key string, on bool) {
+	c.mu.Lock()
+	c.pending[key] = on
+	c.asked++
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the changes recorded since the last take, and the count to
+// pass to done once they are applied.
+func (c *changes) take() (map[string]bool, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, asked := c.pending, c.asked
+	c.pending = make(map[string]bool)
+	return p, asked
+}
+
+// done records that the changes up to asked are applied.
+func (c *changes) done(asked uint64) { c.applied.Store(asked) }
+
+// settled reports whether every change recorded so far is applied.
+func (c *changes) settled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applied.Load() == c.asked
+}
+
+// interest keeps one NATS subscription for each subject (plain) or
+// shared subscription (queue) that the node's clients' filters need, and
+// none other. The broker reports filters with the topic index locked, so
+// Interest only records the change; loop makes the subscriptions.
+type interest struct {
+	changes
+	b *Bridge
 
 	// Owned by loop (and unsubscribeAll after it ended):
 	active  map[string]bool              // filters applied
@@ -37,25 +81,11 @@ type subscribed struct {
 }
 
 func (x *interest) init(b *Bridge) {
+	x.changes.init()
 	x.b = b
-	x.wake = make(chan struct{}, 1)
-	x.pending = make(map[string]bool)
 	x.active = make(map[string]bool)
 	x.subs = make(map[subscription]*subscribed)
 	x.waiting = make(map[subscription]struct{})
-}
-
-// want records that filter gained (subscribed) or lost its local
-// subscribers. It never blocks.
-func (x *interest) want(filter string, subscribed bool) {
-	x.mu.Lock()
-	x.pending[filter] = subscribed
-	x.asked++
-	x.mu.Unlock()
-	select {
-	case x.wake <- struct{}{}:
-	default:
-	}
 }
 
 // loop applies the recorded changes until the bridge closes.
@@ -66,10 +96,7 @@ func (x *interest) loop() {
 			return
 		case <-x.wake:
 		}
-		x.mu.Lock()
-		changes, asked := x.pending, x.asked
-		x.pending = make(map[string]bool)
-		x.mu.Unlock()
+		changes, asked := x.take()
 		for filter, on := range changes {
 			if on == x.active[filter] {
 				continue
@@ -87,15 +114,8 @@ func (x *interest) loop() {
 				}
 			}
 		}
-		x.applied.Store(asked)
+		x.done(asked)
 	}
-}
-
-// settled reports whether every change recorded so far is applied.
-func (x *interest) settled() bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.applied.Load() == x.asked
 }
 
 // add takes a reference to s for filter, subscribing on the first.
@@ -206,42 +226,49 @@ func (b *Bridge) unsubscribe(sub *nats.Subscription) {
 
 // sessions holds a takeover subscription for each client session on this
 // node: a node where the client connects next asks on it, and this node
-// releases the session.
+// releases the session. The broker reports sessions on its connection
+// goroutines, so Session only records the change; loop subscribes, and a
+// slow NATS link never delays a connect.
 type sessions struct {
-	mu     sync.Mutex                    // guards m and closed
-	m      map[string]*nats.Subscription // by client ID
-	closed bool
-	n      atomic.Int64 // len(m)
+	changes
+	m map[string]*nats.Subscription // by client ID; owned by loop (and unsubscribeAll after it)
+	n atomic.Int64                  // len(m)
 }
 
-// set subscribes to (present) or unsubscribes from clientID's takeover
-// subject. The broker serialises calls per client ID.
-func (s *sessions) set(b *Bridge, clientID string, present bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sub, had := s.m[clientID]
-	switch {
-	case s.closed || present == had:
-		return
-	case present:
-		sub, err := b.nc.ChanSubscribe(b.sesPfx+token(clientID), b.takes)
-		if err != nil {
-			b.log.Warn("takeover subscription failed: another node cannot take this client's session over", "client", clip(clientID), "error", err)
+// loop applies the recorded changes until the bridge closes.
+func (s *sessions) loop(b *Bridge) {
+	for {
+		select {
+		case <-b.ctx.Done():
 			return
+		case <-s.wake:
 		}
-		s.m[clientID] = sub
-	default:
-		delete(s.m, clientID)
-		_ = sub.Unsubscribe()
+		changes, asked := s.take()
+		for clientID, present := range changes {
+			sub, had := s.m[clientID]
+			switch {
+			case present == had:
+			case present:
+				sub, err := b.nc.ChanSubscribe(b.sesPfx+token(clientID), b.takes)
+				if err != nil {
+					b.log.Warn("takeover subscription failed: another node cannot take this client's session over",
+						"client", clip(clientID), "error", err)
+					continue
+				}
+				s.m[clientID] = sub
+			default:
+				delete(s.m, clientID)
+				_ = sub.Unsubscribe()
+			}
+		}
+		s.n.Store(int64(len(s.m)))
+		s.done(asked)
 	}
-	s.n.Store(int64(len(s.m)))
 }
 
-// unsubscribeAll removes every takeover subscription; for Close.
+// unsubscribeAll removes every takeover subscription; for Close, after
+// loop ended.
 func (s *sessions) unsubscribeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
 	for id, sub := range s.m {
 		_ = sub.Unsubscribe()
 		delete(s.m, id)

@@ -67,9 +67,10 @@ func (r *relay) Interest(filter string, subscribed bool) {
 	(*Bridge)(r).interest.want(filter, subscribed)
 }
 
-// Session subscribes to or unsubscribes from clientID's takeover subject.
+// Session records that this node gained or lost clientID's session; the
+// sessions loop subscribes to or unsubscribes from its takeover subject.
 func (r *relay) Session(clientID string, present bool) {
-	(*Bridge)(r).sessions.set((*Bridge)(r), clientID, present)
+	(*Bridge)(r).sessions.want(clientID, present)
 }
 
 // Connecting asks the nodes that hold clientID's session, if others do,

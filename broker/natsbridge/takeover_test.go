@@ -54,6 +54,7 @@ func TestSessionTakeoverAcrossNodes(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("the old client was not disconnected")
 	}
+	settle(t, a, b)
 	if st := a.br.Stats(); st.TakeoversReleased != 1 || st.Sessions != 0 {
 		t.Errorf("node 1 stats: %+v, want 1 takeover released and no session left", st)
 	}
@@ -158,6 +159,7 @@ func TestSessionTakeoverOfflineSession(t *testing.T) {
 
 	brokertest.Connect(t, b.url, "dev-7", persistent)
 	waitConnect(t, b, "dev-7")
+	settle(t, a)
 	if st := a.br.Stats(); st.Sessions != 0 || st.TakeoversReleased != 1 {
 		t.Errorf("node 1 stats %+v: want the offline session released", st)
 	}
