@@ -35,9 +35,18 @@ const (
 	DefaultInboundBuffer = 65536
 	// DefaultReconnectWait is the pause between reconnection attempts.
 	DefaultReconnectWait = 250 * time.Millisecond
+	// DefaultWriteTimeout bounds a write to NATS: a link that takes
+	// nothing for that long is dropped and redialled.
+	DefaultWriteTimeout = 5 * time.Second
+	// DefaultTakeoverTimeout bounds how long a connecting client waits for
+	// another node to release its session.
+	DefaultTakeoverTimeout = 3 * time.Second
 
 	// logKeyComponent is the slog attribute naming the component.
 	logKeyComponent = "component"
+	// watchInterval is how often the connection state is sampled for the
+	// paths that must not wait for nats.go's lock (see up).
+	watchInterval = 100 * time.Millisecond
 	// maxTakeovers bounds the takeover requests handled at once.
 	maxTakeovers = 64
 	// maxOrigins bounds the origins whose last sequence number is kept
@@ -91,6 +100,16 @@ type Config struct {
 	// (with URL; the bridge retries forever). Default
 	// DefaultReconnectWait.
 	ReconnectWait time.Duration
+	// WriteTimeout bounds each write to NATS (with URL): a link that
+	// accepts nothing for that long is dropped and redialled, so a stalled
+	// link holds the bridge's NATS connection at most that long. Default
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// TakeoverTimeout bounds how long a connecting client waits for
+	// another node to release its session (at most the broker's
+	// ConnectTimeout); then the CONNECT proceeds and the other session
+	// may remain. Default DefaultTakeoverTimeout.
+	TakeoverTimeout time.Duration
 	// Logger receives the bridge's logs. Nil discards.
 	Logger *slog.Logger
 }
@@ -111,6 +130,12 @@ func (c *Config) setDefaults() {
 	if c.ReconnectWait == 0 {
 		c.ReconnectWait = DefaultReconnectWait
 	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.TakeoverTimeout == 0 {
+		c.TakeoverTimeout = DefaultTakeoverTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -128,8 +153,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: no URL", ErrInvalidConfig)
 	case !prefixPattern.MatchString(c.Prefix):
 		return fmt.Errorf("%w: Prefix %q: want dot-separated tokens of A-Z a-z 0-9 - _", ErrInvalidConfig, c.Prefix)
-	case c.MaxSubscriptions < 0 || c.OutboundBuffer < 0 || c.InboundBuffer < 0 || c.ReconnectWait < 0:
-		return fmt.Errorf("%w: negative MaxSubscriptions, OutboundBuffer, InboundBuffer or ReconnectWait", ErrInvalidConfig)
+	case c.MaxSubscriptions < 0 || c.OutboundBuffer < 0 || c.InboundBuffer < 0 || c.ReconnectWait < 0 ||
+		c.WriteTimeout < 0 || c.TakeoverTimeout < 0:
+		return fmt.Errorf("%w: negative MaxSubscriptions, OutboundBuffer, InboundBuffer, ReconnectWait, WriteTimeout or TakeoverTimeout",
+			ErrInvalidConfig)
 	}
 	return nil
 }
@@ -156,11 +183,13 @@ type Bridge struct {
 	cfg    Config
 	log    *slog.Logger
 	brk    *broker.Server
-	nc     *nats.Conn
-	ownNC  bool   // the bridge dialed nc and closes it
-	origin string // NodeID/boot: tells this incarnation's messages apart
-	msgPfx string // cfg.Prefix + ".m"
-	sesPfx string // cfg.Prefix + ".s."
+	nc     *nats.Conn  // messages: publishes, interest and queue subscriptions
+	ctl    *nats.Conn  // sessions: takeover requests, subscriptions and replies (nc with Config.Conn)
+	ownNC  bool        // the bridge dialed nc and ctl and closes them
+	up     atomic.Bool // nc is connected, sampled: nats.go answers under the lock a blocked write holds
+	origin string      // NodeID/boot: tells this incarnation's messages apart
+	msgPfx string      // cfg.Prefix + ".m"
+	sesPfx string      // cfg.Prefix + ".s."
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -220,25 +249,25 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 	b.slow = make(map[*nats.Subscription]struct{})
 	b.ctx, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.Conn != nil {
-		b.nc = cfg.Conn
+		b.nc, b.ctl = cfg.Conn, cfg.Conn
 	} else {
-		nc, err := nats.Connect(cfg.URL,
-			nats.Name("umbra "+cfg.NodeID),
-			nats.MaxReconnects(-1),
-			nats.ReconnectWait(cfg.ReconnectWait),
-			nats.ReconnectJitter(cfg.ReconnectWait/5, cfg.ReconnectWait/5),
-			nats.PingInterval(5*time.Second),
-			nats.DisconnectErrHandler(b.disconnected),
-			nats.ReconnectHandler(b.reconnected),
-			nats.ErrorHandler(b.asyncError),
-		)
-		if err != nil {
+		// Two connections: a data link backed up by a burst never delays
+		// the session takeovers that connecting clients wait for.
+		var err error
+		if b.nc, err = b.dial("messages", true); err != nil {
 			b.cancel()
-			return nil, fmt.Errorf("natsbridge: connect %s: %w", cfg.URL, err)
+			return nil, err
 		}
-		b.nc, b.ownNC = nc, true
+		if b.ctl, err = b.dial("sessions", false); err != nil {
+			b.nc.Close()
+			b.cancel()
+			return nil, err
+		}
+		b.ownNC = true
 	}
-	b.wg.Add(6)
+	b.up.Store(b.nc.IsConnected())
+	b.wg.Add(7)
+	go func() { defer b.wg.Done(); b.watch() }()
 	go func() { defer b.wg.Done(); b.outboundLoop() }()
 	go func() { defer b.wg.Done(); b.inboundLoop(b.in, "") }()
 	go func() { defer b.wg.Done(); b.inboundLoop(b.share, "share") }()
@@ -273,6 +302,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 			}
 			cancel()
 			b.nc.Close()
+			b.ctl.Close()
 		}
 	})
 	return b.closeErr
@@ -282,7 +312,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 // metrics scrape.
 func (b *Bridge) Stats() Stats {
 	return Stats{
-		Connected:            b.nc.IsConnected(),
+		Connected:            b.up.Load(),
 		OutMessages:          b.outMessages.Load(),
 		OutDropped:           b.outDropped.Load(),
 		InMessages:           b.inMessages.Load(),
@@ -297,7 +327,46 @@ func (b *Bridge) Stats() Stats {
 	}
 }
 
+// dial opens one of the bridge's NATS connections; the messages one
+// (data) reports its state changes.
+func (b *Bridge) dial(name string, data bool) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("umbra " + b.cfg.NodeID + " " + name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(b.cfg.ReconnectWait),
+		nats.ReconnectJitter(b.cfg.ReconnectWait/5, b.cfg.ReconnectWait/5),
+		nats.PingInterval(5 * time.Second),
+		nats.FlusherTimeout(b.cfg.WriteTimeout),
+		nats.ErrorHandler(b.asyncError),
+	}
+	if data {
+		opts = append(opts, nats.DisconnectErrHandler(b.disconnected), nats.ReconnectHandler(b.reconnected))
+	}
+	nc, err := nats.Connect(b.cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbridge: connect %s: %w", b.cfg.URL, err)
+	}
+	return nc, nil
+}
+
+// watch samples whether the messages connection is up, for Published
+// and Connecting, which must not wait for nats.go's lock: a write blocked
+// on a stalled link holds it for up to WriteTimeout.
+func (b *Bridge) watch() {
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			b.up.Store(b.nc.IsConnected())
+		}
+	}
+}
+
 func (b *Bridge) disconnected(_ *nats.Conn, err error) {
+	b.up.Store(false)
 	if b.closed.Load() {
 		return
 	}
@@ -305,6 +374,7 @@ func (b *Bridge) disconnected(_ *nats.Conn, err error) {
 }
 
 func (b *Bridge) reconnected(nc *nats.Conn) {
+	b.up.Store(true)
 	b.reconnects.Add(1)
 	b.log.Info("NATS connection back", "nats", nc.ConnectedUrlRedacted())
 }

@@ -107,12 +107,18 @@
 //
 // # Concurrency
 //
-// Open starts six goroutines (outbound, two inbound, interest, sessions,
-// takeover replies) and Close stops them and waits; Close is idempotent.
-// The methods the broker calls never block on NATS, except Connecting
-// (bounded by the broker's ConnectTimeout): interest and session changes
-// are recorded and applied by their own goroutines, and published
-// messages go through the bounded outbound buffer.
+// Open starts seven goroutines (outbound, two inbound, interest, sessions,
+// takeover replies, connection watch) and Close stops them and waits;
+// Close is idempotent. The methods the broker calls never wait for NATS,
+// except Connecting (at most Config.TakeoverTimeout): interest and
+// session changes are recorded and applied by their own goroutines,
+// published messages go through the bounded outbound buffer, and whether
+// NATS is up is sampled (nats.go answers that under the lock a write
+// blocked on a stalled link holds). With Config.URL the bridge dials two
+// connections, one for messages and one for session takeovers, so a
+// backed-up message link never delays a connecting client; a write that
+// makes no progress for Config.WriteTimeout drops the link, which is then
+// redialled.
 //
 // # Errors
 //

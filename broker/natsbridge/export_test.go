@@ -3,6 +3,8 @@ package natsbridge
 import (
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Settle waits until b has applied every interest and session change the
@@ -18,8 +20,10 @@ func Settle(tb testing.TB, b *Bridge) {
 		}
 		time.Sleep(time.Millisecond) // no event: a poll, as checkFor
 	}
-	if err := b.nc.FlushTimeout(10 * time.Second); err != nil {
-		tb.Fatalf("natsbridge: flush: %v", err)
+	for _, nc := range []*nats.Conn{b.nc, b.ctl} {
+		if err := nc.FlushTimeout(10 * time.Second); err != nil {
+			tb.Fatalf("natsbridge: flush: %v", err)
+		}
 	}
 }
 

@@ -249,7 +249,7 @@ func (s *sessions) loop(b *Bridge) {
 			switch {
 			case present == had:
 			case present:
-				sub, err := b.nc.ChanSubscribe(b.sesPfx+token(clientID), b.takes)
+				sub, err := b.ctl.ChanSubscribe(b.sesPfx+token(clientID), b.takes)
 				if err != nil {
 					b.log.Warn("takeover subscription failed: another node cannot take this client's session over",
 						"client", clip(clientID), "error", err)

@@ -39,7 +39,7 @@ var _ broker.Relay = (*relay)(nil)
 // skip it when NATS delivers it later from the client's reconnect buffer.
 func (r *relay) Published(m broker.Message) bool {
 	b := (*Bridge)(r)
-	shared := !b.closed.Load() && b.nc.IsConnected()
+	shared := !b.closed.Load() && b.up.Load()
 	select {
 	case b.out <- outbound{m: m, shared: shared}:
 		if b.dropping.Load() {
@@ -83,11 +83,13 @@ func (r *relay) Connecting(ctx context.Context, clientID string) {
 	if b.closed.Load() {
 		return
 	}
-	if !b.nc.IsConnected() {
+	if !b.up.Load() {
 		b.log.Warn("client connected while NATS is down: a session it has on another node stays there", "client", clip(clientID))
 		return
 	}
-	reply, err := b.nc.RequestWithContext(ctx, b.sesPfx+token(clientID), []byte(b.origin))
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.TakeoverTimeout)
+	defer cancel()
+	reply, err := b.ctl.RequestWithContext(ctx, b.sesPfx+token(clientID), []byte(b.origin))
 	switch {
 	case err == nil:
 		if string(reply.Data) != b.origin {

@@ -20,6 +20,7 @@ func TestPublishedNeverBlocks(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := natstest.Connect(t, ns.URLs())
 	b := &Bridge{nc: nc, out: make(chan outbound, 1), log: slog.New(slog.DiscardHandler), cfg: Config{OutboundBuffer: 1}}
+	b.up.Store(true)
 	r := (*relay)(b)
 	m := broker.Message{Topic: "t", Payload: []byte("x")}
 	if !r.Published(m) {
