@@ -110,7 +110,8 @@
 // Open starts seven goroutines (outbound, two inbound, interest, sessions,
 // takeover replies, connection watch) and Close stops them and waits;
 // Close is idempotent. The methods the broker calls never wait for NATS,
-// except Connecting (at most Config.TakeoverTimeout): interest and
+// except Connecting (Config.TakeoverTimeout; up to Config.WriteTimeout
+// more if the takeover link itself is stalled): interest and
 // session changes are recorded and applied by their own goroutines,
 // published messages go through the bounded outbound buffer, and whether
 // NATS is up is sampled (nats.go answers that under the lock a write
