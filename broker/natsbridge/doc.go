@@ -90,8 +90,9 @@
 // checks all three). The header Umbra-Msg holds "1 <origin> <seq> <qos>
 // <retain> <shared>"; Umbra-Props the MQTT 5 properties kept (payload
 // format, content type, response topic, correlation data, user
-// properties, message expiry) as base64url JSON. A message without them,
-// or of another version, is dropped and counted (Stats.InDropped).
+// properties, message expiry) as base64url JSON. A message without a valid
+// Umbra-Msg header, of another version, or on a subject no topic maps to,
+// is dropped and counted (Stats.InDropped).
 //
 // # Guarantees and limits
 //
