@@ -601,3 +601,25 @@ func TestNATSClusterServerKilled(t *testing.T) {
 	}
 	crossed("after")
 }
+
+// TestNoBroadcast: with three nodes, a node none of whose clients
+// subscribed holds no NATS subscription for messages and receives none of
+// the traffic between the other two.
+func TestNoBroadcast(t *testing.T) {
+	nodes, _ := startNodes(t, 3)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	onB := brokertest.Subscribe(t, brokertest.Connect(t, b.url, "sub"), "telemetry/#", 1)
+	brokertest.Connect(t, c.url, "idle") // connected, subscribed to nothing
+	settle(t, nodes...)
+	pub := brokertest.Connect(t, a.url, "pub")
+	want := make([]string, 20)
+	for i := range want {
+		want[i] = fmt.Sprintf("m%d", i)
+		brokertest.Publish(t, pub, fmt.Sprintf("telemetry/dev%d", i), 1, []byte(want[i]))
+	}
+	expect(t, onB, want...)
+	settle(t, nodes...)
+	if st := c.br.Stats(); st.Subscriptions != 0 || st.InMessages+st.InDropped+st.Duplicates != 0 {
+		t.Errorf("idle node stats %+v: want no message subscription and no message received", st)
+	}
+}
