@@ -160,7 +160,7 @@ api=(--api "http://$http" --data-dir "$data")
 # a path of exactly 32 characters for a raw key).
 umbra firmware pubkey "${api[@]}" >"$tmp/fleet.pub"
 step "starting $devices simulated devices (install ${install_time}, fail rate $fail_rate, mode $fail_mode)"
-"$bin" sim --server "tcp://$mqtt" "${api[@]}" --devices "$devices" --connect-rate "$connect_rate" \
+"$bin" sim --mqtt "tcp://$mqtt" "${api[@]}" --devices "$devices" --connect-rate "$connect_rate" \
 	--install-time "$install_time" --fail-rate "$fail_rate" --fail-mode "$fail_mode" \
 	--public-key "$(<"$tmp/fleet.pub")" >"$tmp/sim.log" 2>"$tmp/sim.err" &
 sim_pid=$!
@@ -168,8 +168,8 @@ started "$sim_pid"
 deadline=$((SECONDS + timeout))
 connected=0
 while :; do
-	umbra device list --json "${api[@]}" >"$tmp/devices.json" || true
-	connected=$(grep -Ec '"connected": ?true' "$tmp/devices.json" || true)
+	umbra device list -o json "${api[@]}" >"$tmp/devices.json" || true
+	connected=$(grep -Eo '"connected": ?true' "$tmp/devices.json" | wc -l || true)
 	[[ -t 1 ]] && printf '\r    %d/%d connected' "$connected" "$devices"
 	((connected >= devices)) && break
 	if ! alive "$sim_pid"; then

@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
@@ -35,10 +37,10 @@ type DeviceSummary struct {
 // device that never connected.
 type Presence struct {
 	Connected        bool      `json:"connected"`
-	ConnectedAt      time.Time `json:"connectedAt,omitzero"`
-	DisconnectedAt   time.Time `json:"disconnectedAt,omitzero"` // may predate ConnectedAt while connected
-	DisconnectReason string    `json:"disconnectReason,omitempty"`
-	RemoteAddr       string    `json:"remoteAddr,omitempty"`
+	ConnectedAt      time.Time `json:"connected_at,omitzero"`
+	DisconnectedAt   time.Time `json:"disconnected_at,omitzero"` // may predate ConnectedAt while connected
+	DisconnectReason string    `json:"disconnect_reason,omitempty"`
+	RemoteAddr       string    `json:"remote_addr,omitempty"`
 }
 
 // ShadowList is the body of GET /v1/devices/{id}/shadows: the classic
@@ -90,6 +92,11 @@ type ShadowUpdate struct {
 	ClientToken string      `json:"clientToken,omitempty"`
 }
 
+// Field names: the HTTP API's JSON is snake_case (docs/protocol.md, "JSON
+// field names"), except the shadow documents (Shadow, ShadowUpdate), whose
+// names are AWS IoT's. Until release 0.3, the request bodies also accept
+// the camelCase names of earlier releases: certSha256 and dryRun.
+
 // Roles of tokens and principals.
 type Role string
 
@@ -117,7 +124,7 @@ type (
 		// lowercase hex digits of the SHA-256 of its DER form, AWS IoT's
 		// certificate ID). With Certificate, it must be that
 		// certificate's.
-		CertSHA256 string `json:"certSha256,omitempty"`
+		CertSHA256 string `json:"cert_sha256,omitempty"`
 	}
 	// SecretResponse answers POST /v1/devices and POST
 	// /v1/devices/{id}/rotate: the device's new secret, shown once; none
@@ -126,20 +133,20 @@ type (
 	SecretResponse struct {
 		ID         string `json:"id"`
 		Secret     string `json:"secret,omitempty"`
-		CertSHA256 string `json:"certSha256,omitempty"`
+		CertSHA256 string `json:"cert_sha256,omitempty"`
 	}
 	// ImportRequest is the body of POST /v1/identities/devices: devices to
 	// enroll all at once, or, if any is bad, none.
 	ImportRequest struct {
 		Devices []EnrollRequest `json:"devices"`
 		// DryRun checks every device and enrolls none.
-		DryRun bool `json:"dryRun,omitempty"`
+		DryRun bool `json:"dry_run,omitempty"`
 	}
 	// ImportResponse answers an import: the devices in request order with
 	// their secrets (none for a dry run or a bound certificate).
 	ImportResponse struct {
 		Devices []SecretResponse `json:"devices"`
-		DryRun  bool             `json:"dryRun,omitempty"`
+		DryRun  bool             `json:"dry_run,omitempty"`
 	}
 	// ImportProblem is one bad device of an import, listed in the
 	// Problems of its 400 answer.
@@ -152,9 +159,9 @@ type (
 	EnrolledDevice struct {
 		ID         device.ID         `json:"id"`
 		Labels     map[string]string `json:"labels,omitempty"`
-		CreatedAt  time.Time         `json:"createdAt"`
-		RotatedAt  time.Time         `json:"rotatedAt,omitzero"` // zero if the secret was never rotated
-		CertSHA256 string            `json:"certSha256,omitempty"`
+		CreatedAt  time.Time         `json:"created_at"`
+		RotatedAt  time.Time         `json:"rotated_at,omitzero"` // zero if the secret was never rotated
+		CertSHA256 string            `json:"cert_sha256,omitempty"`
 		Presence   Presence          `json:"presence"`
 	}
 	// IdentityList answers GET /v1/identities/devices.
@@ -177,10 +184,56 @@ type (
 	Token struct {
 		Name      string    `json:"name"`
 		Role      Role      `json:"role"`
-		CreatedAt time.Time `json:"createdAt"`
+		CreatedAt time.Time `json:"created_at"`
 	}
 	// TokenList answers GET /v1/tokens.
 	TokenList struct {
 		Tokens []Token `json:"tokens"`
 	}
 )
+
+// UnmarshalJSON decodes an EnrollRequest strictly (unknown fields are an
+// error), accepting the old name certSha256 for cert_sha256.
+func (r *EnrollRequest) UnmarshalJSON(b []byte) error {
+	type plain EnrollRequest
+	var v struct {
+		plain
+		OldCertSHA256 string `json:"certSha256,omitempty"`
+	}
+	if err := decodeStrict(b, &v); err != nil {
+		return err
+	}
+	if v.OldCertSHA256 != "" {
+		if v.CertSHA256 != "" && v.CertSHA256 != v.OldCertSHA256 {
+			return errors.New("cert_sha256 and its old name certSha256 differ")
+		}
+		v.CertSHA256 = v.OldCertSHA256
+	}
+	*r = EnrollRequest(v.plain)
+	return nil
+}
+
+// UnmarshalJSON decodes an ImportRequest strictly, accepting the old name
+// dryRun for dry_run.
+func (r *ImportRequest) UnmarshalJSON(b []byte) error {
+	type plain ImportRequest
+	var v struct {
+		plain
+		OldDryRun *bool `json:"dryRun,omitempty"`
+	}
+	if err := decodeStrict(b, &v); err != nil {
+		return err
+	}
+	if v.OldDryRun != nil {
+		v.DryRun = v.DryRun || *v.OldDryRun
+	}
+	*r = ImportRequest(v.plain)
+	return nil
+}
+
+// decodeStrict decodes one JSON value into v, refusing unknown fields.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}

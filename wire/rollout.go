@@ -124,7 +124,7 @@ const (
 const (
 	EventCreated       = "created"
 	EventState         = "state"          // State is the new state
-	EventBatchStarted  = "batch_started"  // Batch is its index
+	EventBatchStarted  = "batch_started"  // Batch is its number, from 1
 	EventBatchFinished = "batch_finished" // Reason sums it up, e.g. "48/50 succeeded, 2 failed"
 	EventDeviceFailed  = "device_failed"  // Device failed or timed out for good
 	EventRetry         = "device_retry"   // Device will be notified again
@@ -298,7 +298,7 @@ type RolloutStatus struct {
 
 // BatchStatus is one batch's progress.
 type BatchStatus struct {
-	Index  int                 `json:"index"`
+	Index  int                 `json:"index"` // the batch's number, from 1
 	Start  int                 `json:"start"`
 	Size   int                 `json:"size"`
 	State  string              `json:"state"` // "waiting", "running" or "done"
@@ -308,7 +308,7 @@ type BatchStatus struct {
 // RolloutDevice is one target's state in a rollout.
 type RolloutDevice struct {
 	Device  device.ID   `json:"device"`
-	Batch   int         `json:"batch"` // index into the batches, from 0
+	Batch   int         `json:"batch"` // the number of its batch, from 1
 	State   DeviceState `json:"state"`
 	Attempt int         `json:"attempt"`
 	Since   time.Time   `json:"since,omitzero"` // last change (retry time for a pending retry)
@@ -322,7 +322,7 @@ type RolloutEvent struct {
 	Time   time.Time    `json:"time"`
 	Kind   string       `json:"kind"` // EventCreated, EventState, …
 	State  RolloutState `json:"state,omitempty"`
-	Batch  int          `json:"batch,omitempty"`
+	Batch  int          `json:"batch,omitempty"` // batch events: the batch's number, from 1
 	Device device.ID    `json:"device,omitempty"`
 	Reason string       `json:"reason,omitempty"`
 }

@@ -112,6 +112,9 @@ func TestShadowCommands(t *testing.T) {
 			args = append(args, "--server", url)
 		}
 		args = append(args, "--data-dir", srv.dataDir)
+		if s.want != nil && !slices.Contains(args, "-o") {
+			args = append(args, "-o", "json") // text is the default
+		}
 		r := runCLI(t.Context(), s.stdin, args...)
 		if s.wantErr != nil {
 			oneLine(t, s.name, r.err, s.wantErr...)
@@ -206,9 +209,9 @@ func TestCLIErrors(t *testing.T) {
 		{"negative version", []string{"shadow", "update", "d", "--desired", `{}`, "--version", "-1"}, []string{"version"}},
 		{"invalid id", []string{"shadow", "get", "bad/id"}, []string{`device ID "bad/id"`, "invalid id"}},
 		{"invalid id on update", []string{"shadow", "update", "a+b", "--desired", `{}`}, []string{`device ID "a+b"`}},
-		{"no id", []string{"shadow", "get"}, []string{"accepts 1 arg"}},
-		{"two ids", []string{"shadow", "delete", "a", "b"}, []string{"accepts 1 arg"}},
-		{"bad output", []string{"shadow", "get", "d", "-o", "yaml"}, []string{`--output "yaml"`}},
+		{"no id", []string{"shadow", "get"}, []string{"shadow get: missing <id>", "usage: umbra shadow get <id>"}},
+		{"two ids", []string{"shadow", "delete", "a", "b"}, []string{"too many arguments", "want <id>"}},
+		{"bad output", []string{"shadow", "get", "d", "-o", "xml"}, []string{`--output "xml"`, "text, json or yaml"}},
 		{"zero timeout", []string{"shadow", "get", "d", "--timeout", "0s"}, []string{"--timeout"}},
 		{"bad timeout", []string{"shadow", "get", "d", "--timeout", "soon"}, []string{"timeout"}},
 		{"bad server URL", []string{"shadow", "get", "d", "--server", "http://127.0.0.1:1"}, []string{"scheme"}},
@@ -220,10 +223,10 @@ func TestCLIErrors(t *testing.T) {
 		{"empty name", []string{"shadow", "delete", "d", "--name", ""}, []string{`--name ""`, "1 to 64 bytes"}},
 		{"watch: bad name", []string{"watch", "--name", "a/b"}, []string{`--name "a/b"`}},
 		{"watch: empty name", []string{"watch", "--name", ""}, []string{`--name ""`}},
-		{"list: no id", []string{"shadow", "list"}, []string{"accepts 1 arg"}},
+		{"list: no id", []string{"shadow", "list"}, []string{"missing <id>"}},
 		{"list: invalid id", []string{"shadow", "list", "bad/id"}, []string{`device ID "bad/id"`}},
 		{"list: --name", []string{"shadow", "list", "d", "--name", "cfg"}, []string{"--name is not used by shadow list"}},
-		{"list: bad output", []string{"shadow", "list", "d", "-o", "yaml"}, []string{`--output "yaml"`}},
+		{"list: bad output", []string{"shadow", "list", "d", "-o", "xml"}, []string{`--output "xml"`}},
 		{"list: bad api", []string{"shadow", "list", "d", "--api", "ftp://x"}, []string{"--api"}},
 		{"unknown command", []string{"shadow", "frobnicate", "d"}, []string{"unknown"}},
 	}
@@ -263,7 +266,7 @@ func TestUnreachableServer(t *testing.T) {
 	}
 	for _, tc := range tests {
 		r := runCLI(t.Context(), "", append(tc.args, "--server", "tcp://"+addr, "--timeout", "5s")...)
-		oneLine(t, tc.name, r.err, "connect to tcp://"+addr, "connection refused")
+		oneLine(t, tc.name, r.err, "cannot reach the Umbra server at tcp://"+addr, "connection refused", "umbra serve", "--mqtt")
 	}
 }
 
@@ -281,6 +284,9 @@ func TestCancelledContext(t *testing.T) {
 func startWatch(t *testing.T, ctx context.Context, args ...string) <-chan cliResult {
 	t.Helper()
 	res := make(chan cliResult, 1)
+	if !slices.Contains(args, "-o") {
+		args = append(args, "-o", "json") // text is the default
+	}
 	go func() { res <- runCLI(ctx, "", append([]string{"watch"}, args...)...) }()
 	return res
 }
@@ -444,7 +450,7 @@ func TestHTTPUpdateReachesMQTT(t *testing.T) {
 	}
 	httpDoc, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	cli := runCLI(t.Context(), "", "shadow", "get", "h1", "--server", srv.mqttURL())
+	cli := runCLI(t.Context(), "", "shadow", "get", "h1", "-o", "json", "--server", srv.mqttURL())
 	if cli.err != nil {
 		t.Fatal(cli.err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,55 +27,6 @@ const noCredentialHint = " (no credential: pass --token, set UMBRA_TOKEN, or --d
 
 // timeLayout is how the identity commands print times.
 const timeLayout = time.RFC3339
-
-// apiOptions are the flags of the commands that administer a running
-// server through its HTTP API.
-type apiOptions struct {
-	api     string
-	timeout time.Duration
-	cred    credOptions
-}
-
-func (o *apiOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.api, "api", "http://127.0.0.1:8080", "Umbra HTTP API base URL")
-	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for each answer")
-	o.cred.addFlags(fs)
-}
-
-// newClient validates the shared flags of the commands that use the HTTP
-// API and returns the client and the credential it presents ("" for none).
-func newClient(api string, timeout time.Duration, cred *credOptions) (*client.Client, string, error) {
-	if timeout <= 0 {
-		return nil, "", fmt.Errorf("--timeout %s: must be positive", timeout)
-	}
-	tok, err := cred.resolve()
-	if err != nil {
-		return nil, "", err
-	}
-	c, err := client.New(client.Config{URL: api, Token: tok, Timeout: timeout})
-	if err != nil {
-		return nil, "", fmt.Errorf("--api %q: want http(s)://host:port", api)
-	}
-	return c, tok, nil
-}
-
-// explainAPIError adds a hint to an error answering 401 to a request sent
-// without a credential (tok "").
-func explainAPIError(err error, tok string) error {
-	if tok == "" && errors.Is(err, client.ErrUnauthorized) {
-		return fmt.Errorf("%w%s", err, noCredentialHint)
-	}
-	return err
-}
-
-// withClient makes one call with the client of o's flags.
-func (o *apiOptions) withClient(cmd *cobra.Command, call func(ctx context.Context, c *client.Client) error) error {
-	c, tok, err := newClient(o.api, o.timeout, &o.cred)
-	if err != nil {
-		return err
-	}
-	return explainAPIError(call(cmd.Context(), c), tok)
-}
 
 func newDeviceCmd() *cobra.Command {
 	o := &apiOptions{}
@@ -129,6 +79,9 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
+			if o.output != "text" {
+				return printData(cmd.OutOrStdout(), o.output, resp, nil)
+			}
 			if resp.CertSHA256 != "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "device %s enrolled; it logs in with the certificate of SHA-256:\n", resp.ID)
 				fmt.Fprintln(cmd.OutOrStdout(), resp.CertSHA256)
@@ -143,11 +96,24 @@ docs/migrate-from-aws.md.`,
 	add.Flags().StringVar(&certFile, "cert", "", "bind this existing client certificate (PEM `file`, the certificate alone) to the device instead of giving it a secret")
 
 	var asJSON bool
+	var filter deviceFilter
 	list := &cobra.Command{
-		Use:   "list",
-		Short: "List enrolled devices with their presence",
-		Args:  cobra.NoArgs,
+		Use:   "list [--select k=v,…] [--online|--online=false]",
+		Short: "List enrolled devices with their presence and labels",
+		Long: `List the enrolled devices: whether each is online, when it last connected or
+disconnected, and its labels. --select keeps the devices whose labels match
+every k=v; --online keeps the connected ones (--online=false the others).`,
+		Example: `  umbra device list
+  umbra device list --select hw=m2 --online
+  umbra device list -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if asJSON {
+				o.output = "json" // the deprecated --json
+			}
+			if err := filter.parse(cmd); err != nil {
+				return err
+			}
 			var resp wire.IdentityList
 			err := o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
 				resp.Devices, err = c.ListEnrolled(ctx)
@@ -156,15 +122,15 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(resp)
-			}
-			return printDevices(cmd.OutOrStdout(), resp.Devices)
+			resp.Devices = nonNil(filter.apply(resp.Devices))
+			return printData(cmd.OutOrStdout(), o.output, resp, func(w io.Writer, l wire.IdentityList) error {
+				return printDevices(w, l.Devices)
+			})
 		},
 	}
-	list.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON (old name of -o json)")
+	_ = list.Flags().MarkHidden("json") // the old name of -o json
+	filter.addFlags(list.Flags())
 
 	remove := &cobra.Command{
 		Use:   "remove <id>",
@@ -175,7 +141,13 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
-			return o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RemoveDevice(ctx, id) })
+			if err := o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RemoveDevice(ctx, id) }); err != nil {
+				return err
+			}
+			return printData(cmd.OutOrStdout(), o.output, removed{ID: string(id), Removed: true}, func(w io.Writer, r removed) error {
+				_, err := fmt.Fprintf(w, "removed %s\n", r.ID)
+				return err
+			})
 		},
 	}
 	rotate := &cobra.Command{
@@ -195,12 +167,66 @@ docs/migrate-from-aws.md.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), resp.Secret)
-			return nil
+			return printData(cmd.OutOrStdout(), o.output, resp, func(w io.Writer, r wire.SecretResponse) error {
+				_, err := fmt.Fprintln(w, r.Secret)
+				return err
+			})
 		},
 	}
 	cmd.AddCommand(add, list, remove, rotate, newDeviceCertCmd(), newDeviceImportCmd(o))
 	return cmd
+}
+
+// removed is what device remove and token revoke print.
+type removed struct {
+	ID      string `json:"id"`
+	Removed bool   `json:"removed"`
+}
+
+// deviceFilter is the client-side filter of device list.
+type deviceFilter struct {
+	sel      string
+	online   bool
+	labels   map[string]string
+	byOnline bool
+}
+
+func (f *deviceFilter) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&f.sel, "select", "", "keep the devices whose labels match, e.g. hw=m2,region=eu")
+	fs.BoolVar(&f.online, "online", false, "keep the connected devices (--online=false: the disconnected ones)")
+}
+
+func (f *deviceFilter) parse(cmd *cobra.Command) error {
+	f.byOnline = cmd.Flags().Changed("online")
+	if f.sel == "" {
+		return nil
+	}
+	l, err := identity.ParseLabels(strings.Split(f.sel, ","))
+	if err != nil {
+		return fmt.Errorf("--select %q: want k=v,… (%s)", f.sel, shortMessage(err))
+	}
+	f.labels = l
+	return nil
+}
+
+func (f *deviceFilter) apply(devs []wire.EnrolledDevice) []wire.EnrolledDevice {
+	return slices.DeleteFunc(devs, func(d wire.EnrolledDevice) bool {
+		if f.byOnline && d.Presence.Connected != f.online {
+			return true
+		}
+		for k, v := range f.labels {
+			if d.Labels[k] != v {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// shortMessage is err's text without the package prefixes of its chain
+// ("identity: invalid label: …" → "invalid label: …").
+func shortMessage(err error) string {
+	return stripInternal(err.Error())
 }
 
 // printDevices prints the device table with an ONLINE column.

@@ -21,40 +21,18 @@ import (
 	"github.com/umbra-iot/umbra/wire"
 )
 
-// fwOptions are the flags shared by the firmware commands.
-type fwOptions struct {
-	api     string
-	output  string
-	timeout time.Duration
-	cred    credOptions // --token, or the operator token in --data-dir
-}
-
-func (o *fwOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.api, "api", client.DefaultURL, "Umbra HTTP API base URL")
-	fs.StringVarP(&o.output, "output", "o", "text", "output format: text or json (the server's JSON)")
-	fs.DurationVar(&o.timeout, "timeout", client.DefaultTimeout, "how long to wait for each answer (firmware uploads are not bounded)")
-	o.cred.addFlags(fs)
-}
-
-// query validates the flags, makes one call with the API client and prints
-// its answer: as one line of JSON when --output is json, else with text.
-func query[T any](cmd *cobra.Command, o *fwOptions, call func(context.Context, *client.Client) (T, error), text func(io.Writer, T) error) error {
-	if o.output != "json" && o.output != "text" {
-		return fmt.Errorf("--output %q: want json or text", o.output)
-	}
-	c, tok, err := newClient(o.api, o.timeout, &o.cred)
+// query makes one call with the API client and prints its answer in the
+// format of -o (printData).
+func query[T any](cmd *cobra.Command, o *connOptions, call func(context.Context, *client.Client) (T, error), text func(io.Writer, T) error) error {
+	c, err := o.httpClient(cmd)
 	if err != nil {
 		return err
 	}
 	v, err := call(cmd.Context(), c)
 	if err != nil {
-		return explainAPIError(err, tok)
+		return o.explain(cmd, err, "api")
 	}
-	w := cmd.OutOrStdout()
-	if o.output == "json" {
-		return writeJSONLine(w, v)
-	}
-	return text(w, v)
+	return printData(cmd.OutOrStdout(), o.output, v, text)
 }
 
 func newFirmwareCmd() *cobra.Command {

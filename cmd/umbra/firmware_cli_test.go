@@ -267,7 +267,7 @@ func TestFirmwareCommandErrors(t *testing.T) {
 		{"upload directory", []string{"upload", t.TempDir(), "--version", "2.0.0"}, []string{"not a regular file"}},
 		{"upload empty file", []string{"upload", empty, "--version", "2.0.0"}, []string{"empty"}},
 		{"upload bad sha256 flag", []string{"upload", file, "--version", "2.0.0", "--sha256", "abc"}, []string{"--sha256", "64 hex"}},
-		{"upload no file", []string{"upload", "--version", "2.0.0"}, []string{"accepts 1 arg"}},
+		{"upload no file", []string{"upload", "--version", "2.0.0"}, []string{"missing <file>"}},
 		{"upload duplicate", []string{"upload", file, "--version", "1.0.0"}, []string{"409", "already exists"}},
 		{"upload checksum mismatch", []string{"upload", file, "--version", "2.0.0", "--sha256", other}, []string{"422", "sha256 mismatch"}},
 		{"upload bad hw", []string{"upload", file, "--version", "2.0.0", "--hw", "m 1"}, []string{"400", "hw"}},
@@ -280,9 +280,9 @@ func TestFirmwareCommandErrors(t *testing.T) {
 		{"url unknown version", []string{"url", "9.9.9", "--device", "d1"}, []string{"404"}},
 		{"assign bad device", []string{"assign", "1.0.0", "--device", "x y"}, []string{"--device"}},
 		{"assign unknown version", []string{"assign", "9.9.9", "--device", "d1"}, []string{"404"}},
-		{"bad output", []string{"list", "-o", "yaml"}, []string{"--output \"yaml\""}},
+		{"bad output", []string{"list", "-o", "xml"}, []string{"--output \"xml\""}},
 		{"bad api URL", []string{"list", "--api", "ftp://x"}, []string{"--api", "http(s)://"}},
-		{"server down", []string{"list", "--api", "http://" + closedAddr(t)}, []string{"list", "connection refused"}},
+		{"server down", []string{"list", "--api", "http://" + closedAddr(t)}, []string{"connection refused", "umbra serve"}},
 		{"unknown subcommand", []string{"frobnicate"}, []string{"frobnicate"}},
 	}
 	for _, tc := range tests {

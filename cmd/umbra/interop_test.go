@@ -98,7 +98,7 @@ func checkFields(t *testing.T, name, doc string, want map[string]any) {
 // version with reported color red and no delta left.
 func checkSettled(t *testing.T, server, id string, version int) {
 	t.Helper()
-	r := runCLI(t.Context(), "", "shadow", "get", id, "--server", server)
+	r := runCLI(t.Context(), "", "shadow", "get", id, "-o", "json", "--server", server)
 	if r.err != nil {
 		t.Fatalf("shadow get %s: %v", id, r.err)
 	}
@@ -187,7 +187,7 @@ func TestInteropWebSocket(t *testing.T) {
 
 	// The operator sets desired with the CLI over WebSocket.
 	r := runCLI(t.Context(), `{"state":{"desired":{"color":"red"}},"clientToken":"op-ws"}`,
-		"shadow", "update", "lamp-ws", "--file", "-", "--server", srv.wsURL())
+		"shadow", "update", "lamp-ws", "--file", "-", "-o", "json", "--server", srv.wsURL())
 	if r.err != nil {
 		t.Fatalf("shadow update over WebSocket: %v", r.err)
 	}

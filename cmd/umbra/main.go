@@ -60,13 +60,15 @@ func newRootCmd() *cobra.Command {
 	for _, c := range extraCommands() {
 		root.AddCommand(c)
 	}
+	namedArgs(root)
+	addCompletions(root)
 	return root
 }
 
 // extraCommands is the list of operator subcommands; each lives in its own
 // file.
 func extraCommands() []*cobra.Command {
-	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newRolloutCmd(), newDeviceCmd(), newTokenCmd(), newCACmd()}
+	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newRolloutCmd(), newDeviceCmd(), newTokenCmd(), newCACmd(), newConfigCmd()}
 }
 
 // applyEnv sets every flag not given on the command line from UMBRA_<NAME>

@@ -88,7 +88,7 @@ func TestMigrateDeviceAddCert(t *testing.T) {
 	if want := identity.CertFingerprint(cert.Cert); fp != want {
 		t.Fatalf("device add --cert printed %q, want the fingerprint %s", fp, want)
 	}
-	if !strings.Contains(adminCLI(t, srv, "device", "list", "--json"), `"certSha256": "`+fp+`"`) {
+	if !strings.Contains(adminCLI(t, srv, "device", "list", "--json"), `"cert_sha256":"`+fp+`"`) {
 		t.Error("device list --json does not show the bound certificate's fingerprint")
 	}
 	url := "ssl://" + srv.brk.TLSAddr().String()

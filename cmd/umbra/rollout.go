@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,12 +16,12 @@ import (
 
 // rolloutOptions are the flags shared by the rollout commands: the same
 // --api, -o, --timeout and credential flags as the firmware commands.
-type rolloutOptions struct{ fwOptions }
+type rolloutOptions struct{ connOptions }
 
 // rolloutCall is query with a conflict naming the rollout that holds the
 // device.
 func rolloutCall[T any](cmd *cobra.Command, o *rolloutOptions, call func(context.Context, *client.Client) (T, error), text func(io.Writer, T) error) error {
-	return query(cmd, &o.fwOptions, func(ctx context.Context, c *client.Client) (T, error) {
+	return query(cmd, &o.connOptions, func(ctx context.Context, c *client.Client) (T, error) {
 		v, err := call(ctx, c)
 		return v, explainRolloutError(err)
 	}, text)
@@ -43,13 +42,6 @@ func rolloutIDCmd(use, short string, run func(cmd *cobra.Command, id string) err
 			return run(cmd, id)
 		},
 	}
-}
-
-// writeJSONLine writes v as one line of JSON (URLs keep their "&").
-func writeJSONLine(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
 }
 
 // explainRolloutError adds the conflicting rollout's ID to a 409 that

@@ -20,6 +20,7 @@ import (
 	"github.com/umbra-iot/umbra/client"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/rolloutwire"
 	"github.com/umbra-iot/umbra/internal/sim"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
@@ -94,16 +95,16 @@ func TestRolloutFlagValidation(t *testing.T) {
 		{"retries above max", create(fw, "--all", "--retries", "11"), "--retries 11: at most 10"},
 		{"retry backoff zero", create(fw, "--all", "--retry-backoff", "0s"), "--retry-backoff 0s"},
 		{"url ttl zero", create(fw, "--all", "--url-ttl", "0s"), "--url-ttl 0s"},
-		{"bad output", create(fw, "--all", "-o", "yaml"), `--output "yaml"`},
+		{"bad output", create(fw, "--all", "-o", "xml"), `--output "xml"`},
 		{"bad timeout", create(fw, "--all", "--timeout", "0s"), "--timeout 0s"},
 		{"bad token", create(fw, "--all", "--token", "nocolon"), "--token"},
 		{"bad api", create(fw, "--all", "--api", "ftp://x"), "--api"},
 		{"status bad id", []string{"rollout", "status", "r 3"}, `rollout ID "r 3"`},
 		{"status id with slash", []string{"rollout", "status", "../r3"}, `rollout ID "../r3"`},
 		{"status interval too short", []string{"rollout", "status", "r3", "--watch", "--interval", "1ms"}, "--interval 1ms"},
-		{"status no id", []string{"rollout", "status"}, "accepts 1 arg"},
+		{"status no id", []string{"rollout", "status"}, "missing <id>"},
 		{"devices bad state", []string{"rollout", "devices", "r3", "--state", "failed,exploded"}, `--state "exploded"`},
-		{"pause two ids", []string{"rollout", "pause", "r3", "r4"}, "accepts 1 arg"},
+		{"pause two ids", []string{"rollout", "pause", "r3", "r4"}, "too many arguments"},
 		{"abort bad id", []string{"rollout", "abort", "", "--rollback"}, `rollout ID ""`},
 		{"retry bad id", []string{"rollout", "retry", "r#1"}, `rollout ID "r#1"`},
 		{"unknown subcommand", []string{"rollout", "launch"}, "unknown command"},
@@ -273,10 +274,10 @@ func TestRolloutCreateRequest(t *testing.T) {
 func TestRolloutReadCommands(t *testing.T) {
 	api := newFakeRolloutAPI(t, map[string]fakeAnswer{
 		"GET /v1/rollouts": {200, `{"rollouts":[` + createdRollout + `]}`},
-		"GET /v1/rollouts/r7/devices": {200, `{"devices":[{"device":"lamp-2","batch":1,"state":"failed","attempt":2,` +
+		"GET /v1/rollouts/r7/devices": {200, `{"devices":[{"device":"lamp-2","batch":2,"state":"failed","attempt":2,` +
 			`"since":"2026-11-23T12:05:00Z","from":"1.1.0","error":"flash\nfailed"}],"next":""}`},
 		"GET /v1/rollouts/r7/events": {200, `{"events":[{"seq":1,"time":"2026-11-23T12:00:00Z","kind":"created","state":"created","reason":"3 targets in 2 batches"},` +
-			`{"seq":2,"time":"2026-11-23T12:00:01Z","kind":"batch_started","reason":"canary"},` +
+			`{"seq":2,"time":"2026-11-23T12:00:01Z","kind":"batch_started","batch":1,"reason":"canary"},` +
 			`{"seq":3,"time":"2026-11-23T12:05:00Z","kind":"device_failed","device":"lamp-2","reason":"failed: flash failed"}]}`},
 	})
 	for _, tc := range []struct {
@@ -354,7 +355,7 @@ func statusJSON(state rollout.State, ok int, reason string) string {
 	if ok == 0 {
 		delete(st.Counts, rollout.DeviceSucceeded)
 	}
-	b, err := json.Marshal(st)
+	b, err := json.Marshal(rolloutwire.Status(st)) // what the server sends
 	if err != nil {
 		panic(err)
 	}

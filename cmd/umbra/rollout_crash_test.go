@@ -171,7 +171,7 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 			started = append(started, ev.Batch)
 		}
 	}
-	if want := []int{0, 1, 2}; !slices.Equal(started, want) {
+	if want := []int{1, 2, 3}; !slices.Equal(started, want) { // numbered from 1
 		t.Errorf("batch_started events for batches %v, want %v", started, want)
 	}
 

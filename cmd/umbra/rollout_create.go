@@ -65,6 +65,7 @@ func (c *createOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.failThreshold, "failure-threshold", "", "trip --on-failure at this share (10%) or count (5) of failed devices")
 	fs.IntVar(&c.minSample, "min-sample", 0, "finished devices needed before the failure threshold is evaluated")
 	fs.StringVar(&c.onFailure, "on-failure", "", "what a tripped threshold does: pause (default), abort or rollback")
+	_ = registerEnumCompletion(fs, "on-failure", string(wire.OnFailurePause), string(wire.OnFailureAbort), string(wire.OnFailureRollback))
 	fs.DurationVar(&c.deviceTimeout, "device-timeout", 0, "how long a notified device may stay silent (default 30m)")
 	fs.IntVar(&c.retries, "retries", 0, "how often a failed or timed-out device is notified again (0 to 10)")
 	fs.DurationVar(&c.retryBackoff, "retry-backoff", 0, "wait before the first retry, doubled per attempt (default 30s)")

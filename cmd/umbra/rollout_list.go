@@ -70,7 +70,7 @@ func newRolloutDevicesCmd(o *rolloutOptions) *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE\tBATCH\tSTATE\tATTEMPT\tSINCE\tFROM\tERROR")
 				for _, d := range l.Devices {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", d.Device, d.Batch+1, d.State, d.Attempt, timeOrDash(d.Since),
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", d.Device, d.Batch, d.State, d.Attempt, timeOrDash(d.Since),
 						orDash(d.From), orDash(singleLine(d.Error)))
 				}
 				return tw.Flush()
@@ -93,7 +93,7 @@ func newRolloutEventsCmd(o *rolloutOptions) *cobra.Command {
 				for _, ev := range l.Events {
 					batch := "-"
 					if ev.Kind == wire.EventBatchStarted || ev.Kind == wire.EventBatchFinished {
-						batch = strconv.Itoa(ev.Batch + 1)
+						batch = strconv.Itoa(ev.Batch)
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Format(time.RFC3339), ev.Kind, batch,
 						orDash(string(ev.Device)), orDash(string(ev.State)), orDash(singleLine(ev.Reason)))

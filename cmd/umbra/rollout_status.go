@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,7 +39,9 @@ longer running: on a terminal the report is redrawn in place; piped, a line
 is printed whenever the progress changed (with -o json, one JSON status per
 line). --watch exits 0 when the rollout succeeded and 1 when it ended
 paused, failed or aborted, with the reason on stderr. Colours are left out
-when NO_COLOR is set; $COLUMNS sets the width.`
+when NO_COLOR is set; the bars tell done (█ or #), in flight (▒ or ~),
+failing (!) and pending (░ or .) apart without colour too. The width is the
+terminal's (else $COLUMNS, else 80).`
 	cmd.Example = `  umbra rollout status r3 --watch
   umbra rollout status r3 --watch | tee rollout.log`
 	cmd.Flags().BoolVarP(&so.watch, "watch", "w", false, "poll until the rollout is no longer running")
@@ -51,19 +53,16 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	if so.interval < 100*time.Millisecond {
 		return fmt.Errorf("--interval %s: must be at least 100ms", so.interval)
 	}
-	if o.output != "json" && o.output != "text" {
-		return fmt.Errorf("--output %q: want json or text", o.output)
-	}
-	c, tok, err := newClient(o.api, o.timeout, &o.cred)
+	c, err := o.httpClient(cmd)
 	if err != nil {
 		return err
 	}
 	w := cmd.OutOrStdout()
 	tty := isTerminal(w)
-	view := rolloutview.Options{Width: termWidth(), Color: tty && os.Getenv("NO_COLOR") == ""}
+	view := rolloutview.Options{Width: termWidth(w), Color: tty && os.Getenv("NO_COLOR") == ""}
 	fetch := func(ctx context.Context) (wire.RolloutStatus, error) {
 		st, err := c.GetRollout(ctx, id)
-		return st, explainAPIError(explainRolloutError(err), tok)
+		return st, o.explain(cmd, explainRolloutError(err), "api")
 	}
 	if !so.watch {
 		st, err := fetch(cmd.Context())
@@ -80,11 +79,11 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	wt := rolloutview.Watcher{TTY: tty && o.output == "text", Interval: so.interval, Render: view}
 	if o.output == "json" {
 		wt.Format = func(st wire.RolloutStatus) string {
-			b, err := json.Marshal(st)
-			if err != nil {
+			var b strings.Builder
+			if writeJSONLine(&b, st) != nil {
 				return ""
 			}
-			return string(b)
+			return strings.TrimSuffix(b.String(), "\n")
 		}
 	}
 	st, err := wt.Watch(cmd.Context(), rideOut(fetch, so.interval, cmd.ErrOrStderr()), w)
@@ -141,9 +140,17 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// termWidth is $COLUMNS when it is a sensible number, else the renderer's
-// default.
-func termWidth() int {
+// termWidth is the width of the terminal w is (read from the terminal
+// itself: bash does not export $COLUMNS), else $COLUMNS when it is a
+// sensible number, else the renderer's default. The frame is one column
+// narrower than the terminal, so that a full line never wraps (a wrapped
+// line would leave the redraw one line short, and an old header behind).
+func termWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
+		if n := ttyColumns(f); n > 1 {
+			return max(n-1, rolloutview.MinWidth)
+		}
+	}
 	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n >= rolloutview.MinWidth && n <= 1000 {
 		return n
 	}

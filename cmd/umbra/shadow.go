@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -24,38 +22,6 @@ import (
 // maxUpdateFile caps the size of an update read with --file; the server's
 // own limit is far lower, this only stops a mistaken multi-gigabyte read.
 const maxUpdateFile = 1 << 20
-
-// clientOptions are the flags shared by the operator commands that talk to
-// a server over MQTT.
-type clientOptions struct {
-	server  string
-	timeout time.Duration
-	output  string
-	cred    credOptions
-}
-
-func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.server, "server", shadowclient.DefaultServer, "MQTT server URL: tcp://host:port or ws://host:port/mqtt")
-	fs.DurationVar(&o.timeout, "timeout", shadowclient.DefaultTimeout, "how long to wait to connect and for each answer")
-	fs.StringVarP(&o.output, "output", "o", "json", "output format: json (the server's JSON) or text (a short summary)")
-	o.cred.addFlags(fs)
-}
-
-// dial validates the options and connects; the client's warnings go to
-// stderr.
-func (o *clientOptions) dial(ctx context.Context, stderr io.Writer) (*shadowclient.Client, error) {
-	tok, err := resolveClientFlags(o.output, o.timeout, &o.cred)
-	if err != nil {
-		return nil, err
-	}
-	user, pass := splitToken(tok)
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := shadowclient.Dial(ctx, shadowclient.Config{Server: o.server, Timeout: o.timeout, Logger: log, Username: user, Password: pass})
-	if errors.Is(err, shadowclient.ErrRefused) && tok == "" {
-		err = fmt.Errorf("%w%s", err, noCredentialHint)
-	}
-	return c, err
-}
 
 // parseID validates a device ID argument.
 func parseID(s string) (device.ID, error) {
@@ -80,7 +46,7 @@ and message on stderr.`,
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
 	o.addFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newShadowGetCmd(o), newShadowUpdateCmd(o), newShadowDeleteCmd(o), newShadowListCmd())
+	cmd.AddCommand(newShadowGetCmd(o), newShadowUpdateCmd(o), newShadowDeleteCmd(o), newShadowListCmd(o))
 	return cmd
 }
 
@@ -127,7 +93,7 @@ func (o *shadowOptions) runRequest(cmd *cobra.Command, arg, verb string, req fun
 		return err
 	}
 	ctx := cmd.Context()
-	c, err := o.dial(ctx, cmd.ErrOrStderr())
+	c, err := o.dial(cmd)
 	if err != nil {
 		return err
 	}
@@ -165,15 +131,8 @@ func newShadowDeleteCmd(o *shadowOptions) *cobra.Command {
 	}
 }
 
-// listOptions are the flags of shadow list.
-type listOptions struct {
-	apiOptions
-	output string
-}
-
-func newShadowListCmd() *cobra.Command {
-	o := &listOptions{}
-	cmd := &cobra.Command{
+func newShadowListCmd(o *shadowOptions) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list <id>",
 		Short: "List a device's shadows (the classic one and its named ones) over the HTTP API",
 		Long: `List a device's shadows through the HTTP API (GET /v1/devices/{id}/shadows):
@@ -184,19 +143,12 @@ Deleted shadows are not listed.`,
   umbra shadow list lamp-1 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// The MQTT flags of the other shadow commands are inherited
-			// but mean nothing here.
-			for _, f := range []string{"server", "name"} {
-				if cmd.Flags().Changed(f) {
-					return fmt.Errorf("--%s is not used by shadow list (it reads GET /v1/devices/{id}/shadows from --api)", f)
-				}
+			if cmd.Flags().Changed("name") {
+				return errors.New("--name is not used by shadow list (it lists every shadow of the device)")
 			}
 			id, err := parseID(args[0])
 			if err != nil {
 				return err
-			}
-			if o.output != "json" && o.output != "text" {
-				return fmt.Errorf("--output %q: want json or text", o.output)
 			}
 			var list wire.ShadowList
 			err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
@@ -209,9 +161,6 @@ Deleted shadows are not listed.`,
 			return printShadows(cmd.OutOrStdout(), o.output, list)
 		},
 	}
-	o.addFlags(cmd.Flags())
-	cmd.Flags().StringVarP(&o.output, "output", "o", "text", "output format: text (a table) or json (the server's JSON)")
-	return cmd
 }
 
 // updateOptions are the flags of `umbra shadow update`.
@@ -347,16 +296,4 @@ func readRequestFile(name string, stdin io.Reader) (map[string]json.RawMessage, 
 		return nil, fmt.Errorf("--file %s: no \"state\" in the update request", name)
 	}
 	return req, nil
-}
-
-// resolveClientFlags checks the flags every client command shares and
-// returns the credential token ("" when none was found).
-func resolveClientFlags(output string, timeout time.Duration, cred *credOptions) (string, error) {
-	if output != "json" && output != "text" {
-		return "", fmt.Errorf("--output %q: want json or text", output)
-	}
-	if timeout <= 0 {
-		return "", fmt.Errorf("--timeout %s: must be positive", timeout)
-	}
-	return cred.resolve()
 }

@@ -18,15 +18,15 @@ import (
 
 // simOptions are the flags of `umbra sim`.
 type simOptions struct {
-	server, idPrefix, fwVersion, hw, failMode, publicKey, logLevel string
-	username, password                                             string
-	devices, connectRate, qos                                      int
-	installTime, offlineAfter, offlineFor                          time.Duration
-	failRate, offlineRate                                          float64
-	seed                                                           int64
-	enroll                                                         bool
-	labels                                                         []string
-	enrollAPI                                                      apiOptions
+	idPrefix, fwVersion, hw, failMode, publicKey, logLevel string
+	username, password                                     string
+	devices, connectRate, qos                              int
+	installTime, offlineAfter, offlineFor                  time.Duration
+	failRate, offlineRate                                  float64
+	seed                                                   int64
+	enroll                                                 bool
+	labels                                                 []string
+	enrollAPI                                              apiOptions
 }
 
 func newSimCmd() *cobra.Command {
@@ -52,8 +52,11 @@ periodic fleet stats) until interrupted.`,
 			if o.qos != 0 && o.qos != 1 {
 				return fmt.Errorf("--qos %d: must be 0 or 1", o.qos)
 			}
+			if err := o.enrollAPI.resolve(cmd.Flags()); err != nil {
+				return err
+			}
 			cfg := sim.Config{
-				Server: o.server, Devices: o.devices, IDPrefix: o.idPrefix,
+				Server: o.enrollAPI.mqtt, Devices: o.devices, IDPrefix: o.idPrefix,
 				Username: o.username, Password: o.password,
 				FirmwareVersion: o.fwVersion, HW: o.hw, InstallTime: o.installTime,
 				FailRate: o.failRate, FailMode: mode, OfflineRate: o.offlineRate,
@@ -76,7 +79,6 @@ periodic fleet stats) until interrupted.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.server, "server", "tcp://127.0.0.1:1883", "MQTT server URL")
 	f.IntVar(&o.devices, "devices", 10, "number of simulated devices")
 	f.StringVar(&o.idPrefix, "id-prefix", "sim-", "device ID prefix (IDs are <prefix><zero-padded n>)")
 	f.StringVar(&o.username, "username", "", "MQTT user name for every device (default: none)")
@@ -97,6 +99,7 @@ periodic fleet stats) until interrupted.`,
 	f.BoolVar(&o.enroll, "enroll", true, "enroll each device through the HTTP API (--api) and log in with its secret; on by default when an operator token is available (--token, UMBRA_TOKEN or <data-dir>/admin.token)")
 	f.StringSliceVar(&o.labels, "label", nil, "label key=value given to every enrolled device (repeatable), for rollout selectors")
 	o.enrollAPI.addFlags(f)
+	_ = f.MarkHidden("output") // sim always prints JSON lines
 	return cmd
 }
 
@@ -120,17 +123,16 @@ func (o *simOptions) enrollment(cmd *cobra.Command) (func(device.ID) (string, st
 	if err != nil {
 		return nil, fmt.Errorf("--label: %w", err)
 	}
-	tok, err := o.enrollAPI.cred.resolve()
-	if err != nil {
+	if err := o.enrollAPI.resolve(cmd.Flags()); err != nil {
 		return nil, err
 	}
-	if tok == "" {
+	if o.enrollAPI.cred.token == "" {
 		if explicit {
 			return nil, errors.New("--enroll needs an operator token: --token, UMBRA_TOKEN or --data-dir with admin.token")
 		}
 		return nil, nil
 	}
-	c, _, err := newClient(o.enrollAPI.api, o.enrollAPI.timeout, &o.enrollAPI.cred)
+	c, err := o.enrollAPI.httpClient(cmd)
 	if err != nil {
 		return nil, err
 	}

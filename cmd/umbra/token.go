@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -89,12 +90,16 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 			if err != nil {
 				return err
 			}
+			if o.output != "text" {
+				return printData(cmd.OutOrStdout(), o.output, resp, nil)
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s (%s) created; store it now, it cannot be shown again\n", resp.Name, resp.Role)
 			fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
 			return nil
 		},
 	}
 	create.Flags().StringVar(&role, "role", "", "operator or integrator (required)")
+	_ = registerEnumCompletion(create.Flags(), "role", string(wire.RoleOperator), string(wire.RoleIntegrator))
 	create.Flags().StringVar(&name, "name", "", "token name, also its MQTT user name (required)")
 
 	list := &cobra.Command{
@@ -110,12 +115,14 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tROLE\tCREATED")
-			for _, t := range toks {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Role, t.CreatedAt.Format(timeLayout))
-			}
-			return tw.Flush()
+			return printData(cmd.OutOrStdout(), o.output, wire.TokenList{Tokens: nonNil(toks)}, func(w io.Writer, l wire.TokenList) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tROLE\tCREATED")
+				for _, t := range l.Tokens {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Role, t.CreatedAt.Format(timeLayout))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	revoke := &cobra.Command{
@@ -123,7 +130,13 @@ may only read (shadows over HTTP; accepted, delta, documents and presence over M
 		Short: "Revoke a token: new connections and requests with it are refused",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RevokeToken(ctx, args[0]) })
+			if err := o.withClient(cmd, func(ctx context.Context, c *client.Client) error { return c.RevokeToken(ctx, args[0]) }); err != nil {
+				return err
+			}
+			return printData(cmd.OutOrStdout(), o.output, removed{ID: args[0], Removed: true}, func(w io.Writer, r removed) error {
+				_, err := fmt.Fprintf(w, "revoked %s\n", r.ID)
+				return err
+			})
 		},
 	}
 	cmd.AddCommand(create, list, revoke)

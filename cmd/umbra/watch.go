@@ -51,7 +51,7 @@ shadows (events then carry "name").`,
 					return fmt.Errorf("--name %q: %s (or + for every named shadow)", o.name, shadowMessage(err))
 				}
 			}
-			c, err := o.client.dial(cmd.Context(), cmd.ErrOrStderr())
+			c, err := o.client.dial(cmd)
 			if err != nil {
 				return err
 			}
@@ -61,6 +61,7 @@ shadows (events then carry "name").`,
 	}
 	o.client.addFlags(cmd.Flags())
 	cmd.Flags().StringSliceVar(&o.kinds, "kind", shadowclient.Kinds, "kinds of message to stream: accepted, delta, documents")
+	_ = registerEnumCompletion(cmd.Flags(), "kind", shadowclient.Kinds...)
 	cmd.Flags().IntVar(&o.count, "count", 0, "exit after this many events (0: run until interrupted)")
 	cmd.Flags().StringVar(&o.name, "name", "", "watch this named shadow of the devices (+: every named shadow); default the classic shadow")
 	return cmd

@@ -229,9 +229,9 @@ func TestListPresence(t *testing.T) {
 	ids.Connected("dev-on", 1, at, "127.0.0.1:5555")
 	var list struct {
 		Devices []struct {
-			ID       string             `json:"id"`
-			Version  int                `json:"version"`
-			Presence *identity.Presence `json:"presence"`
+			ID       string         `json:"id"`
+			Version  int            `json:"version"`
+			Presence *wire.Presence `json:"presence"`
 		} `json:"devices"`
 	}
 	doAuth(t, srv, "GET", "/v1/devices", op, "", &list)

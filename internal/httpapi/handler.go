@@ -386,7 +386,7 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	status, msg := http.StatusInternalServerError, "Internal server error"
 	for _, row := range statusTable {
 		if errors.Is(err, row.err) {
-			status, msg = row.status, err.Error()
+			status, msg = row.status, userMessage(r, err)
 			break
 		}
 	}

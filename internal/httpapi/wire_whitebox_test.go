@@ -15,11 +15,13 @@ func TestWireConversions(t *testing.T) {
 	img := wiretest.Filled[firmware.Image](t)
 	wiretest.SameFields(t, "firmware.Image", img, wireImage(img))
 	p := wiretest.Filled[identity.Presence](t)
-	wiretest.SameFields(t, "identity.Presence", p, wirePresence(p))
+	// The identity types keep their stored (camelCase) names; the HTTP API
+	// speaks snake_case (docs/cli.md).
+	wiretest.SameFieldsSnake(t, "identity.Presence", p, wirePresence(p))
 	d := wiretest.Filled[identity.Device](t)
-	wiretest.SameFields(t, "identity.Device", d, wireEnrolled(d))
+	wiretest.SameFieldsSnake(t, "identity.Device", d, wireEnrolled(d))
 	tok := wiretest.Filled[identity.Token](t)
-	wiretest.SameFields(t, "identity.Token", tok, wireToken(tok))
+	wiretest.SameFieldsSnake(t, "identity.Token", tok, wireToken(tok))
 	sum := wiretest.Filled[shadow.Summary](t)
 	wiretest.SameFields(t, "shadow.Summary", sum, wireSummary(sum))
 	info := wiretest.Filled[shadow.ShadowInfo](t)

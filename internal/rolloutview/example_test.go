@@ -14,7 +14,7 @@ import (
 func ExampleRender() {
 	st := mkStatus(wire.RolloutRunning, "", 2,
 		counts{succeeded: 2}, counts{succeeded: 3, installing: 4, failed: 1}, counts{pending: 10}, counts{pending: 10})
-	st.Failing = []wire.RolloutDevice{{Device: "lamp-4", Batch: 1, State: wire.DeviceFailed, Attempt: 1, Error: "sha256 mismatch"}}
+	st.Failing = []wire.RolloutDevice{{Device: "lamp-4", Batch: 2, State: wire.DeviceFailed, Attempt: 1, Error: "sha256 mismatch"}}
 	rolloutview.Render(os.Stdout, st, rolloutview.Options{Width: 72, Now: t0.Add(5 * time.Minute)})
 	// Output:
 	// rollout r3  firmware 1.1.0  running  elapsed 5m0s

@@ -81,7 +81,7 @@ type style struct {
 
 var (
 	plainStyle = style{cells: [numCats]string{"#", "!", "~", "-", "."}, dash: "-", more: "...", open: "[", closed: "]"}
-	colorStyle = style{color: true, cells: [numCats]string{"█", "█", "█", "█", "░"},
+	colorStyle = style{color: true, cells: [numCats]string{"█", "!", "▒", "-", "░"}, // distinct without colour too
 		sgr: [numCats]string{"\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[34m", "\x1b[2m"}, dash: "–", more: "…", open: "▕", closed: "▏"}
 )
 
@@ -372,7 +372,7 @@ func batchLines(batches []wire.BatchStatus, sty style, barWidth int) []string {
 		b := batches[r.i]
 		if r.j-r.i == 1 && !r.merged {
 			t := newTally(b.Counts, b.Size)
-			line := fmt.Sprintf("  batch %*d  %-7s  %s  %d/%d", digits, b.Index+1, b.State, sty.bar(t, barWidth), t.finished(), b.Size)
+			line := fmt.Sprintf("  batch %*d  %-7s  %s  %d/%d", digits, b.Index, b.State, sty.bar(t, barWidth), t.finished(), b.Size)
 			if c := batchCounts(t); c != "" {
 				line += "  " + c
 			}
@@ -394,7 +394,7 @@ func batchLines(batches []wire.BatchStatus, sty style, barWidth int) []string {
 		case b.State == "done":
 			what = "done, no failures"
 		}
-		out = append(out, fmt.Sprintf("  batches %d%s%d %s (%d devices)", b.Index+1, sty.dash, batches[r.j-1].Index+1, what, devices))
+		out = append(out, fmt.Sprintf("  batches %d%s%d %s (%d devices)", b.Index, sty.dash, batches[r.j-1].Index, what, devices))
 	}
 	return out
 }
@@ -413,7 +413,7 @@ func failingLines(st wire.RolloutStatus, all tally, sty style) []string {
 		tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "  DEVICE\tSTATE\tBATCH\tATTEMPT\tERROR")
 		for _, d := range shown {
-			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", clean(string(d.Device)), d.State, d.Batch+1, d.Attempt, orDash(clean(d.Error)))
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", clean(string(d.Device)), d.State, d.Batch, d.Attempt, orDash(clean(d.Error)))
 		}
 		tw.Flush()
 		out = append(out, strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")...)

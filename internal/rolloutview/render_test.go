@@ -57,7 +57,7 @@ func mkStatus(state wire.RolloutState, reason string, started int, batches ...co
 				st.Counts[s] += n
 			}
 		}
-		bs := wire.BatchStatus{Index: i, Start: start, Size: size, State: "waiting", Counts: bc}
+		bs := wire.BatchStatus{Index: i + 1, Start: start, Size: size, State: "waiting", Counts: bc}
 		switch {
 		case i >= started:
 		case done == size:
@@ -81,7 +81,7 @@ func failing(n, b int, errText string) []wire.RolloutDevice {
 		if i%3 == 2 {
 			s = timedOut
 		}
-		out = append(out, wire.RolloutDevice{Device: device.ID(fmt.Sprintf("dev-%03d", i)), Batch: b, State: s,
+		out = append(out, wire.RolloutDevice{Device: device.ID(fmt.Sprintf("dev-%03d", i)), Batch: b + 1, State: s,
 			Attempt: 1 + i%2, Error: errText})
 	}
 	return out
@@ -103,9 +103,9 @@ func cases() []renderCase {
 		counts{succeeded: 30, failed: 2, timedOut: 1, notified: 4, downloading: 6, installing: 5, already: 2},
 		counts{pending: 50}, counts{pending: 50}, counts{pending: 50}, counts{pending: 43})
 	running.Failing = []wire.RolloutDevice{
-		{Device: "lamp-7", Batch: 1, State: failed, Attempt: 2, Error: "sha256 mismatch"},
-		{Device: "lamp-19", Batch: 1, State: failed, Attempt: 1, Error: "flash write\nfailed \x1b[31mred\x1b[0m"},
-		{Device: "lamp-23", Batch: 1, State: timedOut, Attempt: 1},
+		{Device: "lamp-7", Batch: 2, State: failed, Attempt: 2, Error: "sha256 mismatch"},
+		{Device: "lamp-19", Batch: 2, State: failed, Attempt: 1, Error: "flash write\nfailed \x1b[31mred\x1b[0m"},
+		{Device: "lamp-23", Batch: 2, State: timedOut, Attempt: 1},
 	}
 	running.Policy.Retries = 2
 

@@ -32,6 +32,10 @@ func batches(bs []rollout.Batch) []wire.Batch {
 	return mapSlice(bs, func(b rollout.Batch) wire.Batch { return wire.Batch{Start: b.Start, Size: b.Size, Done: b.Done} })
 }
 
+// Batches are numbered from 1 on the wire (BatchStatus.Index,
+// RolloutDevice.Batch, RolloutEvent.Batch), as people count them; the
+// rollout package counts from 0.
+
 // Status returns st's wire form: its rollout (without bookkeeping), the
 // counts per state and per batch, and the failing devices.
 func Status(st rollout.Status) wire.RolloutStatus {
@@ -39,7 +43,7 @@ func Status(st rollout.Status) wire.RolloutStatus {
 		Rollout: Rollout(st.Rollout),
 		Counts:  Counts(st.Counts),
 		Batches: mapSlice(st.Batches, func(b rollout.BatchStatus) wire.BatchStatus {
-			return wire.BatchStatus{Index: b.Index, Start: b.Start, Size: b.Size, State: b.State, Counts: Counts(b.Counts)}
+			return wire.BatchStatus{Index: b.Index + 1, Start: b.Start, Size: b.Size, State: b.State, Counts: Counts(b.Counts)}
 		}),
 		Failing: Devices(st.Failing),
 	}
@@ -63,7 +67,7 @@ func DeviceState(s rollout.DeviceState) wire.DeviceState { return wire.DeviceSta
 
 // Device returns d's wire form.
 func Device(d rollout.DeviceStatus) wire.RolloutDevice {
-	return wire.RolloutDevice{Device: d.Device, Batch: d.Batch, State: DeviceState(d.State), Attempt: d.Attempt,
+	return wire.RolloutDevice{Device: d.Device, Batch: d.Batch + 1, State: DeviceState(d.State), Attempt: d.Attempt,
 		Since: d.Since, From: d.From, Error: d.Error}
 }
 
@@ -73,8 +77,12 @@ func Devices(list []rollout.DeviceStatus) []wire.RolloutDevice { return mapSlice
 
 // Event returns ev's wire form.
 func Event(ev rollout.Event) wire.RolloutEvent {
-	return wire.RolloutEvent{Seq: ev.Seq, Time: ev.Time, Kind: ev.Kind, State: wire.RolloutState(ev.State),
-		Batch: ev.Batch, Device: ev.Device, Reason: ev.Reason}
+	out := wire.RolloutEvent{Seq: ev.Seq, Time: ev.Time, Kind: ev.Kind, State: wire.RolloutState(ev.State),
+		Device: ev.Device, Reason: ev.Reason}
+	if ev.Kind == rollout.EventBatchStarted || ev.Kind == rollout.EventBatchFinished {
+		out.Batch = ev.Batch + 1 // batches are numbered from 1 on the wire
+	}
+	return out
 }
 
 // Events returns the wire form of every event of list, in order; nil for

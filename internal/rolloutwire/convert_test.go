@@ -24,12 +24,31 @@ func TestRolloutDropsOnlyBookkeeping(t *testing.T) {
 }
 
 func TestStatusAndDevices(t *testing.T) {
+	// Batches are numbered from 1 on the wire, from 0 in the planner: the
+	// wire forms are compared with that shift undone.
 	st := wiretest.Filled[rollout.Status](t)
-	wiretest.SameFields(t, "Status", st, rolloutwire.Status(st), rolloutwire.Dropped...)
+	ws := rolloutwire.Status(st)
+	for i := range ws.Batches {
+		ws.Batches[i].Index--
+	}
+	for i := range ws.Failing {
+		ws.Failing[i].Batch--
+	}
+	wiretest.SameFields(t, "Status", st, ws, rolloutwire.Dropped...)
 	d := wiretest.Filled[rollout.DeviceStatus](t)
-	wiretest.SameFields(t, "DeviceStatus", d, rolloutwire.Device(d))
+	wd := rolloutwire.Device(d)
+	wd.Batch--
+	wiretest.SameFields(t, "DeviceStatus", d, wd)
 	ev := wiretest.Filled[rollout.Event](t)
-	wiretest.SameFields(t, "Event", ev, rolloutwire.Event(ev))
+	ev.Kind = rollout.EventBatchStarted
+	we := rolloutwire.Event(ev)
+	we.Batch--
+	wiretest.SameFields(t, "Event", ev, we)
+	// Other events carry no batch.
+	ev.Kind = rollout.EventRetry
+	if we := rolloutwire.Event(ev); we.Batch != 0 {
+		t.Errorf("retry event: batch %d on the wire, want none", we.Batch)
+	}
 	// nil stays nil (JSON null), empty stays empty ({}).
 	if got := rolloutwire.Status(rollout.Status{Counts: map[rollout.DeviceState]int{}}); got.Counts == nil || got.Batches != nil || got.Failing != nil {
 		t.Errorf("Status of an empty status = %+v, want empty counts and nil lists", got)

@@ -3,6 +3,7 @@ package shadowclient
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,9 @@ type Config struct {
 	Timeout time.Duration
 	// Logger receives debug logs; nil discards.
 	Logger *slog.Logger
+	// TLSConfig, if set, is used for ssl and wss servers (e.g. RootCAs for a
+	// private CA); nil means the system's roots.
+	TLSConfig *tls.Config
 }
 
 func (c *Config) setDefaults() error {
@@ -99,6 +103,10 @@ func (c *Config) setDefaults() error {
 	c.Server = server
 	return nil
 }
+
+// ParseServer checks a broker URL as Config.Server and returns it with the
+// default port added where the scheme has one.
+func ParseServer(s string) (string, error) { return normalizeServer(s) }
 
 // normalizeServer checks a broker URL and adds the default port where the
 // scheme has one.
@@ -201,6 +209,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		})
 	if cfg.Username != "" {
 		opts.SetUsername(cfg.Username).SetPassword(cfg.Password)
+	}
+	if cfg.TLSConfig != nil {
+		opts.SetTLSConfig(cfg.TLSConfig)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", cfg.Server, err)

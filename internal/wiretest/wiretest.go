@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // Filled returns a T whose every exported field, recursively, holds a
@@ -109,4 +111,71 @@ func fields(tb testing.TB, v any) map[string]json.RawMessage {
 		tb.Fatalf("%T is not a JSON object: %s", v, b)
 	}
 	return m
+}
+
+// SameFieldsSnake is SameFields for a wire form whose field names are the
+// snake_case of the domain's camelCase ones (connectedAt → connected_at),
+// at every depth.
+func SameFieldsSnake(tb testing.TB, what string, domain, wireForm any, dropped ...string) {
+	tb.Helper()
+	b, err := json.Marshal(domain)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		tb.Fatal(err)
+	}
+	snaked, err := json.Marshal(snakeKeys(v))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// The wire form re-encoded the same way: nested objects compare with
+	// their keys in the same (sorted) order.
+	wb, err := json.Marshal(wireForm)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wv any
+	if err := json.Unmarshal(wb, &wv); err != nil {
+		tb.Fatal(err)
+	}
+	sorted, err := json.Marshal(wv)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	SameFields(tb, what, json.RawMessage(snaked), json.RawMessage(sorted), dropped...)
+}
+
+// snakeKeys renames the object keys of a decoded JSON value to snake_case.
+func snakeKeys(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, e := range t {
+			out[snakeCase(k)] = snakeKeys(e)
+		}
+		return out
+	case []any:
+		for i, e := range t {
+			t[i] = snakeKeys(e)
+		}
+	}
+	return v
+}
+
+// snakeCase is the snake_case of a camelCase name; an upper-case run
+// counts as one word (certSha256 → cert_sha256).
+func snakeCase(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 && !unicode.IsUpper(rune(s[i-1])) {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
