@@ -106,6 +106,19 @@ func (c *Client) DeleteFirmware(ctx context.Context, version string) error {
 	return c.call(ctx, op, http.MethodDelete, path, nil, http.StatusOK, &wire.DeletedImage{})
 }
 
+// DeleteFirmwareForce deletes a firmware version even while devices have
+// it as their desired firmware (which DeleteFirmware refuses with a 409
+// counting them); their download URLs then answer 410. A rollout that
+// uses the version still refuses it.
+func (c *Client) DeleteFirmwareForce(ctx context.Context, version string) error {
+	op := "delete " + version
+	path, err := versionPath(version, "")
+	if err != nil {
+		return fmt.Errorf("client: %s: %w", op, err)
+	}
+	return c.call(ctx, op, http.MethodDelete, path+"?force=true", nil, http.StatusOK, &wire.DeletedImage{})
+}
+
 // FirmwarePublicKey returns the fleet public key devices pin to verify
 // firmware manifests. A key whose PEM is not the ed25519 key it claims is
 // an error.

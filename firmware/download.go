@@ -72,10 +72,17 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f, err := s.blobs.open(sum)
+	if errors.Is(err, os.ErrNotExist) {
+		// The URL is genuine (its signature checked out), so its holder
+		// may learn that the image is gone.
+		s.denied.Add(1)
+		s.log.Debug("download refused", logKeyReason, denyBlob, logKeyDevice, id, "remote", r.RemoteAddr)
+		w.Header().Set("Cache-Control", "no-store")
+		writeError(w, http.StatusGone, "Gone: this firmware image was deleted from the server; a new firmware command brings a new URL")
+		return
+	}
 	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			s.log.Error("open blob", logKeySHA256, sum, logKeyErr, err)
-		}
+		s.log.Error("open blob", logKeySHA256, sum, logKeyErr, err)
 		s.deny(w, r, denyBlob, id)
 		return
 	}

@@ -205,8 +205,6 @@ func TestDownloadDenied(t *testing.T) {
 		{"extra parameter", u + "&x=1"},
 		{"semicolon", strings.Replace(u, "&", ";", 1)},
 		{"other blob", strings.Replace(u, img.SHA256, gone.SHA256, 1)},
-		{"unknown blob", unknownURL},
-		{"deleted image", goneURL},
 		{"no query", strings.SplitN(u, "?", 2)[0]},
 	}
 	for _, tc := range tests {
@@ -214,6 +212,16 @@ func TestDownloadDenied(t *testing.T) {
 			resp, body := get(t, http.MethodGet, tc.url, nil)
 			if resp.StatusCode != http.StatusForbidden || string(body) != denyBody {
 				t.Errorf("GET %s: got %d %q, want 403 %q", tc.url, resp.StatusCode, body, denyBody)
+			}
+		})
+	}
+	// A genuine URL of an image that is gone (or never was) answers a
+	// JSON 410: its holder may know, and retrying will not help.
+	for _, tc := range []struct{ name, url string }{{"unknown blob", unknownURL}, {"deleted image", goneURL}} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := get(t, http.MethodGet, tc.url, nil)
+			if resp.StatusCode != http.StatusGone || resp.Header.Get("Content-Type") != "application/json" || !strings.Contains(string(body), `"code":410`) {
+				t.Errorf("GET %s: got %d %q, want a JSON 410", tc.url, resp.StatusCode, body)
 			}
 		})
 	}
@@ -226,7 +234,7 @@ func TestDownloadDenied(t *testing.T) {
 			t.Errorf("after expiry: got %d %q, want 403 %q", resp.StatusCode, body, denyBody)
 		}
 	})
-	if got, want := e.st.DeniedDownloads(), int64(len(tests)+1); got != want {
+	if got, want := e.st.DeniedDownloads(), int64(len(tests)+1+2); got != want { // + the two 410s
 		t.Errorf("DeniedDownloads = %d, want %d", got, want)
 	}
 	if got := e.st.BytesServed(); got != 1000 {

@@ -408,8 +408,8 @@ func TestSameBytesShareBlob(t *testing.T) {
 	if got := dirNames(t, filepath.Join(e.dir, "blobs")); len(got) != 0 {
 		t.Errorf("blobs/ after deleting both = %v, want empty", got)
 	}
-	if resp, _ := get(t, http.MethodGet, u, nil); resp.StatusCode != http.StatusForbidden {
-		t.Errorf("download after delete: got %d, want 403", resp.StatusCode)
+	if resp, _ := get(t, http.MethodGet, u, nil); resp.StatusCode != http.StatusGone {
+		t.Errorf("download after delete: got %d, want 410", resp.StatusCode)
 	}
 }
 

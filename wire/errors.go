@@ -16,6 +16,11 @@ type ErrorBody struct {
 	// Problems lists every bad device of a bulk import (400 on POST
 	// /v1/identities/devices): nothing was imported.
 	Problems []ImportProblem `json:"problems,omitempty"`
+	// DesiredBy counts the devices whose desired firmware is the version
+	// (409 on DELETE /v1/firmware/{version} without ?force=true);
+	// Devices names up to 10 of them.
+	DesiredBy int      `json:"desired_by,omitempty"`
+	Devices   []string `json:"devices,omitempty"`
 	// ClientToken and Timestamp (Unix seconds) are set on the rejections
 	// of shadow requests, as on the MQTT rejected topics.
 	ClientToken string `json:"clientToken,omitempty"`

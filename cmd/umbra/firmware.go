@@ -210,23 +210,34 @@ func newFirmwareShowCmd(o *fwOptions) *cobra.Command {
 }
 
 func newFirmwareDeleteCmd(o *fwOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "delete <version>",
-		Short: "Delete a firmware image (refused while a rollout uses it)",
-		Args:  cobra.ExactArgs(1),
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete <version> [--force]",
+		Short: "Delete a firmware image (refused while a rollout uses it or devices have it as desired)",
+		Long: `Delete a firmware image. The server refuses (409) while a rollout uses the
+version, and while devices have it as their desired firmware: the error
+counts and names them. --force deletes it anyway in the second case; those
+devices' download URLs then answer 410 Gone.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := versionArg(args[0])
 			if err != nil {
 				return err
 			}
 			return query(cmd, o, func(ctx context.Context, c *client.Client) (wire.DeletedImage, error) {
-				return wire.DeletedImage{Version: string(v), Deleted: true}, c.DeleteFirmware(ctx, string(v))
+				del := c.DeleteFirmware
+				if force {
+					del = c.DeleteFirmwareForce
+				}
+				return wire.DeletedImage{Version: string(v), Deleted: true}, del(ctx, string(v))
 			}, func(w io.Writer, d wire.DeletedImage) error {
 				_, err := fmt.Fprintf(w, "deleted %s\n", d.Version)
 				return err
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even while devices have the version as their desired firmware")
+	return cmd
 }
 
 func newFirmwarePubkeyCmd(o *fwOptions) *cobra.Command {

@@ -236,7 +236,11 @@ func TestFirmwareCommands(t *testing.T) {
 	}
 	brokertest.Next(t, deltas, 5*time.Second)
 
-	if out := fwCLI(t, api, "delete", "1.3.0-rc.1"); out != "deleted 1.3.0-rc.1\n" {
+	// lamp-1 has it as its desired firmware: refused, counted and named,
+	// unless --force.
+	r := runCLI(t.Context(), "", api.args("delete", "1.3.0-rc.1")...)
+	oneLine(t, "delete while desired", r.err, "1 device(s) (lamp-1)", "--force", "409")
+	if out := fwCLI(t, api, "delete", "1.3.0-rc.1", "--force"); out != "deleted 1.3.0-rc.1\n" {
 		t.Errorf("delete output %q", out)
 	}
 	if err := json.Unmarshal([]byte(fwCLI(t, api, "list", "-o", "json")), &l); err != nil || len(l.Images) != 1 || l.Images[0].Version != "1.2.0" {

@@ -307,6 +307,9 @@ func (a *api) firmwarePubkey(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) deleteFirmware(w http.ResponseWriter, r *http.Request) {
 	a.withVersion(w, r, func(fw *firmware.Store, v firmware.Version) {
+		if !a.checkDesired(w, r, v) {
+			return
+		}
 		if err := fw.Delete(r.Context(), v); err != nil {
 			a.writeError(w, r, err, "")
 			return

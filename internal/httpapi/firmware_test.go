@@ -302,9 +302,26 @@ func TestFirmwareFlow(t *testing.T) {
 		t.Error("assign published no delta carrying the firmware command on state/dev-1/update/delta")
 	}
 
-	do(t, e.srv, "DELETE", "/v1/firmware/1.2.0", "").check(t, "delete", 200, map[string]any{"version": "1.2.0", "deleted": true})
+	// dev-1 has 1.2.0 as its desired firmware: a delete is refused, names
+	// it, and deletes nothing, unless forced.
+	refused := do(t, e.srv, "DELETE", "/v1/firmware/1.2.0", "")
+	refused.check(t, "delete while desired", 409, map[string]any{"desired_by": 1.0, "devices": []any{"dev-1"}})
+	if msg, _ := refused.body["message"].(string); !strings.Contains(msg, "--force") || !strings.Contains(msg, "1 device") {
+		t.Errorf("delete while desired: message %q, want the count and --force", msg)
+	}
+	do(t, e.srv, "DELETE", "/v1/firmware/1.2.0?force=maybe", "").check(t, "bad force", 400, nil)
+	do(t, e.srv, "GET", "/v1/firmware/1.2.0", "").check(t, "still there", 200, map[string]any{"version": "1.2.0"})
+	httpGet(t, dl, "", 200)
+	do(t, e.srv, "DELETE", "/v1/firmware/1.2.0?force=true", "").check(t, "forced delete", 200, map[string]any{"version": "1.2.0", "deleted": true})
 	do(t, e.srv, "GET", "/v1/firmware", "").check(t, "list after delete", 200, map[string]any{"images": []any{}})
-	httpGet(t, dl, "", 403)
+	// The URL of the deleted image is genuine: 410 with a JSON body.
+	var gone struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(httpGet(t, dl, "", 410), &gone); err != nil || gone.Code != 410 || !strings.Contains(gone.Message, "deleted") {
+		t.Errorf("download of a deleted image: %+v (%v), want a JSON 410 saying it was deleted", gone, err)
+	}
 }
 
 // httpGet fetches url like a device (optionally with a Range) and wants
