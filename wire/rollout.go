@@ -283,6 +283,21 @@ type Rollout struct {
 	// Waiting says why a running rollout notifies nobody now (its start
 	// time is ahead or its maintenance window is closed); "" otherwise.
 	Waiting string `json:"waiting,omitempty"`
+	// Scheduled is set while an active rollout waits for its start_at and
+	// has started no batch: people see its state as "scheduled".
+	Scheduled bool `json:"scheduled,omitempty"`
+	// AwaitingApproval is set while a rollout is paused as planned after a
+	// batch (pause_between_batches): resuming starts the next batch.
+	AwaitingApproval bool `json:"awaiting_approval,omitempty"`
+}
+
+// DisplayState is the state shown to people: "scheduled" for a scheduled
+// rollout, else State.
+func (r Rollout) DisplayState() string {
+	if r.Scheduled {
+		return "scheduled"
+	}
+	return string(r.State)
 }
 
 // RolloutStatus is the body of GET /v1/rollouts/{id}: the rollout with

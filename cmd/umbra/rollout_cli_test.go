@@ -423,6 +423,54 @@ func TestRolloutStatus(t *testing.T) {
 	}
 }
 
+// TestRolloutPlannedPauseAndSchedule: status --watch exits 3 at a pause
+// between batches that --pause-between-batches planned, printing the
+// resume command, and 1 at any other pause; a rollout waiting for its
+// start time shows as scheduled.
+func TestRolloutPlannedPauseAndSchedule(t *testing.T) {
+	planned := func(approval int) string {
+		st := rollout.Status{Rollout: rollout.Rollout{ID: "r7", Firmware: "1.2.0", State: rollout.StatePaused, Targets: 4,
+			Policy:  rollout.Policy{PauseBetweenBatches: true},
+			Batches: []rollout.Batch{{Start: 0, Size: 2}, {Start: 2, Size: 2}}, Started: 1, Approval: approval,
+			Reason: "batch 1 finished at 100.0% success; resume to start batch 2"}}
+		b, _ := json.Marshal(rolloutwire.Status(st))
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name     string
+		status   string
+		wantCode int
+		want     []string
+	}{
+		{"planned pause", planned(1), exitPlannedPause, []string{"paused as planned after batch 1 of 2", "umbra rollout resume r7"}},
+		{"other pause", planned(0), 1, []string{"rollout r7 paused"}},
+	} {
+		api := newFakeRolloutAPI(t, nil)
+		api.queue("GET /v1/rollouts/r7", tc.status)
+		r := runCLI(t.Context(), "", "rollout", "status", "r7", "--watch", "--api", api.URL)
+		oneLine(t, tc.name, r.err, tc.want...)
+		if got := exitCode(r.err); got != tc.wantCode {
+			t.Errorf("%s: exit code %d, want %d", tc.name, got, tc.wantCode)
+		}
+	}
+	st := rollout.Status{Rollout: rollout.Rollout{ID: "r8", Firmware: "1.2.0", State: rollout.StateRunning, Targets: 2,
+		Policy:  rollout.Policy{StartAt: time.Date(2030, 1, 1, 2, 0, 0, 0, time.UTC)},
+		Batches: []rollout.Batch{{Start: 0, Size: 2}}, Waiting: "start time 2030-01-01T02:00:00Z is ahead"}}
+	b, _ := json.Marshal(rolloutwire.Status(st))
+	api := newFakeRolloutAPI(t, nil)
+	api.queue("GET /v1/rollouts/r8", string(b))
+	r := runCLI(t.Context(), "", "rollout", "status", "r8", "--api", api.URL)
+	if r.err != nil || !strings.Contains(r.stdout, " scheduled ") {
+		t.Errorf("status of a scheduled rollout: %v\n%s\nwant it shown as scheduled", r.err, r.stdout)
+	}
+	lb, _ := json.Marshal(wire.RolloutList{Rollouts: []wire.Rollout{rolloutwire.Rollout(st.Rollout)}})
+	api = newFakeRolloutAPI(t, map[string]fakeAnswer{"GET /v1/rollouts": {200, string(lb)}})
+	r = runCLI(t.Context(), "", "rollout", "list", "--api", api.URL)
+	if r.err != nil || !strings.Contains(r.stdout, "r8  scheduled") {
+		t.Errorf("list with a scheduled rollout: %v\n%s", r.err, r.stdout)
+	}
+}
+
 // TestRolloutControlCommands: pause, resume, abort [--rollback], rollback
 // and retry send the right request and print the outcome.
 func TestRolloutControlCommands(t *testing.T) {

@@ -30,7 +30,7 @@ func newRolloutListCmd(o *rolloutOptions) *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tSTATE\tFIRMWARE\tTARGETS\tBATCHES\tCREATED")
 				for _, r := range l.Rollouts {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", r.ID, r.State, r.Firmware, r.Targets, r.Started, len(r.Batches),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", r.ID, r.DisplayState(), r.Firmware, r.Targets, r.Started, len(r.Batches),
 						r.Created.Format(time.RFC3339))
 				}
 				return tw.Flush()

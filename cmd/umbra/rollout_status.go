@@ -37,8 +37,10 @@ their errors. -o json prints the server's status JSON.
 With --watch the status is polled every --interval until the rollout is no
 longer running: on a terminal the report is redrawn in place; piped, a line
 is printed whenever the progress changed (with -o json, one JSON status per
-line). --watch exits 0 when the rollout succeeded and 1 when it ended
-paused, failed or aborted, with the reason on stderr. Colours are left out
+line). --watch exits 0 when the rollout succeeded; 3 at a planned pause
+between batches (--pause-between-batches), printing the resume command;
+and 1 when it ended paused otherwise, failed or aborted, with the reason
+on stderr. Colours are left out
 when NO_COLOR is set; the bars tell done (█ or #), in flight (▒ or ~),
 failing (!) and pending (░ or .) apart without colour too. The width is the
 terminal's (else $COLUMNS, else 80).`
@@ -93,12 +95,20 @@ func (so *statusOptions) run(cmd *cobra.Command, o *rolloutOptions, id string) e
 	if st.State == wire.RolloutSucceeded {
 		return nil
 	}
+	if st.AwaitingApproval {
+		return &exitError{code: exitPlannedPause, err: fmt.Errorf("rollout %s paused as planned after batch %d of %d (--pause-between-batches); "+
+			"start the next batch with: umbra rollout resume %s", st.ID, st.Started, len(st.Rollout.Batches), st.ID)}
+	}
 	msg := fmt.Sprintf("rollout %s %s", st.ID, st.State)
 	if st.Reason != "" {
 		msg += ": " + st.Reason
 	}
 	return &exitError{code: 1, err: errors.New(msg)}
 }
+
+// exitPlannedPause is the exit code of status --watch at a planned pause
+// between batches (pause_between_batches), told apart from a failure (1).
+const exitPlannedPause = 3
 
 // watchOutage is how long status --watch keeps polling through transport
 // errors (the server restarting) before it gives up.

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -142,7 +141,7 @@ func allowed(p identity.Principal, r *http.Request) bool {
 
 // writeErrorBody writes the API's JSON error.
 func writeErrorBody(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(wire.ErrorBody{Code: status, Message: msg})
+	b, _ := marshalJSON(wire.ErrorBody{Code: status, Message: msg})
 	writeJSON(w, status, b)
 }
 
@@ -197,7 +196,7 @@ func (h *idHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (h *idHandler) ok(w http.ResponseWriter, r *http.Request, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := marshalJSON(v)
 	if err != nil {
 		h.fail(w, r, fmt.Errorf("encode: %w", err))
 		return
@@ -287,7 +286,7 @@ func (h *idHandler) importDevices(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(problems) > 0 {
 		slices.SortStableFunc(problems, func(a, b wire.ImportProblem) int { return a.Index - b.Index })
-		b, _ := json.Marshal(wire.ErrorBody{
+		b, _ := marshalJSON(wire.ErrorBody{
 			Code:     http.StatusBadRequest,
 			Message:  fmt.Sprintf("%d of %d devices are bad; nothing imported", countIndexes(problems), len(list)),
 			Problems: problems,

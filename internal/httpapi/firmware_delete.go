@@ -78,7 +78,7 @@ func (a *api) checkDesired(w http.ResponseWriter, r *http.Request, v firmware.Ve
 	body := wire.ErrorBody{Code: http.StatusConflict, DesiredBy: n, Devices: ids,
 		Message: fmt.Sprintf("Firmware %s is the desired firmware of %d device(s) (%s%s): assign them another version first, "+
 			"or delete with ?force=true (umbra firmware delete %s --force), after which their download URLs answer 410", v, n, strings.Join(ids, ", "), more, v)}
-	b, _ := json.Marshal(body)
+	b, _ := marshalJSON(body)
 	writeJSON(w, http.StatusConflict, b)
 	return false
 }

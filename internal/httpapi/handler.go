@@ -235,7 +235,7 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 			entries[i].Presence = &wp
 		}
 	}
-	b, err := json.Marshal(wire.DeviceList{Devices: entries, Next: next})
+	b, err := marshalJSON(wire.DeviceList{Devices: entries, Next: next})
 	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode list: %w", err), "")
 		return
@@ -277,7 +277,7 @@ func (a *api) listShadows(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err, "")
 		return
 	}
-	b, err := json.Marshal(wire.ShadowList{Device: id, Shadows: wireList(list, wireShadowInfo)})
+	b, err := marshalJSON(wire.ShadowList{Device: id, Shadows: wireList(list, wireShadowInfo)})
 	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode shadows: %w", err), "")
 		return
@@ -405,7 +405,7 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 			body.Incompatible = append(body.Incompatible, wire.IncompatibleDevice{ID: d.ID, HW: d.HW})
 		}
 	}
-	b, _ := json.Marshal(body)
+	b, _ := marshalJSON(body)
 	writeJSON(w, status, b)
 }
 

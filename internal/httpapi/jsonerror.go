@@ -220,7 +220,7 @@ func looksLikeHTTP(hdr [5]byte) bool {
 
 // plainHTTPAnswer is the answer to plain HTTP on an HTTPS listener.
 var plainHTTPAnswer = func() []byte {
-	body, _ := json.Marshal(wire.ErrorBody{Code: http.StatusBadRequest,
+	body, _ := marshalJSON(wire.ErrorBody{Code: http.StatusBadRequest,
 		Message: "Plain HTTP request to an HTTPS listener: use https:// in the URL"})
 	body = append(body, '\n')
 	return fmt.Appendf(nil, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\n"+
@@ -272,7 +272,7 @@ func serverError(p []byte) ([]byte, bool) {
 	text, _ := io.ReadAll(io.LimitReader(res.Body, maxCapturedMessage))
 	_ = res.Body.Close()
 	msg := serverErrorMessage(res.StatusCode, strings.TrimSpace(string(text)))
-	body, _ := json.Marshal(wire.ErrorBody{Code: res.StatusCode, Message: msg})
+	body, _ := marshalJSON(wire.ErrorBody{Code: res.StatusCode, Message: msg})
 	body = append(body, '\n')
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "HTTP/1.1 %03d %s\r\n", res.StatusCode, http.StatusText(res.StatusCode))

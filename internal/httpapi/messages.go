@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -36,4 +38,16 @@ func userMessage(r *http.Request, err error) string {
 		return "No " + what + " " + name + ": " + msg
 	}
 	return msg
+}
+
+// marshalJSON is json.Marshal without HTML escaping: "<", ">" and "&" in
+// messages and values (a label, a URL) stay as they are, not \u003c.
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }

@@ -293,7 +293,7 @@ func Render(w io.Writer, st wire.RolloutStatus, o Options) {
 	add := func(format string, a ...any) { lines = append(lines, fmt.Sprintf(format, a...)) }
 
 	head := []string{"rollout " + clean(st.ID), "firmware " + clean(string(st.Firmware)),
-		sty.paint(stateColor(st.State), string(st.State)), "elapsed " + elapsed(st, o.Now).String()}
+		sty.paint(stateColor(st.State), st.DisplayState()), "elapsed " + elapsed(st, o.Now).String()}
 	if st.RetryOf != "" {
 		head = append(head, "retry of "+clean(st.RetryOf))
 	}

@@ -20,6 +20,9 @@ func Rollout(r rollout.Rollout) wire.Rollout {
 		Policy: Policy(r.Policy), Targets: r.Targets, Batches: batches(r.Batches), Started: r.Started,
 		Created: r.Created, Updated: r.Updated, RetryOf: r.RetryOf, Selector: maps.Clone(r.Selector),
 		All: r.All, Excluded: r.Excluded, Rollback: r.Rollback, Waiting: r.Waiting,
+		Scheduled: r.State.Active() && r.Waiting != "" && !r.Policy.StartAt.IsZero() && r.Started == 0,
+		AwaitingApproval: r.State == rollout.StatePaused && r.Policy.PauseBetweenBatches && r.Approval > 0 &&
+			r.Approval == r.Started && r.Approved != r.Approval,
 	}
 }
 
