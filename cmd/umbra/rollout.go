@@ -75,7 +75,7 @@ the server exits non-zero with its status and message.`,
 	}{
 		{"pause", "Pause a rollout: no new devices are notified, notified ones continue", "paused", (*client.Client).PauseRollout},
 		{"resume", "Resume a paused rollout (overrides a tripped threshold once)", "resumed", (*client.Client).ResumeRollout},
-		{"rollback", "Abort a rollout and write each updated device's previous version back", "rolling back", (*client.Client).RollbackRollout},
+		{"rollback", "Abort a rollout and write each updated device's previous version back (refused when nothing can be rolled back)", "rolling back its moved devices to their previous version", (*client.Client).RollbackRollout},
 	} {
 		cmd.AddCommand(newRolloutControlCmd(o, c.name, c.short, c.verb, c.call))
 	}

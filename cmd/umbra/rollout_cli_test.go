@@ -495,7 +495,7 @@ func TestRolloutControlCommands(t *testing.T) {
 		{[]string{"resume", "r7"}, "/v1/rollouts/r7/resume", "", "rollout r7 resumed (now running)\n"},
 		{[]string{"abort", "r7"}, "/v1/rollouts/r7/abort", `{}`, "rollout r7 aborted (now aborted)\n"},
 		{[]string{"abort", "r7", "--rollback"}, "/v1/rollouts/r7/abort", `{"rollback":true}`, "rollout r7 aborted, rolling back (now aborted)\n"},
-		{[]string{"rollback", "r7"}, "/v1/rollouts/r7/rollback", "", "rollout r7 rolling back (now aborted)\n"},
+		{[]string{"rollback", "r7"}, "/v1/rollouts/r7/rollback", "", "rollout r7 rolling back its moved devices to their previous version (now aborted)\n"},
 		{[]string{"retry", "r7"}, "/v1/rollouts/r7/retry", "", "r8\n"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

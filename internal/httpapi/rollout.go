@@ -365,7 +365,9 @@ func (a *api) control(op string) http.HandlerFunc {
 			case "abort":
 				ro, err = rs.Abort(ctx, id, rollback)
 			case "rollback":
-				ro, err = rs.Rollback(ctx, id)
+				if err = rollbackApplies(ctx, rs, id); err == nil {
+					ro, err = rs.Rollback(ctx, id)
+				}
 			case "retry":
 				ro, err = rs.Retry(ctx, id)
 				status = http.StatusCreated

@@ -271,6 +271,23 @@ func TestRolloutFlow(t *testing.T) {
 	if status != http.StatusCreated || r2.ID != "r2" || r2.RetryOf != "r1" || r2.Targets != 1 || hdr.Get("Location") != "/v1/rollouts/r2" {
 		t.Fatalf("retry = %d %s (Location %q), want 201 r2 retrying r1 over 1 device", status, raw, hdr.Get("Location"))
 	}
+	// A rollback that cannot apply is refused, and changes nothing: r2,
+	// once aborted, has no device that moved. Rolling r1 back again is
+	// idempotent.
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r1/rollback", "", nil); status != http.StatusOK || !strings.Contains(raw, `"rollback":true`) {
+		t.Errorf("rollback of a rolled back rollout = %d %s, want 200 with rollback", status, raw)
+	}
+	var r2a rollout.Rollout
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r2/abort", "", &r2a); status != http.StatusOK || r2a.Rollback {
+		t.Fatalf("abort r2 = %d %s", status, raw)
+	}
+	if status, raw := e.call(t, "POST", "/v1/rollouts/r2/rollback", "", nil); status != http.StatusConflict || !strings.Contains(raw, "Nothing to roll back") {
+		t.Errorf("rollback with nothing to roll back = %d %s, want 409 saying so", status, raw)
+	}
+	var r2b rollout.Rollout
+	if status, raw := e.call(t, "GET", "/v1/rollouts/r2", "", &r2b); status != http.StatusOK || r2b.Rollback || r2b.State != rollout.StateAborted {
+		t.Errorf("r2 after the refused rollback = %d %s, want aborted without rollback", status, raw)
+	}
 	if status, raw := e.call(t, "POST", "/v1/rollouts/r2/abort", `{"rollback":true}`, &ro); status != http.StatusOK || !ro.Rollback {
 		t.Errorf("abort with body = %d %s, want 200 with rollback", status, raw)
 	}
