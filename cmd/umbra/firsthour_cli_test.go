@@ -295,3 +295,37 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchFrom: --from next (the default) waits for the next update
+// although the server replays the pending delta on subscribing; --from
+// current prints that pending delta.
+func TestWatchFrom(t *testing.T) {
+	srv := startServer(t)
+	url := srv.mqttURL()
+	if r := runCLI(t.Context(), "", "shadow", "update", "wf", "--desired", `{"a":1}`, "--server", url); r.err != nil {
+		t.Fatal(r.err)
+	}
+	version := func(r cliResult) float64 {
+		t.Helper()
+		if r.err != nil {
+			t.Fatalf("watch: %v", r.err)
+		}
+		p, _ := decodeJSON(t, r.stdout)["payload"].(map[string]any)
+		v, _ := p["version"].(float64)
+		return v
+	}
+	cur := waitResult(t, startWatch(t, t.Context(), "wf", "--kind", "delta", "--count", "1", "--from", "current", "--server", url))
+	if v := version(cur); v != 1 {
+		t.Errorf("--from current: delta version %v, want the pending 1", v)
+	}
+	next := startWatch(t, t.Context(), "wf", "--kind", "delta", "--count", "1", "--server", url)
+	srv.waitSubscribed(t, "state/wf/update/delta")
+	if r := runCLI(t.Context(), "", "shadow", "update", "wf", "--desired", `{"a":2}`, "--server", url); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if v := version(waitResult(t, next)); v != 2 {
+		t.Errorf("--from next: delta version %v, want the next update's 2", v)
+	}
+	r := runCLI(t.Context(), "", "watch", "wf", "--from", "later", "--server", url)
+	oneLine(t, "bad --from", r.err, `--from "later"`)
+}
