@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/umbra-iot/umbra/internal/httpapi"
 )
 
 // showSettings runs umbra config show -o json with args and returns the
@@ -328,4 +331,45 @@ func TestWatchFrom(t *testing.T) {
 	}
 	r := runCLI(t.Context(), "", "watch", "wf", "--from", "later", "--server", url)
 	oneLine(t, "bad --from", r.err, `--from "later"`)
+}
+
+// TestOpenAPIMatchesRoutes: the OpenAPI document served at
+// /v1/openapi.json describes exactly the routes umbra serve registers,
+// and anyone may read it.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	srv, _ := startSecureServer(t)
+	registered := srv.api.Routes()
+	documented := httpapi.DocumentedRoutes()
+	for _, p := range registered {
+		if !slices.Contains(documented, p) {
+			t.Errorf("route %q is registered but not in the OpenAPI document (internal/httpapi/openapi.go apiRoutes)", p)
+		}
+	}
+	for _, p := range documented {
+		if !slices.Contains(registered, p) {
+			t.Errorf("route %q is in the OpenAPI document but not registered", p)
+		}
+	}
+	res, err := http.Get(srv.apiURL() + httpapi.OpenAPIPath) // no credential
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var doc struct {
+		OpenAPI string                    `json:"openapi"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&doc); err != nil || res.StatusCode != 200 || !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Fatalf("GET %s: %d %v, openapi %q", httpapi.OpenAPIPath, res.StatusCode, err, doc.OpenAPI)
+	}
+	var served []string
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			served = append(served, strings.ToUpper(method)+" "+path)
+		}
+	}
+	slices.Sort(served)
+	if !slices.Equal(served, documented) {
+		t.Errorf("served document has %q, want %q", served, documented)
+	}
 }

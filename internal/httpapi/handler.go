@@ -107,6 +107,8 @@ type api struct {
 	ro       atomic.Pointer[rolloutsRef] // nil until configured
 	// observe is Config.Observe; nil when not set.
 	observe func(route string, code int, d time.Duration)
+	// routes are the "METHOD /path" patterns registered, sorted.
+	routes []string
 }
 
 // NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
@@ -140,6 +142,8 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	}
 	routes := map[string]http.Handler{
 		"GET /healthz":                   http.HandlerFunc(a.health),
+		"GET " + OpenAPIPath:             http.HandlerFunc(a.openAPI),
+		"GET /v1":                        http.HandlerFunc(a.index),
 		"GET /v1/devices":                v1(a.list),
 		"GET /v1/devices/{id}/shadow":    v1(a.getShadow),
 		"POST /v1/devices/{id}/shadow":   v1(a.updateShadow),
@@ -162,6 +166,12 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		}
 		routes[pattern] = h
 	}
+	for pattern := range routes {
+		if strings.Contains(pattern, " ") {
+			a.routes = append(a.routes, pattern)
+		}
+	}
+	slices.Sort(a.routes)
 	// Every path that some method serves answers other methods with a JSON
 	// 405 (the mux's own 405 is plain text).
 	allowed := map[string][]string{}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -181,6 +182,11 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // SetFirmware installs the firmware store the /v1/firmware routes use,
 // replacing Config.Firmware. It is safe to call while serving.
 func (s *Server) SetFirmware(fw *firmware.Store) { s.api.fw.Store(fw) }
+
+// Routes returns the "METHOD /path" patterns the server registered (its
+// own routes and Config.Mounts), sorted: what the OpenAPI document at
+// OpenAPIPath must describe.
+func (s *Server) Routes() []string { return slices.Clone(s.api.routes) }
 
 // Close stops accepting connections and waits, until ctx is done, for
 // requests in progress to finish; then it closes the remaining connections
