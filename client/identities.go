@@ -50,6 +50,19 @@ func (c *Client) ListEnrolled(ctx context.Context) ([]wire.EnrolledDevice, error
 	return l.Devices, nil
 }
 
+// GetDevice returns everything about device id in one answer: its
+// enrolment, presence, classic shadow and firmware versions (GET
+// /v1/devices/{id}).
+func (c *Client) GetDevice(ctx context.Context, id device.ID) (wire.Device, error) {
+	op := "get device " + string(id)
+	if _, err := device.ParseID(string(id)); err != nil {
+		return wire.Device{}, fmt.Errorf("client: %s: %w: %w", op, ErrInvalid, err)
+	}
+	var d wire.Device
+	err := c.call(ctx, op, http.MethodGet, "/v1/devices/"+url.PathEscape(string(id)), nil, http.StatusOK, &d)
+	return d, err
+}
+
 // RemoveDevice removes device id: its new connections are refused and its
 // live session loses all rights.
 func (c *Client) RemoveDevice(ctx context.Context, id device.ID) error {

@@ -43,6 +43,31 @@ type Presence struct {
 	RemoteAddr       string    `json:"remote_addr,omitempty"`
 }
 
+// Device is the body of GET /v1/devices/{id}: everything about one
+// device in one place. Enrolled is false (and the enrolment fields empty)
+// for a device with a shadow but no identity (anonymous mode); Shadow is
+// nil for a device without a classic shadow.
+type Device struct {
+	ID         device.ID         `json:"id"`
+	Enrolled   bool              `json:"enrolled"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	CreatedAt  time.Time         `json:"created_at,omitzero"`
+	RotatedAt  time.Time         `json:"rotated_at,omitzero"`
+	CertSHA256 string            `json:"cert_sha256,omitempty"`
+	Presence   Presence          `json:"presence"`
+	Shadow     *ShadowInfo       `json:"shadow,omitempty"` // the classic shadow; Name ""
+	// Firmware is the version the device reports running
+	// (state.reported.firmware.version) and the one it is asked to run
+	// (state.desired.firmware.version), when its shadow says.
+	Firmware DeviceFirmware `json:"firmware"`
+}
+
+// DeviceFirmware is a Device's firmware versions, "" when unknown.
+type DeviceFirmware struct {
+	Reported string `json:"reported,omitempty"`
+	Desired  string `json:"desired,omitempty"`
+}
+
 // ShadowList is the body of GET /v1/devices/{id}/shadows: the classic
 // shadow (Name "") first if it exists, then the named ones in name order.
 type ShadowList struct {

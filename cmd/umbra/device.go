@@ -173,7 +173,27 @@ every k=v; --online keeps the connected ones (--online=false the others).`,
 			})
 		},
 	}
-	cmd.AddCommand(add, list, remove, rotate, newDeviceCertCmd(), newDeviceImportCmd(o))
+	show := &cobra.Command{
+		Use:   "show <id>",
+		Short: "Show one device: enrolment, labels, presence, shadow version and firmware versions",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			var d wire.Device
+			err = o.withClient(cmd, func(ctx context.Context, c *client.Client) (err error) {
+				d, err = c.GetDevice(ctx, id)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return printData(cmd.OutOrStdout(), o.output, d, printDevice)
+		},
+	}
+	cmd.AddCommand(add, list, show, remove, rotate, newDeviceCertCmd(), newDeviceImportCmd(o))
 	return cmd
 }
 
@@ -227,6 +247,27 @@ func (f *deviceFilter) apply(devs []wire.EnrolledDevice) []wire.EnrolledDevice {
 // ("identity: invalid label: …" → "invalid label: …").
 func shortMessage(err error) string {
 	return stripInternal(err.Error())
+}
+
+// printDevice prints one device as "key: value" lines.
+func printDevice(w io.Writer, d wire.Device) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	online := "no"
+	if d.Presence.Connected {
+		online = "yes"
+	}
+	enrolled := "no"
+	if d.Enrolled {
+		enrolled = "yes, " + fmtTime(d.CreatedAt)
+	}
+	shadowV := "-"
+	if d.Shadow != nil {
+		shadowV = fmt.Sprintf("version %d, updated %s", d.Shadow.Version, fmtTime(d.Shadow.Updated))
+	}
+	fmt.Fprintf(tw, "id:\t%s\nenrolled:\t%s\nlabels:\t%s\nonline:\t%s\nconnected at:\t%s\ndisconnected at:\t%s\nshadow:\t%s\nfirmware:\t%s\ndesired firmware:\t%s\n",
+		d.ID, enrolled, dash(formatLabels(d.Labels)), online, fmtTime(d.Presence.ConnectedAt), fmtTime(d.Presence.DisconnectedAt),
+		shadowV, dash(d.Firmware.Reported), dash(d.Firmware.Desired))
+	return tw.Flush()
 }
 
 // printDevices prints the device table with an ONLINE column.

@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // showSettings runs umbra config show -o json with args and returns the
@@ -372,4 +373,34 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	if !slices.Equal(served, documented) {
 		t.Errorf("served document has %q, want %q", served, documented)
 	}
+}
+
+// TestDeviceResource: GET /v1/devices/{id} (umbra device show) brings a
+// device's enrolment, presence, shadow and firmware versions together.
+func TestDeviceResource(t *testing.T) {
+	srv, _ := startSecureServer(t)
+	api := []string{"--api", srv.apiURL(), "--data-dir", srv.dataDir}
+	adminCLI(t, srv, "device", "add", "dr1", "--label", "hw=m2")
+	if r := runCLI(t.Context(), "", "shadow", "update", "dr1", "--reported", `{"firmware":{"version":"1.0.0"}}`,
+		"--desired", `{"firmware":{"version":"1.1.0"}}`, "--mqtt", srv.mqttURL(), "--data-dir", srv.dataDir); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r := runCLI(t.Context(), "", append([]string{"device", "show", "dr1", "-o", "json"}, api...)...)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	var d wire.Device
+	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil {
+		t.Fatal(err)
+	}
+	if !d.Enrolled || d.Labels["hw"] != "m2" || d.Shadow == nil || d.Shadow.Version != 1 ||
+		d.Firmware != (wire.DeviceFirmware{Reported: "1.0.0", Desired: "1.1.0"}) || d.CreatedAt.IsZero() {
+		t.Errorf("device show dr1 = %+v", d)
+	}
+	r = runCLI(t.Context(), "", append([]string{"device", "show", "dr1"}, api...)...)
+	if r.err != nil || !strings.Contains(r.stdout, "firmware:         1.0.0") || !strings.Contains(r.stdout, "labels:           hw=m2") {
+		t.Errorf("device show dr1 (text): %v\n%s", r.err, r.stdout)
+	}
+	r = runCLI(t.Context(), "", append([]string{"device", "show", "ghost"}, api...)...)
+	oneLine(t, "unknown device", r.err, "No device ghost", "404")
 }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -104,6 +105,9 @@ type api struct {
 	// presence reports a device's presence for GET /v1/devices; nil
 	// leaves it out.
 	presence func(device.ID) (identity.Presence, bool)
+	// enrolled is Config.Enrolled; nil leaves the enrolment out of GET
+	// /v1/devices/{id}.
+	enrolled func(context.Context, device.ID) (identity.Device, error)
 	ro       atomic.Pointer[rolloutsRef] // nil until configured
 	// observe is Config.Observe; nil when not set.
 	observe func(route string, code int, d time.Duration)
@@ -133,6 +137,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		a.fw.Store(cfg.Firmware)
 	}
 	a.presence = cfg.Presence
+	a.enrolled = cfg.Enrolled
 	a.setRollouts(cfg.Rollouts)
 	v1 := func(h http.HandlerFunc) http.Handler {
 		if cfg.Middleware != nil {
@@ -149,6 +154,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		"POST /v1/devices/{id}/shadow":   v1(a.updateShadow),
 		"DELETE /v1/devices/{id}/shadow": v1(a.deleteShadow),
 		"GET /v1/devices/{id}/shadows":   v1(a.listShadows),
+		"GET /v1/devices/{id}":           v1(a.getDevice),
 		"/":                              http.HandlerFunc(a.notFound),
 	}
 	for pattern, h := range a.firmwareRoutes() {

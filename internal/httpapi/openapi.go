@@ -48,6 +48,7 @@ var apiRoutes = []routeDoc{
 	{"GET /v1/devices/{id}/shadows", "List a device's shadows: the classic one and its named ones", "shadows", "integrator", "", "wire.ShadowList", nil},
 	{"GET /v1/identities/devices", "List enrolled devices with their labels and presence (to move under /v1/devices)", "devices", "operator", "", "wire.IdentityList", nil},
 	{"POST /v1/identities/devices", "Enrol many devices at once, all or none (dry_run checks only)", "devices", "operator", "application/json wire.ImportRequest", "wire.ImportResponse", nil},
+	{"GET /v1/devices/{id}", "One device: enrolment, presence, classic shadow and firmware versions", "devices", "integrator", "", "wire.Device", nil},
 
 	{"POST /v1/tokens", "Create an operator or integrator token (shown once)", "tokens", "operator", "application/json wire.TokenRequest", "wire.TokenResponse", nil},
 	{"GET /v1/tokens", "List tokens (never their secrets)", "tokens", "operator", "", "wire.TokenList", nil},

@@ -63,6 +63,10 @@ type Config struct {
 	// store's Presence); GET /v1/devices then includes it as "presence" in
 	// every entry, the zero Presence for a device never seen.
 	Presence func(id device.ID) (identity.Presence, bool)
+	// Enrolled, if set, returns an enrolled device (the identity store's
+	// GetDevice, an error wrapping identity.ErrNotFound for none); GET
+	// /v1/devices/{id} then includes its enrolment.
+	Enrolled func(ctx context.Context, id device.ID) (identity.Device, error)
 	// Middleware, if set, wraps every /v1 route: Authenticate for bearer
 	// token authentication and the role rules.
 	Middleware func(http.Handler) http.Handler

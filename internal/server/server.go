@@ -480,6 +480,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			Mounts:         mounts,
 			Middleware:     auth,
 			Presence:       ids.Presence,
+			Enrolled:       ids.GetDevice,
 			TrustedOrigins: cfg.AllowedOrigins,
 			Observe:        s.metrics.ObserveHTTP,
 			TLSConfig:      cfg.HTTPTLSConfig,
