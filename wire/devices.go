@@ -188,6 +188,9 @@ type (
 		RotatedAt  time.Time         `json:"rotated_at,omitzero"` // zero if the secret was never rotated
 		CertSHA256 string            `json:"cert_sha256,omitempty"`
 		Presence   Presence          `json:"presence"`
+		// Firmware is set by umbra device list, which reads it from GET
+		// /v1/devices/{id}; GET /v1/identities/devices leaves it out.
+		Firmware *DeviceFirmware `json:"firmware,omitempty"`
 	}
 	// IdentityList answers GET /v1/identities/devices.
 	IdentityList struct {

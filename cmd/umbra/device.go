@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -98,11 +99,15 @@ docs/migrate-from-aws.md.`,
 	var asJSON bool
 	var filter deviceFilter
 	list := &cobra.Command{
-		Use:   "list [--select k=v,…] [--online|--online=false]",
-		Short: "List enrolled devices with their presence and labels",
-		Long: `List the enrolled devices: whether each is online, when it last connected or
-disconnected, and its labels. --select keeps the devices whose labels match
-every k=v; --online keeps the connected ones (--online=false the others).`,
+		Use:   "list [--select k=v,…] [--online|--online=false] [--firmware VERSION]",
+		Short: "List enrolled devices with their firmware, presence and labels",
+		Long: `List the enrolled devices: whether each is online, the firmware version it
+reports running ("1.0.0 -> 1.1.0" while it is asked to move), when it last
+connected or disconnected, and its labels. --select keeps the devices whose
+labels match every k=v; --online keeps the connected ones (--online=false
+the others); --firmware keeps those that report running that version. The
+filters run in the CLI for now; the firmware is read device by device
+(GET /v1/devices/{id}, 8 at a time), so narrow a large fleet with --select.`,
 		Example: `  umbra device list
   umbra device list --select hw=m2 --online
   umbra device list -o json`,
@@ -123,6 +128,12 @@ every k=v; --online keeps the connected ones (--online=false the others).`,
 				return err
 			}
 			resp.Devices = nonNil(filter.apply(resp.Devices))
+			if err := o.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				return addFirmware(ctx, c, resp.Devices)
+			}); err != nil {
+				return err
+			}
+			resp.Devices = nonNil(filter.applyFirmware(resp.Devices))
 			return printData(cmd.OutOrStdout(), o.output, resp, func(w io.Writer, l wire.IdentityList) error {
 				return printDevices(w, l.Devices)
 			})
@@ -207,13 +218,67 @@ type removed struct {
 type deviceFilter struct {
 	sel      string
 	online   bool
+	firmware string
 	labels   map[string]string
 	byOnline bool
+}
+
+// listWorkers bounds the concurrent GET /v1/devices/{id} of device list.
+const listWorkers = 8
+
+// addFirmware sets each device's firmware versions from GET
+// /v1/devices/{id}, listWorkers at a time.
+func addFirmware(ctx context.Context, c *client.Client, devs []wire.EnrolledDevice) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan int)
+	errs := make(chan error, listWorkers)
+	var wg sync.WaitGroup
+	for range min(listWorkers, len(devs)) {
+		wg.Go(func() {
+			for i := range next {
+				d, err := c.GetDevice(ctx, devs[i].ID)
+				if err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				devs[i].Firmware = &d.Firmware
+			}
+		})
+	}
+feed:
+	for i := range devs {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return ctx.Err()
+	}
+}
+
+// applyFirmware keeps the devices reporting --firmware, when given.
+func (f *deviceFilter) applyFirmware(devs []wire.EnrolledDevice) []wire.EnrolledDevice {
+	if f.firmware == "" {
+		return devs
+	}
+	return slices.DeleteFunc(devs, func(d wire.EnrolledDevice) bool {
+		return d.Firmware == nil || d.Firmware.Reported != f.firmware
+	})
 }
 
 func (f *deviceFilter) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.sel, "select", "", "keep the devices whose labels match, e.g. hw=m2,region=eu")
 	fs.BoolVar(&f.online, "online", false, "keep the connected devices (--online=false: the disconnected ones)")
+	fs.StringVar(&f.firmware, "firmware", "", "keep the devices that report running this firmware version")
 }
 
 func (f *deviceFilter) parse(cmd *cobra.Command) error {
@@ -273,14 +338,21 @@ func printDevice(w io.Writer, d wire.Device) error {
 // printDevices prints the device table with an ONLINE column.
 func printDevices(w io.Writer, devs []wire.EnrolledDevice) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tCONNECTED_AT\tDISCONNECTED_AT\tREASON\tLABELS")
+	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONNECTED_AT\tDISCONNECTED_AT\tREASON\tLABELS")
 	for _, d := range devs {
 		p := d.Presence
 		online := "no"
 		if p.Connected {
 			online = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, online, fmtTime(p.ConnectedAt), fmtTime(p.DisconnectedAt),
+		fw := "-"
+		if d.Firmware != nil {
+			fw = dash(d.Firmware.Reported)
+			if d.Firmware.Desired != "" && d.Firmware.Desired != d.Firmware.Reported {
+				fw += " -> " + d.Firmware.Desired // asked to move
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, online, fw, fmtTime(p.ConnectedAt), fmtTime(p.DisconnectedAt),
 			dash(p.DisconnectReason), dash(formatLabels(d.Labels)))
 	}
 	return tw.Flush()

@@ -403,4 +403,24 @@ func TestDeviceResource(t *testing.T) {
 	}
 	r = runCLI(t.Context(), "", append([]string{"device", "show", "ghost"}, api...)...)
 	oneLine(t, "unknown device", r.err, "No device ghost", "404")
+	// device list shows the running firmware and filters on it.
+	adminCLI(t, srv, "device", "add", "dr2")
+	r = runCLI(t.Context(), "", append([]string{"device", "list"}, api...)...)
+	if r.err != nil || !strings.Contains(r.stdout, "1.0.0 -> 1.1.0") || !strings.Contains(r.stdout, "FIRMWARE") {
+		t.Errorf("device list: %v\n%s\nwant dr1's firmware 1.0.0 -> 1.1.0", r.err, r.stdout)
+	}
+	for _, tc := range []struct{ version, want string }{{"1.0.0", "dr1"}, {"9.9.9", ""}} {
+		r = runCLI(t.Context(), "", append([]string{"device", "list", "--firmware", tc.version, "-o", "json"}, api...)...)
+		var l wire.IdentityList
+		if err := json.Unmarshal([]byte(r.stdout), &l); r.err != nil || err != nil {
+			t.Fatalf("device list --firmware %s: %v %v", tc.version, r.err, err)
+		}
+		var ids []string
+		for _, d := range l.Devices {
+			ids = append(ids, string(d.ID))
+		}
+		if strings.Join(ids, ",") != tc.want {
+			t.Errorf("device list --firmware %s: %q, want %q", tc.version, ids, tc.want)
+		}
+	}
 }
