@@ -393,8 +393,8 @@ func TestDockerCompose(t *testing.T) {
 		t.Fatalf("service fleet runs umbra %s, want sim", sim.Name())
 	}
 	checkEnvNames(t, "service fleet environment", sim, slices.Sorted(mapKeys(fleet.Environment)))
-	if got := sim.Flags().Lookup("server").Value.String(); got != "tcp://umbra:"+ports[0] {
-		t.Errorf("fleet --server %s, want tcp://umbra:%s", got, ports[0])
+	if got := sim.Flags().Lookup("mqtt").Value.String(); got != "tcp://umbra:"+ports[0] {
+		t.Errorf("fleet --mqtt %s, want tcp://umbra:%s", got, ports[0])
 	}
 	if got := sim.Flags().Lookup("api").Value.String(); got != "http://umbra:"+ports[2] {
 		t.Errorf("fleet --api %s, want http://umbra:%s", got, ports[2])
