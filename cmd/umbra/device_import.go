@@ -260,8 +260,10 @@ func (imp *importOptions) run(cmd *cobra.Command, o *apiOptions, path string) er
 		return fmt.Errorf("%s: %d bad rows; nothing imported", path, countLines(problems))
 	}
 	if dryRun {
-		fmt.Fprintf(cmd.OutOrStdout(), "%s: %d devices OK; nothing imported (dry run)\n", path, len(rows))
-		return nil
+		return printData(cmd.OutOrStdout(), o.output, importResult{File: path, Checked: len(rows), DryRun: true}, func(w io.Writer, r importResult) error {
+			_, err := fmt.Fprintf(w, "%s: %d devices OK; nothing imported (dry run)\n", r.File, r.Checked)
+			return err
+		})
 	}
 	bound := 0
 	if secretsFile != nil {
@@ -284,12 +286,29 @@ func (imp *importOptions) run(cmd *cobra.Command, o *apiOptions, path string) er
 			bound++
 		}
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "%s: %d devices imported, %d bound to their certificate", path, len(resp.Devices), bound)
+	res := importResult{File: path, Checked: len(rows), Imported: len(resp.Devices), Bound: bound}
 	if secretsFile != nil {
-		fmt.Fprintf(cmd.OutOrStdout(), ", %d secrets in %s", len(resp.Devices)-bound, imp.secrets)
+		res.SecretsFile = imp.secrets
 	}
-	fmt.Fprintln(cmd.OutOrStdout())
-	return nil
+	return printData(cmd.OutOrStdout(), o.output, res, func(w io.Writer, r importResult) error {
+		fmt.Fprintf(w, "%s: %d devices imported, %d bound to their certificate", r.File, r.Imported, r.Bound)
+		if r.SecretsFile != "" {
+			fmt.Fprintf(w, ", %d secrets in %s", r.Imported-r.Bound, r.SecretsFile)
+		}
+		_, err := fmt.Fprintln(w)
+		return err
+	})
+}
+
+// importResult is what device import prints (-o json: these fields; the
+// secrets never, they are in the secrets file).
+type importResult struct {
+	File        string `json:"file"`
+	Checked     int    `json:"checked"`
+	Imported    int    `json:"imported"`
+	Bound       int    `json:"bound"`
+	SecretsFile string `json:"secrets_file,omitempty"`
+	DryRun      bool   `json:"dry_run,omitempty"`
 }
 
 // countLines counts the distinct lines of sorted problems.

@@ -223,6 +223,15 @@ func TestOutputFormats(t *testing.T) {
 	}
 	r = runCLI(t.Context(), "", append([]string{"device", "list", "--select", "nokv"}, api...)...)
 	oneLine(t, "bad --select", r.err, `--select "nokv"`)
+	csv := writeFile(t, "fleet.csv", "id,labels,cert\nimp1,hw=m2,\n")
+	r = runCLI(t.Context(), "", append([]string{"device", "import", csv, "--dry-run", "-o", "json"}, api...)...)
+	if r.err != nil || r.stdout != `{"file":"`+csv+`","checked":1,"imported":0,"bound":0,"dry_run":true}`+"\n" {
+		t.Errorf("device import --dry-run -o json: %v %q", r.err, r.stdout)
+	}
+	r = runCLI(t.Context(), "", "version", "-o", "json")
+	if r.err != nil || !strings.HasPrefix(r.stdout, `{"version":"`) {
+		t.Errorf("version -o json: %v %q", r.err, r.stdout)
+	}
 }
 
 // TestErrorsInUserTerms: no internal package names, the missing argument

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -15,17 +16,35 @@ import (
 var version = ""
 
 func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
+	var output string
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print umbra's version",
 		Long: `Print umbra's version, the Go release it was built with and its platform.
 "umbra --version" prints the same line.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, err := fmt.Fprint(cmd.OutOrStdout(), versionLine())
-			return err
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			v := versionInfo{Version: buildVersion(), Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+			return printData(cmd.OutOrStdout(), output, v, func(w io.Writer, _ versionInfo) error {
+				_, err := fmt.Fprint(w, versionLine())
+				return err
+			})
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
+	_ = registerEnumCompletion(cmd.Flags(), "output", outputFormats...)
+	return cmd
+}
+
+// versionInfo is what umbra version -o json prints.
+type versionInfo struct {
+	Version string `json:"version"`
+	Go      string `json:"go"`
+	OS      string `json:"os"`
+	Arch    string `json:"arch"`
 }
 
 // versionLine is the output of umbra version and umbra --version.
