@@ -50,3 +50,10 @@ func TestSnakeCaseNames(t *testing.T) {
 		}
 	}
 }
+
+func TestMarshalKeepsHTMLCharacters(t *testing.T) {
+	b, err := wire.Marshal(wire.URLResponse{URL: "https://x/fw/1?d=a&e=<1>"})
+	if err != nil || string(b) != `{"url":"https://x/fw/1?d=a&e=<1>","expires":"0001-01-01T00:00:00Z"}` {
+		t.Errorf("Marshal = %s, %v", b, err)
+	}
+}

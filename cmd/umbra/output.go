@@ -135,9 +135,12 @@ func printData[T any](w io.Writer, format string, v T, text func(io.Writer, T) e
 // writeJSONLine writes v as one line of JSON; "<", ">" and "&" (in URLs
 // and messages) are written as they are, not as \u003c escapes.
 func writeJSONLine(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
+	b, err := wire.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
 }
 
 // writeYAML writes v as YAML with the field names of its JSON.

@@ -18,7 +18,7 @@ import (
 // shadow.
 
 // shadowFirmware is the part of a shadow document GET /v1/devices/{id}
-// reads.
+// and the firmware delete check read.
 type shadowFirmware struct {
 	State struct {
 		Desired struct {

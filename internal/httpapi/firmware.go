@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -450,12 +449,10 @@ func (a *api) decodeJSONWith(w http.ResponseWriter, r *http.Request, v any, expl
 // writeValue writes v as JSON with status. URLs keep their "&" unescaped,
 // so the JSON stays readable from curl.
 func (a *api) writeValue(w http.ResponseWriter, r *http.Request, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
+	b, err := wire.Marshal(v)
+	if err != nil {
 		a.writeError(w, r, fmt.Errorf("encode response: %w", err), "")
 		return
 	}
-	writeJSON(w, status, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	writeJSON(w, status, b)
 }

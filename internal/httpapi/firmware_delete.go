@@ -19,17 +19,6 @@ import (
 // maxDesiredListed caps the device IDs a 409 names.
 const maxDesiredListed = 10
 
-// desiredFirmware is the part of a shadow document the check reads.
-type desiredFirmware struct {
-	State struct {
-		Desired struct {
-			Firmware struct {
-				Version string `json:"version"`
-			} `json:"firmware"`
-		} `json:"desired"`
-	} `json:"state"`
-}
-
 // checkDesired answers 409 and returns false when devices still have v as
 // their desired firmware and the request is not forced.
 func (a *api) checkDesired(w http.ResponseWriter, r *http.Request, v firmware.Version) bool {
@@ -55,7 +44,7 @@ func (a *api) checkDesired(w http.ResponseWriter, r *http.Request, v firmware.Ve
 			if err != nil {
 				continue // deleted meanwhile
 			}
-			var d desiredFirmware
+			var d shadowFirmware
 			if json.Unmarshal(doc, &d) == nil && d.State.Desired.Firmware.Version == string(v) {
 				n++
 				if len(ids) < maxDesiredListed {

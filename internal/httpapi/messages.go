@@ -1,8 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -11,6 +9,7 @@ import (
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/errtext"
 	"github.com/umbra-iot/umbra/rollout"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // userMessage is the message of an error answer in the client's terms:
@@ -40,14 +39,5 @@ func userMessage(r *http.Request, err error) string {
 	return msg
 }
 
-// marshalJSON is json.Marshal without HTML escaping: "<", ">" and "&" in
-// messages and values (a label, a URL) stay as they are, not \u003c.
-func marshalJSON(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
+// marshalJSON is wire.Marshal: no HTML escaping.
+func marshalJSON(v any) ([]byte, error) { return wire.Marshal(v) }

@@ -1,9 +1,7 @@
 package rolloutfeed
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -335,7 +333,7 @@ func (f *Feed) handle(it item) {
 		f.log.Error("rollout event not published", logKeyErr, err)
 		return
 	}
-	payload, err := marshal(wire.RolloutEventMessage{Rollout: it.id, RolloutEvent: rolloutwire.Event(it.ev)})
+	payload, err := wire.Marshal(wire.RolloutEventMessage{Rollout: it.id, RolloutEvent: rolloutwire.Event(it.ev)})
 	if err != nil {
 		f.log.Error("encode rollout event", logKeyRollout, it.id, logKeyErr, err)
 	} else {
@@ -432,7 +430,7 @@ func (f *Feed) fetch(id string) error {
 		f.log.Warn("rollout status not refreshed", logKeyRollout, id, logKeyErr, err)
 		return fmt.Errorf("status %s: %w", id, err)
 	}
-	payload, err := marshal(rolloutwire.Summary(st))
+	payload, err := wire.Marshal(rolloutwire.Summary(st))
 	if err != nil {
 		f.log.Error("encode rollout status", logKeyRollout, id, logKeyErr, err)
 		return fmt.Errorf("status %s: %w", id, err)
@@ -503,16 +501,4 @@ func validID(id string) error {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
-}
-
-// marshal is json.Marshal without HTML escaping: a reason's "<", ">" and
-// "&" stay as they are (not \u003c).
-func marshal(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }

@@ -325,15 +325,7 @@ type wireNotify struct {
 
 // marshal encodes v as JSON without escaping <, > and & (the "&" of a
 // download URL stays readable, as AWS sends it).
-func marshal(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
+func marshal(v any) ([]byte, error) { return wire.Marshal(v) }
 
 // capitalize upper-cases the first letter of a planner's error message.
 func capitalize(s string) string {
