@@ -62,10 +62,11 @@
 // Config.Timeout (default 30s) bounds every call but UploadFirmware, which
 // only its context bounds; a call also ends with its context. The client
 // never retries on its own, since not every request may be repeated. These
-// may: every GET; DeleteShadow, RemoveDevice, RevokeToken and
-// DeleteFirmware (a repeat answers 404, ErrNotFound, once the first went
-// through); PauseRollout, ResumeRollout, AbortRollout and
-// RollbackRollout, which do nothing when already done; UpdateShadow with the same ClientToken and
+// may: every GET (GetDevice included); DeleteShadow, RemoveDevice,
+// RevokeToken, DeleteFirmware and DeleteFirmwareForce (a repeat answers
+// 404, ErrNotFound, once the first went through); PauseRollout, ResumeRollout, AbortRollout and
+// RollbackRollout, which do nothing when already done (a RollbackRollout
+// with nothing to roll back is an ErrConflict every time); UpdateShadow with the same ClientToken and
 // body, which the server answers with the first accepted document rather
 // than applying twice (within 60 s, while nothing else changed the shadow;
 // docs/protocol.md). These may not, blindly: CreateRollout and

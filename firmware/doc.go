@@ -41,7 +41,8 @@
 // (Range/If-Range resume, strong ETag "<sha256>"); every refusal of a bad
 // URL is a bare 403. A valid URL whose enrolment is no longer the device's
 // (it was removed, and perhaps enrolled again) is revoked: 410 with a JSON
-// error. Config.DeviceAuth is the hook for additionally requiring device
+// error. A valid URL of an image deleted since (its blob is gone) is a
+// JSON 410 too: its holder may know, and retrying will not help. Config.DeviceAuth is the hook for additionally requiring device
 // credentials. A Range header is checked first (range.go): at most
 // MaxRanges ranges, overlapping and adjacent ones coalesced, never more
 // bytes in all than the image, else a JSON 416, so no request costs more

@@ -9,7 +9,13 @@
 // # The types are the API
 //
 // Every field's JSON name is part of the API and stays as it is; new fields
-// may be added. The domain packages (shadow, firmware, rollout, identity)
+// may be added. Names are snake_case, except in the shadow documents
+// (Shadow, ShadowUpdate, clientToken), which keep AWS IoT's names. Fields
+// renamed to snake_case in release 0.2 (presence, created_at, rotated_at,
+// cert_sha256, dry_run) are still accepted under their old camelCase names
+// in request bodies (EnrollRequest, ImportRequest). Batches are numbered
+// from 1 (BatchStatus.Index, RolloutDevice.Batch, RolloutEvent.Batch), as
+// people count them. Marshal encodes as the server does: no HTML escaping. The domain packages (shadow, firmware, rollout, identity)
 // keep their own types, which may carry storage bookkeeping: the server
 // converts them to these at its edge, and never writes a storage struct on
 // the wire. A rollout's planner bookkeeping (which versions its devices ran

@@ -9,7 +9,16 @@
 //	GET    /v1/devices/{id}/shadows  wire.ShadowList {"device","shadows":[{"name","version","updated"}]}:
 //	                                 the classic shadow (name "") and the named ones
 //	GET    /v1/devices?limit=&cursor= wire.DeviceList {"devices":[{"id","version","updated"}],"next":"…"}
+//	GET    /v1/devices/{id}          wire.Device: enrolment (Config.Enrolled), presence, classic
+//	                                 shadow and firmware versions (devices.go)
 //	GET    /healthz                  wire.Health {"status":"ok"}
+//	GET    /v1/openapi.json          the OpenAPI 3 document (openapi.go), public
+//	GET    /v1                       an index of links, public
+//
+// The OpenAPI document is built from one table, apiRoutes, one entry per
+// route of umbra serve (Config.Mounts included); Server.Routes returns
+// what the mux registered, and a test in cmd/umbra fails when the two
+// disagree.
 //
 // Every request and answer body is a type of package wire, which the Go
 // client (package client) shares; the domain types (shadow, firmware,
@@ -37,7 +46,12 @@
 // all, and a body naming no device is a 400; the route checks only that
 // shape and calls rollout.Planner.Create, which applies the rules (it
 // resolves select and all, checks hardware models, validates the policy).
-// abort takes ?rollback=true or {"rollback":true}. Planner errors map to
+// abort takes ?rollback=true or {"rollback":true}. rollback is refused
+// with 409 when it cannot apply: a finished rollout none of whose devices
+// moved from a known earlier version (rollback.go). DELETE
+// /v1/firmware/{version} is refused with 409 (desired_by, devices) while
+// devices have the version as their desired firmware, unless ?force=true
+// (firmware_delete.go). Planner errors map to
 // statuses in the same table: rollout.ErrInvalid 400, ErrNotFound 404,
 // ErrConflict (with "rollout" naming the rollout that holds the device),
 // ErrIncompatible (with "incompatible" listing up to
@@ -57,7 +71,10 @@
 //
 // Every error response is JSON, {"code":N,"message":"…"} (rejections from the
 // engine also carry clientToken and timestamp), with the HTTP status equal to
-// code. Errors are translated to statuses in one table at this edge: an
+// code. The message is in the client's terms: the internal packages and
+// steps an error went through are left out (internal/errtext), and a 404
+// names the missing thing (messages.go). JSON is written without HTML
+// escaping (wire.Marshal); field names are snake_case. Errors are translated to statuses in one table at this edge: an
 // invalid device ID or query parameter is 400, a body over
 // Config.MaxBodyBytes is 413, an unknown path 404, a wrong method 405, and any
 // error the table does not know is a 500 with a generic message, its detail
