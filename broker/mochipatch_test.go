@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 )
@@ -96,5 +98,43 @@ func TestMochiPatchInboundAckKeepsOutbound(t *testing.T) {
 					topic, payload, rid, p.flags&0x08 != 0, id)
 			}
 		})
+	}
+}
+
+// TestMochiPatchWillClearRace evicts clients while they disconnect cleanly,
+// so that the broker's atomic clearing of the will (Evict) meets mochi's
+// clearing of it at the end of the read loop. Unpatched mochi assigned the
+// whole Will struct there: `go test -race` reported the two writes
+// (seen in TestEvict under load; third_party/mochi/PATCHES.md, patch 13).
+// No will may be published: an evicted client's is dropped, a cleanly
+// disconnected client's is deleted [MQTT-3.1.2-10].
+func TestMochiPatchWillClearRace(t *testing.T) {
+	auth := &revocableAuth{revoked: map[string]bool{}}
+	b := brokertest.New(t, broker.Config{Auth: auth})
+	wills := make(chan string, 64)
+	if err := b.Subscribe("wills/#", func(_, topic string, _ []byte) { wills <- topic }); err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 40
+	for i := range rounds {
+		name := fmt.Sprintf("leaver-%d", i)
+		c := brokertest.Connect(t, brokertest.URL(b), name, func(o *mqtt.ClientOptions) {
+			o.SetUsername(name).SetPassword("x").SetWill("wills/"+name, "gone", 1, false)
+		})
+		var wg sync.WaitGroup
+		wg.Go(func() { c.Disconnect(250) }) // returns once DISCONNECT is written
+		b.Evict(t.Context(), func(id broker.Identity) bool { return id.Name == name })
+		wg.Wait()
+	}
+	// A will published would have been delivered by now to the in-process
+	// subscriber; a last client's connect and publish orders after them.
+	probe := brokertest.Connect(t, brokertest.URL(b), "probe", func(o *mqtt.ClientOptions) {
+		o.SetUsername("probe").SetPassword("x")
+	})
+	if tok := probe.Publish("wills/probe", 1, false, "end"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("probe publish: %v", tok.Error())
+	}
+	if topic := <-wills; topic != "wills/probe" {
+		t.Fatalf("a will was published: %s", topic)
 	}
 }

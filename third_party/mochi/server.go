@@ -480,7 +480,10 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
-		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+		// umbra patch 13: the will is cleared through its flag, atomically,
+		// as sendLWT does: another goroutine (an embedding broker evicting
+		// the client) may clear the flag at the same moment.
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
@@ -1558,7 +1561,18 @@ func (s *Server) sendLWT(cl *Client) {
 		return
 	}
 
-	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
+	// umbra patch 13: the will is copied field by field, so that its flag
+	// is read only atomically (an embedder may clear it concurrently).
+	w := &cl.Properties.Will
+	modifiedLWT := s.hooks.OnWill(cl, Will{
+		Payload:           w.Payload,
+		User:              w.User,
+		TopicName:         w.TopicName,
+		Flag:              1,
+		WillDelayInterval: w.WillDelayInterval,
+		Qos:               w.Qos,
+		Retain:            w.Retain,
+	})
 
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{
@@ -1790,7 +1804,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
-				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
+				atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10] (umbra patch 13)
 				s.hooks.OnWillSent(cl, pk)
 			}
 			s.loop.willDelayed.Delete(id)
