@@ -203,6 +203,14 @@ type Config struct {
 	// the verified chain then reaches Auth in Credentials.TLS. Open keeps
 	// a clone, so later changes to TLSConfig have no effect.
 	TLSConfig *tls.Config
+	// TCPListener, WSListener and TLSListener are sockets the caller has
+	// already bound, served instead of binding TCPAddr, WSAddr and TLSAddr
+	// (which are then ignored): internal/server binds every listener
+	// before it opens any component. The broker accepts on them from Open
+	// on and closes them in Close; when Open fails, the caller closes
+	// them. TLSListener
+	// carries plain TCP; the broker adds TLS with TLSConfig.
+	TCPListener, WSListener, TLSListener net.Listener
 
 	// MaxPacketSize is the largest MQTT packet, in bytes, the broker
 	// accepts; a client that sends a larger one is disconnected. As in
@@ -512,8 +520,11 @@ func (c *Config) validate() error {
 	if c.TLSAddr != "" && c.TLSConfig == nil {
 		return fmt.Errorf("%w: TLSAddr %q without TLSConfig", ErrInvalidConfig, c.TLSAddr)
 	}
+	if c.TLSListener != nil && c.TLSConfig == nil {
+		return fmt.Errorf("%w: TLSListener without TLSConfig", ErrInvalidConfig)
+	}
 	if c.TLSConfig != nil {
-		if c.TLSAddr == "" {
+		if c.TLSAddr == "" && c.TLSListener == nil {
 			return fmt.Errorf("%w: TLSConfig without TLSAddr", ErrInvalidConfig)
 		}
 		if len(c.TLSConfig.Certificates) == 0 && c.TLSConfig.GetCertificate == nil && c.TLSConfig.GetConfigForClient == nil {
@@ -687,29 +698,31 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 
 // listen binds the configured listeners and attaches them to mochi.
 func (s *Server) listen() (err error) {
-	if s.tcp, err = s.addListener("tcp", s.cfg.TCPAddr, newTCPListener); err != nil {
+	if s.tcp, err = s.addListener("tcp", s.cfg.TCPAddr, s.cfg.TCPListener, newTCPListener); err != nil {
 		return err
 	}
-	if s.ws, err = s.addListener("ws", s.cfg.WSAddr, func(id string, ln net.Listener, timeout time.Duration) *listener {
+	if s.ws, err = s.addListener("ws", s.cfg.WSAddr, s.cfg.WSListener, func(id string, ln net.Listener, timeout time.Duration) *listener {
 		return newWSListener(id, ln, timeout, s.cfg.WSAllowedOrigins)
 	}); err != nil {
 		return err
 	}
-	s.tls, err = s.addListener("tls", s.cfg.TLSAddr, func(id string, ln net.Listener, timeout time.Duration) *listener {
+	s.tls, err = s.addListener("tls", s.cfg.TLSAddr, s.cfg.TLSListener, func(id string, ln net.Listener, timeout time.Duration) *listener {
 		return newTLSListener(id, ln, timeout, s.cfg.TLSConfig)
 	})
 	return err
 }
 
-// addListener binds addr ("" for none) and attaches the listener that
-// newListener makes of it to mochi.
-func (s *Server) addListener(id, addr string, newListener func(string, net.Listener, time.Duration) *listener) (*listener, error) {
-	if addr == "" {
-		return nil, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("broker: listen %s %s: %w", id, addr, err)
+// addListener binds addr ("" for none), or takes the caller's bound ln,
+// and attaches the listener that newListener makes of it to mochi.
+func (s *Server) addListener(id, addr string, ln net.Listener, newListener func(string, net.Listener, time.Duration) *listener) (*listener, error) {
+	if ln == nil {
+		if addr == "" {
+			return nil, nil
+		}
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("broker: listen %s %s: %w", id, addr, err)
+		}
 	}
 	l := newListener(id, ln, s.cfg.ConnectTimeout)
 	l.ended = s.hook.connEnded

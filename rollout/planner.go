@@ -87,6 +87,12 @@ type Config struct {
 	// whatever Notify said, so that a lost hint costs latency only.
 	// Default 1m.
 	Rescan time.Duration
+	// Start, when set, holds the planner's passes until it is closed:
+	// internal/server closes it when every component is open, so that no
+	// pass calls OnEvent, OnExecution or a shadow write (and its change
+	// callback) before their receivers exist. Calls (Create, Notify, …)
+	// work before it. Nil starts the passes at once.
+	Start <-chan struct{}
 }
 
 func (c *Config) setDefaults() error {
@@ -325,6 +331,13 @@ func (p *Planner) takeDirty() ([]device.ID, bool) {
 }
 
 func (p *Planner) loop() {
+	if p.cfg.Start != nil {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.cfg.Start:
+		}
+	}
 	t := time.NewTicker(p.cfg.Tick)
 	defer t.Stop()
 	rescan := time.NewTicker(p.cfg.Rescan)

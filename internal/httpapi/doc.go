@@ -28,8 +28,7 @@
 // (rolloutwire.Dropped).
 //
 // The rollout routes (see rollout.go) call Config.Rollouts, a
-// *rollout.Planner, which may be installed after Open with SetRollouts;
-// without one they answer 503:
+// *rollout.Planner; without one they answer 503:
 //
 //	POST /v1/rollouts                     wire.CreateRollout → 201 wire.Rollout
 //	GET  /v1/rollouts                     wire.RolloutList, newest first

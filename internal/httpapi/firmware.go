@@ -54,7 +54,7 @@ func (a *api) firmwareRoutes() map[string]http.HandlerFunc {
 
 // store returns the firmware store, or writes 503 and returns nil.
 func (a *api) store(w http.ResponseWriter, r *http.Request) *firmware.Store {
-	fw := a.fw.Load()
+	fw := a.fw
 	if fw == nil {
 		a.writeError(w, r, clientErr(errNoStore, "Firmware store not available"), "")
 	}

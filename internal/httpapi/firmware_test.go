@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -487,20 +488,24 @@ func TestFirmwareInUse(t *testing.T) {
 }
 
 // TestFirmwareStoreLifecycle: without a store the routes answer 503; a
-// store installed later serves them; a closed store is 503 again.
+// store opened on the address of the API's bound listener (the Serve(ln)
+// shape internal/server uses) serves them; a closed store is 503 again.
 func TestFirmwareStoreLifecycle(t *testing.T) {
 	eng := openEngine(t, shadow.Config{})
-	api, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Shadow: eng, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := api.Close(context.Background()); err != nil {
-			t.Errorf("close api: %v", err)
+	open := func(ln net.Listener, fw *firmware.Store) string {
+		t.Helper()
+		api, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Listener: ln, Shadow: eng, Firmware: fw, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	base := "http://" + api.Addr().String()
-	get := func(name string, status int) {
+		t.Cleanup(func() {
+			if err := api.Close(context.Background()); err != nil {
+				t.Errorf("close api: %v", err)
+			}
+		})
+		return "http://" + api.Addr().String()
+	}
+	get := func(base, name string, status int) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(t.Context(), "GET", base+"/v1/firmware", nil)
 		res, err := http.DefaultClient.Do(req)
@@ -513,17 +518,24 @@ func TestFirmwareStoreLifecycle(t *testing.T) {
 			t.Errorf("%s: status %d body %q, want %d with a JSON body", name, res.StatusCode, b, status)
 		}
 	}
-	get("no store", 503)
+	get(open(nil, nil), "no store", 503)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
 	fw, err := firmware.Open(t.Context(), withCatalog(t, firmware.Config{BaseURL: base}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	api.SetFirmware(fw)
-	get("store set", 200)
+	if got := open(ln, fw); got != base {
+		t.Errorf("API address %s, want the listener's %s", got, base)
+	}
+	get(base, "store set", 200)
 	if err := fw.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	get("store closed", 503)
+	get(base, "store closed", 503)
 }
 
 // FuzzFirmwareRequests sends arbitrary upload metadata and bodies, versions

@@ -10,10 +10,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
@@ -99,7 +99,7 @@ func clientErr(sentinel error, format string, args ...any) error {
 // api holds what the handlers need.
 type api struct {
 	eng     *shadow.Engine
-	fw      atomic.Pointer[firmware.Store] // nil until configured
+	fw      *firmware.Store // nil: the firmware routes answer 503
 	log     *slog.Logger
 	maxBody int64
 	// presence reports a device's presence for GET /v1/devices; nil
@@ -108,7 +108,7 @@ type api struct {
 	// enrolled is Config.Enrolled; nil leaves the enrolment out of GET
 	// /v1/devices/{id}.
 	enrolled func(context.Context, device.ID) (identity.Device, error)
-	ro       atomic.Pointer[rolloutsRef] // nil until configured
+	ro       Rollouts // nil: the rollout routes answer 503
 	// observe is Config.Observe; nil when not set.
 	observe func(route string, code int, d time.Duration)
 	// routes are the "METHOD /path" patterns registered, sorted.
@@ -133,12 +133,12 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		return nil, nil, fmt.Errorf("%w: TrustedOrigins: %w", ErrInvalidConfig, err)
 	}
 	a = &api{eng: cfg.Shadow, log: cfg.Logger.With(logKeyComponent, "httpapi"), maxBody: cfg.MaxBodyBytes}
-	if cfg.Firmware != nil {
-		a.fw.Store(cfg.Firmware)
-	}
+	a.fw = cfg.Firmware
 	a.presence = cfg.Presence
 	a.enrolled = cfg.Enrolled
-	a.setRollouts(cfg.Rollouts)
+	if r := cfg.Rollouts; r != nil && !(reflect.ValueOf(r).Kind() == reflect.Pointer && reflect.ValueOf(r).IsNil()) {
+		a.ro = r
+	}
 	v1 := func(h http.HandlerFunc) http.Handler {
 		if cfg.Middleware != nil {
 			return cfg.Middleware(h)

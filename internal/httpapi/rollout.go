@@ -102,22 +102,6 @@ func jsonKind(t reflect.Type) string {
 	return "an object"
 }
 
-// rolloutsRef holds the Rollouts in an atomic.Pointer.
-type rolloutsRef struct{ r Rollouts }
-
-func (a *api) setRollouts(r Rollouts) {
-	if r == nil || reflect.ValueOf(r).Kind() == reflect.Pointer && reflect.ValueOf(r).IsNil() {
-		a.ro.Store(nil)
-		return
-	}
-	a.ro.Store(&rolloutsRef{r})
-}
-
-// SetRollouts installs the planner the /v1/rollouts routes use, replacing
-// Config.Rollouts (the planner needs the firmware store, which needs the
-// API's address). It is safe to call while serving.
-func (s *Server) SetRollouts(r Rollouts) { s.api.setRollouts(r) }
-
 func (a *api) rolloutRoutes() map[string]http.HandlerFunc {
 	return map[string]http.HandlerFunc{
 		"POST /v1/rollouts":               a.createRollout,
@@ -135,12 +119,10 @@ func (a *api) rolloutRoutes() map[string]http.HandlerFunc {
 
 // planner returns the Rollouts, or writes 503 and returns nil.
 func (a *api) planner(w http.ResponseWriter, r *http.Request) Rollouts {
-	ref := a.ro.Load()
-	if ref == nil {
+	if a.ro == nil {
 		a.writeError(w, r, clientErr(errNoRollouts, "Rollout planner not available"), "")
-		return nil
 	}
-	return ref.r
+	return a.ro
 }
 
 // withRollout validates {id} and calls fn with the planner, or writes the

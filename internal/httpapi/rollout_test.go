@@ -469,33 +469,35 @@ func TestRolloutsUnavailable(t *testing.T) {
 	}
 }
 
-// TestServerSetRollouts installs the planner after Open, as serve does.
-func TestServerSetRollouts(t *testing.T) {
+// TestServerRolloutsAtOpen: the planner is given at Open; a nil one (also
+// a typed nil) leaves the rollout routes answering 503.
+func TestServerRolloutsAtOpen(t *testing.T) {
 	e := newRolloutEnv(t, true) // for its planner
-	s, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Shadow: e.eng, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	get := func() int {
-		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+s.Addr().String()+"/v1/rollouts", nil)
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
-		return res.StatusCode
-	}
-	if got := get(); got != http.StatusServiceUnavailable {
-		t.Errorf("before SetRollouts: %d, want 503", got)
-	}
-	s.SetRollouts(e.planner)
-	if got := get(); got != http.StatusOK {
-		t.Errorf("after SetRollouts: %d, want 200", got)
-	}
-	s.SetRollouts((*rollout.Planner)(nil))
-	if got := get(); got != http.StatusServiceUnavailable {
-		t.Errorf("after SetRollouts(nil planner): %d, want 503", got)
+	for _, tc := range []struct {
+		name     string
+		rollouts httpapi.Rollouts
+		want     int
+	}{
+		{"planner", e.planner, http.StatusOK},
+		{"nil", nil, http.StatusServiceUnavailable},
+		{"typed nil planner", (*rollout.Planner)(nil), http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Shadow: e.eng, Rollouts: tc.rollouts, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close(context.Background())
+			req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+s.Addr().String()+"/v1/rollouts", nil)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != tc.want {
+				t.Errorf("GET /v1/rollouts = %d, want %d", res.StatusCode, tc.want)
+			}
+		})
 	}
 }
 

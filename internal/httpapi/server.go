@@ -41,13 +41,17 @@ var ErrInvalidConfig = errors.New("httpapi: invalid config")
 // selects the documented default.
 type Config struct {
 	// Addr is the listen address, e.g. "127.0.0.1:8080" or "127.0.0.1:0".
-	// Default DefaultAddr. Only Open uses it.
+	// Default DefaultAddr. Only Open uses it, and only without Listener.
 	Addr string
+	// Listener, when set, is a socket the caller has already bound (the
+	// net/http Serve(ln) shape): internal/server binds it before it opens
+	// the firmware store, whose URLs carry its address. Open serves on it
+	// instead of binding Addr, and Close closes it.
+	Listener net.Listener
 	// Shadow is the engine the shadow routes call. Required.
 	Shadow *shadow.Engine
 	// Firmware is the store the /v1/firmware routes call. Nil means those
-	// routes answer 503 until Server.SetFirmware installs a store (the store
-	// mints URLs with the API's address, so it may be opened after the API).
+	// routes answer 503.
 	Firmware *firmware.Store
 	// Logger receives request logs (debug level) and errors; nil discards.
 	Logger *slog.Logger
@@ -71,8 +75,7 @@ type Config struct {
 	// token authentication and the role rules.
 	Middleware func(http.Handler) http.Handler
 	// Rollouts is the planner the /v1/rollouts routes call (a
-	// *rollout.Planner). Nil means those routes answer 503 until
-	// Server.SetRollouts installs one.
+	// *rollout.Planner). Nil means those routes answer 503.
 	Rollouts Rollouts
 	// TrustedOrigins are browser origins, each "scheme://host[:port]"
 	// exactly as a browser sends it in the Origin header (for example
@@ -130,18 +133,21 @@ type Server struct {
 	serveErr  error // set by the Serve goroutine before wg.Done
 }
 
-// Open validates cfg, binds cfg.Addr and serves the API in the background
-// until Close. Errors wrap ErrInvalidConfig, or are the listen error.
+// Open validates cfg, binds cfg.Addr (or takes cfg.Listener) and serves
+// the API in the background until Close. Errors wrap ErrInvalidConfig, or
+// are the listen error.
 func Open(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	h, a, err := newHandler(cfg)
 	if err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("httpapi: listen: %w", err)
+	ln := cfg.Listener
+	if ln == nil {
+		var lc net.ListenConfig
+		if ln, err = lc.Listen(ctx, "tcp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("httpapi: listen: %w", err)
+		}
 	}
 	log := cfg.Logger.With(logKeyComponent, "httpapi")
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -182,10 +188,6 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Handler returns the server's routes, the same as NewHandler would.
 func (s *Server) Handler() http.Handler { return s.handler }
-
-// SetFirmware installs the firmware store the /v1/firmware routes use,
-// replacing Config.Firmware. It is safe to call while serving.
-func (s *Server) SetFirmware(fw *firmware.Store) { s.api.fw.Store(fw) }
 
 // Routes returns the "METHOD /path" patterns the server registered (its
 // own routes and Config.Mounts), sorted: what the OpenAPI document at

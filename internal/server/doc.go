@@ -1,7 +1,30 @@
-// Package server assembles a running Umbra from its components: the shadow
-// engine, the identity store, the MQTT broker, the HTTP API, the firmware
-// store and the rollout planner, opened in dependency order by Open and
-// closed in reverse by Close.
+// Package server assembles a running Umbra from its components: the
+// identity store, the MQTT broker, the shadow engine, the firmware store,
+// the rollout planner (with the Jobs service and the rollout feed) and the
+// HTTP API. The data path and the order Open follows are stated in the
+// comment above Open (server.go).
+//
+// # Wiring
+//
+// Open runs in three steps:
+//
+//  1. The stores: openBoltStores (stores.go) opens one store per
+//     persisting component and returns them in a stores struct. It is the
+//     one place that chooses the store set: another set (cluster mode's
+//     NATS JetStream KV) is another opener returning a stores, chosen by a
+//     Config field in Open; nothing else changes.
+//  2. The listeners (listeners.go): every socket is bound, so the
+//     firmware store knows the HTTP address for its download URLs, but
+//     accepts nothing yet.
+//  3. The components, in data-path order, each opened with what it calls.
+//     The few calls against that order (events such as a revocation, a
+//     shadow change or a planner commit) reach a component through the
+//     Server's field for it: Open sets every field before it lets the
+//     listeners accept and the planner run (rollout.Config.Start), so no
+//     such call can come early. There are no lazy wrappers and no setters.
+//
+// Close stops the inputs first (HTTP API, planner, broker), then the
+// components, then the stores.
 //
 // # Revocation
 //

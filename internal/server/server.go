@@ -8,30 +8,24 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
-	"github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
-	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/identity"
-	idstore "github.com/umbra-iot/umbra/identity/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 	"github.com/umbra-iot/umbra/policy"
 	"github.com/umbra-iot/umbra/rollout"
-	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 	"github.com/umbra-iot/umbra/shadow"
-	shadowstore "github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
 // AdminTokenFile is the operator token's file in the data dir, written on
@@ -137,17 +131,20 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	eng     *shadow.Engine
+	metrics *metrics.Metrics
+
+	// In the order Open opens them (see the data path above Open).
+	stores  stores
+	lns     listeners
 	ids     *identity.Store
 	brk     *broker.Server
-	api     *httpapi.Server // nil without HTTPAddr
+	eng     *shadow.Engine
 	fw      *firmware.Store
 	planner *rollout.Planner
 	jobs    *jobs.Service
-	metrics *metrics.Metrics
+	feed    *rolloutfeed.Feed
+	api     *httpapi.Server // nil without HTTPAddr
 
-	// closers run in reverse order of opening.
-	closers []closer
 	// evictions runs the evictions of sessions OnConnect found stale;
 	// Close waits for them after closing the broker.
 	evictions sync.WaitGroup
@@ -156,12 +153,33 @@ type Server struct {
 	closeErr  error
 }
 
-type closer struct {
-	name string
-	c    interface{ Close(context.Context) error }
-}
+// The data path, in the order Open opens its parts:
+//
+//	device ─MQTT─► broker ─► shadow engine ─► rollout planner ─► firmware URL
+//
+// A device's packets reach the broker, which asks identity (authentication,
+// the topic policy) and hands request topics to the shadow engine (and the
+// Jobs service). The engine commits each update to its store, then answers
+// through the broker (accepted, delta). A committed change is a hint to the
+// planner, which reads the device's reported.firmware and writes the next
+// command as desired.firmware through the engine: a short-lived URL the
+// firmware store signed. Planner events go to the rollout feed and the Jobs
+// service, which publish through the broker. The HTTP API sits beside the
+// path and calls its parts.
+//
+// Open first opens the stores (openBoltStores: the data dir's files and
+// locks) and binds every listener, then opens each component with what it
+// calls, in the order above. The few calls against that order are events:
+// identity tells the broker of a revocation and the planner of an
+// enrolment, the engine tells the planner of a change, the firmware store
+// asks the planner whether a version is in use, and the planner tells the
+// feed and the Jobs service of its commits. They reach the Server's fields
+// directly: they happen only once Open has set every field, because the
+// listeners accept nothing and the planner runs no pass until Open ends
+// (closing s.lns.serving), and the HTTP API, the only other caller, is
+// opened last.
 
-// Open opens every component in dependency order and binds every
+// Open opens every component in data-path order and binds every
 // listener. On error, whatever was opened is closed again.
 func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.DataDir == "" {
@@ -169,6 +187,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.MQTTAddr == "" && cfg.WSAddr == "" {
 		return nil, fmt.Errorf("%w: at least one of MQTTAddr and WSAddr is needed", ErrInvalidConfig)
+	}
+	if cfg.TLSAddr != "" && cfg.TLSConfig == nil {
+		return nil, fmt.Errorf("%w: TLSAddr without TLSConfig", ErrInvalidConfig)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -189,37 +210,86 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 			err = errors.Join(err, s.Close(cctx))
 		}
 	}()
+	// The stores first: a second server on the same data dir fails on a
+	// file lock, with a clear message, before it binds a port.
+	if s.stores, err = openBoltStores(ctx, cfg, s.metrics); err != nil {
+		return nil, err
+	}
+	if s.lns, err = listen(ctx, cfg); err != nil {
+		return nil, err
+	}
 	if err := s.open(ctx, acl); err != nil {
 		return nil, err
 	}
+	close(s.lns.serving) // devices and HTTP clients are served; the planner runs
+	s.logServing()
 	return s, nil
 }
 
-func (s *Server) push(name string, c interface{ Close(context.Context) error }) {
-	s.closers = append(s.closers, closer{name, c})
-}
-
-func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
+// open opens the components in data-path order (see above Open).
+func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	cfg, log, m := s.cfg, s.log, s.metrics
-	pub := &lazyPublisher{}
-	// The rollout planner is opened after the engine and the firmware store
-	// it depends on; the engine's change feed and the store's delete guard
-	// reach it through this pointer.
-	var planner atomic.Pointer[rollout.Planner]
+	for _, reason := range []string{identity.RevokeRemoved, identity.RevokeRotated, identity.RevokeRevoked,
+		identity.RevokeReplaced, evictStale} {
+		m.AddEvictions(reason, 0)
+	}
+	s.ids, err = identity.Open(ctx, identity.Config{
+		Storage:      s.stores.identity,
+		Logger:       log,
+		Anonymous:    cfg.Anonymous,
+		BoundOnlyCAs: cfg.BoundOnlyCAs,
+		Policy:       acl,
+		// A revocation disconnects the sessions that logged in with the
+		// ended credential before the call that revoked returns.
+		OnRevoke: func(ctx context.Context, r identity.Revocation) {
+			m.AddEvictions(r.Reason, s.brk.Evict(ctx, brokerauth.Match(r)))
+		},
+		// Every enrolment path (device add, bulk import, certificate
+		// binding) tells the planner: devices enrolled later join its
+		// dynamic rollouts.
+		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
+			s.planner.DevicesEnrolled(ctx, rolloutDevices(enrolled))
+		},
+	})
+	if err != nil {
+		return err
+	}
+	m.AddACLReloads(reloadOK, 0)
+	m.AddACLReloads(reloadError, 0)
+	log.Info("topic policy", "policy", acl.String())
+	if cfg.Anonymous {
+		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
+	}
+
+	if err := s.openBroker(ctx); err != nil {
+		return err
+	}
+	// The operator token may replace an old one (a revocation): after the
+	// broker, whose restored sessions are then checked against it.
+	adminToken := filepath.Join(cfg.DataDir, AdminTokenFile)
+	created, err := s.ids.EnsureAdminToken(ctx, adminToken)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created the operator token; umbra commands on this machine use it automatically", "file", adminToken)
+	} else {
+		log.Info("operator token", "file", adminToken)
+	}
+	// Restored sessions whose credential ended while Umbra was down (an
+	// admin token rotated by deleting its file) go, as at a revocation.
+	auth := brokerauth.New(s.ids)
+	if n := s.brk.Evict(ctx, func(id broker.Identity) bool { return !auth.Valid(id) }); n > 0 {
+		m.AddEvictions(evictStale, n)
+	}
+
 	maxPacket := cfg.MaxPacketSize
 	if maxPacket == 0 {
 		maxPacket = broker.DefaultMaxPacketSize
 	}
-	shadows, err := shadowstore.Open(ctx, shadowstore.Config{
-		Path:           filepath.Join(cfg.DataDir, "shadow.db"),
-		CommitObserved: m.ObserveCommit,
-	})
-	if err != nil {
-		return fmt.Errorf("shadow: %w", err)
-	}
-	eng, err := shadow.Open(ctx, shadow.Config{
-		Store:            shadows, // the engine closes it
-		Publisher:        pub,
+	s.eng, err = shadow.Open(ctx, shadow.Config{
+		Store:            s.stores.shadow,
+		Publisher:        s.brk,
 		MaxDocumentSize:  cfg.MaxDocumentSize,
 		MaxNamedShadows:  cfg.MaxNamedShadows,
 		DeviceRate:       cfg.DeviceRate,
@@ -229,90 +299,76 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		MaxReply: max(int(maxPacket)-512, shadow.MinMaxReply),
 		Logger:   log,
 		Observe:  func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		OnChange: func(id device.ID, _ shadow.Version) {
-			if p := planner.Load(); p != nil {
-				p.Notify(id)
-			}
-		},
+		OnChange: func(id device.ID, _ shadow.Version) { s.planner.Notify(id) },
 	})
 	if err != nil {
 		return err
 	}
-	s.push("shadow", eng)
-	s.eng = eng
+	if err := subscribe(s.brk, "shadow", shadow.RequestFilters, s.eng.HandleRequest); err != nil {
+		return err
+	}
 	m.RegisterRetryCache(func() metrics.RetryCacheStats {
-		st := eng.Stats().RetryCache
+		st := s.eng.Stats().RetryCache
 		return metrics.RetryCacheStats{Entries: int64(st.Entries), Bytes: st.Bytes, Evictions: st.Evictions, Hits: st.Hits}
 	})
 	m.RegisterNamedShadows(func() metrics.NamedShadowStats {
-		st := eng.Stats()
+		st := s.eng.Stats()
 		return metrics.NamedShadowStats{Shadows: st.NamedShadows, Rejected: st.NamedLimitRejected}
 	})
 
-	// The broker is opened after the identity store; until then there is
-	// no session to evict.
-	for _, reason := range []string{identity.RevokeRemoved, identity.RevokeRotated, identity.RevokeRevoked,
-		identity.RevokeReplaced, evictStale} {
-		m.AddEvictions(reason, 0)
-	}
-	idst, err := idstore.Open(ctx, idstore.Config{Path: filepath.Join(cfg.DataDir, "identity.db"), Logger: log})
-	if err != nil {
-		return err
-	}
-	s.push("identity.db", idst) // closes after the identity store
-	ids, err := identity.Open(ctx, identity.Config{
-		Storage:      idst,
-		Logger:       log,
-		Anonymous:    cfg.Anonymous,
-		BoundOnlyCAs: cfg.BoundOnlyCAs,
-		Policy:       acl,
-		OnRevoke: func(ctx context.Context, r identity.Revocation) {
-			if b := pub.b.Load(); b != nil {
-				m.AddEvictions(r.Reason, b.Evict(ctx, brokerauth.Match(r)))
-			}
-		},
-		// Every enrolment path (device add, bulk import, certificate
-		// binding) tells the planner: devices enrolled later join its
-		// dynamic rollouts. The planner is opened below (after the HTTP
-		// API and the firmware store): a device enrolled before that does
-		// not join one.
-		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
-			if p := planner.Load(); p != nil {
-				p.DevicesEnrolled(ctx, rolloutDevices(enrolled))
-			}
-		},
+	s.fw, err = firmware.Open(ctx, firmware.Config{
+		Dir:            s.stores.firmwareDir,
+		Catalog:        s.stores.firmware,
+		SigningKeyPath: cfg.SigningKey,
+		URLTTL:         cfg.URLTTL,
+		MaxImageSize:   cfg.MaxImageSize,
+		BaseURL:        s.baseURL(),
+		Logger:         log,
+		// Removing a device revokes its download URLs.
+		Enrolment: s.ids.Enrolment,
+		// A version a rollout uses cannot be deleted.
+		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) { return s.planner.InUse(ctx, v) },
 	})
 	if err != nil {
 		return err
 	}
-	s.push("identity", ids) // closes after the broker
-	s.ids = ids
-	auth := brokerauth.New(ids)
-	adminToken := filepath.Join(cfg.DataDir, AdminTokenFile)
-	created, err := ids.EnsureAdminToken(ctx, adminToken)
+	m.RegisterFirmware(s.fw)
+
+	s.planner, err = rollout.Open(ctx, rollout.Config{
+		Store:    s.stores.rollout,
+		Shadows:  rollout.EngineShadows(s.eng),
+		Firmware: s.fw,
+		Logger:   log,
+		Tick:     cfg.RolloutTick,
+		Rescan:   cfg.RolloutRescan,
+		// Targets by label selector or all, and their hardware models:
+		// the enrolled devices and every shadow.
+		Inventory: rollout.EngineInventory(s.eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
+			devs, err := s.ids.ListDevices(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]rollout.EnrolledDevice, len(devs))
+			for i, d := range devs {
+				out[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
+			}
+			return out, nil
+		}),
+		// rollouts/<id>/events and status, and the Jobs notify topics.
+		OnEvent:     func(id string, ev rollout.Event) { s.feed.OnEvent(id, ev) },
+		OnExecution: func(id device.ID) { s.jobs.ExecutionChanged(id) },
+		Start:       s.lns.serving,
+	})
 	if err != nil {
 		return err
 	}
-	if created {
-		log.Info("created the operator token; umbra commands on this machine use it automatically", "file", adminToken)
-	} else {
-		log.Info("operator token", "file", adminToken)
-	}
-	m.AddACLReloads(reloadOK, 0)
-	m.AddACLReloads(reloadError, 0)
-	log.Info("topic policy", "policy", acl.String())
-	if cfg.Anonymous {
-		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
-	}
 
-	// The AWS IoT Jobs service answers on the broker (through pub) and
-	// asks the planner and the firmware store, opened later: until then
-	// its requests are answered InternalError.
-	lazyPl, lazyFw := &lazyPlanner{}, &lazyFirmware{}
-	jsvc, err := jobs.Open(ctx, jobs.Config{
-		Planner:    lazyPl,
-		Firmware:   lazyFw,
-		Publisher:  pub,
+	// The AWS IoT Jobs service answers $aws/things/+/jobs/… through the
+	// planner and the firmware store.
+	s.jobs, err = jobs.Open(ctx, jobs.Config{
+		Planner:    s.planner,
+		Firmware:   s.fw,
+		Publisher:  s.brk,
 		DeviceRate: cfg.JobsRate,
 		Logger:     log,
 		Observe:    func(op jobs.Op, result string) { m.ObserveJobs(string(op), result) },
@@ -320,17 +376,72 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	if err != nil {
 		return err
 	}
-	s.push("jobs", jsvc) // closes after the broker: no request comes in any more
-	s.jobs = jsvc
+	if err := subscribe(s.brk, "jobs", jobs.Filters, s.jobs.HandleRequest); err != nil {
+		return err
+	}
 	m.RegisterJobs(func() metrics.JobsStats {
-		st := jsvc.Stats()
+		st := s.jobs.Stats()
 		return metrics.JobsStats{NotificationsSent: st.NotificationsSent, NotificationsDropped: st.NotificationsDropped}
 	})
 
+	// The feed publishes rollout progress on rollouts/<id>/events and the
+	// retained rollouts/<id>/status, and keeps the rollout gauges.
+	s.feed, err = rolloutfeed.Open(ctx, rolloutfeed.Config{
+		Publisher: s.brk,
+		Metrics:   m,
+		Logger:    log,
+		Status:    s.planner.Get,
+	})
+	if err != nil {
+		return err
+	}
+	if rs, err := s.planner.List(ctx); err != nil {
+		log.Warn("list rollouts for their status topics", "err", err)
+	} else {
+		ids := make([]string, len(rs))
+		for i, r := range rs {
+			ids[i] = r.ID
+		}
+		if err := s.feed.Sync(ctx, ids); err != nil {
+			log.Warn("publish rollout statuses", "err", err)
+		}
+	}
+
+	if s.lns.http != nil {
+		auth := httpapi.Authenticate(s.ids, cfg.Anonymous)
+		mounts := httpapi.IdentityRoutes(s.ids, auth, log)
+		mounts["GET /fw/{sha256}"] = s.fw.DownloadHandler() // URL-signed, no bearer token
+		mounts["GET /metrics"] = m.Handler()                // for Prometheus scrapers, like /healthz: no bearer token
+		s.api, err = httpapi.Open(ctx, httpapi.Config{
+			Listener:       s.lns.http,
+			Shadow:         s.eng,
+			Firmware:       s.fw,
+			Rollouts:       s.planner,
+			Logger:         log,
+			Mounts:         mounts,
+			Middleware:     auth,
+			Presence:       s.ids.Presence,
+			Enrolled:       s.ids.GetDevice,
+			TrustedOrigins: cfg.AllowedOrigins,
+			Observe:        m.ObserveHTTP,
+			TLSConfig:      cfg.HTTPTLSConfig,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openBroker opens the broker on the bound MQTT listeners, with identity
+// as its authenticator and the topic policy.
+func (s *Server) openBroker(ctx context.Context) (err error) {
+	cfg, log, m, ids := s.cfg, s.log, s.metrics, s.ids
+	auth := brokerauth.New(ids)
 	// presence publishes a device's presence when the store applied the
 	// change (a replaced session's late disconnect is not applied).
 	presence := func(d device.ID) {
-		if err := pub.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
+		if err := s.brk.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
 			log.Warn("publish presence", "device", d, "err", err)
 		}
 	}
@@ -341,46 +452,20 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		// would cap the whole (loopback, test or demo) fleet.
 		maxConns, maxSessions = -1, -1
 	}
-	// The in-process services that answer device requests, each on its
-	// own request filters: the shadow engine serves state/… and
-	// $aws/things/+/shadow/… (see shadow.RequestFilters), the Jobs service
-	// $aws/things/+/jobs/… (jobs.Filters). Their ACL rules are in
-	// identity. Their filters are the broker's request topics,
-	// which are never retained.
-	services := []struct {
-		name    string
-		filters []string
-		handle  broker.HandlerFunc
-	}{
-		{"shadow", shadow.RequestFilters, eng.HandleRequest},
-		{"jobs", jobs.Filters, jsvc.HandleRequest},
-	}
-	var requestFilters []string
-	for _, svc := range services {
-		requestFilters = append(requestFilters, svc.filters...)
-	}
-	// The broker's retained messages and persistent sessions; closed
-	// after the broker.
-	brokerDB := filepath.Join(cfg.DataDir, "broker.db")
-	bst, err := boltstore.Open(ctx, boltstore.Config{Path: brokerDB, Timeout: time.Second})
-	if err != nil {
-		return brokerStateError(err)
-	}
-	s.push("broker.db", bst)
-	brk, err := broker.Open(ctx, broker.Config{
+	s.brk, err = broker.Open(ctx, broker.Config{
 		MaxConnsPerIdentity: maxConns,
 		MaxClientIDLength:   cfg.MaxClientIDLength,
-		TCPAddr:             cfg.MQTTAddr,
-		WSAddr:              cfg.WSAddr,
-		TLSAddr:             cfg.TLSAddr,
+		TCPListener:         s.lns.mqtt,
+		WSListener:          s.lns.ws,
+		TLSListener:         s.lns.tls,
 		TLSConfig:           cfg.TLSConfig,
 		WSAllowedOrigins:    cfg.AllowedOrigins,
 		MaxPacketSize:       cfg.MaxPacketSize,
 		Logger:              log,
 		Auth:                auth,
 		OnSubscribe: func(clientID string, filters []string) {
-			eng.HandleSubscribe(clientID, filters)
-			jsvc.HandleSubscribe(clientID, filters)
+			s.eng.HandleSubscribe(clientID, filters)
+			s.jobs.HandleSubscribe(clientID, filters)
 		},
 		OnConnect: func(ci broker.ConnInfo) {
 			if !auth.Valid(ci.Identity) {
@@ -388,7 +473,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 				// was registered, so the revocation's eviction missed
 				// it. Allow refuses it everything; evict it too (not
 				// here: Evict waits for this connection).
-				s.evictStale(pub.b.Load(), ci.Identity)
+				s.evictStale(ci.Identity)
 				return
 			}
 			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
@@ -416,12 +501,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 		ServiceMessageBurst:  cfg.ServiceMessageBurst,
 		ConnectTimeout:       cfg.ConnectTimeout,
 		SysInterval:          cfg.SysInterval,
-		// Requests are commands, never retained state.
-		RequestFilters: requestFilters,
+		// The in-process services' request topics (shadow.RequestFilters,
+		// jobs.Filters; their ACL rules are in identity) are commands,
+		// never retained state.
+		RequestFilters: slices.Concat(shadow.RequestFilters, jobs.Filters),
 
 		// Retained messages and persistent sessions: durable, and their
 		// limits (docs/protocol.md, Durability).
-		Store:                  bst,
+		Store:                  s.stores.broker,
 		MaxRetained:            cfg.MaxRetained,
 		MaxRetainedBytes:       cfg.MaxRetainedBytes,
 		MaxQueuedBytes:         cfg.MaxQueuedBytes,
@@ -431,16 +518,10 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	if err != nil {
 		return brokerStateError(err)
 	}
-	s.push("broker", brk) // closes before the engine and the identity store
-	s.brk = brk
-	pub.b.Store(brk)
-	// Restored sessions whose credential ended while Umbra was down (an
-	// admin token rotated by deleting its file) go, as at a revocation.
-	if n := brk.Evict(ctx, func(id broker.Identity) bool { return !auth.Valid(id) }); n > 0 {
-		m.AddEvictions(evictStale, n)
-	}
+	// The broker owns its listeners from here on.
+	s.lns.mqtt, s.lns.ws, s.lns.tls = nil, nil, nil
 	m.RegisterBroker(func() metrics.BrokerStats {
-		st := brk.Stats()
+		st := s.brk.Stats()
 		return metrics.BrokerStats{
 			ClientsConnected: st.ClientsConnected, MessagesReceived: st.MessagesReceived,
 			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
@@ -458,153 +539,34 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 			TLSHandshakesFailed: st.TLSHandshakesFailed, PacketsTooLarge: st.PacketsTooLarge,
 		}
 	})
-	for _, svc := range services {
-		for _, f := range svc.filters {
-			if err := brk.Subscribe(f, svc.handle); err != nil {
-				return fmt.Errorf("subscribe %s to %s: %w", svc.name, f, err)
-			}
-		}
-	}
+	return nil
+}
 
-	fwHandler := &lazyHandler{}
-	baseURL := cfg.PublicURL
-	if cfg.HTTPAddr != "" {
-		auth := httpapi.Authenticate(ids, cfg.Anonymous)
-		mounts := httpapi.IdentityRoutes(ids, auth, log)
-		mounts["GET /fw/{sha256}"] = fwHandler // URL-signed, no bearer token
-		mounts["GET /metrics"] = m.Handler()   // for Prometheus scrapers, like /healthz: no bearer token
-		api, err := httpapi.Open(ctx, httpapi.Config{
-			Addr:           cfg.HTTPAddr,
-			Shadow:         eng,
-			Logger:         log,
-			Mounts:         mounts,
-			Middleware:     auth,
-			Presence:       ids.Presence,
-			Enrolled:       ids.GetDevice,
-			TrustedOrigins: cfg.AllowedOrigins,
-			Observe:        s.metrics.ObserveHTTP,
-			TLSConfig:      cfg.HTTPTLSConfig,
-			// Firmware and Rollouts are installed below: the store needs the bound address.
-		})
-		if err != nil {
-			return err
-		}
-		s.push("http", api) // closes first
-		s.api = api
-		if baseURL == "" {
-			baseURL = s.httpScheme() + "://" + api.Addr().String()
+// subscribe hands a service's request filters to its handler.
+func subscribe(brk *broker.Server, name string, filters []string, h broker.HandlerFunc) error {
+	for _, f := range filters {
+		if err := brk.Subscribe(f, h); err != nil {
+			return fmt.Errorf("subscribe %s to %s: %w", name, f, err)
 		}
 	}
-	fwDir := filepath.Join(cfg.DataDir, "firmware")
-	if err := os.MkdirAll(fwDir, 0o750); err != nil {
-		return fmt.Errorf("firmware: %w", err)
-	}
-	images, err := fwstore.Open(ctx, fwstore.Config{Path: filepath.Join(fwDir, fwstore.File)})
-	if err != nil {
-		return fmt.Errorf("firmware: %w", err)
-	}
-	fw, err := firmware.Open(ctx, firmware.Config{
-		Dir:            fwDir,
-		Catalog:        images, // the store closes it
-		SigningKeyPath: cfg.SigningKey,
-		URLTTL:         cfg.URLTTL,
-		MaxImageSize:   cfg.MaxImageSize,
-		BaseURL:        baseURL,
-		Logger:         log,
-		// Removing a device revokes its download URLs.
-		Enrolment: ids.Enrolment,
-		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) {
-			if p := planner.Load(); p != nil {
-				return p.InUse(ctx, v)
-			}
-			return "", false, nil
-		},
-	})
-	if err != nil {
-		return err
-	}
-	s.push("firmware", fw)
-	s.fw = fw
-	lazyFw.f.Store(fw)
-	m.RegisterFirmware(fw)
-	// The feed publishes rollout progress on rollouts/<id>/events and the
-	// retained rollouts/<id>/status, and keeps the rollout gauges. It is
-	// closed after the planner (no more events) and before the broker.
-	feed, err := rolloutfeed.Open(ctx, rolloutfeed.Config{
-		Publisher: brk,
-		Metrics:   m,
-		Logger:    log,
-		Status: func(ctx context.Context, id string) (rollout.Status, error) {
-			if p := planner.Load(); p != nil {
-				return p.Get(ctx, id)
-			}
-			return rollout.Status{}, rollout.ErrClosed // not open yet; Sync below catches up
-		},
-	})
-	if err != nil {
-		return err
-	}
-	s.push("rolloutfeed", feed)
-	// The planner's store; closed after the planner.
-	rst, err := rolloutstore.Open(ctx, rolloutstore.Config{Path: filepath.Join(cfg.DataDir, "rollout.db")})
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
-	s.push("rollout.db", rst)
-	pl, err := rollout.Open(ctx, rollout.Config{
-		Store:    rst,
-		Shadows:  rollout.EngineShadows(eng),
-		Firmware: fw,
-		Logger:   log,
-		Tick:     cfg.RolloutTick,
-		Rescan:   cfg.RolloutRescan,
-		OnEvent:  feed.OnEvent,
-		// Targets by label selector or all, and their hardware models:
-		// the enrolled devices and every shadow.
-		Inventory: rollout.EngineInventory(eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
-			devs, err := ids.ListDevices(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]rollout.EnrolledDevice, len(devs))
-			for i, d := range devs {
-				out[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
-			}
-			return out, nil
-		}),
-		// The notify and notify-next topics of Jobs devices.
-		OnExecution: jsvc.ExecutionChanged,
-	})
-	if err != nil {
-		return err
-	}
-	s.push("rollout", pl) // closes before firmware, broker and engine
-	planner.Store(pl)
-	lazyPl.p.Store(pl)
-	s.planner = pl
-	var dl http.Handler = fw.DownloadHandler()
-	fwHandler.h.Store(&dl)
-	if s.api != nil {
-		s.api.SetFirmware(fw)
-		s.api.SetRollouts(pl)
-	}
-	if rs, err := pl.List(ctx); err != nil {
-		log.Warn("list rollouts for their status topics", "err", err)
-	} else {
-		ids := make([]string, len(rs))
-		for i, r := range rs {
-			ids[i] = r.ID
-		}
-		if err := feed.Sync(ctx, ids); err != nil {
-			log.Warn("publish rollout statuses", "err", err)
-		}
-	}
+	return nil
+}
 
-	attrs := []any{"data_dir", cfg.DataDir}
+// baseURL is the base of firmware download URLs: Config.PublicURL, or the
+// bound HTTP listener's.
+func (s *Server) baseURL() string {
+	if s.cfg.PublicURL != "" || s.lns.http == nil {
+		return s.cfg.PublicURL
+	}
+	return s.httpScheme() + "://" + s.lns.http.Addr().String()
+}
+
+func (s *Server) logServing() {
+	attrs := []any{"data_dir", s.cfg.DataDir}
 	for _, l := range []struct {
 		name string
 		addr net.Addr
-	}{{"mqtt", brk.Addr()}, {"ws", brk.WSAddr()}, {"tls", brk.TLSAddr()}, {"http", s.HTTPAddr()}} {
+	}{{"mqtt", s.brk.Addr()}, {"ws", s.brk.WSAddr()}, {"tls", s.brk.TLSAddr()}, {"http", s.HTTPAddr()}} {
 		if l.addr != nil {
 			attrs = append(attrs, l.name, l.addr.String())
 		}
@@ -612,24 +574,51 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) error {
 	if s.api != nil {
 		attrs = append(attrs, "http_scheme", s.httpScheme())
 	}
-	log.Info("umbra serving", attrs...)
-	return nil
+	s.log.Info("umbra serving", attrs...)
 }
 
-// Close closes every component in reverse order of opening: the HTTP API
-// and the planner first, then device traffic, then the stores. ctx bounds
-// each component's wait for work in progress. It is idempotent.
+// Close stops the server: first its inputs (the HTTP API, then the planner
+// and its feed), then device traffic (the broker, then the Jobs service),
+// then the firmware store, the shadow engine and identity, and last the
+// stores, which their components do not close. ctx bounds each
+// component's wait for work in progress. It is idempotent, and closes
+// what a failed Open opened.
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		var errs []error
-		for i := len(s.closers) - 1; i >= 0; i-- {
-			c := s.closers[i]
-			if err := c.c.Close(ctx); err != nil {
-				s.log.Error("close", "component", c.name, "err", err)
-				errs = append(errs, fmt.Errorf("close %s: %w", c.name, err))
+		closeOne := func(name string, c interface{ Close(context.Context) error }) {
+			if err := c.Close(ctx); err != nil {
+				s.log.Error("close", "component", name, "err", err)
+				errs = append(errs, fmt.Errorf("close %s: %w", name, err))
 			}
 		}
+		if s.api != nil {
+			closeOne("http", s.api)
+		}
+		if s.planner != nil {
+			closeOne("rollout", s.planner)
+		}
+		if s.feed != nil {
+			closeOne("rolloutfeed", s.feed)
+		}
+		if s.brk != nil {
+			closeOne("broker", s.brk)
+		}
 		s.evictions.Wait() // quick: the broker is closed
+		if s.jobs != nil {
+			closeOne("jobs", s.jobs) // after the broker: no request comes in any more
+		}
+		if s.fw != nil {
+			closeOne("firmware", s.fw)
+		}
+		if s.eng != nil {
+			closeOne("shadow", s.eng)
+		}
+		if s.ids != nil {
+			closeOne("identity", s.ids)
+		}
+		errs = append(errs, s.stores.close(ctx, s.log))
+		s.lns.close() // those no component took (a failed Open)
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
@@ -680,150 +669,16 @@ func (s *Server) HTTPAddr() net.Addr {
 // credential that ended before the broker registered it.
 const evictStale = "stale"
 
-// evictStale evicts from b the session of id, reported stale by
-// OnConnect, on a goroutine of its own: Evict waits for the connection
-// whose callback found it. b is nil while broker.Open has not returned
-// (no credential ends then). The broker closes before Close waits for
-// the goroutine.
-func (s *Server) evictStale(b *broker.Server, id broker.Identity) {
-	if b == nil {
-		return
-	}
+// evictStale evicts the session of id, reported stale by OnConnect, on
+// a goroutine of its own: Evict waits for the connection whose callback
+// found it. The broker closes before Close waits for the goroutine.
+func (s *Server) evictStale(id broker.Identity) {
 	s.evictions.Go(func() {
 		// Evict is bounded by the broker's ConnectTimeout and its Close.
-		n := b.Evict(context.Background(), func(other broker.Identity) bool { return other == id })
+		n := s.brk.Evict(context.Background(), func(other broker.Identity) bool { return other == id })
 		s.metrics.AddEvictions(evictStale, n)
 	})
 }
-
-// lazyHandler serves through a handler installed after the HTTP listener is
-// bound: the firmware store needs the listener's real address for its URLs.
-type lazyHandler struct{ h atomic.Pointer[http.Handler] }
-
-func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h := l.h.Load(); h != nil {
-		(*h).ServeHTTP(w, r)
-		return
-	}
-	http.Error(w, "starting", http.StatusServiceUnavailable)
-}
-
-// lazyPublisher lets the shadow engine be opened (and its database lock
-// taken) before the broker binds its ports: a second server on the same
-// data dir then fails on the lock with a clear message, not on a port.
-type lazyPublisher struct{ b atomic.Pointer[broker.Server] }
-
-func (p *lazyPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
-	if b := p.b.Load(); b != nil {
-		return b.Publish(topic, payload, retain, qos)
-	}
-	return broker.ErrClosed
-}
-
-func (p *lazyPublisher) PublishTo(clientID, topic string, payload []byte, qos byte) error {
-	if b := p.b.Load(); b != nil {
-		return b.PublishTo(clientID, topic, payload, qos)
-	}
-	return broker.ErrClosed
-}
-
-func (p *lazyPublisher) SendTo(clientID, topic string, payload []byte, qos byte) error {
-	if b := p.b.Load(); b != nil {
-		return b.SendTo(clientID, topic, payload, qos)
-	}
-	return broker.ErrClosed
-}
-
-func (p *lazyPublisher) HasSubscribers(topic string) bool {
-	if b := p.b.Load(); b != nil {
-		return b.HasSubscribers(topic)
-	}
-	return false
-}
-
-// lazyPlanner is the Jobs service's planner, opened after the service
-// (whose subscriptions are the broker's, made when it opens): until then
-// every call fails with rollout.ErrClosed.
-type lazyPlanner struct {
-	p atomic.Pointer[rollout.Planner]
-}
-
-func (l *lazyPlanner) get() (*rollout.Planner, error) {
-	if p := l.p.Load(); p != nil {
-		return p, nil
-	}
-	return nil, rollout.ErrClosed
-}
-
-func (l *lazyPlanner) MarkJobs(ctx context.Context, id device.ID) error {
-	p, err := l.get()
-	if err != nil {
-		return err
-	}
-	return p.MarkJobs(ctx, id)
-}
-
-func (l *lazyPlanner) NextExecution(ctx context.Context, id device.ID) (rollout.Execution, bool, error) {
-	p, err := l.get()
-	if err != nil {
-		return rollout.Execution{}, false, err
-	}
-	return p.NextExecution(ctx, id)
-}
-
-func (l *lazyPlanner) DescribeExecution(ctx context.Context, id device.ID, jobID string, number int) (rollout.Execution, error) {
-	p, err := l.get()
-	if err != nil {
-		return rollout.Execution{}, err
-	}
-	return p.DescribeExecution(ctx, id, jobID, number)
-}
-
-func (l *lazyPlanner) StartNextExecution(ctx context.Context, id device.ID, details map[string]string) (rollout.Execution, bool, error) {
-	p, err := l.get()
-	if err != nil {
-		return rollout.Execution{}, false, err
-	}
-	return p.StartNextExecution(ctx, id, details)
-}
-
-func (l *lazyPlanner) UpdateExecution(ctx context.Context, id device.ID, jobID string, u rollout.ExecutionUpdate) (rollout.Execution, error) {
-	p, err := l.get()
-	if err != nil {
-		return rollout.Execution{}, err
-	}
-	return p.UpdateExecution(ctx, id, jobID, u)
-}
-
-// lazyFirmware is the Jobs service's firmware store, opened after the
-// service. The service mints documents only for executions, which exist
-// once the planner (opened after the store) runs.
-type lazyFirmware struct {
-	f atomic.Pointer[firmware.Store]
-}
-
-func (l *lazyFirmware) Get(ctx context.Context, v firmware.Version) (firmware.Image, error) {
-	if f := l.f.Load(); f != nil {
-		return f.Get(ctx, v)
-	}
-	return firmware.Image{}, firmware.ErrClosed
-}
-
-func (l *lazyFirmware) Command(img firmware.Image, id device.ID, ttl time.Duration, job string) firmware.Command {
-	return l.f.Load().Command(img, id, ttl, job)
-}
-
-var (
-	_ broker.Authenticator   = (*brokerauth.Auth)(nil)
-	_ shadow.Publisher       = (*broker.Server)(nil)
-	_ shadow.ClientPublisher = (*broker.Server)(nil)
-	_ shadow.ClientPublisher = (*lazyPublisher)(nil)
-	_ jobs.Publisher         = (*broker.Server)(nil)
-	_ jobs.Publisher         = (*lazyPublisher)(nil)
-	_ jobs.Planner           = (*rollout.Planner)(nil)
-	_ jobs.Planner           = (*lazyPlanner)(nil)
-	_ rollout.Firmware       = (*lazyFirmware)(nil)
-)
 
 // rolloutDevices adapts enrolled devices to the planner's kind.
 func rolloutDevices(enrolled []identity.Enrollment) []rollout.EnrolledDevice {
@@ -833,6 +688,15 @@ func rolloutDevices(enrolled []identity.Enrollment) []rollout.EnrolledDevice {
 	}
 	return out
 }
+
+var (
+	_ broker.Authenticator   = (*brokerauth.Auth)(nil)
+	_ shadow.Publisher       = (*broker.Server)(nil)
+	_ shadow.ClientPublisher = (*broker.Server)(nil)
+	_ jobs.Publisher         = (*broker.Server)(nil)
+	_ jobs.Planner           = (*rollout.Planner)(nil)
+	_ rollout.Firmware       = (*firmware.Store)(nil)
+)
 
 // disconnectReason is the presence reason for a broker disconnect error:
 // a short stable word, "" for a clean DISCONNECT.
@@ -856,22 +720,4 @@ func disconnectReason(err error) string {
 		return "slow_consumer"
 	}
 	return "error"
-}
-
-var (
-	_ broker.Store  = (*boltstore.Store)(nil)
-	_ rollout.Store = (*rolloutstore.Store)(nil)
-)
-
-// brokerStateError explains what to do about a broker.db serve cannot
-// use: it never starts without the state it holds.
-func brokerStateError(err error) error {
-	switch {
-	case errors.Is(err, boltstore.ErrCorrupt):
-		return fmt.Errorf("server: %w (the broker's retained messages and persistent sessions; "+
-			"to start without them, move broker.db out of the data dir)", err)
-	case errors.Is(err, boltstore.ErrLocked):
-		return fmt.Errorf("server: %w", err)
-	}
-	return err
 }
