@@ -35,8 +35,8 @@ func TestConformance(t *testing.T) {
 		}
 	}
 	mosq := mosquittotest.Start(t, "acl_file "+mosqACL+"\n")
-	anon := startServerConfig(t, func(c *serveConfig) { c.anonymous, c.aclFile = true, umbraACL })
-	auth := startServerConfig(t, func(c *serveConfig) { c.aclFile = umbraACL })
+	anon := startServerConfig(t, func(c *serveConfig) { c.Anonymous, c.ACLFile = true, umbraACL })
+	auth := startServerConfig(t, func(c *serveConfig) { c.ACLFile = umbraACL })
 	secret, err := auth.ids.CreateToken(t.Context(), identity.RoleOperator, "conformance")
 	if err != nil {
 		t.Fatal(err)

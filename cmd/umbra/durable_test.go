@@ -162,12 +162,12 @@ func TestServeBrokerDB(t *testing.T) {
 	t.Run("missing", func(t *testing.T) {
 		dir := t.TempDir()
 		t.Run("first start", func(t *testing.T) {
-			startServerConfig(t, func(c *serveConfig) { c.anonymous, c.dataDir = true, dir })
+			startServerConfig(t, func(c *serveConfig) { c.Anonymous, c.DataDir = true, dir })
 		})
 		if err := os.Remove(filepath.Join(dir, "broker.db")); err != nil {
 			t.Fatal(err)
 		}
-		startServerConfig(t, func(c *serveConfig) { c.anonymous, c.dataDir = true, dir })
+		startServerConfig(t, func(c *serveConfig) { c.Anonymous, c.DataDir = true, dir })
 		if _, err := os.Stat(filepath.Join(dir, "broker.db")); err != nil {
 			t.Errorf("broker.db after starting without one: %v", err)
 		}

@@ -44,10 +44,10 @@ func startMigrationServer(t *testing.T) (*server, *awssdktest.AWSCA) {
 		t.Fatalf("serve flags: %v", err)
 	}
 	srv := startServerConfig(t, func(c *serveConfig) {
-		c.dataDir = dataDir
-		c.tlsAddr = cfg.tlsAddr
-		c.tlsConfig = cfg.tlsConfig
-		c.boundOnlyCAs = cfg.boundOnlyCAs
+		c.DataDir = dataDir
+		c.TLSAddr = cfg.TLSAddr
+		c.TLSConfig = cfg.TLSConfig
+		c.BoundOnlyCAs = cfg.BoundOnlyCAs
 	})
 	return srv, aws
 }

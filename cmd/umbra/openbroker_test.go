@@ -218,7 +218,7 @@ func TestMessageRateFlags(t *testing.T) {
 	if err != nil {
 		t.Fatalf("serve flags: %v", err)
 	}
-	srv := startServerConfig(t, func(c *serveConfig) { c.limits = cfg.limits })
+	srv := startServerConfig(t, func(c *serveConfig) { c.MaxMessageRate, c.MaxMessageBurst = cfg.MaxMessageRate, cfg.MaxMessageBurst })
 	intSecret, err := srv.ids.CreateToken(t.Context(), identity.RoleIntegrator, "dash")
 	if err != nil {
 		t.Fatal(err)

@@ -459,9 +459,9 @@ func TestSecurityMTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := startServerConfig(t, func(c *serveConfig) {
-		c.dataDir = dataDir
-		c.tlsAddr = "127.0.0.1:0"
-		c.tlsConfig = tlsCfg
+		c.DataDir = dataDir
+		c.TLSAddr = "127.0.0.1:0"
+		c.TLSConfig = tlsCfg
 	})
 	adminCLI(t, srv, "device", "add", "dev-m")
 	certDir := t.TempDir()

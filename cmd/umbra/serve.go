@@ -30,56 +30,24 @@ import (
 	"github.com/umbra-iot/umbra/shadow"
 )
 
-// serveOptions are the flags of `umbra serve`.
+// serveOptions are the flags of `umbra serve`. Those that configure the
+// server are parsed straight into cfg, one server.Config field per flag;
+// the others configure the process (logging, shutdown, the config file)
+// or name files that are parsed into a Config field (TLS).
 type serveOptions struct {
-	dataDir   string
-	mqttAddr  string
-	wsAddr    string
-	httpAddr  string
-	logFormat string
-	logLevel  string
+	cfg umbraserver.Config
 
-	maxDocSize      int
-	maxNamedShadows int
-	maxPacketSize   uint32
-	deviceRate      float64
-	jobsRate        float64
-	shutdownGrace   time.Duration
+	logFormat     string
+	logLevel      string
+	shutdownGrace time.Duration
 
-	retryCacheEntries int
-	retryCacheBytes   int64
-
-	maxPendingBytes     int
-	servicePendingBytes int
-	writeTimeout        time.Duration
-	maxSubs             int
-	serviceSubs         int
-	limits              mqttLimits
-
-	// Durable broker state: its limits (broker.Config).
-	maxRetained         int
-	maxRetainedBytes    int64
-	maxQueuedBytes      int64
-	serviceQueuedBytes  int64
-	maxSessionsIdentity int
-
-	publicURL    string
-	signingKey   string
-	urlTTL       time.Duration
-	maxImageSize int64
-
-	insecureAnonymous bool
-	allowedOrigins    []string
-	aclFile           string
-	maxClientIDLen    int
-	tlsAddr           string
-	tlsCert           string
-	tlsKey            string
-	clientCA          []string
-	boundClientCA     []string
-	clientCert        string
-	httpTLSCert       string
-	httpTLSKey        string
+	tlsCert       string
+	tlsKey        string
+	clientCA      []string
+	boundClientCA []string
+	clientCert    string
+	httpTLSCert   string
+	httpTLSKey    string
 
 	configFile  string
 	printConfig bool
@@ -131,7 +99,7 @@ configuration describes for GET /healthz and exits 0 when it is healthy
 				return printConfig(cmd.OutOrStdout(), cmd.Flags(), o.configFile, sources)
 			}
 			if o.healthcheck {
-				return probeHealth(cmd.Context(), cmd.OutOrStdout(), o.httpAddr, o.httpTLSCert)
+				return probeHealth(cmd.Context(), cmd.OutOrStdout(), o.cfg.HTTPAddr, o.httpTLSCert)
 			}
 			log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
 			if err != nil {
@@ -152,41 +120,41 @@ configuration describes for GET /healthz and exits 0 when it is healthy
 }
 
 func (o *serveOptions) addFlags(cmd *cobra.Command) {
-	f := cmd.Flags()
-	f.StringVar(&o.dataDir, "data-dir", "./umbra-data", "directory for Umbra's databases and keys")
-	f.StringVar(&o.mqttAddr, "mqtt-addr", "127.0.0.1:1883", "MQTT over TCP listen address (\"\" disables)")
-	f.StringVar(&o.wsAddr, "ws-addr", "127.0.0.1:8083", "MQTT over WebSocket listen address (\"\" disables)")
-	f.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8080", "HTTP API listen address (\"\" disables)")
+	f, c := cmd.Flags(), &o.cfg
+	f.StringVar(&c.DataDir, "data-dir", "./umbra-data", "directory for Umbra's databases and keys")
+	f.StringVar(&c.MQTTAddr, "mqtt-addr", "127.0.0.1:1883", "MQTT over TCP listen address (\"\" disables)")
+	f.StringVar(&c.WSAddr, "ws-addr", "127.0.0.1:8083", "MQTT over WebSocket listen address (\"\" disables)")
+	f.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP API listen address (\"\" disables)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.IntVar(&o.maxDocSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
-	f.IntVar(&o.maxNamedShadows, "max-named-shadows", shadow.DefaultMaxNamedShadows, "named shadows one device may have besides its classic shadow (0 turns named shadows off; 400 beyond)")
-	f.Uint32Var(&o.maxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
-	f.Float64Var(&o.deviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
-	f.Float64Var(&o.jobsRate, "jobs-rate", jobs.DefaultDeviceRate, "AWS IoT Jobs requests per second per thing, burst twice as many (RequestThrottled beyond; negative disables)")
-	f.IntVar(&o.retryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
-	f.Int64Var(&o.retryCacheBytes, "retry-cache-bytes", shadow.DefaultDedupeMaxBytes, "most memory, in bytes, the clientToken retry cache may use (the oldest entries are evicted beyond it)")
+	f.IntVar(&c.MaxDocumentSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
+	f.IntVar(&c.MaxNamedShadows, "max-named-shadows", shadow.DefaultMaxNamedShadows, "named shadows one device may have besides its classic shadow (0 turns named shadows off; 400 beyond)")
+	f.Uint32Var(&c.MaxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
+	f.Float64Var(&c.DeviceRate, "device-rate", shadow.DefaultDeviceRate, "shadow requests per second per device (429 beyond; negative disables)")
+	f.Float64Var(&c.JobsRate, "jobs-rate", jobs.DefaultDeviceRate, "AWS IoT Jobs requests per second per thing, burst twice as many (RequestThrottled beyond; negative disables)")
+	f.IntVar(&c.RetryCacheEntries, "retry-cache-entries", shadow.DefaultDedupeMaxEntries, "most updates remembered for clientToken retries (one per device; the oldest are evicted beyond it)")
+	f.Int64Var(&c.RetryCacheBytes, "retry-cache-bytes", shadow.DefaultDedupeMaxBytes, "most memory, in bytes, the clientToken retry cache may use (the oldest entries are evicted beyond it)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "how long shutdown waits for requests in progress")
-	f.IntVar(&o.maxPendingBytes, "max-pending-bytes", 0, "bytes a device's connection may have pending (sent but not taken by its socket) before it is disconnected as a slow consumer; 0 means 2 × --max-packet-size")
-	f.IntVar(&o.servicePendingBytes, "service-max-pending-bytes", broker.DefaultServicePendingBytes, "--max-pending-bytes for operators and integrators")
-	f.DurationVar(&o.writeTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
-	f.IntVar(&o.maxSubs, "max-subscriptions", broker.DefaultMaxSubscriptions, "subscriptions a device's session may hold (further filters are refused in SUBACK); -1 for no cap")
-	f.IntVar(&o.serviceSubs, "service-max-subscriptions", broker.DefaultServiceSubscriptions, "--max-subscriptions for operators and integrators")
-	f.IntVar(&o.maxRetained, "max-retained", broker.DefaultMaxRetained, "retained messages clients may hold; a new retained topic beyond it is refused (MQTT 5: PUBACK 0x97; MQTT 3.1.1: delivered, not retained); -1 for no cap")
-	f.Int64Var(&o.maxRetainedBytes, "max-retained-bytes", broker.DefaultMaxRetainedBytes, "payload bytes of the retained messages clients may hold, refused like --max-retained; -1 for no cap")
-	f.Int64Var(&o.maxQueuedBytes, "max-queued-bytes", broker.DefaultMaxQueuedBytes, "payload bytes a device's persistent session may hold (queued while offline or unacknowledged); further messages to it are dropped; -1 for no cap")
-	f.Int64Var(&o.serviceQueuedBytes, "service-max-queued-bytes", broker.DefaultServiceQueuedBytes, "--max-queued-bytes for operators and integrators; -1 for no cap")
-	f.IntVar(&o.maxSessionsIdentity, "max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "persistent MQTT sessions one identity (operator or integrator token) may keep; one more is refused at CONNECT (quota exceeded); -1 for no cap")
-	o.limits.addFlags(f)
-	f.StringVar(&o.publicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
-	f.StringVar(&o.signingKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
-	f.DurationVar(&o.urlTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
-	f.Int64Var(&o.maxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
-	f.StringVar(&o.aclFile, "acl-file", "", "topic policy file (mosquitto acl_file syntax with role sections, docs/acl.md) extending the built-in default policy; reloaded on SIGHUP")
-	f.IntVar(&o.maxClientIDLen, "max-client-id-length", broker.DefaultMaxClientIDLength, "longest MQTT client ID accepted, in bytes (at most 65535)")
-	f.BoolVar(&o.insecureAnonymous, "insecure-anonymous", false, "accept every MQTT and HTTP client as an operator, without credentials (loopback listeners only; for tests and demos)")
-	f.StringSliceVar(&o.allowedOrigins, "allowed-origins", nil, "browser origins (scheme://host[:port], comma-separated) whose pages may change things through the HTTP API and open MQTT over WebSocket, besides the server's own origin (HTTP) and host (WebSocket)")
-	f.StringVar(&o.tlsAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
+	f.IntVar(&c.MaxPendingBytes, "max-pending-bytes", 0, "bytes a device's connection may have pending (sent but not taken by its socket) before it is disconnected as a slow consumer; 0 means 2 × --max-packet-size")
+	f.IntVar(&c.ServicePendingBytes, "service-max-pending-bytes", broker.DefaultServicePendingBytes, "--max-pending-bytes for operators and integrators")
+	f.DurationVar(&c.WriteTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
+	f.IntVar(&c.MaxSubscriptions, "max-subscriptions", broker.DefaultMaxSubscriptions, "subscriptions a device's session may hold (further filters are refused in SUBACK); -1 for no cap")
+	f.IntVar(&c.ServiceSubscriptions, "service-max-subscriptions", broker.DefaultServiceSubscriptions, "--max-subscriptions for operators and integrators")
+	f.IntVar(&c.MaxRetained, "max-retained", broker.DefaultMaxRetained, "retained messages clients may hold; a new retained topic beyond it is refused (MQTT 5: PUBACK 0x97; MQTT 3.1.1: delivered, not retained); -1 for no cap")
+	f.Int64Var(&c.MaxRetainedBytes, "max-retained-bytes", broker.DefaultMaxRetainedBytes, "payload bytes of the retained messages clients may hold, refused like --max-retained; -1 for no cap")
+	f.Int64Var(&c.MaxQueuedBytes, "max-queued-bytes", broker.DefaultMaxQueuedBytes, "payload bytes a device's persistent session may hold (queued while offline or unacknowledged); further messages to it are dropped; -1 for no cap")
+	f.Int64Var(&c.ServiceQueuedBytes, "service-max-queued-bytes", broker.DefaultServiceQueuedBytes, "--max-queued-bytes for operators and integrators; -1 for no cap")
+	f.IntVar(&c.MaxSessionsPerIdentity, "max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "persistent MQTT sessions one identity (operator or integrator token) may keep; one more is refused at CONNECT (quota exceeded); -1 for no cap")
+	addLimitFlags(f, c)
+	f.StringVar(&c.PublicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
+	f.StringVar(&c.SigningKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
+	f.DurationVar(&c.URLTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
+	f.Int64Var(&c.MaxImageSize, "max-image-size", firmware.DefaultMaxImageSize, "largest firmware image accepted, in bytes")
+	f.StringVar(&c.ACLFile, "acl-file", "", "topic policy file (mosquitto acl_file syntax with role sections, docs/acl.md) extending the built-in default policy; reloaded on SIGHUP")
+	f.IntVar(&c.MaxClientIDLength, "max-client-id-length", broker.DefaultMaxClientIDLength, "longest MQTT client ID accepted, in bytes (at most 65535)")
+	f.BoolVar(&c.Anonymous, "insecure-anonymous", false, "accept every MQTT and HTTP client as an operator, without credentials (loopback listeners only; for tests and demos)")
+	f.StringSliceVar(&c.AllowedOrigins, "allowed-origins", nil, "browser origins (scheme://host[:port], comma-separated) whose pages may change things through the HTTP API and open MQTT over WebSocket, besides the server's own origin (HTTP) and host (WebSocket)")
+	f.StringVar(&c.TLSAddr, "tls-addr", "", "MQTT over TLS listen address (\"\" disables); needs --tls-cert and --tls-key")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls-addr")
 	f.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM) for --tls-addr")
 	f.StringSliceVar(&o.clientCA, "client-ca", nil, "PEM `files` (repeatable or comma-separated; each one certificate or a bundle) of the CAs that sign device client certificates: enables mTLS on --tls-addr. A certificate logs in as the device its common name names, or the device it is bound to (umbra device add --cert). The fleet CA of umbra ca init is <data-dir>/ca/ca.pem")
@@ -213,59 +181,32 @@ func newServeFlagSet() *pflag.FlagSet {
 // may hold --max-shadow-size bytes, so the cap bounds a device's storage.
 const maxNamedShadowsFlag = 1000
 
-// serveConfig is everything runServe needs, built from flags.
+// serveConfig is everything runServe needs, built from flags: the
+// server's Config and what the process itself uses.
 type serveConfig struct {
-	dataDir       string
-	mqttAddr      string
-	wsAddr        string
-	httpAddr      string
-	maxDocSize    int
-	maxNamed      int // shadow.Config.MaxNamedShadows: negative for none
-	maxPacketSize uint32
-	deviceRate    float64
-	jobsRate      float64
-	retryEntries  int
-	retryBytes    int64
+	umbraserver.Config
 	shutdownGrace time.Duration
-	durable       brokerLimits
-	publicURL     string
-	signingKey    string
-	urlTTL        time.Duration
-	maxImageSize  int64
-	anonymous     bool
-	origins       []string
-	aclFile       string
-	maxClientID   int
-	tlsAddr       string
-	tlsConfig     *tls.Config       // nil unless tlsAddr is set
-	httpTLS       *identity.KeyPair // nil: plain HTTP
+	httpTLS       *identity.KeyPair // nil: plain HTTP; runServe makes Config.HTTPTLSConfig of it
 	// keyPairs are the TLS listeners' certificates, reloaded on SIGHUP.
-	keyPairs     []listenerKeyPair
-	boundOnlyCAs []*x509.Certificate
-	log          *slog.Logger
+	keyPairs []listenerKeyPair
 	// ready, if set, receives the running server once every listener is
 	// bound (tests use it to learn the ports).
 	ready func(*server)
-
-	// broker limits; 0 selects the broker's default
-	maxPendingBytes, servicePendingBytes int
-	writeTimeout                         time.Duration
-	maxSubs, serviceSubs                 int
-	limits                               mqttLimits
 }
 
 func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
-	if o.dataDir == "" {
+	c := o.cfg // each flag's value, in its Config field
+	if c.DataDir == "" {
 		return serveConfig{}, errors.New("--data-dir must not be empty")
 	}
-	for name, addr := range map[string]string{"--mqtt-addr": o.mqttAddr, "--ws-addr": o.wsAddr, "--http-addr": o.httpAddr, "--tls-addr": o.tlsAddr} {
+	for name, addr := range map[string]string{"--mqtt-addr": c.MQTTAddr, "--ws-addr": c.WSAddr, "--http-addr": c.HTTPAddr, "--tls-addr": c.TLSAddr} {
 		if addr == "" {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return serveConfig{}, fmt.Errorf("%s %s: %w", name, addr, err)
 		}
-		if !o.insecureAnonymous {
+		if !c.Anonymous {
 			continue // authentication is on: any interface may be used
 		}
 		if err := checkLoopback(addr); err != nil {
@@ -293,91 +234,80 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	if httpTLS != nil {
 		keyPairs = append(keyPairs, listenerKeyPair{"http", httpTLS})
 	}
-	if o.mqttAddr == "" && o.wsAddr == "" {
+	if c.MQTTAddr == "" && c.WSAddr == "" {
 		return serveConfig{}, errors.New("at least one of --mqtt-addr and --ws-addr is needed")
 	}
-	if o.maxDocSize < 256 || o.maxDocSize > 1<<20 {
-		return serveConfig{}, fmt.Errorf("--max-shadow-size %d: must be between 256 and 1048576", o.maxDocSize)
+	if c.MaxDocumentSize < 256 || c.MaxDocumentSize > 1<<20 {
+		return serveConfig{}, fmt.Errorf("--max-shadow-size %d: must be between 256 and 1048576", c.MaxDocumentSize)
 	}
-	if o.maxNamedShadows < 0 || o.maxNamedShadows > maxNamedShadowsFlag {
-		return serveConfig{}, fmt.Errorf("--max-named-shadows %d: must be between 0 (none) and %d", o.maxNamedShadows, maxNamedShadowsFlag)
+	if c.MaxNamedShadows < 0 || c.MaxNamedShadows > maxNamedShadowsFlag {
+		return serveConfig{}, fmt.Errorf("--max-named-shadows %d: must be between 0 (none) and %d", c.MaxNamedShadows, maxNamedShadowsFlag)
 	}
-	maxNamed := o.maxNamedShadows
-	if maxNamed == 0 {
-		maxNamed = -1 // none; 0 would be the engine's default
+	if c.MaxNamedShadows == 0 {
+		c.MaxNamedShadows = -1 // none; 0 would be the engine's default
 	}
-	if o.maxPacketSize < 1024 {
-		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", o.maxPacketSize)
+	if c.MaxPacketSize < 1024 {
+		return serveConfig{}, fmt.Errorf("--max-packet-size %d: must be at least 1024", c.MaxPacketSize)
 	}
-	if o.maxPendingBytes != 0 && o.maxPendingBytes < int(o.maxPacketSize)+5 {
+	if c.MaxPendingBytes != 0 && c.MaxPendingBytes < int(c.MaxPacketSize)+5 {
 		return serveConfig{}, fmt.Errorf("--max-pending-bytes %d: must be 0 (2 × --max-packet-size) or at least --max-packet-size + 5 (%d)",
-			o.maxPendingBytes, o.maxPacketSize+5)
+			c.MaxPendingBytes, c.MaxPacketSize+5)
 	}
-	if o.servicePendingBytes < 0 {
-		return serveConfig{}, fmt.Errorf("--service-max-pending-bytes %d: must not be negative", o.servicePendingBytes)
+	if c.ServicePendingBytes < 0 {
+		return serveConfig{}, fmt.Errorf("--service-max-pending-bytes %d: must not be negative", c.ServicePendingBytes)
 	}
-	for name, v := range map[string]int{"--max-subscriptions": o.maxSubs, "--service-max-subscriptions": o.serviceSubs} {
+	for name, v := range map[string]int{"--max-subscriptions": c.MaxSubscriptions, "--service-max-subscriptions": c.ServiceSubscriptions} {
 		if v == 0 || v < -1 {
 			return serveConfig{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", name, v)
 		}
 	}
-	if err := o.limits.validate(); err != nil {
+	if err := validateLimits(&c); err != nil {
 		return serveConfig{}, err
 	}
-	if o.writeTimeout < time.Second {
-		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", o.writeTimeout)
+	if c.WriteTimeout < time.Second {
+		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", c.WriteTimeout)
 	}
-	if o.publicURL != "" {
-		u, err := url.Parse(o.publicURL)
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
-			return serveConfig{}, fmt.Errorf("--public-url %q: want http(s)://host[:port][/path]", o.publicURL)
+			return serveConfig{}, fmt.Errorf("--public-url %q: want http(s)://host[:port][/path]", c.PublicURL)
 		}
 	}
-	if o.urlTTL <= 0 || o.urlTTL > firmware.MaxURLTTL {
-		return serveConfig{}, fmt.Errorf("--url-ttl %v: must be between 1s and %v", o.urlTTL, firmware.MaxURLTTL)
+	if c.URLTTL <= 0 || c.URLTTL > firmware.MaxURLTTL {
+		return serveConfig{}, fmt.Errorf("--url-ttl %v: must be between 1s and %v", c.URLTTL, firmware.MaxURLTTL)
 	}
-	if o.maxImageSize < 1 {
-		return serveConfig{}, fmt.Errorf("--max-image-size %d: must be positive", o.maxImageSize)
+	if c.MaxImageSize < 1 {
+		return serveConfig{}, fmt.Errorf("--max-image-size %d: must be positive", c.MaxImageSize)
 	}
-	if o.retryCacheEntries < 1 {
-		return serveConfig{}, fmt.Errorf("--retry-cache-entries %d: must be at least 1", o.retryCacheEntries)
+	if c.RetryCacheEntries < 1 {
+		return serveConfig{}, fmt.Errorf("--retry-cache-entries %d: must be at least 1", c.RetryCacheEntries)
 	}
-	if o.retryCacheBytes < 1<<10 {
-		return serveConfig{}, fmt.Errorf("--retry-cache-bytes %d: must be at least 1024", o.retryCacheBytes)
+	if c.RetryCacheBytes < 1<<10 {
+		return serveConfig{}, fmt.Errorf("--retry-cache-bytes %d: must be at least 1024", c.RetryCacheBytes)
 	}
-	if o.maxClientIDLen < 1 || o.maxClientIDLen > 65535 {
-		return serveConfig{}, fmt.Errorf("--max-client-id-length %d: must be between 1 and 65535", o.maxClientIDLen)
+	if c.MaxClientIDLength < 1 || c.MaxClientIDLength > 65535 {
+		return serveConfig{}, fmt.Errorf("--max-client-id-length %d: must be between 1 and 65535", c.MaxClientIDLength)
 	}
-	if o.deviceRate == 0 {
+	if c.DeviceRate == 0 {
 		return serveConfig{}, errors.New("--device-rate 0 would reject every request; use a negative value to disable the limit")
 	}
-	if o.jobsRate == 0 || math.IsNaN(o.jobsRate) || math.IsInf(o.jobsRate, 0) {
-		return serveConfig{}, fmt.Errorf("--jobs-rate %v: want a positive number of requests per second, or a negative one to disable the limit", o.jobsRate)
+	if c.JobsRate == 0 || math.IsNaN(c.JobsRate) || math.IsInf(c.JobsRate, 0) {
+		return serveConfig{}, fmt.Errorf("--jobs-rate %v: want a positive number of requests per second, or a negative one to disable the limit", c.JobsRate)
 	}
-	durable, err := o.brokerLimits()
-	if err != nil {
+	if err := validateBrokerLimits(&c); err != nil {
 		return serveConfig{}, err
 	}
-	for _, origin := range o.allowedOrigins {
+	for _, origin := range c.AllowedOrigins {
 		u, err := url.Parse(origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
 			u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
 			return serveConfig{}, fmt.Errorf("--allowed-origins %q: want http(s)://host[:port], as a browser sends it in Origin", origin)
 		}
 	}
-	return serveConfig{
-		dataDir: o.dataDir, mqttAddr: o.mqttAddr, wsAddr: o.wsAddr, httpAddr: o.httpAddr,
-		maxDocSize: o.maxDocSize, maxNamed: maxNamed, maxPacketSize: o.maxPacketSize, deviceRate: o.deviceRate, jobsRate: o.jobsRate,
-		retryEntries: o.retryCacheEntries, retryBytes: o.retryCacheBytes,
-		shutdownGrace: o.shutdownGrace, log: log, durable: durable,
-		maxPendingBytes: o.maxPendingBytes, servicePendingBytes: o.servicePendingBytes, writeTimeout: o.writeTimeout,
-		maxSubs: o.maxSubs, serviceSubs: o.serviceSubs, limits: o.limits,
-		publicURL: strings.TrimSuffix(o.publicURL, "/"), signingKey: o.signingKey, urlTTL: o.urlTTL, maxImageSize: o.maxImageSize,
-		anonymous: o.insecureAnonymous, origins: o.allowedOrigins, tlsAddr: o.tlsAddr, tlsConfig: tlsConfig,
-		httpTLS: httpTLS, keyPairs: keyPairs,
-		boundOnlyCAs: boundOnly,
-		aclFile:      o.aclFile, maxClientID: o.maxClientIDLen,
-	}, nil
+	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
+	c.TLSConfig, c.BoundOnlyCAs = tlsConfig, boundOnly
+	c.Logger = log
+	return serveConfig{Config: c, shutdownGrace: o.shutdownGrace, httpTLS: httpTLS, keyPairs: keyPairs}, nil
 }
 
 // Values of --client-cert.
@@ -386,30 +316,22 @@ const (
 	clientCertRequired = "required"
 )
 
-// brokerLimits are the limits of the broker's durable state.
-type brokerLimits struct {
-	maxRetained                                          int
-	maxRetainedBytes, maxQueuedBytes, serviceQueuedBytes int64
-	maxSessions                                          int
-}
-
-// brokerLimits validates the limit flags of the broker's durable state:
-// each is positive, or -1 for no cap.
-func (o *serveOptions) brokerLimits() (brokerLimits, error) {
+// validateBrokerLimits checks the limit flags of the broker's durable
+// state: each is positive, or -1 for no cap.
+func validateBrokerLimits(c *umbraserver.Config) error {
 	for _, f := range []struct {
 		name string
 		v    int64
 	}{
-		{"--max-retained", int64(o.maxRetained)}, {"--max-retained-bytes", o.maxRetainedBytes},
-		{"--max-queued-bytes", o.maxQueuedBytes}, {"--service-max-queued-bytes", o.serviceQueuedBytes},
-		{"--max-sessions-per-identity", int64(o.maxSessionsIdentity)},
+		{"--max-retained", int64(c.MaxRetained)}, {"--max-retained-bytes", c.MaxRetainedBytes},
+		{"--max-queued-bytes", c.MaxQueuedBytes}, {"--service-max-queued-bytes", c.ServiceQueuedBytes},
+		{"--max-sessions-per-identity", int64(c.MaxSessionsPerIdentity)},
 	} {
 		if f.v == 0 || f.v < -1 {
-			return brokerLimits{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", f.name, f.v)
+			return fmt.Errorf("%s %d: must be positive, or -1 for no cap", f.name, f.v)
 		}
 	}
-	return brokerLimits{maxRetained: o.maxRetained, maxRetainedBytes: o.maxRetainedBytes, maxQueuedBytes: o.maxQueuedBytes,
-		serviceQueuedBytes: o.serviceQueuedBytes, maxSessions: o.maxSessionsIdentity}, nil
+	return nil
 }
 
 // tlsSettings validates the TLS flags and loads the listener's
@@ -419,7 +341,7 @@ func (o *serveOptions) tlsSettings() (*tls.Config, []*x509.Certificate, error) {
 		return nil, nil, fmt.Errorf("--client-cert %q: want %s or %s", o.clientCert, clientCertOptional, clientCertRequired)
 	}
 	cas := len(o.clientCA) + len(o.boundClientCA)
-	if o.tlsAddr == "" {
+	if o.cfg.TLSAddr == "" {
 		if o.tlsCert != "" || o.tlsKey != "" || cas > 0 || o.clientCert != clientCertOptional {
 			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca, --bound-client-ca and --client-cert need --tls-addr")
 		}
@@ -428,7 +350,7 @@ func (o *serveOptions) tlsSettings() (*tls.Config, []*x509.Certificate, error) {
 	if o.tlsCert == "" || o.tlsKey == "" {
 		return nil, nil, errors.New("--tls-addr needs --tls-cert and --tls-key")
 	}
-	if cas > 0 && o.insecureAnonymous {
+	if cas > 0 && o.cfg.Anonymous {
 		return nil, nil, errors.New("--client-ca and --bound-client-ca (mTLS) and --insecure-anonymous exclude each other")
 	}
 	if o.clientCert == clientCertRequired && cas == 0 {
@@ -459,7 +381,7 @@ func (o *serveOptions) httpTLSSettings() (*identity.KeyPair, error) {
 	if o.httpTLSCert == "" || o.httpTLSKey == "" {
 		return nil, errors.New("--http-tls-cert and --http-tls-key go together")
 	}
-	if o.httpAddr == "" {
+	if o.cfg.HTTPAddr == "" {
 		return nil, errors.New("--http-tls-cert and --http-tls-key need --http-addr")
 	}
 	kp, err := identity.LoadKeyPair(o.httpTLSCert, o.httpTLSKey)
@@ -541,45 +463,10 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	scfg := umbraserver.Config{
-		DataDir:           cfg.dataDir,
-		MQTTAddr:          cfg.mqttAddr,
-		WSAddr:            cfg.wsAddr,
-		TLSAddr:           cfg.tlsAddr,
-		TLSConfig:         cfg.tlsConfig,
-		BoundOnlyCAs:      cfg.boundOnlyCAs,
-		HTTPAddr:          cfg.httpAddr,
-		HTTPTLSConfig:     httpTLSConfig(cfg.httpTLS),
-		MaxDocumentSize:   cfg.maxDocSize,
-		MaxNamedShadows:   cfg.maxNamed,
-		MaxPacketSize:     cfg.maxPacketSize,
-		DeviceRate:        cfg.deviceRate,
-		JobsRate:          cfg.jobsRate,
-		RetryCacheEntries: cfg.retryEntries,
-		RetryCacheBytes:   cfg.retryBytes,
-		PublicURL:         cfg.publicURL,
-		SigningKey:        cfg.signingKey,
-		URLTTL:            cfg.urlTTL,
-		MaxImageSize:      cfg.maxImageSize,
-		Anonymous:         cfg.anonymous,
-		AllowedOrigins:    cfg.origins,
-		ACLFile:           cfg.aclFile,
-		MaxClientIDLength: cfg.maxClientID,
-		Logger:            cfg.log,
-
-		MaxPendingBytes:      cfg.maxPendingBytes,
-		ServicePendingBytes:  cfg.servicePendingBytes,
-		WriteTimeout:         cfg.writeTimeout,
-		MaxSubscriptions:     cfg.maxSubs,
-		ServiceSubscriptions: cfg.serviceSubs,
-
-		MaxRetained:            cfg.durable.maxRetained,
-		MaxRetainedBytes:       cfg.durable.maxRetainedBytes,
-		MaxQueuedBytes:         cfg.durable.maxQueuedBytes,
-		ServiceQueuedBytes:     cfg.durable.serviceQueuedBytes,
-		MaxSessionsPerIdentity: cfg.durable.maxSessions,
+	scfg := cfg.Config
+	if cfg.httpTLS != nil {
+		scfg.HTTPTLSConfig = httpTLSConfig(cfg.httpTLS)
 	}
-	cfg.limits.apply(&scfg)
 	s, err := umbraserver.Open(ctx, scfg)
 	if err != nil {
 		return err
@@ -595,12 +482,12 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		select {
 		case <-hup:
 			_ = s.ReloadACL() // logged and counted
-			reloadKeyPairs(cfg.log, cfg.keyPairs)
+			reloadKeyPairs(scfg.Logger, cfg.keyPairs)
 		case <-ctx.Done():
 			done = true
 		}
 	}
-	cfg.log.Info("shutting down")
+	scfg.Logger.Info("shutting down")
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
 	defer cancel()
 	return s.Close(cctx)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	umbraserver "github.com/umbra-iot/umbra/internal/server"
 )
 
 // startServer runs runServe on 127.0.0.1:0 ports with a t.TempDir() data
@@ -15,7 +17,7 @@ import (
 // cancels it and checks that it returned without error.
 func startServer(t *testing.T) *server {
 	t.Helper()
-	return startServerConfig(t, func(c *serveConfig) { c.anonymous = true })
+	return startServerConfig(t, func(c *serveConfig) { c.Anonymous = true })
 }
 
 // startServerConfig is startServer with authentication on, after edit
@@ -26,14 +28,16 @@ func startServerConfig(t *testing.T, edit func(*serveConfig)) *server {
 	ready := make(chan *server, 1)
 	done := make(chan error, 1)
 	cfg := serveConfig{
-		dataDir:  t.TempDir(),
-		mqttAddr: "127.0.0.1:0",
-		// A different string from mqttAddr: the broker refuses two equal
-		// addresses, even port 0.
-		wsAddr:        "localhost:0",
-		httpAddr:      "127.0.0.1:0",
+		Config: umbraserver.Config{
+			DataDir:  t.TempDir(),
+			MQTTAddr: "127.0.0.1:0",
+			// A different string from MQTTAddr: the broker refuses two
+			// equal addresses, even port 0.
+			WSAddr:   "localhost:0",
+			HTTPAddr: "127.0.0.1:0",
+			Logger:   slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		},
 		shutdownGrace: 5 * time.Second,
-		log:           slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		ready:         func(s *server) { ready <- s },
 	}
 	if edit != nil {

@@ -58,6 +58,12 @@
 // Reloading certificates is the caller's: umbra serve hands the listeners a
 // GetCertificate of an identity.KeyPair and reloads it on SIGHUP.
 //
-// `umbra serve` is flag parsing over this package; tests and benchmarks
-// use it to run the same wiring in-process.
+// `umbra serve` is flag parsing over this package: each flag that
+// configures the server is parsed straight into its Config field (the
+// YAML config file's keys and UMBRA_* variables are the same flags); the
+// only translations are --max-named-shadows 0 (none: -1 here), the TLS
+// files (parsed into TLSConfig, HTTPTLSConfig and BoundOnlyCAs) and a
+// trailing "/" of --public-url. Flags of the process (logging,
+// --shutdown-grace, --config) are not Config fields. Tests and
+// benchmarks use this package to run the same wiring in-process.
 package server
