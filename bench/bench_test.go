@@ -131,10 +131,11 @@ func brokerURL(brk *broker.Server) string { return "tcp://" + brk.Addr().String(
 // file, engine subscribed to the request filters, delta catch-up on
 // subscribe, and the Prometheus metrics hooks.
 type umbra struct {
-	brk   *broker.Server
-	eng   *shadow.Engine
-	store *boltstore.Store // the broker's; nil without one
-	path  string
+	brk     *broker.Server
+	eng     *shadow.Engine
+	store   *boltstore.Store // the broker's; nil without one
+	shadows *shadowstore.Store
+	path    string
 
 	once sync.Once
 }
@@ -183,7 +184,7 @@ func openUmbraWith(tb testing.TB, dir string, store brokerStore) *umbra {
 		tb.Fatalf("open shadow.db: %v", err)
 	}
 	e, err := shadow.Open(tb.Context(), shadow.Config{
-		Store:      shadows, // the engine closes it
+		Store:      shadows, // closed by u.close, after the engine
 		Publisher:  u.brk,
 		DeviceRate: -1,
 		Observe:    func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
@@ -191,7 +192,7 @@ func openUmbraWith(tb testing.TB, dir string, store brokerStore) *umbra {
 	if err != nil {
 		tb.Fatalf("open shadow engine: %v", err)
 	}
-	u.eng = e
+	u.eng, u.shadows = e, shadows
 	eng.Store(e)
 	for _, f := range shadow.RequestFilters {
 		if err := u.brk.Subscribe(f, e.HandleRequest); err != nil {
@@ -211,6 +212,7 @@ func (u *umbra) close(tb testing.TB) {
 			closeWithin(tb, "broker.db", u.store)
 		}
 		closeWithin(tb, "shadow engine", u.eng)
+		closeWithin(tb, "shadow.db", u.shadows)
 	})
 }
 

@@ -144,7 +144,7 @@ func startUmbra() (url string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	eng, err := shadow.Open(ctx, shadow.Config{Store: shadows, // the engine closes it
+	eng, err := shadow.Open(ctx, shadow.Config{Store: shadows, // ours to close, after the engine
 		OnChange: func(id device.ID, _ shadow.Version) {
 			select {
 			case changed <- id:
@@ -161,7 +161,7 @@ func startUmbra() (url string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fw, err := firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "firmware"), Catalog: images, // the store closes it
+	fw, err := firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "firmware"), Catalog: images, // ours to close, after fw
 		BaseURL: "http://127.0.0.1:1"})
 	if err != nil {
 		log.Fatal(err)
@@ -222,7 +222,9 @@ func startUmbra() (url string, stop func()) {
 		planner.Close(ctx)
 		st.Close(ctx)
 		eng.Close(ctx)
+		shadows.Close(ctx)
 		fw.Close(ctx)
+		images.Close(ctx)
 		os.RemoveAll(dir)
 	}
 }

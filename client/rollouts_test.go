@@ -301,19 +301,20 @@ func TestRolloutAuth(t *testing.T) {
 	}
 }
 
-// shadowStore opens the bbolt shadow store at path; the engine given it
-// closes it.
+// shadowStore opens the bbolt shadow store at path and closes it on
+// cleanup, after the engine given it (opened later, so closed first).
 func shadowStore(tb testing.TB, path string) shadow.Store {
 	tb.Helper()
 	st, err := boltstore.Open(tb.Context(), boltstore.Config{Path: path})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() { st.Close(context.Background()) })
 	return st
 }
 
-// fwCatalog opens a bbolt firmware catalog in dir (created if missing);
-// the firmware store given it closes it.
+// fwCatalog opens a bbolt firmware catalog in dir (created if missing)
+// and closes it on cleanup, after the firmware store given it.
 func fwCatalog(tb testing.TB, dir string) firmware.Catalog {
 	tb.Helper()
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -323,5 +324,6 @@ func fwCatalog(tb testing.TB, dir string) firmware.Catalog {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() { c.Close(context.Background()) })
 	return c
 }

@@ -6,9 +6,8 @@ import "context"
 // (the metadata; the image bytes are blobs, kept apart under Config.Dir).
 // firmware/boltstore is the single-node Catalog (firmware.db); a cluster
 // catalog (a JetStream KV bucket) implements the same contract, which
-// firmware/storetest checks against every adapter. The Store owns its
-// Catalog from Open on: Store.Close closes it, and so does an Open that
-// fails.
+// firmware/storetest checks against every adapter. The Store never
+// closes its Catalog: whoever opened it closes it after Store.Close.
 //
 // Every method honours ctx (it returns ctx's error, wrapped, once ctx is
 // done, having changed nothing), is durable when it returns nil (on disk,
@@ -33,6 +32,4 @@ type Catalog interface {
 	// Delete removes the record of version v and returns it, or fails
 	// with an error wrapping ErrNotFound.
 	Delete(ctx context.Context, v Version) (Image, error)
-	// Close releases the Catalog, bounded by ctx. It is idempotent.
-	Close(ctx context.Context) error
 }

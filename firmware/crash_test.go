@@ -35,7 +35,7 @@ func uploadUntilKilled(dir string) {
 		fmt.Println("open catalog:", err)
 		os.Exit(2)
 	}
-	st, err := firmware.Open(context.Background(), firmware.Config{Dir: dir, Catalog: c})
+	st, err := firmware.Open(context.Background(), firmware.Config{Dir: dir, Catalog: c}) // killed: nothing is closed
 	if err != nil {
 		fmt.Println("open:", err)
 		os.Exit(2)
@@ -108,7 +108,7 @@ func TestCrashDuringUpload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open after crash: %v", err)
 	}
-	defer st.Close(context.Background())
+	defer closeStore(t, st)
 	imgs, err := st.List(context.Background())
 	if err != nil || len(imgs) != 0 {
 		t.Errorf("List after crash = %v, %v; want none", imgs, err)

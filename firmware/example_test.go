@@ -31,7 +31,8 @@ func ExampleCommand_Verify() {
 		fmt.Println(err)
 		return
 	}
-	// The store owns its catalog of records from here on.
+	// The catalog stays ours to close, after the store.
+	defer records.Close(ctx)
 	st, err := firmware.Open(ctx, firmware.Config{Dir: dir, Catalog: records, BaseURL: "http://" + srv.Listener.Addr().String()})
 	if err != nil {
 		fmt.Println(err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/firmware/boltstore"
+	"github.com/umbra-iot/umbra/firmware/storetest"
 )
 
 // clock is a settable test clock.
@@ -77,17 +78,33 @@ func mustOpen(tb testing.TB, mutate func(*firmware.Config)) *env {
 	srv.Start()
 	tb.Cleanup(func() {
 		srv.Close()
-		if err := e.st.Close(context.Background()); err != nil {
-			tb.Errorf("Close: %v", err)
-		}
+		closeStore(tb, e.st)
 		checkNoTemp(tb, e.dir)
 	})
 	return e
 }
 
+// catalogs are the Catalogs openStore opened, by their Store: the test
+// owns them and closes them after their Store (closeStore).
+var catalogs sync.Map // *firmware.Store → storetest.Catalog
+
+// closeStore closes st and then the Catalog openStore opened for it, as
+// their owner does.
+func closeStore(tb testing.TB, st *firmware.Store) {
+	tb.Helper()
+	if err := st.Close(context.Background()); err != nil {
+		tb.Errorf("Close: %v", err)
+	}
+	if c, ok := catalogs.LoadAndDelete(st); ok {
+		if err := c.(storetest.Catalog).Close(context.Background()); err != nil {
+			tb.Errorf("close catalog: %v", err)
+		}
+	}
+}
+
 // openStore opens a store with cfg on a bbolt Catalog in cfg.Dir (in a
-// temp dir if cfg has no Dir) unless cfg has a Catalog; the store owns
-// the Catalog.
+// temp dir if cfg has no Dir) unless cfg has a Catalog. The Catalog it
+// opens is closed by closeStore, or in tb.Cleanup (also when Open fails).
 func openStore(tb testing.TB, cfg firmware.Config) (*firmware.Store, error) {
 	tb.Helper()
 	if cfg.Catalog == nil {
@@ -102,17 +119,26 @@ func openStore(tb testing.TB, cfg firmware.Config) (*firmware.Store, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg.Catalog = c
+		tb.Cleanup(func() { c.Close(context.Background()) }) // idempotent
+		st, err := firmware.Open(context.Background(), withCatalog(cfg, c))
+		if err == nil {
+			catalogs.Store(st, storetest.Catalog(c))
+		}
+		return st, err
 	}
 	return firmware.Open(context.Background(), cfg)
 }
 
-// reopen closes the store and opens it again on the same directory.
+func withCatalog(cfg firmware.Config, c firmware.Catalog) firmware.Config {
+	cfg.Catalog = c
+	return cfg
+}
+
+// reopen closes the store (and its catalog) and opens it again on the
+// same directory.
 func (e *env) reopen(tb testing.TB) {
 	tb.Helper()
-	if err := e.st.Close(context.Background()); err != nil {
-		tb.Fatalf("Close: %v", err)
-	}
+	closeStore(tb, e.st)
 	st, err := openStore(tb, e.cfg)
 	if err != nil {
 		tb.Fatalf("reopen: %v", err)

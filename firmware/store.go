@@ -68,8 +68,8 @@ type Config struct {
 	// 0750 if missing.
 	Dir string
 	// Catalog holds the image records (see Catalog; firmware/boltstore
-	// opens firmware.db). Required. The Store owns it from Open on: Close
-	// closes it, and so does an Open that fails.
+	// opens firmware.db). Required. The Store never closes it: whoever
+	// opened it closes it after Close (or after an Open that failed).
 	Catalog Catalog
 	// MaxImageSize caps an upload in bytes. Default DefaultMaxImageSize.
 	MaxImageSize int64
@@ -257,20 +257,12 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the store in cfg.Dir on cfg.Catalog,
-// which it owns from then on (it is closed by Close, or by Open itself if
-// Open fails). It loads or creates the signing and URL keys, removes temp
+// which stays the caller's to close. It loads or creates the signing and URL keys, removes temp
 // files left by an interrupted upload and blobs no version references (a
 // crash between the blob rename and the metadata commit), and re-signs
 // manifests whose signature does not verify with the current key (after
 // a key change). It returns ctx's error (wrapped) if ctx ends first.
 func Open(ctx context.Context, cfg Config) (_ *Store, err error) {
-	if cfg.Catalog != nil {
-		defer func() {
-			if err != nil {
-				err = errors.Join(err, cfg.Catalog.Close(context.WithoutCancel(ctx)))
-			}
-		}()
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("firmware: open: %w", err)
 	}
@@ -389,10 +381,11 @@ func (s *Store) referenced(ctx context.Context) (map[string]bool, error) {
 	return refs, nil
 }
 
-// Close aborts uploads in progress, waits (bounded by ctx) for calls in
-// progress and closes the Catalog. When ctx ends first it returns an
-// error wrapping ctx's error; the calls still in progress then fail with
-// ErrClosed at their next use of the Catalog. It is idempotent; later
+// Close aborts uploads in progress and waits (bounded by ctx) for calls
+// in progress; it does not close the Catalog. When ctx ends first it
+// returns an error wrapping ctx's error; the calls still in progress then
+// fail with ErrClosed at their next use of the Catalog, which the caller
+// closes next. It is idempotent; later
 // calls return the first call's result. Downloads already being served
 // finish from their open file; new ones get 503.
 func (s *Store) Close(ctx context.Context) error {
@@ -409,11 +402,7 @@ func (s *Store) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			waitErr = fmt.Errorf("firmware: close: calls still in progress: %w", ctx.Err())
 		}
-		var closeErr error
-		if err := s.catalog.Close(ctx); err != nil {
-			closeErr = fmt.Errorf("firmware: close catalog: %w", err)
-		}
-		s.closeErr = errors.Join(waitErr, closeErr)
+		s.closeErr = waitErr
 	})
 	return s.closeErr
 }

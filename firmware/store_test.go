@@ -21,6 +21,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/firmware/storetest"
 )
 
 func TestUploadListGet(t *testing.T) {
@@ -360,7 +361,7 @@ func TestOpenInvalidConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st, err := openStore(t, tc.cfg)
 			if err == nil {
-				st.Close(context.Background())
+				closeStore(t, st)
 				t.Fatalf("Open(%+v) succeeded, want error", tc.cfg)
 			}
 		})
@@ -606,6 +607,11 @@ func TestCloseBoundedByContext(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return when its ctx ended")
+	}
+	// The owner closes the catalog next, with the same done ctx.
+	c, _ := catalogs.LoadAndDelete(e.st)
+	if err := c.(storetest.Catalog).Close(ctx); err != nil {
+		t.Errorf("close catalog: %v", err)
 	}
 	close(release)
 	if err := <-deleted; !errors.Is(err, firmware.ErrClosed) {

@@ -17,6 +17,7 @@ func TestEngineShadows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer st.Close(context.Background())
 	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st})
 	if err != nil {
 		t.Fatal(err)

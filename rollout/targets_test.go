@@ -269,7 +269,8 @@ func TestEngineInventory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st}) // closes st
+	defer st.Close(context.Background())
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,8 +41,8 @@ const (
 // Config configures an Engine. Zero values mean the documented defaults.
 type Config struct {
 	// Store holds the shadows (see Store; shadow/boltstore opens the
-	// bbolt file). Required. The engine owns it from Open on: Close
-	// closes it, and so does an Open that fails.
+	// bbolt file). Required. The engine never closes it: whoever opened
+	// it closes it after Close (or after an Open that failed).
 	Store Store
 	// Publisher receives every response, delta and documents message. Nil
 	// means responses are only returned to in-process callers.
@@ -205,18 +205,10 @@ type Engine struct {
 	}
 }
 
-// Open starts an engine on cfg.Store, which it owns from then on (it is
-// closed by Close, or by Open itself if Open fails). It reads the store
-// once, to count the named shadows, and returns ctx's error (wrapped) if
-// ctx ends first.
-func Open(ctx context.Context, cfg Config) (_ *Engine, err error) {
-	if cfg.Store != nil {
-		defer func() {
-			if err != nil {
-				err = errors.Join(err, cfg.Store.Close(context.WithoutCancel(ctx)))
-			}
-		}()
-	}
+// Open starts an engine on cfg.Store, which stays the caller's to close.
+// It reads the store once, to count the named shadows, and returns ctx's
+// error (wrapped) if ctx ends first.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -248,14 +240,15 @@ func Open(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	return e, nil
 }
 
-// Close stops accepting requests (they are rejected with 503, ErrClosed),
-// waits for the ones in progress to commit and publish, and closes the
-// store. It is bounded by ctx: when ctx ends first, requests still in
-// progress give up (503) unless their commit is already in flight, the
-// store refuses the writes it has not started to commit (see Store), and
-// Close returns an error wrapping ctx's error. A close that leaves
-// nothing behind returns nil even with ctx done. It is idempotent; later
-// calls return the first call's result.
+// Close stops accepting requests (they are rejected with 503, ErrClosed)
+// and waits for the ones in progress to commit and publish. It is bounded
+// by ctx: when ctx ends first, requests still in progress give up (503)
+// unless their commit is already in flight, and Close returns an error
+// wrapping ctx's error; the caller then closes the store with a done ctx,
+// which refuses the writes it has not started to commit (see Store). A
+// close that leaves nothing behind returns nil even with ctx done. It is
+// idempotent; later calls return the first call's result. It does not
+// close the store.
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
@@ -269,12 +262,8 @@ func (e *Engine) Close(ctx context.Context) error {
 		}
 		close(e.quit)
 		e.wg.Wait()
-		err := e.store.Close(ctx)
 		e.cancel()
-		if err != nil {
-			err = fmt.Errorf("shadow: close store: %w", err)
-		}
-		e.closeErr = errors.Join(waitErr, err)
+		e.closeErr = waitErr
 	})
 	return e.closeErr
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/goldentest"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
+	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
 // recorder is a shadow.Publisher that records every message in order.
@@ -96,26 +97,36 @@ func (c *clock) Add(d time.Duration) {
 }
 
 type harness struct {
-	eng  *shadow.Engine
-	pub  *recorder
-	clk  *clock
-	path string
+	eng   *shadow.Engine
+	pub   *recorder
+	clk   *clock
+	path  string
+	store storetest.Store // closed after eng in Cleanup
 }
 
-// storeAt opens the bbolt store at path; the engine given it closes it.
-func storeAt(tb testing.TB, path string) shadow.Store {
+// storeAt opens the bbolt store at path and closes it in tb.Cleanup,
+// after the engine given it (its Cleanup is registered later, so it runs
+// first). A test that opens path again closes the store first itself
+// (Close is idempotent).
+func storeAt(tb testing.TB, path string) storetest.Store {
 	tb.Helper()
 	st, err := boltstore.Open(context.Background(), boltstore.Config{Path: path})
 	if err != nil {
 		tb.Fatalf("open %s: %v", path, err)
 	}
+	tb.Cleanup(func() {
+		if err := st.Close(context.Background()); err != nil {
+			tb.Errorf("close %s: %v", path, err)
+		}
+	})
 	return st
 }
 
 func mustOpen(t *testing.T, mod func(*shadow.Config)) *harness {
 	t.Helper()
 	h := &harness{pub: &recorder{}, clk: &clock{now: time.Unix(1700000000, 0)}, path: filepath.Join(t.TempDir(), "shadow.db")}
-	cfg := shadow.Config{Store: storeAt(t, h.path), Publisher: h.pub, Now: h.clk.Now, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	h.store = storeAt(t, h.path)
+	cfg := shadow.Config{Store: h.store, Publisher: h.pub, Now: h.clk.Now, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -317,8 +328,10 @@ func TestConcurrentUpdates(t *testing.T) {
 
 func TestDurableAcrossReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "shadow.db")
+	var st storetest.Store
 	open := func() *shadow.Engine {
-		e, err := shadow.Open(t.Context(), shadow.Config{Store: storeAt(t, path)})
+		st = storeAt(t, path)
+		e, err := shadow.Open(t.Context(), shadow.Config{Store: st})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -333,6 +346,7 @@ func TestDurableAcrossReopen(t *testing.T) {
 		t.Fatalf("delete missing = %v", err)
 	}
 	e.Close(t.Context())
+	st.Close(t.Context())
 	e = open()
 	defer e.Close(t.Context())
 	got, err := e.Get(t.Context(), "dev-1", nil)

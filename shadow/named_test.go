@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
 // shadowNames lists id's shadows as "name@version" ("" for the classic one).
@@ -102,6 +103,9 @@ func TestNamedShadowLimit(t *testing.T) {
 
 	// The gauge survives a restart: it is counted from the file.
 	if err := e.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.store.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	e2, err := shadow.Open(t.Context(), shadow.Config{Store: storeAt(t, h.path)})
@@ -474,8 +478,10 @@ func TestOpenFileFromMain(t *testing.T) {
 	if err := os.WriteFile(path, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	var st storetest.Store
 	open := func() *shadow.Engine {
-		e, err := shadow.Open(t.Context(), shadow.Config{Store: storeAt(t, path)})
+		st = storeAt(t, path)
+		e, err := shadow.Open(t.Context(), shadow.Config{Store: st})
 		if err != nil {
 			t.Fatalf("open the file from main: %v", err)
 		}
@@ -517,6 +523,9 @@ func TestOpenFileFromMain(t *testing.T) {
 	}
 	mustUpdateNamed(t, e, "dev-1", "cfg", `{"state":{"reported":{"a":1}}}`)
 	if err := e.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	e = open()

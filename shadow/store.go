@@ -16,8 +16,10 @@ import (
 // (the JSON form of Document); a Store keeps their bytes unchanged.
 // shadow/boltstore is the single-node Store (one bbolt file); a cluster
 // store (a JetStream KV bucket) implements the same contract, which
-// shadow/storetest checks against every adapter. The engine takes
-// ownership of its Store: Engine.Close closes it.
+// shadow/storetest checks against every adapter. The engine never closes
+// its Store: whoever opened it closes it (the adapter's Close, which
+// storetest checks too: it drains or refuses the pending writes, bounded
+// by its ctx) after Engine.Close.
 //
 // Revisions. Every record has a revision (Rev), which changes whenever the
 // record does; Rev 0 means "no record". The engine reads a record,
@@ -72,9 +74,6 @@ type Store interface {
 	// them), until fn returns false. Classic shadows are not visited.
 	// rec.Value is valid only until fn returns.
 	ScanNamed(ctx context.Context, id device.ID, fn func(k Key, rec Record) bool) error
-	// Close drains or refuses the pending writes and releases the Store,
-	// bounded by ctx, as described above.
-	Close(ctx context.Context) error
 }
 
 // Rev is a record's revision in a Store: it changes whenever the record

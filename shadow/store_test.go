@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/shadow"
+	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
 // wrappedStore is a real bbolt store whose first Commit can be held, and
 // whose Commits can be preceded by another writer's, and whose Close is
 // counted.
 type wrappedStore struct {
-	shadow.Store
+	storetest.Store
 	// holdFirst holds the first Commit: entered is closed when it is
 	// held, and closing release lets it go on.
 	holdFirst        bool
@@ -131,7 +132,8 @@ func TestCancelledContextReturnsPromptly(t *testing.T) {
 
 // TestCloseBoundedByContext: Close returns when its context ends even
 // though a request is stuck in a commit; an MQTT request waiting behind
-// it gives up with 503, and the store is closed once.
+// it gives up with 503. The engine does not close the store; its owner's
+// Close with the done context then refuses the stuck commit.
 func TestCloseBoundedByContext(t *testing.T) {
 	pub := &recorder{}
 	w := holding()
@@ -169,12 +171,15 @@ func TestCloseBoundedByContext(t *testing.T) {
 	if len(rej) != 1 || codeIn(t, []byte(rej[0].Payload)) != 503 {
 		t.Errorf("rejections = %v, want one 503", rej)
 	}
+	if n := w.closes.Load(); n != 0 {
+		t.Errorf("the engine closed its store %d times, want 0 (its opener closes it)", n)
+	}
+	if err := w.Close(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("store Close = %v", err)
+	}
 	close(w.release)
 	if err := <-stuck; !errors.Is(err, shadow.ErrClosed) {
 		t.Errorf("the stuck update = %v, want ErrClosed (its store was closed)", err)
-	}
-	if n := w.closes.Load(); n != 1 {
-		t.Errorf("store closed %d times, want 1", n)
 	}
 	if err2 := eng.Close(t.Context()); err2 == nil || err2.Error() != err.Error() {
 		t.Errorf("second Close = %v, want the first's %v", err2, err)
@@ -257,8 +262,9 @@ func TestRevisionMismatchRetried(t *testing.T) {
 	}
 }
 
-// TestOpenClosesStoreOnFailure: Open owns its Store even when it fails.
-func TestOpenClosesStoreOnFailure(t *testing.T) {
+// TestOpenNeverClosesStore: a failed Open leaves the Store to the caller,
+// open and usable.
+func TestOpenNeverClosesStore(t *testing.T) {
 	done, cancel := context.WithCancel(t.Context())
 	cancel()
 	for _, tc := range []struct {
@@ -276,8 +282,11 @@ func TestOpenClosesStoreOnFailure(t *testing.T) {
 				eng.Close(t.Context())
 				t.Fatal("Open succeeded")
 			}
-			if n := w.closes.Load(); n != 1 {
-				t.Errorf("store closed %d times, want 1", n)
+			if n := w.closes.Load(); n != 0 {
+				t.Errorf("store closed %d times, want 0", n)
+			}
+			if _, err := w.Get(t.Context(), shadow.Key{Device: "dev-1"}); err != nil && !errors.Is(err, shadow.ErrNotFound) {
+				t.Errorf("store after the failed Open: Get = %v, want it open", err)
 			}
 		})
 	}

@@ -13,6 +13,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	boltdb "github.com/umbra-iot/umbra/internal/boltstore"
+
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/device"
 )
@@ -95,22 +97,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 // openDB opens the bbolt file, turning a panic of bbolt on a damaged file
 // into ErrCorrupt.
-func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("boltstore: open %s: %w: %v", path, ErrCorrupt, r)
-		}
-	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	switch {
-	case errors.Is(err, bolt.ErrTimeout):
-		return nil, fmt.Errorf("boltstore: open %s: %w (is another umbra serve using this data dir?): %w", path, ErrLocked, err)
-	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrVersionMismatch), errors.Is(err, bolt.ErrChecksum):
-		return nil, fmt.Errorf("boltstore: open %s: %w: %w", path, ErrCorrupt, err)
-	case err != nil:
-		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
-	}
-	return db, nil
+func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
+	return boltdb.Open(path, boltdb.Options{Timeout: timeout, Locked: ErrLocked, Corrupt: ErrCorrupt})
 }
 
 // init creates the buckets of a new file and checks the format of an

@@ -10,6 +10,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	boltdb "github.com/umbra-iot/umbra/internal/boltstore"
+
 	"github.com/umbra-iot/umbra/firmware"
 )
 
@@ -67,12 +69,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.Timeout})
+	db, err := boltdb.Open(cfg.Path, boltdb.Options{Timeout: cfg.Timeout, Locked: ErrLocked})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("boltstore: open %s: %w (is another umbra serve using this data dir?): %w", cfg.Path, ErrLocked, err)
-		}
-		return nil, fmt.Errorf("boltstore: open %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketImages)

@@ -9,12 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/firmware/storetest"
 )
 
-func open(tb testing.TB, dir string) firmware.Catalog {
+func open(tb testing.TB, dir string) storetest.Catalog {
 	tb.Helper()
 	s, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, boltstore.File)})
 	if err != nil {

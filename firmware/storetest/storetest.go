@@ -20,7 +20,15 @@ import (
 // Opener opens the firmware.Catalog kept in dir (empty at first).
 // Contract closes every catalog it opens, and opens a dir again after
 // closing it, to check that what was acknowledged survives.
-type Opener func(tb testing.TB, dir string) firmware.Catalog
+type Opener func(tb testing.TB, dir string) Catalog
+
+// Catalog is a firmware.Catalog with the Close its opener calls (the
+// Store never closes its catalog): Close releases it, bounded by ctx, and
+// is idempotent; every method fails with ErrClosed after it.
+type Catalog interface {
+	firmware.Catalog
+	Close(ctx context.Context) error
+}
 
 // op is one call of a case: exactly one of create, replace and remove is
 // set. err is the error it must wrap (nil: success); a remove must also
@@ -225,7 +233,7 @@ func check(t *testing.T, c firmware.Catalog, want []firmware.Image) {
 	}
 }
 
-func mustClose(t *testing.T, c firmware.Catalog) {
+func mustClose(t *testing.T, c Catalog) {
 	t.Helper()
 	if err := c.Close(context.Background()); err != nil {
 		t.Errorf("Close: %v", err)

@@ -16,6 +16,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	boltdb "github.com/umbra-iot/umbra/internal/boltstore"
+
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
 )
@@ -100,12 +102,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("identity/boltstore: create data dir: %w", err)
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.Timeout})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s (is another umbra serve using this data dir?)", identity.ErrLocked, cfg.Path)
-	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Options{Timeout: cfg.Timeout, Locked: identity.ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("identity/boltstore: open %s: %w", cfg.Path, err)
+		return nil, fmt.Errorf("identity/boltstore: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range buckets {

@@ -27,7 +27,8 @@ func ExampleNewHandler() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	eng, err := shadow.Open(context.Background(), shadow.Config{Store: st}) // the engine closes st
+	defer st.Close(context.Background()) // ours to close, after the engine
+	eng, err := shadow.Open(context.Background(), shadow.Config{Store: st})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -54,6 +54,7 @@ func withCatalog(tb testing.TB, cfg firmware.Config) firmware.Config {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() { c.Close(context.Background()) })
 	cfg.Catalog = c
 	return cfg
 }

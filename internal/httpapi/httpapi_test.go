@@ -84,7 +84,8 @@ func openEngine(t testing.TB, cfg shadow.Config) *shadow.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Store = st // the engine closes it
+	t.Cleanup(func() { st.Close(context.Background()) }) // after the engine's Cleanup below
+	cfg.Store = st
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}

@@ -26,6 +26,21 @@
 // Close stops the inputs first (HTTP API, planner, broker), then the
 // components, then the stores.
 //
+// # Store ownership
+//
+// One rule, for every store and every component: whoever opens a store
+// owns it and closes it; a component never closes a store it was given.
+// The shadow engine, the firmware store, identity, the planner and the
+// broker all take their store in Config and leave it open in Close (and
+// when their Open fails); Server.Close closes the stores after every
+// component (stores.close, reverse order of opening). A component's
+// Close(ctx) that gave up on a done ctx leaves its in-flight store calls
+// to the store's own Close, which the owner calls next with the same ctx.
+// The store interfaces the components declare therefore have no Close;
+// each storetest contract suite adds it for the adapters it checks. Every
+// bbolt adapter opens its file through internal/boltstore.Open (mode
+// 0600, a 1 s lock timeout, ErrLocked and ErrCorrupt naming the file).
+//
 // # Revocation
 //
 // The identity store's OnRevoke is wired to broker.Server.Evict: removing

@@ -92,8 +92,9 @@ func startServer(t testing.TB, withEngine bool) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { st.Close(context.Background()) }) // after the engine's Cleanup below
 	s.eng, err = shadow.Open(t.Context(), shadow.Config{
-		Store:     st, // the engine closes it
+		Store:     st,
 		Publisher: brk,
 		Logger:    log,
 	})

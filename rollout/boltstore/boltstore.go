@@ -13,6 +13,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	boltdb "github.com/umbra-iot/umbra/internal/boltstore"
+
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/rollout"
 )
@@ -97,12 +99,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.Timeout})
-	switch {
-	case errors.Is(err, bolt.ErrTimeout):
-		return nil, fmt.Errorf("boltstore: open %s: %w (is another umbra serve using this data dir?): %w", cfg.Path, ErrLocked, err)
-	case err != nil:
-		return nil, fmt.Errorf("boltstore: open %s: %w", cfg.Path, err)
+	db, err := boltdb.Open(cfg.Path, boltdb.Options{Timeout: cfg.Timeout, Locked: ErrLocked})
+	if err != nil {
+		return nil, err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketRollouts, bucketSeq, bucketJobs} {

@@ -112,6 +112,7 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { st.Close(ctx) })
 	if r.eng, err = shadow.Open(ctx, shadow.Config{Store: st, Now: r.clk.Now, Logger: log}); err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +124,7 @@ func newRig(t testing.TB, mod func(*jobs.Config)) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { images.Close(ctx) })
 	if r.fw, err = firmware.Open(ctx, firmware.Config{Dir: filepath.Join(dir, "fw"), Catalog: images, BaseURL: "http://umbra.test",
 		URLSecret: []byte("0123456789abcdef"), Now: r.clk.Now, Logger: log}); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	boltdb "github.com/umbra-iot/umbra/internal/boltstore"
+
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/shadow"
 )
@@ -122,12 +124,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.Timeout})
+	db, err := boltdb.Open(cfg.Path, boltdb.Options{Timeout: cfg.Timeout, Locked: ErrLocked})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("boltstore: open %s: %w (is another umbra serve using this data dir?): %w", cfg.Path, ErrLocked, err)
-		}
-		return nil, fmt.Errorf("boltstore: open %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketShadows, bucketNamed} {

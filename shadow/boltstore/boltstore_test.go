@@ -15,7 +15,7 @@ import (
 	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
-func open(tb testing.TB, dir string) shadow.Store {
+func open(tb testing.TB, dir string) storetest.Store {
 	tb.Helper()
 	s, err := boltstore.Open(context.Background(), boltstore.Config{Path: filepath.Join(dir, "shadow.db")})
 	if err != nil {

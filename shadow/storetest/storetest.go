@@ -20,7 +20,16 @@ import (
 // Opener opens the shadow.Store kept in dir (empty at first). Contract
 // closes every store it opens, and opens a dir again after closing it, to
 // check that what Commit acknowledged survives.
-type Opener func(tb testing.TB, dir string) shadow.Store
+type Opener func(tb testing.TB, dir string) Store
+
+// Store is a shadow.Store with the Close its opener calls (the engine
+// never closes its store): Close drains or refuses the pending writes and
+// releases the Store, bounded by ctx, and is idempotent; Commit fails with
+// ErrClosed after it.
+type Store interface {
+	shadow.Store
+	Close(ctx context.Context) error
+}
 
 // revOf says which revision a write of a case expects.
 type revOf int
@@ -406,7 +415,7 @@ func get(t *testing.T, s shadow.Store, k shadow.Key) shadow.Record {
 	return rec
 }
 
-func mustClose(t *testing.T, s shadow.Store) {
+func mustClose(t *testing.T, s Store) {
 	t.Helper()
 	if err := s.Close(context.Background()); err != nil {
 		t.Errorf("Close: %v", err)
