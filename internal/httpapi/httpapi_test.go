@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,36 +13,18 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
-func TestMain(m *testing.M) {
-	base := runtime.NumGoroutine()
-	code := m.Run()
-	// The fuzzing engine keeps goroutines of its own: check only plain runs.
-	if code == 0 && flag.Lookup("test.fuzz").Value.String() == "" {
-		// Poll: there is no event for goroutines ending.
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > base {
-			fmt.Fprintf(os.Stderr, "goroutine leak: %d running, %d at start\n", n, base)
-			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { waitfor.Main(m) }
 
 // message is one MQTT publish the engine made.
 type message struct {
@@ -567,5 +548,58 @@ func TestCloseWaitsForRequests(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return after the request finished")
+	}
+}
+
+// TestCloseDoesNotWaitForSilentConnections: a connection that has sent
+// no request (an HTTP client's spare connection, a port scanner) does not
+// hold Close: net/http's Shutdown waits up to 5 s for such a connection's
+// first request (which, since it would arrive during shutdown, it would
+// not serve), longer than a short --shutdown-grace. Close with a 4 s ctx
+// returns nil, and the connection is closed.
+func TestCloseDoesNotWaitForSilentConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		conns int
+	}{
+		{"one", 1},
+		{"several", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eng := openEngine(t, shadow.Config{})
+			s, err := httpapi.Open(t.Context(), httpapi.Config{Addr: "127.0.0.1:0", Shadow: eng, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var conns []net.Conn
+			for range tc.conns {
+				c, err := net.DialTimeout("tcp", s.Addr().String(), 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				conns = append(conns, c)
+			}
+			// A request on another connection, so that the server has
+			// accepted (and registered) the silent ones before Close.
+			res, err := http.Get("http://" + s.Addr().String() + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			http.DefaultClient.CloseIdleConnections()
+			// 4 s: less than the 5 s net/http gives a new connection.
+			ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+			defer cancel()
+			if err := s.Close(ctx); err != nil {
+				t.Errorf("Close with %d silent connections = %v, want nil", tc.conns, err)
+			}
+			for i, c := range conns {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if n, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("silent connection %d after Close: read %d bytes, %v; want it closed", i, n, err)
+				}
+			}
+		})
 	}
 }

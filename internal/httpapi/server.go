@@ -131,6 +131,49 @@ type Server struct {
 	closeOnce sync.Once
 	closeErr  error // set by the first Close
 	serveErr  error // set by the Serve goroutine before wg.Done
+
+	silent silentConns
+}
+
+// silentConns are the connections that have not sent a request yet
+// (http.StateNew). net/http's Shutdown waits up to 5 s for one's first
+// request, which it would then not serve (a request read during shutdown
+// is dropped): longer than a short shutdown grace. Close closes them at
+// once instead.
+type silentConns struct {
+	mu           sync.Mutex
+	conns        map[net.Conn]struct{}
+	shuttingDown bool
+}
+
+// track follows c's state; a connection that is new once shutdown began
+// is closed.
+func (s *silentConns) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case st == http.StateNew && s.shuttingDown:
+		_ = c.Close()
+	case st == http.StateNew:
+		if s.conns == nil {
+			s.conns = map[net.Conn]struct{}{}
+		}
+		s.conns[c] = struct{}{}
+	default:
+		delete(s.conns, c)
+	}
+}
+
+// closeAll closes the silent connections; it runs when Shutdown has
+// closed the listener.
+func (s *silentConns) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shuttingDown = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	clear(s.conns)
 }
 
 // Open validates cfg, binds cfg.Addr (or takes cfg.Listener) and serves
@@ -173,6 +216,12 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	serverHooks(s.srv)
+	hooked := s.srv.ConnState
+	s.srv.ConnState = func(c net.Conn, st http.ConnState) {
+		hooked(c, st)
+		s.silent.track(c, st)
+	}
+	s.srv.RegisterOnShutdown(s.silent.closeAll)
 	s.wg.Go(func() {
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			s.serveErr = fmt.Errorf("httpapi: serve: %w", err)
@@ -194,9 +243,10 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // OpenAPIPath must describe.
 func (s *Server) Routes() []string { return slices.Clone(s.api.routes) }
 
-// Close stops accepting connections and waits, until ctx is done, for
-// requests in progress to finish; then it closes the remaining connections
-// and waits for the serving goroutine. It is idempotent: later calls return
+// Close stops accepting connections, closes those that have not sent a
+// request, and waits, until ctx is done, for requests in progress to
+// finish; then it closes the remaining connections and waits for the
+// serving goroutine. It is idempotent: later calls return
 // the first call's result.
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
