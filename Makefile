@@ -101,11 +101,16 @@ sdk-deps: apt-deps
 		cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
-## test: format check, vet, race-enabled tests, short benchmarks, every fuzz target for TEST_FUZZTIME inputs
+# TEST_BIN is the umbra binary the tests run (built once; internal/testbin
+# reads UMBRA_TEST_BIN and builds its own only when it is unset).
+TEST_BIN := bin/umbra-test
+
+## test: format check, vet, race-enabled tests (on one umbra binary, TEST_BIN), short benchmarks, every fuzz target for TEST_FUZZTIME inputs
 test: deps
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 12m ./...
+	$(GO) build -o $(TEST_BIN) ./cmd/umbra
+	UMBRA_TEST_BIN="$(abspath $(TEST_BIN))" $(GO) test -race -count=1 -timeout 12m ./...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -short -count=1 -timeout 5m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 

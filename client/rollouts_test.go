@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	rolloutstore "github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/shadow"
@@ -133,20 +135,18 @@ func (e *rolloutEnv) report(t *testing.T, id device.ID, rep firmware.Report) {
 // waitStatus polls (the test gets no event) until cond holds.
 func (e *rolloutEnv) waitStatus(t *testing.T, id string, cond func(wire.RolloutStatus) bool) wire.RolloutStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := e.client.GetRollout(t.Context(), id)
-		if err != nil {
+	var st wire.RolloutStatus
+	waitfor.PollExplained(t, 10*time.Second, "rollout "+id, func() string {
+		var err error
+		if st, err = e.client.GetRollout(t.Context(), id); err != nil {
 			t.Fatal(err)
 		}
 		if cond(st) {
-			return st
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rollout %s: %s %v: condition not met", id, st.State, st.Counts)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Sprintf("%s %v", st.State, st.Counts)
+	})
+	return st
 }
 
 func TestRolloutFlow(t *testing.T) {

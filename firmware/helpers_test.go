@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/firmware/storetest"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // clock is a settable test clock.
@@ -244,11 +245,5 @@ func get(tb testing.TB, method, u string, hdr map[string]string) (*http.Response
 // that have no event to wait on.
 func waitFor(tb testing.TB, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitfor.Poll(tb, 5*time.Second, "condition", cond)
 }

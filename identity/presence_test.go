@@ -9,6 +9,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
@@ -179,11 +180,5 @@ func TestPresenceFlushLoop(t *testing.T) {
 		t.Fatalf("DirtyPresence after Connected: got %d, want 1", n)
 	}
 	// No event marks a flush; poll.
-	deadline := time.Now().Add(5 * time.Second)
-	for identity.DirtyPresence(s) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("presence not flushed within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitfor.Poll(t, 5*time.Second, "presence flushed", func() bool { return identity.DirtyPresence(s) == 0 })
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/internal/testbin"
 	"github.com/umbra-iot/umbra/policy"
 )
 
@@ -19,10 +20,7 @@ import (
 // started serving (true) or refused the file (false, with its log).
 func mosquittoAccepts(t *testing.T, path string) (bool, string) {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		t.Fatalf("mosquitto not found (install Debian's mosquitto package): %v", err)
-	}
+	bin := testbin.Need(t, "mosquitto", "mosquitto")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "mosquitto.conf")
 	abs, err := filepath.Abs(path)

@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/boltstore"
 )
@@ -23,30 +24,8 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(crashChildEnv); dir != "" {
 		os.Exit(runCrashChild(dir))
 	}
-	code := m.Run()
-	if code == 0 {
-		if err := checkLeaks(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// checkLeaks fails when a planner goroutine outlives the tests.
-func checkLeaks() error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		if !strings.Contains(stacks, "umbra/rollout.(*Planner)") {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("leaked planner goroutines:\n%s", stacks)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// A planner goroutine must not outlive the tests.
+	waitfor.Main(m, "umbra/rollout.(*Planner)")
 }
 
 // behaviour is how a fake device reacts to a firmware command: the report
@@ -248,22 +227,18 @@ func ids(prefix string, n int) []device.ID {
 // one of states.
 func waitState(tb testing.TB, p *rollout.Planner, id string, states ...rollout.State) rollout.Status {
 	tb.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		st, err := p.Get(tb.Context(), id)
-		if err != nil {
+	var st rollout.Status
+	waitfor.PollExplained(tb, 15*time.Second, fmt.Sprintf("rollout %s to be %v", id, states), func() string {
+		var err error
+		if st, err = p.Get(tb.Context(), id); err != nil {
 			tb.Fatalf("Get %s: %v", id, err)
 		}
-		for _, s := range states {
-			if st.State == s {
-				return st
-			}
+		if slices.Contains(states, st.State) {
+			return ""
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("rollout %s is %s (%s) with %v, want %v", id, st.State, st.Reason, st.Counts, states)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return fmt.Sprintf("%s (%s) with %v", st.State, st.Reason, st.Counts)
+	})
+	return st
 }
 
 // clock is a settable test clock.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 )
 
@@ -229,15 +230,10 @@ func TestRetriesThenSucceeds(t *testing.T) {
 	}
 }
 
+// waitFor polls cond (there is no event for it) for up to 15 s.
 func waitFor(tb testing.TB, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not met in 15s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	waitfor.Poll(tb, 15*time.Second, "condition", cond)
 }
 
 func TestTimeoutFailsRollout(t *testing.T) {
@@ -819,11 +815,7 @@ func TestDevicesPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	p = mustOpen(t, path, fs, newFakeFirmware("2.0.0"), nil)
-	for deadline := time.Now().Add(10 * time.Second); p.Live(r.ID); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the aborted rollout never settled")
-		}
-	}
+	waitfor.Poll(t, 10*time.Second, "the aborted rollout to settle", func() bool { return !p.Live(r.ID) })
 	checkPages(t, p, r.ID)
 
 	if _, _, err := p.DevicesPage(t.Context(), r.ID, nil, -1, 10); !errors.Is(err, rollout.ErrInvalid) {

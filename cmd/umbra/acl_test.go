@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // aclFixture is a shared example policy under the repository's
@@ -176,24 +180,15 @@ func TestServeSIGHUPReloadsACL(t *testing.T) {
 // reload triggered by a signal has no other event to wait for.
 func waitMetric(t *testing.T, base, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitfor.Poll(t, 10*time.Second, fmt.Sprintf("%q in /metrics", want), func() bool {
 		res, err := http.Get(base + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		for _, line := range strings.Split(string(body), "\n") {
-			if line == want {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/metrics has no %q after 10s", want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return slices.Contains(strings.Split(string(body), "\n"), want)
+	})
 }
 
 // TestClientIDsForServices: operators and integrators may use any client

@@ -17,17 +17,14 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
-// buildUmbra compiles this command into the test's temp dir.
+// buildUmbra returns this command's binary, built once per test run
+// (testbin.Umbra; the Makefile builds it and passes it in UMBRA_TEST_BIN).
 func buildUmbra(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "umbra")
-	out, err := exec.CommandContext(t.Context(), "go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return testbin.Umbra(t)
 }
 
 var (

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
 // demoScript is scripts/demo.sh as seen from this package's directory.
@@ -39,7 +41,7 @@ func startDemo(t *testing.T, env ...string) *demoRun {
 	r := &demoRun{dir: t.TempDir(), changed: make(chan struct{}, 1), exited: make(chan struct{}), eof: make(chan struct{})}
 	r.cmd = exec.Command("bash", demoScript)
 	r.cmd.Env = append(os.Environ(),
-		"DEMO_TMP="+r.dir, "DEMO_DEVICES=30", "DEMO_INSTALL_TIME=100ms", "DEMO_FAIL_RATE=0", "DEMO_TIMEOUT=40")
+		"DEMO_TMP="+r.dir, "DEMO_BIN="+testbin.Umbra(t), "DEMO_DEVICES=30", "DEMO_INSTALL_TIME=100ms", "DEMO_FAIL_RATE=0", "DEMO_TIMEOUT=40")
 	r.cmd.Env = append(r.cmd.Env, env...)
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()

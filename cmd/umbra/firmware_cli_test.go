@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // apiURL is the server's HTTP API base URL.
@@ -379,17 +381,15 @@ func TestFirmwareUploadCrash(t *testing.T) {
 	// the server has written part of the upload into its temp dir.
 	const partial = 1 << 20
 	var tmpFile string
-	for deadline := time.Now().Add(20 * time.Second); tmpFile == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no temp file of %d bytes in %s after 20s", partial, tmpDir)
-		}
+	waitfor.Poll(t, 20*time.Second, fmt.Sprintf("a temp file of %d bytes in %s", partial, tmpDir), func() bool {
 		ents, _ := os.ReadDir(tmpDir)
 		for _, e := range ents {
 			if fi, err := e.Info(); err == nil && fi.Size() >= partial {
 				tmpFile = e.Name()
 			}
 		}
-	}
+		return tmpFile != ""
+	})
 	if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -256,13 +257,12 @@ func TestServeHTTPSReload(t *testing.T) {
 	// The reload is logged, not signalled to this process: poll.
 	waitForSerial := func(want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for got := serial(); got != want; got = serial() {
-			if time.Now().After(deadline) {
-				t.Fatalf("serial %s 10s after SIGHUP, want %s", got, want)
+		waitfor.PollExplained(t, 10*time.Second, "serial "+want+" after SIGHUP", func() string {
+			if got := serial(); got != want {
+				return "serial " + got
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return ""
+		})
 	}
 	waitForSerial(want)
 	if want == first {

@@ -12,17 +12,15 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
 // mosquittoTool returns the path of a mosquitto client binary. A missing
 // binary fails the test: interop is part of the suite, not optional.
 func mosquittoTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found in PATH (%v): run `make deps`, which installs Debian's mosquitto-clients", name, err)
-	}
-	return p
+	return testbin.Need(t, name, "mosquitto-clients")
 }
 
 // mosquittoSub is a running mosquitto_sub waiting for a number of messages.

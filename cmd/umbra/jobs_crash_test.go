@@ -13,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -102,11 +103,7 @@ func TestJobsCrashResume(t *testing.T) {
 // rolloutCrashWait.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(rolloutCrashWait); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, rolloutCrashWait)
-		}
-	}
+	waitfor.Poll(t, rolloutCrashWait, what, cond)
 }
 
 // jobsAgent is an AWS IoT Jobs device agent: on every execution it hears of

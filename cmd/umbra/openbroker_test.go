@@ -14,6 +14,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // TestSharedSubscriptionTelemetry: integrators spread devices' telemetry
@@ -131,11 +132,12 @@ func nextMsg(t *testing.T, msgs <-chan paho.Message) paho.Message {
 // other clients' SUBACKs are no event this process sees.
 func waitSubscribers(t *testing.T, srv *server, n int64) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); srv.brk.Stats().Subscriptions < n; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d subscriptions after 10s, want %d", srv.brk.Stats().Subscriptions, n)
+	waitfor.PollExplained(t, 10*time.Second, fmt.Sprintf("%d subscriptions", n), func() string {
+		if got := srv.brk.Stats().Subscriptions; got < n {
+			return fmt.Sprintf("%d subscriptions", got)
 		}
-	}
+		return ""
+	})
 }
 
 // TestSysTopicsByRole: operators read the broker's statistics on $SYS

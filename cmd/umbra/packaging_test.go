@@ -17,6 +17,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
 // The packaging files are checked here as far as this machine allows: no
@@ -492,10 +494,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 
 	// systemd's own checks, on a copy whose ExecStart is a real binary.
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Fatal("systemd-analyze not found: install Debian's systemd package (make deps does)")
-	}
+	analyze := testbin.Need(t, "systemd-analyze", "systemd")
 	bin := buildUmbra(t)
 	dir := t.TempDir()
 	copyPath := filepath.Join(dir, "umbra.service")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/sim"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -138,19 +139,15 @@ func testRolloutCrash(t *testing.T, bin, killState string, killCount int) {
 	startServe(t, bin, dataDir, "--mqtt-addr", mqttAddr, "--ws-addr", "", "--http-addr", httpAddr)
 	deltas.watch(t, mqttAddr, api.token)
 	var st rollout.Status
-	deadline := time.Now().Add(rolloutCrashWait)
-	for {
+	// Polling: the status is another process's state.
+	waitfor.PollExplained(t, rolloutCrashWait, "rollout "+ro.ID+" to end after the restart", func() string {
 		st = rollout.Status{} // decoding into a used value would merge its maps
 		api.mustDo(t, "GET", "/v1/rollouts/"+ro.ID, "", http.StatusOK, &st)
 		if !st.State.Active() {
-			break
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rollout %s after restart: still %s after %v, batches started %d, counts %v",
-				ro.ID, st.State, rolloutCrashWait, st.Started, st.Counts)
-		}
-		time.Sleep(50 * time.Millisecond) // polling: the status is another process's state
-	}
+		return fmt.Sprintf("still %s, batches started %d, counts %v", st.State, st.Started, st.Counts)
+	})
 	t.Logf("rollout finished %v after the kill", time.Since(killedAt).Round(time.Millisecond))
 	checkSucceededOnce(t, st, n, n/batch)
 	for _, b := range st.Batches {

@@ -7,11 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/awssdktest"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 )
 
@@ -262,11 +262,7 @@ func checkDownload(t *testing.T, who string, l awssdktest.Line, sha string) {
 // test can wait on) until it holds, for at most awssdktest.Timeout.
 func pollUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(awssdktest.Timeout); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, awssdktest.Timeout)
-		}
-	}
+	waitfor.Poll(t, awssdktest.Timeout, what, cond)
 }
 
 // waitDeviceState waits until thing is in state s in rollout id.

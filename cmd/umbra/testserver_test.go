@@ -9,6 +9,7 @@ import (
 	"time"
 
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // startServer runs runServe on 127.0.0.1:0 ports with a t.TempDir() data
@@ -78,11 +79,7 @@ func (s *server) wsURL() string { return "ws://" + s.brk.WSAddr().String() + "/m
 // client's SUBACK is not an event this process sees, so it polls.
 func (s *server) waitSubscribed(t *testing.T, topic string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !s.brk.HasSubscribers(topic); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no subscriber for %s after 10s", topic)
-		}
-	}
+	waitfor.Poll(t, 10*time.Second, "a subscriber for "+topic, func() bool { return s.brk.HasSubscribers(topic) })
 }
 
 // cliResult is what one run of the CLI produced.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
 // Timeout bounds every wait for a script's line: a step normally takes
@@ -70,10 +71,11 @@ func Node(tb testing.TB) string {
 }
 
 func findNode(dir string) (string, error) {
-	node, err := exec.LookPath("node")
+	node, err := testbin.Find("node", "nodejs")
 	if err != nil {
-		if node, err = exec.LookPath("nodejs"); err != nil {
-			return "", errors.New("node not found in PATH")
+		var err2 error
+		if node, err2 = testbin.Find("nodejs", "nodejs"); err2 != nil {
+			return "", err // names node
 		}
 	}
 	for name, version := range Packages {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +15,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/testbin"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // Timeout bounds every wait in this package that takes no explicit timeout.
@@ -239,48 +239,14 @@ var leakMarkers = []string{
 // broker, the cluster bridge, mochi, paho or nats.go are still running
 // after a grace period. Use it as
 // TestMain: func TestMain(m *testing.M) { brokertest.Main(m) }.
-func Main(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(Timeout); leaked != "" {
-			fmt.Fprintf(os.Stderr, "brokertest: goroutines leaked by tests:\n%s\n", leaked)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func Main(m *testing.M) { waitfor.Main(m, leakMarkers...) }
 
 // leakedGoroutines polls until no goroutine matches leakMarkers or grace
 // passes, and returns the stacks of the goroutines still matching.
 // Polling is needed: mochi and paho do not let callers wait for some of
 // their goroutines (writers, event loops) to return after Close.
 func leakedGoroutines(grace time.Duration) string {
-	deadline := time.Now().Add(grace)
-	for {
-		leaked := matchingGoroutines()
-		if leaked == "" || time.Now().After(deadline) {
-			return leaked
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func matchingGoroutines() string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var out []string
-	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, "brokertest.matchingGoroutines") {
-			continue
-		}
-		for _, m := range leakMarkers {
-			if strings.Contains(g, m) {
-				out = append(out, g)
-				break
-			}
-		}
-	}
-	return strings.Join(out, "\n\n")
+	return waitfor.Leaked(grace, nil, leakMarkers...)
 }
 
 // Mosquitto runs a mosquitto client tool (mosquitto_pub, mosquitto_sub)
@@ -289,10 +255,7 @@ func matchingGoroutines() string {
 // the interop is part of the suite, not optional.
 func Mosquitto(tb testing.TB, addr, tool string, args ...string) string {
 	tb.Helper()
-	path, err := exec.LookPath(tool)
-	if err != nil {
-		tb.Fatalf("brokertest: %s not found in PATH (%v): run `make deps`, which installs Debian's mosquitto-clients", tool, err)
-	}
+	path := testbin.Need(tb, tool, "mosquitto-clients")
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		tb.Fatalf("brokertest: %s: address %q: %v", tool, addr, err)

@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/identity/identitytest"
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/boltstore"
 	"github.com/umbra-iot/umbra/shadow"
@@ -155,20 +156,18 @@ func (e *rolloutEnv) report(t *testing.T, id device.ID, rep firmware.Report) {
 // status of rollout id.
 func (e *rolloutEnv) waitRollout(t *testing.T, id string, cond func(rollout.Status) bool) rollout.Status {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := e.planner.Get(t.Context(), id)
-		if err != nil {
+	var st rollout.Status
+	waitfor.PollExplained(t, 10*time.Second, "rollout "+id, func() string {
+		var err error
+		if st, err = e.planner.Get(t.Context(), id); err != nil {
 			t.Fatal(err)
 		}
 		if cond(st) {
-			return st
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rollout %s: %s (%s) %v: condition not met", id, st.State, st.Reason, st.Counts)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Sprintf("%s (%s) %v", st.State, st.Reason, st.Counts)
+	})
+	return st
 }
 
 func TestRolloutFlow(t *testing.T) {

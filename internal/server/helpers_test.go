@@ -20,6 +20,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/internal/sim"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 )
 
@@ -228,17 +229,7 @@ func waitFleet(t *testing.T, f *sim.Fleet, what string, cond func(sim.Stats) boo
 // event in this process (the planner's status, shadows).
 func eventually(t *testing.T, what string, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v waiting for %s: %s", waitTimeout, what, msg)
-		}
-		time.Sleep(20 * time.Millisecond) // polling: see the doc comment
-	}
+	waitfor.PollExplained(t, waitTimeout, what, cond)
 }
 
 // waitRollout polls rollout id's status until cond holds and returns it.

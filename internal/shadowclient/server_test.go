@@ -2,42 +2,21 @@ package shadowclient_test
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/shadowclient"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
 )
 
-func TestMain(m *testing.M) {
-	base := runtime.NumGoroutine()
-	code := m.Run()
-	if flag.Lookup("test.fuzz").Value.String() != "" {
-		os.Exit(code) // the fuzzing engine keeps goroutines of its own
-	}
-	// Poll: there is no event for goroutines ending (paho's end shortly
-	// after Disconnect returns).
-	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > base && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); code == 0 && n > base {
-		fmt.Fprintf(os.Stderr, "goroutine leak: %d running, %d at start\n", n, base)
-		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { waitfor.Main(m) }
 
 // testServer is a broker on 127.0.0.1:0 (TCP and WebSocket) with the shadow
 // engine wired to it as `umbra serve` does, unless it was started without
@@ -138,11 +117,7 @@ func (s *testServer) dial(t testing.TB, cfg shadowclient.Config) *shadowclient.C
 // event for another client's SUBACK, so it polls.
 func (s *testServer) waitSubscribed(t *testing.T, topic string) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !s.brk.HasSubscribers(topic); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no subscriber for %s after 5s", topic)
-		}
-	}
+	waitfor.Poll(t, 5*time.Second, "a subscriber for "+topic, func() bool { return s.brk.HasSubscribers(topic) })
 }
 
 // closedPort returns a loopback address nothing listens on.

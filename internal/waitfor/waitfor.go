@@ -32,6 +32,17 @@ func Poll(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	}
 }
 
+// PollExplained is Poll for a condition that can say why it does not
+// hold yet: cond returns "" once it holds, and otherwise what it sees;
+// the failure after timeout quotes its last answer.
+func PollExplained(tb testing.TB, timeout time.Duration, what string, cond func() string) {
+	tb.Helper()
+	var last string
+	if !Until(timeout, func() bool { last = cond(); return last == "" }) {
+		tb.Fatalf("waitfor: %s not within %v: %s", what, timeout, last)
+	}
+}
+
 // Until calls cond every Interval until it returns true or timeout has
 // passed, and reports whether it returned true. For helpers that report
 // the failure themselves.

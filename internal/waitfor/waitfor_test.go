@@ -21,6 +21,18 @@ func TestUntil(t *testing.T) {
 	}
 }
 
+// TestPollExplained: a condition that becomes true passes; the
+// explanation of one that does not is what a failing test would print.
+func TestPollExplained(t *testing.T) {
+	var n atomic.Int32
+	waitfor.PollExplained(t, 5*time.Second, "the third call", func() string {
+		if n.Add(1) < 3 {
+			return "too early"
+		}
+		return ""
+	})
+}
+
 // leakMarker names the function of the goroutine TestLeaked starts.
 func leakMarker(started chan<- struct{}, stop <-chan struct{}) {
 	close(started)

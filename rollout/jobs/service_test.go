@@ -2,38 +2,20 @@ package jobs_test
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
 	"reflect"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			if !strings.Contains(stacks, "umbra/rollout/jobs.(*Service)") && !strings.Contains(stacks, "umbra/rollout.(*Planner)") {
-				break
-			}
-			if time.Now().After(deadline) {
-				fmt.Fprintf(os.Stderr, "leaked goroutines:\n%s\n", stacks)
-				code = 1
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	os.Exit(code)
+	// No goroutine of the service or of a planner outlives the tests.
+	waitfor.Main(m, "umbra/rollout/jobs.(*Service)", "umbra/rollout.(*Planner)")
 }
 
 // reply is a decoded /rejected or /accepted payload.
@@ -208,17 +190,11 @@ func TestSubscribeMarksOnlyTheThingItself(t *testing.T) {
 		t.Errorf("notification %s, want d2's", m)
 	}
 	r.notification(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// No event here for a shadow write: poll.
+	waitfor.Poll(t, 10*time.Second, "a firmware command in d1's shadow (it was not made a Jobs device by another client's subscription)", func() bool {
 		doc, err := r.eng.Read(t.Context(), "d1")
-		if err == nil && doc.State.Desired["firmware"] != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("d1 got no firmware command in its shadow: it was made a Jobs device by another client's subscription")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && doc.State.Desired["firmware"] != nil
+	})
 	if _, err := r.eng.Read(t.Context(), "d2"); err == nil {
 		t.Error("d2 has a shadow, want none: a Jobs device gets no command there")
 	}

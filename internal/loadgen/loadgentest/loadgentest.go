@@ -8,14 +8,10 @@ package loadgentest
 import (
 	"context"
 	"flag"
-	"fmt"
-	"os"
-	"runtime"
-	"runtime/pprof"
 	"testing"
-	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 // MustBroker starts a broker on 127.0.0.1:0 and returns it with its URL
@@ -73,24 +69,8 @@ func fuzzing() bool {
 	return false
 }
 
-// RunChecked runs the tests and then fails the run (exit code 1, with a
-// goroutine dump) if goroutines started during it are still running 10s
-// later: every client, responder and broker must be closed. Use it as
-// os.Exit(loadgentest.RunChecked(m)) in TestMain.
-func RunChecked(m *testing.M) int {
-	base := runtime.NumGoroutine()
-	code := m.Run()
-	if code != 0 || fuzzing() {
-		return code // the fuzzing engine keeps goroutines of its own
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond) // polling: there is no event for goroutine exit
-	}
-	if n := runtime.NumGoroutine(); n > base {
-		fmt.Fprintf(os.Stderr, "goroutine leak: %d running, %d at start\n", n, base)
-		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-		return 1
-	}
-	return 0
-}
+// RunChecked runs the tests and then fails the run (exit code 1, with the
+// goroutines' stacks) if goroutines started during it are still running
+// 10s later: every client, responder and broker must be closed. Use it as
+// os.Exit(loadgentest.RunChecked(m)) in TestMain. It is waitfor.Run.
+func RunChecked(m *testing.M) int { return waitfor.Run(m) }
