@@ -9,10 +9,12 @@
 // Open runs in three steps:
 //
 //  1. The stores: openBoltStores (stores.go) opens one store per
-//     persisting component and returns them in a stores struct. It is the
-//     one place that chooses the store set: another set (cluster mode's
-//     NATS JetStream KV) is another opener returning a stores, chosen by a
-//     Config field in Open; nothing else changes.
+//     persisting component (and names the firmware blobs' directory) and
+//     returns them in a stores struct, the only thing that differs
+//     between store sets. Open calls it in one place; another set (cluster
+//     mode's NATS JetStream KV) is another function returning a stores,
+//     which a Config field (one umbra serve flag) makes Open call instead.
+//     The components and the rest of Open do not change.
 //  2. The listeners (listeners.go): every socket is bound, so the
 //     firmware store knows the HTTP address for its download URLs, but
 //     accepts nothing yet.
