@@ -104,7 +104,9 @@
 // # Runner and persistence
 //
 // Open starts one goroutine that runs a pass every Config.Tick and sooner
-// when Notify reports a changed shadow (wire shadow.Config.OnChange to it).
+// when Notify reports a changed shadow (wire shadow.Config.OnChange to it);
+// with Config.Start, the first pass waits until Start is closed (the
+// wiring closes it when every component the passes call is open).
 // There is no goroutine or timer per device: Notify adds the ID to a
 // bounded set (overflow triggers a rescan of every in-flight device) and
 // the pass re-reads only in-flight devices (all of them every

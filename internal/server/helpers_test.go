@@ -186,8 +186,9 @@ func (r *rig) mustOpenFleet(t *testing.T, cfg sim.Config) *sim.Fleet {
 		cfg.Seed = 1
 	}
 	cfg.Logger = testLogger(t)
-	// An idle keep-alive connection the server never saw a request on
-	// holds http.Server.Shutdown for 5s: close them after the fleet.
+	// The fleet's idle keep-alive connections are closed after it (the
+	// HTTP API's Close no longer waits for connections that sent no
+	// request, which held net/http's Shutdown for 5 s).
 	tr := &http.Transport{}
 	cfg.HTTPClient = &http.Client{Transport: tr, Timeout: time.Minute}
 	t.Cleanup(tr.CloseIdleConnections)
