@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/umbra-iot/umbra/internal/testbin"
 )
 
 // The README's walk-through is a test: TestREADME runs its ```sh blocks in
@@ -114,10 +116,8 @@ const readmeTimeout = 4 * time.Minute
 // TestREADME runs the README's walk-through; see the top of this file.
 // It needs bash, mosquitto-clients and curl (make deps installs them).
 func TestREADME(t *testing.T) {
-	for _, tool := range []string{"bash", "mosquitto_pub", "mosquitto_sub", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: install it (make deps: apt-get install bash mosquitto-clients curl)", tool)
-		}
+	for _, tool := range [][2]string{{"bash", "bash"}, {"mosquitto_pub", "mosquitto-clients"}, {"mosquitto_sub", "mosquitto-clients"}, {"curl", "curl"}} {
+		testbin.Need(t, tool[0], tool[1])
 	}
 	blocks, err := readmeBlocks("../../README.md")
 	if err != nil {
