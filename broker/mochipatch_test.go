@@ -105,7 +105,7 @@ func TestMochiPatchInboundAckKeepsOutbound(t *testing.T) {
 // so that the broker's atomic clearing of the will (Evict) meets mochi's
 // clearing of it at the end of the read loop. Unpatched mochi assigned the
 // whole Will struct there: `go test -race` reported the two writes
-// (seen in TestEvict under load; third_party/mochi/PATCHES.md, patch 13).
+// (seen in TestEvict under load; third_party/mochi/PATCHES.md, patch 15).
 // No will may be published: an evicted client's is dropped, a cleanly
 // disconnected client's is deleted [MQTT-3.1.2-10].
 func TestMochiPatchWillClearRace(t *testing.T) {

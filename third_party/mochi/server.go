@@ -480,7 +480,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
-		// umbra patch 13: the will is cleared through its flag, atomically,
+		// umbra patch 15: the will is cleared through its flag, atomically,
 		// as sendLWT does: another goroutine (an embedding broker evicting
 		// the client) may clear the flag at the same moment.
 		atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
@@ -1561,7 +1561,7 @@ func (s *Server) sendLWT(cl *Client) {
 		return
 	}
 
-	// umbra patch 13: the will is copied field by field, so that its flag
+	// umbra patch 15: the will is copied field by field, so that its flag
 	// is read only atomically (an embedder may clear it concurrently).
 	w := &cl.Properties.Will
 	modifiedLWT := s.hooks.OnWill(cl, Will{
@@ -1804,7 +1804,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
-				atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10] (umbra patch 13)
+				atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10] (umbra patch 15)
 				s.hooks.OnWillSent(cl, pk)
 			}
 			s.loop.willDelayed.Delete(id)
