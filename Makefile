@@ -126,6 +126,7 @@ FUZZ_TARGETS := \
 	./broker:FuzzBrokerConn \
 	./broker:FuzzConnection \
 	./broker/boltstore:FuzzLoadRecord \
+	./broker/natsbridge:FuzzSubject \
 	./cmd/umbra:FuzzImportFile \
 	./cmd/umbra:FuzzRolloutNumberParsers \
 	./cmd/umbra:FuzzRolloutTargetParsers \
