@@ -9,7 +9,7 @@ PREFIX   ?= /usr/local
 # ARGS are passed to `umbra serve` by make run, e.g. make run ARGS='--config umbra.yaml'.
 ARGS     ?=
 
-.PHONY: all run build install dist docker test deps apt-deps go-deps sdk-deps nats-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
+.PHONY: all run build install dist docker test deps screenshots apt-deps go-deps sdk-deps nats-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
 
 all: build
 
@@ -64,9 +64,10 @@ deps: apt-deps go-deps sdk-deps nats-deps
 #   mosquitto_pub/sub (README, interop tests), mosquitto (interop and conformance
 #   tests), node and npm (AWS IoT SDK tests), curl and jq (README and docs/ examples), openssl
 #   (docs/migrate-from-aws.md), systemd-analyze (TestSystemdUnit), tar, gzip and
-#   sha256sum (make dist).
+#   sha256sum (make dist), chromium (the console's browser tests, make screenshots).
 DEPS_CMDS := mosquitto_pub:mosquitto-clients mosquitto:mosquitto node:nodejs npm:npm \
-	curl:curl jq:jq openssl:openssl systemd-analyze:systemd tar:tar gzip:gzip sha256sum:coreutils
+	curl:curl jq:jq openssl:openssl systemd-analyze:systemd tar:tar gzip:gzip sha256sum:coreutils \
+	chromium:chromium
 
 ## apt-deps: the Debian packages of DEPS_CMDS whose command is missing, and python3-paho-mqtt (TestConformance) if Debian's python3 cannot import it (apt-get, with sudo unless root)
 apt-deps:
@@ -186,6 +187,11 @@ durability:
 ## bench: full benchmarks (see docs/benchmarks.md)
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 60m ./...
+
+## screenshots: run the console's browser test and save its pages as docs/img/console-*.png (needs chromium: make deps)
+screenshots: apt-deps
+	@mkdir -p docs/img
+	UMBRA_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -run '^TestConsoleInBrowser$$' ./console/
 
 ## demo: build, serve, connect 1,000 simulated devices, roll out a firmware image with live progress (scripts/demo.sh; DEMO_* settings in its header)
 demo:

@@ -39,6 +39,23 @@ func ParseLabels(kvs []string) (map[string]string, error) {
 	return labels, nil
 }
 
+// ParseSelector parses a label selector "key=value[,key=value…]" (umbra
+// rollout create --select, GET /v1/devices?selector=) into the labels a
+// device must all carry; blanks around the pairs are ignored. The rules
+// are ParseLabels'. The error wraps ErrInvalidLabel.
+func ParseSelector(s string) (map[string]string, error) {
+	var kvs []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			kvs = append(kvs, f)
+		}
+	}
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("%w: want key=value[,key=value…]", ErrInvalidLabel)
+	}
+	return ParseLabels(kvs)
+}
+
 // ValidateLabels checks labels: at most MaxLabels; keys 1 to MaxLabelKeyLen
 // bytes of [A-Za-z0-9_./-] starting with a letter or digit; values at most
 // MaxLabelValueLen bytes of printable UTF-8. The error wraps

@@ -24,6 +24,19 @@ import (
 // of another hardware model), ErrClosed or ErrConflict (a *ConflictError
 // naming the other rollout).
 func (p *Planner) Create(ctx context.Context, spec Spec) (Rollout, error) {
+	return p.createOrPreview(ctx, spec, false)
+}
+
+// Preview is Create without the creation: it applies the same rules
+// (targets chosen, hardware checked, spec validated, firmware and
+// conflicts checked) and returns the rollout Create would store now, with
+// its targets and batches but no ID, storing nothing. Errors are
+// Create's.
+func (p *Planner) Preview(ctx context.Context, spec Spec) (Rollout, error) {
+	return p.createOrPreview(ctx, spec, true)
+}
+
+func (p *Planner) createOrPreview(ctx context.Context, spec Spec, preview bool) (Rollout, error) {
 	spec.Policy.setDefaults()
 	if v, err := firmware.ParseVersion(string(spec.Firmware)); err == nil {
 		spec.Firmware = v // canonical: "v1.2.0" → "1.2.0"
@@ -35,12 +48,13 @@ func (p *Planner) Create(ctx context.Context, spec Spec) (Rollout, error) {
 	if err != nil {
 		return Rollout{}, fmt.Errorf("create: %w", err)
 	}
-	return p.create(ctx, spec, excluded, "")
+	return p.create(ctx, spec, excluded, "", preview)
 }
 
 // create validates spec (its targets chosen) and stores it as a new
-// rollout, which retries retryOf when set.
-func (p *Planner) create(ctx context.Context, spec Spec, excluded int, retryOf string) (Rollout, error) {
+// rollout, which retries retryOf when set; with preview it stores nothing
+// and returns the rollout it would have stored.
+func (p *Planner) create(ctx context.Context, spec Spec, excluded int, retryOf string, preview bool) (Rollout, error) {
 	spec.Policy.setDefaults()
 	if err := spec.Validate(); err != nil {
 		return Rollout{}, fmt.Errorf("create: %w", err)
@@ -77,6 +91,9 @@ func (p *Planner) create(ctx context.Context, spec Spec, excluded int, retryOf s
 	}
 	if retryOf != "" {
 		reason += ", retrying " + retryOf
+	}
+	if preview {
+		return cloneRollout(r), nil
 	}
 	r, ev, err := p.store.Create(ctx, r, targets, Event{Time: now, Kind: EventCreated, State: StateCreated, Reason: reason})
 	if err != nil {
@@ -120,7 +137,7 @@ func (p *Planner) Retry(ctx context.Context, id string) (Rollout, error) {
 	}
 	// One batch: the devices already went through the gates once.
 	spec.BatchSize, spec.BatchPercent, spec.FirstBatch, spec.Ramp = 0, 0, 0, 0
-	return p.create(ctx, spec, 0, id)
+	return p.create(ctx, spec, 0, id, false)
 }
 
 // AddDevices appends devices to dynamic rollout id (Policy.Dynamic) while it

@@ -314,17 +314,11 @@ func readDevicesFile(name string, stdin io.Reader) ([]device.ID, error) {
 // parseSelector parses "hw=m2,region=eu" into labels every target must
 // carry.
 func parseSelector(s string) (map[string]string, error) {
-	var kvs []string
-	for f := range strings.SplitSeq(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			kvs = append(kvs, f)
-		}
-	}
-	if len(kvs) == 0 {
+	sel, err := identity.ParseSelector(s)
+	switch {
+	case err != nil && strings.Trim(s, ", \t") == "":
 		return nil, errors.New("--select: want key=value[,key=value…]")
-	}
-	sel, err := identity.ParseLabels(kvs)
-	if err != nil {
+	case err != nil:
 		return nil, fmt.Errorf("--select: %w", err)
 	}
 	return sel, nil

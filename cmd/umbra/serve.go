@@ -146,6 +146,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.Int64Var(&c.ServiceQueuedBytes, "service-max-queued-bytes", broker.DefaultServiceQueuedBytes, "--max-queued-bytes for operators and integrators; -1 for no cap")
 	f.IntVar(&c.MaxSessionsPerIdentity, "max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "persistent MQTT sessions one identity (operator or integrator token) may keep; one more is refused at CONNECT (quota exceeded); -1 for no cap")
 	addLimitFlags(f, c)
+	addLiveFlags(f, c)
 	f.StringVar(&c.PublicURL, "public-url", "", "base URL devices use to reach the HTTP server (firmware download URLs); default http://<http-addr>")
 	f.StringVar(&c.SigningKey, "signing-key", "", "ed25519 firmware signing key (PEM PKCS#8); default <data-dir>/firmware/signing.key, created on first start")
 	f.DurationVar(&c.URLTTL, "url-ttl", firmware.DefaultURLTTL, "lifetime of per-device firmware download URLs")
@@ -260,6 +261,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		if v == 0 || v < -1 {
 			return serveConfig{}, fmt.Errorf("%s %d: must be positive, or -1 for no cap", name, v)
 		}
+	}
+	if err := validateLive(&c); err != nil {
+		return serveConfig{}, err
 	}
 	if err := validateLimits(&c); err != nil {
 		return serveConfig{}, err

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/fleet"
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
 )
 
@@ -44,6 +45,28 @@ func validateLimits(c *umbraserver.Config) error {
 	}
 	if c.SysInterval < time.Second {
 		return fmt.Errorf("--sys-interval %v: must be at least 1s", c.SysInterval)
+	}
+	return nil
+}
+
+// addLiveFlags adds the flags of the web console's live feed (GET
+// /v1/events, Server-Sent Events; docs/console.md), each to its field of c.
+func addLiveFlags(f *pflag.FlagSet, c *umbraserver.Config) {
+	f.IntVar(&c.MaxSSEConns, "max-sse-connections", fleet.DefaultMaxConns, "live-feed streams (GET /v1/events, the web console's live updates) open at once in all; 429 beyond")
+	f.IntVar(&c.MaxSSEConnsPerToken, "max-sse-connections-per-token", fleet.DefaultMaxConnsPerPrincipal, "live-feed streams one token may have open at once; 429 beyond")
+	f.IntVar(&c.SSEBuffer, "sse-buffer", fleet.DefaultBuffer, "events a live-feed stream may have waiting; a client that falls further behind is disconnected (it reconnects and reloads)")
+}
+
+// validateLive reports the first invalid limit of addLiveFlags, naming its
+// flag.
+func validateLive(c *umbraserver.Config) error {
+	for _, l := range []struct {
+		name string
+		v    int
+	}{{"--max-sse-connections", c.MaxSSEConns}, {"--max-sse-connections-per-token", c.MaxSSEConnsPerToken}, {"--sse-buffer", c.SSEBuffer}} {
+		if l.v < 1 {
+			return fmt.Errorf("%s %d: must be at least 1", l.name, l.v)
+		}
 	}
 	return nil
 }

@@ -20,6 +20,22 @@
 // what the mux registered, and a test in cmd/umbra fails when the two
 // disagree.
 //
+// With Config.Fleet (umbra serve), GET /v1/devices answers from the
+// in-memory fleet index (package internal/fleet) instead: a wire.FleetList
+// (a superset of wire.DeviceList) of the enrolled devices and those with a
+// shadow, with labels, reported firmware and last report, filtered by
+// ?selector=k=v,… (the rollout selector), online=true|false, firmware=,
+// state=failed|updating|updated|idle, q= (an ID substring) or id= (one
+// device), the count of matches and the fleet's totals (fleet.go). With
+// Config.Live, GET /v1/events streams the live feed as Server-Sent Events
+// (events.go): the shadow accepted, delta and delete messages, presence and
+// rollout events and statuses, the topics `umbra watch` and MQTT
+// subscribers read, filtered by ?kinds=, devices= and rollout=. It takes
+// the bearer token in the Authorization header like every route (the
+// console reads it with fetch, not EventSource, so no credential is ever in
+// a URL); its streams are capped per token and in all (429 beyond), and a
+// stream that falls behind its buffer is ended with a "dropped" event.
+//
 // Every request and answer body is a type of package wire, which the Go
 // client (package client) shares; the domain types (shadow, firmware,
 // identity, rollout) are converted to it here (wire.go) and, for rollouts,
@@ -31,6 +47,7 @@
 // *rollout.Planner; without one they answer 503:
 //
 //	POST /v1/rollouts                     wire.CreateRollout → 201 wire.Rollout
+//	POST /v1/rollouts?dry_run=true        → 200 the wire.Rollout it would create (no ID), nothing stored
 //	GET  /v1/rollouts                     wire.RolloutList, newest first
 //	GET  /v1/rollouts/{id}                wire.RolloutStatus
 //	GET  /v1/rollouts/{id}/devices?state=failed,timed_out&limit=&cursor=

@@ -113,6 +113,11 @@ type api struct {
 	observe func(route string, code int, d time.Duration)
 	// routes are the "METHOD /path" patterns registered, sorted.
 	routes []string
+	// fleet and live are Config.Fleet and Config.Live, nil when not set;
+	// shutdown is closed when Open's server shuts down (ends the streams).
+	fleet    Fleet
+	live     Live
+	shutdown chan struct{}
 }
 
 // NewHandler returns the API's routes (and cfg.Mounts) as an http.Handler,
@@ -136,6 +141,7 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 	a.fw = cfg.Firmware
 	a.presence = cfg.Presence
 	a.enrolled = cfg.Enrolled
+	a.fleet, a.live, a.shutdown = cfg.Fleet, cfg.Live, make(chan struct{})
 	if r := cfg.Rollouts; r != nil && !(reflect.ValueOf(r).Kind() == reflect.Pointer && reflect.ValueOf(r).IsNil()) {
 		a.ro = r
 	}
@@ -156,6 +162,9 @@ func newHandler(cfg Config) (h http.Handler, a *api, err error) {
 		"GET /v1/devices/{id}/shadows":   v1(a.listShadows),
 		"GET /v1/devices/{id}":           v1(a.getDevice),
 		"/":                              http.HandlerFunc(a.notFound),
+	}
+	if cfg.Live != nil {
+		routes["GET /v1/events"] = v1(a.events)
 	}
 	for pattern, h := range a.firmwareRoutes() {
 		routes[pattern] = v1(h)
@@ -228,6 +237,10 @@ func (a *api) methodNotAllowed(methods []string) http.Handler {
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	if a.fleet != nil {
+		a.fleetList(w, r)
+		return
+	}
 	q := r.URL.Query()
 	limit := wire.DefaultListLimit
 	if s := q.Get("limit"); q.Has("limit") {

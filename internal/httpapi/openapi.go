@@ -38,7 +38,11 @@ var apiRoutes = []routeDoc{
 	{"GET /v1", "Where to start: links to this document and the resources", "meta", "none", "", "{openapi, health, resources, docs}", nil},
 	{"GET /metrics", "Prometheus metrics (text exposition format)", "meta", "none", "", "", nil},
 
-	{"GET /v1/devices", "List devices with a shadow, with their presence, in ID order (paged)", "devices", "integrator", "", "wire.DeviceList", []string{"limit", "cursor"}},
+	{"GET /v1/devices", "List devices in ID order (paged); on umbra serve from the fleet index: the enrolled devices and those with a shadow, filtered, with the match count and the fleet's totals (wire.FleetList)", "devices", "integrator", "", "wire.FleetList", []string{"limit", "cursor", "selector", "online", "firmware", "state", "q", "id"}},
+	{"GET /v1/events", "The live feed as Server-Sent Events: shadow accepted, delta and delete, presence, rollout events and statuses (docs/console.md); capped per token and in all (429)", "devices", "integrator", "", "text/event-stream", []string{"kinds", "devices", "rollout"}},
+	{"GET /{$}", "The web console's page (docs/console.md)", "console", "none", "", "", nil},
+	{"GET /console/app.js", "The web console's script", "console", "none", "", "", nil},
+	{"GET /console/style.css", "The web console's style sheet", "console", "none", "", "", nil},
 	{"POST /v1/devices", "Enrol a device: its secret (shown once), or bind a certificate", "devices", "operator", "application/json wire.EnrollRequest", "wire.SecretResponse", nil},
 	{"DELETE /v1/devices/{id}", "Remove a device: its sessions lose their rights, its download URLs answer 410", "devices", "operator", "", "", nil},
 	{"POST /v1/devices/{id}/rotate", "Give a device a new secret (shown once)", "devices", "operator", "", "wire.SecretResponse", nil},
@@ -62,7 +66,7 @@ var apiRoutes = []routeDoc{
 	{"POST /v1/firmware/{version}/assign", "Write the image's firmware command into one device's desired state", "firmware", "operator", "application/json wire.URLRequest", "wire.Shadow", nil},
 	{"GET /fw/{sha256}", "Download an image with a signed URL (Range, ETag); 403 forged or expired, 410 deleted or revoked", "firmware", "url", "", "", []string{"d", "g", "e", "s"}},
 
-	{"POST /v1/rollouts", "Create a batched rollout", "rollouts", "operator", "application/json wire.CreateRollout", "wire.Rollout", nil},
+	{"POST /v1/rollouts", "Create a batched rollout (?dry_run=true: the rollout as it would be created, nothing stored, 200)", "rollouts", "operator", "application/json wire.CreateRollout", "wire.Rollout", []string{"dry_run"}},
 	{"GET /v1/rollouts", "List rollouts, newest first", "rollouts", "integrator", "", "wire.RolloutList", nil},
 	{"GET /v1/rollouts/{id}", "A rollout's status: counts per state and per batch (batches numbered from 1), failing devices", "rollouts", "integrator", "", "wire.RolloutStatus", nil},
 	{"GET /v1/rollouts/{id}/devices", "A rollout's targets with their states (paged, ?state= filters)", "rollouts", "integrator", "", "wire.RolloutDevices", []string{"state", "limit", "cursor"}},

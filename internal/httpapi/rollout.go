@@ -29,6 +29,7 @@ const MaxRolloutBody = 16 << 20
 // implements it.
 type Rollouts interface {
 	Create(ctx context.Context, spec rollout.Spec) (rollout.Rollout, error)
+	Preview(ctx context.Context, spec rollout.Spec) (rollout.Rollout, error)
 	Get(ctx context.Context, id string) (rollout.Status, error)
 	List(ctx context.Context) ([]rollout.Rollout, error)
 	DevicesPage(ctx context.Context, id string, states []rollout.DeviceState, start, limit int) ([]rollout.DeviceStatus, int, error)
@@ -153,6 +154,21 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 	spec, err := createSpec(req)
 	if err != nil {
 		a.writeError(w, r, err, "")
+		return
+	}
+	switch dry := r.URL.Query().Get("dry_run"); dry {
+	case "":
+	case "true":
+		// The rollout as it would be created now (no ID), nothing stored.
+		ro, err := rs.Preview(r.Context(), spec)
+		if err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
+		a.writeValue(w, r, http.StatusOK, rolloutwire.Rollout(ro))
+		return
+	default:
+		a.writeError(w, r, clientErr(errInvalid, "Invalid dry_run %.20q: want true", dry), "")
 		return
 	}
 	ro, err := rs.Create(r.Context(), spec)

@@ -697,3 +697,30 @@ func TestRolloutHardware(t *testing.T) {
 		t.Errorf("dynamic rollout targets %s, want a-m2,c-none,f-m2", got)
 	}
 }
+
+// TestRolloutDryRun: POST /v1/rollouts?dry_run=true answers the rollout
+// as it would be created (targets, batches, no ID) and stores nothing; a
+// bad spec is the same 400 as without it, a bad dry_run value a 400.
+func TestRolloutDryRun(t *testing.T) {
+	e := newRolloutEnv(t, true)
+	for i := range 25 {
+		e.enroll(t, device.ID(fmt.Sprintf("p%02d", i)), map[string]string{"hw": "m2"})
+	}
+	var ro wire.Rollout
+	status, raw := e.call(t, "POST", "/v1/rollouts?dry_run=true", `{"firmware":"2.0.0","select":{"hw":"m2"},"first_batch":5,"batch_size":10}`, &ro)
+	if status != 200 || ro.ID != "" || ro.Targets != 25 || len(ro.Batches) != 3 || ro.Batches[0].Size != 5 || ro.Batches[1].Size != 10 || ro.Batches[2].Size != 10 {
+		t.Errorf("dry run = %d %s, want 200 with 25 targets in batches 5, 10, 10 and no ID", status, raw)
+	}
+	for _, c := range []struct{ query, body, msg string }{
+		{"dry_run=true", `{"firmware":"2.0.0","select":{"hw":"m9"}}`, "no device matches"},
+		{"dry_run=yes", `{"firmware":"2.0.0","select":{"hw":"m2"}}`, "dry_run"},
+	} {
+		if status, raw := e.call(t, "POST", "/v1/rollouts?"+c.query, c.body, nil); status != 400 || !strings.Contains(raw, c.msg) {
+			t.Errorf("?%s %s = %d %s, want 400 with %q", c.query, c.body, status, raw, c.msg)
+		}
+	}
+	var list wire.RolloutList
+	if e.call(t, "GET", "/v1/rollouts", "", &list); len(list.Rollouts) != 0 {
+		t.Errorf("%d rollouts after dry runs, want 0", len(list.Rollouts))
+	}
+}

@@ -94,6 +94,13 @@ type Config struct {
 	// "unmatched" when no route did), the status code and the time taken:
 	// the /metrics request counters. It must return quickly.
 	Observe func(route string, code int, d time.Duration)
+	// Fleet, if set, answers GET /v1/devices with a wire.FleetList: the
+	// enrolled devices and those with a shadow, with filters and the
+	// fleet's totals (fleet.go). Nil keeps the shadow listing.
+	Fleet Fleet
+	// Live, if set, serves GET /v1/events, the live feed as Server-Sent
+	// Events (events.go), with its caps.
+	Live Live
 }
 
 func (c *Config) setDefaults() {
@@ -222,6 +229,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.silent.track(c, st)
 	}
 	s.srv.RegisterOnShutdown(s.silent.closeAll)
+	s.srv.RegisterOnShutdown(func() { close(a.shutdown) }) // ends the event streams
 	s.wg.Go(func() {
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			s.serveErr = fmt.Errorf("httpapi: serve: %w", err)

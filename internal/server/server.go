@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/console"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
@@ -123,6 +124,12 @@ type Config struct {
 	// and Rescan); tests and benchmarks shorten them.
 	RolloutTick, RolloutRescan time.Duration
 
+	// The web console's live feed (GET /v1/events, Server-Sent Events):
+	// MaxSSEConns caps its streams in all, MaxSSEConnsPerToken those of
+	// one token, SSEBuffer the events a stream may have waiting before it
+	// is dropped (fleet.HubConfig; zero takes fleet's defaults).
+	MaxSSEConns, MaxSSEConnsPerToken, SSEBuffer int
+
 	// Logger receives every component's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -144,6 +151,9 @@ type Server struct {
 	jobs    *jobs.Service
 	feed    *rolloutfeed.Feed
 	api     *httpapi.Server // nil without HTTPAddr
+	// fleet is the web console's fleet index and live feed, fed by
+	// identity's callbacks and what the server publishes (tapBroker).
+	fleet *fleetFeed
 
 	// evictions runs the evictions of sessions OnConnect found stale;
 	// Close waits for them after closing the broker.
@@ -229,6 +239,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 // open opens the components in data-path order (see above Open).
 func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	cfg, log, m := s.cfg, s.log, s.metrics
+	s.fleet = newFleetFeed(cfg)
+	s.fleet.registerMetrics(m)
 	for _, reason := range []string{identity.RevokeRemoved, identity.RevokeRotated, identity.RevokeRevoked,
 		identity.RevokeReplaced, evictStale} {
 		m.AddEvictions(reason, 0)
@@ -242,12 +254,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		// A revocation disconnects the sessions that logged in with the
 		// ended credential before the call that revoked returns.
 		OnRevoke: func(ctx context.Context, r identity.Revocation) {
+			s.fleet.revoked(r)
 			m.AddEvictions(r.Reason, s.brk.Evict(ctx, brokerauth.Match(r)))
 		},
 		// Every enrolment path (device add, bulk import, certificate
 		// binding) tells the planner: devices enrolled later join its
 		// dynamic rollouts.
 		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
+			s.fleet.enrolled(enrolled)
 			s.planner.DevicesEnrolled(ctx, rolloutDevices(enrolled))
 		},
 	})
@@ -289,7 +303,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	}
 	s.eng, err = shadow.Open(ctx, shadow.Config{
 		Store:            s.stores.shadow,
-		Publisher:        s.brk,
+		Publisher:        tapBroker{s.brk, s.fleet.tap},
 		MaxDocumentSize:  cfg.MaxDocumentSize,
 		MaxNamedShadows:  cfg.MaxNamedShadows,
 		DeviceRate:       cfg.DeviceRate,
@@ -307,6 +321,8 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	if err := subscribe(s.brk, "shadow", shadow.RequestFilters, s.eng.HandleRequest); err != nil {
 		return err
 	}
+	s.fleet.eng.Store(s.eng)
+	s.fleet.load(ctx, s.ids, s.eng, log)
 	m.RegisterRetryCache(func() metrics.RetryCacheStats {
 		st := s.eng.Stats().RetryCache
 		return metrics.RetryCacheStats{Entries: int64(st.Entries), Bytes: st.Bytes, Evictions: st.Evictions, Hits: st.Hits}
@@ -387,7 +403,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	// The feed publishes rollout progress on rollouts/<id>/events and the
 	// retained rollouts/<id>/status, and keeps the rollout gauges.
 	s.feed, err = rolloutfeed.Open(ctx, rolloutfeed.Config{
-		Publisher: s.brk,
+		Publisher: tapBroker{s.brk, s.fleet.tap},
 		Metrics:   m,
 		Logger:    log,
 		Status:    s.planner.Get,
@@ -412,6 +428,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		mounts := httpapi.IdentityRoutes(s.ids, auth, log)
 		mounts["GET /fw/{sha256}"] = s.fw.DownloadHandler() // URL-signed, no bearer token
 		mounts["GET /metrics"] = m.Handler()                // for Prometheus scrapers, like /healthz: no bearer token
+		for pattern, h := range console.Routes() {
+			mounts[pattern] = h // the web console's page and assets: public; the API calls carry the token
+		}
 		s.api, err = httpapi.Open(ctx, httpapi.Config{
 			Listener:       s.lns.http,
 			Shadow:         s.eng,
@@ -425,6 +444,8 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 			TrustedOrigins: cfg.AllowedOrigins,
 			Observe:        m.ObserveHTTP,
 			TLSConfig:      cfg.HTTPTLSConfig,
+			Fleet:          s.fleet.idx,
+			Live:           s.fleet.hub,
 		})
 		if err != nil {
 			return err
@@ -441,7 +462,7 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 	// presence publishes a device's presence when the store applied the
 	// change (a replaced session's late disconnect is not applied).
 	presence := func(d device.ID) {
-		if err := s.brk.Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
+		if err := (tapBroker{s.brk, s.fleet.tap}).Publish("state/"+string(d)+"/presence", ids.PresenceJSON(d), true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
 			log.Warn("publish presence", "device", d, "err", err)
 		}
 	}
@@ -572,7 +593,7 @@ func (s *Server) logServing() {
 		}
 	}
 	if s.api != nil {
-		attrs = append(attrs, "http_scheme", s.httpScheme())
+		attrs = append(attrs, "http_scheme", s.httpScheme(), "console", s.httpScheme()+"://"+s.api.Addr().String()+"/")
 	}
 	s.log.Info("umbra serving", attrs...)
 }
@@ -600,6 +621,9 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.feed != nil {
 			closeOne("rolloutfeed", s.feed)
+		}
+		if s.fleet != nil {
+			closeOne("fleet", s.fleet) // stops its load; the event streams ended with the HTTP API
 		}
 		if s.brk != nil {
 			closeOne("broker", s.brk)
