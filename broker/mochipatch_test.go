@@ -3,11 +3,18 @@ package broker_test
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/internal/brokertest"
@@ -138,3 +145,94 @@ func TestMochiPatchWillClearRace(t *testing.T) {
 		t.Fatalf("a will was published: %s", topic)
 	}
 }
+
+// TestMochiPatchCoalescedWrites queues messages for one client from many
+// goroutines at once, as many devices publishing to one integrator do,
+// and counts the writes to the client's connection. With
+// Options.CoalesceClientWrites (third_party/mochi/PATCHES.md, patch 13),
+// which the broker sets, the write loop yields once before it writes the
+// last queued packet, the runnable publishers queue theirs, and they go
+// out together; unpatched, the write loop, readied by the first send, ran
+// next and wrote each message on its own (64 writes for 64 messages; the
+// race detector's randomised scheduling order batches some by chance).
+// One processor makes the order of the runnable goroutines the
+// scheduler's. Without the option, every message still arrives.
+func TestMochiPatchCoalescedWrites(t *testing.T) {
+	const publishers = 64
+	for _, coalesce := range []bool{true, false} {
+		t.Run(fmt.Sprintf("coalesce=%v", coalesce), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+			s := mochi.New(&mochi.Options{InlineClient: true, CoalesceClientWrites: coalesce, Logger: slog.New(slog.DiscardHandler)})
+			defer s.Close()
+			if err := s.AddHook(new(allowAll), nil); err != nil {
+				t.Fatal(err)
+			}
+			server, client := net.Pipe()
+			defer client.Close()
+			counted := &writeCounter{Conn: server}
+			cl := s.NewClient(counted, "pipe", "coalesced", false)
+			s.Clients.Add(cl)
+			s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "coalesce/+"})
+			loopDone := make(chan struct{})
+			go func() {
+				defer close(loopDone)
+				cl.WriteLoop()
+			}()
+			defer func() {
+				cl.Stop(nil)
+				<-loopDone
+			}()
+			payload := []byte("01234567")
+			const packetLen = 2 + 2 + len("coalesce/x") + 8 // fixed header, topic length and name, payload
+			received := make(chan error, 1)
+			go func() {
+				_, err := io.ReadFull(client, make([]byte, publishers*packetLen))
+				received <- err
+			}()
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for range publishers {
+				wg.Go(func() {
+					<-start
+					if err := s.Publish("coalesce/x", payload, false, 0); err != nil {
+						t.Errorf("publish: %v", err)
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+			select {
+			case err := <-received:
+				if err != nil {
+					t.Fatalf("read the messages: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("messages not received within 10s")
+			}
+			writes := counted.writes.Load()
+			t.Logf("%d messages in %d writes", publishers, writes)
+			if coalesce && writes > publishers/4 {
+				t.Errorf("%d messages in %d writes, want at most %d", publishers, writes, publishers/4)
+			}
+		})
+	}
+}
+
+// writeCounter counts the writes to its connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes.Add(1)
+	return w.Conn.Write(p)
+}
+
+// allowAll is a mochi hook that allows every delivery (mochi denies all
+// without an ACL hook).
+type allowAll struct{ mochi.HookBase }
+
+func (allowAll) ID() string                                  { return "allow-all" }
+func (allowAll) Provides(b byte) bool                        { return b == mochi.OnACLCheck }
+func (allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }

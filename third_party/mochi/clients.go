@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,6 +197,11 @@ func (cl *Client) WriteLoop() {
 	for {
 		select {
 		case pk := <-cl.State.outbound:
+			if cl.ops.options.CoalesceClientWrites && len(cl.State.outbound) == 0 {
+				// umbra patch 13: let the runnable goroutines queue what they have for this client
+				// first, so that WritePacket writes it together with pk (see CoalesceClientWrites).
+				runtime.Gosched()
+			}
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)

@@ -114,6 +114,14 @@ type Options struct {
 	// ClientNetReadBufferSize specifies the size of the client *bufio.Reader read buffer.
 	ClientNetReadBufferSize int `yaml:"client_net_read_buffer_size" json:"client_net_read_buffer_size"`
 
+	// CoalesceClientWrites makes a client's write loop, when it takes the last packet queued
+	// for the client, yield to the runtime's scheduler once before writing it, so that the
+	// packets the goroutines already runnable queue for the client meanwhile are written with
+	// it, in one write of up to ClientNetWriteBufferSize bytes. Under load this saves a system
+	// call and a wake-up of the write loop per packet; the delay is one pass of the scheduler's
+	// run queue, nothing when no other goroutine is runnable. (umbra patch 13)
+	CoalesceClientWrites bool `yaml:"coalesce_client_writes" json:"coalesce_client_writes"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
