@@ -656,9 +656,6 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	cfg.RequestFilters = slices.Clone(cfg.RequestFilters)
 	log := cfg.Logger.With(logKeyComponent, "broker")
-	if cfg.hasServices() && !outboundOK {
-		log.Warn("mochi's client layout is not the expected one: service clients get the device outbound queue")
-	}
 	s := &Server{cfg: cfg, log: log}
 	s.out = &outShared{log: log, writeTimeout: cfg.WriteTimeout, linger: closeLinger, deviceLimit: cfg.MaxPendingBytes}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))

@@ -61,6 +61,13 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, nil
 }
 
+// OnPacketEncode corrects CONNACKs to MQTT 3.1.1 clients and PUBRECs (see
+// fixAck); other packets pass unchanged. It runs on the goroutine writing
+// the packet.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return fixAck(cl, pk)
+}
+
 // fixAck corrects mochi's acknowledgements: a CONNACK to an MQTT 3.1.1
 // client gets a 3.1.1 return code, or becomes a packet that cannot be
 // encoded (nothing is written, and mochi closes the connection); a CONNACK

@@ -117,9 +117,6 @@ func (s *Server) publishTo(clientID, topic string, payload []byte, qos byte, nee
 // deliver queues pk, addressed to cl, on cl's outbound queue, as mochi's
 // publishToClient does for each subscriber of a published message.
 func (s *Server) deliver(cl *mqtt.Client, pk packets.Packet) error {
-	if !outboundOK {
-		return fmt.Errorf("publish to %s: %s: this mochi version's client layout is not supported: %w", cl.ID, pk.TopicName, ErrNotDelivered)
-	}
 	inflight := false
 	if pk.FixedHeader.Qos > 0 {
 		if cl.State.Inflight.Len() >= int(s.cfg.serverInflight()) {
@@ -145,10 +142,8 @@ func (s *Server) deliver(cl *mqtt.Client, pk packets.Packet) error {
 			return nil
 		}
 	}
-	select {
-	case *outboundOf(cl) <- &pk:
+	if cl.QueueOutbound(&pk) { // mochi patch 14
 		return nil
-	default:
 	}
 	atomic.AddInt64(&s.mq.Info.MessagesDropped, 1)
 	s.hook.OnPublishDropped(cl, pk)

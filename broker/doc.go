@@ -314,10 +314,10 @@
 // connection is accepted, before CONNECT. The broker sets mochi's inflight
 // limit to the service one and enforces the device limit in its ACL hook,
 // and replaces a service client's queue after authentication, before the
-// client is registered, from the client's own write loop (see queue.go):
-// this relies on the layout of mochi v2.7.9's Client, checked at start-up
-// (a mismatch leaves service clients with the device queue and logs a
-// warning per connection) and by the tests.
+// client is registered, from the client's own write loop (see queue.go;
+// Client.SetOutboundCapacity, mochi patch 14). If that does not happen
+// within ConnectTimeout (the connection is closing), the client keeps the
+// device queue and a warning is logged.
 //
 // # Authentication and authorization
 //

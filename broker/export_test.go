@@ -5,10 +5,10 @@ package broker
 // broker has no such client.
 func OutboundCap(s *Server, clientID string) (int, bool) {
 	cl, ok := s.mq.Clients.Get(clientID)
-	if !ok || !outboundOK {
+	if !ok {
 		return 0, false
 	}
-	return cap(*outboundOf(cl)), true
+	return cl.OutboundCapacity(), true
 }
 
 // Flush waits until every change the broker made so far is in its Store

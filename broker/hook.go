@@ -297,7 +297,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	if c.service && h.s.cfg.ServiceWritesPending > h.s.cfg.ClientWritesPending &&
-		!h.enlargeQueue(cl, c, h.s.cfg.ServiceWritesPending, h.s.cfg.ConnectTimeout) {
+		!h.enlargeQueue(cl, int(h.s.cfg.ServiceWritesPending), h.s.cfg.ConnectTimeout) {
 		h.s.log.Warn("service client keeps the device outbound queue", "client", cl.ID,
 			"identity", c.identity.Name, "queue", h.s.cfg.ClientWritesPending)
 	}

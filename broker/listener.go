@@ -305,9 +305,6 @@ type conn struct {
 	// and only read afterwards (also by publishers' goroutines): the
 	// client is not a device and gets the service queue and inflight sizes.
 	service bool
-	// swap is the pending replacement of the outbound queue; written by
-	// the client's goroutine before it hands the write loop swapSentinel.
-	swap *queueSwap
 	// subscribing is true while mochi checks a SUBSCRIBE's filters.
 	subscribing atomic.Bool
 	// emptyPassword is set when CONNECT had the password flag and an

@@ -1,7 +1,9 @@
 package broker_test
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -236,3 +238,74 @@ type allowAll struct{ mochi.HookBase }
 func (allowAll) ID() string                                  { return "allow-all" }
 func (allowAll) Provides(b byte) bool                        { return b == mochi.OnACLCheck }
 func (allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+// TestMochiPatchClientQueue drives the client methods mochi patch 14 adds
+// (third_party/mochi/PATCHES.md), which the broker uses instead of
+// writing mochi's unexported fields with unsafe: SetOutboundCapacity
+// (made by the write loop; the packets queued move along; it fails, and
+// nothing changes, without a write loop or on a stopped client),
+// QueueOutbound and SetStopTime. They do not exist in unpatched mochi.
+func TestMochiPatchClientQueue(t *testing.T) {
+	const initial = 16
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = initial
+	s := mochi.New(&mochi.Options{Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
+	defer s.Close()
+	server, client := net.Pipe()
+	defer client.Close()
+	cl := s.NewClient(server, "pipe", "queue", false)
+	if got := cl.OutboundCapacity(); got != initial {
+		t.Fatalf("capacity of a new client's queue: got %d, want %d", got, initial)
+	}
+	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
+	if !cl.QueueOutbound(&ping) {
+		t.Fatal("QueueOutbound: queue full")
+	}
+
+	// No write loop: nobody takes the request.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	if err := cl.SetOutboundCapacity(ctx, 4096); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("SetOutboundCapacity without a write loop: got %v, want %v", err, context.DeadlineExceeded)
+	}
+	if got := cl.OutboundCapacity(); got != initial {
+		t.Fatalf("capacity after a failed replacement: got %d, want %d", got, initial)
+	}
+
+	// The write loop makes the replacement; the queued PINGRESP moves to
+	// the new queue (or was written just before) and is written.
+	replaced := make(chan error, 1)
+	go func() { replaced <- cl.SetOutboundCapacity(t.Context(), 8) }()
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		cl.WriteLoop()
+	}()
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(client, buf); err != nil || buf[0] != packets.Pingresp<<4 {
+		t.Fatalf("read the queued PINGRESP: %v (got % x)", err, buf)
+	}
+	if err := <-replaced; err != nil {
+		t.Fatalf("SetOutboundCapacity: %v", err)
+	}
+	if got := cl.OutboundCapacity(); got != 8 {
+		t.Fatalf("capacity after the replacement: got %d, want 8", got)
+	}
+
+	// A stopped client's queue is not replaced.
+	cl.Stop(nil)
+	<-loopDone
+	if err := cl.SetOutboundCapacity(t.Context(), 64); !errors.Is(err, mochi.ErrConnectionClosed) {
+		t.Fatalf("SetOutboundCapacity on a stopped client: got %v, want %v", err, mochi.ErrConnectionClosed)
+	}
+	if got := cl.OutboundCapacity(); got != 8 {
+		t.Fatalf("capacity after a refused replacement: got %d, want 8", got)
+	}
+
+	// A restored session's expiry runs from its stored disconnect time.
+	cl.SetStopTime(1234567890)
+	if got := cl.StopTime(); got != 1234567890 {
+		t.Errorf("StopTime after SetStopTime: got %d, want 1234567890", got)
+	}
+}

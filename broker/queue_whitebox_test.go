@@ -2,21 +2,18 @@ package broker
 
 import (
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // TestEnlargeQueue drives the queue replacement directly, including the
 // cases no black-box test can reach: a write loop that has not started
-// (the swap is abandoned, and the late write loop must not perform it) and
-// a closed client.
+// (the request times out, and the late write loop must not find it) and a
+// closed client.
 func TestEnlargeQueue(t *testing.T) {
-	if !outboundOK {
-		t.Fatal("mochi's Client.State.outbound not found: service queues are disabled")
-	}
 	tests := []struct {
 		name      string
 		writeLoop bool // start the write loop before enlargeQueue
@@ -56,32 +53,34 @@ func TestEnlargeQueue(t *testing.T) {
 			if tc.closed {
 				cl.Stop(nil)
 			}
-			sent := atomic.LoadInt64(&s.mq.Info.PacketsSent)
-
-			got := s.hook.enlargeQueue(cl, c, 1000, 50*time.Millisecond)
+			got := s.hook.enlargeQueue(cl, 1000, 50*time.Millisecond)
 			if got != tc.want {
 				t.Errorf("enlargeQueue: got %t, want %t", got, tc.want)
 			}
 			if !tc.writeLoop {
-				// A late write loop takes the abandoned sentinel and must
-				// leave the queue alone.
+				// A late write loop must find no request left over: the
+				// queue it serves keeps its size.
 				startLoop()
-				q := outboundOf(cl)
-				deadline := time.Now().Add(5 * time.Second)
-				for len(*q) > 0 && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
+				if !cl.QueueOutbound(&pk) {
+					t.Fatal("QueueOutbound: queue full")
 				}
-				if n := len(*q); n != 0 {
-					t.Fatalf("queue length: got %d, want 0 (sentinel consumed)", n)
-				}
+				readPacket(t, client) // the write loop runs
 			}
-			if got := cap(*outboundOf(cl)); got != tc.wantCap {
+			if got := cl.OutboundCapacity(); got != tc.wantCap {
 				t.Errorf("queue capacity: got %d, want %d", got, tc.wantCap)
 			}
-			if got := atomic.LoadInt64(&s.mq.Info.PacketsSent); got != sent {
-				t.Errorf("PacketsSent: got %d, want %d (the sentinel never reaches the wire)", got, sent)
-			}
 		})
+	}
+}
+
+// readPacket reads one packet's bytes from c, with a deadline.
+func readPacket(t *testing.T, c net.Conn) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil {
+		t.Fatalf("read the queued packet: %v", err)
 	}
 }
 

@@ -3,10 +3,8 @@ package broker
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -27,28 +25,13 @@ import (
 //     session's Identity: the main hook then treats it like any offline
 //     session (ownership, Evict, ACL checks of messages queued for it);
 //   - its expiry runs from its stored disconnect time (the restart, for a
-//     session whose client was connected when the broker stopped), written
-//     into mochi's unexported disconnect time (see stopTimeOffset);
+//     session whose client was connected when the broker stopped), set with
+//     Client.SetStopTime (mochi patch 14);
 //   - its queued messages get their stored packet identifiers back, so a
 //     QoS 2 receiver recognises a message sent again; messages never sent
 //     get free ones;
 //   - sessions and messages that expired while the broker was down are
 //     dropped, and deleted from the store by the first commit.
-
-// stopTimeOffset is the offset of mochi's Client.State.disconnected (unix
-// seconds, read by mochi's expiry sweep) within Client; stopTimeOK
-// reports whether the field exists with the expected type. If a mochi
-// upgrade changes it, restored sessions expire a session expiry after the
-// restart instead (logged once at Open).
-var stopTimeOffset, stopTimeOK = clientStateField("disconnected", reflect.TypeFor[int64]())
-
-// setStopTime sets the time mochi counts cl's session expiry from. cl
-// must be stopped, and not yet reachable by other goroutines.
-func setStopTime(cl *mqtt.Client, t time.Time) {
-	if stopTimeOK {
-		atomic.StoreInt64((*int64)(unsafe.Add(unsafe.Pointer(cl), stopTimeOffset)), t.Unix())
-	}
-}
 
 // restoreCounts summarises a restore for the log.
 type restoreCounts struct {
@@ -63,9 +46,6 @@ func (s *Server) restore(ctx context.Context) error {
 	st, err := s.cfg.Store.Load(ctx)
 	if err != nil {
 		return fmt.Errorf("broker: load stored state: %w", err)
-	}
-	if !stopTimeOK {
-		s.log.Warn("mochi's client layout is not the expected one: restored sessions expire a session expiry after the restart")
 	}
 	now := time.Now()
 	l := s.ledger
@@ -149,7 +129,7 @@ func (s *Server) restoreSession(ss SessionState, now time.Time, n *restoreCounts
 		cl.Properties.Props.SessionExpiryIntervalFlag = true
 	}
 	cl.Stop(packets.ErrServerShuttingDown) // offline: nothing is written to it
-	setStopTime(cl, ss.Disconnected)
+	cl.SetStopTime(ss.Disconnected.Unix()) // mochi patch 14
 	service := s.cfg.Auth != nil && ss.Identity.Device == ""
 	cl.Net.Conn = &conn{identity: ss.Identity, service: service} // ended: no done channel
 

@@ -8,9 +8,10 @@ import (
 )
 
 // TestMochiVersion fails when the mochi module Umbra builds changes: the
-// broker works around mochi behaviour that a new version may change (see
-// broker/doc.go and third_party/mochi/PATCHES.md), so an upgrade must
-// re-read both and then update this test.
+// broker works around mochi behaviour that a new version may change, and
+// builds on the patched copy's additions (docs/upstream.md indexes every
+// workaround; third_party/mochi/PATCHES.md lists the patches), so an
+// upgrade must re-read both and then update this test.
 func TestMochiVersion(t *testing.T) {
 	const (
 		path    = "github.com/mochi-mqtt/server/v2"
@@ -32,7 +33,7 @@ func TestMochiVersion(t *testing.T) {
 		}
 	}
 	if required != version {
-		t.Errorf("go.mod requires %s %q, want %s: re-review broker/doc.go's workarounds and third_party/mochi/PATCHES.md, then update this test", path, required, version)
+		t.Errorf("go.mod requires %s %q, want %s: %s", path, required, version, upgradeChecklist)
 	}
 	var replaced string
 	for _, r := range f.Replace {
@@ -41,6 +42,11 @@ func TestMochiVersion(t *testing.T) {
 		}
 	}
 	if replaced != replace {
-		t.Errorf("go.mod replaces %s with %q, want %q (the patched copy)", path, replaced, replace)
+		t.Errorf("go.mod replaces %s with %q, want %q (the patched copy): %s", path, replaced, replace, upgradeChecklist)
 	}
 }
+
+// upgradeChecklist is what TestMochiVersion asks of a mochi upgrade.
+const upgradeChecklist = "re-review every workaround in docs/upstream.md and re-apply third_party/mochi/PATCHES.md " +
+	"(broker/queue.go and broker/deliver.go reach mochi's outbound queue through patch 14's Client methods, " +
+	"which replaced an unsafe write into its unexported field), then update this test"

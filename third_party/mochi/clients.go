@@ -151,6 +151,7 @@ type ClientState struct {
 	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
 	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
 	outbound        chan *packets.Packet // queue for pending outbound packets
+	resize          chan outboundResize  // umbra patch 14: replacements of outbound, made by the write loop
 	endOnce         sync.Once            // only end once
 	isTakenOver     atomic.Bool          // used to identify orphaned clients
 	packetID        uint32               // the current highest packetID
@@ -174,6 +175,7 @@ func newClient(c net.Conn, o *ops) *Client {
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
 			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
+			resize:        make(chan outboundResize), // umbra patch 14
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -207,9 +209,63 @@ func (cl *Client) WriteLoop() {
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
+		case r := <-cl.State.resize: // umbra patch 14: see SetOutboundCapacity
+			old := cl.State.outbound
+			q := make(chan *packets.Packet, max(r.capacity, len(old)))
+			for len(old) > 0 {
+				q <- <-old
+			}
+			cl.State.outbound = q
+			close(r.done)
 		case <-cl.State.open.Done():
 			return
 		}
+	}
+}
+
+// outboundResize is a request to the write loop to replace the outbound queue. (umbra patch 14)
+type outboundResize struct {
+	capacity int           // of the new queue
+	done     chan struct{} // closed by the write loop when the new queue is in use
+}
+
+// SetOutboundCapacity replaces the client's outbound queue, sized by
+// Capabilities.MaximumClientWritesPending when the client was made, with one of capacity n; the
+// packets already queued move to it (its capacity is at least their number). The client's write loop makes the
+// replacement and SetOutboundCapacity waits for it: it fails, leaving the queue as it was, if ctx
+// ends or the client stops first. Other goroutines queue packets for a client without
+// synchronising with this, so it is for a client they cannot reach yet: one that is not
+// registered in Server.Clients, such as a new client in the OnSessionEstablish hook, after
+// authentication, when its identity can decide its capacity. (umbra patch 14)
+func (cl *Client) SetOutboundCapacity(ctx context.Context, n int) error {
+	r := outboundResize{capacity: n, done: make(chan struct{})}
+	select {
+	case cl.State.resize <- r:
+		<-r.done // the write loop closes it right after the replacement
+		return nil
+	case <-cl.State.open.Done():
+		return ErrConnectionClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// OutboundCapacity returns the capacity of the client's outbound queue (see
+// SetOutboundCapacity). (umbra patch 14)
+func (cl *Client) OutboundCapacity() int {
+	return cap(cl.State.outbound)
+}
+
+// QueueOutbound queues pk for the client's write loop without waiting, as the server queues a
+// message for a subscriber, and reports false if the queue is full. The caller must not modify
+// *pk afterwards. (umbra patch 14)
+func (cl *Client) QueueOutbound(pk *packets.Packet) bool {
+	select {
+	case cl.State.outbound <- pk:
+		atomic.AddInt32(&cl.State.outboundQty, 1)
+		return true
+	default:
+		return false
 	}
 }
 
@@ -427,6 +483,13 @@ func (cl *Client) StopCause() error {
 // StopTime returns the the time the client disconnected in unix time, else zero.
 func (cl *Client) StopTime() int64 {
 	return atomic.LoadInt64(&cl.State.disconnected)
+}
+
+// SetStopTime sets the time the client disconnected, in unix time, from which the server counts
+// the expiry of its session: for a stopped client restored from a store, whose session expiry
+// runs from when it was stored, not from when it was restored. (umbra patch 14)
+func (cl *Client) SetStopTime(unix int64) {
+	atomic.StoreInt64(&cl.State.disconnected, unix)
 }
 
 // Closed returns true if client connection is closed.
