@@ -157,19 +157,21 @@ func (o *outConn) Write(p []byte) (int, error) {
 
 // shedLocked closes the connection as a slow consumer for reason, counts
 // and logs it, and returns the error later Writes get. It is called with
-// o.mu held and releases it.
+// o.mu held and releases it. The count and the log line come before mu is
+// released, under which slowConsumer reads the reason: whoever learns
+// that the connection was shed (OnDisconnect's cause) also sees them.
 func (o *outConn) shedLocked(reason error) error {
 	o.err, o.slow = reason, reason
 	o.closed, o.lingering = true, false
-	owner, queued := o.owner, o.queued
-	o.mu.Unlock()
-	_ = o.Conn.Close() // the writer's write fails at once; mochi's read loop ends
 	o.sh.shed.Add(1)
+	owner := o.owner
 	if owner == "" {
 		owner = "(not authenticated)"
 	}
 	o.sh.log.Warn("slow consumer disconnected: the client does not read what it is sent",
-		"client", owner, "remote", o.RemoteAddr().String(), "pending_bytes", queued, "reason", reason)
+		"client", owner, "remote", o.RemoteAddr().String(), "pending_bytes", o.queued, "reason", reason)
+	o.mu.Unlock()
+	_ = o.Conn.Close() // the writer's write fails at once; mochi's read loop ends
 	return reason
 }
 
