@@ -359,6 +359,17 @@
 // connection and no goroutine: an idle connection has no pending bytes and
 // no writer.
 //
+// # mochi
+//
+// The broker corrects a number of mochi's behaviours (the CONNACK codes,
+// wills without an ACL check, per-client queue and inflight sizes,
+// takeover order, session ownership, expiry, subscription caps, shared
+// subscription turns, writes that block publishers) and builds on a
+// patched copy of mochi (third_party/mochi/PATCHES.md). docs/upstream.md
+// indexes every such workaround with its reason, its test and the
+// upstream change that would remove it; TestMochiVersion fails when the
+// mochi version changes, so that an upgrade re-reads that index.
+//
 // # Errors
 //
 // Open wraps ErrInvalidConfig (including TLSAddr without TLSConfig, or a
