@@ -207,6 +207,13 @@
 // or a refusing CONNACK), the backlog is still written for up to a
 // second; Close of the Server drops it.
 //
+// Messages queued for a client are written together: before writing the
+// last packet in its queue, the client's write loop lets the goroutines
+// that are already runnable (other publishers) queue theirs, and writes
+// up to Config.WriteBufferSize bytes at once (mochi patch 13), so a
+// subscriber of many publishers costs one system call per batch, not per
+// message. Nothing waits for more messages when nothing else is runnable.
+//
 // # Persistent sessions, retained messages and their limits
 //
 // A persistent session holds at most Config.MaxInflight messages
