@@ -62,10 +62,7 @@ func Run(ctx context.Context, dir string, t Target, only ...string) ([]Result, e
 	if err := os.WriteFile(script, suite, 0o600); err != nil {
 		return nil, fmt.Errorf("conformance: write suite: %w", err)
 	}
-	args := []string{script, "--host", host, "--port", port}
-	if t.Username != "" {
-		args = append(args, "--username", t.Username, "--password", t.Password)
-	}
+	args := append([]string{script}, suiteArgs(host, port, t)...)
 	for _, name := range only {
 		args = append(args, "--test", name)
 	}
@@ -175,4 +172,15 @@ func Table(names []string, results [][]Result) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// suiteArgs are suite.py's options for the target. Values are joined to
+// their option with "=": argparse would take a separate value starting with
+// "-" (a random password may) for an option of its own.
+func suiteArgs(host, port string, t Target) []string {
+	args := []string{"--host=" + host, "--port=" + port}
+	if t.Username != "" {
+		args = append(args, "--username="+t.Username, "--password="+t.Password)
+	}
+	return args
 }

@@ -335,14 +335,18 @@ TESTS = [
 ]
 
 
-def main():
+def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--username")
     ap.add_argument("--password")
     ap.add_argument("--test", action="append", help="run only these tests (name without test_)")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     for t in TESTS:
         name = t.__name__[len("test_"):]
         if args.test and name not in args.test:
