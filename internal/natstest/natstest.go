@@ -482,3 +482,15 @@ func Version(ctx context.Context, bin string) string {
 	}
 	return v
 }
+
+// Target is a single server or a cluster: where a test connects and how
+// many replicas its buckets get.
+type Target interface {
+	URLs() []string
+	Replicas() int
+}
+
+var (
+	_ Target = (*Server)(nil)
+	_ Target = (*Cluster)(nil)
+)
