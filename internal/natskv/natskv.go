@@ -69,6 +69,10 @@ type BucketConfig struct {
 	// when a key expires (so watchers see it vanish) and keep the marker
 	// that long. Needs nats-server 2.11 or later.
 	LimitMarkerTTL time.Duration
+	// MaxBatch is the most writes Bucket.Apply commits in one atomic
+	// batch; it must not exceed the servers' jetstream.limits.max_batch_size.
+	// Default DefaultMaxBatch.
+	MaxBatch int
 }
 
 // OpenBucket returns bucket cfg.Name, creating it (file storage, as

@@ -2,7 +2,6 @@ package natsstore
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +23,9 @@ const DefaultBucket = "umbra_shadow"
 
 // DefaultTimeout bounds one JetStream request when Config.Timeout is zero.
 const DefaultTimeout = 5 * time.Second
+
+// listTimeout is how many Config.Timeouts a key listing may take.
+const listTimeout = 10
 
 // SchemaVersion is the version of the bucket's layout (see doc.go),
 // checked by Open against the bucket's schema record.
@@ -54,7 +56,7 @@ type Config struct {
 // concurrent use, by any number of Stores on any number of nodes on the
 // same bucket.
 type Store struct {
-	kv      jetstream.KeyValue
+	b       *natskv.Bucket
 	timeout time.Duration
 
 	mu       sync.Mutex     // guards closed and the Add of inflight
@@ -80,14 +82,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	kv, err := natskv.OpenBucket(ctx, cfg.JetStream, natskv.BucketConfig{
+	b, err := natskv.Open(ctx, cfg.JetStream, natskv.BucketConfig{
 		Name: cfg.Bucket, Replicas: cfg.Replicas,
 		Schema: natskv.Schema{Kind: "shadow", Version: SchemaVersion},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("shadow/natsstore: %w", err)
 	}
-	return &Store{kv: kv, timeout: cfg.Timeout}, nil
+	return &Store{b: b, timeout: cfg.Timeout}, nil
 }
 
 // key returns k's key in the bucket.
@@ -138,31 +140,24 @@ func (s *Store) Get(ctx context.Context, k shadow.Key) (shadow.Record, error) {
 }
 
 func (s *Store) get(ctx context.Context, k string) (shadow.Record, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	e, err := s.kv.Get(ctx, k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return shadow.Record{}, nil
-	}
+	e, err := s.read(ctx, k)
 	if err != nil {
-		return shadow.Record{}, fmt.Errorf("shadow/natsstore: get %s: %w", k, err)
+		return shadow.Record{}, fmt.Errorf("shadow/natsstore: get: %w", err)
 	}
-	return shadow.Record{Value: e.Value(), Rev: shadow.Rev(e.Revision())}, nil
+	return shadow.Record{Value: e.Value, Rev: shadow.Rev(e.Rev)}, nil
 }
 
-// Commit applies writes in order, each a compare-and-set on its key's
-// revision, and returns once JetStream has acknowledged the last: stored
-// on a quorum of the bucket's replicas (fsynced with the server's
-// sync_interval: always). JetStream has no transaction across keys, so a
-// call that fails at its n-th write leaves the n-1 before it applied (the
-// prefix shadow.Store allows); a call refused at its first write changes
-// nothing.
+// Commit applies writes atomically (one JetStream atomic batch; one
+// conditional publish for a single write), each a compare-and-set on its
+// key's revision, and returns once JetStream has acknowledged them: stored
+// on a quorum of the bucket's replicas (fsynced with the servers'
+// sync_interval: always). A write with Rev 0 (no record) first reads its
+// key, to expect the sequence of its delete marker if it has one.
 //
-// Once Commit has handed its first write over, it no longer listens to
-// ctx: it waits for every outcome (each bounded by Config.Timeout), so a
-// cancelled caller never leaves a write's outcome unknown. When JetStream
-// does not answer in time, Commit reads the key back to learn whether the
-// write landed.
+// Once Commit has handed its writes over, it no longer listens to ctx: it
+// waits for the outcome (bounded by Config.Timeout), so a cancelled caller
+// never leaves it unknown. When JetStream does not answer in time, Commit
+// reads the last key back to learn whether the batch landed.
 func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("shadow/natsstore: commit: %w", err)
@@ -177,11 +172,38 @@ func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 	defer s.inflight.Done()
 
 	start := time.Now()
-	ctx = context.WithoutCancel(ctx)
+	ops := make([]natskv.Op, 0, len(writes))
 	for _, w := range writes {
-		if err := s.write(ctx, w); err != nil {
-			return err
+		op := natskv.Op{Key: key(w.Key), Value: w.Value, Delete: w.Value == nil, Check: true, Expect: uint64(w.Rev)}
+		if w.Rev == 0 {
+			e, err := s.read(ctx, op.Key)
+			if err != nil {
+				return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, err)
+			}
+			if e.Rev != 0 {
+				return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, shadow.ErrRevisionMismatch)
+			}
+			if op.Delete {
+				continue // delete what must not exist: nothing to do
+			}
+			op.Expect = e.Last
 		}
+		ops = append(ops, op)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	_, err := s.b.Apply(actx, ops...)
+	if err != nil && natskv.IsUnavailable(err) {
+		err = s.resolve(context.WithoutCancel(ctx), ops[len(ops)-1], err)
+	}
+	switch {
+	case errors.Is(err, natskv.ErrConflict):
+		return fmt.Errorf("shadow/natsstore: commit: %w", shadow.ErrRevisionMismatch)
+	case err != nil:
+		return fmt.Errorf("shadow/natsstore: commit: %w", err)
 	}
 	s.commits.Add(1)
 	s.writes.Add(1)
@@ -189,49 +211,23 @@ func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 	return nil
 }
 
-// write applies one Write with its compare-and-set.
-func (s *Store) write(ctx context.Context, w shadow.Write) error {
-	k := key(w.Key)
-	attempt, cancel := context.WithTimeout(ctx, s.timeout)
+// read returns key k's entry, bounded by Config.Timeout.
+func (s *Store) read(ctx context.Context, k string) (natskv.Entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	var err error
-	switch {
-	case w.Value == nil && w.Rev == 0:
-		// Delete what must not exist: nothing to do if it does not.
-		var rec shadow.Record
-		if rec, err = s.get(attempt, k); err == nil && rec.Rev != 0 {
-			err = shadow.ErrRevisionMismatch
-		}
-	case w.Value == nil:
-		err = s.kv.Delete(attempt, k, jetstream.LastRevision(uint64(w.Rev)))
-	case w.Rev == 0:
-		_, err = s.kv.Create(attempt, k, w.Value)
-	default:
-		_, err = s.kv.Update(attempt, k, w.Value, uint64(w.Rev))
-	}
-	if err != nil && natskv.IsUnavailable(err) {
-		err = s.resolve(ctx, k, w, err)
-	}
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, shadow.ErrRevisionMismatch) || natskv.IsConflict(err):
-		return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, shadow.ErrRevisionMismatch)
-	default:
-		return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, err)
-	}
+	return s.b.Read(ctx, k)
 }
 
-// resolve learns, by reading k back, whether write w landed after its
-// request went unanswered (cause): it returns nil if k now holds w's
-// outcome under a new revision, cause if it does not or cannot be read.
-func (s *Store) resolve(ctx context.Context, k string, w shadow.Write, cause error) error {
-	rec, err := s.get(ctx, k)
+// resolve learns, by reading op's key back, whether a batch whose last op
+// is op landed after its request went unanswered (cause): nil if the key
+// now holds op's outcome under a revision other than the expected one,
+// cause if it does not or cannot be read.
+func (s *Store) resolve(ctx context.Context, op natskv.Op, cause error) error {
+	e, err := s.read(ctx, op.Key)
 	if err != nil {
 		return fmt.Errorf("%w (and reading it back: %w)", cause, err)
 	}
-	landed := rec.Rev != w.Rev && (w.Value == nil && rec.Rev == 0 || w.Value != nil && bytes.Equal(rec.Value, w.Value))
-	if landed {
+	if e.Last != op.Expect && (op.Delete && e.Rev == 0 || !op.Delete && bytes.Equal(e.Value, op.Value)) {
 		return nil
 	}
 	return cause
@@ -305,30 +301,19 @@ func (s *Store) ScanNamed(ctx context.Context, id device.ID, fn func(k shadow.Ke
 // list returns the keys matching filter, decoded and sorted by device ID
 // then name.
 func (s *Store) list(ctx context.Context, filter string) ([]shadow.Key, error) {
-	lctx, cancel := context.WithTimeout(ctx, s.timeout)
+	lctx, cancel := context.WithTimeout(ctx, listTimeout*s.timeout)
 	defer cancel()
-	kl, err := s.kv.ListKeysFiltered(lctx, filter)
+	raw, err := s.b.Keys(lctx, filter)
 	if err != nil {
-		return nil, fmt.Errorf("shadow/natsstore: list %s: %w", filter, err)
+		return nil, fmt.Errorf("shadow/natsstore: %w", err)
 	}
-	defer kl.Stop()
-	var keys []shadow.Key
-	var bad error
-	// Read to the end even after a bad key: the lister's goroutine blocks
-	// until its keys are taken.
-	for raw := range kl.Keys() {
-		k, err := parseKey(raw)
+	keys := make([]shadow.Key, 0, len(raw))
+	for _, r := range raw {
+		k, err := parseKey(r)
 		if err != nil {
-			bad = cmp.Or(bad, err)
-			continue
+			return nil, err
 		}
 		keys = append(keys, k)
-	}
-	if err := lctx.Err(); err != nil {
-		return nil, fmt.Errorf("shadow/natsstore: list %s: %w", filter, err)
-	}
-	if bad != nil {
-		return nil, bad
 	}
 	slices.SortFunc(keys, func(a, b shadow.Key) int {
 		if c := strings.Compare(string(a.Device), string(b.Device)); c != 0 {

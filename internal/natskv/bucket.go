@@ -1,0 +1,249 @@
+package natskv
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// ErrConflict is wrapped by Bucket.Apply when a checked key's revision was
+// not the one expected: nothing of the call was written.
+var ErrConflict = errors.New("natskv: key changed concurrently")
+
+// DefaultMaxBatch is the default of BucketConfig.MaxBatch: nats-server's
+// default limit of messages in one atomic batch.
+const DefaultMaxBatch = 1000
+
+// ErrBatchTooLarge is wrapped by Bucket.Apply when a call has more ops
+// than BucketConfig.MaxBatch: nothing was written.
+var ErrBatchTooLarge = errors.New("natskv: too many writes for one atomic batch")
+
+// Headers of JetStream's publish protocol (nats-server's names).
+const (
+	hdrKVOperation       = "KV-Operation"
+	hdrExpectedLastSubj  = "Nats-Expected-Last-Subject-Sequence"
+	hdrBatchID           = "Nats-Batch-Id"
+	hdrBatchSeq          = "Nats-Batch-Sequence"
+	hdrBatchCommit       = "Nats-Batch-Commit"
+	hdrMarkerReason      = "Nats-Marker-Reason"
+	kvOpDelete           = "DEL"
+	kvOpPurge            = "PURGE"
+	errCodeWrongLastSeq  = 10071 // JSStreamWrongLastSequenceErr
+	errCodeWrongLastSeqC = 10164 // JSStreamWrongLastSequenceConstantErr (replicated streams)
+)
+
+// Bucket is an open key-value bucket with what the adapters need beyond
+// jetstream.KeyValue: reads that return the revision a compare-and-set
+// expects (also for a deleted key), and atomic multi-key writes (atomic
+// batch publish, nats-server 2.12 and later).
+type Bucket struct {
+	// KV is the bucket through the client library's API.
+	KV jetstream.KeyValue
+
+	nc       *nats.Conn
+	stream   jetstream.Stream
+	subject  string // "$KV.<name>.": a key's subject is subject+key
+	maxBatch int
+}
+
+// Entry is a key's state as Bucket.Read returns it.
+type Entry struct {
+	// Value is the key's value (nil if it has none).
+	Value []byte
+	// Rev is the key's revision; 0 if the key has no value (never
+	// written, deleted or expired).
+	Rev uint64
+	// Last is the sequence of the key's last message, a delete marker
+	// included: what Op.Expect must be for a write that requires the key
+	// unchanged since this read. 0 if the key was never written (or its
+	// marker is gone).
+	Last uint64
+}
+
+// Op is one write of Bucket.Apply.
+type Op struct {
+	Key string
+	// Value is stored, unless Delete is set.
+	Value  []byte
+	Delete bool
+	// Check makes the write conditional: it is applied only if the key's
+	// last message is still Expect (Entry.Last of a read; 0: never
+	// written).
+	Check  bool
+	Expect uint64
+}
+
+// Read returns key's state. A missing key is the zero Entry, not an error.
+func (b *Bucket) Read(ctx context.Context, key string) (Entry, error) {
+	m, err := b.stream.GetLastMsgForSubject(ctx, b.subject+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Entry{}, nil
+	}
+	if err != nil {
+		return Entry{}, fmt.Errorf("natskv: read %s: %w", key, err)
+	}
+	if isMarker(m.Header) {
+		return Entry{Last: m.Sequence}, nil
+	}
+	return Entry{Value: m.Data, Rev: m.Sequence, Last: m.Sequence}, nil
+}
+
+// isMarker reports whether a message with header h marks its key deleted
+// (a delete, a purge, or an expiry marker).
+func isMarker(h nats.Header) bool {
+	if len(h) == 0 {
+		return false
+	}
+	switch h.Get(hdrKVOperation) {
+	case kvOpDelete, kvOpPurge:
+		return true
+	}
+	return h.Get(hdrMarkerReason) != ""
+}
+
+// Apply writes ops atomically, in order: all of them or, when a checked
+// key changed (ErrConflict) or any other error, none. One op is one
+// conditional publish; several are one atomic batch. It returns the
+// revision of the last op. A key appears at most once among checked ops.
+//
+// When the server does not answer (the error satisfies IsUnavailable) the
+// outcome is unknown to Apply; its caller may read back to learn it.
+func (b *Bucket) Apply(ctx context.Context, ops ...Op) (uint64, error) {
+	switch {
+	case len(ops) == 0:
+		return 0, nil
+	case len(ops) > b.maxBatch:
+		return 0, fmt.Errorf("%w: %d writes, at most %d (nats-server's jetstream.limits.max_batch_size and the store's MaxBatch)",
+			ErrBatchTooLarge, len(ops), b.maxBatch)
+	}
+	id := ""
+	if len(ops) > 1 {
+		id = nuid.Next()
+	}
+	for i, op := range ops {
+		m := nats.NewMsg(b.subject + op.Key)
+		if op.Delete {
+			m.Header.Set(hdrKVOperation, kvOpDelete)
+		} else {
+			m.Data = op.Value
+		}
+		if op.Check {
+			m.Header.Set(hdrExpectedLastSubj, strconv.FormatUint(op.Expect, 10))
+		}
+		if id != "" {
+			m.Header.Set(hdrBatchID, id)
+			m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
+		}
+		if i < len(ops)-1 {
+			// The server answers a batch once, at its commit; a message
+			// it refuses before then makes the commit fail.
+			if err := b.nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("natskv: publish %s: %w", op.Key, err)
+			}
+			continue
+		}
+		if id != "" {
+			m.Header.Set(hdrBatchCommit, "1")
+		}
+		resp, err := b.nc.RequestMsgWithContext(ctx, m)
+		if err != nil {
+			return 0, fmt.Errorf("natskv: write %s: %w", op.Key, err)
+		}
+		return parseAck(resp.Data)
+	}
+	return 0, nil
+}
+
+// pubAck is the server's answer to a publish (or a batch's commit).
+type pubAck struct {
+	Seq   uint64 `json:"seq"`
+	Error *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+func parseAck(data []byte) (uint64, error) {
+	var ack pubAck
+	if err := json.Unmarshal(data, &ack); err != nil {
+		return 0, fmt.Errorf("natskv: answer %q: %w", data, err)
+	}
+	if ack.Error != nil {
+		if ack.Error.ErrCode == errCodeWrongLastSeq || ack.Error.ErrCode == errCodeWrongLastSeqC {
+			return 0, fmt.Errorf("%w: %s", ErrConflict, ack.Error.Description)
+		}
+		return 0, fmt.Errorf("natskv: write refused: %s (code %d)", ack.Error.Description, ack.Error.ErrCode)
+	}
+	if ack.Seq == 0 {
+		return 0, fmt.Errorf("natskv: answer %q: no sequence", data)
+	}
+	return ack.Seq, nil
+}
+
+// Keys returns the keys matching filter (a key with wildcards: "*" one
+// token, ">" the rest) that have a value, in no particular order.
+func (b *Bucket) Keys(ctx context.Context, filter string) ([]string, error) {
+	kl, err := b.KV.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, fmt.Errorf("natskv: list %s: %w", filter, err)
+	}
+	defer kl.Stop()
+	var keys []string
+	for k := range kl.Keys() { // read to the end: the lister's goroutine blocks until its keys are taken
+		keys = append(keys, k)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("natskv: list %s: %w", filter, err)
+	}
+	return keys, nil
+}
+
+// Purge deletes every key matching filter (a key, or a key with
+// wildcards), with no marker left: the bucket's stream is purged of their
+// subjects. It is not atomic with other writes.
+func (b *Bucket) Purge(ctx context.Context, filter string) error {
+	if err := b.stream.Purge(ctx, jetstream.WithPurgeSubject(b.subject+filter)); err != nil {
+		return fmt.Errorf("natskv: purge %s: %w", filter, err)
+	}
+	return nil
+}
+
+// Open opens bucket cfg.Name as OpenBucket does, configures its stream for
+// atomic batches and for reads through the stream's leader (no direct
+// reads from replicas that may lag), and returns it as a Bucket.
+func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucket, error) {
+	if _, err := OpenBucket(ctx, js, cfg); err != nil {
+		return nil, err
+	}
+	name := "KV_" + cfg.Name
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("natskv: open bucket %s: %w", cfg.Name, err)
+	}
+	sc := st.CachedInfo().Config
+	if !sc.AllowAtomicPublish || sc.AllowDirect {
+		sc.AllowAtomicPublish, sc.AllowDirect = true, false
+		if _, err := js.UpdateStream(ctx, sc); err != nil {
+			return nil, fmt.Errorf("natskv: open bucket %s: allow atomic batches: %w", cfg.Name, err)
+		}
+		if st, err = js.Stream(ctx, name); err != nil {
+			return nil, fmt.Errorf("natskv: open bucket %s: %w", cfg.Name, err)
+		}
+	}
+	kv, err := js.KeyValue(ctx, cfg.Name) // bound after the update: reads go through the leader
+	if err != nil {
+		return nil, fmt.Errorf("natskv: open bucket %s: %w", cfg.Name, err)
+	}
+	return &Bucket{
+		KV: kv, nc: js.Conn(), stream: st, subject: "$KV." + cfg.Name + ".",
+		maxBatch: cmp.Or(cfg.MaxBatch, DefaultMaxBatch),
+	}, nil
+}
