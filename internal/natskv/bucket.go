@@ -27,16 +27,17 @@ var ErrBatchTooLarge = errors.New("natskv: too many writes for one atomic batch"
 
 // Headers of JetStream's publish protocol (nats-server's names).
 const (
-	hdrKVOperation       = "KV-Operation"
-	hdrExpectedLastSubj  = "Nats-Expected-Last-Subject-Sequence"
-	hdrBatchID           = "Nats-Batch-Id"
-	hdrBatchSeq          = "Nats-Batch-Sequence"
-	hdrBatchCommit       = "Nats-Batch-Commit"
-	hdrMarkerReason      = "Nats-Marker-Reason"
-	kvOpDelete           = "DEL"
-	kvOpPurge            = "PURGE"
-	errCodeWrongLastSeq  = 10071 // JSStreamWrongLastSequenceErr
-	errCodeWrongLastSeqC = 10164 // JSStreamWrongLastSequenceConstantErr (replicated streams)
+	hdrKVOperation          = "KV-Operation"
+	hdrExpectedLastSubj     = "Nats-Expected-Last-Subject-Sequence"
+	hdrExpectedLastSubjSubj = "Nats-Expected-Last-Subject-Sequence-Subject"
+	hdrBatchID              = "Nats-Batch-Id"
+	hdrBatchSeq             = "Nats-Batch-Sequence"
+	hdrBatchCommit          = "Nats-Batch-Commit"
+	hdrMarkerReason         = "Nats-Marker-Reason"
+	kvOpDelete              = "DEL"
+	kvOpPurge               = "PURGE"
+	errCodeWrongLastSeq     = 10071 // JSStreamWrongLastSequenceErr
+	errCodeWrongLastSeqC    = 10164 // JSStreamWrongLastSequenceConstantErr (replicated streams)
 )
 
 // Bucket is an open key-value bucket with what the adapters need beyond
@@ -78,6 +79,10 @@ type Op struct {
 	// written).
 	Check  bool
 	Expect uint64
+	// CheckKey, when set, is the key Check applies to instead of Key: the
+	// write is applied only if CheckKey's last message is still Expect
+	// (a write conditioned on another key, which it leaves unchanged).
+	CheckKey string
 }
 
 // Read returns key's state. A missing key is the zero Entry, not an error.
@@ -136,6 +141,9 @@ func (b *Bucket) Apply(ctx context.Context, ops ...Op) (uint64, error) {
 		}
 		if op.Check {
 			m.Header.Set(hdrExpectedLastSubj, strconv.FormatUint(op.Expect, 10))
+			if op.CheckKey != "" {
+				m.Header.Set(hdrExpectedLastSubjSubj, b.subject+op.CheckKey)
+			}
 		}
 		if id != "" {
 			m.Header.Set(hdrBatchID, id)
@@ -246,4 +254,36 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucke
 		KV: kv, nc: js.Conn(), stream: st, subject: "$KV." + cfg.Name + ".",
 		maxBatch: cmp.Or(cfg.MaxBatch, DefaultMaxBatch),
 	}, nil
+}
+
+// Values returns the value of every key matching filter that has one,
+// keyed by key, read in one pass over the bucket (a watcher that stops
+// after the current values).
+func (b *Bucket) Values(ctx context.Context, filter string) (map[string][]byte, error) {
+	w, err := b.KV.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("natskv: read %s: %w", filter, err)
+	}
+	defer w.Stop()
+	out := map[string][]byte{}
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("natskv: read %s: watcher closed", filter)
+			}
+			if e == nil { // the current values are all delivered
+				return out, nil
+			}
+			out[e.Key()] = e.Value()
+		case <-ctx.Done():
+			// The watcher's callback blocks until its entry is taken:
+			// drain what is left, so it ends once Stop takes effect.
+			go func() {
+				for range w.Updates() {
+				}
+			}()
+			return nil, fmt.Errorf("natskv: read %s: %w", filter, ctx.Err())
+		}
+	}
 }
