@@ -25,6 +25,8 @@ package natskv
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -182,6 +184,22 @@ func Token(s string) string {
 		b.WriteByte(hex[c&0xF])
 	}
 	return b.String()
+}
+
+// maxToken is the longest token HashToken leaves readable.
+const maxToken = 160
+
+// HashToken is Token for strings that may be long (MQTT topics and client
+// IDs, up to 65535 bytes): an escaped string longer than 160 bytes is
+// replaced by "=H" and the hex SHA-256 of s, which Untoken refuses (its
+// holder keeps s in the value).
+func HashToken(s string) string {
+	t := Token(s)
+	if len(t) <= maxToken {
+		return t
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "=H" + hex.EncodeToString(sum[:])
 }
 
 // Untoken reverses Token. It fails on a malformed escape.

@@ -3,6 +3,7 @@ package natskv
 import (
 	"context"
 	"fmt"
+	"strings"
 )
 
 // Txn stages the writes of one atomic change: reads go through it (and
@@ -91,4 +92,16 @@ func (t *Txn) Commit(ctx context.Context) error {
 		return fmt.Errorf("commit %d writes: %w", len(ops), err)
 	}
 	return nil
+}
+
+// Staged returns the keys with prefix that this Txn has written, with
+// their staged values (nil: deleted).
+func (t *Txn) Staged(prefix string) map[string][]byte {
+	out := map[string][]byte{}
+	for _, key := range t.writes {
+		if strings.HasPrefix(key, prefix) {
+			out[key] = t.keys[key].value
+		}
+	}
+	return out
 }
