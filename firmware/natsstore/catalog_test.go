@@ -1,0 +1,40 @@
+package natsstore_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/firmware/natsstore"
+	"github.com/umbra-iot/umbra/firmware/storetest"
+	"github.com/umbra-iot/umbra/internal/natstest"
+)
+
+// opener returns a storetest.Opener on target: each test directory is one
+// bucket, so reopening a directory reopens its bucket.
+func opener(t *testing.T, target natstest.Target) storetest.Opener {
+	js := natstest.JetStream(t, target.URLs())
+	var mu sync.Mutex
+	buckets := map[string]string{}
+	return func(tb testing.TB, dir string) firmware.Catalog {
+		tb.Helper()
+		mu.Lock()
+		b, ok := buckets[dir]
+		if !ok {
+			b = fmt.Sprintf("firmware_%d", len(buckets))
+			buckets[dir] = b
+		}
+		mu.Unlock()
+		c, err := natsstore.OpenCatalog(context.Background(), natsstore.CatalogConfig{JetStream: js, Bucket: b, Replicas: target.Replicas()})
+		if err != nil {
+			tb.Fatalf("open: %v", err)
+		}
+		return c
+	}
+}
+
+func TestContract(t *testing.T) { storetest.Contract(t, opener(t, natstest.Start(t))) }
+
+func TestContractR3(t *testing.T) { storetest.Contract(t, opener(t, natstest.StartCluster(t))) }
