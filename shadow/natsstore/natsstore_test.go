@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/umbra-iot/umbra/internal/natskv"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/natsstore"
@@ -111,5 +113,22 @@ func TestTwoNodesLoseNoUpdate(t *testing.T) {
 	if len(got.State.Reported) != 2*perNode || got.Version != 2*perNode {
 		t.Errorf("final document has %d reported fields at version %d, want %d at version %d: %s",
 			len(got.State.Reported), got.Version, 2*perNode, 2*perNode, doc)
+	}
+}
+
+// TestNewerBucketRefused: a node whose shadow layout differs from the
+// bucket's (a newer release wrote it) refuses to open it, saying both
+// versions, and changes nothing.
+func TestNewerBucketRefused(t *testing.T) {
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s.URLs())
+	if _, err := natskv.OpenBucket(t.Context(), js, natskv.BucketConfig{Name: natsstore.DefaultBucket,
+		Schema: natskv.Schema{Kind: "shadow", Version: natsstore.SchemaVersion + 1}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: js})
+	want := fmt.Sprintf("the bucket holds shadow schema version %d, this node uses shadow schema version %d", natsstore.SchemaVersion+1, natsstore.SchemaVersion)
+	if !errors.Is(err, natskv.ErrSchemaMismatch) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Open = %v, want ErrSchemaMismatch saying %q", err, want)
 	}
 }

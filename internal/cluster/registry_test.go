@@ -1,0 +1,110 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/natstest"
+)
+
+func TestRegistry(t *testing.T) {
+	s := natstest.Start(t)
+	const beat = time.Second
+	open := func(id string, conns *atomic.Int64) (*cluster.Registry, jetstream.JetStream, error) {
+		nc := natstest.Connect(t, s.URLs())
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js, Heartbeat: beat,
+			Node: cluster.Node{ID: id, Addr: "127.0.0.1:1883", Version: "test"}, Connections: func() int { return int(conns.Load()) }})
+		return r, js, err
+	}
+	var c1, c2 atomic.Int64
+	c1.Store(7)
+	r1, _, err := open("n1", &c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, _, err := open("n2", &c2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := r1.Nodes(t.Context())
+	if err != nil || len(nodes) != 2 || nodes[0].ID != "n1" || nodes[0].Connections != 7 || nodes[1].ID != "n2" {
+		t.Fatalf("Nodes = %+v, %v; want n1 (7 connections) and n2", nodes, err)
+	}
+
+	// A second node with a live node's ID is refused, saying why.
+	if _, _, err := open("n1", &c1); !errors.Is(err, cluster.ErrNodeIDInUse) || !strings.Contains(err.Error(), "n1") {
+		t.Fatalf("OpenRegistry with a live node's ID = %v, want ErrNodeIDInUse", err)
+	}
+
+	// Heartbeats carry the connection count.
+	c2.Store(42)
+	deadline := time.Now().Add(5 * beat)
+	for {
+		nodes, err = r1.Nodes(t.Context())
+		if err == nil && len(nodes) == 2 && nodes[1].Connections == 42 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2's connection count not updated by a heartbeat: %+v, %v", nodes, err)
+		}
+		time.Sleep(50 * time.Millisecond) // heartbeats are periodic: poll
+	}
+
+	// A clean Close deregisters at once.
+	if err := r2.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if nodes, err = r1.Nodes(t.Context()); err != nil || len(nodes) != 1 {
+		t.Fatalf("Nodes after n2's Close = %+v, %v; want n1 alone", nodes, err)
+	}
+	if err := r1.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRegistryForgetsDeadNode: a node that stops heartbeating (its process
+// died: its connection closes without deregistering) is gone from the
+// list three heartbeats later, and its ID may be registered again.
+func TestRegistryForgetsDeadNode(t *testing.T) {
+	s := natstest.Start(t)
+	const beat = time.Second
+	nc := natstest.Connect(t, s.URLs())
+	js, _ := jetstream.New(nc)
+	if _, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js, Heartbeat: beat, Node: cluster.Node{ID: "dead"}}); err != nil {
+		t.Fatal(err)
+	}
+	js2 := natstest.JetStream(t, s.URLs())
+	live, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js2, Heartbeat: beat, Node: cluster.Node{ID: "live"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close(context.Background())
+	nc.Close() // the process dies
+	deadline := time.Now().Add(3*beat + 3*time.Second)
+	for {
+		nodes, err := live.Nodes(t.Context())
+		if err == nil && len(nodes) == 1 && nodes[0].ID == "live" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead node still listed: %+v, %v", nodes, err)
+		}
+		time.Sleep(100 * time.Millisecond) // expiry is the server's timer: poll
+	}
+	again, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js2, Heartbeat: beat, Node: cluster.Node{ID: "dead"}})
+	if err != nil {
+		t.Fatalf("register the dead node's ID again: %v", err)
+	}
+	again.Close(context.Background())
+}
