@@ -11,69 +11,97 @@ import (
 	"path/filepath"
 )
 
-// blobStore keeps the image bytes: blobs/<sha256>, content-addressed and
-// shared by versions with identical bytes, and tmp/ for uploads in
-// progress. It is the one place that touches them, the seam where cluster
-// mode will put an object store (the records are in the Catalog).
-type blobStore struct {
-	dir string // blobs/
+// Blobs keeps the image bytes, content-addressed by their SHA-256
+// (lowercase hex): a version's record (Image.SHA256) names its blob, and
+// versions with identical bytes share one. By default (Config.Blobs nil)
+// they are files under Config.Dir, blobs/<sha256>; firmware/natsstore
+// keeps them in a JetStream object store shared by every node (cluster
+// mode), so an image uploaded on one node is served by all. The Store
+// serialises Put and Remove with its records (an unreferenced blob is
+// removed only while no upload can start referencing it); a Blobs must
+// still be safe for concurrent use.
+type Blobs interface {
+	// Put stores the file at path, size bytes hashing to sum, as blob
+	// sum, unless a blob sum of that size is stored already, and reports
+	// whether it stored it. It may move the file away; the caller removes
+	// it afterwards if it is still there.
+	Put(ctx context.Context, sum, path string, size int64) (stored bool, err error)
+	// Open returns blob sum for reading, as a file (downloads serve byte
+	// ranges from it). The error wraps fs.ErrNotExist when there is none.
+	Open(ctx context.Context, sum string) (*os.File, error)
+	// Remove deletes blob sum; a missing blob is not an error.
+	Remove(ctx context.Context, sum string) error
+	// List returns the sum of every stored blob.
+	List(ctx context.Context) ([]string, error)
+}
+
+// uploads keeps uploads in progress in tmp/ under Config.Dir: an upload
+// is received and hashed there before its blob is stored.
+type uploads struct {
 	tmp string // tmp/
 }
 
-// openBlobs creates (if needed) the blob and temp directories under dir.
-func openBlobs(dir string) (*blobStore, error) {
-	b := &blobStore{dir: filepath.Join(dir, blobsDir), tmp: filepath.Join(dir, tmpDir)}
-	for _, d := range []string{dir, b.dir, b.tmp} {
+// openUploads creates (if needed) dir and its temp directory.
+func openUploads(dir string) (*uploads, error) {
+	u := &uploads{tmp: filepath.Join(dir, tmpDir)}
+	for _, d := range []string{dir, u.tmp} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, err
 		}
 	}
-	return b, nil
+	return u, nil
 }
 
 // cleanTmp removes everything in tmp/ and returns how many entries it
 // removed: only uploads in progress live there, and none are in progress
 // during Open.
-func (b *blobStore) cleanTmp() (int, error) {
-	ents, err := os.ReadDir(b.tmp)
+func (u *uploads) cleanTmp() (int, error) {
+	ents, err := os.ReadDir(u.tmp)
 	if err != nil {
 		return 0, err
 	}
 	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(b.tmp, e.Name())); err != nil {
+		if err := os.RemoveAll(filepath.Join(u.tmp, e.Name())); err != nil {
 			return 0, err
 		}
 	}
 	return len(ents), nil
 }
 
-// collect removes the blobs refs does not name and returns how many.
-func (b *blobStore) collect(refs map[string]bool) (int, error) {
+// fileBlobs is the default Blobs: blobs/<sha256> under Config.Dir.
+type fileBlobs struct {
+	dir string // blobs/
+}
+
+// openFileBlobs creates (if needed) the blob directory under dir.
+func openFileBlobs(dir string) (*fileBlobs, error) {
+	b := &fileBlobs{dir: filepath.Join(dir, blobsDir)}
+	if err := os.MkdirAll(b.dir, 0o750); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// List returns the blob files' names that are sums.
+func (b *fileBlobs) List(context.Context) ([]string, error) {
 	ents, err := os.ReadDir(b.dir)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	var sums []string
 	for _, e := range ents {
-		if !isSHA256(e.Name()) || refs[e.Name()] {
-			continue
+		if isSHA256(e.Name()) {
+			sums = append(sums, e.Name())
 		}
-		if err := os.Remove(filepath.Join(b.dir, e.Name())); err != nil {
-			return n, err
-		}
-		n++
 	}
-	if n > 0 {
-		return n, syncDir(b.dir)
-	}
-	return 0, nil
+	return sums, nil
 }
 
 // receive copies r into a new temp file, at most max bytes, fsynced and
 // closed, and returns its path, size and sha256. On error nothing is left
 // behind.
-func (b *blobStore) receive(ctx context.Context, r io.Reader, max int64) (path string, size int64, sum string, err error) {
-	f, err := os.CreateTemp(b.tmp, "upload-*")
+func (u *uploads) receive(ctx context.Context, r io.Reader, max int64) (path string, size int64, sum string, err error) {
+	f, err := os.CreateTemp(u.tmp, "upload-*")
 	if err != nil {
 		return "", 0, "", err
 	}
@@ -103,31 +131,29 @@ func (b *blobStore) receive(ctx context.Context, r io.Reader, max int64) (path s
 	return f.Name(), size, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// link makes the received temp file tmp the blob sum, unless a blob of
-// that size is already there (the same bytes, under another version), and
-// reports whether it linked it. The caller holds Store.blobMu.
-func (b *blobStore) link(tmp, sum string, size int64) (linked bool, err error) {
+// Put renames the received temp file path to blob sum, unless a blob of
+// that size is already there (the same bytes, under another version).
+func (b *fileBlobs) Put(_ context.Context, sum, path string, size int64) (stored bool, err error) {
 	blob := filepath.Join(b.dir, sum)
 	if st, err := os.Stat(blob); err == nil && st.Size() == size {
 		return false, nil
 	}
-	if err := os.Rename(tmp, blob); err != nil {
+	if err := os.Rename(path, blob); err != nil {
 		return false, err
 	}
 	return true, syncDir(b.dir)
 }
 
-// remove deletes blob sum; a missing blob is not an error.
-func (b *blobStore) remove(sum string) error {
+// Remove deletes blob sum; a missing blob is not an error.
+func (b *fileBlobs) Remove(_ context.Context, sum string) error {
 	if err := os.Remove(filepath.Join(b.dir, sum)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return syncDir(b.dir)
 }
 
-// open opens blob sum for reading; the error wraps os.ErrNotExist if
-// there is none.
-func (b *blobStore) open(sum string) (*os.File, error) {
+// Open opens blob sum for reading.
+func (b *fileBlobs) Open(_ context.Context, sum string) (*os.File, error) {
 	return os.Open(filepath.Join(b.dir, sum))
 }
 

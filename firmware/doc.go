@@ -10,14 +10,16 @@
 // firmware/boltstore keeps them in Config.Dir/firmware.db (bbolt), and a
 // cluster catalog can implement the same contract (firmware/storetest).
 // Creating a version is a compare-and-set on its absence, so two uploads
-// of one version never both succeed. The image bytes stay on the
-// filesystem under Config.Dir, behind one small type (blobs.go, the seam
-// where cluster mode will put an object store): blobs/<sha256> (shared by
-// versions with identical bytes) and tmp/ (uploads in progress). Upload
-// streams into tmp/, hashing as it writes, fsyncs, renames into blobs/,
-// fsyncs the directory and only then creates the record, so a crash never
-// leaves a partial image visible. Open removes whatever a crash left in
-// tmp/ and blobs no version references.
+// of one version never both succeed. The image bytes are Blobs, another
+// interface this package declares, content-addressed by their SHA-256 and
+// shared by versions with identical bytes: by default files under
+// Config.Dir, blobs/<sha256>; in cluster mode firmware/natsstore's
+// JetStream object store, so an image uploaded on one node is served by
+// every node. Upload streams into Config.Dir/tmp/ (uploads in progress),
+// hashing as it writes, fsyncs, stores the blob (the default renames it
+// into blobs/ and fsyncs the directory) and only then creates the record,
+// so a crash never leaves a partial image visible. Open removes whatever a
+// crash left in tmp/ and blobs no version references.
 //
 // Versions are semantic versions in canonical form without "v" (see
 // ParseVersion); List orders by semver precedence.

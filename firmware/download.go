@@ -71,7 +71,7 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		s.deny(w, r, reason, id)
 		return
 	}
-	f, err := s.blobs.open(sum)
+	f, err := s.blobs.Open(r.Context(), sum)
 	if errors.Is(err, os.ErrNotExist) {
 		// The URL is genuine (its signature checked out), so its holder
 		// may learn that the image is gone.

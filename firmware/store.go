@@ -62,11 +62,15 @@ const (
 
 // Config configures a Store. Zero values mean the documented defaults.
 type Config struct {
-	// Dir holds the image bytes, blobs/<sha256>, and uploads in progress,
+	// Dir holds the image bytes, blobs/<sha256> (unless Blobs is set), and uploads in progress,
 	// tmp/, and, unless configured otherwise, signing.key and url.key (and,
 	// by convention, the bbolt Catalog's firmware.db). Required; created
 	// 0750 if missing.
 	Dir string
+	// Blobs holds the image bytes (see Blobs). Nil means files under Dir,
+	// blobs/<sha256>; cluster mode passes firmware/natsstore's object
+	// store. The Store does not close it.
+	Blobs Blobs
 	// Catalog holds the image records (see Catalog; firmware/boltstore
 	// opens firmware.db). Required. The Store never closes it: whoever
 	// opened it closes it after Close (or after an Open that failed).
@@ -229,7 +233,8 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	catalog Catalog
-	blobs   *blobStore
+	blobs   Blobs
+	uploads *uploads
 	priv    ed25519.PrivateKey
 	pub     ed25519.PublicKey
 	urlKey  []byte
@@ -274,8 +279,13 @@ func Open(ctx context.Context, cfg Config) (_ *Store, err error) {
 		log:     cfg.Logger.With(logKeyComponent, "firmware"),
 		catalog: cfg.Catalog,
 	}
-	if s.blobs, err = openBlobs(cfg.Dir); err != nil {
+	if s.uploads, err = openUploads(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("firmware: open: %w", err)
+	}
+	if s.blobs = cfg.Blobs; s.blobs == nil {
+		if s.blobs, err = openFileBlobs(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("firmware: open: %w", err)
+		}
 	}
 	if err := s.init(ctx); err != nil {
 		return nil, fmt.Errorf("firmware: open: %w", err)
@@ -304,7 +314,7 @@ func (s *Store) init(ctx context.Context) error {
 			return err
 		}
 	}
-	if n, err := s.blobs.cleanTmp(); err != nil {
+	if n, err := s.uploads.cleanTmp(); err != nil {
 		return err
 	} else if n > 0 {
 		s.log.Info("removed interrupted uploads", "count", n)
@@ -316,7 +326,7 @@ func (s *Store) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if n, err := s.blobs.collect(refs); err != nil {
+	if n, err := s.collect(ctx, refs); err != nil {
 		return err
 	} else if n > 0 {
 		s.log.Info("removed unreferenced blobs", "count", n)
@@ -366,6 +376,25 @@ func (s *Store) resign(ctx context.Context) error {
 	}
 	s.log.Warn("re-signed manifests with the current signing key; devices must pin the new public key", "count", len(fix))
 	return nil
+}
+
+// collect removes the blobs refs does not name and returns how many.
+func (s *Store) collect(ctx context.Context, refs map[string]bool) (int, error) {
+	sums, err := s.blobs.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, sum := range sums {
+		if refs[sum] {
+			continue
+		}
+		if err := s.blobs.Remove(ctx, sum); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // referenced returns the set of blobs some version references.
@@ -464,7 +493,7 @@ func (s *Store) Upload(ctx context.Context, req UploadRequest, r io.Reader) (Ima
 	} else if !errors.Is(err, ErrNotFound) {
 		return Image{}, fmt.Errorf("upload %s: %w", u.version, err)
 	}
-	tmp, size, sum, err := s.blobs.receive(ctx, r, s.cfg.MaxImageSize)
+	tmp, size, sum, err := s.uploads.receive(ctx, r, s.cfg.MaxImageSize)
 	if err != nil {
 		if s.ctx.Err() != nil {
 			err = ErrClosed
@@ -504,7 +533,7 @@ func (s *Store) publish(ctx context.Context, tmp string, img Image) error {
 	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	linked, err := s.blobs.link(tmp, img.SHA256, img.Size)
+	linked, err := s.blobs.Put(ctx, img.SHA256, tmp, img.Size)
 	if err != nil {
 		return err
 	}
@@ -513,7 +542,7 @@ func (s *Store) publish(ctx context.Context, tmp string, img Image) error {
 		// Nothing references the blob unless another version has the
 		// same bytes; Open collects it if this check fails.
 		if refs, rerr := s.referenced(context.WithoutCancel(ctx)); rerr == nil && !refs[img.SHA256] {
-			s.blobs.remove(img.SHA256)
+			s.blobs.Remove(context.WithoutCancel(ctx), img.SHA256)
 		}
 	}
 	return err
@@ -586,7 +615,7 @@ func (s *Store) Delete(ctx context.Context, v Version) error {
 		shared = refs[sum]
 	}
 	if !shared {
-		if err := s.blobs.remove(sum); err != nil {
+		if err := s.blobs.Remove(context.WithoutCancel(ctx), sum); err != nil {
 			s.log.Warn("remove blob", logKeySHA256, sum, logKeyErr, err)
 		}
 	}

@@ -1,6 +1,8 @@
-// Package natsstore is firmware's cluster-mode storage on JetStream:
-// Catalog, the firmware.Catalog of image records in a key-value bucket
-// (default "umbra_firmware") shared by every node.
+// Package natsstore is firmware's cluster-mode storage on JetStream, shared
+// by every node: Catalog, the firmware.Catalog of image records in a
+// key-value bucket (default "umbra_firmware"), and Blobs, the
+// firmware.Blobs of image bytes in an object store (default
+// "umbra_firmware_images").
 //
 // # Bucket layout (schema version 1)
 //
@@ -13,13 +15,21 @@
 // change refused because another node wrote meanwhile is read and tried
 // again.
 //
-// # Not done yet
+// # Images
 //
-// The image bytes are still files under firmware.Config.Dir on each node
-// (firmware's blobStore). Issue 15 puts them in the JetStream object
-// store, so that an image uploaded on one node is served by every node;
-// that needs firmware's blob seam turned into an interface, which this
-// package does not do yet (docs/cluster.md).
+// An image is the object named by its SHA-256. A node keeps a verified copy
+// of each image it served in BlobsConfig.CacheDir (downloads serve byte
+// ranges from a file) and asks the object store before serving a copy, so
+// an image deleted on another node is not served from a cache. List leaves
+// out images younger than BlobsConfig.Grace (10 minutes), so that firmware's
+// collection of unreferenced images on one node's Open never removes an
+// image another node has stored but not yet recorded.
+//
+// Known gap: firmware serialises "remove an unreferenced image" with
+// uploads on one node only (its blobMu). A version deleted on one node at
+// the moment another node uploads the same bytes as a new version may
+// remove the image the new version needs; a cluster-wide lock (a lease)
+// would close it.
 //
 // # Durability
 //
