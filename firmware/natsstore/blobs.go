@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/umbra-iot/umbra/firmware"
+	"github.com/umbra-iot/umbra/internal/natskv"
 )
 
 // DefaultImageBucket is the object store's name when BlobsConfig.Bucket is
@@ -80,8 +81,11 @@ func OpenBlobs(ctx context.Context, cfg BlobsConfig) (*Blobs, error) {
 	}
 	st, err := cfg.JetStream.ObjectStore(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		st, err = cfg.JetStream.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
-			Description: "umbra firmware images", Replicas: cfg.Replicas, Storage: jetstream.FileStorage})
+		err = natskv.WhilePlacing(ctx, func() error {
+			st, err = cfg.JetStream.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
+				Description: "umbra firmware images", Replicas: cfg.Replicas, Storage: jetstream.FileStorage})
+			return err
+		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			st, err = cfg.JetStream.ObjectStore(ctx, cfg.Bucket)
 		}

@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,14 +94,17 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (
 	}
 	kv, err := js.KeyValue(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:         cfg.Name,
-			Description:    "umbra " + cfg.Schema.Kind,
-			History:        uint8(cfg.History),
-			TTL:            cfg.TTL,
-			LimitMarkerTTL: cfg.LimitMarkerTTL,
-			Storage:        jetstream.FileStorage,
-			Replicas:       cfg.Replicas,
+		err = WhilePlacing(ctx, func() error {
+			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:         cfg.Name,
+				Description:    "umbra " + cfg.Schema.Kind,
+				History:        uint8(cfg.History),
+				TTL:            cfg.TTL,
+				LimitMarkerTTL: cfg.LimitMarkerTTL,
+				Storage:        jetstream.FileStorage,
+				Replicas:       cfg.Replicas,
+			})
+			return err
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) { // another node created it meanwhile
 			kv, err = js.KeyValue(ctx, cfg.Name)
@@ -113,6 +117,32 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (
 		return nil, fmt.Errorf("natskv: open bucket %s: %w", cfg.Name, err)
 	}
 	return kv, nil
+}
+
+// Codes of JetStream API errors that a cluster still forming (or
+// recovering a peer) answers to a stream's creation: worth another try.
+var placementCodes = []jetstream.ErrorCode{
+	10005, // no suitable peers for placement
+	10008, // JetStream system temporarily unavailable
+	10023, // insufficient resources
+}
+
+// WhilePlacing calls create until it succeeds, fails with another error
+// than a placement error of a cluster still forming, or ctx ends (then it
+// returns the last error). It waits 100 ms between tries.
+func WhilePlacing(ctx context.Context, create func() error) error {
+	for {
+		err := create()
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || !slices.Contains(placementCodes, apiErr.ErrorCode) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // checkSchema creates kv's schema record with want, or compares it with

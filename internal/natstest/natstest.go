@@ -202,11 +202,13 @@ func startCluster(tb testing.TB, bin string) (*Cluster, error) {
 			clientPort: freePort(tb), clusterPort: freePort(tb),
 		})
 	}
-	var routes []string
 	for _, s := range c.Servers {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", s.clusterPort))
-	}
-	for _, s := range c.Servers {
+		var routes []string // to every other member
+		for _, o := range c.Servers {
+			if o != s {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", o.clusterPort))
+			}
+		}
 		if err := s.configure(tb.TempDir(), strings.Join(routes, ", ")); err != nil {
 			tb.Fatal(err)
 		}
