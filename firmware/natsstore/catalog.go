@@ -24,7 +24,7 @@ const (
 const SchemaVersion = 1
 
 // maxAttempts bounds the retries of a change another node's write refused.
-const maxAttempts = 5
+const maxAttempts = 10
 
 // prefixImage is the prefix of an image record's key: "v.<version>".
 const prefixImage = "v."
@@ -203,7 +203,10 @@ func (c *Catalog) Delete(ctx context.Context, v firmware.Version) (firmware.Imag
 // change runs stage on a new Txn and commits it, again (up to
 // maxAttempts) when another node's write refused it.
 func (c *Catalog) change(ctx context.Context, what string, stage func(context.Context, *natskv.Txn) error) error {
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if err := natskv.Backoff(ctx, attempt); err != nil {
+			return fmt.Errorf("firmware/natsstore: %s: %w", what, err)
+		}
 		actx, cancel, err := c.start(ctx)
 		if err != nil {
 			return err

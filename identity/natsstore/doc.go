@@ -29,7 +29,7 @@
 // each presence on its device's record (the batch's check on another key),
 // so a presence never comes back for a device removed meanwhile. A batch
 // refused because another node changed a key is read and tried again (at
-// most five times, then identity.ErrConflict).
+// most ten times, after a short random backoff, then identity.ErrConflict).
 //
 // Limits of the mapping:
 //   - One atomic batch carries at most Config.MaxBatch writes (default

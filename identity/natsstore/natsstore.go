@@ -30,7 +30,7 @@ const SchemaVersion = 1
 
 // maxAttempts bounds how often a change is read and tried again when a
 // key it checked changed meanwhile (another node wrote it).
-const maxAttempts = 5
+const maxAttempts = 10
 
 // maxName is the longest name looked up: longer ones are stored by no
 // one (device IDs and token names are far shorter).
@@ -385,7 +385,10 @@ func (s *Storage) Create(ctx context.Context, recs []identity.Record, dryRun boo
 			fps[r.CertSHA256] = true
 		}
 	}
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if err := natskv.Backoff(ctx, attempt); err != nil {
+			return nil, err
+		}
 		conflicts, ops, err := s.plan(ctx, recs, dryRun)
 		if err != nil || len(conflicts) > 0 || dryRun {
 			return conflicts, err
@@ -535,7 +538,10 @@ func (s *Storage) DeleteToken(ctx context.Context, name string) (identity.Record
 // remove deletes the device (or token) name with the writes more returns,
 // retrying when another node changed it meanwhile.
 func (s *Storage) remove(ctx context.Context, name string, isDevice bool, more func(identity.Record) []natskv.Op) (identity.Record, error) {
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if err := natskv.Backoff(ctx, attempt); err != nil {
+			return identity.Record{}, err
+		}
 		actx, cancel, err := s.start(ctx)
 		if err != nil {
 			return identity.Record{}, err
@@ -615,7 +621,10 @@ func (s *Storage) SavePresence(ctx context.Context, batch map[device.ID]identity
 }
 
 func (s *Storage) savePresence(ctx context.Context, batch map[device.ID]identity.Presence, ids []device.ID, enrolledOnly bool) error {
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if err := natskv.Backoff(ctx, attempt); err != nil {
+			return err
+		}
 		actx, cancel, err := s.start(ctx)
 		if err != nil {
 			return err

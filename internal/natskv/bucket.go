@@ -226,8 +226,20 @@ func (b *Bucket) Purge(ctx context.Context, filter string) error {
 
 // Open opens bucket cfg.Name as OpenBucket does, configures its stream for
 // atomic batches and for reads through the stream's leader (no direct
-// reads from replicas that may lag), and returns it as a Bucket.
+// reads from replicas that may lag), and returns it as a Bucket. While
+// the cluster forms or elects the stream's leader (Transient errors) it
+// tries again until ctx ends: give it a ctx with a deadline.
 func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucket, error) {
+	var b *Bucket
+	err := WhilePlacing(ctx, func() error {
+		var err error
+		b, err = open(ctx, js, cfg)
+		return err
+	})
+	return b, err
+}
+
+func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucket, error) {
 	if _, err := OpenBucket(ctx, js, cfg); err != nil {
 		return nil, err
 	}

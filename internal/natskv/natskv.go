@@ -120,21 +120,37 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (
 }
 
 // Codes of JetStream API errors that a cluster still forming (or
-// recovering a peer) answers to a stream's creation: worth another try.
-var placementCodes = []jetstream.ErrorCode{
+// recovering a peer, or electing a stream's leader) answers: worth
+// another try.
+var transientCodes = []jetstream.ErrorCode{
 	10005, // no suitable peers for placement
 	10008, // JetStream system temporarily unavailable
 	10023, // insufficient resources
 }
 
-// WhilePlacing calls create until it succeeds, fails with another error
-// than a placement error of a cluster still forming, or ctx ends (then it
-// returns the last error). It waits 100 ms between tries.
+// Transient reports whether err is what a JetStream cluster answers while
+// it forms, recovers a peer or elects a leader: a placement error, no
+// responders, or a request timeout while ctx itself is still live.
+func Transient(ctx context.Context, err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return false
+	case errors.As(err, &apiErr):
+		return slices.Contains(transientCodes, apiErr.ErrorCode)
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// WhilePlacing calls create until it succeeds, fails with an error that
+// is not Transient, or ctx ends (then it returns the last error). It waits
+// 100 ms between tries. A node that opens its buckets while its NATS
+// cluster forms or restarts thus waits, as long as its ctx allows.
 func WhilePlacing(ctx context.Context, create func() error) error {
 	for {
 		err := create()
-		var apiErr *jetstream.APIError
-		if err == nil || !errors.As(err, &apiErr) || !slices.Contains(placementCodes, apiErr.ErrorCode) {
+		if !Transient(ctx, err) {
 			return err
 		}
 		select {

@@ -3,7 +3,9 @@ package natskv
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"time"
 )
 
 // Txn stages the writes of one atomic change: reads go through it (and
@@ -104,4 +106,21 @@ func (t *Txn) Staged(prefix string) map[string][]byte {
 		}
 	}
 	return out
+}
+
+// Backoff waits before try number attempt (0 for the first, which does not
+// wait) of a change refused by a concurrent writer: a random 0 to
+// 10·attempt ms, at most 100 ms, so racing writers spread out while the
+// winner's write is applied. It returns ctx's error if ctx ends first.
+func Backoff(ctx context.Context, attempt int) error {
+	if attempt == 0 {
+		return nil
+	}
+	d := time.Duration(rand.Int64N(int64(min(attempt, 10)) * int64(10*time.Millisecond)))
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }

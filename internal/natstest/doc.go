@@ -17,5 +17,6 @@
 //
 // Faults: Server.Kill sends SIGKILL (kill -9) and waits for the process to
 // end; Server.Restart starts it again on the same ports and store directory
-// and waits until it is ready.
+// and waits until it is ready; Cluster.RestartAll restarts every killed
+// member of a cluster (all of them at once, so they can form a quorum).
 package natstest

@@ -496,3 +496,28 @@ var (
 	_ Target = (*Server)(nil)
 	_ Target = (*Cluster)(nil)
 )
+
+// RestartAll starts every killed member again on its ports and store, all
+// before waiting (a member alone has no quorum to become ready), then
+// waits until the cluster is ready. It restarts the whole cluster after
+// every member was killed.
+func (c *Cluster) RestartAll() {
+	tb := c.Servers[0].tb
+	tb.Helper()
+	for _, s := range c.Servers {
+		s.mu.Lock()
+		running := s.cmd != nil
+		s.mu.Unlock()
+		if running {
+			continue
+		}
+		if err := s.start(); err != nil {
+			tb.Fatalf("restart nats-server %s: %v", s.Name, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := c.awaitReady(ctx); err != nil {
+		tb.Fatalf("nats cluster not ready after restart: %v", err)
+	}
+}
