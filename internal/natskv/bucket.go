@@ -17,6 +17,12 @@ import (
 // not the one expected: nothing of the call was written.
 var ErrConflict = errors.New("natskv: key changed concurrently")
 
+// ErrInFlight is wrapped, with ErrConflict, when the server refused a
+// checked write because another write of the same key was still being
+// replicated: the key is changing, and a read right away may not see it
+// yet.
+var ErrInFlight = errors.New("natskv: another write of the key is in flight")
+
 // DefaultMaxBatch is the default of BucketConfig.MaxBatch: nats-server's
 // default limit of messages in one atomic batch.
 const DefaultMaxBatch = 1000
@@ -185,8 +191,11 @@ func parseAck(data []byte) (uint64, error) {
 		return 0, fmt.Errorf("natskv: answer %q: %w", data, err)
 	}
 	if ack.Error != nil {
-		if ack.Error.ErrCode == errCodeWrongLastSeq || ack.Error.ErrCode == errCodeWrongLastSeqC {
+		switch ack.Error.ErrCode {
+		case errCodeWrongLastSeq:
 			return 0, fmt.Errorf("%w: %s", ErrConflict, ack.Error.Description)
+		case errCodeWrongLastSeqC:
+			return 0, fmt.Errorf("%w (%w): %s", ErrConflict, ErrInFlight, ack.Error.Description)
 		}
 		return 0, fmt.Errorf("natskv: write refused: %s (code %d)", ack.Error.Description, ack.Error.ErrCode)
 	}

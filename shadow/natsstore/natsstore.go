@@ -201,6 +201,12 @@ func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 	}
 	switch {
 	case errors.Is(err, natskv.ErrConflict):
+		if errors.Is(err, natskv.ErrInFlight) {
+			// Another node's write of the key is being replicated: give
+			// it a moment, so the engine's next read sees it instead of
+			// conflicting with it again.
+			_ = natskv.Backoff(ctx, 1)
+		}
 		return fmt.Errorf("shadow/natsstore: commit: %w", shadow.ErrRevisionMismatch)
 	case err != nil:
 		return fmt.Errorf("shadow/natsstore: commit: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/umbra-iot/umbra/internal/natskv"
@@ -65,6 +66,7 @@ func TestTwoNodesLoseNoUpdate(t *testing.T) {
 		engines = append(engines, eng)
 	}
 	var wg sync.WaitGroup
+	var conflicts atomic.Int64
 	versions := make(chan float64, 2*perNode)
 	for n, eng := range engines {
 		wg.Go(func() {
@@ -75,6 +77,7 @@ func TestTwoNodesLoseNoUpdate(t *testing.T) {
 				// as the rejection tells it to.
 				out, err := eng.Update(t.Context(), "dev-1", []byte(body))
 				for retry := 0; errors.Is(err, shadow.ErrVersionConflict) && retry < 50; retry++ {
+					conflicts.Add(1)
 					out, err = eng.Update(t.Context(), "dev-1", []byte(body))
 				}
 				if err != nil {
@@ -99,6 +102,7 @@ func TestTwoNodesLoseNoUpdate(t *testing.T) {
 		}
 		seen[v] = true
 	}
+	t.Logf("%d updates, %d answered 409 and retried by the client", 2*perNode, conflicts.Load())
 	doc, err := engines[1].Get(t.Context(), "dev-1", nil)
 	if err != nil {
 		t.Fatal(err)
