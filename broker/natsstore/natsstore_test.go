@@ -2,9 +2,7 @@ package natsstore_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/umbra-iot/umbra/broker"
@@ -17,18 +15,10 @@ import (
 // is one bucket, so reopening a directory reopens its bucket.
 func opener(t *testing.T, target natstest.Target, maxBatch int) brokertest.StoreOpener {
 	js := natstest.JetStream(t, target.URLs())
-	var mu sync.Mutex
-	buckets := map[string]string{}
+	bucket := natstest.BucketNames("broker")
 	return func(tb testing.TB, dir string) (broker.Store, func()) {
 		tb.Helper()
-		mu.Lock()
-		b, ok := buckets[dir]
-		if !ok {
-			b = fmt.Sprintf("broker_%d", len(buckets))
-			buckets[dir] = b
-		}
-		mu.Unlock()
-		s, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Bucket: b, Replicas: target.Replicas(), MaxBatch: maxBatch})
+		s, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Bucket: bucket(dir), Replicas: target.Replicas(), MaxBatch: maxBatch})
 		if err != nil {
 			tb.Fatalf("open: %v", err)
 		}

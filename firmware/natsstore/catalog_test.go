@@ -2,8 +2,6 @@ package natsstore_test
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/umbra-iot/umbra/firmware"
@@ -16,18 +14,10 @@ import (
 // bucket, so reopening a directory reopens its bucket.
 func opener(t *testing.T, target natstest.Target) storetest.Opener {
 	js := natstest.JetStream(t, target.URLs())
-	var mu sync.Mutex
-	buckets := map[string]string{}
+	bucket := natstest.BucketNames("firmware")
 	return func(tb testing.TB, dir string) firmware.Catalog {
 		tb.Helper()
-		mu.Lock()
-		b, ok := buckets[dir]
-		if !ok {
-			b = fmt.Sprintf("firmware_%d", len(buckets))
-			buckets[dir] = b
-		}
-		mu.Unlock()
-		c, err := natsstore.OpenCatalog(context.Background(), natsstore.CatalogConfig{JetStream: js, Bucket: b, Replicas: target.Replicas()})
+		c, err := natsstore.OpenCatalog(context.Background(), natsstore.CatalogConfig{JetStream: js, Bucket: bucket(dir), Replicas: target.Replicas()})
 		if err != nil {
 			tb.Fatalf("open: %v", err)
 		}

@@ -137,6 +137,19 @@ func (s *Storage) start(ctx context.Context) (context.Context, context.CancelFun
 	return ctx, cancel, nil
 }
 
+// startList is start for a listing of the bucket, which may take ten
+// times the timeout.
+func (s *Storage) startList(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if s.closed.Load() {
+		return nil, nil, identity.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*s.timeout)
+	return ctx, cancel, nil
+}
+
 // record is a device or token as stored under "n.<name>".
 type record struct {
 	Role       identity.Role     `json:"role"`
@@ -278,13 +291,10 @@ func (s *Storage) Tokens(ctx context.Context, after string, limit int) ([]identi
 // records of up to limit names after after. A name whose record is gone
 // meanwhile is skipped.
 func (s *Storage) page(ctx context.Context, prefix, after string, limit int) ([]identity.Record, error) {
-	if s.closed.Load() {
-		return nil, identity.ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
+	lctx, cancel, err := s.startList(ctx)
+	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*s.timeout)
 	defer cancel()
 	raw, err := s.b.Keys(lctx, prefix+">")
 	if err != nil {
@@ -572,13 +582,10 @@ func (s *Storage) remove(ctx context.Context, name string, isDevice bool, more f
 
 // Presence returns every stored presence, read in one pass.
 func (s *Storage) Presence(ctx context.Context) (map[device.ID]identity.Presence, error) {
-	if s.closed.Load() {
-		return nil, identity.ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
+	lctx, cancel, err := s.startList(ctx)
+	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*s.timeout)
 	defer cancel()
 	vals, err := s.b.Values(lctx, prefixPresence+">")
 	if err != nil {

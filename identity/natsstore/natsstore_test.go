@@ -2,8 +2,6 @@ package natsstore_test
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/umbra-iot/umbra/identity"
@@ -16,19 +14,11 @@ import (
 // pair of buckets, so reopening a directory reopens them.
 func opener(t *testing.T, target natstest.Target) storetest.Opener {
 	js := natstest.JetStream(t, target.URLs())
-	var mu sync.Mutex
-	buckets := map[string]int{}
+	bucket, keyBucket := natstest.BucketNames("identity"), natstest.BucketNames("identity_key")
 	return func(tb testing.TB, dir string) (identity.Storage, func()) {
 		tb.Helper()
-		mu.Lock()
-		n, ok := buckets[dir]
-		if !ok {
-			n = len(buckets)
-			buckets[dir] = n
-		}
-		mu.Unlock()
 		st, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Replicas: target.Replicas(),
-			Bucket: fmt.Sprintf("identity_%d", n), KeyBucket: fmt.Sprintf("identity_key_%d", n)})
+			Bucket: bucket(dir), KeyBucket: keyBucket(dir)})
 		if err != nil {
 			tb.Fatalf("open: %v", err)
 		}

@@ -521,3 +521,21 @@ func (c *Cluster) RestartAll() {
 		tb.Fatalf("nats cluster not ready after restart: %v", err)
 	}
 }
+
+// BucketNames returns a function that names one bucket per test
+// directory, prefix_0, prefix_1, …: a store contract that reopens a
+// directory reopens the same bucket. It is safe for concurrent use.
+func BucketNames(prefix string) func(dir string) string {
+	var mu sync.Mutex
+	names := map[string]string{}
+	return func(dir string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		n, ok := names[dir]
+		if !ok {
+			n = fmt.Sprintf("%s_%d", prefix, len(names))
+			names[dir] = n
+		}
+		return n
+	}
+}

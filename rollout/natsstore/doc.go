@@ -9,8 +9,8 @@
 //	r.<id>.n          the number of targets
 //	r.<id>.tg.<c>     targets 4096·c … 4096·c+4095, joined by '\n'
 //	r.<id>.dev.<c>    device records of positions 1024·c …, a JSON object
-//	                  from the offset in the chunk to the 12-byte record of
-//	                  rollout/boltstore (absent: pending)
+//	                  from the offset in the chunk to the Device's JSON
+//	                  (absent: pending)
 //	r.<id>.err.<c>    last error texts, chunked likewise
 //	r.<id>.in.<c>     undelivered intents, chunked likewise
 //	r.<id>.ev.<n>     the events one Commit logged, from Seq n on (JSON)

@@ -39,10 +39,6 @@ const (
 	recordChunk = 1024
 )
 
-// deviceRecordLen is the size of a stored rollout.Device (as in
-// rollout/boltstore): state, attempt, from (u16), at (u64 unix ns).
-const deviceRecordLen = 12
-
 // Errors of the Store.
 var (
 	// ErrClosed is returned by every method after Close.
@@ -734,18 +730,14 @@ func encodeChunk(m map[int][]byte) []byte {
 }
 
 func encodeDevice(d rollout.Device) []byte {
-	b := make([]byte, deviceRecordLen)
-	b[0] = byte(d.State)
-	b[1] = d.Attempt
-	binary.BigEndian.PutUint16(b[2:], d.From)
-	binary.BigEndian.PutUint64(b[4:], uint64(d.At))
-	return b
+	raw, _ := json.Marshal(d) // a struct of numbers always encodes
+	return raw
 }
 
 func decodeDevice(b []byte) (rollout.Device, error) {
-	if len(b) != deviceRecordLen || !rollout.DeviceState(b[0]).Valid() {
-		return rollout.Device{}, fmt.Errorf("%w: device record %x", ErrCorrupt, b)
+	var d rollout.Device
+	if err := json.Unmarshal(b, &d); err != nil || !d.State.Valid() {
+		return rollout.Device{}, fmt.Errorf("%w: device record %q", ErrCorrupt, b)
 	}
-	return rollout.Device{State: rollout.DeviceState(b[0]), Attempt: b[1], From: binary.BigEndian.Uint16(b[2:]),
-		At: int64(binary.BigEndian.Uint64(b[4:]))}, nil
+	return d, nil
 }

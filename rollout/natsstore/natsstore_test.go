@@ -3,7 +3,6 @@ package natsstore_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/umbra-iot/umbra/device"
@@ -17,18 +16,10 @@ import (
 // bucket, so reopening a directory reopens its bucket.
 func opener(t *testing.T, target natstest.Target) storetest.Opener {
 	js := natstest.JetStream(t, target.URLs())
-	var mu sync.Mutex
-	buckets := map[string]string{}
+	bucket := natstest.BucketNames("rollout")
 	return func(tb testing.TB, dir string) (rollout.Store, func()) {
 		tb.Helper()
-		mu.Lock()
-		b, ok := buckets[dir]
-		if !ok {
-			b = fmt.Sprintf("rollout_%d", len(buckets))
-			buckets[dir] = b
-		}
-		mu.Unlock()
-		s, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Bucket: b, Replicas: target.Replicas()})
+		s, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Bucket: bucket(dir), Replicas: target.Replicas()})
 		if err != nil {
 			tb.Fatalf("open: %v", err)
 		}

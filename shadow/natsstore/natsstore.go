@@ -244,49 +244,35 @@ func (s *Store) resolve(ctx context.Context, op natskv.Op, cause error) error {
 // escaping does not keep byte order), then reads each record; a record
 // deleted meanwhile is skipped.
 func (s *Store) Scan(ctx context.Context, after device.ID, fn func(id device.ID, rec shadow.Record) bool) error {
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	keys, err := s.list(ctx, prefixClassic+">")
-	if err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if k.Device <= after {
-			continue
-		}
-		if err := s.check(ctx); err != nil {
-			return err
-		}
-		rec, err := s.get(ctx, key(k))
-		if err != nil {
-			return err
-		}
-		if rec.Rev == 0 {
-			continue
-		}
-		if !fn(k.Device, rec) {
-			return nil
-		}
-	}
-	return nil
+	return s.scan(ctx, prefixClassic+">", func(k shadow.Key) bool { return k.Device > after },
+		func(k shadow.Key, rec shadow.Record) bool { return fn(k.Device, rec) })
 }
 
 // ScanNamed calls fn with the named shadows of id in name order, or of
 // every device (in key order) when id is "".
 func (s *Store) ScanNamed(ctx context.Context, id device.ID, fn func(k shadow.Key, rec shadow.Record) bool) error {
-	if err := s.check(ctx); err != nil {
-		return err
-	}
 	filter := prefixNamed + ">"
 	if id != "" {
 		filter = prefixNamed + natskv.Token(string(id)) + ".*"
+	}
+	return s.scan(ctx, filter, func(shadow.Key) bool { return true }, fn)
+}
+
+// scan lists the keys matching filter, then reads and visits, in order,
+// those that want keeps and that still have a record, until fn returns
+// false.
+func (s *Store) scan(ctx context.Context, filter string, want func(shadow.Key) bool, fn func(shadow.Key, shadow.Record) bool) error {
+	if err := s.check(ctx); err != nil {
+		return err
 	}
 	keys, err := s.list(ctx, filter)
 	if err != nil {
 		return err
 	}
 	for _, k := range keys {
+		if !want(k) {
+			continue
+		}
 		if err := s.check(ctx); err != nil {
 			return err
 		}
@@ -294,10 +280,7 @@ func (s *Store) ScanNamed(ctx context.Context, id device.ID, fn func(k shadow.Ke
 		if err != nil {
 			return err
 		}
-		if rec.Rev == 0 {
-			continue
-		}
-		if !fn(k, rec) {
+		if rec.Rev != 0 && !fn(k, rec) {
 			return nil
 		}
 	}
