@@ -10,8 +10,8 @@ import (
 // Update applies an update request (the same JSON as on
 // state/<id>/update) to id's classic shadow and returns the accepted
 // message. Errors are *RequestError wrapping ErrInvalid,
-// ErrVersionConflict, ErrTooLarge, ErrRateLimited, ErrClosed or
-// ErrInternal. Accepted, delta and documents messages are also published
+// ErrVersionConflict, ErrTooLarge, ErrRateLimited, ErrClosed,
+// ErrUnavailable or ErrInternal. Accepted, delta and documents messages are also published
 // over MQTT, on both trees.
 func (e *Engine) Update(ctx context.Context, id device.ID, payload []byte) ([]byte, error) {
 	return e.UpdateNamed(ctx, id, "", payload)

@@ -34,13 +34,16 @@ func (e *Engine) load(ctx context.Context, r Key) (doc Document, rev Rev, err er
 
 // failed turns an error from the store, or from waiting for a device's
 // lock, into the rejection of the request with clientToken tok: ErrClosed
-// (also when the engine's own context ended) and the end of the
-// caller's context are expected (503) and not logged; anything else is
-// logged as what failed and answered with a generic 500.
+// (also when the engine's own context ended), ErrUnavailable (the Store
+// cannot be reached) and the end of the caller's context are expected
+// (503) and not logged; anything else is logged as what failed and
+// answered with a generic 500.
 func (e *Engine) failed(what string, r Key, err error, tok string) *RequestError {
 	switch {
 	case errors.Is(err, ErrClosed), e.ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return AsRequestError(ErrClosed, tok)
+	case errors.Is(err, ErrUnavailable):
+		return AsRequestError(ErrUnavailable, tok)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return AsRequestError(err, tok)
 	}

@@ -124,5 +124,7 @@
 //
 // Engine methods return *RequestError, which wraps one of ErrInvalid,
 // ErrShadowLimit, ErrNotFound, ErrVersionConflict, ErrTooLarge,
-// ErrRateLimited, ErrClosed or ErrInternal; match with errors.Is and read Code and Message with errors.As.
+// ErrRateLimited, ErrClosed, ErrUnavailable (503: a cluster store lost its
+// servers; it recovers by itself) or ErrInternal; match with errors.Is and
+// read Code and Message with errors.As.
 package shadow

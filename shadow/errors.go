@@ -24,6 +24,13 @@ var (
 	ErrRateLimited     = errors.New("shadow: too many requests")      // 429
 	ErrInternal        = errors.New("shadow: internal service error") // 500
 	ErrClosed          = errors.New("shadow: engine closed")          // 503
+	// ErrUnavailable: the Store cannot be reached for now (cluster mode:
+	// the NATS servers are lost). The request is refused with 503; a
+	// write whose request went unanswered may still have been applied
+	// (its outcome is unknown to the Store), so a client that retries an
+	// update applies the same state again, or gets 409 if it named the
+	// version that update produced.
+	ErrUnavailable = errors.New("shadow: store unavailable") // 503
 )
 
 // codes is the one table that maps sentinels to wire codes (HTTP-style, as
@@ -40,6 +47,7 @@ var codes = []struct {
 	{ErrRateLimited, 429},
 	{ErrInternal, 500},
 	{ErrClosed, 503},
+	{ErrUnavailable, 503},
 	{context.Canceled, 503},
 	{context.DeadlineExceeded, 503},
 }
@@ -99,6 +107,8 @@ func messageFor(err error) string {
 	switch err {
 	case ErrClosed:
 		return "Service unavailable"
+	case ErrUnavailable:
+		return "Service unavailable: the shadow store cannot be reached; retry later"
 	case context.Canceled, context.DeadlineExceeded:
 		return "Service unavailable: " + err.Error()
 	case ErrNotFound:

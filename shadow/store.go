@@ -43,6 +43,11 @@ import (
 // Once they are handed over Commit waits for the outcome, so a cancelled
 // caller never leaves an outcome unknown.
 //
+// Unavailability. A Store whose backing service cannot be reached (a
+// cluster store that lost its servers) returns errors wrapping
+// ErrUnavailable, and recovers by itself when the service is back; the
+// engine refuses the request with 503.
+//
 // Close stops taking writes (Commit then returns an error wrapping
 // ErrClosed), commits the writes handed over before it while ctx lasts,
 // refuses those still waiting when ctx ends (their Commit returns an

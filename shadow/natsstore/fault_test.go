@@ -2,8 +2,10 @@ package natsstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +131,59 @@ func sum(xs []int, mu *sync.Mutex) int {
 		n += x
 	}
 	return n
+}
+
+// TestNATSLostAnswers503: while its NATS server is down, the shadow
+// engine refuses updates and reads with 503 (ErrUnavailable), promptly and
+// without writing; when the server is back, it serves again by itself.
+func TestNATSLostAnswers503(t *testing.T) {
+	srv := natstest.Start(t)
+	js := natstest.JetStream(t, srv.URLs())
+	st, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: js, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st, DeviceRate: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	ctx := t.Context()
+	if _, err := eng.Update(ctx, "dev-1", []byte(`{"state":{"reported":{"n":1}}}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Kill()
+	for _, call := range []struct {
+		name string
+		do   func() ([]byte, error)
+	}{
+		{"update", func() ([]byte, error) { return eng.Update(ctx, "dev-1", []byte(`{"state":{"reported":{"n":2}}}`)) }},
+		{"get", func() ([]byte, error) { return eng.Get(ctx, "dev-1", nil) }},
+	} {
+		start := time.Now()
+		_, err := call.do()
+		var re *shadow.RequestError
+		if !errors.As(err, &re) || re.Code != 503 || !errors.Is(err, shadow.ErrUnavailable) {
+			t.Errorf("%s with NATS down = %v, want a 503 wrapping ErrUnavailable", call.name, err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("%s with NATS down took %v, want it bounded by the store's timeout", call.name, d)
+		}
+	}
+
+	srv.Restart()
+	var out []byte
+	for range 100 { // the client reconnects on its own schedule: retry, bounded
+		if out, err = eng.Update(ctx, "dev-1", []byte(`{"state":{"reported":{"n":3}}}`)); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("update after NATS came back: %v", err)
+	}
+	if !strings.Contains(string(out), `"version":2`) {
+		t.Errorf("accepted after recovery = %s, want version 2 (the refused update wrote nothing)", out)
+	}
 }

@@ -142,7 +142,7 @@ func (s *Store) Get(ctx context.Context, k shadow.Key) (shadow.Record, error) {
 func (s *Store) get(ctx context.Context, k string) (shadow.Record, error) {
 	e, err := s.read(ctx, k)
 	if err != nil {
-		return shadow.Record{}, fmt.Errorf("shadow/natsstore: get: %w", err)
+		return shadow.Record{}, fmt.Errorf("shadow/natsstore: get: %w", unavailable(ctx, err))
 	}
 	return shadow.Record{Value: e.Value, Rev: shadow.Rev(e.Rev)}, nil
 }
@@ -178,7 +178,7 @@ func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 		if w.Rev == 0 {
 			e, err := s.read(ctx, op.Key)
 			if err != nil {
-				return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, err)
+				return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, unavailable(ctx, err))
 			}
 			if e.Rev != 0 {
 				return fmt.Errorf("shadow/natsstore: commit %s: %w", w.Key, shadow.ErrRevisionMismatch)
@@ -209,12 +209,21 @@ func (s *Store) Commit(ctx context.Context, writes ...shadow.Write) error {
 		}
 		return fmt.Errorf("shadow/natsstore: commit: %w", shadow.ErrRevisionMismatch)
 	case err != nil:
-		return fmt.Errorf("shadow/natsstore: commit: %w", err)
+		return fmt.Errorf("shadow/natsstore: commit: %w", unavailable(ctx, err))
 	}
 	s.commits.Add(1)
 	s.writes.Add(1)
 	s.commitNanos.Add(int64(time.Since(start)))
 	return nil
+}
+
+// unavailable wraps err with shadow.ErrUnavailable when it says the NATS
+// servers did not answer (and not that the caller's ctx ended).
+func unavailable(ctx context.Context, err error) error {
+	if ctx.Err() == nil && natskv.IsUnavailable(err) {
+		return fmt.Errorf("%w: %w", shadow.ErrUnavailable, err)
+	}
+	return err
 }
 
 // read returns key k's entry, bounded by Config.Timeout.
@@ -294,7 +303,7 @@ func (s *Store) list(ctx context.Context, filter string) ([]shadow.Key, error) {
 	defer cancel()
 	raw, err := s.b.Keys(lctx, filter)
 	if err != nil {
-		return nil, fmt.Errorf("shadow/natsstore: %w", err)
+		return nil, fmt.Errorf("shadow/natsstore: %w", unavailable(ctx, err))
 	}
 	keys := make([]shadow.Key, 0, len(raw))
 	for _, r := range raw {
