@@ -24,6 +24,14 @@
 // key beside it; identity/storetest is the contract every Storage
 // passes. The caller opens the Storage, and closes it after the Store.
 //
+// The Store keeps every current credential in memory, for Allow and
+// Authenticate. A Storage that other servers change too (cluster mode:
+// identity/natsstore) implements NameWatcher: the Store follows its change
+// feed, re-reads each changed name, and tells Config.OnRevoke of the
+// credentials another server ended, so a removal, a rotation or a token
+// revocation made on one node disconnects the sessions that used it on
+// every node.
+//
 // # Model
 //
 // A Principal has a Role. A device (RoleDevice) is one device.ID; it logs

@@ -175,6 +175,7 @@ type Store struct {
 	closeErr  error
 	cancel    context.CancelFunc
 	flushDone chan struct{} // closed when the flusher returned
+	watchDone chan struct{} // closed when the change feed's loop returned
 }
 
 // Open opens a Store on cfg.Storage: it loads (creating it if the storage
@@ -203,14 +204,33 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.boundOnly[sha256.Sum256(ca.Raw)] = true
 	}
 	s.policy.Store(cfg.Policy)
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// A shared storage's change feed starts before the credentials are
+	// loaded, so no change made meanwhile by another server is missed.
+	var names <-chan string
+	watcher, shared := cfg.Storage.(NameWatcher)
+	if shared {
+		var err error
+		if names, err = watcher.WatchNames(bg); err != nil {
+			cancel()
+			return nil, fmt.Errorf("identity: watch the storage: %w", err)
+		}
+	}
 	if err := s.init(ctx); err != nil {
+		cancel()
 		return nil, err
 	}
-	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	go func() {
 		defer close(s.flushDone)
 		s.flushLoop(bg)
+	}()
+	s.watchDone = make(chan struct{})
+	go func() {
+		defer close(s.watchDone)
+		if shared {
+			s.watchLoop(bg, watcher, names)
+		}
 	}()
 	return s, nil
 }
@@ -305,6 +325,7 @@ func (s *Store) Close(ctx context.Context) error {
 		s.cancel()
 		done := make(chan error, 1)
 		go func() {
+			<-s.watchDone
 			<-s.flushDone
 			done <- s.flushPresence(ctx)
 		}()

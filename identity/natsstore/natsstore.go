@@ -671,3 +671,52 @@ func (s *Storage) savePresence(ctx context.Context, batch map[device.ID]identity
 	}
 	return fmt.Errorf("identity/natsstore: save presence: devices kept changing: %w", identity.ErrConflict)
 }
+
+var _ identity.NameWatcher = (*Storage)(nil)
+
+// WatchNames reports the name of every device or token whose record any
+// node changes from now on (a watch of the bucket's "n." keys), until ctx
+// ends or the watch fails; then it closes the channel.
+func (s *Storage) WatchNames(ctx context.Context) (<-chan string, error) {
+	if s.closed.Load() {
+		return nil, identity.ErrClosed
+	}
+	w, err := s.b.KV.Watch(ctx, prefixName+">", jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	if err != nil {
+		return nil, fmt.Errorf("identity/natsstore: watch: %w", err)
+	}
+	out := make(chan string, 64)
+	go func() { // ends with ctx or the watch; its sends wait on the consumer
+		defer close(out)
+		defer func() {
+			w.Stop()
+			go func() { // the watch's callback blocks until its entry is taken
+				for range w.Updates() {
+				}
+			}()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				name, err := natskv.Untoken(strings.TrimPrefix(e.Key(), prefixName))
+				if err != nil {
+					continue
+				}
+				select {
+				case out <- name:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
