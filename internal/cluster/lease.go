@@ -70,8 +70,8 @@ type LeaseInfo struct {
 // last renewal and writes a delete marker; the other candidates watch
 // the key, see the marker and acquire. Takeover happens within TTL plus
 // the server's expiry tick and one round trip, TakeoverBound. Close
-// releases a held lease at once (a CAS delete), so a clean shutdown hands
-// over without waiting for the TTL.
+// releases a held lease at once (a CAS delete, bounded by ctx and TTL/3),
+// so a clean shutdown hands over without waiting for the TTL.
 type Lease struct {
 	b     *natskv.Bucket
 	cfg   LeaseConfig
@@ -324,6 +324,8 @@ func (l *Lease) Close(ctx context.Context) error {
 	if !held {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3) // NATS may be gone: the key then expires by itself
+	defer cancel()
 	if _, err := l.b.Apply(ctx, natskv.Op{Key: l.cfg.Name, Delete: true, Check: true, Expect: rev}); err != nil && !errors.Is(err, natskv.ErrConflict) {
 		return fmt.Errorf("cluster: release lease %s: %w", l.cfg.Name, err)
 	}

@@ -206,8 +206,9 @@ func (r *Registry) Nodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
-// Close stops the heartbeats and removes the registration (ctx bounds
-// the removal). It is idempotent.
+// Close stops the heartbeats and removes the registration (ctx, and one
+// heartbeat interval, bound the removal; an entry not removed expires by
+// itself). It is idempotent.
 func (r *Registry) Close(ctx context.Context) error {
 	var err error
 	r.once.Do(func() {
@@ -216,6 +217,8 @@ func (r *Registry) Close(ctx context.Context) error {
 		r.mu.Lock()
 		rev := r.rev
 		r.mu.Unlock()
+		ctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat) // NATS may be gone: the entry then expires by itself
+		defer cancel()
 		if _, derr := r.b.Apply(ctx, natskv.Op{Key: r.key(), Delete: true, Check: true, Expect: rev}); derr != nil && !errors.Is(derr, natskv.ErrConflict) {
 			err = fmt.Errorf("cluster: deregister %s: %w", r.cfg.Node.ID, derr)
 		}

@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-iot/umbra/wire"
+)
+
+// StatusSource is what Status reads: the JetStream client (for the
+// buckets' health), the node registry and the planner lease.
+type StatusSource struct {
+	JetStream jetstream.JetStream
+	Registry  *Registry
+	Lease     *Lease
+	// Prefix selects the buckets: those whose stream names start with
+	// KV_<Prefix> or OBJ_<Prefix>. Default "umbra_".
+	Prefix string
+}
+
+// Status returns the cluster's status as GET /v1/cluster answers it.
+func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) {
+	prefix := src.Prefix
+	if prefix == "" {
+		prefix = "umbra_"
+	}
+	st := wire.ClusterStatus{Nodes: []wire.ClusterNode{}, Buckets: []wire.ClusterBucket{}, Healthy: true}
+	nodes, err := src.Registry.Nodes(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, n := range nodes {
+		st.Nodes = append(st.Nodes, wire.ClusterNode{ID: n.ID, Addr: n.Addr, Version: n.Version, Connections: n.Connections,
+			Started: n.Started, Heartbeat: n.Heartbeat})
+	}
+	info, held, err := src.Lease.Info(ctx)
+	if err != nil {
+		return st, err
+	}
+	if held {
+		st.Planner = info.Holder
+	} else {
+		st.Healthy = false
+	}
+	buckets, err := StoreHealth(ctx, src.JetStream, prefix)
+	if err != nil {
+		return st, err
+	}
+	for _, b := range buckets {
+		st.Buckets = append(st.Buckets, wire.ClusterBucket{Stream: b.Stream, Replicas: b.Replicas, Leader: b.Leader, Current: b.Current,
+			Offline: b.Offline, Lagging: b.Lagging, Keys: b.Keys, Bytes: b.Bytes, Healthy: b.Healthy()})
+		st.Healthy = st.Healthy && b.Healthy()
+	}
+	return st, nil
+}
+
+// statusTimeout bounds the requests of one status answer.
+const statusTimeout = 5 * time.Second
+
+// Handler serves GET /v1/cluster: the Status as JSON, or 503 with the
+// API's JSON error body when NATS does not answer. The wiring mounts it
+// behind the API's authentication.
+func (src StatusSource) Handler(log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
+		defer cancel()
+		st, err := src.Status(ctx)
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			log.Warn("cluster status", "err", err)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(wire.ErrorBody{Code: http.StatusServiceUnavailable,
+				Message: "Service unavailable: the cluster's NATS servers did not answer"})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(st)
+	})
+}
