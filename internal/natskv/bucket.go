@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -241,12 +242,19 @@ func (b *Bucket) Purge(ctx context.Context, filter string) error {
 func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucket, error) {
 	var b *Bucket
 	err := WhilePlacing(ctx, func() error {
+		// Each try has its own deadline: a request lost while the client
+		// reconnects must not use up the caller's whole ctx.
+		actx, cancel := context.WithTimeout(ctx, openAttempt)
+		defer cancel()
 		var err error
-		b, err = open(ctx, js, cfg)
+		b, err = open(actx, js, cfg)
 		return err
 	})
 	return b, err
 }
+
+// openAttempt bounds one try of Open.
+const openAttempt = 5 * time.Second
 
 func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucket, error) {
 	if _, err := OpenBucket(ctx, js, cfg); err != nil {
