@@ -32,7 +32,7 @@ func TestStoreHealth(t *testing.T) {
 		t.Fatalf("StoreHealth = %+v, want KV_umbra_a and KV_umbra_b", hs)
 	}
 	for _, h := range hs {
-		if !h.Healthy() || h.Replicas != 3 || h.Keys != 1 { // the schema record
+		if !h.Healthy || h.Replicas != 3 || h.Keys != 1 { // the schema record
 			t.Errorf("%s = %+v, want healthy, 3 replicas, 1 key", h.Stream, h)
 		}
 	}
@@ -46,7 +46,7 @@ func TestStoreHealth(t *testing.T) {
 		cancel()
 		missing := 0
 		for _, h := range hs {
-			if h.Healthy() && h.Current == 2 && len(h.Offline)+len(h.Lagging) == 1 && h.Leader != victim.Name {
+			if h.Healthy && h.Current == 2 && len(h.Offline)+len(h.Lagging) == 1 && h.Leader != victim.Name {
 				missing++
 			}
 		}

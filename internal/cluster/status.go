@@ -52,9 +52,8 @@ func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) 
 		return st, err
 	}
 	for _, b := range buckets {
-		st.Buckets = append(st.Buckets, wire.ClusterBucket{Stream: b.Stream, Replicas: b.Replicas, Leader: b.Leader, Current: b.Current,
-			Offline: b.Offline, Lagging: b.Lagging, Keys: b.Keys, Bytes: b.Bytes, Healthy: b.Healthy()})
-		st.Healthy = st.Healthy && b.Healthy()
+		st.Buckets = append(st.Buckets, b)
+		st.Healthy = st.Healthy && b.Healthy
 	}
 	return st, nil
 }
