@@ -688,13 +688,7 @@ func (s *Storage) WatchNames(ctx context.Context) (<-chan string, error) {
 	out := make(chan string, 64)
 	go func() { // ends with ctx or the watch; its sends wait on the consumer
 		defer close(out)
-		defer func() {
-			w.Stop()
-			go func() { // the watch's callback blocks until its entry is taken
-				for range w.Updates() {
-				}
-			}()
-		}()
+		defer natskv.StopWatch(w)
 		for {
 			select {
 			case <-ctx.Done():

@@ -179,7 +179,7 @@ func (l *Lease) Info(ctx context.Context) (LeaseInfo, bool, error) {
 // watch pokes the campaign when the key changes (a release or an expiry
 // marker), so a candidate acquires at once instead of at its next try.
 func (l *Lease) watch(ctx context.Context, w jetstream.KeyWatcher) {
-	defer w.Stop()
+	defer natskv.StopWatch(w)
 	for {
 		select {
 		case <-ctx.Done():

@@ -293,7 +293,7 @@ func (b *Bucket) Values(ctx context.Context, filter string) (map[string][]byte, 
 	if err != nil {
 		return nil, fmt.Errorf("natskv: read %s: %w", filter, err)
 	}
-	defer w.Stop()
+	defer StopWatch(w)
 	out := map[string][]byte{}
 	for {
 		select {
@@ -306,13 +306,18 @@ func (b *Bucket) Values(ctx context.Context, filter string) (map[string][]byte, 
 			}
 			out[e.Key()] = e.Value()
 		case <-ctx.Done():
-			// The watcher's callback blocks until its entry is taken:
-			// drain what is left, so it ends once Stop takes effect.
-			go func() {
-				for range w.Updates() {
-				}
-			}()
 			return nil, fmt.Errorf("natskv: read %s: %w", filter, ctx.Err())
 		}
 	}
+}
+
+// StopWatch stops w and takes what it still delivers until it closes its
+// channel: the client library's watch callback blocks until its entry is
+// taken, so a watcher stopped while entries are pending must be drained.
+func StopWatch(w jetstream.KeyWatcher) {
+	_ = w.Stop()
+	go func() { // ends when the watch's subscription has closed the channel
+		for range w.Updates() {
+		}
+	}()
 }
