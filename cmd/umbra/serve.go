@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
@@ -163,6 +164,9 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&o.clientCert, "client-cert", clientCertOptional, "on --tls-addr with a client CA: \"optional\" (clients without a certificate may log in with a secret) or \"required\" (the handshake fails without a valid client certificate, as on AWS IoT's port 8883)")
 	f.StringVar(&o.httpTLSCert, "http-tls-cert", "", "server certificate (PEM, with its chain) that makes --http-addr HTTPS (TLS 1.2+); needs --http-tls-key; reloaded on SIGHUP")
 	f.StringVar(&o.httpTLSKey, "http-tls-key", "", "private key (PEM) of --http-tls-cert")
+	f.StringSliceVar(&c.NATS, "nats", nil, "NATS server `URLs` (nats://host:4222, comma-separated): cluster mode (docs/cluster.md), with shadows, identities and firmware in JetStream buckets shared by every node; needs --node-id")
+	f.StringVar(&c.NodeID, "node-id", "", "this node's name in the cluster (with --nats)")
+	f.IntVar(&c.NATSReplicas, "nats-replicas", umbraserver.DefaultNATSReplicas, "replicas of the buckets a node creates in cluster mode: 3 for a three-server NATS cluster, 1 for a single NATS server")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
 	f.BoolVar(&o.healthcheck, "healthcheck", false, "instead of serving, ask the server this configuration describes for GET /healthz on --http-addr (over loopback; https pinned to --http-tls-cert) and exit 0 if it is healthy, 1 if not")
@@ -237,6 +241,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	}
 	if c.MQTTAddr == "" && c.WSAddr == "" {
 		return serveConfig{}, errors.New("at least one of --mqtt-addr and --ws-addr is needed")
+	}
+	if err := checkCluster(c); err != nil {
+		return serveConfig{}, err
 	}
 	if c.MaxDocumentSize < 256 || c.MaxDocumentSize > 1<<20 {
 		return serveConfig{}, fmt.Errorf("--max-shadow-size %d: must be between 256 and 1048576", c.MaxDocumentSize)
@@ -508,3 +515,28 @@ func httpTLSConfig(kp *identity.KeyPair) *tls.Config {
 
 // adminTokenFile is the operator token's file in the data dir.
 const adminTokenFile = umbraserver.AdminTokenFile
+
+// checkCluster validates the cluster-mode flags: --nats and --node-id go
+// together, each URL is nats://host:port, and --nats-replicas is 1 to 5.
+func checkCluster(c umbraserver.Config) error {
+	switch {
+	case len(c.NATS) == 0 && c.NodeID != "":
+		return errors.New("--node-id is for cluster mode: give --nats too")
+	case len(c.NATS) == 0:
+		return nil
+	case c.NodeID == "":
+		return errors.New("--nats needs --node-id, this node's name in the cluster")
+	case c.NATSReplicas < 1 || c.NATSReplicas > 5:
+		return fmt.Errorf("--nats-replicas %d: JetStream keeps 1 to 5 replicas", c.NATSReplicas)
+	}
+	if _, err := device.ParseID(c.NodeID); err != nil {
+		return fmt.Errorf("--node-id %q: %w", c.NodeID, err)
+	}
+	for _, u := range c.NATS {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "nats" && p.Scheme != "tls") || p.Host == "" {
+			return fmt.Errorf("--nats %q: want nats://host:port", u)
+		}
+	}
+	return nil
+}

@@ -66,6 +66,11 @@ func TestServeFlagValidation(t *testing.T) {
 		{"url ttl", []string{"--url-ttl", "0s"}, "--url-ttl"},
 		{"allowed origin with a path", []string{"--allowed-origins", "https://console.example.com/app"}, "--allowed-origins"},
 		{"allowed origin without scheme", []string{"--allowed-origins", "http://ok.example,console.example.com"}, `--allowed-origins "console.example.com"`},
+		{"nats without node id", []string{"--nats", "nats://127.0.0.1:4222"}, "--nats needs --node-id"},
+		{"node id without nats", []string{"--node-id", "n1"}, "--node-id is for cluster mode"},
+		{"nats not a URL", []string{"--nats", "127.0.0.1:4222", "--node-id", "n1"}, `--nats "127.0.0.1:4222": want nats://host:port`},
+		{"nats replicas zero", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--nats-replicas", "0"}, "--nats-replicas 0"},
+		{"node id not an ID", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n 1"}, `--node-id "n 1"`},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
 		{"stray argument", []string{"extra"}, "unknown command"},
 	}

@@ -8,12 +8,13 @@
 //
 // Open runs in three steps:
 //
-//  1. The stores: openBoltStores (stores.go) opens one store per
-//     persisting component (and names the firmware blobs' directory) and
-//     returns them in a stores struct, the only thing that differs
-//     between store sets. Open calls it in one place; another set (cluster
-//     mode's NATS JetStream KV) is another function returning a stores,
-//     which a Config field (one umbra serve flag) makes Open call instead.
+//  1. The stores: openStores (stores_nats.go), the one store-choice
+//     point, opens one store per persisting component (and names the
+//     firmware directory) and returns them in a stores struct, the only
+//     thing that differs between store sets: openBoltStores (stores.go),
+//     the data dir's bbolt files, or, with Config.NATS (umbra serve
+//     --nats), openNATSStores, cluster mode's JetStream buckets for the
+//     shadows, identities and firmware (docs/cluster.md).
 //     The components and the rest of Open do not change.
 //  2. The listeners (listeners.go): every socket is bound, so the
 //     firmware store knows the HTTP address for its download URLs, but

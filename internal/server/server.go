@@ -41,6 +41,16 @@ var ErrInvalidConfig = errors.New("server: invalid config")
 type Config struct {
 	// DataDir holds the databases, keys and firmware blobs; created 0700.
 	DataDir string
+
+	// NATS, when set, runs the node in cluster mode (docs/cluster.md): its
+	// shadows, identities and firmware (records and images) are in
+	// JetStream buckets on these NATS servers (nats://host:port), shared by
+	// every node. Empty is single-node mode. NodeID names the node (required
+	// with NATS). NATSReplicas is the replica count of the buckets a node
+	// creates; default DefaultNATSReplicas.
+	NATS         []string
+	NodeID       string
+	NATSReplicas int
 	// MQTTAddr, WSAddr and TLSAddr are the broker's listeners (at least one
 	// of MQTTAddr and WSAddr); TLSConfig is required with TLSAddr.
 	MQTTAddr, WSAddr, TLSAddr string
@@ -177,9 +187,9 @@ type Server struct {
 // service, which publish through the broker. The HTTP API sits beside the
 // path and calls its parts.
 //
-// Open first opens the stores (openBoltStores: the data dir's files and
-// locks) and binds every listener, then opens each component with what it
-// calls, in the order above. The few calls against that order are events:
+// Open first opens the stores (openStores: the data dir's files and
+// locks, or cluster mode's buckets) and binds every listener, then opens
+// each component with what it calls, in the order above. The few calls against that order are events:
 // identity tells the broker of a revocation and the planner of an
 // enrolment, the engine tells the planner of a change, the firmware store
 // asks the planner whether a version is in use, and the planner tells the
@@ -197,6 +207,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.MQTTAddr == "" && cfg.WSAddr == "" {
 		return nil, fmt.Errorf("%w: at least one of MQTTAddr and WSAddr is needed", ErrInvalidConfig)
+	}
+	if len(cfg.NATS) > 0 && cfg.NodeID == "" {
+		return nil, fmt.Errorf("%w: cluster mode (NATS) needs a NodeID", ErrInvalidConfig)
+	}
+	if cfg.NATSReplicas < 0 || cfg.NATSReplicas > 5 {
+		return nil, fmt.Errorf("%w: NATSReplicas %d: JetStream keeps 1 to 5 replicas", ErrInvalidConfig, cfg.NATSReplicas)
 	}
 	if cfg.TLSAddr != "" && cfg.TLSConfig == nil {
 		return nil, fmt.Errorf("%w: TLSAddr without TLSConfig", ErrInvalidConfig)
@@ -222,7 +238,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}()
 	// The stores first: a second server on the same data dir fails on a
 	// file lock, with a clear message, before it binds a port.
-	if s.stores, err = openBoltStores(ctx, cfg, s.metrics); err != nil {
+	if s.stores, err = openStores(ctx, cfg, s.metrics); err != nil {
 		return nil, err
 	}
 	if s.lns, err = listen(ctx, cfg); err != nil {
@@ -334,6 +350,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 
 	s.fw, err = firmware.Open(ctx, firmware.Config{
 		Dir:            s.stores.firmwareDir,
+		Blobs:          s.stores.firmwareBlobs,
 		Catalog:        s.stores.firmware,
 		SigningKeyPath: cfg.SigningKey,
 		URLTTL:         cfg.URLTTL,

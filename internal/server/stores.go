@@ -32,8 +32,11 @@ type stores struct {
 	broker   broker.Store
 	firmware firmware.Catalog
 	rollout  rollout.Store
-	// firmwareDir holds the image blobs (firmware.Config.Dir).
-	firmwareDir string
+	// firmwareDir is firmware.Config.Dir (the keys, uploads in progress
+	// and, without firmwareBlobs, the image files); firmwareBlobs, when
+	// set, holds the images instead (firmware.Config.Blobs).
+	firmwareDir   string
+	firmwareBlobs firmware.Blobs
 
 	closers []namedCloser // in opening order
 }
@@ -90,16 +93,11 @@ func openBoltStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	st.identity = ids
 	st.add("identity.db", ids)
 
-	brk, err := brokerstore.Open(ctx, brokerstore.Config{Path: filepath.Join(cfg.DataDir, "broker.db")})
-	if err != nil {
-		return st, brokerStateError(err)
+	if err := st.openBoltBroker(ctx, cfg); err != nil {
+		return st, err
 	}
-	st.broker = brk
-	st.add("broker.db", brk)
-
-	st.firmwareDir = filepath.Join(cfg.DataDir, "firmware")
-	if err := os.MkdirAll(st.firmwareDir, 0o750); err != nil {
-		return st, fmt.Errorf("firmware: %w", err)
+	if err := st.makeFirmwareDir(cfg); err != nil {
+		return st, err
 	}
 	fw, err := fwstore.Open(ctx, fwstore.Config{Path: filepath.Join(st.firmwareDir, fwstore.File)})
 	if err != nil {
@@ -107,14 +105,38 @@ func openBoltStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	}
 	st.firmware = fw
 	st.add("firmware.db", fw)
+	return st, st.openBoltRollout(ctx, cfg)
+}
 
+// openBoltBroker opens broker.db in the data dir.
+func (st *stores) openBoltBroker(ctx context.Context, cfg Config) error {
+	brk, err := brokerstore.Open(ctx, brokerstore.Config{Path: filepath.Join(cfg.DataDir, "broker.db")})
+	if err != nil {
+		return brokerStateError(err)
+	}
+	st.broker = brk
+	st.add("broker.db", brk)
+	return nil
+}
+
+// makeFirmwareDir creates the firmware directory of the data dir.
+func (st *stores) makeFirmwareDir(cfg Config) error {
+	st.firmwareDir = filepath.Join(cfg.DataDir, "firmware")
+	if err := os.MkdirAll(st.firmwareDir, 0o750); err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
+	return nil
+}
+
+// openBoltRollout opens rollout.db in the data dir.
+func (st *stores) openBoltRollout(ctx context.Context, cfg Config) error {
 	ro, err := rolloutstore.Open(ctx, rolloutstore.Config{Path: filepath.Join(cfg.DataDir, "rollout.db")})
 	if err != nil {
-		return st, fmt.Errorf("server: %w", err)
+		return fmt.Errorf("server: %w", err)
 	}
 	st.rollout = ro
 	st.add("rollout.db", ro)
-	return st, nil
+	return nil
 }
 
 // brokerStateError explains what to do about a broker.db serve cannot
