@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/server"
 )
@@ -54,8 +55,9 @@ func TestClusterModeNATSUnreachable(t *testing.T) {
 
 // TestClusterModeSharedShadows: two nodes on one NATS server see one
 // fleet's shadows: an update through node A's HTTP API is read through
-// node B's. With NATS lost, node A answers shadow updates with 503 and
-// stores nothing; when NATS is back it serves again by itself.
+// node B's. With NATS lost, node A answers shadow updates with 503 (HTTP)
+// and rejected code 503 (MQTT) and stores nothing; when NATS is back it
+// serves again by itself.
 func TestClusterModeSharedShadows(t *testing.T) {
 	ns := natstest.Start(t)
 	node := func(id string) *rig {
@@ -92,9 +94,28 @@ func TestClusterModeSharedShadows(t *testing.T) {
 		t.Fatalf("GET on node B = %d %+v, %v; want node A's update", resp.StatusCode, doc, err)
 	}
 
+	// A device on node A updates over MQTT too (anonymous mode: any client).
+	dev := brokertest.Connect(t, a.mqttURL(), "dev-1")
+	rejected := brokertest.Subscribe(t, dev, "state/dev-1/update/rejected", 1)
+
 	ns.Kill()
 	if code, body := post(a, `{"state":{"reported":{"temp":22}}}`); code != http.StatusServiceUnavailable {
 		t.Errorf("update on node A with NATS down = %d %s, want 503", code, body)
+	}
+	if tok := dev.Publish("state/dev-1/update", 1, false, `{"state":{"reported":{"temp":22}},"clientToken":"t1"}`); !tok.WaitTimeout(brokertest.Timeout) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	select {
+	case m := <-rejected:
+		var rej struct {
+			Code        int    `json:"code"`
+			ClientToken string `json:"clientToken"`
+		}
+		if err := json.Unmarshal(m.Payload, &rej); err != nil || rej.Code != http.StatusServiceUnavailable || rej.ClientToken != "t1" {
+			t.Errorf("MQTT update with NATS down: rejected %s, want code 503 for t1", m.Payload)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("MQTT update with NATS down: no rejected message within 20 s")
 	}
 	ns.Restart()
 	deadline := time.Now().Add(20 * time.Second)
