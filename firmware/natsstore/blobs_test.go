@@ -46,7 +46,7 @@ func openNode(t *testing.T, js jetstream.JetStream, replicas int, secret []byte,
 	}
 	n.srv.Config.Handler = n.st.DownloadHandler()
 	n.srv.Start()
-	t.Cleanup(func() { n.srv.Close(); n.st.Close(context.Background()) })
+	t.Cleanup(func() { n.srv.Close(); n.st.Close(context.Background()); cat.Close(context.Background()) })
 	return n
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/firmware/natsstore"
 	"github.com/umbra-iot/umbra/firmware/storetest"
 	"github.com/umbra-iot/umbra/internal/natstest"
@@ -15,7 +14,7 @@ import (
 func opener(t *testing.T, target natstest.Target) storetest.Opener {
 	js := natstest.JetStream(t, target.URLs())
 	bucket := natstest.BucketNames("firmware")
-	return func(tb testing.TB, dir string) firmware.Catalog {
+	return func(tb testing.TB, dir string) storetest.Catalog {
 		tb.Helper()
 		c, err := natsstore.OpenCatalog(context.Background(), natsstore.CatalogConfig{JetStream: js, Bucket: bucket(dir), Replicas: target.Replicas()})
 		if err != nil {

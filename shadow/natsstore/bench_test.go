@@ -15,6 +15,7 @@ import (
 	"github.com/umbra-iot/umbra/shadow"
 	"github.com/umbra-iot/umbra/shadow/boltstore"
 	"github.com/umbra-iot/umbra/shadow/natsstore"
+	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
 // benchWriters is how many devices update their shadows at once.
@@ -31,17 +32,17 @@ const benchWriters = 64
 func BenchmarkStoreUpdate(b *testing.B) {
 	for _, tc := range []struct {
 		name string
-		open func(b *testing.B) shadow.Store
+		open func(b *testing.B) storetest.Store
 	}{
-		{"bbolt", func(b *testing.B) shadow.Store {
+		{"bbolt", func(b *testing.B) storetest.Store {
 			s, err := boltstore.Open(b.Context(), boltstore.Config{Path: filepath.Join(b.TempDir(), "shadow.db")})
 			if err != nil {
 				b.Fatal(err)
 			}
 			return s
 		}},
-		{"nats-1", func(b *testing.B) shadow.Store { return openBench(b, natstest.Start(b)) }},
-		{"nats-R3", func(b *testing.B) shadow.Store { return openBench(b, natstest.StartCluster(b)) }},
+		{"nats-1", func(b *testing.B) storetest.Store { return openBench(b, natstest.Start(b)) }},
+		{"nats-R3", func(b *testing.B) storetest.Store { return openBench(b, natstest.StartCluster(b)) }},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			s := tc.open(b)
@@ -83,7 +84,7 @@ func BenchmarkStoreUpdate(b *testing.B) {
 	}
 }
 
-func openBench(b *testing.B, target natstest.Target) shadow.Store {
+func openBench(b *testing.B, target natstest.Target) storetest.Store {
 	s, err := natsstore.Open(b.Context(), natsstore.Config{JetStream: natstest.JetStream(b, target.URLs()), Replicas: target.Replicas()})
 	if err != nil {
 		b.Fatal(err)

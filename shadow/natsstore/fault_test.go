@@ -143,6 +143,7 @@ func TestNATSLostAnswers503(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer st.Close(context.Background())
 	eng, err := shadow.Open(t.Context(), shadow.Config{Store: st, DeviceRate: -1})
 	if err != nil {
 		t.Fatal(err)

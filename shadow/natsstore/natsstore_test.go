@@ -22,7 +22,7 @@ import (
 func opener(t *testing.T, target natstest.Target) storetest.Opener {
 	js := natstest.JetStream(t, target.URLs())
 	bucket := natstest.BucketNames("shadow")
-	return func(tb testing.TB, dir string) shadow.Store {
+	return func(tb testing.TB, dir string) storetest.Store {
 		tb.Helper()
 		s, err := natsstore.Open(context.Background(), natsstore.Config{JetStream: js, Bucket: bucket(dir), Replicas: target.Replicas()})
 		if err != nil {
@@ -54,7 +54,7 @@ func TestTwoNodesLoseNoUpdate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { eng.Close(context.Background()) })
+		t.Cleanup(func() { eng.Close(context.Background()); st.Close(context.Background()) })
 		engines = append(engines, eng)
 	}
 	var wg sync.WaitGroup
