@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -208,18 +209,60 @@ func parseAck(data []byte) (uint64, error) {
 
 // Keys returns the keys matching filter (a key with wildcards: "*" one
 // token, ">" the rest) that have a value, in no particular order.
+//
+// The client library's key listing (a watcher that stops once it has the
+// current values) can end early on a replicated bucket under load: it
+// trusts the pending count of a consumer just created, which may read 0.
+// So Keys also asks the stream which subjects it holds (one request,
+// paged) and reads each key the listing left out: a key listed by the
+// stream but deleted (its last message a marker) is left out, one the
+// listing missed is put back.
 func (b *Bucket) Keys(ctx context.Context, filter string) ([]string, error) {
+	subjects, err := b.subjects(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
 	kl, err := b.KV.ListKeysFiltered(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("natskv: list %s: %w", filter, err)
 	}
 	defer kl.Stop()
+	seen := map[string]bool{}
 	var keys []string
 	for k := range kl.Keys() { // read to the end: the lister's goroutine blocks until its keys are taken
-		keys = append(keys, k)
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("natskv: list %s: %w", filter, err)
+	}
+	for _, k := range subjects {
+		if seen[k] {
+			continue
+		}
+		e, err := b.Read(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if e.Rev != 0 {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+// subjects returns the keys matching filter that the bucket's stream holds
+// a message of (a value or a delete marker), from the stream's state.
+func (b *Bucket) subjects(ctx context.Context, filter string) ([]string, error) {
+	info, err := b.stream.Info(ctx, jetstream.WithSubjectFilter(b.subject+filter))
+	if err != nil {
+		return nil, fmt.Errorf("natskv: list %s: %w", filter, err)
+	}
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		keys = append(keys, strings.TrimPrefix(subj, b.subject))
 	}
 	return keys, nil
 }
@@ -286,9 +329,35 @@ func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (*Bucke
 }
 
 // Values returns the value of every key matching filter that has one,
-// keyed by key, read in one pass over the bucket (a watcher that stops
-// after the current values).
+// keyed by key: read in one pass over the bucket (a watcher that stops
+// after the current values), then, as Keys does, completed by reading
+// each key the stream holds that the pass left out.
 func (b *Bucket) Values(ctx context.Context, filter string) (map[string][]byte, error) {
+	subjects, err := b.subjects(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	out, err := b.watchValues(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range subjects {
+		if _, ok := out[k]; ok {
+			continue
+		}
+		e, err := b.Read(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if e.Rev != 0 {
+			out[k] = e.Value
+		}
+	}
+	return out, nil
+}
+
+// watchValues is the watcher's pass of Values.
+func (b *Bucket) watchValues(ctx context.Context, filter string) (map[string][]byte, error) {
 	w, err := b.KV.Watch(ctx, filter, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("natskv: read %s: %w", filter, err)

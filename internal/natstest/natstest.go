@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -133,6 +134,10 @@ func Start(tb testing.TB) *Server {
 		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 		err = s.awaitReady(ctx)
 		cancel()
+		if err != nil && s.portTaken() {
+			s.stop() // a port picked as free was taken meanwhile: try others
+			continue
+		}
 		if err != nil {
 			tb.Fatalf("nats-server %s not ready: %v\n%s", s.Name, err, s.Log())
 		}
@@ -179,6 +184,12 @@ func StartCluster(tb testing.TB) *Cluster {
 		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 		err = c.awaitReady(ctx)
 		cancel()
+		if err != nil && slices.ContainsFunc(c.Servers, (*Server).portTaken) {
+			for _, s := range c.Servers { // a port picked as free was taken meanwhile: try others
+				s.stop()
+			}
+			continue
+		}
 		if err != nil {
 			var logs strings.Builder
 			for _, s := range c.Servers {
@@ -375,6 +386,12 @@ func (s *Server) Restart() {
 	if err := s.awaitReady(ctx); err != nil {
 		s.tb.Fatalf("nats-server %s not ready after restart: %v\n%s", s.Name, err, s.Log())
 	}
+}
+
+// portTaken reports whether the server's log says a port it was given was
+// bound by another process first (freePort's ports are free only a moment).
+func (s *Server) portTaken() bool {
+	return strings.Contains(s.Log(), "address already in use")
 }
 
 // PID returns the process ID of the running server, or 0.
