@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -21,7 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/umbra-iot/umbra/broker"
-	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/httpapi"
@@ -167,6 +168,9 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringSliceVar(&c.NATS, "nats", nil, "NATS server `URLs` (nats://host:4222, comma-separated): cluster mode (docs/cluster.md), with shadows, identities and firmware in JetStream buckets shared by every node; needs --node-id")
 	f.StringVar(&c.NodeID, "node-id", "", "this node's name in the cluster (with --nats)")
 	f.IntVar(&c.NATSReplicas, "nats-replicas", umbraserver.DefaultNATSReplicas, "replicas of the buckets a node creates in cluster mode: 3 for a three-server NATS cluster, 1 for a single NATS server")
+	f.IntVar(&c.ClusterMaxSubscriptions, "cluster-max-subscriptions", natsbridge.DefaultMaxSubscriptions, "cluster mode: NATS subscriptions a node holds for its clients' filters; a filter beyond gets nothing from other nodes until there is room (umbra_cluster_subscriptions_refused_total)")
+	f.IntVar(&c.ClusterOutboundBuffer, "cluster-outbound-buffer", natsbridge.DefaultOutboundBuffer, "cluster mode: messages that may wait for NATS on their way to other nodes; beyond, they are dropped (umbra_cluster_messages_dropped_total{direction=\"out\"})")
+	f.IntVar(&c.ClusterInboundBuffer, "cluster-inbound-buffer", natsbridge.DefaultInboundBuffer, "cluster mode: messages from other nodes that may wait for local delivery; beyond, they are dropped (umbra_cluster_messages_dropped_total{direction=\"in\"})")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
 	f.BoolVar(&o.healthcheck, "healthcheck", false, "instead of serving, ask the server this configuration describes for GET /healthz on --http-addr (over loopback; https pinned to --http-tls-cert) and exit 0 if it is healthy, 1 if not")
@@ -516,8 +520,12 @@ func httpTLSConfig(kp *identity.KeyPair) *tls.Config {
 // adminTokenFile is the operator token's file in the data dir.
 const adminTokenFile = umbraserver.AdminTokenFile
 
+// nodeIDPattern is what --node-id may hold (broker/natsbridge's node IDs).
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
 // checkCluster validates the cluster-mode flags: --nats and --node-id go
-// together, each URL is nats://host:port, and --nats-replicas is 1 to 5.
+// together, each URL is nats://host:port, --nats-replicas is 1 to 5 and
+// the --cluster-* limits are positive.
 func checkCluster(c umbraserver.Config) error {
 	switch {
 	case len(c.NATS) == 0 && c.NodeID != "":
@@ -528,9 +536,17 @@ func checkCluster(c umbraserver.Config) error {
 		return errors.New("--nats needs --node-id, this node's name in the cluster")
 	case c.NATSReplicas < 1 || c.NATSReplicas > 5:
 		return fmt.Errorf("--nats-replicas %d: JetStream keeps 1 to 5 replicas", c.NATSReplicas)
+	case !nodeIDPattern.MatchString(c.NodeID):
+		return fmt.Errorf("--node-id %q: want 1 to 64 of A-Z a-z 0-9 - _ (it names the node in NATS subjects)", c.NodeID)
 	}
-	if _, err := device.ParseID(c.NodeID); err != nil {
-		return fmt.Errorf("--node-id %q: %w", c.NodeID, err)
+	for _, l := range []struct {
+		name string
+		v    int
+	}{{"--cluster-max-subscriptions", c.ClusterMaxSubscriptions}, {"--cluster-outbound-buffer", c.ClusterOutboundBuffer},
+		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}} {
+		if l.v < 1 {
+			return fmt.Errorf("%s %d: must be at least 1", l.name, l.v)
+		}
 	}
 	for _, u := range c.NATS {
 		p, err := url.Parse(u)

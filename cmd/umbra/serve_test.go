@@ -71,6 +71,10 @@ func TestServeFlagValidation(t *testing.T) {
 		{"nats not a URL", []string{"--nats", "127.0.0.1:4222", "--node-id", "n1"}, `--nats "127.0.0.1:4222": want nats://host:port`},
 		{"nats replicas zero", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--nats-replicas", "0"}, "--nats-replicas 0"},
 		{"node id not an ID", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n 1"}, `--node-id "n 1"`},
+		{"node id with a dot", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n.1"}, `--node-id "n.1": want 1 to 64`},
+		{"cluster max subscriptions", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-max-subscriptions", "0"}, "--cluster-max-subscriptions 0"},
+		{"cluster outbound buffer", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-outbound-buffer", "-1"}, "--cluster-outbound-buffer -1"},
+		{"cluster inbound buffer", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-inbound-buffer", "0"}, "--cluster-inbound-buffer 0"},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
 		{"stray argument", []string{"extra"}, "unknown command"},
 	}

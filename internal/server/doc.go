@@ -15,7 +15,10 @@
 //     the data dir's bbolt files, or, with Config.NATS (umbra serve
 //     --nats), openNATSStores, cluster mode's JetStream buckets for the
 //     shadows, identities and firmware (docs/cluster.md).
-//     The components and the rest of Open do not change.
+//     The components and the rest of Open do not change, except that in
+//     cluster mode the broker is joined to the other nodes' by
+//     broker/natsbridge (openBridge, right after the broker; closed just
+//     before it).
 //  2. The listeners (listeners.go): every socket is bound, so the
 //     firmware store knows the HTTP address for its download URLs, but
 //     accepts nothing yet.

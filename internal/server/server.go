@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/console"
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
@@ -51,6 +53,11 @@ type Config struct {
 	NATS         []string
 	NodeID       string
 	NATSReplicas int
+	// The cluster bridge's per-node limits (broker/natsbridge.Config's
+	// MaxSubscriptions, OutboundBuffer and InboundBuffer; zero takes its
+	// defaults): NATS subscriptions for the clients' filters, messages
+	// waiting for NATS, messages from NATS waiting for local delivery.
+	ClusterMaxSubscriptions, ClusterOutboundBuffer, ClusterInboundBuffer int
 	// MQTTAddr, WSAddr and TLSAddr are the broker's listeners (at least one
 	// of MQTTAddr and WSAddr); TLSConfig is required with TLSAddr.
 	MQTTAddr, WSAddr, TLSAddr string
@@ -155,6 +162,7 @@ type Server struct {
 	lns     listeners
 	ids     *identity.Store
 	brk     *broker.Server
+	bridge  *natsbridge.Bridge // cluster mode's cross-node delivery; nil in single-node mode
 	eng     *shadow.Engine
 	fw      *firmware.Store
 	planner *rollout.Planner
@@ -292,6 +300,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	}
 
 	if err := s.openBroker(ctx); err != nil {
+		return err
+	}
+	if err := s.openBridge(ctx); err != nil {
 		return err
 	}
 	// The operator token may replace an old one (a revocation): after the
@@ -580,6 +591,32 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 	return nil
 }
 
+// openBridge joins the broker to the other nodes' in cluster mode
+// (broker/natsbridge, docs/cluster.md): right after the broker opens,
+// before any client is served. Nothing in single-node mode.
+func (s *Server) openBridge(ctx context.Context) (err error) {
+	if len(s.cfg.NATS) == 0 {
+		return nil
+	}
+	s.bridge, err = natsbridge.Open(ctx, natsbridge.Config{
+		Broker:           s.brk,
+		NodeID:           s.cfg.NodeID,
+		URL:              strings.Join(s.cfg.NATS, ","),
+		Logger:           s.log,
+		MaxSubscriptions: s.cfg.ClusterMaxSubscriptions,
+		OutboundBuffer:   s.cfg.ClusterOutboundBuffer,
+		InboundBuffer:    s.cfg.ClusterInboundBuffer,
+	})
+	if errors.Is(err, natsbridge.ErrInvalidConfig) {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: cluster bridge: %w", ErrNATSUnreachable, err)
+	}
+	s.metrics.RegisterBridge(func() metrics.BridgeStats { return metrics.BridgeStats(s.bridge.Stats()) })
+	return nil
+}
+
 // subscribe hands a service's request filters to its handler.
 func subscribe(brk *broker.Server, name string, filters []string, h broker.HandlerFunc) error {
 	for _, f := range filters {
@@ -641,6 +678,9 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.fleet != nil {
 			closeOne("fleet", s.fleet) // stops its load; the event streams ended with the HTTP API
+		}
+		if s.bridge != nil {
+			closeOne("natsbridge", s.bridge) // detaches from the broker, which closes next
 		}
 		if s.brk != nil {
 			closeOne("broker", s.brk)
