@@ -2,16 +2,27 @@ package wire
 
 import "time"
 
-// ClusterStatus is the body of GET /v1/cluster in cluster mode (issue 15,
+// ClusterStatus is the body of GET /v1/cluster (issue 15,
 // docs/cluster.md): the live nodes, the holder of the planner lease and the
-// replication state of every store bucket.
+// replication state of every store bucket. A single-node server answers
+// Mode "single-node" with itself as the one node and no buckets.
 type ClusterStatus struct {
+	// Mode is "cluster" (umbra serve --nats) or "single-node".
+	Mode string `json:"mode"`
+	// Node is the ID of the node that answered ("" in single-node mode).
+	Node  string        `json:"node"`
 	Nodes []ClusterNode `json:"nodes"`
+	// Planners says where rollouts are planned: "lease" (one planner in
+	// the cluster, on the node holding the planner lease), "per-node"
+	// (each node plans the rollouts created on it) or "single-node".
+	Planners string `json:"planners"`
 	// Planner is the node ID that holds the planner lease; "" while no
-	// node holds it (a takeover is under way).
+	// node holds it (a takeover is under way) or when Planners is not
+	// "lease".
 	Planner string `json:"planner"`
 	// Healthy is true when every bucket has a leader and a quorum of
-	// current replicas, and a node holds the planner lease.
+	// current replicas and, when Planners is "lease", a node holds the
+	// planner lease.
 	Healthy bool            `json:"healthy"`
 	Buckets []ClusterBucket `json:"buckets"`
 }

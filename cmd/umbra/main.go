@@ -68,7 +68,7 @@ func newRootCmd() *cobra.Command {
 // extraCommands is the list of operator subcommands; each lives in its own
 // file.
 func extraCommands() []*cobra.Command {
-	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newRolloutCmd(), newDeviceCmd(), newTokenCmd(), newCACmd(), newConfigCmd()}
+	return []*cobra.Command{newShadowCmd(), newWatchCmd(), newSimCmd(), newFirmwareCmd(), newRolloutCmd(), newDeviceCmd(), newTokenCmd(), newCACmd(), newConfigCmd(), newClusterCmd()}
 }
 
 // applyEnv sets every flag not given on the command line from UMBRA_<NAME>

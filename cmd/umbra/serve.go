@@ -322,6 +322,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
 	c.TLSConfig, c.BoundOnlyCAs = tlsConfig, boundOnly
 	c.Logger = log
+	c.Version = buildVersion()
 	return serveConfig{Config: c, shutdownGrace: o.shutdownGrace, httpTLS: httpTLS, keyPairs: keyPairs}, nil
 }
 

@@ -17,7 +17,12 @@ import (
 type StatusSource struct {
 	JetStream jetstream.JetStream
 	Registry  *Registry
-	Lease     *Lease
+	// Lease is the planner lease; nil when the nodes do not plan under a
+	// lease (each plans its own rollouts): the status then says Planners
+	// "per-node" and its health does not depend on a lease holder.
+	Lease *Lease
+	// Node is the answering node's ID (ClusterStatus.Node).
+	Node string
 	// Prefix selects the buckets: those whose stream names start with
 	// KV_<Prefix> or OBJ_<Prefix>. Default "umbra_".
 	Prefix string
@@ -29,7 +34,8 @@ func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) 
 	if prefix == "" {
 		prefix = "umbra_"
 	}
-	st := wire.ClusterStatus{Nodes: []wire.ClusterNode{}, Buckets: []wire.ClusterBucket{}, Healthy: true}
+	st := wire.ClusterStatus{Mode: "cluster", Node: src.Node, Planners: "lease", Nodes: []wire.ClusterNode{},
+		Buckets: []wire.ClusterBucket{}, Healthy: true}
 	nodes, err := src.Registry.Nodes(ctx)
 	if err != nil {
 		return st, err
@@ -38,14 +44,18 @@ func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) 
 		st.Nodes = append(st.Nodes, wire.ClusterNode{ID: n.ID, Addr: n.Addr, Version: n.Version, Connections: n.Connections,
 			Started: n.Started, Heartbeat: n.Heartbeat})
 	}
-	info, held, err := src.Lease.Info(ctx)
-	if err != nil {
-		return st, err
-	}
-	if held {
-		st.Planner = info.Holder
+	if src.Lease == nil {
+		st.Planners = "per-node"
 	} else {
-		st.Healthy = false
+		info, held, err := src.Lease.Info(ctx)
+		if err != nil {
+			return st, err
+		}
+		if held {
+			st.Planner = info.Holder
+		} else {
+			st.Healthy = false
+		}
 	}
 	buckets, err := StoreHealth(ctx, src.JetStream, prefix)
 	if err != nil {

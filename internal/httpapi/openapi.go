@@ -37,6 +37,7 @@ var apiRoutes = []routeDoc{
 	{"GET " + OpenAPIPath, "This document", "meta", "none", "", "OpenAPI 3 document", nil},
 	{"GET /v1", "Where to start: links to this document and the resources", "meta", "none", "", "{openapi, health, resources, docs}", nil},
 	{"GET /metrics", "Prometheus metrics (text exposition format)", "meta", "none", "", "", nil},
+	{"GET /v1/cluster", "The cluster's status: its nodes with their connection counts, where rollouts are planned, the store buckets' health (docs/cluster.md); a single-node server lists itself", "meta", "integrator", "", "wire.ClusterStatus", nil},
 
 	{"GET /v1/devices", "List devices in ID order (paged); on umbra serve from the fleet index: the enrolled devices and those with a shadow, filtered, with the match count and the fleet's totals (wire.FleetList)", "devices", "integrator", "", "wire.FleetList", []string{"limit", "cursor", "selector", "online", "firmware", "state", "q", "id"}},
 	{"GET /v1/events", "The live feed as Server-Sent Events: shadow accepted, delta and delete, presence, rollout events and statuses (docs/console.md); capped per token and in all (429)", "devices", "integrator", "", "text/event-stream", []string{"kinds", "devices", "rollout"}},

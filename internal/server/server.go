@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/cluster"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
@@ -58,6 +59,13 @@ type Config struct {
 	// defaults): NATS subscriptions for the clients' filters, messages
 	// waiting for NATS, messages from NATS waiting for local delivery.
 	ClusterMaxSubscriptions, ClusterOutboundBuffer, ClusterInboundBuffer int
+	// Version is the Umbra version a node reports in GET /v1/cluster.
+	Version string
+	// ClusterHeartbeat is how often a node renews its registration in the
+	// node registry (cluster.RegistryConfig.Heartbeat; a node is forgotten
+	// three heartbeats after its last). Default cluster.DefaultHeartbeat;
+	// every node of a cluster must use the same.
+	ClusterHeartbeat time.Duration
 	// MQTTAddr, WSAddr and TLSAddr are the broker's listeners (at least one
 	// of MQTTAddr and WSAddr); TLSConfig is required with TLSAddr.
 	MQTTAddr, WSAddr, TLSAddr string
@@ -158,17 +166,19 @@ type Server struct {
 	metrics *metrics.Metrics
 
 	// In the order Open opens them (see the data path above Open).
-	stores  stores
-	lns     listeners
-	ids     *identity.Store
-	brk     *broker.Server
-	bridge  *natsbridge.Bridge // cluster mode's cross-node delivery; nil in single-node mode
-	eng     *shadow.Engine
-	fw      *firmware.Store
-	planner *rollout.Planner
-	jobs    *jobs.Service
-	feed    *rolloutfeed.Feed
-	api     *httpapi.Server // nil without HTTPAddr
+	stores   stores
+	lns      listeners
+	ids      *identity.Store
+	brk      *broker.Server
+	bridge   *natsbridge.Bridge // cluster mode's cross-node delivery; nil in single-node mode
+	registry *cluster.Registry  // cluster mode's node registration; nil in single-node mode
+	started  time.Time
+	eng      *shadow.Engine
+	fw       *firmware.Store
+	planner  *rollout.Planner
+	jobs     *jobs.Service
+	feed     *rolloutfeed.Feed
+	api      *httpapi.Server // nil without HTTPAddr
 	// fleet is the web console's fleet index and live feed, fed by
 	// identity's callbacks and what the server publishes (tapBroker).
 	fleet *fleetFeed
@@ -228,7 +238,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New(), started: time.Now().UTC()}
 	// A bad policy file fails before anything is created or opened.
 	acl, err := s.loadACL()
 	if err != nil {
@@ -451,9 +461,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		}
 	}
 
+	if err := s.register(ctx); err != nil {
+		return err
+	}
+
 	if s.lns.http != nil {
 		auth := httpapi.Authenticate(s.ids, cfg.Anonymous)
 		mounts := httpapi.IdentityRoutes(s.ids, auth, log)
+		mounts["GET /v1/cluster"] = auth(s.clusterHandler())
 		mounts["GET /fw/{sha256}"] = s.fw.DownloadHandler() // URL-signed, no bearer token
 		mounts["GET /metrics"] = m.Handler()                // for Prometheus scrapers, like /healthz: no bearer token
 		for pattern, h := range console.Routes() {
@@ -669,6 +684,9 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.api != nil {
 			closeOne("http", s.api)
+		}
+		if s.registry != nil {
+			closeOne("registry", s.registry) // other nodes stop listing this one
 		}
 		if s.planner != nil {
 			closeOne("rollout", s.planner)

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/umbra-iot/umbra/broker"
 	brokerstore "github.com/umbra-iot/umbra/broker/boltstore"
 	"github.com/umbra-iot/umbra/firmware"
@@ -37,6 +39,9 @@ type stores struct {
 	// set, holds the images instead (firmware.Config.Blobs).
 	firmwareDir   string
 	firmwareBlobs firmware.Blobs
+	// js is cluster mode's JetStream client (the node registry and the
+	// cluster status use it); nil in single-node mode.
+	js jetstream.JetStream
 
 	closers []namedCloser // in opening order
 }

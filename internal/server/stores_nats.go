@@ -71,6 +71,7 @@ func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	if err != nil {
 		return st, fmt.Errorf("server: jetstream: %w", err)
 	}
+	st.js = js
 	replicas := cfg.NATSReplicas
 	if replicas == 0 {
 		replicas = DefaultNATSReplicas

@@ -1,0 +1,62 @@
+package server
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/wire"
+)
+
+// register registers the node in cluster mode's node registry
+// (internal/cluster.Registry), with its address and its MQTT connection
+// count, renewed every heartbeat. It fails when a live node has the same
+// ID (cluster.ErrNodeIDInUse). Nothing in single-node mode.
+func (s *Server) register(ctx context.Context) (err error) {
+	if s.stores.js == nil {
+		return nil
+	}
+	replicas := s.cfg.NATSReplicas
+	if replicas == 0 {
+		replicas = DefaultNATSReplicas
+	}
+	s.registry, err = cluster.OpenRegistry(ctx, cluster.RegistryConfig{
+		JetStream:   s.stores.js,
+		Node:        cluster.Node{ID: s.cfg.NodeID, Addr: s.nodeAddr(), Version: s.cfg.Version},
+		Connections: func() int { return int(s.brk.Stats().ClientsConnected) },
+		Heartbeat:   s.cfg.ClusterHeartbeat,
+		Replicas:    replicas,
+		Logger:      s.log,
+	})
+	return err
+}
+
+// nodeAddr is where operators and devices reach this node: its HTTP base
+// URL (Config.PublicURL or the bound HTTP address), else its MQTT address.
+func (s *Server) nodeAddr() string {
+	if u := s.baseURL(); u != "" {
+		return u
+	}
+	if a := s.brk.Addr(); a != nil {
+		return "mqtt://" + a.String()
+	}
+	return ""
+}
+
+// clusterHandler serves GET /v1/cluster: in cluster mode the registry's
+// nodes and the buckets' health (internal/cluster.StatusSource; each node
+// plans its own rollouts, so there is no lease to report), in single-node
+// mode this server as the one node.
+func (s *Server) clusterHandler() http.Handler {
+	if s.registry != nil {
+		return cluster.StatusSource{JetStream: s.stores.js, Registry: s.registry, Node: s.cfg.NodeID}.Handler(s.log)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		st := wire.ClusterStatus{Mode: "single-node", Planners: "single-node", Healthy: true, Buckets: []wire.ClusterBucket{},
+			Nodes: []wire.ClusterNode{{Addr: s.nodeAddr(), Version: s.cfg.Version,
+				Connections: int(s.brk.Stats().ClientsConnected), Started: s.started}}}
+		w.Header().Set("Content-Type", "application/json")
+		b, _ := wire.Marshal(st)
+		_, _ = w.Write(append(b, '\n'))
+	})
+}
