@@ -2,7 +2,10 @@
 // by every node: Catalog, the firmware.Catalog of image records in a
 // key-value bucket (default "umbra_firmware"), and Blobs, the
 // firmware.Blobs of image bytes in an object store (default
-// "umbra_firmware_images").
+// "umbra_firmware_images"); and ShareKeys, which gives every node the
+// fleet's signing key and download-URL secret from one key ("fleet") of
+// a third bucket (default "umbra_firmware_keys"), stored by the first
+// node that asks, so a URL minted on one node is valid on every node.
 //
 // # Bucket layout (schema version 1)
 //

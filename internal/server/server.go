@@ -374,6 +374,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		Blobs:          s.stores.firmwareBlobs,
 		Catalog:        s.stores.firmware,
 		SigningKeyPath: cfg.SigningKey,
+		URLSecret:      s.stores.firmwareURLSecret,
 		URLTTL:         cfg.URLTTL,
 		MaxImageSize:   cfg.MaxImageSize,
 		BaseURL:        s.baseURL(),

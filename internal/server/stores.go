@@ -39,6 +39,9 @@ type stores struct {
 	// set, holds the images instead (firmware.Config.Blobs).
 	firmwareDir   string
 	firmwareBlobs firmware.Blobs
+	// firmwareURLSecret, when set, is firmware.Config.URLSecret (cluster
+	// mode: the cluster's, shareFirmwareKeys).
+	firmwareURLSecret []byte
 	// js is cluster mode's JetStream client (the node registry and the
 	// cluster status use it); nil in single-node mode.
 	js jetstream.JetStream

@@ -106,6 +106,9 @@ func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	if err := st.makeFirmwareDir(cfg); err != nil {
 		return st, err
 	}
+	if err := st.shareFirmwareKeys(octx, cfg, js, replicas); err != nil {
+		return st, hint(err)
+	}
 	fw, err := fwnats.OpenCatalog(octx, fwnats.CatalogConfig{JetStream: js, Replicas: replicas})
 	if err != nil {
 		return st, fmt.Errorf("firmware: %w", hint(err))
