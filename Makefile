@@ -9,7 +9,7 @@ PREFIX   ?= /usr/local
 # ARGS are passed to `umbra serve` by make run, e.g. make run ARGS='--config umbra.yaml'.
 ARGS     ?=
 
-.PHONY: all run build install dist docker test deps screenshots apt-deps go-deps sdk-deps nats-deps fmt vet fuzz fuzz-list durability bench bench-short demo clean
+.PHONY: all run build install dist docker test deps screenshots apt-deps go-deps sdk-deps nats-deps fmt vet fuzz fuzz-list durability bench bench-short demo cluster-demo clean
 
 all: build
 
@@ -196,6 +196,10 @@ screenshots: apt-deps
 ## demo: build, serve, connect 1,000 simulated devices, roll out a firmware image with live progress (scripts/demo.sh; DEMO_* settings in its header)
 demo:
 	GO="$(GO)" bash scripts/demo.sh
+
+## cluster-demo: 3 nats-servers (R3) and 3 umbra serve --nats nodes on loopback, a simulated fleet spread over them, the cluster status (scripts/cluster-demo.sh)
+cluster-demo: nats-deps
+	GO="$(GO)" bash scripts/cluster-demo.sh
 
 clean:
 	rm -rf bin dist umbra-data .tools

@@ -38,11 +38,18 @@ type demoRun struct {
 // env ("DEMO_X=v"). Its process group is killed when the test ends.
 func startDemo(t *testing.T, env ...string) *demoRun {
 	t.Helper()
-	r := &demoRun{dir: t.TempDir(), changed: make(chan struct{}, 1), exited: make(chan struct{}), eof: make(chan struct{})}
-	r.cmd = exec.Command("bash", demoScript)
-	r.cmd.Env = append(os.Environ(),
-		"DEMO_TMP="+r.dir, "DEMO_BIN="+testbin.Umbra(t), "DEMO_DEVICES=30", "DEMO_INSTALL_TIME=100ms", "DEMO_FAIL_RATE=0", "DEMO_TIMEOUT=40")
-	r.cmd.Env = append(r.cmd.Env, env...)
+	dir := t.TempDir()
+	return startScript(t, demoScript, dir, append([]string{"DEMO_TMP=" + dir, "DEMO_BIN=" + testbin.Umbra(t), "DEMO_DEVICES=30",
+		"DEMO_INSTALL_TIME=100ms", "DEMO_FAIL_RATE=0", "DEMO_TIMEOUT=40"}, env...)...)
+}
+
+// startScript runs a demo script in its own process group with env added
+// to the test's; dir is its work dir (the one its "pids" file is in).
+func startScript(t *testing.T, script, dir string, env ...string) *demoRun {
+	t.Helper()
+	r := &demoRun{dir: dir, changed: make(chan struct{}, 1), exited: make(chan struct{}), eof: make(chan struct{})}
+	r.cmd = exec.Command("bash", script)
+	r.cmd.Env = append(os.Environ(), env...)
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
