@@ -27,7 +27,9 @@
 // # Signing
 //
 // The signing key is PEM PKCS#8 ed25519, created 0600 as <Dir>/signing.key
-// on first Open unless Config.SigningKeyPath names one. Each image's Manifest
+// on first Open unless Config.SigningKeyPath names one (NewSigningKey and
+// SigningPublicKey make and read such keys; cluster mode shares one
+// between nodes). Each image's Manifest
 // {version, hw, size, sha256} is signed; Manifest.Bytes documents the exact
 // signed bytes. Devices pin PublicKey (MarshalPublicKey gives the PEM that
 // `umbra firmware pubkey` prints). If the key changes, Open re-signs every

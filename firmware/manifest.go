@@ -98,18 +98,39 @@ func loadOrCreateSigningKey(path string, create bool) (ed25519.PrivateKey, bool,
 	case !errors.Is(err, os.ErrNotExist) || !create:
 		return nil, false, fmt.Errorf("read signing key: %w", err)
 	}
+	b, err = NewSigningKey()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return nil, false, fmt.Errorf("write signing key: %w", err)
+	}
+	priv, err := parseSigningKey(b)
+	return priv, err == nil, err
+}
+
+// NewSigningKey returns a new fleet signing key, ed25519 in PEM PKCS#8,
+// as Config.SigningKeyPath's file holds it.
+func NewSigningKey() ([]byte, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, false, fmt.Errorf("generate signing key: %w", err)
+		return nil, fmt.Errorf("firmware: generate signing key: %w", err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return nil, false, fmt.Errorf("encode signing key: %w", err)
+		return nil, fmt.Errorf("firmware: encode signing key: %w", err)
 	}
-	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, false, fmt.Errorf("write signing key: %w", err)
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// SigningPublicKey returns the public key of a fleet signing key in the
+// form of Config.SigningKeyPath's file (PEM PKCS#8 ed25519).
+func SigningPublicKey(b []byte) (ed25519.PublicKey, error) {
+	priv, err := parseSigningKey(b)
+	if err != nil {
+		return nil, err
 	}
-	return priv, true, nil
+	return priv.Public().(ed25519.PublicKey), nil
 }
 
 func parseSigningKey(b []byte) (ed25519.PrivateKey, error) {

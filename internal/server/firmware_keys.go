@@ -2,11 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/umbra-iot/umbra/firmware"
 	fwnats "github.com/umbra-iot/umbra/firmware/natsstore"
 )
 
@@ -41,7 +39,7 @@ func (st *stores) shareFirmwareKeys(ctx context.Context, cfg Config, js jetstrea
 	propose := fwnats.Keys{SigningKey: local, URLSecret: make([]byte, 32)}
 	_, _ = rand.Read(propose.URLSecret)
 	if local == nil {
-		if propose.SigningKey, err = newSigningKeyPEM(); err != nil {
+		if propose.SigningKey, err = firmware.NewSigningKey(); err != nil {
 			return err
 		}
 	}
@@ -49,12 +47,12 @@ func (st *stores) shareFirmwareKeys(ctx context.Context, cfg Config, js jetstrea
 	if err != nil {
 		return fmt.Errorf("firmware: %w", err)
 	}
-	clusterPub, err := signingPublicKey(shared.SigningKey)
+	clusterPub, err := firmware.SigningPublicKey(shared.SigningKey)
 	if err != nil {
 		return fmt.Errorf("firmware: the cluster's signing key (bucket %s): %w", fwnats.DefaultKeysBucket, err)
 	}
 	if local != nil {
-		pub, err := signingPublicKey(local)
+		pub, err := firmware.SigningPublicKey(local)
 		if err != nil {
 			return fmt.Errorf("firmware: signing key %s: %w", path, err)
 		}
@@ -68,36 +66,6 @@ func (st *stores) shareFirmwareKeys(ctx context.Context, cfg Config, js jetstrea
 	}
 	st.firmwareURLSecret = shared.URLSecret
 	return nil
-}
-
-// newSigningKeyPEM returns a new ed25519 signing key, PEM PKCS#8.
-func newSigningKeyPEM() ([]byte, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("firmware: generate signing key: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("firmware: encode signing key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// signingPublicKey returns the public key of a PEM PKCS#8 ed25519 key.
-func signingPublicKey(b []byte) (ed25519.PublicKey, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, errors.New("not a PEM PRIVATE KEY (PKCS#8) block")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	priv, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("a %T, not an ed25519 key", k)
-	}
-	return priv.Public().(ed25519.PublicKey), nil
 }
 
 // writeSecretFile writes b to path, mode 0600, through a temporary file
