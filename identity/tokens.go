@@ -143,6 +143,14 @@ func (s *Store) RevokeToken(ctx context.Context, name string) error {
 // (atomically: a temporary file renamed over path); created is true.
 // Deleting the file and restarting therefore rotates the admin secret.
 func (s *Store) EnsureAdminToken(ctx context.Context, path string) (created bool, err error) {
+	return s.EnsureOperatorToken(ctx, path, AdminTokenName)
+}
+
+// EnsureOperatorToken is EnsureAdminToken for the operator token name. In
+// cluster mode the nodes share one identity store, so each node's bootstrap
+// token has a name of its own (a node starting without its file must not
+// replace, and so revoke, another node's token).
+func (s *Store) EnsureOperatorToken(ctx context.Context, path, name string) (created bool, err error) {
 	if err := s.check(ctx); err != nil {
 		return false, err
 	}
@@ -160,11 +168,11 @@ func (s *Store) EnsureAdminToken(ctx context.Context, path string) (created bool
 	case !errors.Is(err, fs.ErrNotExist):
 		return false, fmt.Errorf("identity: read admin token: %w", err)
 	}
-	secret, err := s.createToken(ctx, RoleOperator, AdminTokenName, true)
+	secret, err := s.createToken(ctx, RoleOperator, name, true)
 	if err != nil {
 		return false, err
 	}
-	if err := writeFileAtomic(path, []byte(AdminTokenName+":"+secret+"\n"), 0o600); err != nil {
+	if err := writeFileAtomic(path, []byte(name+":"+secret+"\n"), 0o600); err != nil {
 		return false, fmt.Errorf("identity: write admin token: %w", err)
 	}
 	return true, nil

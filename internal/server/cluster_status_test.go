@@ -12,6 +12,7 @@ import (
 
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/wire"
 )
@@ -130,5 +131,49 @@ func TestClusterStatusSingleNode(t *testing.T) {
 	}
 	if n := st.Nodes[0]; n.Connections != 1 || n.Addr != "http://"+r.HTTPAddr().String() || n.Started.IsZero() {
 		t.Errorf("node = %+v, want 1 connection, its HTTP address and its start time", n)
+	}
+}
+
+// TestClusterModeOperatorTokenPerNode: the nodes of a cluster share one
+// identity store, and each writes its own operator token file at start.
+// With one token name for all, a node starting without its file replaced
+// the token, which revoked every other node's file: node A's operator got
+// 401 once node B had started. Each node's token is now "admin-<node-id>",
+// and every node's file stays valid on every node.
+func TestClusterModeOperatorTokenPerNode(t *testing.T) {
+	ns := natstest.Start(t)
+	node := func(id string) *rig {
+		return mustOpenRig(t, true, func(c *server.Config) { c.NATS, c.NodeID, c.NATSReplicas = ns.URLs(), id, 1 })
+	}
+	token := func(r *rig) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(r.DataDir(), server.AdminTokenFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	a := node("a")
+	tokA := token(a)
+	b := node("b")
+	tokB := token(b)
+	for _, tc := range []struct {
+		name, tok, wantName string
+		on                  *rig
+	}{
+		{"A's token on A", tokA, "admin-a", a},
+		{"A's token on B", tokA, "admin-a", b},
+		{"B's token on A", tokB, "admin-b", a},
+		{"B's token on B", tokB, "admin-b", b},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.HasPrefix(tc.tok, tc.wantName+":") {
+				t.Errorf("token file holds %q…, want the token %q", strings.SplitN(tc.tok, ":", 2)[0], tc.wantName)
+			}
+			var st wire.ClusterStatus
+			if code := tc.on.getCluster(t, tc.tok, &st); code != http.StatusOK {
+				t.Errorf("GET /v1/cluster = %d, want 200", code)
+			}
+		})
 	}
 }

@@ -36,6 +36,17 @@ import (
 // first start (mode 0600) and read by umbra commands on the same machine.
 const AdminTokenFile = "admin.token"
 
+// adminTokenName is the name of the operator token written to
+// AdminTokenFile: "admin", and "admin-<node-id>" in cluster mode, where the
+// nodes share one identity store and a node starting without its file
+// would otherwise replace (and so revoke) the other nodes' token.
+func adminTokenName(cfg Config) string {
+	if len(cfg.NATS) == 0 {
+		return identity.AdminTokenName
+	}
+	return identity.AdminTokenName + "-" + cfg.NodeID
+}
+
 // ErrInvalidConfig is wrapped by Open for a Config it cannot use.
 var ErrInvalidConfig = errors.New("server: invalid config")
 
@@ -318,7 +329,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	// The operator token may replace an old one (a revocation): after the
 	// broker, whose restored sessions are then checked against it.
 	adminToken := filepath.Join(cfg.DataDir, AdminTokenFile)
-	created, err := s.ids.EnsureAdminToken(ctx, adminToken)
+	created, err := s.ids.EnsureOperatorToken(ctx, adminToken, adminTokenName(cfg))
 	if err != nil {
 		return err
 	}
