@@ -197,6 +197,9 @@ id=$(<"$tmp/rollout.id")
 [[ -n $id ]] || die "rollout create printed no rollout ID"
 t1=$(now)
 step "rollout $id created; watching it"
+# The watcher, a background job, starts with SIGINT ignored until umbra
+# installs its handler: a Ctrl-C in its first milliseconds misses it, and
+# the cleanup stops it (SIGTERM) like every other process.
 "$bin" rollout status "$id" --watch "${api[@]}" &
 watch_pid=$!
 started "$watch_pid"
