@@ -309,3 +309,108 @@ func TestMochiPatchClientQueue(t *testing.T) {
 		t.Errorf("StopTime after SetStopTime: got %d, want 1234567890", got)
 	}
 }
+
+// TestMochiPatchTakeoverKeepsNewClient: a device that disconnects (clean
+// session) and connects again at once with the same client ID must stay
+// registered. Unpatched mochi's cleanup of the old connection, once past
+// its "taken over?" check, deleted the client registered under the ID,
+// by then the new connection: it stayed connected and subscribed, and
+// received nothing (third_party/mochi/PATCHES.md, patch 16; seen as
+// internal/sim's TestFleetRepeatedRollouts ending with 99 of 100 devices
+// updated under load, the simulated devices reboot in 1 ms). The hook
+// holds the old connection's cleanup in that window, deterministically.
+func TestMochiPatchTakeoverKeepsNewClient(t *testing.T) {
+	s := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	defer s.Close()
+	hook := &holdCleanup{held: make(chan struct{}), release: make(chan struct{})}
+	if err := s.AddHook(hook, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ended := make(chan struct{}, 2) // one per connection, when the server is done with it
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_ = s.EstablishConnection("tcp", c)
+				ended <- struct{}{}
+			}()
+		}
+	}()
+	connect := func(received chan<- string) mqtt.Client {
+		opts := mqtt.NewClientOptions().AddBroker("tcp://" + ln.Addr().String()).SetClientID("twin").
+			SetCleanSession(true).SetAutoReconnect(false)
+		c := mqtt.NewClient(opts)
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect: %v", tok.Error())
+		}
+		tok := c.Subscribe("twin/in", 0, func(_ mqtt.Client, m mqtt.Message) { received <- string(m.Payload()) })
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
+		return c
+	}
+
+	old := connect(make(chan string, 1))
+	old.Disconnect(0)
+	select { // the old connection's cleanup is past its takeover check
+	case <-hook.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old connection's cleanup did not start within 10s")
+	}
+	received := make(chan string, 1)
+	c := connect(received)
+	defer c.Disconnect(0)
+	close(hook.release)
+	select {
+	case <-ended: // the old connection's cleanup has finished
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old connection's cleanup did not end within 10s")
+	}
+	if cl, ok := s.Clients.Get("twin"); !ok || cl.Closed() {
+		t.Fatalf("after the old connection's cleanup, the new one is registered: %v, want true", ok)
+	}
+	if err := s.Publish("twin/in", []byte("hello"), false, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-received:
+		if got != "hello" {
+			t.Fatalf("received %q, want hello", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new connection received nothing within 10s")
+	}
+}
+
+// holdCleanup authenticates and allows everyone, and holds the first
+// unsubscription of a client's filters made by a connection's cleanup
+// (after the takeover check) until release is closed.
+type holdCleanup struct {
+	mochi.HookBase
+	once          sync.Once
+	held, release chan struct{}
+}
+
+func (*holdCleanup) ID() string { return "hold-cleanup" }
+func (*holdCleanup) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck || b == mochi.OnUnsubscribed
+}
+func (*holdCleanup) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+func (*holdCleanup) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
+func (h *holdCleanup) OnUnsubscribed(cl *mochi.Client, pk packets.Packet) {
+	if len(pk.Filters) == 0 { // a takeover's unsubscription of the emptied old client
+		return
+	}
+	h.once.Do(func() {
+		close(h.held)
+		<-h.release
+	})
+}

@@ -90,6 +90,17 @@ func (cl *Clients) Delete(id string) {
 	delete(cl.internal, id)
 }
 
+// DeleteClient removes c from the internal map if it is the client
+// registered under its ID (umbra patch 16): a client that has since taken
+// over the ID stays.
+func (cl *Clients) DeleteClient(c *Client) {
+	cl.Lock()
+	defer cl.Unlock()
+	if cur, ok := cl.internal[c.ID]; ok && cur == c {
+		delete(cl.internal, c.ID)
+	}
+}
+
 // GetByListener returns clients matching a listener id.
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
