@@ -17,6 +17,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/pahostore"
 )
 
 // durabilityConfig is what TestDurabilityKill9 runs; its defaults are the
@@ -284,7 +286,7 @@ func (d *durabilityDevice) awaitReply(ctx context.Context, tok string) (version 
 // answers.
 func connectDurabilityDevice(url, id, secret string) (*durabilityDevice, error) {
 	d := &durabilityDevice{replies: make(chan paho.Message, 16), lost: make(chan struct{})}
-	opts := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername(id).SetPassword(secret).
+	opts := paho.NewClientOptions().SetStore(pahostore.New()).AddBroker(url).SetClientID(id).SetUsername(id).SetPassword(secret).
 		SetOrderMatters(false).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(10 * time.Second).SetKeepAlive(30 * time.Second).
 		SetConnectionLostHandler(func(paho.Client, error) { close(d.lost) })

@@ -13,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/pahostore"
 	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/wire"
@@ -143,7 +144,7 @@ func startJobsAgent(t *testing.T, url string, id device.ID, secret string) *jobs
 		seen: map[string]execSeen{}, last: map[string]int{}, busy: map[string]bool{}, finished: map[string]bool{}}
 	topic := func(s string) string { return "$aws/things/" + string(id) + "/jobs/" + s }
 	var once sync.Once
-	o := paho.NewClientOptions().AddBroker(url).SetClientID(string(id)).SetUsername(string(id)).SetPassword(secret).
+	o := paho.NewClientOptions().SetStore(pahostore.New()).AddBroker(url).SetClientID(string(id)).SetUsername(string(id)).SetPassword(secret).
 		SetProtocolVersion(4).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetConnectRetry(true).SetConnectRetryInterval(100 * time.Millisecond).SetOrderMatters(false)
 	o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { a.reply(m.Payload()) })

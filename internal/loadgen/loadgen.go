@@ -15,6 +15,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/internal/pahostore"
 )
 
 // ErrInvalidConfig is wrapped by every validation error from Run.
@@ -306,7 +308,7 @@ func newClient(cfg *Config, id string, m *meter) *client {
 	for range cfg.Window {
 		c.slots <- struct{}{}
 	}
-	opts := paho.NewClientOptions().AddBroker(cfg.Server).SetClientID(id).
+	opts := paho.NewClientOptions().SetStore(pahostore.New()).AddBroker(cfg.Server).SetClientID(id).
 		SetCleanSession(!cfg.Persistent).SetOrderMatters(false).SetAutoReconnect(false).
 		SetConnectTimeout(cfg.Timeout).SetWriteTimeout(cfg.Timeout).SetKeepAlive(60 * time.Second).
 		SetDefaultPublishHandler(func(_ paho.Client, msg paho.Message) { c.response(m, msg) })

@@ -20,6 +20,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/pahostore"
 	"github.com/umbra-iot/umbra/shadow"
 )
 
@@ -190,7 +191,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < connectTimeout {
 		connectTimeout = max(time.Until(dl), time.Millisecond)
 	}
-	opts := paho.NewClientOptions().
+	opts := paho.NewClientOptions().SetStore(pahostore.New()).
 		AddBroker(cfg.Server).
 		SetClientID(cfg.ClientID).
 		SetCleanSession(true).

@@ -22,6 +22,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/pahostore"
 )
 
 // Fleet is a running simulated fleet. Its methods are safe for concurrent
@@ -219,7 +220,7 @@ func pick(rng *rand.Rand, n int, rate float64) []bool {
 
 func (f *Fleet) clientOptions(d *simDevice) *paho.ClientOptions {
 	cfg := &f.cfg
-	o := paho.NewClientOptions().
+	o := paho.NewClientOptions().SetStore(pahostore.New()).
 		AddBroker(cfg.Server).
 		SetClientID(string(d.id)).
 		SetCleanSession(true).
@@ -230,7 +231,6 @@ func (f *Fleet) clientOptions(d *simDevice) *paho.ClientOptions {
 		SetKeepAlive(cfg.KeepAlive).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(5 * time.Second).
-		SetStore(newCopyStore()). // see copyStore: paho's MemoryStore races on resume
 		SetDefaultPublishHandler(d.onMessage).
 		SetOnConnectHandler(func(paho.Client) { d.onConnect() }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { d.onLost(err) })

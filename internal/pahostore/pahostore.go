@@ -1,4 +1,4 @@
-package sim
+package pahostore
 
 import (
 	"bytes"
@@ -8,29 +8,24 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
-// copyStore is a paho.Store that keeps packets encoded and hands out a
-// fresh copy on every Get.
-//
-// paho v1.5.1's MemoryStore returns the very packet it was given. On a
-// reconnect, paho's resume sets Dup on the stored PUBLISH while the new
-// connection's writer may be encoding the same packet (it was still queued
-// from before the reconnect): a data race the race detector reports in
-// every test whose devices reboot with a report in flight. With copies,
-// resume marks its own packet.
-type copyStore struct {
+// Store is a paho.Store that keeps packets encoded and hands out a
+// fresh copy on every Get (see the package doc).
+type Store struct {
 	mu   sync.Mutex // guards msgs
 	msgs map[string][]byte
 }
 
-var _ paho.Store = (*copyStore)(nil)
+var _ paho.Store = (*Store)(nil)
 
-func newCopyStore() *copyStore { return &copyStore{msgs: map[string][]byte{}} }
+// New returns an empty Store.
+func New() *Store { return &Store{msgs: map[string][]byte{}} }
 
-func (s *copyStore) Open() {}
+// Open is paho's; the Store needs no opening.
+func (s *Store) Open() {}
 
 // Put encodes message; paho calls it before the packet is queued for
 // writing, so reading it here races with nothing.
-func (s *copyStore) Put(key string, message packets.ControlPacket) {
+func (s *Store) Put(key string, message packets.ControlPacket) {
 	var b bytes.Buffer
 	if err := message.Write(&b); err != nil {
 		return // cannot happen for packets paho built; a lost entry only costs a resend
@@ -42,7 +37,7 @@ func (s *copyStore) Put(key string, message packets.ControlPacket) {
 
 // Get decodes a new packet, or returns nil when key is unknown (as
 // MemoryStore does).
-func (s *copyStore) Get(key string) packets.ControlPacket {
+func (s *Store) Get(key string) packets.ControlPacket {
 	s.mu.Lock()
 	b, ok := s.msgs[key]
 	s.mu.Unlock()
@@ -56,7 +51,8 @@ func (s *copyStore) Get(key string) packets.ControlPacket {
 	return p
 }
 
-func (s *copyStore) All() []string {
+// All returns the keys held.
+func (s *Store) All() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keys := make([]string, 0, len(s.msgs))
@@ -66,15 +62,18 @@ func (s *copyStore) All() []string {
 	return keys
 }
 
-func (s *copyStore) Del(key string) {
+// Del removes key.
+func (s *Store) Del(key string) {
 	s.mu.Lock()
 	delete(s.msgs, key)
 	s.mu.Unlock()
 }
 
-func (s *copyStore) Close() { s.Reset() }
+// Close empties the Store.
+func (s *Store) Close() { s.Reset() }
 
-func (s *copyStore) Reset() {
+// Reset empties the Store.
+func (s *Store) Reset() {
 	s.mu.Lock()
 	clear(s.msgs)
 	s.mu.Unlock()

@@ -1,4 +1,4 @@
-package sim
+package pahostore
 
 import (
 	"testing"
@@ -6,8 +6,8 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
-func TestCopyStoreHandsOutCopies(t *testing.T) {
-	s := newCopyStore()
+func TestStoreHandsOutCopies(t *testing.T) {
+	s := New()
 	p := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
 	p.TopicName = "state/d1/update"
 	p.Qos = 1
