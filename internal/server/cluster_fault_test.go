@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/server"
+	"github.com/umbra-iot/umbra/wire"
 )
 
 // faultBudget bounds each phase of the cluster fault tests: the pause
@@ -148,6 +149,7 @@ func TestClusterModeSurvivesNATSServerKill(t *testing.T) {
 	pause := p.await(t, "after killing nats-server "+c.Servers[0].Name, p.snapshot(), 5, faultBudget)
 	t.Logf("updates accepted again %v after the kill", pause)
 	stopWriters()
+	awaitHealthy(t, a) // every bucket has a leader again, so the nodes close cleanly
 
 	for w := range nodes {
 		id := device.ID(fmt.Sprintf("kill-%d", w))
@@ -315,6 +317,7 @@ func TestClusterModeDurabilityRun(t *testing.T) {
 	victim.Restart()
 	p.await(t, "after nats-server "+victim.Name+" restarted", p.snapshot(), 3, faultBudget)
 	stopDevices()
+	awaitHealthy(t, a)
 
 	total := 0
 	for d := range devices {
@@ -343,4 +346,23 @@ func atoiOr(s string, def int) int {
 		return def
 	}
 	return n
+}
+
+// awaitHealthy polls GET /v1/cluster on r (there is no event for a
+// JetStream leader election) until it reports every bucket with a leader
+// and a quorum, or fails after faultBudget.
+func awaitHealthy(t *testing.T, r *rig) {
+	t.Helper()
+	deadline := time.Now().Add(faultBudget)
+	for {
+		var st wire.ClusterStatus
+		code := r.getCluster(t, "", &st)
+		if code == http.StatusOK && st.Healthy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not healthy within %v: %d %+v", faultBudget, code, st.Buckets)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
