@@ -106,12 +106,12 @@ func TestClusterSurvivesOneServerKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv2, err := js2.KeyValue(ctx, "t")
+	kv2, err := rejoined(ctx, func() (jetstream.KeyValue, error) { return js2.KeyValue(ctx, "t") })
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"before", "during"} {
-		e, err := getRejoined(ctx, kv2, k)
+		e, err := rejoined(ctx, func() (jetstream.KeyValueEntry, error) { return kv2.Get(ctx, k) })
 		if err != nil {
 			t.Fatalf("Get(%s) through %s after restart: %v", k, victim.Name, err)
 		}
@@ -121,21 +121,23 @@ func TestClusterSurvivesOneServerKilled(t *testing.T) {
 	}
 }
 
-// getRejoined reads key through a server that has just rejoined its
-// cluster. The server answers JetStream's account information (Restart's
-// readiness) before its routes have told it where every stream's leader
-// is: a read in that moment gets "no responders" (seen in make test once).
-// That is not a loss, so it is retried, every 25 ms, until ctx ends; any
-// other error is returned at once.
-func getRejoined(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, error) {
+// rejoined calls f, a JetStream request through a server that has just
+// rejoined its cluster, until it answers something else than "no
+// responders". The server answers JetStream's account information
+// (Restart's readiness) before its routes have told it where every stream
+// and its leader are: a request in that moment gets nats.ErrNoResponders
+// (seen twice under load: the bucket lookup and a read). That is the moment
+// of rejoining, not a loss, so it is retried every 25 ms until ctx ends;
+// any other answer is returned at once.
+func rejoined[T any](ctx context.Context, f func() (T, error)) (T, error) {
 	for {
-		e, err := kv.Get(ctx, key)
+		v, err := f()
 		if !errors.Is(err, nats.ErrNoResponders) {
-			return e, err
+			return v, err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (still, when %w)", err, ctx.Err())
+			return v, fmt.Errorf("%w (still, when %w)", err, ctx.Err())
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
