@@ -91,9 +91,7 @@ func BenchmarkConcurrentDownloads(b *testing.B) {
 	if rss := peakRSS(); rss > 0 {
 		b.ReportMetric(float64(rss)/(1<<20), "peak-rss-MiB")
 	}
-	if want := int64(b.N) * int64(clients*size); e.st.BytesServed() < want {
-		b.Errorf("BytesServed = %d, want at least %d", e.st.BytesServed(), want)
-	}
+	wantServed(b, e.st, int64(b.N)*int64(clients*size))
 }
 
 // peakRSS returns VmHWM from /proc/self/status in bytes, or 0.

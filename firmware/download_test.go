@@ -53,9 +53,7 @@ func TestDownload(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("Content-Length") != strconv.Itoa(len(data)) {
 		t.Errorf("HEAD: status %d, %d body bytes, Content-Length %q; want 200, 0, %d", resp.StatusCode, len(body), resp.Header.Get("Content-Length"), len(data))
 	}
-	if got, want := e.st.BytesServed(), int64(len(data)); got != want {
-		t.Errorf("BytesServed = %d, want %d", got, want)
-	}
+	wantServed(t, e.st, int64(len(data)))
 	if got, want := e.st.Downloads(), int64(2); got != want {
 		t.Errorf("Downloads = %d, want %d", got, want)
 	}
@@ -237,9 +235,7 @@ func TestDownloadDenied(t *testing.T) {
 	if got, want := e.st.DeniedDownloads(), int64(len(tests)+1+2); got != want { // + the two 410s
 		t.Errorf("DeniedDownloads = %d, want %d", got, want)
 	}
-	if got := e.st.BytesServed(); got != 1000 {
-		t.Errorf("BytesServed = %d, want 1000 (only the one allowed download)", got)
-	}
+	wantServed(t, e.st, 1000) // only the one allowed download
 	resp, _ := get(t, http.MethodPost, u, nil)
 	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
 		t.Errorf("POST: got %d Allow %q, want 405 %q", resp.StatusCode, resp.Header.Get("Allow"), "GET, HEAD")

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -246,4 +247,18 @@ func get(tb testing.TB, method, u string, hdr map[string]string) (*http.Response
 func waitFor(tb testing.TB, cond func() bool) {
 	tb.Helper()
 	waitfor.Poll(tb, 5*time.Second, "condition", cond)
+}
+
+// wantServed checks that st.BytesServed() settles at want. The handler adds
+// a response's bytes after its last write returns, which can be after the
+// client has read the whole body, so the count is awaited before it is
+// compared (there is no event to wait on).
+func wantServed(tb testing.TB, st *firmware.Store, want int64) {
+	tb.Helper()
+	waitfor.Poll(tb, 5*time.Second, fmt.Sprintf("BytesServed to reach %d (it is %d)", want, st.BytesServed()), func() bool {
+		return st.BytesServed() >= want
+	})
+	if got := st.BytesServed(); got != want {
+		tb.Errorf("BytesServed = %d, want %d", got, want)
+	}
 }
