@@ -414,3 +414,97 @@ func (h *holdCleanup) OnUnsubscribed(cl *mochi.Client, pk packets.Packet) {
 		<-h.release
 	})
 }
+
+// TestMochiPatchNextImmediate checks mochi's Inflight.NextImmediate
+// (third_party/mochi/PATCHES.md, patch 17), which the server calls after
+// every packet of a client with messages in flight. Unpatched, it took the
+// store's read lock and called GetAll, which took it again: a writer
+// queueing between the two (a publisher storing the next message for the
+// client) deadlocked both, which the concurrent case below reached within
+// a few thousand rounds. And it copied and sorted the whole store on each
+// call; the cost case shows the call no longer grows with the number of
+// messages in flight when none is held for quota.
+func TestMochiPatchNextImmediate(t *testing.T) {
+	held := func(id uint16, created int64) packets.Packet {
+		return packets.Packet{PacketID: id, Created: created, Expiry: -1}
+	}
+	sent := func(id uint16, created int64) packets.Packet {
+		return packets.Packet{PacketID: id, Created: created}
+	}
+	tests := []struct {
+		name   string
+		set    []packets.Packet
+		delete []uint16
+		clone  bool
+		want   uint16 // 0: none
+	}{
+		{name: "empty"},
+		{name: "none held", set: []packets.Packet{sent(1, 1), sent(2, 2)}},
+		{name: "the oldest held", set: []packets.Packet{sent(1, 1), held(2, 5), held(3, 4), sent(4, 3)}, want: 3},
+		{name: "ties by packet id", set: []packets.Packet{held(9, 4), held(7, 4)}, want: 7},
+		{name: "held then deleted", set: []packets.Packet{held(2, 5), held(3, 4)}, delete: []uint16{3}, want: 2},
+		{name: "all held deleted", set: []packets.Packet{held(2, 5), sent(3, 4)}, delete: []uint16{2, 2}},
+		{name: "held replaced by sent", set: []packets.Packet{held(2, 5), sent(2, 6)}},
+		{name: "sent replaced by held", set: []packets.Packet{sent(2, 5), held(2, 6)}, want: 2},
+		{name: "clone keeps held", set: []packets.Packet{sent(1, 1), held(2, 2)}, clone: true, want: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := mochi.NewInflights()
+			for _, pk := range tt.set {
+				in.Set(pk)
+			}
+			for _, id := range tt.delete {
+				in.Delete(id)
+			}
+			if tt.clone {
+				in = in.Clone()
+			}
+			pk, ok := in.NextImmediate()
+			if got := map[bool]uint16{true: pk.PacketID}[ok]; got != tt.want || ok != (tt.want != 0) {
+				t.Errorf("NextImmediate = %d, %v; want %d, %v", pk.PacketID, ok, tt.want, tt.want != 0)
+			}
+		})
+	}
+
+	t.Run("concurrent writers", func(t *testing.T) {
+		in := mochi.NewInflights()
+		in.Set(sent(1, 1))
+		done, stop := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 20000 {
+				in.NextImmediate()
+			}
+		}()
+		var writer sync.WaitGroup
+		writer.Go(func() {
+			for i := uint16(2); ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				in.Set(sent(i, int64(i)))
+				in.Delete(i)
+			}
+		})
+		select {
+		case <-done:
+			close(stop)
+			writer.Wait()
+		case <-time.After(20 * time.Second):
+			t.Fatal("NextImmediate did not return 20,000 times in 20 s beside a writer: deadlocked")
+		}
+	})
+
+	t.Run("cost", func(t *testing.T) {
+		in := mochi.NewInflights()
+		for i := range uint16(1000) {
+			in.Set(sent(i+1, int64(i)))
+		}
+		if allocs := testing.AllocsPerRun(100, func() { in.NextImmediate() }); allocs != 0 {
+			t.Errorf("NextImmediate with 1,000 in flight and none held: %v allocations, want 0", allocs)
+		}
+	})
+}

@@ -26,6 +26,7 @@ type Inflight struct {
 	sendQuota           int32                      // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                      // maximum allowed receive quota
 	maximumSendQuota    int32                      // maximum allowed send quota
+	immediate           int                        // packets in internal held for quota (Expiry < 0); umbra patch 17
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -46,7 +47,13 @@ func (i *Inflight) setShared(m *packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[m.PacketID]
+	old, ok := i.internal[m.PacketID]
+	if ok && old.Expiry < 0 {
+		i.immediate--
+	}
+	if m.Expiry < 0 {
+		i.immediate++
+	}
 	i.internal[m.PacketID] = m
 	return !ok
 }
@@ -88,6 +95,7 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
+	c.immediate = i.immediate
 	return c
 }
 
@@ -113,16 +121,33 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 // NextImmediate returns the next inflight packet which is indicated to be sent immediately.
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.
+//
+// umbra patch 17: it took the read lock and then called GetAll, which takes it again: a
+// recursive read lock, which deadlocks when a writer (Set, Delete) queues between the two.
+// And it ran after every packet a client with messages in flight sent (each PUBACK of a
+// subscriber), copying and sorting the whole store to find, almost always, no held packet:
+// O(messages in flight) per packet. The store now counts its held packets (immediate), so
+// the usual answer costs nothing, and the oldest held packet is found in one pass.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
-
-	m := i.GetAll(true)
-	if len(m) > 0 {
-		return m[0], true
+	if i.immediate == 0 {
+		return packets.Packet{}, false
 	}
-
-	return packets.Packet{}, false
+	var next *packets.Packet
+	for _, v := range i.internal {
+		if v.Expiry >= 0 {
+			continue
+		}
+		if next == nil || uint16(v.Created) < uint16(next.Created) ||
+			(uint16(v.Created) == uint16(next.Created) && v.PacketID < next.PacketID) {
+			next = v
+		}
+	}
+	if next == nil {
+		return packets.Packet{}, false
+	}
+	return *next, true
 }
 
 // Delete removes an in-flight message from the map. Returns true if the message existed.
@@ -130,7 +155,10 @@ func (i *Inflight) Delete(id uint16) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[id]
+	old, ok := i.internal[id]
+	if ok && old.Expiry < 0 {
+		i.immediate--
+	}
 	delete(i.internal, id)
 
 	return ok
