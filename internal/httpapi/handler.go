@@ -41,6 +41,11 @@ var (
 	errMediaType = errors.New("httpapi: unsupported media type")
 )
 
+// RetryAfterPlanner is the Retry-After (seconds) of a 503 for an
+// unavailable rollout planner (rollout.ErrUnavailable): about the planner
+// lease's takeover bound at its default TTL.
+const RetryAfterPlanner = "5"
+
 // statusTable is the one table from this edge's errors to HTTP statuses.
 // Rejections from the engine (*shadow.RequestError) carry their own code;
 // anything else is a 500.
@@ -55,6 +60,7 @@ var statusTable = []struct {
 	{rollout.ErrConflict, http.StatusConflict},
 	{rollout.ErrState, http.StatusConflict},
 	{rollout.ErrClosed, http.StatusServiceUnavailable},
+	{rollout.ErrUnavailable, http.StatusServiceUnavailable},
 	{errNoRollouts, http.StatusServiceUnavailable},
 	{rollout.ErrIncompatible, http.StatusConflict},
 	{errInvalid, http.StatusBadRequest},
@@ -421,6 +427,11 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, toke
 	}
 	if status == http.StatusInternalServerError {
 		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if errors.Is(err, rollout.ErrUnavailable) {
+		// Cluster mode: no node holds the planner lease now; the next
+		// holder takes over within seconds (docs/cluster.md).
+		w.Header().Set("Retry-After", RetryAfterPlanner)
 	}
 	body := wire.ErrorBody{Code: status, Message: msg}
 	if iu, ok := errors.AsType[*firmware.InUseError](err); ok {

@@ -223,6 +223,11 @@ func (f fields) stepTimeout() *reqError {
 	return nil
 }
 
+// MsgPlannerUnavailable is the message of the InternalError rejection of
+// a request that found no rollout planner (rollout.ErrUnavailable: in
+// cluster mode, no node holds the planner lease during a failover).
+const MsgPlannerUnavailable = "Service unavailable: no node runs the rollout planner now (a failover is in progress); retry in a few seconds"
+
 // errorCode maps an error of the planner to its AWS IoT Jobs code.
 func errorCode(err error) *reqError {
 	var ee *rollout.ExecutionError
@@ -241,6 +246,10 @@ func errorCode(err error) *reqError {
 		return fail(CodeResourceNotFound, "%s", capitalize(notFoundText(err)))
 	case errors.Is(err, rollout.ErrInvalid):
 		return fail(CodeInvalidRequest, "%s", capitalize(strings.TrimPrefix(err.Error(), rollout.ErrInvalid.Error()+": ")))
+	case errors.Is(err, rollout.ErrUnavailable):
+		// Cluster mode mid-failover: InternalError is the code every AWS
+		// SDK knows for a server-side fault; the message says to retry.
+		return fail(CodeInternalError, "%s", MsgPlannerUnavailable)
 	}
 	return fail(CodeInternalError, "Internal error")
 }
