@@ -31,23 +31,46 @@ const benchWriters = 64
 // updates/s and the p99 latency of one update.
 func BenchmarkStoreUpdate(b *testing.B) {
 	for _, tc := range []struct {
-		name string
-		open func(b *testing.B) storetest.Store
+		name   string
+		target func(b *testing.B) natstest.Target // nil: bbolt
+		watch  bool                               // a planner leader's WatchDevices drains the changes meanwhile
 	}{
-		{"bbolt", func(b *testing.B) storetest.Store {
-			s, err := boltstore.Open(b.Context(), boltstore.Config{Path: filepath.Join(b.TempDir(), "shadow.db")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			return s
-		}},
-		{"nats-1", func(b *testing.B) storetest.Store { return openBench(b, natstest.Start(b)) }},
-		{"nats-R3", func(b *testing.B) storetest.Store { return openBench(b, natstest.StartCluster(b)) }},
+		{"bbolt", nil, false},
+		{"nats-1", func(b *testing.B) natstest.Target { return natstest.Start(b) }, false},
+		{"nats-R3", func(b *testing.B) natstest.Target { return natstest.StartCluster(b) }, false},
+		{"nats-R3-watched", func(b *testing.B) natstest.Target { return natstest.StartCluster(b) }, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := tc.open(b)
-			defer s.Close(context.Background())
 			ctx := b.Context()
+			var s storetest.Store
+			var watched atomic.Int64
+			if tc.target == nil {
+				bs, err := boltstore.Open(ctx, boltstore.Config{Path: filepath.Join(b.TempDir(), "shadow.db")})
+				if err != nil {
+					b.Fatal(err)
+				}
+				s = bs
+			} else {
+				target := tc.target(b)
+				s = openBench(b, target)
+				if tc.watch {
+					// The watch runs on a Store of its own connection, as
+					// on the leader node.
+					ws := openBench(b, target).(*natsstore.Store)
+					wctx, cancel := context.WithCancel(ctx)
+					defer cancel()
+					ch, err := ws.WatchDevices(wctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					go func() {
+						for range ch {
+							watched.Add(1)
+						}
+					}()
+				}
+			}
+			defer s.Close(context.Background())
 			var next atomic.Int64
 			lat := make([][]time.Duration, benchWriters)
 			var wg sync.WaitGroup
@@ -79,6 +102,9 @@ func BenchmarkStoreUpdate(b *testing.B) {
 			if len(all) > 0 {
 				b.ReportMetric(float64(len(all))/elapsed.Seconds(), "updates/s")
 				b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+			}
+			if tc.watch {
+				b.ReportMetric(float64(watched.Load())/float64(len(all)), "watched/update")
 			}
 		})
 	}

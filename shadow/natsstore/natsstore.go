@@ -339,3 +339,47 @@ func (s *Store) Close(ctx context.Context) error {
 	s.inflight.Wait()
 	return nil
 }
+
+// WatchDevices reports the device of every classic shadow that any node
+// writes or deletes from now on (a watch of the bucket's "c." keys,
+// metadata only: no document crosses), until ctx ends or the watch fails;
+// then it closes the channel. A consumer slower than the writes holds the
+// watch back (JetStream's flow control), not the writers. The cluster's
+// planner leader feeds rollout.Planner.Notify from it (docs/cluster.md).
+func (s *Store) WatchDevices(ctx context.Context) (<-chan device.ID, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	w, err := s.b.KV.Watch(ctx, prefixClassic+">", jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	if err != nil {
+		return nil, fmt.Errorf("shadow/natsstore: watch: %w", err)
+	}
+	out := make(chan device.ID, 1024)
+	go func() { // ends with ctx or the watch; its sends wait on the consumer
+		defer close(out)
+		defer natskv.StopWatch(w)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				k, err := parseKey(e.Key())
+				if err != nil || k.Name != "" {
+					continue
+				}
+				select {
+				case out <- k.Device:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}

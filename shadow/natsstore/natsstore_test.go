@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/umbra-iot/umbra/internal/natskv"
 	"github.com/umbra-iot/umbra/internal/natstest"
@@ -126,5 +127,53 @@ func TestNewerBucketRefused(t *testing.T) {
 	want := fmt.Sprintf("the bucket holds shadow schema version %d, this node uses shadow schema version %d", natsstore.SchemaVersion+1, natsstore.SchemaVersion)
 	if !errors.Is(err, natskv.ErrSchemaMismatch) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Open = %v, want ErrSchemaMismatch saying %q", err, want)
+	}
+}
+
+// TestWatchDevices: a Store on another connection (another node) hears of
+// every classic shadow written or deleted through the first, and of no
+// named shadow.
+func TestWatchDevices(t *testing.T) {
+	srv := natstest.Start(t)
+	open := func() *natsstore.Store {
+		s, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: natstest.JetStream(t, srv.URLs())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(context.Background()) })
+		return s
+	}
+	writer, watcher := open(), open()
+	ch, err := watcher.WatchDevices(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []shadow.Write{
+		{Key: shadow.Key{Device: "dev-1"}, Value: []byte(`{"version":1}`)},
+		{Key: shadow.Key{Device: "dev-1", Name: "cfg"}, Value: []byte(`{"version":1}`)},
+		{Key: shadow.Key{Device: "dev.2"}, Value: []byte(`{"version":1}`)},
+	} {
+		if err := writer.Commit(t.Context(), w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, err := writer.Get(t.Context(), shadow.Key{Device: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Commit(t.Context(), shadow.Write{Key: shadow.Key{Device: "dev-1"}, Rev: rec.Rev}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 3 {
+		select {
+		case id := <-ch:
+			got = append(got, string(id))
+		case <-time.After(10 * time.Second):
+			t.Fatalf("watch reported %v, want dev-1, dev.2, dev-1", got)
+		}
+	}
+	if want := "dev-1 dev.2 dev-1"; strings.Join(got, " ") != want {
+		t.Errorf("watch reported %v, want %s (no named shadow)", got, want)
 	}
 }
