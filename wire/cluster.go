@@ -13,8 +13,9 @@ type ClusterStatus struct {
 	Node  string        `json:"node"`
 	Nodes []ClusterNode `json:"nodes"`
 	// Planners says where rollouts are planned: "lease" (one planner in
-	// the cluster, on the node holding the planner lease), "per-node"
-	// (each node plans the rollouts created on it) or "single-node".
+	// the cluster, on the node holding the planner lease), "single-node",
+	// or "per-node" (each node planned the rollouts created on it: cluster
+	// nodes of releases before the planner lease).
 	Planners string `json:"planners"`
 	// Planner is the node ID that holds the planner lease; "" while no
 	// node holds it (a takeover is under way) or when Planners is not

@@ -33,7 +33,7 @@ func TestClusterDemo(t *testing.T) {
 	for _, w := range []string{
 		`(?m)^    30/30 devices connected over 3 nodes`,
 		`(?m)^    n3 reads: "desired":\{"demo":"hello from n1"\}`,
-		`(?m)^    mode: cluster, healthy; answered by node n2; planner: per-node$`,
+		`(?m)^    mode: cluster, healthy; answered by node n2; planner: lease held by n[123]$`,
 		`(?m)^    n1 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,
 		`(?m)^    n3 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,
 		`(?m)^    KV_umbra_shadow +3 +3 +nats-\d`,

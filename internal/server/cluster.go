@@ -44,12 +44,12 @@ func (s *Server) nodeAddr() string {
 }
 
 // clusterHandler serves GET /v1/cluster: in cluster mode the registry's
-// nodes and the buckets' health (internal/cluster.StatusSource; each node
-// plans its own rollouts, so there is no lease to report), in single-node
-// mode this server as the one node.
+// nodes, the planner lease's holder and the buckets' health
+// (internal/cluster.StatusSource), in single-node mode this server as the
+// one node.
 func (s *Server) clusterHandler() http.Handler {
 	if s.registry != nil {
-		return cluster.StatusSource{JetStream: s.stores.js, Registry: s.registry, Node: s.cfg.NodeID}.Handler(s.log)
+		return cluster.StatusSource{JetStream: s.stores.js, Registry: s.registry, Lease: s.leader.lease, Node: s.cfg.NodeID}.Handler(s.log)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		st := wire.ClusterStatus{Mode: "single-node", Planners: "single-node", Healthy: true, Buckets: []wire.ClusterBucket{},

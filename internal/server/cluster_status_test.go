@@ -43,8 +43,8 @@ func (r *rig) getCluster(t *testing.T, tok string, st *wire.ClusterStatus) int {
 
 // TestClusterStatusRoute: in cluster mode every node registers in the node
 // registry, and GET /v1/cluster on any node lists every node with its MQTT
-// connection count, says each node plans its own rollouts, and reports
-// the store buckets healthy. A second node with a live node's ID is
+// connection count, names the node that holds the planner lease, and
+// reports the store buckets healthy. A second node with a live node's ID is
 // refused at Open. When a node closes it leaves the list.
 func TestClusterStatusRoute(t *testing.T) {
 	a, b, ns := openClusterPair(t, func(c *server.Config) { c.ClusterHeartbeat = time.Second; c.Version = "test-1" })
@@ -66,10 +66,13 @@ func TestClusterStatusRoute(t *testing.T) {
 			raw, _ := json.Marshal(st.Nodes)
 			return "nodes " + string(raw) + ", want a with 2 connections and b with 1"
 		}
+		if st.Planner == "" {
+			return "no planner lease holder yet"
+		}
 		return ""
 	})
-	if st.Mode != "cluster" || st.Node != "b" || st.Planners != "per-node" || st.Planner != "" || !st.Healthy {
-		t.Errorf("status = mode %q node %q planners %q planner %q healthy %v; want cluster, b, per-node, none, healthy",
+	if st.Mode != "cluster" || st.Node != "b" || st.Planners != "lease" || st.Planner != "a" && st.Planner != "b" || !st.Healthy {
+		t.Errorf("status = mode %q node %q planners %q planner %q healthy %v; want cluster, b, lease, a or b, healthy",
 			st.Mode, st.Node, st.Planners, st.Planner, st.Healthy)
 	}
 	for _, n := range st.Nodes {
@@ -81,7 +84,7 @@ func TestClusterStatusRoute(t *testing.T) {
 	for _, bk := range st.Buckets {
 		buckets[bk.Stream] = bk.Healthy
 	}
-	for _, want := range []string{"KV_umbra_shadow", "KV_umbra_identity", "KV_umbra_firmware", "KV_umbra_nodes"} {
+	for _, want := range []string{"KV_umbra_shadow", "KV_umbra_identity", "KV_umbra_firmware", "KV_umbra_nodes", "KV_umbra_rollout", "KV_umbra_lease"} {
 		if !buckets[want] {
 			t.Errorf("buckets %v: want %s, healthy", buckets, want)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/cluster"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/internal/plannerrpc"
 	"github.com/umbra-iot/umbra/internal/rolloutfeed"
 	"github.com/umbra-iot/umbra/internal/server/brokerauth"
 	"github.com/umbra-iot/umbra/policy"
@@ -70,6 +71,16 @@ type Config struct {
 	// defaults): NATS subscriptions for the clients' filters, messages
 	// waiting for NATS, messages from NATS waiting for local delivery.
 	ClusterMaxSubscriptions, ClusterOutboundBuffer, ClusterInboundBuffer int
+	// PlannerLeaseTTL is the planner lease's TTL (cluster.LeaseConfig.TTL):
+	// a dead planner's node is replaced within cluster.TakeoverBound of
+	// it. Default cluster.DefaultLeaseTTL; every node of a cluster must
+	// use the same.
+	PlannerLeaseTTL time.Duration
+	// The planner RPC's per-node limits (plannerrpc.Config's MaxBody and
+	// MaxInflight; zero takes its defaults): the bytes of a forwarded
+	// planner call or its answer, and the forwarded calls in progress
+	// (those this node sends, and those it answers as the leader).
+	PlannerRPCMaxBody, PlannerRPCInflight int
 	// Version is the Umbra version a node reports in GET /v1/cluster.
 	Version string
 	// ClusterHeartbeat is how often a node renews its registration in the
@@ -186,7 +197,13 @@ type Server struct {
 	started  time.Time
 	eng      *shadow.Engine
 	fw       *firmware.Store
-	planner  *rollout.Planner
+	planner  *rollout.Planner // single-node mode's planner; nil in cluster mode
+	// leader runs the planner under the planner lease in cluster mode;
+	// nil in single-node mode.
+	leader *plannerLeader
+	// rollouts is what every consumer of the planner calls: planner, or
+	// in cluster mode leader's forwarding client (planner.go).
+	rollouts plannerrpc.Planner
 	jobs     *jobs.Service
 	feed     *rolloutfeed.Feed
 	api      *httpapi.Server // nil without HTTPAddr
@@ -307,7 +324,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		// dynamic rollouts.
 		OnEnrolled: func(ctx context.Context, enrolled []identity.Enrollment) {
 			s.fleet.enrolled(enrolled)
-			s.planner.DevicesEnrolled(ctx, rolloutDevices(enrolled))
+			s.devicesEnrolled(ctx, rolloutDevices(enrolled))
 		},
 	})
 	if err != nil {
@@ -361,7 +378,14 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		MaxReply: max(int(maxPacket)-512, shadow.MinMaxReply),
 		Logger:   log,
 		Observe:  func(op shadow.Op, code int, d time.Duration) { m.ObserveShadow(string(op), code, d) },
-		OnChange: func(id device.ID, _ shadow.Version) { s.planner.Notify(id) },
+		// The planner of this node hears of its changes at once; in
+		// cluster mode the leader hears of the others' through the
+		// shadow bucket's change feed (planner.go).
+		OnChange: func(id device.ID, _ shadow.Version) {
+			if p := s.localPlanner(); p != nil {
+				p.Notify(id)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -393,46 +417,21 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		// Removing a device revokes its download URLs.
 		Enrolment: s.ids.Enrolment,
 		// A version a rollout uses cannot be deleted.
-		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) { return s.planner.InUse(ctx, v) },
+		InUse: func(ctx context.Context, v firmware.Version) (string, bool, error) { return s.rollouts.InUse(ctx, v) },
 	})
 	if err != nil {
 		return err
 	}
 	m.RegisterFirmware(s.fw)
 
-	s.planner, err = rollout.Open(ctx, rollout.Config{
-		Store:    s.stores.rollout,
-		Shadows:  rollout.EngineShadows(s.eng),
-		Firmware: s.fw,
-		Logger:   log,
-		Tick:     cfg.RolloutTick,
-		Rescan:   cfg.RolloutRescan,
-		// Targets by label selector or all, and their hardware models:
-		// the enrolled devices and every shadow.
-		Inventory: rollout.EngineInventory(s.eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
-			devs, err := s.ids.ListDevices(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]rollout.EnrolledDevice, len(devs))
-			for i, d := range devs {
-				out[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
-			}
-			return out, nil
-		}),
-		// rollouts/<id>/events and status, and the Jobs notify topics.
-		OnEvent:     func(id string, ev rollout.Event) { s.feed.OnEvent(id, ev) },
-		OnExecution: func(id device.ID) { s.jobs.ExecutionChanged(id) },
-		Start:       s.lns.serving,
-	})
-	if err != nil {
+	if err := s.openPlanner(ctx); err != nil {
 		return err
 	}
 
 	// The AWS IoT Jobs service answers $aws/things/+/jobs/… through the
 	// planner and the firmware store.
 	s.jobs, err = jobs.Open(ctx, jobs.Config{
-		Planner:    s.planner,
+		Planner:    s.rollouts,
 		Firmware:   s.fw,
 		Publisher:  s.brk,
 		DeviceRate: cfg.JobsRate,
@@ -456,21 +455,13 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		Publisher: tapBroker{s.brk, s.fleet.tap},
 		Metrics:   m,
 		Logger:    log,
-		Status:    s.planner.Get,
+		Status:    s.rollouts.Get,
 	})
 	if err != nil {
 		return err
 	}
-	if rs, err := s.planner.List(ctx); err != nil {
-		log.Warn("list rollouts for their status topics", "err", err)
-	} else {
-		ids := make([]string, len(rs))
-		for i, r := range rs {
-			ids[i] = r.ID
-		}
-		if err := s.feed.Sync(ctx, ids); err != nil {
-			log.Warn("publish rollout statuses", "err", err)
-		}
+	if s.planner != nil { // in cluster mode, the lease holder syncs when it gains the lease
+		s.syncFeed(ctx, s.planner)
 	}
 
 	if err := s.register(ctx); err != nil {
@@ -490,7 +481,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 			Listener:       s.lns.http,
 			Shadow:         s.eng,
 			Firmware:       s.fw,
-			Rollouts:       s.planner,
+			Rollouts:       s.rollouts,
 			Logger:         log,
 			Mounts:         mounts,
 			Middleware:     auth,
@@ -703,6 +694,9 @@ func (s *Server) Close(ctx context.Context) error {
 		if s.planner != nil {
 			closeOne("rollout", s.planner)
 		}
+		if s.leader != nil {
+			closeOne("rollout", s.leader) // stops the planner if it runs here, then releases the lease
+		}
 		if s.feed != nil {
 			closeOne("rolloutfeed", s.feed)
 		}
@@ -762,8 +756,15 @@ func (s *Server) API() *httpapi.Server { return s.api }
 // Firmware returns the firmware store.
 func (s *Server) Firmware() *firmware.Store { return s.fw }
 
-// Planner returns the rollout planner.
-func (s *Server) Planner() *rollout.Planner { return s.planner }
+// Planner returns the rollout planner running on this node: always in
+// single-node mode; in cluster mode only while the node holds the planner
+// lease, else nil (see Rollouts).
+func (s *Server) Planner() *rollout.Planner { return s.localPlanner() }
+
+// Rollouts returns what the node's API calls for rollouts: the planner in
+// single-node mode, the client that forwards to the planner lease's holder
+// in cluster mode.
+func (s *Server) Rollouts() plannerrpc.Planner { return s.rollouts }
 
 // Jobs returns the AWS IoT Jobs service.
 func (s *Server) Jobs() *jobs.Service { return s.jobs }

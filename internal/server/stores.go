@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/umbra-iot/umbra/broker"
 	brokerstore "github.com/umbra-iot/umbra/broker/boltstore"
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/firmware"
 	fwstore "github.com/umbra-iot/umbra/firmware/boltstore"
 	"github.com/umbra-iot/umbra/identity"
@@ -43,8 +45,15 @@ type stores struct {
 	// mode: the cluster's, shareFirmwareKeys).
 	firmwareURLSecret []byte
 	// js is cluster mode's JetStream client (the node registry and the
-	// cluster status use it); nil in single-node mode.
+	// cluster status use it), nc its connection (the planner lease and its
+	// RPC); nil in single-node mode.
 	js jetstream.JetStream
+	nc *nats.Conn
+	// shadowFeed is the shared shadow store's change feed, which the
+	// planner leader watches; nil in single-node mode.
+	shadowFeed interface {
+		WatchDevices(ctx context.Context) (<-chan device.ID, error)
+	}
 
 	closers []namedCloser // in opening order
 }

@@ -15,6 +15,7 @@ import (
 	fwnats "github.com/umbra-iot/umbra/firmware/natsstore"
 	idnats "github.com/umbra-iot/umbra/identity/natsstore"
 	"github.com/umbra-iot/umbra/internal/metrics"
+	rolloutnats "github.com/umbra-iot/umbra/rollout/natsstore"
 	shadownats "github.com/umbra-iot/umbra/shadow/natsstore"
 )
 
@@ -46,12 +47,11 @@ type natsConn struct{ nc *nats.Conn }
 func (c natsConn) Close(context.Context) error { c.nc.Close(); return nil }
 
 // openNATSStores opens cluster mode's store set (docs/cluster.md): the
-// shadows, the identities and the firmware records and images in
-// JetStream buckets on Config.NATS, shared by every node. The broker's
-// state (broker.db) and the rollouts (rollout.db) stay in the data dir:
-// the planner runs on every node that serves rollouts, and a shared
-// rollout store needs the planner lease first; cross-node sessions need
-// the bridge. It fails with an error wrapping ErrNATSUnreachable when no
+// shadows, the identities, the firmware records and images and the
+// rollouts in JetStream buckets on Config.NATS, shared by every node (the
+// rollouts are planned by the planner lease's holder alone, see
+// planner.go). The broker's state (broker.db) stays in the data dir. It
+// fails with an error wrapping ErrNATSUnreachable when no
 // NATS server answers.
 func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st stores, err error) {
 	defer func() {
@@ -67,6 +67,7 @@ func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 			ErrNATSUnreachable, urls, err)
 	}
 	st.add("nats", natsConn{nc})
+	st.nc = nc
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return st, fmt.Errorf("server: jetstream: %w", err)
@@ -89,7 +90,7 @@ func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	if err != nil {
 		return st, fmt.Errorf("shadow: %w", hint(err))
 	}
-	st.shadow = sh
+	st.shadow, st.shadowFeed = sh, sh
 	st.add("shadow bucket", sh)
 
 	ids, err := idnats.Open(octx, idnats.Config{JetStream: js, Replicas: replicas})
@@ -122,5 +123,11 @@ func openNATSStores(ctx context.Context, cfg Config, m *metrics.Metrics) (st sto
 	}
 	st.firmwareBlobs = blobs
 
-	return st, st.openBoltRollout(ctx, cfg)
+	ro, err := rolloutnats.Open(octx, rolloutnats.Config{JetStream: js, Replicas: replicas})
+	if err != nil {
+		return st, fmt.Errorf("rollout: %w", hint(err))
+	}
+	st.rollout = ro
+	st.add("rollout bucket", ro)
+	return st, nil
 }

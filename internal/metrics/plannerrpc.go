@@ -1,0 +1,60 @@
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// PlannerRPCSide is one side's counters of the planner RPC
+// (internal/plannerrpc.Stats: cluster mode's forwarded planner calls).
+type PlannerRPCSide struct {
+	Inflight    int64 // calls outstanding (client) or requests running (server)
+	OK          int64 // calls answered by the planner (its errors included)
+	Unavailable int64 // client: no lease holder, no answer in time, or another protocol version
+	Busy        int64 // refused: the in-flight cap was reached
+	TooLarge    int64 // refused: a request or a reply over the size cap
+	BadRequest  int64 // server: requests refused by validation
+}
+
+// PlannerRPCStats are both sides of this node's planner RPC: the calls it
+// forwards (Client) and those it answers as the planner lease's holder
+// (Server).
+type PlannerRPCStats struct {
+	Client, Server PlannerRPCSide
+}
+
+// RegisterPlannerRPC exposes the planner RPC's counters, read by calling
+// stats at every scrape; stats must be cheap and safe for concurrent use.
+// It panics if called twice.
+func (m *Metrics) RegisterPlannerRPC(stats func() PlannerRPCStats) {
+	m.reg.MustRegister(&plannerRPCCollector{stats: stats})
+}
+
+type plannerRPCCollector struct {
+	stats func() PlannerRPCStats
+}
+
+var (
+	descPlannerRPCInflight = prometheus.NewDesc(namespace+"_planner_rpc_inflight",
+		"Forwarded rollout planner calls in progress, by side (client: sent by this node; server: answered by this node as the planner lease's holder).", []string{"side"}, nil)
+	descPlannerRPCCalls = prometheus.NewDesc(namespace+"_planner_rpc_calls_total",
+		"Forwarded rollout planner calls, by side and result (ok: the planner answered; unavailable: no lease holder or no answer in time; busy: the in-flight cap; too_large: the size cap; bad_request: refused by validation).", []string{"side", "result"}, nil)
+)
+
+func (c *plannerRPCCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPlannerRPCInflight
+	ch <- descPlannerRPCCalls
+}
+
+func (c *plannerRPCCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	for _, side := range []struct {
+		name string
+		s    PlannerRPCSide
+	}{{"client", s.Client}, {"server", s.Server}} {
+		ch <- prometheus.MustNewConstMetric(descPlannerRPCInflight, prometheus.GaugeValue, float64(side.s.Inflight), side.name)
+		for _, r := range []struct {
+			name string
+			v    int64
+		}{{"ok", side.s.OK}, {"unavailable", side.s.Unavailable}, {"busy", side.s.Busy}, {"too_large", side.s.TooLarge}, {"bad_request", side.s.BadRequest}} {
+			ch <- prometheus.MustNewConstMetric(descPlannerRPCCalls, prometheus.CounterValue, float64(r.v), side.name, r.name)
+		}
+	}
+}

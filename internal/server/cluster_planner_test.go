@@ -1,0 +1,423 @@
+package server_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/natstest"
+	"github.com/umbra-iot/umbra/internal/server"
+	"github.com/umbra-iot/umbra/internal/sim"
+	"github.com/umbra-iot/umbra/rollout/jobs"
+	"github.com/umbra-iot/umbra/wire"
+)
+
+// The planner under the lease (issue 15 item 5, docs/cluster.md): whole
+// Umbra nodes on one NATS server, simulated fleets of real paho devices on
+// the nodes that do not run the planner.
+
+// plannerNode opens node id on ns with a planner lease of ttl. A crashable
+// node is closed on cleanup without checking its error (Crash leaves it
+// unable to close cleanly).
+func plannerNode(t *testing.T, ns *natstest.Server, id string, ttl time.Duration, crashable bool) *rig {
+	t.Helper()
+	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Anonymous: true,
+		RolloutTick: 50 * time.Millisecond, Logger: testLogger(t),
+		NATS: ns.URLs(), NodeID: id, NATSReplicas: 1, PlannerLeaseTTL: ttl}
+	if !crashable {
+		return &rig{Server: mustOpenServer(t, cfg), secrets: map[device.ID]string{}}
+	}
+	s, err := server.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("server.Open: %v", err)
+	}
+	t.Cleanup(s.Crash)
+	return &rig{Server: s, secrets: map[device.ID]string{}}
+}
+
+// waitPlanner waits until GET /v1/cluster on r names a planner lease
+// holder for which ok holds, and returns it.
+func (r *rig) waitPlanner(t *testing.T, what string, ok func(string) bool) string {
+	t.Helper()
+	var holder string
+	eventually(t, "planner lease "+what, func() string {
+		var st wire.ClusterStatus
+		if code := r.getCluster(t, "", &st); code != http.StatusOK {
+			return "GET /v1/cluster: " + http.StatusText(code)
+		}
+		if holder = st.Planner; st.Planners != "lease" || !ok(holder) {
+			return fmt.Sprintf("planners %q, holder %q", st.Planners, holder)
+		}
+		return ""
+	})
+	return holder
+}
+
+// httpCall is apiDo with the response's headers.
+func (r *rig) httpCall(t *testing.T, method, path, body string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, "http://"+r.HTTPAddr().String()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// rolloutVia returns rollout id's status read through node r's HTTP API.
+func (r *rig) rolloutVia(t *testing.T, id string) wire.RolloutStatus {
+	t.Helper()
+	code, _, b := r.httpCall(t, "GET", "/v1/rollouts/"+id, "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /v1/rollouts/%s: %d %s", id, code, b)
+	}
+	var st wire.RolloutStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitRolloutVia polls rollout id through r's HTTP API until cond holds.
+func (r *rig) waitRolloutVia(t *testing.T, id, what string, cond func(wire.RolloutStatus) bool) wire.RolloutStatus {
+	t.Helper()
+	var st wire.RolloutStatus
+	eventually(t, "rollout "+id+" "+what, func() string {
+		if st = r.rolloutVia(t, id); cond(st) {
+			return ""
+		}
+		return fmt.Sprintf("state %s (%s), batches started %d, counts %v", st.State, st.Reason, st.Started, st.Counts)
+	})
+	return st
+}
+
+// installs counts, per device, how often it started downloading a given
+// job: a device commanded twice for one attempt starts twice.
+type installs struct {
+	mu    sync.Mutex // guards the fields below
+	last  map[device.ID]string
+	count map[device.ID]map[string]int // device → job → downloads started
+}
+
+// add is sim.Config.OnEvent: it must not block.
+func (in *installs) add(ev sim.Event) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.last == nil {
+		in.last, in.count = map[device.ID]string{}, map[device.ID]map[string]int{}
+	}
+	if ev.State == "downloading" && in.last[ev.Device] != "downloading" {
+		if in.count[ev.Device] == nil {
+			in.count[ev.Device] = map[string]int{}
+		}
+		in.count[ev.Device][ev.Job]++
+	}
+	in.last[ev.Device] = ev.State
+}
+
+// check fails unless each of ids started downloading exactly one job, job.
+func (in *installs) check(t *testing.T, ids []device.ID, job string) {
+	t.Helper()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, id := range ids {
+		if got := in.count[id]; len(got) != 1 || got[job] != 1 {
+			t.Errorf("%s started downloads %v, want %s once", id, got, job)
+		}
+	}
+}
+
+// clusterJobsDevice is a hand-written AWS IoT Jobs device (MQTT 3.1.1,
+// client ID = thing name) on one node.
+type clusterJobsDevice struct {
+	id      device.ID
+	c       paho.Client
+	next    <-chan brokertest.Message // notify-next
+	replies chan brokertest.Message   // the replies it did not subscribe to
+	n       int
+}
+
+func newClusterJobsDevice(t *testing.T, r *rig, id device.ID) *clusterJobsDevice {
+	t.Helper()
+	d := &clusterJobsDevice{id: id, replies: make(chan brokertest.Message, 64)}
+	d.c = brokertest.Connect(t, r.mqttURL(), string(id), func(o *paho.ClientOptions) {
+		o.SetProtocolVersion(4)
+		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+			d.replies <- brokertest.Message{Topic: m.Topic(), Payload: m.Payload()}
+		})
+	})
+	d.next = brokertest.Subscribe(t, d.c, jobs.Topic(id, "notify-next"), 1)
+	return d
+}
+
+// call sends a Jobs request and returns whether it was accepted, and the
+// reply.
+func (d *clusterJobsDevice) call(t *testing.T, suffix string, body map[string]any) (bool, map[string]any) {
+	t.Helper()
+	d.n++
+	tok := fmt.Sprintf("%s-%d", d.id, d.n)
+	if body == nil {
+		body = map[string]any{}
+	}
+	body["clientToken"] = tok
+	publishJSON(t, d.c, jobs.Topic(d.id, suffix), body)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		m := brokertest.Next(t, d.replies, time.Until(deadline))
+		var p map[string]any
+		if err := json.Unmarshal(m.Payload, &p); err != nil || p["clientToken"] != tok {
+			continue
+		}
+		return m.Topic == jobs.Topic(d.id, suffix+"/accepted"), p
+	}
+}
+
+// TestClusterModeRolloutAcrossNodes: three nodes, node a holds the
+// planner lease, the devices are on nodes b and c. A rollout created
+// through node b's HTTP API finishes on every device, each commanded
+// once; it is read, paused and resumed through every node; a Jobs device
+// on node c runs its execution through node c's Jobs API; node c refuses
+// to delete the firmware the rollout installs; and the rollout's events
+// reach an MQTT subscriber on node c.
+func TestClusterModeRolloutAcrossNodes(t *testing.T) {
+	ns := natstest.Start(t)
+	const ttl = 2 * time.Second
+	a := plannerNode(t, ns, "a", ttl, false)
+	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
+	b, c := plannerNode(t, ns, "b", ttl, false), plannerNode(t, ns, "c", ttl, false)
+	nodes := map[string]*rig{"a": a, "b": b, "c": c}
+	a.mustUpload(t, newVersion)
+
+	const perNode = 8
+	var seen installs
+	fb := b.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "b-", InstallTime: 50 * time.Millisecond, OnEvent: seen.add})
+	fc := c.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "c-", InstallTime: 50 * time.Millisecond, OnEvent: seen.add})
+	waitFleet(t, fb, "node b's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	waitFleet(t, fc, "node c's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	ids := append(fb.IDs(), fc.IDs()...)
+	a.waitReported(t, ids, oldVersion)
+
+	// A Jobs device on node c (subscribing marks it, through the leader),
+	// and an integrator watching the rollout events on node c.
+	jd := newClusterJobsDevice(t, c, "j-1")
+	watcher := brokertest.Connect(t, c.mqttURL(), "watcher")
+	events := brokertest.Subscribe(t, watcher, "rollouts/+/events", 1)
+
+	targets := append([]device.ID{"j-1"}, ids...)
+	body, _ := json.Marshal(map[string]any{"firmware": newVersion, "devices": targets, "batch_size": 5, "pause_between_batches": true})
+	code, _, raw := b.httpCall(t, "POST", "/v1/rollouts", string(body))
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/rollouts through node b: %d %s", code, raw)
+	}
+	var ro wire.Rollout
+	if err := json.Unmarshal(raw, &ro); err != nil {
+		t.Fatal(err)
+	}
+
+	// The firmware in-use guard, on a node that does not run the planner
+	// (force skips the check of the devices' desired state, not this one).
+	if code, _, raw := c.httpCall(t, "DELETE", "/v1/firmware/"+newVersion+"?force=true", ""); code != http.StatusConflict || !strings.Contains(string(raw), `"rollout":"`+ro.ID+`"`) {
+		t.Errorf("DELETE /v1/firmware/%s through node c = %d %s, want 409 naming %s", newVersion, code, raw, ro.ID)
+	}
+
+	// The Jobs device (first target, in batch 1 of 4) is notified through node c,
+	// starts its execution and reports success there.
+	m := brokertest.Next(t, jd.next, waitTimeout)
+	if !strings.Contains(string(m.Payload), `"jobId":"`+ro.ID+`"`) {
+		t.Fatalf("notify-next %s, want job %s", m.Payload, ro.ID)
+	}
+	if ok, p := jd.call(t, "start-next", nil); !ok || p["execution"] == nil {
+		t.Fatalf("start-next through node c: accepted %t %v", ok, p)
+	}
+	if ok, p := jd.call(t, ro.ID+"/update", map[string]any{"status": "SUCCEEDED"}); !ok {
+		t.Fatalf("update SUCCEEDED through node c: %v", p)
+	}
+
+	// Each batch ends paused for approval: read and resume it through
+	// each node in turn (and pause a running one through another).
+	for i, via := range []string{"a", "b", "c"} {
+		t.Run("resume via "+via, func(t *testing.T) {
+			r := nodes[via]
+			st := r.waitRolloutVia(t, ro.ID, "paused after batch "+fmt.Sprint(i+1), func(st wire.RolloutStatus) bool {
+				return st.State == "paused" && st.Started == i+1
+			})
+			if st.Targets != len(targets) {
+				t.Errorf("GET through %s: %d targets, want %d", via, st.Targets, len(targets))
+			}
+			code, _, raw := r.httpCall(t, "POST", "/v1/rollouts/"+ro.ID+"/resume", "")
+			if code != http.StatusOK || !strings.Contains(string(raw), `"state":"running"`) {
+				t.Fatalf("resume through %s: %d %s", via, code, raw)
+			}
+			if i == 0 {
+				other := nodes["c"]
+				if code, _, raw := other.httpCall(t, "POST", "/v1/rollouts/"+ro.ID+"/pause", ""); code != http.StatusOK || !strings.Contains(string(raw), `"state":"paused"`) {
+					t.Fatalf("pause through c: %d %s", code, raw)
+				}
+				if code, _, raw := r.httpCall(t, "POST", "/v1/rollouts/"+ro.ID+"/resume", ""); code != http.StatusOK {
+					t.Fatalf("resume through %s: %d %s", via, code, raw)
+				}
+			}
+		})
+	}
+	st := c.waitRolloutVia(t, ro.ID, "to succeed", func(st wire.RolloutStatus) bool { return st.State == "succeeded" })
+	if st.Counts["succeeded"] != len(targets) {
+		t.Errorf("counts %v, want %d succeeded", st.Counts, len(targets))
+	}
+	waitFleet(t, fb, "node b's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	waitFleet(t, fc, "node c's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	seen.check(t, ids, ro.ID+"/1")
+
+	// The events reached node c's subscriber: created first, the final
+	// state last.
+	var kinds []string
+	for !slices.Contains(kinds, "state:succeeded") {
+		m := brokertest.Next(t, events, waitTimeout)
+		var ev wire.RolloutEvent
+		if err := json.Unmarshal(m.Payload, &ev); err != nil || m.Topic != "rollouts/"+ro.ID+"/events" {
+			t.Fatalf("event %s %s: %v", m.Topic, m.Payload, err)
+		}
+		k := ev.Kind
+		if ev.Kind == "state" {
+			k += ":" + string(ev.State)
+		}
+		kinds = append(kinds, k)
+	}
+	if kinds[0] != "created" || !slices.Contains(kinds, "batch_started") {
+		t.Errorf("events on node c %v, want created first and batch_started", kinds)
+	}
+}
+
+// TestClusterModePlannerFailover: node a runs the planner; mid-rollout it
+// crashes (its NATS connection drops: no renewal, no release, no answer).
+// Until another node holds the lease, the rollout API answers 503 with
+// Retry-After and a JSON body, the Jobs API rejects with InternalError,
+// and firmware deletion with 503. Another node takes over within the
+// bound and the rollout finishes: every device on its first attempt,
+// each commanded once, each batch started once.
+func TestClusterModePlannerFailover(t *testing.T) {
+	ns := natstest.Start(t)
+	const ttl = 3 * time.Second // the no-leader window is at least 2/3 of it
+	a := plannerNode(t, ns, "a", ttl, true)
+	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
+	b, c := plannerNode(t, ns, "b", ttl, false), plannerNode(t, ns, "c", ttl, false)
+	a.mustUpload(t, newVersion)
+
+	const perNode, batch = 16, 8
+	var seen installs
+	fb := b.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "b-", InstallTime: 200 * time.Millisecond, OnEvent: seen.add})
+	fc := c.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "c-", InstallTime: 200 * time.Millisecond, OnEvent: seen.add})
+	waitFleet(t, fb, "node b's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	waitFleet(t, fc, "node c's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	ids := append(fb.IDs(), fc.IDs()...)
+	b.waitReported(t, ids, oldVersion)
+	jd := newClusterJobsDevice(t, b, "j-9") // not a target
+
+	body, _ := json.Marshal(map[string]any{"firmware": newVersion, "devices": ids, "batch_size": batch})
+	code, _, raw := b.httpCall(t, "POST", "/v1/rollouts", string(body))
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/rollouts through node b: %d %s", code, raw)
+	}
+	var ro wire.Rollout
+	if err := json.Unmarshal(raw, &ro); err != nil {
+		t.Fatal(err)
+	}
+	c.waitRolloutVia(t, ro.ID, "mid-way", func(st wire.RolloutStatus) bool { return st.Started >= 2 })
+	crashed := time.Now()
+	a.Crash()
+
+	// No lease holder: every forwarded call fails fast and clearly.
+	eventually(t, "node b to find no planner", func() string {
+		if code, _, raw := b.httpCall(t, "GET", "/v1/rollouts/"+ro.ID, ""); code != http.StatusServiceUnavailable {
+			return fmt.Sprintf("GET = %d %s", code, raw)
+		}
+		return ""
+	})
+	for _, tc := range []struct {
+		name, method, path string
+		via                *rig
+	}{
+		{"get", "GET", "/v1/rollouts/" + ro.ID, b},
+		{"pause", "POST", "/v1/rollouts/" + ro.ID + "/pause", c},
+		{"list", "GET", "/v1/rollouts", c},
+		{"firmware delete", "DELETE", "/v1/firmware/" + newVersion + "?force=true", b},
+	} {
+		t.Run("no leader/"+tc.name, func(t *testing.T) {
+			code, h, raw := tc.via.httpCall(t, tc.method, tc.path, "")
+			var e wire.ErrorBody
+			if err := json.Unmarshal(raw, &e); err != nil || code != http.StatusServiceUnavailable || e.Code != 503 ||
+				!strings.Contains(e.Message, "no node runs the rollout planner") || h.Get("Retry-After") == "" {
+				t.Errorf("%s %s = %d (Retry-After %q) %s, want 503 with Retry-After saying no node runs the planner",
+					tc.method, tc.path, code, h.Get("Retry-After"), raw)
+			}
+		})
+	}
+	if code, _, raw := c.httpCall(t, "GET", "/v1/firmware/"+newVersion, ""); code != http.StatusOK {
+		t.Errorf("the refused delete deleted the image: GET /v1/firmware/%s = %d %s", newVersion, code, raw)
+	}
+	t.Run("no leader/jobs get", func(t *testing.T) {
+		if ok, p := jd.call(t, "get", nil); ok || p["code"] != "InternalError" || p["message"] != jobs.MsgPlannerUnavailable {
+			t.Errorf("jobs get without a planner: accepted %t %v, want rejected InternalError %q", ok, p, jobs.MsgPlannerUnavailable)
+		}
+	})
+
+	holder := b.waitPlanner(t, "taken over", func(h string) bool { return h == "b" || h == "c" })
+	took := time.Since(crashed)
+	t.Logf("node a crashed; node %s holds the planner lease %v later (bound %v)", holder, took.Round(time.Millisecond), cluster.TakeoverBound(ttl))
+	if took > cluster.TakeoverBound(ttl) {
+		t.Errorf("takeover took %v, beyond the bound %v", took, cluster.TakeoverBound(ttl))
+	}
+
+	st := c.waitRolloutVia(t, ro.ID, "to succeed after the takeover", func(st wire.RolloutStatus) bool { return st.State == "succeeded" })
+	if st.Counts["succeeded"] != len(ids) || st.Started != len(ids)/batch {
+		t.Errorf("counts %v, %d batches started; want %d succeeded in %d batches", st.Counts, st.Started, len(ids), len(ids)/batch)
+	}
+	waitFleet(t, fb, "node b's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	waitFleet(t, fc, "node c's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	seen.check(t, ids, ro.ID+"/1")
+
+	code, _, raw = b.httpCall(t, "GET", "/v1/rollouts/"+ro.ID+"/devices?limit=1000", "")
+	var devs wire.RolloutDevices
+	if err := json.Unmarshal(raw, &devs); err != nil || code != http.StatusOK || len(devs.Devices) != len(ids) {
+		t.Fatalf("devices: %d %s", code, raw)
+	}
+	for _, d := range devs.Devices {
+		if d.Attempt != 1 {
+			t.Errorf("%s on attempt %d, want 1", d.Device, d.Attempt)
+		}
+	}
+	code, _, raw = c.httpCall(t, "GET", "/v1/rollouts/"+ro.ID+"/events", "")
+	var evs wire.RolloutEvents
+	if err := json.Unmarshal(raw, &evs); err != nil || code != http.StatusOK {
+		t.Fatalf("events: %d %s", code, raw)
+	}
+	started := map[int]int{}
+	for _, ev := range evs.Events {
+		if ev.Kind == "batch_started" {
+			started[ev.Batch]++
+		}
+	}
+	for n := 1; n <= len(ids)/batch; n++ {
+		if started[n] != 1 {
+			t.Errorf("batch %d started %d times, want once (events %v)", n, started[n], started)
+		}
+	}
+}

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/metrics"
+	"github.com/umbra-iot/umbra/internal/plannerrpc"
+	"github.com/umbra-iot/umbra/rollout"
+)
+
+// The rollout planner's wiring.
+//
+// Single-node mode: one planner on rollout.db, called directly.
+//
+// Cluster mode (docs/cluster.md, "The planner under the lease"): the
+// rollouts are in the shared rollout bucket and exactly one node, the
+// holder of the planner lease (cluster.Lease "planner"), runs the planner.
+// While it holds the lease it opens the planner from the bucket, answers
+// the other nodes' forwarded calls (plannerrpc.Server), feeds the
+// planner's Notify from the shared shadow bucket's change feed, and
+// publishes the rollout feed. Every node's consumers (the HTTP API, the
+// Jobs service, firmware's in-use check, the enrolment hook) call a
+// plannerrpc.Client, which calls the local planner on the leader and
+// forwards the call to the leader elsewhere.
+
+// plannerLeaseName is the planner lease's key in the lease bucket.
+const plannerLeaseName = "planner"
+
+// plannerStepTimeout bounds opening or closing the planner, its RPC
+// subscription and its change feed, at each lease change.
+const plannerStepTimeout = 10 * time.Second
+
+// openPlanner opens the rollout planner (single-node mode) or the planner
+// lease's campaign and the forwarding client (cluster mode); s.rollouts
+// is then what every consumer calls.
+func (s *Server) openPlanner(ctx context.Context) (err error) {
+	if s.stores.nc == nil {
+		s.planner, err = rollout.Open(ctx, s.plannerConfig())
+		s.rollouts = s.planner
+		return err
+	}
+	replicas := s.cfg.NATSReplicas
+	if replicas == 0 {
+		replicas = DefaultNATSReplicas
+	}
+	l := &plannerLeader{s: s, done: make(chan struct{})}
+	l.client, err = plannerrpc.NewClient(s.rpcConfig(), func() plannerrpc.Planner {
+		if p := l.current(); p != nil {
+			return p
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	l.lease, err = cluster.OpenLease(ctx, cluster.LeaseConfig{JetStream: s.stores.js, Name: plannerLeaseName,
+		Holder: s.cfg.NodeID, TTL: s.cfg.PlannerLeaseTTL, Replicas: replicas, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	s.leader, s.rollouts = l, l.client
+	s.metrics.RegisterPlannerRPC(func() metrics.PlannerRPCStats {
+		return metrics.PlannerRPCStats{Client: metrics.PlannerRPCSide(l.client.Stats()), Server: metrics.PlannerRPCSide(l.stats.Stats())}
+	})
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l.cancel = cancel
+	go func() {
+		defer close(l.done)
+		l.run(runCtx)
+	}()
+	return nil
+}
+
+// rpcConfig is the planner RPC's configuration (both sides).
+func (s *Server) rpcConfig() plannerrpc.Config {
+	return plannerrpc.Config{Conn: s.stores.nc, Node: s.cfg.NodeID,
+		MaxBody: s.cfg.PlannerRPCMaxBody, MaxInflight: s.cfg.PlannerRPCInflight}
+}
+
+// plannerConfig is the planner's configuration: the same on every node
+// that runs it.
+func (s *Server) plannerConfig() rollout.Config {
+	return rollout.Config{
+		Store:    s.stores.rollout,
+		Shadows:  rollout.EngineShadows(s.eng),
+		Firmware: s.fw,
+		Logger:   s.log,
+		Tick:     s.cfg.RolloutTick,
+		Rescan:   s.cfg.RolloutRescan,
+		// Targets by label selector or all, and their hardware models:
+		// the enrolled devices and every shadow.
+		Inventory: rollout.EngineInventory(s.eng, func(ctx context.Context) ([]rollout.EnrolledDevice, error) {
+			devs, err := s.ids.ListDevices(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]rollout.EnrolledDevice, len(devs))
+			for i, d := range devs {
+				out[i] = rollout.EnrolledDevice{ID: d.ID, Labels: d.Labels}
+			}
+			return out, nil
+		}),
+		// rollouts/<id>/events and status, and the Jobs notify topics.
+		OnEvent:     func(id string, ev rollout.Event) { s.feed.OnEvent(id, ev) },
+		OnExecution: func(id device.ID) { s.jobs.ExecutionChanged(id) },
+		Start:       s.lns.serving,
+	}
+}
+
+// localPlanner is the planner running on this node: always in
+// single-node mode, while it holds the lease in cluster mode; else nil.
+func (s *Server) localPlanner() *rollout.Planner {
+	if s.leader != nil {
+		return s.leader.current()
+	}
+	return s.planner
+}
+
+// devicesEnrolled hands enrolled devices to the planner (its dynamic
+// rollouts), forwarded in cluster mode.
+func (s *Server) devicesEnrolled(ctx context.Context, devs []rollout.EnrolledDevice) {
+	if s.leader == nil {
+		s.planner.DevicesEnrolled(ctx, devs)
+		return
+	}
+	if err := s.leader.client.ForwardEnrolled(ctx, devs); err != nil {
+		s.log.Warn("dynamic rollouts: enrolled devices not handed to the planner", "devices", len(devs), "err", err)
+	}
+}
+
+// syncFeed publishes the status of every rollout the planner holds (the
+// retained status topics after a start or a takeover).
+func (s *Server) syncFeed(ctx context.Context, p *rollout.Planner) {
+	rs, err := p.List(ctx)
+	if err != nil {
+		s.log.Warn("list rollouts for their status topics", "err", err)
+		return
+	}
+	ids := make([]string, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+	}
+	if err := s.feed.Sync(ctx, ids); err != nil {
+		s.log.Warn("publish rollout statuses", "err", err)
+	}
+}
+
+// plannerLeader runs the planner on this node while it holds the lease.
+type plannerLeader struct {
+	s      *Server
+	lease  *cluster.Lease
+	client *plannerrpc.Client
+	stats  plannerrpc.ServerStats
+
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returned
+
+	mu      sync.Mutex // guards planner
+	planner *rollout.Planner
+
+	// Owned by run's goroutine.
+	rpc       *plannerrpc.Server
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+}
+
+// current is the planner this node runs, nil when it does not hold the
+// lease.
+func (l *plannerLeader) current() *rollout.Planner {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.planner
+}
+
+// run follows the lease once Open has ended: it starts the planner when
+// the lease is gained and stops it when it is lost, until ctx ends.
+func (l *plannerLeader) run(ctx context.Context) {
+	select { // every component is open: the planner's callbacks reach them
+	case <-l.s.lns.serving:
+	case <-ctx.Done():
+		return
+	}
+	changes := l.lease.Changes()
+	for {
+		held := l.lease.Held()
+		if held && l.current() == nil {
+			if err := l.start(ctx); err != nil && ctx.Err() == nil {
+				l.s.log.Warn("planner lease held, planner not started; retrying", "err", err)
+			}
+		}
+		if !held && l.current() != nil {
+			l.stop()
+		}
+		select {
+		case <-ctx.Done():
+			l.stop()
+			return
+		case <-changes:
+		// The belief in the lease ends by itself (Held turns false before
+		// any message): look again soon, so the planner stops well
+		// before another node can gain the lease (TTL/10 of margin).
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// start opens the planner from the shared bucket, serves the other
+// nodes' calls and watches the shadows.
+func (l *plannerLeader) start(ctx context.Context) (err error) {
+	s := l.s
+	sctx, cancel := context.WithTimeout(ctx, plannerStepTimeout)
+	defer cancel()
+	p, err := rollout.Open(sctx, s.plannerConfig())
+	if err != nil {
+		return fmt.Errorf("open planner: %w", err)
+	}
+	l.mu.Lock()
+	l.planner = p
+	l.mu.Unlock()
+	defer func() {
+		if err != nil {
+			l.stop()
+		}
+	}()
+	if l.rpc, err = plannerrpc.Serve(sctx, s.rpcConfig(), p, &l.stats, s.log); err != nil {
+		return err
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	l.stopWatch, l.watchDone = stopWatch, make(chan struct{})
+	go func() {
+		defer close(l.watchDone)
+		l.watch(wctx, p)
+	}()
+	s.log.Info("planner lease gained: this node runs the rollout planner", "node", s.cfg.NodeID)
+	s.syncFeed(sctx, p)
+	return nil
+}
+
+// watch feeds p's Notify from the shared shadow bucket's change feed
+// (every node's device reports), watching again after a failure, until
+// ctx ends. The planner's rescan (Config.RolloutRescan) covers what a
+// failed watch missed.
+func (l *plannerLeader) watch(ctx context.Context, p *rollout.Planner) {
+	for ctx.Err() == nil {
+		ch, err := l.s.stores.shadowFeed.WatchDevices(ctx)
+		if err != nil {
+			l.s.log.Warn("watch the shadows for the planner", "err", err)
+		} else {
+			for id := range ch {
+				p.Notify(id)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// stop closes what start opened: first the RPC subscription (new calls go
+// to the next holder), then the watch, then the planner.
+func (l *plannerLeader) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), plannerStepTimeout)
+	defer cancel()
+	if l.rpc != nil {
+		if err := l.rpc.Close(ctx); err != nil {
+			l.s.log.Warn("close planner RPC", "err", err)
+		}
+		l.rpc = nil
+	}
+	if l.stopWatch != nil {
+		l.stopWatch()
+		<-l.watchDone
+		l.stopWatch = nil
+	}
+	l.mu.Lock()
+	p := l.planner
+	l.planner = nil
+	l.mu.Unlock()
+	if p != nil {
+		if err := p.Close(ctx); err != nil {
+			l.s.log.Warn("close planner", "err", err)
+		}
+		l.s.log.Info("planner stopped: this node no longer holds the planner lease", "node", l.s.cfg.NodeID)
+	}
+}
+
+// Close stops the planner and releases the lease, so that another node
+// takes over at once.
+func (l *plannerLeader) Close(ctx context.Context) error {
+	l.cancel()
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return fmt.Errorf("planner: %w", ctx.Err())
+	}
+	return l.lease.Close(ctx)
+}
