@@ -25,7 +25,9 @@ import (
 	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/cluster"
 	"github.com/umbra-iot/umbra/internal/httpapi"
+	"github.com/umbra-iot/umbra/internal/plannerrpc"
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/rollout"
 	"github.com/umbra-iot/umbra/rollout/jobs"
@@ -171,6 +173,9 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&c.ClusterMaxSubscriptions, "cluster-max-subscriptions", natsbridge.DefaultMaxSubscriptions, "cluster mode: NATS subscriptions a node holds for its clients' filters; a filter beyond gets nothing from other nodes until there is room (umbra_cluster_subscriptions_refused_total)")
 	f.IntVar(&c.ClusterOutboundBuffer, "cluster-outbound-buffer", natsbridge.DefaultOutboundBuffer, "cluster mode: messages that may wait for NATS on their way to other nodes; beyond, they are dropped (umbra_cluster_messages_dropped_total{direction=\"out\"})")
 	f.IntVar(&c.ClusterInboundBuffer, "cluster-inbound-buffer", natsbridge.DefaultInboundBuffer, "cluster mode: messages from other nodes that may wait for local delivery; beyond, they are dropped (umbra_cluster_messages_dropped_total{direction=\"in\"})")
+	f.IntVar(&c.PlannerRPCMaxBody, "planner-rpc-max-body", plannerrpc.DefaultMaxBody, "cluster mode: bytes of a rollout planner call forwarded to the planner lease's holder, or of its answer (at most NATS max_payload); beyond, the call is refused (umbra_planner_rpc_calls_total{result=\"too_large\"})")
+	f.IntVar(&c.PlannerRPCInflight, "planner-rpc-inflight", plannerrpc.DefaultMaxInflight, "cluster mode: forwarded rollout planner calls a node may have in progress, sent or (as the lease holder) answered; beyond, 503 (umbra_planner_rpc_calls_total{result=\"busy\"})")
+	f.DurationVar(&c.PlannerLeaseTTL, "planner-lease-ttl", cluster.DefaultLeaseTTL, "cluster mode: the planner lease's TTL; another node takes over a dead planner within TTL + 2s. The same on every node")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
 	f.BoolVar(&o.healthcheck, "healthcheck", false, "instead of serving, ask the server this configuration describes for GET /healthz on --http-addr (over loopback; https pinned to --http-tls-cert) and exit 0 if it is healthy, 1 if not")
@@ -544,10 +549,16 @@ func checkCluster(c umbraserver.Config) error {
 		name string
 		v    int
 	}{{"--cluster-max-subscriptions", c.ClusterMaxSubscriptions}, {"--cluster-outbound-buffer", c.ClusterOutboundBuffer},
-		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}} {
+		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}, {"--planner-rpc-inflight", c.PlannerRPCInflight}} {
 		if l.v < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", l.name, l.v)
 		}
+	}
+	if c.PlannerRPCMaxBody < 1024 || c.PlannerRPCMaxBody > 64<<20 {
+		return fmt.Errorf("--planner-rpc-max-body %d: want 1024 to %d bytes (and at most the NATS servers' max_payload)", c.PlannerRPCMaxBody, 64<<20)
+	}
+	if c.PlannerLeaseTTL < time.Second || c.PlannerLeaseTTL%time.Second != 0 {
+		return fmt.Errorf("--planner-lease-ttl %v: want whole seconds, at least 1s (the NATS servers' TTL resolution)", c.PlannerLeaseTTL)
 	}
 	for _, u := range c.NATS {
 		p, err := url.Parse(u)

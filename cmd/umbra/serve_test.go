@@ -75,6 +75,9 @@ func TestServeFlagValidation(t *testing.T) {
 		{"cluster max subscriptions", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-max-subscriptions", "0"}, "--cluster-max-subscriptions 0"},
 		{"cluster outbound buffer", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-outbound-buffer", "-1"}, "--cluster-outbound-buffer -1"},
 		{"cluster inbound buffer", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-inbound-buffer", "0"}, "--cluster-inbound-buffer 0"},
+		{"planner rpc inflight", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--planner-rpc-inflight", "0"}, "--planner-rpc-inflight 0"},
+		{"planner rpc max body", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--planner-rpc-max-body", "100"}, "--planner-rpc-max-body 100"},
+		{"planner lease ttl", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--planner-lease-ttl", "1500ms"}, "--planner-lease-ttl 1.5s: want whole seconds"},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
 		{"stray argument", []string{"extra"}, "unknown command"},
 	}
