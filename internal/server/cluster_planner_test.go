@@ -197,7 +197,8 @@ func (d *clusterJobsDevice) call(t *testing.T, suffix string, body map[string]an
 // once; it is read, paused and resumed through every node; a Jobs device
 // on node c runs its execution through node c's Jobs API; node c refuses
 // to delete the firmware the rollout installs; and the rollout's events
-// reach an MQTT subscriber on node c.
+// reach an MQTT subscriber on node c and the live feed (GET /v1/events) of
+// node b.
 func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 	ns := natstest.Start(t)
 	const ttl = 2 * time.Second
@@ -221,6 +222,14 @@ func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 	jd := newClusterJobsDevice(t, c, "j-1")
 	watcher := brokertest.Connect(t, c.mqttURL(), "watcher")
 	events := brokertest.Subscribe(t, watcher, "rollouts/+/events", 1)
+	// And the web console's live feed on node b.
+	live, code := b.openEvents(t, "anonymous", "kinds=rollout")
+	if code != http.StatusOK {
+		t.Fatalf("GET /v1/events on node b: %d", code)
+	}
+	if name, _ := live.next(t); name != "ready" {
+		t.Fatalf("first live event %q, want ready", name)
+	}
 
 	targets := append([]device.ID{"j-1"}, ids...)
 	body, _ := json.Marshal(map[string]any{"firmware": newVersion, "devices": targets, "batch_size": 5, "pause_between_batches": true})
@@ -231,6 +240,9 @@ func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 	var ro wire.Rollout
 	if err := json.Unmarshal(raw, &ro); err != nil {
 		t.Fatal(err)
+	}
+	if name, data := live.next(t); name != "rollout" || !strings.Contains(data, `"kind":"created"`) || !strings.Contains(data, ro.ID) {
+		t.Errorf("live event on node b %s %s, want %s's created event", name, data, ro.ID)
 	}
 
 	// The firmware in-use guard, on a node that does not run the planner

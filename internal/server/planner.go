@@ -3,8 +3,12 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/cluster"
@@ -300,4 +304,66 @@ func (l *plannerLeader) Close(ctx context.Context) error {
 		return fmt.Errorf("planner: %w", ctx.Err())
 	}
 	return l.lease.Close(ctx)
+}
+
+// The rollout feed in cluster mode: the lease holder's feed publishes on
+// its broker (the bridge carries the MQTT messages to the other nodes'
+// subscribers) and, for the other nodes' web consoles (GET /v1/events,
+// fed by what each node publishes), on the NATS subject feedSubject too;
+// every node taps what another node relays there into its live feed.
+
+// feedSubject carries the rollout feed's messages between nodes, with
+// their MQTT topic in the feedTopicHeader header and the publishing node
+// in feedNodeHeader.
+const (
+	feedSubject     = "umbra.planner.feed"
+	feedTopicHeader = "Umbra-Topic"
+	feedNodeHeader  = "Umbra-Node"
+	// maxFeedMessage bounds a relayed feed message (a status is a few KB).
+	maxFeedMessage = 256 << 10
+)
+
+// feedPublisher is the rollout feed's Publisher in cluster mode.
+type feedPublisher struct {
+	tapBroker
+	nc   *nats.Conn
+	node string
+	log  *slog.Logger
+}
+
+// Publish publishes on the broker (and the node's live feed), then relays
+// the message to the other nodes' live feeds.
+func (p feedPublisher) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if err := p.tapBroker.Publish(topic, payload, retain, qos); err != nil {
+		return err
+	}
+	m := nats.NewMsg(feedSubject)
+	m.Header.Set(feedTopicHeader, topic)
+	m.Header.Set(feedNodeHeader, p.node)
+	m.Data = payload
+	if err := p.nc.PublishMsg(m); err != nil {
+		p.log.Warn("relay the rollout feed to the other nodes", "topic", topic, "err", err)
+	}
+	return nil
+}
+
+// relayFeed taps the rollout feed messages other nodes relay into this
+// node's live feed. A message that is not a rollout feed topic, is too
+// large or comes from this node is dropped.
+func (s *Server) relayFeed() error {
+	if s.stores.nc == nil {
+		return nil
+	}
+	sub, err := s.stores.nc.Subscribe(feedSubject, func(m *nats.Msg) {
+		topic := m.Header.Get(feedTopicHeader)
+		if m.Header.Get(feedNodeHeader) == s.cfg.NodeID || !strings.HasPrefix(topic, "rollouts/") || len(m.Data) > maxFeedMessage {
+			return
+		}
+		s.fleet.tap(topic, m.Data)
+	})
+	if err != nil {
+		return fmt.Errorf("server: relay the rollout feed: %w", err)
+	}
+	s.feedRelay = sub
+	return nil
 }

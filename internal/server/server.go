@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/console"
@@ -206,6 +208,9 @@ type Server struct {
 	rollouts plannerrpc.Planner
 	jobs     *jobs.Service
 	feed     *rolloutfeed.Feed
+	// feedRelay receives the rollout feed the lease holder relays to the
+	// other nodes' live feeds (cluster mode; planner.go).
+	feedRelay *nats.Subscription
 	api      *httpapi.Server // nil without HTTPAddr
 	// fleet is the web console's fleet index and live feed, fed by
 	// identity's callbacks and what the server publishes (tapBroker).
@@ -451,8 +456,12 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 
 	// The feed publishes rollout progress on rollouts/<id>/events and the
 	// retained rollouts/<id>/status, and keeps the rollout gauges.
+	var feedPub rolloutfeed.Publisher = tapBroker{s.brk, s.fleet.tap}
+	if s.stores.nc != nil {
+		feedPub = feedPublisher{tapBroker{s.brk, s.fleet.tap}, s.stores.nc, s.cfg.NodeID, log}
+	}
 	s.feed, err = rolloutfeed.Open(ctx, rolloutfeed.Config{
-		Publisher: tapBroker{s.brk, s.fleet.tap},
+		Publisher: feedPub,
 		Metrics:   m,
 		Logger:    log,
 		Status:    s.rollouts.Get,
@@ -462,6 +471,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	}
 	if s.planner != nil { // in cluster mode, the lease holder syncs when it gains the lease
 		s.syncFeed(ctx, s.planner)
+	}
+	if err := s.relayFeed(); err != nil {
+		return err
 	}
 
 	if err := s.register(ctx); err != nil {
@@ -699,6 +711,9 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.feed != nil {
 			closeOne("rolloutfeed", s.feed)
+		}
+		if s.feedRelay != nil {
+			_ = s.feedRelay.Unsubscribe() // NATS may be gone: the connection closes with the stores
 		}
 		if s.fleet != nil {
 			closeOne("fleet", s.fleet) // stops its load; the event streams ended with the HTTP API
