@@ -211,7 +211,7 @@ type Server struct {
 	// feedRelay receives the rollout feed the lease holder relays to the
 	// other nodes' live feeds (cluster mode; planner.go).
 	feedRelay *nats.Subscription
-	api      *httpapi.Server // nil without HTTPAddr
+	api       *httpapi.Server // nil without HTTPAddr
 	// fleet is the web console's fleet index and live feed, fed by
 	// identity's callbacks and what the server publishes (tapBroker).
 	fleet *fleetFeed
