@@ -4,9 +4,11 @@
 # `umbra serve --nats` nodes on free loopback ports, in a temporary
 # directory under scratch/; connects a simulated fleet spread over the
 # three nodes; shows that a shadow written through one node is read through
-# another; prints `umbra cluster status`. Every process it starts is
-# stopped on exit, including Ctrl-C; the exit status is 0 when every device
-# connected and the cluster is healthy. The nodes run with
+# another; runs a rollout to every device, created through one node and
+# planned by the planner lease's holder; prints `umbra cluster status`.
+# Every process it starts is stopped on exit, including Ctrl-C; the exit
+# status is 0 when every device connected, the rollout succeeded on every
+# device and the cluster is healthy. The nodes run with
 # --insecure-anonymous (loopback only): no tokens to hand around.
 #
 # Environment (all optional):
@@ -249,7 +251,44 @@ umbra shadow get "$dev" --mqtt "tcp://${mqtt[nodes]}" -o json >"$tmp/get.json"
 grep -q '"hello from n1"' "$tmp/get.json" || die "node n$nodes does not see the update made on n1: $(<"$tmp/get.json")"
 echo "    n$nodes reads: $(grep -o '"desired":{[^}]*}' "$tmp/get.json" | head -n 1)"
 
-# 5. The cluster's status.
+# 5. A rollout to every device: the image uploaded through n1, the rollout
+# created through n3; whichever node holds the planner lease plans it and
+# the other nodes forward their calls to it.
+version=1.1.0
+step "rollout of $version to the $devices devices: uploaded through n1, created through n$nodes"
+head -c 65536 /dev/urandom >"$tmp/firmware-$version.bin"
+umbra firmware upload "$tmp/firmware-$version.bin" --version "$version" --api "http://${http[1]}" >"$tmp/upload.txt"
+: >"$tmp/targets.txt"
+for ((i = 1; i <= nodes; i++)); do
+	n=$per
+	((i == nodes)) && n=$((devices - per * (nodes - 1)))
+	w=${#n}
+	((w < 4)) && w=4
+	for ((k = 1; k <= n; k++)); do
+		printf 'n%d-dev-%0*d\n' "$i" "$w" "$k" >>"$tmp/targets.txt"
+	done
+done
+umbra rollout create --firmware "$version" --devices-file "$tmp/targets.txt" --batch-percent 50% \
+	--api "http://${http[nodes]}" >"$tmp/rollout.id"
+id=$(<"$tmp/rollout.id")
+[[ -n $id ]] || die "rollout create printed no rollout ID"
+t1=$(now)
+deadline=$((SECONDS + timeout))
+while :; do
+	umbra rollout status "$id" -o json --api "http://${http[2]}" >"$tmp/rollout.json" 2>"$tmp/rollout.err" || true
+	state=$(grep -o '"state":"[a-z_]*"' "$tmp/rollout.json" | head -n 1 | cut -d'"' -f4 || true)
+	[[ $state == succeeded ]] && break
+	[[ $state == failed || $state == aborted ]] && die "rollout $id $state: $(<"$tmp/rollout.json")"
+	((SECONDS < deadline)) || die "rollout $id not finished within ${timeout}s: ${state:-?} $(<"$tmp/rollout.err")"
+	nap 0.5
+done
+succeeded=$(grep -o '"counts":{[^}]*}' "$tmp/rollout.json" | head -n 1 | grep -o '"succeeded":[0-9]*' | cut -d: -f2 || true)
+umbra cluster status -o json --api "http://${http[1]}" >"$tmp/status.json"
+holder=$(grep -o '"planner":"[^"]*"' "$tmp/status.json" | cut -d'"' -f4 || true)
+echo "    rollout $id succeeded on ${succeeded:-0} of $devices devices in $(since "$t1"), planned by ${holder:-?}"
+((${succeeded:-0} == devices)) || die "rollout $id succeeded on ${succeeded:-0} of $devices devices"
+
+# 6. The cluster's status.
 step "umbra cluster status"
 umbra cluster status --api "http://${http[2]}" >"$tmp/status.txt"
 indent <"$tmp/status.txt"

@@ -16,8 +16,10 @@ const clusterDemoScript = "../../scripts/cluster-demo.sh"
 // TestClusterDemo runs `make cluster-demo`'s script end to end with a
 // small fleet: three nats-servers and three nodes start, every device
 // connects, a shadow written through one node is read through another,
-// the cluster status lists the three nodes healthy, and no process the
-// script started outlives it.
+// a rollout created through one node succeeds on every device (planned by
+// the planner lease's holder), the cluster status lists the three nodes
+// healthy with the lease's holder, and no process the script started
+// outlives it.
 func TestClusterDemo(t *testing.T) {
 	nats, err := natstest.Binary()
 	if err != nil {
@@ -33,6 +35,7 @@ func TestClusterDemo(t *testing.T) {
 	for _, w := range []string{
 		`(?m)^    30/30 devices connected over 3 nodes`,
 		`(?m)^    n3 reads: "desired":\{"demo":"hello from n1"\}`,
+		`(?m)^    rollout r\d+ succeeded on 30 of 30 devices in [\d.]+s, planned by n[123]$`,
 		`(?m)^    mode: cluster, healthy; answered by node n2; planner: lease held by n[123]$`,
 		`(?m)^    n1 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,
 		`(?m)^    n3 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,

@@ -98,10 +98,16 @@ func (r *rig) rolloutVia(t *testing.T, id string) wire.RolloutStatus {
 }
 
 // waitRolloutVia polls rollout id through r's HTTP API until cond holds.
+// A 503 (no planner yet: the lease's new holder is loading it) is waited
+// out.
 func (r *rig) waitRolloutVia(t *testing.T, id, what string, cond func(wire.RolloutStatus) bool) wire.RolloutStatus {
 	t.Helper()
 	var st wire.RolloutStatus
 	eventually(t, "rollout "+id+" "+what, func() string {
+		code, _, b := r.httpCall(t, "GET", "/v1/rollouts/"+id, "")
+		if code == http.StatusServiceUnavailable {
+			return "503 " + string(b)
+		}
 		if st = r.rolloutVia(t, id); cond(st) {
 			return ""
 		}
