@@ -269,7 +269,8 @@ for ((i = 1; i <= nodes; i++)); do
 	done
 done
 umbra rollout create --firmware "$version" --devices-file "$tmp/targets.txt" --batch-percent 50% \
-	--api "http://${http[nodes]}" >"$tmp/rollout.id"
+	--api "http://${http[nodes]}" >"$tmp/rollout.id" 2>"$tmp/create.txt"
+indent <"$tmp/create.txt"
 id=$(<"$tmp/rollout.id")
 [[ -n $id ]] || die "rollout create printed no rollout ID"
 t1=$(now)

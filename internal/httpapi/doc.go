@@ -44,7 +44,8 @@
 // (rolloutwire.Dropped).
 //
 // The rollout routes (see rollout.go) call Config.Rollouts, a
-// *rollout.Planner; without one they answer 503:
+// *rollout.Planner (in cluster mode the internal/plannerrpc.Client that
+// forwards to the planner lease's holder); without one they answer 503:
 //
 //	POST /v1/rollouts                     wire.CreateRollout → 201 wire.Rollout
 //	POST /v1/rollouts?dry_run=true        → 200 the wire.Rollout it would create (no ID), nothing stored
@@ -71,7 +72,9 @@
 // statuses in the same table: rollout.ErrInvalid 400, ErrNotFound 404,
 // ErrConflict (with "rollout" naming the rollout that holds the device),
 // ErrIncompatible (with "incompatible" listing up to
-// MaxIncompatibleListed devices) and ErrState 409, ErrClosed 503. Devices
+// MaxIncompatibleListed devices) and ErrState 409, ErrClosed 503, and
+// ErrUnavailable 503 with Retry-After: RetryAfterPlanner (cluster mode: no
+// node runs the planner during a failover). Devices
 // enrolled later join dynamic rollouts through the identity store's
 // enrolment callback, whatever the path (see rollout.Planner.DevicesEnrolled);
 // this package takes no part in it.

@@ -14,11 +14,17 @@
 //     thing that differs between store sets: openBoltStores (stores.go),
 //     the data dir's bbolt files, or, with Config.NATS (umbra serve
 //     --nats), openNATSStores, cluster mode's JetStream buckets for the
-//     shadows, identities and firmware (docs/cluster.md).
+//     shadows, identities, firmware and rollouts (docs/cluster.md).
 //     The components and the rest of Open do not change, except that in
 //     cluster mode the broker is joined to the other nodes' by
 //     broker/natsbridge (openBridge, right after the broker; closed just
-//     before it).
+//     before it), and the rollout planner runs on one node at a time
+//     (planner.go): the holder of the planner lease opens it from the
+//     shared bucket, answers the other nodes' forwarded calls
+//     (internal/plannerrpc), feeds its Notify from the shadow bucket's
+//     change feed and publishes the rollout feed; every node's API, Jobs
+//     service and firmware in-use check call a plannerrpc.Client
+//     (Server.Rollouts), local on the holder and forwarding elsewhere.
 //  2. The listeners (listeners.go): every socket is bound, so the
 //     firmware store knows the HTTP address for its download URLs, but
 //     accepts nothing yet.

@@ -36,8 +36,11 @@
 // InvalidJson, InvalidRequest, InvalidStateTransition (an update of a
 // final execution), ResourceNotFound, VersionMismatch, InternalError,
 // RequestThrottled (the per-thing rate, Config.DeviceRate) and
-// TerminalStateReached (a describe of a final execution). Timestamps are
-// epoch seconds. A request the planner refuses changes nothing.
+// TerminalStateReached (a describe of a final execution). A planner that
+// cannot be reached (rollout.ErrUnavailable: in cluster mode, no node holds
+// the planner lease during a failover) is an InternalError whose message,
+// MsgPlannerUnavailable, says to retry. Timestamps are epoch seconds. A
+// request the planner refuses changes nothing.
 //
 // A thing becomes a Jobs device (rollout.Planner.MarkJobs) with its first
 // Jobs request or its first subscription under its own jobs topics
