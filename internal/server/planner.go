@@ -190,11 +190,13 @@ func (l *plannerLeader) run(ctx context.Context) {
 		return
 	}
 	changes := l.lease.Changes()
+	var retryAt time.Time // after a failed start
 	for {
 		held := l.lease.Held()
-		if held && l.current() == nil {
+		if held && l.current() == nil && time.Now().After(retryAt) {
 			if err := l.start(ctx); err != nil && ctx.Err() == nil {
-				l.s.log.Warn("planner lease held, planner not started; retrying", "err", err)
+				l.s.log.Warn("planner lease held, planner not started; retrying in a second", "err", err)
+				retryAt = time.Now().Add(time.Second)
 			}
 		}
 		if !held && l.current() != nil {
