@@ -216,6 +216,31 @@ func TestForwardedCallsAnswerAsLocal(t *testing.T) {
 	if !errors.Is(err, rollout.ErrInvalid) || !errors.Is(err, firmware.ErrNotFound) {
 		t.Errorf("Create of a missing version = %v, want ErrInvalid and firmware.ErrNotFound", err)
 	}
+	// An execution's errors carry its state (the Jobs API's
+	// executionState): d000, in flight in batch 1, becomes a Jobs device.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, ok, err := c.NextExecution(ctx, "d000"); err != nil || ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("d000 has no pending execution 10 s after the rollout started")
+		}
+		if err := c.MarkJobs(ctx, "d000"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // the planner's pass notifies batch 1: poll
+	}
+	if x, err := c.UpdateExecution(ctx, "d000", r.ID, rollout.ExecutionUpdate{Status: rollout.ExecSucceeded}); err != nil || x.Status != rollout.ExecSucceeded || x.JobID != r.ID {
+		t.Fatalf("UpdateExecution SUCCEEDED = %+v, %v", x, err)
+	}
+	_, err = c.UpdateExecution(ctx, "d000", r.ID, rollout.ExecutionUpdate{Status: rollout.ExecFailed})
+	_, lerr := p.planner.UpdateExecution(ctx, "d000", r.ID, rollout.ExecutionUpdate{Status: rollout.ExecFailed})
+	xe, ok := errors.AsType[*rollout.ExecutionError](err)
+	lxe, _ := errors.AsType[*rollout.ExecutionError](lerr)
+	if !ok || lxe == nil || !errors.Is(err, rollout.ErrTerminal) || xe.Msg != lxe.Msg || xe.State.Status != rollout.ExecSucceeded || xe.State.Version != lxe.State.Version || err.Error() != lerr.Error() {
+		t.Errorf("update of a final execution = %#v, want as the local %#v", err, lerr)
+	}
+
 	if _, err := c.Pause(ctx, r.ID); err != nil {
 		t.Fatal(err)
 	}
