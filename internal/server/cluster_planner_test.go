@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/lbtest"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/internal/sim"
@@ -30,19 +31,26 @@ import (
 // plannerNode opens node id on ns with a planner lease of ttl. A crashable
 // node is closed on cleanup without checking its error (Crash leaves it
 // unable to close cleanly).
-func plannerNode(t *testing.T, ns *natstest.Server, id string, ttl time.Duration, crashable bool) *rig {
+//
+// Every node's public URL (Config.PublicURL) is lb, a load balancer in front
+// of the nodes: the firmware download URLs minted by the planner's node keep
+// working after it is gone, as in production.
+func plannerNode(t *testing.T, ns *natstest.Server, lb *lbtest.LB, id string, ttl time.Duration, crashable bool) *rig {
 	t.Helper()
 	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Anonymous: true,
-		RolloutTick: 50 * time.Millisecond, Logger: testLogger(t),
+		RolloutTick: 50 * time.Millisecond, Logger: testLogger(t), PublicURL: lb.URL(),
 		NATS: ns.URLs(), NodeID: id, NATSReplicas: 1, PlannerLeaseTTL: ttl}
+	var s *server.Server
 	if !crashable {
-		return &rig{Server: mustOpenServer(t, cfg), secrets: map[device.ID]string{}}
+		s = mustOpenServer(t, cfg)
+	} else {
+		var err error
+		if s, err = server.Open(t.Context(), cfg); err != nil {
+			t.Fatalf("server.Open: %v", err)
+		}
+		t.Cleanup(s.Crash)
 	}
-	s, err := server.Open(t.Context(), cfg)
-	if err != nil {
-		t.Fatalf("server.Open: %v", err)
-	}
-	t.Cleanup(s.Crash)
+	lb.Add(s.HTTPAddr().String())
 	return &rig{Server: s, secrets: map[device.ID]string{}}
 }
 
@@ -206,11 +214,11 @@ func (d *clusterJobsDevice) call(t *testing.T, suffix string, body map[string]an
 // reach an MQTT subscriber on node c and the live feed (GET /v1/events) of
 // node b.
 func TestClusterModeRolloutAcrossNodes(t *testing.T) {
-	ns := natstest.Start(t)
+	ns, lb := natstest.Start(t), lbtest.New(t)
 	const ttl = 2 * time.Second
-	a := plannerNode(t, ns, "a", ttl, false)
+	a := plannerNode(t, ns, lb, "a", ttl, false)
 	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
-	b, c := plannerNode(t, ns, "b", ttl, false), plannerNode(t, ns, "c", ttl, false)
+	b, c := plannerNode(t, ns, lb, "b", ttl, false), plannerNode(t, ns, lb, "c", ttl, false)
 	nodes := map[string]*rig{"a": a, "b": b, "c": c}
 	a.mustUpload(t, newVersion)
 
@@ -332,11 +340,11 @@ func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 // bound and the rollout finishes: every device on its first attempt,
 // each commanded once, each batch started once.
 func TestClusterModePlannerFailover(t *testing.T) {
-	ns := natstest.Start(t)
+	ns, lb := natstest.Start(t), lbtest.New(t)
 	const ttl = 3 * time.Second // the no-leader window is at least 2/3 of it
-	a := plannerNode(t, ns, "a", ttl, true)
+	a := plannerNode(t, ns, lb, "a", ttl, true)
 	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
-	b, c := plannerNode(t, ns, "b", ttl, false), plannerNode(t, ns, "c", ttl, false)
+	b, c := plannerNode(t, ns, lb, "b", ttl, false), plannerNode(t, ns, lb, "c", ttl, false)
 	a.mustUpload(t, newVersion)
 
 	const perNode, batch = 16, 8

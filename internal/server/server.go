@@ -338,6 +338,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	m.AddACLReloads(reloadOK, 0)
 	m.AddACLReloads(reloadError, 0)
 	log.Info("topic policy", "policy", acl.String())
+	if len(cfg.NATS) > 0 && cfg.PublicURL == "" {
+		log.Warn("cluster mode without --public-url: the firmware download URLs this node mints (all of a rollout's, when it runs the planner) name this node and stop working if it goes; give every node the same --public-url, a load balancer or DNS name that reaches every node (docs/cluster.md)")
+	}
 	if cfg.Anonymous {
 		log.Warn("INSECURE: --insecure-anonymous accepts every MQTT and HTTP client as an operator without credentials; never use it beyond a test machine")
 	}
