@@ -681,36 +681,12 @@ func (s *Storage) WatchNames(ctx context.Context) (<-chan string, error) {
 	if s.closed.Load() {
 		return nil, identity.ErrClosed
 	}
-	w, err := s.b.KV.Watch(ctx, prefixName+">", jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	out, err := natskv.WatchKeys(ctx, s.b, prefixName+">", 64, func(key string) (string, bool) {
+		name, err := natskv.Untoken(strings.TrimPrefix(key, prefixName))
+		return name, err == nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("identity/natsstore: watch: %w", err)
 	}
-	out := make(chan string, 64)
-	go func() { // ends with ctx or the watch; its sends wait on the consumer
-		defer close(out)
-		defer natskv.StopWatch(w)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					continue
-				}
-				name, err := natskv.Untoken(strings.TrimPrefix(e.Key(), prefixName))
-				if err != nil {
-					continue
-				}
-				select {
-				case out <- name:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
 	return out, nil
 }

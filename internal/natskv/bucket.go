@@ -390,3 +390,45 @@ func StopWatch(w jetstream.KeyWatcher) {
 		}
 	}()
 }
+
+// WatchKeys watches the keys of b matching filter (a NATS subject filter,
+// such as "c.>") from now on, metadata only, and sends parse's result for
+// each changed key (its write, delete or expiry) that parse accepts, on a
+// channel of the given buffer, until ctx ends or the watch fails; then it
+// closes the channel. Its sends wait on the consumer, whose slowness holds
+// the watch back (a revision superseded meanwhile may be skipped: the
+// bucket keeps one per key).
+func WatchKeys[T any](ctx context.Context, b *Bucket, filter string, buffer int, parse func(key string) (T, bool)) (<-chan T, error) {
+	w, err := b.KV.Watch(ctx, filter, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan T, buffer)
+	go func() { // ends with ctx or the watch
+		defer close(out)
+		defer StopWatch(w)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				v, ok := parse(e.Key())
+				if !ok {
+					continue
+				}
+				select {
+				case out <- v:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}

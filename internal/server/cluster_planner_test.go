@@ -205,6 +205,43 @@ func (d *clusterJobsDevice) call(t *testing.T, suffix string, body map[string]an
 	}
 }
 
+// plannerCluster is three nodes on one NATS server: a, which holds the
+// planner lease (crashable when asked), and b and c, each with a simulated
+// fleet of perNode devices running oldVersion, every device counted in seen.
+// newVersion is uploaded.
+type plannerCluster struct {
+	a, b, c *rig
+	fb, fc  *sim.Fleet
+	ids     []device.ID // fb's, then fc's
+	seen    *installs
+}
+
+func openPlannerCluster(t *testing.T, ttl time.Duration, crashable bool, perNode int, install time.Duration) plannerCluster {
+	t.Helper()
+	ns, lb := natstest.Start(t), lbtest.New(t)
+	pc := plannerCluster{seen: &installs{}}
+	pc.a = plannerNode(t, ns, lb, "a", ttl, crashable)
+	pc.a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
+	pc.b, pc.c = plannerNode(t, ns, lb, "b", ttl, false), plannerNode(t, ns, lb, "c", ttl, false)
+	pc.a.mustUpload(t, newVersion)
+	pc.fb = pc.b.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "b-", InstallTime: install, OnEvent: pc.seen.add})
+	pc.fc = pc.c.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "c-", InstallTime: install, OnEvent: pc.seen.add})
+	waitFleet(t, pc.fb, "node b's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	waitFleet(t, pc.fc, "node c's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
+	pc.ids = append(pc.fb.IDs(), pc.fc.IDs()...)
+	pc.b.waitReported(t, pc.ids, oldVersion)
+	return pc
+}
+
+// waitInstalled waits for every device to run newVersion, and checks that
+// each started downloading once, for job.
+func (pc plannerCluster) waitInstalled(t *testing.T, perNode int, job string) {
+	t.Helper()
+	waitFleet(t, pc.fb, "node b's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	waitFleet(t, pc.fc, "node c's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
+	pc.seen.check(t, pc.ids, job)
+}
+
 // TestClusterModeRolloutAcrossNodes: three nodes, node a holds the
 // planner lease, the devices are on nodes b and c. A rollout created
 // through node b's HTTP API finishes on every device, each commanded
@@ -214,22 +251,10 @@ func (d *clusterJobsDevice) call(t *testing.T, suffix string, body map[string]an
 // reach an MQTT subscriber on node c and the live feed (GET /v1/events) of
 // node b.
 func TestClusterModeRolloutAcrossNodes(t *testing.T) {
-	ns, lb := natstest.Start(t), lbtest.New(t)
-	const ttl = 2 * time.Second
-	a := plannerNode(t, ns, lb, "a", ttl, false)
-	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
-	b, c := plannerNode(t, ns, lb, "b", ttl, false), plannerNode(t, ns, lb, "c", ttl, false)
-	nodes := map[string]*rig{"a": a, "b": b, "c": c}
-	a.mustUpload(t, newVersion)
-
 	const perNode = 8
-	var seen installs
-	fb := b.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "b-", InstallTime: 50 * time.Millisecond, OnEvent: seen.add})
-	fc := c.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "c-", InstallTime: 50 * time.Millisecond, OnEvent: seen.add})
-	waitFleet(t, fb, "node b's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
-	waitFleet(t, fc, "node c's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
-	ids := append(fb.IDs(), fc.IDs()...)
-	a.waitReported(t, ids, oldVersion)
+	pc := openPlannerCluster(t, 2*time.Second, false, perNode, 50*time.Millisecond)
+	a, b, c, ids := pc.a, pc.b, pc.c, pc.ids
+	nodes := map[string]*rig{"a": a, "b": b, "c": c}
 
 	// A Jobs device on node c (subscribing marks it, through the leader),
 	// and an integrator watching the rollout events on node c.
@@ -308,9 +333,7 @@ func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 	if st.Counts["succeeded"] != len(targets) {
 		t.Errorf("counts %v, want %d succeeded", st.Counts, len(targets))
 	}
-	waitFleet(t, fb, "node b's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
-	waitFleet(t, fc, "node c's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
-	seen.check(t, ids, ro.ID+"/1")
+	pc.waitInstalled(t, perNode, ro.ID+"/1")
 
 	// The events reached node c's subscriber: created first, the final
 	// state last.
@@ -340,21 +363,10 @@ func TestClusterModeRolloutAcrossNodes(t *testing.T) {
 // bound and the rollout finishes: every device on its first attempt,
 // each commanded once, each batch started once.
 func TestClusterModePlannerFailover(t *testing.T) {
-	ns, lb := natstest.Start(t), lbtest.New(t)
 	const ttl = 3 * time.Second // the no-leader window is at least 2/3 of it
-	a := plannerNode(t, ns, lb, "a", ttl, true)
-	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
-	b, c := plannerNode(t, ns, lb, "b", ttl, false), plannerNode(t, ns, lb, "c", ttl, false)
-	a.mustUpload(t, newVersion)
-
 	const perNode, batch = 16, 8
-	var seen installs
-	fb := b.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "b-", InstallTime: 200 * time.Millisecond, OnEvent: seen.add})
-	fc := c.mustOpenFleet(t, sim.Config{Devices: perNode, IDPrefix: "c-", InstallTime: 200 * time.Millisecond, OnEvent: seen.add})
-	waitFleet(t, fb, "node b's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
-	waitFleet(t, fc, "node c's devices to connect", func(st sim.Stats) bool { return st.Connected == perNode })
-	ids := append(fb.IDs(), fc.IDs()...)
-	b.waitReported(t, ids, oldVersion)
+	pc := openPlannerCluster(t, ttl, true, perNode, 200*time.Millisecond)
+	a, b, c, ids := pc.a, pc.b, pc.c, pc.ids
 	jd := newClusterJobsDevice(t, b, "j-9") // not a target
 
 	body, _ := json.Marshal(map[string]any{"firmware": newVersion, "devices": ids, "batch_size": batch})
@@ -416,9 +428,7 @@ func TestClusterModePlannerFailover(t *testing.T) {
 	if st.Counts["succeeded"] != len(ids) || st.Started != len(ids)/batch {
 		t.Errorf("counts %v, %d batches started; want %d succeeded in %d batches", st.Counts, st.Started, len(ids), len(ids)/batch)
 	}
-	waitFleet(t, fb, "node b's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
-	waitFleet(t, fc, "node c's devices to run "+newVersion, func(st sim.Stats) bool { return st.Versions[newVersion] == perNode })
-	seen.check(t, ids, ro.ID+"/1")
+	pc.waitInstalled(t, perNode, ro.ID+"/1")
 
 	code, _, raw = b.httpCall(t, "GET", "/v1/rollouts/"+ro.ID+"/devices?limit=1000", "")
 	var devs wire.RolloutDevices

@@ -350,36 +350,12 @@ func (s *Store) WatchDevices(ctx context.Context) (<-chan device.ID, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
-	w, err := s.b.KV.Watch(ctx, prefixClassic+">", jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	out, err := natskv.WatchKeys(ctx, s.b, prefixClassic+">", 1024, func(key string) (device.ID, bool) {
+		k, err := parseKey(key)
+		return k.Device, err == nil && k.Name == ""
+	})
 	if err != nil {
 		return nil, fmt.Errorf("shadow/natsstore: watch: %w", err)
 	}
-	out := make(chan device.ID, 1024)
-	go func() { // ends with ctx or the watch; its sends wait on the consumer
-		defer close(out)
-		defer natskv.StopWatch(w)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					continue
-				}
-				k, err := parseKey(e.Key())
-				if err != nil || k.Name != "" {
-					continue
-				}
-				select {
-				case out <- k.Device:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
 	return out, nil
 }
