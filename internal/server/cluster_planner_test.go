@@ -457,3 +457,31 @@ func TestClusterModePlannerFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterModeDynamicRolloutEnrolment: a device enrolled through a node
+// that does not run the planner joins a matching dynamic rollout: the
+// enrolment hook is forwarded to the lease's holder.
+func TestClusterModeDynamicRolloutEnrolment(t *testing.T) {
+	ns, lb := natstest.Start(t), lbtest.New(t)
+	a := plannerNode(t, ns, lb, "a", 2*time.Second, false)
+	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
+	b := plannerNode(t, ns, lb, "b", 2*time.Second, false)
+	a.mustUpload(t, newVersion)
+	enrol := func(id string) {
+		t.Helper()
+		if code, _, raw := b.httpCall(t, "POST", "/v1/devices", `{"id":"`+id+`","labels":{"site":"x"}}`); code != http.StatusCreated {
+			t.Fatalf("enrol %s through node b: %d %s", id, code, raw)
+		}
+	}
+	enrol("site-1")
+	code, _, raw := b.httpCall(t, "POST", "/v1/rollouts", `{"firmware":"`+newVersion+`","select":{"site":"x"},"dynamic":true}`)
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/rollouts through node b: %d %s", code, raw)
+	}
+	var ro wire.Rollout
+	if err := json.Unmarshal(raw, &ro); err != nil || ro.Targets != 1 {
+		t.Fatalf("rollout %s (%v), want 1 target", raw, err)
+	}
+	enrol("site-2")
+	a.waitRolloutVia(t, ro.ID, "to take the device enrolled through node b", func(st wire.RolloutStatus) bool { return st.Targets == 2 })
+}
