@@ -216,18 +216,32 @@ func (l *plannerLeader) run(ctx context.Context) {
 }
 
 // start opens the planner from the shared bucket, serves the other
-// nodes' calls and watches the shadows.
+// nodes' calls and watches the shadows. The watch starts first, so that
+// no report falls between the planner's load (whose first pass re-reads
+// every device in flight) and the watch: its changes wait in the watch.
 func (l *plannerLeader) start(ctx context.Context) (err error) {
 	s := l.s
 	sctx, cancel := context.WithTimeout(ctx, plannerStepTimeout)
 	defer cancel()
+	wctx, stopWatch := context.WithCancel(ctx)
+	first, err := s.stores.shadowFeed.WatchDevices(wctx)
+	if err != nil {
+		stopWatch()
+		return fmt.Errorf("watch the shadows: %w", err)
+	}
 	p, err := rollout.Open(sctx, s.plannerConfig())
 	if err != nil {
+		stopWatch()
 		return fmt.Errorf("open planner: %w", err)
 	}
 	l.mu.Lock()
 	l.planner = p
 	l.mu.Unlock()
+	l.stopWatch, l.watchDone = stopWatch, make(chan struct{})
+	go func() {
+		defer close(l.watchDone)
+		l.watch(wctx, p, first)
+	}()
 	defer func() {
 		if err != nil {
 			l.stop()
@@ -236,34 +250,31 @@ func (l *plannerLeader) start(ctx context.Context) (err error) {
 	if l.rpc, err = plannerrpc.Serve(sctx, s.rpcConfig(), p, &l.stats, s.log); err != nil {
 		return err
 	}
-	wctx, stopWatch := context.WithCancel(ctx)
-	l.stopWatch, l.watchDone = stopWatch, make(chan struct{})
-	go func() {
-		defer close(l.watchDone)
-		l.watch(wctx, p)
-	}()
 	s.log.Info("planner lease gained: this node runs the rollout planner", "node", s.cfg.NodeID)
 	s.syncFeed(sctx, p)
 	return nil
 }
 
 // watch feeds p's Notify from the shared shadow bucket's change feed
-// (every node's device reports), watching again after a failure, until
-// ctx ends. The planner's rescan (Config.RolloutRescan) covers what a
-// failed watch missed.
-func (l *plannerLeader) watch(ctx context.Context, p *rollout.Planner) {
-	for ctx.Err() == nil {
-		ch, err := l.s.stores.shadowFeed.WatchDevices(ctx)
-		if err != nil {
-			l.s.log.Warn("watch the shadows for the planner", "err", err)
-		} else {
-			for id := range ch {
+// (every node's device reports), from ch and then from a new watch after
+// each failure, until ctx ends. The planner's rescan
+// (Config.RolloutRescan) covers what a failed watch missed.
+func (l *plannerLeader) watch(ctx context.Context, p *rollout.Planner, ch <-chan device.ID) {
+	for {
+		if ch != nil { // nil after a failed watch (ranging over it would block)
+			for id := range ch { // closed when ctx ends or the watch fails
 				p.Notify(id)
 			}
 		}
 		select {
 		case <-ctx.Done():
+			return
 		case <-time.After(time.Second):
+		}
+		var err error
+		if ch, err = l.s.stores.shadowFeed.WatchDevices(ctx); err != nil {
+			l.s.log.Warn("watch the shadows for the planner", "err", err)
+			ch = nil
 		}
 	}
 }
