@@ -54,7 +54,7 @@ func (images) Command(img firmware.Image, id device.ID, ttl time.Duration, job s
 }
 
 // mustPlanner opens a real planner on a bbolt file.
-func mustPlanner(t *testing.T) *rollout.Planner {
+func mustPlanner(t testing.TB) *rollout.Planner {
 	t.Helper()
 	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "rollout.db")})
 	if err != nil {
@@ -83,7 +83,7 @@ type pair struct {
 	nc      *nats.Conn // the client's
 }
 
-func mustPair(t *testing.T, cfg plannerrpc.Config) pair {
+func mustPair(t testing.TB, cfg plannerrpc.Config) pair {
 	t.Helper()
 	ns := natstest.Start(t)
 	p := pair{planner: mustPlanner(t), stats: &plannerrpc.ServerStats{}}
