@@ -395,16 +395,15 @@ func (c *Client) InUse(ctx context.Context, v firmware.Version) (string, bool, e
 	return rep.InUse, rep.InUse != "", err
 }
 
-// DevicesEnrolled forwards rollout.Planner.DevicesEnrolled. Like it, it
-// returns nothing: the planner logs what it could not do; a forward that
-// fails is lost (the devices join a dynamic rollout only when enrolled
-// again or added with AddDevices), and DevicesEnrolled reports it in err
-// for the caller to log.
+// DevicesEnrolled forwards rollout.Planner.DevicesEnrolled, which returns
+// nothing: a forward that fails is lost (use ForwardEnrolled to log it).
 func (c *Client) DevicesEnrolled(ctx context.Context, devs []rollout.EnrolledDevice) {
 	_ = c.ForwardEnrolled(ctx, devs)
 }
 
-// ForwardEnrolled is DevicesEnrolled with the forward's error.
+// ForwardEnrolled is DevicesEnrolled with the forward's error: without a
+// lease holder, the devices do not join the dynamic rollouts (until they
+// are enrolled again).
 func (c *Client) ForwardEnrolled(ctx context.Context, devs []rollout.EnrolledDevice) error {
 	if len(devs) == 0 {
 		return nil
