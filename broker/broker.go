@@ -835,7 +835,7 @@ func (s *Server) Subscribe(filter string, h HandlerFunc) error {
 // cannot stop the broker.
 func (s *Server) runHandler(h HandlerFunc, pk packets.Packet) {
 	origin := pk.Origin
-	if origin == mqtt.InlineClientId {
+	if ownOrigin(origin) {
 		origin = ""
 	}
 	defer func() {

@@ -113,7 +113,9 @@
 // that one member in the whole cluster receives it. Release ends a session here because its client
 // connected to another node: DISCONNECT 0x8E "session taken over",
 // OnDisconnect with ErrTakenOver, subscriptions and queued messages
-// dropped.
+// dropped. PublishLocal publishes like Publish without the Relay: for
+// what every node publishes for itself from shared state (device
+// presence).
 //
 // # Limits and edge validation
 //

@@ -878,7 +878,7 @@ func (l *ledger) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
 	cur, ok := l.s.mq.Topics.Retained.Get(topic)
 	old, had := l.retained[topic]
 	switch {
-	case ok && cur.Origin != mqtt.InlineClientId:
+	case ok && !ownOrigin(cur.Origin):
 		m := messageOf(cur)
 		m.Retain = true
 		l.retained[topic] = m

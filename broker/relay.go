@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -69,8 +70,9 @@ type relayBox struct{ r Relay }
 // relays are the in-process clients Deliver publishes from: one per
 // shared subscription it delivered to, plus the plain one ("").
 type relays struct {
-	mu sync.Mutex              // guards m
-	m  map[string]*mqtt.Client // by shared subscription filter, "" for plain
+	mu    sync.Mutex              // guards m and local
+	m     map[string]*mqtt.Client // by shared subscription filter, "" for plain
+	local *mqtt.Client            // PublishLocal's
 }
 
 // SetRelay connects the Server to r (nil disconnects it). Interest is
@@ -124,7 +126,7 @@ func (s *Server) relaySelect(subs *mqtt.Subscribers, pk packets.Packet) {
 		return
 	}
 	r := s.currentRelay()
-	if r == nil || mqtt.IsSysTopic(pk.TopicName) {
+	if r == nil || mqtt.IsSysTopic(pk.TopicName) || pk.Origin == localOrigin {
 		return
 	}
 	if r.Published(messageOf(pk)) {
@@ -269,4 +271,62 @@ func (s *Server) relayConnecting(cl *mqtt.Client, c *conn) {
 	defer cancel()
 	r.Connecting(ctx, cl.ID)
 	refreshDeadline(cl, c)
+}
+
+// localOrigin is the Origin of a message published with PublishLocal:
+// no client ID contains NUL, so it names no client.
+const localOrigin = "\x00local"
+
+// ownOrigin reports whether origin is the broker's own (Publish or
+// PublishLocal), whose retained messages its publisher restores.
+func ownOrigin(origin string) bool {
+	return origin == mqtt.InlineClientId || origin == localOrigin
+}
+
+// PublishLocal publishes a message from the broker itself, as Publish
+// does, but to this node only: the Relay does not see it, so it does not
+// reach other nodes. Cluster mode uses it for what every node publishes
+// for itself from shared state, such as device presence, which each node
+// reads from the cluster's presence bucket: publishing it on every node
+// and relaying it too would deliver it twice, out of the bucket's order.
+// Without a Relay it is Publish. It returns the errors of Publish.
+func (s *Server) PublishLocal(topic string, payload []byte, retain bool, qos byte) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := validTopic(topic, true); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	if qos > 2 {
+		return fmt.Errorf("publish %s: qos %d: %w", topic, qos, ErrInvalidQoS)
+	}
+	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
+		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
+	}
+	if retain && s.hook.isRequest(topic) {
+		retain = false // requests are never retained (see retain.go)
+		s.hook.retainIgnored.Add(1)
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+		TopicName:   topic,
+		Payload:     bytes.Clone(payload),
+		PacketID:    uint16(qos), // as mochi's Publish: valid, never used
+	}
+	if err := s.mq.InjectPacket(s.localClient(), pk); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// localClient returns the in-process client PublishLocal publishes from,
+// made on first use.
+func (s *Server) localClient() *mqtt.Client {
+	s.relays.mu.Lock()
+	defer s.relays.mu.Unlock()
+	if s.relays.local == nil {
+		s.relays.local = s.mq.NewClient(nil, "local", localOrigin, true)
+		s.relays.local.Properties.ProtocolVersion = 5
+	}
+	return s.relays.local
 }

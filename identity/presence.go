@@ -33,6 +33,9 @@ type Presence struct {
 	DisconnectReason string `json:"disconnectReason,omitempty"`
 	// RemoteAddr is the peer address of the latest connection.
 	RemoteAddr string `json:"remoteAddr,omitempty"`
+	// Node is the cluster node that holds (or last held) the connection;
+	// empty in single-node mode.
+	Node string `json:"node,omitempty"`
 }
 
 // presenceEntry is a device's presence with the sequence number of the
@@ -98,6 +101,21 @@ func (s *Store) record(id device.ID, seq uint64, apply func(*presenceEntry) bool
 	s.presence[id] = e
 	s.dirty[id] = struct{}{}
 	return true
+}
+
+// ApplyPresence sets device id's presence to p, as a shared presence
+// store reports it (cluster mode, where every node reads the cluster's
+// presence instead of recording its own connections): it replaces what
+// is known, is not written to the Storage, and orders later Connected and
+// Disconnected calls after it (it resets the connection sequence).
+func (s *Store) ApplyPresence(id device.ID, p Presence) {
+	if s.closed.Load() {
+		return
+	}
+	s.presenceMu.Lock()
+	defer s.presenceMu.Unlock()
+	s.presence[id] = &presenceEntry{Presence: p}
+	delete(s.dirty, id)
 }
 
 // Presence returns device id's presence; ok is false if nothing is known.

@@ -41,6 +41,9 @@ type Presence struct {
 	DisconnectedAt   time.Time `json:"disconnected_at,omitzero"` // may predate ConnectedAt while connected
 	DisconnectReason string    `json:"disconnect_reason,omitempty"`
 	RemoteAddr       string    `json:"remote_addr,omitempty"`
+	// Node is the cluster node holding (or that last held) the device's
+	// connection; empty in single-node mode.
+	Node string `json:"node,omitempty"`
 }
 
 // Device is the body of GET /v1/devices/{id}: everything about one

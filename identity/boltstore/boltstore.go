@@ -164,6 +164,7 @@ type presenceRecord struct {
 	DisconnectedAt   time.Time `json:"disconnectedAt,omitzero"`
 	DisconnectReason string    `json:"disconnectReason,omitempty"`
 	RemoteAddr       string    `json:"remoteAddr,omitempty"`
+	Node             string    `json:"node,omitempty"` // cluster mode only; never set in single-node mode
 }
 
 func (r deviceRecord) record(id string) identity.Record {

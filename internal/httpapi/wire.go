@@ -18,7 +18,7 @@ func wireImage(img firmware.Image) wire.Image {
 
 func wirePresence(p identity.Presence) wire.Presence {
 	return wire.Presence{Connected: p.Connected, ConnectedAt: p.ConnectedAt, DisconnectedAt: p.DisconnectedAt,
-		DisconnectReason: p.DisconnectReason, RemoteAddr: p.RemoteAddr}
+		DisconnectReason: p.DisconnectReason, RemoteAddr: p.RemoteAddr, Node: p.Node}
 }
 
 func wireSummary(s shadow.Summary) wire.DeviceSummary {

@@ -79,3 +79,57 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBridgeTakeovers, s.TakeoversReleased, "released")
 	counter(descBridgeReconnects, s.Reconnects)
 }
+
+// PresenceStats is what the metrics read from cluster mode's device
+// presence (internal/cluster.Presence) at scrape time. Counters only
+// grow; Pending and Watching are current values.
+type PresenceStats struct {
+	Written  int64 // presence records written
+	Stale    int64 // events not written: the record describes a newer connection
+	Lost     int64 // devices of lost nodes marked disconnected
+	Corrupt  int64 // undecodable records skipped
+	Errors   int64 // failed writes (retried)
+	Pending  int64 // devices whose latest event awaits a retry
+	Watching bool  // the presence bucket's change feed is live
+}
+
+// RegisterPresence exposes cluster mode's presence counters.
+func (m *Metrics) RegisterPresence(stats func() PresenceStats) {
+	m.reg.MustRegister(&presenceCollector{stats: stats})
+}
+
+type presenceCollector struct {
+	stats func() PresenceStats
+}
+
+var (
+	descPresenceWrites  = bridgeDesc("presence_writes_total", "Device presence events of this node, by result (written to the presence bucket; stale: not written, the bucket holds a newer connection; error: failed, retried).", "result")
+	descPresenceLost    = bridgeDesc("presence_lost_total", "Connected devices of lost nodes (or of this node's earlier run) this node marked disconnected.")
+	descPresenceCorrupt = bridgeDesc("presence_corrupt_total", "Presence records that could not be decoded: reported and skipped.")
+	descPresencePending = bridgeDesc("presence_pending", "Devices whose latest presence event awaits a retry.")
+	descPresenceWatch   = bridgeDesc("presence_watching", "1 while the presence bucket's change feed is live, else 0.")
+)
+
+func (c *presenceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPresenceWrites, descPresenceLost, descPresenceCorrupt, descPresencePending, descPresenceWatch} {
+		ch <- d
+	}
+}
+
+func (c *presenceCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	watching := 0.0
+	if s.Watching {
+		watching = 1
+	}
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descPresenceWrites, s.Written, "written")
+	counter(descPresenceWrites, s.Stale, "stale")
+	counter(descPresenceWrites, s.Errors, "error")
+	counter(descPresenceLost, s.Lost)
+	counter(descPresenceCorrupt, s.Corrupt)
+	ch <- prometheus.MustNewConstMetric(descPresencePending, prometheus.GaugeValue, float64(s.Pending))
+	ch <- prometheus.MustNewConstMetric(descPresenceWatch, prometheus.GaugeValue, watching)
+}

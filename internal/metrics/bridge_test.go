@@ -32,3 +32,24 @@ func TestBridgeMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestPresenceSeries(t *testing.T) {
+	m := metrics.New()
+	m.RegisterPresence(func() metrics.PresenceStats {
+		return metrics.PresenceStats{Written: 7, Stale: 2, Lost: 3, Corrupt: 1, Errors: 4, Pending: 5, Watching: true}
+	})
+	got := scrape(t, m.Handler())
+	for series, want := range map[string]float64{
+		`umbra_cluster_presence_writes_total{result="written"}`: 7,
+		`umbra_cluster_presence_writes_total{result="stale"}`:   2,
+		`umbra_cluster_presence_writes_total{result="error"}`:   4,
+		`umbra_cluster_presence_lost_total`:                     3,
+		`umbra_cluster_presence_corrupt_total`:                  1,
+		`umbra_cluster_presence_pending`:                        5,
+		`umbra_cluster_presence_watching`:                       1,
+	} {
+		if got[series] != want {
+			t.Errorf("%s = %v, want %v", series, got[series], want)
+		}
+	}
+}

@@ -2,7 +2,14 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/device"
+	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/metrics"
 
 	"github.com/umbra-iot/umbra/internal/cluster"
 	"github.com/umbra-iot/umbra/wire"
@@ -59,4 +66,43 @@ func (s *Server) clusterHandler() http.Handler {
 		b, _ := wire.Marshal(st)
 		_, _ = w.Write(append(b, '\n'))
 	})
+}
+
+// openPresence opens cluster mode's device presence (cluster.Presence,
+// docs/cluster.md "Presence"): the broker's connects and disconnects are
+// written to the shared presence bucket instead of the node's identity
+// store, and every node reports the bucket's presence, in the bucket's
+// order, to its identity store (GET /v1/devices), to its own MQTT clients
+// (the retained state/<id>/presence, published on this node only: every
+// node publishes it for itself) and to the fleet index. Nothing in
+// single-node mode.
+func (s *Server) openPresence(ctx context.Context) (err error) {
+	if s.registry == nil {
+		return nil
+	}
+	replicas := s.cfg.NATSReplicas
+	if replicas == 0 {
+		replicas = DefaultNATSReplicas
+	}
+	s.presence, err = cluster.OpenPresence(ctx, cluster.PresenceConfig{
+		JetStream:     s.stores.js,
+		Replicas:      replicas,
+		Node:          s.cfg.NodeID,
+		Nodes:         s.registry,
+		SweepInterval: s.cfg.ClusterHeartbeat,
+		Logger:        s.log,
+		OnChange: func(id device.ID, p identity.Presence) {
+			s.ids.ApplyPresence(id, p)
+			topic, payload := "state/"+string(id)+"/presence", s.ids.PresenceJSON(id)
+			if err := s.brk.PublishLocal(topic, payload, true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
+				s.log.Warn("publish presence", "device", id, "err", err)
+			}
+			s.fleet.tap(topic, payload)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("server: presence: %w", err)
+	}
+	s.metrics.RegisterPresence(func() metrics.PresenceStats { return metrics.PresenceStats(s.presence.Stats()) })
+	return nil
 }

@@ -196,6 +196,7 @@ type Server struct {
 	brk      *broker.Server
 	bridge   *natsbridge.Bridge // cluster mode's cross-node delivery; nil in single-node mode
 	registry *cluster.Registry  // cluster mode's node registration; nil in single-node mode
+	presence *cluster.Presence  // cluster mode's device presence; nil in single-node mode
 	started  time.Time
 	eng      *shadow.Engine
 	fw       *firmware.Store
@@ -482,6 +483,9 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 	if err := s.register(ctx); err != nil {
 		return err
 	}
+	if err := s.openPresence(ctx); err != nil {
+		return err
+	}
 
 	if s.lns.http != nil {
 		auth := httpapi.Authenticate(s.ids, cfg.Anonymous)
@@ -558,15 +562,20 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 				s.evictStale(ci.Identity)
 				return
 			}
-			if d := ci.Identity.Device; d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
+			if d := ci.Identity.Device; d != "" && s.presence != nil {
+				s.presence.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) // cluster mode: see cluster.go
+			} else if d != "" && ids.Connected(d, ci.Seq, ci.At, ci.RemoteAddr) {
 				presence(d)
 			}
 		},
 		OnDisconnect: func(ci broker.ConnInfo, err error) {
 			// A removed device's last disconnect is not recorded: its
 			// presence went with it.
-			if d := ci.Identity.Device; d != "" && (cfg.Anonymous || ids.Enrolment(d) != "") &&
-				ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
+			if d := ci.Identity.Device; d == "" || !cfg.Anonymous && ids.Enrolment(d) == "" {
+				return
+			} else if s.presence != nil {
+				s.presence.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) // cluster mode: see cluster.go
+			} else if ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
 				presence(d)
 			}
 		},
@@ -726,6 +735,9 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.brk != nil {
 			closeOne("broker", s.brk)
+		}
+		if s.presence != nil {
+			closeOne("presence", s.presence) // after the broker: writes the disconnects its close reported
 		}
 		s.evictions.Wait() // quick: the broker is closed
 		if s.jobs != nil {
