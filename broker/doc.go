@@ -113,7 +113,11 @@
 // that one member in the whole cluster receives it. Release ends a session here because its client
 // connected to another node: DISCONNECT 0x8E "session taken over",
 // OnDisconnect with ErrTakenOver, subscriptions and queued messages
-// dropped. PublishLocal publishes like Publish without the Relay: for
+// dropped; Handoff does the same and returns the session, which the
+// node the client connected to adopts when Relay.Connecting returns it
+// (the client inherits it as after a restart: session present 1). Retain
+// applies a retained message from a shared store without delivering it.
+// PublishLocal publishes like Publish without the Relay: for
 // what every node publishes for itself from shared state (device
 // presence).
 //

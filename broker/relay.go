@@ -45,9 +45,12 @@ type Relay interface {
 	// Connecting is called on the client's goroutine for a client that
 	// authenticated, before its session is established here: it returns
 	// once another node that held the client ID's session has released
-	// it (Release there), or when ctx, bounded by Config.ConnectTimeout,
-	// is done. Meanwhile the client waits for its CONNACK.
-	Connecting(ctx context.Context, clientID string)
+	// it (Release or Handoff there), or when ctx, bounded by
+	// Config.ConnectTimeout, is done. Meanwhile the client waits for its
+	// CONNACK. It returns the persistent session the other node handed
+	// off (Handoff), which this node adopts unless the client starts
+	// clean; nil if there is none.
+	Connecting(ctx context.Context, clientID string) *SessionState
 	// Session is called when this node gains a session of clientID
 	// (present true: a client connected) and when it loses it (false: a
 	// clean session ended, a persistent one expired, or was evicted or
@@ -218,12 +221,22 @@ func (s *Server) relayClient(share string) *mqtt.Client {
 // It reports whether this node had a session of clientID. After Close it
 // returns false.
 func (s *Server) Release(ctx context.Context, clientID string) bool {
+	cl, ok := s.releaseConn(ctx, clientID)
+	if ok {
+		s.awaitDrop(ctx, cl)
+	}
+	return ok
+}
+
+// releaseConn ends the connection of clientID's session for Release and
+// Handoff, and returns the session's client; false if there is none.
+func (s *Server) releaseConn(ctx context.Context, clientID string) (*mqtt.Client, bool) {
 	if s.closed.Load() {
-		return false
+		return nil, false
 	}
 	cl, ok := s.mq.Clients.Get(clientID)
 	if !ok || cl.Net.Inline {
-		return false
+		return nil, false
 	}
 	if c := connOf(cl); c != nil && !c.ended() {
 		if !cl.Closed() {
@@ -242,14 +255,19 @@ func (s *Server) Release(ctx context.Context, clientID string) bool {
 		}
 		timer.Stop()
 	}
+	return cl, true
+}
+
+// awaitDrop drops the session of cl, released, and waits for the Store,
+// bounded like the connection's end.
+func (s *Server) awaitDrop(ctx context.Context, cl *mqtt.Client) {
 	stored := s.dropSession(cl)
-	s.log.Info("session released: the client connected to another node", "client", clip(clientID), "remote", cl.Net.Remote)
+	s.log.Info("session released: the client connected to another node", "client", clip(cl.ID), "remote", cl.Net.Remote)
 	select { // bounded like the wait above; the commit completes anyway
 	case <-stored.done:
 	case <-ctx.Done():
 	case <-s.ctx.Done():
 	}
-	return true
 }
 
 // relaySession tells the Relay that this node gained or lost clientID's
@@ -269,8 +287,9 @@ func (s *Server) relayConnecting(cl *mqtt.Client, c *conn) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
 	defer cancel()
-	r.Connecting(ctx, cl.ID)
+	st := r.Connecting(ctx, cl.ID)
 	refreshDeadline(cl, c)
+	s.adoptSession(cl, st)
 }
 
 // localOrigin is the Origin of a message published with PublishLocal:
@@ -329,4 +348,66 @@ func (s *Server) localClient() *mqtt.Client {
 		s.relays.local.Properties.ProtocolVersion = 5
 	}
 	return s.relays.local
+}
+
+// Retain makes m the retained message of m.Topic on this node, as a
+// shared retained store reports it (cluster mode: the message was
+// published on some node and stored in the cluster's retained bucket);
+// an empty payload clears the topic's retained message. Nobody receives
+// m now: later subscribers get it as retained. Unless m.Origin is the
+// broker's own ("inline": a Publish on its node), it counts, like a
+// retained message Deliver brings, toward MaxRetained and
+// MaxRetainedBytes and in Stats.RetainedBytes (so the retained limits,
+// checked where a message is published, hold for the cluster's retained
+// messages) and is written to Config.Store; it is never refused for
+// those limits: its publisher's node applied them. Stats.Retained counts
+// it in any case. An
+// m.Expiry in the past clears the topic. Retain copies nothing: m.Payload
+// must not be modified afterwards.
+//
+// Retain returns ErrClosed after Close, and errors wrapping
+// ErrInvalidTopic (a malformed topic or a $SYS one) or ErrTooLarge.
+func (s *Server) Retain(m Message) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := validTopic(m.Topic, true); err != nil || mqtt.IsSysTopic(m.Topic) {
+		return fmt.Errorf("retain: %q: %w", m.Topic, ErrInvalidTopic)
+	}
+	if uint64(len(m.Payload)) > uint64(s.cfg.MaxPacketSize) {
+		return fmt.Errorf("retain %s: %d-byte payload over %d: %w", m.Topic, len(m.Payload), s.cfg.MaxPacketSize, ErrTooLarge)
+	}
+	if !m.Expiry.IsZero() && m.Expiry.Before(time.Now()) {
+		m.Payload = nil
+	}
+	m.QoS = min(m.QoS, 2)
+	pk := packetOf(m)
+	pk.FixedHeader.Retain = true
+	pk.Origin = relayOrigin
+	if ownOrigin(m.Origin) {
+		// The broker's own on its node (Publish), where it is neither
+		// counted nor stored: its publisher restores it.
+		pk.Origin = localOrigin
+	}
+	pk.Properties.SubscriptionIdentifier = nil
+	cl := s.relayClient("")
+	n := s.mq.Topics.RetainMessage(pk)
+	s.ledger.OnRetainMessage(cl, pk, n)
+	atomic.StoreInt64(&s.mq.Info.Retained, int64(s.mq.Topics.Retained.Len()))
+	return nil
+}
+
+// RetainedTopics returns the topics of the retained messages this node
+// holds for clients and other nodes (not the broker's own, from Publish
+// and PublishLocal), in no order: what a shared retained store compares
+// with its own when it starts.
+func (s *Server) RetainedTopics() []string {
+	l := s.ledger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]string, 0, len(l.retained))
+	for t := range l.retained {
+		out = append(out, t)
+	}
+	return out
 }

@@ -50,7 +50,7 @@ func (r *fakeRelay) Interest(filter string, on bool) {
 	}
 }
 
-func (r *fakeRelay) Connecting(context.Context, string) {}
+func (r *fakeRelay) Connecting(context.Context, string) *broker.SessionState { return nil }
 
 func (r *fakeRelay) Session(clientID string, present bool) {
 	r.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/umbra-iot/umbra/broker"
 )
@@ -110,6 +111,18 @@ type Config struct {
 	// ConnectTimeout); then the CONNECT proceeds and the other session
 	// may remain. Default DefaultTakeoverTimeout.
 	TakeoverTimeout time.Duration
+	// JetStream, if set, makes retained messages cluster-wide: they are
+	// kept in the RetainedBucket key-value bucket, written by the node
+	// where they are published and applied on every node (see the
+	// package documentation, "Retained messages"). Nil: each node keeps
+	// the retained messages it receives.
+	JetStream jetstream.JetStream
+	// RetainedBucket is the retained messages' bucket. Default
+	// DefaultRetainedBucket.
+	RetainedBucket string
+	// Replicas is the bucket's replica count when Open creates it.
+	// Default 1.
+	Replicas int
 	// Logger receives the bridge's logs. Nil discards.
 	Logger *slog.Logger
 }
@@ -138,6 +151,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RetainedBucket == "" {
+		c.RetainedBucket = DefaultRetainedBucket
 	}
 }
 
@@ -175,6 +191,14 @@ type Stats struct {
 	TakeoversSent        int64 // connects that asked another node to release the client's session and got an answer, since Open
 	TakeoversReleased    int64 // sessions released here because the client connected to another node, since Open
 	Reconnects           int64 // reconnections to NATS, since Open (with Config.URL; a Config.Conn's are its owner's)
+	RetainedStored       int64 // retained publishes of this node written to the shared bucket, since Open (Config.JetStream)
+	RetainedFailed       int64 // retained publishes of this node not written: queue full (the bucket is behind), since Open
+	RetainedApplied      int64 // retained messages (and clearings) applied here from the shared bucket, since Open
+	RetainedCorrupt      int64 // records of the shared bucket that could not be decoded or applied: skipped, since Open
+	HandoffsSent         int64 // persistent sessions handed to the node their client connected to, since Open
+	HandoffsReceived     int64 // persistent sessions handed here by another node, since Open
+	HandoffRefused       int64 // handed-off sessions that could not be decoded: the client started fresh, since Open
+	HandoffDropped       int64 // queued messages of handed-off sessions left out: over NATS's maximum payload, since Open
 }
 
 // Bridge carries one node's MQTT traffic to the other nodes over NATS and
@@ -200,17 +224,19 @@ type Bridge struct {
 	share chan *nats.Msg // from queue subscriptions
 	takes chan *nats.Msg // takeover requests
 
-	interest interest // the filters' NATS subscriptions
-	sessions sessions // the takeover subscriptions
-	seq      uint64   // last sequence number published; owned by the outbound loop
+	ret      *retained // shared retained messages; nil without Config.JetStream
+	interest interest  // the filters' NATS subscriptions
+	sessions sessions  // the takeover subscriptions
+	seq      uint64    // last sequence number published; owned by the outbound loop
 
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 
-	outMessages, outDropped, inMessages, inDropped, duplicates atomic.Int64
-	refused, takeoversSent, released, reconnects               atomic.Int64
-	dropping                                                   atomic.Bool // an outbound drop episode was logged
+	outMessages, outDropped, inMessages, inDropped, duplicates     atomic.Int64
+	refused, takeoversSent, released, reconnects                   atomic.Int64
+	handoffsSent, handoffsReceived, handoffRefused, handoffDropped atomic.Int64
+	dropping                                                       atomic.Bool // an outbound drop episode was logged
 
 	slowMu   sync.Mutex                      // guards slow and slowGone
 	slow     map[*nats.Subscription]struct{} // subscriptions that were slow consumers
@@ -266,6 +292,20 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 		b.ownNC = true
 	}
 	b.up.Store(b.nc.IsConnected())
+	if cfg.JetStream != nil {
+		w, last, err := b.openRetained(ctx)
+		if err != nil {
+			if b.ownNC {
+				b.nc.Close()
+				b.ctl.Close()
+			}
+			b.cancel()
+			return nil, err
+		}
+		b.wg.Add(2)
+		go func() { defer b.wg.Done(); b.retainedWatchLoop(w, last) }()
+		go func() { defer b.wg.Done(); b.retainedWriteLoop() }()
+	}
 	b.wg.Add(7)
 	go func() { defer b.wg.Done(); b.watch() }()
 	go func() { defer b.wg.Done(); b.outboundLoop() }()
@@ -311,7 +351,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 // Stats returns a snapshot of the bridge's counters; cheap enough for a
 // metrics scrape.
 func (b *Bridge) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Connected:            b.up.Load(),
 		OutMessages:          b.outMessages.Load(),
 		OutDropped:           b.outDropped.Load(),
@@ -324,7 +364,16 @@ func (b *Bridge) Stats() Stats {
 		TakeoversSent:        b.takeoversSent.Load(),
 		TakeoversReleased:    b.released.Load(),
 		Reconnects:           b.reconnects.Load(),
+		HandoffsSent:         b.handoffsSent.Load(),
+		HandoffsReceived:     b.handoffsReceived.Load(),
+		HandoffRefused:       b.handoffRefused.Load(),
+		HandoffDropped:       b.handoffDropped.Load(),
 	}
+	if r := b.ret; r != nil {
+		st.RetainedStored, st.RetainedFailed = r.stored.Load(), r.failed.Load()
+		st.RetainedApplied, st.RetainedCorrupt = r.applied.Load(), r.corrupt.Load()
+	}
+	return st
 }
 
 // dial opens one of the bridge's NATS connections; the messages one

@@ -62,10 +62,9 @@
 // A node subscribes to <Prefix>.s.<client ID> for every session it holds.
 // When a client connects to another node, that node's broker asks on the
 // subject (a NATS request) before it completes the CONNECT; the node
-// holding the session ends it with broker.Server.Release (MQTT 5
+// holding the session ends it with broker.Server.Handoff (MQTT 5
 // DISCONNECT 0x8E "session taken over", OnDisconnect with
-// broker.ErrTakenOver, subscriptions and queued messages dropped) and
-// then replies. The old connection's OnDisconnect therefore comes before
+// broker.ErrTakenOver, the session dropped there) and then replies. The old connection's OnDisconnect therefore comes before
 // the new one's OnConnect, as within one node. When no node holds the
 // session NATS answers "no responders" at once, so a connect costs one
 // NATS round trip; a reconnect to the node that holds the session is a
@@ -75,9 +74,20 @@
 // connected one. A session's subscription reaches the NATS
 // server a moment (one flush) after its client connected: a client that
 // connects to a second node within that moment keeps both sessions until
-// its next connect. A persistent session does not move: the
-// device gets CONNACK with session present 0 on the new node and
-// subscribes again.
+// its next connect.
+//
+// A persistent session moves with its client: the holder ends it with
+// broker.Server.Handoff instead of Release, and its reply carries the
+// session (header Umbra-Session: 1, the JSON of broker.SessionState: the
+// session, its subscriptions and the QoS 1 and 2 messages of its inflight
+// store with their packet identifiers). The connecting node's broker
+// adopts it (Relay.Connecting returns it) unless the client starts clean
+// or authenticated as another identity: CONNACK session present 1, the
+// subscriptions, and the queued messages sent again. A session whose JSON
+// exceeds the connection's maximum payload (1 MB by default) travels with
+// its oldest queued messages only (Stats.HandoffDropped counts the rest);
+// a reply that cannot be decoded, or carries another client's session, is
+// refused (Stats.HandoffRefused) and the client starts fresh.
 //
 // # Subjects and headers
 //
@@ -102,14 +112,35 @@
 // broker"). Subscribers on the receiving node get it at their QoS from
 // their node. While NATS is down, nats.go keeps up to 8 MB of published
 // messages and sends them on reconnection; beyond that they are dropped.
-// Retained messages are kept by each node that receives them (a node with
-// no subscriber to a topic when its retained message was published does
-// not have it; see docs/cluster.md).
+// Without Config.JetStream, retained messages are kept by each node that
+// receives them (a node with no subscriber to a topic when its retained
+// message was published does not have it).
+//
+// # Retained messages
+//
+// With Config.JetStream retained messages are cluster-wide. The node
+// where a retained message is published (a client's PUBLISH that its
+// limits admitted, a will, or the broker's Publish; not PublishLocal)
+// writes it to the retained bucket (Config.RetainedBucket, key
+// r.<topic>; an empty payload deletes the key), in the order of its
+// publishes, retrying while NATS is away; every node watches the bucket
+// and applies each change with broker.Server.Retain, in the bucket's
+// order, so every node ends with the bucket's retained messages and
+// counts them toward its retained limits (checked on the publishing
+// node: concurrent new topics on several nodes can overshoot by what is
+// in flight). At Open the node loads the bucket before it serves and
+// clears the retained messages it held (from its broker.Store) that the
+// bucket no longer has. A message from another node is then delivered
+// without its retain flag, its retained state coming from the bucket
+// only: an MQTT 5 subscriber with Retain As Published gets retain 0 on
+// a live message from another node. A record that cannot be decoded or
+// applied is logged once, counted (Stats.RetainedCorrupt) and skipped.
 //
 // # Concurrency
 //
 // Open starts seven goroutines (outbound, two inbound, interest, sessions,
-// takeover replies, connection watch) and Close stops them and waits;
+// takeover replies, connection watch), two more with Config.JetStream
+// (the retained bucket's watch and writer), and Close stops them and waits;
 // Close is idempotent. The methods the broker calls never wait for NATS,
 // except Connecting (Config.TakeoverTimeout; up to Config.WriteTimeout
 // more if the takeover link itself is stalled): interest and

@@ -305,11 +305,12 @@ func (b *Bridge) takeoverLoop() {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if b.brk.Release(b.ctx, id) {
+			st, ok := b.brk.Handoff(b.ctx, id)
+			if ok {
 				b.released.Add(1)
 				b.log.Info("session released to another node", "client", clip(id), "to", clip(string(msg.Data)))
 			}
-			_ = msg.Respond([]byte(b.origin))
+			_ = msg.RespondMsg(b.handoffReply(msg.Reply, st))
 		}()
 	}
 }

@@ -39,6 +39,9 @@ var _ broker.Relay = (*relay)(nil)
 // skip it when NATS delivers it later from the client's reconnect buffer.
 func (r *relay) Published(m broker.Message) bool {
 	b := (*Bridge)(r)
+	if m.Retain && b.ret != nil && !b.closed.Load() {
+		b.queueRetained(m)
+	}
 	shared := !b.closed.Load() && b.up.Load()
 	select {
 	case b.out <- outbound{m: m, shared: shared}:
@@ -78,27 +81,30 @@ func (r *relay) Session(clientID string, present bool) {
 // when nobody subscribes to the client's takeover subject, and this node
 // answers its own request at once (its broker takes a session it holds
 // over itself).
-func (r *relay) Connecting(ctx context.Context, clientID string) {
+func (r *relay) Connecting(ctx context.Context, clientID string) *broker.SessionState {
 	b := (*Bridge)(r)
 	if b.closed.Load() {
-		return
+		return nil
 	}
 	if !b.up.Load() {
 		b.log.Warn("client connected while NATS is down: a session it has on another node stays there", "client", clip(clientID))
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.TakeoverTimeout)
 	defer cancel()
 	reply, err := b.ctl.RequestWithContext(ctx, b.sesPfx+token(clientID), []byte(b.origin))
 	switch {
 	case err == nil:
-		if string(reply.Data) != b.origin {
-			b.takeoversSent.Add(1)
+		if string(reply.Data) == b.origin {
+			return nil // this node's own answer
 		}
+		b.takeoversSent.Add(1)
+		return b.handedOff(clientID, reply)
 	case errors.Is(err, nats.ErrNoResponders):
 	default:
 		b.log.Warn("session takeover unanswered: the client's session on another node may remain", "client", clip(clientID), "error", err)
 	}
+	return nil
 }
 
 // outboundLoop publishes the queued messages to NATS in order, numbering
@@ -276,6 +282,9 @@ func (b *Bridge) inboundLoop(ch chan *nats.Msg, kind string) {
 				clear(last)
 			}
 			last[h.origin] = h.seq
+		}
+		if b.ret != nil {
+			m.Retain = false // the retained state comes from the shared bucket, in its order
 		}
 		if err := b.brk.Deliver(m, share); err != nil {
 			b.inDropped.Add(1)

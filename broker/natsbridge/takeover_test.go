@@ -63,7 +63,8 @@ func TestSessionTakeoverAcrossNodes(t *testing.T) {
 	}
 	awaitSubscriptions(t, a, 0) // the released session's subscription went with it
 
-	// The device resubscribes on node 2 (the session does not move).
+	// The session moved with the device (TestPersistentSessionMovesWithItsClient);
+	// subscribing again changes nothing.
 	cmds := brokertest.Subscribe(t, dev, "dev-1/cmd", 1)
 	settle(t, a, b)
 	op := brokertest.Connect(t, a.url, "operator")

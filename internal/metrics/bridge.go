@@ -18,6 +18,14 @@ type BridgeStats struct {
 	TakeoversSent        int64 // connects that made another node release the client's session
 	TakeoversReleased    int64 // sessions released because the client connected to another node
 	Reconnects           int64 // reconnections to NATS
+	RetainedStored       int64 // retained publishes written to the shared retained bucket
+	RetainedFailed       int64 // retained publishes not written: queue full
+	RetainedApplied      int64 // retained messages (and clearings) applied from the shared bucket
+	RetainedCorrupt      int64 // records of the shared retained bucket skipped
+	HandoffsSent         int64 // persistent sessions handed to another node
+	HandoffsReceived     int64 // persistent sessions handed here
+	HandoffRefused       int64 // handed-off sessions that could not be decoded
+	HandoffDropped       int64 // queued messages left out of handed-off sessions
 }
 
 // RegisterBridge exposes the cluster bridge's counters, read by calling
@@ -45,11 +53,17 @@ var (
 	descBridgeSessions   = bridgeDesc("sessions", "Client sessions the node holds, each with a session-takeover subscription.")
 	descBridgeTakeovers  = bridgeDesc("takeovers_total", "Session takeovers across nodes, by role (sent: a client connected here and another node released its session; released: the client connected elsewhere).", "role")
 	descBridgeReconnects = bridgeDesc("nats_reconnects_total", "Reconnections of the cluster bridge to NATS.")
+	descRetainedWrites   = bridgeDesc("retained_writes_total", "Retained publishes of this node for the cluster's retained bucket, by result (stored; failed: the write queue was full).", "result")
+	descRetainedApplied  = bridgeDesc("retained_applied_total", "Retained messages and clearings applied on this node from the cluster's retained bucket.")
+	descHandoffs         = bridgeDesc("session_handoffs_total", "Persistent sessions moved between nodes with their client, by role (sent: handed to the node the client connected to; received: handed here; refused: received but undecodable, the client started fresh).", "role")
+	descHandoffDropped   = bridgeDesc("session_handoff_dropped_total", "Queued messages of handed-off sessions left out: the session was over NATS's maximum payload.")
+	descRetainedCorrupt  = bridgeDesc("retained_corrupt_total", "Records of the cluster's retained bucket that could not be decoded or applied: skipped.")
 )
 
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBridgeConnected, descBridgeMessages, descBridgeDropped, descBridgeDuplicates,
-		descBridgeSubs, descBridgeRefused, descBridgeSessions, descBridgeTakeovers, descBridgeReconnects} {
+		descBridgeSubs, descBridgeRefused, descBridgeSessions, descBridgeTakeovers, descBridgeReconnects,
+		descRetainedWrites, descRetainedApplied, descRetainedCorrupt, descHandoffs, descHandoffDropped} {
 		ch <- d
 	}
 }
@@ -78,6 +92,14 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBridgeTakeovers, s.TakeoversSent, "sent")
 	counter(descBridgeTakeovers, s.TakeoversReleased, "released")
 	counter(descBridgeReconnects, s.Reconnects)
+	counter(descRetainedWrites, s.RetainedStored, "stored")
+	counter(descRetainedWrites, s.RetainedFailed, "failed")
+	counter(descRetainedApplied, s.RetainedApplied)
+	counter(descRetainedCorrupt, s.RetainedCorrupt)
+	counter(descHandoffs, s.HandoffsSent, "sent")
+	counter(descHandoffs, s.HandoffsReceived, "received")
+	counter(descHandoffs, s.HandoffRefused, "refused")
+	counter(descHandoffDropped, s.HandoffDropped)
 }
 
 // PresenceStats is what the metrics read from cluster mode's device

@@ -10,7 +10,9 @@ func TestBridgeMetrics(t *testing.T) {
 	m := metrics.New()
 	m.RegisterBridge(func() metrics.BridgeStats {
 		return metrics.BridgeStats{Connected: true, OutMessages: 7, OutDropped: 1, InMessages: 5, InDropped: 2, Duplicates: 3,
-			Subscriptions: 4, SubscriptionsRefused: 6, Sessions: 8, TakeoversSent: 9, TakeoversReleased: 10, Reconnects: 11}
+			Subscriptions: 4, SubscriptionsRefused: 6, Sessions: 8, TakeoversSent: 9, TakeoversReleased: 10, Reconnects: 11,
+			RetainedStored: 12, RetainedFailed: 13, RetainedApplied: 14, RetainedCorrupt: 15,
+			HandoffsSent: 16, HandoffsReceived: 17, HandoffRefused: 18, HandoffDropped: 19}
 	})
 	got := scrape(t, m.Handler())
 	for series, want := range map[string]float64{
@@ -26,6 +28,14 @@ func TestBridgeMetrics(t *testing.T) {
 		`umbra_cluster_takeovers_total{role="sent"}`:            9,
 		`umbra_cluster_takeovers_total{role="released"}`:        10,
 		`umbra_cluster_nats_reconnects_total`:                   11,
+		`umbra_cluster_retained_writes_total{result="stored"}`:  12,
+		`umbra_cluster_retained_writes_total{result="failed"}`:  13,
+		`umbra_cluster_retained_applied_total`:                  14,
+		`umbra_cluster_retained_corrupt_total`:                  15,
+		`umbra_cluster_session_handoffs_total{role="sent"}`:     16,
+		`umbra_cluster_session_handoffs_total{role="received"}`: 17,
+		`umbra_cluster_session_handoffs_total{role="refused"}`:  18,
+		`umbra_cluster_session_handoff_dropped_total`:           19,
 	} {
 		if got[series] != want {
 			t.Errorf("%s = %v, want %v", series, got[series], want)

@@ -80,10 +80,7 @@ func (s *Server) openPresence(ctx context.Context) (err error) {
 	if s.registry == nil {
 		return nil
 	}
-	replicas := s.cfg.NATSReplicas
-	if replicas == 0 {
-		replicas = DefaultNATSReplicas
-	}
+	replicas := natsReplicas(s.cfg)
 	s.presence, err = cluster.OpenPresence(ctx, cluster.PresenceConfig{
 		JetStream:     s.stores.js,
 		Replicas:      replicas,
@@ -105,4 +102,12 @@ func (s *Server) openPresence(ctx context.Context) (err error) {
 	}
 	s.metrics.RegisterPresence(func() metrics.PresenceStats { return metrics.PresenceStats(s.presence.Stats()) })
 	return nil
+}
+
+// natsReplicas is the replica count of the buckets a node creates.
+func natsReplicas(cfg Config) int {
+	if cfg.NATSReplicas == 0 {
+		return DefaultNATSReplicas
+	}
+	return cfg.NATSReplicas
 }

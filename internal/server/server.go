@@ -648,6 +648,9 @@ func (s *Server) openBridge(ctx context.Context) (err error) {
 		MaxSubscriptions: s.cfg.ClusterMaxSubscriptions,
 		OutboundBuffer:   s.cfg.ClusterOutboundBuffer,
 		InboundBuffer:    s.cfg.ClusterInboundBuffer,
+		// Retained messages are cluster-wide (docs/cluster.md).
+		JetStream: s.stores.js,
+		Replicas:  natsReplicas(s.cfg),
 	})
 	if errors.Is(err, natsbridge.ErrInvalidConfig) {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)

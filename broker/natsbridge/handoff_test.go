@@ -1,0 +1,149 @@
+package natsbridge_test
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/broker/boltstore"
+	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/natstest"
+	"github.com/umbra-iot/umbra/internal/waitfor"
+)
+
+// persistentConnect connects clientID to url with clean session off and
+// returns the client, whether the broker had its session (CONNACK
+// session present), and every message it receives, subscribed or not
+// (the messages of a resumed session arrive before any Subscribe).
+func persistentConnect(t *testing.T, url, clientID string) (mqtt.Client, bool, <-chan brokertest.Message) {
+	t.Helper()
+	msgs := make(chan brokertest.Message, 64)
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(clientID).SetCleanSession(false).
+		SetAutoReconnect(false).SetOrderMatters(false).
+		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+			msgs <- brokertest.Message{Topic: m.Topic(), Payload: append([]byte(nil), m.Payload()...), Retained: m.Retained(), QoS: m.Qos()}
+		})
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(wait) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", clientID, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c, tok.(*mqtt.ConnectToken).SessionPresent(), msgs
+}
+
+// boltNode starts a node whose broker keeps its state in a bbolt file.
+func boltNode(t *testing.T, natsURL, id string) (*node, *boltstore.Store) {
+	t.Helper()
+	st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "broker.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) }) // after the broker's
+	return startNode(t, natsURL, id, broker.Config{Store: st}), st
+}
+
+// TestPersistentSessionMovesWithItsClient: a clean-session=false client
+// that reconnects to another node gets CONNACK session present 1, its
+// subscription, and the QoS 1 messages queued for it while it was
+// offline, once each; the old node holds nothing of it any more, and the
+// new node's Store holds the session.
+func TestPersistentSessionMovesWithItsClient(t *testing.T) {
+	ns := natstest.Start(t)
+	a, _ := boltNode(t, ns.URL(), "n1")
+	b, storeB := boltNode(t, ns.URL(), "n2")
+
+	dev, present, _ := persistentConnect(t, a.url, "dev-s")
+	if present {
+		t.Fatal("first connect: session present")
+	}
+	brokertest.Subscribe(t, dev, "cmd/dev-s", 1)
+	dev.Disconnect(100) // offline: node 1 queues for it
+	waitDisconnect(t, a, "dev-s")
+	settle(t, a, b)
+	pub := brokertest.Connect(t, b.url, "pub")
+	for _, p := range []string{"c1", "c2", "c3"} {
+		brokertest.Publish(t, pub, "cmd/dev-s", 1, []byte(p))
+	}
+	waitfor.Poll(t, wait, "node 1 queues 3 messages", func() bool { return a.brk.Stats().Inflight == 3 })
+
+	_, present, msgs := persistentConnect(t, b.url, "dev-s")
+	if !present {
+		t.Fatal("reconnect to node 2: session present 0, want 1 (the session moved)")
+	}
+	expect(t, msgs, "c1", "c2", "c3")
+	if st := a.br.Stats(); st.HandoffsSent != 1 || st.Sessions != 0 {
+		t.Errorf("node 1 bridge stats %+v, want 1 handoff sent, no session left", st)
+	}
+	if st := b.br.Stats(); st.HandoffsReceived != 1 {
+		t.Errorf("node 2 bridge stats %+v, want 1 handoff received", st)
+	}
+	if st := a.brk.Stats(); st.Inflight != 0 || st.PersistentSessions != 0 {
+		t.Errorf("node 1 broker: %d inflight, %d persistent sessions; want none", st.Inflight, st.PersistentSessions)
+	}
+
+	// The subscription moved: a command published on node 1 reaches it.
+	awaitSubscriptions(t, b, 1)
+	awaitSubscriptions(t, a, 0)
+	settle(t, a, b)
+	brokertest.Publish(t, brokertest.Connect(t, a.url, "op"), "cmd/dev-s", 1, []byte("c4"))
+	expect(t, msgs, "c4")
+	expectNothing(t, msgs)
+
+	waitfor.Poll(t, wait, "node 2's Store holds the session", func() bool {
+		st, err := storeB.Load(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(st.Sessions, func(s broker.SessionState) bool { return s.ClientID == "dev-s" })
+		return i >= 0 && len(st.Sessions[i].Subscriptions) == 1 && len(st.Sessions[i].Queued) == 0
+	})
+}
+
+// TestHandedOffSessionRefused: a takeover reply that carries a session
+// that cannot be used (undecodable, another format version, another
+// client's) is refused and counted; the client connects with a fresh
+// session (session present 0) and nothing else changes.
+func TestHandedOffSessionRefused(t *testing.T) {
+	ns := natstest.Start(t)
+	b := startNode(t, ns.URL(), "n2", broker.Config{})
+	nc := natstest.Connect(t, ns.URLs())
+	for i, tc := range []struct {
+		name, version, data string
+	}{
+		{"undecodable", "1", "{not json"},
+		{"another format version", "2", `{"ClientID":"dev-%d"}`},
+		{"another client's session", "1", `{"ClientID":"someone-else"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "dev-" + string(rune('a'+i))
+			data := tc.data
+			if tc.name == "another format version" {
+				data = `{"ClientID":"` + id + `"}`
+			}
+			sub, err := nc.Subscribe("umbra.s."+id, func(m *nats.Msg) {
+				_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Data: []byte(data), Header: nats.Header{"Umbra-Session": []string{tc.version}}})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			c, present, _ := persistentConnect(t, b.url, id)
+			if present {
+				t.Error("session present after a refused handoff")
+			}
+			brokertest.Subscribe(t, c, "cmd/"+id, 1) // the fresh session works
+			if st := b.br.Stats(); st.HandoffRefused != int64(i+1) || st.HandoffsReceived != 0 {
+				t.Errorf("stats %+v, want %d refused, none received", st, i+1)
+			}
+		})
+	}
+}
