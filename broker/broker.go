@@ -776,26 +776,36 @@ func (s *Server) TLSAddr() net.Addr {
 // (empty, wildcard, $SYS or over-long topic), ErrInvalidQoS (qos > 2) or
 // ErrTooLarge (payload over MaxPacketSize).
 func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if err := validTopic(topic, true); err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	if qos > 2 {
-		return fmt.Errorf("publish %s: qos %d: %w", topic, qos, ErrInvalidQoS)
-	}
-	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
-		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
-	}
-	if retain && s.hook.isRequest(topic) {
-		retain = false // requests are never retained (see retain.go)
-		s.hook.retainIgnored.Add(1)
+	retain, err := s.checkPublish(topic, payload, retain, qos)
+	if err != nil {
+		return err
 	}
 	if err := s.mq.Publish(topic, bytes.Clone(payload), retain, qos); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	return nil
+}
+
+// checkPublish checks the arguments of Publish and PublishLocal and
+// returns retain, dropped on a request topic.
+func (s *Server) checkPublish(topic string, payload []byte, retain bool, qos byte) (bool, error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	if err := validTopic(topic, true); err != nil {
+		return false, fmt.Errorf("publish: %w", err)
+	}
+	if qos > 2 {
+		return false, fmt.Errorf("publish %s: qos %d: %w", topic, qos, ErrInvalidQoS)
+	}
+	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
+		return false, fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
+	}
+	if retain && s.hook.isRequest(topic) {
+		retain = false // requests are never retained (see retain.go)
+		s.hook.retainIgnored.Add(1)
+	}
+	return retain, nil
 }
 
 // Subscribe registers h for messages on topics matching filter, published

@@ -310,21 +310,9 @@ func ownOrigin(origin string) bool {
 // and relaying it too would deliver it twice, out of the bucket's order.
 // Without a Relay it is Publish. It returns the errors of Publish.
 func (s *Server) PublishLocal(topic string, payload []byte, retain bool, qos byte) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if err := validTopic(topic, true); err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	if qos > 2 {
-		return fmt.Errorf("publish %s: qos %d: %w", topic, qos, ErrInvalidQoS)
-	}
-	if uint64(len(payload)) > uint64(s.cfg.MaxPacketSize) {
-		return fmt.Errorf("publish %s: %d-byte payload over %d: %w", topic, len(payload), s.cfg.MaxPacketSize, ErrTooLarge)
-	}
-	if retain && s.hook.isRequest(topic) {
-		retain = false // requests are never retained (see retain.go)
-		s.hook.retainIgnored.Add(1)
+	retain, err := s.checkPublish(topic, payload, retain, qos)
+	if err != nil {
+		return err
 	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},

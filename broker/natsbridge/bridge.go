@@ -293,7 +293,7 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 	}
 	b.up.Store(b.nc.IsConnected())
 	if cfg.JetStream != nil {
-		w, last, err := b.openRetained(ctx)
+		feed, err := b.openRetained(ctx)
 		if err != nil {
 			if b.ownNC {
 				b.nc.Close()
@@ -303,7 +303,10 @@ func Open(ctx context.Context, cfg Config) (*Bridge, error) {
 			return nil, err
 		}
 		b.wg.Add(2)
-		go func() { defer b.wg.Done(); b.retainedWatchLoop(w, last) }()
+		go func() {
+			defer b.wg.Done()
+			feed.Follow(b.ctx, func(e jetstream.KeyValueEntry) { b.applyRetained(e) }, nil)
+		}()
 		go func() { defer b.wg.Done(); b.retainedWriteLoop() }()
 	}
 	b.wg.Add(7)

@@ -3,7 +3,6 @@ package natsbridge
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -35,8 +34,8 @@ const (
 
 	retainedSchema = 1
 	prefixRetained = "r."
-	retainedRetry  = 250 * time.Millisecond
-	retainedTTLMax = 10 * time.Second // bounds one write attempt
+	retainedRetry  = 250 * time.Millisecond // between write attempts
+	retainedTTLMax = 10 * time.Second       // bounds one write attempt
 )
 
 // retainedRecord is a retained message as the bucket holds it.
@@ -56,44 +55,29 @@ type retained struct {
 
 // openRetained opens the retained bucket, makes the broker's retained
 // messages those of the bucket (clearing the ones it holds that the bucket
-// does not), and returns the watch to follow.
-func (b *Bridge) openRetained(ctx context.Context) (jetstream.KeyWatcher, uint64, error) {
+// does not), and returns the feed of its changes.
+func (b *Bridge) openRetained(ctx context.Context) (*natskv.Feed, error) {
 	bk, err := natskv.Open(ctx, b.cfg.JetStream, natskv.BucketConfig{Name: b.cfg.RetainedBucket, Replicas: b.cfg.Replicas,
 		Schema: natskv.Schema{Kind: "retained", Version: retainedSchema}})
 	if err != nil {
-		return nil, 0, fmt.Errorf("natsbridge: retained bucket: %w", err)
+		return nil, fmt.Errorf("natsbridge: retained bucket: %w", err)
 	}
 	b.ret = &retained{b: bk, writes: make(chan broker.Message, b.cfg.OutboundBuffer), hashed: map[string]string{}}
-	w, err := bk.KV.Watch(ctx, prefixRetained+">")
-	if err != nil {
-		return nil, 0, fmt.Errorf("natsbridge: retained bucket: watch: %w", err)
-	}
 	seen := map[string]bool{}
-	var last uint64
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				natskv.StopWatch(w)
-				return nil, 0, errors.New("natsbridge: retained bucket: watch closed while loading")
-			}
-			if e == nil {
-				for _, t := range b.brk.RetainedTopics() {
-					if !seen[t] {
-						_ = b.brk.Retain(broker.Message{Topic: t}) // cleared in the cluster meanwhile
-					}
-				}
-				return w, last, nil
-			}
-			last = e.Revision()
-			if t, ok := b.applyRetained(e); ok {
-				seen[t] = true
-			}
-		case <-ctx.Done():
-			natskv.StopWatch(w)
-			return nil, 0, fmt.Errorf("natsbridge: retained bucket: load: %w", ctx.Err())
+	feed, err := bk.StartFeed(ctx, prefixRetained+">", func(e jetstream.KeyValueEntry) {
+		if t, ok := b.applyRetained(e); ok {
+			seen[t] = true
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsbridge: retained bucket: %w", err)
+	}
+	for _, t := range b.brk.RetainedTopics() {
+		if !seen[t] {
+			_ = b.brk.Retain(broker.Message{Topic: t}) // cleared in the cluster meanwhile
 		}
 	}
+	return feed, nil
 }
 
 // applyRetained applies one change of the bucket to the broker and
@@ -137,43 +121,6 @@ func (b *Bridge) applyRetained(e jetstream.KeyValueEntry) (string, bool) {
 func (b *Bridge) retainedCorrupt(key string, err error) {
 	if b.ret.corrupt.Add(1) == 1 {
 		b.log.Error("retained message in the bucket skipped: cannot be decoded or applied", "key", key, "error", err)
-	}
-}
-
-// retainedWatchLoop applies the bucket's changes until the bridge
-// closes, watching again from the last revision seen if the watch ends.
-func (b *Bridge) retainedWatchLoop(w jetstream.KeyWatcher, last uint64) {
-	defer func() {
-		if w != nil {
-			natskv.StopWatch(w)
-		}
-	}()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case e, ok := <-w.Updates():
-			if ok {
-				if e != nil {
-					last = e.Revision()
-					b.applyRetained(e)
-				}
-				continue
-			}
-		}
-		w = nil
-		for {
-			nw, err := b.ret.b.KV.Watch(b.ctx, prefixRetained+">", jetstream.ResumeFromRevision(last+1))
-			if err == nil {
-				w = nw
-				break
-			}
-			select {
-			case <-b.ctx.Done():
-				return
-			case <-time.After(retainedRetry):
-			}
-		}
 	}
 }
 

@@ -194,34 +194,14 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 	p := &Presence{cfg: cfg, b: b, log: cfg.Logger.With("component", "presence", "node", cfg.Node),
 		boot: hex.EncodeToString(tok), view: map[device.ID]viewEntry{}, pending: map[device.ID]presenceEvent{},
 		local: map[device.ID]presenceEvent{}, kick: make(chan struct{}, 1)}
-	w, err := b.KV.Watch(ctx, prefixPresence+">")
+	feed, err := b.StartFeed(ctx, prefixPresence+">", p.apply)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: presence: watch: %w", err)
+		return nil, fmt.Errorf("cluster: presence: load: %w", err)
 	}
-	var last uint64
-	for initial := true; initial; {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				natskv.StopWatch(w)
-				return nil, errors.New("cluster: presence: watch closed while loading")
-			}
-			if e == nil {
-				initial = false
-				break
-			}
-			last = e.Revision()
-			p.apply(e)
-		case <-ctx.Done():
-			natskv.StopWatch(w)
-			return nil, fmt.Errorf("cluster: presence: load: %w", ctx.Err())
-		}
-	}
-	p.watching.Store(true)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancel
 	p.markEarlierIncarnations(ctx)
-	p.wg.Go(func() { p.watchLoop(runCtx, w, last) })
+	p.wg.Go(func() { feed.Follow(runCtx, p.apply, p.watching.Store) })
 	p.wg.Go(func() { p.writeLoop(runCtx) })
 	p.wg.Go(func() { p.sweepLoop(runCtx) })
 	return p, nil
@@ -264,45 +244,6 @@ func (p *Presence) reportCorrupt(key string, err error) {
 	p.corrupt.Add(1)
 	if p.corruptLogged.CompareAndSwap(false, true) {
 		p.log.Error("presence record skipped: cannot be decoded (the next connect of the device replaces it)", "key", key, "err", err)
-	}
-}
-
-// watchLoop applies the bucket's changes until ctx ends, re-watching
-// from the last revision seen if the watch ends.
-func (p *Presence) watchLoop(ctx context.Context, w jetstream.KeyWatcher, last uint64) {
-	defer func() {
-		if w != nil {
-			natskv.StopWatch(w)
-		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case e, ok := <-w.Updates():
-			if ok {
-				if e != nil {
-					last = e.Revision()
-					p.apply(e)
-				}
-				continue
-			}
-		}
-		p.watching.Store(false)
-		w = nil
-		for { // the watch ended: start again after the last revision seen
-			nw, err := p.b.KV.Watch(ctx, prefixPresence+">", jetstream.ResumeFromRevision(last+1))
-			if err == nil {
-				w = nw
-				p.watching.Store(true)
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(retryInterval):
-			}
-		}
 	}
 }
 

@@ -18,13 +18,17 @@
 //     The components and the rest of Open do not change, except that in
 //     cluster mode the broker is joined to the other nodes' by
 //     broker/natsbridge (openBridge, right after the broker; closed just
-//     before it), and the rollout planner runs on one node at a time
-//     (planner.go): the holder of the planner lease opens it from the
-//     shared bucket, answers the other nodes' forwarded calls
-//     (internal/plannerrpc), feeds its Notify from the shadow bucket's
-//     change feed and publishes the rollout feed; every node's API, Jobs
-//     service and firmware in-use check call a plannerrpc.Client
-//     (Server.Rollouts), local on the holder and forwarding elsewhere.
+//     before it; it keeps retained messages in a shared bucket and moves
+//     persistent sessions), device presence is the cluster's
+//     (openPresence, cluster.go: written to a shared bucket instead of
+//     the identity store, and read back from it on every node), and the
+//     rollout planner runs on one node at a time (planner.go): the holder
+//     of the planner lease opens it from the shared bucket, answers the
+//     other nodes' forwarded calls (internal/plannerrpc), feeds its Notify
+//     from the shadow bucket's change feed and publishes the rollout feed;
+//     every node's API, Jobs service and firmware in-use check call a
+//     plannerrpc.Client (Server.Rollouts), local on the holder and
+//     forwarding elsewhere.
 //  2. The listeners (listeners.go): every socket is bound, so the
 //     firmware store knows the HTTP address for its download URLs, but
 //     accepts nothing yet.
