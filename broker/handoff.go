@@ -133,11 +133,9 @@ func (s *Server) adoptSession(cl *mqtt.Client, st *SessionState) {
 		l.markRecord(r)
 	}
 	l.mu.Unlock()
-	if s.cfg.Auth != nil {
-		s.hook.mu.Lock()
-		s.hook.sessions[cl.ID] = sess
-		s.hook.mu.Unlock()
-	}
+	// Unlike a restore, the main hook's record of the client ID's session
+	// is left to cl, which authenticated before: the adopted client only
+	// waits, offline, for cl to inherit it.
 	l.wake()
 	s.log.Info("session adopted from another node", "client", clip(cl.ID), "subscriptions", len(st.Subscriptions), "queued", n.queued)
 }

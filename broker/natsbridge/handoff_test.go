@@ -2,6 +2,7 @@ package natsbridge_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -50,59 +51,63 @@ func boltNode(t *testing.T, natsURL, id string) (*node, *boltstore.Store) {
 
 // TestPersistentSessionMovesWithItsClient: a clean-session=false client
 // that reconnects to another node gets CONNACK session present 1, its
-// subscription, and the QoS 1 messages queued for it while it was
+// subscription, and the QoS 1 or 2 messages queued for it while it was
 // offline, once each; the old node holds nothing of it any more, and the
 // new node's Store holds the session.
 func TestPersistentSessionMovesWithItsClient(t *testing.T) {
 	ns := natstest.Start(t)
 	a, _ := boltNode(t, ns.URL(), "n1")
 	b, storeB := boltNode(t, ns.URL(), "n2")
+	for i, qos := range []byte{1, 2} {
+		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
+			id, topic := fmt.Sprintf("dev-q%d", qos), fmt.Sprintf("cmd/dev-q%d", qos)
+			dev, present, _ := persistentConnect(t, a.url, id)
+			if present {
+				t.Fatal("first connect: session present")
+			}
+			brokertest.Subscribe(t, dev, topic, qos)
+			dev.Disconnect(100) // offline: node 1 queues for it
+			waitDisconnect(t, a, id)
+			settle(t, a, b)
+			pub := brokertest.Connect(t, b.url, "pub-"+id)
+			for _, p := range []string{"c1", "c2", "c3"} {
+				brokertest.Publish(t, pub, topic, qos, []byte(p))
+			}
+			waitfor.Poll(t, wait, "node 1 queues 3 messages", func() bool { return a.brk.Stats().Inflight == 3 })
 
-	dev, present, _ := persistentConnect(t, a.url, "dev-s")
-	if present {
-		t.Fatal("first connect: session present")
-	}
-	brokertest.Subscribe(t, dev, "cmd/dev-s", 1)
-	dev.Disconnect(100) // offline: node 1 queues for it
-	waitDisconnect(t, a, "dev-s")
-	settle(t, a, b)
-	pub := brokertest.Connect(t, b.url, "pub")
-	for _, p := range []string{"c1", "c2", "c3"} {
-		brokertest.Publish(t, pub, "cmd/dev-s", 1, []byte(p))
-	}
-	waitfor.Poll(t, wait, "node 1 queues 3 messages", func() bool { return a.brk.Stats().Inflight == 3 })
+			_, present, msgs := persistentConnect(t, b.url, id)
+			if !present {
+				t.Fatal("reconnect to node 2: session present 0, want 1 (the session moved)")
+			}
+			expect(t, msgs, "c1", "c2", "c3")
+			if st := a.br.Stats(); st.HandoffsSent != int64(i+1) || st.Sessions != 0 {
+				t.Errorf("node 1 bridge stats %+v, want %d handoffs sent, no session left", st, i+1)
+			}
+			if st := b.br.Stats(); st.HandoffsReceived != int64(i+1) {
+				t.Errorf("node 2 bridge stats %+v, want %d handoffs received", st, i+1)
+			}
+			if st := a.brk.Stats(); st.Inflight != 0 || st.PersistentSessions != 0 {
+				t.Errorf("node 1 broker: %d inflight, %d persistent sessions; want none", st.Inflight, st.PersistentSessions)
+			}
 
-	_, present, msgs := persistentConnect(t, b.url, "dev-s")
-	if !present {
-		t.Fatal("reconnect to node 2: session present 0, want 1 (the session moved)")
-	}
-	expect(t, msgs, "c1", "c2", "c3")
-	if st := a.br.Stats(); st.HandoffsSent != 1 || st.Sessions != 0 {
-		t.Errorf("node 1 bridge stats %+v, want 1 handoff sent, no session left", st)
-	}
-	if st := b.br.Stats(); st.HandoffsReceived != 1 {
-		t.Errorf("node 2 bridge stats %+v, want 1 handoff received", st)
-	}
-	if st := a.brk.Stats(); st.Inflight != 0 || st.PersistentSessions != 0 {
-		t.Errorf("node 1 broker: %d inflight, %d persistent sessions; want none", st.Inflight, st.PersistentSessions)
-	}
+			// The subscription moved: a command published on node 1 reaches it.
+			awaitSubscriptions(t, b, int64(i+1))
+			awaitSubscriptions(t, a, 0)
+			settle(t, a, b)
+			brokertest.Publish(t, brokertest.Connect(t, a.url, "op-"+id), topic, qos, []byte("c4"))
+			expect(t, msgs, "c4")
+			expectNothing(t, msgs)
 
-	// The subscription moved: a command published on node 1 reaches it.
-	awaitSubscriptions(t, b, 1)
-	awaitSubscriptions(t, a, 0)
-	settle(t, a, b)
-	brokertest.Publish(t, brokertest.Connect(t, a.url, "op"), "cmd/dev-s", 1, []byte("c4"))
-	expect(t, msgs, "c4")
-	expectNothing(t, msgs)
-
-	waitfor.Poll(t, wait, "node 2's Store holds the session", func() bool {
-		st, err := storeB.Load(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := slices.IndexFunc(st.Sessions, func(s broker.SessionState) bool { return s.ClientID == "dev-s" })
-		return i >= 0 && len(st.Sessions[i].Subscriptions) == 1 && len(st.Sessions[i].Queued) == 0
-	})
+			waitfor.Poll(t, wait, "node 2's Store holds the session", func() bool {
+				st, err := storeB.Load(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				i := slices.IndexFunc(st.Sessions, func(s broker.SessionState) bool { return s.ClientID == id })
+				return i >= 0 && len(st.Sessions[i].Subscriptions) == 1 && len(st.Sessions[i].Queued) == 0
+			})
+		})
+	}
 }
 
 // TestHandedOffSessionRefused: a takeover reply that carries a session

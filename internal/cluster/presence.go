@@ -128,6 +128,10 @@ type presenceEvent struct {
 	at      time.Time
 	remote  string
 	reason  string
+	// connectedAt is set on a disconnect whose connect was never written
+	// (it was pending when the disconnect came): the connect's time, with
+	// remote its address.
+	connectedAt time.Time
 }
 
 // viewEntry is a record as the watch delivered it.
@@ -292,6 +296,9 @@ func truncateReason(s string) string {
 func (p *Presence) enqueue(id device.ID, ev presenceEvent) {
 	p.mu.Lock()
 	if old, ok := p.pending[id]; !ok || ev.seq >= old.seq {
+		if ok && old.connect && !ev.connect && old.seq == ev.seq {
+			ev.connectedAt, ev.remote = old.at, old.remote // both are written as one
+		}
 		p.pending[id] = ev
 	}
 	p.mu.Unlock()
@@ -399,6 +406,18 @@ func (p *Presence) next(cur presenceRecord, has bool, ev presenceEvent, retry bo
 		}
 		n := cur
 		n.Connected, n.ConnectedAt, n.RemoteAddr = true, ev.at, ev.remote
+		n.Node, n.Boot, n.Seq = p.cfg.Node, p.boot, ev.seq
+		return n, true
+	}
+	if !ev.connectedAt.IsZero() && (!has || !p.mine(cur) || cur.Seq < ev.seq) {
+		// The connection's connect was never written: write both, unless
+		// the record describes a later connection.
+		if has && !p.mine(cur) && !cur.ConnectedAt.Before(ev.connectedAt) {
+			return cur, false
+		}
+		n := cur
+		n.Connected, n.ConnectedAt, n.RemoteAddr = false, ev.connectedAt, ev.remote
+		n.DisconnectedAt, n.DisconnectReason = ev.at, ev.reason
 		n.Node, n.Boot, n.Seq = p.cfg.Node, p.boot, ev.seq
 		return n, true
 	}

@@ -219,3 +219,28 @@ func TestPresenceCorruptRecordSkipped(t *testing.T) {
 	b.Connected("dev-bad", 1, time.Now(), "10.0.0.2:1")
 	a.await(t, "dev-bad", "connected on b", connectedOn("b"))
 }
+
+// TestPresenceWrittenAfterNATSReturns: events of a node cut off from NATS
+// wait (Stats.Pending) and are written, in order, once NATS is back: the
+// device's last event, a disconnect, is what every node then reports.
+func TestPresenceWrittenAfterNATSReturns(t *testing.T) {
+	ns := natstest.Start(t)
+	live := &liveNodes{}
+	live.set("a", "b")
+	a := openPresence(t, ns.URLs(), "a", live, time.Hour)
+	b := openPresence(t, ns.URLs(), "b", live, time.Hour)
+	ns.Kill()
+	at := time.Now()
+	a.Connected("dev-away", 1, at, "10.0.0.1:1")
+	a.Disconnected("dev-away", 1, at.Add(time.Second), "connection_lost")
+	if st := a.Stats(); st.Pending != 1 {
+		t.Errorf("stats while NATS is down %+v, want 1 pending", st)
+	}
+	ns.Restart()
+	for _, n := range []*presenceNode{a, b} {
+		n.await(t, "dev-away", "disconnected, connection_lost", func(p identity.Presence) bool {
+			return !p.Connected && p.Node == "a" && p.DisconnectReason == "connection_lost"
+		})
+	}
+	waitfor.Poll(t, 10*time.Second, "nothing pending", func() bool { return a.Stats().Pending == 0 })
+}

@@ -84,6 +84,19 @@ func TestClusterModeSessionMovesWithTheDevice(t *testing.T) {
 		}
 		return ""
 	})
+	// Live deliveries follow: the moved session is authorised on node a
+	// (a handoff that left node a's record of the session to the adopted
+	// offline client denied them all).
+	for len(msgs) > 0 { // further deltas of the warm-up updates
+		<-msgs
+	}
+	b.postShadowAs(t, "dev-m", `{"state":{"desired":{"led":"blink"}}}`)
+	for {
+		m := brokertest.Next(t, msgs, 10*time.Second)
+		if err := json.Unmarshal(m.Payload, &delta); err == nil && delta.State["led"] == "blink" {
+			break
+		}
+	}
 	if n := b.metric(t, `umbra_cluster_session_handoffs_total{role="sent"}`); n != 1 {
 		t.Errorf("node b handed off %v sessions, want 1", n)
 	}
