@@ -29,11 +29,12 @@ import (
 // reports what it holds (OnChange, in the bucket's order), so every node
 // gives one answer. The rules that keep it right:
 //
-//   - A connect is written by the node that accepted it before the client
-//     gets CONNACK (Connected is synchronous). A client connecting to
-//     another node waits for the first node to release its session
-//     (broker/natsbridge), so the connects of one device reach the bucket
-//     in the order the device made them.
+//   - A connect is written by the node that accepted it before the
+//     connection handles its first packet (Connected is synchronous, in
+//     the broker's OnConnect). A client connecting to another node waits
+//     until the first node has released its session, which waits for the
+//     old connection to end (broker/natsbridge), so the connects of one
+//     device reach the bucket in the order the device made them.
 //   - A disconnect is written (in the background) only over the record of
 //     the same connection, or an older one of the same node incarnation:
 //     a node's late "taken_over" never overwrites the connect of the node
