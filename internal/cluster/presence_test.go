@@ -42,12 +42,17 @@ type change struct {
 	p  identity.Presence
 }
 
-func openPresence(t *testing.T, urls []string, node string, live cluster.NodeLister, sweep time.Duration) *presenceNode {
+func openPresence(t testing.TB, urls []string, node string, live cluster.NodeLister, sweep time.Duration) *presenceNode {
 	t.Helper()
 	n := &presenceNode{changes: make(chan change, 1024)}
 	p, err := cluster.OpenPresence(t.Context(), cluster.PresenceConfig{JetStream: natstest.JetStream(t, urls), Node: node,
 		Nodes: live, SweepInterval: sweep, Grace: sweep,
-		OnChange: func(id device.ID, p identity.Presence) { n.changes <- change{id, p} }})
+		OnChange: func(id device.ID, p identity.Presence) {
+			select { // a wake-up for await, which reads Get; never blocks the watch
+			case n.changes <- change{id, p}:
+			default:
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
