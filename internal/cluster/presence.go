@@ -366,7 +366,7 @@ func (p *Presence) write(ctx context.Context, id device.ID, ev presenceEvent, re
 				has, cur = false, presenceRecord{}
 			}
 		}
-		next, ok := p.next(cur, has, ev, retry)
+		next, ok := p.next(id, cur, has, ev, retry)
 		if !ok {
 			p.stale.Add(1)
 			return nil
@@ -395,14 +395,14 @@ func (p *Presence) mine(r presenceRecord) bool {
 
 // next is the record after ev given the current one, or false when ev
 // must not be written (see the rules above).
-func (p *Presence) next(cur presenceRecord, has bool, ev presenceEvent, retry bool) (presenceRecord, bool) {
+func (p *Presence) next(id device.ID, cur presenceRecord, has bool, ev presenceEvent, retry bool) (presenceRecord, bool) {
 	if ev.connect {
 		switch {
 		case has && p.mine(cur) && cur.Seq > ev.seq:
 			return cur, false // a later connection here is recorded
 		case retry && has && cur.Connected && !p.mine(cur) && cur.ConnectedAt.After(ev.at):
 			return cur, false // written late, and another node has a later connect
-		case retry && !p.stillLocal(ev.seq):
+		case retry && !p.stillLocal(id, ev.seq):
 			return cur, false // the connection ended before its connect could be written
 		}
 		n := cur
@@ -430,17 +430,13 @@ func (p *Presence) next(cur presenceRecord, has bool, ev presenceEvent, retry bo
 	return n, true
 }
 
-// stillLocal reports whether this node's connection seq is still
-// connected (connection sequence numbers are unique per incarnation).
-func (p *Presence) stillLocal(seq uint64) bool {
+// stillLocal reports whether this node's connection seq of device id is
+// still connected.
+func (p *Presence) stillLocal(id device.ID, seq uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, ev := range p.local {
-		if ev.seq == seq {
-			return true
-		}
-	}
-	return false
+	ev, ok := p.local[id]
+	return ok && ev.seq == seq
 }
 
 // markEarlierIncarnations marks this node's connected records written
