@@ -91,6 +91,12 @@
 // disconnected with ReasonServerRestart (its connection died with the
 // server anyway).
 //
+// In cluster mode presence is the cluster's, kept outside this package
+// (internal/cluster.Presence): the server does not call Connected and
+// Disconnected but hands every change of the shared presence to
+// ApplyPresence, which sets what Presence, GetDevice and ListDevices
+// report without writing it to the storage.
+//
 // # Credentials, generations and revocation
 //
 // Every device and token record carries a random secret generation,
