@@ -534,6 +534,22 @@ func (p *Presence) sweep(ctx context.Context) {
 	}
 }
 
+// Forget deletes device id's record (the device was removed): every
+// node's OnChange gets the zero Presence. A disconnect of the device
+// written later is skipped (there is no record of its connection).
+func (p *Presence) Forget(ctx context.Context, id device.ID) error {
+	p.mu.Lock()
+	delete(p.pending, id)
+	delete(p.local, id)
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	if _, err := p.b.Apply(ctx, natskv.Op{Key: presenceKey(id), Delete: true}); err != nil {
+		return fmt.Errorf("cluster: forget presence of %s: %w", id, err)
+	}
+	return nil
+}
+
 // Get returns device id's presence as the bucket holds it; ok is false if
 // it has none.
 func (p *Presence) Get(id device.ID) (identity.Presence, bool) {

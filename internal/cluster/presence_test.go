@@ -249,3 +249,24 @@ func TestPresenceWrittenAfterNATSReturns(t *testing.T) {
 	}
 	waitfor.Poll(t, 10*time.Second, "nothing pending", func() bool { return a.Stats().Pending == 0 })
 }
+
+// TestPresenceForgottenDevice: Forget deletes a removed device's record
+// on every node, and the removed device's late disconnect does not write
+// it again.
+func TestPresenceForgottenDevice(t *testing.T) {
+	ns := natstest.Start(t)
+	live := &liveNodes{}
+	live.set("a", "b")
+	a := openPresence(t, ns.URLs(), "a", live, time.Hour)
+	b := openPresence(t, ns.URLs(), "b", live, time.Hour)
+	a.Connected("dev-gone", 1, time.Now(), "10.0.0.1:1")
+	b.await(t, "dev-gone", "connected on a", connectedOn("a"))
+	if err := a.Forget(t.Context(), "dev-gone"); err != nil {
+		t.Fatal(err)
+	}
+	a.Disconnected("dev-gone", 1, time.Now(), "not_authorized")
+	a.awaitStale(t, 1)
+	for _, n := range []*presenceNode{a, b} {
+		waitfor.Poll(t, 10*time.Second, "the record deleted", func() bool { _, ok := n.Get("dev-gone"); return !ok })
+	}
+}

@@ -90,6 +90,9 @@ func (s *Server) openPresence(ctx context.Context) (err error) {
 		Logger:        s.log,
 		OnChange: func(id device.ID, p identity.Presence) {
 			s.ids.ApplyPresence(id, p)
+			if p == (identity.Presence{}) {
+				return // the device was removed (forgetPresence): nothing to publish, as in single-node mode
+			}
 			topic, payload := "state/"+string(id)+"/presence", s.ids.PresenceJSON(id)
 			if err := s.brk.PublishLocal(topic, payload, true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
 				s.log.Warn("publish presence", "device", id, "err", err)
@@ -110,4 +113,15 @@ func natsReplicas(cfg Config) int {
 		return DefaultNATSReplicas
 	}
 	return cfg.NATSReplicas
+}
+
+// forgetPresence deletes the cluster presence of a removed device (every
+// node that hears of the removal does; the deletes are idempotent).
+func (s *Server) forgetPresence(ctx context.Context, r identity.Revocation) {
+	if s.presence == nil || r.Reason != identity.RevokeRemoved || r.Principal.Device == "" {
+		return
+	}
+	if err := s.presence.Forget(ctx, r.Principal.Device); err != nil {
+		s.log.Warn("presence of a removed device kept", "device", r.Principal.Device, "err", err)
+	}
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -125,4 +126,18 @@ func TestClusterModePresenceFollowsTheDevice(t *testing.T) {
 			t.Errorf("retained presence on node %s: %s, want connected on a", name, m.Payload)
 		}
 	}
+
+	// Removed on node b: its presence goes on every node (it is evicted,
+	// and its last disconnect is not recorded), as in single-node mode.
+	if err := b.Identity().RemoveDevice(t.Context(), "dev-p"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "dev-p's presence forgotten on both nodes", func() string {
+		for name, r := range map[string]*rig{"a": a, "b": b} {
+			if p, _ := r.Identity().Presence("dev-p"); p != (identity.Presence{}) {
+				return fmt.Sprintf("node %s still reports %+v", name, p)
+			}
+		}
+		return ""
+	})
 }

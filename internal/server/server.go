@@ -324,6 +324,7 @@ func (s *Server) open(ctx context.Context, acl *policy.Policy) (err error) {
 		OnRevoke: func(ctx context.Context, r identity.Revocation) {
 			s.fleet.revoked(r)
 			m.AddEvictions(r.Reason, s.brk.Evict(ctx, brokerauth.Match(r)))
+			s.forgetPresence(ctx, r) // cluster mode (cluster.go)
 		},
 		// Every enrolment path (device add, bulk import, certificate
 		// binding) tells the planner: devices enrolled later join its
@@ -571,11 +572,13 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 		OnDisconnect: func(ci broker.ConnInfo, err error) {
 			// A removed device's last disconnect is not recorded: its
 			// presence went with it.
-			if d := ci.Identity.Device; d == "" || !cfg.Anonymous && ids.Enrolment(d) == "" {
-				return
-			} else if s.presence != nil {
-				s.presence.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) // cluster mode: see cluster.go
-			} else if ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
+			d := ci.Identity.Device
+			if d != "" && s.presence != nil {
+				// Cluster mode (cluster.go): a removed device's record is
+				// deleted by forgetPresence, which this write cannot undo.
+				s.presence.Disconnected(d, ci.Seq, ci.At, disconnectReason(err))
+			} else if d != "" && (cfg.Anonymous || ids.Enrolment(d) != "") &&
+				ids.Disconnected(d, ci.Seq, ci.At, disconnectReason(err)) {
 				presence(d)
 			}
 		},
