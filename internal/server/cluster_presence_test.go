@@ -9,6 +9,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/natstest"
@@ -81,6 +82,7 @@ func TestClusterModePresenceFollowsTheDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	awaitEnrolled(t, b, "dev-p") // else b may evict the device when it hears of its enrolment
 	connect := func(r *rig) {
 		brokertest.Connect(t, r.mqttURL(), "dev-p", func(o *paho.ClientOptions) { o.SetUsername("dev-p").SetPassword(secret) })
 	}
@@ -137,6 +139,19 @@ func TestClusterModePresenceFollowsTheDevice(t *testing.T) {
 			if p, _ := r.Identity().Presence("dev-p"); p != (identity.Presence{}) {
 				return fmt.Sprintf("node %s still reports %+v", name, p)
 			}
+		}
+		return ""
+	})
+}
+
+// awaitEnrolled waits until node r has heard of device id's enrolment on
+// another node: a device that connects to r first may be disconnected
+// when r's identity store then reads its new credential.
+func awaitEnrolled(t *testing.T, r *rig, id device.ID) {
+	t.Helper()
+	eventually(t, "node knows "+string(id), func() string {
+		if r.Identity().Enrolment(id) == "" {
+			return "not enrolled on this node yet"
 		}
 		return ""
 	})

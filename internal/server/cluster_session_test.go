@@ -29,6 +29,7 @@ func TestClusterModeSessionMovesWithTheDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	awaitEnrolled(t, b, "dev-m") // else b may evict the device when it hears of its enrolment
 	connect := func(r *rig) (paho.Client, bool, <-chan brokertest.Message) {
 		msgs := make(chan brokertest.Message, 16)
 		o := paho.NewClientOptions().AddBroker(r.mqttURL()).SetClientID("dev-m").SetUsername("dev-m").SetPassword(secret).
