@@ -23,6 +23,7 @@ import (
 
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/identity"
+	"github.com/umbra-iot/umbra/internal/heapfloor"
 	"github.com/umbra-iot/umbra/internal/mosquittotest"
 	"github.com/umbra-iot/umbra/internal/server"
 )
@@ -51,6 +52,7 @@ import (
 func BenchmarkTelemetryFanIn(b *testing.B) {
 	n := numClients(b)
 	measure, warmup := window(b)
+	b.Cleanup(heapfloor.Start(heapfloor.DefaultFloor).Stop) // as umbra serve runs (--gc-heap-floor)
 	mosqAddr, mosqPID := mosquittotest.StartPID(b, mosquittoConf)
 	mosq := startFanIn(b, fanInConfig{URL: "tcp://" + mosqAddr, Devices: n})
 	srv, err := server.Open(b.Context(), server.Config{DataDir: b.TempDir(), MQTTAddr: "127.0.0.1:0"})

@@ -26,6 +26,7 @@ import (
 	"github.com/umbra-iot/umbra/firmware"
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/internal/cluster"
+	"github.com/umbra-iot/umbra/internal/heapfloor"
 	"github.com/umbra-iot/umbra/internal/httpapi"
 	"github.com/umbra-iot/umbra/internal/plannerrpc"
 	umbraserver "github.com/umbra-iot/umbra/internal/server"
@@ -44,6 +45,7 @@ type serveOptions struct {
 	logFormat     string
 	logLevel      string
 	shutdownGrace time.Duration
+	gcHeapFloor   int64
 
 	tlsCert       string
 	tlsKey        string
@@ -131,6 +133,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP API listen address (\"\" disables)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.Int64Var(&o.gcHeapFloor, "gc-heap-floor", heapfloor.DefaultFloor, "bytes the Go heap may grow by between garbage collections at least (a small heap is collected less often; docs/benchmarks.md §10); 0 for Go's default; ignored when GOGC or GOMEMLIMIT is set")
 	f.IntVar(&c.MaxDocumentSize, "max-shadow-size", shadow.DefaultMaxDocumentSize, "largest desired+reported state per shadow, in bytes (413 beyond)")
 	f.IntVar(&c.MaxNamedShadows, "max-named-shadows", shadow.DefaultMaxNamedShadows, "named shadows one device may have besides its classic shadow (0 turns named shadows off; 400 beyond)")
 	f.Uint32Var(&c.MaxPacketSize, "max-packet-size", broker.DefaultMaxPacketSize, "largest MQTT packet accepted, in bytes")
@@ -200,6 +203,7 @@ const maxNamedShadowsFlag = 1000
 type serveConfig struct {
 	umbraserver.Config
 	shutdownGrace time.Duration
+	heapFloor     int64             // --gc-heap-floor
 	httpTLS       *identity.KeyPair // nil: plain HTTP; runServe makes Config.HTTPTLSConfig of it
 	// keyPairs are the TLS listeners' certificates, reloaded on SIGHUP.
 	keyPairs []listenerKeyPair
@@ -212,6 +216,9 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	c := o.cfg // each flag's value, in its Config field
 	if c.DataDir == "" {
 		return serveConfig{}, errors.New("--data-dir must not be empty")
+	}
+	if o.gcHeapFloor < 0 {
+		return serveConfig{}, fmt.Errorf("--gc-heap-floor %d: must not be negative (0 for Go's default)", o.gcHeapFloor)
 	}
 	for name, addr := range map[string]string{"--mqtt-addr": c.MQTTAddr, "--ws-addr": c.WSAddr, "--http-addr": c.HTTPAddr, "--tls-addr": c.TLSAddr} {
 		if addr == "" {
@@ -328,7 +335,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 	c.TLSConfig, c.BoundOnlyCAs = tlsConfig, boundOnly
 	c.Logger = log
 	c.Version = buildVersion()
-	return serveConfig{Config: c, shutdownGrace: o.shutdownGrace, httpTLS: httpTLS, keyPairs: keyPairs}, nil
+	return serveConfig{Config: c, shutdownGrace: o.shutdownGrace, heapFloor: o.gcHeapFloor, httpTLS: httpTLS, keyPairs: keyPairs}, nil
 }
 
 // Values of --client-cert.
@@ -484,6 +491,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	defer heapfloor.Start(cfg.heapFloor).Stop()
 	scfg := cfg.Config
 	if cfg.httpTLS != nil {
 		scfg.HTTPTLSConfig = httpTLSConfig(cfg.httpTLS)

@@ -79,6 +79,7 @@ func TestServeFlagValidation(t *testing.T) {
 		{"planner rpc max body", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--planner-rpc-max-body", "100"}, "--planner-rpc-max-body 100"},
 		{"planner lease ttl", []string{"--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--planner-lease-ttl", "1500ms"}, "--planner-lease-ttl 1.5s: want whole seconds"},
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir must not be empty"},
+		{"gc heap floor negative", []string{"--gc-heap-floor", "-1"}, "--gc-heap-floor -1: must not be negative"},
 		{"stray argument", []string{"extra"}, "unknown command"},
 	}
 	for _, tc := range tests {
