@@ -28,12 +28,43 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if !write {
 		topic = shareFilter(topic) // a $share/<group>/<filter> SUBSCRIBE is checked as <filter>
+		_, allowed := h.authAllows(cl, topic, false)
+		return allowed
 	}
-	_, allowed := h.authAllows(cl, topic, write)
-	if !allowed && write {
+	return h.publishAllowed(cl, topic)
+}
+
+// allowEpocher is an Authenticator with AllowEpoch (see Authenticator).
+type allowEpocher interface {
+	AllowEpoch() uint64
+}
+
+// publishAllowed runs Config.Auth's Allow for a PUBLISH of cl to topic,
+// and counts and logs a denial. With an Authenticator that has
+// AllowEpoch, a connection's last allowed topic is remembered: a device
+// publishing its telemetry asks again only when the epoch moved (a
+// revocation, a new policy) or its session was replaced or ended, so that
+// the common PUBLISH does not look up the session and the credential
+// (memory no other message touches).
+func (h *hook) publishAllowed(cl *mqtt.Client, topic string) bool {
+	c := connOf(cl)
+	memo := h.epoch != nil && c != nil
+	var epoch uint64
+	if memo {
+		epoch = h.epoch.AllowEpoch() // before Allow reads what the epoch covers
+		if c.allowedTopic != "" && c.allowedTopic == topic && c.allowedEpoch == epoch && c.sess.Load() != nil {
+			return true
+		}
+	}
+	_, allowed := h.authAllows(cl, topic, true)
+	if !allowed {
 		h.publishDenied(cl, topic)
+		return false
 	}
-	return allowed
+	if memo {
+		c.allowedTopic, c.allowedEpoch = topic, epoch
+	}
+	return true
 }
 
 // authAllows runs Config.Auth's Allow for the identity of cl's session,
@@ -44,9 +75,14 @@ func (h *hook) authAllows(cl *mqtt.Client, topic string, write bool) (*session, 
 	if auth == nil {
 		return nil, true
 	}
-	h.mu.RLock()
-	sess := h.sessions[cl.ID]
-	h.mu.RUnlock()
+	var sess *session
+	if c := connOf(cl); c != nil {
+		sess = c.sess.Load() // what h.sessions holds for cl, without its lock
+	} else {
+		h.mu.RLock()
+		sess = h.sessions[cl.ID]
+		h.mu.RUnlock()
+	}
 	return sess, sess != nil && sess.cl == cl && auth.Allow(sess.id, topic, write)
 }
 

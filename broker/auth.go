@@ -12,6 +12,12 @@ import (
 // be safe for concurrent use and should return quickly, because a slow call
 // delays that client (Allow is called for every PUBLISH the client sends and
 // for every message delivered to it).
+//
+// An Authenticator may also have a method AllowEpoch() uint64 that returns
+// a number which changes whenever an answer of Allow may change (a
+// revocation, a new policy): the broker then remembers the last topic
+// Allow let each connection publish to, and asks again only for another
+// topic or after the number changed. Denials are always asked for.
 type Authenticator interface {
 	// Authenticate checks a connecting client's credentials and returns
 	// who it is. A non-nil error refuses the connection with CONNACK

@@ -101,7 +101,16 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		c.identity = id
 		c.service = id.Device == ""
 	}
-	h.sessions[cl.ID] = &session{cl: cl, id: id}
+	if prev := h.sessions[cl.ID]; prev != nil && prev.cl != cl {
+		if pc := connOf(prev.cl); pc != nil {
+			pc.sess.Store(nil) // no longer registered: its checks are denied (see authAllows)
+		}
+	}
+	sess := &session{cl: cl, id: id}
+	h.sessions[cl.ID] = sess
+	if c != nil {
+		c.sess.Store(sess)
+	}
 	h.mu.Unlock()
 	if c != nil {
 		limit := h.s.cfg.MaxPendingBytes

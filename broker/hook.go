@@ -16,6 +16,8 @@ type hook struct {
 	mqtt.HookBase
 	s *Server
 
+	epoch allowEpocher // Config.Auth's AllowEpoch; nil if it has none (see publishAllowed)
+
 	mu       sync.RWMutex        // guards sessions and perName
 	sessions map[string]*session // by client ID; only used with Config.Auth
 	perName  map[string]int      // live connections by identity name; only used with Config.Auth
@@ -45,7 +47,9 @@ type session struct {
 }
 
 func newHook(s *Server) *hook {
-	return &hook{s: s, sessions: make(map[string]*session), perName: make(map[string]int)}
+	h := &hook{s: s, sessions: make(map[string]*session), perName: make(map[string]int)}
+	h.epoch, _ = s.cfg.Auth.(allowEpocher)
+	return h
 }
 
 // ID implements mqtt.Hook.

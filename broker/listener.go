@@ -328,6 +328,16 @@ type conn struct {
 	// client's goroutine only.
 	rate        bucket
 	rateRefused bool
+	// sess is the connection's authenticated session while it is the one
+	// registered for its client ID (hook.sessions), nil before and after;
+	// stored under the hook's mu, read without it (see authAllows).
+	sess atomic.Pointer[session]
+	// allowedTopic is the topic Config.Auth last allowed the client to
+	// publish to, and allowedEpoch the Authenticator's AllowEpoch before
+	// it answered (see publishAllowed); used by the client's goroutine
+	// only.
+	allowedTopic string
+	allowedEpoch uint64
 }
 
 // ended reports whether the listener has finished with c. A conn without

@@ -21,6 +21,9 @@ func (h *hook) forget(cl *mqtt.Client) {
 	if sess := h.sessions[cl.ID]; sess != nil && sess.cl == cl {
 		delete(h.sessions, cl.ID)
 	}
+	if c := connOf(cl); c != nil {
+		c.sess.Store(nil) // see authAllows
+	}
 	h.mu.Unlock()
 }
 

@@ -222,7 +222,17 @@ func (s *Store) SetPolicy(p *policy.Policy) {
 		p = policy.Default()
 	}
 	s.policy.Store(p)
+	s.epoch.Add(1) // after the change: see AllowEpoch
 }
+
+// AllowEpoch returns a number that changes whenever an answer of Allow
+// may change: after every change of a device's or token's credential
+// (enrolment, removal, rotation, revocation, a change another node made)
+// and of the policy. Allow's answer for a session, topic and direction
+// read after AllowEpoch returned e holds for as long as AllowEpoch still
+// returns e, so a caller may remember it (the broker remembers the last
+// topic each connection was allowed to publish to). It takes no lock.
+func (s *Store) AllowEpoch() uint64 { return s.epoch.Load() }
 
 // Policy returns the topic policy Allow applies.
 func (s *Store) Policy() *policy.Policy { return s.policy.Load() }

@@ -295,3 +295,41 @@ func mustParseFile(t *testing.T, src string) *policy.File {
 	}
 	return f
 }
+
+// TestAllowEpochMoves: AllowEpoch moves with every change that can change
+// an answer of Allow (a credential enrolled, rotated, removed, a token
+// created or revoked, a new policy), and stays while nothing changes, so
+// that the broker may remember an answer (broker.Authenticator).
+func TestAllowEpochMoves(t *testing.T) {
+	ctx := t.Context()
+	s := mustOpen(t, "", identity.Config{})
+	steps := []struct {
+		name   string
+		change func() error
+	}{
+		{"device enrolled", func() error { _, err := s.AddDevice(ctx, "dev-1", nil); return err }},
+		{"device rotated", func() error { _, err := s.RotateDevice(ctx, "dev-1"); return err }},
+		{"device removed", func() error { return s.RemoveDevice(ctx, "dev-1") }},
+		{"token created", func() error { _, err := s.CreateToken(ctx, identity.RoleIntegrator, "in"); return err }},
+		{"token revoked", func() error { return s.RevokeToken(ctx, "in") }},
+		{"policy replaced", func() error {
+			s.SetPolicy(policy.New(mustParseFile(t, "topic read x/#\n")))
+			return nil
+		}},
+		{"policy restored", func() error { s.SetPolicy(nil); return nil }},
+	}
+	for _, st := range steps {
+		before := s.AllowEpoch()
+		if err := st.change(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if s.AllowEpoch() == before {
+			t.Errorf("%s: AllowEpoch stayed %d", st.name, before)
+		}
+		after := s.AllowEpoch()
+		s.Allow(identity.Session{ClientID: "x"}, "x/y", false) // a check changes nothing
+		if got := s.AllowEpoch(); got != after {
+			t.Errorf("%s: AllowEpoch moved from %d to %d without a change", st.name, after, got)
+		}
+	}
+}

@@ -68,9 +68,10 @@ func newGeneration() string {
 func (s *Store) setCurrent(name string, c *credential) {
 	if c == nil {
 		s.current.Delete(name)
-		return
+	} else {
+		s.current.Store(name, c)
 	}
-	s.current.Store(name, c)
+	s.epoch.Add(1) // after the change: see AllowEpoch
 }
 
 func (s *Store) currentOf(name string) *credential {

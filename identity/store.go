@@ -156,6 +156,9 @@ type Store struct {
 	// replaced or deleted under credMu right after the storage change
 	// that changed the credential.
 	current sync.Map
+	// epoch moves after every change of current or of the policy (see
+	// AllowEpoch).
+	epoch atomic.Uint64
 	// credMu is held (Lock) across a credential change in the storage
 	// and the update of current, and (RLock) by Authenticate across its
 	// reads, so a session Authenticate returns never runs ahead of

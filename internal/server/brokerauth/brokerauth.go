@@ -64,6 +64,10 @@ func (a *Auth) Allow(id broker.Identity, topic string, write bool) bool {
 	return a.ids.Allow(tokenSession(id), topic, write)
 }
 
+// AllowEpoch returns identity.Store.AllowEpoch: the broker remembers an
+// allowed publish topic per connection while it does not change.
+func (a *Auth) AllowEpoch() uint64 { return a.ids.AllowEpoch() }
+
 // Valid reports whether the session id still holds its rights
 // (identity.Store.Valid).
 func (a *Auth) Valid(id broker.Identity) bool { return a.ids.Valid(Session(id)) }
