@@ -68,6 +68,20 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	return fixAck(cl, pk)
 }
 
+// fixesAck reports whether fixAck may change a packet of type typ with
+// reason code code; it passes every other packet unchanged.
+func fixesAck(typ, code byte) bool {
+	switch typ {
+	case packets.Connack:
+		return true
+	case packets.Puback:
+		return code == packets.ErrNotAuthorized.Code
+	case packets.Pubrec:
+		return code == packets.ErrNotAuthorized.Code || code == packets.ErrPacketIdentifierInUse.Code
+	}
+	return false
+}
+
 // fixAck corrects mochi's acknowledgements: a CONNACK to an MQTT 3.1.1
 // client gets a 3.1.1 return code, or becomes a packet that cannot be
 // encoded (nothing is written, and mochi closes the connection); a CONNACK

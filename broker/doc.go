@@ -338,7 +338,12 @@
 // every PUBLISH, SUBSCRIBE filter, delivery and will topic. Nil allows
 // everything. A shared subscription "$share/<group>/<filter>" is
 // authorized as <filter>. A CONNECT whose will topic is denied is refused
-// with "not authorized" (5 for MQTT 3.1.1, 0x87 for MQTT 5).
+// with "not authorized" (5 for MQTT 3.1.1, 0x87 for MQTT 5). An
+// Authenticator with AllowEpoch (identity's has it) lets each connection
+// remember the last topic it was allowed to publish to: the next PUBLISH to
+// it is not asked for again while the epoch and the connection's session
+// stay (a revocation or a new policy moves the epoch). Denials are always
+// asked for.
 //
 // A denied operation never ends the connection (see deny.go). A denied
 // PUBLISH, and any client's PUBLISH to $SYS, is dropped (neither delivered

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // hook connects mochi's events to Config: client ID validation and
@@ -66,6 +67,21 @@ func (h *hook) Provides(b byte) bool {
 		return len(h.s.cfg.RequestFilters) > 0
 	}
 	return false
+}
+
+// WantsPacket implements mochi's PacketFilter (mochi patch 18): the hook
+// reads CONNECTs and PUBLISHes (OnPacketRead) and corrects CONNACKs and
+// refusing PUBACKs and PUBRECs (OnPacketEncode, see fixAck); every other
+// packet, the PUBACK of an accepted PUBLISH and each delivered PUBLISH
+// among them, passes without a hook call and its copies of the packet.
+func (h *hook) WantsPacket(event byte, _ *mqtt.Client, fh packets.FixedHeader, reasonCode byte) bool {
+	switch event {
+	case mqtt.OnPacketRead:
+		return fh.Type == packets.Publish || fh.Type == packets.Connect
+	case mqtt.OnPacketEncode:
+		return fixesAck(fh.Type, reasonCode)
+	}
+	return true
 }
 
 // clip shortens client-controlled strings for logging.

@@ -199,6 +199,21 @@ func (l *ledger) Provides(b byte) bool {
 	return false
 }
 
+// WantsPacket implements mochi's PacketFilter (mochi patch 18): the
+// ledger follows acknowledgements (OnPacketRead) and handles a PUBLISH
+// (OnPublish) only when it is retained or may have to be written for a
+// persistent session; a QoS 0 message, or any while no persistent session
+// subscribes, passes without a hook call and its copies of the packet.
+func (l *ledger) WantsPacket(event byte, cl *mqtt.Client, fh packets.FixedHeader, _ byte) bool {
+	switch event {
+	case mqtt.OnPacketRead:
+		return fh.Type == packets.Puback || fh.Type == packets.Pubcomp || fh.Type == packets.Pubrec
+	case mqtt.OnPublish:
+		return !cl.Net.Inline && (fh.Retain || (l.store != nil && fh.Qos > 0 && l.durableSubs.Load() > 0))
+	}
+	return true
+}
+
 // persistent reports whether cl's session outlives its connection.
 func persistent(cl *mqtt.Client) bool {
 	if cl.Net.Inline {

@@ -508,3 +508,120 @@ func TestMochiPatchNextImmediate(t *testing.T) {
 		}
 	})
 }
+
+// packetHook counts the packet-carrying hook calls it gets; it allows
+// every connection and topic.
+type packetHook struct {
+	mochi.HookBase
+	id                   string
+	read, publish, encod atomic.Int64
+}
+
+func (h *packetHook) ID() string { return h.id }
+func (h *packetHook) Provides(b byte) bool {
+	switch b {
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish, mochi.OnPacketEncode:
+		return true
+	}
+	return false
+}
+func (*packetHook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+func (*packetHook) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
+func (h *packetHook) OnPacketRead(_ *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	h.read.Add(1)
+	return pk, nil
+}
+func (h *packetHook) OnPublish(_ *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	h.publish.Add(1)
+	return pk, nil
+}
+func (h *packetHook) OnPacketEncode(_ *mochi.Client, pk packets.Packet) packets.Packet {
+	h.encod.Add(1)
+	return pk
+}
+
+// filteredHook is a packetHook with a PacketFilter (mochi patch 18): it
+// wants retained PUBLISHes (read and published) and CONNACKs (encoded).
+type filteredHook struct{ packetHook }
+
+func (*filteredHook) WantsPacket(event byte, _ *mochi.Client, fh packets.FixedHeader, _ byte) bool {
+	if event == mochi.OnPacketEncode {
+		return fh.Type == packets.Connack
+	}
+	return fh.Type == packets.Publish && fh.Retain
+}
+
+// TestMochiPatchPacketFilter: a hook with mochi patch 18's PacketFilter
+// gets only the packets it wants, through OnPacketRead, OnPublish and
+// OnPacketEncode, alone or next to a hook that wants every packet (which
+// still gets them all); and the packets it does not want are processed as
+// usual (each PUBLISH acknowledged). Without the patch the filter is never
+// asked and the hook gets every packet.
+func TestMochiPatchPacketFilter(t *testing.T) {
+	for _, withPlain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("plain hook too=%v", withPlain), func(t *testing.T) {
+			s := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+			defer s.Close()
+			filtered := &filteredHook{packetHook{id: "filtered"}}
+			plain := &packetHook{id: "plain"}
+			if err := s.AddHook(filtered, nil); err != nil {
+				t.Fatal(err)
+			}
+			if withPlain {
+				if err := s.AddHook(plain, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			served := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					served <- err
+					return
+				}
+				served <- s.EstablishConnection("t", c)
+			}()
+			rc := dialRaw(t, ln.Addr())
+			rc.write(connectPacket(v311, "filter", true, 30))
+			if code := rc.expect(typeConnack).body[1]; code != 0 {
+				t.Fatalf("CONNACK code %#x", code)
+			}
+			rc.write(publishPacket(v311, "f/plain", 1, 1, []byte("x")))
+			rc.expectAckOf(typePuback, 1, 0)
+			rc.write(retainedPublish(v311, "f/retained", 1, 2, []byte("x")))
+			rc.expectAckOf(typePuback, 2, 0)
+			for _, c := range []struct {
+				hook                 string
+				got                  *atomic.Int64
+				event                string
+				want, wantWithPlain0 int64
+			}{
+				{"filtered", &filtered.read, "OnPacketRead", 1, 1},
+				{"filtered", &filtered.publish, "OnPublish", 1, 1},
+				{"filtered", &filtered.encod, "OnPacketEncode", 1, 1},
+				{"plain", &plain.read, "OnPacketRead", 3, 0},    // CONNECT and both PUBLISHes
+				{"plain", &plain.publish, "OnPublish", 2, 0},    // both PUBLISHes
+				{"plain", &plain.encod, "OnPacketEncode", 3, 0}, // CONNACK and both PUBACKs
+			} {
+				want := c.wantWithPlain0
+				if withPlain {
+					want = c.want
+				}
+				if got := c.got.Load(); got != want {
+					t.Errorf("%s hook: %d %s calls, want %d", c.hook, got, c.event, want)
+				}
+			}
+			rc.c.Close()
+			select {
+			case <-served:
+			case <-time.After(10 * time.Second):
+				t.Fatal("connection not ended within 10s of the client's close")
+			}
+		})
+	}
+}

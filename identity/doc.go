@@ -142,6 +142,9 @@
 // A Store is safe for concurrent use; Authenticate and Allow are called on
 // the broker's connection goroutines. Allow takes no lock (a sync.Map
 // load of the current credential and an atomic load of the policy).
+// AllowEpoch moves after every change of a credential or of the policy, so
+// that a caller (the broker) may remember an answer of Allow while it
+// stays.
 // Methods that read or change the storage take a ctx and fail with its
 // error when it ends before they start (listings check it between pages);
 // Close(ctx) returns when ctx ends even if the last presence flush has

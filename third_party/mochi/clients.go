@@ -599,7 +599,9 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 		return pk, err
 	}
 
-	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
+	if cl.ops.hooks.WantsPacket(OnPacketRead, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
+		pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
+	}
 	return
 }
 
@@ -634,7 +636,9 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
 	}
 
-	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
+	if cl.ops.hooks.WantsPacket(OnPacketEncode, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
+		pk = cl.ops.hooks.OnPacketEncode(cl, pk)
+	}
 
 	var err error
 	buf := writeBuffers.Get() // umbra patch 10: reused, not made for every packet

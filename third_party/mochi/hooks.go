@@ -269,7 +269,7 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
 	pkx = pk
 	for _, hook := range h.GetAll() {
-		if hook.Provides(OnPacketRead) {
+		if hook.Provides(OnPacketRead) && wantsPacket(hook, OnPacketRead, cl, pkx.FixedHeader, pkx.ReasonCode) { // umbra patch 18
 			npk, err := hook.OnPacketRead(cl, pkx)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
 				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
@@ -306,7 +306,7 @@ func (h *Hooks) OnAuthPacket(cl *Client, pk packets.Packet) (pkx packets.Packet,
 // OnPacketEncode is called immediately before a packet is encoded to be sent to a client.
 func (h *Hooks) OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet {
 	for _, hook := range h.GetAll() {
-		if hook.Provides(OnPacketEncode) {
+		if hook.Provides(OnPacketEncode) && wantsPacket(hook, OnPacketEncode, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
 			pk = hook.OnPacketEncode(cl, pk)
 		}
 	}
@@ -397,7 +397,7 @@ func (h *Hooks) OnUnsubscribed(cl *Client, pk packets.Packet) {
 func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
 	pkx = pk
 	for _, hook := range h.GetAll() {
-		if hook.Provides(OnPublish) {
+		if hook.Provides(OnPublish) && wantsPacket(hook, OnPublish, cl, pkx.FixedHeader, pkx.ReasonCode) { // umbra patch 18
 			npk, err := hook.OnPublish(cl, pkx)
 			if err != nil {
 				if errors.Is(err, packets.ErrRejectPacket) {
@@ -679,6 +679,37 @@ func (h *Hooks) OnACLCheck(cl *Client, topic string, write bool) bool {
 		}
 	}
 
+	return false
+}
+
+// PacketFilter may be implemented by a Hook that provides OnPacketRead, OnPublish or
+// OnPacketEncode but has something to do for some packets only: the hook is called for a packet
+// only when WantsPacket reports true for the event, the client and the packet's fixed header and
+// reason code, and when no hook wants a packet, its event is not dispatched and the packet not
+// copied for it (each packet-carrying hook call copies the 800-byte packet in and out). A hook
+// without the method gets every packet. WantsPacket must be safe for concurrent use and must not
+// block. (umbra patch 18)
+type PacketFilter interface {
+	WantsPacket(event byte, cl *Client, fh packets.FixedHeader, reasonCode byte) bool
+}
+
+// wantsPacket reports whether hook, which provides event, wants the packet (see PacketFilter).
+// (umbra patch 18)
+func wantsPacket(hook Hook, event byte, cl *Client, fh packets.FixedHeader, reasonCode byte) bool {
+	f, ok := hook.(PacketFilter)
+	return !ok || f.WantsPacket(event, cl, fh, reasonCode)
+}
+
+// WantsPacket reports whether any hook that provides event (OnPacketRead, OnPublish,
+// OnPacketEncode) wants a packet with fixed header fh and reason code reasonCode of cl (see
+// PacketFilter): when none does, dispatching the event would return the packet unchanged.
+// (umbra patch 18)
+func (h *Hooks) WantsPacket(event byte, cl *Client, fh packets.FixedHeader, reasonCode byte) bool {
+	for _, hook := range h.GetAll() {
+		if hook.Provides(event) && wantsPacket(hook, event, cl, fh, reasonCode) {
+			return true
+		}
+	}
 	return false
 }
 

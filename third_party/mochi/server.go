@@ -919,19 +919,23 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 
-	pkx, err := s.hooks.OnPublish(cl, pk)
-	if err == nil {
-		pk = pkx
-	} else if errors.Is(err, packets.ErrRejectPacket) {
-		return nil
-	} else if errors.Is(err, packets.CodeSuccessIgnore) {
-		pk.Ignore = true
-	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
-		err = cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)))
-		if err != nil {
-			return err
+	var err error
+	if s.hooks.WantsPacket(OnPublish, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
+		var pkx packets.Packet
+		pkx, err = s.hooks.OnPublish(cl, pk)
+		if err == nil {
+			pk = pkx
+		} else if errors.Is(err, packets.ErrRejectPacket) {
+			return nil
+		} else if errors.Is(err, packets.CodeSuccessIgnore) {
+			pk.Ignore = true
+		} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
+			err = cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)))
+			if err != nil {
+				return err
+			}
+			return nil
 		}
-		return nil
 	}
 
 	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
