@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,11 +55,7 @@ func (a *epochAuth) setDeny(topic string, deny, bump bool) {
 func TestPublishAllowMemo(t *testing.T) {
 	auth := &epochAuth{deny: map[string]bool{}}
 	b := brokertest.New(t, broker.Config{Auth: auth})
-	rc := dialRaw(t, b.Addr())
-	rc.write(fullConnectPacket(v5, "memo", "", "", ""))
-	if code := rc.expect(typeConnack).body[1]; code != 0 {
-		t.Fatalf("CONNACK code %#x", code)
-	}
+	rc := connectV5(t, b.Addr(), "memo")
 	id := uint16(0)
 	steps := []struct {
 		name   string
@@ -94,18 +91,25 @@ func TestPublishAllowMemo(t *testing.T) {
 	}
 }
 
-// TestPublishAllowMemoTakenOver: a connection whose client ID another
-// connection took over has its PUBLISHes asked for again, so the memo
-// never outlives the session it was made for (Allow sees the identity the
-// broker holds for the client ID now).
+// connectV5 opens an MQTT 5 connection as clientID and waits for its
+// successful CONNACK.
+func connectV5(t *testing.T, addr net.Addr, clientID string) *rawConn {
+	t.Helper()
+	rc := dialRaw(t, addr)
+	rc.write(fullConnectPacket(v5, clientID, "", "", ""))
+	if code := rc.expect(typeConnack).body[1]; code != 0 {
+		t.Fatalf("CONNACK code %#x for %s", code, clientID)
+	}
+	return rc
+}
+
+// TestPublishAllowMemoTakenOver: the memo belongs to the connection, not
+// to the client ID: a connection taking over the client ID of one that had
+// remembered a topic is asked for its first PUBLISH to that topic.
 func TestPublishAllowMemoTakenOver(t *testing.T) {
 	auth := &epochAuth{deny: map[string]bool{}}
 	b := brokertest.New(t, broker.Config{Auth: auth})
-	rc := dialRaw(t, b.Addr())
-	rc.write(fullConnectPacket(v5, "twin", "", "", ""))
-	if code := rc.expect(typeConnack).body[1]; code != 0 {
-		t.Fatalf("CONNACK code %#x", code)
-	}
+	rc := connectV5(t, b.Addr(), "twin")
 	for id := uint16(1); id <= 2; id++ {
 		rc.write(publishPacket(v5, "t/a", 1, id, []byte("x")))
 		rc.expectAckOf(typePuback, id, 0)
@@ -113,11 +117,7 @@ func TestPublishAllowMemoTakenOver(t *testing.T) {
 	if got := auth.writes.Load(); got != 1 {
 		t.Fatalf("Allow asked %d times, want 1", got)
 	}
-	rc2 := dialRaw(t, b.Addr())
-	rc2.write(fullConnectPacket(v5, "twin", "", "", ""))
-	if code := rc2.expect(typeConnack).body[1]; code != 0 {
-		t.Fatalf("second CONNACK code %#x", code)
-	}
+	rc2 := connectV5(t, b.Addr(), "twin")
 	rc2.write(publishPacket(v5, "t/a", 1, 1, []byte("x")))
 	rc2.expectAckOf(typePuback, 1, 0)
 	if got := auth.writes.Load(); got != 2 {
