@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultFloor is umbra serve's floor (--gc-heap-floor): 64 MiB.
@@ -28,12 +29,17 @@ type Floor struct {
 	s       []metrics.Sample
 }
 
+// running is set while a Floor runs: GOGC is the process's, so one at a
+// time.
+var running atomic.Bool
+
 // Start sets GOGC after every garbage collection so that the next
 // collection waits for at least floor bytes of allocation (see the package
 // documentation). It returns nil, changing nothing, when floor is 0 or
-// less, or when the environment sets GOGC or GOMEMLIMIT.
+// less, when the environment sets GOGC or GOMEMLIMIT, or while another
+// Floor runs (a test starting several servers in one process).
 func Start(floor int64) *Floor {
-	if floor <= 0 || os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
+	if floor <= 0 || os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" || !running.CompareAndSwap(false, true) {
 		return nil
 	}
 	f := &Floor{floor: uint64(floor), percent: 100, s: make([]metrics.Sample, len(samples))}
@@ -104,5 +110,6 @@ func (f *Floor) Stop() {
 	if !f.stopped {
 		f.stopped = true
 		debug.SetGCPercent(f.prev)
+		running.Store(false)
 	}
 }

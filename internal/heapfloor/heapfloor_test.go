@@ -49,6 +49,10 @@ func TestStartFollowsCollections(t *testing.T) {
 	if f == nil {
 		t.Fatal("Start(1 GiB) = nil, want a running floor")
 	}
+	if second := heapfloor.Start(1 << 30); second != nil {
+		second.Stop()
+		t.Fatal("a second Start while the first runs = a running floor, want nil (GOGC is the process's)")
+	}
 	runtime.GC()
 	waitfor.Poll(t, 10*time.Second, "GOGC raised after a collection", func() bool {
 		runtime.GC() // the cleanup that tunes runs after the collection that freed its object
@@ -64,6 +68,11 @@ func TestStartFollowsCollections(t *testing.T) {
 		t.Errorf("GOGC after Stop and two collections = %d, want %d: the floor still tunes", got, before)
 	}
 	f.Stop() // idempotent
+	again := heapfloor.Start(1 << 30)
+	if again == nil {
+		t.Fatal("Start after Stop = nil, want a running floor")
+	}
+	again.Stop()
 }
 
 // TestStartLeavesOperatorSettings: with GOGC or GOMEMLIMIT in the
