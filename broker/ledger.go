@@ -200,23 +200,16 @@ func (l *ledger) Provides(b byte) bool {
 }
 
 // WantsPacket implements mochi's PacketFilter (mochi patch 18): the
-// ledger follows acknowledgements (OnPacketRead), handles a PUBLISH
+// ledger follows acknowledgements (OnPacketRead) and handles a PUBLISH
 // (OnPublish) only when it is retained or may have to be written for a
-// persistent session, ends a PUBLISH (OnPublished) only while one waits
-// for its commit, and binds only PUBLISHes sent to an indexed (persistent)
-// session (OnQosPublish): a QoS 0 message, or any while no persistent
-// session subscribes, passes without a hook call and its copies of the
-// packet. Each condition is the early return of the hook it guards.
+// persistent session; a QoS 0 message, or any while no persistent session
+// subscribes, passes without a hook call and its copies of the packet.
 func (l *ledger) WantsPacket(event byte, cl *mqtt.Client, fh packets.FixedHeader, _ byte) bool {
 	switch event {
 	case mqtt.OnPacketRead:
 		return fh.Type == packets.Puback || fh.Type == packets.Pubcomp || fh.Type == packets.Pubrec
 	case mqtt.OnPublish:
 		return !cl.Net.Inline && (fh.Retain || (l.store != nil && fh.Qos > 0 && l.durableSubs.Load() > 0))
-	case mqtt.OnPublished:
-		return !cl.Net.Inline && l.pendingN.Load() > 0
-	case mqtt.OnQosPublish:
-		return fh.Type == packets.Publish && l.indexed(cl)
 	}
 	return true
 }

@@ -513,15 +513,14 @@ func TestMochiPatchNextImmediate(t *testing.T) {
 // every connection and topic.
 type packetHook struct {
 	mochi.HookBase
-	id                                      string
-	read, publish, encod, published, qosPub atomic.Int64
+	id                   string
+	read, publish, encod atomic.Int64
 }
 
 func (h *packetHook) ID() string { return h.id }
 func (h *packetHook) Provides(b byte) bool {
 	switch b {
-	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish, mochi.OnPacketEncode,
-		mochi.OnPublished, mochi.OnQosPublish:
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish, mochi.OnPacketEncode:
 		return true
 	}
 	return false
@@ -540,27 +539,21 @@ func (h *packetHook) OnPacketEncode(_ *mochi.Client, pk packets.Packet) packets.
 	h.encod.Add(1)
 	return pk
 }
-func (h *packetHook) OnPublished(*mochi.Client, packets.Packet)              { h.published.Add(1) }
-func (h *packetHook) OnQosPublish(*mochi.Client, packets.Packet, int64, int) { h.qosPub.Add(1) }
 
 // filteredHook is a packetHook with a PacketFilter (mochi patch 18): it
-// wants retained PUBLISHes (read, published and after publishing) and
-// CONNACKs (encoded); of OnQosPublish's packets, none.
+// wants retained PUBLISHes (read and published) and CONNACKs (encoded).
 type filteredHook struct{ packetHook }
 
 func (*filteredHook) WantsPacket(event byte, _ *mochi.Client, fh packets.FixedHeader, _ byte) bool {
-	switch event {
-	case mochi.OnPacketEncode:
+	if event == mochi.OnPacketEncode {
 		return fh.Type == packets.Connack
-	case mochi.OnQosPublish:
-		return false
 	}
 	return fh.Type == packets.Publish && fh.Retain
 }
 
 // TestMochiPatchPacketFilter: a hook with mochi patch 18's PacketFilter
-// gets only the packets it wants, through OnPacketRead, OnPublish,
-// OnPacketEncode, OnPublished and OnQosPublish, alone or next to a hook that wants every packet (which
+// gets only the packets it wants, through OnPacketRead, OnPublish and
+// OnPacketEncode, alone or next to a hook that wants every packet (which
 // still gets them all); and the packets it does not want are processed as
 // usual (each PUBLISH acknowledged). Without the patch the filter is never
 // asked and the hook gets every packet.
@@ -614,10 +607,6 @@ func TestMochiPatchPacketFilter(t *testing.T) {
 				{"plain", &plain.read, "OnPacketRead", 3, 0},    // CONNECT and both PUBLISHes
 				{"plain", &plain.publish, "OnPublish", 2, 0},    // both PUBLISHes
 				{"plain", &plain.encod, "OnPacketEncode", 3, 0}, // CONNACK and both PUBACKs
-				{"filtered", &filtered.published, "OnPublished", 1, 1},
-				{"filtered", &filtered.qosPub, "OnQosPublish", 0, 0},
-				{"plain", &plain.published, "OnPublished", 2, 0}, // both PUBLISHes
-				{"plain", &plain.qosPub, "OnQosPublish", 2, 0},   // both PUBACKs
 			} {
 				want := c.wantWithPlain0
 				if withPlain {

@@ -425,7 +425,7 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 // OnPublished is called when a client has published a message to subscribers.
 func (h *Hooks) OnPublished(cl *Client, pk packets.Packet) {
 	for _, hook := range h.GetAll() {
-		if hook.Provides(OnPublished) && wantsPacket(hook, OnPublished, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
+		if hook.Provides(OnPublished) {
 			hook.OnPublished(cl, pk)
 		}
 	}
@@ -464,7 +464,7 @@ func (h *Hooks) OnRetainPublished(cl *Client, pk packets.Packet) {
 // It is typically used to store a new inflight message.
 func (h *Hooks) OnQosPublish(cl *Client, pk packets.Packet, sent int64, resends int) {
 	for _, hook := range h.GetAll() {
-		if hook.Provides(OnQosPublish) && wantsPacket(hook, OnQosPublish, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
+		if hook.Provides(OnQosPublish) {
 			hook.OnQosPublish(cl, pk, sent, resends)
 		}
 	}
@@ -682,8 +682,8 @@ func (h *Hooks) OnACLCheck(cl *Client, topic string, write bool) bool {
 	return false
 }
 
-// PacketFilter may be implemented by a Hook that provides OnPacketRead, OnPublish,
-// OnPacketEncode, OnPublished or OnQosPublish but has something to do for some packets only: the hook is called for a packet
+// PacketFilter may be implemented by a Hook that provides OnPacketRead, OnPublish or
+// OnPacketEncode but has something to do for some packets only: the hook is called for a packet
 // only when WantsPacket reports true for the event, the client and the packet's fixed header and
 // reason code, and when no hook wants a packet, its event is not dispatched and the packet not
 // copied for it (each packet-carrying hook call copies the 800-byte packet in and out). A hook
@@ -701,7 +701,7 @@ func wantsPacket(hook Hook, event byte, cl *Client, fh packets.FixedHeader, reas
 }
 
 // WantsPacket reports whether any hook that provides event (OnPacketRead, OnPublish,
-// OnPacketEncode, OnPublished, OnQosPublish) wants a packet with fixed header fh and reason code reasonCode of cl (see
+// OnPacketEncode) wants a packet with fixed header fh and reason code reasonCode of cl (see
 // PacketFilter): when none does, dispatching the event would return the packet unchanged.
 // (umbra patch 18)
 func (h *Hooks) WantsPacket(event byte, cl *Client, fh packets.FixedHeader, reasonCode byte) bool {

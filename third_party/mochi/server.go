@@ -947,9 +947,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// the package as qos=0, and the client receives it as qos=1 or 2.
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
 		s.publishToSubscribers(pk)
-		if s.hooks.WantsPacket(OnPublished, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
-			s.hooks.OnPublished(cl, pk)
-		}
+		s.hooks.OnPublished(cl, pk)
 		return nil
 	}
 
@@ -966,14 +964,10 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	if pk.FixedHeader.Qos == 2 {
 		if ok := cl.State.Inflight.Set(ack); ok {
 			atomic.AddInt64(&s.Info.Inflight, 1)
-			if s.hooks.WantsPacket(OnQosPublish, cl, ack.FixedHeader, ack.ReasonCode) { // umbra patch 18
-				s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
-			}
-		}
-	} else {
-		if s.hooks.WantsPacket(OnQosPublish, cl, ack.FixedHeader, ack.ReasonCode) { // umbra patch 18
 			s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 		}
+	} else {
+		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
 
 	err = cl.WritePacket(ack)
@@ -987,9 +981,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	s.publishToSubscribers(pk)
-	if s.hooks.WantsPacket(OnPublished, cl, pk.FixedHeader, pk.ReasonCode) { // umbra patch 18
-		s.hooks.OnPublished(cl, pk)
-	}
+	s.hooks.OnPublished(cl, pk)
 
 	return nil
 }
@@ -1146,9 +1138,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		// modified after this point.
 		if ok := cl.State.Inflight.setShared(&out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
-			if s.hooks.WantsPacket(OnQosPublish, cl, out.FixedHeader, out.ReasonCode) { // umbra patch 18
-				s.hooks.OnQosPublish(cl, out, out.Created, 0)
-			}
+			s.hooks.OnQosPublish(cl, out, out.Created, 0)
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 
