@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -382,9 +383,19 @@ func TestHardening13RemovalRevokesFirmwareURLs(t *testing.T) {
 	}
 	ok := func(what, url string) {
 		t.Helper()
+		served := r.Firmware().BytesServed()
 		if st, _, b := download(t, url); st != http.StatusOK || int64(len(b)) != img.Size {
 			t.Fatalf("%s: GET = %d with %d bytes, want 200 with the %d-byte image", what, st, len(b), img.Size)
 		}
+		// The handler counts the bytes after its last write returns, which
+		// can be after the client has read them all: await the count, so
+		// that the next refused download starts from a settled one.
+		eventually(t, what+": the download counted", func() string {
+			if got := r.Firmware().BytesServed() - served; got != img.Size {
+				return fmt.Sprintf("BytesServed grew by %d, want %d", got, img.Size)
+			}
+			return ""
+		})
 	}
 	refused := func(what, url string) {
 		t.Helper()
