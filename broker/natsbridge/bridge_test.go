@@ -17,6 +17,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/metrics"
 	"github.com/umbra-iot/umbra/internal/natstest"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 )
 
 func TestMain(m *testing.M) { brokertest.Main(m) }
@@ -176,12 +177,22 @@ func TestCrossNodePubSub(t *testing.T) {
 			expect(t, onA, "m1", "m2", "s1", "s2")
 			expect(t, onB, "s2")
 			expectNothing(t, onA, onB)
-			if st := a.br.Stats(); st.InMessages < 1 || st.OutMessages < 3 {
-				t.Errorf("node 1 stats: %+v, want at least 3 out and 1 in", st)
-			}
-			if st := b.br.Stats(); st.Duplicates < 3 {
-				t.Errorf("node 2 stats: %+v, want the 3 copies of the overlapping subscription counted as duplicates", st)
-			}
+			// A bridge counts a message after it published it to NATS or
+			// delivered it to the broker, which can be after a client has it
+			// (and node 2 drops a copy after it delivered the first): await
+			// the counts.
+			waitfor.PollExplained(t, wait, "node 1 to count 3 out and 1 in", func() string {
+				if st := a.br.Stats(); st.InMessages < 1 || st.OutMessages < 3 {
+					return fmt.Sprintf("stats %+v", st)
+				}
+				return ""
+			})
+			waitfor.PollExplained(t, wait, "node 2 to count the 3 copies of the overlapping subscription as duplicates", func() string {
+				if st := b.br.Stats(); st.Duplicates < 3 {
+					return fmt.Sprintf("stats %+v", st)
+				}
+				return ""
+			})
 		})
 	}
 }
