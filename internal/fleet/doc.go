@@ -9,8 +9,9 @@
 // The Index is fed by the same events the CLI's `umbra watch` and the
 // live views see, never by reading shadows per request: internal/server
 // passes it the identity store's enrolments and removals, and every
-// message the server publishes on the feed topics, as the broker takes it
-// (it taps its publishers): the presence messages (state/<id>/presence)
+// message the server publishes on the feed topics, just before the broker
+// delivers it (it taps its publishers), so that a client that received one
+// finds GET /v1/devices up to date: the presence messages (state/<id>/presence)
 // and the shadow engine's accepted and delete messages
 // (state/<id>/update/accepted, state/<id>/delete/accepted); the Hub gets
 // those, the deltas and the rollout feed's rollouts/<id>/events and

@@ -94,10 +94,10 @@ func (s *Server) openPresence(ctx context.Context) (err error) {
 				return // the device was removed (forgetPresence): nothing to publish, as in single-node mode
 			}
 			topic, payload := "state/"+string(id)+"/presence", s.ids.PresenceJSON(id)
+			s.fleet.tap(topic, payload) // before the broker delivers it, as tapBroker does
 			if err := s.brk.PublishLocal(topic, payload, true, 1); err != nil && !errors.Is(err, broker.ErrClosed) {
 				s.log.Warn("publish presence", "device", id, "err", err)
 			}
-			s.fleet.tap(topic, payload)
 		},
 	})
 	if err != nil {

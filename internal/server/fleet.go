@@ -50,9 +50,9 @@ func (f *fleetFeed) revoked(r identity.Revocation) {
 	}
 }
 
-// tap feeds the index and the hub with a message the server published:
-// the engine's, the presence and the rollout feed's go through it after
-// the broker took them (tapBroker). It taps the
+// tap feeds the index and the hub with a message the server publishes:
+// the engine's, the presence and the rollout feed's go through it just
+// before the broker delivers them (tapBroker). It taps the
 // publishers rather than subscribing in process so that the broker's
 // HasSubscribers keeps meaning that a client listens. Only the server
 // publishes on the feed topics (the topic policy keeps clients off them).
@@ -86,21 +86,23 @@ func (f *fleetFeed) read(id device.ID) (uint64, time.Time, fleet.Firmware, bool)
 }
 
 // tapBroker is the broker as the server's own publishers see it: every
-// message they publish is also tapped (fleetFeed.tap) once the broker took
-// it. Embedding keeps the broker's PublishTo, SendTo and HasSubscribers,
-// which the shadow engine looks for.
+// message they publish is also tapped (fleetFeed.tap) before the broker
+// delivers it, so that a client that received a presence or accepted
+// message and then asks GET /v1/devices finds the index up to date (the
+// broker hands the message to its subscribers' queues before Publish
+// returns). A message the broker then refuses (after Close, or over
+// MaxPacketSize, which the engine's replies avoid) is tapped all the same:
+// it tells of state already stored. Embedding keeps the broker's
+// PublishTo, SendTo and HasSubscribers, which the shadow engine looks for.
 type tapBroker struct {
 	*broker.Server
 	tap func(topic string, payload []byte)
 }
 
-// Publish publishes through the broker, then taps the message.
+// Publish taps the message, then publishes it through the broker.
 func (b tapBroker) Publish(topic string, payload []byte, retain bool, qos byte) error {
-	err := b.Server.Publish(topic, payload, retain, qos)
-	if err == nil {
-		b.tap(topic, payload)
-	}
-	return err
+	b.tap(topic, payload)
+	return b.Server.Publish(topic, payload, retain, qos)
 }
 
 // load fills the index from the identity store and the shadows, in the
