@@ -30,6 +30,8 @@ import (
 // the generic body {"code":403,"message":"forbidden"}; the reason is logged
 // at debug level only. A valid URL minted for an enrolment of the device
 // that is no longer current (Config.Enrolment) gets 410 with a JSON error.
+// A recorded image the Blobs cannot read now (cluster mode without NATS)
+// gets 503 with Retry-After: 1, so the device retries the same URL.
 // Other methods get 405, and requests after Close get 503. Every error
 // body is JSON, {"code":N,"message":"…"}.
 //
@@ -82,8 +84,15 @@ func (s *Store) serveDownload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.log.Error("open blob", logKeySHA256, sum, logKeyErr, err)
-		s.deny(w, r, denyBlob, id)
+		// The URL is genuine and the image is recorded: the store could
+		// not be read (in cluster mode, NATS is away or the object store
+		// has no leader). A retry, maybe through another node, succeeds;
+		// a 403 would make the device give the download up.
+		s.log.Error("open blob", logKeySHA256, sum, logKeyDevice, id, logKeyErr, err)
+		h := w.Header()
+		h.Set("Retry-After", "1")
+		h.Set("Cache-Control", "no-store")
+		writeError(w, http.StatusServiceUnavailable, "Service Unavailable: the image store cannot be read now; retry the same URL")
 		return
 	}
 	defer f.Close()

@@ -3,6 +3,9 @@ package firmware_test
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -387,4 +391,64 @@ func TestDownloadBehindMux(t *testing.T) {
 			t.Errorf("GET %s via mux: status 200, want a refusal", target)
 		}
 	}
+}
+
+// failingBlobs is the default Blobs whose Open fails while down is set, as
+// an object store without NATS does.
+type failingBlobs struct {
+	firmware.Blobs
+	down atomic.Bool
+}
+
+func (b *failingBlobs) Open(ctx context.Context, sum string) (*os.File, error) {
+	if b.down.Load() {
+		return nil, errors.New("nats: connection closed")
+	}
+	return b.Blobs.Open(ctx, sum)
+}
+
+// TestDownloadStoreUnavailable: a genuine URL whose image cannot be read
+// right now gets 503 with Retry-After, a JSON error and no bytes, is not
+// counted as denied, and downloads once the store is back: the device
+// retries rather than giving the update up (a 403 before).
+func TestDownloadStoreUnavailable(t *testing.T) {
+	blobs := &failingBlobs{}
+	e := mustOpen(t, func(c *firmware.Config) {
+		fb, err := firmware.FileBlobs(c.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs.Blobs = fb
+		c.Blobs = blobs
+	})
+	data := image(10_000, 3)
+	img := mustUpload(t, e.st, "1.0.0", data)
+	u, _ := e.st.URL(img, "dev-1", 0)
+
+	blobs.down.Store(true)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		resp, body := get(t, method, u, nil)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s with the store down: %d, Retry-After %q; want 503 with Retry-After", method, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		if method == http.MethodGet {
+			var e struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}
+			if err := json.Unmarshal(body, &e); err != nil || e.Code != http.StatusServiceUnavailable || !strings.Contains(e.Message, "retry") {
+				t.Errorf("body %q (%v), want a JSON 503 error saying to retry", body, err)
+			}
+		}
+	}
+	if got := e.st.DeniedDownloads(); got != 0 {
+		t.Errorf("DeniedDownloads = %d, want 0: an unreadable store is not a refusal", got)
+	}
+
+	blobs.down.Store(false)
+	resp, body := get(t, http.MethodGet, u, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+		t.Fatalf("the same URL with the store back: %d, %d bytes; want 200 with the image", resp.StatusCode, len(body))
+	}
+	wantServed(t, e.st, int64(len(data)))
 }
