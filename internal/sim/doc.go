@@ -46,6 +46,13 @@
 //
 // # Failures
 //
+// A download answered 429, 502, 503 or 504, refused at connect, or cut off
+// mid-transfer is tried again up to 3 times, as a device's updater does,
+// after the Retry-After the server gave (at most 5 s) or a jittered 250 ms,
+// 500 ms, 1 s (Stats.DownloadRetries counts them): a server node that died
+// or cannot read its image store for a moment is not a failed update. Then,
+// or on any other answer, the device reports the failure.
+//
 // Reasons reported in "error", with "retryable": url_rejected (HTTP 403,
 // retryable), download_failed (retryable), size_mismatch and sha256_mismatch
 // (retryable: a corrupted transfer), bad_signature (not retryable), untrusted

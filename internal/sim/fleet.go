@@ -56,7 +56,7 @@ type Fleet struct {
 	changed chan struct{} // closed and replaced whenever counts change
 
 	stats struct { // message counters, updated atomically
-		reports, rejected, deltas, downloads, downloadBytes, resyncs, resent atomic.Uint64
+		reports, rejected, deltas, downloads, downloadBytes, resyncs, resent, downloadRetries atomic.Uint64
 	}
 	closeOnce sync.Once
 }
@@ -79,6 +79,9 @@ type Stats struct {
 	// shadow did not hold them (rejected, lost, or overtaken by an older
 	// report).
 	Resent uint64
+	// DownloadRetries counts downloads tried again after an answer worth
+	// a retry (429, 502, 503, 504) or a broken transfer.
+	DownloadRetries uint64
 }
 
 type counts struct {
@@ -338,7 +341,7 @@ func (f *Fleet) downloadWorker() {
 		case <-f.ctx.Done():
 			return
 		case j := <-f.dlq:
-			n, sum, err := f.fetch(j.url, j.limit)
+			n, sum, err := f.fetchRetrying(j)
 			if err != nil {
 				f.log.Debug("download failed", "device", j.d.id, "err", err)
 			}
@@ -347,9 +350,54 @@ func (f *Fleet) downloadWorker() {
 	}
 }
 
+// downloadRetries is how many times a download is tried again, as a
+// device's updater does, before the device reports download_failed:
+// a server node that died mid-transfer, or one that cannot read the image
+// store for a moment (503), is not a failed update.
+const downloadRetries = 3
+
+// maxRetryAfter caps the wait a Retry-After header asks for.
+const maxRetryAfter = 5 * time.Second
+
+// retryError marks a download failure worth retrying, with the wait the
+// server asked for (0: the device's own backoff).
+type retryError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *retryError) Error() string { return e.err.Error() }
+func (e *retryError) Unwrap() error { return e.err }
+
+// fetchRetrying runs fetch for j, trying again up to downloadRetries times
+// after a retryable failure: after the Retry-After the server gave (at
+// most maxRetryAfter), or a jittered 250 ms, 500 ms, 1 s.
+func (f *Fleet) fetchRetrying(j dlJob) (int64, [32]byte, error) {
+	for try := 0; ; try++ {
+		n, sum, err := f.fetch(j.url, j.limit)
+		var re *retryError
+		if !errors.As(err, &re) || try == downloadRetries {
+			return n, sum, err
+		}
+		f.stats.downloadRetries.Add(1)
+		wait := re.after
+		if wait == 0 {
+			j.d.mu.Lock()
+			wait = j.d.jitter(250*time.Millisecond<<try, 0.5)
+			j.d.mu.Unlock()
+		}
+		f.log.Debug("download retried", "device", j.d.id, "try", try+1, "after", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-f.ctx.Done():
+			return n, sum, err
+		}
+	}
+}
+
 // fetch downloads url, hashing as it reads; it never holds the image in
 // memory. It reads at most limit+1 bytes so that an oversized body shows
-// as a size mismatch.
+// as a size mismatch. A failure worth retrying is a *retryError.
 func (f *Fleet) fetch(rawURL string, limit int64) (int64, [32]byte, error) {
 	var sum [32]byte
 	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, rawURL, nil)
@@ -358,13 +406,23 @@ func (f *Fleet) fetch(rawURL string, limit int64) (int64, [32]byte, error) {
 	}
 	resp, err := f.cfg.HTTPClient.Do(req)
 	if err != nil {
-		return 0, sum, err
+		if f.ctx.Err() != nil {
+			return 0, sum, err
+		}
+		return 0, sum, &retryError{err: err} // e.g. the node is gone: another may answer
 	}
 	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusForbidden:
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusForbidden:
 		return 0, sum, errURLRejected
-	case resp.StatusCode != http.StatusOK:
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		var after time.Duration
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs >= 0 {
+			after = min(time.Duration(secs)*time.Second, maxRetryAfter)
+		}
+		return 0, sum, &retryError{after: after, err: fmt.Errorf("sim: download: http status %d", resp.StatusCode)}
+	default:
 		return 0, sum, fmt.Errorf("sim: download: http status %d", resp.StatusCode)
 	}
 	h := sha256.New()
@@ -372,7 +430,11 @@ func (f *Fleet) fetch(rawURL string, limit int64) (int64, [32]byte, error) {
 	f.stats.downloads.Add(1)
 	f.stats.downloadBytes.Add(uint64(n))
 	if err != nil {
-		return n, sum, fmt.Errorf("sim: download: %w", err)
+		err = fmt.Errorf("sim: download: %w", err)
+		if f.ctx.Err() == nil {
+			err = &retryError{err: err} // the transfer broke
+		}
+		return n, sum, err
 	}
 	h.Sum(sum[:0])
 	return n, sum, nil
@@ -448,6 +510,8 @@ func (f *Fleet) snapshot() (Stats, <-chan struct{}) {
 		DownloadBytes: f.stats.downloadBytes.Load(),
 		Resyncs:       f.stats.resyncs.Load(),
 		Resent:        f.stats.resent.Load(),
+
+		DownloadRetries: f.stats.downloadRetries.Load(),
 	}, f.changed
 }
 

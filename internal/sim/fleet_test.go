@@ -277,6 +277,27 @@ type fwServer struct {
 	image []byte
 	sum   string
 	key   ed25519.PrivateKey
+
+	mu       sync.Mutex     // guards the fields below
+	failures map[string]int // per device: requests still to fail
+	failWith func(w http.ResponseWriter)
+	requests map[string]int // per device
+}
+
+// failFirst makes the first n requests of each device fail with fail.
+func (fs *fwServer) failFirst(n int, fail func(w http.ResponseWriter), ids ...device.ID) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.failWith = fail
+	for _, id := range ids {
+		fs.failures[string(id)] = n
+	}
+}
+
+func (fs *fwServer) requestsOf(id device.ID) int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.requests[string(id)]
 }
 
 func newFWServer(tb testing.TB) *fwServer {
@@ -289,10 +310,23 @@ func startFWServer() (*fwServer, *httptest.Server) {
 	_, key, _ := ed25519.GenerateKey(nil)
 	image := bytes.Repeat([]byte("umbra firmware 1.2.0 "), 5000)
 	h := sha256.Sum256(image)
-	fs := &fwServer{image: image, sum: hex.EncodeToString(h[:]), key: key}
+	fs := &fwServer{image: image, sum: hex.EncodeToString(h[:]), key: key, failures: map[string]int{}, requests: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/fw/"+fs.sum || r.URL.Query().Get("e") == "0" {
 			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
+		id := r.URL.Query().Get("d")
+		fs.mu.Lock()
+		fs.requests[id]++
+		fail := fs.failures[id] > 0
+		if fail {
+			fs.failures[id]--
+		}
+		failWith := fs.failWith
+		fs.mu.Unlock()
+		if fail {
+			failWith(w)
 			return
 		}
 		_, _ = w.Write(fs.image)
@@ -437,6 +471,77 @@ func TestFleetFailurePaths(t *testing.T) {
 				if got := states[len(states)-1]; got != tc.want {
 					t.Errorf("%s last state %q, want %q (history %q)", id, got, tc.want, states)
 				}
+			}
+		})
+	}
+}
+
+// TestFleetDownloadRetries: a download answered 503 (a server node that
+// cannot read its image store for a moment) or cut off mid-transfer (a
+// node that died) is tried again, and the device updates without a
+// failed report; one that keeps failing is reported download_failed after
+// the retries; a 404 is not retried.
+func TestFleetDownloadRetries(t *testing.T) {
+	unavailable := func(w http.ResponseWriter) {
+		w.Header().Set("Retry-After", "0")
+		http.Error(w, `{"code":503}`, http.StatusServiceUnavailable)
+	}
+	cut := func(w http.ResponseWriter) {
+		w.Header().Set("Content-Length", "100000")
+		_, _ = w.Write([]byte("partial"))
+	}
+	notFound := func(w http.ResponseWriter) { http.NotFound(w, nil) }
+	tests := []struct {
+		name     string
+		fails    int
+		with     func(http.ResponseWriter)
+		want     string // the last state folded
+		requests int    // per device
+	}{
+		{name: "503 then served", fails: 2, with: unavailable, want: "updated@1.2.0", requests: 3},
+		{name: "cut then served", fails: 1, with: cut, want: "updated@1.2.0", requests: 2},
+		{name: "503 every time", fails: 100, with: unavailable, want: "failed:download_failed@1.0.0", requests: 4},
+		{name: "404 not retried", fails: 100, with: notFound, want: "failed:download_failed@1.0.0", requests: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			eng, fw, url := newRig(t)
+			f := mustOpen(t, sim.Config{Server: url, Devices: 2, QoS: 1, Seed: 3, PublicKey: fw.publicKey()})
+			wait(t, f, "all connected", func(s sim.Stats) bool { return s.Connected == 2 })
+			fw.failFirst(tc.fails, tc.with, f.IDs()...)
+			for _, id := range f.IDs() {
+				eng.setDesired(string(id), fw.command(string(id), "1.2.0", "j", "9999999999"))
+			}
+			if strings.HasPrefix(tc.want, "failed") {
+				wait(t, f, "all failed", func(s sim.Stats) bool { return s.Failed == 2 })
+			} else {
+				wait(t, f, "all updated", func(s sim.Stats) bool { return s.Versions["1.2.0"] == 2 })
+			}
+			state, version, _ := strings.Cut(tc.want, "@")
+			state, _, _ = strings.Cut(state, ":")
+			eng.waitFor(t, "final reports", func() bool { // eng.mu held
+				for _, id := range f.IDs() {
+					h := eng.history[string(id)]
+					if len(h) == 0 || h[len(h)-1]["state"] != state || h[len(h)-1]["version"] != version {
+						return false
+					}
+				}
+				return true
+			})
+			for _, id := range f.IDs() {
+				states := eng.states(string(id))
+				for _, s := range states {
+					if strings.HasPrefix(s, "failed") && s != tc.want {
+						t.Errorf("%s reported %s (history %q)", id, s, states)
+					}
+				}
+				if got := fw.requestsOf(id); got != tc.requests {
+					t.Errorf("%s made %d requests, want %d", id, got, tc.requests)
+				}
+			}
+			if got, want := f.Stats().DownloadRetries, uint64(2*(tc.requests-1)); got != want {
+				t.Errorf("DownloadRetries = %d, want %d", got, want)
 			}
 		})
 	}
