@@ -8,7 +8,9 @@
 # planned by the planner lease's holder; prints `umbra cluster status`.
 # Every process it starts is stopped on exit, including Ctrl-C; the exit
 # status is 0 when every device connected, the rollout succeeded on every
-# device and the cluster is healthy. The nodes run with
+# device, the cluster is healthy, and, last, the devices of node 3, killed
+# -9, reconnected to the next node (umbra sim fails over through its list
+# of addresses). The nodes run with
 # --insecure-anonymous (loopback only): no tokens to hand around.
 #
 # Environment (all optional):
@@ -186,7 +188,7 @@ echo "    $urls"
 # 2. Three Umbra nodes. The first may have to wait for the JetStream
 # cluster to elect its leader: a node that cannot create its buckets yet
 # exits, and is started again.
-declare -a mqtt http
+declare -a mqtt http node_pid
 start_node() {
 	local i=$1 line= pid try
 	for ((try = 0; try < timeout; try++)); do
@@ -209,6 +211,7 @@ start_node() {
 		tail -n 20 "$tmp/node$i.log" >&2
 		die "node n$i did not start"
 	fi
+	node_pid[i]=$pid
 	mqtt[i]=$(sed -n 's/.*"mqtt":"\([^"]*\)".*/\1/p' <<<"$line")
 	http[i]=$(sed -n 's/.*"http":"\([^"]*\)".*/\1/p' <<<"$line")
 	echo "    n$i: MQTT tcp://${mqtt[i]}, HTTP http://${http[i]}"
@@ -218,16 +221,17 @@ for ((i = 1; i <= nodes; i++)); do
 	start_node "$i"
 done
 
-# 3. The fleet: one simulator per node, each with its own ID prefix.
-per=$((devices / nodes))
-step "connecting $devices simulated devices, about $per per node"
+# 3. The fleet: one simulator over the three nodes (device i on node
+# i mod 3), failing over to the next node when its node goes away.
+mqtt_list=
 for ((i = 1; i <= nodes; i++)); do
-	n=$per
-	((i == nodes)) && n=$((devices - per * (nodes - 1)))
-	"$bin" sim --mqtt "tcp://${mqtt[i]}" --api "http://${http[i]}" --devices "$n" --id-prefix "n$i-dev-" \
-		--connect-rate 200 >"$tmp/sim$i.log" 2>"$tmp/sim$i.err" &
-	started "$!"
+	mqtt_list+="tcp://${mqtt[i]},"
 done
+mqtt_list=${mqtt_list%,}
+step "connecting $devices simulated devices over the $nodes nodes ($((devices / nodes)) or more per node)"
+"$bin" sim --mqtt "$mqtt_list" --api "http://${http[1]}" --devices "$devices" --id-prefix "dev-" \
+	--connect-rate 200 --stats-interval 1s >"$tmp/sim.log" 2>"$tmp/sim.err" &
+started "$!"
 
 # The registry's connection counts are renewed every heartbeat (5 s).
 deadline=$((SECONDS + timeout))
@@ -236,15 +240,15 @@ while :; do
 	connected=$(grep -o '"connections":[0-9]*' "$tmp/status.json" | awk -F: '{ s += $2 } END { print s + 0 }')
 	listed=$(grep -o '"id":"n[0-9]*"' "$tmp/status.json" | wc -l)
 	((listed >= nodes && connected >= devices)) && break
-	((SECONDS < deadline)) || die "after ${timeout}s: $listed nodes listed, $connected of $devices devices connected (see $tmp/sim*.err)"
+	((SECONDS < deadline)) || die "after ${timeout}s: $listed nodes listed, $connected of $devices devices connected (see $tmp/sim.err)"
 	nap 0.5
 done
 echo "    $connected/$devices devices connected over $listed nodes after $(since "$t0")"
 
 # 4. One fleet: a shadow written through node 1 is read through node 3.
-last=$((devices - per * (nodes - 1))) width=${#last}
+width=${#devices}
 ((width < 4)) && width=4
-dev="n$nodes-dev-$(printf '%0*d' "$width" 1)"
+dev="dev-$(printf '%0*d' "$width" "$nodes")" # device i (0-based) is on node i mod 3 + 1
 step "desired state of $dev (connected to n$nodes) written through n1, read through n$nodes"
 umbra shadow update "$dev" --desired '{"demo":"hello from n1"}' --mqtt "tcp://${mqtt[1]}" -o json >"$tmp/update.json"
 umbra shadow get "$dev" --mqtt "tcp://${mqtt[nodes]}" -o json >"$tmp/get.json"
@@ -259,14 +263,8 @@ step "rollout of $version to the $devices devices: uploaded through n1, created 
 head -c 65536 /dev/urandom >"$tmp/firmware-$version.bin"
 umbra firmware upload "$tmp/firmware-$version.bin" --version "$version" --api "http://${http[1]}" >"$tmp/upload.txt"
 : >"$tmp/targets.txt"
-for ((i = 1; i <= nodes; i++)); do
-	n=$per
-	((i == nodes)) && n=$((devices - per * (nodes - 1)))
-	w=${#n}
-	((w < 4)) && w=4
-	for ((k = 1; k <= n; k++)); do
-		printf 'n%d-dev-%0*d\n' "$i" "$w" "$k" >>"$tmp/targets.txt"
-	done
+for ((k = 1; k <= devices; k++)); do
+	printf 'dev-%0*d\n' "$width" "$k" >>"$tmp/targets.txt"
 done
 umbra rollout create --firmware "$version" --devices-file "$tmp/targets.txt" --batch-percent 50% \
 	--api "http://${http[nodes]}" >"$tmp/rollout.id" 2>"$tmp/create.txt"
@@ -294,4 +292,23 @@ step "umbra cluster status"
 umbra cluster status --api "http://${http[2]}" >"$tmp/status.txt"
 indent <"$tmp/status.txt"
 grep -q '^mode: cluster, healthy' "$tmp/status.txt" || die "the cluster is not healthy"
+
+# 7. Failover: kill -9 node 3; its devices reconnect to node 1, the next
+# address of their list (the simulator's stats line, every second, says
+# how many devices each address holds).
+step "kill -9 n$nodes: its devices reconnect to n1"
+t2=$(now)
+kill -KILL "${node_pid[nodes]}"
+wait "${node_pid[nodes]}" 2>/dev/null || true # reaped quietly (no "Killed" line)
+deadline=$((SECONDS + timeout))
+while :; do
+	line=$(grep '"kind":"stats"' "$tmp/sim.log" | tail -n 1)
+	all=$(sed -n 's/^{"kind":"stats","time":"[^"]*","devices":[0-9]*,"connected":\([0-9]*\).*/\1/p' <<<"$line")
+	gone=$(grep -o "\"url\":\"tcp://${mqtt[nodes]}\",\"connected\":[0-9]*" <<<"$line" | awk -F: '{ print $NF }')
+	[[ ${all:-0} -eq $devices && ${gone:-1} -eq 0 ]] && break
+	((SECONDS < deadline)) || die "after ${timeout}s: $all of $devices devices connected, $gone still counted on n$nodes (see $tmp/sim.err)"
+	nap 0.5
+done
+reconnects=$(grep -o '"reconnects":[0-9]*' <<<"$line" | awk -F: '{ print $2 }')
+echo "    $devices/$devices devices connected again, $reconnects reconnected, in $(since "$t2")"
 echo "    done in $(since "$t0")"

@@ -18,8 +18,9 @@ const clusterDemoScript = "../../scripts/cluster-demo.sh"
 // connects, a shadow written through one node is read through another,
 // a rollout created through one node succeeds on every device (planned by
 // the planner lease's holder), the cluster status lists the three nodes
-// healthy with the lease's holder, and no process the script started
-// outlives it.
+// healthy with the lease's holder, node 3 killed -9 has its 10 devices
+// reconnected to another node (umbra sim's failover), and no process the
+// script started outlives it.
 func TestClusterDemo(t *testing.T) {
 	nats, err := natstest.Binary()
 	if err != nil {
@@ -40,6 +41,7 @@ func TestClusterDemo(t *testing.T) {
 		`(?m)^    n1 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,
 		`(?m)^    n3 +http://127\.0\.0\.1:\d+ +\S+ +\d+ `,
 		`(?m)^    KV_umbra_shadow +3 +3 +nats-\d`,
+		`(?m)^    30/30 devices connected again, 10 reconnected, in `,
 	} {
 		if !regexp.MustCompile(w).MatchString(out) {
 			t.Errorf("output has no line matching %q", w)

@@ -212,6 +212,7 @@ func maskToken(tok string) string {
 
 // urlHost is the host name of a URL, "" when it has none.
 func urlHost(s string) string {
+	s, _, _ = strings.Cut(s, ",") // the first of several (umbra sim)
 	u, err := url.Parse(s)
 	if err != nil {
 		return ""

@@ -21,7 +21,7 @@ type simOptions struct {
 	idPrefix, fwVersion, hw, failMode, publicKey, logLevel string
 	username, password                                     string
 	devices, connectRate, qos                              int
-	installTime, offlineAfter, offlineFor                  time.Duration
+	installTime, offlineAfter, offlineFor, statsInterval   time.Duration
 	failRate, offlineRate                                  float64
 	seed                                                   int64
 	enroll                                                 bool
@@ -38,7 +38,12 @@ func newSimCmd() *cobra.Command {
 subscribes to its delta, and on a firmware command downloads the image through the
 signed URL, verifies its SHA-256 and manifest signature, reports progress, "reboots"
 (reconnects) and reports the new version. Prints JSON lines (device events and
-periodic fleet stats) until interrupted.`,
+periodic fleet stats) until interrupted.
+
+--mqtt may list several addresses, comma-separated (the nodes of a cluster):
+device i connects to address i mod n, and a device whose connection is lost
+reconnects to the next address after a jittered backoff, subscribes again and
+gets its shadow. The stats lines count reconnects and the devices per address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := newLogger(cmd.ErrOrStderr(), "text", o.logLevel)
@@ -62,7 +67,7 @@ periodic fleet stats) until interrupted.`,
 				FailRate: o.failRate, FailMode: mode, OfflineRate: o.offlineRate,
 				OfflineAfter: o.offlineAfter, OfflineFor: o.offlineFor,
 				ConnectRate: o.connectRate, QoS: byte(o.qos), PublicKey: o.publicKey,
-				Seed: o.seed, Logger: log,
+				Seed: o.seed, StatsInterval: o.statsInterval, Logger: log,
 			}
 			if err := cfg.Validate(); err != nil {
 				return err
@@ -95,6 +100,7 @@ periodic fleet stats) until interrupted.`,
 	f.IntVar(&o.qos, "qos", 1, "MQTT QoS for reports and subscriptions (0 or 1)")
 	f.StringVar(&o.publicKey, "public-key", "", "fleet firmware signing public key: a file, or its base64/PEM value (default: fetched from --api)")
 	f.Int64Var(&o.seed, "seed", 1, "random seed (failures, jitter)")
+	f.DurationVar(&o.statsInterval, "stats-interval", sim.DefaultStatsInterval, "how often to print a stats line")
 	f.StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	f.BoolVar(&o.enroll, "enroll", true, "enroll each device through the HTTP API (--api) and log in with its secret; on by default when an operator token is available (--token, UMBRA_TOKEN or <data-dir>/admin.token)")
 	f.StringSliceVar(&o.labels, "label", nil, "label key=value given to every enrolled device (repeatable), for rollout selectors")

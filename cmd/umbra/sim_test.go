@@ -66,6 +66,11 @@ func TestSimCommandRejectsBadFlags(t *testing.T) {
 		{[]string{"--qos", "2"}, "--qos"},
 		{[]string{"--label", "no-equals-sign", "--token", "admin:x", "--public-key", "AAAA"}, "--label"},
 		{[]string{"--label", "hw=m2", "--username", "u"}, "--label"},
+		// Several addresses: each is checked.
+		{[]string{"--mqtt", "tcp://127.0.0.1:1,ftp://127.0.0.1:2"}, `server "ftp://127.0.0.1:2": unsupported scheme`},
+		{[]string{"--mqtt", "tcp://127.0.0.1:1,,tcp://127.0.0.1:2"}, "empty address"},
+		{[]string{"--mqtt", "tcp://127.0.0.1:1,127.0.0.1:2"}, `server "127.0.0.1:2"`},
+		{[]string{"--stats-interval", "-1s"}, "stats interval"},
 	}
 	for _, tt := range tests {
 		root := newRootCmd()

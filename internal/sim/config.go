@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
@@ -63,12 +64,20 @@ const (
 	DefaultConnectWorkers  = 32
 	DefaultStatsInterval   = 5 * time.Second
 	DefaultSyncTimeout     = 30 * time.Second
+	DefaultReconnectDelay  = 500 * time.Millisecond
+	// MaxReconnectDelay bounds the backoff between a device's failed
+	// connects (before its ±50% jitter).
+	MaxReconnectDelay = 30 * time.Second
 )
 
 // Config describes a simulated fleet. Each field maps to one flag of
 // `umbra sim`; zero values take the defaults above unless noted.
 type Config struct {
-	// Server is the MQTT broker URL, e.g. "tcp://127.0.0.1:1883". Required.
+	// Server is the MQTT broker URL, e.g. "tcp://127.0.0.1:1883", or several
+	// separated by commas (the nodes of a cluster). Required. Device i
+	// (0-based) first connects to address i mod n; a device whose
+	// connection is lost, or whose connect fails, tries the next address
+	// after a jittered backoff (see ReconnectDelay).
 	Server string
 	// Devices is the fleet size N (at least 1).
 	Devices int
@@ -134,6 +143,11 @@ type Config struct {
 	// reconnects. Keep it well above the server's worst response time under
 	// load (5s was too short for 10,000 devices rebooting at once).
 	SyncTimeout time.Duration
+	// ReconnectDelay is how long a device whose connection was lost waits
+	// (±50% jitter, so that a node's devices do not all come back at once)
+	// before connecting to the next address; each failed connect after
+	// that doubles it, up to MaxReconnectDelay.
+	ReconnectDelay time.Duration
 	// StatsInterval is how often Run writes a stats line.
 	StatsInterval time.Duration
 	// Seed makes fault selection and jitter reproducible. 0 picks a random
@@ -188,6 +202,9 @@ func (c *Config) setDefaults() {
 	if c.StatsInterval == 0 {
 		c.StatsInterval = DefaultStatsInterval
 	}
+	if c.ReconnectDelay == 0 {
+		c.ReconnectDelay = DefaultReconnectDelay
+	}
 	if c.HTTPClient == nil {
 		// A transport of the fleet's own, so that Close can drop its idle
 		// keep-alive connections (a server's graceful shutdown waits for
@@ -206,19 +223,13 @@ func (c *Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
 	}
-	u, err := url.Parse(c.Server)
-	switch {
-	case c.Server == "":
+	if c.Server == "" {
 		return bad("server is required")
-	case err != nil:
-		return bad("server %q: %v", c.Server, err)
-	case u.Host == "":
-		return bad("server %q: want scheme://host:port, e.g. tcp://127.0.0.1:1883", c.Server)
 	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
-	default:
-		return bad("server %q: unsupported scheme %q", c.Server, u.Scheme)
+	for _, server := range c.servers() {
+		if err := validServer(server); err != nil {
+			return bad("%v", err)
+		}
 	}
 	if c.Devices < 1 {
 		return bad("devices %d: want at least 1", c.Devices)
@@ -253,7 +264,7 @@ func (c *Config) Validate() error {
 		{"install time", c.InstallTime}, {"offline after", c.OfflineAfter}, {"offline for", c.OfflineFor},
 		{"download timeout", c.DownloadTimeout}, {"reboot time", c.RebootTime},
 		{"keep alive", c.KeepAlive}, {"connect timeout", c.ConnectTimeout}, {"stats interval", c.StatsInterval},
-		{"sync timeout", c.SyncTimeout},
+		{"sync timeout", c.SyncTimeout}, {"reconnect delay", c.ReconnectDelay},
 	} {
 		if d.v < 0 {
 			return bad("%s %v: want ≥ 0", d.name, d.v)
@@ -263,6 +274,34 @@ func (c *Config) Validate() error {
 		return bad("download workers and max image size must be ≥ 0")
 	}
 	return nil
+}
+
+// servers returns the addresses of Server, in order.
+func (c *Config) servers() []string {
+	list := strings.Split(c.Server, ",")
+	for i := range list {
+		list[i] = strings.TrimSpace(list[i])
+	}
+	return list
+}
+
+// validServer checks one broker address of Server.
+func validServer(server string) error {
+	if server == "" {
+		return errors.New("server list has an empty address: want comma-separated scheme://host:port")
+	}
+	u, err := url.Parse(server)
+	switch {
+	case err != nil:
+		return fmt.Errorf("server %q: %v", server, err)
+	case u.Host == "":
+		return fmt.Errorf("server %q: want scheme://host:port, e.g. tcp://127.0.0.1:1883", server)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+		return nil
+	}
+	return fmt.Errorf("server %q: unsupported scheme %q", server, u.Scheme)
 }
 
 func (c *Config) prefix() string {

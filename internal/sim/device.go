@@ -31,10 +31,12 @@ type simDevice struct {
 	id     device.ID
 	prefix string // "state/<id>/"
 	flaky  bool   // goes offline now and then
-	client paho.Client
 
-	mu        sync.Mutex // guards every field below, and m
-	stopping  bool       // set by Close: no new timers
+	mu        sync.Mutex  // guards every field below, and m
+	client    paho.Client // the connection to servers[clientAt]
+	clientAt  int         // the address of client
+	server    int         // the address of the next connect
+	stopping  bool        // set by Close: no new timers
 	m         machine
 	rng       *rand.Rand
 	conn      connState
@@ -173,16 +175,33 @@ func (d *simDevice) scheduleOffline() {
 	})
 }
 
-// onConnect runs (in a paho goroutine) after every successful connection,
-// including paho's automatic reconnects. Like real firmware it waits for
-// the SUBACK before reporting, so the delta its report causes cannot
-// overtake its subscription.
-func (d *simDevice) onConnect() {
-	tok := d.client.SubscribeMultiple(d.filters(), nil)
+// dial returns the client for the address of the next connect, making a
+// new one when the device moves to another address (the old one is
+// disconnected: its connect failed or its connection was lost). d is
+// locked, or not yet shared.
+func (d *simDevice) dial() paho.Client {
+	if d.client == nil || d.clientAt != d.server {
+		d.client = paho.NewClient(d.f.clientOptions(d, d.f.servers[d.server]))
+		d.clientAt = d.server
+	}
+	return d.client
+}
+
+// onConnect runs (in a paho goroutine) after every successful connection
+// of c. Like real firmware it subscribes again (the session is clean) and
+// waits for the SUBACK before reporting, so the delta its report causes
+// cannot overtake its subscription; then it gets the shadow (syncGet), so
+// that no delta sent while it was away is missed.
+func (d *simDevice) onConnect(c paho.Client) {
+	tok := c.SubscribeMultiple(d.filters(), nil)
 	if !tok.WaitTimeout(d.f.cfg.ConnectTimeout) || tok.Error() != nil {
 		d.f.log.Warn("subscribe failed", "device", d.id, "err", tok.Error())
 	}
 	d.do(func() {
+		if c != d.client {
+			return // an abandoned client
+		}
+		d.f.connects[d.clientAt].Add(1)
 		d.online = true
 		d.retries = 0
 		d.checking = false
@@ -223,11 +242,25 @@ func (d *simDevice) filters() map[string]byte {
 	}
 }
 
-func (d *simDevice) onLost(err error) {
+// onLost runs (in a paho goroutine) when c's connection is lost without
+// the device closing it. Unless a reboot, power-off or reconnect is
+// already queued (it connects again), the device connects to the next
+// address after a jittered ReconnectDelay; onConnect then subscribes
+// again and resyncs its shadow.
+func (d *simDevice) onLost(c paho.Client, err error) {
 	d.do(func() {
+		if c != d.client {
+			return
+		}
 		d.online = false
 		d.syncing = false
-		d.f.log.Debug("connection lost", "device", d.id, "err", err)
+		d.f.log.Debug("connection lost", "device", d.id, "server", d.f.servers[d.clientAt], "err", err)
+		if d.conn != connUp {
+			return // connect (connQueued) or the queued op (connLeaving) reconnects
+		}
+		d.f.stats.reconnects.Add(1)
+		d.server, d.connFails = d.f.next(d.clientAt), 0
+		d.connectLater(d.jitter(d.f.cfg.ReconnectDelay, 0.5))
 	})
 }
 

@@ -17,6 +17,20 @@
 // client that reconnects quickly with the same ID unregistered, receiving
 // nothing (Stats.Resyncs counts these).
 //
+// # Several servers and failover
+//
+// Config.Server may list several broker addresses, comma-separated (the
+// nodes of a cluster): device i (0-based) connects to address i mod n
+// first. When a connection is lost without the device closing it (the node
+// died, or dropped it), the device connects to the next address after
+// ReconnectDelay (500ms, ±50% jitter); every failed connect also moves to
+// the next address, with a backoff doubling up to MaxReconnectDelay (30s,
+// ±50%). A new connection subscribes again and gets the shadow as above,
+// so a delta published while the device was away is not missed.
+// Stats.Reconnects counts lost connections, Stats.Servers the devices
+// connected through each address now and its successful connects since
+// Open. The fleet, not paho, reconnects (paho's auto-reconnect is off).
+//
 // A firmware command arrives as delta.state.firmware. Because deltas carry
 // only the desired leaves that differ from reported, a missing "version" or
 // "job" means "equal to what I reported". The device then behaves like real

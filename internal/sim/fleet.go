@@ -36,6 +36,7 @@ type Fleet struct {
 	log     *slog.Logger
 	run     string // unique per Open: prefixes every clientToken
 	key     ed25519.PublicKey
+	servers []string // the addresses of cfg.Server
 	devices []*simDevice
 	limiter *limiter
 
@@ -56,8 +57,9 @@ type Fleet struct {
 	changed chan struct{} // closed and replaced whenever counts change
 
 	stats struct { // message counters, updated atomically
-		reports, rejected, deltas, downloads, downloadBytes, resyncs, resent, downloadRetries atomic.Uint64
+		reports, rejected, deltas, downloads, downloadBytes, resyncs, resent, reconnects, downloadRetries atomic.Uint64
 	}
+	connects  []atomic.Uint64 // successful connections per address
 	closeOnce sync.Once
 }
 
@@ -82,17 +84,32 @@ type Stats struct {
 	// DownloadRetries counts downloads tried again after an answer worth
 	// a retry (429, 502, 503, 504) or a broken transfer.
 	DownloadRetries uint64
+	// Reconnects counts connections lost without the device closing them
+	// (a node died or dropped it); each is followed by a connect to the
+	// next address.
+	Reconnects uint64
+	// Servers has one entry per address of Config.Server, in order.
+	Servers []ServerStats
+}
+
+// ServerStats is one broker address's share of the fleet.
+type ServerStats struct {
+	URL       string `json:"url"`       // the address, as given
+	Connected int    `json:"connected"` // devices connected through it now
+	Connects  uint64 `json:"connects"`  // successful connections through it since Open
 }
 
 type counts struct {
 	connected, updating, updated, failed, silent int
 	versions                                     map[string]int
+	perServer                                    []int // connected devices per address
 }
 
 // summary is what one device contributes to counts.
 type summary struct {
 	counted, online, updating, updated, failed, silent bool
 	version                                            string
+	server                                             int // the address of online
 }
 
 type opKind uint8
@@ -117,8 +134,8 @@ type dlJob struct {
 }
 
 // Open validates cfg, builds the fleet and starts connecting it in the
-// background (at ConnectRate). It fails at once if the server cannot be
-// reached. The fleet runs until Close; ctx only bounds Open itself.
+// background (at ConnectRate). It fails at once if a server address cannot
+// be reached. The fleet runs until Close; ctx only bounds Open itself.
 func Open(ctx context.Context, cfg Config) (*Fleet, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -128,8 +145,11 @@ func Open(ctx context.Context, cfg Config) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := probe(ctx, cfg.Server, cfg.ConnectTimeout); err != nil {
-		return nil, err
+	servers := cfg.servers()
+	for _, server := range servers {
+		if err := probe(ctx, server, cfg.ConnectTimeout); err != nil {
+			return nil, err
+		}
 	}
 	seed := cfg.Seed
 	if seed == 0 {
@@ -142,16 +162,18 @@ func Open(ctx context.Context, cfg Config) (*Fleet, error) {
 	log.Info("opening fleet", "devices", cfg.Devices, "server", cfg.Server, "seed", seed)
 
 	f := &Fleet{
-		cfg:     cfg,
-		log:     log,
-		run:     strconv.FormatInt(time.Now().UnixNano(), 36),
-		key:     key,
-		limiter: newLimiter(cfg.ConnectRate),
-		ops:     make(chan op, cfg.Devices),
-		dlq:     make(chan dlJob, 2*cfg.Devices),
-		done:    make(chan struct{}),
-		changed: make(chan struct{}),
-		counts:  counts{versions: map[string]int{}},
+		cfg:      cfg,
+		log:      log,
+		run:      strconv.FormatInt(time.Now().UnixNano(), 36),
+		key:      key,
+		servers:  servers,
+		limiter:  newLimiter(cfg.ConnectRate),
+		ops:      make(chan op, cfg.Devices),
+		dlq:      make(chan dlJob, 2*cfg.Devices),
+		done:     make(chan struct{}),
+		changed:  make(chan struct{}),
+		counts:   counts{versions: map[string]int{}, perServer: make([]int, len(servers))},
+		connects: make([]atomic.Uint64, len(servers)),
 	}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 
@@ -161,7 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Fleet, error) {
 	f.devices = make([]*simDevice, cfg.Devices)
 	for i := range f.devices {
 		id := deviceID(cfg.IDPrefix, i+1, cfg.Devices)
-		d := &simDevice{f: f, id: id, prefix: "state/" + string(id) + "/", flaky: flaky[i]}
+		d := &simDevice{f: f, id: id, prefix: "state/" + string(id) + "/", flaky: flaky[i], server: i % len(servers)}
 		d.rng = rand.New(rand.NewPCG(uint64(seed), uint64(i)+1))
 		d.m = machine{
 			env: d, key: key, hw: cfg.HW, maxSize: cfg.MaxImageSize, running: cfg.FirmwareVersion,
@@ -173,7 +195,7 @@ func Open(ctx context.Context, cfg Config) (*Fleet, error) {
 		if cfg.InstallTime > 0 {
 			d.m.installTime = func() time.Duration { return d.jitter(cfg.InstallTime, 0.2) }
 		}
-		d.client = paho.NewClient(f.clientOptions(d))
+		d.dial()
 		f.devices[i] = d
 		f.account(d)
 	}
@@ -221,22 +243,24 @@ func pick(rng *rand.Rand, n int, rate float64) []bool {
 	return marked
 }
 
-func (f *Fleet) clientOptions(d *simDevice) *paho.ClientOptions {
+// clientOptions configures d's client for one broker address. The fleet,
+// not paho, reconnects a lost connection (see simDevice.onLost), so that it
+// can move to the next address.
+func (f *Fleet) clientOptions(d *simDevice, server string) *paho.ClientOptions {
 	cfg := &f.cfg
 	o := paho.NewClientOptions().SetStore(pahostore.New()).
-		AddBroker(cfg.Server).
+		AddBroker(server).
 		SetClientID(string(d.id)).
 		SetCleanSession(true).
 		SetResumeSubs(false).
 		SetOrderMatters(false).
-		SetAutoReconnect(true).
-		SetMaxReconnectInterval(30 * time.Second).
+		SetAutoReconnect(false).
 		SetKeepAlive(cfg.KeepAlive).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(5 * time.Second).
 		SetDefaultPublishHandler(d.onMessage).
-		SetOnConnectHandler(func(paho.Client) { d.onConnect() }).
-		SetConnectionLostHandler(func(_ paho.Client, err error) { d.onLost(err) })
+		SetOnConnectHandler(d.onConnect).
+		SetConnectionLostHandler(d.onLost)
 	user, pass := cfg.Username, cfg.Password
 	if cfg.Credentials != nil {
 		user, pass = cfg.Credentials(d.id)
@@ -278,30 +302,49 @@ func (f *Fleet) connect(d *simDevice) {
 	if f.limiter.wait(f.ctx) != nil {
 		return
 	}
+	d.mu.Lock()
+	c, at := d.dial(), d.server
+	d.mu.Unlock()
 	// Wait for the attempt even when closing, so that no connection is
 	// still being set up after Close; paho bounds it by ConnectTimeout.
-	tok := d.client.Connect()
+	tok := c.Connect()
 	err := errors.New("sim: connect did not finish")
 	if tok.WaitTimeout(f.cfg.ConnectTimeout + 5*time.Second) {
 		err = tok.Error()
+	} else {
+		c.Disconnect(0) // abandon the attempt: no late connection
 	}
 	d.do(func() {
+		if c != d.client || d.conn != connQueued {
+			return // the connection was lost meanwhile: onLost reconnects
+		}
+		if err == nil && !c.IsConnectionOpen() {
+			// Lost before this ran: onLost left the reconnect to us.
+			f.stats.reconnects.Add(1)
+			d.server, d.connFails = f.next(at), 0
+			d.connectLater(d.jitter(f.cfg.ReconnectDelay, 0.5))
+			return
+		}
 		if err == nil {
 			d.conn, d.connFails = connUp, 0
 			d.scheduleOffline()
 			return
 		}
 		d.connFails++
-		f.log.Debug("connect failed", "device", d.id, "attempt", d.connFails, "err", err)
-		d.connectLater(d.jitter(min(30*time.Second, 500*time.Millisecond<<min(d.connFails, 6)), 0.5))
+		d.server = f.next(at)
+		f.log.Debug("connect failed", "device", d.id, "server", f.servers[at], "attempt", d.connFails, "err", err)
+		d.connectLater(d.jitter(min(MaxReconnectDelay, f.cfg.ReconnectDelay<<min(d.connFails, 6)), 0.5))
 	})
 }
+
+// next returns the address after server, round the list.
+func (f *Fleet) next(server int) int { return (server + 1) % len(f.servers) }
 
 // disconnect powers a device off for a reboot or an offline spell, and
 // schedules its return.
 func (f *Fleet) disconnect(d *simDevice, kind opKind) {
 	d.mu.Lock()
-	last := d.lastPub
+	last, c := d.lastPub, d.client
 	d.mu.Unlock()
 	if last != nil { // let the last report (e.g. "rebooting") reach the broker
 		select {
@@ -311,7 +354,7 @@ func (f *Fleet) disconnect(d *simDevice, kind opKind) {
 			return
 		}
 	}
-	d.client.Disconnect(100)
+	c.Disconnect(100)
 	d.do(func() {
 		d.online, d.syncing = false, false
 		switch kind {
@@ -451,6 +494,7 @@ func (f *Fleet) account(d *simDevice) {
 		failed:   m.last.State == StateFailed,
 		silent:   m.phase == phaseSilent,
 		version:  m.running,
+		server:   d.clientAt,
 	}
 	if s == d.sum {
 		return
@@ -479,6 +523,7 @@ func (c *counts) add(s summary, delta int) {
 	c.updated += b(s.updated)
 	c.failed += b(s.failed)
 	c.silent += b(s.silent)
+	c.perServer[s.server] += b(s.online)
 	c.versions[s.version] += delta
 	if c.versions[s.version] == 0 {
 		delete(c.versions, s.version)
@@ -495,6 +540,10 @@ func (f *Fleet) snapshot() (Stats, <-chan struct{}) {
 	f.statsMu.Lock()
 	defer f.statsMu.Unlock()
 	c := f.counts
+	servers := make([]ServerStats, len(f.servers))
+	for i, url := range f.servers {
+		servers[i] = ServerStats{URL: url, Connected: c.perServer[i], Connects: f.connects[i].Load()}
+	}
 	return Stats{
 		Devices:       len(f.devices),
 		Connected:     c.connected,
@@ -510,6 +559,8 @@ func (f *Fleet) snapshot() (Stats, <-chan struct{}) {
 		DownloadBytes: f.stats.downloadBytes.Load(),
 		Resyncs:       f.stats.resyncs.Load(),
 		Resent:        f.stats.resent.Load(),
+		Reconnects:    f.stats.reconnects.Load(),
+		Servers:       servers,
 
 		DownloadRetries: f.stats.downloadRetries.Load(),
 	}, f.changed
@@ -562,9 +613,12 @@ func (f *Fleet) Close(ctx context.Context) error {
 				break
 			}
 			sem <- struct{}{}
+			d.mu.Lock()
+			c := d.client
+			d.mu.Unlock()
 			wg.Go(func() {
 				defer func() { <-sem }()
-				d.client.Disconnect(100)
+				c.Disconnect(100)
 			})
 		}
 		wg.Wait()

@@ -595,6 +595,9 @@ func TestOpenValidatesConfig(t *testing.T) {
 		{"bad id prefix", sim.Config{Server: url, Devices: 1, IDPrefix: "a/b"}},
 		{"negative install time", sim.Config{Server: url, Devices: 1, InstallTime: -time.Second}},
 		{"bad public key", sim.Config{Server: url, Devices: 1, PublicKey: "not-a-key"}},
+		{"bad second server", sim.Config{Server: url + ",http://127.0.0.1:1", Devices: 1}},
+		{"empty server in list", sim.Config{Server: url + ",", Devices: 1}},
+		{"negative reconnect delay", sim.Config{Server: url, Devices: 1, ReconnectDelay: -time.Second}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -611,6 +614,12 @@ func TestOpenValidatesConfig(t *testing.T) {
 		_, err := sim.Open(t.Context(), sim.Config{Server: "tcp://127.0.0.1:1", Devices: 1})
 		if err == nil || errors.Is(err, sim.ErrInvalidConfig) {
 			t.Errorf("Open(unreachable) error = %v, want a connection error", err)
+		}
+	})
+	t.Run("one of two servers unreachable", func(t *testing.T) {
+		_, err := sim.Open(t.Context(), sim.Config{Server: url + ",tcp://127.0.0.1:1", Devices: 1})
+		if err == nil || !strings.Contains(err.Error(), "tcp://127.0.0.1:1 unreachable") {
+			t.Errorf("Open(second unreachable) error = %v, want one naming tcp://127.0.0.1:1", err)
 		}
 	})
 }

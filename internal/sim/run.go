@@ -42,6 +42,8 @@ type statsLine struct {
 	Deltas        uint64         `json:"deltas"`
 	Downloads     uint64         `json:"downloads"`
 	Resyncs       uint64         `json:"resyncs,omitempty"`
+	Reconnects    uint64         `json:"reconnects"`
+	Servers       []ServerStats  `json:"servers"`
 	DroppedEvents uint64         `json:"dropped_events,omitempty"`
 }
 
@@ -116,6 +118,7 @@ func (w *lineWriter) stats(st Stats) {
 		Updating: st.Updating, Updated: st.Updated, Failed: st.Failed, Silent: st.Silent,
 		Versions: st.Versions, Reports: st.Reports, Rejected: st.Rejected, Deltas: st.Deltas,
 		Downloads: st.Downloads, Resyncs: st.Resyncs, DroppedEvents: w.dropped.Load(),
+		Reconnects: st.Reconnects, Servers: st.Servers,
 	})
 }
 
