@@ -33,9 +33,20 @@
 //
 // Limits of the mapping:
 //   - One atomic batch carries at most Config.MaxBatch writes (default
-//     1000, nats-server's default max_batch_size): a Create needing more (a
-//     bulk import of more than about 330 to 500 devices) fails and stores
-//     nothing; split the import or raise both limits.
+//     1000, nats-server's default max_batch_size). A Create needing more (a
+//     bulk import of more than 333 devices with certificates, 500 without)
+//     is written in several atomic batches of whole records, in order; if
+//     one fails (a conflict with another node, NATS lost, a refused write),
+//     the batches written before it are deleted again, each key only if it
+//     still holds the revision this Create wrote, so the Create stores
+//     nothing, as identity.Storage promises. Where the promise is weaker
+//     than one batch: while such a Create runs, other readers (and the
+//     other nodes' change feeds) may see its first records, and a node
+//     that dies between two batches, or loses NATS before its undo
+//     finished, leaves the records written so far (their secrets were
+//     never returned: password logins fail until a rotation; certificate
+//     bindings work). The error then says so; remove those devices, or
+//     import the rest.
 //   - SavePresence of more than MaxBatch presences is stored in several
 //     batches, each atomic (a crash between them keeps the older presence
 //     of the rest; the broker writes presence again on the next change).

@@ -1,6 +1,7 @@
 package natsstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,9 +65,10 @@ type Config struct {
 	// Timeout bounds each JetStream request. Default DefaultTimeout.
 	Timeout time.Duration
 	// MaxBatch is the most writes one atomic change may carry (see
-	// natskv.BucketConfig.MaxBatch): a Create of more records (about two
-	// writes each, three with a certificate) fails and stores nothing.
-	// Default natskv.DefaultMaxBatch.
+	// natskv.BucketConfig.MaxBatch): a Create of more records (two writes
+	// each, three with a certificate) is written in several batches and
+	// undone if one fails (see Storage.Create). Default
+	// natskv.DefaultMaxBatch.
 	MaxBatch int
 }
 
@@ -374,10 +376,14 @@ func (s *Storage) RemovedAt(ctx context.Context, id device.ID) (time.Time, error
 	return t, nil
 }
 
-// Create stores recs in one atomic batch: each name's record and index
-// entry, each certificate's binding, every key checked unchanged since
-// this call read it. A batch refused because another node wrote one of
-// them meanwhile is read and tried again.
+// Create stores recs: each name's record and index entry, each
+// certificate's binding, every key checked unchanged since this call read
+// it. Up to MaxBatch writes this is one atomic batch. A larger Create is
+// written in atomic batches of whole records (see createChunks): if one
+// fails, the batches written before it are deleted again, so the Create
+// stores nothing, as the interface promises; while it runs, other readers
+// may see the first batches' records. A batch refused because another
+// node wrote one of its keys meanwhile is read and tried again.
 func (s *Storage) Create(ctx context.Context, recs []identity.Record, dryRun bool) ([]identity.Conflict, error) {
 	if s.closed.Load() {
 		return nil, identity.ErrClosed
@@ -403,12 +409,7 @@ func (s *Storage) Create(ctx context.Context, recs []identity.Record, dryRun boo
 		if err != nil || len(conflicts) > 0 || dryRun {
 			return conflicts, err
 		}
-		actx, cancel, err := s.start(ctx)
-		if err != nil {
-			return nil, err
-		}
-		_, err = s.b.Apply(actx, ops...)
-		cancel()
+		err = s.createChunks(ctx, ops)
 		if !errors.Is(err, natskv.ErrConflict) {
 			if err != nil {
 				return nil, fmt.Errorf("identity/natsstore: create: %w", err)
@@ -421,9 +422,9 @@ func (s *Storage) Create(ctx context.Context, recs []identity.Record, dryRun boo
 
 // plan reads what Create needs and returns its conflicts or, if none and
 // it is no dry run, its writes.
-func (s *Storage) plan(ctx context.Context, recs []identity.Record, dryRun bool) ([]identity.Conflict, []natskv.Op, error) {
+func (s *Storage) plan(ctx context.Context, recs []identity.Record, dryRun bool) ([]identity.Conflict, [][]natskv.Op, error) {
 	var conflicts []identity.Conflict
-	var ops []natskv.Op
+	var ops [][]natskv.Op // the writes of each record
 	for i, r := range recs {
 		rctx, cancel, err := s.start(ctx)
 		if err != nil {
@@ -463,21 +464,119 @@ func (s *Storage) plan(ctx context.Context, recs []identity.Record, dryRun bool)
 		if err != nil {
 			return nil, nil, err
 		}
-		ops = append(ops,
-			natskv.Op{Key: nameKey(r.Name), Value: v, Check: true, Expect: ne.Last},
-			natskv.Op{Key: indexKey(r), Value: []byte{}})
-		if r.IsDevice() && r.CertSHA256 != "" {
-			ops = append(ops, natskv.Op{Key: certKey(r.CertSHA256), Value: []byte(r.Name), Check: true, Expect: ce.Last})
+		w := []natskv.Op{
+			{Key: nameKey(r.Name), Value: v, Check: true, Expect: ne.Last},
+			{Key: indexKey(r), Value: []byte{}},
 		}
+		if r.IsDevice() && r.CertSHA256 != "" {
+			w = append(w, natskv.Op{Key: certKey(r.CertSHA256), Value: []byte(r.Name), Check: true, Expect: ce.Last})
+		}
+		if len(w) > s.maxBatch {
+			return nil, nil, fmt.Errorf("identity/natsstore: create: %d writes per record, MaxBatch is %d", len(w), s.maxBatch)
+		}
+		ops = append(ops, w)
 	}
 	if len(conflicts) > 0 {
 		return conflicts, nil, nil
 	}
-	if len(ops) > s.maxBatch {
-		return nil, nil, fmt.Errorf("identity/natsstore: create %d records: %d writes in one atomic batch, at most %d: "+
-			"split the import, or raise nats-server's jetstream.limits.max_batch_size and the storage's MaxBatch", len(recs), len(ops), s.maxBatch)
-	}
 	return nil, ops, nil
+}
+
+// createChunks applies the records' writes (one group per record) in
+// atomic batches of at most MaxBatch writes, whole records each. When a
+// batch fails, the batches applied before it are deleted again (undo) and
+// its error is returned: the Create stored nothing. If the undo fails too
+// (NATS lost meanwhile), the error says how many records remain.
+func (s *Storage) createChunks(ctx context.Context, records [][]natskv.Op) error {
+	var done [][]natskv.Op // the batches applied, each op's Expect the revision it wrote
+	var batch []natskv.Op
+	flush := func() error {
+		actx, cancel, err := s.start(ctx)
+		if err != nil {
+			return err
+		}
+		last, err := s.b.Apply(actx, batch...)
+		cancel()
+		if err != nil {
+			return err
+		}
+		// An atomic batch is stored as consecutive messages of the
+		// stream: op i of n has revision last-(n-1-i).
+		undo := make([]natskv.Op, len(batch))
+		for i, op := range batch {
+			undo[i] = natskv.Op{Key: op.Key, Value: op.Value, Delete: true, Check: true, Expect: last - uint64(len(batch)-1-i)}
+		}
+		done = append(done, undo)
+		batch = nil
+		return nil
+	}
+	var err error
+	for _, w := range records {
+		if len(batch)+len(w) > s.maxBatch {
+			if err = flush(); err != nil {
+				break
+			}
+		}
+		batch = append(batch, w...)
+	}
+	if err == nil {
+		err = flush()
+	}
+	if err == nil || len(done) == 0 {
+		return err
+	}
+	if uerr := s.undo(ctx, done); uerr != nil {
+		return fmt.Errorf("%w; the %d batches already written could not all be removed: %w", err, len(done), uerr)
+	}
+	return err
+}
+
+// undo deletes the writes of the batches a failed Create applied, newest
+// first, each key only if it still holds the revision written. It runs on
+// even if ctx is cancelled (each request bounded by the timeout). A batch
+// refused because another node changed one of its keys since is undone
+// key by key, leaving the changed keys (someone else's now).
+func (s *Storage) undo(ctx context.Context, done [][]natskv.Op) error {
+	ctx = context.WithoutCancel(ctx)
+	for _, batch := range slices.Backward(done) {
+		actx, cancel, err := s.start(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = s.b.Apply(actx, batch...)
+		cancel()
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, natskv.ErrConflict) {
+			return err
+		}
+		for _, op := range batch {
+			if err := s.undoKey(ctx, op); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// undoKey deletes op.Key if it still holds op.Value (the value this
+// Create wrote), checked against the revision read.
+func (s *Storage) undoKey(ctx context.Context, op natskv.Op) error {
+	actx, cancel, err := s.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	e, err := s.b.Read(actx, op.Key)
+	if err != nil || e.Rev == 0 || !bytes.Equal(e.Value, op.Value) {
+		return err
+	}
+	_, err = s.b.Apply(actx, natskv.Op{Key: op.Key, Delete: true, Check: true, Expect: e.Last})
+	if errors.Is(err, natskv.ErrConflict) {
+		return nil // changed meanwhile: not ours any more
+	}
+	return err
 }
 
 // Replace stores next in place of prev.Name when the stored record is of

@@ -2,6 +2,9 @@ package natsstore_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,4 +114,94 @@ func wantRevoke(t *testing.T, ch <-chan identity.Revocation, reason string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("OnRevoke not called on node B within 10 s (want %s)", reason)
 	}
+}
+
+// TestCreateInChunksIsAllOrNothing creates 30 device records (each with a
+// certificate: three writes) on a Storage whose atomic batches hold at
+// most 10 writes, so the Create is ten batches of three records. One
+// record is too large for NATS (its label exceeds max_payload), so the
+// batch that holds it fails: the batches written before it are deleted
+// again, and no record, index entry or certificate binding of the Create
+// remains. Without a bad record the same Create stores all 30.
+func TestCreateInChunksIsAllOrNothing(t *testing.T) {
+	srv := natstest.Start(t)
+	js := natstest.JetStream(t, srv.URLs())
+	bucket := natstest.BucketNames("identity")
+	keyBucket := natstest.BucketNames("identity_key")
+	tests := []struct {
+		name string
+		bad  int // index of the oversized record; -1 for none
+	}{
+		{"first batch fails", 0},
+		{"a middle batch fails", 13},
+		{"last batch fails", 29},
+		{"no batch fails", -1},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := fmt.Sprint(i)
+			st, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: js, Bucket: bucket(dir), KeyBucket: keyBucket(dir), MaxBatch: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close(context.Background())
+			recs := make([]identity.Record, 30)
+			for j := range recs {
+				recs[j] = identity.Record{Name: fmt.Sprintf("chunk-%02d", j), Role: identity.RoleDevice,
+					MAC: []byte("mac"), CertSHA256: fmt.Sprintf("%064x", j+1), CreatedAt: time.Now()}
+			}
+			if tt.bad >= 0 {
+				recs[tt.bad].Labels = map[string]string{"big": strings.Repeat("x", 2<<20)}
+			}
+			conflicts, err := st.Create(t.Context(), recs, false)
+			if len(conflicts) != 0 {
+				t.Fatalf("conflicts %+v", conflicts)
+			}
+			if tt.bad < 0 {
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				if got := devices(t, st); len(got) != 30 {
+					t.Fatalf("stored %d devices, want 30", len(got))
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Create with an oversized record succeeded")
+			}
+			if got := devices(t, st); len(got) != 0 {
+				t.Errorf("after the failed Create the index lists %d devices: %v", len(got), got)
+			}
+			for _, r := range recs {
+				if _, err := st.Get(t.Context(), r.Name); !errors.Is(err, identity.ErrNotFound) {
+					t.Errorf("Get %s after the failed Create: %v, want ErrNotFound", r.Name, err)
+				}
+				if owner, err := st.CertOwner(t.Context(), r.CertSHA256); !errors.Is(err, identity.ErrNotFound) {
+					t.Errorf("certificate of %s still bound to %q (%v)", r.Name, owner, err)
+				}
+			}
+			// The names are free again: the same Create without the bad
+			// label stores every record.
+			recs[tt.bad].Labels = nil
+			if _, err := st.Create(t.Context(), recs, false); err != nil {
+				t.Fatalf("Create again: %v", err)
+			}
+			if got := devices(t, st); len(got) != 30 {
+				t.Fatalf("stored %d devices on the second Create, want 30", len(got))
+			}
+		})
+	}
+}
+
+func devices(t *testing.T, st identity.Storage) []string {
+	t.Helper()
+	recs, err := st.Devices(t.Context(), "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range recs {
+		names = append(names, r.Name)
+	}
+	return names
 }
