@@ -206,9 +206,15 @@ func (r *Registry) Nodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
-// Close stops the heartbeats and removes the registration (ctx, and one
-// heartbeat interval, bound the removal; an entry not removed expires by
-// itself). It is idempotent.
+// Close stops the heartbeats and removes the registration. While the
+// connection to NATS is up but the bucket cannot take the removal (no
+// stream leader during an election: "no responders", or a timeout), it is
+// tried again every deregisterRetry, until it is done, ctx ends, or the
+// registration would have expired by itself (3 heartbeats): so a node
+// closed during a leader election leaves the registry once the stream has
+// a leader again instead of staying listed until it expires. With NATS
+// lost it gives up after one attempt (the entry expires). It is
+// idempotent.
 func (r *Registry) Close(ctx context.Context) error {
 	var err error
 	r.once.Do(func() {
@@ -217,11 +223,40 @@ func (r *Registry) Close(ctx context.Context) error {
 		r.mu.Lock()
 		rev := r.rev
 		r.mu.Unlock()
-		ctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat) // NATS may be gone: the entry then expires by itself
+		ctx, cancel := context.WithTimeout(ctx, registryTTLBeats*r.cfg.Heartbeat)
 		defer cancel()
-		if _, derr := r.b.Apply(ctx, natskv.Op{Key: r.key(), Delete: true, Check: true, Expect: rev}); derr != nil && !errors.Is(derr, natskv.ErrConflict) {
+		if derr := r.deregister(ctx, rev); derr != nil {
 			err = fmt.Errorf("cluster: deregister %s: %w", r.cfg.Node.ID, derr)
 		}
 	})
 	return err
+}
+
+// deregisterRetry is the pause between two attempts of Close's removal.
+const deregisterRetry = 250 * time.Millisecond
+
+// deregister deletes the registration of revision rev, retrying (see
+// Close) until ctx ends. A registration changed or gone meanwhile is
+// left alone.
+func (r *Registry) deregister(ctx context.Context, rev uint64) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, min(r.cfg.Heartbeat, 2*time.Second))
+		_, err := r.b.Apply(actx, natskv.Op{Key: r.key(), Delete: true, Check: true, Expect: rev})
+		cancel()
+		switch {
+		case err == nil, errors.Is(err, natskv.ErrConflict):
+			return nil
+		case !r.cfg.JetStream.Conn().IsConnected():
+			return err // NATS is lost, not electing: the registration expires by itself
+		}
+		r.log.Debug("deregister failed, trying again", "err", err)
+		t := time.NewTimer(deregisterRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last attempt: %w; the registration expires %v after its last heartbeat)",
+				ctx.Err(), err, registryTTLBeats*r.cfg.Heartbeat)
+		case <-t.C:
+		}
+	}
 }

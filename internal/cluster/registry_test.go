@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -107,4 +108,91 @@ func TestRegistryForgetsDeadNode(t *testing.T) {
 		t.Fatalf("register the dead node's ID again: %v", err)
 	}
 	again.Close(context.Background())
+}
+
+// msgHandler signals seen (without blocking) for each record whose
+// message is msg.
+type msgHandler struct {
+	msg  string
+	seen chan struct{}
+}
+
+func (h *msgHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *msgHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *msgHandler) WithGroup(string) slog.Handler            { return h }
+func (h *msgHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.seen <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// TestRegistryCloseDuringLeaderElection closes a node while its registry
+// bucket (R3) has no leader: two of the three NATS servers are killed -9,
+// so the removal cannot be applied. Close retries, the two servers come
+// back (only after an attempt failed), the bucket elects a leader, and
+// Close removes the registration and
+// returns nil, long before the registration would have expired (30 s).
+// Before Close retried, it returned the "no responders" (or timeout) error
+// of its one attempt and the node stayed listed until it expired.
+func TestRegistryCloseDuringLeaderElection(t *testing.T) {
+	c := natstest.StartCluster(t)
+	const beat = 10 * time.Second // the registration expires 30 s after its last heartbeat
+	// The node's connection is to the server that stays up.
+	js := natstest.JetStream(t, c.Servers[0].URLs())
+	retried := make(chan struct{}, 1)
+	log := slog.New(&msgHandler{msg: "deregister failed, trying again", seen: retried})
+	reg, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js, Heartbeat: beat,
+		Replicas: c.Replicas(), Node: cluster.Node{ID: "leaving"}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), cluster.DefaultRegistryBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Servers[1].Kill()
+	c.Servers[2].Kill()
+	// The bucket takes no write now (no quorum, no leader).
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	_, err = kv.Put(ctx, "probe", []byte("x"))
+	cancel()
+	if err == nil {
+		t.Fatal("a write succeeded with two of three servers killed")
+	}
+
+	start := time.Now()
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		closed <- reg.Close(ctx)
+	}()
+	// The servers come back only after an attempt failed.
+	select {
+	case <-retried:
+	case err := <-closed:
+		t.Fatalf("Close returned %v without retrying while the bucket had no leader", err)
+	}
+	c.Servers[1].Restart()
+	c.Servers[2].Restart()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close during the election: %v", err)
+		}
+	case <-time.After(3 * beat):
+		t.Fatalf("Close did not return within %v", 3*beat)
+	}
+	took := time.Since(start)
+	if _, err := kv.Get(t.Context(), "n.leaving"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("after Close (%v) the registration is still there: %v", took, err)
+	}
+	if took >= 3*beat {
+		t.Fatalf("Close took %v: the registration may have expired instead of being removed", took)
+	}
+	t.Logf("Close removed the registration %v after it started, once the bucket had a leader again", took.Round(time.Millisecond))
 }

@@ -718,8 +718,14 @@ func (s *Server) Close(ctx context.Context) error {
 		if s.api != nil {
 			closeOne("http", s.api)
 		}
+		// Other nodes stop listing this one. During a leader election the
+		// removal is retried (up to 3 heartbeats, within ctx): meanwhile
+		// the rest closes; the stores wait for it.
+		regErr := make(chan error, 1)
 		if s.registry != nil {
-			closeOne("registry", s.registry) // other nodes stop listing this one
+			go func() { regErr <- s.registry.Close(ctx) }()
+		} else {
+			regErr <- nil
 		}
 		if s.planner != nil {
 			closeOne("rollout", s.planner)
@@ -757,6 +763,10 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		if s.ids != nil {
 			closeOne("identity", s.ids)
+		}
+		if err := <-regErr; err != nil {
+			s.log.Error("close", "component", "registry", "err", err)
+			errs = append(errs, fmt.Errorf("close registry: %w", err))
 		}
 		errs = append(errs, s.stores.close(ctx, s.log))
 		s.lns.close() // those no component took (a failed Open)
