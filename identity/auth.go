@@ -154,6 +154,7 @@ func (s *Store) authenticateCert(ctx context.Context, c Credentials) (Session, e
 		return Session{}, fmt.Errorf("%w: certificate of device %s used with user name %q: want none, the device ID, the certificate's common name, or one starting with \"?\"",
 			ErrUnauthenticated, id, clip(c.Username))
 	}
+	s.learn(rec)
 	return Session{Principal: Principal{Role: RoleDevice, Name: string(id), Device: id}, ClientID: c.ClientID, Credential: credCert + rec.Enrolment}, nil
 }
 
@@ -284,6 +285,7 @@ func (s *Store) verify(ctx context.Context, name string, secret []byte) (p Princ
 	if !checkSecret(s.key, rec.Role, name, secret, rec.MAC) {
 		return Principal{}, "", fmt.Errorf("%w: wrong secret for %s %s", ErrUnauthenticated, kind, name)
 	}
+	s.learn(rec)
 	if rec.IsDevice() {
 		return Principal{Role: RoleDevice, Name: name, Device: device.ID(name)}, rec.SecretGen, nil
 	}

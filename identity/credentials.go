@@ -64,6 +64,20 @@ func newGeneration() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// learn records rec's credential as its name's current one when the Store
+// holds none for the name: a record another server created that the
+// change feed (NameWatcher) has not delivered yet, which Authenticate has
+// just read from the storage. Without it Allow would refuse, and the
+// server evict as stale, a device enrolled on another server that
+// connects here at once. A name the Store holds already is left to the
+// feed, which tells OnRevoke what changed. Callers hold credMu (read):
+// refresh, which holds it exclusively, cannot run meanwhile.
+func (s *Store) learn(rec Record) {
+	if s.currentOf(rec.Name) == nil {
+		s.current.LoadOrStore(rec.Name, rec.credential())
+	}
+}
+
 // setCurrent records name's current credential (nil: none).
 func (s *Store) setCurrent(name string, c *credential) {
 	if c == nil {

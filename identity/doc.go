@@ -30,7 +30,10 @@
 // feed, re-reads each changed name, and tells Config.OnRevoke of the
 // credentials another server ended, so a removal, a rotation or a token
 // revocation made on one node disconnects the sessions that used it on
-// every node.
+// every node. A name the feed has not delivered yet but Authenticate reads
+// from the storage (a device enrolled on another node a moment ago) is
+// learned from that read, so its session is valid at once; a name the
+// Store holds already changes only through the feed.
 //
 // # Model
 //

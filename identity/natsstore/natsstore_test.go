@@ -205,3 +205,87 @@ func devices(t *testing.T, st identity.Storage) []string {
 	}
 	return names
 }
+
+// heldFeed is a Storage whose change feed (NameWatcher) delivers nothing
+// until release is closed: a node whose feed lags.
+type heldFeed struct {
+	*natsstore.Storage
+	release chan struct{}
+}
+
+func (h *heldFeed) WatchNames(ctx context.Context) (<-chan string, error) {
+	names, err := h.Storage.WatchNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan string)
+	go func() {
+		defer close(out)
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return
+		}
+		for name := range names {
+			select {
+			case out <- name:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// TestDeviceEnrolledElsewhereIsValidAtOnce: a device enrolled on node A
+// logs in on node B before B's change feed told it of the device. Its
+// session must be valid at once (Authenticate read the record from the
+// storage): before, B's Allow refused it and the server evicted it as
+// "stale", so a device connecting right after its enrolment on another
+// node (umbra sim --api on one node, --mqtt on others) was disconnected.
+// What B learns that way must not hide a later change: a rotation on A
+// still ends B's session once the feed delivers it.
+func TestDeviceEnrolledElsewhereIsValidAtOnce(t *testing.T) {
+	srv := natstest.Start(t)
+	open := func(st identity.Storage, onRevoke func(context.Context, identity.Revocation)) *identity.Store {
+		s, err := identity.Open(t.Context(), identity.Config{Storage: st, OnRevoke: onRevoke})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(context.Background()) })
+		return s
+	}
+	storage := func() *natsstore.Storage {
+		st, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: natstest.JetStream(t, srv.URLs())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	a := open(storage(), nil)
+	held := &heldFeed{Storage: storage(), release: make(chan struct{})}
+	revokes := make(chan identity.Revocation, 8)
+	b := open(held, func(_ context.Context, r identity.Revocation) { revokes <- r })
+	ctx := t.Context()
+
+	secret, err := a.EnrollDevice(ctx, identity.Enrollment{ID: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := b.Authenticate(ctx, identity.Credentials{ClientID: "dev-1", Password: []byte(secret)})
+	if err != nil {
+		t.Fatalf("log in on node B: %v", err)
+	}
+	if !b.Valid(sess) {
+		t.Fatal("node B refuses the session of a device node A enrolled, until its change feed catches up")
+	}
+
+	if _, err := a.RotateDevice(ctx, "dev-1"); err != nil {
+		t.Fatal(err)
+	}
+	close(held.release)
+	wantRevoke(t, revokes, identity.RevokeRotated)
+	if b.Valid(sess) {
+		t.Error("node B still accepts the session of the secret node A rotated")
+	}
+}
