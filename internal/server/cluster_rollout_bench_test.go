@@ -29,7 +29,7 @@ import (
 	"github.com/umbra-iot/umbra/wire"
 )
 
-// The cluster rollout benchmark's sizes (docs/benchmarks.md §13).
+// The cluster rollout benchmark's sizes (docs/benchmarks.md §14).
 const (
 	defaultClusterRolloutDevices = 10_000
 	shortClusterRolloutDevices   = 100
@@ -279,7 +279,8 @@ type clusterRolloutResult struct {
 // p50-ms and p99-ms of command-to-report (the first delta carrying the
 // version, seen by an integrator on the first node → the device's updated
 // report), and per node and per nats-server the CPU (cores over the
-// rollout) and memory (RSS at the end, peak RSS during the rollout). The
+// rollout) and memory (RSS at the end, peak RSS during the rollout), and
+// the benchmark process's CPU (fleet-cpu-cores: the simulated fleet). The
 // cluster case adds its ratios to the baseline of the same run.
 func BenchmarkClusterRollout(b *testing.B) {
 	n := envCount(b, "UMBRA_BENCH_ROLLOUT_DEVICES", defaultClusterRolloutDevices, shortClusterRolloutDevices)
@@ -469,6 +470,7 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 	for _, s := range natsProcs {
 		pids = append(pids, s.PID())
 	}
+	pids = append(pids, os.Getpid()) // the fleet (and the watcher), last
 	before := make([]procUsage, len(pids))
 	for i, pid := range pids {
 		resetPeak(pid)
@@ -521,7 +523,11 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 	for i, pid := range pids {
 		u := readUsage(pid)
 		name := fmt.Sprintf("n%d", i+1)
-		if i >= len(r.nodes) {
+		switch {
+		case i == len(pids)-1:
+			b.ReportMetric((u.cpu-before[i].cpu).Seconds()/res.wall.Seconds(), "fleet-cpu-cores")
+			continue // its memory is the simulator's, not a node's
+		case i >= len(r.nodes):
 			name = fmt.Sprintf("nats%d", i-len(r.nodes)+1)
 		}
 		b.ReportMetric((u.cpu-before[i].cpu).Seconds()/res.wall.Seconds(), name+"-cpu-cores")

@@ -3,8 +3,10 @@ package natsstore_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,8 +20,22 @@ import (
 	"github.com/umbra-iot/umbra/shadow/storetest"
 )
 
-// benchWriters is how many devices update their shadows at once.
-const benchWriters = 64
+// defaultBenchWriters is how many devices update their shadows at once,
+// unless UMBRA_BENCH_WRITERS says otherwise (1..4096).
+const defaultBenchWriters = 64
+
+// benchWriters returns UMBRA_BENCH_WRITERS, else defaultBenchWriters.
+func benchWriters(b *testing.B) int {
+	s := os.Getenv("UMBRA_BENCH_WRITERS")
+	if s == "" {
+		return defaultBenchWriters
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 4096 {
+		b.Fatalf("UMBRA_BENCH_WRITERS=%q: want an integer in 1..4096", s)
+	}
+	return n
+}
 
 // finKey is the watched benchmark's marker, written after the run.
 var finKey = shadow.Key{Device: "dev-fin"}
@@ -27,7 +43,7 @@ var finKey = shadow.Key{Device: "dev-fin"}
 // BenchmarkStoreUpdate measures durable shadow updates through a
 // shadow.Store, as the engine makes them (read the record, write the next
 // one with a compare-and-set on its revision), by benchWriters devices at
-// once, on bbolt (the single-node baseline, in the same run), on one
+// once (UMBRA_BENCH_WRITERS, default 64), on bbolt (the single-node baseline, in the same run), on one
 // nats-server and on three (R3). Every acknowledged update is on disk:
 // bbolt fsyncs each transaction, the nats-servers run with
 // sync_interval: always (and R3 acknowledges on a quorum). It reports
@@ -78,14 +94,15 @@ func BenchmarkStoreUpdate(b *testing.B) {
 				}
 			}
 			defer s.Close(context.Background())
+			writers := benchWriters(b)
 			var next atomic.Int64
-			lat := make([][]time.Duration, benchWriters)
+			lat := make([][]time.Duration, writers)
 			var wg sync.WaitGroup
 			b.ResetTimer()
 			start := time.Now()
-			for w := range benchWriters {
+			for w := range writers {
 				wg.Go(func() {
-					k := shadow.Key{Device: device.ID(fmt.Sprintf("dev-%03d", w))}
+					k := shadow.Key{Device: device.ID(fmt.Sprintf("dev-%04d", w))}
 					for next.Add(1) <= int64(b.N) {
 						t0 := time.Now()
 						rec, err := s.Get(ctx, k)
