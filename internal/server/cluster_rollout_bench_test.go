@@ -154,42 +154,6 @@ func startNodeProc(b *testing.B, nc clusterNodeConfig) *nodeProc {
 	return p
 }
 
-// procUsage is a process's CPU time and memory from /proc.
-type procUsage struct {
-	cpu          time.Duration // user + system
-	rss, peakRSS int64         // bytes
-}
-
-// readUsage reads pid's CPU time (clock ticks of 10 ms, Linux's USER_HZ)
-// and its VmRSS and VmHWM; zero where /proc is missing.
-func readUsage(pid int) procUsage {
-	var u procUsage
-	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		if i := bytes.LastIndexByte(stat, ')'); i > 0 {
-			f := strings.Fields(string(stat[i+1:]))
-			if len(f) > 12 {
-				ut, _ := strconv.ParseInt(f[11], 10, 64)
-				st, _ := strconv.ParseInt(f[12], 10, 64)
-				u.cpu = time.Duration(ut+st) * 10 * time.Millisecond
-			}
-		}
-	}
-	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for line := range strings.SplitSeq(string(status), "\n") {
-			for field, dst := range map[string]*int64{"VmRSS:": &u.rss, "VmHWM:": &u.peakRSS} {
-				if rest, ok := strings.CutPrefix(line, field); ok {
-					kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-					*dst = kb << 10
-				}
-			}
-		}
-	}
-	return u
-}
-
-// resetPeak resets pid's VmHWM to its current RSS (Linux clear_refs 5).
-func resetPeak(pid int) { _ = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0) }
-
 // rolloutTimes records, per device, when the rollout's command was seen
 // (the first delta carrying the version, on an integrator's subscription
 // to every delta on the node that plans) and when the device reported the
@@ -471,10 +435,10 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 		pids = append(pids, s.PID())
 	}
 	pids = append(pids, os.Getpid()) // the fleet (and the watcher), last
-	before := make([]procUsage, len(pids))
+	before := make([]natstest.Usage, len(pids))
 	for i, pid := range pids {
-		resetPeak(pid)
-		before[i] = readUsage(pid)
+		natstest.ResetPeakRSS(pid)
+		before[i] = natstest.ProcUsage(pid)
 	}
 	start := time.Now()
 	ro, err := r.api.CreateRollout(b.Context(), wire.CreateRollout{Firmware: v, Devices: r.ids, Policy: wire.Policy{BatchPercent: batch}})
@@ -521,18 +485,18 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 	for i, pid := range pids {
-		u := readUsage(pid)
+		u := natstest.ProcUsage(pid)
 		name := fmt.Sprintf("n%d", i+1)
 		switch {
 		case i == len(pids)-1:
-			b.ReportMetric((u.cpu-before[i].cpu).Seconds()/res.wall.Seconds(), "fleet-cpu-cores")
+			b.ReportMetric((u.CPU-before[i].CPU).Seconds()/res.wall.Seconds(), "fleet-cpu-cores")
 			continue // its memory is the simulator's, not a node's
 		case i >= len(r.nodes):
 			name = fmt.Sprintf("nats%d", i-len(r.nodes)+1)
 		}
-		b.ReportMetric((u.cpu-before[i].cpu).Seconds()/res.wall.Seconds(), name+"-cpu-cores")
-		b.ReportMetric(float64(u.rss)/(1<<20), name+"-rss-MB")
-		b.ReportMetric(float64(u.peakRSS)/(1<<20), name+"-peak-rss-MB")
+		b.ReportMetric((u.CPU-before[i].CPU).Seconds()/res.wall.Seconds(), name+"-cpu-cores")
+		b.ReportMetric(float64(u.RSS)/(1<<20), name+"-rss-MB")
+		b.ReportMetric(float64(u.PeakRSS)/(1<<20), name+"-peak-rss-MB")
 	}
 	fs := r.fleet.Stats()
 	b.Logf("rollout %s of %d devices: %v; fleet: %d reports, %d rejected, %d resyncs, %d reconnects, per node %+v",

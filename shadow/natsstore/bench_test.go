@@ -47,7 +47,8 @@ var finKey = shadow.Key{Device: "dev-fin"}
 // nats-server and on three (R3). Every acknowledged update is on disk:
 // bbolt fsyncs each transaction, the nats-servers run with
 // sync_interval: always (and R3 acknowledges on a quorum). It reports
-// updates/s and the p99 latency of one update.
+// updates/s, the p99 latency of one update and the nats-servers' CPU per
+// update (all servers summed, from /proc).
 func BenchmarkStoreUpdate(b *testing.B) {
 	for _, tc := range []struct {
 		name   string
@@ -62,6 +63,7 @@ func BenchmarkStoreUpdate(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			ctx := b.Context()
 			var s storetest.Store
+			var servers []*natstest.Server // for their CPU
 			var watched atomic.Int64
 			fin := make(chan struct{}) // the watch saw the final marker write
 			if tc.target == nil {
@@ -73,6 +75,12 @@ func BenchmarkStoreUpdate(b *testing.B) {
 			} else {
 				target := tc.target(b)
 				s = openBench(b, target)
+				switch t := target.(type) {
+				case *natstest.Server:
+					servers = []*natstest.Server{t}
+				case *natstest.Cluster:
+					servers = t.Servers
+				}
 				if tc.watch {
 					// The watch runs on a Store of its own connection, as
 					// on the leader node.
@@ -95,6 +103,10 @@ func BenchmarkStoreUpdate(b *testing.B) {
 			}
 			defer s.Close(context.Background())
 			writers := benchWriters(b)
+			var cpu0 time.Duration
+			for _, srv := range servers {
+				cpu0 += natstest.ProcUsage(srv.PID()).CPU
+			}
 			var next atomic.Int64
 			lat := make([][]time.Duration, writers)
 			var wg sync.WaitGroup
@@ -126,6 +138,14 @@ func BenchmarkStoreUpdate(b *testing.B) {
 			if len(all) > 0 {
 				b.ReportMetric(float64(len(all))/elapsed.Seconds(), "updates/s")
 				b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+			}
+			if len(servers) > 0 && len(all) > 0 {
+				var cpu time.Duration
+				for _, srv := range servers {
+					cpu += natstest.ProcUsage(srv.PID()).CPU
+				}
+				// Every nats-server's CPU per update, all servers summed.
+				b.ReportMetric(float64((cpu-cpu0).Microseconds())/float64(len(all)), "nats-cpu-µs/update")
 			}
 			if tc.watch {
 				// The watch delivers the changes in order: once it has a
