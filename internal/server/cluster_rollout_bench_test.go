@@ -202,12 +202,15 @@ func (r *rolloutTimes) event(ev sim.Event) {
 	}
 }
 
-// latencies returns every device's report − command, sorted; devices
-// whose command was not seen are counted in missing.
-func (r *rolloutTimes) latencies() (lat []time.Duration, missing int) {
+// latencies returns every device's report − command, sorted, and the
+// last report; devices whose command was not seen are counted in missing.
+func (r *rolloutTimes) latencies() (lat []time.Duration, last time.Time, missing int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for id, rep := range r.reported {
+		if rep.After(last) {
+			last = rep
+		}
 		cmd, ok := r.command[id]
 		if !ok {
 			missing++
@@ -216,7 +219,7 @@ func (r *rolloutTimes) latencies() (lat []time.Duration, missing int) {
 		lat = append(lat, rep.Sub(cmd))
 	}
 	slices.Sort(lat)
-	return lat, missing
+	return lat, last, missing
 }
 
 // clusterRolloutResult is one case's figures.
@@ -240,6 +243,8 @@ type clusterRolloutResult struct {
 // -benchtime 1x).
 //
 // Figures: wall-s (create → the rollout's succeeded event), devices/s,
+// last-report-s (create → the last device's updated report: the fleet's
+// side; wall-s − last-report-s is the planner learning of it),
 // p50-ms and p99-ms of command-to-report (the first delta carrying the
 // version, seen by an integrator on the first node → the device's updated
 // report), and per node and per nats-server the CPU (cores over the
@@ -475,13 +480,14 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 		b.Fatalf("rollout %s: no succeeded event", ro.ID)
 	}
 	res := clusterRolloutResult{wall: end.Sub(start)}
-	lat, missing := times.latencies()
+	lat, last, missing := times.latencies()
 	if len(lat) == 0 || missing > 0 {
 		b.Fatalf("rollout %s: %d devices reported without their command seen by the watcher", ro.ID, missing)
 	}
 	res.p50, res.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	b.ReportMetric(res.wall.Seconds(), "wall-s")
 	b.ReportMetric(float64(len(r.ids))/res.wall.Seconds(), "devices/s")
+	b.ReportMetric(last.Sub(start).Seconds(), "last-report-s")
 	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 	for i, pid := range pids {
