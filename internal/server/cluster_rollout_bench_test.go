@@ -26,6 +26,7 @@ import (
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/server"
 	"github.com/umbra-iot/umbra/internal/sim"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"github.com/umbra-iot/umbra/wire"
 )
 
@@ -396,19 +397,6 @@ func openClusterFleet(b *testing.B, nodes []*nodeProc, n int) *clusterFleet {
 	return r
 }
 
-// pollUntil calls cond every period until it holds or ctx ends: only for
-// conditions no event announces.
-func pollUntil(ctx context.Context, period time.Duration, cond func() bool) error {
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(period):
-		}
-	}
-	return nil
-}
-
 // rollout uploads a new image, rolls it out to the whole fleet in batches
 // of batch percent through the first node, and reports the figures.
 func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstest.Server) clusterRolloutResult {
@@ -459,11 +447,12 @@ func (r *clusterFleet) rollout(b *testing.B, batch float64, natsProcs []*natstes
 		b.Fatalf("rollout %s: after %v, %d of %d devices updated; rollout %s, counts %v", ro.ID, clusterRolloutWait,
 			len(r.ids)-times.left, len(r.ids), st.State, st.Counts)
 	}
+	// No event over HTTP says the planner is done: poll.
 	var st wire.RolloutStatus
-	if err := pollUntil(ctx, 100*time.Millisecond, func() bool {
+	if !waitfor.Until(clusterRolloutWait, func() bool {
 		st, err = r.api.GetRollout(ctx, ro.ID)
 		return err == nil && st.State != wire.RolloutRunning && st.State != wire.RolloutCreated
-	}); err != nil || st.State != wire.RolloutSucceeded {
+	}) || st.State != wire.RolloutSucceeded {
 		b.Fatalf("rollout %s: state %s (%s), counts %v, %v; want succeeded", ro.ID, st.State, st.Reason, st.Counts, err)
 	}
 	evs, err := r.api.RolloutEvents(b.Context(), ro.ID, 0)
