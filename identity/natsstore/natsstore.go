@@ -726,13 +726,19 @@ func (s *Storage) SavePresence(ctx context.Context, batch map[device.ID]identity
 	return nil
 }
 
+// readDevice is get with a Timeout of its own.
+func (s *Storage) readDevice(ctx context.Context, id device.ID) (identity.Record, natskv.Entry, error) {
+	rctx, cancel, err := s.start(ctx)
+	if err != nil {
+		return identity.Record{}, natskv.Entry{}, err
+	}
+	defer cancel()
+	return s.get(rctx, string(id))
+}
+
 func (s *Storage) savePresence(ctx context.Context, batch map[device.ID]identity.Presence, ids []device.ID, enrolledOnly bool) error {
 	for attempt := range maxAttempts {
 		if err := natskv.Backoff(ctx, attempt); err != nil {
-			return err
-		}
-		actx, cancel, err := s.start(ctx)
-		if err != nil {
 			return err
 		}
 		var ops []natskv.Op
@@ -742,22 +748,24 @@ func (s *Storage) savePresence(ctx context.Context, batch map[device.ID]identity
 			}
 			v, err := json.Marshal(batch[id])
 			if err != nil {
-				cancel()
 				return err
 			}
 			op := natskv.Op{Key: presenceKey(id), Value: v}
 			if enrolledOnly {
-				r, e, err := s.get(actx, string(id))
+				r, e, err := s.readDevice(ctx, id)
 				if errors.Is(err, identity.ErrNotFound) || err == nil && !r.IsDevice() {
 					continue
 				}
 				if err != nil {
-					cancel()
 					return err
 				}
 				op.Check, op.CheckKey, op.Expect = true, nameKey(string(id)), e.Last
 			}
 			ops = append(ops, op)
+		}
+		actx, cancel, err := s.start(ctx) // Timeout bounds each request: the reads had theirs
+		if err != nil {
+			return err
 		}
 		_, err = s.b.Apply(actx, ops...)
 		cancel()

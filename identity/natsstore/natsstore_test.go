@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/umbra-iot/umbra/device"
 
 	"github.com/umbra-iot/umbra/identity"
 	"github.com/umbra-iot/umbra/identity/natsstore"
@@ -288,4 +292,98 @@ func TestDeviceEnrolledElsewhereIsValidAtOnce(t *testing.T) {
 	if b.Valid(sess) {
 		t.Error("node B still accepts the session of the secret node A rotated")
 	}
+}
+
+// slowProxy forwards TCP connections to target, holding every chunk of
+// bytes for delay in each direction: a NATS link with a round trip of at
+// least 2×delay. It stops at cleanup.
+func slowProxy(t *testing.T, target string, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	pipe := func(dst, src net.Conn) {
+		defer dst.Close()
+		defer src.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				time.Sleep(delay) // the link's latency: there is nothing to wait for
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); s.Close() })
+			wg.Go(func() { pipe(s, c) })
+			wg.Go(func() { pipe(c, s) })
+		}
+	})
+	return "nats://" + ln.Addr().String()
+}
+
+// TestSavePresenceTimeoutIsPerRequest saves the presence of 600
+// enrolled devices (one atomic batch, each presence conditioned on its
+// device's record, which is read first) over a NATS link with a round
+// trip of at least 4 ms, with Config.Timeout 1 s. Timeout bounds each
+// JetStream request, as Config documents: the 600 reads take 2.4 s or
+// more in all, each well within the bound. Before, one timeout covered
+// every read and the write of a batch, so the save failed with "context
+// deadline exceeded" (seen as "flush presence" errors of three cluster
+// nodes holding 10,000 devices in BenchmarkClusterRollout).
+func TestSavePresenceTimeoutIsPerRequest(t *testing.T) {
+	srv := natstest.Start(t)
+	direct, err := natsstore.Open(t.Context(), natsstore.Config{JetStream: natstest.JetStream(t, srv.URLs())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	const n = 600
+	recs := make([]identity.Record, n)
+	batch := make(map[device.ID]identity.Presence, n)
+	now := time.Now().UTC()
+	for i := range recs {
+		recs[i] = identity.Record{Name: fmt.Sprintf("pres-%04d", i), Role: identity.RoleDevice, MAC: []byte("mac"), CreatedAt: now}
+		batch[device.ID(recs[i].Name)] = identity.Presence{Connected: true, ConnectedAt: now}
+	}
+	if _, err := direct.Create(t.Context(), recs, false); err != nil {
+		t.Fatal(err)
+	}
+	slow, err := natsstore.Open(t.Context(), natsstore.Config{Timeout: time.Second,
+		JetStream: natstest.JetStream(t, []string{slowProxy(t, strings.TrimPrefix(srv.URL(), "nats://"), 2*time.Millisecond)})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close(context.Background())
+	start := time.Now()
+	if err := slow.SavePresence(t.Context(), batch, true); err != nil {
+		t.Fatalf("SavePresence of %d devices over a slow link (%v): %v", n, time.Since(start).Round(time.Millisecond), err)
+	}
+	got, err := direct.Presence(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("%d presences stored, want %d", len(got), n)
+	}
+	t.Logf("saved %d presences over the slow link in %v", n, time.Since(start).Round(time.Millisecond))
 }
