@@ -35,8 +35,9 @@ const (
 	defaultClusterRolloutDevices = 10_000
 	shortClusterRolloutDevices   = 100
 	// clusterRolloutRescan is the nodes' planner rescan (production: 1
-	// min): today a rollout's planner hears the reports of devices on other
-	// nodes only at its rescan, so it paces every batch in cluster mode.
+	// min). The planner (on the lease's holder) hears every node's reports
+	// through a watch of the shadow bucket; the rescan is its safety net,
+	// shortened so that a missed report costs seconds, not a minute.
 	clusterRolloutRescan      = 5 * time.Second
 	shortClusterRolloutRescan = 500 * time.Millisecond
 	// clusterRolloutWait bounds each phase (setup, rollout).
@@ -238,10 +239,11 @@ type clusterRolloutResult struct {
 // nodes by the simulator's address list). Every Umbra node is a process
 // of its own (this test binary re-executed), with authentication on (the
 // devices are imported in one bulk import); the fleet runs in the
-// benchmark process. The nodes' planner rescan is 5 s (production 1 min;
-// UMBRA_BENCH_ROLLOUT_RESCAN): today the planner hears reports of devices
-// on other nodes only at its rescan. One rollout per iteration (use
-// -benchtime 1x).
+// benchmark process. The rollout is planned by whichever node holds the
+// planner lease (the others forward to it), which hears every node's
+// reports through a watch of the shadow bucket; the nodes' planner rescan,
+// its safety net, is 5 s (production 1 min; UMBRA_BENCH_ROLLOUT_RESCAN).
+// One rollout per iteration (use -benchtime 1x).
 //
 // Figures: wall-s (create → the rollout's succeeded event), devices/s,
 // last-report-s (create → the last device's updated report: the fleet's
