@@ -153,6 +153,12 @@ func (r *Registry) encode() []byte {
 
 func (r *Registry) key() string { return prefixNode + natskv.Token(r.cfg.Node.ID) }
 
+// ours reports whether raw is a registration of this incarnation.
+func (r *Registry) ours(raw []byte) bool {
+	var n Node
+	return json.Unmarshal(raw, &n) == nil && n.Token == r.node.Token
+}
+
 // run sends a heartbeat every interval: a compare-and-set on the
 // registration's revision, or, when it was lost (expired while NATS was
 // away), a new registration.
@@ -236,16 +242,33 @@ func (r *Registry) Close(ctx context.Context) error {
 const deregisterRetry = 250 * time.Millisecond
 
 // deregister deletes the registration of revision rev, retrying (see
-// Close) until ctx ends. A registration changed or gone meanwhile is
-// left alone.
+// Close) until ctx ends. A registration gone meanwhile, or another
+// incarnation's, is left alone; one of this incarnation's at a later
+// revision (a write committed late, after an election) is removed.
 func (r *Registry) deregister(ctx context.Context, rev uint64) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, min(r.cfg.Heartbeat, 2*time.Second))
 		_, err := r.b.Apply(actx, natskv.Op{Key: r.key(), Delete: true, Check: true, Expect: rev})
 		cancel()
 		switch {
-		case err == nil, errors.Is(err, natskv.ErrConflict):
+		case err == nil:
 			return nil
+		case errors.Is(err, natskv.ErrConflict):
+			// Changed since the last revision this node saw. A write of
+			// its own may have been committed late, after an election
+			// (a heartbeat or an earlier attempt whose answer was lost):
+			// if the entry is still this incarnation's, remove that.
+			actx, cancel := context.WithTimeout(ctx, min(r.cfg.Heartbeat, 2*time.Second))
+			e, rerr := r.b.Read(actx, r.key())
+			cancel()
+			if rerr == nil && (e.Rev == 0 || !r.ours(e.Value)) {
+				return nil // gone, or another incarnation's
+			}
+			if rerr == nil {
+				rev = e.Last // tried again below, after the usual pause
+			} else {
+				err = rerr
+			}
 		case !r.cfg.JetStream.Conn().IsConnected():
 			return err // NATS is lost, not electing: the registration expires by itself
 		}

@@ -2,7 +2,9 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -195,4 +197,62 @@ func TestRegistryCloseDuringLeaderElection(t *testing.T) {
 		t.Fatalf("Close took %v: the registration may have expired instead of being removed", took)
 	}
 	t.Logf("Close removed the registration %v after it started, once the bucket had a leader again", took.Round(time.Millisecond))
+}
+
+// TestRegistryCloseAfterLateWrite: the registration moved on since the
+// last revision the node saw, as when a heartbeat (or a removal) that
+// timed out during a leader election is committed after it. Close removes
+// it when it is still this incarnation's (before, the conflict was taken
+// as "changed by someone else" and the entry stayed until it expired), and
+// leaves another incarnation's alone.
+func TestRegistryCloseAfterLateWrite(t *testing.T) {
+	s := natstest.Start(t)
+	tests := []struct {
+		name     string
+		rewrite  func(raw []byte) []byte
+		wantGone bool
+	}{
+		{name: "own entry rewritten", rewrite: func(raw []byte) []byte { return raw }, wantGone: true},
+		{name: "another incarnation's", rewrite: func(raw []byte) []byte {
+			var n map[string]any
+			if err := json.Unmarshal(raw, &n); err != nil {
+				t.Fatal(err)
+			}
+			n["token"] = "another"
+			out, _ := json.Marshal(n)
+			return out
+		}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			js, err := jetstream.New(natstest.Connect(t, s.URLs()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := fmt.Sprintf("late-%d", i)
+			reg, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js, Heartbeat: 10 * time.Second,
+				Node: cluster.Node{ID: id}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv, err := js.KeyValue(t.Context(), cluster.DefaultRegistryBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := kv.Get(t.Context(), "n."+id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(t.Context(), "n."+id, tt.rewrite(e.Value())); err != nil {
+				t.Fatal(err)
+			}
+			if err := reg.Close(t.Context()); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			_, err = kv.Get(t.Context(), "n."+id)
+			if gone := errors.Is(err, jetstream.ErrKeyNotFound); gone != tt.wantGone {
+				t.Errorf("after Close: Get error %v; want the registration gone: %v", err, tt.wantGone)
+			}
+		})
+	}
 }
