@@ -267,6 +267,11 @@ func (r *rig) diagnose(t *testing.T, id string) string {
 		if reps := r.reports.of(d.Device); len(reps) > 0 {
 			fmt.Fprintf(&b, "\n  device reports: %s", strings.Join(reps, "; "))
 		}
+		for _, f := range r.fleets {
+			if desc := f.Describe(d.Device); desc != "" {
+				fmt.Fprintf(&b, "\n  %s", desc)
+			}
+		}
 	}
 	return b.String()
 }

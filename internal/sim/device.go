@@ -50,6 +50,7 @@ type simDevice struct {
 	behindVer int64       // latest shadow version whose delta showed the last report missing
 	retries   int         // consecutive failed checks (rejected, lost or overtaken reports)
 	connFails int         // consecutive failed connects
+	connErr   error       // the last failed connect's error
 	seq       uint32      // last clientToken sequence number used
 	reportSeq uint32      // sequence number of the last report
 	getSeq    uint32      // sequence number of the pending get

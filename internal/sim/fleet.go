@@ -331,6 +331,7 @@ func (f *Fleet) connect(d *simDevice) {
 			return
 		}
 		d.connFails++
+		d.connErr = err
 		d.server = f.next(at)
 		f.log.Debug("connect failed", "device", d.id, "server", f.servers[at], "attempt", d.connFails, "err", err)
 		d.connectLater(d.jitter(min(MaxReconnectDelay, f.cfg.ReconnectDelay<<min(d.connFails, 6)), 0.5))
@@ -592,6 +593,26 @@ func (f *Fleet) IDs() []device.ID {
 		ids[i] = d.id
 	}
 	return ids
+}
+
+// Describe says where device id's connection and update stand, for
+// failure messages: its connection state, consecutive failed connects and
+// the last one's error, the address of the next connect, and the update
+// phase and attempt. "" for a device not in the fleet.
+func (f *Fleet) Describe(id device.ID) string {
+	for _, d := range f.devices {
+		if d.id != id {
+			continue
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		states := [...]string{connQueued: "connecting", connUp: "up", connLeaving: "leaving", connAway: "away"}
+		phases := [...]string{phaseIdle: "idle", phaseDownloading: "downloading", phaseInstalling: "installing",
+			phaseChecking: "checking", phaseRebooting: "rebooting", phaseSilent: "silent"}
+		return fmt.Sprintf("sim %s: conn %s (online %v) via %s, %d failed connects (last: %v), phase %s, attempt %d, running %s",
+			id, states[d.conn], d.online, f.servers[d.server], d.connFails, d.connErr, phases[d.m.phase], d.m.attempt, d.m.running)
+	}
+	return ""
 }
 
 // Close disconnects every device and stops every worker and timer. It is

@@ -539,6 +539,12 @@ func TestFleetDownloadRetries(t *testing.T) {
 				if got := fw.requestsOf(id); got != tc.requests {
 					t.Errorf("%s made %d requests, want %d", id, got, tc.requests)
 				}
+				if desc, want := f.Describe(id), "conn up (online true)"; !strings.Contains(desc, want) || !strings.Contains(desc, "phase idle") {
+					t.Errorf("Describe(%s) = %q, want it to say %q and phase idle", id, desc, want)
+				}
+			}
+			if desc := f.Describe("not-in-the-fleet"); desc != "" {
+				t.Errorf("Describe of an unknown device = %q, want \"\"", desc)
 			}
 			if got, want := f.Stats().DownloadRetries, uint64(2*(tc.requests-1)); got != want {
 				t.Errorf("DownloadRetries = %d, want %d", got, want)
