@@ -1,6 +1,7 @@
 // Package cluster holds what Umbra's nodes coordinate through NATS
 // JetStream in cluster mode (issue 15): the planner lease (Lease: exactly
-// one node runs the rollout planner at a time) and the node registry
+// one node runs the rollout planner at a time; its holder may Release it
+// and stay out of the campaign for a while) and the node registry
 // (Registry: who is up, where, with how many connections), and device
 // presence (Presence: one record per device that the node holding its
 // connection writes with a compare-and-set and every node watches; the

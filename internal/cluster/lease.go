@@ -71,7 +71,9 @@ type LeaseInfo struct {
 // the key, see the marker and acquire. Takeover happens within TTL plus
 // the server's expiry tick and one round trip, TakeoverBound. Close
 // releases a held lease at once (a CAS delete, bounded by ctx and TTL/3),
-// so a clean shutdown hands over without waiting for the TTL.
+// so a clean shutdown hands over without waiting for the TTL; Release does
+// the same while the node keeps running, and keeps it out of the campaign
+// for a while (a holder that cannot do the lease's work hands it over).
 type Lease struct {
 	b     *natskv.Bucket
 	cfg   LeaseConfig
@@ -85,6 +87,11 @@ type Lease struct {
 	since       time.Time
 	subscribers []chan bool
 	closed      bool
+	outUntil    time.Time // after Release: no acquisition before then
+
+	// writeMu serialises the key's writes (acquire, renew, Release), so a
+	// release never races a renewal of the revision it deletes.
+	writeMu sync.Mutex
 
 	poke   chan struct{} // a watch event: try to acquire now
 	cancel context.CancelFunc
@@ -203,11 +210,15 @@ func (l *Lease) run(ctx context.Context) {
 	interval := l.cfg.TTL / 3
 	for {
 		wait := interval
+		l.writeMu.Lock()
 		if l.Held() {
 			l.renew(ctx)
-		} else if l.acquire(ctx) {
-			wait = interval
+		} else if out := l.stayingOut(); out > 0 {
+			wait = min(out, interval)
+		} else {
+			l.acquire(ctx)
 		}
+		l.writeMu.Unlock()
 		l.expireBelief()
 		select {
 		case <-ctx.Done():
@@ -216,6 +227,14 @@ func (l *Lease) run(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// stayingOut is how long this node still stays out of the campaign after
+// a Release (0: it campaigns).
+func (l *Lease) stayingOut() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Until(l.outUntil)
 }
 
 // acquire takes the key if no one holds it.
@@ -299,6 +318,38 @@ func (l *Lease) notify(v bool) {
 		default:
 		}
 	}
+}
+
+// Release gives the lease up at once if this node holds it (a
+// compare-and-set delete of the key, so the other candidates, watching it,
+// acquire without waiting for the TTL) and keeps this node out of the
+// campaign for stayOut, from the call: a holder that cannot do the lease's
+// work hands it to a node that may do better, and campaigns again later.
+// Held is false when Release returns, whatever the error. ctx bounds the
+// delete (and at most TTL/3); when it fails the key expires by itself
+// after the TTL. It reports whether the lease was held.
+func (l *Lease) Release(ctx context.Context, stayOut time.Duration) (bool, error) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false, ErrClosed
+	}
+	held, rev := l.held, l.rev
+	l.outUntil = time.Now().Add(stayOut)
+	l.mu.Unlock()
+	if !held {
+		return false, nil
+	}
+	l.set(false, 0, time.Time{}, time.Time{})
+	l.log.Info("lease released", "stay_out", stayOut)
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3)
+	defer cancel()
+	if _, err := l.b.Apply(ctx, natskv.Op{Key: l.cfg.Name, Delete: true, Check: true, Expect: rev}); err != nil && !errors.Is(err, natskv.ErrConflict) {
+		return true, fmt.Errorf("cluster: release lease %s: %w", l.cfg.Name, err)
+	}
+	return true, nil
 }
 
 // Close stops campaigning and, if the lease is held, releases it (a

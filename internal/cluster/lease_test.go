@@ -173,3 +173,45 @@ func TestLeaseTTLMismatchRefused(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestLeaseReleaseHandsOver: a holder that releases the lease hands it to
+// the other candidate at once (well within the TTL: a real delete of the
+// key, not an expiry), stays out of the campaign for its stay-out period
+// (never two holders meanwhile) and campaigns again after it.
+func TestLeaseReleaseHandsOver(t *testing.T) {
+	c := natstest.StartCluster(t)
+	cands := []*candidate{newCandidate(t, c, 0)}
+	first := waitHolder(t, cands, nil, cluster.TakeoverBound(testTTL))
+	cands = append(cands, newCandidate(t, c, 1))
+	stop := make(chan struct{})
+	_, done := watchHolders(t, cands, stop)
+	defer func() { close(stop); <-done }()
+
+	const stayOut = 3 * testTTL
+	released := time.Now()
+	if held, err := first.lease.Release(t.Context(), stayOut); err != nil || !held {
+		t.Fatalf("Release = %t, %v; want true, nil", held, err)
+	}
+	if first.lease.Held() {
+		t.Error("Held is true after Release")
+	}
+	second := waitHolder(t, cands, first, testTTL/2) // an expiry would take the TTL
+	t.Logf("handover after Release: %v", time.Since(released).Round(time.Millisecond))
+
+	// Released again while not held: nothing to delete, the stay-out
+	// period restarts.
+	again := time.Now()
+	if held, err := first.lease.Release(t.Context(), stayOut); err != nil || held {
+		t.Fatalf("Release while not held = %t, %v; want false, nil", held, err)
+	}
+	// The second closes (releasing at once): the first stays out until its
+	// period ends, then takes the lease.
+	if err := second.lease.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := waitHolder(t, cands, second, stayOut+cluster.TakeoverBound(testTTL))
+	if out := time.Since(again); out < stayOut {
+		t.Errorf("%s holds the lease %v after its Release, within its stay-out period %v", got.name, out, stayOut)
+	}
+	t.Logf("%s campaigned again %v after its Release (stay-out %v)", got.name, time.Since(again).Round(time.Millisecond), stayOut)
+}
