@@ -179,6 +179,8 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&c.PlannerRPCMaxBody, "planner-rpc-max-body", plannerrpc.DefaultMaxBody, "cluster mode: bytes of a rollout planner call forwarded to the planner lease's holder, or of its answer (at most NATS max_payload); beyond, the call is refused (umbra_planner_rpc_calls_total{result=\"too_large\"})")
 	f.IntVar(&c.PlannerRPCInflight, "planner-rpc-inflight", plannerrpc.DefaultMaxInflight, "cluster mode: forwarded rollout planner calls a node may have in progress, sent or (as the lease holder) answered; beyond, 503 (umbra_planner_rpc_calls_total{result=\"busy\"})")
 	f.DurationVar(&c.PlannerLeaseTTL, "planner-lease-ttl", cluster.DefaultLeaseTTL, "cluster mode: the planner lease's TTL; another node takes over a dead planner within TTL + 2s. The same on every node")
+	f.IntVar(&c.PlannerOpenRetries, "planner-open-retries", umbraserver.DefaultPlannerOpenRetries, "cluster mode: failed opens of the rollout planner in a row (a second apart) after which the planner lease's holder releases the lease for another node (umbra_planner_handovers_total)")
+	f.DurationVar(&c.PlannerStayOut, "planner-stay-out", umbraserver.DefaultPlannerStayOut, "cluster mode: how long a node that released the planner lease because its planner did not open stays out of the campaign before it tries again")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
 	f.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration (a valid --config file) with each value's source (flag, env, file or default), and exit without opening anything")
 	f.BoolVar(&o.healthcheck, "healthcheck", false, "instead of serving, ask the server this configuration describes for GET /healthz on --http-addr (over loopback; https pinned to --http-tls-cert) and exit 0 if it is healthy, 1 if not")
@@ -557,7 +559,8 @@ func checkCluster(c umbraserver.Config) error {
 		name string
 		v    int
 	}{{"--cluster-max-subscriptions", c.ClusterMaxSubscriptions}, {"--cluster-outbound-buffer", c.ClusterOutboundBuffer},
-		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}, {"--planner-rpc-inflight", c.PlannerRPCInflight}} {
+		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}, {"--planner-rpc-inflight", c.PlannerRPCInflight},
+		{"--planner-open-retries", c.PlannerOpenRetries}} {
 		if l.v < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", l.name, l.v)
 		}
@@ -567,6 +570,9 @@ func checkCluster(c umbraserver.Config) error {
 	}
 	if c.PlannerLeaseTTL < time.Second || c.PlannerLeaseTTL%time.Second != 0 {
 		return fmt.Errorf("--planner-lease-ttl %v: want whole seconds, at least 1s (the NATS servers' TTL resolution)", c.PlannerLeaseTTL)
+	}
+	if c.PlannerStayOut < time.Second {
+		return fmt.Errorf("--planner-stay-out %v: want at least 1s", c.PlannerStayOut)
 	}
 	for _, u := range c.NATS {
 		p, err := url.Parse(u)

@@ -58,3 +58,39 @@ func (c *plannerRPCCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+// PlannerLeaseStats are the planner lease holder's failures to run the
+// planner (cluster mode).
+type PlannerLeaseStats struct {
+	OpenFailures int64 // opens of the planner that failed while this node held the lease
+	Handovers    int64 // releases of the lease after PlannerOpenRetries failed opens in a row
+}
+
+// RegisterPlannerLease exposes the planner lease's counters, read by
+// calling stats at every scrape; stats must be cheap and safe for
+// concurrent use. It panics if called twice.
+func (m *Metrics) RegisterPlannerLease(stats func() PlannerLeaseStats) {
+	m.reg.MustRegister(&plannerLeaseCollector{stats: stats})
+}
+
+type plannerLeaseCollector struct {
+	stats func() PlannerLeaseStats
+}
+
+var (
+	descPlannerOpenFailures = prometheus.NewDesc(namespace+"_planner_open_failures_total",
+		"Opens of the rollout planner that failed on this node while it held the planner lease.", nil, nil)
+	descPlannerHandovers = prometheus.NewDesc(namespace+"_planner_handovers_total",
+		"Releases of the planner lease by this node after its planner failed to open several times in a row.", nil, nil)
+)
+
+func (c *plannerLeaseCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPlannerOpenFailures
+	ch <- descPlannerHandovers
+}
+
+func (c *plannerLeaseCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(descPlannerOpenFailures, prometheus.CounterValue, float64(s.OpenFailures))
+	ch <- prometheus.MustNewConstMetric(descPlannerHandovers, prometheus.CounterValue, float64(s.Handovers))
+}

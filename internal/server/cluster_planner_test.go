@@ -35,11 +35,14 @@ import (
 // Every node's public URL (Config.PublicURL) is lb, a load balancer in front
 // of the nodes: the firmware download URLs minted by the planner's node keep
 // working after it is gone, as in production.
-func plannerNode(t *testing.T, ns *natstest.Server, lb *lbtest.LB, id string, ttl time.Duration, crashable bool) *rig {
+func plannerNode(t *testing.T, ns *natstest.Server, lb *lbtest.LB, id string, ttl time.Duration, crashable bool, opts ...func(*server.Config)) *rig {
 	t.Helper()
 	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Anonymous: true,
 		RolloutTick: 50 * time.Millisecond, Logger: testLogger(t), PublicURL: lb.URL(),
 		NATS: ns.URLs(), NodeID: id, NATSReplicas: 1, PlannerLeaseTTL: ttl}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	var s *server.Server
 	if !crashable {
 		s = mustOpenServer(t, cfg)

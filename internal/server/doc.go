@@ -25,8 +25,10 @@
 //     rollout planner runs on one node at a time (planner.go): the holder
 //     of the planner lease opens it from the shared bucket, answers the
 //     other nodes' forwarded calls (internal/plannerrpc), feeds its Notify
-//     from the shadow bucket's change feed and publishes the rollout feed;
-//     every node's API, Jobs service and firmware in-use check call a
+//     from the shadow bucket's change feed and publishes the rollout feed
+//     (a holder whose planner fails to open Config.PlannerOpenRetries
+//     times in a row releases the lease and stays out for
+//     Config.PlannerStayOut); every node's API, Jobs service and firmware in-use check call a
 //     plannerrpc.Client (Server.Rollouts), local on the holder and
 //     forwarding elsewhere.
 //  2. The listeners (listeners.go): every socket is bound, so the

@@ -17,3 +17,7 @@ func (s *Server) Crash() {
 	defer cancel()
 	_ = s.Close(ctx)
 }
+
+// SetPlannerOpenFault makes every open of the planner in cluster mode call
+// fault first and fail with its error, if any.
+func SetPlannerOpenFault(cfg *Config, fault func() error) { cfg.plannerOpenFault = fault }

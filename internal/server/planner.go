@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -70,6 +71,9 @@ func (s *Server) openPlanner(ctx context.Context) (err error) {
 	s.leader, s.rollouts = l, l.client
 	s.metrics.RegisterPlannerRPC(func() metrics.PlannerRPCStats {
 		return metrics.PlannerRPCStats{Client: metrics.PlannerRPCSide(l.client.Stats()), Server: metrics.PlannerRPCSide(l.stats.Stats())}
+	})
+	s.metrics.RegisterPlannerLease(func() metrics.PlannerLeaseStats {
+		return metrics.PlannerLeaseStats{OpenFailures: l.openFailures.Load(), Handovers: l.handovers.Load()}
 	})
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	l.cancel = cancel
@@ -164,6 +168,8 @@ type plannerLeader struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run returned
 
+	openFailures, handovers atomic.Int64 // /metrics
+
 	mu      sync.Mutex // guards planner
 	planner *rollout.Planner
 
@@ -182,21 +188,48 @@ func (l *plannerLeader) current() *rollout.Planner {
 }
 
 // run follows the lease once Open has ended: it starts the planner when
-// the lease is gained and stops it when it is lost, until ctx ends.
+// the lease is gained and stops it when it is lost, until ctx ends. A
+// start that fails is retried a second later; after PlannerOpenRetries
+// failures in a row the node releases the lease, so that a node that can
+// open the planner takes it, and stays out of the campaign for
+// PlannerStayOut (the lease campaigns again after it).
 func (l *plannerLeader) run(ctx context.Context) {
 	select { // every component is open: the planner's callbacks reach them
 	case <-l.s.lns.serving:
 	case <-ctx.Done():
 		return
 	}
+	retries, stayOut := l.s.cfg.PlannerOpenRetries, l.s.cfg.PlannerStayOut
+	if retries == 0 {
+		retries = DefaultPlannerOpenRetries
+	}
+	if stayOut == 0 {
+		stayOut = DefaultPlannerStayOut
+	}
 	changes := l.lease.Changes()
 	var retryAt time.Time // after a failed start
+	failures := 0         // failed starts in a row while held
 	for {
 		held := l.lease.Held()
+		if !held {
+			failures = 0
+		}
 		if held && l.current() == nil && time.Now().After(retryAt) {
 			if err := l.start(ctx); err != nil && ctx.Err() == nil {
-				l.s.log.Warn("planner lease held, planner not started; retrying in a second", "err", err)
+				failures++
+				l.openFailures.Add(1)
 				retryAt = time.Now().Add(time.Second)
+				if failures < retries {
+					l.s.log.Warn("planner lease held, planner not started; retrying in a second",
+						"failure", failures, "of", retries, "err", err)
+				} else {
+					l.s.log.Warn("planner lease held, planner not started: releasing the lease for another node",
+						"failure", failures, "of", retries, "stay_out", stayOut, "err", err)
+					l.handOver(ctx, stayOut)
+					failures, retryAt = 0, time.Time{}
+				}
+			} else if err == nil {
+				failures = 0
 			}
 		}
 		if !held && l.current() != nil {
@@ -215,6 +248,21 @@ func (l *plannerLeader) run(ctx context.Context) {
 	}
 }
 
+// handOver releases the lease after the planner failed to open, and keeps
+// this node out of the campaign for stayOut.
+func (l *plannerLeader) handOver(ctx context.Context, stayOut time.Duration) {
+	rctx, cancel := context.WithTimeout(ctx, plannerStepTimeout)
+	defer cancel()
+	held, err := l.lease.Release(rctx, stayOut)
+	if err != nil {
+		// The key expires by itself after the TTL; the node still stays out.
+		l.s.log.Warn("release the planner lease", "err", err)
+	}
+	if held {
+		l.handovers.Add(1)
+	}
+}
+
 // start opens the planner from the shared bucket, serves the other
 // nodes' calls and watches the shadows. The watch starts first, so that
 // no report falls between the planner's load (whose first pass re-reads
@@ -229,7 +277,7 @@ func (l *plannerLeader) start(ctx context.Context) (err error) {
 		stopWatch()
 		return fmt.Errorf("watch the shadows: %w", err)
 	}
-	p, err := rollout.Open(sctx, s.plannerConfig())
+	p, err := l.openPlanner(sctx)
 	if err != nil {
 		stopWatch()
 		return fmt.Errorf("open planner: %w", err)
@@ -253,6 +301,17 @@ func (l *plannerLeader) start(ctx context.Context) (err error) {
 	s.log.Info("planner lease gained: this node runs the rollout planner", "node", s.cfg.NodeID)
 	s.syncFeed(sctx, p)
 	return nil
+}
+
+// openPlanner opens the planner from the shared bucket (after the tests'
+// injected fault, if any).
+func (l *plannerLeader) openPlanner(ctx context.Context) (*rollout.Planner, error) {
+	if f := l.s.cfg.plannerOpenFault; f != nil {
+		if err := f(); err != nil {
+			return nil, err
+		}
+	}
+	return rollout.Open(ctx, l.s.plannerConfig())
 }
 
 // watch feeds p's Notify from the shared shadow bucket's change feed

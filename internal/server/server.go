@@ -78,6 +78,18 @@ type Config struct {
 	// it. Default cluster.DefaultLeaseTTL; every node of a cluster must
 	// use the same.
 	PlannerLeaseTTL time.Duration
+	// PlannerOpenRetries is how many opens of the planner in a row may fail
+	// (a second apart) on the planner lease's holder before it releases
+	// the lease for another node to take; default
+	// DefaultPlannerOpenRetries. PlannerStayOut is how long a node that
+	// released the lease so stays out of the campaign before it tries
+	// again; default DefaultPlannerStayOut.
+	PlannerOpenRetries int
+	PlannerStayOut     time.Duration
+	// plannerOpenFault, when set, is called before each open of the
+	// planner in cluster mode; an error fails the open (the tests' fault
+	// injection, set through export_test.go).
+	plannerOpenFault func() error
 	// The planner RPC's per-node limits (plannerrpc.Config's MaxBody and
 	// MaxInflight; zero takes its defaults): the bytes of a forwarded
 	// planner call or its answer, and the forwarded calls in progress
@@ -265,6 +277,10 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.NATSReplicas < 0 || cfg.NATSReplicas > 5 {
 		return nil, fmt.Errorf("%w: NATSReplicas %d: JetStream keeps 1 to 5 replicas", ErrInvalidConfig, cfg.NATSReplicas)
+	}
+	if cfg.PlannerOpenRetries < 0 || cfg.PlannerStayOut < 0 {
+		return nil, fmt.Errorf("%w: PlannerOpenRetries %d, PlannerStayOut %v: want zero (the default) or more",
+			ErrInvalidConfig, cfg.PlannerOpenRetries, cfg.PlannerStayOut)
 	}
 	if cfg.TLSAddr != "" && cfg.TLSConfig == nil {
 		return nil, fmt.Errorf("%w: TLSAddr without TLSConfig", ErrInvalidConfig)

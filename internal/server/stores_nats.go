@@ -28,6 +28,10 @@ const (
 	// DefaultNATSReplicas is Config.NATSReplicas's default: a three-server
 	// NATS cluster, so that losing one server loses nothing.
 	DefaultNATSReplicas = 3
+	// DefaultPlannerOpenRetries is Config.PlannerOpenRetries's default.
+	DefaultPlannerOpenRetries = 3
+	// DefaultPlannerStayOut is Config.PlannerStayOut's default.
+	DefaultPlannerStayOut = 30 * time.Second
 	// natsOpenTimeout bounds connecting to NATS and opening the buckets.
 	natsOpenTimeout = 30 * time.Second
 )
