@@ -179,6 +179,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&c.PlannerRPCMaxBody, "planner-rpc-max-body", plannerrpc.DefaultMaxBody, "cluster mode: bytes of a rollout planner call forwarded to the planner lease's holder, or of its answer (at most NATS max_payload); beyond, the call is refused (umbra_planner_rpc_calls_total{result=\"too_large\"})")
 	f.IntVar(&c.PlannerRPCInflight, "planner-rpc-inflight", plannerrpc.DefaultMaxInflight, "cluster mode: forwarded rollout planner calls a node may have in progress, sent or (as the lease holder) answered; beyond, 503 (umbra_planner_rpc_calls_total{result=\"busy\"})")
 	f.DurationVar(&c.PlannerLeaseTTL, "planner-lease-ttl", cluster.DefaultLeaseTTL, "cluster mode: the planner lease's TTL; another node takes over a dead planner within TTL + 2s. The same on every node")
+	f.IntVar(&c.PlannerRPCMaxStaged, "planner-rpc-max-staged", plannerrpc.DefaultMaxStaged, "cluster mode: device IDs the planner lease's holder keeps of forwarded rollout creates sent in parts (over --planner-rpc-max-body) and not yet complete; beyond, 503 (umbra_planner_rpc_staged_devices)")
 	f.IntVar(&c.PlannerOpenRetries, "planner-open-retries", umbraserver.DefaultPlannerOpenRetries, "cluster mode: failed opens of the rollout planner in a row (a second apart) after which the planner lease's holder releases the lease for another node (umbra_planner_handovers_total)")
 	f.DurationVar(&c.PlannerStayOut, "planner-stay-out", umbraserver.DefaultPlannerStayOut, "cluster mode: how long a node that released the planner lease because its planner did not open stays out of the campaign before it tries again")
 	f.StringVar(&o.configFile, "config", "", "YAML config `file` whose keys are these flags' names (data-dir: /var/lib/umbra); flags and UMBRA_* variables override it; relative paths in it are relative to its directory")
@@ -560,7 +561,7 @@ func checkCluster(c umbraserver.Config) error {
 		v    int
 	}{{"--cluster-max-subscriptions", c.ClusterMaxSubscriptions}, {"--cluster-outbound-buffer", c.ClusterOutboundBuffer},
 		{"--cluster-inbound-buffer", c.ClusterInboundBuffer}, {"--planner-rpc-inflight", c.PlannerRPCInflight},
-		{"--planner-open-retries", c.PlannerOpenRetries}} {
+		{"--planner-open-retries", c.PlannerOpenRetries}, {"--planner-rpc-max-staged", c.PlannerRPCMaxStaged}} {
 		if l.v < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", l.name, l.v)
 		}

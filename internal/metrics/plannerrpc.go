@@ -11,6 +11,7 @@ type PlannerRPCSide struct {
 	Busy        int64 // refused: the in-flight cap was reached
 	TooLarge    int64 // refused: a request or a reply over the size cap
 	BadRequest  int64 // server: requests refused by validation
+	Staged      int64 // server: device IDs held in staged creates now
 }
 
 // PlannerRPCStats are both sides of this node's planner RPC: the calls it
@@ -34,6 +35,8 @@ type plannerRPCCollector struct {
 var (
 	descPlannerRPCInflight = prometheus.NewDesc(namespace+"_planner_rpc_inflight",
 		"Forwarded rollout planner calls in progress, by side (client: sent by this node; server: answered by this node as the planner lease's holder).", []string{"side"}, nil)
+	descPlannerRPCStaged = prometheus.NewDesc(namespace+"_planner_rpc_staged_devices",
+		"Device IDs the planner lease's holder holds in forwarded creates sent in parts and not yet complete.", nil, nil)
 	descPlannerRPCCalls = prometheus.NewDesc(namespace+"_planner_rpc_calls_total",
 		"Forwarded rollout planner calls, by side and result (ok: the planner answered; unavailable: no lease holder or no answer in time; busy: the in-flight cap; too_large: the size cap; bad_request: refused by validation).", []string{"side", "result"}, nil)
 )
@@ -41,10 +44,12 @@ var (
 func (c *plannerRPCCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPlannerRPCInflight
 	ch <- descPlannerRPCCalls
+	ch <- descPlannerRPCStaged
 }
 
 func (c *plannerRPCCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(descPlannerRPCStaged, prometheus.GaugeValue, float64(s.Server.Staged))
 	for _, side := range []struct {
 		name string
 		s    PlannerRPCSide

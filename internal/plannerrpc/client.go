@@ -3,9 +3,12 @@ package plannerrpc
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -39,14 +42,21 @@ type Config struct {
 	// Timeout bounds a Client's call whose context has no deadline.
 	// Default DefaultTimeout.
 	Timeout time.Duration
+	// MaxStaged bounds the explicit device IDs a Server holds in staged
+	// creates not yet complete (beyond, a part fails with
+	// rollout.ErrUnavailable). Default DefaultMaxStaged.
+	MaxStaged int
 }
 
 func (c *Config) setDefaults() error {
 	if c.Conn == nil {
 		return fmt.Errorf("%w: Conn is required", ErrInvalidConfig)
 	}
-	if c.MaxBody < 0 || c.MaxInflight < 0 || c.Timeout < 0 {
-		return fmt.Errorf("%w: negative MaxBody, MaxInflight or Timeout", ErrInvalidConfig)
+	if c.MaxBody < 0 || c.MaxInflight < 0 || c.Timeout < 0 || c.MaxStaged < 0 {
+		return fmt.Errorf("%w: negative MaxBody, MaxInflight, Timeout or MaxStaged", ErrInvalidConfig)
+	}
+	if c.MaxStaged == 0 {
+		c.MaxStaged = DefaultMaxStaged
 	}
 	if c.Subject == "" {
 		c.Subject = DefaultSubject
@@ -71,15 +81,16 @@ type Stats struct {
 	Busy        int64 // refused: MaxInflight reached
 	TooLarge    int64 // refused: a request (or a reply) over MaxBody
 	BadRequest  int64 // Server: requests refused by validation
+	Staged      int64 // Server: device IDs held in staged creates now
 }
 
 type counters struct {
-	inflight, ok, unavailable, busy, tooLarge, bad atomic.Int64
+	inflight, ok, unavailable, busy, tooLarge, bad, staged atomic.Int64
 }
 
 func (c *counters) stats() Stats {
 	return Stats{Inflight: c.inflight.Load(), OK: c.ok.Load(), Unavailable: c.unavailable.Load(),
-		Busy: c.busy.Load(), TooLarge: c.tooLarge.Load(), BadRequest: c.bad.Load()}
+		Busy: c.busy.Load(), TooLarge: c.tooLarge.Load(), BadRequest: c.bad.Load(), Staged: c.staged.Load()}
 }
 
 // Client is the forwarding Planner: each call goes to the planner lease's
@@ -89,6 +100,8 @@ type Client struct {
 	local func() Planner
 	sem   chan struct{}
 	n     counters
+
+	partSent func(part int) // the tests' hook: called after each staged part
 }
 
 var _ Planner = (*Client)(nil)
@@ -214,7 +227,7 @@ func (c *Client) Create(ctx context.Context, s rollout.Spec) (rollout.Rollout, e
 		r, err := p.Create(ctx, s)
 		return r, localErr(err)
 	}
-	return rolloutOf(c.call(ctx, request{Op: opCreate, Spec: specOf(s)}))
+	return rolloutOf(c.callSpec(ctx, request{Op: opCreate, Spec: specOf(s)}))
 }
 
 // Preview forwards rollout.Planner.Preview.
@@ -223,7 +236,75 @@ func (c *Client) Preview(ctx context.Context, s rollout.Spec) (rollout.Rollout, 
 		r, err := p.Preview(ctx, s)
 		return r, localErr(err)
 	}
-	return rolloutOf(c.call(ctx, request{Op: opPreview, Spec: specOf(s)}))
+	return rolloutOf(c.callSpec(ctx, request{Op: opPreview, Spec: specOf(s)}))
+}
+
+// callSpec sends a create or preview. One whose explicit device list
+// makes it larger than MaxBody is sent in parts: every part but the last
+// is staged on the holder (opStage), and the create (or preview) with the
+// last part commits them all at once, so a create whose parts do not all
+// arrive creates nothing. All parts share ctx's deadline.
+func (c *Client) callSpec(ctx context.Context, req request) (reply, error) {
+	devs := req.Spec.Devices
+	if len(devs) < 2 || c.size(req) <= c.cfg.MaxBody {
+		return c.call(ctx, req)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+	}
+	tok := make([]byte, 12)
+	_, _ = rand.Read(tok)
+	stage := hex.EncodeToString(tok)
+	head, sp := req, *req.Spec
+	head.Spec = &sp
+	head.Spec.Devices, head.Stage, head.Part = nil, stage, math.MaxInt32
+	// The room left for device IDs in a part, with room for the
+	// timeout's digits and the part's number.
+	room := c.cfg.MaxBody - max(c.size(head), c.size(request{Op: opStage, Stage: stage, Part: math.MaxInt32})) - 64
+	parts := split(devs, room)
+	if len(parts) < 2 {
+		return c.call(ctx, req) // not even one ID fits: refused as too large
+	}
+	for i, part := range parts[:len(parts)-1] {
+		if _, err := c.call(ctx, request{Op: opStage, Stage: stage, Part: i, Devices: part}); err != nil {
+			return reply{}, fmt.Errorf("planner RPC %s: part %d of %d: %w", req.Op, i+1, len(parts), err)
+		}
+		if c.partSent != nil {
+			c.partSent(i)
+		}
+	}
+	head.Spec.Devices, head.Part = parts[len(parts)-1], len(parts)-1
+	return c.call(ctx, head)
+}
+
+// size is req's encoded size as call sends it (within a few bytes of the
+// timeout's digits).
+func (c *Client) size(req request) int {
+	req.V, req.From, req.Timeout = Version, c.cfg.Node, math.MaxInt32
+	b, _ := json.Marshal(req)
+	return len(b)
+}
+
+// split cuts devs into parts whose JSON lists fit in room bytes each, or
+// returns nil if one ID alone does not fit.
+func split(devs []device.ID, room int) [][]device.ID {
+	var parts [][]device.ID
+	start, used := 0, 2 // the brackets
+	for i, id := range devs {
+		b, _ := json.Marshal(id)
+		n := len(b) + 1 // the comma
+		if n+2 > room {
+			return nil
+		}
+		if used+n > room {
+			parts = append(parts, devs[start:i])
+			start, used = i, 2
+		}
+		used += n
+	}
+	return append(parts, devs[start:])
 }
 
 // Get forwards rollout.Planner.Get.

@@ -34,6 +34,24 @@
 // rollout.ErrInvalid (ErrUnavailable for a version mismatch) that says
 // what was wrong, and nothing reaches the planner.
 //
+// # Creates in parts
+//
+// A create (or preview) whose explicit device list makes the request
+// larger than MaxBody is sent in parts, each within MaxBody: every part
+// but the last is a "stage_devices" request naming a random stage token
+// and its index, which the Server keeps in memory (scoped by the sending
+// node); the create naming the stage and the number of parts staged
+// carries the last part, and the Server runs the planner's Create once
+// with every device, in order. Nothing is stored before that create, so
+// a sequence that stops half way (the caller's context ended, the lease
+// moved, a part refused) creates no rollout: a part out of order or
+// refused drops its stage, and a stage not completed by the caller's
+// deadline is dropped then. A stage lives on one holder: if the lease
+// moves mid-sequence the create fails with rollout.ErrUnavailable (retry).
+// MaxStaged bounds the device IDs staged at once (beyond, a part fails
+// with rollout.ErrUnavailable). Other requests (AddDevices, a large
+// selector) are not split.
+//
 // # Errors
 //
 // A call that finds no lease holder (NATS answers "no responders"), whose
@@ -50,7 +68,8 @@
 // MaxBody bounds a request and a reply (default DefaultMaxBody, below
 // nats-server's default max_payload of 1 MB); MaxInflight bounds the
 // forwarded calls a Client has outstanding and the requests a Server runs
-// at once (default DefaultMaxInflight). Stats counts both sides for
+// at once (default DefaultMaxInflight); MaxStaged bounds a Server's staged
+// device IDs (default DefaultMaxStaged). Stats counts both sides for
 // /metrics.
 //
 // # Concurrency

@@ -340,15 +340,30 @@ func TestBadRequestsRefused(t *testing.T) {
 }
 
 // TestRequestTooLargeRefusedBeforeSending: the client refuses a request
-// over its MaxBody with a clear error; nothing reaches the leader.
+// over its MaxBody that it does not send in parts (only a create's or a
+// preview's explicit device list is split) with a clear error; nothing
+// reaches the leader.
 func TestRequestTooLargeRefusedBeforeSending(t *testing.T) {
 	p := mustPair(t, plannerrpc.Config{MaxBody: 2048})
-	_, err := p.client.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Devices: ids(500)})
-	if !errors.Is(err, rollout.ErrInvalid) || !strings.Contains(err.Error(), "--planner-rpc-max-body") {
-		t.Errorf("Create of 500 devices = %v, want ErrInvalid naming --planner-rpc-max-body", err)
-	}
-	if st := p.client.Stats(); st.TooLarge != 1 {
-		t.Errorf("client stats %+v, want 1 too large", st)
+	for _, tc := range []struct {
+		name string
+		call func() error
+	}{
+		{"add devices", func() error { _, err := p.client.AddDevices(t.Context(), "r1", ids(500)); return err }},
+		{"create by a large selector", func() error {
+			_, err := p.client.Create(t.Context(), rollout.Spec{Firmware: "2.0.0", Selector: map[string]string{"site": strings.Repeat("x", 3000)}})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := p.client.Stats().TooLarge
+			if err := tc.call(); !errors.Is(err, rollout.ErrInvalid) || !strings.Contains(err.Error(), "--planner-rpc-max-body") {
+				t.Errorf("call = %v, want ErrInvalid naming --planner-rpc-max-body", err)
+			}
+			if st := p.client.Stats(); st.TooLarge != before+1 {
+				t.Errorf("client stats %+v, want one more too large", st)
+			}
+		})
 	}
 	if st := p.stats.Stats(); st.OK != 0 {
 		t.Errorf("server stats %+v: the leader answered something", st)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/rollout"
 )
 
@@ -23,6 +24,10 @@ type Server struct {
 	sub     *nats.Subscription
 	sem     chan struct{}
 	n       *counters
+
+	stageMu sync.Mutex // guards stages and staged
+	stages  map[string]*stage
+	staged  int // device IDs in stages
 
 	ctx    context.Context // the requests'; cancelled by Close after its wait
 	cancel context.CancelFunc
@@ -48,7 +53,8 @@ func Serve(ctx context.Context, cfg Config, planner Planner, stats *ServerStats,
 	if stats == nil {
 		stats = &ServerStats{}
 	}
-	s := &Server{cfg: cfg, planner: planner, log: log.With("component", "plannerrpc"), sem: make(chan struct{}, cfg.MaxInflight), n: &stats.c}
+	s := &Server{cfg: cfg, planner: planner, log: log.With("component", "plannerrpc"), sem: make(chan struct{}, cfg.MaxInflight), n: &stats.c,
+		stages: map[string]*stage{}}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	sub, err := cfg.Conn.Subscribe(cfg.Subject, s.handle)
 	if err != nil {
@@ -142,6 +148,13 @@ func (s *Server) serve(msg *nats.Msg) {
 	}
 	if err := req.validate(); err != nil {
 		s.n.bad.Add(1)
+		if req.Stage != "" { // a refused part fails its create as a whole
+			s.stageMu.Lock()
+			if st := s.stages[stageKey(&req)]; st != nil {
+				s.dropStage(stageKey(&req), st)
+			}
+			s.stageMu.Unlock()
+		}
 		s.log.Warn("planner RPC request refused", "from", req.From, "op", req.Op, "err", err)
 		s.respond(msg, req.Op, nil, err)
 		return
@@ -152,9 +165,104 @@ func (s *Server) serve(msg *nats.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	rep, err := s.dispatch(ctx, &req)
+	var rep reply
+	var err error
+	switch {
+	case req.Op == opStage:
+		err = s.stagePart(&req, timeout)
+	case req.Stage != "":
+		if err = s.unstage(&req); err == nil {
+			rep, err = s.dispatch(ctx, &req)
+		}
+	default:
+		rep, err = s.dispatch(ctx, &req)
+	}
 	s.n.ok.Add(1)
 	s.respond(msg, req.Op, &rep, err)
+}
+
+// stage is the parts of one create (or preview) whose explicit device
+// list was too large for one message, staged in memory until the create
+// that completes it: nothing is stored, and no rollout exists, before
+// that. A stage not completed by the caller's deadline is dropped.
+type stage struct {
+	devices []device.ID
+	parts   int         // parts staged so far
+	timer   *time.Timer // drops the stage at the caller's deadline
+}
+
+// stageKey scopes a stage to the node that sent it.
+func stageKey(req *request) string { return req.From + "\x00" + req.Stage }
+
+// dropStage forgets st. The caller holds stageMu.
+func (s *Server) dropStage(key string, st *stage) {
+	st.timer.Stop()
+	s.staged -= len(st.devices)
+	delete(s.stages, key)
+	s.n.staged.Store(int64(s.staged))
+}
+
+// stagePart adds one part to its stage: part 0 opens it, each next part
+// must follow the last. A part out of order drops the stage (its create
+// fails as a whole); so does a part beyond MaxStaged.
+func (s *Server) stagePart(req *request, timeout time.Duration) error {
+	s.stageMu.Lock()
+	defer s.stageMu.Unlock()
+	key := stageKey(req)
+	st := s.stages[key]
+	switch {
+	case req.Part == 0 && st != nil:
+		s.dropStage(key, st)
+		return fmt.Errorf("%w: planner RPC %s: stage %q from node %q is already open", rollout.ErrInvalid, req.Op, req.Stage, req.From)
+	case req.Part > 0 && st == nil:
+		return unavailable("planner RPC %s: stage %q is not on this node (the planner lease moved, or the stage expired): retry the create", req.Op, req.Stage)
+	case st != nil && req.Part != st.parts:
+		s.dropStage(key, st)
+		return fmt.Errorf("%w: planner RPC %s: part %d of stage %q, expected part %d: the staged create is dropped", rollout.ErrInvalid, req.Op, req.Part, req.Stage, st.parts)
+	}
+	if s.staged+len(req.Devices) > s.cfg.MaxStaged {
+		if st != nil {
+			s.dropStage(key, st)
+		}
+		s.n.busy.Add(1)
+		return unavailable("the planner's node holds %d device IDs of large creates in progress (at most %d): retry later", s.staged, s.cfg.MaxStaged)
+	}
+	if st == nil {
+		st = &stage{}
+		st.timer = time.AfterFunc(timeout, func() { // the caller gave up
+			s.stageMu.Lock()
+			defer s.stageMu.Unlock()
+			if s.stages[key] == st {
+				s.dropStage(key, st)
+			}
+		})
+		s.stages[key] = st
+	}
+	st.devices = append(st.devices, req.Devices...)
+	st.parts++
+	st.timer.Reset(timeout)
+	s.staged += len(req.Devices)
+	s.n.staged.Store(int64(s.staged))
+	return nil
+}
+
+// unstage completes req (a create or preview naming a stage) with its
+// staged devices, placed before its own; the stage is gone afterwards,
+// whatever the planner answers.
+func (s *Server) unstage(req *request) error {
+	s.stageMu.Lock()
+	defer s.stageMu.Unlock()
+	key := stageKey(req)
+	st := s.stages[key]
+	if st == nil {
+		return unavailable("planner RPC %s: stage %q is not on this node (the planner lease moved, or the stage expired): retry the create", req.Op, req.Stage)
+	}
+	s.dropStage(key, st)
+	if st.parts != req.Part {
+		return fmt.Errorf("%w: planner RPC %s: stage %q has %d parts, the %s counts %d: the staged create is dropped", rollout.ErrInvalid, req.Op, req.Stage, st.parts, req.Op, req.Part)
+	}
+	req.Spec.Devices = append(st.devices, req.Spec.Devices...)
+	return nil
 }
 
 // respond sends rep, or err, as the reply to msg.

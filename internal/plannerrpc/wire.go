@@ -28,6 +28,11 @@ const (
 	DefaultMaxInflight = 256
 	// DefaultTimeout bounds a call whose context has no deadline.
 	DefaultTimeout = 10 * time.Second
+	// DefaultMaxStaged bounds the explicit device IDs a Server holds in
+	// staged creates (parts of creates not yet complete), across callers.
+	DefaultMaxStaged = 1_000_000
+	// maxStageLen bounds a staged create's token.
+	maxStageLen = 64
 	// maxServerTimeout caps the deadline a request asks the leader for.
 	maxServerTimeout = time.Minute
 	// maxIDLen bounds a rollout or job ID in a request.
@@ -87,6 +92,10 @@ const (
 	opUpdateExecution = "update_execution"
 	opInUse           = "in_use"
 	opEnrolled        = "devices_enrolled"
+	// opStage sends one part of the explicit device list of a create or
+	// preview too large for one message (Client.Create splits it); the
+	// create or preview naming the same stage commits them all at once.
+	opStage = "stage_devices"
 )
 
 // What each operation needs in its request.
@@ -100,6 +109,7 @@ const (
 	needUpdate
 	needVersion
 	needEnrolled
+	needStage
 )
 
 var ops = map[string]need{
@@ -107,7 +117,7 @@ var ops = map[string]need{
 	opPause: needID, opResume: needID, opAbort: needID, opRollback: needID, opRetry: needID,
 	opAddDevices: needID | needDevices, opMarkJobs: needDevice, opNextExecution: needDevice,
 	opDescribe: needDevice, opStartNext: needDevice, opUpdateExecution: needDevice | needID | needUpdate,
-	opInUse: needVersion, opEnrolled: needEnrolled,
+	opInUse: needVersion, opEnrolled: needEnrolled, opStage: needStage | needDevices,
 }
 
 // request is one call. ID is the rollout (or, for the Jobs calls, the
@@ -132,6 +142,11 @@ type request struct {
 	Details  map[string]string     `json:"details,omitempty"`
 	Update   *update               `json:"update,omitempty"`
 	Version  firmware.Version      `json:"version,omitempty"`
+	// Stage names a staged create (opStage, and the create or preview
+	// that completes it); Part is a stage part's index, from 0, and on
+	// the completing create the number of parts staged before it.
+	Stage string `json:"stage,omitempty"`
+	Part  int    `json:"part,omitempty"`
 }
 
 // spec is rollout.Spec's JSON form (Spec embeds Policy, whose MarshalJSON
@@ -375,7 +390,7 @@ func (r *request) validate() error {
 	if !ok {
 		return fmt.Errorf("%w: planner RPC: unknown operation %.40q", rollout.ErrInvalid, r.Op)
 	}
-	if r.Timeout < 0 || r.Start < 0 || r.Limit < 0 || r.Number < 0 {
+	if r.Timeout < 0 || r.Start < 0 || r.Limit < 0 || r.Number < 0 || r.Part < 0 {
 		return fmt.Errorf("%w: planner RPC %s: negative timeout, start, limit or number", rollout.ErrInvalid, r.Op)
 	}
 	if r.Limit > wire.MaxListLimit {
@@ -388,6 +403,12 @@ func (r *request) validate() error {
 		if _, err := device.ParseID(string(r.Device)); err != nil {
 			return fmt.Errorf("%w: planner RPC %s: device: %w", rollout.ErrInvalid, r.Op, err)
 		}
+	}
+	if r.Stage != "" && n&(needStage|needSpec) == 0 {
+		return fmt.Errorf("%w: planner RPC %s: stage is only for %s, %s and %s", rollout.ErrInvalid, r.Op, opStage, opCreate, opPreview)
+	}
+	if len(r.Stage) > maxStageLen || (n&needStage != 0 && r.Stage == "") {
+		return fmt.Errorf("%w: planner RPC %s: a stage of 1 to %d bytes is required", rollout.ErrInvalid, r.Op, maxStageLen)
 	}
 	if n&needSpec != 0 && r.Spec == nil {
 		return fmt.Errorf("%w: planner RPC %s: spec is required", rollout.ErrInvalid, r.Op)

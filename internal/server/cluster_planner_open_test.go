@@ -172,3 +172,54 @@ func TestPlannerHandoverConfigRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterModeLargeCreateThroughNonHolder: a rollout of 60,000 explicit
+// devices (2.3 MB of IDs, over --planner-rpc-max-body) created through a
+// node that does not hold the planner lease is sent in parts and has
+// every device.
+func TestClusterModeLargeCreateThroughNonHolder(t *testing.T) {
+	ns, lb := natstest.Start(t), lbtest.New(t)
+	a := plannerNode(t, ns, lb, "a", 2*time.Second, false)
+	a.waitPlanner(t, "held by a", func(h string) bool { return h == "a" })
+	b := plannerNode(t, ns, lb, "b", 2*time.Second, false)
+	a.mustUpload(t, newVersion)
+	ids := make([]string, 60_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sensor-%029d", i)
+	}
+	body, _ := json.Marshal(map[string]any{"firmware": newVersion, "devices": ids, "batch_size": 1000,
+		"start_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}) // no batch starts: the test reads the targets
+	start := time.Now()
+	code, _, raw := b.httpCall(t, "POST", "/v1/rollouts", string(body))
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/rollouts of %d devices (%d bytes) through node b: %d %.300s", len(ids), len(body), code, raw)
+	}
+	t.Logf("created through node b in %v", time.Since(start).Round(time.Millisecond))
+	var ro wire.Rollout
+	if err := json.Unmarshal(raw, &ro); err != nil {
+		t.Fatal(err)
+	}
+	if ro.Targets != len(ids) {
+		t.Errorf("the rollout has %d targets, want %d", ro.Targets, len(ids))
+	}
+	seen := map[string]bool{}
+	for cursor := "0"; cursor != ""; {
+		code, _, raw := b.httpCall(t, "GET", fmt.Sprintf("/v1/rollouts/%s/devices?limit=1000&cursor=%s", ro.ID, cursor), "")
+		var page wire.RolloutDevices
+		if err := json.Unmarshal(raw, &page); err != nil || code != http.StatusOK {
+			t.Fatalf("devices from %s: %d %.300s", cursor, code, raw)
+		}
+		for _, d := range page.Devices {
+			seen[string(d.Device)] = true
+		}
+		cursor = page.Next
+	}
+	if len(seen) != len(ids) {
+		t.Errorf("the rollout lists %d devices, want %d", len(seen), len(ids))
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			t.Fatalf("device %s is not in the rollout", id)
+		}
+	}
+}

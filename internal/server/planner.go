@@ -87,7 +87,7 @@ func (s *Server) openPlanner(ctx context.Context) (err error) {
 // rpcConfig is the planner RPC's configuration (both sides).
 func (s *Server) rpcConfig() plannerrpc.Config {
 	return plannerrpc.Config{Conn: s.stores.nc, Node: s.cfg.NodeID,
-		MaxBody: s.cfg.PlannerRPCMaxBody, MaxInflight: s.cfg.PlannerRPCInflight}
+		MaxBody: s.cfg.PlannerRPCMaxBody, MaxInflight: s.cfg.PlannerRPCInflight, MaxStaged: s.cfg.PlannerRPCMaxStaged}
 }
 
 // plannerConfig is the planner's configuration: the same on every node

@@ -95,6 +95,10 @@ type Config struct {
 	// planner call or its answer, and the forwarded calls in progress
 	// (those this node sends, and those it answers as the leader).
 	PlannerRPCMaxBody, PlannerRPCInflight int
+	// PlannerRPCMaxStaged is plannerrpc.Config.MaxStaged: the device IDs
+	// the lease's holder keeps of forwarded creates sent in parts and not
+	// yet complete (zero takes its default).
+	PlannerRPCMaxStaged int
 	// Version is the Umbra version a node reports in GET /v1/cluster.
 	Version string
 	// ClusterHeartbeat is how often a node renews its registration in the

@@ -1,0 +1,5 @@
+package plannerrpc
+
+// OnPartSent makes c call f after each part of a create sent in parts is
+// staged on the holder, with the part's index.
+func OnPartSent(c *Client, f func(part int)) { c.partSent = f }
