@@ -26,6 +26,11 @@ type ClusterStatus struct {
 	// planner lease.
 	Healthy bool            `json:"healthy"`
 	Buckets []ClusterBucket `json:"buckets"`
+	// Warnings are conditions an operator should know of that do not
+	// make the cluster unhealthy, e.g. nodes of different Umbra releases
+	// (normal during a rolling upgrade, a mistake otherwise). Omitted
+	// when there are none.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ClusterNode is one live node of a ClusterStatus.

@@ -53,7 +53,11 @@ func printClusterStatus(w io.Writer, st wire.ClusterStatus) error {
 	if st.Planners == "lease" {
 		planner = "lease held by " + orDash(st.Planner)
 	}
-	fmt.Fprintf(w, "mode: %s, %s; answered by node %s; planner: %s\n\n", st.Mode, health, orDash(st.Node), planner)
+	fmt.Fprintf(w, "mode: %s, %s; answered by node %s; planner: %s\n", st.Mode, health, orDash(st.Node), planner)
+	for _, warn := range st.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tVERSION\tCONNECTIONS\tSTARTED\tHEARTBEAT")
 	for _, n := range st.Nodes {

@@ -1,10 +1,15 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,9 +45,14 @@ func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) 
 	if err != nil {
 		return st, err
 	}
+	versions := map[string][]string{} // release → node IDs
 	for _, n := range nodes {
 		st.Nodes = append(st.Nodes, wire.ClusterNode{ID: n.ID, Addr: n.Addr, Version: n.Version, Connections: n.Connections,
 			Started: n.Started, Heartbeat: n.Heartbeat})
+		versions[n.Version] = append(versions[n.Version], n.ID)
+	}
+	if len(versions) > 1 {
+		st.Warnings = append(st.Warnings, versionsWarning(versions))
 	}
 	if src.Lease == nil {
 		st.Planners = "per-node"
@@ -66,6 +76,20 @@ func (src StatusSource) Status(ctx context.Context) (wire.ClusterStatus, error) 
 		st.Healthy = st.Healthy && b.Healthy
 	}
 	return st, nil
+}
+
+// versionsWarning describes nodes of several releases, e.g. "nodes run
+// different Umbra releases: 0.4.0 (n1, n2), 0.5.0 (n3); finish the
+// upgrade (nodes of one release share the buckets' schema and the planner
+// protocol)".
+func versionsWarning(versions map[string][]string) string {
+	rels := slices.Sorted(maps.Keys(versions))
+	parts := make([]string, len(rels))
+	for i, v := range rels {
+		parts[i] = fmt.Sprintf("%s (%s)", cmp.Or(v, "unknown"), strings.Join(versions[v], ", "))
+	}
+	return "nodes run different Umbra releases: " + strings.Join(parts, ", ") +
+		"; finish the upgrade (nodes of one release share the buckets' schema and the planner protocol)"
 }
 
 // statusTimeout bounds the requests of one status answer.

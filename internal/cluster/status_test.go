@@ -3,8 +3,12 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/umbra-iot/umbra/internal/cluster"
@@ -86,5 +90,50 @@ func waitHeld(t *testing.T, l *cluster.Lease) {
 	}
 	if !l.Held() {
 		t.Fatal("the only candidate did not gain the lease")
+	}
+}
+
+// TestStatusWarnsOfMixedReleases: nodes of different Umbra releases are
+// named in a warning (the cluster stays healthy: a rolling upgrade passes
+// through it); nodes of one release give none.
+func TestStatusWarnsOfMixedReleases(t *testing.T) {
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s.URLs())
+	tests := []struct {
+		name     string
+		versions map[string]string // node → release
+		want     string            // "" = no warning
+	}{
+		{name: "one release", versions: map[string]string{"a1": "0.5.0", "a2": "0.5.0"}},
+		{name: "two releases", versions: map[string]string{"b1": "0.4.0", "b2": "0.5.0", "b3": "0.5.0"},
+			want: "nodes run different Umbra releases: 0.4.0 (b1), 0.5.0 (b2, b3); finish the upgrade"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bucket := fmt.Sprintf("umbra_nodes_%d", i)
+			var reg *cluster.Registry
+			for _, id := range slices.Sorted(maps.Keys(tt.versions)) {
+				r, err := cluster.OpenRegistry(t.Context(), cluster.RegistryConfig{JetStream: js, Bucket: bucket,
+					Node: cluster.Node{ID: id, Version: tt.versions[id]}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { r.Close(context.Background()) })
+				reg = r
+			}
+			st, err := cluster.StatusSource{JetStream: js, Registry: reg, Prefix: "none_"}.Status(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tt.want == "" && len(st.Warnings) != 0:
+				t.Errorf("warnings %q, want none", st.Warnings)
+			case tt.want != "" && (len(st.Warnings) != 1 || !strings.HasPrefix(st.Warnings[0], tt.want)):
+				t.Errorf("warnings %q, want one starting %q", st.Warnings, tt.want)
+			}
+			if !st.Healthy {
+				t.Errorf("healthy = false, want true: mixed releases are a warning")
+			}
+		})
 	}
 }
