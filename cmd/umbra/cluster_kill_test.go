@@ -118,8 +118,9 @@ func waitTakeover(t *testing.T, survivor killNode, dead string, killed time.Time
 	}
 }
 
-// waitRolloutEnd polls rollout id through n until it is no longer active.
-func waitRolloutEnd(t *testing.T, n killNode, id string) rollout.Status {
+// waitRolloutEnd polls rollout id through n until it is no longer active;
+// a failure says what diag says.
+func waitRolloutEnd(t *testing.T, n killNode, id string, diag func() string) rollout.Status {
 	t.Helper()
 	var st rollout.Status
 	waitfor.PollExplained(t, rolloutCrashWait, "rollout "+id+" to end after the kill", func() string {
@@ -134,9 +135,43 @@ func waitRolloutEnd(t *testing.T, n killNode, id string) rollout.Status {
 		if !st.State.Active() {
 			return ""
 		}
-		return fmt.Sprintf("still %s, batches started %d, counts %v", st.State, st.Started, st.Counts)
+		return fmt.Sprintf("still %s, batches started %d, counts %v%s", st.State, st.Started, st.Counts, diag())
 	})
 	return st
+}
+
+// describeSome describes (sim.Fleet.Describe) the first devices of fleets
+// that pick chooses, for failure messages.
+func describeSome(fleets []*sim.Fleet, pick func(id device.ID, desc string) bool) string {
+	var b strings.Builder
+	k := 0
+	for _, f := range fleets {
+		for _, id := range f.IDs() {
+			if desc := f.Describe(id); pick(id, desc) {
+				if k++; k > 5 {
+					b.WriteString("\n  …")
+					return b.String()
+				}
+				b.WriteString("\n  " + desc)
+			}
+		}
+	}
+	return b.String()
+}
+
+// notInstalled is a waitRolloutEnd diag: the devices of fleets that have
+// not reported version installed. It reads rec before it describes: the
+// fleet calls rec.add holding a device's lock, which Describe takes.
+func notInstalled(rec *reportLog, version string, fleets ...*sim.Fleet) func() string {
+	return func() string {
+		installed := map[device.ID]bool{}
+		rec.mu.Lock()
+		for id, evs := range rec.byDevice {
+			installed[id] = slices.ContainsFunc(evs, func(e sim.Event) bool { return e.State == "updated" && e.Version == version })
+		}
+		rec.mu.Unlock()
+		return describeSome(fleets, func(id device.ID, _ string) bool { return !installed[id] })
+	}
 }
 
 // checkRolloutOnce checks, through n, that rollout id of the devices ids
@@ -219,7 +254,8 @@ func waitFleet(t *testing.T, fleet *sim.Fleet, what string, cond func(sim.Stats)
 	defer cancel()
 	st, err := fleet.Wait(ctx, cond)
 	if err != nil {
-		t.Fatalf("waiting for %s: %v; stats %+v", what, err, st)
+		t.Fatalf("waiting for %s: %v; stats %+v%s", what, err, st,
+			describeSome([]*sim.Fleet{fleet}, func(_ device.ID, desc string) bool { return strings.Contains(desc, "(online false)") }))
 	}
 	return st
 }
@@ -242,11 +278,14 @@ func TestClusterPlannerKill9(t *testing.T) {
 	b, cn := c.start("b"), c.start("c")
 	key := killTestImage(t, b, cn, version, 8192)
 	rec := newReportLog()
-	var ids []device.ID
+	var (
+		ids    []device.ID
+		fleets []*sim.Fleet
+	)
 	for _, f := range []struct{ prefix, mqtt string }{{"b-", b.mqtt}, {"c-", cn.mqtt}} {
 		fleet := mustOpenSimFleet(t, sim.Config{Server: "tcp://" + f.mqtt, Devices: perNode, IDPrefix: f.prefix,
 			InstallTime: 300 * time.Millisecond, QoS: 1, Seed: 1, PublicKey: key, OnEvent: rec.add})
-		ids = append(ids, fleet.IDs()...)
+		ids, fleets = append(ids, fleet.IDs()...), append(fleets, fleet)
 		waitFleet(t, fleet, "fleet "+f.prefix+" to connect", func(st sim.Stats) bool { return st.Connected == perNode })
 	}
 	deltas := newDeltaLog()
@@ -258,7 +297,7 @@ func TestClusterPlannerKill9(t *testing.T) {
 	waitBatchDownloading(t, rec, ids, batch, 1)
 	killed := a.kill(t)
 	waitTakeover(t, b, "a", killed)
-	st := waitRolloutEnd(t, b, ro.ID)
+	st := waitRolloutEnd(t, b, ro.ID, notInstalled(rec, version, fleets...))
 	t.Logf("rollout finished %v after the kill", time.Since(killed).Round(time.Millisecond))
 	checkRolloutOnce(t, cn, st, ids, batch, version, rec, deltas)
 }
@@ -342,7 +381,7 @@ func TestClusterNodeKill9MidRollout(t *testing.T) {
 			if tt.victim == 0 {
 				waitTakeover(t, survivor, victim.id, killed)
 			}
-			rst := waitRolloutEnd(t, survivor, ro.ID)
+			rst := waitRolloutEnd(t, survivor, ro.ID, notInstalled(rec, version, fleet))
 			t.Logf("rollout finished %v after the kill", time.Since(killed).Round(time.Millisecond))
 			checkRolloutOnce(t, other, rst, ids, batch, version, rec, deltas)
 			st = waitFleet(t, fleet, "every device to run "+version, func(st sim.Stats) bool { return st.Versions[version] == n })
