@@ -123,11 +123,17 @@ func publish(t *testing.T, c paho.Client, topic, payload string) {
 	// the protocol version; what matters is its effect, checked by callers.
 }
 
+// httpDoTimeout bounds each httpDo call, answer read included: a node whose
+// API hangs fails the test instead of stalling it.
+const httpDoTimeout = 60 * time.Second
+
 // httpDo sends a request with an optional bearer token; a body is declared
 // JSON, or a raw image for POST /v1/firmware.
 func httpDo(t *testing.T, method, url, token, body string) (int, http.Header, []byte) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+	ctx, cancel := context.WithTimeout(t.Context(), httpDoTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,5 +6,7 @@
 // Each request goes to the first backend that accepts the connection, in
 // the order they were added; a request with a body is sent to the first
 // backend only (it cannot be replayed). It is for GET-heavy test traffic
-// (firmware downloads), not for load.
+// (firmware downloads), not for load. Hold pauses the response bodies
+// after their first chunk, so that a test can kill a backend mid-download; a body cut by its
+// backend is cut for the client too (the connection is aborted).
 package lbtest
