@@ -576,17 +576,20 @@ func (s *Store) Get(ctx context.Context, v Version) (Image, error) {
 	return img, nil
 }
 
-// Delete removes version v, and its blob when no other version has the same
-// bytes. It asks Config.InUse first and refuses with an *InUseError (wrapping
-// ErrInUse, naming the rollout) while a rollout uses v. Other errors wrap
-// ErrNotFound, ErrClosed or InUse's error. A rollout created between the
-// InUse check and the removal is not detected here: rollout creation must
-// itself check that the version exists.
-func (s *Store) Delete(ctx context.Context, v Version) error {
+// CheckDeletable reports what Delete would refuse before removing anything:
+// an error wrapping ErrNotFound for an unknown version, or an *InUseError
+// while a rollout uses v (Config.InUse). A caller with checks of its own
+// (the HTTP API's desired-state check, which ?force=true overrides) asks
+// this first, so that the refusal no flag overrides is the one reported.
+func (s *Store) CheckDeletable(ctx context.Context, v Version) error {
 	if err := s.begin(); err != nil {
 		return fmt.Errorf("delete %s: %w", v, err)
 	}
 	defer s.ops.Done()
+	return s.checkDeletable(ctx, v)
+}
+
+func (s *Store) checkDeletable(ctx context.Context, v Version) error {
 	if _, err := s.catalog.Get(ctx, v); err != nil {
 		return fmt.Errorf("delete %s: %w", v, err)
 	}
@@ -598,6 +601,23 @@ func (s *Store) Delete(ctx context.Context, v Version) error {
 		if used {
 			return &InUseError{Version: v, Rollout: rollout}
 		}
+	}
+	return nil
+}
+
+// Delete removes version v, and its blob when no other version has the same
+// bytes. It asks Config.InUse first and refuses with an *InUseError (wrapping
+// ErrInUse, naming the rollout) while a rollout uses v. Other errors wrap
+// ErrNotFound, ErrClosed or InUse's error. A rollout created between the
+// InUse check and the removal is not detected here: rollout creation must
+// itself check that the version exists.
+func (s *Store) Delete(ctx context.Context, v Version) error {
+	if err := s.begin(); err != nil {
+		return fmt.Errorf("delete %s: %w", v, err)
+	}
+	defer s.ops.Done()
+	if err := s.checkDeletable(ctx, v); err != nil {
+		return err
 	}
 	s.blobMu.Lock()
 	defer s.blobMu.Unlock()

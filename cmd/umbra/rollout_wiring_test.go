@@ -28,20 +28,9 @@ func TestFirmwareDeleteRefusedWhileRolloutActive(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create rollout: %v", err)
 	}
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete, srv.apiURL()+"/v1/firmware/1.2.0", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), r.ID) {
-		t.Fatalf("DELETE firmware in use = %d %s, want 409 naming rollout %s", resp.StatusCode, body, r.ID)
-	}
-	if _, err := srv.fw.Get(t.Context(), "1.2.0"); err != nil {
-		t.Errorf("image gone after refused delete: %v", err)
-	}
-	// The planner notified d1: its desired state carries the command.
+	// The planner notifies d1: its desired state carries the command. So
+	// both guards apply below; the rollout's is the one reported, with or
+	// without ?force=true, which overrides only the desired-state guard.
 	acc := watchDelta(t, srv, "d1")
 	var d struct {
 		State struct {
@@ -53,6 +42,21 @@ func TestFirmwareDeleteRefusedWhileRolloutActive(t *testing.T) {
 	}
 	if d.State.Firmware.Version != "1.2.0" || !strings.HasPrefix(d.State.Firmware.Job, r.ID+"/") {
 		t.Errorf("delta of d1 = %s, want firmware 1.2.0 with job %s/…", acc, r.ID)
+	}
+	for _, query := range []string{"", "?force=true"} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete, srv.apiURL()+"/v1/firmware/1.2.0"+query, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), r.ID) {
+			t.Errorf("DELETE%s firmware in use = %d %s, want 409 naming rollout %s", query, resp.StatusCode, body, r.ID)
+		}
+	}
+	if _, err := srv.fw.Get(t.Context(), "1.2.0"); err != nil {
+		t.Errorf("image gone after refused delete: %v", err)
 	}
 }
 

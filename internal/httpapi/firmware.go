@@ -306,6 +306,13 @@ func (a *api) firmwarePubkey(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) deleteFirmware(w http.ResponseWriter, r *http.Request) {
 	a.withVersion(w, r, func(fw *firmware.Store, v firmware.Version) {
+		// A rollout using v refuses the delete whatever ?force says: report
+		// that first, rather than a desired-state 409 that suggests --force
+		// (a rollout's first pass writes the desired state of its devices).
+		if err := fw.CheckDeletable(r.Context(), v); err != nil {
+			a.writeError(w, r, err, "")
+			return
+		}
 		if !a.checkDesired(w, r, v) {
 			return
 		}
