@@ -399,3 +399,19 @@ func (s *Server) RetainedTopics() []string {
 	}
 	return out
 }
+
+// RetainedMessages returns the retained messages this node holds for
+// clients and other nodes (those of RetainedTopics), in no order: what a
+// shared retained store takes in when the node joins it with retained
+// messages of its own, such as those of a broker.db written before the
+// node ran in a cluster.
+func (s *Server) RetainedMessages() []Message {
+	l := s.ledger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Message, 0, len(l.retained))
+	for _, m := range l.retained {
+		out = append(out, m)
+	}
+	return out
+}

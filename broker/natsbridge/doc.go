@@ -130,7 +130,9 @@
 // node: concurrent new topics on several nodes can overshoot by what is
 // in flight). At Open the node loads the bucket before it serves and
 // clears the retained messages it held (from its broker.Store) that the
-// bucket no longer has. A message from another node is then delivered
+// bucket no longer has, except at its first join (no joined.<node> key
+// yet), when it first adds those of its own the bucket never had: a
+// single broker moved into a cluster keeps its retained messages. A message from another node is then delivered
 // without its retain flag, its retained state coming from the bucket
 // only: an MQTT 5 subscriber with Retain As Published gets retain 0 on
 // a live message from another node. A record that cannot be decoded or

@@ -3,6 +3,7 @@ package natsbridge
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -34,6 +35,7 @@ const (
 
 	retainedSchema = 1
 	prefixRetained = "r."
+	prefixJoined   = "joined."              // joined.<node>: the node has joined the bucket (see seedRetained)
 	retainedRetry  = 250 * time.Millisecond // between write attempts
 	retainedTTLMax = 10 * time.Second       // bounds one write attempt
 )
@@ -55,7 +57,8 @@ type retained struct {
 
 // openRetained opens the retained bucket, makes the broker's retained
 // messages those of the bucket (clearing the ones it holds that the bucket
-// does not), and returns the feed of its changes.
+// does not, except at the node's first join: see seedRetained), and
+// returns the feed of its changes.
 func (b *Bridge) openRetained(ctx context.Context) (*natskv.Feed, error) {
 	bk, err := natskv.Open(ctx, b.cfg.JetStream, natskv.BucketConfig{Name: b.cfg.RetainedBucket, Replicas: b.cfg.Replicas,
 		Schema: natskv.Schema{Kind: "retained", Version: retainedSchema}})
@@ -72,12 +75,73 @@ func (b *Bridge) openRetained(ctx context.Context) (*natskv.Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsbridge: retained bucket: %w", err)
 	}
+	if err := b.seedRetained(ctx, seen); err != nil {
+		feed.Stop()
+		return nil, fmt.Errorf("natsbridge: retained bucket: %w", err)
+	}
 	for _, t := range b.brk.RetainedTopics() {
 		if !seen[t] {
 			_ = b.brk.Retain(broker.Message{Topic: t}) // cleared in the cluster meanwhile
 		}
 	}
 	return feed, nil
+}
+
+// seedRetained adds the broker's retained messages to the bucket when the
+// node joins it for the first time: a node moved from one broker to a
+// cluster keeps the retained messages its broker.db holds. The bucket
+// records each node that joined (joined.<node>); a node that joined
+// before holds copies of the bucket's messages only, and the bucket is
+// the truth for it (what it lacks was cleared in the cluster). A message
+// is added only to a key never written in the bucket, so the cluster's own
+// messages, and topics cleared in it, win; seen, the topics the bucket
+// holds, gains those added. A failure leaves the node unjoined: it tries
+// again at its next start.
+func (b *Bridge) seedRetained(ctx context.Context, seen map[string]bool) error {
+	r := b.ret
+	marker := prefixJoined + natskv.HashToken(b.cfg.NodeID)
+	e, err := r.b.Read(ctx, marker)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", marker, err)
+	}
+	if e.Last != 0 {
+		return nil // joined before
+	}
+	var added int64
+	for _, m := range b.brk.RetainedMessages() {
+		if seen[m.Topic] || len(m.Payload) == 0 {
+			continue
+		}
+		m.Properties.SubscriptionIDs = nil
+		raw, err := json.Marshal(retainedRecord{Message: m, Node: b.cfg.NodeID})
+		if err != nil {
+			return fmt.Errorf("encode retained %s: %w", clip(m.Topic), err)
+		}
+		_, err = r.b.Apply(ctx, natskv.Op{Key: prefixRetained + natskv.HashToken(m.Topic), Value: raw, Check: true})
+		switch {
+		case errors.Is(err, natskv.ErrConflict):
+			continue // written in the cluster meanwhile, or cleared there: the cluster's wins
+		case err != nil:
+			return fmt.Errorf("add retained %s: %w", clip(m.Topic), err)
+		}
+		seen[m.Topic] = true
+		added++
+	}
+	raw, err := json.Marshal(struct {
+		Node   string    `json:"node"`
+		Joined time.Time `json:"joined"`
+		Seeded int64     `json:"seeded"`
+	}{b.cfg.NodeID, time.Now().UTC(), added})
+	if err != nil {
+		return err
+	}
+	if _, err := r.b.Apply(ctx, natskv.Op{Key: marker, Value: raw}); err != nil {
+		return fmt.Errorf("write %s: %w", marker, err)
+	}
+	if added > 0 {
+		b.log.Info("retained messages of this node added to the cluster at its first join", "messages", added)
+	}
+	return nil
 }
 
 // applyRetained applies one change of the bucket to the broker and

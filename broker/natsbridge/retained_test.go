@@ -3,11 +3,13 @@ package natsbridge_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/natskv"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/waitfor"
 )
@@ -138,7 +140,12 @@ func TestRetainedBucketBadRecords(t *testing.T) {
 		}
 	}
 
-	// A broker that holds a retained message the cluster does not.
+	// A broker that joined the cluster before (so the bucket is the truth
+	// for it: see TestRetainedSeededAtFirstJoin) and holds a retained
+	// message the cluster does not.
+	if _, err := kv.Put(t.Context(), "joined."+natskv.HashToken("n2"), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
 	b := startNode(t, ns.URL(), "n2", broker.Config{}, func(c *natsbridge.Config) {
 		// Before the bridge opens (as if restored from its Store).
 		if err := c.Broker.Retain(broker.Message{Topic: "stale/1", Payload: []byte("gone"), QoS: 1}); err != nil {
@@ -152,4 +159,69 @@ func TestRetainedBucketBadRecords(t *testing.T) {
 		t.Errorf("node 2 bridge stats %+v, want 2 corrupt records", st)
 	}
 	waitfor.Poll(t, wait, "node 1 counts the bad records", func() bool { return a.br.Stats().RetainedCorrupt == 2 })
+}
+
+// TestRetainedSeededAtFirstJoin: a node that joins the cluster's retained
+// bucket for the first time, such as a single broker moved into a
+// cluster with the retained messages of its broker.db, adds those the
+// bucket never had; the cluster's own messages and the topics cleared in
+// it win. A node that joined before takes the bucket as it is.
+func TestRetainedSeededAtFirstJoin(t *testing.T) {
+	ns := natstest.Start(t)
+	a := startNode(t, ns.URL(), "n1", broker.Config{}, sharedRetained(t, ns.URLs()))
+	pub := brokertest.Connect(t, a.url, "pub-a")
+	brokertest.PublishRetained(t, pub, "shared/a", 1, []byte("cluster"))
+	brokertest.PublishRetained(t, pub, "cleared/x", 1, []byte("soon gone"))
+	brokertest.PublishRetained(t, pub, "cleared/x", 1, nil)
+	waitfor.Poll(t, wait, "node 1 applied its changes", func() bool { return a.br.Stats().RetainedApplied == 3 })
+
+	js := natstest.JetStream(t, ns.URLs())
+	kv, err := js.KeyValue(t.Context(), natsbridge.DefaultRetainedBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := []broker.Message{ // as restored from the node's broker.db before its bridge opens
+		{Topic: "own/1", Payload: []byte("mine"), QoS: 1},
+		{Topic: "shared/a", Payload: []byte("old copy"), QoS: 1},
+		{Topic: "cleared/x", Payload: []byte("old copy"), QoS: 1},
+	}
+	for _, tc := range []struct {
+		name, node   string
+		joinedBefore bool
+		want         []string // retained payloads on every node afterwards, sorted
+	}{
+		{"first join adds what the bucket never had", "n2", false, []string{"cluster", "mine"}},
+		{"a node that joined before takes the bucket", "n3", true, []string{"cluster", "mine"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.joinedBefore {
+				if _, err := kv.Put(t.Context(), "joined."+natskv.HashToken(tc.node), []byte("{}")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := startNode(t, ns.URL(), tc.node, broker.Config{}, func(c *natsbridge.Config) {
+				for _, m := range own {
+					if tc.joinedBefore {
+						m.Topic = "late/" + m.Topic // topics only this node has: cleared at its start
+					}
+					if err := c.Broker.Retain(m); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}, sharedRetained(t, ns.URLs()))
+			for j, m := range []*node{a, n} {
+				waitfor.Poll(t, wait, "the retained messages applied", func() bool { return m.brk.Stats().Retained == int64(len(tc.want)) })
+				if got := lateRetained(t, m, fmt.Sprintf("late-%s-%d", tc.node, j), "#", len(tc.want)); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+					t.Errorf("node %d retained %q, want %q", j+1, got, tc.want)
+				}
+			}
+			e, err := kv.Get(t.Context(), "joined."+natskv.HashToken(tc.node))
+			if err != nil {
+				t.Fatalf("the join of %s is not recorded: %v", tc.node, err)
+			}
+			if !tc.joinedBefore && !strings.Contains(string(e.Value()), `"seeded":1`) {
+				t.Errorf("join record %s, want seeded 1", e.Value())
+			}
+		})
+	}
 }
