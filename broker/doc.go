@@ -116,7 +116,11 @@
 // dropped; Handoff does the same and returns the session, which the
 // node the client connected to adopts when Relay.Connecting returns it
 // (the client inherits it as after a restart: session present 1). Retain
-// applies a retained message from a shared store without delivering it.
+// applies a retained message from a shared store without delivering it;
+// DeliverLive delivers a message whose retained state comes from such a
+// store without storing it (its retain flag reaches Retain As Published);
+// RetainedMessages lists the node's retained messages for a store it
+// joins.
 // PublishLocal publishes like Publish without the Relay: for
 // what every node publishes for itself from shared state (device
 // presence).

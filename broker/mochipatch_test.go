@@ -625,3 +625,41 @@ func TestMochiPatchPacketFilter(t *testing.T) {
 		})
 	}
 }
+
+// TestMochiPatchNotRetained covers mochi patch 19 (packets.Mods.NotRetained)
+// through Server.DeliverLive: a relayed retained message reaches an MQTT 5
+// subscriber with Retain As Published with its retain flag, and is not
+// stored as the topic's retained message, where Deliver stores it.
+func TestMochiPatchNotRetained(t *testing.T) {
+	b := brokertest.New(t, broker.Config{})
+	rc := dialRaw(t, b.Addr())
+	if code := rc.connect(v5, "rap-sub", true); code != 0 {
+		t.Fatalf("CONNACK code %#x", code)
+	}
+	rc.write(subscribePacket(v5, 1, "nr/+", 0x08|1)) // QoS 1, Retain As Published
+	rc.expect(typeSuback)
+	for _, tc := range []struct {
+		name         string
+		deliver      func(broker.Message, string) error
+		topic        string
+		wantRetained int64 // Stats().Retained afterwards
+	}{
+		{"DeliverLive", b.DeliverLive, "nr/live", 0},
+		{"Deliver", b.Deliver, "nr/stored", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.deliver(broker.Message{Topic: tc.topic, Payload: []byte("x"), QoS: 1, Retain: true}, ""); err != nil {
+				t.Fatal(err)
+			}
+			p := rc.expect(typePublish)
+			topic, id, _ := parsePublish(v5, p)
+			if topic != tc.topic || p.flags&1 == 0 {
+				t.Errorf("got %q with flags %#x, want %q with the retain flag", topic, p.flags, tc.topic)
+			}
+			rc.write(pubackPacket(id))
+			if got := b.Stats().Retained; got != tc.wantRetained {
+				t.Errorf("Stats().Retained = %d, want %d", got, tc.wantRetained)
+			}
+		})
+	}
+}

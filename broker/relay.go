@@ -163,6 +163,20 @@ func shareKey(filter string) string {
 // ErrInvalidTopic (a malformed topic or a $SYS one), ErrInvalidQoS or
 // ErrTooLarge.
 func (s *Server) Deliver(m Message, share string) error {
+	return s.deliverRelayed(m, share, false)
+}
+
+// DeliverLive is Deliver for a message whose retained state reaches this
+// node another way (a shared retained store): m.Retain does not make it
+// the topic's retained message here, and the retain flag reaches the
+// recipients as published, also with share, so that an MQTT 5 subscriber
+// with Retain As Published sees it as on the publisher's node (mochi
+// patch 19). An empty payload with m.Retain clears nothing.
+func (s *Server) DeliverLive(m Message, share string) error {
+	return s.deliverRelayed(m, share, true)
+}
+
+func (s *Server) deliverRelayed(m Message, share string, live bool) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
@@ -176,7 +190,8 @@ func (s *Server) Deliver(m Message, share string) error {
 		return fmt.Errorf("deliver %s: %d-byte payload over %d: %w", m.Topic, len(m.Payload), s.cfg.MaxPacketSize, ErrTooLarge)
 	}
 	pk := packetOf(m)
-	pk.FixedHeader.Retain = m.Retain && share == ""
+	pk.FixedHeader.Retain = m.Retain && (share == "" || live)
+	pk.Mods.NotRetained = live
 	if pk.FixedHeader.Retain && s.hook.isRequest(m.Topic) {
 		pk.FixedHeader.Retain = false // requests are never retained (see retain.go)
 	}

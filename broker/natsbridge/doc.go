@@ -132,10 +132,11 @@
 // clears the retained messages it held (from its broker.Store) that the
 // bucket no longer has, except at its first join (no joined.<node> key
 // yet), when it first adds those of its own the bucket never had: a
-// single broker moved into a cluster keeps its retained messages. A message from another node is then delivered
-// without its retain flag, its retained state coming from the bucket
-// only: an MQTT 5 subscriber with Retain As Published gets retain 0 on
-// a live message from another node. A record that cannot be decoded or
+// single broker moved into a cluster keeps its retained messages. A
+// message from another node is then delivered with DeliverLive: its
+// retained state comes from the bucket only, so the delivery does not
+// store it, and its retain flag reaches MQTT 5 subscribers with Retain
+// As Published as published. A record that cannot be decoded or
 // applied is logged once, counted (Stats.RetainedCorrupt) and skipped.
 //
 // # Concurrency

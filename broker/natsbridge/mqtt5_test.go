@@ -3,10 +3,15 @@ package natsbridge_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/natstest"
 )
 
 // v5Conn is a raw MQTT 5 client: enough to see the properties of a
@@ -160,5 +165,48 @@ func TestMQTT5PropertiesAcrossNodes(t *testing.T) {
 	}
 	if !reflect.DeepEqual(props, want) {
 		t.Errorf("properties on node 2:\n got %+v\nwant %+v", props, want)
+	}
+}
+
+// TestMQTT5RetainAsPublishedAcrossNodes: with the shared retained bucket,
+// a retained message published on one node reaches a live MQTT 5
+// subscriber on another node with its retain flag when the subscription
+// has Retain As Published, and without it otherwise, as on one node
+// (mochi patch 19); the delivery does not store it a second time: the
+// node holds the one retained message the bucket gave it.
+func TestMQTT5RetainAsPublishedAcrossNodes(t *testing.T) {
+	ns := natstest.Start(t)
+	a := startNode(t, ns.URL(), "n1", broker.Config{}, sharedRetained(t, ns.URLs()))
+	b := startNode(t, ns.URL(), "n2", broker.Config{}, sharedRetained(t, ns.URLs()))
+	subs := []struct {
+		id         string
+		options    byte // SUBSCRIBE options: QoS 1, and Retain As Published (0x08) or not
+		wantRetain bool
+	}{
+		{"rap", 0x09, true},
+		{"plain", 0x01, false},
+	}
+	conns := make([]*v5Conn, len(subs))
+	for i, s := range subs {
+		conns[i] = dialV5(t, b.brk.Addr(), s.id)
+		conns[i].send(t, 0x82, append([]byte{0, 1, 0}, append(str5("rap/+"), s.options)...))
+		if typ, _ := readPacket(t, conns[i].r); typ != 0x90 {
+			t.Fatalf("%s got packet %#x, want SUBACK", s.id, typ)
+		}
+	}
+	settle(t, a, b)
+	brokertest.PublishRetained(t, brokertest.Connect(t, a.url, "pub-rap"), "rap/t", 1, []byte("kept"))
+	for i, s := range subs {
+		typ, body := readPacket(t, conns[i].r)
+		if typ&0xF0 != 0x30 {
+			t.Fatalf("%s got packet %#x, want PUBLISH", s.id, typ)
+		}
+		if got := typ&0x01 != 0; got != s.wantRetain {
+			t.Errorf("%s: retain flag %t, want %t (PUBLISH % x)", s.id, got, s.wantRetain, body)
+		}
+	}
+	awaitRetained(t, b, 1)
+	if got := lateRetained(t, b, "late-rap", "rap/#", 1); fmt.Sprint(got) != "[kept]" {
+		t.Errorf("node 2 retained %q, want [kept]", got)
 	}
 }

@@ -283,10 +283,13 @@ func (b *Bridge) inboundLoop(ch chan *nats.Msg, kind string) {
 			}
 			last[h.origin] = h.seq
 		}
+		deliver := b.brk.Deliver
 		if b.ret != nil {
-			m.Retain = false // the retained state comes from the shared bucket, in its order
+			// The retained state comes from the shared bucket, in its
+			// order; the flag still reaches Retain As Published.
+			deliver = b.brk.DeliverLive
 		}
-		if err := b.brk.Deliver(m, share); err != nil {
+		if err := deliver(m, share); err != nil {
 			b.inDropped.Add(1)
 			continue
 		}

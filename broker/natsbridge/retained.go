@@ -24,9 +24,10 @@ import (
 // order of its publishes; every node watches the bucket and applies each
 // change with broker.Server.Retain, in the bucket's order, so that every
 // node holds the same retained messages. A message from another node is
-// delivered with Deliver without its retain flag: its retained state
+// delivered with DeliverLive, which does not store it: its retained state
 // comes from the bucket only, which a late bridge delivery could
-// otherwise put out of order.
+// otherwise put out of order; its retain flag reaches Retain As Published
+// as published.
 
 // Defaults of the shared retained messages.
 const (

@@ -938,7 +938,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		}
 	}
 
-	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
+	if pk.FixedHeader.Retain && !pk.Mods.NotRetained { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]; umbra patch 19
 		s.retainMessage(cl, pk)
 	}
 

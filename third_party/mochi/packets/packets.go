@@ -145,6 +145,11 @@ type Mods struct {
 	MaxSize             uint32 // the maximum packet size specified by the client / server
 	DisallowProblemInfo bool   // if problem info is disallowed
 	AllowResponseInfo   bool   // if response info is disallowed
+	// NotRetained (umbra patch 19): a PUBLISH with the retain flag is
+	// delivered with it, as published (MQTT 5 Retain As Published), but not
+	// stored as its topic's retained message: for an embedder that relays a
+	// message whose retained state reaches the server another way.
+	NotRetained bool
 }
 
 // ConnectParams contains packet values which are specifically related to connect packets.
