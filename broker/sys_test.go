@@ -91,10 +91,10 @@ func TestMochiPatchDollarTopics(t *testing.T) {
 					t.Fatalf("SUBACK %s: % x", filter, codes)
 				}
 				rc.write(publishPacket(version, "app/marker", 0, 0, nil))
+				// The marker comes through "#" (+/x does not match it), after
+				// the retained messages; reading it also awaits its delivery,
+				// which must not reach the shared subscription made below.
 				want := []string{"app/x", "app/marker"}
-				if i == 1 {
-					want = []string{"app/x"} // +/x does not match the marker; # does
-				}
 				if got := firstTopics(rc, version, len(want)); strings.Join(got, " ") != strings.Join(want, " ") {
 					t.Errorf("after SUBSCRIBE %s: got %v, want %v", filter, got, want)
 				}
