@@ -199,6 +199,7 @@ type Stats struct {
 	HandoffsReceived     int64 // persistent sessions handed here by another node, since Open
 	HandoffRefused       int64 // handed-off sessions that could not be decoded: the client started fresh, since Open
 	HandoffDropped       int64 // queued messages of handed-off sessions left out: over NATS's maximum payload, since Open
+	HandoffObjects       int64 // handed-off sessions over NATS's maximum payload sent through the handoff bucket, since Open
 }
 
 // Bridge carries one node's MQTT traffic to the other nodes over NATS and
@@ -236,6 +237,8 @@ type Bridge struct {
 	outMessages, outDropped, inMessages, inDropped, duplicates     atomic.Int64
 	refused, takeoversSent, released, reconnects                   atomic.Int64
 	handoffsSent, handoffsReceived, handoffRefused, handoffDropped atomic.Int64
+	handoffObjects                                                 atomic.Int64 // sessions sent through the handoff bucket
+	handoffs                                                       handoffStore
 	dropping                                                       atomic.Bool // an outbound drop episode was logged
 
 	slowMu   sync.Mutex                      // guards slow and slowGone
@@ -371,6 +374,7 @@ func (b *Bridge) Stats() Stats {
 		HandoffsReceived:     b.handoffsReceived.Load(),
 		HandoffRefused:       b.handoffRefused.Load(),
 		HandoffDropped:       b.handoffDropped.Load(),
+		HandoffObjects:       b.handoffObjects.Load(),
 	}
 	if r := b.ret; r != nil {
 		st.RetainedStored, st.RetainedFailed = r.stored.Load(), r.failed.Load()

@@ -84,10 +84,15 @@
 // adopts it (Relay.Connecting returns it) unless the client starts clean
 // or authenticated as another identity: CONNACK session present 1, the
 // subscriptions, and the queued messages sent again. A session whose JSON
-// exceeds the connection's maximum payload (1 MB by default) travels with
-// its oldest queued messages only (Stats.HandoffDropped counts the rest);
-// a reply that cannot be decoded, or carries another client's session, is
-// refused (Stats.HandoffRefused) and the client starts fresh.
+// exceeds the connection's maximum payload (1 MB by default) travels whole
+// through the JetStream object store umbra_handoff (Config.JetStream set;
+// the reply's header Umbra-Session-Object names the object, which the
+// receiver reads and deletes; objects expire after ten minutes;
+// Stats.HandoffObjects); without JetStream, or if the store fails, it
+// travels with its oldest queued messages only (Stats.HandoffDropped
+// counts the rest). A reply that cannot be fetched or decoded, or carries
+// another client's session, is refused (Stats.HandoffRefused) and the
+// client starts fresh.
 //
 // # Subjects and headers
 //

@@ -1,7 +1,9 @@
 package natsbridge_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/boltstore"
+	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/internal/brokertest"
 	"github.com/umbra-iot/umbra/internal/natstest"
 	"github.com/umbra-iot/umbra/internal/waitfor"
@@ -112,18 +115,20 @@ func TestPersistentSessionMovesWithItsClient(t *testing.T) {
 
 // TestHandedOffSessionRefused: a takeover reply that carries a session
 // that cannot be used (undecodable, another format version, another
-// client's) is refused and counted; the client connects with a fresh
-// session (session present 0) and nothing else changes.
+// client's, an object of the handoff bucket that does not exist) is
+// refused and counted; the client connects with a fresh session (session
+// present 0) and nothing else changes.
 func TestHandedOffSessionRefused(t *testing.T) {
 	ns := natstest.Start(t)
-	b := startNode(t, ns.URL(), "n2", broker.Config{})
+	b := startNode(t, ns.URL(), "n2", broker.Config{}, sharedRetained(t, ns.URLs()))
 	nc := natstest.Connect(t, ns.URLs())
 	for i, tc := range []struct {
-		name, version, data string
+		name, version, data, object string
 	}{
-		{"undecodable", "1", "{not json"},
-		{"another format version", "2", `{"ClientID":"dev-%d"}`},
-		{"another client's session", "1", `{"ClientID":"someone-else"}`},
+		{"undecodable", "1", "{not json", ""},
+		{"another format version", "2", `{"ClientID":"dev-%d"}`, ""},
+		{"another client's session", "1", `{"ClientID":"someone-else"}`, ""},
+		{"a missing object of the handoff bucket", "1", "", "no-such-object"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "dev-" + string(rune('a'+i))
@@ -132,7 +137,11 @@ func TestHandedOffSessionRefused(t *testing.T) {
 				data = `{"ClientID":"` + id + `"}`
 			}
 			sub, err := nc.Subscribe("umbra.s."+id, func(m *nats.Msg) {
-				_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Data: []byte(data), Header: nats.Header{"Umbra-Session": []string{tc.version}}})
+				h := nats.Header{"Umbra-Session": []string{tc.version}}
+				if tc.object != "" {
+					h.Set("Umbra-Session-Object", tc.object)
+				}
+				_ = m.RespondMsg(&nats.Msg{Subject: m.Reply, Data: []byte(data), Header: h})
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -148,6 +157,80 @@ func TestHandedOffSessionRefused(t *testing.T) {
 			brokertest.Subscribe(t, c, "cmd/"+id, 1) // the fresh session works
 			if st := b.br.Stats(); st.HandoffRefused != int64(i+1) || st.HandoffsReceived != 0 {
 				t.Errorf("stats %+v, want %d refused, none received", st, i+1)
+			}
+		})
+	}
+}
+
+// TestLargeSessionMovesWhole: a persistent session whose queued messages
+// make it larger than one NATS message (nats-server's max_payload, 1 MB)
+// moves whole through the JetStream object store umbra_handoff when the
+// bridge has JetStream; without it, it keeps its oldest queued messages
+// only, and the others are counted as dropped.
+func TestLargeSessionMovesWhole(t *testing.T) {
+	const count, size = 24, 64 << 10 // 1.5 MiB of payload: about 2 MB of JSON
+	ns := natstest.Start(t)
+	for i, tc := range []struct {
+		name      string
+		jetStream bool
+	}{
+		{"through the handoff bucket", true},
+		{"without JetStream: the oldest messages only", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mods []func(*natsbridge.Config)
+			if tc.jetStream {
+				js := natstest.JetStream(t, ns.URLs())
+				mods = append(mods, func(c *natsbridge.Config) { c.JetStream = js })
+			}
+			cfg := func() broker.Config {
+				st, err := boltstore.Open(t.Context(), boltstore.Config{Path: filepath.Join(t.TempDir(), "broker.db")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = st.Close(context.Background()) })
+				return broker.Config{Store: st, MaxQueuedBytes: 4 << 20}
+			}
+			a := startNode(t, ns.URL(), fmt.Sprintf("big%d-a", i), cfg(), mods...)
+			b := startNode(t, ns.URL(), fmt.Sprintf("big%d-b", i), cfg(), mods...)
+			id, topic := fmt.Sprintf("big-dev-%d", i), fmt.Sprintf("cmd/big-dev-%d", i)
+			dev, _, _ := persistentConnect(t, a.url, id)
+			brokertest.Subscribe(t, dev, topic, 1)
+			dev.Disconnect(100)
+			waitDisconnect(t, a, id)
+			settle(t, a, b)
+			pub := brokertest.Connect(t, b.url, "pub-"+id)
+			for n := range count {
+				payload := bytes.Repeat([]byte{byte('a' + n%26)}, size)
+				binary.BigEndian.PutUint32(payload, uint32(n))
+				brokertest.Publish(t, pub, topic, 1, payload)
+			}
+			waitfor.Poll(t, wait, "node 1 queues every message", func() bool { return a.brk.Stats().Inflight == count })
+
+			_, present, msgs := persistentConnect(t, b.url, id)
+			if !present {
+				t.Fatal("reconnect to node 2: session present 0, want 1")
+			}
+			sent := a.br.Stats()
+			want := count - int(sent.HandoffDropped)
+			if tc.jetStream && (sent.HandoffObjects != 1 || sent.HandoffDropped != 0) {
+				t.Errorf("node 1 bridge stats %+v, want the session sent through the bucket, nothing dropped", sent)
+			}
+			if !tc.jetStream && (sent.HandoffObjects != 0 || sent.HandoffDropped == 0) {
+				t.Errorf("node 1 bridge stats %+v, want queued messages dropped, no object", sent)
+			}
+			got := map[uint32]bool{} // the handler runs unordered (SetOrderMatters(false))
+			for range want {
+				m := brokertest.Next(t, msgs, wait)
+				n := binary.BigEndian.Uint32(m.Payload)
+				if len(m.Payload) != size || n >= uint32(want) || got[n] {
+					t.Fatalf("got message number %d (%d bytes) after %d others, want each of the oldest %d once, %d bytes", n, len(m.Payload), len(got), want, size)
+				}
+				got[n] = true
+			}
+			expectNothing(t, msgs)
+			if st := b.br.Stats(); st.HandoffsReceived != 1 || st.HandoffRefused != 0 {
+				t.Errorf("node 2 bridge stats %+v, want 1 handoff received, none refused", st)
 			}
 		})
 	}

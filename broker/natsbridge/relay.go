@@ -99,7 +99,7 @@ func (r *relay) Connecting(ctx context.Context, clientID string) *broker.Session
 			return nil // this node's own answer
 		}
 		b.takeoversSent.Add(1)
-		return b.handedOff(clientID, reply)
+		return b.handedOff(ctx, clientID, reply)
 	case errors.Is(err, nats.ErrNoResponders):
 	default:
 		b.log.Warn("session takeover unanswered: the client's session on another node may remain", "client", clip(clientID), "error", err)

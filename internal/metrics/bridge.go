@@ -26,6 +26,7 @@ type BridgeStats struct {
 	HandoffsReceived     int64 // persistent sessions handed here
 	HandoffRefused       int64 // handed-off sessions that could not be decoded
 	HandoffDropped       int64 // queued messages left out of handed-off sessions
+	HandoffObjects       int64 // handed-off sessions sent through the handoff bucket
 }
 
 // RegisterBridge exposes the cluster bridge's counters, read by calling
@@ -57,13 +58,14 @@ var (
 	descRetainedApplied  = bridgeDesc("retained_applied_total", "Retained messages and clearings applied on this node from the cluster's retained bucket.")
 	descHandoffs         = bridgeDesc("session_handoffs_total", "Persistent sessions moved between nodes with their client, by role (sent: handed to the node the client connected to; received: handed here; refused: received but undecodable, the client started fresh).", "role")
 	descHandoffDropped   = bridgeDesc("session_handoff_dropped_total", "Queued messages of handed-off sessions left out: the session was over NATS's maximum payload.")
+	descHandoffObjects   = bridgeDesc("session_handoff_objects_total", "Handed-off sessions over NATS's maximum payload sent whole through the JetStream object store umbra_handoff.")
 	descRetainedCorrupt  = bridgeDesc("retained_corrupt_total", "Records of the cluster's retained bucket that could not be decoded or applied: skipped.")
 )
 
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBridgeConnected, descBridgeMessages, descBridgeDropped, descBridgeDuplicates,
 		descBridgeSubs, descBridgeRefused, descBridgeSessions, descBridgeTakeovers, descBridgeReconnects,
-		descRetainedWrites, descRetainedApplied, descRetainedCorrupt, descHandoffs, descHandoffDropped} {
+		descRetainedWrites, descRetainedApplied, descRetainedCorrupt, descHandoffs, descHandoffDropped, descHandoffObjects} {
 		ch <- d
 	}
 }
@@ -100,6 +102,7 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descHandoffs, s.HandoffsReceived, "received")
 	counter(descHandoffs, s.HandoffRefused, "refused")
 	counter(descHandoffDropped, s.HandoffDropped)
+	counter(descHandoffObjects, s.HandoffObjects)
 }
 
 // PresenceStats is what the metrics read from cluster mode's device
