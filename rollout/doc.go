@@ -112,13 +112,15 @@
 // the pass re-reads only in-flight devices (all of them every
 // Config.Rescan, so a lost hint costs latency, not correctness). A pass
 // has three steps around a plan value (pass.go): decide (read the changed
-// reports, then, without I/O, Observe, Step and Apply every rollout),
-// persist (prepare the notifications decided, at most
-// Config.NotifyPerPass, and commit every record change and intent in one
-// atomic Store.Commit), and deliver (only then write the shadows,
-// Config.WriteConcurrency at once so that the shadow engine groups their
-// commits, and commit what was delivered). Config.OnEvent receives every
-// committed event (the seam for MQTT progress topics).
+// reports, then, without I/O, Observe, Step and Apply every rollout, and
+// commit every record change in one atomic Store.Commit), persist
+// (prepare the notifications decided, at most Config.NotifyPerPass, in
+// waves of 4×Config.WriteConcurrency devices, and commit each wave's
+// records and intents in one Store.Commit), and deliver (only then write
+// the wave's shadows, Config.WriteConcurrency at once so that the shadow
+// engine groups their commits, and commit what was delivered with the
+// next wave). Config.OnEvent receives every committed event (the seam for
+// MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer
 // nanoseconds, the form of older records, are accepted when decoding. The
@@ -151,14 +153,40 @@
 //
 // # Concurrency and errors
 //
-// A Planner is safe for concurrent use. Its pass holds the planner's lock,
-// so an API call waits for the pass in progress: at most
-// Config.NotifyPerPass new notifications, plus the re-issue of
-// notifications not delivered before and the cancels and rollbacks of
-// aborted rollouts. Close cancels the pass's ctx: the pass starts no shadow
-// read or write after that, commits what it decided, and leaves what it
-// did not deliver recorded for the next Open; Close waits for it only
-// until its own ctx is done. Errors wrap ErrInvalid, ErrNotFound,
+// A Planner is safe for concurrent use. Decision: its lock guards the
+// rollouts in memory and orders every Store.Create and Store.Commit (each
+// built from memory as it is then, so records and events are stored in
+// the order they happened); a pass holds it only for its in-memory steps
+// and its commits, and releases it around every shadow read and write,
+// firmware read and Jobs-mark read, working on values copied under the
+// lock and re-validating them when it takes the lock again. So an API
+// call never waits for shadow I/O: at most for one in-memory step of a
+// pass (Step over the started batches of the active rollouts) or one
+// Store.Commit. The reads (Get, List, Devices, DevicesPage, Events,
+// InUse) copy what they need from memory under the lock and read the
+// store (error texts, event logs, finished rollouts) without it. Serving
+// reads from a published snapshot was rejected: a copy of a
+// million-device rollout per step costs more than the lock does, and
+// control actions would still wait for the pass.
+//
+// A control action (Pause, Abort, Resume, Rollback) takes effect between
+// waves of a pass: notifications are recorded and written in waves of
+// 4×Config.WriteConcurrency devices (256 by default), and each wave is
+// recorded only if its rollout is still running and its devices are as
+// Step saw them. "Promptly" means: Pause or Abort waits for at most one
+// locked step of the pass in progress (an in-memory step or one commit),
+// never for its shadow I/O; once it returned, only the devices
+// of the wave whose intents were committed before it (at most
+// 4×Config.WriteConcurrency) still get their command, and they are
+// recorded notified, as they are; no other device of the batch is
+// notified (an abort then cancels the ones that were). A device marked as
+// a Jobs device while the pass read its shadow is notified through an
+// execution all the same.
+//
+// Close cancels the pass's ctx: the pass starts no shadow read or write
+// after that, commits what it decided, and leaves what it did not deliver
+// recorded for the next Open; Close waits for it only until its own ctx
+// is done. Errors wrap ErrInvalid, ErrNotFound,
 // ErrConflict (*ConflictError), ErrIncompatible (*IncompatibleError),
 // ErrState and ErrClosed; the execution methods also
 // return an *ExecutionError wrapping ErrTerminal or ErrVersionMismatch.
