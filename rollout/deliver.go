@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/umbra-iot/umbra/device"
@@ -14,8 +15,8 @@ import (
 )
 
 // Persist and deliver (see pass.go): the notifications decided are
-// prepared, recorded and written in waves, then the cancels and rollbacks
-// are written and recorded. Each step reads what it needs from the runs
+// prepared, recorded and written, then the cancels and rollbacks are
+// written and recorded. Each step reads what it needs from the runs
 // under mu into a value (a notice, a delivery, an undoIO), does its I/O
 // on that value without mu, and takes mu again to re-validate and record.
 
@@ -31,7 +32,16 @@ type delivery struct {
 	// already echoes job, it was written before a crash and is only
 	// marked delivered.
 	check bool
+	// fresh is set for a notification recorded by this pass: its write
+	// does not start once a control action halted its run, and it then
+	// goes back to was (rec is the record it was given).
+	fresh    bool
+	was, rec Device
 }
+
+// errHalted is the result of a fresh delivery not written because a
+// control action halted its run.
+var errHalted = errors.New("rollout halted by a control action")
 
 // notice is a notification decided by Step, with what its preparation
 // needs copied from the run under mu, and what the preparation read
@@ -94,8 +104,8 @@ func (p *Planner) reissues() []delivery {
 	return ds
 }
 
-// redeliver writes the commands of ds (recorded by an earlier pass or
-// before a restart) without mu, then records what was delivered.
+// redeliver writes the recorded commands of ds without mu, then records
+// what was delivered.
 func (p *Planner) redeliver(ctx context.Context, ds []delivery) {
 	if len(ds) == 0 {
 		return
@@ -112,10 +122,15 @@ func (p *Planner) redeliver(ctx context.Context, ds []delivery) {
 
 // write writes the commands of ds into the shadows, Config.WriteConcurrency
 // at once so that the shadow engine groups their commits (one at a time,
-// each write would wait for its own fsync). Caller does not hold mu.
+// each write would wait for its own fsync). A fresh delivery whose run a
+// control action halted is not written (errHalted). Caller does not hold
+// mu.
 func (p *Planner) write(ctx context.Context, ds []delivery) []error {
 	return parallel(ctx, len(ds), p.cfg.WriteConcurrency, func(k int) error {
 		d := &ds[k]
+		if d.fresh && d.ru.halted.Load() {
+			return errHalted
+		}
 		if d.check {
 			if rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, d.id); err == nil && ok && rep.Job == d.job {
 				return nil // written before a crash
@@ -127,11 +142,20 @@ func (p *Planner) write(ctx context.Context, ds []delivery) []error {
 
 // delivered records in w the deliveries of ds that succeeded (errs[k] is
 // ds[k]'s). An intent that became moot meanwhile (the device left flight,
-// which deleted it) is left alone. Caller holds mu.
+// which deleted it) is left alone. A fresh delivery that was not written
+// because its run was halted goes back to its record before the pass:
+// its command was never written, so the attempt it was given is given
+// again later (with a new command) without repeating or skipping one.
+// Caller holds mu.
 func (p *Planner) delivered(ctx context.Context, w *writes, ds []delivery, errs []error) {
-	stopped := 0
+	stopped, halted := 0, 0
 	for k, d := range ds {
 		switch {
+		case errors.Is(errs[k], errHalted):
+			if p.revert(w, &d) {
+				halted++
+			}
+			continue
 		case errs[k] != nil && ctx.Err() != nil:
 			stopped++
 			continue
@@ -151,71 +175,63 @@ func (p *Planner) delivered(ctx context.Context, w *writes, ds []delivery, errs 
 	if stopped > 0 {
 		p.log.Info("pass stopped", "writes_left", stopped, logKeyErr, ctx.Err())
 	}
-}
-
-// notifyWaves prepares, records and delivers the notifications ns in
-// waves of waveWrites×Config.WriteConcurrency: each wave is prepared
-// without mu, then under mu re-validated (see live), recorded and
-// committed together with the previous wave's deliveries, then written
-// without mu. The notices whose run stopped running (paused, aborted)
-// are dropped before each wave is prepared. Once ctx is done no wave
-// starts.
-func (p *Planner) notifyWaves(ctx context.Context, ns []notice) {
-	size := waveWrites * p.cfg.WriteConcurrency
-	var sent []delivery
-	var errs []error
-	for len(ns) > 0 || len(sent) > 0 {
-		var wave []notice
-		if ctx.Err() != nil {
-			ns = nil
-		} else if len(ns) > 0 {
-			p.mu.Lock()
-			ns = p.stillLive(ns)
-			p.mu.Unlock()
-			n := min(size, len(ns))
-			wave, ns = ns[:n], ns[n:]
-		}
-		p.prepare(ctx, wave)
-		p.mu.Lock()
-		var w writes
-		p.delivered(ctx, &w, sent, errs)
-		sent = p.admit(&w, wave)
-		err := p.commit(context.WithoutCancel(ctx), &w)
-		p.mu.Unlock()
-		if err != nil {
-			// Nothing of this wave is written: its intents may not be
-			// recorded.
-			p.log.Error("persist rollout state", logKeyErr, err)
-			return
-		}
-		errs = p.write(ctx, sent)
+	if halted > 0 {
+		p.log.Info("notifications taken back unwritten: their rollout was paused or aborted", "devices", halted)
 	}
 }
 
-// stillLive returns the notices of ns whose run is still live and
-// running, with the run's image if it was read meanwhile. Caller holds mu.
-func (p *Planner) stillLive(ns []notice) []notice {
-	out := ns[:0]
-	for _, n := range ns {
-		if p.live(&n) {
-			n.img = n.ru.img
-			out = append(out, n)
-		}
+// revert takes back fresh delivery d, not written: its device returns to
+// the record it had before the pass and its intent is deleted, unless the
+// device moved meanwhile. Caller holds mu.
+func (p *Planner) revert(w *writes, d *delivery) bool {
+	ru, i := d.ru, d.i
+	if _, jobs := ru.jobs[d.id]; jobs || ru.devs[i] != d.rec || p.runs[ru.r.ID] != ru {
+		return false // moved, or converted to a Jobs execution: re-issued as recorded
 	}
-	return out
+	ru.devs[i] = d.was
+	delete(p.inflight, d.id)
+	delete(ru.undelivered, i)
+	w.devs = append(w.devs, devWrite{ru, i})
+	w.deleted = append(w.deleted, devIntent{ru: ru, i: i})
+	return true
+}
+
+// notify prepares the notifications ns without mu, records those still
+// live (see live) in one commit, writes their commands without mu
+// (stopping, per rollout, once a control action halted it), and records
+// what was delivered and what was taken back.
+func (p *Planner) notify(ctx context.Context, ns []notice) {
+	if len(ns) == 0 {
+		return
+	}
+	p.prepare(ctx, ns)
+	p.mu.Lock()
+	var w writes
+	ds := p.admit(&w, ns)
+	err := p.commit(context.WithoutCancel(ctx), &w)
+	p.mu.Unlock()
+	if err != nil {
+		// Nothing is written: the intents may not be recorded.
+		p.log.Error("persist rollout state", logKeyErr, err)
+		return
+	}
+	if len(ds) == 0 {
+		return
+	}
+	p.redeliver(ctx, ds)
 }
 
 // prepare reads, without mu and Config.WriteConcurrency at once, what
-// recording each notice of wave needs: whether the device is a Jobs
+// recording each notice of ns needs: whether the device is a Jobs
 // device, its reported firmware, and its command (minted with a fresh
 // URL).
-func (p *Planner) prepare(ctx context.Context, wave []notice) {
-	if len(wave) == 0 {
+func (p *Planner) prepare(ctx context.Context, ns []notice) {
+	if len(ns) == 0 {
 		return
 	}
 	imgs := map[*run]*firmware.Image{}
-	for k := range wave {
-		n := &wave[k]
+	for k := range ns {
+		n := &ns[k]
 		if n.img == nil {
 			if img, ok := imgs[n.ru]; ok {
 				n.img = img
@@ -230,8 +246,8 @@ func (p *Planner) prepare(ctx context.Context, wave []notice) {
 			n.img, imgs[n.ru] = &img, &img
 		}
 	}
-	errs := parallel(ctx, len(wave), p.cfg.WriteConcurrency, func(k int) error {
-		n := &wave[k]
+	errs := parallel(ctx, len(ns), p.cfg.WriteConcurrency, func(k int) error {
+		n := &ns[k]
 		if !n.jobs {
 			n.jobs = p.isJobsDevice(ctx, n.id)
 		}
@@ -258,8 +274,8 @@ func (p *Planner) prepare(ctx context.Context, wave []notice) {
 		}
 		return err
 	})
-	for k := range wave {
-		wave[k].err = errs[k]
+	for k := range ns {
+		ns[k].err = errs[k]
 	}
 }
 
@@ -278,16 +294,16 @@ func (n *notice) installed() bool {
 	return n.found && n.rep.Version == string(n.fw) && (n.rep.State == "" || n.rep.State == firmware.StateUpdated)
 }
 
-// admit records the prepared notices of wave that are still live in w
+// admit records the prepared notices of ns that are still live in w
 // (see live): a device that already runs the version as already-installed,
 // a Jobs device with a queued execution, any other notified with its
 // command as an intent, which it returns to be delivered after the
 // commit. A notice that is stale or could not be prepared is dropped: the
 // device stays pending and a later pass decides again. Caller holds mu.
-func (p *Planner) admit(w *writes, wave []notice) []delivery {
+func (p *Planner) admit(w *writes, ns []notice) []delivery {
 	var ds []delivery
-	for k := range wave {
-		n := &wave[k]
+	for k := range ns {
+		n := &ns[k]
 		if n.err != nil || !p.live(n) {
 			continue
 		}
@@ -316,9 +332,10 @@ func (p *Planner) admit(w *writes, wave []notice) []delivery {
 		p.setDevice(w, ru, i, d, "")
 		w.intents = append(w.intents, devIntent{ru, i, n.raw})
 		ru.undelivered[i] = n.raw
-		ds = append(ds, delivery{ru: ru, i: i, id: n.id, raw: n.raw, cmd: n.cmd, job: n.a.Job})
+		ds = append(ds, delivery{ru: ru, i: i, id: n.id, raw: n.raw, cmd: n.cmd, job: n.a.Job,
+			fresh: true, was: n.was, rec: d})
 	}
-	p.marked = map[device.ID]struct{}{}
+	p.marked = nil
 	return ds
 }
 
@@ -465,9 +482,10 @@ func (p *Planner) finishIO(w *writes, u *undoIO) {
 	}
 }
 
-// parallel calls f(0) … f(n-1), in order, on at most limit goroutines,
-// and returns when all returned, with their errors. Once ctx is done it
-// starts no more calls: their errors are ctx's.
+// parallel calls f(0) … f(n-1), started in order, on at most limit
+// goroutines (workers that each take the next index, so that their grown
+// stacks are reused), and returns when all returned, with their errors.
+// Once ctx is done it starts no more calls: their errors are ctx's.
 func parallel(ctx context.Context, n, limit int, f func(k int) error) []error {
 	errs := make([]error, n)
 	call := func(k int) {
@@ -484,12 +502,12 @@ func parallel(ctx context.Context, n, limit int, f func(k int) error) []error {
 		return errs
 	}
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, limit)
-	for k := range n {
-		sem <- struct{}{}
+	var next atomic.Int64
+	for range min(limit, n) {
 		wg.Go(func() {
-			defer func() { <-sem }()
-			call(k)
+			for k := int(next.Add(1)) - 1; k < n; k = int(next.Add(1)) - 1 {
+				call(k)
+			}
 		})
 	}
 	wg.Wait()

@@ -114,13 +114,12 @@
 // has three steps around a plan value (pass.go): decide (read the changed
 // reports, then, without I/O, Observe, Step and Apply every rollout, and
 // commit every record change in one atomic Store.Commit), persist
-// (prepare the notifications decided, at most Config.NotifyPerPass, in
-// waves of 4×Config.WriteConcurrency devices, and commit each wave's
-// records and intents in one Store.Commit), and deliver (only then write
-// the wave's shadows, Config.WriteConcurrency at once so that the shadow
-// engine groups their commits, and commit what was delivered with the
-// next wave). Config.OnEvent receives every committed event (the seam for
-// MQTT progress topics).
+// (prepare the notifications decided, at most Config.NotifyPerPass, and
+// commit their records and intents in one Store.Commit), and deliver
+// (only then write the shadows, Config.WriteConcurrency at once so that
+// the shadow engine groups their commits, and commit what was
+// delivered). Config.OnEvent receives every committed event (the seam
+// for MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer
 // nanoseconds, the form of older records, are accepted when decoding. The
@@ -144,8 +143,10 @@
 // command (job J)" is committed before the shadow is written and removed
 // after; on Open undelivered intents are
 // re-issued with the same command and token, so a crash at any point
-// neither skips nor repeats an attempt, and the attempt number only moves
-// forward. A Jobs device's execution is committed with its record before
+// neither skips nor repeats an attempt, and the attempt number of a
+// command written only moves forward (a command taken back unwritten when
+// its rollout was paused or aborted is as if never decided: see
+// Concurrency). A Jobs device's execution is committed with its record before
 // anything is published about it, so after a crash it is the same
 // execution (number and version). In memory the planner keeps, per target
 // of an unsettled rollout, its ID and a 16-byte record, plus a map entry
@@ -169,19 +170,21 @@
 // million-device rollout per step costs more than the lock does, and
 // control actions would still wait for the pass.
 //
-// A control action (Pause, Abort, Resume, Rollback) takes effect between
-// waves of a pass: notifications are recorded and written in waves of
-// 4×Config.WriteConcurrency devices (256 by default), and each wave is
-// recorded only if its rollout is still running and its devices are as
-// Step saw them. "Promptly" means: Pause or Abort waits for at most one
-// locked step of the pass in progress (an in-memory step or one commit),
-// never for its shadow I/O; once it returned, only the devices
-// of the wave whose intents were committed before it (at most
-// 4×Config.WriteConcurrency) still get their command, and they are
-// recorded notified, as they are; no other device of the batch is
-// notified (an abort then cancels the ones that were). A device marked as
-// a Jobs device while the pass read its shadow is notified through an
-// execution all the same.
+// A control action takes effect between the devices of a batch being
+// started. "Promptly" means: Pause, Abort or Rollback waits for at most
+// one locked step of the pass in progress (an in-memory step or one
+// commit), never for its shadow I/O, and once it returned no shadow
+// write of a new notification of that rollout starts: the writes already
+// in progress (at most Config.WriteConcurrency) finish and their devices
+// stay recorded notified; the devices whose command was recorded and not
+// yet written go back to their record before the pass (pending, the same
+// attempt number), in the pass's last commit, as if never decided. No
+// command was written for them, so none is repeated or skipped; after a
+// crash before that commit they are re-issued as recorded, like every
+// intent (the store says notified). A notification still being prepared
+// (its shadow read) is dropped when its rollout is no longer running or
+// its device moved. A device marked as a Jobs device while the pass read
+// its shadow is notified through an execution all the same.
 //
 // Close cancels the pass's ctx: the pass starts no shadow read or write
 // after that, commits what it decided, and leaves what it did not deliver

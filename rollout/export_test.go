@@ -10,8 +10,3 @@ func (p *Planner) Live(id string) bool {
 	defer p.mu.Unlock()
 	return p.runs[id] != nil
 }
-
-// WaveSize is how many devices a pass notifies per wave with
-// Config.WriteConcurrency writeConcurrency: a pause or abort takes effect
-// after the wave in progress.
-func WaveSize(writeConcurrency int) int { return waveWrites * writeConcurrency }

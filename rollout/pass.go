@@ -18,17 +18,15 @@ import (
 //     actions and the bookkeeping is applied (Apply, setDevice) and
 //     committed. The plan holds the notifications decided (at most
 //     Config.NotifyPerPass) and the cancels and rollbacks to do.
-//  2. persist: the notifications are prepared in waves of
-//     waveWrites×Config.WriteConcurrency devices (a device that already
-//     runs the version is recorded as already-installed, a Jobs device
-//     gets a queued execution, any other its command as an intent), and
-//     each wave is committed in one Store.Commit. No shadow is written
-//     before the commit that records its intent.
+//  2. persist: the notifications are prepared without the lock (a device
+//     that already runs the version is recorded as already-installed, a
+//     Jobs device gets a queued execution, any other its command as an
+//     intent), and those still valid are committed in one Store.Commit.
+//     No shadow is written before the commit that records its intent.
 //  3. deliver: the commands recorded and not delivered by an earlier
-//     pass, then each wave's commands once it is committed, then the
-//     cancels and rollbacks, are written into the shadows,
-//     Config.WriteConcurrency at a time; what was delivered is committed
-//     (with the next wave's intents).
+//     pass, then this pass's, then the cancels and rollbacks, are written
+//     into the shadows, Config.WriteConcurrency at a time; what was
+//     delivered is committed.
 //
 // The planner's lock (mu) is held only to read and change the runs in
 // memory and to commit: every shadow read and write, every firmware read
@@ -37,20 +35,17 @@ import (
 // or one Store.Commit), never for shadow I/O. What the pass read without
 // the lock is re-validated when it takes the lock again: a notification
 // is recorded only if its run is still live and running and the device's
-// record is still the one Step saw, so a Pause or Abort that commits
-// while a batch is being started stops it at the end of the wave in
-// progress: the devices of that wave were recorded notified before the
-// pause and get their command; no other device of the batch is notified.
+// record is still the one Step saw. A control action that halts a
+// rollout (Pause, Abort, Rollback) while its notifications are written
+// stops them between devices: no write starts after it returned (the
+// run's halted flag), the writes in progress finish, and the devices
+// whose command was recorded and not written go back to their record
+// before the pass in the pass's last commit.
 //
 // The pass checks its ctx (cancelled by Close) between reads and between
 // writes: once it is done no new shadow read or write starts, the
 // decisions made so far are committed, and what was not delivered stays
 // recorded as intents, which the next Open re-issues.
-
-// waveWrites×Config.WriteConcurrency devices are notified per wave: their
-// intents are committed at once, then their shadows written. A pause or
-// abort takes effect at the next wave.
-const waveWrites = 4
 
 // plan is one pass's decision, carried from decide to persist and deliver.
 type plan struct {
@@ -104,7 +99,7 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 		return false
 	}
 	p.redeliver(ctx, again)
-	p.notifyWaves(ctx, pl.notify)
+	p.notify(ctx, pl.notify)
 	p.undo(ctx, pl.undo)
 	return pl.more
 }

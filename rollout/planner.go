@@ -149,6 +149,10 @@ type run struct {
 	// jobs holds the targets driven through the AWS IoT Jobs API (they
 	// have an execution record; see MarkJobs).
 	jobs map[device.ID]jobRef
+	// halted is set when a control action left the rollout not running
+	// (paused, aborted), cleared when one resumed it: the pass reads it
+	// without mu between the shadow writes of new notifications.
+	halted atomic.Bool
 }
 
 type ref struct {
