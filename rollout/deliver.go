@@ -48,6 +48,7 @@ var errHalted = errors.New("rollout halted by a control action")
 // without mu.
 type notice struct {
 	ru  *run
+	rid string // ru's ID, for the logs written without mu
 	a   Action
 	id  device.ID
 	was Device // the record Step saw: the notice is stale once it changed
@@ -68,8 +69,8 @@ type notice struct {
 func (ru *run) notice(a Action) notice {
 	id := ru.targets[a.Index]
 	_, jobs := ru.jobs[id]
-	return notice{ru: ru, a: a, id: id, was: ru.devs[a.Index], fw: ru.r.Firmware, ttl: ru.r.Policy.URLTTL,
-		img: ru.img, jobs: jobs}
+	return notice{ru: ru, rid: ru.r.ID, a: a, id: id, was: ru.devs[a.Index], fw: ru.r.Firmware,
+		ttl: ru.r.Policy.URLTTL, img: ru.img, jobs: jobs}
 }
 
 // live reports whether n may still be recorded: its run is live and
@@ -239,7 +240,7 @@ func (p *Planner) prepare(ctx context.Context, ns []notice) {
 			}
 			img, err := p.cfg.Firmware.Get(ctx, n.fw)
 			if err != nil {
-				p.log.Error("firmware image", logKeyRollout, n.ru.r.ID, logKeyErr, err)
+				p.log.Error("firmware image", logKeyRollout, n.rid, logKeyErr, err)
 				imgs[n.ru] = nil
 				continue
 			}
@@ -360,6 +361,7 @@ func (p *Planner) recordExecution(w *writes, ru *run, a Action) {
 // and written without it, then recorded under it.
 type undoIO struct {
 	ru      *run
+	rid     string // ru's ID, for the logs written without mu
 	a       Action
 	id      device.ID
 	was     Device // the record Step saw
@@ -379,7 +381,8 @@ type undoIO struct {
 // undoIO returns a's undoIO. Caller holds mu.
 func (ru *run) undoIO(a Action) undoIO {
 	id := ru.targets[a.Index]
-	u := undoIO{ru: ru, a: a, id: id, was: ru.devs[a.Index], token: ru.r.ID + "/cancel", ttl: ru.r.Policy.URLTTL}
+	u := undoIO{ru: ru, rid: ru.r.ID, a: a, id: id, was: ru.devs[a.Index], token: ru.r.ID + "/cancel",
+		ttl: ru.r.Policy.URLTTL}
 	if a.Kind == ActRollback {
 		u.token = ru.r.ID + "/rollback"
 		u.version = firmware.Version(ru.r.Versions[a.Device.From-1])
@@ -440,7 +443,7 @@ func (p *Planner) prepareIO(ctx context.Context, u *undoIO) {
 		img, err := p.cfg.Firmware.Get(ctx, u.version)
 		if err != nil {
 			if !errors.Is(err, firmware.ErrNotFound) {
-				p.log.Warn("rollback image", logKeyRollout, u.ru.r.ID, logKeyErr, err)
+				p.log.Warn("rollback image", logKeyRollout, u.rid, logKeyErr, err)
 				u.skip = true
 				return
 			}

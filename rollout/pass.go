@@ -89,7 +89,9 @@ func (p *Planner) pass(ctx context.Context) (more bool) {
 	var again []delivery
 	if err == nil {
 		again = p.reissues()
-		p.marked = map[device.ID]struct{}{}
+		if len(pl.notify) > 0 {
+			p.marked = map[device.ID]struct{}{} // until admit: see MarkJobs
+		}
 	}
 	p.mu.Unlock()
 	if err != nil {
