@@ -2,8 +2,12 @@ package rollout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,5 +402,83 @@ func TestJobsMarkDuringPrepare(t *testing.T) {
 	}
 	if w := fs.writeCounts(); len(w) != 0 {
 		t.Errorf("shadow writes %v, want none for a Jobs device", w)
+	}
+}
+
+// failingStore is a store whose commits fail once fail is set, as if the
+// process died before them.
+type failingStore struct {
+	rollout.Store
+	fail atomic.Bool
+}
+
+var errCrashed = errors.New("crashed before this commit")
+
+func (f *failingStore) Commit(ctx context.Context, c *rollout.Changes) ([]rollout.Event, error) {
+	if f.fail.Load() {
+		return nil, errCrashed
+	}
+	return f.Store.Commit(ctx, c)
+}
+
+// TestPauseThenCrashReissuesRecorded: when the process dies after a pause
+// stopped a batch's writes and before the pass's last commit (which takes
+// back the commands not written), the next planner re-issues every
+// recorded command as recorded (same job, same URL), although the rollout
+// is paused: the store said notified, and no attempt is skipped or given
+// two commands.
+func TestPauseThenCrashReissuesRecorded(t *testing.T) {
+	const n, held = 20, 3
+	path := filepath.Join(t.TempDir(), "rollout.db")
+	fs := newFakeShadows(silent)
+	bs := newBlockingShadows(fs, func(op string, k int, _ device.ID, cmd map[string]any) bool {
+		return op == "write" && k == held
+	})
+	fw := newFakeFirmware("2.0.0")
+	st := &failingStore{Store: openStore(t, path)}
+	p, err := rollout.Open(t.Context(), rollout.Config{Store: st, Shadows: bs, Firmware: fw, WriteConcurrency: 1,
+		Tick: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bs.free)
+	id := create(t, p, ids("d", n))
+	await(t, bs.blocked, "the third command write")
+	returns(t, "Pause", func() error {
+		_, err := p.Pause(t.Context(), id)
+		return err
+	})
+	st.fail.Store(true) // the process dies now
+	bs.free()
+	if err := p.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Store.(*boltstore.Store).Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(commandWrites(fs, id+"/1")); got != held {
+		t.Fatalf("%d devices got a command before the crash, want %d", got, held)
+	}
+
+	p2 := mustOpen(t, path, fs, fw, nil)
+	waitFor(t, func() bool { return len(commandWrites(fs, id+"/1")) == n })
+	g, err := p2.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.State != rollout.StatePaused || g.Counts[rollout.DeviceNotified] != n {
+		t.Errorf("after the restart: %s with %v, want paused with %d notified", g.State, g.Counts, n)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for k, u := range fs.urls {
+		if strings.HasPrefix(u, "CHANGED") {
+			t.Errorf("%s re-issued with another command: %s", k, u)
+		}
+	}
+	for k := range fs.writes {
+		if !strings.HasSuffix(k, " "+id+"/1") {
+			t.Errorf("write %q, want only job %s/1", k, id)
+		}
 	}
 }
