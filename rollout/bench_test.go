@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,4 +160,85 @@ func BenchmarkDevicesPage(b *testing.B) {
 			}
 		}
 	})
+}
+
+// slowShadows answers every shadow read and write after delay (a NATS
+// round trip), and counts the writes; its devices stay silent.
+type slowShadows struct {
+	delay  time.Duration
+	writes atomic.Int64
+}
+
+func (s *slowShadows) SetDesiredFirmware(ctx context.Context, id device.ID, cmd map[string]any, token string) error {
+	time.Sleep(s.delay) // simulated round trip, not synchronisation
+	s.writes.Add(1)
+	return nil
+}
+
+func (s *slowShadows) ReportedFirmware(ctx context.Context, id device.ID) (firmware.Report, bool, error) {
+	time.Sleep(s.delay) // simulated round trip, not synchronisation
+	return firmware.Report{}, false, nil
+}
+
+// BenchmarkReadDuringPass measures the latency of Get (the status read
+// behind GET /v1/rollouts/{id}) while a pass starts the first 1,000-device
+// batch of a 5,000-device rollout against a slow shadow store (every
+// shadow read and write takes 200 µs, about a NATS round trip). Four
+// readers each call Get, then wait 1 ms, until the batch's 1,000 commands
+// are written. It reports the p50 and p99 read latency over every
+// iteration's reads, and batch-ms, the time from Create to the batch's
+// last command written.
+func BenchmarkReadDuringPass(b *testing.B) {
+	const n, batch, readers = 5000, 1000, 4
+	targets := ids("device", n)
+	var mu sync.Mutex // guards lat
+	var lat []time.Duration
+	var took time.Duration
+	for b.Loop() {
+		sh := &slowShadows{delay: 200 * time.Microsecond}
+		p, err := rollout.Open(b.Context(), rollout.Config{Store: openStore(b, ""), Shadows: sh,
+			Firmware: newFakeFirmware("2.0.0"), Tick: 10 * time.Millisecond})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		r, err := p.Create(b.Context(), rollout.Spec{Firmware: "2.0.0", Devices: targets, Policy: rollout.Policy{BatchSize: batch}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		deadline := start.Add(time.Minute)
+		var wg sync.WaitGroup
+		for range readers {
+			wg.Go(func() {
+				for {
+					t0 := time.Now()
+					_, err := p.Get(b.Context(), r.ID)
+					d := time.Since(t0)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					mu.Lock()
+					lat = append(lat, d)
+					mu.Unlock()
+					if sh.writes.Load() >= batch || time.Now().After(deadline) {
+						return
+					}
+					time.Sleep(time.Millisecond) // the readers' pace
+				}
+			})
+		}
+		wg.Wait()
+		took += time.Since(start)
+		if err := p.Close(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-µs")
+		b.ReportMetric(float64(len(lat))/float64(b.N), "reads/op")
+	}
+	b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "batch-ms")
 }

@@ -43,6 +43,9 @@ func (p *Planner) control(ctx context.Context, op, id string, f func(ru *run) (s
 	if p.runs[id] == nil {
 		p.adopt(ru)
 	}
+	// A pass writing this rollout's new notifications stops before its
+	// next write (see pass.go).
+	ru.halted.Store(ru.r.State != StateRunning)
 	p.emit(id, evs[0])
 	p.log.Info("rollout "+op, logKeyRollout, id, logKeyState, ru.r.State)
 	p.poke()

@@ -112,13 +112,14 @@
 // the pass re-reads only in-flight devices (all of them every
 // Config.Rescan, so a lost hint costs latency, not correctness). A pass
 // has three steps around a plan value (pass.go): decide (read the changed
-// reports, then, without I/O, Observe, Step and Apply every rollout),
-// persist (prepare the notifications decided, at most
-// Config.NotifyPerPass, and commit every record change and intent in one
-// atomic Store.Commit), and deliver (only then write the shadows,
-// Config.WriteConcurrency at once so that the shadow engine groups their
-// commits, and commit what was delivered). Config.OnEvent receives every
-// committed event (the seam for MQTT progress topics).
+// reports, then, without I/O, Observe, Step and Apply every rollout, and
+// commit every record change in one atomic Store.Commit), persist
+// (prepare the notifications decided, at most Config.NotifyPerPass, and
+// commit their records and intents in one Store.Commit), and deliver
+// (only then write the shadows, Config.WriteConcurrency at once so that
+// the shadow engine groups their commits, and commit what was
+// delivered). Config.OnEvent receives every committed event (the seam
+// for MQTT progress topics).
 //
 // In JSON a Policy's durations are Go duration strings ("30m0s"); integer
 // nanoseconds, the form of older records, are accepted when decoding. The
@@ -142,8 +143,10 @@
 // command (job J)" is committed before the shadow is written and removed
 // after; on Open undelivered intents are
 // re-issued with the same command and token, so a crash at any point
-// neither skips nor repeats an attempt, and the attempt number only moves
-// forward. A Jobs device's execution is committed with its record before
+// neither skips nor repeats an attempt, and the attempt number of a
+// command written only moves forward (a command taken back unwritten when
+// its rollout was paused or aborted is as if never decided: see
+// Concurrency). A Jobs device's execution is committed with its record before
 // anything is published about it, so after a crash it is the same
 // execution (number and version). In memory the planner keeps, per target
 // of an unsettled rollout, its ID and a 16-byte record, plus a map entry
@@ -151,14 +154,42 @@
 //
 // # Concurrency and errors
 //
-// A Planner is safe for concurrent use. Its pass holds the planner's lock,
-// so an API call waits for the pass in progress: at most
-// Config.NotifyPerPass new notifications, plus the re-issue of
-// notifications not delivered before and the cancels and rollbacks of
-// aborted rollouts. Close cancels the pass's ctx: the pass starts no shadow
-// read or write after that, commits what it decided, and leaves what it
-// did not deliver recorded for the next Open; Close waits for it only
-// until its own ctx is done. Errors wrap ErrInvalid, ErrNotFound,
+// A Planner is safe for concurrent use. Decision: its lock guards the
+// rollouts in memory and orders every Store.Create and Store.Commit (each
+// built from memory as it is then, so records and events are stored in
+// the order they happened); a pass holds it only for its in-memory steps
+// and its commits, and releases it around every shadow read and write,
+// firmware read and Jobs-mark read, working on values copied under the
+// lock and re-validating them when it takes the lock again. So an API
+// call never waits for shadow I/O: at most for one in-memory step of a
+// pass (Step over the started batches of the active rollouts) or one
+// Store.Commit. The reads (Get, List, Devices, DevicesPage, Events,
+// InUse) copy what they need from memory under the lock and read the
+// store (error texts, event logs, finished rollouts) without it. Serving
+// reads from a published snapshot was rejected: a copy of a
+// million-device rollout per step costs more than the lock does, and
+// control actions would still wait for the pass.
+//
+// A control action takes effect between the devices of a batch being
+// started. "Promptly" means: Pause, Abort or Rollback waits for at most
+// one locked step of the pass in progress (an in-memory step or one
+// commit), never for its shadow I/O, and once it returned no shadow
+// write of a new notification of that rollout starts: the writes already
+// in progress (at most Config.WriteConcurrency) finish and their devices
+// stay recorded notified; the devices whose command was recorded and not
+// yet written go back to their record before the pass (pending, the same
+// attempt number), in the pass's last commit, as if never decided. No
+// command was written for them, so none is repeated or skipped; after a
+// crash before that commit they are re-issued as recorded, like every
+// intent (the store says notified). A notification still being prepared
+// (its shadow read) is dropped when its rollout is no longer running or
+// its device moved. A device marked as a Jobs device while the pass read
+// its shadow is notified through an execution all the same.
+//
+// Close cancels the pass's ctx: the pass starts no shadow read or write
+// after that, commits what it decided, and leaves what it did not deliver
+// recorded for the next Open; Close waits for it only until its own ctx
+// is done. Errors wrap ErrInvalid, ErrNotFound,
 // ErrConflict (*ConflictError), ErrIncompatible (*IncompatibleError),
 // ErrState and ErrClosed; the execution methods also
 // return an *ExecutionError wrapping ErrTerminal or ErrVersionMismatch.

@@ -163,6 +163,9 @@ func (p *Planner) markLocked(ctx context.Context, id device.ID) error {
 	if _, err := p.store.Commit(ctx, &c); err != nil {
 		return fmt.Errorf("mark jobs %s: %w", id, err)
 	}
+	if p.marked != nil {
+		p.marked[id] = struct{}{} // a pass preparing id may have read it unmarked
+	}
 	if convert {
 		rf.run.jobs[id] = jobRef{i: rf.i, shadow: true}
 		p.log.Info("device uses the jobs API; its attempt in flight is now an execution",

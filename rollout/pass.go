@@ -15,17 +15,32 @@ import (
 //  1. decide: the reports of the devices in flight that changed are read;
 //     then, without I/O, from the clock, the runs in memory and those
 //     reports, Observe moves the devices, Step decides every run's next
-//     actions and the bookkeeping is applied (Apply, setDevice). The plan
-//     holds the records to write, the notifications decided (at most
+//     actions and the bookkeeping is applied (Apply, setDevice) and
+//     committed. The plan holds the notifications decided (at most
 //     Config.NotifyPerPass) and the cancels and rollbacks to do.
-//  2. persist: each notification is prepared (a device that already runs
-//     the version is recorded as already-installed, a Jobs device gets a
-//     queued execution, any other its command as an intent), and the
-//     plan's records are committed in one Store.Commit. No shadow is
-//     written before that commit.
-//  3. deliver: the recorded commands, then the cancels and rollbacks, are
-//     written into the shadows, Config.WriteConcurrency at a time; what was
+//  2. persist: the notifications are prepared without the lock (a device
+//     that already runs the version is recorded as already-installed, a
+//     Jobs device gets a queued execution, any other its command as an
+//     intent), and those still valid are committed in one Store.Commit.
+//     No shadow is written before the commit that records its intent.
+//  3. deliver: the commands recorded and not delivered by an earlier
+//     pass, then this pass's, then the cancels and rollbacks, are written
+//     into the shadows, Config.WriteConcurrency at a time; what was
 //     delivered is committed.
+//
+// The planner's lock (mu) is held only to read and change the runs in
+// memory and to commit: every shadow read and write, every firmware read
+// and every Jobs-mark read runs without it, on values copied under it.
+// So an API call waits at most for one such step (an in-memory decision,
+// or one Store.Commit), never for shadow I/O. What the pass read without
+// the lock is re-validated when it takes the lock again: a notification
+// is recorded only if its run is still live and running and the device's
+// record is still the one Step saw. A control action that halts a
+// rollout (Pause, Abort, Rollback) while its notifications are written
+// stops them between devices: no write starts after it returned (the
+// run's halted flag), the writes in progress finish, and the devices
+// whose command was recorded and not written go back to their record
+// before the pass in the pass's last commit.
 //
 // The pass checks its ctx (cancelled by Close) between reads and between
 // writes: once it is done no new shadow read or write starts, the
@@ -34,28 +49,25 @@ import (
 
 // plan is one pass's decision, carried from decide to persist and deliver.
 type plan struct {
-	// w are the record changes, events and errors decided; persist adds
-	// the notifications' intents and executions and commits it.
+	// w are the record changes, events and errors decided, committed at
+	// the end of decide.
 	w writes
 	// notify are the notifications decided, in order.
-	notify []runAction
-	// undo are the cancels and rollbacks, written after the commit.
-	undo []runAction
+	notify []notice
+	// undo are the cancels and rollbacks, written after the notifications.
+	undo []undoIO
 	// more says that another pass should follow at once: a state moved, a
 	// batch started, or the notification budget ran out.
 	more bool
 }
 
-// runAction is an action of Step for a run (in the slice Step returned).
-type runAction struct {
-	ru *run
-	a  *Action
-}
-
-// report is a device's reported firmware, read for decide.
+// report is a device's reported firmware, read for decide without the
+// lock.
 type report struct {
-	rf  ref
-	rep firmware.Report
+	rf    ref
+	id    device.ID
+	rep   firmware.Report
+	found bool
 }
 
 // pass is one round of the planner. It reports whether another pass should
@@ -63,63 +75,79 @@ type report struct {
 func (p *Planner) pass(ctx context.Context) (more bool) {
 	ids, overflow := p.takeDirty()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed.Load() {
+		p.mu.Unlock()
 		return false
 	}
-	now := p.cfg.Now()
-	reports := p.readReports(ctx, p.changed(ids, overflow))
-	runs := p.sortedRuns()
-	pl := p.decide(now, runs, reports)
-	if err := p.persist(ctx, &pl); err != nil {
+	reads := p.changed(ids, overflow)
+	p.mu.Unlock()
+	reports := p.readReports(ctx, reads)
+
+	p.mu.Lock()
+	pl := p.decide(p.cfg.Now(), p.sortedRuns(), reports)
+	err := p.commit(context.WithoutCancel(ctx), &pl.w)
+	var again []delivery
+	if err == nil {
+		again = p.reissues()
+		if len(pl.notify) > 0 {
+			p.marked = map[device.ID]struct{}{} // until admit: see MarkJobs
+		}
+	}
+	p.mu.Unlock()
+	if err != nil {
 		// Memory is ahead of the store now; writing shadows without the
-		// recorded intents would break crash safety, so none is written.
+		// recorded decisions would break crash safety, so none is written.
 		p.log.Error("persist rollout state", logKeyErr, err)
 		return false
 	}
-	p.deliver(ctx, runs, &pl)
+	p.redeliver(ctx, again)
+	p.notify(ctx, pl.notify)
+	p.undo(ctx, pl.undo)
 	return pl.more
 }
 
 // changed returns the in-flight devices whose report is to be read: those
-// Notify named, or every one after an overflow or at a rescan.
-func (p *Planner) changed(ids []device.ID, overflow bool) []ref {
-	var refs []ref
-	if overflow {
-		for _, rf := range p.inflight {
-			refs = append(refs, rf)
+// Notify named, or every one after an overflow or at a rescan, leaving
+// out Jobs devices (their Jobs requests move them; their reported
+// firmware may be an echo). Caller holds mu.
+func (p *Planner) changed(ids []device.ID, overflow bool) []report {
+	var out []report
+	add := func(id device.ID, rf ref) {
+		if _, jobs := rf.run.jobs[id]; !jobs {
+			out = append(out, report{rf: rf, id: id})
 		}
-		return refs
+	}
+	if overflow {
+		for id, rf := range p.inflight {
+			add(id, rf)
+		}
+		return out
 	}
 	for _, id := range ids {
 		if rf, ok := p.inflight[id]; ok {
-			refs = append(refs, rf)
+			add(id, rf)
 		}
 	}
-	return refs
+	return out
 }
 
-// readReports reads the reported firmware of refs, leaving out Jobs
-// devices (their Jobs requests move them; their reported firmware may be
-// an echo), devices without one and those that cannot be read. It stops
-// when ctx is done.
-func (p *Planner) readReports(ctx context.Context, refs []ref) []report {
-	out := make([]report, 0, len(refs))
-	for _, rf := range refs {
-		if ctx.Err() != nil {
-			break
-		}
-		id := rf.run.targets[rf.i]
-		if _, jobs := rf.run.jobs[id]; jobs {
-			continue
-		}
-		rep, ok, err := p.cfg.Shadows.ReportedFirmware(ctx, id)
-		if err != nil {
-			p.log.Warn("read reported firmware", logKeyDevice, id, logKeyErr, err)
-			continue
-		}
-		if ok {
-			out = append(out, report{rf, rep})
+// readReports reads the reported firmware of rs without the lock,
+// Config.WriteConcurrency at once, leaving out devices without one and
+// those that cannot be read. It stops when ctx is done.
+func (p *Planner) readReports(ctx context.Context, rs []report) []report {
+	errs := parallel(ctx, len(rs), p.cfg.WriteConcurrency, func(k int) error {
+		var err error
+		rs[k].rep, rs[k].found, err = p.cfg.Shadows.ReportedFirmware(ctx, rs[k].id)
+		return err
+	})
+	out := rs[:0]
+	for k, r := range rs {
+		switch {
+		case errs[k] != nil && ctx.Err() != nil:
+		case errs[k] != nil:
+			p.log.Warn("read reported firmware", logKeyDevice, r.id, logKeyErr, errs[k])
+		case r.found:
+			out = append(out, r)
 		}
 	}
 	return out
@@ -133,6 +161,9 @@ func (p *Planner) decide(now time.Time, runs []*run, reports []report) plan {
 	w := &pl.w
 	for _, o := range reports {
 		ru, i := o.rf.run, o.rf.i
+		if _, jobs := ru.jobs[o.id]; jobs || p.runs[ru.r.ID] != ru {
+			continue // it became a Jobs device while its report was read
+		}
 		nd, msg := Observe(now, &ru.r, ru.devs[i], o.rep)
 		if nd == ru.devs[i] {
 			continue
@@ -190,26 +221,13 @@ func (p *Planner) decide(now time.Time, runs []*run, reports []report) plan {
 					pl.more = pl.more || len(pl.notify) >= p.cfg.NotifyPerPass
 					continue
 				}
-				pl.notify = append(pl.notify, runAction{ru, a})
+				pl.notify = append(pl.notify, ru.notice(*a))
 			case ActCancel, ActRollback:
-				pl.undo = append(pl.undo, runAction{ru, a})
+				pl.undo = append(pl.undo, ru.undoIO(*a))
 			}
 		}
 	}
 	return pl
-}
-
-// persist prepares the plan's notifications (until ctx is done) and
-// commits its records. The commit runs even when ctx is done: it is one
-// write, and it keeps what the pass decided.
-func (p *Planner) persist(ctx context.Context, pl *plan) error {
-	for _, n := range pl.notify {
-		if ctx.Err() != nil {
-			break // the devices stay pending
-		}
-		p.prepareNotify(ctx, &pl.w, n.ru, *n.a)
-	}
-	return p.commit(context.WithoutCancel(ctx), &pl.w)
 }
 
 func (p *Planner) dropRun(ru *run) {

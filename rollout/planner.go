@@ -149,6 +149,10 @@ type run struct {
 	// jobs holds the targets driven through the AWS IoT Jobs API (they
 	// have an execution record; see MarkJobs).
 	jobs map[device.ID]jobRef
+	// halted is set when a control action left the rollout not running
+	// (paused, aborted), cleared when one resumed it: the pass reads it
+	// without mu between the shadow writes of new notifications.
+	halted atomic.Bool
 }
 
 type ref struct {
@@ -172,12 +176,18 @@ type Planner struct {
 	dirty    map[device.ID]struct{}
 	overflow bool
 
-	// mu guards runs and inflight. The loop holds it for a whole pass,
-	// shadow I/O included, so an API call waits for the pass in progress;
-	// Close does not (it cancels the pass, which stops between writes).
+	// mu guards runs (each run's fields), inflight and marked, and orders
+	// the commits: every Store.Create and Store.Commit runs under it,
+	// built from memory as it is then. The pass holds it only for its
+	// in-memory steps and its commits, never across shadow I/O (see
+	// pass.go), so an API call waits at most for one of those; Close does
+	// not take it (it cancels the pass, which stops between writes).
 	mu       sync.Mutex
 	runs     map[string]*run
 	inflight map[device.ID]ref
+	// marked are the devices marked as Jobs devices (MarkJobs) since the
+	// pass last took mu: the pass may have read their mark before.
+	marked map[device.ID]struct{}
 }
 
 // Open reloads every unsettled rollout from cfg.Store and starts the

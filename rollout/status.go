@@ -46,16 +46,54 @@ type Status struct {
 // Get returns rollout id's status: per-state and per-batch counts and the
 // failing devices with their errors. Errors wrap ErrNotFound or ErrClosed.
 func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
-	if err := p.begin(); err != nil {
-		return Status{}, fmt.Errorf("get %s: %w", id, err)
-	}
-	defer p.mu.Unlock()
-	ru, err := p.snapshot(ctx, id)
+	var st Status
+	var failing []int // positions of st.Failing
+	err := p.view(ctx, id, func(ru *run) { st, failing = ru.status() })
 	if err != nil {
 		return Status{}, fmt.Errorf("get %s: %w", id, err)
 	}
+	if len(failing) > 0 {
+		errs, err := p.store.Errors(ctx, id, failing)
+		if err != nil {
+			return Status{}, fmt.Errorf("get %s: %w", id, err)
+		}
+		for k, i := range failing {
+			st.Failing[k].Error = errs[i]
+		}
+	}
+	return st, nil
+}
+
+// view calls f with rollout id: the live run under mu (f must not keep
+// it), or else a copy loaded from the store without mu. The error wraps
+// ErrNotFound or ErrClosed. The API's reads use it, so that they wait for
+// the pass in progress only while it holds mu (never for shadow I/O), and
+// do their own store reads without mu.
+func (p *Planner) view(ctx context.Context, id string, f func(ru *run)) error {
+	if err := p.begin(); err != nil {
+		return err
+	}
+	ru := p.runs[id]
+	if ru != nil {
+		f(ru)
+	}
+	p.mu.Unlock()
+	if ru != nil {
+		return nil
+	}
+	ru, err := p.loadRun(ctx, id)
+	if err != nil {
+		return err
+	}
+	f(ru)
+	return nil
+}
+
+// status returns ru's Status without the error texts, and the positions
+// of its Failing devices.
+func (ru *run) status() (Status, []int) {
 	st := Status{Rollout: cloneRollout(ru.r), Counts: map[DeviceState]int{}}
-	var failing []int // positions of st.Failing
+	var failing []int
 	for bi, b := range ru.r.Batches {
 		bs := BatchStatus{Index: bi, Start: b.Start, Size: b.Size, State: "waiting", Counts: map[DeviceState]int{}}
 		var c counts
@@ -82,16 +120,7 @@ func (p *Planner) Get(ctx context.Context, id string) (Status, error) {
 		}
 		st.Batches = append(st.Batches, bs)
 	}
-	if len(failing) > 0 {
-		errs, err := p.store.Errors(ctx, id, failing)
-		if err != nil {
-			return Status{}, fmt.Errorf("get %s: %w", id, err)
-		}
-		for k, i := range failing {
-			st.Failing[k].Error = errs[i]
-		}
-	}
-	return st, nil
+	return st, failing
 }
 
 // batchOf returns the index of the batch holding target position i.
@@ -120,12 +149,16 @@ func (r *Rollout) deviceStatus(target device.ID, d Device, batch int, errMsg str
 
 // List returns every rollout, oldest first. The error wraps ErrClosed.
 func (p *Planner) List(ctx context.Context) ([]Rollout, error) {
-	if err := p.begin(); err != nil {
-		return nil, fmt.Errorf("list: %w", err)
+	if p.closed.Load() {
+		return nil, fmt.Errorf("list: %w", ErrClosed)
 	}
-	defer p.mu.Unlock()
 	out, err := p.store.Rollouts(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
+	// The live runs are ahead of their stored records only by what the
+	// pass in progress has not committed yet.
+	if err := p.begin(); err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
 	for i, r := range out {
@@ -133,6 +166,7 @@ func (p *Planner) List(ctx context.Context) ([]Rollout, error) {
 			out[i] = cloneRollout(ru.r)
 		}
 	}
+	p.mu.Unlock()
 	slices.SortFunc(out, func(a, b Rollout) int { return compareIDs(a.ID, b.ID) })
 	return out, nil
 }
@@ -140,11 +174,18 @@ func (p *Planner) List(ctx context.Context) ([]Rollout, error) {
 // Devices returns rollout id's targets in rollout order, only those in one
 // of states when any are given. Errors wrap ErrNotFound or ErrClosed.
 func (p *Planner) Devices(ctx context.Context, id string, states ...DeviceState) ([]DeviceStatus, error) {
-	if err := p.begin(); err != nil {
-		return nil, fmt.Errorf("devices %s: %w", id, err)
-	}
-	defer p.mu.Unlock()
-	ru, err := p.snapshot(ctx, id)
+	out := []DeviceStatus{}
+	var pos []int // positions of out
+	err := p.view(ctx, id, func(ru *run) {
+		for bi, b := range ru.r.Batches {
+			for i := b.Start; i < b.Start+b.Size; i++ {
+				if len(states) == 0 || slices.Contains(states, ru.devs[i].State) {
+					out = append(out, ru.deviceStatus(i, bi, ""))
+					pos = append(pos, i)
+				}
+			}
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("devices %s: %w", id, err)
 	}
@@ -152,13 +193,8 @@ func (p *Planner) Devices(ctx context.Context, id string, states ...DeviceState)
 	if err != nil {
 		return nil, fmt.Errorf("devices %s: %w", id, err)
 	}
-	out := []DeviceStatus{}
-	for bi, b := range ru.r.Batches {
-		for i := b.Start; i < b.Start+b.Size; i++ {
-			if len(states) == 0 || slices.Contains(states, ru.devs[i].State) {
-				out = append(out, ru.deviceStatus(i, bi, errs[i]))
-			}
-		}
+	for k, i := range pos {
+		out[k].Error = errs[i]
 	}
 	return out, nil
 }
@@ -175,10 +211,6 @@ func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceSta
 	if start < 0 || limit < 1 {
 		return nil, -1, fmt.Errorf("devices %s: %w: start %d, limit %d", id, ErrInvalid, start, limit)
 	}
-	if err := p.begin(); err != nil {
-		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
-	}
-	defer p.mu.Unlock()
 	out, next, err := p.devicesPage(ctx, id, states, start, limit)
 	if err != nil {
 		return nil, -1, fmt.Errorf("devices %s: %w", id, err)
@@ -186,19 +218,13 @@ func (p *Planner) DevicesPage(ctx context.Context, id string, states []DeviceSta
 	return out, next, nil
 }
 
-// devicesPage is DevicesPage with mu held.
+// devicesPage is DevicesPage: an active rollout's page is read from
+// memory under mu, a finished one's from the store without it, and the
+// error texts without it.
 func (p *Planner) devicesPage(ctx context.Context, id string, states []DeviceState, start, limit int) ([]DeviceStatus, int, error) {
-	r, ru := Rollout{}, p.runs[id]
-	if ru != nil {
-		r = ru.r
-	} else { // finished: only its record, not its devices
-		var err error
-		if r, err = p.store.Rollout(ctx, id); err != nil {
-			return nil, -1, err
-		}
-	}
 	out, next := []DeviceStatus{}, -1
 	var pos []int // positions of out
+	var r Rollout
 	keep := func(i int, target device.ID, d Device) bool {
 		if len(states) > 0 && !slices.Contains(states, d.State) {
 			return true
@@ -211,14 +237,27 @@ func (p *Planner) devicesPage(ctx context.Context, id string, states []DeviceSta
 		pos = append(pos, i)
 		return true
 	}
-	if start >= r.Targets {
-		return out, -1, nil // past the end: an empty page
+	if err := p.begin(); err != nil {
+		return nil, -1, err
 	}
+	ru := p.runs[id]
 	if ru != nil {
+		r = ru.r
 		for i := start; i < r.Targets && keep(i, ru.targets[i], ru.devs[i]); i++ {
 		}
-	} else if err := p.store.Targets(ctx, id, start, keep); err != nil {
-		return nil, -1, err
+	}
+	p.mu.Unlock()
+	if ru == nil { // finished: only its record, not its devices
+		var err error
+		if r, err = p.store.Rollout(ctx, id); err != nil {
+			return nil, -1, err
+		}
+		if start >= r.Targets {
+			return out, -1, nil // past the end: an empty page
+		}
+		if err := p.store.Targets(ctx, id, start, keep); err != nil {
+			return nil, -1, err
+		}
 	}
 	if len(pos) > 0 {
 		// The last error of each device, as Devices shows it: a failure,
@@ -244,10 +283,9 @@ func (p *Planner) Events(ctx context.Context, id string) ([]Event, error) {
 // oldest first, read from that point on. Errors wrap ErrNotFound or
 // ErrClosed.
 func (p *Planner) EventsAfter(ctx context.Context, id string, after uint64) ([]Event, error) {
-	if err := p.begin(); err != nil {
-		return nil, fmt.Errorf("events %s: %w", id, err)
+	if p.closed.Load() {
+		return nil, fmt.Errorf("events %s: %w", id, ErrClosed)
 	}
-	defer p.mu.Unlock()
 	out, err := p.store.Events(ctx, id, after)
 	if err != nil {
 		return nil, fmt.Errorf("events %s: %w", id, err)

@@ -16,9 +16,13 @@ import (
 // rollout/storetest holds the contract every implementation passes.
 //
 // A Store is owned by whoever opened it: the planner never closes it. The
-// planner is its only writer and calls it one call at a time (under its
-// lock), so a store needs no compare-and-set between the planner's reads
-// and its writes; its reads may run concurrently with each other.
+// planner is its only writer and calls Create and Commit one at a time
+// (under its lock, with the reads whose answers a write depends on), so a
+// store needs no compare-and-set between the planner's reads and its
+// writes. Other reads (the API's: rollouts, targets, error texts, events;
+// the pass's Jobs marks) run without the lock, concurrently with each
+// other and with a write: each sees a write whole or not at all per key,
+// and needs no snapshot across keys.
 //
 // Every write is atomic and durable: when Create or Commit returns nil,
 // all it was given survives a crash, and when it returns an error (ctx
