@@ -48,17 +48,17 @@ const (
 // handoffStore is the handoff bucket, opened on first use.
 type handoffStore struct {
 	mu sync.Mutex
-	os jetstream.ObjectStore
+	store jetstream.ObjectStore
 }
 
 // open returns the handoff bucket, creating it if need be.
 func (h *handoffStore) open(ctx context.Context, b *Bridge) (jetstream.ObjectStore, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.os != nil {
-		return h.os, nil
+	if h.store != nil {
+		return h.store, nil
 	}
-	os, err := b.cfg.JetStream.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	store, err := b.cfg.JetStream.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      DefaultHandoffBucket,
 		Description: "Umbra: persistent sessions moving between nodes, too large for one NATS message",
 		TTL:         handoffObjectTTL,
@@ -68,8 +68,8 @@ func (h *handoffStore) open(ctx context.Context, b *Bridge) (jetstream.ObjectSto
 	if err != nil {
 		return nil, err
 	}
-	h.os = os
-	return os, nil
+	h.store = store
+	return store, nil
 }
 
 // handoffReply is the answer to a takeover request whose reply subject is
@@ -85,34 +85,29 @@ func (b *Bridge) handoffReply(to string, st *broker.SessionState) *nats.Msg {
 		return msg
 	}
 	limit := int(b.ctl.MaxPayload()) - 1024 // headers
-	if b.cfg.JetStream != nil {
-		data, err := json.Marshal(st)
-		if err == nil && len(data) > limit {
-			name, err := b.putHandoff(data)
-			if err == nil {
-				msg.Data = nil
-				msg.Header = nats.Header{hdrSession: []string{"1"}, hdrSessionObject: []string{name}}
-				b.handoffsSent.Add(1)
-				b.handoffObjects.Add(1)
-				return msg
-			}
-			b.log.Warn("large session not stored for its handoff: its newest queued messages are left out", "client", clip(st.ClientID), "bytes", len(data), "error", err)
-		}
-	}
-	for {
-		data, err := json.Marshal(st)
-		if err != nil {
-			b.log.Warn("session not handed off: cannot encode it", "client", clip(st.ClientID), "error", err)
+	data, err := json.Marshal(st)
+	if err == nil && len(data) > limit && b.cfg.JetStream != nil {
+		name, perr := b.putHandoff(data)
+		if perr == nil {
+			msg.Data = nil
+			msg.Header = nats.Header{hdrSession: []string{"1"}, hdrSessionObject: []string{name}}
+			b.handoffsSent.Add(1)
+			b.handoffObjects.Add(1)
 			return msg
 		}
-		if len(data) <= limit || len(st.Queued) == 0 {
-			msg.Data = data
-			break
-		}
+		b.log.Warn("large session not stored for its handoff: its newest queued messages are left out", "client", clip(st.ClientID), "bytes", len(data), "error", perr)
+	}
+	for err == nil && len(data) > limit && len(st.Queued) > 0 {
 		drop := max(1, len(st.Queued)/10)
 		st.Queued = st.Queued[:len(st.Queued)-drop]
 		b.handoffDropped.Add(int64(drop))
+		data, err = json.Marshal(st)
 	}
+	if err != nil {
+		b.log.Warn("session not handed off: cannot encode it", "client", clip(st.ClientID), "error", err)
+		return msg
+	}
+	msg.Data = data
 	msg.Header = nats.Header{hdrSession: []string{"1"}}
 	b.handoffsSent.Add(1)
 	return msg
@@ -123,12 +118,12 @@ func (b *Bridge) handoffReply(to string, st *broker.SessionState) *nats.Msg {
 func (b *Bridge) putHandoff(data []byte) (string, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, handoffObjectTimeout)
 	defer cancel()
-	os, err := b.handoffs.open(ctx, b)
+	store, err := b.handoffs.open(ctx, b)
 	if err != nil {
 		return "", fmt.Errorf("open %s: %w", DefaultHandoffBucket, err)
 	}
 	name := nuid.Next()
-	if _, err := os.PutBytes(ctx, name, data); err != nil {
+	if _, err := store.PutBytes(ctx, name, data); err != nil {
 		return "", fmt.Errorf("put %s: %w", name, err)
 	}
 	return name, nil
@@ -139,15 +134,15 @@ func (b *Bridge) getHandoff(ctx context.Context, name string) ([]byte, error) {
 	if b.cfg.JetStream == nil {
 		return nil, errors.New("the session is in the handoff bucket, and this node has no JetStream")
 	}
-	os, err := b.handoffs.open(ctx, b)
+	store, err := b.handoffs.open(ctx, b)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", DefaultHandoffBucket, err)
 	}
-	data, err := os.GetBytes(ctx, name)
+	data, err := store.GetBytes(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
-	if err := os.Delete(ctx, name); err != nil {
+	if err := store.Delete(ctx, name); err != nil {
 		b.log.Debug("handed-off session object not deleted: it expires", "object", name, "error", err)
 	}
 	return data, nil
