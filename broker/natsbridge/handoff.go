@@ -47,7 +47,7 @@ const (
 
 // handoffStore is the handoff bucket, opened on first use.
 type handoffStore struct {
-	mu sync.Mutex
+	mu    sync.Mutex
 	store jetstream.ObjectStore
 }
 
