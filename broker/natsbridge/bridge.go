@@ -200,6 +200,7 @@ type Stats struct {
 	HandoffRefused       int64 // handed-off sessions that could not be decoded: the client started fresh, since Open
 	HandoffDropped       int64 // queued messages of handed-off sessions left out: over NATS's maximum payload, since Open
 	HandoffObjects       int64 // handed-off sessions over NATS's maximum payload sent through the handoff bucket, since Open
+	TakeoverTimeouts     int64 // session takeover requests of connecting clients that got no answer within TakeoverTimeout, since Open
 }
 
 // Bridge carries one node's MQTT traffic to the other nodes over NATS and
@@ -238,6 +239,7 @@ type Bridge struct {
 	refused, takeoversSent, released, reconnects                   atomic.Int64
 	handoffsSent, handoffsReceived, handoffRefused, handoffDropped atomic.Int64
 	handoffObjects                                                 atomic.Int64 // sessions sent through the handoff bucket
+	takeoverTimeouts                                               atomic.Int64 // takeover requests without an answer
 	handoffs                                                       handoffStore
 	dropping                                                       atomic.Bool // an outbound drop episode was logged
 
@@ -375,6 +377,7 @@ func (b *Bridge) Stats() Stats {
 		HandoffRefused:       b.handoffRefused.Load(),
 		HandoffDropped:       b.handoffDropped.Load(),
 		HandoffObjects:       b.handoffObjects.Load(),
+		TakeoverTimeouts:     b.takeoverTimeouts.Load(),
 	}
 	if r := b.ret; r != nil {
 		st.RetainedStored, st.RetainedFailed = r.stored.Load(), r.failed.Load()

@@ -258,7 +258,12 @@ func (s *sessions) loop(b *Bridge) {
 				s.m[clientID] = sub
 			default:
 				delete(s.m, clientID)
-				_ = sub.Unsubscribe()
+				// Drain, not Unsubscribe: a takeover request the server
+				// routed here before it processed the unsubscription is
+				// still delivered and answered. Unsubscribe dropped it, and
+				// its requester, typically this node for a client that
+				// reconnected at once, waited TakeoverTimeout for a reply.
+				_ = sub.Drain()
 			}
 		}
 		s.n.Store(int64(len(s.m)))

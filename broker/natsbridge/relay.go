@@ -102,6 +102,7 @@ func (r *relay) Connecting(ctx context.Context, clientID string) *broker.Session
 		return b.handedOff(ctx, clientID, reply)
 	case errors.Is(err, nats.ErrNoResponders):
 	default:
+		b.takeoverTimeouts.Add(1)
 		b.log.Warn("session takeover unanswered: the client's session on another node may remain", "client", clip(clientID), "error", err)
 	}
 	return nil

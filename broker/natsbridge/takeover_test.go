@@ -13,6 +13,7 @@ import (
 	"github.com/umbra-iot/umbra/broker"
 	"github.com/umbra-iot/umbra/broker/natsbridge"
 	"github.com/umbra-iot/umbra/internal/brokertest"
+	"github.com/umbra-iot/umbra/internal/natstest"
 )
 
 // TestSessionTakeoverAcrossNodes: a device connected to node 1 connects
@@ -193,4 +194,28 @@ func TestWillAcrossNodes(t *testing.T) {
 	waitConnect(t, a, "dev-w")
 	conn.Close() // no DISCONNECT: the will is published
 	expect(t, wills, "offline")
+}
+
+// TestQuickReconnectIsAnswered: a client that reconnects to the same node
+// at once, while the node drops the takeover subscription of its ended
+// session, gets its takeover request answered: the node drains the
+// subscription, so a request NATS routed to it before the unsubscription
+// took effect is still delivered. With an Unsubscribe the request was
+// dropped and the connect waited TakeoverTimeout (about one reconnect in
+// a hundred in BenchmarkClusterRollout, each 3 s).
+func TestQuickReconnectIsAnswered(t *testing.T) {
+	ns := natstest.Start(t)
+	n := startNode(t, ns.URL(), "n1", broker.Config{}, func(c *natsbridge.Config) { c.TakeoverTimeout = 200 * time.Millisecond })
+	const cycles = 300
+	for i := range cycles {
+		c := dialV5(t, n.brk.Addr(), "quick")
+		c.send(t, 0xE0, []byte{0}) // DISCONNECT, normal
+		if _, err := c.r.ReadByte(); err == nil {
+			t.Fatalf("cycle %d: the broker sent something after DISCONNECT", i)
+		}
+		c.Close()
+	}
+	if st := n.br.Stats(); st.TakeoverTimeouts != 0 {
+		t.Errorf("%d of %d quick reconnects waited for an unanswered takeover request (stats %+v)", st.TakeoverTimeouts, cycles, st)
+	}
 }

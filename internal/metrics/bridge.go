@@ -27,6 +27,7 @@ type BridgeStats struct {
 	HandoffRefused       int64 // handed-off sessions that could not be decoded
 	HandoffDropped       int64 // queued messages left out of handed-off sessions
 	HandoffObjects       int64 // handed-off sessions sent through the handoff bucket
+	TakeoverTimeouts     int64 // takeover requests that got no answer in time
 }
 
 // RegisterBridge exposes the cluster bridge's counters, read by calling
@@ -59,13 +60,14 @@ var (
 	descHandoffs         = bridgeDesc("session_handoffs_total", "Persistent sessions moved between nodes with their client, by role (sent: handed to the node the client connected to; received: handed here; refused: received but undecodable, the client started fresh).", "role")
 	descHandoffDropped   = bridgeDesc("session_handoff_dropped_total", "Queued messages of handed-off sessions left out: the session was over NATS's maximum payload.")
 	descHandoffObjects   = bridgeDesc("session_handoff_objects_total", "Handed-off sessions over NATS's maximum payload sent whole through the JetStream object store umbra_handoff.")
+	descTakeoverTimeouts = bridgeDesc("takeover_timeouts_total", "Session takeover requests of connecting clients that got no answer within the takeover timeout (the CONNECT went on; a session elsewhere may remain).")
 	descRetainedCorrupt  = bridgeDesc("retained_corrupt_total", "Records of the cluster's retained bucket that could not be decoded or applied: skipped.")
 )
 
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBridgeConnected, descBridgeMessages, descBridgeDropped, descBridgeDuplicates,
 		descBridgeSubs, descBridgeRefused, descBridgeSessions, descBridgeTakeovers, descBridgeReconnects,
-		descRetainedWrites, descRetainedApplied, descRetainedCorrupt, descHandoffs, descHandoffDropped, descHandoffObjects} {
+		descRetainedWrites, descRetainedApplied, descRetainedCorrupt, descHandoffs, descHandoffDropped, descHandoffObjects, descTakeoverTimeouts} {
 		ch <- d
 	}
 }
@@ -103,6 +105,7 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descHandoffs, s.HandoffRefused, "refused")
 	counter(descHandoffDropped, s.HandoffDropped)
 	counter(descHandoffObjects, s.HandoffObjects)
+	counter(descTakeoverTimeouts, s.TakeoverTimeouts)
 }
 
 // PresenceStats is what the metrics read from cluster mode's device

@@ -12,7 +12,7 @@ func TestBridgeMetrics(t *testing.T) {
 		return metrics.BridgeStats{Connected: true, OutMessages: 7, OutDropped: 1, InMessages: 5, InDropped: 2, Duplicates: 3,
 			Subscriptions: 4, SubscriptionsRefused: 6, Sessions: 8, TakeoversSent: 9, TakeoversReleased: 10, Reconnects: 11,
 			RetainedStored: 12, RetainedFailed: 13, RetainedApplied: 14, RetainedCorrupt: 15,
-			HandoffsSent: 16, HandoffsReceived: 17, HandoffRefused: 18, HandoffDropped: 19, HandoffObjects: 20}
+			HandoffsSent: 16, HandoffsReceived: 17, HandoffRefused: 18, HandoffDropped: 19, HandoffObjects: 20, TakeoverTimeouts: 21}
 	})
 	got := scrape(t, m.Handler())
 	for series, want := range map[string]float64{
@@ -37,6 +37,7 @@ func TestBridgeMetrics(t *testing.T) {
 		`umbra_cluster_session_handoffs_total{role="refused"}`:  18,
 		`umbra_cluster_session_handoff_dropped_total`:           19,
 		`umbra_cluster_session_handoff_objects_total`:           20,
+		`umbra_cluster_takeover_timeouts_total`:                 21,
 	} {
 		if got[series] != want {
 			t.Errorf("%s = %v, want %v", series, got[series], want)
