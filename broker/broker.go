@@ -310,6 +310,12 @@ type Config struct {
 	// ServiceWritesPending). Default DefaultServicePendingBytes; never
 	// less than MaxPendingBytes.
 	ServicePendingBytes int
+	// ReadLoops is how many read loops serve the plain TCP connections
+	// once they are connected (see the package documentation): 0 for
+	// GOMAXPROCS, -1 for none, a goroutine reading each connection as for
+	// TLS and WebSocket (always so on other systems than Linux).
+	ReadLoops int
+
 	// WriteTimeout is how long a connection with pending bytes may go
 	// without its socket accepting any before it is disconnected as a
 	// slow consumer. Default DefaultWriteTimeout.
@@ -546,6 +552,9 @@ func (c *Config) validate() error {
 	if c.WriteTimeout < 0 {
 		return fmt.Errorf("%w: negative WriteTimeout %v", ErrInvalidConfig, c.WriteTimeout)
 	}
+	if c.ReadLoops < -1 || c.ReadLoops > maxReadLoops {
+		return fmt.Errorf("%w: ReadLoops %d: -1 (none), 0 (GOMAXPROCS) or up to %d", ErrInvalidConfig, c.ReadLoops, maxReadLoops)
+	}
 	if c.MaxClientIDLength < 1 || c.MaxClientIDLength > maxTopicLen {
 		return fmt.Errorf("%w: MaxClientIDLength %d outside [1, %d]", ErrInvalidConfig, c.MaxClientIDLength, maxTopicLen)
 	}
@@ -679,7 +688,22 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.ledger.start()
+	if n := cfg.ReadLoops; loopsSupported && n >= 0 {
+		if n == 0 {
+			n = defaultLoops()
+		}
+		loops, err := newIOLoops(log, n)
+		if err != nil {
+			s.cancel()
+			_ = s.ledger.close()
+			return nil, fmt.Errorf("broker: start read loops: %w", err)
+		}
+		s.out.loops = loops
+	}
 	if err := s.listen(); err != nil {
+		if s.out.loops != nil {
+			s.out.loops.stop()
+		}
 		s.closeListeners()
 		s.cancel()
 		_ = s.ledger.close()
@@ -886,6 +910,9 @@ func (s *Server) Close(ctx context.Context) error {
 		s.closeErr = s.mq.Close()
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("broker: close: %w", s.closeErr)
+		}
+		if s.out.loops != nil {
+			s.out.loops.stop() // every connection has ended
 		}
 		// Every client is gone: the last commit writes their disconnects.
 		if err := s.ledger.close(); err != nil && s.closeErr == nil {

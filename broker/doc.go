@@ -217,6 +217,29 @@
 // or a refusing CONNACK), the backlog is still written for up to a
 // second; Close of the Server drops it.
 //
+// # Read loops
+//
+// Once a plain TCP client is connected (after CONNACK), its packets are
+// read by one of Config.ReadLoops read loops (default GOMAXPROCS; Linux
+// only), not by a goroutine of its own: its socket leaves the Go runtime's
+// poller for the loop's epoll instance, and the loop reads each ready
+// socket once and handles its packets on one hot goroutine, without a
+// goroutine wake-up and a second read(2) per message (see ioloop_linux.go
+// and docs/benchmarks.md §10). TLS and WebSocket clients, and every
+// client until CONNACK, keep their goroutine; Config.ReadLoops -1 keeps it
+// for all.
+//
+// A packet's handling may block (a shadow request commits to disk, a
+// handler of Subscribe runs): when one holds a loop for more than about
+// 2 ms, a monitor hands the loop to a new goroutine, and the blocked one
+// finishes that connection's packets already read, in order, before the
+// loop reads its socket again. So a slow handler holds up only its own
+// connection, as with a goroutine per connection (counted in
+// Stats.LoopHandoffs; Stats.LoopConns is the connections loops serve). In a
+// loop the keepalive is applied by the same monitor every quarter second:
+// a silent client is disconnected at most that much after its keepalive
+// and a half.
+//
 // Messages queued for a client are written together: before writing the
 // last packet in its queue, the client's write loop lets the goroutines
 // that are already runnable (other publishers) queue theirs, and writes

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -338,6 +339,16 @@ type conn struct {
 	// only.
 	allowedTopic string
 	allowedEpoch uint64
+}
+
+// ReadPackets implements mochi's PacketReader (umbra patch 20): a plain
+// TCP connection's packets are read by one of the server's read loops (see
+// ioLoops); TLS and WebSocket connections keep their goroutine.
+func (c *conn) ReadPackets(cl *mqtt.Client, buffered []byte, handle mqtt.ReadFn) (bool, error) {
+	if c.out == nil || c.Conn != net.Conn(c.out) || c.out.sh.loops == nil {
+		return false, nil
+	}
+	return c.out.readPackets(c.out.sh.loops, cl, buffered, handle)
 }
 
 // ended reports whether the listener has finished with c. A conn without

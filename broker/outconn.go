@@ -57,14 +57,17 @@ type outShared struct {
 	linger       time.Duration // how long Close lets a backlog be written: closeLinger, or a test's
 	deviceLimit  int           // pending-bytes cap before authentication and for devices
 
+	loops *ioLoops // the read loops of plain TCP connections; nil: a goroutine reads each
+
 	pending atomic.Int64 // bytes accepted by Write and not yet written to sockets, now
 	shed    atomic.Int64 // connections closed as slow consumers, since Open
 }
 
 // outConn is an accepted connection whose Write never blocks (see above).
 type outConn struct {
-	net.Conn        // the accepted TCP connection
-	raw      *rawIO // raw system calls (see rawIO); nil: writes go through the writer, reads through Conn
+	net.Conn            // the accepted TCP connection
+	raw      *rawIO     // raw system calls (see rawIO); nil: writes go through the writer, reads through Conn
+	lp       *loopState // set, under mu, when a read loop serves the connection (see ioLoops); its socket is then lp's, Conn is closed
 	sh       *outShared
 
 	mu          sync.Mutex // guards the fields below
@@ -127,9 +130,14 @@ func (o *outConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	n := 0
-	if !o.writing && o.raw != nil && len(p) > 0 {
+	if !o.writing && (o.raw != nil || o.lp != nil) && len(p) > 0 {
 		var err error
-		if n, err = o.raw.write(p); err != nil {
+		if o.lp != nil {
+			n, err = o.writeLoopFD(p)
+		} else {
+			n, err = o.raw.write(p)
+		}
+		if err != nil {
 			o.err = err
 			o.mu.Unlock()
 			return n, err
@@ -171,8 +179,21 @@ func (o *outConn) shedLocked(reason error) error {
 	o.sh.log.Warn("slow consumer disconnected: the client does not read what it is sent",
 		"client", owner, "remote", o.RemoteAddr().String(), "pending_bytes", o.queued, "reason", reason)
 	o.mu.Unlock()
-	_ = o.Conn.Close() // the writer's write fails at once; mochi's read loop ends
+	o.closeSocket() // the writer's write fails at once; mochi's read loop ends
 	return reason
+}
+
+// closeSocket closes the socket now: the connection's, or its read loop's
+// duplicate.
+func (o *outConn) closeSocket() {
+	o.mu.Lock()
+	if o.lp != nil {
+		o.closeLoopFDLocked()
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	_ = o.Conn.Close()
 }
 
 // writeLoop writes the backlog until it is empty or the connection fails.
@@ -205,7 +226,7 @@ func (o *outConn) writeLoop() {
 	o.mu.Unlock()
 	o.sh.pending.Add(-int64(left))
 	if closeNow {
-		_ = o.Conn.Close()
+		o.closeSocket()
 	}
 }
 
@@ -213,6 +234,12 @@ func (o *outConn) writeLoop() {
 // nothing until the write deadline: WriteTimeout, or closeLinger after
 // Close.
 func (o *outConn) flush(buf []byte) error {
+	o.mu.Lock()
+	inLoop := o.lp != nil
+	o.mu.Unlock()
+	if inLoop {
+		return o.flushLoopFD(buf)
+	}
 	for len(buf) > 0 {
 		o.mu.Lock()
 		deadline := time.Now().Add(o.sh.writeTimeout)
@@ -251,6 +278,17 @@ func (o *outConn) Close() error {
 		return nil
 	}
 	o.closed = true
+	if o.lp != nil {
+		if o.writing && o.err == nil {
+			o.lingering = true
+			o.lingerUntil = time.Now().Add(o.sh.linger)
+			o.shutReadLoopFDLocked()
+		} else {
+			o.closeLoopFDLocked()
+		}
+		o.mu.Unlock()
+		return nil
+	}
 	if o.writing && o.err == nil {
 		o.lingering = true
 		o.lingerUntil = time.Now().Add(o.sh.linger)
@@ -276,7 +314,7 @@ func (o *outConn) abort() {
 		o.err = net.ErrClosed
 	}
 	o.mu.Unlock()
-	_ = o.Conn.Close()
+	o.closeSocket()
 	o.writer.Wait()
 }
 
@@ -309,6 +347,9 @@ func (o *outConn) Read(p []byte) (int, error) {
 func (o *outConn) SetDeadline(t time.Time) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.lp != nil {
+		return nil // the read loop's monitor applies the keepalive
+	}
 	if o.deadlineSet && (t.Equal(o.asked) || (!t.IsZero() && !o.armed.IsZero() && !t.Before(o.asked) && !t.After(o.armed))) {
 		o.asked = t
 		return nil

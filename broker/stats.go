@@ -34,6 +34,9 @@ type Stats struct {
 	SlowConsumers int64 // connections closed because they did not read what they were sent, since Open
 	PendingBytes  int64 // bytes written to connections that their sockets have not taken yet, now
 
+	LoopConns    int64 // connections a read loop serves now (see the package documentation)
+	LoopHandoffs int64 // packet handlers that blocked a read loop, which another goroutine took over, since Open
+
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap, since Open
 	SubscriptionsDenied  int64 // SUBSCRIBE filters refused by Authenticator.Allow, since Open
 	RetainIgnored        int64 // retain flags dropped from PUBLISHes and wills on request topics, since Open
@@ -79,6 +82,8 @@ func (s *Server) Stats() Stats {
 		HandlerPanics:    s.hook.handlerPanics.Load(),
 		SlowConsumers:    s.out.shed.Load(),
 		PendingBytes:     s.out.pending.Load(),
+		LoopConns:        s.out.loops.servedNow(),
+		LoopHandoffs:     s.out.loops.handoffsSoFar(),
 
 		SubscriptionsRefused: s.hook.subscriptionsRefused.Load(),
 		SubscriptionsDenied:  s.hook.subscriptionsDenied.Load(),

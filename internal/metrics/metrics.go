@@ -31,6 +31,8 @@ type BrokerStats struct {
 	PublishesDenied  int64 // PUBLISHes refused by authorisation
 	SlowConsumers    int64 // clients disconnected for not reading what they were sent
 	PendingBytes     int64 // bytes written to clients that their sockets have not taken yet, now
+	LoopConns        int64 // connections served by a read loop now
+	LoopHandoffs     int64 // packet handlers that blocked a read loop and were handed off
 
 	Subscriptions        int64 // client subscriptions now, offline persistent sessions included
 	SubscriptionsRefused int64 // SUBSCRIBE filters refused for a session's subscription cap
@@ -214,6 +216,10 @@ var (
 		"MQTT clients disconnected for sending a packet over --max-packet-size.", nil, nil)
 	descSlow = prometheus.NewDesc(namespace+"_broker_slow_consumers_total",
 		"MQTT clients disconnected because they did not read what they were sent (pending bytes over the cap, or a stalled socket).", nil, nil)
+	descLoopConns = prometheus.NewDesc(namespace+"_broker_read_loop_connections",
+		"MQTT connections (plain TCP, connected) whose packets a read loop reads, rather than a goroutine of their own.", nil, nil)
+	descLoopHandoffs = prometheus.NewDesc(namespace+"_broker_read_loop_handoffs_total",
+		"Packet handlers that held a read loop for longer than about 2 ms (a shadow commit, a durable queue); another goroutine took over the loop so that its other connections were not held up.", nil, nil)
 	descPending = prometheus.NewDesc(namespace+"_broker_pending_bytes",
 		"Bytes written to MQTT clients that their sockets have not taken yet.", nil, nil)
 	descSubs = prometheus.NewDesc(namespace+"_broker_subscriptions",
@@ -247,6 +253,8 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descSent
 	ch <- descDropped
 	ch <- descSlow
+	ch <- descLoopConns
+	ch <- descLoopHandoffs
 	ch <- descPending
 	ch <- descSubs
 	ch <- descSubsRefused
@@ -276,6 +284,8 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.PublishesDenied), "denied")
 	ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(s.SlowConsumers))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(s.PendingBytes))
+	ch <- prometheus.MustNewConstMetric(descLoopConns, prometheus.GaugeValue, float64(s.LoopConns))
+	ch <- prometheus.MustNewConstMetric(descLoopHandoffs, prometheus.CounterValue, float64(s.LoopHandoffs))
 	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(s.Subscriptions))
 	ch <- prometheus.MustNewConstMetric(descSubsRefused, prometheus.CounterValue, float64(s.SubscriptionsRefused))
 	ch <- prometheus.MustNewConstMetric(descClientIDs, prometheus.CounterValue, float64(s.ClientIDsRefused))

@@ -68,7 +68,8 @@ func TestScrape(t *testing.T) {
 		Retained: 11, RetainedBytes: 12, RetainedRefused: 13, PersistentSessions: 14, SessionsRefused: 15,
 		QueuedBytes: 16, QueueBytesDropped: 17, StoreCommits: 18, StoreErrors: 19, StoreTime: 1500 * time.Millisecond,
 		SubscriptionsDenied: 21, RateLimited: 22,
-		ConnectsRejected: 23, IdentityConnsRefused: 24, TLSHandshakesFailed: 25, PacketsTooLarge: 26}
+		ConnectsRejected: 23, IdentityConnsRefused: 24, TLSHandshakesFailed: 25, PacketsTooLarge: 26,
+		LoopConns: 27, LoopHandoffs: 28}
 	m.RegisterBroker(func() metrics.BrokerStats { return broker })
 	fw := &fakeFirmware{}
 	fw.n.Store(4 << 20)
@@ -117,6 +118,8 @@ func TestScrape(t *testing.T) {
 		{`umbra_broker_identity_connections_refused_total`, 24},
 		{`umbra_broker_tls_handshakes_failed_total`, 25},
 		{`umbra_broker_packets_too_large_total`, 26},
+		{`umbra_broker_read_loop_connections`, 27},
+		{`umbra_broker_read_loop_handoffs_total`, 28},
 		{`umbra_firmware_bytes_served_total`, 4 << 20},
 		{`umbra_shadow_requests_total{code="200",op="update"}`, 2},
 		{`umbra_shadow_requests_total{code="409",op="update"}`, 1},

@@ -641,6 +641,7 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 			MessagesSent: st.MessagesSent, MessagesDropped: st.MessagesDropped,
 			InflightDropped: st.InflightDropped, PublishesDenied: st.PublishesDenied,
 			SlowConsumers: st.SlowConsumers, PendingBytes: st.PendingBytes,
+			LoopConns: st.LoopConns, LoopHandoffs: st.LoopHandoffs,
 			Subscriptions: st.Subscriptions, SubscriptionsRefused: st.SubscriptionsRefused,
 			ClientIDsRefused: st.ClientIDsRefused,
 

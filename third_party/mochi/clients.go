@@ -434,10 +434,32 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	return deleted
 }
 
+// PacketReader is a connection that reads its client's packets itself instead of the client's
+// goroutine reading them through Client.Read's loop (umbra patch 20): an event loop serving many
+// connections. ReadPackets is called by Read, on the client's goroutine, with the bytes already
+// read from the connection and not yet parsed; it parses packets with Client.ParsePacket, hands
+// each to handle in order, never two at once, and returns, as Read does, when the connection ends
+// or handle returns an error, and not before every call of handle has returned. ok false means
+// that it did not take the connection (it read nothing from it), and Read reads it as usual.
+type PacketReader interface {
+	ReadPackets(cl *Client, buffered []byte, handle ReadFn) (ok bool, err error)
+}
+
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
 	var err error
+
+	if pr, ok := cl.Net.Conn.(PacketReader); ok && cl.Net.bconn != nil { // umbra patch 20
+		var buffered []byte
+		if n := cl.Net.bconn.Buffered(); n > 0 {
+			b, _ := cl.Net.bconn.Peek(n)
+			buffered = bytes.Clone(b)
+		}
+		if ok, err := pr.ReadPackets(cl, buffered, packetHandler); ok {
+			return err
+		}
+	}
 
 	for {
 		if cl.Closed() {
@@ -542,17 +564,67 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 	return nil
 }
 
+// ParsePacket parses the packet at the start of buf, as ReadFixedHeader and ReadPacket read one
+// from the connection (umbra patch 20, for a PacketReader): n is how many bytes of buf it took,
+// and 0, with no error, when buf does not hold the whole packet yet. An error (a malformed fixed
+// header, a packet over the maximum size, which is refused as soon as its header is complete, or
+// a malformed packet) ends the client's connection. The packet does not refer to buf.
+func (cl *Client) ParsePacket(buf []byte) (pk packets.Packet, n int, err error) {
+	if len(buf) < 2 {
+		return pk, 0, nil
+	}
+	var fh packets.FixedHeader
+	if err := fh.Decode(buf[0]); err != nil {
+		return pk, 0, err
+	}
+	var value uint32
+	bu := 1
+	for {
+		if bu > 4 {
+			return pk, 0, packets.ErrMalformedVariableByteInteger // [MQTT-1.5.5-1] at most four bytes
+		}
+		if bu >= len(buf) {
+			return pk, 0, nil
+		}
+		eb := buf[bu]
+		value |= uint32(eb&127) << (7 * (bu - 1))
+		bu++
+		if eb&128 == 0 {
+			break
+		}
+	}
+	fh.Remaining = int(value)
+	if cl.ops.options.Capabilities.MaximumPacketSize > 0 && uint32(fh.Remaining+1) > cl.ops.options.Capabilities.MaximumPacketSize {
+		return pk, 0, packets.ErrPacketTooLarge // [MQTT-3.2.2-15]
+	}
+	if len(buf) < bu+fh.Remaining {
+		return pk, 0, nil
+	}
+	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(bu))
+	pk, err = cl.decodePacket(&fh, bytes.Clone(buf[bu:bu+fh.Remaining]))
+	return pk, bu + fh.Remaining, err
+}
+
 // ReadPacket reads the remaining buffer into an MQTT packet.
 func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err error) {
+	p := make([]byte, fh.Remaining)
+	if _, err := io.ReadFull(cl.Net.bconn, p); err != nil {
+		pk.ProtocolVersion = cl.Properties.ProtocolVersion
+		pk.FixedHeader = *fh
+		atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
+		return pk, err
+	}
+	return cl.decodePacket(fh, p)
+}
+
+// decodePacket decodes p, the remaining bytes of a packet with fixed header fh and the packet's
+// own buffer, into an MQTT packet (umbra patch 20: ReadPacket's decoding, shared with ParsePacket).
+func (cl *Client) decodePacket(fh *packets.FixedHeader, p []byte) (pk packets.Packet, err error) {
 	atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
-	if err != nil {
-		return pk, err
-	}
+	n := len(p)
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 

@@ -166,6 +166,9 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 
 		multiplier += 7
 		bu++
+		if bu > 4 { // umbra patch 21: [MQTT-1.5.5-1] at most four bytes
+			return 0, bu, ErrMalformedVariableByteInteger
+		}
 	}
 
 	return int(value), bu, nil
