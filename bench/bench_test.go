@@ -52,6 +52,22 @@ func numClients(tb testing.TB) int {
 	return defaultClients
 }
 
+// readLoops is the broker's read loops for a benchmark's Umbra:
+// UMBRA_BENCH_READ_LOOPS (-1 for a goroutine per connection, to compare),
+// else 0, the default of umbra serve.
+func readLoops(tb testing.TB) int {
+	tb.Helper()
+	s := os.Getenv("UMBRA_BENCH_READ_LOOPS")
+	if s == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < -1 || n > 1024 {
+		tb.Fatalf("UMBRA_BENCH_READ_LOOPS=%q: want -1, 0 or a number of loops up to 1024", s)
+	}
+	return n
+}
+
 // window is the measurement window and warmup of one closed-loop run:
 // UMBRA_BENCH_DURATION (1s..2m), else 5s after a 1s warmup, or 300ms and
 // no warmup with -short.

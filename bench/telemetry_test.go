@@ -49,13 +49,15 @@ import (
 // the broker's (this process's for Umbra, mosquitto's from /proc), per
 // message too, which other load on the machine distorts least; the
 // clients'; and the rest of the machine's (others-cpu-cores).
+// UMBRA_BENCH_READ_LOOPS=-1 runs Umbra with a goroutine reading each
+// connection instead of its read loops, for comparison.
 func BenchmarkTelemetryFanIn(b *testing.B) {
 	n := numClients(b)
 	measure, warmup := window(b)
 	b.Cleanup(heapfloor.Start(heapfloor.DefaultFloor).Stop) // as umbra serve runs (--gc-heap-floor)
 	mosqAddr, mosqPID := mosquittotest.StartPID(b, mosquittoConf)
 	mosq := startFanIn(b, fanInConfig{URL: "tcp://" + mosqAddr, Devices: n})
-	srv, err := server.Open(b.Context(), server.Config{DataDir: b.TempDir(), MQTTAddr: "127.0.0.1:0"})
+	srv, err := server.Open(b.Context(), server.Config{DataDir: b.TempDir(), MQTTAddr: "127.0.0.1:0", ReadLoops: readLoops(b)})
 	if err != nil {
 		b.Fatalf("open umbra: %v", err)
 	}
@@ -101,7 +103,7 @@ func BenchmarkTelemetryFanIn(b *testing.B) {
 					msgs := float64(max(r.Received, 1))
 					allocs, bytes := float64(after.Mallocs-before.Mallocs)/msgs, float64(after.TotalAlloc-before.TotalAlloc)/msgs
 					gcs := float64(after.NumGC-before.NumGC) / (warmup + measure).Seconds()
-					heap = fmt.Sprintf("; %.1f allocs and %.0f B per msg, %.1f GCs/s", allocs, bytes, gcs)
+					heap = fmt.Sprintf("; %.1f allocs and %.0f B per msg, %.1f GCs/s; read-loop handoffs so far %d", allocs, bytes, gcs, srv.Broker().Stats().LoopHandoffs)
 					m.add(phase.name+"-allocs/msg", allocs)
 					m.add(phase.name+"-B/msg", bytes)
 					m.add(phase.name+"-GCs/s", gcs)

@@ -45,6 +45,8 @@ func TestServeFlagValidation(t *testing.T) {
 		{"pending below a packet", []string{"--max-pending-bytes", "1000"}, "--max-pending-bytes 1000"},
 		{"service pending negative", []string{"--service-max-pending-bytes", "-1"}, "--service-max-pending-bytes -1"},
 		{"write timeout", []string{"--write-timeout", "10ms"}, "--write-timeout 10ms"},
+		{"read loops negative", []string{"--read-loops", "-2"}, "--read-loops -2"},
+		{"read loops too many", []string{"--read-loops", "5000"}, "--read-loops 5000"},
 		{"subscriptions zero", []string{"--max-subscriptions", "0"}, "--max-subscriptions 0"},
 		{"service subscriptions", []string{"--service-max-subscriptions", "-2"}, "--service-max-subscriptions -2"},
 		{"max retained zero", []string{"--max-retained", "0"}, "--max-retained 0: must be positive, or -1"},

@@ -132,6 +132,9 @@ type Config struct {
 	// ServicePendingBytes (operators and integrators) and WriteTimeout.
 	MaxPendingBytes, ServicePendingBytes int
 	WriteTimeout                         time.Duration
+	// ReadLoops is broker.Config.ReadLoops: the read loops of connected
+	// plain TCP clients (0: GOMAXPROCS; -1: a goroutine per connection).
+	ReadLoops int
 	// Subscription caps per session: broker.Config.MaxSubscriptions
 	// (devices) and ServiceSubscriptions.
 	MaxSubscriptions, ServiceSubscriptions int
@@ -607,6 +610,7 @@ func (s *Server) openBroker(ctx context.Context) (err error) {
 		MaxPendingBytes:      cfg.MaxPendingBytes,
 		ServicePendingBytes:  cfg.ServicePendingBytes,
 		WriteTimeout:         cfg.WriteTimeout,
+		ReadLoops:            cfg.ReadLoops,
 		MaxSubscriptions:     cfg.MaxSubscriptions,
 		ServiceSubscriptions: cfg.ServiceSubscriptions,
 		MaxMessageRate:       cfg.MaxMessageRate,
