@@ -216,3 +216,35 @@ func TestMochiPatchLengthFourBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestReadLoopBacklog: a client that is sent more than its socket takes
+// gets all of it through the backlog's writer, which waits for the socket
+// to become writable through the read loop (EPOLLOUT): here the client
+// reads nothing until the broker holds a backlog for it. Its SUBSCRIBE
+// comes with CONNECT, so the backlog may start before the connection joins
+// the loop.
+func TestReadLoopBacklog(t *testing.T) {
+	const n, size = 160, 100 << 10 // 16 MB of retained messages: more than loopback sockets buffer
+	b := brokertest.New(t, broker.Config{MaxPendingBytes: 64 << 20, ClientWritesPending: 2 * n})
+	payload := bytes.Repeat([]byte{'r'}, size)
+	for i := range n {
+		if err := b.Publish(fmt.Sprintf("backlog/%d", i), payload, true, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dialRaw(t, b.Addr())
+	c.write(append(connectPacket(v311, "backlog-sub", true, 30), subscribePacket(v311, 1, "backlog/#", 0)...))
+	waitfor.Poll(t, 10*time.Second, "a backlog for the client", func() bool { return b.Stats().PendingBytes > 0 })
+	c.expect(typeConnack)
+	c.expect(typeSuback)
+	for range n {
+		topic, _, p := parsePublish(v311, c.expect(typePublish))
+		if len(p) != size {
+			t.Fatalf("%s: %d bytes, want %d", topic, len(p), size)
+		}
+	}
+	waitfor.Poll(t, 5*time.Second, "the backlog written", func() bool { return b.Stats().PendingBytes == 0 })
+	if st := b.Stats(); st.SlowConsumers != 0 || st.LoopConns != 1 || st.MessagesDropped != 0 {
+		t.Errorf("Stats.SlowConsumers %d, LoopConns %d, MessagesDropped %d: want 0, 1, 0", st.SlowConsumers, st.LoopConns, st.MessagesDropped)
+	}
+}
