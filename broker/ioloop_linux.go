@@ -42,8 +42,8 @@ import (
 //
 // Handling a packet may block: a shadow request commits to disk, a QoS 1
 // publish to a persistent session waits for the ledger's commit. A monitor
-// checks the loops every loopCheck; a loop still inside the same packet's
-// handler at two checks is handed off: the monitor detaches that
+// checks the loops every loopCheck; a loop still handling the packets of
+// the same read at two checks is handed off: the monitor detaches that
 // connection from the loop (its socket is no longer read) and starts a new
 // goroutine that carries on as the loop, while the old one finishes the
 // connection's packets already read, in order, and then gives the
@@ -111,12 +111,17 @@ type ioLoop struct {
 	conns []loopEntry // by slot, the epoll event's Fd
 	free  []int32     // unused slots
 
-	// seq is odd while the loop's goroutine is inside a packet's handler,
-	// cur is that packet's connection. The monitor hands the loop off by
-	// moving seq from odd to even under the goroutine (see above).
-	seq      atomic.Uint64
-	cur      atomic.Pointer[outConn]
 	lastSeen uint64 // the monitor's: seq at its last check
+
+	// seq is odd while the loop's goroutine handles the packets of one
+	// read, cur is their connection. The monitor hands the loop off by
+	// moving seq from odd to even under the goroutine (see above). Both
+	// are written for every read: on a cache line of their own, so that
+	// the loops do not slow each other down.
+	_   [64]byte
+	seq atomic.Uint64
+	cur atomic.Pointer[outConn]
+	_   [48]byte
 }
 
 // loopEntry is a slot of a loop's table.
@@ -452,44 +457,20 @@ func (l *ioLoop) serve(o *outConn, buf []byte, now int64, events uint32) bool {
 		ls.partial = append(ls.partial, data...)
 		data = ls.partial
 	}
-	for {
-		if ls.cl.Closed() {
-			o.finishHandling(errStopped)
-			return false
-		}
-		pk, used, err := ls.cl.ParsePacket(data)
-		if err != nil {
-			o.finishHandling(err)
-			return false
-		}
-		if used == 0 {
-			break
-		}
-		data = data[used:]
-		l.cur.Store(o)
-		seq := l.seq.Add(1)
-		err = ls.handle(ls.cl, pk)
-		if !l.seq.CompareAndSwap(seq, seq+1) {
-			// Handed off (the monitor has detached o): serve the rest of
-			// what was read on this goroutine, then give o back.
-			if err == nil {
-				err = o.handleRest(data)
-			}
-			o.finishHandling(err)
-			return true
-		}
-		if err != nil {
-			o.finishHandling(err)
-			return false
-		}
-	}
-	o.keepPartial(data)
-	o.finishHandling(nil)
-	return false
+	l.cur.Store(o)
+	seq := l.seq.Add(1)
+	err := o.handleRest(data)
+	// If the monitor handed the loop off meanwhile (and detached o), this
+	// goroutine has served o's packets all the same; it gives o back and
+	// stops being the loop.
+	handedOff := !l.seq.CompareAndSwap(seq, seq+1)
+	o.finishHandling(err)
+	return handedOff
 }
 
-// handleRest handles the complete packets in data, on a goroutine that is
-// no longer (or not) a loop, and keeps the rest as the partial packet.
+// handleRest handles the complete packets in data, in order, and keeps the
+// rest as the partial packet. It returns errStopped if the client was
+// stopped (see finishHandling).
 func (o *outConn) handleRest(data []byte) error {
 	ls := o.lp
 	for {
