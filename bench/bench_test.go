@@ -182,7 +182,7 @@ func openUmbraWith(tb testing.TB, dir string, store brokerStore) *umbra {
 		if e := eng.Load(); e != nil {
 			e.HandleSubscribe(clientID, filters)
 		}
-	}, RequestFilters: shadow.RequestFilters}
+	}, RequestFilters: shadow.RequestFilters, ReadLoops: readLoops(tb)}
 	if store {
 		st, err := boltstore.Open(tb.Context(), boltstore.Config{Path: filepath.Join(dir, "broker.db")})
 		if err != nil {

@@ -857,6 +857,14 @@ func (s *Server) Subscribe(filter string, h HandlerFunc) error {
 	}
 	id := int(s.subID.Add(1))
 	err := s.mq.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		// A handler may wait (the shadow engine commits): a read loop
+		// handling the publisher's packet is handed off first, so that
+		// other clients' requests go on and share the commit.
+		if origin := pk.Origin; origin != "" && !ownOrigin(origin) {
+			if cl, ok := s.mq.Clients.Get(origin); ok {
+				releaseLoopOf(cl)
+			}
+		}
 		s.runHandler(h, pk)
 	})
 	if err != nil {

@@ -229,11 +229,15 @@
 // client until CONNACK, keep their goroutine; Config.ReadLoops -1 keeps it
 // for all.
 //
-// A packet's handling may block (a shadow request commits to disk, a
-// handler of Subscribe runs): when one holds a loop for more than about
-// 2 ms, a monitor hands the loop to a new goroutine, and the blocked one
-// finishes that connection's packets already read, in order, before the
-// loop reads its socket again. So a slow handler holds up only its own
+// A packet's handling may block. Where the broker knows it will (a
+// Subscribe handler is about to run, as the shadow engine's, which
+// commits; the ledger waits for a commit of a retained message, a
+// persistent session's subscription or its queued message), it hands the
+// loop to a new goroutine first; anything else that holds a loop for more
+// than about 2 ms is handed off by a monitor. Either way the blocked
+// goroutine finishes that connection's packets already read, in order,
+// before the loop reads its socket again, and other connections' requests
+// go on (and share the next commit). So a slow handler holds up only its own
 // connection, as with a goroutine per connection (counted in
 // Stats.LoopHandoffs; Stats.LoopConns is the connections loops serve). In a
 // loop the keepalive is applied by the same monitor every quarter second:

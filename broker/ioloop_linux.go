@@ -41,7 +41,10 @@ import (
 // then tears the client down as before.
 //
 // Handling a packet may block: a shadow request commits to disk, a QoS 1
-// publish to a persistent session waits for the ledger's commit. A monitor
+// publish to a persistent session waits for the ledger's commit. Where the
+// broker knows that (before a Subscribe handler runs, before the ledger
+// waits), it hands the loop off at once (releaseLoop): other connections'
+// requests go on, and commit together. Otherwise a monitor
 // checks the loops every loopCheck; a loop still handling the packets of
 // the same read at two checks is handed off: the monitor detaches that
 // connection from the loop (its socket is no longer read) and starts a new
@@ -240,6 +243,17 @@ func epollWait(epfd int, events []syscall.EpollEvent) (int, syscall.Errno) {
 	}
 }
 
+// loopBuffer is what a loop's goroutine reads into; a handoff starts a
+// new goroutine, which takes one from loopBuffers.
+type loopBuffer struct {
+	buf    []byte
+	events []syscall.EpollEvent
+}
+
+var loopBuffers = sync.Pool{New: func() any {
+	return &loopBuffer{buf: make([]byte, loopReadBuffer), events: make([]syscall.EpollEvent, loopEvents)}
+}}
+
 // waiter is a loop goroutine's wait for its epoll instance; its callback
 // is bound once, so that a wait allocates nothing.
 type waiter struct {
@@ -250,8 +264,8 @@ type waiter struct {
 	fn     func(fd uintptr) bool // w.poll
 }
 
-func newWaiter(l *ioLoop) *waiter {
-	w := &waiter{l: l, events: make([]syscall.EpollEvent, loopEvents)}
+func newWaiter(l *ioLoop, events []syscall.EpollEvent) *waiter {
+	w := &waiter{l: l, events: events}
 	w.fn = w.poll
 	return w
 }
@@ -279,9 +293,10 @@ func (w *waiter) wait() (int, error) {
 // the loop off.
 func (l *ioLoop) run() {
 	defer l.set.wg.Done()
-	w := newWaiter(l)
-	events := w.events
-	buf := make([]byte, loopReadBuffer)
+	lb := loopBuffers.Get().(*loopBuffer)
+	defer loopBuffers.Put(lb) // nothing refers to it when the goroutine stops being the loop
+	w := newWaiter(l, lb.events)
+	events, buf := lb.events, lb.buf
 	for {
 		n, err := w.wait()
 		if err != nil {
@@ -798,20 +813,52 @@ func (l *ioLoop) check() {
 	if seq&1 == 0 || seq != last {
 		return
 	}
-	o := l.cur.Load()
+	l.handOff(seq, l.cur.Load())
+}
+
+// handOff hands the loop to a new goroutine if its goroutine is still
+// handling the read of seq, o's: that goroutine keeps o, whose socket is
+// not read until it gives o back, and stops being the loop.
+func (l *ioLoop) handOff(seq uint64, o *outConn) {
 	o.mu.Lock()
 	if !l.seq.CompareAndSwap(seq, seq+1) {
 		o.mu.Unlock()
 		return
 	}
-	// The stuck goroutine keeps o: its socket is not read until it gives it back.
 	o.lp.detached.Store(true)
 	o.setEventsLocked(o.lp.events &^ (syscall.EPOLLIN | syscall.EPOLLRDHUP))
 	o.mu.Unlock()
-	l.lastSeen = seq + 1
 	l.set.handoffs.Add(1)
-	l.set.wg.Add(1)
+	l.set.wg.Add(1) // the goroutine handing off is counted: wg is not at zero
 	go l.run()
+}
+
+// releaseLoop hands off the read loop that is handling o's packets now, if
+// any, at once rather than at the monitor's next checks: for a packet
+// whose handling is about to wait (a commit to disk). Other connections'
+// packets then go on, and their handling can share that commit.
+func (o *outConn) releaseLoop() {
+	o.mu.Lock()
+	ls := o.lp
+	o.mu.Unlock()
+	if ls == nil {
+		return
+	}
+	l := ls.lp
+	seq := l.seq.Load()
+	if seq&1 == 1 && l.cur.Load() == o {
+		l.handOff(seq, o)
+	}
+}
+
+// releaseLoopOf is releaseLoop for cl's connection.
+func releaseLoopOf(cl *mqtt.Client) {
+	if cl == nil {
+		return
+	}
+	if c := connOf(cl); c != nil && c.out != nil {
+		c.out.releaseLoop()
+	}
 }
 
 // sweep ends the loop's connections that have been silent for longer than

@@ -36,6 +36,8 @@ func (*outConn) readPackets(*ioLoops, *mqtt.Client, []byte, mqtt.ReadFn) (bool, 
 func (*outConn) writeLoopFD([]byte) (int, error) { panic("broker: no read loops") }
 func (*outConn) flushLoopFD([]byte) error        { panic("broker: no read loops") }
 func (*outConn) closeLoopFDLocked()              {}
-func (*outConn) shutReadLoopFDLocked()           {}
+
+func releaseLoopOf(*mqtt.Client)       {}
+func (*outConn) shutReadLoopFDLocked() {}
 
 var _ = time.Second

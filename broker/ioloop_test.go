@@ -4,8 +4,11 @@ package broker_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -98,59 +101,109 @@ func TestMochiPatchPacketReader(t *testing.T) {
 	}
 }
 
-// TestReadLoopHandoff: a handler that blocks (a Subscribe handler runs on
-// the publisher's packet path, as a shadow commit does) holds up only its
-// own connection. With one read loop, another client's messages go on
-// through the loop while it blocks; the blocked connection's later packets
-// follow in order once it returns; the handoff is counted.
-func TestReadLoopHandoff(t *testing.T) {
-	b := brokertest.New(t, broker.Config{ReadLoops: 1})
-	entered, release := make(chan struct{}), make(chan struct{})
-	var calls atomic.Int32
-	if err := b.Subscribe("slow/#", func(string, string, []byte) {
-		if calls.Add(1) == 1 {
-			close(entered)
-			<-release
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	sub := dialRaw(t, b.Addr())
-	if code := sub.connect(v311, "handoff-sub", true); code != 0 {
-		t.Fatalf("CONNACK code %#x", code)
-	}
-	sub.write(subscribePacket(v311, 1, "fast/#", 0))
-	sub.expect(typeSuback)
-	slow, fast := dialRaw(t, b.Addr()), dialRaw(t, b.Addr())
-	for _, c := range []*rawConn{slow, fast} {
-		if code := c.connect(v311, fmt.Sprintf("handoff-%p", c), true); code != 0 {
-			t.Fatalf("CONNACK code %#x", code)
-		}
-	}
-	waitfor.Poll(t, 5*time.Second, "three clients in the loop", func() bool { return b.Stats().LoopConns == 3 })
+// blockingAuth is an Authenticator whose Allow blocks on the first
+// publish to a topic under slow/ until release is closed.
+type blockingAuth struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
 
-	// The slow client's handler blocks; its next message waits behind it.
-	slow.write(append(publishPacket(v311, "slow/1", 0, 0, []byte("s")), publishPacket(v311, "fast/after-slow", 0, 0, []byte("a"))...))
-	select {
-	case <-entered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the slow handler was not called")
+func (a *blockingAuth) Authenticate(_ context.Context, c broker.Credentials) (broker.Identity, error) {
+	return broker.Identity{Name: c.ClientID}, nil
+}
+
+func (a *blockingAuth) Allow(_ broker.Identity, topic string, write bool) bool {
+	if write && strings.HasPrefix(topic, "slow/") {
+		a.once.Do(func() {
+			close(a.entered)
+			<-a.release
+		})
 	}
-	fast.write(publishPacket(v311, "fast/other", 0, 0, []byte("o")))
-	if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/other" {
-		t.Fatalf("got %q while the slow handler blocks, want fast/other", topic)
-	}
-	if st := b.Stats(); st.LoopHandoffs < 1 {
-		t.Errorf("Stats.LoopHandoffs %d, want at least 1", st.LoopHandoffs)
-	}
-	close(release)
-	if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/after-slow" {
-		t.Fatalf("got %q after the slow handler returned, want fast/after-slow", topic)
-	}
-	// The connection is read by the loop again.
-	slow.write(publishPacket(v311, "fast/again", 0, 0, []byte("g")))
-	if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/again" {
-		t.Fatalf("got %q, want fast/again", topic)
+	return true
+}
+
+// TestReadLoopHandoff: a packet whose handling blocks holds up only its own
+// connection. With one read loop, another client's messages go on through
+// the loop while it blocks; the blocked connection's later packets follow
+// in order once it returns, and the loop reads it again; the handoff is
+// counted. A Subscribe handler (as the shadow engine's, which commits)
+// gives the loop away before it runs; anything else that blocks (here an
+// Authenticator) is handed off by the loop's monitor.
+func TestReadLoopHandoff(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, cfg *broker.Config) (entered, release chan struct{}, register func(*broker.Server))
+	}{
+		{"subscribe handler", func(t *testing.T, cfg *broker.Config) (chan struct{}, chan struct{}, func(*broker.Server)) {
+			entered, release := make(chan struct{}), make(chan struct{})
+			var calls atomic.Int32
+			return entered, release, func(b *broker.Server) {
+				if err := b.Subscribe("slow/#", func(string, string, []byte) {
+					if calls.Add(1) == 1 {
+						close(entered)
+						<-release
+					}
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"authenticator (monitor)", func(t *testing.T, cfg *broker.Config) (chan struct{}, chan struct{}, func(*broker.Server)) {
+			a := &blockingAuth{entered: make(chan struct{}), release: make(chan struct{})}
+			cfg.Auth = a
+			return a.entered, a.release, func(*broker.Server) {}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := broker.Config{ReadLoops: 1}
+			entered, release, register := tc.setup(t, &cfg)
+			b := brokertest.New(t, cfg)
+			register(b)
+			released := false
+			defer func() {
+				if !released {
+					close(release)
+				}
+			}()
+			sub := dialRaw(t, b.Addr())
+			if code := sub.connect(v311, "handoff-sub", true); code != 0 {
+				t.Fatalf("CONNACK code %#x", code)
+			}
+			sub.write(subscribePacket(v311, 1, "fast/#", 0))
+			sub.expect(typeSuback)
+			slow, fast := dialRaw(t, b.Addr()), dialRaw(t, b.Addr())
+			for id, c := range map[string]*rawConn{"handoff-slow": slow, "handoff-fast": fast} {
+				if code := c.connect(v311, id, true); code != 0 {
+					t.Fatalf("CONNACK code %#x", code)
+				}
+			}
+			waitfor.Poll(t, 5*time.Second, "three clients in the loop", func() bool { return b.Stats().LoopConns == 3 })
+
+			// The slow client's packet blocks; its next message waits behind it.
+			slow.write(append(publishPacket(v311, "slow/1", 0, 0, []byte("s")), publishPacket(v311, "fast/after-slow", 0, 0, []byte("a"))...))
+			select {
+			case <-entered:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the slow packet's handling did not start")
+			}
+			fast.write(publishPacket(v311, "fast/other", 0, 0, []byte("o")))
+			if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/other" {
+				t.Fatalf("got %q while the slow packet blocks, want fast/other", topic)
+			}
+			if st := b.Stats(); st.LoopHandoffs < 1 {
+				t.Errorf("Stats.LoopHandoffs %d, want at least 1", st.LoopHandoffs)
+			}
+			close(release)
+			released = true
+			if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/after-slow" {
+				t.Fatalf("got %q after the slow packet, want fast/after-slow", topic)
+			}
+			// The connection is read by the loop again.
+			slow.write(publishPacket(v311, "fast/again", 0, 0, []byte("g")))
+			if topic, _, _ := parsePublish(v311, sub.expect(typePublish)); topic != "fast/again" {
+				t.Fatalf("got %q, want fast/again", topic)
+			}
+		})
 	}
 }
 

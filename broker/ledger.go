@@ -313,6 +313,25 @@ func await(w *commitWait) error {
 	return w.err
 }
 
+// awaitFor is await for the handling of a packet of cl (and of origin's,
+// the client whose PUBLISH is being delivered, if not ""): a read loop
+// handling it is handed off before the wait (see releaseLoop), so that
+// other clients' packets go on and can share the commit.
+func (l *ledger) awaitFor(w *commitWait, cl *mqtt.Client, origin string) error {
+	select {
+	case <-w.done:
+		return w.err
+	default:
+	}
+	releaseLoopOf(cl)
+	if origin != "" && (cl == nil || origin != cl.ID) && !ownOrigin(origin) {
+		if o, ok := l.s.mq.Clients.Get(origin); ok {
+			releaseLoopOf(o)
+		}
+	}
+	return await(w)
+}
+
 // addSession adds se, replacing nothing: the caller removed any previous
 // entry.
 func (l *ledger) addSession(se *sessionEntry) {
@@ -627,7 +646,8 @@ func (l *ledger) update(clientID string, wait bool, f func(*sessionEntry)) error
 	if w == nil {
 		return nil
 	}
-	return await(w)
+	cl, _ := l.s.mq.Clients.Get(clientID) // whose SUBSCRIBE or UNSUBSCRIBE is being handled
+	return l.awaitFor(w, cl, "")
 }
 
 // OnUnsubscribed removes subscriptions of a persistent session. For an
@@ -745,7 +765,7 @@ func (l *ledger) writeQueued(cl *mqtt.Client, pk packets.Packet) error {
 	w := l.pendingWait()
 	l.mu.Unlock()
 	l.wake()
-	err := await(w)
+	err := l.awaitFor(w, cl, "")
 	if err != nil {
 		l.mu.Lock()
 		if l.pending[cl] == b {
@@ -816,7 +836,7 @@ func (l *ledger) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int
 	l.mu.Unlock()
 	l.wake()
 	if w != nil {
-		_ = await(w) // an error is logged by the committer
+		_ = l.awaitFor(w, cl, pk.Origin) // an error is logged by the committer
 	}
 }
 
@@ -914,7 +934,7 @@ func (l *ledger) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
 	l.mu.Unlock()
 	l.wake()
 	if w != nil {
-		if err := await(w); err != nil {
+		if err := l.awaitFor(w, cl, ""); err != nil {
 			l.log.Warn("retained message acknowledged although not stored", "client", cl.ID, "topic", clip(topic), "error", err)
 		}
 	}
