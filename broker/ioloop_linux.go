@@ -230,7 +230,7 @@ func (s *ioLoops) handoffsSoFar() int64 {
 
 // pick returns the loop for a new connection.
 func (s *ioLoops) pick() *ioLoop {
-	return s.loops[int(s.next.Add(1))%len(s.loops)]
+	return s.loops[s.next.Add(1)%uint32(len(s.loops))]
 }
 
 // epollWait is epoll_wait(2) without a timeout: it never blocks.
@@ -783,7 +783,7 @@ func (o *outConn) shutReadLoopFDLocked() {
 // (see above).
 func (s *ioLoops) monitor() {
 	defer s.wg.Done()
-	t := time.NewTicker(loopCheck)
+	t := time.NewTimer(loopCheck)
 	defer t.Stop()
 	var lastSweep time.Time
 	for {
@@ -800,6 +800,13 @@ func (s *ioLoops) monitor() {
 					l.sweep(s.now())
 				}
 			}
+			// With no connection in a loop, nothing can hold one: an idle
+			// server is not woken every loopCheck.
+			next := loopCheck
+			if s.served.Load() == 0 {
+				next = keepaliveSweep
+			}
+			t.Reset(next)
 		}
 	}
 }
