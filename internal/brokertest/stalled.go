@@ -42,7 +42,7 @@ func DialStalled(tb testing.TB, addr string, o StalledOptions) *Stalled {
 	d := net.Dialer{Timeout: Timeout, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024)
+			serr = smallReceiveBuffer(fd)
 		}); err != nil {
 			return err
 		}
