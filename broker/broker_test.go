@@ -865,6 +865,8 @@ func TestOpenErrors(t *testing.T) {
 		{"negative writes pending", broker.Config{ClientWritesPending: -1}, broker.ErrInvalidConfig},
 		{"negative service writes pending", broker.Config{ServiceWritesPending: -1}, broker.ErrInvalidConfig},
 		{"tiny read buffer", broker.Config{ReadBufferSize: 1}, broker.ErrInvalidConfig},
+		{"read loops below -1", broker.Config{ReadLoops: -2}, broker.ErrInvalidConfig},
+		{"too many read loops", broker.Config{ReadLoops: 5000}, broker.ErrInvalidConfig},
 		{"negative client ID length", broker.Config{MaxClientIDLength: -1}, broker.ErrInvalidConfig},
 		{"client ID length over MQTT's", broker.Config{MaxClientIDLength: 65536}, broker.ErrInvalidConfig},
 		{"tls address without config", broker.Config{TLSAddr: "127.0.0.1:0"}, broker.ErrInvalidConfig},
