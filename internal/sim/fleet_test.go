@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/umbra-iot/umbra/broker"
+	"github.com/umbra-iot/umbra/internal/waitfor"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -539,9 +540,15 @@ func TestFleetDownloadRetries(t *testing.T) {
 				if got := fw.requestsOf(id); got != tc.requests {
 					t.Errorf("%s made %d requests, want %d", id, got, tc.requests)
 				}
-				if desc, want := f.Describe(id), "conn up (online true)"; !strings.Contains(desc, want) || !strings.Contains(desc, "phase idle") {
-					t.Errorf("Describe(%s) = %q, want it to say %q and phase idle", id, desc, want)
-				}
+				// The report can reach the engine before the device's connect
+				// goroutine has marked the connection up (the report is sent
+				// from paho's on-connect handler): await it.
+				waitfor.PollExplained(t, 5*time.Second, fmt.Sprintf("Describe(%s) saying conn up and phase idle", id), func() string {
+					if desc := f.Describe(id); !strings.Contains(desc, "conn up (online true)") || !strings.Contains(desc, "phase idle") {
+						return desc
+					}
+					return ""
+				})
 			}
 			if desc := f.Describe("not-in-the-fleet"); desc != "" {
 				t.Errorf("Describe of an unknown device = %q, want \"\"", desc)
