@@ -699,6 +699,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("broker: start read loops: %w", err)
 		}
 		s.out.loops = loops
+		s.mq.Options.DeferDelivery = s.deferDelivery // mochi patch 22: before any client connects
 	}
 	if err := s.listen(); err != nil {
 		if s.out.loops != nil {

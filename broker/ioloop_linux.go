@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Read loops: how a plain TCP client's packets are read.
@@ -115,6 +116,12 @@ type ioLoop struct {
 	free  []int32     // unused slots
 
 	lastSeen uint64 // the monitor's: seq at its last check
+
+	// Deliveries made while the loop handled a read, written together at
+	// the end of the loop's batch (see deferDelivery), guarded by dmu.
+	dmu      sync.Mutex
+	deferred []deferredPacket
+	pending  map[*mqtt.Client]int // deferred packets per subscriber
 
 	// seq is odd while the loop's goroutine handles the packets of one
 	// read, cur is their connection. The monitor hands the loop off by
@@ -318,10 +325,109 @@ func (l *ioLoop) run() {
 				o.sawWritable()
 			}
 			if ev.Events&^uint32(syscall.EPOLLOUT) != 0 && l.serve(o, buf, now, ev.Events) {
+				l.flushDeferred()
 				return // handed off: another goroutine is the loop now
 			}
 		}
+		l.flushDeferred()
 	}
+}
+
+// Deferred deliveries: how a loop writes what its publishers sent.
+//
+// A message for a subscriber is normally queued for the subscriber's
+// write-loop goroutine, which wakes, writes it (with whatever else was
+// queued meanwhile) and parks again: a goroutine wake-up per batch per
+// subscriber. A delivery made while a read loop handles the publisher's
+// read is instead kept in the loop's deferred list and written at the end
+// of the loop's batch, all of a subscriber's together in one write(2)
+// (the subscriber's connection is corked meanwhile), with no goroutine
+// woken.
+//
+// Each publisher's messages to a subscriber stay in order, as MQTT
+// requires: a delivery is deferred only if the subscriber's write-loop
+// queue is empty (nothing queued or being written, so nothing earlier can
+// be written after it), or if the list already holds one for the
+// subscriber (which the queue must not overtake); and a delivery that
+// cannot be deferred any more, because the loop was handed off while the
+// publisher's read was handled, first writes the loop's list.
+
+// deferredPacket is a delivery kept in a loop's deferred list.
+type deferredPacket struct {
+	cl *mqtt.Client
+	pk *packets.Packet
+}
+
+// deferDelivery is mochi's Options.DeferDelivery (patch 22): it keeps pk
+// for cl in the deferred list of the loop handling pk's publisher now, or
+// reports false (mochi then queues pk for cl's write loop).
+func (s *Server) deferDelivery(cl *mqtt.Client, pk *packets.Packet) bool {
+	if pk.Origin == "" {
+		return false
+	}
+	pub, ok := s.mq.Clients.Get(pk.Origin)
+	if !ok {
+		return false
+	}
+	c := connOf(pub)
+	if c == nil || c.out == nil {
+		return false
+	}
+	c.out.mu.Lock()
+	ls := c.out.lp
+	c.out.mu.Unlock()
+	if ls == nil {
+		return false
+	}
+	l := ls.lp
+	l.dmu.Lock()
+	defer l.dmu.Unlock()
+	if l.seq.Load()&1 == 0 || l.cur.Load() != c.out {
+		// Not (or no longer) the loop's read: what the publisher deferred
+		// before must be written before this goes to the queue.
+		l.flushDeferredLocked()
+		return false
+	}
+	if l.pending[cl] == 0 && !cl.OutboundEmpty() {
+		return false
+	}
+	if l.pending == nil {
+		l.pending = map[*mqtt.Client]int{}
+	}
+	l.pending[cl]++
+	l.deferred = append(l.deferred, deferredPacket{cl, pk})
+	return true
+}
+
+// flushDeferred writes the loop's deferred deliveries.
+func (l *ioLoop) flushDeferred() {
+	l.dmu.Lock()
+	l.flushDeferredLocked()
+	l.dmu.Unlock()
+}
+
+// flushDeferredLocked writes the loop's deferred deliveries, each
+// subscriber's in one write where its connection allows; l.dmu is held.
+func (l *ioLoop) flushDeferredLocked() {
+	if len(l.deferred) == 0 {
+		return
+	}
+	var corked []*outConn
+	for i := range l.deferred {
+		d := &l.deferred[i]
+		if c := connOf(d.cl); c != nil && c.out != nil && c.out.cork() {
+			corked = append(corked, c.out)
+		}
+		if err := d.cl.WritePacket(*d.pk); err != nil {
+			l.set.log.Debug("deferred delivery not written", "client", d.cl.ID, "error", err)
+		}
+		d.cl, d.pk = nil, nil
+	}
+	for _, o := range corked {
+		o.uncork()
+	}
+	l.deferred = l.deferred[:0]
+	clear(l.pending)
 }
 
 // lookup returns the connection of an event, or nil if it has gone.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -299,5 +300,66 @@ func TestReadLoopBacklog(t *testing.T) {
 	waitfor.Poll(t, 5*time.Second, "the backlog written", func() bool { return b.Stats().PendingBytes == 0 })
 	if st := b.Stats(); st.SlowConsumers != 0 || st.LoopConns != 1 || st.MessagesDropped != 0 {
 		t.Errorf("Stats.SlowConsumers %d, LoopConns %d, MessagesDropped %d: want 0, 1, 0", st.SlowConsumers, st.LoopConns, st.MessagesDropped)
+	}
+}
+
+// TestDeferredDeliveryOrder: each publisher's messages reach a subscriber
+// in order and none is lost, whether the read loop writes them at the end
+// of its batch (deferred), the subscriber's write loop writes them (when
+// it has messages queued: here also the broker's own, published from
+// another goroutine), or a handoff comes in between (a Subscribe handler
+// that waits, on every 25th message of each publisher).
+func TestDeferredDeliveryOrder(t *testing.T) {
+	const publishers, each = 8, 300
+	b := brokertest.New(t, broker.Config{ClientWritesPending: 1 << 14, MaxPendingBytes: 64 << 20, MaxMessageRate: -1})
+	if err := b.Subscribe("order/+/slow", func(string, string, []byte) { time.Sleep(3 * time.Millisecond) }); err != nil {
+		t.Fatal(err)
+	}
+	sub := dialRaw(t, b.Addr())
+	if code := sub.connect(v311, "order-sub", true); code != 0 {
+		t.Fatalf("CONNACK code %#x", code)
+	}
+	sub.write(subscribePacket(v311, 1, "order/#", 0))
+	sub.expect(typeSuback)
+	pubs := make([]*rawConn, publishers)
+	for i := range pubs {
+		pubs[i] = dialRaw(t, b.Addr())
+		if code := pubs[i].connect(v311, fmt.Sprintf("order-pub-%d", i), true); code != 0 {
+			t.Fatalf("CONNACK code %#x", code)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { // the broker's own messages keep the subscriber's write loop busy at times
+		for i := range each {
+			_ = b.Publish("order/broker/x", []byte(strconv.Itoa(i)), false, 0)
+		}
+	})
+	for p, c := range pubs {
+		wg.Go(func() {
+			for i := range each {
+				topic := fmt.Sprintf("order/%d/x", p)
+				if i%25 == 0 {
+					topic = fmt.Sprintf("order/%d/slow", p)
+				}
+				c.write(publishPacket(v311, topic, 0, 0, []byte(strconv.Itoa(i))))
+			}
+		})
+	}
+	next := map[string]int{}
+	for got := 0; got < (publishers+1)*each; got++ {
+		topic, _, payload := parsePublish(v311, sub.expect(typePublish))
+		from := strings.Split(topic, "/")[1]
+		n, err := strconv.Atoi(string(payload))
+		if err != nil {
+			t.Fatalf("payload %q on %s", payload, topic)
+		}
+		if n != next[from] {
+			t.Fatalf("from %s: got message %d, want %d (out of order or lost)", from, n, next[from])
+		}
+		next[from]++
+	}
+	wg.Wait()
+	if st := b.Stats(); st.MessagesDropped != 0 || st.LoopHandoffs == 0 {
+		t.Errorf("Stats.MessagesDropped %d, LoopHandoffs %d: want 0 and some", st.MessagesDropped, st.LoopHandoffs)
 	}
 }

@@ -91,10 +91,12 @@ func TestMochiPatchPublishPathAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(2000, message)
 	// Go 1.26: 4 (the delivered packet; the bytes of the PUBLISH and of the
 	// subscriber's PUBACK; the topic); unpatched: 22. The race detector
-	// makes sync.Pool drop a quarter of what is put back: 7 (unpatched 22).
+	// makes sync.Pool drop a quarter of what is put back: 8 since the read
+	// loops write deliveries at the end of their batch, 7 before
+	// (unpatched 22).
 	bound := 4.0
 	if raceEnabled {
-		bound = 7
+		bound = 8
 	}
 	t.Logf("%.2f allocations per QoS 1 message", allocs)
 	if allocs > bound {

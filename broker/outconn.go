@@ -77,6 +77,7 @@ type outConn struct {
 	limit       int        // cap of queued
 	owner       string     // client ID and identity, for the log line; "" before authentication
 	writing     bool       // the writer goroutine runs
+	corked      bool       // Write only collects: a read loop writes its deferred deliveries (see uncork)
 	closed      bool       // Close or abort was called
 	lingering   bool       // closed with a backlog: the writer closes the socket when done
 	lingerUntil time.Time  // deadline of a lingering writer
@@ -130,7 +131,7 @@ func (o *outConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	n := 0
-	if !o.writing && (o.raw != nil || o.lp != nil) && len(p) > 0 {
+	if !o.writing && !o.corked && (o.raw != nil || o.lp != nil) && len(p) > 0 {
 		var err error
 		if o.lp != nil {
 			n, err = o.writeLoopFD(p)
@@ -155,12 +156,57 @@ func (o *outConn) Write(p []byte) (int, error) {
 	o.pending = append(o.pending, rest...)
 	o.queued += len(rest)
 	o.sh.pending.Add(int64(len(rest)))
-	if !o.writing {
+	if !o.writing && !o.corked {
 		o.writing = true
 		o.writer.Go(o.writeLoop)
 	}
 	o.mu.Unlock()
 	return len(p), nil
+}
+
+// cork makes Write collect what it is given, for uncork to write at once.
+// It reports false if o was corked already (by another read loop, which
+// uncorks it) or cannot be: it is closed, or not in a read loop.
+func (o *outConn) cork() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.corked || o.closed || o.err != nil || o.lp == nil {
+		return false
+	}
+	o.corked = true
+	return true
+}
+
+// uncork writes what Write collected since cork: one write(2), the rest
+// by the writer.
+func (o *outConn) uncork() {
+	o.mu.Lock()
+	o.corked = false
+	if o.writing || len(o.pending) == 0 || o.err != nil {
+		o.mu.Unlock()
+		return
+	}
+	buf := o.pending
+	n, err := o.writeLoopFD(buf)
+	if err != nil {
+		o.err = err
+		o.mu.Unlock()
+		return
+	}
+	o.queued -= n
+	o.sh.pending.Add(-int64(n))
+	if n == len(buf) {
+		o.pending = buf[:0]
+		if cap(buf) > maxSpare {
+			o.pending = nil
+		}
+		o.mu.Unlock()
+		return
+	}
+	o.pending = append(buf[:0], buf[n:]...)
+	o.writing = true
+	o.writer.Go(o.writeLoop)
+	o.mu.Unlock()
 }
 
 // shedLocked closes the connection as a slow consumer for reason, counts

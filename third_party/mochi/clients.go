@@ -267,6 +267,12 @@ func (cl *Client) OutboundCapacity() int {
 	return cap(cl.State.outbound)
 }
 
+// OutboundEmpty reports whether nothing is queued for the client's write loop or being
+// written by it. (umbra patch 22)
+func (cl *Client) OutboundEmpty() bool {
+	return atomic.LoadInt32(&cl.State.outboundQty) == 0
+}
+
 // QueueOutbound queues pk for the client's write loop without waiting, as the server queues a
 // message for a subscriber, and reports false if the queue is full. The caller must not modify
 // *pk afterwards. (umbra patch 14)

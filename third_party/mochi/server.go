@@ -122,6 +122,15 @@ type Options struct {
 	// run queue, nothing when no other goroutine is runnable. (umbra patch 13)
 	CoalesceClientWrites bool `yaml:"coalesce_client_writes" json:"coalesce_client_writes"`
 
+	// DeferDelivery, if set, is offered each message for a client before it is queued for the
+	// client's write loop: if it returns true it has taken the packet (already in the client's
+	// inflight store for QoS 1 and 2) and writes it with Client.WritePacket itself, and the
+	// queue is not used. An embedder that reads connections in event loops writes a loop's
+	// deliveries together at the end of its batch, without waking each subscriber's write
+	// loop. It must keep each publisher's messages to a client in order with those the write
+	// loop writes (Client.OutboundEmpty tells whether any are queued). (umbra patch 22)
+	DeferDelivery func(cl *Client, pk *packets.Packet) bool `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -1154,6 +1163,9 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
+	if d := s.Options.DeferDelivery; d != nil && d(cl, &out) { // umbra patch 22
+		return out, nil
+	}
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
