@@ -244,6 +244,12 @@
 // a silent client is disconnected at most that much after its keepalive
 // and a half.
 //
+// A delivery that a read loop's handling makes (a device's telemetry for
+// an integrator) is written at the end of the loop's batch, together with
+// the batch's other deliveries for that subscriber, in one write and
+// without waking the subscriber's write loop; each publisher's messages
+// stay in order (see ioloop_linux.go, "Deferred deliveries").
+//
 // Messages queued for a client are written together: before writing the
 // last packet in its queue, the client's write loop lets the goroutines
 // that are already runnable (other publishers) queue theirs, and writes
