@@ -312,7 +312,7 @@ type Config struct {
 	ServicePendingBytes int
 	// ReadLoops is how many read loops serve the plain TCP connections
 	// once they are connected (see the package documentation): 0 for
-	// GOMAXPROCS, -1 for none, a goroutine reading each connection as for
+	// one per two processors (GOMAXPROCS/2, at least 1), -1 for none, a goroutine reading each connection as for
 	// TLS and WebSocket (always so on other systems than Linux).
 	ReadLoops int
 
@@ -553,7 +553,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: negative WriteTimeout %v", ErrInvalidConfig, c.WriteTimeout)
 	}
 	if c.ReadLoops < -1 || c.ReadLoops > maxReadLoops {
-		return fmt.Errorf("%w: ReadLoops %d: -1 (none), 0 (GOMAXPROCS) or up to %d", ErrInvalidConfig, c.ReadLoops, maxReadLoops)
+		return fmt.Errorf("%w: ReadLoops %d: -1 (none), 0 (GOMAXPROCS/2) or up to %d", ErrInvalidConfig, c.ReadLoops, maxReadLoops)
 	}
 	if c.MaxClientIDLength < 1 || c.MaxClientIDLength > maxTopicLen {
 		return fmt.Errorf("%w: MaxClientIDLength %d outside [1, %d]", ErrInvalidConfig, c.MaxClientIDLength, maxTopicLen)

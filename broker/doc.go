@@ -220,9 +220,10 @@
 // # Read loops
 //
 // Once a plain TCP client is connected (after CONNACK), its packets are
-// read by one of Config.ReadLoops read loops (default GOMAXPROCS; Linux
-// only), not by a goroutine of its own: its socket leaves the Go runtime's
-// poller for the loop's epoll instance, and the loop reads each ready
+// read by one of Config.ReadLoops read loops (default one per two
+// processors, GOMAXPROCS/2, at least one; Linux only), not by a goroutine
+// of its own: its socket leaves the Go runtime's poller for the loop's
+// epoll instance, and the loop reads each ready
 // socket once and handles its packets on one hot goroutine, without a
 // goroutine wake-up and a second read(2) per message (see ioloop_linux.go
 // and docs/benchmarks.md §10). TLS and WebSocket clients, and every

@@ -32,6 +32,7 @@ func TestMochiPatchPacketReader(t *testing.T) {
 	}{
 		{loops: 0, wantLoops: 2},
 		{loops: 1, wantLoops: 2},
+		{loops: 2, wantLoops: 2},
 		{loops: -1, wantLoops: 0},
 	} {
 		t.Run(fmt.Sprintf("ReadLoops=%d", tc.loops), func(t *testing.T) {
@@ -311,55 +312,61 @@ func TestReadLoopBacklog(t *testing.T) {
 // that waits, on every 25th message of each publisher).
 func TestDeferredDeliveryOrder(t *testing.T) {
 	const publishers, each = 8, 300
-	b := brokertest.New(t, broker.Config{ClientWritesPending: 1 << 14, MaxPendingBytes: 64 << 20, MaxMessageRate: -1})
-	if err := b.Subscribe("order/+/slow", func(string, string, []byte) { time.Sleep(3 * time.Millisecond) }); err != nil {
-		t.Fatal(err)
-	}
-	sub := dialRaw(t, b.Addr())
-	if code := sub.connect(v311, "order-sub", true); code != 0 {
-		t.Fatalf("CONNACK code %#x", code)
-	}
-	sub.write(subscribePacket(v311, 1, "order/#", 0))
-	sub.expect(typeSuback)
-	pubs := make([]*rawConn, publishers)
-	for i := range pubs {
-		pubs[i] = dialRaw(t, b.Addr())
-		if code := pubs[i].connect(v311, fmt.Sprintf("order-pub-%d", i), true); code != 0 {
-			t.Fatalf("CONNACK code %#x", code)
-		}
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { // the broker's own messages keep the subscriber's write loop busy at times
-		for i := range each {
-			_ = b.Publish("order/broker/x", []byte(strconv.Itoa(i)), false, 0)
-		}
-	})
-	for p, c := range pubs {
-		wg.Go(func() {
-			for i := range each {
-				topic := fmt.Sprintf("order/%d/x", p)
-				if i%25 == 0 {
-					topic = fmt.Sprintf("order/%d/slow", p)
+	// One loop: every delivery of a batch from the same loop; two: a
+	// subscriber gets deferred deliveries from both.
+	for _, loops := range []int{1, 2} {
+		t.Run(fmt.Sprintf("ReadLoops=%d", loops), func(t *testing.T) {
+			b := brokertest.New(t, broker.Config{ReadLoops: loops, ClientWritesPending: 1 << 14, MaxPendingBytes: 64 << 20, MaxMessageRate: -1})
+			if err := b.Subscribe("order/+/slow", func(string, string, []byte) { time.Sleep(3 * time.Millisecond) }); err != nil {
+				t.Fatal(err)
+			}
+			sub := dialRaw(t, b.Addr())
+			if code := sub.connect(v311, "order-sub", true); code != 0 {
+				t.Fatalf("CONNACK code %#x", code)
+			}
+			sub.write(subscribePacket(v311, 1, "order/#", 0))
+			sub.expect(typeSuback)
+			pubs := make([]*rawConn, publishers)
+			for i := range pubs {
+				pubs[i] = dialRaw(t, b.Addr())
+				if code := pubs[i].connect(v311, fmt.Sprintf("order-pub-%d", i), true); code != 0 {
+					t.Fatalf("CONNACK code %#x", code)
 				}
-				c.write(publishPacket(v311, topic, 0, 0, []byte(strconv.Itoa(i))))
+			}
+			var wg sync.WaitGroup
+			wg.Go(func() { // the broker's own messages keep the subscriber's write loop busy at times
+				for i := range each {
+					_ = b.Publish("order/broker/x", []byte(strconv.Itoa(i)), false, 0)
+				}
+			})
+			for p, c := range pubs {
+				wg.Go(func() {
+					for i := range each {
+						topic := fmt.Sprintf("order/%d/x", p)
+						if i%25 == 0 {
+							topic = fmt.Sprintf("order/%d/slow", p)
+						}
+						c.write(publishPacket(v311, topic, 0, 0, []byte(strconv.Itoa(i))))
+					}
+				})
+			}
+			next := map[string]int{}
+			for got := 0; got < (publishers+1)*each; got++ {
+				topic, _, payload := parsePublish(v311, sub.expect(typePublish))
+				from := strings.Split(topic, "/")[1]
+				n, err := strconv.Atoi(string(payload))
+				if err != nil {
+					t.Fatalf("payload %q on %s", payload, topic)
+				}
+				if n != next[from] {
+					t.Fatalf("from %s: got message %d, want %d (out of order or lost)", from, n, next[from])
+				}
+				next[from]++
+			}
+			wg.Wait()
+			if st := b.Stats(); st.MessagesDropped != 0 || st.LoopHandoffs == 0 {
+				t.Errorf("Stats.MessagesDropped %d, LoopHandoffs %d: want 0 and some", st.MessagesDropped, st.LoopHandoffs)
 			}
 		})
-	}
-	next := map[string]int{}
-	for got := 0; got < (publishers+1)*each; got++ {
-		topic, _, payload := parsePublish(v311, sub.expect(typePublish))
-		from := strings.Split(topic, "/")[1]
-		n, err := strconv.Atoi(string(payload))
-		if err != nil {
-			t.Fatalf("payload %q on %s", payload, topic)
-		}
-		if n != next[from] {
-			t.Fatalf("from %s: got message %d, want %d (out of order or lost)", from, n, next[from])
-		}
-		next[from]++
-	}
-	wg.Wait()
-	if st := b.Stats(); st.MessagesDropped != 0 || st.LoopHandoffs == 0 {
-		t.Errorf("Stats.MessagesDropped %d, LoopHandoffs %d: want 0 and some", st.MessagesDropped, st.LoopHandoffs)
 	}
 }

@@ -145,7 +145,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&c.MaxPendingBytes, "max-pending-bytes", 0, "bytes a device's connection may have pending (sent but not taken by its socket) before it is disconnected as a slow consumer; 0 means 2 × --max-packet-size")
 	f.IntVar(&c.ServicePendingBytes, "service-max-pending-bytes", broker.DefaultServicePendingBytes, "--max-pending-bytes for operators and integrators")
 	f.DurationVar(&c.WriteTimeout, "write-timeout", broker.DefaultWriteTimeout, "how long a connection with pending bytes may take none before it is disconnected as a slow consumer")
-	f.IntVar(&c.ReadLoops, "read-loops", 0, "event loops that read connected plain TCP MQTT clients (Linux); 0 means one per CPU (GOMAXPROCS), -1 a goroutine per connection")
+	f.IntVar(&c.ReadLoops, "read-loops", 0, "event loops that read connected plain TCP MQTT clients (Linux); 0 means one per two CPUs (GOMAXPROCS/2, at least 1), -1 a goroutine per connection")
 	f.IntVar(&c.MaxSubscriptions, "max-subscriptions", broker.DefaultMaxSubscriptions, "subscriptions a device's session may hold (further filters are refused in SUBACK); -1 for no cap")
 	f.IntVar(&c.ServiceSubscriptions, "service-max-subscriptions", broker.DefaultServiceSubscriptions, "--max-subscriptions for operators and integrators")
 	f.IntVar(&c.MaxRetained, "max-retained", broker.DefaultMaxRetained, "retained messages clients may hold; a new retained topic beyond it is refused (MQTT 5: PUBACK 0x97; MQTT 3.1.1: delivered, not retained); -1 for no cap")
@@ -299,7 +299,7 @@ func (o *serveOptions) config(log *slog.Logger) (serveConfig, error) {
 		return serveConfig{}, fmt.Errorf("--write-timeout %v: must be at least 1s", c.WriteTimeout)
 	}
 	if c.ReadLoops < -1 || c.ReadLoops > 1024 {
-		return serveConfig{}, fmt.Errorf("--read-loops %d: must be -1 (a goroutine per connection), 0 (one per CPU) or up to 1024", c.ReadLoops)
+		return serveConfig{}, fmt.Errorf("--read-loops %d: must be -1 (a goroutine per connection), 0 (one per two CPUs) or up to 1024", c.ReadLoops)
 	}
 	if c.PublicURL != "" {
 		u, err := url.Parse(c.PublicURL)

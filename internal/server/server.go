@@ -133,7 +133,8 @@ type Config struct {
 	MaxPendingBytes, ServicePendingBytes int
 	WriteTimeout                         time.Duration
 	// ReadLoops is broker.Config.ReadLoops: the read loops of connected
-	// plain TCP clients (0: GOMAXPROCS; -1: a goroutine per connection).
+	// plain TCP clients (0: GOMAXPROCS/2, at least
+	// one; -1: a goroutine per connection).
 	ReadLoops int
 	// Subscription caps per session: broker.Config.MaxSubscriptions
 	// (devices) and ServiceSubscriptions.
