@@ -1010,7 +1010,7 @@ const maxReadLoops = 1024
 // processors (at least one). The processors a loop does not take run the
 // handlers a loop hands off, the write loops and the kernel's side of
 // the sockets; and deliveries are written per loop batch, so fewer loops
-// write larger batches. On 2 cores one loop took 9 % less broker CPU per
+// write larger batches. On 2 cores one loop took 8 % less broker CPU per
 // message than two in BenchmarkTelemetryFanIn (docs/benchmarks.md §10).
 func defaultLoops() int {
 	return max(1, runtime.GOMAXPROCS(0)/2)
