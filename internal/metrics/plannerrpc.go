@@ -7,7 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type PlannerRPCSide struct {
 	Inflight    int64 // calls outstanding (client) or requests running (server)
 	OK          int64 // calls answered by the planner (its errors included)
-	Unavailable int64 // client: no lease holder, no answer in time, or another protocol version
+	Unavailable int64 // client: no lease holder, no answer in time, or another protocol version; server: requests that arrived as the lease moved
 	Busy        int64 // refused: the in-flight cap was reached
 	TooLarge    int64 // refused: a request or a reply over the size cap
 	BadRequest  int64 // server: requests refused by validation
@@ -38,7 +38,7 @@ var (
 	descPlannerRPCStaged = prometheus.NewDesc(namespace+"_planner_rpc_staged_devices",
 		"Device IDs the planner lease's holder holds in forwarded creates sent in parts and not yet complete.", nil, nil)
 	descPlannerRPCCalls = prometheus.NewDesc(namespace+"_planner_rpc_calls_total",
-		"Forwarded rollout planner calls, by side and result (ok: the planner answered; unavailable: no lease holder or no answer in time; busy: the in-flight cap; too_large: the size cap; bad_request: refused by validation).", []string{"side", "result"}, nil)
+		"Forwarded rollout planner calls, by side and result (ok: the planner answered; unavailable: no lease holder or no answer in time, or, on the server side, a request that arrived as the lease moved; busy: the in-flight cap; too_large: the size cap; bad_request: refused by validation).", []string{"side", "result"}, nil)
 )
 
 func (c *plannerRPCCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -77,7 +77,7 @@ func (c *Config) setDefaults() error {
 type Stats struct {
 	Inflight    int64 // calls outstanding (Client) or requests running (Server)
 	OK          int64 // calls answered, planner errors included
-	Unavailable int64 // Client: no lease holder, no answer in time, or a version mismatch
+	Unavailable int64 // Client: no lease holder, no answer in time, or a version mismatch; Server: requests that arrived as the lease moved
 	Busy        int64 // refused: MaxInflight reached
 	TooLarge    int64 // refused: a request (or a reply) over MaxBody
 	BadRequest  int64 // Server: requests refused by validation

@@ -437,6 +437,60 @@ func TestInflightCaps(t *testing.T) {
 	}
 }
 
+// TestCloseAnswersRequestsArrivingAsTheLeaseMoves: a request that reaches
+// a leader whose Close has begun (the lease is moving) is answered at once
+// with rollout.ErrUnavailable, to be retried, rather than dropped (its
+// caller would wait for its whole timeout); a request already running is
+// answered by the planner before Close returns.
+func TestCloseAnswersRequestsArrivingAsTheLeaseMoves(t *testing.T) {
+	ns := natstest.Start(t)
+	b := &blocking{Planner: mustPlanner(t), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	stats := &plannerrpc.ServerStats{}
+	srv, err := plannerrpc.Serve(t.Context(), plannerrpc.Config{Conn: natstest.Connect(t, []string{ns.URL()})}, b, stats, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := plannerrpc.NewClient(plannerrpc.Config{Conn: natstest.Connect(t, []string{ns.URL()}), Timeout: 30 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := make(chan error, 1)
+	go func() {
+		_, err := c.Get(t.Context(), "r1")
+		running <- err
+	}()
+	<-b.entered
+	// Close, held after it has begun: the subscription still receives.
+	begun, resume := make(chan struct{}), make(chan struct{})
+	plannerrpc.OnCloseBegun(srv, func() { close(begun); <-resume })
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close(context.Background()) }()
+	<-begun
+	start := time.Now()
+	_, err = c.Get(t.Context(), "r1")
+	if !errors.Is(err, rollout.ErrUnavailable) || !strings.Contains(err.Error(), "no longer holds the planner lease") {
+		t.Errorf("call as the lease moves = %v, want ErrUnavailable saying the lease moved", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("call as the lease moves took %v, want an answer at once", d)
+	}
+	close(resume)
+	close(b.release)
+	if err := <-running; !errors.Is(err, rollout.ErrNotFound) {
+		t.Errorf("running call = %v, want the planner's ErrNotFound", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close = %v", err)
+	}
+	if st := stats.Stats(); st.Unavailable != 1 || st.OK != 1 {
+		t.Errorf("server stats %+v, want 1 unavailable and 1 ok", st)
+	}
+	// Drained: the next call finds no responder.
+	if _, err := c.Get(t.Context(), "r1"); !errors.Is(err, rollout.ErrUnavailable) || !strings.Contains(err.Error(), "no node runs the rollout planner") {
+		t.Errorf("call after Close = %v, want ErrUnavailable saying no node runs the planner", err)
+	}
+}
+
 // TestReplyOfAnotherVersionRefused: a reply of another protocol version
 // (a leader of another release) is an error naming both versions.
 func TestReplyOfAnotherVersionRefused(t *testing.T) {

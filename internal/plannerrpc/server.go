@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +15,10 @@ import (
 	"github.com/umbra-iot/umbra/device"
 	"github.com/umbra-iot/umbra/rollout"
 )
+
+// drainWait bounds Close's drain of the subscription: a round trip to
+// the NATS server and the answers to the requests it had sent.
+const drainWait = time.Second
 
 // Server answers the RPC's requests from a planner: the lease holder runs
 // one while it holds the lease.
@@ -29,10 +34,13 @@ type Server struct {
 	stages  map[string]*stage
 	staged  int // device IDs in stages
 
-	ctx    context.Context // the requests'; cancelled by Close after its wait
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	ctx     context.Context // the requests'; cancelled by Close after its wait
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+	closing atomic.Bool // Close has begun: requests still arriving are answered "moved"
+
+	closeBegun func() // the tests' hook: called by Close before it drains
 }
 
 // Serve subscribes to cfg.Subject and answers every request from planner,
@@ -79,15 +87,38 @@ type ServerStats struct{ c counters }
 // Stats returns the counters.
 func (st *ServerStats) Stats() Stats { return st.c.stats() }
 
-// Close unsubscribes (new requests then go to the next lease holder, or
-// get "no responders") and waits for the requests running, until ctx ends;
-// then it cancels their contexts and waits for them to return. It is
-// idempotent.
+// Close drains the subscription: new requests then go to the next lease
+// holder, or get "no responders"; those the NATS server had already sent
+// to this node are answered at once with rollout.ErrUnavailable ("the
+// lease moved; retry") rather than dropped, which would leave their
+// callers waiting for their whole timeout. It then waits for the requests
+// running, until ctx ends; then it cancels their contexts and waits for
+// them to return. It is idempotent.
 func (s *Server) Close(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
-		if uerr := s.sub.Unsubscribe(); uerr != nil && s.cfg.Conn.IsConnected() {
-			err = fmt.Errorf("plannerrpc: unsubscribe: %w", uerr)
+		s.closing.Store(true)
+		if s.closeBegun != nil {
+			s.closeBegun()
+		}
+		// Drained only while connected, and for drainWait at most: the
+		// planner stops after this, and must not outlive its lease by
+		// more than that.
+		closed := s.sub.StatusChanged(nats.SubscriptionClosed) // before Drain, not to miss it
+		if !s.cfg.Conn.IsConnected() || s.sub.Drain() != nil {
+			if uerr := s.sub.Unsubscribe(); uerr != nil && s.cfg.Conn.IsConnected() {
+				err = fmt.Errorf("plannerrpc: unsubscribe: %w", uerr)
+			}
+		} else {
+			t := time.NewTimer(drainWait)
+			select {
+			case <-closed: // the server has the unsubscription, and every request it sent was answered
+			case <-t.C:
+				_ = s.sub.Unsubscribe()
+			case <-ctx.Done():
+				_ = s.sub.Unsubscribe()
+			}
+			t.Stop()
 		}
 		done := make(chan struct{})
 		go func() { s.wg.Wait(); close(done) }()
@@ -107,6 +138,11 @@ func (s *Server) Close(ctx context.Context) error {
 func (s *Server) handle(msg *nats.Msg) {
 	if msg.Reply == "" { // a publish, not a request: nobody to answer
 		s.n.bad.Add(1)
+		return
+	}
+	if s.closing.Load() {
+		s.n.unavailable.Add(1)
+		s.respond(msg, "", nil, unavailable("this node no longer holds the planner lease (it is moving to another node); retry in a few seconds"))
 		return
 	}
 	if len(msg.Data) > s.cfg.MaxBody {
