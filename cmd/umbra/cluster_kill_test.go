@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,7 +34,7 @@ const killLeaseTTL = 2 * time.Second
 type killCluster struct {
 	t   *testing.T
 	bin string
-	ns  *natstest.Server
+	ns  *natstest.Cluster
 	lb  *lbtest.LB
 }
 
@@ -47,14 +48,14 @@ type killNode struct {
 
 func newKillCluster(t *testing.T) *killCluster {
 	t.Helper()
-	return &killCluster{t: t, bin: buildUmbra(t), ns: natstest.Start(t), lb: lbtest.New(t)}
+	return &killCluster{t: t, bin: buildUmbra(t), ns: natstest.StartCluster(t), lb: lbtest.New(t)}
 }
 
 // start starts node id and adds it to the load balancer, after the others.
 func (c *killCluster) start(id string) killNode {
 	c.t.Helper()
 	cmd, m, h := startServe(c.t, c.bin, c.t.TempDir(), "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--http-addr", "127.0.0.1:0",
-		"--insecure-anonymous", "--nats", strings.Join(c.ns.URLs(), ","), "--node-id", id, "--nats-replicas", "1",
+		"--insecure-anonymous", "--nats", strings.Join(c.ns.URLs(), ","), "--node-id", id, "--nats-replicas", strconv.Itoa(c.ns.Replicas()),
 		"--planner-lease-ttl", killLeaseTTL.String(), "--public-url", c.lb.URL())
 	c.lb.Add(h)
 	return killNode{id: id, proc: cmd, mqtt: m, api: rolloutAPI{url: "http://" + h}}
