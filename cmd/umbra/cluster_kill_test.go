@@ -29,8 +29,9 @@ import (
 const killLeaseTTL = 2 * time.Second
 
 // killCluster is the harness of the kill -9 tests: `umbra serve --nats`
-// processes on one nats-server, behind one public URL (internal/lbtest),
-// so the download URLs minted by a node keep working after it died.
+// processes on a three-server NATS cluster (R3, as in production), behind
+// one public URL (internal/lbtest), so the download URLs minted by a node
+// keep working after it died.
 type killCluster struct {
 	t   *testing.T
 	bin string
