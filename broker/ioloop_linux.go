@@ -34,10 +34,10 @@ import (
 // its socket leaves the runtime's poller: the broker keeps a duplicate of
 // the file descriptor, closes the original (which removes it from the
 // runtime's poller) and registers the duplicate, level-triggered, with one
-// of the read loops (one per two processors). A loop waits for its epoll instance in the
-// runtime's poller, then reads each ready socket once (a read that does not
-// empty it is reported again by the next epoll_wait) and hands the packets
-// to mochi on its own goroutine, which stays hot. The connection's
+// of the read loops (one per two processors). A loop waits for its epoll
+// instance in the runtime's poller, then reads each ready socket once (a
+// read that does not empty it is reported again by the next epoll_wait)
+// and hands the packets to mochi on its own goroutine, which stays hot. The connection's
 // goroutine waits until the loop reports the end of the connection, and
 // then tears the client down as before.
 //
