@@ -7,6 +7,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // loopsSupported reports whether read loops (see ioloop_linux.go) are
@@ -37,7 +38,8 @@ func (*outConn) writeLoopFD([]byte) (int, error) { panic("broker: no read loops"
 func (*outConn) flushLoopFD([]byte) error        { panic("broker: no read loops") }
 func (*outConn) closeLoopFDLocked()              {}
 
-func releaseLoopOf(*mqtt.Client)       {}
-func (*outConn) shutReadLoopFDLocked() {}
+func releaseLoopOf(*mqtt.Client)                                 {}
+func (*Server) deferDelivery(*mqtt.Client, *packets.Packet) bool { return false }
+func (*outConn) shutReadLoopFDLocked()                           {}
 
 var _ = time.Second
